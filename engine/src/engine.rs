@@ -1,0 +1,390 @@
+//! The engine: key ring, policies, partitions, imported codes and scan memory, and the one
+//! path every operation takes: locate the ticket (tag first), then one CAS on its word.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use stile_protocol::{CodeBytes, CodeError, CodeFormat, Outcome};
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::clock::Clock;
+use crate::datadir;
+use crate::error::OpenError;
+use crate::index::{Partition, Slot};
+use crate::keys::KeyRing;
+use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
+use crate::scans::{ScanKey, ScanMemory};
+use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
+
+/// Default time step of rotating codes.
+pub const ROTATION_STEP_DEFAULT_S: u32 = 30;
+/// Most partitions one engine serves.
+pub const PARTITIONS_PER_ENGINE_MAX: usize = 1024;
+
+/// How an engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Partitions this engine owns; codes of other partitions are `unknown` here.
+    pub partitions: Vec<u16>,
+    /// Most serials each partition hands out (at most 2^32).
+    pub serials_per_partition_max: u64,
+    /// Time step of rotating codes, seconds.
+    pub rotation_step_s: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            partitions: vec![0],
+            serials_per_partition_max: 1 << 32,
+            rotation_step_s: ROTATION_STEP_DEFAULT_S,
+        }
+    }
+}
+
+/// Who asks: a gate id and the provider whose tickets it may check in (`None`: an operator,
+/// any provider). Both come from the gate's certificate, never from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    /// Gate id (recorded as the last gate of tickets it admits).
+    pub id: u16,
+    /// Provider restriction.
+    pub provider: Option<u16>,
+}
+
+impl Gate {
+    /// Gate `id` of provider `provider`.
+    pub const fn new(id: u16, provider: u16) -> Self {
+        Gate {
+            id,
+            provider: Some(provider),
+        }
+    }
+
+    /// An operator acting as no gate (revoke, transfer, status).
+    pub const OPERATOR: Gate = Gate {
+        id: 0,
+        provider: None,
+    };
+}
+
+/// A ticket as presented: a signed code, or a string imported from another system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// A stile code.
+    Code(CodeBytes),
+    /// An imported code.
+    Imported(&'a str),
+}
+
+/// Where an imported code's ticket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TicketLoc {
+    /// Partition id.
+    pub partition: u16,
+    /// Serial in the partition.
+    pub serial: u32,
+}
+
+/// A ticket found in the index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Located<'e> {
+    /// Its partition and serial.
+    pub loc: TicketLoc,
+    /// Its slot.
+    pub slot: &'e Slot,
+    /// The format the presented code had (imported codes count as static).
+    pub format: CodeFormat,
+    /// The provider the presented code names (`None` for imported codes).
+    pub code_provider: Option<u16>,
+}
+
+/// The ticket-verification engine (in memory; durability comes with the log).
+pub struct Engine {
+    /// Keys that sign and verify codes.
+    pub(crate) keys: KeyRing,
+    /// Policies by id.
+    pub(crate) policies: PolicyTable,
+    /// Partitions by id (`None`: not served here).
+    pub(crate) partitions: Box<[Option<Partition>]>,
+    /// Imported codes: the full string (hashed with xxh3, compared in full) to its ticket.
+    pub(crate) imported: DashMap<Box<str>, TicketLoc, Xxh3Builder>,
+    /// Recent state-changing scans per gate, for retries.
+    pub(crate) scans: ScanMemory,
+    /// Where time comes from.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Rotating code time step, seconds.
+    pub(crate) rotation_step_s: u32,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("keys", &self.keys)
+            .field("policies", &self.policies.len())
+            .field("tickets", &self.minted_tickets())
+            .field("imported", &self.imported.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine over `keys`, holding nothing else on disk.
+    pub fn in_memory(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        keys: KeyRing,
+    ) -> Result<Self, OpenError> {
+        if config.partitions.is_empty() || config.partitions.len() > PARTITIONS_PER_ENGINE_MAX {
+            return Err(OpenError::Config(format!(
+                "an engine serves 1 to {PARTITIONS_PER_ENGINE_MAX} partitions, got {}",
+                config.partitions.len()
+            )));
+        }
+        if config.serials_per_partition_max == 0 || config.serials_per_partition_max > 1 << 32 {
+            return Err(OpenError::Config(
+                "serials per partition must be 1 to 2^32".into(),
+            ));
+        }
+        if config.rotation_step_s == 0 {
+            return Err(OpenError::Config(
+                "rotation step must be at least one second".into(),
+            ));
+        }
+        let top = *config.partitions.iter().max().expect("non-empty") as usize;
+        let mut partitions: Vec<Option<Partition>> = (0..=top).map(|_| None).collect();
+        for &p in &config.partitions {
+            partitions[p as usize] = Some(Partition::new(p, config.serials_per_partition_max));
+        }
+        Ok(Engine {
+            keys,
+            policies: PolicyTable::default(),
+            partitions: partitions.into_boxed_slice(),
+            imported: DashMap::with_hasher(Xxh3Builder::new()),
+            scans: ScanMemory::default(),
+            clock,
+            rotation_step_s: config.rotation_step_s,
+        })
+    }
+
+    /// Opens the engine of data dir `dir`: loads its key ring, or makes one if the dir is new.
+    pub fn open(
+        dir: &Path,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OpenError> {
+        let io = |source| OpenError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        datadir::ensure(dir).map_err(io)?;
+        let has_state = datadir::has_state(dir).map_err(io)?;
+        let keys = KeyRing::open(dir, has_state)?;
+        Self::in_memory(config, clock, keys)
+    }
+
+    /// The key ring (rotation, retirement, listing).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Adds a policy (or finds an identical one) and returns its id.
+    pub fn add_policy(&self, policy: Policy) -> Result<PolicyId, PolicyError> {
+        self.policies.add(policy)
+    }
+
+    /// The policy with id `id`.
+    pub fn policy(&self, id: PolicyId) -> Option<&Policy> {
+        self.policies.get(id)
+    }
+
+    /// Unix seconds now, by the engine's clock.
+    pub fn now_unix_s(&self) -> u64 {
+        self.clock.now_unix_s()
+    }
+
+    /// The rotating-code time step that contains `unix_s`.
+    pub fn rotation_step(&self, unix_s: u64) -> u64 {
+        unix_s / u64::from(self.rotation_step_s)
+    }
+
+    #[inline]
+    pub(crate) fn partition(&self, id: u16) -> Option<&Partition> {
+        self.partitions.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Tickets minted (serials handed out) over all partitions.
+    pub fn minted_tickets(&self) -> u64 {
+        self.partitions
+            .iter()
+            .flatten()
+            .map(Partition::minted_serials)
+            .sum()
+    }
+
+    /// Bytes the index holds: slot chunks and chunk tables of every partition (imported codes'
+    /// map entries not included).
+    pub fn index_memory_bytes(&self) -> usize {
+        self.partitions
+            .iter()
+            .flatten()
+            .map(Partition::memory_bytes)
+            .sum()
+    }
+
+    /// Reads text as a presented ticket: an imported code if one matches exactly, else the
+    /// text form of a stile code.
+    pub fn presented<'a>(&self, text: &'a str) -> Result<Presented<'a>, CodeError> {
+        if !self.imported.is_empty() && self.imported.contains_key(text) {
+            return Ok(Presented::Imported(text));
+        }
+        CodeBytes::parse(text).map(Presented::Code)
+    }
+
+    /// Finds a signed code's ticket: tag first (no index access for a bad one), then the
+    /// gate's provider, then the slot. `step` is the current rotation step for gate scans, or
+    /// `None` to accept a rotating code of any step (operator look-ups).
+    #[inline]
+    pub(crate) fn locate_code(
+        &self,
+        code: &CodeBytes,
+        gate: &Gate,
+        step: Option<u64>,
+    ) -> Result<Located<'_>, Outcome> {
+        let genuine = match code.format() {
+            CodeFormat::Static => self.keys.verify_static(code),
+            CodeFormat::Rotating => self.keys.verify_rotating(code, step),
+        };
+        if !genuine {
+            return Err(Outcome::FORGED);
+        }
+        let h = code.header();
+        if gate.provider.is_some_and(|p| p != h.provider) {
+            return Err(Outcome::WRONG_PROVIDER);
+        }
+        let slot = self
+            .partition(h.partition)
+            .and_then(|p| p.slot(h.serial))
+            .ok_or(Outcome::UNKNOWN)?;
+        Ok(Located {
+            loc: TicketLoc {
+                partition: h.partition,
+                serial: h.serial,
+            },
+            slot,
+            format: h.format,
+            code_provider: Some(h.provider),
+        })
+    }
+
+    /// Finds an imported code's ticket.
+    pub(crate) fn locate_imported(&self, text: &str) -> Result<Located<'_>, Outcome> {
+        let loc = *self.imported.get(text).ok_or(Outcome::UNKNOWN)?;
+        let slot = self
+            .partition(loc.partition)
+            .and_then(|p| p.slot(loc.serial))
+            .ok_or(Outcome::UNKNOWN)?;
+        Ok(Located {
+            loc,
+            slot,
+            format: CodeFormat::Static,
+            code_provider: None,
+        })
+    }
+
+    /// Finds any presented ticket.
+    pub(crate) fn locate(
+        &self,
+        ticket: &Presented<'_>,
+        gate: &Gate,
+        step: Option<u64>,
+    ) -> Result<Located<'_>, Outcome> {
+        match ticket {
+            Presented::Code(code) => self.locate_code(code, gate, step),
+            Presented::Imported(text) => self.locate_imported(text),
+        }
+    }
+
+    /// The policy of a located ticket, checked against what was presented. A minted slot
+    /// always has a policy; a format or provider that disagrees with it means the code was
+    /// never issued for this ticket.
+    #[inline]
+    pub(crate) fn policy_of(&self, at: &Located<'_>, gate: &Gate) -> Result<&Policy, Outcome> {
+        if at.slot.word.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return Err(Outcome::UNKNOWN);
+        }
+        let policy = self
+            .policies
+            .get(at.slot.policy_id())
+            .ok_or(Outcome::UNKNOWN)?;
+        if policy.format != at.format || at.code_provider.is_some_and(|p| p != policy.provider) {
+            return Err(Outcome::FORGED);
+        }
+        if gate.provider.is_some_and(|p| p != policy.provider) {
+            return Err(Outcome::WRONG_PROVIDER);
+        }
+        Ok(policy)
+    }
+
+    /// Runs `op` on a located ticket in one CAS loop. Scans with a scan id first consult the
+    /// gate's memory, so a retry gets the original answer.
+    #[inline]
+    pub(crate) fn run(
+        &self,
+        at: &Located<'_>,
+        op: Op,
+        gate: &Gate,
+        scan_id: Option<u64>,
+        now_unix_s: u64,
+    ) -> Applied {
+        let policy = match self.policy_of(at, gate) {
+            Ok(p) => p,
+            Err(outcome) => {
+                return Applied {
+                    outcome,
+                    change: None,
+                }
+            }
+        };
+        let scan = scan_id.map(|scan_id| ScanKey {
+            gate: gate.id,
+            scan_id,
+            partition: at.loc.partition,
+            serial: at.loc.serial,
+        });
+        if let Some(outcome) = scan.as_ref().and_then(|k| self.scans.recall(k, op)) {
+            return Applied {
+                outcome,
+                change: None,
+            };
+        }
+        let first_scan_e = at
+            .slot
+            .first_scan_e
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let ctx = Ctx {
+            policy,
+            gate: gate.id,
+            now_unix_s,
+            first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
+        };
+        let applied = word::apply(&at.slot.word, op, &ctx);
+        if applied.change.is_some() {
+            if op == Op::Entry && first_scan_e == 0 {
+                // Set once: a racing first admit keeps whichever time landed first.
+                let _ = at.slot.first_scan_e.compare_exchange(
+                    0,
+                    to_epoch_s(now_unix_s).max(1),
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            if let Some(k) = &scan {
+                self.scans.remember(k, op, &applied.outcome);
+            }
+        }
+        applied
+    }
+}

@@ -1,0 +1,101 @@
+//! Typed errors of the engine's operator-facing operations. Gate-facing operations never
+//! fail: every answer is an [`stile_protocol::Outcome`].
+
+use std::path::PathBuf;
+
+use stile_protocol::{Outcome, OutcomeKind};
+
+use crate::keys::KeyError;
+use crate::policy::PolicyError;
+
+/// Opening an engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data dir could not be created or read.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The key ring could not be loaded or made.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The configuration is unusable.
+    #[error("bad engine configuration: {0}")]
+    Config(String),
+}
+
+/// Minting or importing failed; nothing was minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    /// The policy id is unknown.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// This engine does not own the partition.
+    #[error("partition {0} is not served by this node")]
+    NotOwned(u16),
+    /// The partition has no serials left.
+    #[error("partition {partition} is full: {count} more tickets do not fit")]
+    PartitionFull {
+        /// The partition.
+        partition: u16,
+        /// Tickets asked for.
+        count: u32,
+    },
+    /// Asked for zero tickets or more than one batch holds.
+    #[error("a mint batch holds 1 to {max} tickets, asked for {count}")]
+    BadCount {
+        /// Tickets asked for.
+        count: usize,
+        /// The batch maximum.
+        max: usize,
+    },
+    /// An imported code is empty, too long or holds control characters.
+    #[error("imported code #{index} is unusable: {reason}")]
+    BadImportedCode {
+        /// Position in the batch.
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An imported code is already known (or appears twice in the batch).
+    #[error("imported code #{index} ({code:?}) already exists")]
+    DuplicateImportedCode {
+        /// Position in the batch.
+        index: usize,
+        /// The code.
+        code: String,
+    },
+    /// Imported codes carry no signature, so they cannot rotate.
+    #[error("imported codes need a static-code policy; policy {0} is rotating")]
+    ImportRotating(u32),
+}
+
+/// An operator action on one ticket (status, revoke, transfer) failed; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// The code is not genuine.
+    #[error("code has a bad signature, key or format (forged or mistyped)")]
+    Forged,
+    /// Genuine code, no such ticket here.
+    #[error("no such ticket on this node")]
+    Unknown,
+    /// The ticket's state forbids the action.
+    #[error("ticket cannot be transferred: {}", .0.message())]
+    NotTransferable(Outcome),
+    /// The partition has no serial left for the new ticket.
+    #[error("partition {0} is full: no serial left for the transferred ticket")]
+    PartitionFull(u16),
+}
+
+impl TicketError {
+    /// The error for a failed look-up outcome (`forged`, `unknown`, …).
+    pub(crate) fn from_lookup(o: Outcome) -> Self {
+        match o.kind {
+            OutcomeKind::Unknown => TicketError::Unknown,
+            _ => TicketError::Forged,
+        }
+    }
+}

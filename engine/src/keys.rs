@@ -1,0 +1,635 @@
+//! The key ring: which keys sign and verify codes, and the tag checks themselves.
+//!
+//! Each key has a one-byte id (1–255; 0 is never a key, so an all-zero code cannot verify).
+//! Exactly one key is active and signs new codes; older keys verify until retired; a retired
+//! key's codes read as `forged`. The ring lives in `DATA/keys/ring` (directory 0700, file
+//! 0600), rewritten atomically on every change.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use stile_protocol::code::TAG_LEN;
+use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of secret per key.
+pub const KEY_LEN: usize = 32;
+/// Key ids run 1..=KEY_ID_MAX.
+pub const KEY_ID_MAX: u8 = 255;
+/// Domain separation for the per-ticket keys of rotating codes.
+const ROTATING_KEY_LABEL: &[u8] = b"stile/rotating-ticket-key/v1";
+/// First line of the ring file.
+const RING_HEADER: &str = "# stile key ring v1: id status secret-hex; keep this file secret";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KeyStatus {
+    /// No key with this id.
+    Absent = 0,
+    /// Signs new codes and verifies (exactly one key).
+    Active = 1,
+    /// Verifies codes it signed before; signs nothing new.
+    VerifyOnly = 2,
+    /// Verifies nothing: its codes are `forged`.
+    Retired = 3,
+}
+
+impl KeyStatus {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => KeyStatus::Active,
+            2 => KeyStatus::VerifyOnly,
+            3 => KeyStatus::Retired,
+            _ => KeyStatus::Absent,
+        }
+    }
+
+    /// The word used in the ring file and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyStatus::Absent => "absent",
+            KeyStatus::Active => "active",
+            KeyStatus::VerifyOnly => "verify",
+            KeyStatus::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "verify" => Some(KeyStatus::VerifyOnly),
+            "retired" => Some(KeyStatus::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// Why the ring could not be read, written or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Key material readable by other users.
+    #[error("{path} is open to other users (mode {mode:o}); run: chmod {want:o} {path}")]
+    Permissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+        /// The mode it should have.
+        want: u32,
+    },
+    /// The ring file does not parse.
+    #[error("{path}, line {line}: {reason}")]
+    Malformed {
+        /// The ring file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data dir holds state (log, snapshots or a keys directory) but no key ring.
+    #[error(
+        "data dir {dir} holds tickets but no key ring at {ring}: restore it from backup. \
+         stile will not make new keys here, since every existing ticket would then read as forged"
+    )]
+    NoKeys {
+        /// The data dir.
+        dir: PathBuf,
+        /// Where the ring should be.
+        ring: PathBuf,
+    },
+    /// All 255 ids are taken.
+    #[error("the key ring is full (255 keys); keys are never reused, so start a new deployment")]
+    RingFull,
+    /// No key with this id.
+    #[error("no key with id {0}")]
+    UnknownKey(u8),
+    /// Retiring the key that signs new codes.
+    #[error("key {0} is the active key; rotate to a new key before retiring it")]
+    RetireActive(u8),
+}
+
+/// One key: its secret and the HMAC state keyed with it (inner and outer pads absorbed once,
+/// cloned per check).
+struct KeyEntry {
+    /// The secret (persisted).
+    secret: [u8; KEY_LEN],
+    /// HMAC-SHA256 keyed with `secret`.
+    mac: HmacSha256,
+}
+
+/// The ring: lock-free reads (one atomic status byte and a once-set entry per id).
+pub struct KeyRing {
+    /// Keys by id; set once, never changed.
+    entries: Box<[OnceLock<KeyEntry>]>,
+    /// [`KeyStatus`] by id.
+    status: Box<[AtomicU8]>,
+    /// Id of the active key.
+    active: AtomicU8,
+    /// The ring file, when persisted.
+    path: Option<PathBuf>,
+    /// Serialises rotations and retirements.
+    admin: Mutex<()>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .field("keys", &self.list())
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl KeyRing {
+    fn empty(path: Option<PathBuf>) -> Self {
+        KeyRing {
+            entries: (0..=KEY_ID_MAX as usize).map(|_| OnceLock::new()).collect(),
+            status: (0..=KEY_ID_MAX as usize)
+                .map(|_| AtomicU8::new(0))
+                .collect(),
+            active: AtomicU8::new(0),
+            path,
+            admin: Mutex::new(()),
+        }
+    }
+
+    fn insert(&self, id: u8, status: KeyStatus, secret: [u8; KEY_LEN]) {
+        assert!(id != 0, "key id 0 is reserved");
+        let mac = HmacSha256::new_from_slice(&secret).expect("HMAC takes any key length");
+        assert!(
+            self.entries[id as usize]
+                .set(KeyEntry { secret, mac })
+                .is_ok(),
+            "key {id} set twice"
+        );
+        self.status[id as usize].store(status as u8, Ordering::Release);
+        if status == KeyStatus::Active {
+            self.active.store(id, Ordering::Release);
+        }
+    }
+
+    /// A ring held only in memory with one fresh random active key (id 1): tests, benches.
+    pub fn ephemeral() -> Self {
+        let ring = KeyRing::empty(None);
+        ring.insert(1, KeyStatus::Active, random_secret());
+        ring
+    }
+
+    /// A ring in memory from given keys (tests that need fixed secrets).
+    pub fn from_keys(keys: &[(u8, KeyStatus, [u8; KEY_LEN])]) -> Result<Self, KeyError> {
+        let ring = KeyRing::empty(None);
+        for &(id, status, secret) in keys {
+            if id == 0 || ring.status_of(id) != KeyStatus::Absent || status == KeyStatus::Absent {
+                return Err(KeyError::UnknownKey(id));
+            }
+            ring.insert(id, status, secret);
+        }
+        ring.check_one_active(Path::new("<memory>"))?;
+        Ok(ring)
+    }
+
+    /// Opens the ring of data dir `dir`: loads `dir/keys/ring`, or makes a new ring with one
+    /// key if the data dir is new. `has_state` says whether the dir holds a log or snapshots.
+    pub fn open(dir: &Path, has_state: bool) -> Result<Self, KeyError> {
+        let keys_dir = dir.join(crate::datadir::KEYS_DIR);
+        let ring_path = keys_dir.join(crate::datadir::RING_FILE);
+        if ring_path.exists() {
+            return Self::load(&keys_dir, &ring_path);
+        }
+        if has_state || keys_dir.exists() {
+            return Err(KeyError::NoKeys {
+                dir: dir.to_path_buf(),
+                ring: ring_path,
+            });
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&keys_dir)
+            .map_err(|source| KeyError::Io {
+                path: keys_dir.clone(),
+                source,
+            })?;
+        let ring = KeyRing::empty(Some(ring_path));
+        ring.insert(1, KeyStatus::Active, random_secret());
+        ring.persist()?;
+        Ok(ring)
+    }
+
+    fn load(keys_dir: &Path, ring_path: &Path) -> Result<Self, KeyError> {
+        check_mode(keys_dir, 0o700)?;
+        check_mode(ring_path, 0o600)?;
+        let text = fs::read_to_string(ring_path).map_err(|source| KeyError::Io {
+            path: ring_path.to_path_buf(),
+            source,
+        })?;
+        let ring = KeyRing::empty(Some(ring_path.to_path_buf()));
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |reason: &str| KeyError::Malformed {
+                path: ring_path.to_path_buf(),
+                line: i + 1,
+                reason: reason.to_string(),
+            };
+            let mut parts = line.split_whitespace();
+            let (Some(id), Some(status), Some(hex), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad("expected three fields: id status secret-hex"));
+            };
+            let id: u8 = id
+                .parse()
+                .ok()
+                .filter(|&id| id != 0)
+                .ok_or_else(|| bad("id must be 1-255"))?;
+            let status = KeyStatus::parse(status)
+                .ok_or_else(|| bad("status must be active, verify or retired"))?;
+            let secret = parse_hex(hex).ok_or_else(|| bad("secret must be 64 hex digits"))?;
+            if ring.status_of(id) != KeyStatus::Absent {
+                return Err(bad("key id appears twice"));
+            }
+            ring.insert(id, status, secret);
+        }
+        ring.check_one_active(ring_path)?;
+        Ok(ring)
+    }
+
+    fn check_one_active(&self, path: &Path) -> Result<(), KeyError> {
+        let active = self
+            .list()
+            .iter()
+            .filter(|(_, s)| *s == KeyStatus::Active)
+            .count();
+        if active != 1 {
+            return Err(KeyError::Malformed {
+                path: path.to_path_buf(),
+                line: 0,
+                reason: format!("exactly one key must be active, found {active}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Status of key `id`.
+    #[inline]
+    pub fn status_of(&self, id: u8) -> KeyStatus {
+        KeyStatus::from_u8(self.status[id as usize].load(Ordering::Acquire))
+    }
+
+    /// Id of the key that signs new codes.
+    pub fn active_id(&self) -> u8 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Every key id present, with its status, in id order.
+    pub fn list(&self) -> Vec<(u8, KeyStatus)> {
+        (1..=KEY_ID_MAX)
+            .map(|id| (id, self.status_of(id)))
+            .filter(|(_, s)| *s != KeyStatus::Absent)
+            .collect()
+    }
+
+    /// The HMAC state of a key that may verify (active or verify-only).
+    #[inline]
+    fn verifier(&self, id: u8) -> Option<&HmacSha256> {
+        match self.status_of(id) {
+            KeyStatus::Active | KeyStatus::VerifyOnly => {
+                self.entries[id as usize].get().map(|e| &e.mac)
+            }
+            KeyStatus::Absent | KeyStatus::Retired => None,
+        }
+    }
+
+    /// Adds a fresh key and makes it active; the previous active key becomes verify-only.
+    /// Returns the new key's id.
+    pub fn rotate(&self) -> Result<u8, KeyError> {
+        let _guard = self.admin.lock().expect("key ring mutex poisoned");
+        let next = self.list().last().map(|(id, _)| *id).unwrap_or(0);
+        let id = next.checked_add(1).ok_or(KeyError::RingFull)?;
+        let previous = self.active_id();
+        self.insert(id, KeyStatus::Active, random_secret());
+        if previous != 0 {
+            self.status[previous as usize].store(KeyStatus::VerifyOnly as u8, Ordering::Release);
+        }
+        self.persist()?;
+        Ok(id)
+    }
+
+    /// Retires key `id`: its codes read as `forged` from now on.
+    pub fn retire(&self, id: u8) -> Result<(), KeyError> {
+        let _guard = self.admin.lock().expect("key ring mutex poisoned");
+        match self.status_of(id) {
+            KeyStatus::Absent => return Err(KeyError::UnknownKey(id)),
+            KeyStatus::Active => return Err(KeyError::RetireActive(id)),
+            KeyStatus::VerifyOnly | KeyStatus::Retired => {}
+        }
+        self.status[id as usize].store(KeyStatus::Retired as u8, Ordering::Release);
+        self.persist()
+    }
+
+    /// Writes the ring file: temp file (0600), fsync, rename, fsync the directory.
+    fn persist(&self) -> Result<(), KeyError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut text = format!("{RING_HEADER}\n");
+        for (id, status) in self.list() {
+            let secret = &self.entries[id as usize]
+                .get()
+                .expect("listed key is set")
+                .secret;
+            text.push_str(&format!("{id} {} {}\n", status.name(), to_hex(secret)));
+        }
+        let dir = path.parent().expect("ring file has a directory");
+        let tmp = path.with_extension("tmp");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(())
+    }
+
+    /// Signs a static code for `header` with the active key.
+    pub fn sign_static(&self, header: &CodeHeader) -> CodeBytes {
+        debug_assert_eq!(header.format, CodeFormat::Static);
+        let header = CodeHeader {
+            key_id: self.active_id(),
+            ..*header
+        };
+        let mut code = CodeBytes::unsigned(&header, 0);
+        let mac = self.verifier(header.key_id).expect("active key verifies");
+        code.set_tag(&tag_of(mac.clone(), code.signed_part()));
+        code
+    }
+
+    /// Checks a static code's tag in constant time. False for unknown or retired keys.
+    #[inline]
+    pub fn verify_static(&self, code: &CodeBytes) -> bool {
+        debug_assert_eq!(code.format(), CodeFormat::Static);
+        match self.verifier(code.key_id()) {
+            Some(mac) => tag_of(mac.clone(), code.signed_part())
+                .ct_eq(code.tag())
+                .into(),
+            None => false,
+        }
+    }
+
+    /// The per-ticket key of a rotating ticket, derived from key `key_id` and the ticket's
+    /// place, as an HMAC state ready to tag.
+    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<HmacSha256> {
+        let mut derive = self.verifier(key_id)?.clone();
+        derive.update(ROTATING_KEY_LABEL);
+        derive.update(&partition.to_be_bytes());
+        derive.update(&serial.to_be_bytes());
+        let ticket_key = derive.finalize().into_bytes();
+        Some(HmacSha256::new_from_slice(&ticket_key).expect("HMAC takes any key length"))
+    }
+
+    /// Signs a rotating code for `header` at time step `step` with the active key.
+    pub fn sign_rotating(&self, header: &CodeHeader, step: u64) -> CodeBytes {
+        debug_assert_eq!(header.format, CodeFormat::Rotating);
+        let header = CodeHeader {
+            key_id: self.active_id(),
+            ..*header
+        };
+        self.sign_rotating_with(&header, step)
+            .expect("active key verifies")
+    }
+
+    /// Signs a rotating code with the key the header names (to redraw an existing ticket).
+    pub fn sign_rotating_with(&self, header: &CodeHeader, step: u64) -> Option<CodeBytes> {
+        let mac = self.ticket_mac(header.key_id, header.partition, header.serial)?;
+        let mut code = CodeBytes::unsigned(header, step as u8);
+        code.set_tag(&tag_of(mac, code.signed_part()));
+        Some(code)
+    }
+
+    /// Checks a rotating code's tag for the step its low byte names, accepting only steps
+    /// `current_step - 1 ..= current_step + 1`; `None` accepts any step (operator look-ups).
+    pub fn verify_rotating(&self, code: &CodeBytes, current_step: Option<u64>) -> bool {
+        let Some(low) = code.step_low() else {
+            return false;
+        };
+        if let Some(now) = current_step {
+            let near = [now.wrapping_sub(1), now, now.wrapping_add(1)];
+            if !near.iter().any(|s| *s as u8 == low) {
+                return false;
+            }
+        }
+        let h = code.header();
+        match self.ticket_mac(h.key_id, h.partition, h.serial) {
+            Some(mac) => tag_of(mac, code.signed_part()).ct_eq(code.tag()).into(),
+            None => false,
+        }
+    }
+}
+
+/// The first 80 bits of the HMAC of `msg`.
+#[inline]
+fn tag_of(mut mac: HmacSha256, msg: &[u8]) -> [u8; TAG_LEN] {
+    mac.update(msg);
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&full[..TAG_LEN]);
+    tag
+}
+
+fn random_secret() -> [u8; KEY_LEN] {
+    let mut secret = [0u8; KEY_LEN];
+    getrandom::getrandom(&mut secret).expect("the OS random source works");
+    secret
+}
+
+/// Maps an I/O error on `path` to a [`KeyError`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn check_mode(path: &Path, want: u32) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            want,
+        });
+    }
+    Ok(())
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<[u8; KEY_LEN]> {
+    if s.len() != KEY_LEN * 2 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; KEY_LEN];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(format: CodeFormat) -> CodeHeader {
+        CodeHeader {
+            format,
+            key_id: 0,
+            provider: 1,
+            partition: 0,
+            serial: 42,
+        }
+    }
+
+    #[test]
+    fn tag_matches_hmac_sha256_reference() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let mac = HmacSha256::new_from_slice(b"Jefe").unwrap();
+        let tag = tag_of(mac, b"what do ya want for nothing?");
+        assert_eq!(to_hex(&tag), "5bdcc146bf60754e6a04");
+    }
+
+    #[test]
+    fn signs_and_verifies_and_rejects_tampering() {
+        let ring = KeyRing::ephemeral();
+        let code = ring.sign_static(&header(CodeFormat::Static));
+        assert_eq!(code.key_id(), 1);
+        assert!(ring.verify_static(&code));
+        let mut raw = code.as_bytes().to_vec();
+        raw[9] ^= 1;
+        assert!(!ring.verify_static(&CodeBytes::from_slice(&raw).unwrap()));
+    }
+
+    #[test]
+    fn rotation_keeps_old_codes_until_retired() {
+        let ring = KeyRing::ephemeral();
+        let old = ring.sign_static(&header(CodeFormat::Static));
+        assert_eq!(ring.rotate().unwrap(), 2);
+        let new = ring.sign_static(&header(CodeFormat::Static));
+        assert_eq!(new.key_id(), 2);
+        assert!(ring.verify_static(&old) && ring.verify_static(&new));
+        assert!(matches!(ring.retire(2), Err(KeyError::RetireActive(2))));
+        ring.retire(1).unwrap();
+        assert!(!ring.verify_static(&old));
+        assert!(ring.verify_static(&new));
+        assert!(matches!(ring.retire(9), Err(KeyError::UnknownKey(9))));
+    }
+
+    #[test]
+    fn rotating_codes_accept_only_neighbouring_steps() {
+        let ring = KeyRing::ephemeral();
+        let code = ring.sign_rotating(&header(CodeFormat::Rotating), 1000);
+        assert!(ring.verify_rotating(&code, Some(999)));
+        assert!(ring.verify_rotating(&code, Some(1000)));
+        assert!(ring.verify_rotating(&code, Some(1001)));
+        assert!(!ring.verify_rotating(&code, Some(1002)));
+        assert!(!ring.verify_rotating(&code, Some(998)));
+        assert!(ring.verify_rotating(&code, None));
+        // A step byte moved by hand fails the tag even inside the window.
+        let mut raw = code.as_bytes().to_vec();
+        raw[10] = raw[10].wrapping_add(1);
+        assert!(!ring.verify_rotating(&CodeBytes::from_slice(&raw).unwrap(), Some(1001)));
+    }
+
+    #[test]
+    fn new_data_dir_gets_private_key_files_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), false).unwrap();
+        let code = ring.sign_static(&header(CodeFormat::Static));
+        ring.rotate().unwrap();
+        let keys = dir.path().join("keys");
+        assert_eq!(
+            fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(keys.join("ring"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let again = KeyRing::open(dir.path(), true).unwrap();
+        assert!(again.verify_static(&code));
+        assert_eq!(again.active_id(), 2);
+    }
+
+    #[test]
+    fn state_without_keys_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err();
+        assert!(matches!(err, KeyError::NoKeys { .. }));
+        assert!(err.to_string().contains("restore it from backup"), "{err}");
+        assert!(!dir.path().join("keys").exists());
+        fs::create_dir(dir.path().join("keys")).unwrap();
+        assert!(matches!(
+            KeyRing::open(dir.path(), false),
+            Err(KeyError::NoKeys { .. })
+        ));
+    }
+
+    #[test]
+    fn open_ring_file_and_garbage_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::open(dir.path(), false).unwrap();
+        let ring = dir.path().join("keys/ring");
+        fs::set_permissions(&ring, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&ring, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&ring, "1 active nothex\n").unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        fs::write(&ring, format!("1 verify {}\n", "ab".repeat(32))).unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err();
+        assert!(
+            err.to_string().contains("exactly one key must be active"),
+            "{err}"
+        );
+    }
+}

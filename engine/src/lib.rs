@@ -1,0 +1,29 @@
+//! stile's hot path: the key ring and tag checks, the lock-free index of state words, the
+//! validity and entry rules, and the atomic check-in-and-void.
+//!
+//! Gate operations ([`Engine::checkin`], [`Engine::checkin_batch`], [`Engine::exit`],
+//! [`Engine::undo`]) never fail: every answer is an [`Outcome`]. Operator operations (mint,
+//! import, revoke, transfer, status) return typed errors.
+
+pub mod clock;
+pub mod datadir;
+mod engine;
+pub mod error;
+pub mod index;
+pub mod keys;
+mod ops;
+pub mod policy;
+pub mod scans;
+pub mod word;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Engine, EngineConfig, Gate, Presented, ROTATION_STEP_DEFAULT_S};
+pub use error::{MintError, OpenError, TicketError};
+pub use keys::{KeyRing, KeyStatus};
+pub use ops::checkin::{CheckinRequest, PREFETCH_ROUND};
+pub use ops::import::IMPORTED_CODE_MAX_LEN;
+pub use ops::mint::{MintRequest, MINT_BATCH_MAX};
+pub use ops::status::TicketStatus;
+pub use policy::{EntryRule, Policy, PolicyId, Validity};
+pub use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
+pub use word::{TicketState, Word};

@@ -1,0 +1,96 @@
+//! Import: tickets minted by another system, known by their full string.
+
+use std::sync::atomic::Ordering;
+
+use dashmap::mapref::entry::Entry;
+use stile_protocol::CodeFormat;
+
+use crate::engine::{Engine, TicketLoc};
+use crate::error::MintError;
+use crate::ops::mint::{publish, MINT_BATCH_MAX};
+use crate::policy::{PolicyError, PolicyId};
+use crate::word::{to_epoch_s, Word};
+
+/// Longest imported code, in bytes.
+pub const IMPORTED_CODE_MAX_LEN: usize = 256;
+
+impl Engine {
+    /// Imports codes minted elsewhere under `policy` into `partition`; returns their serials.
+    /// All or nothing: a bad or duplicate code refuses the whole batch.
+    pub fn import(
+        &self,
+        policy: PolicyId,
+        partition: u16,
+        codes: &[&str],
+    ) -> Result<Vec<u32>, MintError> {
+        let p = *self
+            .policies
+            .get(policy)
+            .ok_or(PolicyError::NoSuchPolicy(policy.0))?;
+        if p.format != CodeFormat::Static {
+            return Err(MintError::ImportRotating(policy.0));
+        }
+        if codes.is_empty() || codes.len() > MINT_BATCH_MAX {
+            return Err(MintError::BadCount {
+                count: codes.len(),
+                max: MINT_BATCH_MAX,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(codes.len());
+        for (index, code) in codes.iter().enumerate() {
+            check_imported(index, code)?;
+            if !seen.insert(*code) || self.imported.contains_key(*code) {
+                return Err(MintError::DuplicateImportedCode {
+                    index,
+                    code: code.to_string(),
+                });
+            }
+        }
+        let part = self
+            .partition(partition)
+            .ok_or(MintError::NotOwned(partition))?;
+        let count = codes.len() as u32;
+        let first = part
+            .reserve(count)
+            .ok_or(MintError::PartitionFull { partition, count })?;
+        for (index, code) in codes.iter().enumerate() {
+            let serial = first + index as u32;
+            match self.imported.entry((*code).into()) {
+                Entry::Vacant(v) => {
+                    v.insert(TicketLoc { partition, serial });
+                }
+                Entry::Occupied(_) => {
+                    // Imported concurrently by another caller: undo this batch's entries.
+                    for earlier in &codes[..index] {
+                        self.imported.remove(*earlier);
+                    }
+                    return Err(MintError::DuplicateImportedCode {
+                        index,
+                        code: code.to_string(),
+                    });
+                }
+            }
+        }
+        let minted = Word::minted(to_epoch_s(self.clock.now_unix_s()));
+        for serial in first..first + count {
+            publish(part, serial, policy, minted, 0);
+        }
+        debug_assert!(part
+            .slot(first)
+            .is_some_and(|s| s.word.load(Ordering::Relaxed) != 0));
+        Ok((first..first + count).collect())
+    }
+}
+
+fn check_imported(index: usize, code: &str) -> Result<(), MintError> {
+    let reason = if code.is_empty() {
+        "empty"
+    } else if code.len() > IMPORTED_CODE_MAX_LEN {
+        "longer than 256 bytes"
+    } else if code.chars().any(char::is_control) {
+        "holds control characters"
+    } else {
+        return Ok(());
+    };
+    Err(MintError::BadImportedCode { index, reason })
+}

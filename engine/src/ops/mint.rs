@@ -1,0 +1,117 @@
+//! Mint: reserve serials, publish their slots, sign their codes.
+
+use std::sync::atomic::Ordering;
+
+use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
+
+use crate::engine::{Engine, Gate, Presented};
+use crate::error::{MintError, TicketError};
+use crate::index::Partition;
+use crate::policy::{PolicyError, PolicyId};
+use crate::word::{to_epoch_s, Word};
+
+/// Most tickets one mint call makes.
+pub const MINT_BATCH_MAX: usize = 1_000_000;
+
+/// A batch of tickets to mint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintRequest {
+    /// The tickets' policy (which names their provider and code format).
+    pub policy: PolicyId,
+    /// The partition to mint into (one this engine serves).
+    pub partition: u16,
+    /// How many, 1 to [`MINT_BATCH_MAX`].
+    pub count: u32,
+}
+
+impl Engine {
+    /// Mints a batch and returns its codes, in serial order. Rotating tickets get the code of
+    /// the current time step (which also serves as the ticket's handle for operators).
+    pub fn mint(&self, req: &MintRequest) -> Result<Vec<CodeBytes>, MintError> {
+        let mut codes = Vec::with_capacity(req.count as usize);
+        self.mint_each(req, |code| codes.push(code))?;
+        Ok(codes)
+    }
+
+    /// Mints a batch, handing each code to `each` in serial order; returns the first serial.
+    pub fn mint_each(
+        &self,
+        req: &MintRequest,
+        mut each: impl FnMut(CodeBytes),
+    ) -> Result<u32, MintError> {
+        let policy = *self
+            .policies
+            .get(req.policy)
+            .ok_or(PolicyError::NoSuchPolicy(req.policy.0))?;
+        if req.count == 0 || req.count as usize > MINT_BATCH_MAX {
+            return Err(MintError::BadCount {
+                count: req.count as usize,
+                max: MINT_BATCH_MAX,
+            });
+        }
+        let partition = self
+            .partition(req.partition)
+            .ok_or(MintError::NotOwned(req.partition))?;
+        let first = partition
+            .reserve(req.count)
+            .ok_or(MintError::PartitionFull {
+                partition: req.partition,
+                count: req.count,
+            })?;
+        let now = self.clock.now_unix_s();
+        let step = self.rotation_step(now);
+        let minted = Word::minted(to_epoch_s(now));
+        for serial in first..first + req.count {
+            publish(partition, serial, req.policy, minted, 0);
+            let header = CodeHeader {
+                format: policy.format,
+                key_id: 0,
+                provider: policy.provider,
+                partition: req.partition,
+                serial,
+            };
+            each(match policy.format {
+                CodeFormat::Static => self.keys.sign_static(&header),
+                CodeFormat::Rotating => self.keys.sign_rotating(&header, step),
+            });
+        }
+        Ok(first)
+    }
+
+    /// The code a rotating ticket shows at `unix_s` (the e-ticket page draws it with the
+    /// server's time). Static tickets return their one code.
+    pub fn code_at(&self, ticket: &Presented<'_>, unix_s: u64) -> Result<CodeBytes, TicketError> {
+        let Presented::Code(code) = ticket else {
+            return Err(TicketError::Unknown);
+        };
+        self.locate_code(code, &Gate::OPERATOR, None)
+            .map_err(TicketError::from_lookup)?;
+        match code.format() {
+            CodeFormat::Static => Ok(*code),
+            CodeFormat::Rotating => self
+                .keys
+                .sign_rotating_with(&code.header(), self.rotation_step(unix_s))
+                .ok_or(TicketError::Forged),
+        }
+    }
+}
+
+/// Writes a ticket's slot: policy and first scan first, then the word with `Release`, so a
+/// reader that sees the word sees the rest.
+pub(crate) fn publish(
+    partition: &Partition,
+    serial: u32,
+    policy: PolicyId,
+    word: Word,
+    first_scan_e: u32,
+) {
+    let slot = partition.slot(serial).expect("reserved serials have slots");
+    debug_assert_eq!(
+        slot.word.load(Ordering::Relaxed),
+        0,
+        "a serial is published once"
+    );
+    slot.policy.store(policy.0, Ordering::Relaxed);
+    slot.first_scan_e.store(first_scan_e, Ordering::Relaxed);
+    slot.word.store(word.pack(), Ordering::Release);
+}

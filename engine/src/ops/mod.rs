@@ -1,0 +1,10 @@
+//! One file per operation, each in the same shape: find the ticket, apply, answer.
+
+pub mod checkin;
+pub mod exit;
+pub mod import;
+pub mod mint;
+pub mod revoke;
+pub mod status;
+pub mod transfer;
+pub mod undo;

@@ -1,0 +1,71 @@
+//! Transfer: void the old code and mint a new one for the new holder, atomically.
+
+use stile_protocol::{CodeBytes, CodeFormat, CodeHeader, OutcomeKind};
+
+use crate::engine::{Engine, Gate, Presented};
+use crate::error::TicketError;
+use crate::ops::mint::publish;
+use crate::word::{to_epoch_s, Op, TicketState, Word};
+
+impl Engine {
+    /// Voids the presented ticket and mints its successor (same policy and partition; entries
+    /// already counted and the first-scan time carry over, so a transfer never refreshes a
+    /// ticket). Refused when the ticket is spent, inside, revoked or not genuine; then nothing
+    /// changes.
+    pub fn transfer(&self, ticket: &Presented<'_>) -> Result<CodeBytes, TicketError> {
+        let now = self.clock.now_unix_s();
+        let at = self
+            .locate(ticket, &Gate::OPERATOR, None)
+            .map_err(TicketError::from_lookup)?;
+        let policy = *self
+            .policy_of(&at, &Gate::OPERATOR)
+            .map_err(TicketError::from_lookup)?;
+        let partition = self
+            .partition(at.loc.partition)
+            .expect("located tickets have partitions");
+        // Reserve the new serial first: once the old ticket is void, nothing can fail.
+        let serial = partition
+            .reserve(1)
+            .ok_or(TicketError::PartitionFull(at.loc.partition))?;
+        let applied = self.run(&at, Op::Transfer, &Gate::OPERATOR, None, now);
+        let Some((old, _)) = applied.change else {
+            // The reserved serial stays unminted: a hole that reads as `unknown`.
+            return Err(match applied.outcome.kind {
+                OutcomeKind::AlreadyUsed | OutcomeKind::Revoked => {
+                    TicketError::NotTransferable(applied.outcome)
+                }
+                _ => TicketError::from_lookup(applied.outcome),
+            });
+        };
+        let first_scan = at
+            .slot
+            .first_scan_e
+            .load(std::sync::atomic::Ordering::Acquire);
+        let successor = Word {
+            state: TicketState::Valid,
+            inside: false,
+            entries: old.entries,
+            version: 1,
+            gate: 0,
+            time_e: to_epoch_s(now),
+        };
+        publish(
+            partition,
+            serial,
+            at.slot.policy_id(),
+            successor,
+            first_scan,
+        );
+        let header = CodeHeader {
+            format: policy.format,
+            key_id: 0,
+            provider: policy.provider,
+            partition: at.loc.partition,
+            serial,
+        };
+        Ok(match policy.format {
+            CodeFormat::Static => self.keys.sign_static(&header),
+            CodeFormat::Rotating => self.keys.sign_rotating(&header, self.rotation_step(now)),
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! Recent scans per gate, so that a retry (same gate, same scan id) gets its original answer.
+//!
+//! Each gate that ever changed a ticket gets a table of [`SCANS_PER_GATE`] entries indexed by
+//! `scan_id % SCANS_PER_GATE`. An entry holds a fingerprint of (gate, scan id, op, ticket)
+//! and the answer given. A gate numbering its scans in sequence is thus remembered for its
+//! last [`SCANS_PER_GATE`] state-changing scans: minutes of traffic at a turnstile. Only
+//! answers that changed state are remembered; a retry of anything else is decided afresh,
+//! which is safe because the first try changed nothing.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use stile_protocol::{Outcome, OutcomeKind};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::word::{from_epoch_s, to_epoch_s, Op};
+
+/// Scans remembered per gate.
+pub const SCANS_PER_GATE: usize = 256;
+/// Gate ids are `u16`.
+const GATES_MAX: usize = 1 << 16;
+
+/// One remembered scan.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Fingerprint of (gate, scan id, op, partition, serial); 0 = empty.
+    key: AtomicU64,
+    /// The packed answer.
+    answer: AtomicU64,
+}
+
+/// One gate's remembered scans.
+#[derive(Debug)]
+struct GateScans {
+    /// Entries by `scan_id % SCANS_PER_GATE`.
+    entries: [Entry; SCANS_PER_GATE],
+}
+
+/// Remembered scans of every gate.
+#[derive(Debug)]
+pub struct ScanMemory {
+    /// Tables by gate id, allocated on a gate's first state change.
+    gates: Box<[AtomicPtr<GateScans>]>,
+}
+
+impl Default for ScanMemory {
+    fn default() -> Self {
+        ScanMemory {
+            gates: (0..GATES_MAX)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+        }
+    }
+}
+
+/// Identifies one scan of one ticket by one gate.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanKey {
+    /// The gate.
+    pub gate: u16,
+    /// The gate's scan id.
+    pub scan_id: u64,
+    /// The ticket's partition.
+    pub partition: u16,
+    /// The ticket's serial.
+    pub serial: u32,
+}
+
+impl ScanKey {
+    fn fingerprint(&self, op: Op) -> u64 {
+        let mut buf = [0u8; 17];
+        buf[0..2].copy_from_slice(&self.gate.to_le_bytes());
+        buf[2..10].copy_from_slice(&self.scan_id.to_le_bytes());
+        buf[10..12].copy_from_slice(&self.partition.to_le_bytes());
+        buf[12..16].copy_from_slice(&self.serial.to_le_bytes());
+        buf[16] = op as u8;
+        xxh3_64(&buf) | 1 // never 0, the empty mark
+    }
+}
+
+fn pack(o: &Outcome) -> u64 {
+    u64::from(o.kind as u8)
+        | u64::from(o.entries) << 8
+        | u64::from(o.gate) << 16
+        | u64::from(to_epoch_s(o.at_unix_s)) << 32
+}
+
+fn unpack(v: u64) -> Outcome {
+    Outcome {
+        kind: OutcomeKind::from_u8(v as u8).unwrap_or(OutcomeKind::Admitted),
+        entries: (v >> 8) as u8,
+        gate: (v >> 16) as u16,
+        at_unix_s: from_epoch_s((v >> 32) as u32),
+    }
+}
+
+impl ScanMemory {
+    fn table(&self, gate: u16) -> Option<&GateScans> {
+        let p = self.gates[gate as usize].load(Ordering::Acquire);
+        // SAFETY: non-null pointers come from `Box::into_raw` in `table_or_insert` and live
+        // until `drop`.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    fn table_or_insert(&self, gate: u16) -> &GateScans {
+        if let Some(t) = self.table(gate) {
+            return t;
+        }
+        let fresh = Box::into_raw(Box::new(GateScans {
+            entries: std::array::from_fn(|_| Entry::default()),
+        }));
+        let slot = &self.gates[gate as usize];
+        match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: just installed; lives until `drop`.
+            Ok(_) => unsafe { &*fresh },
+            Err(existing) => {
+                // SAFETY: `fresh` was never shared; `existing` is installed and lives on.
+                unsafe {
+                    drop(Box::from_raw(fresh));
+                    &*existing
+                }
+            }
+        }
+    }
+
+    /// The answer given to this exact scan before, if it changed state.
+    #[inline]
+    pub fn recall(&self, key: &ScanKey, op: Op) -> Option<Outcome> {
+        let entry = &self.table(key.gate)?.entries[key.scan_id as usize % SCANS_PER_GATE];
+        let fp = key.fingerprint(op);
+        if entry.key.load(Ordering::Acquire) != fp {
+            return None;
+        }
+        let answer = entry.answer.load(Ordering::Acquire);
+        // A writer may have replaced the entry between the two loads: check again.
+        (entry.key.load(Ordering::Acquire) == fp).then(|| unpack(answer))
+    }
+
+    /// Remembers the answer to a scan that changed state.
+    #[inline]
+    pub fn remember(&self, key: &ScanKey, op: Op, answer: &Outcome) {
+        let entry = &self.table_or_insert(key.gate).entries[key.scan_id as usize % SCANS_PER_GATE];
+        entry.key.store(0, Ordering::Release);
+        entry.answer.store(pack(answer), Ordering::Release);
+        entry.key.store(key.fingerprint(op), Ordering::Release);
+    }
+}
+
+impl Drop for ScanMemory {
+    fn drop(&mut self) {
+        for g in self.gates.iter() {
+            let p = g.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: installed from `Box::into_raw`, and `&mut self` means it is unshared.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stile_protocol::ENGINE_EPOCH_UNIX_S;
+
+    #[test]
+    fn recalls_exact_scan_only() {
+        let m = ScanMemory::default();
+        let k = ScanKey {
+            gate: 7,
+            scan_id: 1000,
+            partition: 0,
+            serial: 5,
+        };
+        let admitted = Outcome {
+            kind: OutcomeKind::Admitted,
+            gate: 7,
+            entries: 1,
+            at_unix_s: ENGINE_EPOCH_UNIX_S + 99,
+        };
+        assert_eq!(m.recall(&k, Op::Entry), None);
+        m.remember(&k, Op::Entry, &admitted);
+        assert_eq!(m.recall(&k, Op::Entry), Some(admitted));
+        assert_eq!(m.recall(&k, Op::Exit), None);
+        assert_eq!(m.recall(&ScanKey { serial: 6, ..k }, Op::Entry), None);
+        assert_eq!(m.recall(&ScanKey { gate: 8, ..k }, Op::Entry), None);
+        // A later scan landing in the same entry evicts it.
+        m.remember(
+            &ScanKey {
+                scan_id: 1000 + SCANS_PER_GATE as u64,
+                ..k
+            },
+            Op::Entry,
+            &admitted,
+        );
+        assert_eq!(m.recall(&k, Op::Entry), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! stile's wire: the feature code's layout and text form, and check-in outcomes.
+//!
+//! This crate holds no keys: gates parse codes too (to check format and provider before a
+//! round trip), but only the engine can sign or verify a tag.
+
+#![forbid(unsafe_code)]
+
+pub mod base32;
+pub mod code;
+pub mod outcome;
+
+pub use code::{CodeBytes, CodeError, CodeFormat, CodeHeader, CodeText};
+pub use outcome::{Outcome, OutcomeKind};
+
+/// Seconds between the Unix epoch and the engine epoch (2025-01-01T00:00:00Z). State words
+/// store event times as seconds from here, in 31 bits (good until 2093).
+pub const ENGINE_EPOCH_UNIX_S: u64 = 1_735_689_600;
