@@ -13,13 +13,113 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::digest::generic_array::GenericArray;
+use sha2::{Digest, Sha256};
 use stile_protocol::code::TAG_LEN;
 use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
 use subtle::ConstantTimeEq;
 
-type HmacSha256 = Hmac<Sha256>;
+/// HMAC-SHA256 with the key's inner and outer pads absorbed once (RFC 2104). A message of at
+/// most [`PrekeyedHmac::MSG_MAX`] bytes then costs exactly two SHA-256 compressions and no
+/// buffering: this is the check-in's floor, so it is computed directly on `compress256`.
+#[derive(Clone, Copy)]
+pub struct PrekeyedHmac {
+    /// SHA-256 state after the block `key ^ ipad`.
+    inner: [u32; 8],
+    /// SHA-256 state after the block `key ^ opad`.
+    outer: [u32; 8],
+}
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+/// SHA-256 block size in bytes.
+const BLOCK_LEN: usize = 64;
+
+impl PrekeyedHmac {
+    /// Longest message that fits one padded block with the inner pad already absorbed.
+    pub const MSG_MAX: usize = BLOCK_LEN - 9;
+
+    /// Absorbs `key`'s pads.
+    pub fn new(key: &[u8]) -> Self {
+        let mut k = [0u8; BLOCK_LEN];
+        if key.len() > BLOCK_LEN {
+            k[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let pad = |byte: u8| {
+            let mut block = [0u8; BLOCK_LEN];
+            for (b, k) in block.iter_mut().zip(k) {
+                *b = k ^ byte;
+            }
+            let mut state = SHA256_IV;
+            compress(&mut state, &block);
+            state
+        };
+        PrekeyedHmac {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+        }
+    }
+
+    /// The full 32-byte HMAC of `msg` (at most [`Self::MSG_MAX`] bytes), as SHA-256 state
+    /// words.
+    #[inline]
+    fn mac_words(&self, msg: &[u8]) -> [u32; 8] {
+        assert!(msg.len() <= Self::MSG_MAX, "message fits one block");
+        let mut block = [0u8; BLOCK_LEN];
+        block[..msg.len()].copy_from_slice(msg);
+        block[msg.len()] = 0x80;
+        block[56..].copy_from_slice(&(((BLOCK_LEN + msg.len()) * 8) as u64).to_be_bytes());
+        let mut inner = self.inner;
+        compress(&mut inner, &block);
+        let mut block = [0u8; BLOCK_LEN];
+        for (out, word) in block.chunks_exact_mut(4).zip(inner) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        block[32] = 0x80;
+        block[56..].copy_from_slice(&(((BLOCK_LEN + 32) * 8) as u64).to_be_bytes());
+        let mut outer = self.outer;
+        compress(&mut outer, &block);
+        outer
+    }
+
+    /// The full 32-byte HMAC of `msg`.
+    pub fn mac(&self, msg: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (o, word) in out.chunks_exact_mut(4).zip(self.mac_words(msg)) {
+            o.copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    /// The first 80 bits of the HMAC of `msg`: a code's tag.
+    #[inline]
+    pub fn tag(&self, msg: &[u8]) -> [u8; TAG_LEN] {
+        let words = self.mac_words(msg);
+        let mut tag = [0u8; TAG_LEN];
+        tag[0..4].copy_from_slice(&words[0].to_be_bytes());
+        tag[4..8].copy_from_slice(&words[1].to_be_bytes());
+        tag[8..10].copy_from_slice(&words[2].to_be_bytes()[..2]);
+        tag
+    }
+}
+
+/// Compares two tags in constant time: the bytes are folded into two integers, compared
+/// without branching on where they differ.
+#[inline]
+fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    let hi = |t: &[u8; TAG_LEN]| u64::from_le_bytes(t[..8].try_into().expect("8 bytes"));
+    let lo = |t: &[u8; TAG_LEN]| u16::from_le_bytes([t[8], t[9]]);
+    (hi(a).ct_eq(&hi(b)) & lo(a).ct_eq(&lo(b))).into()
+}
+
+#[inline(always)]
+fn compress(state: &mut [u32; 8], block: &[u8; BLOCK_LEN]) {
+    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+}
 
 /// Bytes of secret per key.
 pub const KEY_LEN: usize = 32;
@@ -127,13 +227,18 @@ pub enum KeyError {
     RetireActive(u8),
 }
 
-/// One key: its secret and the HMAC state keyed with it (inner and outer pads absorbed once,
-/// cloned per check).
+impl fmt::Debug for PrekeyedHmac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrekeyedHmac(..)")
+    }
+}
+
+/// One key: its secret and the HMAC state keyed with it.
 struct KeyEntry {
     /// The secret (persisted).
     secret: [u8; KEY_LEN],
-    /// HMAC-SHA256 keyed with `secret`.
-    mac: HmacSha256,
+    /// HMAC-SHA256 keyed with `secret`, pads absorbed.
+    mac: PrekeyedHmac,
 }
 
 /// The ring: lock-free reads (one atomic status byte and a once-set entry per id).
@@ -175,7 +280,7 @@ impl KeyRing {
 
     fn insert(&self, id: u8, status: KeyStatus, secret: [u8; KEY_LEN]) {
         assert!(id != 0, "key id 0 is reserved");
-        let mac = HmacSha256::new_from_slice(&secret).expect("HMAC takes any key length");
+        let mac = PrekeyedHmac::new(&secret);
         assert!(
             self.entries[id as usize]
                 .set(KeyEntry { secret, mac })
@@ -314,7 +419,7 @@ impl KeyRing {
 
     /// The HMAC state of a key that may verify (active or verify-only).
     #[inline]
-    fn verifier(&self, id: u8) -> Option<&HmacSha256> {
+    fn verifier(&self, id: u8) -> Option<&PrekeyedHmac> {
         match self.status_of(id) {
             KeyStatus::Active | KeyStatus::VerifyOnly => {
                 self.entries[id as usize].get().map(|e| &e.mac)
@@ -390,7 +495,7 @@ impl KeyRing {
         };
         let mut code = CodeBytes::unsigned(&header, 0);
         let mac = self.verifier(header.key_id).expect("active key verifies");
-        code.set_tag(&tag_of(mac.clone(), code.signed_part()));
+        code.set_tag(&mac.tag(code.signed_part()));
         code
     }
 
@@ -399,22 +504,20 @@ impl KeyRing {
     pub fn verify_static(&self, code: &CodeBytes) -> bool {
         debug_assert_eq!(code.format(), CodeFormat::Static);
         match self.verifier(code.key_id()) {
-            Some(mac) => tag_of(mac.clone(), code.signed_part())
-                .ct_eq(code.tag())
-                .into(),
+            Some(mac) => tags_equal(&mac.tag(code.signed_part()), code.tag()),
             None => false,
         }
     }
 
     /// The per-ticket key of a rotating ticket, derived from key `key_id` and the ticket's
     /// place, as an HMAC state ready to tag.
-    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<HmacSha256> {
-        let mut derive = self.verifier(key_id)?.clone();
-        derive.update(ROTATING_KEY_LABEL);
-        derive.update(&partition.to_be_bytes());
-        derive.update(&serial.to_be_bytes());
-        let ticket_key = derive.finalize().into_bytes();
-        Some(HmacSha256::new_from_slice(&ticket_key).expect("HMAC takes any key length"))
+    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<PrekeyedHmac> {
+        const LABEL_LEN: usize = ROTATING_KEY_LABEL.len();
+        let mut msg = [0u8; LABEL_LEN + 6];
+        msg[..LABEL_LEN].copy_from_slice(ROTATING_KEY_LABEL);
+        msg[LABEL_LEN..LABEL_LEN + 2].copy_from_slice(&partition.to_be_bytes());
+        msg[LABEL_LEN + 2..].copy_from_slice(&serial.to_be_bytes());
+        Some(PrekeyedHmac::new(&self.verifier(key_id)?.mac(&msg)))
     }
 
     /// Signs a rotating code for `header` at time step `step` with the active key.
@@ -432,7 +535,7 @@ impl KeyRing {
     pub fn sign_rotating_with(&self, header: &CodeHeader, step: u64) -> Option<CodeBytes> {
         let mac = self.ticket_mac(header.key_id, header.partition, header.serial)?;
         let mut code = CodeBytes::unsigned(header, step as u8);
-        code.set_tag(&tag_of(mac, code.signed_part()));
+        code.set_tag(&mac.tag(code.signed_part()));
         Some(code)
     }
 
@@ -450,20 +553,10 @@ impl KeyRing {
         }
         let h = code.header();
         match self.ticket_mac(h.key_id, h.partition, h.serial) {
-            Some(mac) => tag_of(mac, code.signed_part()).ct_eq(code.tag()).into(),
+            Some(mac) => tags_equal(&mac.tag(code.signed_part()), code.tag()),
             None => false,
         }
     }
-}
-
-/// The first 80 bits of the HMAC of `msg`.
-#[inline]
-fn tag_of(mut mac: HmacSha256, msg: &[u8]) -> [u8; TAG_LEN] {
-    mac.update(msg);
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; TAG_LEN];
-    tag.copy_from_slice(&full[..TAG_LEN]);
-    tag
 }
 
 fn random_secret() -> [u8; KEY_LEN] {
@@ -526,11 +619,35 @@ mod tests {
     }
 
     #[test]
-    fn tag_matches_hmac_sha256_reference() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
-        let mac = HmacSha256::new_from_slice(b"Jefe").unwrap();
-        let tag = tag_of(mac, b"what do ya want for nothing?");
-        assert_eq!(to_hex(&tag), "5bdcc146bf60754e6a04");
+    fn prekeyed_hmac_matches_rfc4231() {
+        // Test case 2: key "Jefe", data "what do ya want for nothing?".
+        let mac = PrekeyedHmac::new(b"Jefe").mac(b"what do ya want for nothing?");
+        assert_eq!(
+            to_hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a 131-byte key (longer than a block), hashed first.
+        let key = [0xaau8; 131];
+        let mac =
+            PrekeyedHmac::new(&key).mac(b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(
+            to_hex(&mac),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prekeyed_hmac_matches_hmac_crate(key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+                                            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=PrekeyedHmac::MSG_MAX)) {
+            use hmac::Mac;
+            let mut reference = hmac::Hmac::<Sha256>::new_from_slice(&key).unwrap();
+            reference.update(&msg);
+            let want = reference.finalize().into_bytes();
+            let ours = PrekeyedHmac::new(&key);
+            proptest::prop_assert_eq!(&ours.mac(&msg)[..], &want[..]);
+            proptest::prop_assert_eq!(&ours.tag(&msg)[..], &want[..TAG_LEN]);
+        }
     }
 
     #[test]

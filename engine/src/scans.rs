@@ -1,17 +1,17 @@
 //! Recent scans per gate, so that a retry (same gate, same scan id) gets its original answer.
 //!
 //! Each gate that ever changed a ticket gets a table of [`SCANS_PER_GATE`] entries indexed by
-//! `scan_id % SCANS_PER_GATE`. An entry holds a fingerprint of (gate, scan id, op, ticket)
-//! and the answer given. A gate numbering its scans in sequence is thus remembered for its
-//! last [`SCANS_PER_GATE`] state-changing scans: minutes of traffic at a turnstile. Only
-//! answers that changed state are remembered; a retry of anything else is decided afresh,
-//! which is safe because the first try changed nothing.
+//! `scan_id % SCANS_PER_GATE`. An entry holds the scan id, the ticket and op, and the answer
+//! given, compared exactly (no hash: nothing can make one ticket's answer replay for
+//! another). A gate numbering its scans in sequence is thus remembered for its last
+//! [`SCANS_PER_GATE`] state-changing scans: minutes of traffic at a turnstile. Only answers
+//! that changed state are remembered; a retry of anything else is decided afresh, which is
+//! safe because the first try changed nothing.
 
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use stile_protocol::{Outcome, OutcomeKind};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::word::{from_epoch_s, to_epoch_s, Op};
 
@@ -20,11 +20,15 @@ pub const SCANS_PER_GATE: usize = 256;
 /// Gate ids are `u16`.
 const GATES_MAX: usize = 1 << 16;
 
-/// One remembered scan.
+/// One remembered scan. Written `scan = 0`, `ticket`, `answer`, `scan`; read `scan`, `ticket`,
+/// `answer`, then `scan` and `ticket` again, so a reader racing a writer sees a match only
+/// when all three belong together.
 #[derive(Debug, Default)]
 struct Entry {
-    /// Fingerprint of (gate, scan id, op, partition, serial); 0 = empty.
-    key: AtomicU64,
+    /// The scan id plus one (0 = empty or being written).
+    scan: AtomicU64,
+    /// Op, partition and serial, packed by [`ticket_key`].
+    ticket: AtomicU64,
     /// The packed answer.
     answer: AtomicU64,
 }
@@ -67,15 +71,13 @@ pub struct ScanKey {
 }
 
 impl ScanKey {
-    fn fingerprint(&self, op: Op) -> u64 {
-        let mut buf = [0u8; 17];
-        buf[0..2].copy_from_slice(&self.gate.to_le_bytes());
-        buf[2..10].copy_from_slice(&self.scan_id.to_le_bytes());
-        buf[10..12].copy_from_slice(&self.partition.to_le_bytes());
-        buf[12..16].copy_from_slice(&self.serial.to_le_bytes());
-        buf[16] = op as u8;
-        xxh3_64(&buf) | 1 // never 0, the empty mark
+    fn entry_scan(&self) -> u64 {
+        self.scan_id.wrapping_add(1).max(1)
     }
+}
+
+fn ticket_key(key: &ScanKey, op: Op) -> u64 {
+    (op as u64) << 48 | u64::from(key.partition) << 32 | u64::from(key.serial)
 }
 
 fn pack(o: &Outcome) -> u64 {
@@ -102,10 +104,19 @@ impl ScanMemory {
         (!p.is_null()).then(|| unsafe { &*p })
     }
 
+    #[inline]
     fn table_or_insert(&self, gate: u16) -> &GateScans {
-        if let Some(t) = self.table(gate) {
-            return t;
+        match self.table(gate) {
+            Some(t) => t,
+            None => self.insert_table(gate),
         }
+    }
+
+    /// Allocates a gate's table on its first state change (kept out of line: the table is
+    /// built on the stack before it is boxed).
+    #[cold]
+    #[inline(never)]
+    fn insert_table(&self, gate: u16) -> &GateScans {
         let fresh = Box::into_raw(Box::new(GateScans {
             entries: std::array::from_fn(|_| Entry::default()),
         }));
@@ -127,22 +138,28 @@ impl ScanMemory {
     #[inline]
     pub fn recall(&self, key: &ScanKey, op: Op) -> Option<Outcome> {
         let entry = &self.table(key.gate)?.entries[key.scan_id as usize % SCANS_PER_GATE];
-        let fp = key.fingerprint(op);
-        if entry.key.load(Ordering::Acquire) != fp {
+        let (scan, ticket) = (key.entry_scan(), ticket_key(key, op));
+        if entry.scan.load(Ordering::Acquire) != scan
+            || entry.ticket.load(Ordering::Acquire) != ticket
+        {
             return None;
         }
         let answer = entry.answer.load(Ordering::Acquire);
-        // A writer may have replaced the entry between the two loads: check again.
-        (entry.key.load(Ordering::Acquire) == fp).then(|| unpack(answer))
+        // A writer may have replaced the entry meanwhile: it clears `scan` first and writes
+        // `ticket` before `answer`, so an unchanged pair means `answer` is theirs.
+        let still = entry.scan.load(Ordering::Acquire) == scan
+            && entry.ticket.load(Ordering::Acquire) == ticket;
+        still.then(|| unpack(answer))
     }
 
     /// Remembers the answer to a scan that changed state.
     #[inline]
     pub fn remember(&self, key: &ScanKey, op: Op, answer: &Outcome) {
         let entry = &self.table_or_insert(key.gate).entries[key.scan_id as usize % SCANS_PER_GATE];
-        entry.key.store(0, Ordering::Release);
+        entry.scan.store(0, Ordering::Release);
+        entry.ticket.store(ticket_key(key, op), Ordering::Release);
         entry.answer.store(pack(answer), Ordering::Release);
-        entry.key.store(key.fingerprint(op), Ordering::Release);
+        entry.scan.store(key.entry_scan(), Ordering::Release);
     }
 }
 

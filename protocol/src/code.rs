@@ -42,7 +42,7 @@ pub enum CodeFormat {
 
 impl CodeFormat {
     /// Length in bytes of a code of this format.
-    pub const fn len(self) -> usize {
+    pub const fn byte_len(self) -> usize {
         match self {
             CodeFormat::Static => STATIC_LEN,
             CodeFormat::Rotating => ROTATING_LEN,
@@ -51,7 +51,7 @@ impl CodeFormat {
 
     /// Number of bytes the tag covers (everything before the tag).
     pub const fn signed_len(self) -> usize {
-        self.len() - TAG_LEN
+        self.byte_len() - TAG_LEN
     }
 
     fn from_byte(b: u8) -> Option<Self> {
@@ -122,7 +122,7 @@ impl CodeBytes {
             }
             n => return Err(CodeError::BadLength(n)),
         };
-        if format.len() != raw.len() {
+        if format.byte_len() != raw.len() {
             return Err(CodeError::BadFormat(raw[0]));
         }
         let mut bytes = [0u8; MAX_LEN];
@@ -146,7 +146,7 @@ impl CodeBytes {
             bytes[10] = step_low;
         }
         CodeBytes {
-            len: header.format.len() as u8,
+            len: header.format.byte_len() as u8,
             bytes,
         }
     }

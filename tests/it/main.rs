@@ -1,1 +1,7 @@
+//! stile's integration tests: one binary across crates.
 
+mod engine_ops;
+mod forged;
+mod loom_word;
+mod race;
+mod support;
