@@ -43,10 +43,18 @@ enum KeysAction {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Keys { data, action } => keys(&data, action),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The cause chain on one line; no backtrace for people at a terminal.
+            eprintln!("stile: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 mod engine_ops;
 mod forged;
 mod loom_word;
+mod memory;
 mod race;
 mod support;
