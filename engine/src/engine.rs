@@ -371,9 +371,11 @@ impl Engine {
             first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
         };
         let applied = word::apply(&at.slot.word, op, &ctx);
-        if applied.change.is_some() {
-            if op == Op::Entry && first_scan_e == 0 {
-                // Set once: a racing first admit keeps whichever time landed first.
+        if let Some((old, _)) = applied.change {
+            if op == Op::Entry && old.entries == 0 && first_scan_e == 0 {
+                // Set once: only a step from 0 entries to 1 tries, and only into an unset
+                // field, so a thread that read it unset and then stalled across an admit and
+                // its undo cannot move the start of a day pass.
                 let _ = at.slot.first_scan_e.compare_exchange(
                     0,
                     to_epoch_s(now_unix_s).max(1),
