@@ -236,7 +236,7 @@ fn engine_benches(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
 
     g.throughput(Throughput::Elements(1));
-    let code = b.codes[12345];
+    let code = b.codes[b.codes.len() / 2];
     g.bench_function("hmac_verify", |bench| {
         bench.iter(|| assert!(b.engine.keys().verify_static(black_box(&code))))
     });
