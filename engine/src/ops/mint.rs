@@ -7,7 +7,7 @@ use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::{MintError, TicketError};
 use crate::index::Partition;
-use crate::policy::{PolicyError, PolicyId};
+use crate::policy::{Policy, PolicyError, PolicyId};
 use crate::word::{to_epoch_s, Word};
 
 /// Most tickets one mint call makes.
@@ -63,17 +63,7 @@ impl Engine {
         let minted = Word::minted(to_epoch_s(now));
         for serial in first..first + req.count {
             publish(partition, serial, req.policy, minted, 0);
-            let header = CodeHeader {
-                format: policy.format,
-                key_id: 0,
-                provider: policy.provider,
-                partition: req.partition,
-                serial,
-            };
-            each(match policy.format {
-                CodeFormat::Static => self.keys.sign_static(&header),
-                CodeFormat::Rotating => self.keys.sign_rotating(&header, step),
-            });
+            each(self.sign_new(&policy, req.partition, serial, step));
         }
         Ok(first)
     }
@@ -92,6 +82,30 @@ impl Engine {
                 .keys
                 .sign_rotating_with(&code.header(), self.rotation_step(unix_s))
                 .ok_or(TicketError::Forged),
+        }
+    }
+}
+
+impl Engine {
+    /// Signs the code of a new ticket with the active key: its one static code, or its
+    /// rotating code at `step`.
+    pub(crate) fn sign_new(
+        &self,
+        policy: &Policy,
+        partition: u16,
+        serial: u32,
+        step: u64,
+    ) -> CodeBytes {
+        let header = CodeHeader {
+            format: policy.format,
+            key_id: 0,
+            provider: policy.provider,
+            partition,
+            serial,
+        };
+        match policy.format {
+            CodeFormat::Static => self.keys.sign_static(&header),
+            CodeFormat::Rotating => self.keys.sign_rotating(&header, step),
         }
     }
 }

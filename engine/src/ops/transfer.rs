@@ -1,6 +1,6 @@
 //! Transfer: void the old code and mint a new one for the new holder, atomically.
 
-use stile_protocol::{CodeBytes, CodeFormat, CodeHeader, OutcomeKind};
+use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::TicketError;
@@ -56,16 +56,6 @@ impl Engine {
             successor,
             first_scan,
         );
-        let header = CodeHeader {
-            format: policy.format,
-            key_id: 0,
-            provider: policy.provider,
-            partition: at.loc.partition,
-            serial,
-        };
-        Ok(match policy.format {
-            CodeFormat::Static => self.keys.sign_static(&header),
-            CodeFormat::Rotating => self.keys.sign_rotating(&header, self.rotation_step(now)),
-        })
+        Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)))
     }
 }
