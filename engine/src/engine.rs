@@ -310,9 +310,19 @@ impl Engine {
     /// The policy of a located ticket, checked against what was presented. A minted slot
     /// always has a policy; a format or provider that disagrees with it means the code was
     /// never issued for this ticket.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn policy_of(&self, at: &Located<'_>, gate: &Gate) -> Result<&Policy, Outcome> {
-        if at.slot.word.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        self.policy_of_word(
+            at,
+            gate,
+            at.slot.word.load(std::sync::atomic::Ordering::Acquire),
+        )
+    }
+
+    /// [`Self::policy_of`] given the slot's word as just loaded.
+    #[inline(always)]
+    fn policy_of_word(&self, at: &Located<'_>, gate: &Gate, word: u64) -> Result<&Policy, Outcome> {
+        if word == 0 {
             return Err(Outcome::UNKNOWN);
         }
         let policy = self
@@ -330,7 +340,7 @@ impl Engine {
 
     /// Runs `op` on a located ticket in one CAS loop. Scans with a scan id first consult the
     /// gate's memory, so a retry gets the original answer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn run(
         &self,
         at: &Located<'_>,
@@ -339,7 +349,8 @@ impl Engine {
         scan_id: Option<u64>,
         now_unix_s: u64,
     ) -> Applied {
-        let policy = match self.policy_of(at, gate) {
+        let current = at.slot.word.load(std::sync::atomic::Ordering::Acquire);
+        let policy = match self.policy_of_word(at, gate, current) {
             Ok(p) => p,
             Err(outcome) => {
                 return Applied {
@@ -370,7 +381,7 @@ impl Engine {
             now_unix_s,
             first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
         };
-        let applied = word::apply(&at.slot.word, op, &ctx);
+        let applied = word::apply_from(&at.slot.word, current, op, &ctx);
         if let Some((old, _)) = applied.change {
             if op == Op::Entry && old.entries == 0 && first_scan_e == 0 {
                 // Set once: only a step from 0 entries to 1 tries, and only into an unset

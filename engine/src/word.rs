@@ -176,6 +176,7 @@ pub struct Ctx<'a> {
 }
 
 /// One transition: the new word, or the rejection to answer with (word unchanged).
+#[inline(always)]
 pub fn transition(w: Word, op: Op, ctx: &Ctx<'_>) -> Result<Word, Outcome> {
     match w.state {
         TicketState::Unminted => return Err(Outcome::UNKNOWN),
@@ -310,7 +311,18 @@ pub struct Applied {
 /// succeeds.
 #[inline]
 pub fn apply<C: WordCell + ?Sized>(cell: &C, op: Op, ctx: &Ctx<'_>) -> Applied {
-    let mut current = cell.load(Ordering::Acquire);
+    apply_from(cell, cell.load(Ordering::Acquire), op, ctx)
+}
+
+/// [`apply`], starting from a value of the cell the caller has just loaded (`Acquire`), to
+/// spare a second load; a stale value only costs one failed CAS.
+#[inline(always)]
+pub fn apply_from<C: WordCell + ?Sized>(
+    cell: &C,
+    mut current: u64,
+    op: Op,
+    ctx: &Ctx<'_>,
+) -> Applied {
     loop {
         let old = Word::unpack(current);
         let new = match transition(old, op, ctx) {
