@@ -152,7 +152,7 @@ fn timed_batches(
     let start = Instant::now();
     for r in reqs.chunks(BATCH) {
         let out = &mut out[..r.len()];
-        engine.checkin_batch(r, out);
+        engine.checkin_batch(r, out).wait();
         hits += out.iter().filter(|o| o.kind == expect).count();
     }
     (start.elapsed(), hits)

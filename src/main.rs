@@ -61,19 +61,18 @@ fn main() -> std::process::ExitCode {
 fn keys(data: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
     let engine = Engine::open(data, EngineConfig::default(), Arc::new(SystemClock))
         .with_context(|| format!("opening data dir {}", data.display()))?;
-    let ring = engine.keys();
     match action {
         KeysAction::List => {}
         KeysAction::Rotate => {
-            let id = ring.rotate()?;
+            let id = engine.rotate_key()?;
             eprintln!("key {id} is now active");
         }
         KeysAction::Retire { id } => {
-            ring.retire(id)?;
+            engine.retire_key(id)?;
             eprintln!("key {id} retired: codes it signed now read as forged");
         }
     }
-    for (id, status) in ring.list() {
+    for (id, status) in engine.keys().list() {
         println!("{id}\t{}", status.name());
     }
     Ok(())

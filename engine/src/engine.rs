@@ -16,6 +16,7 @@ use crate::index::{Partition, Slot};
 use crate::keys::KeyRing;
 use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
 use crate::scans::{ScanKey, ScanMemory};
+use crate::wal::{Record, Reservation, SyncMode, Wal};
 use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
 
 /// Default time step of rotating codes.
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub serials_per_partition_max: u64,
     /// Time step of rotating codes, seconds.
     pub rotation_step_s: u32,
+    /// When the log syncs and when answers go out (engines opened on a data dir).
+    pub sync: SyncMode,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             partitions: vec![0],
             serials_per_partition_max: 1 << 32,
             rotation_step_s: ROTATION_STEP_DEFAULT_S,
+            sync: SyncMode::Always,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     /// Rotating code time step, seconds.
     pub(crate) rotation_step_s: u32,
+    /// The write-ahead log (`None`: an in-memory engine).
+    pub(crate) wal: Option<Wal>,
 }
 
 impl fmt::Debug for Engine {
@@ -166,10 +172,13 @@ impl Engine {
             scans: ScanMemory::default(),
             clock,
             rotation_step_s: config.rotation_step_s,
+            wal: None,
         })
     }
 
-    /// Opens the engine of data dir `dir`: loads its key ring, or makes one if the dir is new.
+    /// Opens the engine of data dir `dir`: loads its key ring (or makes one if the dir is
+    /// new), replays the log (cutting off a torn tail, refusing a corrupt middle), and starts
+    /// the log writer.
     pub fn open(
         dir: &Path,
         config: EngineConfig,
@@ -182,7 +191,38 @@ impl Engine {
         datadir::ensure(dir).map_err(io)?;
         let has_state = datadir::has_state(dir).map_err(io)?;
         let keys = KeyRing::open(dir, has_state)?;
-        Self::in_memory(config, clock, keys)
+        let sync = config.sync;
+        let mut engine = Self::in_memory(config, clock, keys)?;
+        let wal_dir = dir.join(datadir::WAL_DIR);
+        let end = crate::recovery::replay(&engine, &wal_dir, 0)?;
+        let tail = end.segments.last().cloned();
+        let wal = Wal::start(&wal_dir, end.next_seq, tail, sync).map_err(|source| {
+            OpenError::DataDir {
+                path: wal_dir.clone(),
+                source,
+            }
+        })?;
+        engine.wal = Some(wal);
+        Ok(engine)
+    }
+
+    /// The log, if this engine has one.
+    pub fn wal(&self) -> Option<&Wal> {
+        self.wal.as_ref()
+    }
+
+    /// Reserves `count` log numbers for changes about to be made (no-op in memory).
+    #[inline]
+    pub(crate) fn reserve(&self, count: u64) -> Option<Reservation<'_>> {
+        self.wal.as_ref().map(|w| w.reserve(count))
+    }
+
+    /// Logs one record outside the hot path and waits until it is durable.
+    pub(crate) fn log_one(&self, record: impl FnOnce() -> Record) {
+        if let Some(mut r) = self.reserve(1) {
+            r.push(&record());
+            r.submit().wait();
+        }
     }
 
     /// The key ring (rotation, retirement, listing).
@@ -190,9 +230,40 @@ impl Engine {
         &self.keys
     }
 
-    /// Adds a policy (or finds an identical one) and returns its id.
+    /// Adds a policy (or finds an identical one) and returns its id, once durable.
     pub fn add_policy(&self, policy: Policy) -> Result<PolicyId, PolicyError> {
-        self.policies.add(policy)
+        let mut durability = None;
+        let id = self.policies.add_with(policy, |id| {
+            // Reserved under the table's lock, so policies reach the log in id order.
+            if let Some(mut log) = self.reserve(1) {
+                log.push(&Record::Policy { id: id.0, policy });
+                durability = Some(log.submit());
+            }
+        })?;
+        if let Some(d) = durability {
+            d.wait();
+        }
+        Ok(id)
+    }
+
+    /// Adds a key and makes it active (the old one keeps verifying); logged.
+    pub fn rotate_key(&self) -> Result<u8, crate::keys::KeyError> {
+        let id = self.keys.rotate()?;
+        self.log_one(|| Record::Key {
+            id,
+            status: crate::keys::KeyStatus::Active as u8,
+        });
+        Ok(id)
+    }
+
+    /// Retires key `id`: its codes read as `forged` from now on; logged.
+    pub fn retire_key(&self, id: u8) -> Result<(), crate::keys::KeyError> {
+        self.keys.retire(id)?;
+        self.log_one(|| Record::Key {
+            id,
+            status: crate::keys::KeyStatus::Retired as u8,
+        });
+        Ok(())
     }
 
     /// The policy with id `id`.
@@ -348,6 +419,7 @@ impl Engine {
         gate: &Gate,
         scan_id: Option<u64>,
         now_unix_s: u64,
+        log: Option<&mut Reservation<'_>>,
     ) -> Applied {
         let current = at.slot.word.load(std::sync::atomic::Ordering::Acquire);
         let policy = match self.policy_of_word(at, gate, current) {
@@ -382,7 +454,7 @@ impl Engine {
             first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
         };
         let applied = word::apply_from(&at.slot.word, current, op, &ctx);
-        if let Some((old, _)) = applied.change {
+        if let Some((old, new)) = applied.change {
             if op == Op::Entry && old.entries == 0 && first_scan_e == 0 {
                 // Set once: only a step from 0 entries to 1 tries, and only into an unset
                 // field, so a thread that read it unset and then stalled across an admit and
@@ -393,6 +465,18 @@ impl Engine {
                     std::sync::atomic::Ordering::AcqRel,
                     std::sync::atomic::Ordering::Relaxed,
                 );
+            }
+            // A transfer logs both tickets in one record of its own.
+            if let (Some(log), true) = (log, op != Op::Transfer) {
+                log.push(&Record::State {
+                    partition: at.loc.partition,
+                    serial: at.loc.serial,
+                    word: new.pack(),
+                    first_scan_e: at
+                        .slot
+                        .first_scan_e
+                        .load(std::sync::atomic::Ordering::Acquire),
+                });
             }
             if let Some(k) = &scan {
                 self.scans.remember(k, op, &applied.outcome);

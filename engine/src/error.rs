@@ -25,6 +25,9 @@ pub enum OpenError {
     /// The configuration is unusable.
     #[error("bad engine configuration: {0}")]
     Config(String),
+    /// The log is damaged in its middle (a torn tail is cut off silently, not an error).
+    #[error(transparent)]
+    Log(#[from] crate::wal::segment::ScanError),
 }
 
 /// Minting or importing failed; nothing was minted.

@@ -149,6 +149,24 @@ impl Partition {
         Some(first as u32)
     }
 
+    /// Marks serials `[first, first + count)` as handed out while recovering (they were
+    /// reserved before the crash) and makes sure their slots exist.
+    pub fn restore_reserved(&self, first: u32, count: u32) -> Result<(), String> {
+        let end = u64::from(first) + u64::from(count);
+        if end > self.serials_max {
+            return Err(format!(
+                "serials up to {end} exceed this partition's maximum"
+            ));
+        }
+        self.next_serial.fetch_max(end, Ordering::AcqRel);
+        if count > 0 {
+            for c in (first >> CHUNK_BITS) as usize..=((end - 1) >> CHUNK_BITS) as usize {
+                self.ensure_chunk(c);
+            }
+        }
+        Ok(())
+    }
+
     /// Serials handed out so far.
     pub fn minted_serials(&self) -> u64 {
         self.next_serial.load(Ordering::Acquire)

@@ -13,7 +13,9 @@ pub mod index;
 pub mod keys;
 mod ops;
 pub mod policy;
+mod recovery;
 pub mod scans;
+pub mod wal;
 pub mod word;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -26,4 +28,5 @@ pub use ops::mint::{MintRequest, MINT_BATCH_MAX};
 pub use ops::status::TicketStatus;
 pub use policy::{EntryRule, Policy, PolicyId, Validity};
 pub use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
+pub use wal::{Durability, SyncMode};
 pub use word::{TicketState, Word};

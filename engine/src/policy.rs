@@ -181,6 +181,16 @@ pub struct PolicyTable {
 impl PolicyTable {
     /// Adds `policy` (or finds its twin) and returns its id.
     pub fn add(&self, policy: Policy) -> Result<PolicyId, PolicyError> {
+        self.add_with(policy, |_| {})
+    }
+
+    /// Adds `policy` (or finds its twin) and returns its id; `on_new` runs, under the
+    /// table's lock, only when the policy is new (the engine logs it there, in id order).
+    pub fn add_with(
+        &self,
+        policy: Policy,
+        on_new: impl FnOnce(PolicyId),
+    ) -> Result<PolicyId, PolicyError> {
         policy.validate()?;
         let mut ids = self.ids.lock().expect("policy table mutex poisoned");
         if let Some(id) = ids.get(&policy) {
@@ -191,7 +201,29 @@ impl PolicyTable {
         }
         let id = PolicyId(self.policies.push(policy) as u32);
         ids.insert(policy, id);
+        on_new(id);
         Ok(id)
+    }
+
+    /// Puts back policy `id` while recovering: the next id, or one already present and equal.
+    pub fn restore(&self, id: PolicyId, policy: Policy) -> Result<(), String> {
+        let mut ids = self.ids.lock().expect("policy table mutex poisoned");
+        let len = self.policies.count();
+        match (id.0 as usize).cmp(&len) {
+            std::cmp::Ordering::Equal => {
+                self.policies.push(policy);
+                ids.entry(policy).or_insert(id);
+                Ok(())
+            }
+            std::cmp::Ordering::Less if self.policies.get(id.0 as usize) == Some(&policy) => Ok(()),
+            std::cmp::Ordering::Less => Err(format!(
+                "policy {} differs from the one already known",
+                id.0
+            )),
+            std::cmp::Ordering::Greater => {
+                Err(format!("policy {} logged before policy {len}", id.0))
+            }
+        }
     }
 
     /// The policy with this id.

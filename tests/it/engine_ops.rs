@@ -498,29 +498,26 @@ fn batch_answers_match_single_answers_in_order() {
     reqs.push(req(G1, 1000, bad));
     reqs.push(req(G1, 1001, codes[0]));
     let mut out = vec![Outcome::FORGED; reqs.len()];
-    e.checkin_batch(&reqs, &mut out);
+    e.checkin_batch(&reqs, &mut out).wait();
     assert!(out[..200].iter().all(|o| o.kind == OutcomeKind::Admitted));
     assert_eq!(out[200].kind, OutcomeKind::Forged);
     assert_eq!(out[201].kind, OutcomeKind::AlreadyUsed);
 }
 
 #[test]
-fn data_dir_keys_survive_reopen_and_missing_keys_refuse() {
+fn data_dir_keys_and_tickets_survive_reopen_and_missing_keys_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let clock = std::sync::Arc::new(stile_engine::ManualClock::new(T0));
+    let open = || stile_engine::Engine::open(dir.path(), EngineConfig::default(), clock.clone());
     let code = {
-        let e =
-            stile_engine::Engine::open(dir.path(), EngineConfig::default(), clock.clone()).unwrap();
+        let e = open().unwrap();
         mint(&e, Policy::simple(1), 1).1[0]
     };
-    let e = stile_engine::Engine::open(dir.path(), EngineConfig::default(), clock.clone()).unwrap();
-    // Same keys: the code is genuine, so it reads `unknown`, not `forged` (the index itself
-    // is not durable until the log lands).
-    assert_eq!(e.checkin(&req(G1, 1, code)).kind, OutcomeKind::Unknown);
-    drop(e);
-    std::fs::create_dir(dir.path().join("wal")).unwrap();
-    std::fs::write(dir.path().join("wal/00000001.log"), b"x").unwrap();
+    assert_eq!(open().unwrap().checkin(&req(G1, 1, code)).kind, OutcomeKind::Admitted);
+    let again = open().unwrap().checkin(&req(G2, 2, code));
+    assert_eq!((again.kind, again.gate), (OutcomeKind::AlreadyUsed, 1));
     std::fs::rename(dir.path().join("keys"), dir.path().join("keys.moved")).unwrap();
-    let err = stile_engine::Engine::open(dir.path(), EngineConfig::default(), clock).unwrap_err();
+    let err = open().unwrap_err();
     assert!(err.to_string().contains("no key ring"), "{err}");
+    assert!(!dir.path().join("keys").exists(), "no new key was made");
 }

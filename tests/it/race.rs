@@ -49,7 +49,7 @@ fn racing_gates_admit_each_code_exactly_once_and_losers_name_the_winner() {
                         let mut out = vec![Outcome::FORGED; reqs.len()];
                         barrier.wait();
                         if t % 2 == 0 {
-                            e.checkin_batch(&reqs, &mut out);
+                            e.checkin_batch(&reqs, &mut out).wait();
                         } else {
                             // Walk the codes backwards so the racers meet in the middle.
                             for i in (0..reqs.len()).rev() {

@@ -3,13 +3,13 @@
 use stile_protocol::Outcome;
 
 use crate::engine::{Engine, Gate, Presented};
-use crate::word::Op;
+use crate::ops::checkin::GateOp;
 
 impl Engine {
     /// Records an exit: `exited` if the ticket was inside, `not_inside` otherwise (including
     /// tickets whose policy does not record exits). Validity is not checked: a day pass that
     /// ran out while its holder was inside still lets them out.
     pub fn exit(&self, gate: &Gate, scan_id: u64, ticket: &Presented<'_>) -> Outcome {
-        self.scan(Op::Exit, gate, Some(scan_id), ticket)
+        self.scan(GateOp::Exit, gate, scan_id, ticket)
     }
 }

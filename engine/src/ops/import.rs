@@ -7,12 +7,15 @@ use stile_protocol::CodeFormat;
 
 use crate::engine::{Engine, TicketLoc};
 use crate::error::MintError;
-use crate::ops::mint::{publish, MINT_BATCH_MAX};
+use crate::ops::mint::publish;
 use crate::policy::{PolicyError, PolicyId};
+use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
 
 /// Longest imported code, in bytes.
 pub const IMPORTED_CODE_MAX_LEN: usize = 256;
+/// Most codes one import call takes (one log record holds them all).
+pub const IMPORT_BATCH_MAX: usize = 10_000;
 
 impl Engine {
     /// Imports codes minted elsewhere under `policy` into `partition`; returns their serials.
@@ -30,10 +33,10 @@ impl Engine {
         if p.format != CodeFormat::Static {
             return Err(MintError::ImportRotating(policy.0));
         }
-        if codes.is_empty() || codes.len() > MINT_BATCH_MAX {
+        if codes.is_empty() || codes.len() > IMPORT_BATCH_MAX {
             return Err(MintError::BadCount {
                 count: codes.len(),
-                max: MINT_BATCH_MAX,
+                max: IMPORT_BATCH_MAX,
             });
         }
         let mut seen = std::collections::HashSet::with_capacity(codes.len());
@@ -75,6 +78,13 @@ impl Engine {
         for serial in first..first + count {
             publish(part, serial, policy, minted, 0);
         }
+        self.log_one(|| Record::Import {
+            partition,
+            first,
+            policy: policy.0,
+            word: minted.pack(),
+            codes: codes.iter().map(|c| c.to_string()).collect(),
+        });
         debug_assert!(part
             .slot(first)
             .is_some_and(|s| s.word.load(Ordering::Relaxed) != 0));

@@ -8,6 +8,7 @@ use crate::engine::{Engine, Gate, Presented};
 use crate::error::{MintError, TicketError};
 use crate::index::Partition;
 use crate::policy::{Policy, PolicyError, PolicyId};
+use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
 
 /// Most tickets one mint call makes.
@@ -63,6 +64,15 @@ impl Engine {
         let minted = Word::minted(to_epoch_s(now));
         for serial in first..first + req.count {
             publish(partition, serial, req.policy, minted, 0);
+        }
+        self.log_one(|| Record::Mint {
+            partition: req.partition,
+            first,
+            count: req.count,
+            policy: req.policy.0,
+            word: minted.pack(),
+        });
+        for serial in first..first + req.count {
             each(self.sign_new(&policy, req.partition, serial, step));
         }
         Ok(first)

@@ -14,9 +14,13 @@ impl Engine {
         let at = self
             .locate(ticket, &Gate::OPERATOR, None)
             .map_err(TicketError::from_lookup)?;
+        let mut log = self.reserve(1);
         let outcome = self
-            .run(&at, Op::Revoke, &Gate::OPERATOR, None, now)
+            .run(&at, Op::Revoke, &Gate::OPERATOR, None, now, log.as_mut())
             .outcome;
+        if let Some(log) = log {
+            log.submit().wait();
+        }
         match outcome.kind {
             OutcomeKind::Revoked => Ok(outcome),
             _ => Err(TicketError::from_lookup(outcome)),

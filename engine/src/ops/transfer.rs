@@ -5,6 +5,7 @@ use stile_protocol::{CodeBytes, OutcomeKind};
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::TicketError;
 use crate::ops::mint::publish;
+use crate::wal::Record;
 use crate::word::{to_epoch_s, Op, TicketState, Word};
 
 impl Engine {
@@ -27,8 +28,9 @@ impl Engine {
         let serial = partition
             .reserve(1)
             .ok_or(TicketError::PartitionFull(at.loc.partition))?;
-        let applied = self.run(&at, Op::Transfer, &Gate::OPERATOR, None, now);
-        let Some((old, _)) = applied.change else {
+        let log = self.reserve(1);
+        let applied = self.run(&at, Op::Transfer, &Gate::OPERATOR, None, now, None);
+        let Some((old, voided)) = applied.change else {
             // The reserved serial stays unminted: a hole that reads as `unknown`.
             return Err(match applied.outcome.kind {
                 OutcomeKind::AlreadyUsed | OutcomeKind::Revoked => {
@@ -56,6 +58,18 @@ impl Engine {
             successor,
             first_scan,
         );
+        if let Some(mut log) = log {
+            log.push(&Record::Transfer {
+                partition: at.loc.partition,
+                old_serial: at.loc.serial,
+                old_word: voided.pack(),
+                new_serial: serial,
+                policy: at.slot.policy_id().0,
+                new_word: successor.pack(),
+                first_scan_e: first_scan,
+            });
+            log.submit().wait();
+        }
         Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)))
     }
 }

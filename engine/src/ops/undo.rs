@@ -3,12 +3,12 @@
 use stile_protocol::Outcome;
 
 use crate::engine::{Engine, Gate, Presented};
-use crate::word::Op;
+use crate::ops::checkin::GateOp;
 
 impl Engine {
     /// Annuls `gate`'s last admit of the ticket if it is still the ticket's last event and
     /// within the policy's undo window: `undone`, else `not_undoable`.
     pub fn undo(&self, gate: &Gate, scan_id: u64, ticket: &Presented<'_>) -> Outcome {
-        self.scan(Op::Undo, gate, Some(scan_id), ticket)
+        self.scan(GateOp::Undo, gate, scan_id, ticket)
     }
 }

@@ -1,0 +1,121 @@
+//! Recovery: replay the log into a fresh engine.
+//!
+//! Replay is idempotent and per-ticket ordered: a state record applies only if its word's
+//! version is newer (modulo 256) than the slot's, and mints and imports publish only empty
+//! slots. Records of one ticket that reached the log in the other order than their swaps
+//! therefore still leave the later state.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::engine::{Engine, TicketLoc};
+use crate::error::OpenError;
+use crate::keys::KeyStatus;
+use crate::ops::mint::publish;
+use crate::policy::PolicyId;
+use crate::wal::segment::{self, ScanEnd};
+use crate::wal::Record;
+use crate::word::Word;
+
+/// Replays every record from `from_seq` on; returns where the log ends.
+pub(crate) fn replay(engine: &Engine, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
+    segment::scan(wal_dir, from_seq, |_, record| apply(engine, record)).map_err(OpenError::from)
+}
+
+/// Whether `new` is a later version of the ticket than `old` (versions wrap at 256).
+fn newer(new: u64, old: u64) -> bool {
+    let (n, o) = (Word::unpack(new).version, Word::unpack(old).version);
+    (n.wrapping_sub(o) as i8) > 0
+}
+
+fn apply(engine: &Engine, record: Record) -> Result<(), String> {
+    match record {
+        Record::Policy { id, policy } => engine.policies.restore(PolicyId(id), policy),
+        Record::Mint { partition, first, count, policy, word } => {
+            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            part.restore_reserved(first, count)?;
+            for serial in first..first + count {
+                publish_if_empty(engine, partition, serial, PolicyId(policy), word, 0)?;
+            }
+            Ok(())
+        }
+        Record::State { partition, serial, word, first_scan_e } => {
+            set_state(engine, partition, serial, word, first_scan_e)
+        }
+        Record::Transfer { partition, old_serial, old_word, new_serial, policy, new_word, first_scan_e } => {
+            set_state(engine, partition, old_serial, old_word, 0)?;
+            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            part.restore_reserved(new_serial, 1)?;
+            publish_if_empty(engine, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
+        }
+        Record::Import { partition, first, policy, word, codes } => {
+            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            part.restore_reserved(first, codes.len() as u32)?;
+            for (i, code) in codes.into_iter().enumerate() {
+                let serial = first + i as u32;
+                publish_if_empty(engine, partition, serial, PolicyId(policy), word, 0)?;
+                engine.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
+            }
+            Ok(())
+        }
+        Record::Key { id, status: _ } => match engine.keys.status_of(id) {
+            KeyStatus::Absent => Err(format!(
+                "the log names key {id}, which the key ring does not hold (is the ring file older than the log?)"
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+fn not_served(partition: u16) -> String {
+    format!("the log holds tickets of partition {partition}, which this node is not configured to serve")
+}
+
+fn publish_if_empty(
+    engine: &Engine,
+    partition: u16,
+    serial: u32,
+    policy: PolicyId,
+    word: u64,
+    first_scan_e: u32,
+) -> Result<(), String> {
+    if engine.policies.get(policy).is_none() {
+        return Err(format!(
+            "ticket {partition}/{serial} names unknown policy {}",
+            policy.0
+        ));
+    }
+    let part = engine
+        .partition(partition)
+        .ok_or_else(|| not_served(partition))?;
+    let slot = part
+        .slot(serial)
+        .ok_or_else(|| format!("serial {serial} has no slot"))?;
+    if slot.word.load(Ordering::Acquire) == 0 {
+        publish(part, serial, policy, Word::unpack(word), first_scan_e);
+    }
+    Ok(())
+}
+
+fn set_state(
+    engine: &Engine,
+    partition: u16,
+    serial: u32,
+    word: u64,
+    first_scan_e: u32,
+) -> Result<(), String> {
+    let part = engine
+        .partition(partition)
+        .ok_or_else(|| not_served(partition))?;
+    let slot = part
+        .slot(serial)
+        .filter(|s| s.word.load(Ordering::Acquire) != 0)
+        .ok_or_else(|| format!("state of ticket {partition}/{serial}, which was never minted"))?;
+    if newer(word, slot.word.load(Ordering::Acquire)) {
+        slot.word.store(word, Ordering::Release);
+    }
+    if first_scan_e != 0 && slot.first_scan_e.load(Ordering::Acquire) == 0 {
+        slot.first_scan_e.store(first_scan_e, Ordering::Release);
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Log segments on disk: naming, the segment header, and the recovery scan.
+//!
+//! A segment is `wal/<first sequence number, 20 digits>.log`: an 8-byte magic `STILEWAL`, a
+//! little-endian `u32` format version (1), then frames back to back (see `record.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::record::Record;
+
+/// Segment magic.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"STILEWAL";
+/// Segment format version.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Bytes of segment header.
+pub const SEGMENT_HEADER_LEN: u64 = 12;
+/// A segment is closed and a new one started once it passes this size.
+pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
+
+/// The log is damaged somewhere other than its tail: the engine refuses to open.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// Reading a segment failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The segment.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A record that is not the last one is damaged, or a segment header is wrong.
+    #[error(
+        "log corrupted in {path} at byte offset {offset}: {reason}; records after it exist, so \
+         this is not a torn write. Restore the data dir from a backup, or move the log aside \
+         to investigate"
+    )]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Byte offset of the bad record or header.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a scan found.
+#[derive(Debug)]
+pub struct ScanEnd {
+    /// The sequence number after the last good record (the next to hand out).
+    pub next_seq: u64,
+    /// Segments in order, with the length of their good prefix.
+    pub segments: Vec<(PathBuf, u64)>,
+    /// Bytes cut off the last segment's torn tail (0 if none).
+    pub truncated_bytes: u64,
+}
+
+/// The path of the segment whose first record has sequence `first_seq`.
+pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.log"))
+}
+
+/// Segments in `dir`, sorted by their first sequence number.
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                let path = e?.path();
+                let first = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let Some(first) = first {
+                    out.push((first, path));
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Creates a segment file with its header and fsyncs it and the directory.
+pub fn create(dir: &Path, first_seq: u64) -> io::Result<File> {
+    let path = segment_path(dir, first_seq);
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
+    header.extend_from_slice(SEGMENT_MAGIC);
+    header.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    f.write_all(&header)?;
+    f.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// Reads every segment from sequence `from_seq` on, calling `apply` for each good record in
+/// order. A damaged final record of the last segment (a torn write) is cut off the file; any
+/// other damage is [`ScanError::Corrupt`], naming file and offset.
+pub fn scan(
+    dir: &Path,
+    from_seq: u64,
+    mut apply: impl FnMut(u64, Record) -> Result<(), String>,
+) -> Result<ScanEnd, ScanError> {
+    let segments = list(dir).map_err(|source| ScanError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut next_seq = from_seq;
+    let mut good = Vec::new();
+    let mut truncated_bytes = 0;
+    let count = segments.len();
+    for (i, (first, path)) in segments.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let io = |source| ScanError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io)?;
+        let corrupt = |offset: usize, reason: String| ScanError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if bytes.len() < SEGMENT_HEADER_LEN as usize && last {
+            // Created but its header never reached the disk: start it again.
+            truncated_bytes += bytes.len() as u64;
+            fs::remove_file(&path).map_err(io)?;
+            continue;
+        }
+        if &bytes[..8.min(bytes.len())] != SEGMENT_MAGIC
+            || bytes.len() < SEGMENT_HEADER_LEN as usize
+            || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != SEGMENT_VERSION
+        {
+            return Err(corrupt(
+                0,
+                "not a stile log segment (bad magic or version)".into(),
+            ));
+        }
+        let mut at = SEGMENT_HEADER_LEN as usize;
+        while at < bytes.len() {
+            match Record::decode(&bytes[at..]) {
+                Ok((record, seq, len)) => {
+                    if seq < next_seq.max(first) {
+                        return Err(corrupt(
+                            at,
+                            format!("sequence {seq} after {}", next_seq.saturating_sub(1)),
+                        ));
+                    }
+                    apply(seq, record).map_err(|reason| corrupt(at, reason))?;
+                    next_seq = seq + 1;
+                    at += len;
+                }
+                Err(e) => {
+                    if last && is_tail(&bytes[at..], next_seq) {
+                        truncated_bytes += (bytes.len() - at) as u64;
+                        let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
+                        f.set_len(at as u64).map_err(io)?;
+                        f.sync_all().map_err(io)?;
+                        bytes.truncate(at);
+                        break;
+                    }
+                    return Err(corrupt(at, format!("{e:?}")));
+                }
+            }
+        }
+        good.push((path, bytes.len() as u64));
+    }
+    Ok(ScanEnd {
+        next_seq,
+        segments: good,
+        truncated_bytes,
+    })
+}
+
+/// How far past a damaged record the scan looks for a later good one.
+const TAIL_PROBE_BYTES: usize = 1 << 20;
+
+/// Whether damage at the start of `rest` is a torn final write rather than corruption: it is
+/// when everything from here is zeros, or when no good frame with a later sequence number
+/// starts anywhere in the next [`TAIL_PROBE_BYTES`] (a torn write leaves nothing after it;
+/// a damaged record in the middle has good records right behind it).
+fn is_tail(rest: &[u8], next_seq: u64) -> bool {
+    if rest.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let end = rest.len().min(TAIL_PROBE_BYTES);
+    !(1..end).any(|i| matches!(Record::decode(&rest[i..]), Ok((_, seq, _)) if seq >= next_seq))
+}
