@@ -513,7 +513,10 @@ fn data_dir_keys_and_tickets_survive_reopen_and_missing_keys_refuse() {
         let e = open().unwrap();
         mint(&e, Policy::simple(1), 1).1[0]
     };
-    assert_eq!(open().unwrap().checkin(&req(G1, 1, code)).kind, OutcomeKind::Admitted);
+    assert_eq!(
+        open().unwrap().checkin(&req(G1, 1, code)).kind,
+        OutcomeKind::Admitted
+    );
     let again = open().unwrap().checkin(&req(G2, 2, code));
     assert_eq!((again.kind, again.gate), (OutcomeKind::AlreadyUsed, 1));
     std::fs::rename(dir.path().join("keys"), dir.path().join("keys.moved")).unwrap();

@@ -1,6 +1,7 @@
 //! One file per operation, each in the same shape: find the ticket, apply, answer.
 
 pub mod checkin;
+pub mod dump;
 pub mod exit;
 pub mod import;
 pub mod mint;

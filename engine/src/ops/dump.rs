@@ -1,0 +1,81 @@
+//! Dump: the engine's whole state as plain values, for comparisons and snapshots.
+
+use std::sync::atomic::Ordering;
+
+use crate::engine::Engine;
+use crate::keys::KeyStatus;
+use crate::policy::Policy;
+
+/// One minted ticket's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SlotDump {
+    /// Partition.
+    pub partition: u16,
+    /// Serial.
+    pub serial: u32,
+    /// State word.
+    pub word: u64,
+    /// Policy id.
+    pub policy: u32,
+    /// First-scan time, engine-epoch seconds (0: none).
+    pub first_scan_e: u32,
+}
+
+/// Everything the engine holds, as plain values in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EngineDump {
+    /// Policies by id.
+    pub policies: Vec<Policy>,
+    /// Serials handed out per partition (`(partition, count)`).
+    pub reserved: Vec<(u16, u64)>,
+    /// Every minted slot, by partition and serial.
+    pub slots: Vec<SlotDump>,
+    /// Imported codes with their partition and serial, sorted by code.
+    pub imported: Vec<(String, u16, u32)>,
+    /// Key ids and statuses.
+    pub keys: Vec<(u8, KeyStatus)>,
+}
+
+impl Engine {
+    /// Reads the whole state. Check-ins may go on meanwhile: each slot is read atomically,
+    /// the whole is not a single instant.
+    pub fn dump(&self) -> EngineDump {
+        let mut d = EngineDump {
+            policies: (0..self.policies.len())
+                .filter_map(|i| {
+                    self.policies
+                        .get(crate::policy::PolicyId(i as u32))
+                        .copied()
+                })
+                .collect(),
+            keys: self.keys.list(),
+            ..EngineDump::default()
+        };
+        for part in self.partitions.iter().flatten() {
+            let reserved = part.minted_serials();
+            d.reserved.push((part.id(), reserved));
+            for serial in 0..reserved as u32 {
+                let Some(slot) = part.slot(serial) else {
+                    continue;
+                };
+                let word = slot.word.load(Ordering::Acquire);
+                if word != 0 {
+                    d.slots.push(SlotDump {
+                        partition: part.id(),
+                        serial,
+                        word,
+                        policy: slot.policy.load(Ordering::Relaxed),
+                        first_scan_e: slot.first_scan_e.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        }
+        d.imported = self
+            .imported
+            .iter()
+            .map(|e| (e.key().to_string(), e.partition, e.serial))
+            .collect();
+        d.imported.sort();
+        d
+    }
+}

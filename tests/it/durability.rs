@@ -1,0 +1,371 @@
+//! The log: reopen gives back exactly the state before; torn tails are cut off; damage in
+//! the middle refuses to open and says where.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stile_engine::wal::record::Record;
+use stile_engine::{
+    CheckinRequest, CodeFormat, Engine, EngineConfig, EntryRule, Gate, ManualClock, MintRequest,
+    OutcomeKind, Policy, Presented, SyncMode, Validity,
+};
+
+use crate::support::T0;
+
+const G1: Gate = Gate::new(1, 1);
+const G2: Gate = Gate::new(2, 1);
+
+fn open(
+    dir: &Path,
+    sync: SyncMode,
+    clock: &Arc<ManualClock>,
+) -> Result<Engine, stile_engine::OpenError> {
+    Engine::open(
+        dir,
+        EngineConfig {
+            sync,
+            partitions: vec![0, 1],
+            ..EngineConfig::default()
+        },
+        clock.clone(),
+    )
+}
+
+/// Every kind of record, through the public API.
+fn workload(e: &Engine, clock: &ManualClock) {
+    let simple = e.add_policy(Policy::simple(1)).unwrap();
+    let pass = e
+        .add_policy(Policy {
+            validity: Validity {
+                duration_from_first_scan_s: Some(86_400),
+                ..Validity::ALWAYS
+            },
+            entry: EntryRule::pairs(0),
+            ..Policy::simple(1)
+        })
+        .unwrap();
+    let rotating = e
+        .add_policy(Policy {
+            format: CodeFormat::Rotating,
+            ..Policy::simple(1)
+        })
+        .unwrap();
+    let codes = e
+        .mint(&MintRequest {
+            policy: simple,
+            partition: 0,
+            count: 50,
+        })
+        .unwrap();
+    let passes = e
+        .mint(&MintRequest {
+            policy: pass,
+            partition: 1,
+            count: 5,
+        })
+        .unwrap();
+    let rot = e
+        .mint(&MintRequest {
+            policy: rotating,
+            partition: 0,
+            count: 2,
+        })
+        .unwrap();
+    for (i, c) in codes.iter().enumerate().take(30) {
+        let gate = if i % 2 == 0 { G1 } else { G2 };
+        assert_eq!(
+            e.checkin(&CheckinRequest {
+                gate,
+                scan_id: i as u64,
+                code: *c
+            })
+            .kind,
+            OutcomeKind::Admitted
+        );
+    }
+    clock.advance(5);
+    assert_eq!(
+        e.undo(&G1, 100, &Presented::Code(codes[0])).kind,
+        OutcomeKind::Undone
+    );
+    e.revoke(&Presented::Code(codes[40])).unwrap();
+    let moved = e.transfer(&Presented::Code(codes[41])).unwrap();
+    e.checkin(&CheckinRequest {
+        gate: G2,
+        scan_id: 101,
+        code: moved,
+    });
+    for (i, p) in passes.iter().enumerate() {
+        e.checkin(&CheckinRequest {
+            gate: G1,
+            scan_id: 200 + i as u64,
+            code: *p,
+        });
+    }
+    clock.advance(60);
+    assert_eq!(
+        e.exit(&G2, 300, &Presented::Code(passes[0])).kind,
+        OutcomeKind::Exited
+    );
+    e.checkin(&CheckinRequest {
+        gate: G1,
+        scan_id: 301,
+        code: rot[0],
+    });
+    e.import(simple, 1, &["EXT-1", "EXT-2", "EXT-3"]).unwrap();
+    e.checkin_text(&G1, 302, "EXT-2");
+    e.rotate_key().unwrap();
+    e.mint(&MintRequest {
+        policy: simple,
+        partition: 0,
+        count: 3,
+    })
+    .unwrap();
+}
+
+#[test]
+fn reopen_restores_exactly_the_state_before_in_every_sync_mode() {
+    for sync in [
+        SyncMode::Always,
+        SyncMode::Batch { interval_ms: 5 },
+        SyncMode::None,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let before = {
+            let e = open(dir.path(), sync, &clock).unwrap();
+            workload(&e, &clock);
+            e.dump()
+        };
+        assert!(before.slots.len() > 60 && before.imported.len() == 3 && before.keys.len() == 2);
+        let after = open(dir.path(), sync, &clock).unwrap().dump();
+        assert_eq!(before, after, "{sync:?}");
+        // And once more, after reopening appended nothing new.
+        assert_eq!(open(dir.path(), sync, &clock).unwrap().dump(), before);
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte offsets and lengths of every frame of a segment.
+fn frames(path: &Path) -> Vec<(usize, usize)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = stile_engine::wal::segment::SEGMENT_HEADER_LEN as usize;
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        let (_, _, len) = Record::decode(&bytes[at..]).unwrap();
+        out.push((at, len));
+        at += len;
+    }
+    out
+}
+
+fn flip(path: &Path, offset: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset] ^= 0x5A;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Mints a ticket and admits `n` codes, one record each; returns the codes.
+fn admits(dir: &Path, clock: &Arc<ManualClock>, n: usize) -> Vec<stile_protocol::CodeBytes> {
+    let e = open(dir, SyncMode::Always, clock).unwrap();
+    let p = e.add_policy(Policy::simple(1)).unwrap();
+    let codes = e
+        .mint(&MintRequest {
+            policy: p,
+            partition: 0,
+            count: n as u32,
+        })
+        .unwrap();
+    for (i, c) in codes.iter().enumerate() {
+        e.checkin(&CheckinRequest {
+            gate: G1,
+            scan_id: i as u64,
+            code: *c,
+        });
+    }
+    codes
+}
+
+#[test]
+fn flipped_bytes_in_the_tail_record_are_cut_off_and_the_engine_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let codes = admits(dir.path(), &clock, 5);
+    let seg = segments(dir.path()).pop().unwrap();
+    let (off, len) = *frames(&seg).last().unwrap();
+    flip(&seg, off + len - 3);
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len() as usize,
+        off,
+        "torn record cut off"
+    );
+    // The last admit was lost with its record; the others stand.
+    assert_eq!(
+        e.checkin(&CheckinRequest {
+            gate: G2,
+            scan_id: 9,
+            code: codes[3]
+        })
+        .kind,
+        OutcomeKind::AlreadyUsed
+    );
+    assert_eq!(
+        e.checkin(&CheckinRequest {
+            gate: G2,
+            scan_id: 10,
+            code: codes[4]
+        })
+        .kind,
+        OutcomeKind::Admitted
+    );
+}
+
+#[test]
+fn a_cut_short_or_zero_filled_tail_is_cut_off() {
+    for damage in ["cut", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let codes = admits(dir.path(), &clock, 3);
+        let seg = segments(dir.path()).pop().unwrap();
+        let (off, len) = *frames(&seg).last().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        match damage {
+            "cut" => bytes.truncate(off + len / 2),
+            _ => bytes.extend_from_slice(&[0u8; 4096]),
+        }
+        std::fs::write(&seg, bytes).unwrap();
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let last = e
+            .checkin(&CheckinRequest {
+                gate: G2,
+                scan_id: 9,
+                code: codes[2],
+            })
+            .kind;
+        let want = if damage == "cut" {
+            OutcomeKind::Admitted
+        } else {
+            OutcomeKind::AlreadyUsed
+        };
+        assert_eq!(last, want, "{damage}");
+    }
+}
+
+#[test]
+fn flipped_bytes_in_a_middle_record_refuse_to_open_and_name_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    admits(dir.path(), &clock, 6);
+    let seg = segments(dir.path()).pop().unwrap();
+    let frames = frames(&seg);
+    let (off, len) = frames[frames.len() - 3];
+    flip(&seg, off + len / 2);
+    let before = std::fs::read(&seg).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("byte offset {off}")), "{err}");
+    assert!(
+        err.contains(seg.file_name().unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        before,
+        "a refused log is left untouched"
+    );
+    // A damaged length field in the middle is refused too, not taken for a torn tail.
+    let (off1, _) = frames[1];
+    let mut bytes = before.clone();
+    bytes[off1 + 1] ^= 0x01;
+    bytes[off + len / 2] ^= 0x5A;
+    std::fs::write(&seg, bytes).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("byte offset {off1}")), "{err}");
+}
+
+#[test]
+fn records_of_one_ticket_logged_out_of_order_replay_to_the_later_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (code, used, undone) = {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let p = e.add_policy(Policy::simple(1)).unwrap();
+        let code = e
+            .mint(&MintRequest {
+                policy: p,
+                partition: 0,
+                count: 1,
+            })
+            .unwrap()[0];
+        e.checkin(&CheckinRequest {
+            gate: G1,
+            scan_id: 1,
+            code,
+        });
+        let used = e.dump().slots[0].word;
+        e.undo(&G1, 2, &Presented::Code(code));
+        let undone = e.dump().slots[0].word;
+        // Log the two states again, the later one first, as two racing threads might.
+        let mut r = e.wal().unwrap().reserve(2);
+        r.push(&Record::State {
+            partition: 0,
+            serial: 0,
+            word: undone,
+            first_scan_e: 0,
+        });
+        r.push(&Record::State {
+            partition: 0,
+            serial: 0,
+            word: used,
+            first_scan_e: 0,
+        });
+        r.submit().wait();
+        (code, used, undone)
+    };
+    assert_ne!(used, undone);
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    assert_eq!(
+        e.dump().slots[0].word,
+        undone,
+        "version order wins over log order"
+    );
+    assert_eq!(
+        e.checkin(&CheckinRequest {
+            gate: G2,
+            scan_id: 3,
+            code
+        })
+        .kind,
+        OutcomeKind::Admitted
+    );
+}
+
+#[test]
+fn a_log_naming_a_key_the_ring_lacks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let ring = dir.path().join("keys/ring");
+    let old_ring = {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let old = std::fs::read(&ring).unwrap();
+        e.rotate_key().unwrap();
+        old
+    };
+    std::fs::write(&ring, old_ring).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ring file older than the log"), "{err}");
+}
