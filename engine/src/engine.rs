@@ -123,6 +123,17 @@ pub struct Engine {
     pub(crate) rotation_step_s: u32,
     /// The write-ahead log (`None`: an in-memory engine).
     pub(crate) wal: Option<Wal>,
+    /// What opening found in the log.
+    pub(crate) recovered: Recovered,
+}
+
+/// What opening a data dir found in its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records replayed.
+    pub records: u64,
+    /// Bytes of torn tail cut off the last segment.
+    pub truncated_bytes: u64,
 }
 
 impl fmt::Debug for Engine {
@@ -173,6 +184,7 @@ impl Engine {
             clock,
             rotation_step_s: config.rotation_step_s,
             wal: None,
+            recovered: Recovered::default(),
         })
     }
 
@@ -203,7 +215,16 @@ impl Engine {
             }
         })?;
         engine.wal = Some(wal);
+        engine.recovered = Recovered {
+            records: end.records,
+            truncated_bytes: end.truncated_bytes,
+        };
         Ok(engine)
+    }
+
+    /// What opening found in the log.
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
     }
 
     /// The log, if this engine has one.

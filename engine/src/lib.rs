@@ -19,7 +19,7 @@ pub mod wal;
 pub mod word;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, Gate, Presented, ROTATION_STEP_DEFAULT_S};
+pub use engine::{Engine, EngineConfig, Gate, Presented, Recovered, ROTATION_STEP_DEFAULT_S};
 pub use error::{MintError, OpenError, TicketError};
 pub use keys::{KeyRing, KeyStatus};
 pub use ops::checkin::{CheckinRequest, GateOp, PREFETCH_ROUND};

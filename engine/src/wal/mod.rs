@@ -121,6 +121,8 @@ struct Shared {
     syncs: AtomicU64,
     /// Records written (statistics).
     records: AtomicU64,
+    /// `fdatasync` latency in microseconds (statistics).
+    sync_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 /// The write-ahead log of one data dir.
@@ -155,10 +157,14 @@ struct Writer {
 /// Statistics of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalStats {
-    /// Group commits (fdatasync calls in `always` mode).
+    /// `fdatasync` calls.
     pub syncs: u64,
     /// Records written.
     pub records: u64,
+    /// Median `fdatasync` latency, microseconds.
+    pub sync_p50_us: u64,
+    /// 99th percentile `fdatasync` latency, microseconds.
+    pub sync_p99_us: u64,
 }
 
 impl Wal {
@@ -188,6 +194,10 @@ impl Wal {
             mode,
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
+            sync_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                    .expect("histogram bounds"),
+            ),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -243,9 +253,12 @@ impl Wal {
 
     /// Group commits and records so far.
     pub fn stats(&self) -> WalStats {
+        let h = self.shared.sync_us.lock().expect("wal stats poisoned");
         WalStats {
             syncs: self.shared.syncs.load(Ordering::Relaxed),
             records: self.shared.records.load(Ordering::Relaxed),
+            sync_p50_us: h.value_at_quantile(0.5),
+            sync_p99_us: h.value_at_quantile(0.99),
         }
     }
 
@@ -504,9 +517,17 @@ impl Writer {
     }
 
     fn sync(&mut self) {
+        let started = Instant::now();
         if let Err(e) = self.file.sync_data() {
             fatal("fdatasync of the log", &self.dir, &e);
         }
+        let us = started.elapsed().as_micros().max(1) as u64;
+        let _ = self
+            .shared
+            .sync_us
+            .lock()
+            .expect("wal stats poisoned")
+            .record(us);
         self.last_sync = Instant::now();
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.synced.store(self.next, Ordering::Release);

@@ -54,6 +54,8 @@ pub struct ScanEnd {
     pub segments: Vec<(PathBuf, u64)>,
     /// Bytes cut off the last segment's torn tail (0 if none).
     pub truncated_bytes: u64,
+    /// Records replayed.
+    pub records: u64,
 }
 
 /// The path of the segment whose first record has sequence `first_seq`.
@@ -116,6 +118,7 @@ pub fn scan(
     let mut next_seq = from_seq;
     let mut good = Vec::new();
     let mut truncated_bytes = 0;
+    let mut records = 0;
     let count = segments.len();
     for (i, (first, path)) in segments.into_iter().enumerate() {
         let last = i + 1 == count;
@@ -158,6 +161,7 @@ pub fn scan(
                         ));
                     }
                     apply(seq, record).map_err(|reason| corrupt(at, reason))?;
+                    records += 1;
                     next_seq = seq + 1;
                     at += len;
                 }
@@ -180,6 +184,7 @@ pub fn scan(
         next_seq,
         segments: good,
         truncated_bytes,
+        records,
     })
 }
 
