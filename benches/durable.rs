@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::SmallRng, SeedableRng};
 use stile_engine::{
     CheckinRequest, Durability, Engine, EngineConfig, Gate, MintRequest, OutcomeKind, Policy,
-    Presented, SyncMode, SystemClock,
+    SyncMode, SystemClock,
 };
 use stile_protocol::{CodeBytes, Outcome};
 
