@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub rotation_step_s: u32,
     /// When the log syncs and when answers go out (engines opened on a data dir).
     pub sync: SyncMode,
+    /// A log segment is closed and a new one started past this size.
+    pub segment_max_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
             serials_per_partition_max: 1 << 32,
             rotation_step_s: ROTATION_STEP_DEFAULT_S,
             sync: SyncMode::Always,
+            segment_max_bytes: crate::wal::segment::SEGMENT_MAX_BYTES,
         }
     }
 }
@@ -165,6 +168,11 @@ impl Engine {
                 "serials per partition must be 1 to 2^32".into(),
             ));
         }
+        if config.segment_max_bytes <= crate::wal::segment::SEGMENT_HEADER_LEN + 64 {
+            return Err(OpenError::Config(
+                "log segments must hold at least one record".into(),
+            ));
+        }
         if config.rotation_step_s == 0 {
             return Err(OpenError::Config(
                 "rotation step must be at least one second".into(),
@@ -203,17 +211,18 @@ impl Engine {
         datadir::ensure(dir).map_err(io)?;
         let has_state = datadir::has_state(dir).map_err(io)?;
         let keys = KeyRing::open(dir, has_state)?;
-        let sync = config.sync;
+        let (sync, segment_max_bytes) = (config.sync, config.segment_max_bytes);
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
-        let end = crate::recovery::replay(&engine, &wal_dir, 0)?;
+        let from_seq = crate::snapshot::load_newest(&engine, dir)?;
+        let end = crate::recovery::replay(&engine, &wal_dir, from_seq)?;
         let tail = end.segments.last().cloned();
-        let wal = Wal::start(&wal_dir, end.next_seq, tail, sync).map_err(|source| {
-            OpenError::DataDir {
+        let wal = Wal::start(&wal_dir, end.next_seq, tail, sync, segment_max_bytes).map_err(
+            |source| OpenError::DataDir {
                 path: wal_dir.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         engine.wal = Some(wal);
         engine.recovered = Recovered {
             records: end.records,

@@ -25,6 +25,14 @@ pub enum OpenError {
     /// The configuration is unusable.
     #[error("bad engine configuration: {0}")]
     Config(String),
+    /// The newest readable snapshot does not fit this node.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The log is damaged in its middle (a torn tail is cut off silently, not an error).
     #[error(transparent)]
     Log(#[from] crate::wal::segment::ScanError),

@@ -417,6 +417,23 @@ impl KeyRing {
             .collect()
     }
 
+    /// Every key with its status and secret (for snapshots, which are written 0600).
+    pub(crate) fn export(&self) -> Vec<(u8, KeyStatus, [u8; KEY_LEN])> {
+        self.list()
+            .into_iter()
+            .map(|(id, status)| {
+                (
+                    id,
+                    status,
+                    self.entries[id as usize]
+                        .get()
+                        .expect("listed key is set")
+                        .secret,
+                )
+            })
+            .collect()
+    }
+
     /// The HMAC state of a key that may verify (active or verify-only).
     #[inline]
     fn verifier(&self, id: u8) -> Option<&PrekeyedHmac> {

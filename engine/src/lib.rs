@@ -15,6 +15,7 @@ mod ops;
 pub mod policy;
 mod recovery;
 pub mod scans;
+pub mod snapshot;
 pub mod wal;
 pub mod word;
 
@@ -28,6 +29,7 @@ pub use ops::import::{IMPORTED_CODE_MAX_LEN, IMPORT_BATCH_MAX};
 pub use ops::mint::{MintRequest, MINT_BATCH_MAX};
 pub use ops::status::TicketStatus;
 pub use policy::{EntryRule, Policy, PolicyId, Validity};
+pub use snapshot::{SnapshotError, SnapshotInfo};
 pub use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
 pub use wal::{Durability, SyncMode};
 pub use word::{TicketState, Word};

@@ -6,7 +6,8 @@
 //! attempt whose effect the parent must allow for, and `A …` once an answer came back (so it
 //! is durable). The parent kills it with SIGKILL at a random moment, reopens the data dir
 //! and checks it against what was acknowledged; unacknowledged attempts may or may not have
-//! happened.
+//! happened. The child also takes a snapshot every 20 ms, so kills land during snapshots
+//! and log trims as well.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -28,7 +29,12 @@ const CHILD_THREADS: u16 = 3;
 const CHILD_MAX_RUN: Duration = Duration::from_secs(10);
 
 fn open(dir: &Path) -> Engine {
-    Engine::open(dir, EngineConfig::default(), Arc::new(SystemClock)).expect("open data dir")
+    // Small segments, so the child's snapshots trim the log while it is being killed.
+    let config = EngineConfig {
+        segment_max_bytes: 256 << 10,
+        ..EngineConfig::default()
+    };
+    Engine::open(dir, config, Arc::new(SystemClock)).expect("open data dir")
 }
 
 /// What the parent knows of one ticket. Lines of different child threads may print in
@@ -261,6 +267,13 @@ fn crash_child() {
     say("READY".into());
     let deadline = Instant::now() + CHILD_MAX_RUN;
     std::thread::scope(|s| {
+        // Snapshots all along, so kills land in the middle of them too.
+        s.spawn(|| {
+            while Instant::now() < deadline {
+                e.snapshot().expect("snapshot");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
         for t in 0..CHILD_THREADS {
             let (e, pool, say) = (&e, &pool, &say);
             s.spawn(move || {

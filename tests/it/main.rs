@@ -7,4 +7,5 @@ mod forged;
 mod loom_word;
 mod memory;
 mod race;
+mod snapshot;
 mod support;

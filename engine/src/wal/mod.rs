@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use event_listener::{Event, Listener};
 
 pub use record::Record;
-use segment::SEGMENT_MAX_BYTES;
 
 /// Most bytes waiting for the writer before submitters are made to wait.
 pub const QUEUE_MAX_BYTES: usize = 64 << 20;
@@ -107,6 +106,9 @@ struct Shared {
     durable: AtomicU64,
     /// Every number below this is on disk with `fdatasync` done.
     synced: AtomicU64,
+    /// Every number below this was submitted and written to the file (their changes were
+    /// made in memory before submission): where a snapshot may start.
+    written: AtomicU64,
     /// Signalled whenever `durable` moves.
     durable_event: Event,
     /// The writer's inbox.
@@ -146,6 +148,8 @@ struct Writer {
     file: File,
     /// Its length.
     file_len: u64,
+    /// A segment is closed once it passes this size.
+    segment_max_bytes: u64,
     /// Submissions that arrived ahead of a gap.
     pending: BTreeMap<u64, Submission>,
     /// The next sequence number to write.
@@ -175,10 +179,15 @@ impl Wal {
         next_seq: u64,
         tail: Option<(PathBuf, u64)>,
         mode: SyncMode,
+        segment_max_bytes: u64,
     ) -> std::io::Result<Self> {
+        assert!(
+            segment_max_bytes > segment::SEGMENT_HEADER_LEN,
+            "segments hold records"
+        );
         std::fs::create_dir_all(dir)?;
         let (file, file_len) = match tail {
-            Some((path, len)) if len < SEGMENT_MAX_BYTES => {
+            Some((path, len)) if len < segment_max_bytes => {
                 (std::fs::OpenOptions::new().append(true).open(path)?, len)
             }
             _ => (segment::create(dir, next_seq)?, segment::SEGMENT_HEADER_LEN),
@@ -187,6 +196,7 @@ impl Wal {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
             synced: AtomicU64::new(next_seq),
+            written: AtomicU64::new(next_seq),
             durable_event: Event::new(),
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
@@ -204,6 +214,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             file,
             file_len,
+            segment_max_bytes,
             pending: BTreeMap::new(),
             next: next_seq,
             last_sync: Instant::now(),
@@ -249,6 +260,11 @@ impl Wal {
     /// Every sequence number below this is synced to disk (for snapshots: in every mode).
     pub fn synced_seq(&self) -> u64 {
         self.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// Every number below this is written, and its change was made in memory first.
+    pub fn written_seq(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
     }
 
     /// Group commits and records so far.
@@ -491,7 +507,7 @@ impl Writer {
                 break;
             }
             let sub = entry.remove();
-            if self.file_len + (buf.len() + sub.bytes.len()) as u64 > SEGMENT_MAX_BYTES
+            if self.file_len + (buf.len() + sub.bytes.len()) as u64 > self.segment_max_bytes
                 && self.file_len + buf.len() as u64 > segment::SEGMENT_HEADER_LEN
             {
                 self.append(&buf);
@@ -504,6 +520,7 @@ impl Writer {
         }
         self.append(&buf);
         self.shared.records.fetch_add(records, Ordering::Relaxed);
+        self.shared.written.store(self.next, Ordering::Release);
     }
 
     fn append(&mut self, buf: &[u8]) {

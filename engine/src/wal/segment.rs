@@ -63,6 +63,24 @@ pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.log"))
 }
 
+/// Removes segments that hold only records numbered below `seq` (never the last one).
+/// Returns how many were removed.
+pub fn remove_before(dir: &Path, seq: u64) -> io::Result<usize> {
+    let segments = list(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *next_first <= seq {
+            fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(removed)
+}
+
 /// Segments in `dir`, sorted by their first sequence number.
 pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
@@ -103,8 +121,8 @@ pub fn create(dir: &Path, first_seq: u64) -> io::Result<File> {
     Ok(f)
 }
 
-/// Reads every segment from sequence `from_seq` on, calling `apply` for each good record in
-/// order. A damaged final record of the last segment (a torn write) is cut off the file; any
+/// Reads every segment, calling `apply` for each good record numbered `from_seq` or later,
+/// in order (earlier ones are checked and skipped: a snapshot holds them). A damaged final record of the last segment (a torn write) is cut off the file; any
 /// other damage is [`ScanError::Corrupt`], naming file and offset.
 pub fn scan(
     dir: &Path,
@@ -115,7 +133,19 @@ pub fn scan(
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut next_seq = from_seq;
+    if let Some((first, path)) = segments.first() {
+        if *first > from_seq {
+            return Err(ScanError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!(
+                    "the log starts at record {first} but recovery needs it from record {from_seq}: \
+                     the records between were dropped after a snapshot that is now missing or damaged"
+                ),
+            });
+        }
+    }
+    let mut next_seq = 0;
     let mut good = Vec::new();
     let mut truncated_bytes = 0;
     let mut records = 0;
@@ -160,8 +190,10 @@ pub fn scan(
                             format!("sequence {seq} after {}", next_seq.saturating_sub(1)),
                         ));
                     }
-                    apply(seq, record).map_err(|reason| corrupt(at, reason))?;
-                    records += 1;
+                    if seq >= from_seq {
+                        apply(seq, record).map_err(|reason| corrupt(at, reason))?;
+                        records += 1;
+                    }
                     next_seq = seq + 1;
                     at += len;
                 }
@@ -181,7 +213,7 @@ pub fn scan(
         good.push((path, bytes.len() as u64));
     }
     Ok(ScanEnd {
-        next_seq,
+        next_seq: next_seq.max(from_seq),
         segments: good,
         truncated_bytes,
         records,

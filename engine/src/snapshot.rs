@@ -1,0 +1,396 @@
+//! Snapshots: the whole index as an rkyv archive, taken while check-ins go on.
+//!
+//! A snapshot starts at the log's contiguously written position `P` (every record below `P`
+//! was submitted after its change was made in memory), then reads every slot. It therefore
+//! holds every change below `P` and perhaps some later ones; replaying the log from `P`
+//! on top is safe because state records apply only when their version is newer.
+//!
+//! File: `snapshots/snap-<P, 20 digits>.snap`, mode 0600 (it holds the key ring): magic
+//! `STILESNP`, `u32` version, `u64` payload length, `u64` xxh3 of the payload (all little
+//! endian), then the rkyv archive. Written to `.tmp`, fsynced, renamed, directory fsynced;
+//! only then are log segments wholly below `P` removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use rkyv::rancor::Error as RkyvError;
+use rkyv::util::AlignedVec;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::datadir;
+use crate::engine::{Engine, TicketLoc};
+use crate::error::OpenError;
+use crate::keys::KeyStatus;
+use crate::ops::mint::publish;
+use crate::policy::{EntryRule, Policy, PolicyId, Validity};
+use crate::word::Word;
+
+const MAGIC: &[u8; 8] = b"STILESNP";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 28;
+
+/// A policy, as plain values.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PolicyRow {
+    provider: u16,
+    rotating: bool,
+    not_before: Option<u64>,
+    not_after: Option<u64>,
+    duration_s: Option<u32>,
+    max_entries: u8,
+    records_exits: bool,
+    undo_window_s: u32,
+}
+
+/// One partition's slots, as three plain columns indexed by serial.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PartitionRows {
+    id: u16,
+    reserved: u64,
+    words: Vec<u64>,
+    policies: Vec<u32>,
+    first_scans: Vec<u32>,
+}
+
+/// The archive.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotData {
+    start_seq: u64,
+    policies: Vec<PolicyRow>,
+    partitions: Vec<PartitionRows>,
+    imported: Vec<(String, u16, u32)>,
+    keys: Vec<(u8, u8, [u8; 32])>,
+}
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// This engine has no data dir.
+    #[error("an in-memory engine has no data dir to snapshot into")]
+    InMemory,
+    /// Writing failed.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Serialising failed.
+    #[error("snapshot archive: {0}")]
+    Archive(String),
+}
+
+/// Where a snapshot attempt should stop (crash tests stop it half way).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// After the temp file is written and synced, before the rename.
+    TempWritten,
+    /// After the rename, before old log segments are removed.
+    Renamed,
+    /// All the way.
+    Done,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Log position it starts at.
+    pub start_seq: u64,
+    /// Minted slots it holds.
+    pub tickets: u64,
+    /// Log segments removed after it.
+    pub segments_removed: usize,
+}
+
+fn snap_path(dir: &Path, start_seq: u64) -> PathBuf {
+    dir.join(format!("snap-{start_seq:020}.snap"))
+}
+
+impl Engine {
+    /// Takes a snapshot while check-ins go on, then drops log segments it makes redundant.
+    pub fn snapshot(&self) -> Result<SnapshotInfo, SnapshotError> {
+        self.snapshot_until(Stage::Done)
+    }
+
+    /// [`Self::snapshot`], stopping at `stage` (for crash tests).
+    #[doc(hidden)]
+    pub fn snapshot_until(&self, stage: Stage) -> Result<SnapshotInfo, SnapshotError> {
+        let wal = self.wal.as_ref().ok_or(SnapshotError::InMemory)?;
+        let dir = wal
+            .dir()
+            .parent()
+            .expect("wal dir has a parent")
+            .join(datadir::SNAPSHOTS_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { path, source }
+        };
+        datadir::ensure(&dir).map_err(io(&dir))?;
+        let start_seq = wal.written_seq();
+        let data = self.snapshot_data(start_seq);
+        let tickets = data
+            .partitions
+            .iter()
+            .map(|p| p.words.iter().filter(|w| **w != 0).count() as u64)
+            .sum();
+        let payload = rkyv::to_bytes::<RkyvError>(&data)
+            .map_err(|e| SnapshotError::Archive(e.to_string()))?;
+        drop(data);
+        let path = snap_path(&dir, start_seq);
+        let tmp = path.with_extension("snap.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
+        f.write_all(&header)
+            .and_then(|_| f.write_all(&payload))
+            .and_then(|_| f.sync_all())
+            .map_err(io(&tmp))?;
+        drop(f);
+        let info = |segments_removed| SnapshotInfo {
+            path: path.clone(),
+            start_seq,
+            tickets,
+            segments_removed,
+        };
+        if stage == Stage::TempWritten {
+            return Ok(info(0));
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        if stage == Stage::Renamed {
+            return Ok(info(0));
+        }
+        // Older snapshots are redundant now; so are log segments wholly below `start_seq`.
+        for (seq, old) in list(&dir).map_err(io(&dir))? {
+            if seq < start_seq {
+                fs::remove_file(&old).map_err(io(&old))?;
+            }
+        }
+        let removed =
+            crate::wal::segment::remove_before(wal.dir(), start_seq).map_err(io(wal.dir()))?;
+        Ok(info(removed))
+    }
+
+    fn snapshot_data(&self, start_seq: u64) -> SnapshotData {
+        let policies = (0..self.policies.len())
+            .filter_map(|i| self.policies.get(PolicyId(i as u32)))
+            .map(|p| PolicyRow {
+                provider: p.provider,
+                rotating: p.format == stile_protocol::CodeFormat::Rotating,
+                not_before: p.validity.not_before_unix_s,
+                not_after: p.validity.not_after_unix_s,
+                duration_s: p.validity.duration_from_first_scan_s,
+                max_entries: p.entry.max_entries,
+                records_exits: p.entry.records_exits,
+                undo_window_s: p.undo_window_s,
+            })
+            .collect();
+        let partitions = self
+            .partitions
+            .iter()
+            .flatten()
+            .map(|part| {
+                let reserved = part.minted_serials();
+                let n = reserved as usize;
+                let mut rows = PartitionRows {
+                    id: part.id(),
+                    reserved,
+                    words: Vec::with_capacity(n),
+                    policies: Vec::with_capacity(n),
+                    first_scans: Vec::with_capacity(n),
+                };
+                for serial in 0..reserved as u32 {
+                    let (w, p, f) = match part.slot(serial) {
+                        Some(s) => (
+                            s.word.load(Ordering::Acquire),
+                            s.policy.load(Ordering::Relaxed),
+                            s.first_scan_e.load(Ordering::Relaxed),
+                        ),
+                        None => (0, 0, 0),
+                    };
+                    rows.words.push(w);
+                    rows.policies.push(p);
+                    rows.first_scans.push(f);
+                }
+                rows
+            })
+            .collect();
+        let imported = self
+            .imported
+            .iter()
+            .map(|e| (e.key().to_string(), e.partition, e.serial))
+            .collect();
+        let keys = self
+            .keys
+            .export()
+            .into_iter()
+            .map(|(id, status, secret)| (id, status as u8, secret))
+            .collect();
+        SnapshotData {
+            start_seq,
+            policies,
+            partitions,
+            imported,
+            keys,
+        }
+    }
+}
+
+/// Snapshot files in `dir` by start position, oldest first; stray temp files are removed.
+fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let path = e?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.ends_with(".snap.tmp") {
+            // A snapshot cut short before its rename: never valid.
+            fs::remove_file(&path)?;
+        } else if let Some(seq) = name
+            .strip_prefix("snap-")
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push((seq, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads the newest valid snapshot of `data_dir` into `engine`; returns its start position
+/// (0 when there is none). A damaged snapshot is skipped for an older one, with a warning:
+/// the log before it is still there only if no newer snapshot removed it, which replay
+/// then checks.
+pub(crate) fn load_newest(engine: &Engine, data_dir: &Path) -> Result<u64, OpenError> {
+    let dir = data_dir.join(datadir::SNAPSHOTS_DIR);
+    let io = |source| OpenError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    for (_, path) in list(&dir).map_err(io)?.into_iter().rev() {
+        match read(&path) {
+            Ok(data) => {
+                restore(engine, &data).map_err(|reason| OpenError::Snapshot {
+                    path: path.clone(),
+                    reason,
+                })?;
+                return Ok(data.start_seq);
+            }
+            Err(reason) => eprintln!(
+                "stile: skipping damaged snapshot {}: {reason}",
+                path.display()
+            ),
+        }
+    }
+    Ok(0)
+}
+
+fn read(path: &Path) -> Result<SnapshotData, String> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err("not a stile snapshot".into());
+    }
+    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
+        return Err("unknown snapshot version".into());
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let sum = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != len || xxh3_64(payload) != sum {
+        return Err("length or checksum mismatch".into());
+    }
+    let mut aligned = AlignedVec::<16>::with_capacity(len);
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<SnapshotData, RkyvError>(&aligned).map_err(|e| e.to_string())
+}
+
+fn restore(engine: &Engine, data: &SnapshotData) -> Result<(), String> {
+    for (id, row) in data.policies.iter().enumerate() {
+        let policy = Policy {
+            provider: row.provider,
+            format: if row.rotating {
+                stile_protocol::CodeFormat::Rotating
+            } else {
+                stile_protocol::CodeFormat::Static
+            },
+            validity: Validity {
+                not_before_unix_s: row.not_before,
+                not_after_unix_s: row.not_after,
+                duration_from_first_scan_s: row.duration_s,
+            },
+            entry: EntryRule {
+                max_entries: row.max_entries,
+                records_exits: row.records_exits,
+            },
+            undo_window_s: row.undo_window_s,
+        };
+        engine.policies.restore(PolicyId(id as u32), policy)?;
+    }
+    for (id, status, _) in &data.keys {
+        if engine.keys.status_of(*id) == KeyStatus::Absent {
+            return Err(format!(
+                "holds key {id} (status {status}), which the key ring lacks"
+            ));
+        }
+    }
+    for rows in &data.partitions {
+        let part = engine.partition(rows.id).ok_or_else(|| {
+            format!(
+                "holds partition {}, which this node is not configured to serve",
+                rows.id
+            )
+        })?;
+        part.restore_reserved(0, rows.reserved as u32)?;
+        for (serial, ((w, p), f)) in rows
+            .words
+            .iter()
+            .zip(&rows.policies)
+            .zip(&rows.first_scans)
+            .enumerate()
+        {
+            if *w != 0 {
+                publish(part, serial as u32, PolicyId(*p), Word::unpack(*w), *f);
+            }
+        }
+    }
+    for (code, partition, serial) in &data.imported {
+        engine.imported.insert(
+            code.clone().into_boxed_str(),
+            TicketLoc {
+                partition: *partition,
+                serial: *serial,
+            },
+        );
+    }
+    Ok(())
+}
