@@ -369,3 +369,66 @@ fn a_log_naming_a_key_the_ring_lacks_is_refused() {
         .to_string();
     assert!(err.contains("ring file older than the log"), "{err}");
 }
+
+/// Polls a future to completion on this thread (enough for one `Durability::wait_async`).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn durability_is_awaitable_and_covers_what_the_batch_observed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let p = e.add_policy(Policy::simple(1)).unwrap();
+    let code = e
+        .mint(&MintRequest {
+            policy: p,
+            partition: 0,
+            count: 1,
+        })
+        .unwrap()[0];
+    let mut out = [stile_protocol::Outcome::FORGED];
+    let admit = e.checkin_batch(
+        &[CheckinRequest {
+            gate: G1,
+            scan_id: 1,
+            code,
+        }],
+        &mut out,
+    );
+    assert_eq!(out[0].kind, OutcomeKind::Admitted);
+    // A loser's token, taken after it saw the admit, covers the admit's record.
+    let loser = e.checkin_batch(
+        &[CheckinRequest {
+            gate: G2,
+            scan_id: 2,
+            code,
+        }],
+        &mut out,
+    );
+    assert_eq!(out[0].kind, OutcomeKind::AlreadyUsed);
+    block_on(loser.clone().wait_async());
+    assert!(loser.is_ready() && admit.is_ready());
+    let synced = e.wal().unwrap().durable_seq();
+    assert!(
+        synced >= 3,
+        "policy, mint and admit records are durable: {synced}"
+    );
+}
