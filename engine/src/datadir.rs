@@ -44,3 +44,26 @@ pub fn has_state(dir: &Path) -> io::Result<bool> {
     }
     Ok(false)
 }
+
+/// Writes `parts` to a new private file `tmp` (mode 0600) and fsyncs it: the first half of
+/// an atomic replace (key material and snapshots go through here).
+pub fn write_private_synced(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    for part in parts {
+        f.write_all(part)?;
+    }
+    f.sync_all()
+}
+
+/// Renames `tmp` over `path` and fsyncs the directory: the second half of an atomic replace.
+pub fn rename_synced(tmp: &Path, path: &Path) -> io::Result<()> {
+    fs::rename(tmp, path)?;
+    fs::File::open(path.parent().expect("files live in a directory"))?.sync_all()
+}

@@ -7,8 +7,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -485,22 +484,9 @@ impl KeyRing {
                 .secret;
             text.push_str(&format!("{id} {} {}\n", status.name(), to_hex(secret)));
         }
-        let dir = path.parent().expect("ring file has a directory");
         let tmp = path.with_extension("tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        Ok(())
+        crate::datadir::write_private_synced(&tmp, &[text.as_bytes()]).map_err(io(&tmp))?;
+        crate::datadir::rename_synced(&tmp, path).map_err(io(path))
     }
 
     /// Signs a static code for `header` with the active key.

@@ -10,9 +10,8 @@
 //! endian), then the rkyv archive. Written to `.tmp`, fsynced, renamed, directory fsynced;
 //! only then are log segments wholly below `P` removed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -145,23 +144,12 @@ impl Engine {
         drop(data);
         let path = snap_path(&dir, start_seq);
         let tmp = path.with_extension("snap.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         header.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
-        f.write_all(&header)
-            .and_then(|_| f.write_all(&payload))
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp))?;
-        drop(f);
+        datadir::write_private_synced(&tmp, &[&header, &payload]).map_err(io(&tmp))?;
         let info = |segments_removed| SnapshotInfo {
             path: path.clone(),
             start_seq,
@@ -171,10 +159,7 @@ impl Engine {
         if stage == Stage::TempWritten {
             return Ok(info(0));
         }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
         if stage == Stage::Renamed {
             return Ok(info(0));
         }
