@@ -176,14 +176,7 @@ fn flip(path: &Path, offset: usize) {
 /// Mints a ticket and admits `n` codes, one record each; returns the codes.
 fn admits(dir: &Path, clock: &Arc<ManualClock>, n: usize) -> Vec<stile_protocol::CodeBytes> {
     let e = open(dir, SyncMode::Always, clock).unwrap();
-    let p = e.add_policy(Policy::simple(1)).unwrap();
-    let codes = e
-        .mint(&MintRequest {
-            policy: p,
-            partition: 0,
-            count: n as u32,
-        })
-        .unwrap();
+    let codes = crate::support::mint(&e, Policy::simple(1), n as u32).1;
     for (i, c) in codes.iter().enumerate() {
         e.checkin(&CheckinRequest {
             gate: G1,
@@ -301,14 +294,7 @@ fn records_of_one_ticket_logged_out_of_order_replay_to_the_later_state() {
     let clock = Arc::new(ManualClock::new(T0));
     let (code, used, undone) = {
         let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
-        let p = e.add_policy(Policy::simple(1)).unwrap();
-        let code = e
-            .mint(&MintRequest {
-                policy: p,
-                partition: 0,
-                count: 1,
-            })
-            .unwrap()[0];
+        let code = crate::support::mint(&e, Policy::simple(1), 1).1[0];
         e.checkin(&CheckinRequest {
             gate: G1,
             scan_id: 1,
@@ -396,14 +382,7 @@ fn durability_is_awaitable_and_covers_what_the_batch_observed() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
-    let p = e.add_policy(Policy::simple(1)).unwrap();
-    let code = e
-        .mint(&MintRequest {
-            policy: p,
-            partition: 0,
-            count: 1,
-        })
-        .unwrap()[0];
+    let code = crate::support::mint(&e, Policy::simple(1), 1).1[0];
     let mut out = [stile_protocol::Outcome::FORGED];
     let admit = e.checkin_batch(
         &[CheckinRequest {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use stile_engine::snapshot::Stage;
 use stile_engine::{
-    CheckinRequest, Engine, EngineConfig, Gate, ManualClock, MintRequest, OutcomeKind, Policy,
-    Presented, SyncMode,
+    CheckinRequest, Engine, EngineConfig, Gate, ManualClock, OutcomeKind, Policy, Presented,
+    SyncMode,
 };
 use stile_protocol::CodeBytes;
 
@@ -28,13 +28,7 @@ fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<Engine, stile_engine::Op
 }
 
 fn mint(e: &Engine, n: u32) -> Vec<CodeBytes> {
-    let p = e.add_policy(Policy::simple(1)).unwrap();
-    e.mint(&MintRequest {
-        policy: p,
-        partition: 0,
-        count: n,
-    })
-    .unwrap()
+    crate::support::mint(e, Policy::simple(1), n).1
 }
 
 fn admit_all(e: &Engine, gate: u16, codes: &[CodeBytes]) {
