@@ -1,14 +1,22 @@
 //! `stile`: the one binary. A thin layer over the library crates.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod certs_cmd;
+mod client_cmd;
+mod keys_cmd;
+mod serve;
 
-use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
-use stile_engine::{Engine, EngineConfig, SystemClock};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Data directory `stile up` uses unless told otherwise.
+pub const DATA_DEFAULT: &str = "stile-data";
+/// QUIC address `stile up` listens on unless told otherwise.
+pub const QUIC_DEFAULT: &str = "127.0.0.1:7443";
 
 /// stile: ticket verification at the gate.
 #[derive(Debug, Parser)]
@@ -20,36 +28,85 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node in this process, making dev certificates on first start.
+    Up(serve::UpArgs),
+    /// Run a node on a data dir whose certificates exist.
+    Node(serve::NodeArgs),
+    /// Make the deployment's CA and issue or revoke certificates.
+    Certs(certs_cmd::CertsArgs),
+    /// Mint tickets (admin certificate); prints one code a line.
+    Mint(client_cmd::MintArgs),
+    /// Check codes in (gate certificate); one line a code: CODE, outcome, details.
+    Check(client_cmd::CheckArgs),
+    /// Show tickets' state.
+    Status(client_cmd::TicketArgs),
+    /// Revoke tickets (admin certificate).
+    Revoke(client_cmd::TicketArgs),
+    /// Transfer tickets: void each code and print its successor (admin certificate).
+    Transfer(client_cmd::TicketArgs),
     /// Manage the key ring that signs feature codes.
-    Keys {
-        /// Data directory (made, with a fresh key, if it is new).
-        #[arg(long, default_value = "stile-data", global = true)]
-        data: PathBuf,
-        #[command(subcommand)]
-        action: KeysAction,
-    },
+    Keys(keys_cmd::KeysArgs),
 }
 
-#[derive(Debug, Subcommand)]
-enum KeysAction {
-    /// List key ids and their status (active, verify, retired).
-    List,
-    /// Add a key and make it active; the old active key keeps verifying its codes.
-    Rotate,
-    /// Retire a key: codes it signed read as forged from now on.
-    Retire {
-        /// Key id (1-255).
-        id: u8,
-    },
+/// How a client command reaches a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// Data directory whose `tls/` holds the certificates.
+    #[arg(long, default_value = DATA_DEFAULT)]
+    pub data: PathBuf,
+    /// The node's QUIC address (host:port).
+    #[arg(long, default_value = QUIC_DEFAULT)]
+    pub node: String,
+    /// Client certificate (default: the matching one in DATA/tls).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// CA certificate the node's certificate must chain to (default: DATA/tls/ca.crt).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Name the node's certificate must carry (default: the host of --node).
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+impl Conn {
+    /// The node's address and the server name to expect.
+    pub fn resolve(&self) -> anyhow::Result<(SocketAddr, String)> {
+        use anyhow::Context;
+        use std::net::ToSocketAddrs;
+        let addr = self
+            .node
+            .to_socket_addrs()
+            .with_context(|| format!("--node {}: not a host:port", self.node))?
+            .next()
+            .with_context(|| format!("--node {}: no address", self.node))?;
+        let host = self
+            .node
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(&self.node);
+        let name = self.server_name.clone().unwrap_or_else(|| host.to_string());
+        Ok((addr, name))
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keys { data, action } => keys(&data, action),
+        Command::Up(args) => serve::up(args),
+        Command::Node(args) => serve::node(args),
+        Command::Certs(args) => certs_cmd::run(args),
+        Command::Mint(args) => client_cmd::mint(args),
+        Command::Check(args) => client_cmd::check(args),
+        Command::Status(args) => client_cmd::status(args),
+        Command::Revoke(args) => client_cmd::revoke(args),
+        Command::Transfer(args) => client_cmd::transfer(args),
+        Command::Keys(args) => keys_cmd::run(args),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // The cause chain on one line; no backtrace for people at a terminal.
             eprintln!("stile: {err:#}");
@@ -58,22 +115,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn keys(data: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
-    let engine = Engine::open(data, EngineConfig::default(), Arc::new(SystemClock))
-        .with_context(|| format!("opening data dir {}", data.display()))?;
-    match action {
-        KeysAction::List => {}
-        KeysAction::Rotate => {
-            let id = engine.rotate_key()?;
-            eprintln!("key {id} is now active");
-        }
-        KeysAction::Retire { id } => {
-            engine.retire_key(id)?;
-            eprintln!("key {id} retired: codes it signed now read as forged");
-        }
-    }
-    for (id, status) in engine.keys().list() {
-        println!("{id}\t{}", status.name());
-    }
-    Ok(())
+/// Logs to stderr at `default` level unless `STILE_LOG` says otherwise.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STILE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,4 +1,5 @@
-//! stile's wire: the feature code's layout and text form, and check-in outcomes.
+//! stile's wire: the feature code's layout and text form, check-in outcomes, the frame codec
+//! (sans IO) and, with the `client` feature, the async QUIC client.
 //!
 //! This crate holds no keys: gates parse codes too (to check format and provider before a
 //! round trip), but only the engine can sign or verify a tag.
@@ -7,7 +8,11 @@
 
 pub mod base32;
 pub mod code;
+pub mod frame;
 pub mod outcome;
+
+#[cfg(feature = "client")]
+pub mod client;
 
 pub use code::{CodeBytes, CodeError, CodeFormat, CodeHeader, CodeText};
 pub use outcome::{Outcome, OutcomeKind};

@@ -17,6 +17,7 @@
 
 pub mod record;
 pub mod segment;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -275,6 +276,13 @@ impl Wal {
             records: self.shared.records.load(Ordering::Relaxed),
             sync_p50_us: h.value_at_quantile(0.5),
             sync_p99_us: h.value_at_quantile(0.99),
+        }
+    }
+
+    /// What waits until every number below `seq` is durable.
+    pub fn until(&self, seq: u64) -> Durability {
+        Durability {
+            wait: Some((self.shared.clone(), seq)),
         }
     }
 

@@ -1,0 +1,524 @@
+//! The deployment's private CA: certificates for the node, gates and admins, and the CRL.
+//!
+//! A gate certificate carries the URI `urn:stile:gate:<id>:provider:<p>` in its subject
+//! alternative names, an admin certificate `urn:stile:admin:<name>`; the node reads a peer's
+//! role from there and nowhere else. Files, in one directory (default `DATA/tls`): `ca.crt`,
+//! `ca.key`, `node.crt`, `node.key`, `gate-<id>.crt`, `gate-<id>.key`, `admin-<name>.crt`,
+//! `admin-<name>.key`, `crl.pem`. Keys are written 0600.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SanType, SerialNumber,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::{Duration, OffsetDateTime};
+
+/// CA certificate file.
+pub const CA_CERT: &str = "ca.crt";
+/// CA key file.
+pub const CA_KEY: &str = "ca.key";
+/// Node certificate file.
+pub const NODE_CERT: &str = "node.crt";
+/// Node key file.
+pub const NODE_KEY: &str = "node.key";
+/// Revocation list file.
+pub const CRL: &str = "crl.pem";
+/// Longest admin name.
+pub const ADMIN_NAME_MAX: usize = 64;
+/// How long issued certificates are valid.
+const VALIDITY_DAYS: i64 = 3650;
+
+/// What a certificate lets its holder do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A gate: checks in its provider's tickets as gate `id`.
+    Gate {
+        /// Gate id (1-65535), recorded on the tickets it admits.
+        id: u16,
+        /// The provider whose tickets it may check in.
+        provider: u16,
+    },
+    /// An admin (the gateway, an operator's CLI): mint, revoke, transfer, `checkin_as`,
+    /// subscribe.
+    Admin {
+        /// Who, for the audit log.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Gate { id, provider } => write!(f, "gate {id} of provider {provider}"),
+            Role::Admin { name } => write!(f, "admin {name}"),
+        }
+    }
+}
+
+/// A peer as its certificate names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its role.
+    pub role: Role,
+    /// The certificate's serial number (raw DER integer bytes), to match the CRL.
+    pub serial: Vec<u8>,
+}
+
+/// Why a certificate operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A file holds something else than expected.
+    #[error("{path}: {reason}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The CA exists already (init refuses to overwrite it).
+    #[error("{0} exists already: this directory has a CA; issue certificates from it instead")]
+    Exists(PathBuf),
+    /// A certificate would overwrite another.
+    #[error("{0} exists already; revoke it first if it is to be replaced, then remove it")]
+    WouldOverwrite(PathBuf),
+    /// An argument is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// rcgen refused.
+    #[error("making the certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> CertError {
+    CertError::Bad {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The file name of gate `id`'s certificate (its key: `.key` instead of `.crt`).
+pub fn gate_cert_name(id: u16) -> String {
+    format!("gate-{id}.crt")
+}
+
+/// The file name of admin `name`'s certificate.
+pub fn admin_cert_name(name: &str) -> String {
+    format!("admin-{name}.crt")
+}
+
+/// The key file beside a certificate file.
+pub fn key_path_for(cert: &Path) -> PathBuf {
+    cert.with_extension("key")
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the OS has randomness");
+    // Positive and minimal as a DER integer, so the raw bytes read back as written.
+    b[0] = (b[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&b)
+}
+
+fn base_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "stile");
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(VALIDITY_DAYS);
+    params.serial_number = Some(random_serial());
+    params
+}
+
+fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    if path.exists() {
+        return Err(CertError::WouldOverwrite(path.to_path_buf()));
+    }
+    write_replace(path, contents, private)
+}
+
+/// Writes `contents` through a temporary file and a rename, so readers (the node watching
+/// the CRL) never see half a file.
+fn write_replace(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn read_string(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// The CA, loaded to sign with.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+fn load_ca(dir: &Path) -> Result<Ca, CertError> {
+    let key_path = dir.join(CA_KEY);
+    let cert_path = dir.join(CA_CERT);
+    if !cert_path.exists() {
+        return Err(bad(
+            &cert_path,
+            "no CA here; run `stile certs init` first (or `stile up`, which makes a dev CA)",
+        ));
+    }
+    let key = KeyPair::from_pem(&read_string(&key_path)?)
+        .map_err(|e| bad(&key_path, format!("not a private key: {e}")))?;
+    let params = CertificateParams::from_ca_cert_pem(&read_string(&cert_path)?)
+        .map_err(|e| bad(&cert_path, format!("not a CA certificate: {e}")))?;
+    // Re-signing the parsed parameters yields the same subject and key identifier: all a
+    // signature by this CA needs.
+    let cert = params.self_signed(&key)?;
+    Ok(Ca { cert, key })
+}
+
+/// Makes a new CA and an empty CRL in `dir` (created 0700 if missing). Refuses if a CA is
+/// there already.
+pub fn init(dir: &Path) -> Result<(), CertError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+    }
+    let cert_path = dir.join(CA_CERT);
+    if cert_path.exists() {
+        return Err(CertError::Exists(cert_path));
+    }
+    let key = KeyPair::generate()?;
+    let mut params = base_params("stile CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    write_new(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
+    write_new(&cert_path, &cert.pem(), false)?;
+    write_crl(dir, &Ca { cert, key }, Vec::new(), 1)
+}
+
+fn issue(
+    dir: &Path,
+    file: &str,
+    mut params: CertificateParams,
+    purpose: ExtendedKeyUsagePurpose,
+) -> Result<PathBuf, CertError> {
+    let ca = load_ca(dir)?;
+    let cert_path = dir.join(file);
+    let key_path = key_path_for(&cert_path);
+    if cert_path.exists() || key_path.exists() {
+        return Err(CertError::WouldOverwrite(cert_path));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
+    write_new(&key_path, &key.serialize_pem(), true)?;
+    write_new(&cert_path, &cert.pem(), false)?;
+    Ok(cert_path)
+}
+
+/// Issues the node's server certificate for `names` (DNS names or IP addresses).
+pub fn issue_node(dir: &Path, names: &[String]) -> Result<PathBuf, CertError> {
+    if names.is_empty() {
+        return Err(CertError::Invalid(
+            "a node certificate needs at least one name (--san)".into(),
+        ));
+    }
+    let mut params = base_params("stile node");
+    for name in names {
+        params.subject_alt_names.push(match name.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|_| CertError::Invalid(format!("{name:?} is not a DNS name")))?,
+            ),
+        });
+    }
+    issue(dir, NODE_CERT, params, ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+/// Issues gate `id`'s certificate for `provider`.
+pub fn issue_gate(dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertError> {
+    if id == 0 {
+        return Err(CertError::Invalid(
+            "gate ids are 1 to 65535 (0 means an operator)".into(),
+        ));
+    }
+    let mut params = base_params(&format!("stile gate {id} of provider {provider}"));
+    params.subject_alt_names.push(SanType::URI(
+        format!("urn:stile:gate:{id}:provider:{provider}")
+            .try_into()
+            .expect("ASCII"),
+    ));
+    issue(
+        dir,
+        &gate_cert_name(id),
+        params,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
+}
+
+/// Issues an admin certificate named `name` (letters, digits, `.`, `_`, `-`).
+pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
+    let ok = !name.is_empty()
+        && name.len() <= ADMIN_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(CertError::Invalid(format!(
+            "admin name {name:?}: use 1 to {ADMIN_NAME_MAX} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    let mut params = base_params(&format!("stile admin {name}"));
+    params.subject_alt_names.push(SanType::URI(
+        format!("urn:stile:admin:{name}").try_into().expect("ASCII"),
+    ));
+    issue(
+        dir,
+        &admin_cert_name(name),
+        params,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
+}
+
+/// The serial numbers on the CRL in `dir`.
+pub fn revoked_serials(dir: &Path) -> Result<Vec<Vec<u8>>, CertError> {
+    let path = dir.join(CRL);
+    let der = CertificateRevocationListDer::from_pem_file(&path)
+        .map_err(|e| bad(&path, format!("not a PEM CRL: {e}")))?;
+    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+        .map_err(|e| bad(&path, format!("CRL does not parse: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
+fn crl_number(dir: &Path) -> Result<u64, CertError> {
+    let path = dir.join(CRL);
+    let der = CertificateRevocationListDer::from_pem_file(&path)
+        .map_err(|e| bad(&path, format!("not a PEM CRL: {e}")))?;
+    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+        .map_err(|e| bad(&path, format!("CRL does not parse: {e}")))?;
+    Ok(crl
+        .crl_number()
+        .and_then(|n| n.to_u64_digits().first().copied())
+        .unwrap_or(1))
+}
+
+fn write_crl(dir: &Path, ca: &Ca, serials: Vec<Vec<u8>>, number: u64) -> Result<(), CertError> {
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(VALIDITY_DAYS),
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .into_iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&s),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca.cert, &ca.key)?;
+    write_replace(&dir.join(CRL), &crl.pem()?, false)
+}
+
+/// Puts the certificate in `cert_file` on the CRL in `dir`. A running node reloads the CRL,
+/// refuses the certificate from its next handshake on and closes its live connections.
+/// Returns the identity revoked.
+pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
+    let ca = load_ca(dir)?;
+    let der = CertificateDer::from_pem_file(cert_file)
+        .map_err(|e| bad(cert_file, format!("not a PEM certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| bad(cert_file, format!("certificate does not parse: {e}")))?;
+    let ca_der = CertificateDer::from_pem_file(dir.join(CA_CERT))
+        .map_err(|e| bad(&dir.join(CA_CERT), e.to_string()))?;
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+        .map_err(|e| bad(&dir.join(CA_CERT), e.to_string()))?;
+    if cert.issuer().as_raw() != ca_parsed.subject().as_raw()
+        || cert.verify_signature(Some(ca_parsed.public_key())).is_err()
+    {
+        return Err(bad(cert_file, "not issued by this directory's CA"));
+    }
+    let identity = identity_of(der.as_ref()).unwrap_or(Identity {
+        role: Role::Admin {
+            name: "(node certificate)".into(),
+        },
+        serial: cert.raw_serial().to_vec(),
+    });
+    let mut serials = revoked_serials(dir)?;
+    if !serials.contains(&identity.serial) {
+        serials.push(identity.serial.clone());
+    }
+    let number = crl_number(dir)? + 1;
+    write_crl(dir, &ca, serials, number)?;
+    Ok(identity)
+}
+
+/// Reads the role out of a PEM certificate file.
+pub fn identity_of_file(path: &Path) -> Result<Identity, CertError> {
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| bad(path, format!("not a PEM certificate: {e}")))?;
+    identity_of(der.as_ref()).map_err(|reason| bad(path, reason))
+}
+
+/// Reads the role out of a (verified) peer certificate.
+pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subject alternative names: {e}"))?
+        .ok_or("certificate has no subject alternative names")?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(role) = parse_role_uri(uri) {
+                return Ok(Identity {
+                    role,
+                    serial: cert.raw_serial().to_vec(),
+                });
+            }
+        }
+    }
+    Err("certificate names no stile role (urn:stile:gate:… or urn:stile:admin:…)".into())
+}
+
+fn parse_role_uri(uri: &str) -> Option<Role> {
+    let rest = uri.strip_prefix("urn:stile:")?;
+    if let Some(name) = rest.strip_prefix("admin:") {
+        return (!name.is_empty()).then(|| Role::Admin {
+            name: name.to_string(),
+        });
+    }
+    let rest = rest.strip_prefix("gate:")?;
+    let (id, provider) = rest.split_once(":provider:")?;
+    let id: u16 = id.parse().ok()?;
+    (id != 0).then_some(Role::Gate {
+        id,
+        provider: provider.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_uris_parse_strictly() {
+        assert_eq!(
+            parse_role_uri("urn:stile:gate:7:provider:3"),
+            Some(Role::Gate { id: 7, provider: 3 })
+        );
+        assert_eq!(
+            parse_role_uri("urn:stile:admin:gateway"),
+            Some(Role::Admin {
+                name: "gateway".into()
+            })
+        );
+        for bad in [
+            "urn:stile:gate:0:provider:3",
+            "urn:stile:gate:70000:provider:3",
+            "urn:stile:gate:7",
+            "urn:other:admin:x",
+            "urn:stile:admin:",
+        ] {
+            assert_eq!(parse_role_uri(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn issued_certificates_carry_their_role_and_revocation_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        init(&tls).unwrap();
+        assert!(matches!(init(&tls), Err(CertError::Exists(_))));
+        issue_node(&tls, &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let gate = issue_gate(&tls, 4, 9).unwrap();
+        let admin = issue_admin(&tls, "box-office").unwrap();
+        assert!(issue_admin(&tls, "../x").is_err());
+        assert!(matches!(
+            issue_gate(&tls, 4, 9),
+            Err(CertError::WouldOverwrite(_))
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path_for(&gate))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let der = |p: &Path| CertificateDer::from_pem_file(p).unwrap();
+        let g = identity_of(der(&gate).as_ref()).unwrap();
+        assert_eq!(g.role, Role::Gate { id: 4, provider: 9 });
+        let a = identity_of(der(&admin).as_ref()).unwrap();
+        assert_eq!(
+            a.role,
+            Role::Admin {
+                name: "box-office".into()
+            }
+        );
+        assert!(identity_of(der(&tls.join(NODE_CERT)).as_ref()).is_err());
+
+        assert!(revoked_serials(&tls).unwrap().is_empty());
+        assert_eq!(revoke(&tls, &gate).unwrap(), g);
+        assert_eq!(revoked_serials(&tls).unwrap(), vec![g.serial.clone()]);
+        revoke(&tls, &admin).unwrap();
+        revoke(&tls, &gate).unwrap();
+        assert_eq!(revoked_serials(&tls).unwrap(), vec![g.serial, a.serial]);
+
+        // A certificate of another CA cannot be put on this CRL.
+        let other = dir.path().join("other");
+        init(&other).unwrap();
+        let foreign = issue_gate(&other, 4, 9).unwrap();
+        assert!(revoke(&tls, &foreign).is_err());
+    }
+}

@@ -1,0 +1,770 @@
+//! One connection: its identity, its streams, and each stream's reader and writer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use stile_protocol::frame::{
+    close, encode_outcome, error_code, split_frame, Event, EventKind, MintSpec, NodeStats, RawCode,
+    Request, Response, TicketInfo, TicketStateName, EVENTS_FRAME_MAX, MINT_FRAME_MAX,
+};
+use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::certs::{identity_of, Identity, Role};
+use super::{Budget, Shared};
+use crate::engine::{Gate, Presented};
+use crate::error::TicketError;
+use crate::ops::checkin::{CheckinRequest, GateOp};
+use crate::policy::{EntryRule, Policy, Validity};
+use crate::wal::tail::LogTail;
+use crate::wal::{Durability, Record};
+use crate::word::{from_epoch_s, TicketState, Word};
+use crate::{MintRequest, TicketStatus};
+
+/// Check-ins gathered into one engine call at most.
+const BATCH_MAX: usize = 1024;
+/// Bytes read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes of answers the writer gathers before one write.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Answers on their way to the writer.
+struct Out {
+    bytes: BytesMut,
+    after: Durability,
+    /// In-flight slots these answers free once written.
+    slots: u32,
+}
+
+/// Serves one incoming connection until it closes.
+pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.accept() {
+        Ok(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!("handshake with {remote} failed: {e}");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::info!("connection from {remote} not accepted: {e}");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn) {
+        Ok(i) => i,
+        Err(reason) => {
+            tracing::warn!("closing connection from {remote}: {reason}");
+            conn.close(close::NO_ROLE.into(), reason.as_bytes());
+            return;
+        }
+    };
+    let id = conn.stable_id();
+    {
+        // Registered under the same lock a CRL reload holds, so a revocation that lands
+        // between handshake and here is still seen.
+        let mut live = shared.live.lock().expect("live connections poisoned");
+        if shared
+            .revoked
+            .lock()
+            .expect("revoked set poisoned")
+            .contains(&identity.serial)
+        {
+            conn.close(close::REVOKED.into(), b"certificate revoked");
+            return;
+        }
+        live.insert(id, (identity.serial.clone(), conn.clone()));
+    }
+    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("{} connected from {remote}", identity.role);
+    let identity = Arc::new(identity);
+    let mut shutdown = shared.shutdown.clone();
+    let mut streams = JoinSet::new();
+    let shutting_down = loop {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    streams.spawn(serve_stream(
+                        shared.clone(),
+                        conn.clone(),
+                        identity.clone(),
+                        send,
+                        recv,
+                    ));
+                }
+                Err(_) => break false,
+            },
+            _ = shutdown.wait_for(|s| *s) => break true,
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    };
+    if shutting_down {
+        // Streams stop reading and answer what they read; then the connection closes.
+        while streams.join_next().await.is_some() {}
+        conn.close(close::SHUTTING_DOWN.into(), b"node shutting down");
+    } else {
+        streams.abort_all();
+    }
+    shared
+        .live
+        .lock()
+        .expect("live connections poisoned")
+        .remove(&id);
+    shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("no client certificate")?;
+    identity_of(leaf.as_ref())
+}
+
+/// What a stream's reader needs at hand.
+struct Stream {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    identity: Arc<Identity>,
+    /// The gate this peer is (gates only) and its budget.
+    gate: Option<(Gate, Arc<Budget>)>,
+    tx: mpsc::UnboundedSender<Out>,
+    slots: Arc<Semaphore>,
+    /// Check-ins of the current read.
+    batch: Vec<CheckinRequest>,
+    ids: Vec<u32>,
+    outcomes: Vec<Outcome>,
+    /// Answers decided without the engine (forged layout, rate limited), sent with the batch.
+    early: BytesMut,
+    early_slots: u32,
+    now_ms: u64,
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    identity: Arc<Identity>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.inflight_per_stream.max(1)));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(send, rx, slots.clone()));
+    let gate = match identity.role {
+        Role::Gate { id, provider } => Some((Gate::new(id, provider), shared.budget(id))),
+        Role::Admin { .. } => None,
+    };
+    let mut s = Stream {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        identity,
+        gate,
+        tx,
+        slots,
+        batch: Vec::with_capacity(BATCH_MAX),
+        ids: Vec::with_capacity(BATCH_MAX),
+        outcomes: Vec::with_capacity(BATCH_MAX),
+        early: BytesMut::new(),
+        early_slots: 0,
+        now_ms: 0,
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    'read: loop {
+        let chunk = tokio::select! {
+            c = recv.read_chunk(READ_CHUNK, true) => c,
+            _ = shutdown.wait_for(|s| *s) => break 'read,
+        };
+        match chunk {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => break 'read,
+        }
+        s.now_ms = shared.now_ms();
+        loop {
+            let (n, id, req) = match split_frame(&buf) {
+                Ok(Some((n, body))) => match Request::decode(body) {
+                    Ok((id, req)) => (n, id, req),
+                    Err(e) => return refuse(&conn, &e),
+                },
+                Ok(None) => break,
+                Err(e) => return refuse(&conn, &e),
+            };
+            buf.advance(n);
+            match s.slots.clone().try_acquire_owned() {
+                Ok(p) => p.forget(),
+                Err(_) => {
+                    // Too many in flight: answer what we have, then wait for room.
+                    s.flush();
+                    tokio::select! {
+                        p = s.slots.clone().acquire_owned() => match p {
+                            Ok(p) => p.forget(),
+                            Err(_) => break 'read,
+                        },
+                        _ = conn.closed() => break 'read,
+                    }
+                }
+            }
+            s.handle(id, req);
+            if s.batch.len() >= BATCH_MAX {
+                s.flush();
+            }
+        }
+        s.flush();
+    }
+    s.flush();
+    drop(s);
+    let _ = writer.await;
+}
+
+fn refuse(conn: &quinn::Connection, e: &stile_protocol::frame::FrameError) {
+    tracing::warn!("closing connection from {}: {e}", conn.remote_address());
+    let reason = e.to_string();
+    conn.close(e.close_code().into(), reason.as_bytes());
+}
+
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    slots: Arc<Semaphore>,
+) {
+    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    while let Some(first) = rx.recv().await {
+        let mut freed = 0;
+        let mut next = Some(first);
+        while let Some(o) = next.take() {
+            o.after.wait_async().await;
+            out.extend_from_slice(&o.bytes);
+            freed += o.slots;
+            if out.len() < WRITE_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        slots.add_permits(freed as usize);
+    }
+    let _ = send.finish();
+}
+
+fn error(code: u16, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn ticket_error(e: &TicketError) -> (u16, String) {
+    let code = match e {
+        TicketError::Forged => error_code::FORGED,
+        TicketError::Unknown => error_code::NOT_FOUND,
+        TicketError::NotTransferable(_) => error_code::CONFLICT,
+        TicketError::PartitionFull(_) => error_code::UNAVAILABLE,
+    };
+    (code, e.to_string())
+}
+
+impl Stream {
+    /// Sends one response now (it waits for nothing).
+    fn reply(&self, id: u32, resp: &Response) {
+        let mut bytes = BytesMut::new();
+        resp.encode(id, &mut bytes);
+        let _ = self.tx.send(Out {
+            bytes,
+            after: Durability::READY,
+            slots: 1,
+        });
+    }
+
+    fn forbidden(&self, id: u32, what: &str) {
+        let message = format!(
+            "{what} needs the admin role; this is {}",
+            self.identity.role
+        );
+        self.reply(id, &error(error_code::FORBIDDEN, message));
+    }
+
+    /// An outcome decided here, sent with the current batch.
+    fn early(&mut self, id: u32, outcome: &Outcome) {
+        encode_outcome(id, outcome, &mut self.early);
+        self.early_slots += 1;
+    }
+
+    fn handle(&mut self, id: u32, req: Request) {
+        match req {
+            Request::Checkin { scan_id, code } => {
+                let Some((gate, budget)) = &self.gate else {
+                    return self.forbidden(id, "check-in without checkin_as");
+                };
+                let (gate, blocked) = (*gate, budget.blocked(self.now_ms));
+                match code.code() {
+                    _ if blocked => self.early(id, &Outcome::RATE_LIMITED),
+                    Err(_) => self.early(id, &Outcome::FORGED),
+                    Ok(code) => {
+                        self.batch.push(CheckinRequest {
+                            gate,
+                            scan_id,
+                            code,
+                        });
+                        self.ids.push(id);
+                    }
+                }
+            }
+            Request::Exit { scan_id, code } | Request::Undo { scan_id, code } => {
+                let op = match req {
+                    Request::Exit { .. } => GateOp::Exit,
+                    _ => GateOp::Undo,
+                };
+                let Some((gate, budget)) = &self.gate else {
+                    return self.forbidden(id, "exit and undo without a gate");
+                };
+                let (gate, budget) = (*gate, budget.clone());
+                self.scan_one(id, op, gate, &budget, scan_id, code);
+            }
+            Request::CheckinAs {
+                gate,
+                provider,
+                scan_id,
+                code,
+            } => {
+                let identity = self.identity.clone();
+                let Role::Admin { name } = &identity.role else {
+                    return self.forbidden(id, "checkin_as");
+                };
+                if gate == 0 {
+                    return self.reply(
+                        id,
+                        &error(error_code::BAD_REQUEST, "gate ids are 1 to 65535"),
+                    );
+                }
+                let budget = self.shared.budget(gate);
+                let outcome = self.scan_one(
+                    id,
+                    GateOp::Entry,
+                    Gate::new(gate, provider),
+                    &budget,
+                    scan_id,
+                    code,
+                );
+                tracing::info!(
+                    target: "stile::audit",
+                    "checkin_as by admin {name}: gate {gate} provider {provider} scan {scan_id}: {}",
+                    outcome.kind
+                );
+            }
+            Request::Status { code } => {
+                let resp = self.status(code);
+                self.reply(id, &resp);
+            }
+            Request::Ping => self.reply(id, &Response::Pong),
+            Request::Stats => {
+                let resp = Response::Stats(self.stats());
+                self.reply(id, &resp);
+            }
+            Request::Mint(spec) => self.admin_blocking(id, "mint", move |e| mint(e, &spec)),
+            Request::Revoke { code } => self.admin_blocking(id, "revoke", move |e| {
+                let code = code_or_error(code)?;
+                e.revoke(&Presented::Code(code))
+                    .map(Response::Outcome)
+                    .map_err(|e| ticket_error(&e))
+            }),
+            Request::Transfer { code } => self.admin_blocking(id, "transfer", move |e| {
+                let code = code_or_error(code)?;
+                e.transfer(&Presented::Code(code))
+                    .map(|c| Response::Codes(vec![c]))
+                    .map_err(|e| ticket_error(&e))
+            }),
+            Request::Subscribe { from_seq } => {
+                if !matches!(self.identity.role, Role::Admin { .. }) {
+                    return self.forbidden(id, "subscribe");
+                }
+                // The subscription's frames take slots of their own.
+                self.slots.add_permits(1);
+                tokio::spawn(subscribe(
+                    self.shared.clone(),
+                    self.conn.clone(),
+                    self.tx.clone(),
+                    self.slots.clone(),
+                    id,
+                    from_seq,
+                ));
+            }
+        }
+    }
+
+    /// One gate operation outside the batch (exit, undo, `checkin_as`).
+    fn scan_one(
+        &mut self,
+        id: u32,
+        op: GateOp,
+        gate: Gate,
+        budget: &Budget,
+        scan_id: u64,
+        code: RawCode,
+    ) -> Outcome {
+        if budget.blocked(self.now_ms) {
+            self.early(id, &Outcome::RATE_LIMITED);
+            return Outcome::RATE_LIMITED;
+        }
+        let Ok(code) = code.code() else {
+            self.charge(budget, Outcome::FORGED);
+            self.early(id, &Outcome::FORGED);
+            return Outcome::FORGED;
+        };
+        let (outcome, after) =
+            self.shared
+                .engine
+                .scan_deferred(op, &gate, scan_id, &Presented::Code(code));
+        let outcome = self.charge(budget, outcome);
+        self.count(std::slice::from_ref(&outcome));
+        let mut bytes = BytesMut::new();
+        encode_outcome(id, &outcome, &mut bytes);
+        let _ = self.tx.send(Out {
+            bytes,
+            after,
+            slots: 1,
+        });
+        outcome
+    }
+
+    /// Charges a forged or unknown answer to the budget; past it, the answer becomes
+    /// `rate_limited`.
+    #[inline]
+    fn charge(&self, budget: &Budget, outcome: Outcome) -> Outcome {
+        if matches!(outcome.kind, OutcomeKind::Forged | OutcomeKind::Unknown) {
+            let cooldown = self.shared.config.budget_cooldown.as_millis() as u64;
+            if !budget.charge(self.now_ms, cooldown) {
+                return Outcome::RATE_LIMITED;
+            }
+        }
+        outcome
+    }
+
+    fn count(&self, outcomes: &[Outcome]) {
+        let admitted = outcomes
+            .iter()
+            .filter(|o| o.kind == OutcomeKind::Admitted)
+            .count();
+        let c = &self.shared.counters;
+        c.scans.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        c.admitted.fetch_add(admitted as u64, Ordering::Relaxed);
+    }
+
+    /// Runs the gathered check-ins through the engine and hands their answers to the writer.
+    fn flush(&mut self) {
+        if self.batch.is_empty() && self.early.is_empty() {
+            return;
+        }
+        let mut bytes = std::mem::take(&mut self.early);
+        let mut slots = std::mem::take(&mut self.early_slots);
+        let mut after = Durability::READY;
+        if !self.batch.is_empty() {
+            self.outcomes.clear();
+            self.outcomes.resize(self.batch.len(), Outcome::FORGED);
+            after = self
+                .shared
+                .engine
+                .checkin_batch(&self.batch, &mut self.outcomes);
+            if let Some((_, budget)) = &self.gate {
+                let budget = budget.clone();
+                for i in 0..self.outcomes.len() {
+                    self.outcomes[i] = self.charge(&budget, self.outcomes[i]);
+                }
+            }
+            self.count(&self.outcomes);
+            for (id, outcome) in self.ids.iter().zip(&self.outcomes) {
+                encode_outcome(*id, outcome, &mut bytes);
+            }
+            slots += self.batch.len() as u32;
+            self.batch.clear();
+            self.ids.clear();
+        }
+        let _ = self.tx.send(Out {
+            bytes,
+            after,
+            slots,
+        });
+    }
+
+    fn status(&self, code: RawCode) -> Response {
+        let code = match code_or_error(code) {
+            Ok(c) => c,
+            Err((c, m)) => return error(c, m),
+        };
+        if let Some((gate, _)) = &self.gate {
+            if gate.provider != Some(code.provider()) {
+                return error(
+                    error_code::FORBIDDEN,
+                    "ticket of another provider than this gate's",
+                );
+            }
+        }
+        match self.shared.engine.status(&Presented::Code(code)) {
+            Ok(st) => Response::Ticket(ticket_info(&st)),
+            Err(e) => {
+                let (c, m) = ticket_error(&e);
+                error(c, m)
+            }
+        }
+    }
+
+    fn stats(&self) -> NodeStats {
+        let engine = &self.shared.engine;
+        let c = &self.shared.counters;
+        let mut s = NodeStats {
+            tickets: engine.minted_tickets(),
+            scans: c.scans.load(Ordering::Relaxed),
+            admitted: c.admitted.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
+            ..NodeStats::default()
+        };
+        if let Some(wal) = engine.wal() {
+            let w = wal.stats();
+            s.wal_records = w.records;
+            s.wal_syncs = w.syncs;
+            s.fsync_p50_us = w.sync_p50_us;
+            s.fsync_p99_us = w.sync_p99_us;
+            s.durable_seq = wal.durable_seq();
+        }
+        s
+    }
+
+    /// An admin operation that may wait for the log: run off the async threads.
+    fn admin_blocking(
+        &self,
+        id: u32,
+        what: &'static str,
+        op: impl FnOnce(&crate::Engine) -> Result<Response, (u16, String)> + Send + 'static,
+    ) {
+        let Role::Admin { name } = &self.identity.role else {
+            return self.forbidden(id, what);
+        };
+        let name = name.clone();
+        let engine = self.shared.engine.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let resp = match op(&engine) {
+                Ok(r) => r,
+                Err((code, message)) => Response::Error { code, message },
+            };
+            tracing::info!(target: "stile::audit", "{what} by admin {name}: {}", summary(&resp));
+            let mut bytes = BytesMut::new();
+            resp.encode(id, &mut bytes);
+            let _ = tx.send(Out {
+                bytes,
+                after: Durability::READY,
+                slots: 1,
+            });
+        });
+    }
+}
+
+fn summary(resp: &Response) -> String {
+    match resp {
+        Response::Codes(c) => format!("{} code(s)", c.len()),
+        Response::Outcome(o) => o.kind.to_string(),
+        Response::Error { message, .. } => format!("refused: {message}"),
+        _ => "done".into(),
+    }
+}
+
+fn code_or_error(code: RawCode) -> Result<CodeBytes, (u16, String)> {
+    code.code()
+        .map_err(|e| (error_code::FORGED, format!("not a code: {e}")))
+}
+
+fn mint(engine: &crate::Engine, spec: &MintSpec) -> Result<Response, (u16, String)> {
+    let bad = |m: String| (error_code::BAD_REQUEST, m);
+    if spec.count == 0 || spec.count > MINT_FRAME_MAX {
+        return Err(bad(format!(
+            "a mint request makes 1 to {MINT_FRAME_MAX} tickets, got {}",
+            spec.count
+        )));
+    }
+    let opt = |v: u64| (v != 0).then_some(v);
+    let policy = Policy {
+        provider: spec.provider,
+        format: spec.format,
+        validity: Validity {
+            not_before_unix_s: opt(spec.not_before_unix_s),
+            not_after_unix_s: opt(spec.not_after_unix_s),
+            duration_from_first_scan_s: (spec.duration_from_first_scan_s != 0)
+                .then_some(spec.duration_from_first_scan_s),
+        },
+        entry: EntryRule {
+            max_entries: spec.max_entries,
+            records_exits: spec.records_exits,
+        },
+        undo_window_s: spec.undo_window_s,
+    };
+    let policy = engine.add_policy(policy).map_err(|e| bad(e.to_string()))?;
+    let codes = engine
+        .mint(&MintRequest {
+            policy,
+            partition: spec.partition,
+            count: spec.count,
+        })
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Response::Codes(codes))
+}
+
+fn state_name(st: &TicketStatus) -> TicketStateName {
+    match st.state_name() {
+        "used" => TicketStateName::Used,
+        "revoked" => TicketStateName::Revoked,
+        "expired" => TicketStateName::Expired,
+        _ => TicketStateName::Valid,
+    }
+}
+
+fn ticket_info(st: &TicketStatus) -> TicketInfo {
+    TicketInfo {
+        state: state_name(st),
+        inside: st.word.inside,
+        entries: st.word.entries,
+        max_entries: st.policy.entry.max_entries,
+        provider: st.policy.provider,
+        partition: st.partition,
+        serial: st.serial,
+        gate: st.word.gate,
+        format: st.policy.format,
+        last_event_unix_s: from_epoch_s(st.word.time_e),
+        first_scan_unix_s: st.first_scan_unix_s.unwrap_or(0),
+        valid_from_unix_s: st.valid_from_unix_s.unwrap_or(0),
+        valid_until_unix_s: st.valid_until_unix_s.unwrap_or(0),
+    }
+}
+
+/// The events a log record holds (mints, policies and keys hold none).
+fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
+    let event = |kind, partition, serial, raw: u64| {
+        let w = Word::unpack(raw);
+        Event {
+            seq,
+            kind,
+            partition,
+            serial,
+            state: match w.state {
+                TicketState::Used => TicketStateName::Used,
+                TicketState::Revoked => TicketStateName::Revoked,
+                TicketState::Valid | TicketState::Unminted => TicketStateName::Valid,
+            },
+            inside: w.inside,
+            entries: w.entries,
+            gate: w.gate,
+            at_unix_s: from_epoch_s(w.time_e),
+        }
+    };
+    match record {
+        Record::State {
+            partition,
+            serial,
+            word,
+            ..
+        } => out.push(event(EventKind::State, *partition, *serial, *word)),
+        Record::Transfer {
+            partition,
+            old_serial,
+            old_word,
+            new_serial,
+            new_word,
+            ..
+        } => {
+            out.push(event(EventKind::State, *partition, *old_serial, *old_word));
+            out.push(event(
+                EventKind::TransferredIn,
+                *partition,
+                *new_serial,
+                *new_word,
+            ));
+        }
+        Record::Policy { .. }
+        | Record::Mint { .. }
+        | Record::Import { .. }
+        | Record::Key { .. } => {}
+    }
+}
+
+/// Streams ticket events from `from_seq` until the connection or node goes.
+async fn subscribe(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    tx: mpsc::UnboundedSender<Out>,
+    slots: Arc<Semaphore>,
+    id: u32,
+    from_seq: u64,
+) {
+    let send = |resp: &Response| {
+        let mut bytes = BytesMut::new();
+        resp.encode(id, &mut bytes);
+        tx.send(Out {
+            bytes,
+            after: Durability::READY,
+            slots: 1,
+        })
+        .is_ok()
+    };
+    let Some(wal) = shared.engine.wal() else {
+        send(&Response::Error {
+            code: error_code::UNAVAILABLE,
+            message: "this node keeps no log".into(),
+        });
+        return;
+    };
+    let mut tail = Some(LogTail::new(wal.dir(), from_seq));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let limit = wal.durable_seq();
+        let mut t = tail.take().expect("the tail is put back");
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let r = t.read(limit, EVENTS_FRAME_MAX / 2, &mut records);
+            (t, records, r)
+        })
+        .await;
+        let Ok((t, records, result)) = read else {
+            return;
+        };
+        if let Err(e) = result {
+            send(&Response::Error {
+                code: error_code::TRIMMED,
+                message: e.to_string(),
+            });
+            return;
+        }
+        let caught_up = t.next_seq() >= limit;
+        tail = Some(t);
+        let mut events = Vec::with_capacity(records.len());
+        for (seq, record) in &records {
+            events_of(*seq, record, &mut events);
+        }
+        if !events.is_empty() {
+            // One slot per frame: a subscriber that does not read holds the stream back.
+            tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                },
+                _ = conn.closed() => return,
+            }
+            if !send(&Response::Events(events)) {
+                return;
+            }
+        }
+        if caught_up {
+            tokio::select! {
+                _ = wal.until(limit + 1).wait_async() => {}
+                _ = conn.closed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,791 @@
+//! The async client every gate, the gateway, the load tester and the CLI use.
+//!
+//! One QUIC connection, one long-lived bidirectional stream, many requests in flight at once
+//! (responses come back by request id, in any order). A writer task takes every request
+//! waiting in its queue and writes them in one go, so many frames share a packet; a reader
+//! task matches responses to requests. At most `inflight_max` requests are outstanding: a
+//! caller past that waits for a slot.
+//!
+//! When the connection drops, the client reconnects with exponential backoff and resends
+//! every unanswered request that is safe to resend (gate scans carry their original scan id,
+//! which the node answers with the original outcome); mint and transfer fail with
+//! [`ClientError::ConnectionLost`] instead, since their outcome is unknown. A node that
+//! refuses the certificate ends the client: nothing is retried.
+//!
+//! A gate checks a code's layout and provider before sending: a mistyped code is `forged`
+//! and another provider's ticket `wrong_provider` without a round trip.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::code::CodeBytes;
+use crate::frame::{
+    close, split_frame, Event, FrameError, MintSpec, NodeStats, RawCode, Request, Response,
+    TicketInfo, MINT_FRAME_MAX,
+};
+use crate::outcome::Outcome;
+
+pub use crate::frame::ALPN;
+/// Requests in flight per client unless configured.
+pub const INFLIGHT_DEFAULT: usize = 1024;
+/// Event batches a subscription buffers; a subscriber further behind is dropped (its stream
+/// ends; subscribe again from the last position seen).
+pub const SUBSCRIPTION_BACKLOG: usize = 1024;
+/// Bytes of frames the writer gathers before one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached.
+    #[error("cannot reach node {node}: {reason}")]
+    Connect {
+        /// Address tried.
+        node: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// The node refused this client for good (certificate unknown, revoked, or without a
+    /// role); nothing is retried.
+    #[error("node refused this client: {0}")]
+    Refused(String),
+    /// The connection dropped before the answer came, and the request is not safe to
+    /// resend (mint, transfer): whether it happened is unknown; check with `status`.
+    #[error("connection lost before the answer; the request may or may not have happened")]
+    ConnectionLost,
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The node answered with an error; nothing changed.
+    #[error("{message} (error {code})")]
+    Node {
+        /// One of [`crate::frame::error_code`].
+        code: u16,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The node answered with a response of the wrong kind (a bug on one side).
+    #[error("unexpected response to {0}")]
+    Unexpected(&'static str),
+    /// Certificates or keys could not be loaded.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// TLS material of a client: the deployment's CA and, normally, this client's certificate.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+fn tls_err(what: &str) -> impl Fn(String) -> ClientError + '_ {
+    move |e| ClientError::Tls(format!("{what}: {e}"))
+}
+
+fn builder(
+    ca_pem: &[u8],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, ClientError>
+{
+    let mut roots = rustls::RootCertStore::empty();
+    let mut found = false;
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| tls_err("CA certificate")(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls_err("CA certificate")(e.to_string()))?;
+        found = true;
+    }
+    if !found {
+        return Err(ClientError::Tls("no CA certificate in the CA file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions")(e.to_string()))?
+        .with_root_certificates(roots))
+}
+
+fn finish(mut config: rustls::ClientConfig) -> ClientTls {
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    ClientTls {
+        config: Arc::new(config),
+    }
+}
+
+impl ClientTls {
+    /// From PEM: the CA that signs the node's certificate, this client's certificate chain
+    /// and its private key.
+    pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, ClientError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("client certificate")(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(ClientError::Tls(
+                "no certificate in the certificate file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| tls_err("client key")(e.to_string()))?;
+        let config = builder(ca_pem)?
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls_err("client certificate and key")(e.to_string()))?;
+        Ok(finish(config))
+    }
+
+    /// From files (see [`Self::from_pem`]).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ClientError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| ClientError::Tls(format!("{}: {e}", p.display())))
+        };
+        Self::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    /// Trusting the CA but presenting no certificate (a node refuses such clients; useful to
+    /// test that it does).
+    pub fn without_identity(ca_pem: &[u8]) -> Result<Self, ClientError> {
+        Ok(finish(builder(ca_pem)?.with_no_client_auth()))
+    }
+}
+
+/// How a client connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The node's address.
+    pub node: SocketAddr,
+    /// The name the node's certificate must carry (a DNS name or an IP address).
+    pub server_name: String,
+    /// Certificates.
+    pub tls: ClientTls,
+    /// Most requests in flight at once.
+    pub inflight_max: usize,
+    /// The gate's provider (from its certificate): codes of other providers are answered
+    /// `wrong_provider` locally. `None` for admins.
+    pub provider: Option<u16>,
+    /// Longest wait for one answer (reconnects included).
+    pub request_timeout: Duration,
+    /// Longest pause between reconnect attempts.
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for a node at `node` whose certificate names `node`'s IP address.
+    pub fn new(node: SocketAddr, tls: ClientTls) -> Self {
+        ClientConfig {
+            node,
+            server_name: node.ip().to_string(),
+            tls,
+            inflight_max: INFLIGHT_DEFAULT,
+            provider: None,
+            request_timeout: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where an answer goes.
+enum Reply {
+    /// One response.
+    Once(oneshot::Sender<Result<Response, ClientError>>),
+    /// A stream of event batches (subscribe).
+    Stream(mpsc::Sender<Result<Vec<Event>, ClientError>>),
+}
+
+/// A request waiting for its answer.
+struct Pending {
+    req: Request,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A request handed to the writer.
+struct Command {
+    req: Request,
+    reply: Reply,
+    permit: OwnedSemaphorePermit,
+}
+
+/// State the caller handles, the writer and the reader share.
+struct Shared {
+    pending: Mutex<HashMap<u32, Pending>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Registers `p` under a fresh request id.
+    fn register(&self, p: Pending) -> u32 {
+        let mut map = self.pending.lock().expect("client pending map poisoned");
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u32;
+            if let std::collections::hash_map::Entry::Vacant(v) = map.entry(id) {
+                v.insert(p);
+                return id;
+            }
+        }
+    }
+}
+
+/// A connection to one node. Cheap to clone; every clone shares the connection.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::UnboundedSender<Command>,
+    slots: Arc<Semaphore>,
+    config: Arc<ClientConfig>,
+    scan_ids: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("node", &self.config.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Lost: reconnect.
+    Lost(String),
+    /// Refused for good.
+    Refused(String),
+    /// Every handle dropped and nothing pending.
+    Done,
+}
+
+impl Client {
+    /// Connects, proves the connection with a ping (a node verifies the client certificate
+    /// after the handshake, so a refusal shows only then), and starts the background tasks.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let config = Arc::new(config);
+        let endpoint = client_endpoint(&config)?;
+        let conn = open(&endpoint, &config).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let client = Client {
+            tx,
+            slots: Arc::new(Semaphore::new(config.inflight_max.max(1))),
+            config: config.clone(),
+            scan_ids: Arc::new(AtomicU64::new(nanos)),
+        };
+        tokio::spawn(drive(endpoint, conn, config, rx));
+        client.ping().await?;
+        Ok(client)
+    }
+
+    /// A fresh scan id (unique per client: seeded from the clock, then counted up).
+    pub fn next_scan_id(&self) -> u64 {
+        self.scan_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The configuration this client runs with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    async fn send(&self, req: Request, reply: Reply) -> Result<(), ClientError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        self.tx
+            .send(Command { req, reply, permit })
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends any request and waits for its answer (an error answer becomes
+    /// [`ClientError::Node`]).
+    pub async fn request(&self, req: Request) -> Result<Response, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let timeout = self.config.request_timeout;
+        let answer = async {
+            self.send(req, Reply::Once(tx)).await?;
+            rx.await.map_err(|_| ClientError::Closed)?
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Response::Error { code, message })) => Err(ClientError::Node { code, message }),
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    async fn outcome(&self, req: Request, what: &'static str) -> Result<Outcome, ClientError> {
+        match self.request(req).await? {
+            Response::Outcome(o) => Ok(o),
+            _ => Err(ClientError::Unexpected(what)),
+        }
+    }
+
+    /// The local check a gate makes before a round trip.
+    fn local_check(&self, code: &CodeBytes) -> Option<Outcome> {
+        match self.config.provider {
+            Some(p) if code.provider() != p => Some(Outcome::WRONG_PROVIDER),
+            _ => None,
+        }
+    }
+
+    /// Checks in `code` with `scan_id` (reuse the id to retry a scan whose answer was lost).
+    pub async fn checkin(&self, code: &CodeBytes, scan_id: u64) -> Result<Outcome, ClientError> {
+        if let Some(o) = self.local_check(code) {
+            return Ok(o);
+        }
+        let code = RawCode::from(*code);
+        self.outcome(Request::Checkin { scan_id, code }, "check-in")
+            .await
+    }
+
+    /// Checks in a code given as text: text that is no code is `forged` without a round trip.
+    pub async fn checkin_text(&self, text: &str, scan_id: u64) -> Result<Outcome, ClientError> {
+        match CodeBytes::parse(text) {
+            Ok(code) => self.checkin(&code, scan_id).await,
+            Err(_) => Ok(Outcome::FORGED),
+        }
+    }
+
+    /// Records an exit.
+    pub async fn exit(&self, code: &CodeBytes, scan_id: u64) -> Result<Outcome, ClientError> {
+        if let Some(o) = self.local_check(code) {
+            return Ok(o);
+        }
+        let code = RawCode::from(*code);
+        self.outcome(Request::Exit { scan_id, code }, "exit").await
+    }
+
+    /// Annuls this gate's last admit of `code`.
+    pub async fn undo(&self, code: &CodeBytes, scan_id: u64) -> Result<Outcome, ClientError> {
+        let code = RawCode::from(*code);
+        self.outcome(Request::Undo { scan_id, code }, "undo").await
+    }
+
+    /// Checks in on behalf of gate `gate` of provider `provider` (admin).
+    pub async fn checkin_as(
+        &self,
+        gate: u16,
+        provider: u16,
+        code: &CodeBytes,
+        scan_id: u64,
+    ) -> Result<Outcome, ClientError> {
+        let req = Request::CheckinAs {
+            gate,
+            provider,
+            scan_id,
+            code: RawCode::from(*code),
+        };
+        self.outcome(req, "checkin_as").await
+    }
+
+    /// A ticket's state.
+    pub async fn status(&self, code: &CodeBytes) -> Result<TicketInfo, ClientError> {
+        let req = Request::Status {
+            code: RawCode::from(*code),
+        };
+        match self.request(req).await? {
+            Response::Ticket(t) => Ok(t),
+            _ => Err(ClientError::Unexpected("status")),
+        }
+    }
+
+    /// Revokes a ticket (admin).
+    pub async fn revoke(&self, code: &CodeBytes) -> Result<Outcome, ClientError> {
+        let req = Request::Revoke {
+            code: RawCode::from(*code),
+        };
+        self.outcome(req, "revoke").await
+    }
+
+    /// Transfers a ticket: the old code is void, the returned one is the new holder's
+    /// (admin).
+    pub async fn transfer(&self, code: &CodeBytes) -> Result<CodeBytes, ClientError> {
+        let req = Request::Transfer {
+            code: RawCode::from(*code),
+        };
+        match self.request(req).await? {
+            Response::Codes(c) if c.len() == 1 => Ok(c[0]),
+            _ => Err(ClientError::Unexpected("transfer")),
+        }
+    }
+
+    /// Mints `spec.count` tickets (admin), in requests of at most [`MINT_FRAME_MAX`] sent
+    /// together; codes come back in order.
+    pub async fn mint(&self, spec: MintSpec) -> Result<Vec<CodeBytes>, ClientError> {
+        let mut parts = Vec::new();
+        let mut left = spec.count;
+        while left > 0 {
+            let count = left.min(MINT_FRAME_MAX);
+            left -= count;
+            let (tx, rx) = oneshot::channel();
+            self.send(Request::Mint(MintSpec { count, ..spec }), Reply::Once(tx))
+                .await?;
+            parts.push(rx);
+        }
+        let mut codes = Vec::with_capacity(spec.count as usize);
+        for rx in parts {
+            match rx.await.map_err(|_| ClientError::Closed)?? {
+                Response::Codes(c) => codes.extend(c),
+                Response::Error { code, message } => {
+                    return Err(ClientError::Node { code, message })
+                }
+                _ => return Err(ClientError::Unexpected("mint")),
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Round trip time of one ping.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = std::time::Instant::now();
+        match self.request(Request::Ping).await? {
+            Response::Pong => Ok(start.elapsed()),
+            _ => Err(ClientError::Unexpected("ping")),
+        }
+    }
+
+    /// The node's counters.
+    pub async fn stats(&self) -> Result<NodeStats, ClientError> {
+        match self.request(Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            _ => Err(ClientError::Unexpected("stats")),
+        }
+    }
+
+    /// Ticket events from log position `from_seq` on, then live (admin). The subscription
+    /// survives reconnects, resuming after the last event received.
+    pub async fn subscribe(&self, from_seq: u64) -> Result<Subscription, ClientError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BACKLOG);
+        self.send(Request::Subscribe { from_seq }, Reply::Stream(tx))
+            .await?;
+        Ok(Subscription { rx })
+    }
+}
+
+/// A stream of ticket events.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<Vec<Event>, ClientError>>,
+}
+
+impl Subscription {
+    /// The next batch of events, in log order; `None` once the client is gone.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, ClientError>> {
+        self.rx.recv().await
+    }
+}
+
+fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if config.node.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        node: config.node,
+        reason: format!("binding a UDP socket: {e}"),
+    })?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*config.tls.config).clone())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    transport.stream_receive_window((4u32 << 20).into());
+    transport.send_window(8 << 20);
+    qc.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(qc);
+    Ok(endpoint)
+}
+
+/// One connection attempt: handshake and the stream.
+async fn open(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        node: config.node,
+        reason,
+    };
+    let connecting = endpoint
+        .connect(config.node, &config.server_name)
+        .map_err(|e| err(e.to_string()))?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| err("handshake timed out".into()))?
+        .map_err(|e| classify(&e).map_or_else(|| err(e.to_string()), ClientError::Refused))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+    Ok((conn, send, recv))
+}
+
+/// `Some(reason)` if the connection error means the node will never take this client.
+fn classify(e: &quinn::ConnectionError) -> Option<String> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let code = c.error_code.into_inner();
+            matches!(code as u32, close::REVOKED | close::NO_ROLE)
+                .then(|| close::name(code as u32).to_string())
+        }
+        // A TLS alert from the node: certificate unknown, revoked, missing.
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("TLS") => {
+            Some(format!("TLS: {}", c.error_code))
+        }
+        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("TLS") => {
+            Some(format!("TLS: {t}"))
+        }
+        _ => None,
+    }
+}
+
+/// Owns the connection: runs the writer and reader, reconnects, resends.
+async fn drive(
+    endpoint: quinn::Endpoint,
+    first: (quinn::Connection, quinn::SendStream, quinn::RecvStream),
+    config: Arc<ClientConfig>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
+    let mut conn = Some(first);
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let (c, send, recv) = match conn.take() {
+            Some(c) => c,
+            None => match open(&endpoint, &config).await {
+                Ok(c) => {
+                    backoff = Duration::from_millis(20);
+                    c
+                }
+                Err(ClientError::Refused(reason)) => {
+                    fail_all(&shared, &mut rx, &ClientError::Refused(reason)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("reconnect to {} failed: {e}", config.node);
+                    if rx.is_closed() && shared.pending.lock().expect("poisoned").is_empty() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.backoff_max);
+                    continue;
+                }
+            },
+        };
+        let ended = run_connection(&shared, &c, send, recv, &mut rx).await;
+        match ended {
+            Ended::Done => {
+                c.close(close::DONE.into(), b"done");
+                endpoint.wait_idle().await;
+                return;
+            }
+            Ended::Refused(reason) => {
+                fail_all(&shared, &mut rx, &ClientError::Refused(reason)).await;
+                return;
+            }
+            Ended::Lost(reason) => {
+                tracing::debug!("connection to {} lost: {reason}", config.node);
+                // Requests whose outcome a resend could duplicate fail now.
+                let mut map = shared.pending.lock().expect("client pending map poisoned");
+                map.retain(|_, p| {
+                    if p.req.is_retry_safe() {
+                        return true;
+                    }
+                    if let Reply::Once(tx) = std::mem::replace(&mut p.reply, Reply::closed()) {
+                        let _ = tx.send(Err(ClientError::ConnectionLost));
+                    }
+                    false
+                });
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// A reply whose receiver is gone.
+    fn closed() -> Reply {
+        Reply::Once(oneshot::channel().0)
+    }
+
+    fn fail(self, e: &ClientError) {
+        match self {
+            Reply::Once(tx) => {
+                let _ = tx.send(Err(e.clone()));
+            }
+            Reply::Stream(tx) => {
+                let _ = tx.try_send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Fails everything pending and everything sent from now on with `e`.
+async fn fail_all(shared: &Shared, rx: &mut mpsc::UnboundedReceiver<Command>, e: &ClientError) {
+    let drained: Vec<Pending> = shared
+        .pending
+        .lock()
+        .expect("client pending map poisoned")
+        .drain()
+        .map(|(_, p)| p)
+        .collect();
+    for p in drained {
+        p.reply.fail(e);
+    }
+    rx.close();
+    while let Some(cmd) = rx.recv().await {
+        cmd.reply.fail(e);
+    }
+}
+
+async fn run_connection(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Ended {
+    // Resend what the last connection left unanswered, in id order.
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    {
+        let map = shared.pending.lock().expect("client pending map poisoned");
+        let mut ids: Vec<&u32> = map.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            map[id].req.encode(*id, &mut buf);
+        }
+    }
+    let reader = tokio::spawn(read_loop(shared.clone(), recv));
+    let writer = async move {
+        if !buf.is_empty() {
+            send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        }
+        loop {
+            buf.clear();
+            let Some(cmd) = rx.recv().await else {
+                return Ok::<quinn::SendStream, String>(send);
+            };
+            let mut next = Some(cmd);
+            while let Some(cmd) = next.take() {
+                let req = cmd.req;
+                let id = shared.register(Pending {
+                    req,
+                    reply: cmd.reply,
+                    _permit: cmd.permit,
+                });
+                req.encode(id, &mut buf);
+                if buf.len() < WRITE_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            send.write_all(&buf).await.map_err(|e| e.to_string())?;
+        }
+    };
+    let reader_done = async {
+        // Cancelling the writer future is safe: a command is registered before any await.
+        tokio::select! {
+            r = writer => match r {
+                // Every handle is gone: wait for the last answers, then finish.
+                Ok(mut send) => loop {
+                    if shared.pending.lock().expect("poisoned").is_empty() {
+                        let _ = send.finish();
+                        return Ended::Done;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        e = conn.closed() => return ended_by(&e),
+                    }
+                },
+                Err(_) => ended_by(&conn.closed().await),
+            },
+            e = conn.closed() => ended_by(&e),
+        }
+    };
+    let ended = reader_done.await;
+    reader.abort();
+    ended
+}
+
+fn ended_by(e: &quinn::ConnectionError) -> Ended {
+    match classify(e) {
+        Some(reason) => Ended::Refused(reason),
+        None => Ended::Lost(e.to_string()),
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>, mut recv: quinn::RecvStream) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            let (n, id, resp) = match split_frame(&buf) {
+                Ok(Some((n, body))) => match Response::decode(body) {
+                    Ok((id, resp)) => (n, id, resp),
+                    Err(e) => return bad_frame(&e),
+                },
+                Ok(None) => break,
+                Err(e) => return bad_frame(&e),
+            };
+            buf.advance(n);
+            deliver(&shared, id, resp);
+        }
+    }
+}
+
+fn bad_frame(e: &FrameError) {
+    tracing::warn!("node sent a bad frame ({e}); dropping the connection");
+}
+
+fn deliver(shared: &Shared, id: u32, resp: Response) {
+    let mut map = shared.pending.lock().expect("client pending map poisoned");
+    let Some(p) = map.get_mut(&id) else {
+        return;
+    };
+    match (&p.reply, resp) {
+        (Reply::Stream(tx), Response::Events(events)) => {
+            if let (Some(last), Request::Subscribe { from_seq }) = (events.last(), &mut p.req) {
+                *from_seq = last.seq + 1;
+            }
+            if tx.try_send(Ok(events)).is_err() {
+                // Slow or gone subscriber: drop the subscription rather than block everyone.
+                map.remove(&id);
+            }
+        }
+        (Reply::Stream(_), Response::Error { code, message }) => {
+            if let Some(p) = map.remove(&id) {
+                p.reply.fail(&ClientError::Node { code, message });
+            }
+        }
+        (Reply::Stream(_), _) => {}
+        (Reply::Once(_), resp) => {
+            if let Some(Pending {
+                reply: Reply::Once(tx),
+                ..
+            }) = map.remove(&id)
+            {
+                let _ = tx.send(Ok(resp));
+            }
+        }
+    }
+}

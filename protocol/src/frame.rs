@@ -1,0 +1,1254 @@
+//! The frame codec, sans IO: bytes in, frames out; frames in, bytes out.
+//!
+//! A frame is `varint length ‖ op (u8) ‖ request id (u32 LE) ‖ payload`; the length (LEB128,
+//! minimal, at most [`FRAME_MAX_LEN`]) counts everything after itself. Decoding takes two
+//! passes: [`split_frame`] says whether a whole frame is buffered (and refuses an oversized
+//! length before a byte of the body arrives), then [`Request::decode`] or
+//! [`Response::decode`] parses that one body. Nothing here panics or allocates more than the
+//! frame's own bounded length, whatever the input. Byte layouts: `docs/FORMAT.md` §9.
+
+use bytes::BufMut;
+
+use crate::code::{CodeBytes, CodeError, CodeFormat, MAX_LEN as CODE_MAX_LEN};
+use crate::outcome::{Outcome, OutcomeKind};
+
+/// The ALPN protocol id of stile's wire protocol.
+pub const ALPN: &[u8] = b"stile/1";
+/// Largest frame body (op, request id and payload) in bytes.
+pub const FRAME_MAX_LEN: usize = 32 * 1024;
+/// Most bytes the length prefix takes (LEB128 of [`FRAME_MAX_LEN`]).
+pub const LEN_PREFIX_MAX: usize = 3;
+/// Bytes of op and request id that start every body.
+pub const BODY_HEADER_LEN: usize = 5;
+/// Most codes one mint request asks for (and one codes frame carries); larger batches are
+/// several requests.
+pub const MINT_FRAME_MAX: u32 = 1024;
+/// Most events one events frame carries.
+pub const EVENTS_FRAME_MAX: usize = 1024;
+/// Longest error message, bytes of UTF-8.
+pub const ERROR_MESSAGE_MAX: usize = 512;
+/// Bytes of a frame carrying one check-in of a static code: the common case.
+pub const CHECKIN_FRAME_LEN: usize = 1 + BODY_HEADER_LEN + 8 + crate::code::STATIC_LEN;
+
+/// Operation bytes. Requests are below 0x80, responses at or above.
+pub mod op {
+    /// Check in (entry).
+    pub const CHECKIN: u8 = 0x01;
+    /// Check out (exit).
+    pub const EXIT: u8 = 0x02;
+    /// Annul this gate's last admit.
+    pub const UNDO: u8 = 0x03;
+    /// A ticket's state.
+    pub const STATUS: u8 = 0x04;
+    /// Mint a batch (admin).
+    pub const MINT: u8 = 0x05;
+    /// Revoke a ticket (admin).
+    pub const REVOKE: u8 = 0x06;
+    /// Transfer a ticket: void it, mint its successor (admin).
+    pub const TRANSFER: u8 = 0x07;
+    /// Liveness.
+    pub const PING: u8 = 0x08;
+    /// Node counters.
+    pub const STATS: u8 = 0x09;
+    /// Check in on behalf of a gate (admin, audited).
+    pub const CHECKIN_AS: u8 = 0x0A;
+    /// Stream ticket events from a log position (admin).
+    pub const SUBSCRIBE: u8 = 0x0B;
+    /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
+    pub const OUTCOME: u8 = 0x81;
+    /// A ticket's state.
+    pub const TICKET: u8 = 0x82;
+    /// Minted codes (mint, transfer).
+    pub const CODES: u8 = 0x83;
+    /// Answer to ping.
+    pub const PONG: u8 = 0x84;
+    /// Node counters.
+    pub const STATS_REPLY: u8 = 0x85;
+    /// Ticket events (subscribe; many frames per request).
+    pub const EVENTS: u8 = 0x86;
+    /// The request failed; nothing changed.
+    pub const ERROR: u8 = 0x8F;
+}
+
+/// Application error codes a node closes a connection with (QUIC `CONNECTION_CLOSE`).
+pub mod close {
+    /// Normal end.
+    pub const DONE: u32 = 0;
+    /// A frame did not parse.
+    pub const MALFORMED: u32 = 1;
+    /// A length above [`super::FRAME_MAX_LEN`].
+    pub const TOO_LARGE: u32 = 2;
+    /// An op this node does not know.
+    pub const UNKNOWN_OP: u32 = 3;
+    /// The peer's certificate was revoked.
+    pub const REVOKED: u32 = 4;
+    /// The node is shutting down (reconnect elsewhere or later).
+    pub const SHUTTING_DOWN: u32 = 5;
+    /// The certificate names no gate or admin role.
+    pub const NO_ROLE: u32 = 6;
+    /// The node serves its maximum number of connections.
+    pub const TOO_MANY_CONNECTIONS: u32 = 7;
+
+    /// A name for logs and error messages.
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            DONE => "done",
+            MALFORMED => "malformed frame",
+            TOO_LARGE => "frame too large",
+            UNKNOWN_OP => "unknown op",
+            REVOKED => "certificate revoked",
+            SHUTTING_DOWN => "node shutting down",
+            NO_ROLE => "certificate names no gate or admin role",
+            TOO_MANY_CONNECTIONS => "too many connections",
+            _ => "unknown close code",
+        }
+    }
+}
+
+/// Why bytes are not a frame. Any of these closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix exceeds [`FRAME_MAX_LEN`] (or takes more than 3 bytes).
+    #[error("frame length {0} exceeds the maximum {FRAME_MAX_LEN}")]
+    TooLarge(u64),
+    /// The bytes do not parse.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// An op this side does not know (or one only the other side sends).
+    #[error("unknown op 0x{0:02x}")]
+    UnknownOp(u8),
+}
+
+impl FrameError {
+    /// The connection close code for this error.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            FrameError::TooLarge(_) => close::TOO_LARGE,
+            FrameError::Malformed(_) => close::MALFORMED,
+            FrameError::UnknownOp(_) => close::UNKNOWN_OP,
+        }
+    }
+}
+
+/// Pass one: if `buf` starts with a whole frame, its total length (prefix included) and its
+/// body. `Ok(None)`: more bytes needed.
+#[inline]
+pub fn split_frame(buf: &[u8]) -> Result<Option<(usize, &[u8])>, FrameError> {
+    let mut len: u64 = 0;
+    for i in 0..LEN_PREFIX_MAX {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(FrameError::Malformed("non-minimal length prefix"));
+            }
+            let len = len as usize;
+            if len > FRAME_MAX_LEN {
+                return Err(FrameError::TooLarge(len as u64));
+            }
+            if len < BODY_HEADER_LEN {
+                return Err(FrameError::Malformed(
+                    "frame shorter than op and request id",
+                ));
+            }
+            let total = i + 1 + len;
+            return Ok(buf.get(i + 1..total).map(|body| (total, body)));
+        }
+    }
+    Err(FrameError::TooLarge(len))
+}
+
+/// Appends a frame header for a body of `len` bytes (op and id included).
+#[inline]
+fn put_header(out: &mut impl BufMut, op: u8, id: u32, payload_len: usize) {
+    let mut len = (BODY_HEADER_LEN + payload_len) as u32;
+    debug_assert!(len as usize <= FRAME_MAX_LEN, "frame over the maximum");
+    while len >= 0x80 {
+        out.put_u8((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.put_u8(len as u8);
+    out.put_u8(op);
+    out.put_u32_le(id);
+}
+
+/// A code as it came over the wire: 1 to 21 bytes, not yet checked. A check-in of bytes that
+/// are no code is answered `forged`, not refused, since scanners read garbage too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawCode {
+    len: u8,
+    bytes: [u8; CODE_MAX_LEN],
+}
+
+impl RawCode {
+    /// Wraps 1 to 21 bytes.
+    pub fn new(raw: &[u8]) -> Option<Self> {
+        if raw.is_empty() || raw.len() > CODE_MAX_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; CODE_MAX_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Some(RawCode {
+            len: raw.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// Parses the layout (length and format byte; the tag is the engine's business).
+    #[inline]
+    pub fn code(&self) -> Result<CodeBytes, CodeError> {
+        CodeBytes::from_slice(self.as_bytes())
+    }
+}
+
+impl From<CodeBytes> for RawCode {
+    fn from(code: CodeBytes) -> Self {
+        RawCode::new(code.as_bytes()).expect("codes are 20 or 21 bytes")
+    }
+}
+
+/// What to mint: the tickets' rules and how many. Zero means "not set" for the optional
+/// times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MintSpec {
+    /// Provider that sells them.
+    pub provider: u16,
+    /// Partition to mint into.
+    pub partition: u16,
+    /// How many, 1 to [`MINT_FRAME_MAX`].
+    pub count: u32,
+    /// Static or rotating codes.
+    pub format: CodeFormat,
+    /// Entries allowed (0: unlimited).
+    pub max_entries: u8,
+    /// Entry and exit alternate.
+    pub records_exits: bool,
+    /// Undo window, seconds.
+    pub undo_window_s: u32,
+    /// Not valid before this Unix second (0: no bound).
+    pub not_before_unix_s: u64,
+    /// Not valid after this Unix second (0: no bound).
+    pub not_after_unix_s: u64,
+    /// Valid this long from the first scan, seconds (0: no bound).
+    pub duration_from_first_scan_s: u32,
+}
+
+const MINT_SPEC_LEN: usize = 2 + 2 + 4 + 1 + 1 + 1 + 4 + 8 + 8 + 4;
+
+/// A ticket's state as the node reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TicketInfo {
+    /// `valid`, `used`, `revoked`, `expired`.
+    pub state: TicketStateName,
+    /// Inside (entry/exit tickets).
+    pub inside: bool,
+    /// Entries counted.
+    pub entries: u8,
+    /// Entries allowed (0: unlimited).
+    pub max_entries: u8,
+    /// Provider.
+    pub provider: u16,
+    /// Partition.
+    pub partition: u16,
+    /// Serial.
+    pub serial: u32,
+    /// Gate of the last event (0: none).
+    pub gate: u16,
+    /// Static or rotating.
+    pub format: CodeFormat,
+    /// Unix seconds of the last event (mint, scan, revoke).
+    pub last_event_unix_s: u64,
+    /// First scan (0: never).
+    pub first_scan_unix_s: u64,
+    /// Start of validity (0: unbounded).
+    pub valid_from_unix_s: u64,
+    /// End of validity (0: unbounded).
+    pub valid_until_unix_s: u64,
+}
+
+const TICKET_INFO_LEN: usize = 4 + 2 + 2 + 4 + 2 + 1 + 1 + 8 * 4;
+
+/// What a holder is shown of a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TicketStateName {
+    /// Usable (within its window).
+    Valid = 0,
+    /// Spent.
+    Used = 1,
+    /// Revoked or transferred away.
+    Revoked = 2,
+    /// Past its validity, never spent.
+    Expired = 3,
+}
+
+impl TicketStateName {
+    /// `valid`, `used`, `revoked`, `expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TicketStateName::Valid => "valid",
+            TicketStateName::Used => "used",
+            TicketStateName::Revoked => "revoked",
+            TicketStateName::Expired => "expired",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => TicketStateName::Valid,
+            1 => TicketStateName::Used,
+            2 => TicketStateName::Revoked,
+            3 => TicketStateName::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// Node counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct NodeStats {
+    /// Tickets minted (serials handed out).
+    pub tickets: u64,
+    /// Gate requests answered (check-in, exit, undo, `checkin_as`).
+    pub scans: u64,
+    /// Of those, admitted.
+    pub admitted: u64,
+    /// Log records written.
+    pub wal_records: u64,
+    /// Group commits (fsyncs) done.
+    pub wal_syncs: u64,
+    /// fsync latency, median, microseconds.
+    pub fsync_p50_us: u64,
+    /// fsync latency, 99th percentile, microseconds.
+    pub fsync_p99_us: u64,
+    /// Open connections.
+    pub connections: u64,
+    /// Log position: every record below it is durable.
+    pub durable_seq: u64,
+}
+
+const STATS_LEN: usize = 9 * 8;
+
+/// What kind of change an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EventKind {
+    /// A scan, undo or revoke changed the ticket's state.
+    State = 0,
+    /// The ticket was minted as the successor of a transferred one.
+    TransferredIn = 1,
+}
+
+/// One ticket event from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// Log position of the change.
+    pub seq: u64,
+    /// What kind of change.
+    pub kind: EventKind,
+    /// Partition of the ticket.
+    pub partition: u16,
+    /// Serial of the ticket.
+    pub serial: u32,
+    /// New state: `valid`, `used`, `revoked` (expiry is not an event).
+    pub state: TicketStateName,
+    /// Inside after the change.
+    pub inside: bool,
+    /// Entries counted.
+    pub entries: u8,
+    /// Gate of the change (0: an operator).
+    pub gate: u16,
+    /// Unix seconds of the change.
+    pub at_unix_s: u64,
+}
+
+const EVENT_LEN: usize = 8 + 1 + 2 + 4 + 1 + 1 + 1 + 2 + 8;
+
+/// Per-request error codes (a request failed; the connection stays).
+pub mod error_code {
+    /// The certificate's role may not do this.
+    pub const FORBIDDEN: u16 = 1;
+    /// The request's values make no sense (a mint count of 0, say).
+    pub const BAD_REQUEST: u16 = 2;
+    /// No such ticket on this node.
+    pub const NOT_FOUND: u16 = 3;
+    /// The code is not genuine.
+    pub const FORGED: u16 = 4;
+    /// The ticket's state forbids it (transfer of a used ticket).
+    pub const CONFLICT: u16 = 5;
+    /// The node cannot now (partition full, shutting down).
+    pub const UNAVAILABLE: u16 = 6;
+    /// The log position asked for is no longer kept.
+    pub const TRIMMED: u16 = 7;
+}
+
+/// A request, as a gate, the gateway or the CLI sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// Check in a code with the gate's scan id.
+    Checkin {
+        /// The gate's scan id (a retry reuses it).
+        scan_id: u64,
+        /// The code.
+        code: RawCode,
+    },
+    /// Check out.
+    Exit {
+        /// The gate's scan id.
+        scan_id: u64,
+        /// The code.
+        code: RawCode,
+    },
+    /// Annul this gate's last admit.
+    Undo {
+        /// The gate's scan id.
+        scan_id: u64,
+        /// The code.
+        code: RawCode,
+    },
+    /// A ticket's state.
+    Status {
+        /// The code.
+        code: RawCode,
+    },
+    /// Mint tickets.
+    Mint(MintSpec),
+    /// Revoke a ticket.
+    Revoke {
+        /// The code.
+        code: RawCode,
+    },
+    /// Transfer a ticket.
+    Transfer {
+        /// The code.
+        code: RawCode,
+    },
+    /// Liveness.
+    Ping,
+    /// Node counters.
+    Stats,
+    /// Check in on behalf of gate `gate` of provider `provider`.
+    CheckinAs {
+        /// Gate id.
+        gate: u16,
+        /// The gate's provider.
+        provider: u16,
+        /// The gate's scan id.
+        scan_id: u64,
+        /// The code.
+        code: RawCode,
+    },
+    /// Stream ticket events from log position `from_seq`.
+    Subscribe {
+        /// First log position wanted.
+        from_seq: u64,
+    },
+}
+
+/// A response: it carries the request id of what it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Response {
+    /// An outcome.
+    Outcome(Outcome),
+    /// A ticket's state.
+    Ticket(TicketInfo),
+    /// Codes (mint, transfer).
+    Codes(Vec<CodeBytes>),
+    /// Answer to ping.
+    Pong,
+    /// Node counters.
+    Stats(NodeStats),
+    /// Ticket events, in log order.
+    Events(Vec<Event>),
+    /// The request failed; nothing changed.
+    Error {
+        /// One of [`error_code`].
+        code: u16,
+        /// What went wrong, for people (at most [`ERROR_MESSAGE_MAX`] bytes).
+        message: String,
+    },
+}
+
+/// Reads fixed-size fields off a body, refusing to run past its end.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Malformed("payload shorter than its op needs"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    #[inline]
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    #[inline]
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+
+    #[inline]
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    #[inline]
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(FrameError::Malformed("flag byte not 0 or 1")),
+        }
+    }
+
+    /// The rest of the body as a code.
+    #[inline]
+    fn code_rest(&mut self) -> Result<RawCode, FrameError> {
+        let rest = std::mem::take(&mut self.buf);
+        RawCode::new(rest).ok_or(FrameError::Malformed("code must be 1 to 21 bytes"))
+    }
+
+    fn end(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed("bytes after the payload"))
+        }
+    }
+}
+
+/// Splits a body into op, request id and payload.
+#[inline]
+fn body_parts(body: &[u8]) -> Result<(u8, u32, Reader<'_>), FrameError> {
+    if body.len() < BODY_HEADER_LEN {
+        return Err(FrameError::Malformed(
+            "frame shorter than op and request id",
+        ));
+    }
+    let op = body[0];
+    let id = u32::from_le_bytes(body[1..5].try_into().expect("4"));
+    Ok((op, id, Reader { buf: &body[5..] }))
+}
+
+fn format_from_u8(v: u8) -> Result<CodeFormat, FrameError> {
+    match v {
+        1 => Ok(CodeFormat::Static),
+        2 => Ok(CodeFormat::Rotating),
+        _ => Err(FrameError::Malformed("code format not 1 or 2")),
+    }
+}
+
+impl Request {
+    /// The op byte.
+    pub fn op(&self) -> u8 {
+        match self {
+            Request::Checkin { .. } => op::CHECKIN,
+            Request::Exit { .. } => op::EXIT,
+            Request::Undo { .. } => op::UNDO,
+            Request::Status { .. } => op::STATUS,
+            Request::Mint(_) => op::MINT,
+            Request::Revoke { .. } => op::REVOKE,
+            Request::Transfer { .. } => op::TRANSFER,
+            Request::Ping => op::PING,
+            Request::Stats => op::STATS,
+            Request::CheckinAs { .. } => op::CHECKIN_AS,
+            Request::Subscribe { .. } => op::SUBSCRIBE,
+        }
+    }
+
+    /// Whether only the admin role may send it.
+    pub fn needs_admin(&self) -> bool {
+        matches!(
+            self,
+            Request::Mint(_)
+                | Request::Revoke { .. }
+                | Request::Transfer { .. }
+                | Request::CheckinAs { .. }
+                | Request::Subscribe { .. }
+        )
+    }
+
+    /// Whether resending it after a lost connection is safe: gate scans carry scan ids (the
+    /// node answers a retry with the original outcome), reads change nothing, revoking twice
+    /// is revoking once. Mint and transfer are not: a resend could make tickets twice.
+    pub fn is_retry_safe(&self) -> bool {
+        !matches!(self, Request::Mint(_) | Request::Transfer { .. })
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Request::Checkin { code, .. }
+            | Request::Exit { code, .. }
+            | Request::Undo { code, .. } => 8 + code.len as usize,
+            Request::Status { code } | Request::Revoke { code } | Request::Transfer { code } => {
+                code.len as usize
+            }
+            Request::Mint(_) => MINT_SPEC_LEN,
+            Request::Ping | Request::Stats => 0,
+            Request::CheckinAs { code, .. } => 2 + 2 + 8 + code.len as usize,
+            Request::Subscribe { .. } => 8,
+        }
+    }
+
+    /// Appends the frame of this request, with id `id`, to `out`.
+    #[inline]
+    pub fn encode(&self, id: u32, out: &mut impl BufMut) {
+        put_header(out, self.op(), id, self.payload_len());
+        match self {
+            Request::Checkin { scan_id, code }
+            | Request::Exit { scan_id, code }
+            | Request::Undo { scan_id, code } => {
+                out.put_u64_le(*scan_id);
+                out.put_slice(code.as_bytes());
+            }
+            Request::Status { code } | Request::Revoke { code } | Request::Transfer { code } => {
+                out.put_slice(code.as_bytes());
+            }
+            Request::Mint(m) => {
+                out.put_u16_le(m.provider);
+                out.put_u16_le(m.partition);
+                out.put_u32_le(m.count);
+                out.put_u8(m.format as u8);
+                out.put_u8(m.max_entries);
+                out.put_u8(u8::from(m.records_exits));
+                out.put_u32_le(m.undo_window_s);
+                out.put_u64_le(m.not_before_unix_s);
+                out.put_u64_le(m.not_after_unix_s);
+                out.put_u32_le(m.duration_from_first_scan_s);
+            }
+            Request::Ping | Request::Stats => {}
+            Request::CheckinAs {
+                gate,
+                provider,
+                scan_id,
+                code,
+            } => {
+                out.put_u16_le(*gate);
+                out.put_u16_le(*provider);
+                out.put_u64_le(*scan_id);
+                out.put_slice(code.as_bytes());
+            }
+            Request::Subscribe { from_seq } => out.put_u64_le(*from_seq),
+        }
+    }
+
+    /// Pass two: parses one frame body (as returned by [`split_frame`]) into its request id
+    /// and request.
+    #[inline]
+    pub fn decode(body: &[u8]) -> Result<(u32, Request), FrameError> {
+        let (op, id, mut r) = body_parts(body)?;
+        let req = match op {
+            op::CHECKIN => Request::Checkin {
+                scan_id: r.u64()?,
+                code: r.code_rest()?,
+            },
+            op::EXIT => Request::Exit {
+                scan_id: r.u64()?,
+                code: r.code_rest()?,
+            },
+            op::UNDO => Request::Undo {
+                scan_id: r.u64()?,
+                code: r.code_rest()?,
+            },
+            op::STATUS => Request::Status {
+                code: r.code_rest()?,
+            },
+            op::MINT => Request::Mint(MintSpec {
+                provider: r.u16()?,
+                partition: r.u16()?,
+                count: r.u32()?,
+                format: format_from_u8(r.u8()?)?,
+                max_entries: r.u8()?,
+                records_exits: r.bool()?,
+                undo_window_s: r.u32()?,
+                not_before_unix_s: r.u64()?,
+                not_after_unix_s: r.u64()?,
+                duration_from_first_scan_s: r.u32()?,
+            }),
+            op::REVOKE => Request::Revoke {
+                code: r.code_rest()?,
+            },
+            op::TRANSFER => Request::Transfer {
+                code: r.code_rest()?,
+            },
+            op::PING => Request::Ping,
+            op::STATS => Request::Stats,
+            op::CHECKIN_AS => Request::CheckinAs {
+                gate: r.u16()?,
+                provider: r.u16()?,
+                scan_id: r.u64()?,
+                code: r.code_rest()?,
+            },
+            op::SUBSCRIBE => Request::Subscribe { from_seq: r.u64()? },
+            other => return Err(FrameError::UnknownOp(other)),
+        };
+        r.end()?;
+        Ok((id, req))
+    }
+}
+
+/// Encodes an outcome frame straight from its parts: the node's hot path.
+#[inline]
+pub fn encode_outcome(id: u32, outcome: &Outcome, out: &mut impl BufMut) {
+    put_header(out, op::OUTCOME, id, OUTCOME_LEN);
+    out.put_u8(outcome.kind as u8);
+    out.put_u8(outcome.entries);
+    out.put_u16_le(outcome.gate);
+    out.put_u64_le(outcome.at_unix_s);
+}
+
+const OUTCOME_LEN: usize = 12;
+
+impl Response {
+    fn payload_len(&self) -> usize {
+        match self {
+            Response::Outcome(_) => OUTCOME_LEN,
+            Response::Ticket(_) => TICKET_INFO_LEN,
+            Response::Codes(codes) => {
+                2 + codes.iter().map(|c| 1 + c.as_bytes().len()).sum::<usize>()
+            }
+            Response::Pong => 0,
+            Response::Stats(_) => STATS_LEN,
+            Response::Events(events) => 2 + events.len() * EVENT_LEN,
+            Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
+        }
+    }
+
+    /// Appends the frame of this response, answering request `id`, to `out`. Panics if the
+    /// response breaks a bound ([`MINT_FRAME_MAX`] codes, [`EVENTS_FRAME_MAX`] events): the
+    /// node splits before it encodes.
+    pub fn encode(&self, id: u32, out: &mut impl BufMut) {
+        let op = match self {
+            Response::Outcome(o) => return encode_outcome(id, o, out),
+            Response::Ticket(_) => op::TICKET,
+            Response::Codes(codes) => {
+                assert!(codes.len() <= MINT_FRAME_MAX as usize, "too many codes");
+                op::CODES
+            }
+            Response::Pong => op::PONG,
+            Response::Stats(_) => op::STATS_REPLY,
+            Response::Events(events) => {
+                assert!(events.len() <= EVENTS_FRAME_MAX, "too many events");
+                op::EVENTS
+            }
+            Response::Error { .. } => op::ERROR,
+        };
+        put_header(out, op, id, self.payload_len());
+        match self {
+            Response::Outcome(_) | Response::Pong => {}
+            Response::Ticket(t) => {
+                out.put_u8(t.state as u8);
+                out.put_u8(u8::from(t.inside));
+                out.put_u8(t.entries);
+                out.put_u8(t.max_entries);
+                out.put_u16_le(t.provider);
+                out.put_u16_le(t.partition);
+                out.put_u32_le(t.serial);
+                out.put_u16_le(t.gate);
+                out.put_u8(t.format as u8);
+                out.put_u8(0);
+                out.put_u64_le(t.last_event_unix_s);
+                out.put_u64_le(t.first_scan_unix_s);
+                out.put_u64_le(t.valid_from_unix_s);
+                out.put_u64_le(t.valid_until_unix_s);
+            }
+            Response::Codes(codes) => {
+                out.put_u16_le(codes.len() as u16);
+                for c in codes {
+                    out.put_u8(c.as_bytes().len() as u8);
+                    out.put_slice(c.as_bytes());
+                }
+            }
+            Response::Stats(s) => {
+                for v in [
+                    s.tickets,
+                    s.scans,
+                    s.admitted,
+                    s.wal_records,
+                    s.wal_syncs,
+                    s.fsync_p50_us,
+                    s.fsync_p99_us,
+                    s.connections,
+                    s.durable_seq,
+                ] {
+                    out.put_u64_le(v);
+                }
+            }
+            Response::Events(events) => {
+                out.put_u16_le(events.len() as u16);
+                for e in events {
+                    out.put_u64_le(e.seq);
+                    out.put_u8(e.kind as u8);
+                    out.put_u16_le(e.partition);
+                    out.put_u32_le(e.serial);
+                    out.put_u8(e.state as u8);
+                    out.put_u8(u8::from(e.inside));
+                    out.put_u8(e.entries);
+                    out.put_u16_le(e.gate);
+                    out.put_u64_le(e.at_unix_s);
+                }
+            }
+            Response::Error { code, message } => {
+                let m = error_message(message);
+                out.put_u16_le(*code);
+                out.put_u16_le(m.len() as u16);
+                out.put_slice(m.as_bytes());
+            }
+        }
+    }
+
+    /// Pass two: parses one frame body into its request id and response.
+    pub fn decode(body: &[u8]) -> Result<(u32, Response), FrameError> {
+        let (op, id, mut r) = body_parts(body)?;
+        let resp = match op {
+            op::OUTCOME => {
+                let kind = OutcomeKind::from_u8(r.u8()?)
+                    .ok_or(FrameError::Malformed("unknown outcome kind"))?;
+                Response::Outcome(Outcome {
+                    kind,
+                    entries: r.u8()?,
+                    gate: r.u16()?,
+                    at_unix_s: r.u64()?,
+                })
+            }
+            op::TICKET => {
+                let state = TicketStateName::from_u8(r.u8()?)
+                    .ok_or(FrameError::Malformed("unknown ticket state"))?;
+                let (inside, entries, max_entries) = (r.bool()?, r.u8()?, r.u8()?);
+                let (provider, partition, serial, gate) = (r.u16()?, r.u16()?, r.u32()?, r.u16()?);
+                let format = format_from_u8(r.u8()?)?;
+                if r.u8()? != 0 {
+                    return Err(FrameError::Malformed("padding byte not 0"));
+                }
+                let t = TicketInfo {
+                    state,
+                    inside,
+                    entries,
+                    max_entries,
+                    provider,
+                    partition,
+                    serial,
+                    gate,
+                    format,
+                    last_event_unix_s: r.u64()?,
+                    first_scan_unix_s: r.u64()?,
+                    valid_from_unix_s: r.u64()?,
+                    valid_until_unix_s: r.u64()?,
+                };
+                Response::Ticket(t)
+            }
+            op::CODES => {
+                let n = r.u16()? as usize;
+                if n > MINT_FRAME_MAX as usize {
+                    return Err(FrameError::Malformed("too many codes"));
+                }
+                let mut codes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = r.u8()? as usize;
+                    let code = CodeBytes::from_slice(r.take(len)?)
+                        .map_err(|_| FrameError::Malformed("not a code"))?;
+                    codes.push(code);
+                }
+                Response::Codes(codes)
+            }
+            op::PONG => Response::Pong,
+            op::STATS_REPLY => Response::Stats(NodeStats {
+                tickets: r.u64()?,
+                scans: r.u64()?,
+                admitted: r.u64()?,
+                wal_records: r.u64()?,
+                wal_syncs: r.u64()?,
+                fsync_p50_us: r.u64()?,
+                fsync_p99_us: r.u64()?,
+                connections: r.u64()?,
+                durable_seq: r.u64()?,
+            }),
+            op::EVENTS => {
+                let n = r.u16()? as usize;
+                if n > EVENTS_FRAME_MAX {
+                    return Err(FrameError::Malformed("too many events"));
+                }
+                let mut events = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let seq = r.u64()?;
+                    let kind = match r.u8()? {
+                        0 => EventKind::State,
+                        1 => EventKind::TransferredIn,
+                        _ => return Err(FrameError::Malformed("unknown event kind")),
+                    };
+                    events.push(Event {
+                        seq,
+                        kind,
+                        partition: r.u16()?,
+                        serial: r.u32()?,
+                        state: TicketStateName::from_u8(r.u8()?)
+                            .ok_or(FrameError::Malformed("unknown ticket state"))?,
+                        inside: r.bool()?,
+                        entries: r.u8()?,
+                        gate: r.u16()?,
+                        at_unix_s: r.u64()?,
+                    });
+                }
+                Response::Events(events)
+            }
+            op::ERROR => {
+                let code = r.u16()?;
+                let len = r.u16()? as usize;
+                if len > ERROR_MESSAGE_MAX {
+                    return Err(FrameError::Malformed("error message too long"));
+                }
+                let message = std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| FrameError::Malformed("error message not UTF-8"))?
+                    .to_owned();
+                Response::Error { code, message }
+            }
+            other => return Err(FrameError::UnknownOp(other)),
+        };
+        r.end()?;
+        Ok((id, resp))
+    }
+}
+
+/// `message` cut to at most [`ERROR_MESSAGE_MAX`] bytes on a character boundary.
+fn error_message(message: &str) -> &str {
+    if message.len() <= ERROR_MESSAGE_MAX {
+        return message;
+    }
+    let mut end = ERROR_MESSAGE_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_frame(req: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        req.encode(7, &mut out);
+        out
+    }
+
+    #[test]
+    fn checkin_frame_is_the_documented_size_and_roundtrips() {
+        let code = RawCode::new(&[1; 20]).unwrap();
+        let req = Request::Checkin { scan_id: 9, code };
+        let bytes = one_frame(&req);
+        assert_eq!(bytes.len(), CHECKIN_FRAME_LEN);
+        let (n, body) = split_frame(&bytes).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        assert_eq!(Request::decode(body).unwrap(), (7, req));
+    }
+
+    #[test]
+    fn every_prefix_of_a_frame_asks_for_more() {
+        let bytes = one_frame(&Request::Subscribe { from_seq: 1 << 40 });
+        for cut in 0..bytes.len() {
+            assert_eq!(split_frame(&bytes[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_non_minimal_lengths_are_refused_before_the_body() {
+        // 32 KiB + 1 in three bytes.
+        let len = FRAME_MAX_LEN + 1;
+        let prefix = [
+            (len as u8) | 0x80,
+            ((len >> 7) as u8) | 0x80,
+            (len >> 14) as u8,
+        ];
+        assert_eq!(split_frame(&prefix), Err(FrameError::TooLarge(len as u64)));
+        assert!(matches!(
+            split_frame(&[0xff, 0xff, 0xff, 0x7f]),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            split_frame(&[0x85, 0x00]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            split_frame(&[2, 1, 0]),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_unknown_ops_and_bad_flags_are_malformed() {
+        let mut bytes = one_frame(&Request::Ping);
+        bytes[0] += 1;
+        bytes.push(0);
+        let (_, body) = split_frame(&bytes).unwrap().unwrap();
+        assert!(matches!(
+            Request::decode(body),
+            Err(FrameError::Malformed(_))
+        ));
+        let body = [0x7e, 0, 0, 0, 0];
+        assert_eq!(Request::decode(&body), Err(FrameError::UnknownOp(0x7e)));
+        // A response op sent as a request is unknown to the node.
+        assert_eq!(
+            Request::decode(&[op::PONG, 0, 0, 0, 0]),
+            Err(FrameError::UnknownOp(op::PONG))
+        );
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_character_boundary() {
+        let message = "é".repeat(ERROR_MESSAGE_MAX);
+        let mut out = Vec::new();
+        Response::Error { code: 2, message }.encode(1, &mut out);
+        let (_, body) = split_frame(&out).unwrap().unwrap();
+        let (_, Response::Error { message, .. }) = Response::decode(body).unwrap() else {
+            panic!("not an error");
+        };
+        assert_eq!(message.len(), ERROR_MESSAGE_MAX);
+    }
+
+    mod roundtrip {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn raw_code() -> impl Strategy<Value = RawCode> {
+            proptest::collection::vec(any::<u8>(), 1..=21).prop_map(|v| RawCode::new(&v).unwrap())
+        }
+
+        fn code() -> impl Strategy<Value = CodeBytes> {
+            (any::<bool>(), any::<[u8; 21]>()).prop_map(|(rotating, mut b)| {
+                let len = if rotating { 21 } else { 20 };
+                b[0] = if rotating { 2 } else { 1 };
+                CodeBytes::from_slice(&b[..len]).unwrap()
+            })
+        }
+
+        fn format() -> impl Strategy<Value = CodeFormat> {
+            prop_oneof![Just(CodeFormat::Static), Just(CodeFormat::Rotating)]
+        }
+
+        fn state() -> impl Strategy<Value = TicketStateName> {
+            prop_oneof![
+                Just(TicketStateName::Valid),
+                Just(TicketStateName::Used),
+                Just(TicketStateName::Revoked),
+                Just(TicketStateName::Expired),
+            ]
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                (any::<u64>(), raw_code())
+                    .prop_map(|(scan_id, code)| Request::Checkin { scan_id, code }),
+                (any::<u64>(), raw_code())
+                    .prop_map(|(scan_id, code)| Request::Exit { scan_id, code }),
+                (any::<u64>(), raw_code())
+                    .prop_map(|(scan_id, code)| Request::Undo { scan_id, code }),
+                raw_code().prop_map(|code| Request::Status { code }),
+                raw_code().prop_map(|code| Request::Revoke { code }),
+                raw_code().prop_map(|code| Request::Transfer { code }),
+                Just(Request::Ping),
+                Just(Request::Stats),
+                (any::<u16>(), any::<u16>(), any::<u64>(), raw_code()).prop_map(
+                    |(gate, provider, scan_id, code)| Request::CheckinAs {
+                        gate,
+                        provider,
+                        scan_id,
+                        code
+                    }
+                ),
+                any::<u64>().prop_map(|from_seq| Request::Subscribe { from_seq }),
+                (
+                    (
+                        any::<u16>(),
+                        any::<u16>(),
+                        any::<u32>(),
+                        format(),
+                        any::<u8>(),
+                        any::<bool>()
+                    ),
+                    (any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()),
+                )
+                    .prop_map(
+                        |(
+                            (provider, partition, count, format, max_entries, records_exits),
+                            (
+                                undo_window_s,
+                                not_before_unix_s,
+                                not_after_unix_s,
+                                duration_from_first_scan_s,
+                            ),
+                        )| {
+                            Request::Mint(MintSpec {
+                                provider,
+                                partition,
+                                count,
+                                format,
+                                max_entries,
+                                records_exits,
+                                undo_window_s,
+                                not_before_unix_s,
+                                not_after_unix_s,
+                                duration_from_first_scan_s,
+                            })
+                        }
+                    ),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            (
+                (
+                    any::<u64>(),
+                    any::<bool>(),
+                    any::<u16>(),
+                    any::<u32>(),
+                    state(),
+                ),
+                (any::<bool>(), any::<u8>(), any::<u16>(), any::<u64>()),
+            )
+                .prop_map(
+                    |((seq, t, partition, serial, state), (inside, entries, gate, at_unix_s))| {
+                        Event {
+                            seq,
+                            kind: if t {
+                                EventKind::TransferredIn
+                            } else {
+                                EventKind::State
+                            },
+                            partition,
+                            serial,
+                            state,
+                            inside,
+                            entries,
+                            gate,
+                            at_unix_s,
+                        }
+                    },
+                )
+        }
+
+        fn response() -> impl Strategy<Value = Response> {
+            let outcome = (0u8..13, any::<u8>(), any::<u16>(), any::<u64>()).prop_map(
+                |(k, entries, gate, at_unix_s)| {
+                    Response::Outcome(Outcome {
+                        kind: OutcomeKind::from_u8(k).unwrap(),
+                        entries,
+                        gate,
+                        at_unix_s,
+                    })
+                },
+            );
+            let ticket = (
+                (
+                    state(),
+                    any::<bool>(),
+                    any::<u8>(),
+                    any::<u8>(),
+                    any::<u16>(),
+                    any::<u16>(),
+                ),
+                (any::<u32>(), any::<u16>(), format(), any::<[u64; 4]>()),
+            )
+                .prop_map(
+                    |(
+                        (state, inside, entries, max_entries, provider, partition),
+                        (serial, gate, format, t),
+                    )| {
+                        Response::Ticket(TicketInfo {
+                            state,
+                            inside,
+                            entries,
+                            max_entries,
+                            provider,
+                            partition,
+                            serial,
+                            gate,
+                            format,
+                            last_event_unix_s: t[0],
+                            first_scan_unix_s: t[1],
+                            valid_from_unix_s: t[2],
+                            valid_until_unix_s: t[3],
+                        })
+                    },
+                );
+            let stats = any::<[u64; 9]>().prop_map(|v| {
+                Response::Stats(NodeStats {
+                    tickets: v[0],
+                    scans: v[1],
+                    admitted: v[2],
+                    wal_records: v[3],
+                    wal_syncs: v[4],
+                    fsync_p50_us: v[5],
+                    fsync_p99_us: v[6],
+                    connections: v[7],
+                    durable_seq: v[8],
+                })
+            });
+            prop_oneof![
+                outcome,
+                ticket,
+                proptest::collection::vec(code(), 0..200).prop_map(Response::Codes),
+                Just(Response::Pong),
+                stats,
+                proptest::collection::vec(event(), 0..100).prop_map(Response::Events),
+                (any::<u16>(), ".{0,80}")
+                    .prop_map(|(code, message)| Response::Error { code, message }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn every_request_roundtrips(reqs in proptest::collection::vec((any::<u32>(), request()), 1..8)) {
+                let mut bytes = Vec::new();
+                for (id, r) in &reqs {
+                    r.encode(*id, &mut bytes);
+                }
+                let mut at = 0;
+                for want in &reqs {
+                    let (n, body) = split_frame(&bytes[at..]).unwrap().unwrap();
+                    prop_assert_eq!(&Request::decode(body).unwrap(), want);
+                    at += n;
+                }
+                prop_assert_eq!(at, bytes.len());
+            }
+
+            #[test]
+            fn every_response_roundtrips(id in any::<u32>(), resp in response()) {
+                let mut bytes = Vec::new();
+                resp.encode(id, &mut bytes);
+                let (n, body) = split_frame(&bytes).unwrap().unwrap();
+                prop_assert_eq!(n, bytes.len());
+                prop_assert_eq!(Response::decode(body).unwrap(), (id, resp));
+            }
+
+            #[test]
+            fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                if let Ok(Some((_, body))) = split_frame(&bytes) {
+                    let _ = Request::decode(body);
+                    let _ = Response::decode(body);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Client commands: `mint`, `check`, `status`, `revoke`, `transfer`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use stile_engine::node::certs::{self, Role};
+use stile_protocol::client::{Client, ClientConfig, ClientTls};
+use stile_protocol::frame::{MintSpec, TicketInfo};
+use stile_protocol::outcome::format_unix_s;
+use stile_protocol::{CodeBytes, CodeFormat, Outcome};
+
+use crate::Conn;
+
+/// Which certificate a command uses by default.
+enum Want {
+    Admin,
+    Gate,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Connects with the certificate `conn` names, or the default one for `want`.
+async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
+    let tls_dir = conn.data.join("tls");
+    let (cert, key) = match (&conn.cert, &conn.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let name = match want {
+                Want::Admin => certs::admin_cert_name("admin"),
+                Want::Gate => certs::gate_cert_name(1),
+            };
+            let cert = tls_dir.join(name);
+            (cert.clone(), certs::key_path_for(&cert))
+        }
+    };
+    let ca = conn
+        .ca
+        .clone()
+        .unwrap_or_else(|| tls_dir.join(certs::CA_CERT));
+    if !cert.exists() {
+        anyhow::bail!(
+            "no certificate {}: start `stile up` once (it makes dev certificates), or name one \
+             with --cert and --key",
+            cert.display()
+        );
+    }
+    // A gate's provider, so that other providers' codes are refused without a round trip.
+    let provider = match certs::identity_of_file(&cert).map(|i| i.role) {
+        Ok(Role::Gate { provider, .. }) => Some(provider),
+        _ => None,
+    };
+    let tls = ClientTls::from_files(&ca, &cert, &key)?;
+    let (addr, server_name) = conn.resolve()?;
+    let mut config = ClientConfig::new(addr, tls);
+    config.server_name = server_name;
+    config.provider = provider;
+    config.request_timeout = Duration::from_secs(30);
+    Ok(Client::connect(config).await?)
+}
+
+/// Parses a time given as Unix seconds or RFC 3339.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?}: not Unix seconds or an RFC 3339 time ({e})"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| format!("{s:?} is before 1970"))
+}
+
+/// Arguments of `stile mint`.
+#[derive(Debug, clap::Args)]
+pub struct MintArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Provider selling the tickets.
+    #[arg(long, default_value_t = 1)]
+    provider: u16,
+    /// How many tickets.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
+    /// Partition to mint into.
+    #[arg(long, default_value_t = 0)]
+    partition: u16,
+    /// Rotating codes (the code changes every 30 s; a screenshot dies within a minute).
+    #[arg(long)]
+    rotating: bool,
+    /// Not valid before this time (Unix seconds or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    valid_from: Option<u64>,
+    /// Not valid after this time (Unix seconds or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    valid_until: Option<u64>,
+    /// Valid this long from the first scan (a day pass: 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    valid_for: Option<Duration>,
+    /// Entries allowed (0: unlimited within validity).
+    #[arg(long, default_value_t = 1)]
+    entries: u8,
+    /// Entry and exit alternate (rail turnstiles).
+    #[arg(long)]
+    exits: bool,
+    /// How long the admitting gate may annul an admit.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    undo_window: Duration,
+}
+
+/// Runs `stile mint`: codes on stdout, one a line, nothing else.
+pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let valid_for = args
+        .valid_for
+        .map(|d| u32::try_from(d.as_secs()).context("--valid-for is too long"))
+        .transpose()?;
+    if valid_for == Some(0) {
+        anyhow::bail!("--valid-for must be at least one second");
+    }
+    let spec = MintSpec {
+        provider: args.provider,
+        partition: args.partition,
+        count: args.count,
+        format: if args.rotating {
+            CodeFormat::Rotating
+        } else {
+            CodeFormat::Static
+        },
+        max_entries: args.entries,
+        records_exits: args.exits,
+        undo_window_s: u32::try_from(args.undo_window.as_secs()).context("--undo-window")?,
+        not_before_unix_s: args.valid_from.unwrap_or(0),
+        not_after_unix_s: args.valid_until.unwrap_or(0),
+        duration_from_first_scan_s: valid_for.unwrap_or(0),
+    };
+    let codes = runtime()?.block_on(async {
+        let client = connect(&args.conn, Want::Admin).await?;
+        Ok::<_, anyhow::Error>(client.mint(spec).await?)
+    })?;
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for code in codes {
+        writeln!(out, "{}", code.to_text().as_str())?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `stile check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// One JSON object a line instead of tab-separated text.
+    #[arg(long)]
+    json: bool,
+    /// Record exits instead of entries.
+    #[arg(long, conflicts_with = "undo")]
+    exit: bool,
+    /// Annul this gate's last admit of each code.
+    #[arg(long)]
+    undo: bool,
+    /// Scan id of the first code (the next codes count up); reuse it to retry a scan.
+    #[arg(long)]
+    scan_id: Option<u64>,
+    /// Codes, as printed by `stile mint` (case, hyphens and spaces do not matter).
+    #[arg(required = true)]
+    codes: Vec<String>,
+}
+
+fn outcome_json(text: &str, o: &Outcome) -> String {
+    let mut v = serde_json::json!({
+        "code": text,
+        "outcome": o.kind.name(),
+        "message": o.message(),
+    });
+    if o.gate != 0 {
+        v["gate"] = o.gate.into();
+    }
+    if o.entries != 0 {
+        v["entries"] = o.entries.into();
+    }
+    if o.at_unix_s != 0 {
+        v["at_unix_s"] = o.at_unix_s.into();
+        v["at"] = format_unix_s(o.at_unix_s).into();
+    }
+    v.to_string()
+}
+
+/// Runs `stile check`. Exit status: 0 if every code opened the gate, 2 if any did not,
+/// 1 on an error.
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let outcomes = runtime()?.block_on(async {
+        let client = connect(&args.conn, Want::Gate).await?;
+        let first = args.scan_id.unwrap_or_else(|| client.next_scan_id());
+        let mut answers = Vec::new();
+        for (i, text) in args.codes.iter().enumerate() {
+            let scan_id = first.wrapping_add(i as u64);
+            let o = match CodeBytes::parse(text) {
+                Err(_) => Outcome::FORGED,
+                Ok(code) if args.exit => client.exit(&code, scan_id).await?,
+                Ok(code) if args.undo => client.undo(&code, scan_id).await?,
+                Ok(code) => client.checkin(&code, scan_id).await?,
+            };
+            answers.push(o);
+        }
+        Ok::<_, anyhow::Error>(answers)
+    })?;
+    let mut all_open = true;
+    for (text, o) in args.codes.iter().zip(&outcomes) {
+        all_open &= o.kind.opens_gate() || o.kind == stile_protocol::OutcomeKind::Undone;
+        if args.json {
+            println!("{}", outcome_json(text, o));
+        } else {
+            println!("{text}\t{}\t{}", o.kind.name(), o.message());
+        }
+    }
+    Ok(if all_open {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Arguments of `status`, `revoke` and `transfer`.
+#[derive(Debug, clap::Args)]
+pub struct TicketArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// One JSON object a line instead of tab-separated text.
+    #[arg(long)]
+    json: bool,
+    /// Codes.
+    #[arg(required = true)]
+    codes: Vec<String>,
+}
+
+fn parse_codes(codes: &[String]) -> anyhow::Result<Vec<CodeBytes>> {
+    codes
+        .iter()
+        .map(|t| CodeBytes::parse(t).with_context(|| format!("{t}: not a code")))
+        .collect()
+}
+
+fn ticket_json(text: &str, t: &TicketInfo) -> String {
+    let time = |v: u64| (v != 0).then(|| format_unix_s(v));
+    serde_json::json!({
+        "code": text,
+        "state": t.state.name(),
+        "inside": t.inside,
+        "entries": t.entries,
+        "max_entries": t.max_entries,
+        "provider": t.provider,
+        "partition": t.partition,
+        "serial": t.serial,
+        "gate": t.gate,
+        "rotating": t.format == CodeFormat::Rotating,
+        "last_event": time(t.last_event_unix_s),
+        "first_scan": time(t.first_scan_unix_s),
+        "valid_from": time(t.valid_from_unix_s),
+        "valid_until": time(t.valid_until_unix_s),
+    })
+    .to_string()
+}
+
+/// Runs `stile status` (admin certificate by default: any provider).
+pub fn status(args: TicketArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let codes = parse_codes(&args.codes)?;
+    let infos = runtime()?.block_on(async {
+        let client = connect(&args.conn, Want::Admin).await?;
+        let mut out = Vec::new();
+        for c in &codes {
+            out.push(client.status(c).await.map_err(anyhow::Error::from));
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let mut ok = true;
+    for (text, info) in args.codes.iter().zip(infos) {
+        match info {
+            Ok(t) if args.json => println!("{}", ticket_json(text, &t)),
+            Ok(t) => {
+                let until = match t.valid_until_unix_s {
+                    0 => "no end".to_string(),
+                    v => format!("until {}", format_unix_s(v)),
+                };
+                println!(
+                    "{text}\t{}\tprovider {} entries {}/{} {until}",
+                    t.state.name(),
+                    t.provider,
+                    t.entries,
+                    if t.max_entries == 0 {
+                        "unlimited".to_string()
+                    } else {
+                        t.max_entries.to_string()
+                    }
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!("{text}\terror\t{e}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Runs `stile revoke`.
+pub fn revoke(args: TicketArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let codes = parse_codes(&args.codes)?;
+    let results = runtime()?.block_on(async {
+        let client = connect(&args.conn, Want::Admin).await?;
+        let mut out = Vec::new();
+        for c in &codes {
+            out.push(client.revoke(c).await);
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let mut ok = true;
+    for (text, r) in args.codes.iter().zip(results) {
+        match r {
+            Ok(o) if args.json => println!("{}", outcome_json(text, &o)),
+            Ok(o) => println!("{text}\t{}\t{}", o.kind.name(), o.message()),
+            Err(e) => {
+                ok = false;
+                println!("{text}\terror\t{e}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Runs `stile transfer`: one line a code, `OLD<TAB>NEW`.
+pub fn transfer(args: TicketArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let codes = parse_codes(&args.codes)?;
+    let results = runtime()?.block_on(async {
+        let client = connect(&args.conn, Want::Admin).await?;
+        let mut out = Vec::new();
+        for c in &codes {
+            out.push(client.transfer(c).await);
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let mut ok = true;
+    for (text, r) in args.codes.iter().zip(results) {
+        match r {
+            Ok(new) if args.json => println!(
+                "{}",
+                serde_json::json!({"code": text, "new_code": new.to_text().as_str()})
+            ),
+            Ok(new) => println!("{text}\t{}", new.to_text().as_str()),
+            Err(e) => {
+                ok = false;
+                println!("{text}\terror\t{e}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,160 @@
+//! `stile up` and `stile node`: open the data dir (recovery), then serve QUIC until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use stile_engine::node::{certs, Node, NodeConfig};
+use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
+
+/// Parses `always`, `batch` or `none`.
+fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    SyncMode::parse(s).ok_or_else(|| format!("{s:?}: use always, batch or none"))
+}
+
+/// Arguments of `stile up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Data directory (made if new, with dev certificates under DATA/tls).
+    #[arg(long, default_value = crate::DATA_DEFAULT)]
+    data: PathBuf,
+    /// QUIC address to listen on.
+    #[arg(long, default_value = crate::QUIC_DEFAULT)]
+    quic: SocketAddr,
+    /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
+    #[arg(long, default_value = "always", value_parser = parse_sync)]
+    sync: SyncMode,
+}
+
+/// Arguments of `stile node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Data directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// QUIC address to listen on (port 0: any free port, printed at start).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
+    #[arg(long, default_value = "always", value_parser = parse_sync)]
+    sync: SyncMode,
+    /// Certificate directory (default: DATA/tls).
+    #[arg(long)]
+    tls: Option<PathBuf>,
+}
+
+/// Runs `stile up`.
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("info");
+    let tls = args.data.join("tls");
+    let made = if tls.join(certs::CA_CERT).exists() {
+        false
+    } else {
+        make_dev_certs(&tls)?;
+        true
+    };
+    let data = args.data.display().to_string();
+    let sync = args.sync;
+    let next = move |addr: SocketAddr| {
+        let flags = if data == crate::DATA_DEFAULT && addr.to_string() == crate::QUIC_DEFAULT {
+            String::new()
+        } else {
+            format!(" --data {data} --node {addr}")
+        };
+        eprintln!(
+            "stile up: node on quic://{addr}, data in {data}, sync {}",
+            sync.name()
+        );
+        if made {
+            eprintln!(
+                "  made a dev CA and certificates in {data}/tls: node (localhost, 127.0.0.1, \
+                 ::1), admin, gate 1 of provider 1"
+            );
+        }
+        eprintln!("next, in another terminal:");
+        eprintln!("  stile mint{flags} --count 3       # prints three codes");
+        eprintln!("  stile check{flags} CODE           # admitted, then already_used");
+        eprintln!("stop with Ctrl-C (in-flight requests are answered, the log is synced)");
+    };
+    run_node(&args.data, tls, args.quic, args.sync, next)
+}
+
+/// Runs `stile node`.
+pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("info");
+    let tls = args.tls.unwrap_or_else(|| args.data.join("tls"));
+    if !tls.join(certs::CA_CERT).exists() {
+        anyhow::bail!(
+            "no certificates in {}: run `stile certs init`, `stile certs issue-node --san NAME` \
+             and issue gate and admin certificates first (or use `stile up`, which makes dev \
+             certificates)",
+            tls.display()
+        );
+    }
+    let data = args.data.display().to_string();
+    let sync = args.sync;
+    run_node(&args.data, tls, args.listen, args.sync, move |addr| {
+        // Scripts and tests read the bound address from this line.
+        println!("stile node listening on quic://{addr}");
+        eprintln!("data in {data}, sync {}", sync.name());
+    })
+}
+
+/// A dev CA, a node certificate for loopback names, an admin and gate 1 of provider 1.
+fn make_dev_certs(tls: &Path) -> anyhow::Result<()> {
+    certs::init(tls)?;
+    certs::issue_node(tls, &["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    certs::issue_admin(tls, "admin")?;
+    certs::issue_gate(tls, 1, 1)?;
+    Ok(())
+}
+
+fn run_node(
+    data: &Path,
+    tls: PathBuf,
+    listen: SocketAddr,
+    sync: SyncMode,
+    started: impl FnOnce(SocketAddr),
+) -> anyhow::Result<ExitCode> {
+    let config = EngineConfig {
+        sync,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(data, config, Arc::new(SystemClock))
+        .with_context(|| format!("opening data dir {}", data.display()))?;
+    let recovered = engine.recovered();
+    tracing::info!(
+        "recovered {} tickets: {} log records replayed, {} torn bytes cut",
+        engine.minted_tickets(),
+        recovered.records,
+        recovered.truncated_bytes
+    );
+    let engine = Arc::new(engine);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stile-node")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = Node::start(engine, NodeConfig::new(listen, tls))?;
+        started(node.local_addr());
+        wait_for_signal().await?;
+        tracing::info!("shutting down: answering in-flight requests, syncing the log");
+        node.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
