@@ -247,6 +247,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct Client {
     tx: mpsc::UnboundedSender<Command>,
+    /// Why the client stopped for good, once it has.
+    dead: Arc<std::sync::OnceLock<ClientError>>,
     slots: Arc<Semaphore>,
     config: Arc<ClientConfig>,
     scan_ids: Arc<AtomicU64>,
@@ -282,13 +284,15 @@ impl Client {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
+        let dead = Arc::new(std::sync::OnceLock::new());
         let client = Client {
             tx,
+            dead: dead.clone(),
             slots: Arc::new(Semaphore::new(config.inflight_max.max(1))),
             config: config.clone(),
             scan_ids: Arc::new(AtomicU64::new(nanos)),
         };
-        tokio::spawn(drive(endpoint, conn, config, rx));
+        tokio::spawn(drive(endpoint, conn, config, rx, dead));
         client.ping().await?;
         Ok(client)
     }
@@ -304,15 +308,16 @@ impl Client {
     }
 
     async fn send(&self, req: Request, reply: Reply) -> Result<(), ClientError> {
+        let closed = || self.dead.get().cloned().unwrap_or(ClientError::Closed);
         let permit = self
             .slots
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| closed())?;
         self.tx
             .send(Command { req, reply, permit })
-            .map_err(|_| ClientError::Closed)
+            .map_err(|_| closed())
     }
 
     /// Sends any request and waits for its answer (an error answer becomes
@@ -493,6 +498,24 @@ impl Subscription {
     }
 }
 
+/// A bare connection and stream to a node, for tools that write frames themselves (tests
+/// that feed a node bad bytes, benchmarks). Keep the endpoint alive while using them.
+pub async fn connect_raw(
+    config: &ClientConfig,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    ClientError,
+> {
+    let endpoint = client_endpoint(config)?;
+    let (conn, send, recv) = open(&endpoint, config).await?;
+    Ok((endpoint, conn, send, recv))
+}
+
 fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if config.node.is_ipv6() {
         "[::]:0".parse().expect("literal")
@@ -545,14 +568,31 @@ fn classify(e: &quinn::ConnectionError) -> Option<String> {
                 .then(|| close::name(code as u32).to_string())
         }
         // A TLS alert from the node: certificate unknown, revoked, missing.
-        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("TLS") => {
-            Some(format!("TLS: {}", c.error_code))
-        }
-        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("TLS") => {
-            Some(format!("TLS: {t}"))
-        }
+        quinn::ConnectionError::ConnectionClosed(c) => tls_alert(u64::from(c.error_code)),
+        quinn::ConnectionError::TransportError(t) => tls_alert(u64::from(t.code)),
         _ => None,
     }
+}
+
+/// The TLS alert in a QUIC crypto error code, if it is one that a retry cannot cure.
+fn tls_alert(code: u64) -> Option<String> {
+    if !(0x100..0x200).contains(&code) {
+        return None;
+    }
+    let what = match code & 0xff {
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "unknown CA: the certificate is not from this deployment's CA",
+        51 => "certificate signature does not verify: not from this deployment's CA",
+        116 => "certificate required: this client presented none",
+        120 => "no application protocol (not a stile/1 node?)",
+        other => return Some(format!("TLS alert {other}")),
+    };
+    Some(format!("TLS: {what}"))
 }
 
 /// Owns the connection: runs the writer and reader, reconnects, resends.
@@ -561,6 +601,7 @@ async fn drive(
     first: (quinn::Connection, quinn::SendStream, quinn::RecvStream),
     config: Arc<ClientConfig>,
     mut rx: mpsc::UnboundedReceiver<Command>,
+    dead: Arc<std::sync::OnceLock<ClientError>>,
 ) {
     let shared = Arc::new(Shared {
         pending: Mutex::new(HashMap::new()),
@@ -577,7 +618,8 @@ async fn drive(
                     c
                 }
                 Err(ClientError::Refused(reason)) => {
-                    fail_all(&shared, &mut rx, &ClientError::Refused(reason)).await;
+                    let e = dead.get_or_init(|| ClientError::Refused(reason));
+                    fail_all(&shared, &mut rx, e).await;
                     return;
                 }
                 Err(e) => {
@@ -599,7 +641,8 @@ async fn drive(
                 return;
             }
             Ended::Refused(reason) => {
-                fail_all(&shared, &mut rx, &ClientError::Refused(reason)).await;
+                let e = dead.get_or_init(|| ClientError::Refused(reason));
+                fail_all(&shared, &mut rx, e).await;
                 return;
             }
             Ended::Lost(reason) => {

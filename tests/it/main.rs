@@ -6,6 +6,7 @@ mod engine_ops;
 mod forged;
 mod loom_word;
 mod memory;
+mod node;
 mod race;
 mod snapshot;
 mod support;

@@ -27,6 +27,8 @@ use crate::{MintRequest, TicketStatus};
 const BATCH_MAX: usize = 1024;
 /// Bytes read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a finished stream waits for the peer to acknowledge its last answers.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes of answers the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -252,7 +254,11 @@ async fn write_loop(
         out.clear();
         slots.add_permits(freed as usize);
     }
-    let _ = send.finish();
+    // Wait until the peer has every answer: closing the connection before that would drop
+    // answers still in flight, and the gate would resend scans that were already done.
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    }
 }
 
 fn error(code: u16, message: impl Into<String>) -> Response {

@@ -1,0 +1,584 @@
+//! The QUIC node against real clients on 127.0.0.1: check-in round trips, retries, races
+//! between gates, mutual TLS and revocation, bad frames, the forged-code budget, events.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stile_engine::node::{certs, Node, NodeConfig};
+use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
+use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientError, ClientTls};
+use stile_protocol::frame::{close, error_code, EventKind, MintSpec, TicketStateName};
+use stile_protocol::{CodeBytes, CodeFormat, OutcomeKind};
+
+/// A node on a fresh data dir, with a CA, admin, and gates 1 and 2 of provider 1 and gate 3
+/// of provider 2.
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub tls: PathBuf,
+    pub addr: SocketAddr,
+    pub node: Option<Node>,
+}
+
+pub fn make_certs(tls: &Path) {
+    certs::init(tls).unwrap();
+    certs::issue_node(tls, &["127.0.0.1".into(), "localhost".into()]).unwrap();
+    certs::issue_admin(tls, "admin").unwrap();
+    certs::issue_gate(tls, 1, 1).unwrap();
+    certs::issue_gate(tls, 2, 1).unwrap();
+    certs::issue_gate(tls, 3, 2).unwrap();
+}
+
+impl TestNode {
+    pub async fn start(tune: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        make_certs(&tls);
+        let config = EngineConfig {
+            sync: SyncMode::Always,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(&dir.path().join("data"), config, Arc::new(SystemClock)).unwrap();
+        let mut nc = NodeConfig::new("127.0.0.1:0".parse().unwrap(), tls.clone());
+        nc.crl_poll = Duration::from_millis(50);
+        tune(&mut nc);
+        let node = Node::start(Arc::new(engine), nc).unwrap();
+        let addr = node.local_addr();
+        TestNode {
+            dir,
+            tls,
+            addr,
+            node: Some(node),
+        }
+    }
+
+    /// A client config with the certificate `name` (`admin`, `gate-1`, …).
+    pub fn config(&self, name: &str) -> ClientConfig {
+        client_config(&self.tls, self.addr, name)
+    }
+
+    pub async fn client(&self, name: &str) -> Client {
+        Client::connect(self.config(name)).await.unwrap()
+    }
+}
+
+pub fn client_config(tls: &Path, addr: SocketAddr, name: &str) -> ClientConfig {
+    let cert = tls.join(format!("{name}.crt"));
+    let ctls = ClientTls::from_files(
+        &tls.join(certs::CA_CERT),
+        &cert,
+        &certs::key_path_for(&cert),
+    )
+    .unwrap();
+    let mut config = ClientConfig::new(addr, ctls);
+    config.request_timeout = Duration::from_secs(20);
+    config
+}
+
+pub fn spec(provider: u16, count: u32) -> MintSpec {
+    MintSpec {
+        provider,
+        partition: 0,
+        count,
+        format: CodeFormat::Static,
+        max_entries: 1,
+        records_exits: false,
+        undo_window_s: 60,
+        not_before_unix_s: 0,
+        not_after_unix_s: 0,
+        duration_from_first_scan_s: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkin_already_used_undo_and_retry_round_trip() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let gate = n.client("gate-1").await;
+    let codes = admin.mint(spec(1, 3)).await.unwrap();
+    assert_eq!(codes.len(), 3);
+    let code = codes[0];
+
+    let first = gate.checkin(&code, 100).await.unwrap();
+    assert_eq!(first.kind, OutcomeKind::Admitted);
+    assert_eq!(first.gate, 1);
+    let again = gate.checkin(&code, 101).await.unwrap();
+    assert_eq!(again.kind, OutcomeKind::AlreadyUsed);
+    assert_eq!(again.gate, 1, "already_used names the admitting gate");
+    // A retry of the first scan gets the first answer, not already_used.
+    assert_eq!(gate.checkin(&code, 100).await.unwrap(), first);
+
+    let undo = gate.undo(&code, 102).await.unwrap();
+    assert_eq!(undo.kind, OutcomeKind::Undone);
+    let st = admin.status(&code).await.unwrap();
+    assert_eq!(st.state, TicketStateName::Valid);
+    assert_eq!(
+        gate.checkin(&code, 103).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    let st = admin.status(&code).await.unwrap();
+    assert_eq!(
+        (st.state, st.gate, st.entries),
+        (TicketStateName::Used, 1, 1)
+    );
+
+    // Pipelined: many check-ins in flight at once on the one stream.
+    let rest = admin.mint(spec(1, 2000)).await.unwrap();
+    let answers = futures_join(rest.iter().map(|c| {
+        let gate = gate.clone();
+        let c = *c;
+        async move { gate.checkin(&c, gate.next_scan_id()).await.unwrap() }
+    }))
+    .await;
+    assert!(answers.iter().all(|o| o.kind == OutcomeKind::Admitted));
+    let stats = admin.stats().await.unwrap();
+    assert!(stats.admitted >= 2002, "{stats:?}");
+    assert_eq!(stats.tickets, 2003);
+    n.node.unwrap().shutdown().await;
+}
+
+/// Runs futures concurrently on the runtime and collects their outputs in order.
+pub async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gates_racing_on_the_same_codes_admit_each_once() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let g1 = n.client("gate-1").await;
+    let g2 = n.client("gate-2").await;
+    let codes = admin.mint(spec(1, 500)).await.unwrap();
+    let race = |gate: Client| {
+        let codes = codes.clone();
+        tokio::spawn(async move {
+            let all = codes.iter().map(|c| {
+                let gate = gate.clone();
+                let c = *c;
+                async move { gate.checkin(&c, gate.next_scan_id()).await.unwrap() }
+            });
+            futures_join(all).await
+        })
+    };
+    let (a, b) = (race(g1), race(g2));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut wins = [0; 3];
+    for (x, y) in a.iter().zip(&b) {
+        let (winner, loser, loser_gate) = match (x.kind, y.kind) {
+            (OutcomeKind::Admitted, OutcomeKind::AlreadyUsed) => (x, y, 2),
+            (OutcomeKind::AlreadyUsed, OutcomeKind::Admitted) => (y, x, 1),
+            other => panic!("not exactly one admit: {other:?}"),
+        };
+        assert_eq!(
+            loser.gate, winner.gate,
+            "gate {loser_gate} lost to the winner"
+        );
+        wins[winner.gate as usize] += 1;
+    }
+    assert_eq!(wins[1] + wins[2], 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_certificates_are_enforced() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let p1 = admin.mint(spec(1, 2)).await.unwrap();
+    let p2 = admin.mint(spec(2, 1)).await.unwrap();
+
+    // No certificate at all.
+    let ca = std::fs::read(n.tls.join(certs::CA_CERT)).unwrap();
+    let bare = ClientConfig::new(n.addr, ClientTls::without_identity(&ca).unwrap());
+    match Client::connect(bare).await {
+        Err(ClientError::Refused(reason)) => assert!(reason.contains("certificate"), "{reason}"),
+        other => panic!("a client without a certificate got {other:?}"),
+    }
+
+    // A certificate from another CA.
+    let other = n.dir.path().join("other-ca");
+    make_certs(&other);
+    let mut foreign = client_config(&other, n.addr, "gate-1");
+    foreign.tls = {
+        let cert = other.join("gate-1.crt");
+        ClientTls::from_pem(
+            &ca,
+            &std::fs::read(&cert).unwrap(),
+            &std::fs::read(certs::key_path_for(&cert)).unwrap(),
+        )
+        .unwrap()
+    };
+    match Client::connect(foreign).await {
+        Err(ClientError::Refused(reason)) => assert!(reason.contains("CA"), "{reason}"),
+        other => panic!("a client of another CA got {other:?}"),
+    }
+
+    // A gate cannot mint, revoke, transfer, check in for others or subscribe.
+    let gate = n.client("gate-1").await;
+    match gate.mint(spec(1, 1)).await {
+        Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::FORBIDDEN),
+        other => panic!("gate minted: {other:?}"),
+    }
+    assert!(gate.revoke(&p1[0]).await.is_err());
+    assert!(gate.transfer(&p1[0]).await.is_err());
+    assert!(gate.checkin_as(2, 1, &p1[0], 1).await.is_err());
+    assert!(gate
+        .subscribe(0)
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .is_err());
+    // And an admin checks in only on behalf of a gate.
+    assert!(admin.checkin(&p1[0], 1).await.is_err());
+
+    // Provider 1's gate: provider 2's ticket is refused locally and by the node.
+    let mut local = n.config("gate-1");
+    local.provider = Some(1);
+    let local = Client::connect(local).await.unwrap();
+    assert_eq!(
+        local.checkin(&p2[0], 1).await.unwrap().kind,
+        OutcomeKind::WrongProvider
+    );
+    assert_eq!(
+        gate.checkin(&p2[0], 2).await.unwrap().kind,
+        OutcomeKind::WrongProvider
+    );
+    let g3 = n.client("gate-3").await;
+    assert_eq!(
+        g3.checkin(&p2[0], 3).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+
+    // Revoking gate 2 closes its live connection and refuses it from then on.
+    let g2 = n.client("gate-2").await;
+    assert_eq!(
+        g2.checkin(&p1[1], 4).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    certs::revoke(&n.tls, &n.tls.join("gate-2.crt")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match g2.ping().await {
+            Err(ClientError::Refused(reason)) => {
+                assert!(reason.contains("revoked"), "{reason}");
+                break;
+            }
+            _ if Instant::now() > deadline => panic!("revoked gate still connected"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    match Client::connect(n.config("gate-2")).await {
+        Err(ClientError::Refused(reason)) => assert!(reason.contains("revoked"), "{reason}"),
+        other => panic!("a revoked gate got {other:?}"),
+    }
+    // Everyone else is unaffected.
+    assert!(gate.ping().await.is_ok());
+    assert!(admin.ping().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_their_connection() {
+    use rand::{Rng, SeedableRng};
+
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let good = n.client("gate-2").await;
+    let codes = admin.mint(spec(1, 8)).await.unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let cases: Vec<(Vec<u8>, u32)> = vec![
+        // Length prefix past the maximum: refused before any body arrives.
+        (vec![0xff, 0xff, 0x7f], close::TOO_LARGE),
+        (vec![0x80, 0x80, 0x80, 0x01], close::TOO_LARGE),
+        // An op no one knows.
+        (vec![5, 0x7e, 0, 0, 0, 0], close::UNKNOWN_OP),
+        // A check-in with bytes after its code.
+        (
+            [vec![35u8, 1, 0, 0, 0, 0], vec![0; 30]].concat(),
+            close::MALFORMED,
+        ),
+        // Random bytes, then an oversized length so something is certain to fail.
+        (
+            [
+                (0..4000).map(|_| rng.gen()).collect::<Vec<u8>>(),
+                vec![0xff; 4],
+            ]
+            .concat(),
+            u32::MAX,
+        ),
+    ];
+    for (i, (bytes, want)) in cases.into_iter().enumerate() {
+        let (_endpoint, conn, mut send, _recv) = connect_raw(&n.config("gate-1")).await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("node closes a connection that sent a bad frame");
+        let quinn::ConnectionError::ApplicationClosed(c) = closed else {
+            panic!("case {i}: closed by {closed:?}");
+        };
+        let code = c.error_code.into_inner() as u32;
+        if want == u32::MAX {
+            assert!(
+                [close::TOO_LARGE, close::UNKNOWN_OP, close::MALFORMED].contains(&code),
+                "case {i}: {code}"
+            );
+        } else {
+            assert_eq!(code, want, "case {i}");
+        }
+        // The other connection kept working throughout.
+        let o = good.checkin(&codes[i], good.next_scan_id()).await.unwrap();
+        assert_eq!(o.kind, OutcomeKind::Admitted, "case {i}");
+    }
+}
+
+/// A code with the right layout and a wrong tag.
+fn forged(code: &CodeBytes, i: u32) -> CodeBytes {
+    let mut bytes = code.as_bytes().to_vec();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&i.to_le_bytes());
+    CodeBytes::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_flood_is_rate_limited_for_that_gate_only() {
+    let n = TestNode::start(|c| {
+        c.budget_per_s = 20;
+        c.budget_burst = 40;
+        c.budget_cooldown = Duration::from_secs(30);
+    })
+    .await;
+    let admin = n.client("admin-admin").await;
+    let flooder = n.client("gate-1").await;
+    let honest = n.client("gate-2").await;
+    let codes = admin.mint(spec(1, 50)).await.unwrap();
+    let flood: Vec<_> = (0..1000).map(|i| forged(&codes[0], i)).collect();
+    let answers = futures_join(flood.into_iter().map(|c| {
+        let f = flooder.clone();
+        async move { f.checkin(&c, f.next_scan_id()).await.unwrap().kind }
+    }))
+    .await;
+    let limited = answers
+        .iter()
+        .filter(|k| **k == OutcomeKind::RateLimited)
+        .count();
+    let forged_n = answers
+        .iter()
+        .filter(|k| **k == OutcomeKind::Forged)
+        .count();
+    assert_eq!(limited + forged_n, 1000);
+    assert!(forged_n >= 40 && forged_n < 200, "forged {forged_n}");
+    // The flooding gate is cut off, even for genuine codes, for the cooldown...
+    assert_eq!(
+        flooder.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::RateLimited
+    );
+    // ...while another gate is served as usual.
+    for c in &codes[1..] {
+        assert_eq!(
+            honest.checkin(c, honest.next_scan_id()).await.unwrap().kind,
+            OutcomeKind::Admitted
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_check_ins_and_transfers_as_events() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let gate = n.client("gate-1").await;
+    let codes = admin.mint(spec(1, 2)).await.unwrap();
+    let mut sub = admin.subscribe(0).await.unwrap();
+    assert_eq!(
+        gate.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    let successor = admin.transfer(&codes[1]).await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        events.extend(batch);
+    }
+    let serial = |c: &CodeBytes| c.header().serial;
+    assert_eq!(events[0].kind, EventKind::State);
+    assert_eq!(events[0].serial, serial(&codes[0]));
+    assert_eq!(
+        (events[0].state, events[0].gate),
+        (TicketStateName::Used, 1)
+    );
+    assert_eq!(events[1].serial, serial(&codes[1]));
+    assert_eq!(events[1].state, TicketStateName::Revoked);
+    assert_eq!(events[2].kind, EventKind::TransferredIn);
+    assert_eq!(events[2].serial, serial(&successor));
+    assert!(events.windows(2).all(|w| w[0].seq <= w[1].seq));
+    // checkin_as is answered like a gate's check-in and shows up as that gate's event.
+    let o = admin.checkin_as(9, 1, &successor, 5).await.unwrap();
+    assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 9));
+    let next = sub.next().await.unwrap().unwrap();
+    assert_eq!((next[0].serial, next[0].gate), (serial(&successor), 9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_requests_and_clients_reconnect() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let codes = admin.mint(spec(1, 300)).await.unwrap();
+    let data = n.dir.path().join("data");
+    let gate = n.client("gate-1").await;
+    let scans: Vec<u64> = codes.iter().map(|_| gate.next_scan_id()).collect();
+    let inflight = futures_join(codes.iter().zip(scans.clone()).map(|(c, s)| {
+        let gate = gate.clone();
+        let c = *c;
+        async move { gate.checkin(&c, s).await }
+    }));
+    let node = n.node.unwrap();
+    let (answers, restarted) = tokio::join!(inflight, async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        node.shutdown().await;
+        // Same data dir, same port: the client reconnects and resends what was unanswered.
+        // (The old socket is released once quinn's driver task sees the endpoint gone.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let engine =
+                Engine::open(&data, EngineConfig::default(), Arc::new(SystemClock)).unwrap();
+            let mut nc = NodeConfig::new(n.addr, n.tls.clone());
+            nc.crl_poll = Duration::from_millis(50);
+            match Node::start(Arc::new(engine), nc) {
+                Ok(node) => break node,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("rebinding: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    for (i, a) in answers.into_iter().enumerate() {
+        let o = a.unwrap();
+        assert_eq!(o.kind, OutcomeKind::Admitted, "code {i}: {o:?}");
+    }
+    // And the admits survived the restart.
+    for (c, s) in codes.iter().zip(scans).take(20) {
+        let o = gate.checkin(c, s + 1_000_000).await.unwrap();
+        assert_eq!(o.kind, OutcomeKind::AlreadyUsed);
+    }
+    restarted.shutdown().await;
+}
+
+/// A `stile node` process on a data dir, and the address it printed.
+fn spawn_node(data: &Path, tls: &Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["node", "--listen", "127.0.0.1:0", "--sync", "always"])
+        .arg("--data")
+        .arg(data)
+        .arg("--tls")
+        .arg(tls)
+        .env("STILE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("stile node listening on quic://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admits_survive_sigkill_mid_load_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    let (mut child, addr) = spawn_node(&data, &tls);
+    let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 20_000)).await.unwrap();
+    drop(admin);
+
+    // Check in codes with 64 in flight until the node is killed mid-load.
+    let mut config = client_config(&tls, addr, "gate-1");
+    config.request_timeout = Duration::from_secs(2);
+    let gate = Client::connect(config).await.unwrap();
+    let admitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (gate, codes, admitted) = (gate.clone(), codes.clone(), admitted.clone());
+        tokio::spawn(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(64));
+            for (i, c) in codes.into_iter().enumerate() {
+                let Ok(permit) = sem.clone().acquire_owned().await else {
+                    return;
+                };
+                let (gate, admitted) = (gate.clone(), admitted.clone());
+                tokio::spawn(async move {
+                    if let Ok(o) = gate.checkin(&c, i as u64).await {
+                        if o.kind == OutcomeKind::Admitted {
+                            admitted.lock().unwrap().push(i);
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admitted.lock().unwrap().len() < 2000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    load.abort();
+    drop(gate);
+    let acked: Vec<usize> = admitted.lock().unwrap().clone();
+    assert!(acked.len() >= 2000, "load ran: {} admits", acked.len());
+
+    // Every admit a gate was told of is still spent after the restart.
+    let (mut child, addr) = spawn_node(&data, &tls);
+    let checker = Client::connect(client_config(&tls, addr, "gate-2"))
+        .await
+        .unwrap();
+    for &i in &acked {
+        let o = checker
+            .checkin(&codes[i], 1_000_000 + i as u64)
+            .await
+            .unwrap();
+        assert_eq!(o.kind, OutcomeKind::AlreadyUsed, "code {i} after SIGKILL");
+        assert_eq!(o.gate, 1);
+    }
+    // A fresh admit, then SIGTERM: the node exits 0 and the admit is kept.
+    let last = codes.len() - 1;
+    let o = checker.checkin(&codes[last], 7).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::Admitted);
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    drop(checker);
+    let (mut child, addr) = spawn_node(&data, &tls);
+    let checker = Client::connect(client_config(&tls, addr, "gate-2"))
+        .await
+        .unwrap();
+    let o = checker.checkin(&codes[last], 8).await.unwrap();
+    assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
