@@ -375,7 +375,7 @@ async fn a_forged_flood_is_rate_limited_for_that_gate_only() {
         .filter(|k| **k == OutcomeKind::Forged)
         .count();
     assert_eq!(limited + forged_n, 1000);
-    assert!(forged_n >= 40 && forged_n < 200, "forged {forged_n}");
+    assert!((40..200).contains(&forged_n), "forged {forged_n}");
     // The flooding gate is cut off, even for genuine codes, for the cooldown...
     assert_eq!(
         flooder.checkin(&codes[0], 1).await.unwrap().kind,
