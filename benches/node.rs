@@ -15,7 +15,6 @@ use stile_engine::{Engine, EngineConfig, MintRequest, Policy, SyncMode, SystemCl
 use stile_protocol::client::{connect_raw, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, RawCode, Request, Response};
 use stile_protocol::OutcomeKind;
-use tokio::io::AsyncWriteExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
