@@ -16,6 +16,7 @@ use crate::index::{Partition, Slot};
 use crate::keys::KeyRing;
 use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
 use crate::scans::{ScanKey, ScanMemory};
+use crate::wal::record::ScanTrace;
 use crate::wal::{Record, Reservation, SyncMode, Wal};
 use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
 
@@ -506,6 +507,12 @@ impl Engine {
                         .slot
                         .first_scan_e
                         .load(std::sync::atomic::Ordering::Acquire),
+                    scan: scan.as_ref().map(|k| ScanTrace {
+                        gate: k.gate,
+                        scan_id: k.scan_id,
+                        op: op as u8,
+                        answer: crate::scans::pack(&applied.outcome),
+                    }),
                 });
             }
             if let Some(k) = &scan {

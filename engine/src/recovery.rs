@@ -13,9 +13,10 @@ use crate::error::OpenError;
 use crate::keys::KeyStatus;
 use crate::ops::mint::publish;
 use crate::policy::PolicyId;
+use crate::scans::ScanKey;
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::Record;
-use crate::word::Word;
+use crate::word::{Op, Word};
 
 /// Replays every record from `from_seq` on; returns where the log ends.
 pub(crate) fn replay(engine: &Engine, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
@@ -39,8 +40,15 @@ fn apply(engine: &Engine, record: Record) -> Result<(), String> {
             }
             Ok(())
         }
-        Record::State { partition, serial, word, first_scan_e } => {
-            set_state(engine, partition, serial, word, first_scan_e)
+        Record::State { partition, serial, word, first_scan_e, scan } => {
+            set_state(engine, partition, serial, word, first_scan_e)?;
+            if let Some(t) = scan {
+                // The answer that scan got, for a retry that arrives after the restart.
+                let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
+                let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
+                engine.scans.remember(&key, op, &crate::scans::unpack(t.answer));
+            }
+            Ok(())
         }
         Record::Transfer { partition, old_serial, old_word, new_serial, policy, new_word, first_scan_e } => {
             set_state(engine, partition, old_serial, old_word, 0)?;

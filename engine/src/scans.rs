@@ -80,14 +80,14 @@ fn ticket_key(key: &ScanKey, op: Op) -> u64 {
     (op as u64) << 48 | u64::from(key.partition) << 32 | u64::from(key.serial)
 }
 
-fn pack(o: &Outcome) -> u64 {
+pub(crate) fn pack(o: &Outcome) -> u64 {
     u64::from(o.kind as u8)
         | u64::from(o.entries) << 8
         | u64::from(o.gate) << 16
         | u64::from(to_epoch_s(o.at_unix_s)) << 32
 }
 
-fn unpack(v: u64) -> Outcome {
+pub(crate) fn unpack(v: u64) -> Outcome {
     Outcome {
         kind: OutcomeKind::from_u8(v as u8).unwrap_or(OutcomeKind::Admitted),
         entries: (v >> 8) as u8,

@@ -162,6 +162,20 @@ pub enum Op {
     Transfer,
 }
 
+impl Op {
+    /// The byte logged for this op (its declaration order).
+    pub fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            0 => Op::Entry,
+            1 => Op::Exit,
+            2 => Op::Undo,
+            3 => Op::Revoke,
+            4 => Op::Transfer,
+            _ => return None,
+        })
+    }
+}
+
 /// Everything a transition needs besides the word: immutable for one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {

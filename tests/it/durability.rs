@@ -310,12 +310,14 @@ fn records_of_one_ticket_logged_out_of_order_replay_to_the_later_state() {
             serial: 0,
             word: undone,
             first_scan_e: 0,
+            scan: None,
         });
         r.push(&Record::State {
             partition: 0,
             serial: 0,
             word: used,
             first_scan_e: 0,
+            scan: None,
         });
         r.submit().wait();
         (code, used, undone)
@@ -410,4 +412,53 @@ fn durability_is_awaitable_and_covers_what_the_batch_observed() {
         synced >= 3,
         "policy, mint and admit records are durable: {synced}"
     );
+}
+
+#[test]
+fn a_retried_scan_gets_its_original_answer_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let policy = e.add_policy(Policy::simple(1)).unwrap();
+    let fresh = e
+        .mint(&MintRequest {
+            policy,
+            partition: 0,
+            count: 2,
+        })
+        .unwrap();
+    let first = e.checkin(&CheckinRequest {
+        gate: G1,
+        scan_id: 41,
+        code: fresh[0],
+    });
+    assert_eq!(first.kind, OutcomeKind::Admitted);
+    let exit = e.exit(&G1, 42, &Presented::Code(fresh[1]));
+    drop(e);
+
+    // The answer to scan 41 was lost; the gate retries it against the reopened engine.
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let retry = CheckinRequest {
+        gate: G1,
+        scan_id: 41,
+        code: fresh[0],
+    };
+    assert_eq!(
+        e.checkin(&retry),
+        first,
+        "a retry is answered as the first try was"
+    );
+    let other = e.checkin(&CheckinRequest {
+        scan_id: 43,
+        ..retry
+    });
+    assert_eq!((other.kind, other.gate), (OutcomeKind::AlreadyUsed, 1));
+    let from_g2 = e.checkin(&CheckinRequest { gate: G2, ..retry });
+    assert_eq!(
+        from_g2.kind,
+        OutcomeKind::AlreadyUsed,
+        "scan ids are per gate"
+    );
+    // A scan that changed nothing is decided afresh, as before the reopen.
+    assert_eq!(e.exit(&G1, 42, &Presented::Code(fresh[1])), exit);
 }

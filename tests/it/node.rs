@@ -564,6 +564,24 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
         assert_eq!(o.kind, OutcomeKind::AlreadyUsed, "code {i} after SIGKILL");
         assert_eq!(o.gate, 1);
     }
+    // Gate 1 retries its last acknowledged scans with their scan ids: the original answers
+    // come back (scan memory is rebuilt from the log). Scan ids map to 256 slots per gate and
+    // at most 64 were in flight, so the acked ids above `hi - 191` cannot have been evicted.
+    let retrier = Client::connect(client_config(&tls, addr, "gate-1"))
+        .await
+        .unwrap();
+    let hi = *acked.iter().max().unwrap();
+    let recent: Vec<usize> = acked.iter().copied().filter(|&i| i + 191 > hi).collect();
+    assert!(!recent.is_empty());
+    for &i in &recent {
+        let o = retrier.checkin(&codes[i], i as u64).await.unwrap();
+        assert_eq!(
+            (o.kind, o.gate),
+            (OutcomeKind::Admitted, 1),
+            "retry of scan {i}"
+        );
+    }
+    drop(retrier);
     // A fresh admit, then SIGTERM: the node exits 0 and the admit is kept.
     let last = codes.len() - 1;
     let o = checker.checkin(&codes[last], 7).await.unwrap();

@@ -55,6 +55,8 @@ pub enum Record {
         word: u64,
         /// First-scan time (engine-epoch seconds; 0: not scanned).
         first_scan_e: u32,
+        /// The gate scan that made the change, so a retry after a restart gets its answer.
+        scan: Option<ScanTrace>,
     },
     /// Old ticket voided and its successor minted, in one record.
     Transfer {
@@ -98,6 +100,21 @@ pub enum Record {
 const T_POLICY: u8 = 1;
 const T_MINT: u8 = 2;
 const T_STATE: u8 = 3;
+const T_STATE_SCAN: u8 = 7;
+
+/// The gate scan behind a state change: who asked, with which scan id, and what they were
+/// told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanTrace {
+    /// Gate id.
+    pub gate: u16,
+    /// The gate's scan id.
+    pub scan_id: u64,
+    /// The operation (`Op` as a byte).
+    pub op: u8,
+    /// The answer, packed as the scan memory packs it.
+    pub answer: u64,
+}
 const T_TRANSFER: u8 = 4;
 const T_IMPORT: u8 = 5;
 const T_KEY: u8 = 6;
@@ -174,12 +191,23 @@ impl Record {
                 serial,
                 word,
                 first_scan_e,
+                scan,
             } => {
-                out.push(T_STATE);
+                out.push(if scan.is_some() {
+                    T_STATE_SCAN
+                } else {
+                    T_STATE
+                });
                 out.extend_from_slice(&partition.to_le_bytes());
                 out.extend_from_slice(&serial.to_le_bytes());
                 out.extend_from_slice(&word.to_le_bytes());
                 out.extend_from_slice(&first_scan_e.to_le_bytes());
+                if let Some(t) = scan {
+                    out.extend_from_slice(&t.gate.to_le_bytes());
+                    out.extend_from_slice(&t.scan_id.to_le_bytes());
+                    out.push(t.op);
+                    out.extend_from_slice(&t.answer.to_le_bytes());
+                }
             }
             Record::Transfer {
                 partition,
@@ -274,7 +302,8 @@ impl Reader<'_> {
     }
 
     fn record(mut self) -> Result<Record, DecodeError> {
-        let record = match self.u8()? {
+        let kind = self.u8()?;
+        let record = match kind {
             T_POLICY => {
                 let id = self.u32()?;
                 let provider = self.u16()?;
@@ -314,11 +343,21 @@ impl Reader<'_> {
                 policy: self.u32()?,
                 word: self.u64()?,
             },
-            T_STATE => Record::State {
+            T_STATE | T_STATE_SCAN => Record::State {
                 partition: self.u16()?,
                 serial: self.u32()?,
                 word: self.u64()?,
                 first_scan_e: self.u32()?,
+                scan: if kind == T_STATE_SCAN {
+                    Some(ScanTrace {
+                        gate: self.u16()?,
+                        scan_id: self.u64()?,
+                        op: self.u8()?,
+                        answer: self.u64()?,
+                    })
+                } else {
+                    None
+                },
             },
             T_TRANSFER => Record::Transfer {
                 partition: self.u16()?,
@@ -399,6 +438,19 @@ mod tests {
                 serial: 99,
                 word: u64::MAX,
                 first_scan_e: 17,
+                scan: None,
+            },
+            Record::State {
+                partition: 1,
+                serial: 100,
+                word: 5,
+                first_scan_e: 18,
+                scan: Some(ScanTrace {
+                    gate: 7,
+                    scan_id: u64::MAX - 1,
+                    op: 2,
+                    answer: 0x0102_0304_0506,
+                }),
             },
             Record::Transfer {
                 partition: 0,
@@ -443,6 +495,7 @@ mod tests {
             serial: 1,
             word: 2,
             first_scan_e: 3,
+            scan: None,
         }
         .encode(1, &mut buf);
         for cut in 0..buf.len() {
