@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use stile_engine::node::certs::{self, Role};
-use stile_protocol::client::{Client, ClientConfig, ClientTls};
+use stile_protocol::client::{Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::{MintSpec, TicketInfo};
 use stile_protocol::outcome::format_unix_s;
 use stile_protocol::{CodeBytes, CodeFormat, Outcome};
@@ -270,39 +270,28 @@ fn ticket_json(text: &str, t: &TicketInfo) -> String {
     .to_string()
 }
 
-/// Runs `stile status` (admin certificate by default: any provider).
-pub fn status(args: TicketArgs) -> anyhow::Result<ExitCode> {
+/// Runs `op` on every code over one admin connection, then prints each code's result with
+/// `line` (an error prints `CODE<TAB>error<TAB>why`). Exit status: 0 if every code
+/// succeeded, 2 if any failed, 1 if the node could not be reached.
+fn per_code<T>(
+    args: &TicketArgs,
+    op: impl AsyncFn(&Client, &CodeBytes) -> Result<T, ClientError>,
+    line: impl Fn(&str, &T) -> String,
+) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
     let codes = parse_codes(&args.codes)?;
-    let infos = runtime()?.block_on(async {
+    let results = runtime()?.block_on(async {
         let client = connect(&args.conn, Want::Admin).await?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(codes.len());
         for c in &codes {
-            out.push(client.status(c).await.map_err(anyhow::Error::from));
+            out.push(op(&client, c).await);
         }
         Ok::<_, anyhow::Error>(out)
     })?;
     let mut ok = true;
-    for (text, info) in args.codes.iter().zip(infos) {
-        match info {
-            Ok(t) if args.json => println!("{}", ticket_json(text, &t)),
-            Ok(t) => {
-                let until = match t.valid_until_unix_s {
-                    0 => "no end".to_string(),
-                    v => format!("until {}", format_unix_s(v)),
-                };
-                println!(
-                    "{text}\t{}\tprovider {} entries {}/{} {until}",
-                    t.state.name(),
-                    t.provider,
-                    t.entries,
-                    if t.max_entries == 0 {
-                        "unlimited".to_string()
-                    } else {
-                        t.max_entries.to_string()
-                    }
-                );
-            }
+    for (text, r) in args.codes.iter().zip(results) {
+        match r {
+            Ok(v) => println!("{}", line(text, &v)),
             Err(e) => {
                 ok = false;
                 println!("{text}\terror\t{e}");
@@ -314,67 +303,64 @@ pub fn status(args: TicketArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Runs `stile status` (admin certificate by default: any provider).
+pub fn status(args: TicketArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    per_code(
+        &args,
+        async |client, c| client.status(c).await,
+        |text, t| {
+            if json {
+                return ticket_json(text, t);
+            }
+            let until = match t.valid_until_unix_s {
+                0 => "no end".to_string(),
+                v => format!("until {}", format_unix_s(v)),
+            };
+            let max = match t.max_entries {
+                0 => "unlimited".to_string(),
+                n => n.to_string(),
+            };
+            format!(
+                "{text}\t{}\tprovider {} entries {}/{max} {until}",
+                t.state.name(),
+                t.provider,
+                t.entries
+            )
+        },
+    )
 }
 
 /// Runs `stile revoke`.
 pub fn revoke(args: TicketArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging("warn");
-    let codes = parse_codes(&args.codes)?;
-    let results = runtime()?.block_on(async {
-        let client = connect(&args.conn, Want::Admin).await?;
-        let mut out = Vec::new();
-        for c in &codes {
-            out.push(client.revoke(c).await);
-        }
-        Ok::<_, anyhow::Error>(out)
-    })?;
-    let mut ok = true;
-    for (text, r) in args.codes.iter().zip(results) {
-        match r {
-            Ok(o) if args.json => println!("{}", outcome_json(text, &o)),
-            Ok(o) => println!("{text}\t{}\t{}", o.kind.name(), o.message()),
-            Err(e) => {
-                ok = false;
-                println!("{text}\terror\t{e}");
+    let json = args.json;
+    per_code(
+        &args,
+        async |client, c| client.revoke(c).await,
+        |text, o| {
+            if json {
+                outcome_json(text, o)
+            } else {
+                format!("{text}\t{}\t{}", o.kind.name(), o.message())
             }
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+        },
+    )
 }
 
 /// Runs `stile transfer`: one line a code, `OLD<TAB>NEW`.
 pub fn transfer(args: TicketArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging("warn");
-    let codes = parse_codes(&args.codes)?;
-    let results = runtime()?.block_on(async {
-        let client = connect(&args.conn, Want::Admin).await?;
-        let mut out = Vec::new();
-        for c in &codes {
-            out.push(client.transfer(c).await);
-        }
-        Ok::<_, anyhow::Error>(out)
-    })?;
-    let mut ok = true;
-    for (text, r) in args.codes.iter().zip(results) {
-        match r {
-            Ok(new) if args.json => println!(
-                "{}",
-                serde_json::json!({"code": text, "new_code": new.to_text().as_str()})
-            ),
-            Ok(new) => println!("{text}\t{}", new.to_text().as_str()),
-            Err(e) => {
-                ok = false;
-                println!("{text}\terror\t{e}");
+    let json = args.json;
+    per_code(
+        &args,
+        async |client, c| client.transfer(c).await,
+        |text, new| {
+            if json {
+                serde_json::json!({"code": text, "new_code": new.to_text().as_str()}).to_string()
+            } else {
+                format!("{text}\t{}", new.to_text().as_str())
             }
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+        },
+    )
 }

@@ -553,7 +553,7 @@ async fn open(
         .map_err(|e| err(e.to_string()))?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .map_err(|_| err("handshake timed out".into()))?
+        .map_err(|_| err("no answer within 5 s (is a stile node running there?)".into()))?
         .map_err(|e| classify(&e).map_or_else(|| err(e.to_string()), ClientError::Refused))?;
     let (send, recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
     Ok((conn, send, recv))
