@@ -555,7 +555,10 @@ async fn open(
         .await
         .map_err(|_| err("no answer within 5 s (is a stile node running there?)".into()))?
         .map_err(|e| classify(&e).map_or_else(|| err(e.to_string()), ClientError::Refused))?;
-    let (send, recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| classify(&e).map_or_else(|| err(e.to_string()), ClientError::Refused))?;
     Ok((conn, send, recv))
 }
 

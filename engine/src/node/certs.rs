@@ -326,27 +326,25 @@ pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
 
 /// The serial numbers on the CRL in `dir`.
 pub fn revoked_serials(dir: &Path) -> Result<Vec<Vec<u8>>, CertError> {
-    let path = dir.join(CRL);
-    let der = CertificateRevocationListDer::from_pem_file(&path)
-        .map_err(|e| bad(&path, format!("not a PEM CRL: {e}")))?;
-    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
-        .map_err(|e| bad(&path, format!("CRL does not parse: {e}")))?;
-    Ok(crl
-        .iter_revoked_certificates()
-        .map(|r| r.raw_serial().to_vec())
-        .collect())
+    Ok(read_crl(dir)?.0)
 }
 
-fn crl_number(dir: &Path) -> Result<u64, CertError> {
+/// The CRL in `dir`: its revoked serial numbers and its CRL number.
+fn read_crl(dir: &Path) -> Result<(Vec<Vec<u8>>, u64), CertError> {
     let path = dir.join(CRL);
     let der = CertificateRevocationListDer::from_pem_file(&path)
         .map_err(|e| bad(&path, format!("not a PEM CRL: {e}")))?;
     let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
         .map_err(|e| bad(&path, format!("CRL does not parse: {e}")))?;
-    Ok(crl
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    let number = crl
         .crl_number()
         .and_then(|n| n.to_u64_digits().first().copied())
-        .unwrap_or(1))
+        .unwrap_or(1);
+    Ok((serials, number))
 }
 
 fn write_crl(dir: &Path, ca: &Ca, serials: Vec<Vec<u8>>, number: u64) -> Result<(), CertError> {
@@ -395,12 +393,11 @@ pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
         },
         serial: cert.raw_serial().to_vec(),
     });
-    let mut serials = revoked_serials(dir)?;
+    let (mut serials, number) = read_crl(dir)?;
     if !serials.contains(&identity.serial) {
         serials.push(identity.serial.clone());
     }
-    let number = crl_number(dir)? + 1;
-    write_crl(dir, &ca, serials, number)?;
+    write_crl(dir, &ca, serials, number + 1)?;
     Ok(identity)
 }
 
