@@ -622,18 +622,20 @@ fn mint(engine: &crate::Engine, spec: &MintSpec) -> Result<Response, (u16, Strin
     Ok(Response::Codes(codes))
 }
 
-fn state_name(st: &TicketStatus) -> TicketStateName {
-    match st.state_name() {
-        "used" => TicketStateName::Used,
-        "revoked" => TicketStateName::Revoked,
-        "expired" => TicketStateName::Expired,
-        _ => TicketStateName::Valid,
+/// What a holder is shown of a ticket in `state`, `expired` or not (the one mapping from
+/// state words to the wire's state names).
+fn wire_state(state: TicketState, expired: bool) -> TicketStateName {
+    match state {
+        TicketState::Used => TicketStateName::Used,
+        TicketState::Revoked => TicketStateName::Revoked,
+        TicketState::Valid if expired => TicketStateName::Expired,
+        TicketState::Valid | TicketState::Unminted => TicketStateName::Valid,
     }
 }
 
 fn ticket_info(st: &TicketStatus) -> TicketInfo {
     TicketInfo {
-        state: state_name(st),
+        state: wire_state(st.word.state, st.expired),
         inside: st.word.inside,
         entries: st.word.entries,
         max_entries: st.policy.entry.max_entries,
@@ -658,11 +660,7 @@ fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
             kind,
             partition,
             serial,
-            state: match w.state {
-                TicketState::Used => TicketStateName::Used,
-                TicketState::Revoked => TicketStateName::Revoked,
-                TicketState::Valid | TicketState::Unminted => TicketStateName::Valid,
-            },
+            state: wire_state(w.state, false),
             inside: w.inside,
             entries: w.entries,
             gate: w.gate,
