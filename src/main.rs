@@ -2,6 +2,7 @@
 
 mod certs_cmd;
 mod client_cmd;
+mod gateway_cmd;
 mod keys_cmd;
 mod serve;
 
@@ -32,6 +33,8 @@ enum Command {
     Up(serve::UpArgs),
     /// Run a node on a data dir whose certificates exist.
     Node(serve::NodeArgs),
+    /// Run the HTTP gateway (booking, QR, e-ticket pages, HTTP check-in) against a node.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Make the deployment's CA and issue or revoke certificates.
     Certs(certs_cmd::CertsArgs),
     /// Mint tickets (admin certificate); prints one code a line.
@@ -94,9 +97,12 @@ impl Conn {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One process-wide TLS provider (ring) for the HTTP clients that do not name one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Up(args) => serve::up(args),
         Command::Node(args) => serve::node(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
         Command::Certs(args) => certs_cmd::run(args),
         Command::Mint(args) => client_cmd::mint(args),
         Command::Check(args) => client_cmd::check(args),

@@ -26,6 +26,24 @@ pub struct UpArgs {
     /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
     #[arg(long, default_value = "always", value_parser = parse_sync)]
     sync: SyncMode,
+    /// Address of the HTTP gateway (booking API, e-ticket pages).
+    #[arg(long, default_value = crate::gateway_cmd::HTTP_DEFAULT)]
+    http: SocketAddr,
+    /// HTTPS for the gateway.
+    #[command(flatten)]
+    https: crate::gateway_cmd::HttpsArgs,
+    /// Also create a sample event of provider 1, valid now, book three tickets and print
+    /// their e-ticket page URLs.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// What `stile up` runs beside the node.
+struct UpGateway {
+    data: PathBuf,
+    http: SocketAddr,
+    https: crate::gateway_cmd::HttpsArgs,
+    demo: bool,
 }
 
 /// Arguments of `stile node`.
@@ -78,7 +96,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         eprintln!("  stile check{flags} CODE           # admitted, then already_used");
         eprintln!("stop with Ctrl-C (in-flight requests are answered, the log is synced)");
     };
-    run_node(&args.data, tls, args.quic, args.sync, next)
+    let gateway = UpGateway {
+        data: args.data.clone(),
+        http: args.http,
+        https: args.https.clone(),
+        demo: args.demo,
+    };
+    run_node(&args.data, tls, args.quic, args.sync, next, Some(gateway))
 }
 
 /// Runs `stile node`.
@@ -95,11 +119,18 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     let data = args.data.display().to_string();
     let sync = args.sync;
-    run_node(&args.data, tls, args.listen, args.sync, move |addr| {
-        // Scripts and tests read the bound address from this line.
-        println!("stile node listening on quic://{addr}");
-        eprintln!("data in {data}, sync {}", sync.name());
-    })
+    run_node(
+        &args.data,
+        tls,
+        args.listen,
+        args.sync,
+        move |addr| {
+            // Scripts and tests read the bound address from this line.
+            println!("stile node listening on quic://{addr}");
+            eprintln!("data in {data}, sync {}", sync.name());
+        },
+        None,
+    )
 }
 
 /// A dev CA, a node certificate for loopback names, an admin and gate 1 of provider 1.
@@ -117,6 +148,7 @@ fn run_node(
     listen: SocketAddr,
     sync: SyncMode,
     started: impl FnOnce(SocketAddr),
+    gateway: Option<UpGateway>,
 ) -> anyhow::Result<ExitCode> {
     let config = EngineConfig {
         sync,
@@ -140,15 +172,53 @@ fn run_node(
     runtime.block_on(async move {
         let node = Node::start(engine, NodeConfig::new(listen, tls))?;
         started(node.local_addr());
+        let gateway = match gateway {
+            Some(up) => Some(start_gateway(up, node.local_addr()).await?),
+            None => None,
+        };
         wait_for_signal().await?;
         tracing::info!("shutting down: answering in-flight requests, syncing the log");
+        if let Some(g) = gateway {
+            g.shutdown(std::time::Duration::from_secs(5)).await;
+        }
         node.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Starts the gateway of `stile up`, runs `--demo`, prints the URLs.
+async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_gateway::Gateway> {
+    use crate::gateway_cmd;
+    let (gateway, config) = gateway_cmd::start_for_up(&up.data, up.http, &up.https, node).await?;
+    let base = gateway_cmd::base_url(&config, gateway.local_addr());
+    // Scripts and tests read the gateway's address from this line.
+    println!("stile gateway listening on {base}");
+    eprintln!("  gateway on {base}: API {base}/openapi.json, metrics {base}/metrics");
+    eprintln!(
+        "  API token (Authorization: Bearer) in {}",
+        config.dir.join(stile_gateway::API_TOKEN_FILE).display()
+    );
+    if up.demo {
+        let (pages, gate_token) =
+            gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
+        eprintln!("demo: an event of provider 1, valid now; e-ticket pages:");
+        for p in &pages {
+            println!("{p}");
+        }
+        if let Some(first) = pages.first() {
+            let code = first.rsplit('/').next().unwrap_or_default();
+            eprintln!("check one in over HTTP (gate 1) and watch its page turn to used:");
+            eprintln!(
+                "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\\n                     -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'"
+            );
+        }
+    }
+    Ok(gateway)
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

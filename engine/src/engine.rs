@@ -307,6 +307,11 @@ impl Engine {
         self.clock.now_unix_s()
     }
 
+    /// Length of the rotating-code time step, seconds.
+    pub fn rotation_step_s(&self) -> u32 {
+        self.rotation_step_s
+    }
+
     /// The rotating-code time step that contains `unix_s`.
     pub fn rotation_step(&self, unix_s: u64) -> u64 {
         unix_s / u64::from(self.rotation_step_s)

@@ -512,15 +512,23 @@ impl KeyRing {
         }
     }
 
-    /// The per-ticket key of a rotating ticket, derived from key `key_id` and the ticket's
-    /// place, as an HMAC state ready to tag.
-    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<PrekeyedHmac> {
+    /// The per-ticket key of a rotating ticket: HMAC-SHA256(ring key `key_id`, label ‖
+    /// partition ‖ serial), `docs/FORMAT.md` §1. `None` if the key may not verify (absent or
+    /// retired). It draws and verifies that one ticket's codes and nothing else.
+    pub fn ticket_key(&self, key_id: u8, partition: u16, serial: u32) -> Option<[u8; KEY_LEN]> {
         const LABEL_LEN: usize = ROTATING_KEY_LABEL.len();
         let mut msg = [0u8; LABEL_LEN + 6];
         msg[..LABEL_LEN].copy_from_slice(ROTATING_KEY_LABEL);
         msg[LABEL_LEN..LABEL_LEN + 2].copy_from_slice(&partition.to_be_bytes());
         msg[LABEL_LEN + 2..].copy_from_slice(&serial.to_be_bytes());
-        Some(PrekeyedHmac::new(&self.verifier(key_id)?.mac(&msg)))
+        Some(self.verifier(key_id)?.mac(&msg))
+    }
+
+    /// [`Self::ticket_key`] as an HMAC state ready to tag.
+    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<PrekeyedHmac> {
+        Some(PrekeyedHmac::new(
+            &self.ticket_key(key_id, partition, serial)?,
+        ))
     }
 
     /// Signs a rotating code for `header` at time step `step` with the active key.
@@ -693,6 +701,25 @@ mod tests {
         let mut raw = code.as_bytes().to_vec();
         raw[10] = raw[10].wrapping_add(1);
         assert!(!ring.verify_rotating(&CodeBytes::from_slice(&raw).unwrap(), Some(1001)));
+    }
+
+    #[test]
+    fn ticket_key_alone_draws_codes_the_ring_accepts() {
+        let ring = KeyRing::ephemeral();
+        let h = CodeHeader {
+            key_id: 1,
+            ..header(CodeFormat::Rotating)
+        };
+        let key = ring.ticket_key(1, h.partition, h.serial).unwrap();
+        let mut code = CodeBytes::unsigned(&h, 77);
+        code.set_tag(&PrekeyedHmac::new(&key).tag(code.signed_part()));
+        assert_eq!(code, ring.sign_rotating_with(&h, 77).unwrap());
+        assert!(ring.verify_rotating(&code, Some(77)));
+        // Another ticket's key draws nothing this ticket accepts.
+        let other = ring.ticket_key(1, h.partition, h.serial + 1).unwrap();
+        code.set_tag(&PrekeyedHmac::new(&other).tag(code.signed_part()));
+        assert!(!ring.verify_rotating(&code, Some(77)));
+        assert_eq!(ring.ticket_key(2, h.partition, h.serial), None);
     }
 
     #[test]

@@ -412,6 +412,18 @@ impl Client {
         }
     }
 
+    /// The per-ticket key of a rotating ticket and the node's time step in seconds (admin):
+    /// enough to draw the ticket's code for any step (`docs/FORMAT.md` §1). The key is secret.
+    pub async fn ticket_key(&self, code: &CodeBytes) -> Result<([u8; 32], u32), ClientError> {
+        let req = Request::TicketKey {
+            code: RawCode::from(*code),
+        };
+        match self.request(req).await? {
+            Response::TicketKey { key, step_s } => Ok((key, step_s)),
+            _ => Err(ClientError::Unexpected("ticket_key")),
+        }
+    }
+
     /// Revokes a ticket (admin).
     pub async fn revoke(&self, code: &CodeBytes) -> Result<Outcome, ClientError> {
         let req = Request::Revoke {

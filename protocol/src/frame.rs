@@ -54,6 +54,8 @@ pub mod op {
     pub const CHECKIN_AS: u8 = 0x0A;
     /// Stream ticket events from a log position (admin).
     pub const SUBSCRIBE: u8 = 0x0B;
+    /// A rotating ticket's per-ticket key, to redraw its code (admin, audited).
+    pub const TICKET_KEY: u8 = 0x0C;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -66,6 +68,8 @@ pub mod op {
     pub const STATS_REPLY: u8 = 0x85;
     /// Ticket events (subscribe; many frames per request).
     pub const EVENTS: u8 = 0x86;
+    /// A rotating ticket's key and the node's time step (`ticket_key`).
+    pub const TICKET_KEY_REPLY: u8 = 0x87;
     /// The request failed; nothing changed.
     pub const ERROR: u8 = 0x8F;
 }
@@ -371,6 +375,11 @@ pub struct Event {
 
 const EVENT_LEN: usize = 8 + 1 + 2 + 4 + 1 + 1 + 1 + 2 + 8;
 
+/// Bytes of a rotating ticket's per-ticket key (an HMAC-SHA256 output).
+pub const TICKET_KEY_LEN: usize = 32;
+
+const TICKET_KEY_REPLY_LEN: usize = TICKET_KEY_LEN + 4;
+
 /// Per-request error codes (a request failed; the connection stays).
 pub mod error_code {
     /// The certificate's role may not do this.
@@ -450,6 +459,11 @@ pub enum Request {
         /// First log position wanted.
         from_seq: u64,
     },
+    /// The per-ticket key of a rotating ticket, so the gateway can redraw its code each step.
+    TicketKey {
+        /// A rotating code of the ticket (any step).
+        code: RawCode,
+    },
 }
 
 /// A response: it carries the request id of what it answers.
@@ -467,6 +481,14 @@ pub enum Response {
     Stats(NodeStats),
     /// Ticket events, in log order.
     Events(Vec<Event>),
+    /// A rotating ticket's key: tag of step `s` = first 10 bytes of
+    /// HMAC-SHA256(`key`, code bytes 0–9 ‖ low byte of `s`), `s = floor(unix_s / step_s)`.
+    TicketKey {
+        /// The per-ticket key (secret: it draws that ticket's codes).
+        key: [u8; TICKET_KEY_LEN],
+        /// The node's rotation time step, seconds.
+        step_s: u32,
+    },
     /// The request failed; nothing changed.
     Error {
         /// One of [`error_code`].
@@ -572,6 +594,7 @@ impl Request {
             Request::Stats => op::STATS,
             Request::CheckinAs { .. } => op::CHECKIN_AS,
             Request::Subscribe { .. } => op::SUBSCRIBE,
+            Request::TicketKey { .. } => op::TICKET_KEY,
         }
     }
 
@@ -584,12 +607,13 @@ impl Request {
                 | Request::Transfer { .. }
                 | Request::CheckinAs { .. }
                 | Request::Subscribe { .. }
+                | Request::TicketKey { .. }
         )
     }
 
     /// Whether resending it after a lost connection is safe: gate scans carry scan ids (the
     /// node answers a retry with the original outcome), reads change nothing, revoking twice
-    /// is revoking once. Mint and transfer are not: a resend could make tickets twice.
+    /// is revoking once (`ticket_key` is a read). Mint and transfer are not: a resend could make tickets twice.
     pub fn is_retry_safe(&self) -> bool {
         !matches!(self, Request::Mint(_) | Request::Transfer { .. })
     }
@@ -599,9 +623,10 @@ impl Request {
             Request::Checkin { code, .. }
             | Request::Exit { code, .. }
             | Request::Undo { code, .. } => 8 + code.len as usize,
-            Request::Status { code } | Request::Revoke { code } | Request::Transfer { code } => {
-                code.len as usize
-            }
+            Request::Status { code }
+            | Request::Revoke { code }
+            | Request::Transfer { code }
+            | Request::TicketKey { code } => code.len as usize,
             Request::Mint(_) => MINT_SPEC_LEN,
             Request::Ping | Request::Stats => 0,
             Request::CheckinAs { code, .. } => 2 + 2 + 8 + code.len as usize,
@@ -620,7 +645,10 @@ impl Request {
                 out.put_u64_le(*scan_id);
                 out.put_slice(code.as_bytes());
             }
-            Request::Status { code } | Request::Revoke { code } | Request::Transfer { code } => {
+            Request::Status { code }
+            | Request::Revoke { code }
+            | Request::Transfer { code }
+            | Request::TicketKey { code } => {
                 out.put_slice(code.as_bytes());
             }
             Request::Mint(m) => {
@@ -699,6 +727,9 @@ impl Request {
                 code: r.code_rest()?,
             },
             op::SUBSCRIBE => Request::Subscribe { from_seq: r.u64()? },
+            op::TICKET_KEY => Request::TicketKey {
+                code: r.code_rest()?,
+            },
             other => return Err(FrameError::UnknownOp(other)),
         };
         r.end()?;
@@ -729,6 +760,7 @@ impl Response {
             Response::Pong => 0,
             Response::Stats(_) => STATS_LEN,
             Response::Events(events) => 2 + events.len() * EVENT_LEN,
+            Response::TicketKey { .. } => TICKET_KEY_REPLY_LEN,
             Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
         }
     }
@@ -750,6 +782,7 @@ impl Response {
                 assert!(events.len() <= EVENTS_FRAME_MAX, "too many events");
                 op::EVENTS
             }
+            Response::TicketKey { .. } => op::TICKET_KEY_REPLY,
             Response::Error { .. } => op::ERROR,
         };
         put_header(out, op, id, self.payload_len());
@@ -806,6 +839,10 @@ impl Response {
                     out.put_u16_le(e.gate);
                     out.put_u64_le(e.at_unix_s);
                 }
+            }
+            Response::TicketKey { key, step_s } => {
+                out.put_slice(key);
+                out.put_u32_le(*step_s);
             }
             Response::Error { code, message } => {
                 let m = error_message(message);
@@ -910,6 +947,10 @@ impl Response {
                 }
                 Response::Events(events)
             }
+            op::TICKET_KEY_REPLY => Response::TicketKey {
+                key: r.take(TICKET_KEY_LEN)?.try_into().expect("32"),
+                step_s: r.u32()?,
+            },
             op::ERROR => {
                 let code = r.u16()?;
                 let len = r.u16()? as usize;
@@ -1013,6 +1054,35 @@ mod tests {
     }
 
     #[test]
+    fn ticket_key_is_an_admin_read_of_the_documented_size() {
+        let req = Request::TicketKey {
+            code: RawCode::new(&[2; 21]).unwrap(),
+        };
+        assert!(req.needs_admin() && req.is_retry_safe());
+        assert_eq!(one_frame(&req).len(), 1 + BODY_HEADER_LEN + 21);
+        let resp = Response::TicketKey {
+            key: [7; TICKET_KEY_LEN],
+            step_s: 30,
+        };
+        let mut out = Vec::new();
+        resp.encode(3, &mut out);
+        // Length, op, id, 32 key bytes, step u32.
+        assert_eq!(out.len(), 1 + BODY_HEADER_LEN + 36);
+        assert_eq!(out[1], op::TICKET_KEY_REPLY);
+        assert_eq!(&out[out.len() - 4..], &30u32.to_le_bytes());
+        let (_, body) = split_frame(&out).unwrap().unwrap();
+        assert_eq!(Response::decode(body).unwrap(), (3, resp));
+        // One byte short of the key and step is malformed.
+        let mut short = out[..out.len() - 1].to_vec();
+        short[0] -= 1;
+        let (_, body) = split_frame(&short).unwrap().unwrap();
+        assert!(matches!(
+            Response::decode(body),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn long_error_messages_are_cut_on_a_character_boundary() {
         let message = "é".repeat(ERROR_MESSAGE_MAX);
         let mut out = Vec::new();
@@ -1076,6 +1146,7 @@ mod tests {
                     }
                 ),
                 any::<u64>().prop_map(|from_seq| Request::Subscribe { from_seq }),
+                raw_code().prop_map(|code| Request::TicketKey { code }),
                 (
                     (
                         any::<u16>(),
@@ -1210,6 +1281,8 @@ mod tests {
                 Just(Response::Pong),
                 stats,
                 proptest::collection::vec(event(), 0..100).prop_map(Response::Events),
+                (any::<[u8; TICKET_KEY_LEN]>(), any::<u32>())
+                    .prop_map(|(key, step_s)| Response::TicketKey { key, step_s }),
                 (any::<u16>(), ".{0,80}")
                     .prop_map(|(code, message)| Response::Error { code, message }),
             ]

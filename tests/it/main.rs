@@ -5,6 +5,7 @@ mod crash;
 mod durability;
 mod engine_ops;
 mod forged;
+mod gateway;
 mod loom_word;
 mod memory;
 mod node;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stile_engine::keys::PrekeyedHmac;
 use stile_engine::node::{certs, Node, NodeConfig};
-use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
+use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock, ROTATION_STEP_DEFAULT_S};
 use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::{close, error_code, EventKind, MintSpec, TicketStateName};
 use stile_protocol::{CodeBytes, CodeFormat, OutcomeKind};
@@ -428,6 +429,87 @@ async fn subscribers_see_check_ins_and_transfers_as_events() {
     assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 9));
     let next = sub.next().await.unwrap().unwrap();
     assert_eq!((next[0].serial, next[0].gate), (serial(&successor), 9));
+}
+
+/// A rotating ticket's code for time step `step`, drawn from its key alone as the gateway
+/// does (`docs/FORMAT.md` §1): bytes 0–9 of any code of the ticket, the step's low byte, and
+/// the first 10 bytes of HMAC-SHA256(key, bytes 0–10).
+fn draw_rotating(code: &CodeBytes, key: &[u8; 32], step: u64) -> CodeBytes {
+    let mut bytes = [0u8; 21];
+    bytes[..10].copy_from_slice(&code.as_bytes()[..10]);
+    bytes[0] = 2;
+    bytes[10] = step as u8;
+    let tag = PrekeyedHmac::new(key).tag(&bytes[..11]);
+    bytes[11..].copy_from_slice(&tag);
+    CodeBytes::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_key_draws_admitted_rotating_codes_for_admins_only() {
+    let n = TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let gate = n.client("gate-1").await;
+    let rotating = admin
+        .mint(MintSpec {
+            format: CodeFormat::Rotating,
+            ..spec(1, 2)
+        })
+        .await
+        .unwrap();
+    let code = rotating[0];
+
+    let (key, step_s) = admin.ticket_key(&code).await.unwrap();
+    assert_eq!(step_s, ROTATION_STEP_DEFAULT_S);
+    // The key redraws the minted code exactly, and its neighbour's key does not.
+    let minted_step = u64::from(code.as_bytes()[10]);
+    assert_eq!(draw_rotating(&code, &key, minted_step), code);
+    let (other, _) = admin.ticket_key(&rotating[1]).await.unwrap();
+    assert_ne!(other, key);
+    // A code of any step asks for the same key.
+    let far = draw_rotating(&code, &key, minted_step + 100);
+    assert_eq!(admin.ticket_key(&far).await.unwrap(), (key, step_s));
+    // Far from now, the drawn code is dead at the gate.
+    assert_eq!(
+        gate.checkin(&far, gate.next_scan_id()).await.unwrap().kind,
+        OutcomeKind::Forged
+    );
+
+    // Drawn for the current step, as the gateway does, it admits.
+    let unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let now = draw_rotating(&code, &key, unix_s / u64::from(step_s));
+    assert_eq!(
+        gate.checkin(&now, gate.next_scan_id()).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+
+    // A gate certificate is forbidden, even for its own provider's ticket.
+    match gate.ticket_key(&code).await {
+        Err(ClientError::Node { code, message }) => {
+            assert_eq!(code, error_code::FORBIDDEN, "{message}");
+            assert!(message.contains("admin role"), "{message}");
+        }
+        other => panic!("a gate got a ticket key: {other:?}"),
+    }
+    // A static code has no ticket key.
+    let fixed = admin.mint(spec(1, 1)).await.unwrap()[0];
+    match admin.ticket_key(&fixed).await {
+        Err(ClientError::Node { code, message }) => {
+            assert_eq!(code, error_code::BAD_REQUEST);
+            assert_eq!(
+                message,
+                "ticket_key is for rotating codes; this code is static"
+            );
+        }
+        other => panic!("a static code got a ticket key: {other:?}"),
+    }
+    // A rotating code with a bad tag is forged, as for status.
+    match admin.ticket_key(&forged(&code, 1)).await {
+        Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::FORGED),
+        other => panic!("a forged code got a ticket key: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

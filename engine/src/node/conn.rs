@@ -8,7 +8,7 @@ use stile_protocol::frame::{
     close, encode_outcome, error_code, split_frame, Event, EventKind, MintSpec, NodeStats, RawCode,
     Request, Response, TicketInfo, TicketStateName, EVENTS_FRAME_MAX, MINT_FRAME_MAX,
 };
-use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
+use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -370,6 +370,27 @@ impl Stream {
                 let resp = self.status(code);
                 self.reply(id, &resp);
             }
+            Request::TicketKey { code } => {
+                let identity = self.identity.clone();
+                let Role::Admin { name } = &identity.role else {
+                    return self.forbidden(id, "ticket_key");
+                };
+                let resp = self.ticket_key(code);
+                // Key material leaves the node: say who took which ticket's key.
+                let ticket = code.code().map_or_else(
+                    |_| "no code".to_string(),
+                    |c| {
+                        let h = c.header();
+                        format!("partition {} serial {}", h.partition, h.serial)
+                    },
+                );
+                tracing::info!(
+                    target: "stile::audit",
+                    "ticket_key by admin {name}: {ticket}: {}",
+                    summary(&resp)
+                );
+                self.reply(id, &resp);
+            }
             Request::Ping => self.reply(id, &Response::Pong),
             Request::Stats => {
                 let resp = Response::Stats(self.stats());
@@ -522,6 +543,39 @@ impl Stream {
         }
     }
 
+    /// A rotating ticket's key and the time step (admin; the caller checked the role). The
+    /// code must be a genuine rotating code of a minted ticket, of any step: the checks and
+    /// error codes of [`Self::status`]. Read-only: no log record.
+    fn ticket_key(&self, code: RawCode) -> Response {
+        let code = match code_or_error(code) {
+            Ok(c) => c,
+            Err((c, m)) => return error(c, m),
+        };
+        if code.format() != CodeFormat::Rotating {
+            return error(
+                error_code::BAD_REQUEST,
+                "ticket_key is for rotating codes; this code is static",
+            );
+        }
+        let engine = &self.shared.engine;
+        if let Err(e) = engine.status(&Presented::Code(code)) {
+            let (c, m) = ticket_error(&e);
+            return error(c, m);
+        }
+        let h = code.header();
+        match engine.keys().ticket_key(h.key_id, h.partition, h.serial) {
+            Some(key) => Response::TicketKey {
+                key,
+                step_s: engine.rotation_step_s(),
+            },
+            // The key was retired between the look-up and here.
+            None => {
+                let (c, m) = ticket_error(&TicketError::Forged);
+                error(c, m)
+            }
+        }
+    }
+
     fn stats(&self) -> NodeStats {
         let engine = &self.shared.engine;
         let c = &self.shared.counters;
@@ -577,6 +631,7 @@ fn summary(resp: &Response) -> String {
     match resp {
         Response::Codes(c) => format!("{} code(s)", c.len()),
         Response::Outcome(o) => o.kind.to_string(),
+        Response::TicketKey { step_s, .. } => format!("key handed out (step {step_s} s)"),
         Response::Error { message, .. } => format!("refused: {message}"),
         _ => "done".into(),
     }

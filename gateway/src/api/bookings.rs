@@ -1,0 +1,540 @@
+//! Bookings: one or many tickets of an event, minted on the provider's node, protected by
+//! an `Idempotency-Key` so that a retried request returns the same booking, never a second.
+//!
+//! The order of steps makes every crash safe: the key is claimed in the database, the codes
+//! are minted on the node, then booking, tickets, reminders and the key's answer are
+//! committed in one transaction. A crash before the commit leaves minted codes nobody has
+//! seen (harmless) and a claim whose owner is gone, which the retry takes over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stile_protocol::code::CodeBytes;
+use utoipa::ToSchema;
+
+use super::events::EventRow;
+use crate::problem::{Json, Path, Problem};
+use crate::App;
+
+/// Longest idempotency key, bytes.
+pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 255;
+/// Longest webhook URL, bytes.
+pub const WEBHOOK_MAX_BYTES: usize = 2_000;
+
+/// One lock per event, so seat checks and inserts of one event do not interleave.
+pub type EventLocks = std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>;
+
+/// Who holds a ticket.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    /// Name printed on the ticket.
+    pub name: String,
+    /// E-mail, for the box office.
+    pub email: Option<String>,
+    /// URL that gets reminders as a JSON `POST` (http or https).
+    pub webhook: Option<String>,
+}
+
+/// One ticket of a booking request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRequest {
+    /// Seat label from the event's seat map (absent for free seating).
+    pub seat: Option<String>,
+    /// Who holds it.
+    pub holder: Holder,
+}
+
+/// A booking to make.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookingRequest {
+    /// Event id.
+    pub event: i64,
+    /// The tickets, 1 to 100.
+    pub tickets: Vec<TicketRequest>,
+    /// Account whose linked devices get the tickets' events.
+    pub account: Option<i64>,
+    /// The payment this booking is for.
+    pub payment_ref: String,
+}
+
+/// A ticket as a booking returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BookedTicket {
+    /// The feature code.
+    pub code: String,
+    /// Seat (absent: free seating).
+    pub seat: Option<String>,
+    /// Holder's name.
+    pub holder: String,
+    /// The e-ticket page.
+    pub page: String,
+    /// The ticket image as SVG.
+    pub qr_svg: String,
+    /// The ticket image as PNG.
+    pub qr_png: String,
+}
+
+/// A booking.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BookingView {
+    /// Booking id.
+    pub id: i64,
+    /// Event id.
+    pub event: i64,
+    /// Account, if any.
+    pub account: Option<i64>,
+    /// Payment reference.
+    pub payment_ref: String,
+    /// When it was made, RFC 3339.
+    pub created_at: String,
+    /// Its tickets, in request order.
+    pub tickets: Vec<BookedTicket>,
+}
+
+/// What claiming an idempotency key found.
+enum Claim {
+    /// The key is ours now; go on.
+    Claimed,
+    /// The key's booking is done: answer with it.
+    Done(i64),
+    /// Another request with this key is running.
+    Busy,
+    /// The key was used with another body.
+    Mismatch,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Err(Problem::bad_request(
+            "a booking needs an `Idempotency-Key` header (a unique value per booking, such as \
+             a UUID), so that retrying it cannot book twice",
+        ));
+    };
+    let key = value.to_str().unwrap_or("").trim();
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES {
+        return Err(Problem::bad_request(format!(
+            "`Idempotency-Key` must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} printable characters"
+        )));
+    }
+    Ok(key.to_string())
+}
+
+fn validate(req: &BookingRequest) -> Result<BookingRequest, Problem> {
+    if req.tickets.is_empty() || req.tickets.len() > crate::BOOKING_TICKETS_MAX {
+        return Err(Problem::unprocessable(format!(
+            "`tickets` must hold 1 to {} tickets",
+            crate::BOOKING_TICKETS_MAX
+        )));
+    }
+    let mut tickets = Vec::with_capacity(req.tickets.len());
+    for t in &req.tickets {
+        let seat = t
+            .seat
+            .as_deref()
+            .map(|s| super::text_field("seat", s))
+            .transpose()?;
+        let name = super::text_field("holder.name", &t.holder.name)?;
+        let email = t
+            .holder
+            .email
+            .as_deref()
+            .map(|e| super::text_field("holder.email", e))
+            .transpose()?;
+        let webhook = match t.holder.webhook.as_deref() {
+            None => None,
+            Some(url) => {
+                let ok = url.len() <= WEBHOOK_MAX_BYTES
+                    && reqwest::Url::parse(url).is_ok_and(|u| {
+                        matches!(u.scheme(), "http" | "https") && u.host().is_some()
+                    });
+                if !ok {
+                    return Err(Problem::unprocessable(format!(
+                        "`holder.webhook` {url:?} is not an http or https URL"
+                    )));
+                }
+                Some(url.to_string())
+            }
+        };
+        tickets.push(TicketRequest {
+            seat,
+            holder: Holder {
+                name,
+                email,
+                webhook,
+            },
+        });
+    }
+    let mut seats: Vec<&str> = tickets.iter().filter_map(|t| t.seat.as_deref()).collect();
+    seats.sort();
+    if seats.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Problem::unprocessable("the booking names a seat twice"));
+    }
+    Ok(BookingRequest {
+        event: req.event,
+        tickets,
+        account: req.account,
+        payment_ref: super::text_field("payment_ref", &req.payment_ref)?,
+    })
+}
+
+/// Makes a booking.
+#[utoipa::path(post, path = "/v1/bookings", request_body = BookingRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per booking; a retry with the same key and body returns the same booking")),
+    security(("api_token" = [])),
+    responses((status = 201, body = BookingView), (status = 409, body = Problem),
+        (status = 422, body = Problem), (status = 503, body = Problem)))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<BookingRequest>,
+) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
+    let req = validate(&req)?;
+    let hash: [u8; 32] = Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()).into();
+    let (k, owner) = (key.clone(), app.instance.clone());
+    let claim = app.db.call(move |c| claim(c, &k, &hash, &owner)).await?;
+    match claim {
+        Claim::Done(id) => {
+            let view = app.db.call(move |c| load(c, id)).await?;
+            let mut res = (StatusCode::CREATED, Json(view)).into_response();
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(res);
+        }
+        Claim::Busy => {
+            return Err(Problem::conflict(
+                "a request with this Idempotency-Key is still running; retry in a moment",
+            )
+            .retry_after(1))
+        }
+        Claim::Mismatch => {
+            return Err(Problem::unprocessable(
+                "this Idempotency-Key was used for a different booking; use a new key",
+            ))
+        }
+        Claim::Claimed => {}
+    }
+    match book(&app, &key, req).await {
+        Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
+        Err(problem) => {
+            // Nothing was committed: free the key so the client can retry.
+            let k = key.clone();
+            let _ = app
+                .db
+                .call(move |c| -> Result<_, Problem> {
+                    Ok(c.execute(
+                        "DELETE FROM idempotency WHERE key = ?1 AND booking IS NULL",
+                        [k],
+                    )?)
+                })
+                .await;
+            Err(problem)
+        }
+    }
+}
+
+fn claim(
+    c: &mut rusqlite::Connection,
+    key: &str,
+    hash: &[u8; 32],
+    owner: &str,
+) -> Result<Claim, Problem> {
+    let tx = c.transaction()?;
+    let row: Option<(Vec<u8>, Option<i64>, String)> = tx
+        .query_row(
+            "SELECT request_hash, booking, owner FROM idempotency WHERE key = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let claim = match row {
+        Some((h, _, _)) if h != hash => Claim::Mismatch,
+        Some((_, Some(id), _)) => Claim::Done(id),
+        Some((_, None, o)) if o == owner => Claim::Busy,
+        Some((_, None, _)) => {
+            // Left by a gateway process that is gone: take it over.
+            tx.execute(
+                "UPDATE idempotency SET owner = ?2 WHERE key = ?1",
+                params![key, owner],
+            )?;
+            Claim::Claimed
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO idempotency (key, request_hash, owner, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key, &hash[..], owner, crate::now_s() as i64],
+            )?;
+            Claim::Claimed
+        }
+    };
+    tx.commit()?;
+    Ok(claim)
+}
+
+fn event_lock(app: &App, event: i64) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = app.booking_locks.lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(event).or_default().clone()
+}
+
+/// Checks seats and capacity (inside a database call).
+fn check_availability(
+    c: &rusqlite::Connection,
+    ev: &EventRow,
+    req: &BookingRequest,
+) -> Result<(), Problem> {
+    let seated = ev.view.seats > 0;
+    for t in &req.tickets {
+        match (&t.seat, seated) {
+            (None, true) => {
+                return Err(Problem::unprocessable(
+                    "this event is seated: give each ticket a `seat`",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(Problem::unprocessable(
+                    "this event has free seating: leave `seat` out",
+                ))
+            }
+            (Some(seat), true) => {
+                let known: Option<i64> = c
+                    .query_row(
+                        "SELECT 1 FROM seats WHERE event = ?1 AND seat = ?2",
+                        params![ev.view.id, seat],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if known.is_none() {
+                    return Err(Problem::unprocessable(format!(
+                        "seat {seat:?} is not in the seat map"
+                    )));
+                }
+                let taken: Option<i64> = c
+                    .query_row(
+                        "SELECT 1 FROM tickets WHERE event = ?1 AND seat = ?2 AND successor IS NULL
+                             AND last_state != 'revoked'",
+                        params![ev.view.id, seat],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if taken.is_some() {
+                    return Err(Problem::conflict(format!("seat {seat:?} is sold")));
+                }
+            }
+            (None, false) => {}
+        }
+    }
+    if let Some(cap) = ev.view.capacity {
+        let sold: i64 = c.query_row(
+            "SELECT count(*) FROM tickets WHERE event = ?1 AND successor IS NULL AND last_state != 'revoked'",
+            [ev.view.id],
+            |r| r.get(0),
+        )?;
+        if sold as u64 + req.tickets.len() as u64 > cap as u64 {
+            return Err(Problem::conflict(format!(
+                "only {} of {cap} tickets are left",
+                (cap as i64 - sold).max(0)
+            )));
+        }
+    }
+    if let Some(account) = req.account {
+        let known: Option<i64> = c
+            .query_row("SELECT 1 FROM accounts WHERE id = ?1", [account], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if known.is_none() {
+            return Err(Problem::unprocessable(format!("no account {account}")));
+        }
+    }
+    Ok(())
+}
+
+/// A minted ticket on its way into the database.
+#[derive(Debug)]
+pub struct NewTicket {
+    /// Code text.
+    pub code: String,
+    /// Code bytes.
+    pub bytes: CodeBytes,
+    /// Key of a rotating ticket and its step, seconds.
+    pub rotating: Option<([u8; 32], u32)>,
+}
+
+async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingView, Problem> {
+    let event = req.event;
+    let lock = event_lock(app, event);
+    let _guard = lock.lock().await;
+    let r = req.clone();
+    let ev = app
+        .db
+        .call(move |c| -> Result<EventRow, Problem> {
+            let ev = super::events::load(c, event)?;
+            check_availability(c, &ev, &r)?;
+            Ok(ev)
+        })
+        .await?;
+    let (node, client) = app.nodes.for_provider(ev.view.provider).await?;
+    let codes = client.mint(ev.mint_spec(req.tickets.len() as u32)).await?;
+    if codes.len() != req.tickets.len() {
+        return Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "the node minted the wrong number of codes",
+        ));
+    }
+    let mut minted = Vec::with_capacity(codes.len());
+    for bytes in codes {
+        let rotating = if ev.view.rotating {
+            Some(crate::rotating::fetch_key(&client, &bytes).await?)
+        } else {
+            None
+        };
+        minted.push(NewTicket {
+            code: bytes.to_text().as_str().to_string(),
+            bytes,
+            rotating,
+        });
+    }
+    let (k, node) = (key.to_string(), node.to_string());
+    let ev2 = ev.clone();
+    let view = app
+        .db
+        .call(move |c| -> Result<BookingView, Problem> {
+            let tx = c.transaction()?;
+            let now = crate::now_s() as i64;
+            tx.execute(
+                "INSERT INTO bookings (event, account, payment_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![event, req.account, req.payment_ref, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            for (t, m) in req.tickets.iter().zip(&minted) {
+                insert_ticket(&tx, id, &ev2, t.seat.as_deref(), &t.holder, req.account, &node, m, None)?;
+            }
+            tx.execute("UPDATE idempotency SET booking = ?2 WHERE key = ?1", params![k, id])?;
+            let view = load(&tx, id)?;
+            tx.commit()?;
+            Ok(view)
+        })
+        .await?;
+    app.metrics.bookings.inc();
+    app.metrics.tickets_issued.inc_by(view.tickets.len() as u64);
+    if let Some(a) = view.account {
+        app.live.publish(crate::live::Change::Account(a));
+    }
+    app.outbox_wake.notify_one();
+    Ok(view)
+}
+
+/// Inserts a ticket with its reminders and its account's `issued` event (inside a
+/// transaction).
+#[allow(clippy::too_many_arguments)]
+pub fn insert_ticket(
+    tx: &rusqlite::Transaction<'_>,
+    booking: i64,
+    ev: &EventRow,
+    seat: Option<&str>,
+    holder: &Holder,
+    account: Option<i64>,
+    node: &str,
+    t: &NewTicket,
+    predecessor: Option<&str>,
+) -> Result<(), Problem> {
+    let h = t.bytes.header();
+    let now = crate::now_s() as i64;
+    tx.execute(
+        "INSERT INTO tickets (code, booking, event, seat, holder_name, holder_email, webhook,
+             account, node, partition, serial, rotating, ticket_key, step_s, predecessor, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            t.code, booking, ev.view.id, seat, holder.name, holder.email, holder.webhook, account,
+            node, h.partition, h.serial, t.rotating.is_some(),
+            t.rotating.map(|(k, _)| k.to_vec()), t.rotating.map(|(_, s)| s), predecessor, now
+        ],
+    )?;
+    if let Some(url) = &holder.webhook {
+        for lead in &ev.view.reminder_lead_s {
+            let due = (ev.valid_until_s as i64 - *lead as i64).max(now);
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox (code, lead_s, url, due_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![t.code, lead, url, due],
+            )?;
+        }
+    }
+    if let Some(account) = account {
+        let kind = if predecessor.is_some() {
+            "transferred"
+        } else {
+            "issued"
+        };
+        let body = serde_json::json!({
+            "code": t.code, "kind": kind, "event": ev.view.id, "event_name": ev.view.name,
+            "seat": seat, "holder": holder.name, "predecessor": predecessor,
+        });
+        super::accounts::add_event(tx, account, &t.code, kind, &body)?;
+    }
+    Ok(())
+}
+
+/// Reads a booking with its tickets (inside a database call).
+pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
+    let head = c
+        .query_row(
+            "SELECT event, account, payment_ref, created_at FROM bookings WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((event, account, payment_ref, created)) = head else {
+        return Err(Problem::not_found(format!("no booking {id}")));
+    };
+    let mut stmt = c.prepare(
+        "SELECT code, seat, holder_name FROM tickets WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
+    )?;
+    let tickets = stmt
+        .query_map([id], |r| {
+            let code: String = r.get(0)?;
+            Ok(BookedTicket {
+                page: format!("/t/{code}"),
+                qr_svg: format!("/v1/tickets/{code}/qr.svg"),
+                qr_png: format!("/v1/tickets/{code}/qr.png"),
+                code,
+                seat: r.get(1)?,
+                holder: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BookingView {
+        id,
+        event,
+        account,
+        payment_ref,
+        created_at: crate::rfc3339(created as u64),
+        tickets,
+    })
+}
+
+/// Reads a booking.
+#[utoipa::path(get, path = "/v1/bookings/{id}", params(("id" = i64, Path, description = "booking id")),
+    security(("api_token" = [])),
+    responses((status = 200, body = BookingView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<i64>,
+) -> Result<Json<BookingView>, Problem> {
+    Ok(Json(app.db.call(move |c| load(c, id)).await?))
+}

@@ -1,0 +1,380 @@
+//! Events: venue, time, seat map or free seating, and the validity rules the engine applies
+//! to their tickets.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use stile_protocol::code::CodeFormat;
+use stile_protocol::frame::MintSpec;
+use utoipa::ToSchema;
+
+use crate::problem::{Json, Path, Problem};
+use crate::App;
+
+/// Most seats in a seat map.
+pub const SEATS_MAX: usize = 100_000;
+/// Most reminder lead times per event.
+pub const REMINDER_LEADS_MAX: usize = 4;
+
+/// How tickets of an event may pass gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryPolicy {
+    /// One entry; the ticket is void after it.
+    Single,
+    /// Up to `max_entries` entries (0: unlimited within validity).
+    Multi,
+    /// Entry and exit alternate (rail turnstiles); `max_entries` entries at most.
+    EntryExit,
+}
+
+impl EntryPolicy {
+    fn word(self) -> &'static str {
+        match self {
+            EntryPolicy::Single => "single",
+            EntryPolicy::Multi => "multi",
+            EntryPolicy::EntryExit => "entry_exit",
+        }
+    }
+
+    fn from_word(w: &str) -> EntryPolicy {
+        match w {
+            "multi" => EntryPolicy::Multi,
+            "entry_exit" => EntryPolicy::EntryExit,
+            _ => EntryPolicy::Single,
+        }
+    }
+}
+
+/// An event to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// Provider that sells it.
+    pub provider: u16,
+    /// Name ("Cup Final").
+    pub name: String,
+    /// Venue.
+    pub venue: String,
+    /// Start, RFC 3339.
+    pub starts_at: String,
+    /// Seat map: every seat's label. Absent: free seating.
+    pub seats: Option<Vec<String>>,
+    /// Tickets at most, for free seating (absent: no limit).
+    pub capacity: Option<u32>,
+    /// Not valid before, RFC 3339.
+    pub valid_from: Option<String>,
+    /// Not valid after (the deadline), RFC 3339.
+    pub valid_until: Option<String>,
+    /// Valid this long from the first scan, seconds (a day pass: 86400).
+    pub valid_for_s: Option<u32>,
+    /// Entry policy (default single).
+    pub entry: Option<EntryPolicy>,
+    /// Entries allowed for `multi` and `entry_exit` (0: unlimited; default 0).
+    pub max_entries: Option<u8>,
+    /// How long the admitting gate may annul an admit, seconds (default 60).
+    pub undo_window_s: Option<u32>,
+    /// Rotating codes: the QR changes every time step, so a screenshot dies (default false).
+    pub rotating: Option<bool>,
+    /// Send reminders this many seconds before the tickets expire (needs `valid_until`).
+    pub reminder_lead_s: Option<Vec<u32>>,
+}
+
+/// An event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    /// Event id.
+    pub id: i64,
+    /// Provider that sells it.
+    pub provider: u16,
+    /// Name.
+    pub name: String,
+    /// Venue.
+    pub venue: String,
+    /// Start, RFC 3339.
+    pub starts_at: String,
+    /// Seats in the seat map (0: free seating).
+    pub seats: u32,
+    /// Tickets at most (free seating).
+    pub capacity: Option<u32>,
+    /// Not valid before.
+    pub valid_from: Option<String>,
+    /// Not valid after.
+    pub valid_until: Option<String>,
+    /// Valid this long from the first scan, seconds.
+    pub valid_for_s: Option<u32>,
+    /// Entry policy.
+    pub entry: EntryPolicy,
+    /// Entries allowed (0: unlimited).
+    pub max_entries: u8,
+    /// Undo window, seconds.
+    pub undo_window_s: u32,
+    /// Rotating codes.
+    pub rotating: bool,
+    /// Reminder lead times, seconds.
+    pub reminder_lead_s: Vec<u32>,
+}
+
+/// An event as stored, with the raw times the gateway computes with.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// As shown.
+    pub view: EventView,
+    /// Start, Unix seconds.
+    pub starts_at_s: u64,
+    /// Not before, Unix seconds (0: none).
+    pub valid_from_s: u64,
+    /// Not after, Unix seconds (0: none).
+    pub valid_until_s: u64,
+}
+
+impl EventRow {
+    /// The mint request for `count` tickets of this event.
+    pub fn mint_spec(&self, count: u32) -> MintSpec {
+        let v = &self.view;
+        MintSpec {
+            provider: v.provider,
+            partition: 0,
+            count,
+            format: if v.rotating {
+                CodeFormat::Rotating
+            } else {
+                CodeFormat::Static
+            },
+            max_entries: match v.entry {
+                EntryPolicy::Single => 1,
+                _ => v.max_entries,
+            },
+            records_exits: v.entry == EntryPolicy::EntryExit,
+            undo_window_s: v.undo_window_s,
+            not_before_unix_s: self.valid_from_s,
+            not_after_unix_s: self.valid_until_s,
+            duration_from_first_scan_s: v.valid_for_s.unwrap_or(0),
+        }
+    }
+
+    /// The validity period in words, for people.
+    pub fn validity_text(&self) -> String {
+        let fmt = crate::human_time;
+        let mut text = match (self.valid_from_s, self.valid_until_s) {
+            (0, 0) => "any time".to_string(),
+            (a, 0) => format!("from {}", fmt(a)),
+            (0, b) => format!("until {}", fmt(b)),
+            (a, b) => format!("{} to {}", fmt(a), fmt(b)),
+        };
+        if let Some(d) = self.view.valid_for_s {
+            text.push_str(&format!(", {} from first entry", humanize_s(d)));
+        }
+        text
+    }
+}
+
+fn humanize_s(s: u32) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn time_field(name: &str, v: &Option<String>) -> Result<u64, Problem> {
+    match v {
+        None => Ok(0),
+        Some(t) => crate::parse_rfc3339(t).ok_or_else(|| {
+            Problem::unprocessable(format!(
+                "`{name}` {t:?} is not an RFC 3339 time such as 2026-12-01T18:00:00Z"
+            ))
+        }),
+    }
+}
+
+/// Creates an event.
+#[utoipa::path(post, path = "/v1/events", request_body = EventRequest,
+    security(("api_token" = [])),
+    responses((status = 201, body = EventView), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Json(req): Json<EventRequest>,
+) -> Result<(StatusCode, Json<EventView>), Problem> {
+    let name = super::text_field("name", &req.name)?;
+    let venue = super::text_field("venue", &req.venue)?;
+    let starts = crate::parse_rfc3339(&req.starts_at).ok_or_else(|| {
+        Problem::unprocessable(format!(
+            "`starts_at` {:?} is not an RFC 3339 time such as 2026-12-01T18:00:00Z",
+            req.starts_at
+        ))
+    })?;
+    let from = time_field("valid_from", &req.valid_from)?;
+    let until = time_field("valid_until", &req.valid_until)?;
+    if from != 0 && until != 0 && until <= from {
+        return Err(Problem::unprocessable(
+            "`valid_until` must be after `valid_from`",
+        ));
+    }
+    let seats = match &req.seats {
+        None => Vec::new(),
+        Some(s) if s.is_empty() => {
+            return Err(Problem::unprocessable(
+                "`seats` is empty; leave it out for free seating",
+            ))
+        }
+        Some(s) if s.len() > SEATS_MAX => {
+            return Err(Problem::unprocessable(format!(
+                "more than {SEATS_MAX} seats"
+            )))
+        }
+        Some(s) => s
+            .iter()
+            .map(|seat| super::text_field("seats[]", seat))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut unique = seats.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != seats.len() {
+        return Err(Problem::unprocessable("`seats` names a seat twice"));
+    }
+    if req.capacity.is_some() && !seats.is_empty() {
+        return Err(Problem::unprocessable(
+            "give `seats` or `capacity`, not both",
+        ));
+    }
+    let leads = req.reminder_lead_s.clone().unwrap_or_default();
+    if leads.len() > REMINDER_LEADS_MAX || leads.contains(&0) {
+        return Err(Problem::unprocessable(format!(
+            "`reminder_lead_s` takes up to {REMINDER_LEADS_MAX} lead times, each above 0"
+        )));
+    }
+    if !leads.is_empty() && until == 0 {
+        return Err(Problem::unprocessable(
+            "reminders are sent before tickets expire; set `valid_until`",
+        ));
+    }
+    let entry = req.entry.unwrap_or(EntryPolicy::Single);
+    let view = EventView {
+        id: 0,
+        provider: req.provider,
+        name,
+        venue,
+        starts_at: crate::rfc3339(starts),
+        seats: seats.len() as u32,
+        capacity: req.capacity,
+        valid_from: (from != 0).then(|| crate::rfc3339(from)),
+        valid_until: (until != 0).then(|| crate::rfc3339(until)),
+        valid_for_s: req.valid_for_s.filter(|d| *d != 0),
+        entry,
+        max_entries: req.max_entries.unwrap_or(0),
+        undo_window_s: req.undo_window_s.unwrap_or(60),
+        rotating: req.rotating.unwrap_or(false),
+        reminder_lead_s: leads,
+    };
+    let v = view.clone();
+    let id = app
+        .db
+        .call(move |c| -> Result<i64, Problem> {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM providers WHERE id = ?1", [v.provider], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(Problem::not_found(format!(
+                    "no provider {}; create it with POST /v1/providers",
+                    v.provider
+                )));
+            }
+            tx.execute(
+                "INSERT INTO events (provider, name, venue, starts_at, capacity, valid_from,
+                     valid_until, valid_for_s, entry, max_entries, undo_window_s, rotating,
+                     reminder_lead_s, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    v.provider,
+                    v.name,
+                    v.venue,
+                    starts as i64,
+                    v.capacity,
+                    (from != 0).then_some(from as i64),
+                    (until != 0).then_some(until as i64),
+                    v.valid_for_s,
+                    v.entry.word(),
+                    v.max_entries,
+                    v.undo_window_s,
+                    v.rotating,
+                    serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
+                    crate::now_s() as i64
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            {
+                let mut stmt = tx.prepare("INSERT INTO seats (event, seat) VALUES (?1, ?2)")?;
+                for seat in &seats {
+                    stmt.execute(params![id, seat])?;
+                }
+            }
+            tx.commit()?;
+            Ok(id)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(EventView { id, ..view })))
+}
+
+/// Reads an event (inside a database call).
+pub fn load(c: &rusqlite::Connection, id: i64) -> Result<EventRow, Problem> {
+    let row = c
+        .query_row(
+            "SELECT provider, name, venue, starts_at, capacity, valid_from, valid_until,
+                 valid_for_s, entry, max_entries, undo_window_s, rotating, reminder_lead_s,
+                 (SELECT count(*) FROM seats WHERE event = events.id)
+             FROM events WHERE id = ?1",
+            [id],
+            |r| {
+                let starts: i64 = r.get(3)?;
+                let from: Option<i64> = r.get(5)?;
+                let until: Option<i64> = r.get(6)?;
+                let leads: String = r.get(12)?;
+                Ok(EventRow {
+                    view: EventView {
+                        id,
+                        provider: r.get(0)?,
+                        name: r.get(1)?,
+                        venue: r.get(2)?,
+                        starts_at: crate::rfc3339(starts as u64),
+                        seats: r.get(13)?,
+                        capacity: r.get(4)?,
+                        valid_from: from.map(|t| crate::rfc3339(t as u64)),
+                        valid_until: until.map(|t| crate::rfc3339(t as u64)),
+                        valid_for_s: r.get(7)?,
+                        entry: EntryPolicy::from_word(&r.get::<_, String>(8)?),
+                        max_entries: r.get(9)?,
+                        undo_window_s: r.get(10)?,
+                        rotating: r.get(11)?,
+                        reminder_lead_s: serde_json::from_str(&leads).unwrap_or_default(),
+                    },
+                    starts_at_s: starts as u64,
+                    valid_from_s: from.unwrap_or(0) as u64,
+                    valid_until_s: until.unwrap_or(0) as u64,
+                })
+            },
+        )
+        .optional()?;
+    row.ok_or_else(|| Problem::not_found(format!("no event {id}")))
+}
+
+/// Reads an event.
+#[utoipa::path(get, path = "/v1/events/{id}", params(("id" = i64, Path, description = "event id")),
+    security(("api_token" = [])),
+    responses((status = 200, body = EventView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<i64>,
+) -> Result<Json<EventView>, Problem> {
+    let row = app.db.call(move |c| load(c, id)).await?;
+    Ok(Json(row.view))
+}

@@ -1,0 +1,167 @@
+//! The HTTP API: routes, the OpenAPI document generated from them, and the layers every
+//! request passes (body limit, metrics, problem+json fallbacks).
+
+pub mod accounts;
+pub mod auth;
+pub mod bookings;
+pub mod checkin;
+pub mod events;
+pub mod pages;
+pub mod providers;
+pub mod tickets;
+pub mod venue;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::metrics::{LatencyLabels, RouteLabels};
+use crate::{problem, App};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "stile gateway",
+        description = "Booking, QR images, the live e-ticket page, transfers, reminders, linked \
+                       devices and HTTP check-in. Management routes need the API token \
+                       (`Authorization: Bearer`, from the gateway's `api-token` file); HTTP \
+                       check-in needs a gate token; device streams need a device token. Every \
+                       error is `application/problem+json` (RFC 9457)."
+    ),
+    modifiers(&Security),
+    components(schemas(problem::Problem))
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token schemes.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        for name in ["api_token", "gate_token", "device_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// Management routes (API token).
+fn management() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(providers::create, providers::list))
+        .routes(routes!(providers::put))
+        .routes(routes!(providers::create_gate))
+        .routes(routes!(events::create))
+        .routes(routes!(events::get))
+        .routes(routes!(bookings::create))
+        .routes(routes!(bookings::get))
+        .routes(routes!(tickets::revoke))
+        .routes(routes!(tickets::transfer))
+        .routes(routes!(accounts::create))
+        .routes(routes!(accounts::link_device))
+        .routes(routes!(venue::occupancy))
+        .routes(routes!(venue::attendance))
+}
+
+/// Public routes (the code is the capability) and routes with their own tokens.
+fn public() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(tickets::get))
+        .routes(routes!(tickets::qr_svg))
+        .routes(routes!(tickets::qr_png))
+        .routes(routes!(checkin::checkin))
+        .routes(routes!(accounts::device_events))
+        .routes(routes!(pages::ticket_page))
+        .routes(routes!(pages::ticket_events))
+        .routes(routes!(pages::healthz))
+        .routes(routes!(pages::metrics))
+}
+
+/// The whole router.
+pub fn router(app: Arc<App>) -> Router {
+    let (mgmt, mgmt_api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(management())
+        .split_for_parts();
+    let mgmt = mgmt.route_layer(middleware::from_fn_with_state(
+        app.clone(),
+        auth::require_api_token,
+    ));
+    let (open, open_api) = public().split_for_parts();
+    let mut api = mgmt_api;
+    api.merge(open_api);
+    let api_json: Arc<str> = api.to_pretty_json().unwrap_or_default().into();
+    Router::new()
+        .merge(mgmt)
+        .merge(open)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let body = api_json.clone();
+                async move { ([("content-type", "application/json")], body.to_string()) }
+            }),
+        )
+        .route("/sw.js", axum::routing::get(pages::service_worker))
+        .route("/static/ticket.js", axum::routing::get(pages::ticket_js))
+        .route("/static/ticket.css", axum::routing::get(pages::ticket_css))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(crate::BODY_MAX_BYTES))
+        .layer(middleware::from_fn_with_state(app.clone(), track))
+        .with_state(app)
+}
+
+/// Counts every request by route template and status, and times it.
+async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let res = next.run(req).await;
+    let labels = RouteLabels {
+        method,
+        route: route.clone(),
+        status: res.status().as_u16(),
+    };
+    app.metrics.requests.get_or_create(&labels).inc();
+    app.metrics
+        .latency
+        .get_or_create(&LatencyLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Checks a text field: trimmed, not empty, at most [`crate::TEXT_MAX_CHARS`].
+pub fn text_field(name: &str, value: &str) -> Result<String, problem::Problem> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(problem::Problem::unprocessable(format!(
+            "`{name}` must not be empty"
+        )));
+    }
+    if v.chars().count() > crate::TEXT_MAX_CHARS {
+        return Err(problem::Problem::unprocessable(format!(
+            "`{name}` is longer than {} characters",
+            crate::TEXT_MAX_CHARS
+        )));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(problem::Problem::unprocessable(format!(
+            "`{name}` contains control characters"
+        )));
+    }
+    Ok(v.to_string())
+}

@@ -1,0 +1,203 @@
+//! The e-ticket page and its live stream, the service worker and static files, and the
+//! operator routes `/healthz` and `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::tickets::{self, TicketView};
+use crate::live::Change;
+use crate::page::{self, PageData};
+use crate::problem::{Path, Problem};
+use crate::App;
+
+/// How long `/healthz` waits for the node's answer.
+const HEALTH_TIMEOUT_MS: u64 = 1_000;
+
+/// The e-ticket page: QR, details and live state.
+#[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "feature code")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 404, body = Problem)))]
+pub async fn ticket_page(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Response, Problem> {
+    let t = tickets::find(&app, &code).await?;
+    let v = tickets::view(&app, &t).await;
+    let starts = crate::human_time(t.event.starts_at_s);
+    let seat = t.seat.clone().unwrap_or_else(|| "Free seating".into());
+    let html = page::ticket_page(&PageData {
+        code: &t.code,
+        event: &v.event,
+        venue: &v.venue,
+        starts: &starts,
+        seat: &seat,
+        holder: &v.holder,
+        validity: &v.validity,
+        state: &v.state,
+        used_at: v.used_at.as_deref(),
+        gate: v.gate,
+        successor: v.successor.as_deref(),
+        rotating: v.rotating,
+        step_s: v.step_s.unwrap_or(30),
+        server_unix_ms: v.server_unix_ms,
+    });
+    Ok(([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response())
+}
+
+fn ticket_event(v: &TicketView) -> SseEvent {
+    SseEvent::default()
+        .event("ticket")
+        .data(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// The ticket's live state as server-sent events: `event: ticket` with the JSON of
+/// `GET /v1/tickets/{code}`, once on connect and again on every change.
+#[utoipa::path(get, path = "/t/{code}/events", params(("code" = String, Path, description = "feature code")),
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem)))]
+pub async fn ticket_events(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Response, Problem> {
+    let t = tickets::find(&app, &code).await?;
+    let stream = ticket_stream(app, t.code.as_str().into(), t.bytes);
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new().interval(Duration::from_secs(super::accounts::SSE_KEEPALIVE_S)),
+        )
+        .into_response())
+}
+
+/// State of one ticket stream.
+struct TicketStream {
+    app: Arc<App>,
+    code: Arc<str>,
+    bytes: stile_protocol::code::CodeBytes,
+    changes: tokio::sync::broadcast::Receiver<Change>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    first: bool,
+    _gauge: crate::live::StreamGauge,
+}
+
+fn ticket_stream(
+    app: Arc<App>,
+    code: Arc<str>,
+    bytes: stile_protocol::code::CodeBytes,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = TicketStream {
+        changes: app.live.subscribe(),
+        shutdown: app.shutdown.clone(),
+        _gauge: crate::live::StreamGauge::new(&app),
+        app,
+        code,
+        bytes,
+        first: true,
+    };
+    stream::unfold(state, |mut s| async move {
+        if !s.first {
+            loop {
+                tokio::select! {
+                    r = s.changes.recv() => match r {
+                        Ok(Change::Ticket(c)) if c == s.code => break,
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return None,
+                    },
+                    _ = crate::stopped(&mut s.shutdown) => return None,
+                }
+            }
+        }
+        s.first = false;
+        let bytes = s.bytes;
+        let t = s
+            .app
+            .db
+            .call(move |c| tickets::load(c, &bytes))
+            .await
+            .ok()?;
+        let v = tickets::view(&s.app, &t).await;
+        Some((Ok(ticket_event(&v)), s))
+    })
+}
+
+/// The service worker (offline copy of e-ticket pages).
+pub async fn service_worker() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::HeaderName::from_static("service-worker-allowed"),
+                "/",
+            ),
+        ],
+        page::SW_JS,
+    )
+        .into_response()
+}
+
+/// The page's script.
+pub async fn ticket_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        page::TICKET_JS,
+    )
+        .into_response()
+}
+
+/// The page's style sheet.
+pub async fn ticket_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        page::TICKET_CSS,
+    )
+        .into_response()
+}
+
+/// Ready when the default node answers a ping.
+#[utoipa::path(get, path = "/healthz",
+    responses((status = 200, description = "ready: the node answers"), (status = 503, body = Problem)))]
+pub async fn healthz(State(app): State<Arc<App>>) -> Result<Response, Problem> {
+    let node = app.nodes.default_node();
+    let ping = async {
+        let client = app.nodes.client(node).await?;
+        client.ping().await
+    };
+    match tokio::time::timeout(Duration::from_millis(HEALTH_TIMEOUT_MS), ping).await {
+        Ok(Ok(rtt)) => Ok((
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready", "node": node.to_string(), "node_rtt_us": rtt.as_micros() as u64})),
+        )
+            .into_response()),
+        Ok(Err(e)) => Err(Problem::unavailable(format!("not ready: node {node} does not answer: {e}"))),
+        Err(_) => Err(Problem::unavailable(format!(
+            "not ready: node {node} did not answer within {HEALTH_TIMEOUT_MS} ms"
+        ))),
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,245 @@
+//! Providers (the operators that sell tickets), their routes to nodes, and their gates'
+//! HTTP check-in tokens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::db::{Db, DbError};
+use crate::problem::{Json, Path, Problem};
+use crate::App;
+
+/// A provider to create or replace.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderRequest {
+    /// Provider id, 1 to 65535; it is in every code the provider sells.
+    pub id: Option<u16>,
+    /// Display name.
+    pub name: String,
+    /// The node that owns this provider's tickets (`host:port`); absent: the default node.
+    pub node: Option<String>,
+}
+
+/// A provider.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    /// Provider id.
+    pub id: u16,
+    /// Display name.
+    pub name: String,
+    /// The node its tickets are minted on and checked in at.
+    pub node: String,
+    /// Whether `node` is a route of its own (false: the default node).
+    pub routed: bool,
+}
+
+/// A gate that checks in over HTTP.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateRequest {
+    /// Gate id, 1 to 65535, as gates report it.
+    pub gate: u16,
+    /// Where the gate is ("North 3").
+    pub name: String,
+}
+
+/// A gate token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GateToken {
+    /// Provider.
+    pub provider: u16,
+    /// Gate id.
+    pub gate: u16,
+    /// Where the gate is.
+    pub name: String,
+    /// Bearer token for `POST /v1/checkin`; only its hash is stored, so keep it.
+    pub token: String,
+}
+
+/// Every provider route in the database.
+pub async fn load_routes(db: &Db) -> Result<Vec<(u16, SocketAddr)>, DbError> {
+    db.call(|c| -> Result<_, DbError> {
+        let mut stmt = c.prepare("SELECT id, node FROM providers WHERE node IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u16>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, node) = row?;
+            match node.parse() {
+                Ok(addr) => out.push((id, addr)),
+                Err(_) => {
+                    tracing::warn!(provider = id, %node, "ignoring a route that is no address")
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+fn parse_node(node: &Option<String>) -> Result<Option<SocketAddr>, Problem> {
+    match node {
+        None => Ok(None),
+        Some(text) => text.trim().parse().map(Some).map_err(|_| {
+            Problem::unprocessable(format!(
+                "`node` {text:?} is not an address; use host:port such as 127.0.0.1:7443"
+            ))
+        }),
+    }
+}
+
+fn view(app: &App, id: u16, name: String) -> ProviderView {
+    let node = app.nodes.route(id);
+    ProviderView {
+        id,
+        name,
+        node: node.to_string(),
+        routed: node != app.nodes.default_node() || app.nodes.has_route(id),
+    }
+}
+
+/// Creates a provider.
+#[utoipa::path(post, path = "/v1/providers", request_body = ProviderRequest,
+    security(("api_token" = [])),
+    responses((status = 201, body = ProviderView), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Json(req): Json<ProviderRequest>,
+) -> Result<(StatusCode, Json<ProviderView>), Problem> {
+    let Some(id) = req.id.filter(|id| *id != 0) else {
+        return Err(Problem::unprocessable(
+            "`id` must be a provider id from 1 to 65535",
+        ));
+    };
+    let name = super::text_field("name", &req.name)?;
+    let node = parse_node(&req.node)?;
+    let n = name.clone();
+    let inserted = app
+        .db
+        .call(move |c| -> Result<usize, Problem> {
+            Ok(c.execute(
+                "INSERT OR IGNORE INTO providers (id, name, node, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, n, node.map(|a| a.to_string()), crate::now_s() as i64],
+            )?)
+        })
+        .await?;
+    if inserted == 0 {
+        return Err(Problem::conflict(format!(
+            "provider {id} exists; change it with PUT /v1/providers/{id}"
+        )));
+    }
+    app.nodes.set_route(id, node);
+    if let Some(addr) = node {
+        crate::live::ensure_following(&app, addr);
+    }
+    Ok((StatusCode::CREATED, Json(view(&app, id, name))))
+}
+
+/// Lists providers.
+#[utoipa::path(get, path = "/v1/providers", security(("api_token" = [])),
+    responses((status = 200, body = Vec<ProviderView>)))]
+pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<ProviderView>>, Problem> {
+    let rows = app
+        .db
+        .call(|c| -> Result<Vec<(u16, String)>, Problem> {
+            let mut stmt = c.prepare("SELECT id, name FROM providers ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, name)| view(&app, id, name))
+            .collect(),
+    ))
+}
+
+/// Creates or replaces a provider, and with it its route (no `node`: the default node).
+#[utoipa::path(put, path = "/v1/providers/{id}", request_body = ProviderRequest,
+    params(("id" = u16, Path, description = "provider id")), security(("api_token" = [])),
+    responses((status = 200, body = ProviderView), (status = 422, body = Problem)))]
+pub async fn put(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u16>,
+    Json(req): Json<ProviderRequest>,
+) -> Result<Json<ProviderView>, Problem> {
+    if id == 0 {
+        return Err(Problem::unprocessable("provider ids run from 1 to 65535"));
+    }
+    if req.id.is_some_and(|body_id| body_id != id) {
+        return Err(Problem::unprocessable(
+            "`id` in the body differs from the path",
+        ));
+    }
+    let name = super::text_field("name", &req.name)?;
+    let node = parse_node(&req.node)?;
+    let n = name.clone();
+    app.db
+        .call(move |c| -> Result<(), Problem> {
+            c.execute(
+                "INSERT INTO providers (id, name, node, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, node = excluded.node",
+                params![id, n, node.map(|a| a.to_string()), crate::now_s() as i64],
+            )?;
+            Ok(())
+        })
+        .await?;
+    app.nodes.set_route(id, node);
+    if let Some(addr) = node {
+        crate::live::ensure_following(&app, addr);
+    }
+    Ok(Json(view(&app, id, name)))
+}
+
+/// Issues an HTTP check-in token for one of the provider's gates.
+#[utoipa::path(post, path = "/v1/providers/{id}/gates", request_body = GateRequest,
+    params(("id" = u16, Path, description = "provider id")), security(("api_token" = [])),
+    responses((status = 201, body = GateToken), (status = 404, body = Problem)))]
+pub async fn create_gate(
+    State(app): State<Arc<App>>,
+    Path(provider): Path<u16>,
+    Json(req): Json<GateRequest>,
+) -> Result<(StatusCode, Json<GateToken>), Problem> {
+    if req.gate == 0 {
+        return Err(Problem::unprocessable("`gate` must be from 1 to 65535"));
+    }
+    let name = super::text_field("name", &req.name)?;
+    let token = super::auth::new_token();
+    let hash = super::auth::hash_token(&token);
+    let (n, gate) = (name.clone(), req.gate);
+    app.db
+        .call(move |c| -> Result<(), Problem> {
+            let exists: Option<i64> = c
+                .query_row("SELECT 1 FROM providers WHERE id = ?1", [provider], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(Problem::not_found(format!(
+                    "no provider {provider}; create it with POST /v1/providers"
+                )));
+            }
+            c.execute(
+                "INSERT INTO gate_tokens (token_hash, provider, gate, name, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&hash[..], provider, gate, n, crate::now_s() as i64],
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GateToken {
+            provider,
+            gate: req.gate,
+            name,
+            token,
+        }),
+    ))
+}

@@ -1,0 +1,502 @@
+//! A ticket: its state (from the node), its image (QR with the details printed under it),
+//! revocation and transfer.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use stile_protocol::code::{CodeBytes, CodeFormat};
+use utoipa::ToSchema;
+
+use super::bookings::{Holder, NewTicket};
+use crate::live::{state_word, Change};
+use crate::problem::{Json, Path, Problem};
+use crate::App;
+
+/// How long a node may take to say a ticket's state before the stored one is shown.
+const STATUS_TIMEOUT_MS: u64 = 1_500;
+
+/// A ticket as the gateway stores it.
+#[derive(Debug, Clone)]
+pub struct TicketRow {
+    /// Code text as minted.
+    pub code: String,
+    /// Code bytes as minted.
+    pub bytes: CodeBytes,
+    /// Event.
+    pub event: super::events::EventRow,
+    /// Booking.
+    pub booking: i64,
+    /// Seat.
+    pub seat: Option<String>,
+    /// Holder's name.
+    pub holder: String,
+    /// Account.
+    pub account: Option<i64>,
+    /// Node it lives on.
+    pub node: String,
+    /// Key and step of a rotating ticket.
+    pub rotating: Option<([u8; 32], u32)>,
+    /// The code that replaced it (transfer).
+    pub successor: Option<String>,
+    /// The code it replaced.
+    pub predecessor: Option<String>,
+    /// State as the node's events last said.
+    pub last_state: String,
+    /// Gate of the last change.
+    pub last_gate: Option<u16>,
+    /// Time of the last change.
+    pub last_at: Option<u64>,
+}
+
+/// A ticket's details and live state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TicketView {
+    /// The feature code (as minted).
+    pub code: String,
+    /// `valid`, `used`, `revoked` (also a transferred code) or `expired`.
+    pub state: String,
+    /// Event name.
+    pub event: String,
+    /// Event id.
+    pub event_id: i64,
+    /// Venue.
+    pub venue: String,
+    /// Event start, RFC 3339.
+    pub starts_at: String,
+    /// Seat (absent: free seating).
+    pub seat: Option<String>,
+    /// Holder's name.
+    pub holder: String,
+    /// Not valid before, RFC 3339.
+    pub valid_from: Option<String>,
+    /// Not valid after, RFC 3339.
+    pub valid_until: Option<String>,
+    /// Validity in words.
+    pub validity: String,
+    /// When it was used (state `used`), RFC 3339.
+    pub used_at: Option<String>,
+    /// The gate that admitted it (state `used`).
+    pub gate: Option<u16>,
+    /// Entries counted (multi-entry tickets).
+    pub entries: u8,
+    /// Inside now (entry/exit tickets).
+    pub inside: bool,
+    /// The code that replaced this one by a transfer.
+    pub successor: Option<String>,
+    /// The code this one replaced.
+    pub predecessor: Option<String>,
+    /// Rotating code: the QR changes every `step_s` seconds.
+    pub rotating: bool,
+    /// Rotation step, seconds.
+    pub step_s: Option<u32>,
+    /// Gateway clock, RFC 3339.
+    pub server_time: String,
+    /// Gateway clock, Unix milliseconds.
+    pub server_unix_ms: u64,
+    /// True when the node did not answer and the state is the last one the gateway saw.
+    pub stale: bool,
+}
+
+/// Parses a code from a URL or body: hyphens and spaces allowed, any case.
+pub fn parse_code(text: &str) -> Result<CodeBytes, Problem> {
+    let clean: String = text.chars().filter(|c| *c != '-' && *c != ' ').collect();
+    CodeBytes::parse(&clean).map_err(|e| {
+        Problem::bad_request(format!(
+            "{text:?} is not a ticket code ({e}); check it for typos"
+        ))
+    })
+}
+
+/// Reads a ticket by any form of its code (inside a database call).
+pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Problem> {
+    let text = code.to_text().as_str().to_string();
+    let h = code.header();
+    let sql = "SELECT code, event, booking, seat, holder_name, account, node, ticket_key, step_s,
+                   successor, predecessor, last_state, last_gate, last_at
+               FROM tickets";
+    let map = |r: &rusqlite::Row<'_>| {
+        let key: Option<Vec<u8>> = r.get(7)?;
+        let step: Option<u32> = r.get(8)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, String>(6)?,
+            key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+                .zip(step),
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, Option<String>>(10)?,
+            (
+                r.get::<_, String>(11)?,
+                r.get::<_, Option<u16>>(12)?,
+                r.get::<_, Option<i64>>(13)?,
+            ),
+        ))
+    };
+    let mut row = c
+        .query_row(&format!("{sql} WHERE code = ?1"), [&text], map)
+        .optional()?;
+    if row.is_none() && code.format() == CodeFormat::Rotating {
+        // A rotating code of another time step: the same ticket.
+        row = c
+            .query_row(
+                &format!("{sql} WHERE partition = ?1 AND serial = ?2 AND rotating = 1"),
+                params![h.partition, h.serial],
+                map,
+            )
+            .optional()?;
+    }
+    let Some((
+        code,
+        event,
+        booking,
+        seat,
+        holder,
+        account,
+        node,
+        rotating,
+        successor,
+        predecessor,
+        last,
+    )) = row
+    else {
+        return Err(Problem::not_found(format!(
+            "no ticket {text} was sold here"
+        )));
+    };
+    let bytes = CodeBytes::parse(&code)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(TicketRow {
+        event: super::events::load(c, event)?,
+        code,
+        bytes,
+        booking,
+        seat,
+        holder,
+        account,
+        node,
+        rotating,
+        successor,
+        predecessor,
+        last_state: last.0,
+        last_gate: last.1,
+        last_at: last.2.map(|t| t as u64),
+    })
+}
+
+/// The ticket's view: the node's answer, or the stored state if the node is away.
+pub async fn view(app: &App, t: &TicketRow) -> TicketView {
+    let ev = &t.event;
+    let now_ms = crate::now_ms();
+    let mut v = TicketView {
+        code: t.code.clone(),
+        state: t.last_state.clone(),
+        event: ev.view.name.clone(),
+        event_id: ev.view.id,
+        venue: ev.view.venue.clone(),
+        starts_at: ev.view.starts_at.clone(),
+        seat: t.seat.clone(),
+        holder: t.holder.clone(),
+        valid_from: ev.view.valid_from.clone(),
+        valid_until: ev.view.valid_until.clone(),
+        validity: ev.validity_text(),
+        used_at: None,
+        gate: None,
+        entries: 0,
+        inside: false,
+        successor: t.successor.clone(),
+        predecessor: t.predecessor.clone(),
+        rotating: t.rotating.is_some(),
+        step_s: t.rotating.map(|(_, s)| s),
+        server_time: crate::rfc3339(now_ms / 1000),
+        server_unix_ms: now_ms,
+        stale: true,
+    };
+    let status = async {
+        let node = t.node.parse().map_err(|_| ())?;
+        let client = app.nodes.client(node).await.map_err(|_| ())?;
+        let timeout = std::time::Duration::from_millis(STATUS_TIMEOUT_MS);
+        tokio::time::timeout(timeout, client.status(&t.bytes))
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())
+    };
+    match status.await {
+        Ok(info) => {
+            v.stale = false;
+            v.state = state_word(info.state).to_string();
+            v.entries = info.entries;
+            v.inside = info.inside;
+            if v.state == "used" || info.inside || info.entries > 0 {
+                v.used_at =
+                    (info.last_event_unix_s != 0).then(|| crate::rfc3339(info.last_event_unix_s));
+                v.gate = (info.gate != 0).then_some(info.gate);
+            }
+        }
+        Err(()) => {
+            if v.state == "used" {
+                v.used_at = t.last_at.map(crate::rfc3339);
+                v.gate = t.last_gate;
+            }
+            if v.state == "valid" && ev.valid_until_s != 0 && crate::now_s() > ev.valid_until_s {
+                v.state = "expired".into();
+            }
+        }
+    }
+    if t.successor.is_some() {
+        v.state = "revoked".into();
+    }
+    v
+}
+
+/// Loads a ticket by the text in a URL.
+pub async fn find(app: &App, code: &str) -> Result<TicketRow, Problem> {
+    let bytes = parse_code(code)?;
+    app.db.call(move |c| load(c, &bytes)).await
+}
+
+/// A ticket's details and live state.
+#[utoipa::path(get, path = "/v1/tickets/{code}", params(("code" = String, Path, description = "feature code")),
+    responses((status = 200, body = TicketView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Json<TicketView>, Problem> {
+    let t = find(&app, &code).await?;
+    Ok(Json(view(&app, &t).await))
+}
+
+/// The code the QR shows now: the minted one, or a rotating ticket's code of this step.
+pub fn code_now(t: &TicketRow) -> String {
+    match t.rotating {
+        Some((key, step_s)) => crate::rotating::code_at(&t.bytes, &key, step_s, crate::now_s())
+            .to_text()
+            .as_str()
+            .to_string(),
+        None => t.code.clone(),
+    }
+}
+
+fn label_parts(t: &TicketRow) -> (String, String, String, String) {
+    let ev = &t.event;
+    (
+        format!("{} · {}", ev.view.name, crate::human_time(ev.starts_at_s)),
+        match &t.seat {
+            Some(s) => format!("Seat {s}"),
+            None => "Free seating".to_string(),
+        },
+        t.holder.clone(),
+        ev.validity_text(),
+    )
+}
+
+fn image_response(t: &TicketRow, content_type: &'static str, body: Vec<u8>) -> Response {
+    let cache = if t.rotating.is_some() {
+        "no-store"
+    } else {
+        "private, max-age=300"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn qr_problem(e: crate::qr::QrError) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("drawing the QR code failed: {e}"),
+    )
+}
+
+/// The ticket image as SVG: the QR code (alphanumeric, level M) with event, seat, holder
+/// and validity printed under it.
+#[utoipa::path(get, path = "/v1/tickets/{code}/qr.svg", params(("code" = String, Path, description = "feature code")),
+    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 404, body = Problem)))]
+pub async fn qr_svg(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Response, Problem> {
+    let t = find(&app, &code).await?;
+    let (event, seat, holder, validity) = label_parts(&t);
+    let label = crate::qr::TicketLabel {
+        event: &event,
+        seat: &seat,
+        holder: &holder,
+        validity: &validity,
+    };
+    let svg = crate::qr::svg(&code_now(&t), &label).map_err(qr_problem)?;
+    Ok(image_response(&t, "image/svg+xml", svg.into_bytes()))
+}
+
+/// The ticket image as PNG (decodable by an ordinary QR reader to exactly the code).
+#[utoipa::path(get, path = "/v1/tickets/{code}/qr.png", params(("code" = String, Path, description = "feature code")),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404, body = Problem)))]
+pub async fn qr_png(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Response, Problem> {
+    let t = find(&app, &code).await?;
+    let (event, seat, holder, validity) = label_parts(&t);
+    let label = crate::qr::TicketLabel {
+        event: &event,
+        seat: &seat,
+        holder: &holder,
+        validity: &validity,
+    };
+    let png = crate::qr::png(&code_now(&t), &label).map_err(qr_problem)?;
+    Ok(image_response(&t, "image/png", png))
+}
+
+/// Revokes a ticket: every gate refuses it from now on.
+#[utoipa::path(post, path = "/v1/tickets/{code}/revoke", params(("code" = String, Path, description = "feature code")),
+    security(("api_token" = [])),
+    responses((status = 200, body = TicketView), (status = 404, body = Problem)))]
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+) -> Result<Json<TicketView>, Problem> {
+    let t = find(&app, &code).await?;
+    let node = t
+        .node
+        .parse()
+        .map_err(|_| Problem::unavailable("the ticket's node address is unreadable"))?;
+    let client = app.nodes.client(node).await?;
+    client.revoke(&t.bytes).await?;
+    let (c2, account) = (t.code.clone(), t.account);
+    app.db
+        .call(move |c| -> Result<(), Problem> {
+            c.execute(
+                "UPDATE tickets SET last_state = 'revoked' WHERE code = ?1",
+                [&c2],
+            )?;
+            Ok(())
+        })
+        .await?;
+    app.live.publish(Change::Ticket(t.code.as_str().into()));
+    if let Some(a) = account {
+        app.live.publish(Change::Account(a));
+    }
+    let t = find(&app, &code).await?;
+    Ok(Json(view(&app, &t).await))
+}
+
+/// A transfer to a new holder.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The new holder.
+    pub holder: Holder,
+    /// The new holder's account (absent: none).
+    pub account: Option<i64>,
+}
+
+/// The result of a transfer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferView {
+    /// The old code, now void.
+    pub voided: String,
+    /// The new ticket.
+    pub ticket: TicketView,
+}
+
+/// Transfers a ticket: the old code is void and a new one is issued to the new holder.
+#[utoipa::path(post, path = "/v1/tickets/{code}/transfer", request_body = TransferRequest,
+    params(("code" = String, Path, description = "feature code")), security(("api_token" = [])),
+    responses((status = 201, body = TransferView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn transfer(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+    Json(req): Json<TransferRequest>,
+) -> Result<(StatusCode, Json<TransferView>), Problem> {
+    let name = super::text_field("holder.name", &req.holder.name)?;
+    let holder = Holder { name, ..req.holder };
+    let t = find(&app, &code).await?;
+    if let Some(s) = &t.successor {
+        return Err(Problem::conflict(format!(
+            "ticket {} was already transferred to {s}",
+            t.code
+        )));
+    }
+    if let Some(a) = req.account {
+        let known = app
+            .db
+            .call(move |c| -> Result<bool, Problem> {
+                Ok(
+                    c.query_row("SELECT 1 FROM accounts WHERE id = ?1", [a], |_| Ok(()))
+                        .optional()?
+                        .is_some(),
+                )
+            })
+            .await?;
+        if !known {
+            return Err(Problem::unprocessable(format!("no account {a}")));
+        }
+    }
+    let node = t
+        .node
+        .parse()
+        .map_err(|_| Problem::unavailable("the ticket's node address is unreadable"))?;
+    let client = app.nodes.client(node).await?;
+    let bytes = client.transfer(&t.bytes).await.map_err(|e| match e {
+        stile_protocol::client::ClientError::Node { message, .. } => {
+            Problem::conflict(format!("the node refused the transfer: {message}"))
+        }
+        other => Problem::from(other),
+    })?;
+    let rotating = match t.rotating {
+        Some(_) => Some(crate::rotating::fetch_key(&client, &bytes).await?),
+        None => None,
+    };
+    let new = NewTicket {
+        code: bytes.to_text().as_str().to_string(),
+        bytes,
+        rotating,
+    };
+    let new_code = new.code.clone();
+    let (old, old_account, account) = (t.clone(), t.account, req.account);
+    app.db
+        .call(move |c| -> Result<(), Problem> {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE tickets SET successor = ?2, last_state = 'revoked' WHERE code = ?1",
+                params![old.code, new.code],
+            )?;
+            super::bookings::insert_ticket(
+                &tx, old.booking, &old.event, old.seat.as_deref(), &holder, account, &old.node, &new,
+                Some(&old.code),
+            )?;
+            if let Some(a) = old_account.filter(|a| Some(*a) != account) {
+                let body = serde_json::json!({"code": old.code, "kind": "transferred", "successor": new.code});
+                super::accounts::add_event(&tx, a, &old.code, "transferred", &body)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    app.metrics.tickets_issued.inc();
+    app.live.publish(Change::Ticket(t.code.as_str().into()));
+    for a in [old_account, account].into_iter().flatten() {
+        app.live.publish(Change::Account(a));
+    }
+    app.outbox_wake.notify_one();
+    let new_row = find(&app, &new_code).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TransferView {
+            voided: t.code.clone(),
+            ticket: view(&app, &new_row).await,
+        }),
+    ))
+}

@@ -1,0 +1,305 @@
+//! Live ticket state: one task per node reads its `subscribe` stream, records each change
+//! of a ticket the gateway sold (scans for occupancy and attendance, account events for
+//! linked devices) and wakes the server-sent-event streams that show it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension};
+use stile_protocol::client::ClientError;
+use stile_protocol::frame::{error_code, Event, EventKind, TicketStateName};
+use tokio::sync::broadcast;
+
+use crate::db::DbError;
+use crate::App;
+
+/// Changes buffered for slow SSE streams; one that falls further behind re-reads the state.
+const CHANGES_BACKLOG: usize = 4096;
+/// Longest wait between attempts to reach a node that is down.
+const RECONNECT_MAX_MS: u64 = 5_000;
+
+/// A ticket changed, or an account got an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The ticket with this code changed state (or was transferred).
+    Ticket(Arc<str>),
+    /// This account has new events.
+    Account(i64),
+}
+
+/// Fan-out of changes to every open stream.
+#[derive(Debug)]
+pub struct Live {
+    /// Every change, to every subscriber.
+    changes: broadcast::Sender<Change>,
+    /// Nodes whose event stream a task follows.
+    followed: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live::new()
+    }
+}
+
+impl Live {
+    /// No subscribers yet.
+    pub fn new() -> Live {
+        Live {
+            changes: broadcast::channel(CHANGES_BACKLOG).0,
+            followed: Default::default(),
+        }
+    }
+
+    /// Tells every stream about `change`.
+    pub fn publish(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// A receiver of every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+/// The state words of a state name.
+pub fn state_word(state: TicketStateName) -> &'static str {
+    match state {
+        TicketStateName::Valid => "valid",
+        TicketStateName::Used => "used",
+        TicketStateName::Revoked => "revoked",
+        TicketStateName::Expired => "expired",
+    }
+}
+
+/// Starts following `node`'s events unless a task already does.
+pub fn ensure_following(app: &Arc<App>, node: SocketAddr) {
+    let mut followed = app.live.followed.lock().unwrap_or_else(|p| p.into_inner());
+    if followed.insert(node) {
+        tokio::spawn(follow_node(app.clone(), node));
+    }
+}
+
+/// A ticket that changed, and its account.
+type Changed = (Arc<str>, Option<i64>);
+
+/// Follows `node`'s event stream from the stored cursor until the gateway stops.
+async fn follow_node(app: Arc<App>, node: SocketAddr) {
+    let mut shutdown = app.shutdown.clone();
+    let mut backoff_ms = 100;
+    loop {
+        let run = follow_once(&app, node);
+        let result = tokio::select! {
+            r = run => r,
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        match result {
+            Ok(()) => backoff_ms = 100,
+            Err(e) => {
+                app.metrics.node_up.set(0);
+                tracing::warn!(%node, error = %e, "node event stream; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
+    }
+}
+
+/// Why following a node stopped.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<rusqlite::Error> for FollowError {
+    fn from(e: rusqlite::Error) -> Self {
+        FollowError::Db(e.into())
+    }
+}
+
+async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError> {
+    let client = app.nodes.client(node).await?;
+    let key = node.to_string();
+    let k = key.clone();
+    let from: u64 = app
+        .db
+        .call(move |c| -> Result<u64, FollowError> {
+            let seq: Option<i64> = c
+                .query_row(
+                    "SELECT next_seq FROM node_cursors WHERE node = ?1",
+                    [&k],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
+        .await?;
+    let mut sub = client.subscribe(from).await?;
+    app.metrics.node_up.set(1);
+    tracing::info!(%node, from_seq = from, "following node events");
+    while let Some(batch) = sub.next().await {
+        let events = match batch {
+            Ok(events) => events,
+            Err(ClientError::Node { code, message }) if code == error_code::TRIMMED => {
+                // The node dropped the log before our cursor (a snapshot); skip to its end.
+                let stats = client.stats().await?;
+                tracing::warn!(%node, from_seq = from, to_seq = stats.durable_seq, %message,
+                    "node no longer has events from the cursor; skipping ahead");
+                let k = key.clone();
+                app.db
+                    .call(move |c| -> Result<(), FollowError> {
+                        save_cursor(c, &k, stats.durable_seq)?;
+                        Ok(())
+                    })
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        app.metrics.node_events.inc_by(events.len() as u64);
+        let k = key.clone();
+        let changed = app
+            .db
+            .call(move |c| -> Result<Vec<Changed>, FollowError> {
+                Ok(record_events(c, &k, &events)?)
+            })
+            .await?;
+        for (code, account) in changed {
+            app.live.publish(Change::Ticket(code));
+            if let Some(a) = account {
+                app.live.publish(Change::Account(a));
+            }
+        }
+    }
+    Err(ClientError::Closed.into())
+}
+
+fn save_cursor(c: &rusqlite::Connection, node: &str, next_seq: u64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO node_cursors (node, next_seq) VALUES (?1, ?2)
+         ON CONFLICT (node) DO UPDATE SET next_seq = excluded.next_seq",
+        params![node, next_seq as i64],
+    )?;
+    Ok(())
+}
+
+/// What a state change was, from the ticket's previous state and its new one.
+fn kind_of(prev_state: &str, prev_entries: u8, prev_inside: bool, e: &Event) -> &'static str {
+    match e.state {
+        TicketStateName::Revoked => "revoked",
+        _ if e.entries > prev_entries => "entry",
+        _ if prev_inside && !e.inside && e.entries == prev_entries => "exit",
+        TicketStateName::Valid if prev_state == "used" || e.entries < prev_entries => "undo",
+        TicketStateName::Used if prev_state != "used" => "entry",
+        _ => "change",
+    }
+}
+
+/// Records one batch in one transaction: scans, mirrored state, account events, cursor.
+fn record_events(
+    c: &mut rusqlite::Connection,
+    node: &str,
+    events: &[Event],
+) -> rusqlite::Result<Vec<Changed>> {
+    let tx = c.transaction()?;
+    let mut changed = Vec::new();
+    let mut next_seq = None;
+    for e in events {
+        next_seq = Some(e.seq + 1);
+        if e.kind == EventKind::TransferredIn {
+            continue; // the gateway records its own transfers when it makes them
+        }
+        let row = tx
+            .query_row(
+                "SELECT code, event, account, last_state, entries, inside FROM tickets
+                 WHERE node = ?1 AND partition = ?2 AND serial = ?3",
+                params![node, e.partition, e.serial],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, u8>(4)?,
+                        r.get::<_, bool>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((code, event, account, prev_state, prev_entries, prev_inside)) = row else {
+            continue; // minted elsewhere (the CLI, another gateway)
+        };
+        let kind = kind_of(&prev_state, prev_entries, prev_inside, e);
+        let state = state_word(e.state);
+        tx.execute(
+            "INSERT OR IGNORE INTO scans (seq, node, code, event, kind, gate, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.seq as i64,
+                node,
+                code,
+                event,
+                kind,
+                e.gate,
+                e.at_unix_s as i64
+            ],
+        )?;
+        tx.execute(
+            "UPDATE tickets SET last_state = ?2, entries = ?3, inside = ?4, last_gate = ?5,
+                 last_at = ?6,
+                 first_entry = CASE WHEN first_entry IS NULL AND ?7 THEN ?6 ELSE first_entry END
+             WHERE code = ?1",
+            params![
+                code,
+                state,
+                e.entries,
+                e.inside,
+                e.gate,
+                e.at_unix_s as i64,
+                kind == "entry"
+            ],
+        )?;
+        if let Some(account) = account {
+            let body = serde_json::json!({
+                "code": code, "kind": kind, "state": state, "gate": e.gate,
+                "at": crate::rfc3339(e.at_unix_s),
+            });
+            let account_kind = match kind {
+                "entry" => "used",
+                other => other,
+            };
+            crate::api::accounts::add_event(&tx, account, &code, account_kind, &body)?;
+        }
+        changed.push((Arc::<str>::from(code), account));
+    }
+    if let Some(seq) = next_seq {
+        save_cursor(&tx, node, seq)?;
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+/// Counts an open SSE stream in the `sse_streams` gauge while it lives.
+#[derive(Debug)]
+pub struct StreamGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl StreamGauge {
+    /// One more open stream.
+    pub fn new(app: &App) -> StreamGauge {
+        app.metrics.sse_streams.inc();
+        StreamGauge(app.metrics.sse_streams.clone())
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,446 @@
+//! The live e-ticket page: `GET /t/{code}` and its assets.
+//!
+//! The HTML is `assets/ticket.html` with `{{name}}` placeholders, filled in one pass by
+//! [`ticket_page`]; every value is HTML-escaped (the JSON data block is escaped for its
+//! `<script>` context instead). The script (`ticket.js`) follows the ticket live over
+//! server-sent events, remembers every state it learns in `localStorage`, and swaps the QR
+//! image at the server's time steps for rotating codes. The service worker (`sw.js`) keeps the
+//! page, its assets and the QR image for offline use.
+//!
+//! Element ids a browser can rely on: `ticket` (the `<main>`, with `data-voided="true|false"`
+//! and `data-source="network"`, which the service worker turns into `"cache"`), `state`
+//! (`role="status"`, `data-state`), `state-detail`, `qr-img`, `rotate`, `rotate-countdown`,
+//! `live`, `details`, `detail-code`, `ticket-data` (the JSON block).
+
+use std::fmt::Write as _;
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// The page's script, served at `/static/ticket.js`.
+pub const TICKET_JS: &str = include_str!("../assets/ticket.js");
+/// The page's style sheet, served at `/static/ticket.css`.
+pub const TICKET_CSS: &str = include_str!("../assets/ticket.css");
+/// The service worker, served at `/sw.js` with `Service-Worker-Allowed: /`.
+pub const SW_JS: &str = include_str!("../assets/sw.js");
+/// The page template; `{{name}}` placeholders are filled by [`ticket_page`].
+const TICKET_HTML: &str = include_str!("../assets/ticket.html");
+
+/// Symbols per group when the code is shown for reading (`ABCD-EFGH-…`).
+const CODE_GROUP_LEN: usize = 4;
+/// Room reserved for the filled-in values on top of the template's own length.
+const PAGE_VALUES_CAPACITY: usize = 2048;
+
+/// Everything the page shows at render time.
+#[derive(Debug, Clone, Copy)]
+pub struct PageData<'a> {
+    /// The code's text, as used in URLs and shown (grouped by four) on the page.
+    pub code: &'a str,
+    /// Name of the event.
+    pub event: &'a str,
+    /// Name of the venue.
+    pub venue: &'a str,
+    /// Human-readable start time of the event.
+    pub starts: &'a str,
+    /// Seat, block or standing area.
+    pub seat: &'a str,
+    /// Name of the ticket holder.
+    pub holder: &'a str,
+    /// Human-readable validity period.
+    pub validity: &'a str,
+    /// The ticket's state: `valid`, `used`, `revoked` or `expired`.
+    pub state: &'a str,
+    /// When the ticket was used (RFC 3339, as in the JSON API), if it was.
+    pub used_at: Option<&'a str>,
+    /// The gate that admitted the ticket, if it was used.
+    pub gate: Option<u16>,
+    /// The code that replaced this one when the ticket was transferred (this one is revoked).
+    pub successor: Option<&'a str>,
+    /// Whether the code rotates (changes every `step_s` seconds).
+    pub rotating: bool,
+    /// Seconds per time step of a rotating code; must be above 0 when `rotating`.
+    pub step_s: u32,
+    /// The server's clock at render time, in milliseconds since the Unix epoch.
+    pub server_unix_ms: u64,
+}
+
+/// Renders the e-ticket page for `d`.
+pub fn ticket_page(d: &PageData<'_>) -> String {
+    debug_assert!(
+        state_label(d.state).is_some(),
+        "unknown ticket state {:?}",
+        d.state
+    );
+    debug_assert!(
+        !d.rotating || d.step_s > 0,
+        "a rotating code needs a time step"
+    );
+    let mut out = String::with_capacity(TICKET_HTML.len() + PAGE_VALUES_CAPACITY);
+    let mut rest = TICKET_HTML;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .expect("every placeholder in ticket.html is closed");
+        fill(&mut out, &after[..close], d);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Appends the value of placeholder `name`, escaped for where the template puts it.
+fn fill(out: &mut String, name: &str, d: &PageData<'_>) {
+    let rotating = rotation(d);
+    match name {
+        "code" => escape_html(out, d.code),
+        "code_grouped" => escape_html(out, &group_code(d.code)),
+        "event" => escape_html(out, d.event),
+        "venue" => escape_html(out, d.venue),
+        "starts" => escape_html(out, d.starts),
+        "seat" => escape_html(out, d.seat),
+        "holder" => escape_html(out, d.holder),
+        "validity" => escape_html(out, d.validity),
+        "state" => escape_html(out, d.state),
+        "state_text" => escape_html(out, state_label(d.state).unwrap_or("Unknown")),
+        "state_detail" => escape_html(out, &state_detail(d)),
+        "voided" => out.push_str(if is_voided(d.state) { "true" } else { "false" }),
+        "qr_src" => {
+            let mut src = String::from("/v1/tickets/");
+            encode_path_segment(&mut src, d.code);
+            src.push_str("/qr.svg");
+            if let Some((step, _)) = rotating {
+                let _ = write!(src, "?step={step}");
+            }
+            escape_html(out, &src);
+        }
+        "rotate_hidden" => {
+            if rotating.is_none() || is_voided(d.state) {
+                out.push_str(" hidden");
+            }
+        }
+        "rotate_left_s" => {
+            let _ = write!(out, "{}", rotating.map_or(0, |(_, left_s)| left_s));
+        }
+        "step_s" => {
+            let _ = write!(out, "{}", d.step_s);
+        }
+        "data_json" => escape_script_json(out, &data_json(d)),
+        _ => panic!("ticket.html has a placeholder {{{{{name}}}}} that page.rs does not fill"),
+    }
+}
+
+/// For a rotating code: the server's current time step and the whole seconds left in it.
+fn rotation(d: &PageData<'_>) -> Option<(u64, u64)> {
+    if !d.rotating || d.step_s == 0 {
+        return None;
+    }
+    let step_ms = u64::from(d.step_s) * 1000;
+    let left_ms = step_ms - d.server_unix_ms % step_ms;
+    Some((d.server_unix_ms / step_ms, left_ms.div_ceil(1000)))
+}
+
+/// The words shown for a state, or `None` for a state the page does not know.
+fn state_label(state: &str) -> Option<&'static str> {
+    match state {
+        "valid" => Some("Valid"),
+        "used" => Some("Used \u{2014} voided"),
+        "revoked" => Some("Revoked \u{2014} voided"),
+        "expired" => Some("Expired"),
+        _ => None,
+    }
+}
+
+/// Whether a code in this state can never open a gate again (until an undo).
+fn is_voided(state: &str) -> bool {
+    matches!(state, "used" | "revoked")
+}
+
+/// "Transferred: …", "Used at 18:42:10 at gate 3", or empty; the same words as ticket.js.
+fn state_detail(d: &PageData<'_>) -> String {
+    if d.successor.is_some() {
+        return "Transferred: this code was replaced".to_owned();
+    }
+    if d.state != "used" || (d.used_at.is_none() && d.gate.is_none()) {
+        return String::new();
+    }
+    let mut s = String::from("Used");
+    if let Some(at) = d.used_at {
+        let _ = write!(s, " at {}", clock_time(at));
+    }
+    if let Some(gate) = d.gate {
+        let _ = write!(s, " at gate {gate}");
+    }
+    s
+}
+
+/// `18:42:10` from an RFC 3339 time (in the offset it was written with); other text as is.
+fn clock_time(at: &str) -> String {
+    OffsetDateTime::parse(at, &Rfc3339)
+        .ok()
+        .and_then(|t| {
+            t.format(format_description!("[hour]:[minute]:[second]"))
+                .ok()
+        })
+        .unwrap_or_else(|| at.to_owned())
+}
+
+/// The code in groups of four for reading: `ABCDEFGHJK` → `ABCD-EFGH-JK`.
+fn group_code(code: &str) -> String {
+    let mut out = String::with_capacity(code.len() + code.len() / CODE_GROUP_LEN);
+    let symbols = code.chars().filter(|c| *c != '-' && !c.is_whitespace());
+    for (i, c) in symbols.enumerate() {
+        if i > 0 && i % CODE_GROUP_LEN == 0 {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The JSON block the script starts from.
+fn data_json(d: &PageData<'_>) -> String {
+    serde_json::json!({
+        "code": d.code,
+        "state": d.state,
+        "used_at": d.used_at,
+        "gate": d.gate,
+        "successor": d.successor,
+        "rotating": d.rotating,
+        "step_s": d.step_s,
+        "server_unix_ms": d.server_unix_ms,
+    })
+    .to_string()
+}
+
+/// Appends `s` with the five HTML-significant characters replaced by entities.
+fn escape_html(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Appends JSON for a `<script>` element: `<`, `>` and `&` (only ever inside strings) become
+/// `\u` escapes, so no `</script>` or `<!--` can end or change the element.
+fn escape_script_json(out: &mut String, json: &str) {
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Appends `s` percent-encoded as one URL path segment (unreserved characters stay).
+fn encode_path_segment(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODE: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+    fn data() -> PageData<'static> {
+        PageData {
+            code: CODE,
+            event: "Night & Day",
+            venue: "Hall 1",
+            starts: "Sat 1 June 2025, 19:30",
+            seat: "Block C, row 4, seat 12",
+            holder: "Ada Lovelace",
+            validity: "1 June 2025, 17:00 to 23:59",
+            state: "valid",
+            used_at: None,
+            gate: None,
+            successor: None,
+            rotating: false,
+            step_s: 30,
+            server_unix_ms: 1_748_799_730_250,
+        }
+    }
+
+    /// The text of the first element with `id`, from its opening tag to its closing tag.
+    fn element<'a>(html: &'a str, id: &str) -> &'a str {
+        let at = html.find(&format!("id=\"{id}\"")).expect("element present");
+        let start = html[..at].rfind('<').unwrap();
+        let end = at + html[at..].find("</").unwrap();
+        &html[start..end]
+    }
+
+    /// Whether some tag has an `on…=` attribute.
+    fn has_inline_handler(html: &str) -> bool {
+        html.match_indices(" on").any(|(i, _)| {
+            let name: String = html[i + 3..]
+                .chars()
+                .take_while(char::is_ascii_alphabetic)
+                .collect();
+            !name.is_empty() && html[i + 3 + name.len()..].starts_with('=')
+        })
+    }
+
+    fn data_block(html: &str) -> serde_json::Value {
+        let open = r#"<script type="application/json" id="ticket-data">"#;
+        let start = html.find(open).expect("data block present") + open.len();
+        let end = start + html[start..].find("</script>").unwrap();
+        let text = &html[start..end];
+        assert!(
+            !text.contains(['<', '>', '&']),
+            "nothing the HTML parser reads: {text}"
+        );
+        serde_json::from_str(text).expect("data block is JSON")
+    }
+
+    #[test]
+    fn holder_is_html_escaped() {
+        let d = PageData {
+            holder: "<script>alert(1)</script>",
+            ..data()
+        };
+        let html = ticket_page(&d);
+        assert!(!html.contains("<script>alert(1)</script>"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("Night &amp; Day"));
+    }
+
+    #[test]
+    fn used_state_shows_voided_with_time_and_gate() {
+        let d = PageData {
+            state: "used",
+            used_at: Some("2025-06-01T18:42:10Z"),
+            gate: Some(3),
+            ..data()
+        };
+        let html = ticket_page(&d);
+        let state = element(&html, "state");
+        assert!(state.contains(r#"role="status""#), "{state}");
+        assert!(state.contains(r#"aria-live="polite""#), "{state}");
+        assert!(state.contains(r#"data-state="used""#), "{state}");
+        assert!(state.ends_with(">Used \u{2014} voided"), "{state}");
+        assert!(element(&html, "state-detail").ends_with(">Used at 18:42:10 at gate 3"));
+        assert!(element(&html, "ticket").contains(r#"data-voided="true""#));
+    }
+
+    #[test]
+    fn valid_state_is_not_voided_and_has_no_detail() {
+        let html = ticket_page(&data());
+        assert!(element(&html, "state").contains(r#"data-state="valid""#));
+        assert!(element(&html, "state").ends_with(">Valid"));
+        assert!(element(&html, "state-detail").ends_with("\">"));
+        assert!(element(&html, "ticket").contains(r#"data-voided="false""#));
+    }
+
+    #[test]
+    fn transferred_ticket_says_it_was_replaced() {
+        let d = PageData {
+            state: "revoked",
+            successor: Some("NEWCODE"),
+            ..data()
+        };
+        let html = ticket_page(&d);
+        assert!(element(&html, "state").ends_with(">Revoked \u{2014} voided"));
+        assert!(element(&html, "state-detail").ends_with(">Transferred: this code was replaced"));
+    }
+
+    #[test]
+    fn script_registers_the_service_worker_at_root_scope() {
+        assert!(TICKET_JS.contains("register('/sw.js', { scope: '/' })"));
+        assert!(TICKET_JS.contains("new EventSource('/t/' + codeUrl + '/events')"));
+        assert!(SW_JS.contains("var CACHE = 'stile-v1';"));
+    }
+
+    #[test]
+    fn data_block_parses_and_carries_code_and_server_time() {
+        let d = PageData {
+            state: "used",
+            used_at: Some("</script><!--"),
+            gate: Some(7),
+            successor: Some("A&B"),
+            ..data()
+        };
+        let html = ticket_page(&d);
+        let v = data_block(&html);
+        assert_eq!(v["code"], CODE);
+        assert_eq!(v["server_unix_ms"], 1_748_799_730_250u64);
+        assert_eq!(v["state"], "used");
+        assert_eq!(v["used_at"], "</script><!--", "escaped, not cut short");
+        assert_eq!(v["gate"], 7);
+        assert_eq!(v["successor"], "A&B");
+        assert_eq!(v["rotating"], false);
+        assert!(!html.contains("</script><!--"));
+    }
+
+    #[test]
+    fn page_is_accessible_and_links_its_assets() {
+        let html = ticket_page(&data());
+        assert!(html.starts_with("<!doctype html>\n<html lang=\"en\">"));
+        assert!(html.contains("<title>Ticket: Night &amp; Day (Block C, row 4, seat 12)</title>"));
+        assert!(html.contains("<main id=\"ticket\""));
+        assert!(html.contains(r#"<script src="/static/ticket.js" defer></script>"#));
+        assert!(html.contains(r#"<link rel="stylesheet" href="/static/ticket.css">"#));
+        let img = format!(
+            r#"<img id="qr-img" src="/v1/tickets/{CODE}/qr.svg" alt="QR code of ticket {CODE}">"#
+        );
+        assert!(html.contains(&img), "{html}");
+        assert!(!html.contains("{{"), "every placeholder filled");
+        assert!(!has_inline_handler(&html), "no inline event handlers");
+    }
+
+    #[test]
+    fn code_is_grouped_by_four_for_reading() {
+        let html = ticket_page(&data());
+        let grouped = "0123-4567-89AB-CDEF-GHJK-MNPQ-RSTV-WXYZ";
+        assert!(element(&html, "detail-code").ends_with(&format!("><code>{grouped}")));
+        assert_eq!(group_code("ABCD-EFGHJK"), "ABCD-EFGH-JK");
+        assert_eq!(group_code("ABCD"), "ABCD");
+    }
+
+    #[test]
+    fn static_code_hides_rotation_and_rotating_code_shows_step_and_countdown() {
+        let html = ticket_page(&data());
+        assert!(element(&html, "rotate").contains(" hidden>"));
+        assert!(!html.contains("?step="));
+
+        // 1_748_799_730_250 ms is 10.25 s into a 30 s step: 19.75 s left, shown as 20.
+        let d = PageData {
+            rotating: true,
+            ..data()
+        };
+        let html = ticket_page(&d);
+        let step = 1_748_799_730_250u64 / 30_000;
+        assert!(html.contains(&format!("/qr.svg?step={step}\"")));
+        assert!(!element(&html, "rotate").contains(" hidden"));
+        assert!(element(&html, "rotate-countdown").ends_with(">new code in 20 s"));
+    }
+
+    #[test]
+    fn code_in_urls_is_percent_encoded() {
+        let d = PageData {
+            code: "AB/\"<x>",
+            ..data()
+        };
+        let html = ticket_page(&d);
+        assert!(html.contains(r#"src="/v1/tickets/AB%2F%22%3Cx%3E/qr.svg""#));
+        assert!(html.contains(r#"alt="QR code of ticket AB/&quot;&lt;x&gt;""#));
+    }
+}

@@ -1,0 +1,210 @@
+//! Expiry reminders from a durable outbox. A booking writes one outbox row per ticket and
+//! lead time (unique, so each is sent once) in the same transaction as the ticket; this
+//! task sends due rows to the holder's webhook as a JSON `POST`, retrying failures with
+//! exponential backoff, and marks a row delivered only after a 2xx answer. A restart picks
+//! up where it stopped. Delivery is at least once: a crash between the answer and the mark
+//! sends again, so each request carries an `Idempotency-Key` the receiver can dedupe on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::params;
+
+use crate::live::Change;
+use crate::problem::Problem;
+use crate::App;
+
+/// Reminders sent per pass at most.
+const BATCH_MAX: i64 = 64;
+/// Longest a webhook may take to answer.
+const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+/// Longest error text kept per row.
+const ERROR_MAX_CHARS: usize = 500;
+
+/// A due reminder.
+#[derive(Debug)]
+struct Due {
+    id: i64,
+    code: String,
+    lead_s: i64,
+    url: String,
+    attempts: u32,
+    state: String,
+    successor: Option<String>,
+    account: Option<i64>,
+    holder: String,
+    event: String,
+    valid_until: Option<i64>,
+}
+
+/// Sends due reminders until the gateway stops.
+pub async fn run(app: Arc<App>) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(WEBHOOK_TIMEOUT_MS))
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(webhook_tls())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the webhook client; reminders are not sent");
+            return;
+        }
+    };
+    let mut shutdown = app.shutdown.clone();
+    let poll = Duration::from_millis(app.config.reminder_poll_ms.max(10));
+    loop {
+        match send_due(&app, &http).await {
+            Ok(n) if n as i64 == BATCH_MAX => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.detail, "reminder outbox"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = app.outbox_wake.notified() => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+fn webhook_tls() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+async fn send_due(app: &Arc<App>, http: &reqwest::Client) -> Result<usize, Problem> {
+    let now = crate::now_s() as i64;
+    let due = app
+        .db
+        .call(move |c| -> Result<Vec<Due>, Problem> {
+            let mut stmt = c.prepare(
+                "SELECT o.id, o.code, o.lead_s, o.url, o.attempts, t.last_state, t.successor,
+                     t.account, t.holder_name, e.name, e.valid_until
+                 FROM outbox o JOIN tickets t ON t.code = o.code JOIN events e ON e.id = t.event
+                 WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_at <= ?1
+                 ORDER BY o.next_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, BATCH_MAX], |r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    code: r.get(1)?,
+                    lead_s: r.get(2)?,
+                    url: r.get(3)?,
+                    attempts: r.get(4)?,
+                    state: r.get(5)?,
+                    successor: r.get(6)?,
+                    account: r.get(7)?,
+                    holder: r.get(8)?,
+                    event: r.get(9)?,
+                    valid_until: r.get(10)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await?;
+    let n = due.len();
+    for d in due {
+        if d.state != "valid" || d.successor.is_some() {
+            // Used, revoked or transferred: nothing to remind of.
+            let id = d.id;
+            app.db
+                .call(move |c| -> Result<(), Problem> {
+                    c.execute(
+                        "UPDATE outbox SET gave_up_at = ?2, last_error = 'ticket no longer valid' WHERE id = ?1",
+                        params![id, crate::now_s() as i64],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+            continue;
+        }
+        deliver(app, http, d).await?;
+    }
+    Ok(n)
+}
+
+async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), Problem> {
+    let body = serde_json::json!({
+        "type": "reminder",
+        "code": d.code,
+        "event": d.event,
+        "holder": d.holder,
+        "valid_until": d.valid_until.map(|t| crate::rfc3339(t as u64)),
+        "lead_s": d.lead_s,
+        "page": format!("/t/{}", d.code),
+    });
+    let result = http
+        .post(&d.url)
+        .header(
+            "idempotency-key",
+            format!("reminder-{}-{}", d.code, d.lead_s),
+        )
+        .json(&body)
+        .send()
+        .await;
+    let failure = match result {
+        Ok(res) if res.status().is_success() => None,
+        Ok(res) => Some(format!("webhook answered {}", res.status())),
+        Err(e) => Some(format!("webhook unreachable: {e}")),
+    };
+    let now = crate::now_s() as i64;
+    let cfg = &app.config;
+    let attempts = d.attempts + 1;
+    match failure {
+        None => {
+            let (id, account, code) = (d.id, d.account, d.code.clone());
+            app.db
+                .call(move |c| -> Result<(), Problem> {
+                    let tx = c.transaction()?;
+                    tx.execute(
+                        "UPDATE outbox SET delivered_at = ?2, attempts = ?3 WHERE id = ?1",
+                        params![id, now, attempts],
+                    )?;
+                    if let Some(a) = account {
+                        crate::api::accounts::add_event(&tx, a, &code, "reminder", &body)?;
+                    }
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await?;
+            app.metrics.reminders_delivered.inc();
+            if let Some(a) = d.account {
+                app.live.publish(Change::Account(a));
+            }
+            tracing::info!(code = %d.code, lead_s = d.lead_s, attempts, "reminder delivered");
+        }
+        Some(error) => {
+            app.metrics.reminder_failures.inc();
+            let give_up = attempts >= cfg.reminder_attempts_max;
+            let shift = attempts.saturating_sub(1).min(20);
+            let delay_ms = cfg
+                .reminder_backoff_base_ms
+                .saturating_mul(1 << shift)
+                .min(cfg.reminder_backoff_max_ms);
+            let next_at = now + (delay_ms.div_ceil(1000)) as i64;
+            let id = d.id;
+            let err: String = error.chars().take(ERROR_MAX_CHARS).collect();
+            tracing::warn!(code = %d.code, attempts, give_up, error = %err, "reminder not delivered");
+            app.db
+                .call(move |c| -> Result<(), Problem> {
+                    c.execute(
+                        "UPDATE outbox SET attempts = ?2, next_at = ?3, last_error = ?4,
+                             gave_up_at = CASE WHEN ?5 THEN ?6 ELSE NULL END
+                         WHERE id = ?1",
+                        params![id, attempts, next_at, err, give_up, now],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+            if give_up {
+                app.metrics.reminders_given_up.inc();
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,916 @@
+//! The HTTP gateway against a real node on 127.0.0.1: booking with idempotency, QR images
+//! read back by a QR decoder, HTTP check-in, status, transfer, revoke, problem+json for bad
+//! input, reminders from the outbox across a restart, linked devices and the ticket stream.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use stile_engine::node::certs;
+use stile_gateway::{Gateway, GatewayConfig};
+use stile_protocol::client::ClientTls;
+
+use crate::node::TestNode;
+
+/// A node and a gateway in front of it.
+pub struct Fixture {
+    pub node: TestNode,
+    pub gateway: Option<Gateway>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub api_token: String,
+    pub http: reqwest::Client,
+}
+
+pub fn admin_tls(tls: &Path) -> ClientTls {
+    let cert = tls.join(certs::admin_cert_name("admin"));
+    ClientTls::from_files(
+        &tls.join(certs::CA_CERT),
+        &cert,
+        &certs::key_path_for(&cert),
+    )
+    .unwrap()
+}
+
+pub fn gateway_config(node: &TestNode, dir: &Path) -> GatewayConfig {
+    let mut c = GatewayConfig::new(
+        dir.to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+        node.addr,
+        admin_tls(&node.tls),
+    );
+    c.reminder_poll_ms = 100;
+    c.reminder_backoff_base_ms = 200;
+    c.checkin_burst = 5;
+    c.checkin_budget_per_s = 1;
+    c.checkin_cooldown_ms = 60_000;
+    c
+}
+
+impl Fixture {
+    pub async fn start() -> Fixture {
+        // reqwest's rustls without a built-in provider: use ring, as the node does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let node = TestNode::start(|_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::start(gateway_config(&node, dir.path()))
+            .await
+            .unwrap();
+        let base = format!("http://{}", gateway.local_addr());
+        let api_token = gateway.api_token().to_string();
+        Fixture {
+            node,
+            gateway: Some(gateway),
+            dir,
+            base,
+            api_token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn restart_gateway(&mut self, tune: impl FnOnce(&mut GatewayConfig)) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown(Duration::from_secs(5)).await;
+        }
+        let mut config = gateway_config(&self.node, self.dir.path());
+        tune(&mut config);
+        let g = Gateway::start(config).await.unwrap();
+        self.base = format!("http://{}", g.local_addr());
+        assert_eq!(
+            g.api_token(),
+            self.api_token,
+            "the API token survives a restart"
+        );
+        self.gateway = Some(g);
+    }
+
+    /// An authorised request to a management route.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.api_token)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .admin(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        json_of(res).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.admin(reqwest::Method::GET, path).send().await.unwrap();
+        json_of(res).await
+    }
+
+    /// Provider 1, a gate token for gate `gate`, and an event built from `extra`.
+    pub async fn event(&self, extra: Value) -> i64 {
+        let (s, _) = self
+            .post("/v1/providers", json!({"id": 1, "name": "Arena"}))
+            .await;
+        assert!(s == 201 || s == 409, "{s}");
+        let now = stile_gateway::now_s();
+        let mut body = json!({
+            "provider": 1, "name": "Cup Final", "venue": "Arena",
+            "starts_at": stile_gateway::rfc3339(now + 3600),
+            "valid_from": stile_gateway::rfc3339(now - 60),
+            "valid_until": stile_gateway::rfc3339(now + 86_400),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, ev) = self.post("/v1/events", body).await;
+        assert_eq!(s, 201, "{ev}");
+        ev["id"].as_i64().unwrap()
+    }
+
+    pub async fn gate_token(&self, gate: u16) -> String {
+        let (s, g) = self
+            .post(
+                "/v1/providers/1/gates",
+                json!({"gate": gate, "name": format!("Gate {gate}")}),
+            )
+            .await;
+        assert_eq!(s, 201, "{g}");
+        g["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn book(&self, key: &str, body: Value) -> reqwest::Response {
+        self.admin(reqwest::Method::POST, "/v1/bookings")
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn checkin(&self, token: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("{}/v1/checkin", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        json_of(res).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown(Duration::from_secs(5)).await;
+        }
+        if let Some(n) = self.node.node.take() {
+            n.shutdown().await;
+        }
+    }
+}
+
+pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Asserts a problem+json answer with this status and a detail for people.
+async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert_eq!(ct, "application/problem+json");
+    let (_, body) = json_of(res).await;
+    assert_eq!(body["status"], status);
+    assert!(body["detail"].as_str().unwrap().len() > 10, "{body}");
+    body
+}
+
+/// The code with its last symbol (part of the tag) changed.
+fn flip_last(code: &str) -> String {
+    let mut b = code.as_bytes().to_vec();
+    let last = b.len() - 1;
+    b[last] = if b[last] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).unwrap()
+}
+
+/// Decodes a PNG with an ordinary QR decoder.
+fn decode_qr_png(png_bytes: &[u8]) -> Vec<String> {
+    let decoder = png::Decoder::new(png_bytes);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = info.color_type.samples();
+    let bits = info.bit_depth as usize;
+    let line = info.line_size;
+    let gray = |x: usize, y: usize| -> u8 {
+        if bits == 8 {
+            buf[y * line + x * channels]
+        } else {
+            // Sub-byte grayscale: `bits` per pixel, most significant first.
+            let bit = x * bits;
+            let byte = buf[y * line + bit / 8];
+            let v = (byte >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
+            (v as u32 * 255 / ((1 << bits) - 1)) as u8
+        }
+    };
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, gray);
+    img.detect_grids()
+        .into_iter()
+        .map(|g| g.decode().unwrap().1)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_qr_checkin_status_transfer_round_trip() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"seats": ["A1", "A2", "A3", "A4"]})).await;
+    let gate = f.gate_token(4).await;
+    let body = json!({
+        "event": event, "payment_ref": "pay_1",
+        "tickets": [
+            {"seat": "A1", "holder": {"name": "Ada Lovelace"}},
+            {"seat": "A2", "holder": {"name": "Charles Babbage"}},
+        ],
+    });
+    let res = f.book("key-1", body.clone()).await;
+    assert_eq!(res.status(), 201);
+    let (_, booking) = json_of(res).await;
+    let tickets = booking["tickets"].as_array().unwrap().clone();
+    assert_eq!(tickets.len(), 2);
+    let code = tickets[0]["code"].as_str().unwrap().to_string();
+
+    // An idempotent retry returns the same booking, not a second one.
+    let res = f.book("key-1", body.clone()).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let (_, again) = json_of(res).await;
+    assert_eq!(again, booking);
+    // The same key with another body is refused.
+    let mut other = body.clone();
+    other["payment_ref"] = json!("pay_2");
+    assert_problem(f.book("key-1", other).await, 422).await;
+
+    // The PNG decodes to exactly the code.
+    let png = f
+        .http
+        .get(format!("{}/v1/tickets/{code}/qr.png", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let decoded = decode_qr_png(&png.bytes().await.unwrap());
+    assert_eq!(decoded, vec![code.clone()]);
+    let svg = f
+        .http
+        .get(format!("{}/v1/tickets/{code}/qr.svg", f.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        svg.contains("Ada Lovelace") && svg.contains("Seat A1"),
+        "{svg}"
+    );
+
+    let (s, first) = f
+        .checkin(&gate, json!({"code": code, "gate": 4, "provider": 1}))
+        .await;
+    assert_eq!(
+        (s, first["outcome"].as_str()),
+        (200, Some("admitted")),
+        "{first}"
+    );
+    assert_eq!(first["gate"], 4);
+    let (s, second) = f.checkin(&gate, json!({"code": code})).await;
+    assert_eq!(
+        (s, second["outcome"].as_str()),
+        (200, Some("already_used")),
+        "{second}"
+    );
+    assert_eq!(second["outcome_gate"], 4);
+
+    let (s, status) = f.get(&format!("/v1/tickets/{code}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(status["state"], "used");
+    assert_eq!(status["gate"], 4);
+    assert_eq!(status["seat"], "A1");
+    assert_eq!(status["holder"], "Ada Lovelace");
+    assert!(
+        status["used_at"].is_string() && status["valid_until"].is_string(),
+        "{status}"
+    );
+
+    // Transfer the unused second ticket: a new working code, the old one void.
+    let old = tickets[1]["code"].as_str().unwrap().to_string();
+    let (s, moved) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "Grace Hopper"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{moved}");
+    let new = moved["ticket"]["code"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(moved["ticket"]["holder"], "Grace Hopper");
+    assert_eq!(moved["ticket"]["seat"], "A2");
+    let (_, o) = f.checkin(&gate, json!({"code": old})).await;
+    assert_eq!(o["outcome"], "revoked", "{o}");
+    let (_, n) = f.checkin(&gate, json!({"code": new})).await;
+    assert_eq!(n["outcome"], "admitted", "{n}");
+    let (_, old_status) = f.get(&format!("/v1/tickets/{old}")).await;
+    assert_eq!(old_status["state"], "revoked");
+    assert_eq!(old_status["successor"], new.as_str());
+    // A transferred ticket cannot be transferred again.
+    let (s, _) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "X"}}),
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    // Revoke: the gate refuses it.
+    let third = f
+        .book("key-2", json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "A3", "holder": {"name": "Alan"}}]}))
+        .await;
+    let (_, third) = json_of(third).await;
+    let c3 = third["tickets"][0]["code"].as_str().unwrap().to_string();
+    let (s, r) = f.post(&format!("/v1/tickets/{c3}/revoke"), json!({})).await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("revoked")), "{r}");
+    let (_, o) = f.checkin(&gate, json!({"code": c3})).await;
+    assert_eq!(o["outcome"], "revoked");
+
+    // Occupancy and attendance follow the node's events.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
+        if occ["entries"] == 2 {
+            assert_eq!(occ["gates"][0]["gate"], 4);
+            assert_eq!(occ["inside"], 2, "{occ}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "occupancy never reached 2 entries: {occ}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let csv = f
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/events/{event}/attendance.csv"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 4, "{csv}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&code) && l.contains(",used,")),
+        "{csv}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&old) && l.contains(",transferred,")),
+        "{csv}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_problem_json_and_changes_nothing() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"seats": ["B1", "B2"]})).await;
+    let gate = f.gate_token(1).await;
+    let ok = f
+        .book("k0", json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B1", "holder": {"name": "A"}}]}))
+        .await;
+    assert_eq!(ok.status(), 201);
+    let (_, ok) = json_of(ok).await;
+    let code = ok["tickets"][0]["code"].as_str().unwrap().to_string();
+
+    let url = |p: &str| format!("{}{p}", f.base);
+    // Malformed JSON, wrong content type, unknown field, missing key, too large.
+    let res = f
+        .admin(reqwest::Method::POST, "/v1/bookings")
+        .header("idempotency-key", "k1")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400).await;
+    let res = f
+        .admin(reqwest::Method::POST, "/v1/bookings")
+        .header("idempotency-key", "k1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 415).await;
+    let res = f
+        .book(
+            "k1",
+            json!({"event": event, "payment_ref": "p", "tickets": [], "colour": 1}),
+        )
+        .await;
+    assert_problem(res, 422).await;
+    let res = f.admin(reqwest::Method::POST, "/v1/bookings")
+        .json(&json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": "A"}}]}))
+        .send().await.unwrap();
+    assert_problem(res, 400).await;
+    let big = "x".repeat(stile_gateway::BODY_MAX_BYTES + 1);
+    let res = f
+        .book(
+            "k1",
+            json!({"event": event, "payment_ref": big, "tickets": []}),
+        )
+        .await;
+    assert_problem(res, 413).await;
+    // Values that make no sense.
+    for (key, body, status) in [
+        (
+            "k2",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B1", "holder": {"name": "A"}}]}),
+            409,
+        ),
+        (
+            "k3",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "Z9", "holder": {"name": "A"}}]}),
+            422,
+        ),
+        (
+            "k4",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "A"}}]}),
+            422,
+        ),
+        (
+            "k5",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": " "}}]}),
+            422,
+        ),
+        (
+            "k6",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": "A", "webhook": "ftp://x"}}]}),
+            422,
+        ),
+        (
+            "k7",
+            json!({"event": 999, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": "A"}}]}),
+            404,
+        ),
+        (
+            "k8",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": "A"}}, {"seat": "B2", "holder": {"name": "B"}}]}),
+            422,
+        ),
+    ] {
+        let res = f.book(key, body).await;
+        assert_problem(res, status).await;
+    }
+    // Auth: no token, wrong token, a gate token on a management route.
+    let res = f
+        .http
+        .get(url(&format!("/v1/events/{event}")))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    let res = f
+        .http
+        .get(url(&format!("/v1/events/{event}")))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    let res = f
+        .http
+        .get(url(&format!("/v1/events/{event}")))
+        .bearer_auth(&gate)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    // Unknown route, wrong method, bad code, unknown code.
+    assert_problem(f.http.get(url("/v2/nothing")).send().await.unwrap(), 404).await;
+    assert_problem(f.http.put(url("/v1/checkin")).send().await.unwrap(), 405).await;
+    assert_problem(
+        f.http
+            .get(url("/v1/tickets/not-a-code!"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    let unknown = flip_last(&code);
+    assert_problem(
+        f.http
+            .get(url(&format!("/v1/tickets/{unknown}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    // HTTP check-in: a body that disagrees with the token is refused and checks nothing in.
+    let res = f
+        .http
+        .post(url("/v1/checkin"))
+        .bearer_auth(&gate)
+        .json(&json!({"code": code, "gate": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403).await;
+    let res = f
+        .http
+        .post(url("/v1/checkin"))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+
+    // Nothing changed: one booking's ticket, still valid; seat B2 still free.
+    let (_, st) = f.get(&format!("/v1/tickets/{code}")).await;
+    assert_eq!(st["state"], "valid");
+    let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
+    assert_eq!(occ["tickets"], 1, "{occ}");
+    let res = f
+        .book("k9", json!({"event": event, "payment_ref": "p", "tickets": [{"seat": "B2", "holder": {"name": "A"}}]}))
+        .await;
+    assert_eq!(res.status(), 201);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_codes_spend_the_gate_token_budget() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let flood = f.gate_token(1).await;
+    let calm = f.gate_token(2).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "A"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    // Flip a symbol of the tag: forged.
+    let forged = flip_last(&code);
+    let mut limited = 0;
+    for _ in 0..20 {
+        let (s, o) = f.checkin(&flood, json!({"code": forged})).await;
+        assert!(
+            o["outcome"] == "forged" || (s == 429 && o["outcome"] == "rate_limited"),
+            "{o}"
+        );
+        limited += usize::from(s == 429);
+    }
+    assert!(
+        limited >= 10,
+        "the budget (burst 5) held back only {limited} of 20"
+    );
+    // The flooding gate is cooling down even for a genuine code; the other gate is not.
+    let (s, _) = f.checkin(&flood, json!({"code": code})).await;
+    assert_eq!(s, 429);
+    let (s, o) = f.checkin(&calm, json!({"code": code})).await;
+    assert_eq!((s, o["outcome"].as_str()), (200, Some("admitted")));
+    f.shutdown().await;
+}
+
+/// A webhook receiver on 127.0.0.1 that fails the first `fail_first` requests.
+async fn webhook_receiver(
+    fail_first: usize,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, b) = (seen.clone(), bodies.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let (s, b) = (s.clone(), b.clone());
+            async move {
+                let n = s.fetch_add(1, Ordering::SeqCst);
+                if n < fail_first {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                b.lock().unwrap().push(body.0);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminder_is_delivered_once_across_a_gateway_restart() {
+    let mut f = Fixture::start().await;
+    let (hook, attempts, delivered) = webhook_receiver(1).await;
+    let now = stile_gateway::now_s();
+    // Expires in 8 s, reminded 5 s before: due about 3 s from now.
+    let event = f
+        .event(json!({
+            "capacity": 10,
+            "valid_until": stile_gateway::rfc3339(now + 8),
+            "reminder_lead_s": [5],
+        }))
+        .await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Ada", "webhook": format!("http://{hook}/hook")}}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    // Stop the gateway before the reminder is due; a new process takes the outbox over.
+    f.restart_gateway(|_| {}).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 0, "sent before it was due");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no reminder within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first attempt failed (503) and was retried; give a duplicate time to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.restart_gateway(|_| {}).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let bodies = delivered.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "delivered once: {bodies:?}");
+    assert_eq!(bodies[0]["code"], code.as_str());
+    assert_eq!(bodies[0]["lead_s"], 5);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    f.shutdown().await;
+}
+
+/// Reads server-sent events from `res` until `want` events named `name` arrived.
+async fn read_sse(
+    mut res: reqwest::Response,
+    name: &str,
+    want: usize,
+    deadline: Instant,
+) -> Vec<Value> {
+    let mut buf = String::new();
+    let mut found = Vec::new();
+    while found.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, res.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{name}` event in time; got {buf}"))
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if event == name {
+                found.push(serde_json::from_str(&data).unwrap());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_devices_both_receive_a_checkin_event() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let gate = f.gate_token(7).await;
+    let (s, account) = f.post("/v1/accounts", json!({"name": "Ada"})).await;
+    assert_eq!(s, 201);
+    let id = account["id"].as_i64().unwrap();
+    let mut streams = Vec::new();
+    for name in ["phone", "watch"] {
+        let (s, dev) = f
+            .post(&format!("/v1/accounts/{id}/devices"), json!({"name": name}))
+            .await;
+        assert_eq!(s, 201, "{dev}");
+        let res = f
+            .http
+            .get(format!("{}/v1/devices/events", f.base))
+            .bearer_auth(dev["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        streams.push(res);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ready = Vec::new();
+    for res in streams {
+        // Read the `ready` event so the stream is live before the check-in.
+        let mut res = res;
+        let mut buf = String::new();
+        while !buf.contains("event: ready") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        ready.push(res);
+    }
+    let res = f
+        .book("k", json!({"event": event, "account": id, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}))
+        .await;
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let (_, o) = f.checkin(&gate, json!({"code": code})).await;
+    assert_eq!(o["outcome"], "admitted");
+    let mut handles = Vec::new();
+    for res in ready {
+        handles.push(tokio::spawn(async move {
+            let issued = read_sse(res, "used", 1, deadline).await;
+            issued[0].clone()
+        }));
+    }
+    for h in handles {
+        let used = h.await.unwrap();
+        assert_eq!(used["code"], code.as_str());
+        assert_eq!(used["gate"], 7);
+    }
+    // A wrong device token gets 401.
+    let res = f
+        .http
+        .get(format!("{}/v1/devices/events?token=nope", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_stream_turns_used_without_polling() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let gate = f.gate_token(3).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let page = f
+        .http
+        .get(format!("{}/t/{code}", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("data-state=\"valid\"") && html.contains("Ada"),
+        "{html}"
+    );
+    let res = f
+        .http
+        .get(format!("{}/t/{code}/events", f.base))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let task = tokio::spawn(async move { read_sse(res, "ticket", 2, deadline).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, o) = f.checkin(&gate, json!({"code": code})).await;
+    assert_eq!(o["outcome"], "admitted");
+    let states = task.await.unwrap();
+    assert_eq!(states[0]["state"], "valid");
+    assert_eq!(states[1]["state"], "used");
+    assert_eq!(states[1]["gate"], 3);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_metrics_openapi_and_https() {
+    let mut f = Fixture::start().await;
+    let (s, h) = json_of(
+        f.http
+            .get(format!("{}/healthz", f.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, h["status"].as_str()), (200, Some("ready")));
+    let (s, api) = json_of(
+        f.http
+            .get(format!("{}/openapi.json", f.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for path in [
+        "/v1/bookings",
+        "/v1/tickets/{code}",
+        "/v1/tickets/{code}/qr.png",
+        "/v1/checkin",
+        "/t/{code}",
+    ] {
+        assert!(
+            api["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let metrics = f
+        .http
+        .get(format!("{}/metrics", f.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "stile_gateway_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // HTTPS with a certificate for 127.0.0.1.
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (
+        f.dir.path().join("https.crt"),
+        f.dir.path().join("https.key"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    f.restart_gateway(|c| c.https = Some((cert_path.clone(), key_path.clone())))
+        .await;
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .use_rustls_tls()
+        .build()
+        .unwrap();
+    let addr = f.gateway.as_ref().unwrap().local_addr();
+    let res = https
+        .get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Plain HTTP on the HTTPS port gets nothing useful.
+    assert!(f
+        .http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+
+    // Not ready once the node is gone.
+    f.node.node.take().unwrap().shutdown().await;
+    let res = https
+        .get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 503).await;
+    f.shutdown().await;
+}
