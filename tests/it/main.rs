@@ -1,5 +1,6 @@
 //! stile's integration tests: one binary across crates.
 
+mod browser;
 mod cli;
 mod crash;
 mod durability;
