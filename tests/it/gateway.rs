@@ -914,3 +914,44 @@ async fn healthz_metrics_openapi_and_https() {
     assert_problem(res, 503).await;
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10, "rotating": true})).await;
+    let gate = f.gate_token(9).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    assert_eq!(code.len(), 34, "a rotating code is 34 symbols");
+    let (_, t) = f.get(&format!("/v1/tickets/{code}")).await;
+    assert_eq!(
+        (t["rotating"].as_bool(), t["step_s"].as_u64()),
+        (Some(true), Some(30)),
+        "{t}"
+    );
+    let res = f
+        .http
+        .get(format!("{}/v1/tickets/{code}/qr.png", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let drawn = decode_qr_png(&res.bytes().await.unwrap());
+    assert_eq!(drawn.len(), 1);
+    assert_eq!(drawn[0].len(), 34);
+    assert_eq!(drawn[0][..16], code[..16], "same ticket header (bytes 0-9)");
+    // The code drawn by the gateway's clock opens the gate.
+    let (_, o) = f.checkin(&gate, json!({"code": drawn[0]})).await;
+    assert_eq!(o["outcome"], "admitted", "{o}");
+    // Any step's code finds the ticket.
+    let (s, t) = f.get(&format!("/v1/tickets/{}", drawn[0])).await;
+    assert_eq!((s, t["code"].as_str()), (200, Some(code.as_str())));
+    f.shutdown().await;
+}

@@ -371,8 +371,13 @@ pub struct NewTicket {
 
 async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingView, Problem> {
     let event = req.event;
-    let lock = event_lock(app, event);
-    let _guard = lock.lock().await;
+    let ev = app.db.call(move |c| super::events::load(c, event)).await?;
+    // Seats and capacity are checked then taken: one booking of the event at a time.
+    let lock = (ev.view.seats > 0 || ev.view.capacity.is_some()).then(|| event_lock(app, event));
+    let _guard = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
     let r = req.clone();
     let ev = app
         .db
