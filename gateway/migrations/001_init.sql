@@ -69,8 +69,10 @@ CREATE TABLE bookings (
     created_at   INTEGER NOT NULL
 );
 
--- One row a code. A transfer sets `successor` on the old row and adds the new one with
--- `predecessor`. `last_*` mirror the node's state word as the subscription last saw it.
+-- One row a code. A ticket is found on its node by (provider, partition, serial): the
+-- provider routes to the node, so a node that moves to another address keeps its tickets.
+-- A transfer sets `successor` on the old row and adds the new one with `predecessor`.
+-- `last_*` mirror the node's state word as the subscription last saw it.
 CREATE TABLE tickets (
     code          TEXT PRIMARY KEY,
     booking       INTEGER NOT NULL REFERENCES bookings(id),
@@ -80,7 +82,7 @@ CREATE TABLE tickets (
     holder_email  TEXT,
     webhook       TEXT,
     account       INTEGER REFERENCES accounts(id),
-    node          TEXT NOT NULL,
+    provider      INTEGER NOT NULL,
     partition     INTEGER NOT NULL,
     serial        INTEGER NOT NULL,
     rotating      INTEGER NOT NULL,
@@ -95,7 +97,7 @@ CREATE TABLE tickets (
     last_gate     INTEGER,
     last_at       INTEGER,
     created_at    INTEGER NOT NULL,
-    UNIQUE (node, partition, serial)
+    UNIQUE (provider, partition, serial)
 );
 -- A seat is sold once; a transferred or revoked ticket frees nothing (its successor keeps it).
 CREATE UNIQUE INDEX tickets_seat ON tickets(event, seat)
@@ -113,19 +115,20 @@ CREATE TABLE gate_tokens (
 );
 
 -- Every state change the node reported for a known ticket: entries, exits, undos, revokes.
+-- Keyed by ticket and log position, so reading a node's log again records nothing twice.
 CREATE TABLE scans (
     seq    INTEGER NOT NULL,
-    node   TEXT NOT NULL,
     code   TEXT NOT NULL REFERENCES tickets(code),
     event  INTEGER NOT NULL,
     kind   TEXT NOT NULL,
     gate   INTEGER NOT NULL,
     at     INTEGER NOT NULL,
-    PRIMARY KEY (node, seq, code)
+    PRIMARY KEY (code, seq)
 );
 CREATE INDEX scans_event_at ON scans(event, at);
 
--- How far the gateway has read each node's event stream.
+-- How far the gateway has read each node's event stream (by address; a new address reads
+-- the log from its start, which `scans`' key makes harmless).
 CREATE TABLE node_cursors (
     node      TEXT PRIMARY KEY,
     next_seq  INTEGER NOT NULL

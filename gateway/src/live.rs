@@ -164,11 +164,11 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError
             Err(e) => return Err(e.into()),
         };
         app.metrics.node_events.inc_by(events.len() as u64);
-        let k = key.clone();
+        let a = app.clone();
         let changed = app
             .db
             .call(move |c| -> Result<Vec<Changed>, FollowError> {
-                Ok(record_events(c, &k, &events)?)
+                Ok(record_events(c, &a.nodes, node, &events)?)
             })
             .await?;
         for (code, account) in changed {
@@ -205,7 +205,8 @@ fn kind_of(prev_state: &str, prev_entries: u8, prev_inside: bool, e: &Event) -> 
 /// Records one batch in one transaction: scans, mirrored state, account events, cursor.
 fn record_events(
     c: &mut rusqlite::Connection,
-    node: &str,
+    nodes: &crate::nodes::Nodes,
+    node: SocketAddr,
     events: &[Event],
 ) -> rusqlite::Result<Vec<Changed>> {
     let tx = c.transaction()?;
@@ -216,41 +217,44 @@ fn record_events(
         if e.kind == EventKind::TransferredIn {
             continue; // the gateway records its own transfers when it makes them
         }
-        let row = tx
-            .query_row(
-                "SELECT code, event, account, last_state, entries, inside FROM tickets
-                 WHERE node = ?1 AND partition = ?2 AND serial = ?3",
-                params![node, e.partition, e.serial],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, u8>(4)?,
-                        r.get::<_, bool>(5)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((code, event, account, prev_state, prev_entries, prev_inside)) = row else {
+        // (partition, serial) is unique on one node; the provider says which node.
+        let mut stmt = tx.prepare_cached(
+            "SELECT code, event, account, last_state, entries, inside, provider FROM tickets
+             WHERE partition = ?1 AND serial = ?2",
+        )?;
+        let rows = stmt.query_map(params![e.partition, e.serial], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u8>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, u16>(6)?,
+            ))
+        })?;
+        let mut row = None;
+        for r in rows {
+            let r = r?;
+            if nodes.route(r.6) == node {
+                row = Some(r);
+                break;
+            }
+        }
+        drop(stmt);
+        let Some((code, event, account, prev_state, prev_entries, prev_inside, _)) = row else {
             continue; // minted elsewhere (the CLI, another gateway)
         };
         let kind = kind_of(&prev_state, prev_entries, prev_inside, e);
         let state = state_word(e.state);
-        tx.execute(
-            "INSERT OR IGNORE INTO scans (seq, node, code, event, kind, gate, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                e.seq as i64,
-                node,
-                code,
-                event,
-                kind,
-                e.gate,
-                e.at_unix_s as i64
-            ],
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO scans (seq, code, event, kind, gate, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.seq as i64, code, event, kind, e.gate, e.at_unix_s as i64],
         )?;
+        if new == 0 {
+            continue; // read before: the log is being read again from an earlier position
+        }
         tx.execute(
             "UPDATE tickets SET last_state = ?2, entries = ?3, inside = ?4, last_gate = ?5,
                  last_at = ?6,
@@ -280,7 +284,7 @@ fn record_events(
         changed.push((Arc::<str>::from(code), account));
     }
     if let Some(seq) = next_seq {
-        save_cursor(&tx, node, seq)?;
+        save_cursor(&tx, &node.to_string(), seq)?;
     }
     tx.commit()?;
     Ok(changed)

@@ -20,9 +20,10 @@ fn up_mint_check_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("stile-data");
     let mut up = Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["up", "--quic", "127.0.0.1:0"])
+        .args(["up", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data")
         .arg(&data)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -98,4 +99,109 @@ fn up_mint_check_from_the_command_line() {
     assert_eq!(down.status.code(), Some(1));
     let msg = String::from_utf8(down.stderr).unwrap();
     assert!(msg.starts_with("stile: "), "{msg}");
+}
+
+#[test]
+fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("stile-data");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "up",
+            "--quic",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--demo",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    while lines.iter().filter(|l: &&String| l.contains("/t/")).count() < 3 {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "stile up ended: {lines:?}"
+        );
+        lines.push(line.trim().to_string());
+    }
+    let base = lines[0]
+        .strip_prefix("stile gateway listening on ")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
+    let pages: Vec<&String> = lines.iter().filter(|l| l.contains("/t/")).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for page in &pages {
+            assert!(page.starts_with(&format!("{base}/t/")), "{page}");
+            let res = http.get(page.as_str()).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert!(res.text().await.unwrap().contains("data-state=\"valid\""));
+        }
+        let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+    });
+    // Node alone, then `stile gateway` against it, from the same data dir.
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    assert!(up.wait().unwrap().success());
+    let mut node = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["node", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let quic = line.trim().rsplit("quic://").next().unwrap().to_string();
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "gateway",
+            "--http",
+            "127.0.0.1:0",
+            "--node",
+            &quic,
+            "--data",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(gw.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base2 = line
+        .trim()
+        .strip_prefix("stile gateway listening on ")
+        .unwrap()
+        .to_string();
+    rt.block_on(async {
+        // The bookings made by `up --demo` are in the gateway's database, still valid.
+        let code = pages[0].rsplit('/').next().unwrap();
+        let res = reqwest::get(format!("{base2}/v1/tickets/{code}"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let v: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(v["state"], "valid", "{v}");
+        assert_eq!(v["stale"], false, "the node answered");
+    });
+    for child in [&mut gw, &mut node] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
 }

@@ -955,3 +955,91 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     assert_eq!((s, t["code"].as_str()), (200, Some(code.as_str())));
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_route_to_their_own_node() {
+    use stile_engine::node::{Node, NodeConfig};
+    use stile_engine::{Engine, EngineConfig, SystemClock};
+    let f = Fixture::start().await;
+    // A second node of the same deployment (same CA and node certificate).
+    let data_b = f.dir.path().join("node-b");
+    let engine = Engine::open(&data_b, EngineConfig::default(), Arc::new(SystemClock)).unwrap();
+    let node_b = Node::start(
+        Arc::new(engine),
+        NodeConfig::new("127.0.0.1:0".parse().unwrap(), f.node.tls.clone()),
+    )
+    .unwrap();
+    let b = node_b.local_addr();
+    let res = f
+        .admin(reqwest::Method::PUT, "/v1/providers/2")
+        .json(&json!({"name": "Rail", "node": b.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    let (s, p) = json_of(res).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (p["node"].as_str(), p["routed"].as_bool()),
+        (Some(b.to_string().as_str()), Some(true))
+    );
+    let now = stile_gateway::now_s();
+    let (s, ev) = f
+        .post(
+            "/v1/events",
+            json!({"provider": 2, "name": "Day pass", "venue": "Line 1",
+            "starts_at": stile_gateway::rfc3339(now), "valid_for_s": 86_400,
+            "entry": "entry_exit", "max_entries": 0}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ev}");
+    let res = f
+        .book("k", json!({"event": ev["id"], "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}))
+        .await;
+    let (s, bk) = json_of(res).await;
+    assert_eq!(s, 201, "{bk}");
+    let code = bk["tickets"][0]["code"].as_str().unwrap().to_string();
+    let bytes = stile_protocol::CodeBytes::parse(&code).unwrap();
+    // Minted on node B, unknown on node A.
+    let on_a = f.node.client("admin-admin").await.status(&bytes).await;
+    assert!(on_a.is_err(), "{on_a:?}");
+    let mut cfg = crate::node::client_config(&f.node.tls, b, "admin-admin");
+    cfg.server_name = "127.0.0.1".into();
+    let on_b = stile_protocol::client::Client::connect(cfg)
+        .await
+        .unwrap()
+        .status(&bytes)
+        .await;
+    assert!(on_b.is_ok(), "{on_b:?}");
+    // HTTP check-in with a provider-2 gate goes to node B, and B's events reach occupancy.
+    let (s, g) = f
+        .post(
+            "/v1/providers/2/gates",
+            json!({"gate": 1, "name": "Turnstile 1"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, o) = f
+        .checkin(g["token"].as_str().unwrap(), json!({"code": code}))
+        .await;
+    assert_eq!(o["outcome"], "admitted", "{o}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, occ) = f.get(&format!("/v1/events/{}/occupancy", ev["id"])).await;
+        if occ["inside"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B's event never arrived: {occ}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, t) = f.get(&format!("/v1/tickets/{code}")).await;
+    assert_eq!(
+        (t["state"].as_str(), t["inside"].as_bool()),
+        (Some("valid"), Some(true)),
+        "{t}"
+    );
+    node_b.shutdown().await;
+    f.shutdown().await;
+}

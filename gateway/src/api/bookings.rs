@@ -387,7 +387,7 @@ async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingV
             Ok(ev)
         })
         .await?;
-    let (node, client) = app.nodes.for_provider(ev.view.provider).await?;
+    let (_, client) = app.nodes.for_provider(ev.view.provider).await?;
     let codes = client.mint(ev.mint_spec(req.tickets.len() as u32)).await?;
     if codes.len() != req.tickets.len() {
         return Err(Problem::new(
@@ -408,7 +408,7 @@ async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingV
             rotating,
         });
     }
-    let (k, node) = (key.to_string(), node.to_string());
+    let k = key.to_string();
     let ev2 = ev.clone();
     let view = app
         .db
@@ -421,7 +421,7 @@ async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingV
             )?;
             let id = tx.last_insert_rowid();
             for (t, m) in req.tickets.iter().zip(&minted) {
-                insert_ticket(&tx, id, &ev2, t.seat.as_deref(), &t.holder, req.account, &node, m, None)?;
+                insert_ticket(&tx, id, &ev2, t.seat.as_deref(), &t.holder, req.account, m, None)?;
             }
             tx.execute("UPDATE idempotency SET booking = ?2 WHERE key = ?1", params![k, id])?;
             let view = load(&tx, id)?;
@@ -448,7 +448,6 @@ pub fn insert_ticket(
     seat: Option<&str>,
     holder: &Holder,
     account: Option<i64>,
-    node: &str,
     t: &NewTicket,
     predecessor: Option<&str>,
 ) -> Result<(), Problem> {
@@ -456,11 +455,11 @@ pub fn insert_ticket(
     let now = crate::now_s() as i64;
     tx.execute(
         "INSERT INTO tickets (code, booking, event, seat, holder_name, holder_email, webhook,
-             account, node, partition, serial, rotating, ticket_key, step_s, predecessor, created_at)
+             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             t.code, booking, ev.view.id, seat, holder.name, holder.email, holder.webhook, account,
-            node, h.partition, h.serial, t.rotating.is_some(),
+            h.provider, h.partition, h.serial, t.rotating.is_some(),
             t.rotating.map(|(k, _)| k.to_vec()), t.rotating.map(|(_, s)| s), predecessor, now
         ],
     )?;

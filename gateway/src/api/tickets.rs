@@ -36,8 +36,6 @@ pub struct TicketRow {
     pub holder: String,
     /// Account.
     pub account: Option<i64>,
-    /// Node it lives on.
-    pub node: String,
     /// Key and step of a rotating ticket.
     pub rotating: Option<([u8; 32], u32)>,
     /// The code that replaced it (transfer).
@@ -115,7 +113,8 @@ pub fn parse_code(text: &str) -> Result<CodeBytes, Problem> {
 pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Problem> {
     let text = code.to_text().as_str().to_string();
     let h = code.header();
-    let sql = "SELECT code, event, booking, seat, holder_name, account, node, ticket_key, step_s,
+    let sql =
+        "SELECT code, event, booking, seat, holder_name, account, provider, ticket_key, step_s,
                    successor, predecessor, last_state, last_gate, last_at
                FROM tickets";
     let map = |r: &rusqlite::Row<'_>| {
@@ -128,7 +127,7 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
             r.get::<_, Option<String>>(3)?,
             r.get::<_, String>(4)?,
             r.get::<_, Option<i64>>(5)?,
-            r.get::<_, String>(6)?,
+            r.get::<_, u16>(6)?,
             key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
                 .zip(step),
             r.get::<_, Option<String>>(9)?,
@@ -147,8 +146,10 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
         // A rotating code of another time step: the same ticket.
         row = c
             .query_row(
-                &format!("{sql} WHERE partition = ?1 AND serial = ?2 AND rotating = 1"),
-                params![h.partition, h.serial],
+                &format!(
+                    "{sql} WHERE provider = ?1 AND partition = ?2 AND serial = ?3 AND rotating = 1"
+                ),
+                params![h.provider, h.partition, h.serial],
                 map,
             )
             .optional()?;
@@ -160,7 +161,7 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
         seat,
         holder,
         account,
-        node,
+        _provider,
         rotating,
         successor,
         predecessor,
@@ -181,7 +182,6 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
         seat,
         holder,
         account,
-        node,
         rotating,
         successor,
         predecessor,
@@ -220,8 +220,11 @@ pub async fn view(app: &App, t: &TicketRow) -> TicketView {
         stale: true,
     };
     let status = async {
-        let node = t.node.parse().map_err(|_| ())?;
-        let client = app.nodes.client(node).await.map_err(|_| ())?;
+        let (_, client) = app
+            .nodes
+            .for_provider(t.bytes.provider())
+            .await
+            .map_err(|_| ())?;
         let timeout = std::time::Duration::from_millis(STATUS_TIMEOUT_MS);
         tokio::time::timeout(timeout, client.status(&t.bytes))
             .await
@@ -368,11 +371,7 @@ pub async fn revoke(
     Path(code): Path<String>,
 ) -> Result<Json<TicketView>, Problem> {
     let t = find(&app, &code).await?;
-    let node = t
-        .node
-        .parse()
-        .map_err(|_| Problem::unavailable("the ticket's node address is unreadable"))?;
-    let client = app.nodes.client(node).await?;
+    let (_, client) = app.nodes.for_provider(t.bytes.provider()).await?;
     client.revoke(&t.bytes).await?;
     let (c2, account) = (t.code.clone(), t.account);
     app.db
@@ -444,11 +443,7 @@ pub async fn transfer(
             return Err(Problem::unprocessable(format!("no account {a}")));
         }
     }
-    let node = t
-        .node
-        .parse()
-        .map_err(|_| Problem::unavailable("the ticket's node address is unreadable"))?;
-    let client = app.nodes.client(node).await?;
+    let (_, client) = app.nodes.for_provider(t.bytes.provider()).await?;
     let bytes = client.transfer(&t.bytes).await.map_err(|e| match e {
         stile_protocol::client::ClientError::Node { message, .. } => {
             Problem::conflict(format!("the node refused the transfer: {message}"))
@@ -474,7 +469,7 @@ pub async fn transfer(
                 params![old.code, new.code],
             )?;
             super::bookings::insert_ticket(
-                &tx, old.booking, &old.event, old.seat.as_deref(), &holder, account, &old.node, &new,
+                &tx, old.booking, &old.event, old.seat.as_deref(), &holder, account, &new,
                 Some(&old.code),
             )?;
             if let Some(a) = old_account.filter(|a| Some(*a) != account) {
