@@ -152,7 +152,7 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         assert_eq!(health.status(), 200);
     });
     // Node alone, then `stile gateway` against it, from the same data dir.
-    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    sigterm(&up);
     assert!(up.wait().unwrap().success());
     let mut node = Command::new(env!("CARGO_BIN_EXE_stile"))
         .args(["node", "--listen", "127.0.0.1:0", "--data"])
@@ -201,7 +201,13 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         assert_eq!(v["stale"], false, "the node answered");
     });
     for child in [&mut gw, &mut node] {
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        sigterm(child);
         assert!(child.wait().unwrap().success());
     }
+}
+
+/// Asks a child to stop as an operator would.
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) with a pid we spawned and still own; it touches no memory.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
