@@ -210,8 +210,9 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
             let code = first.rsplit('/').next().unwrap_or_default();
             eprintln!("check one in over HTTP (gate 1) and watch its page turn to used:");
             eprintln!(
-                "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\\n                     -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'"
+                "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\"
             );
+            eprintln!("    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'");
         }
     }
     Ok(gateway)

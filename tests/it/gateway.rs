@@ -511,6 +511,15 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
         .await
         .unwrap();
     assert_problem(res, 401).await;
+    // A request head over the bound is refused before any handler runs.
+    let res = f
+        .http
+        .get(url("/healthz"))
+        .header("x-filler", "a".repeat(4 * stile_gateway::HEAD_MAX_BYTES))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
     // Unknown route, wrong method, bad code, unknown code.
     assert_problem(f.http.get(url("/v2/nothing")).send().await.unwrap(), 404).await;
     assert_problem(f.http.put(url("/v1/checkin")).send().await.unwrap(), 405).await;
