@@ -1052,3 +1052,53 @@ async fn providers_route_to_their_own_node() {
     node_b.shutdown().await;
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_bookings_sell_a_seat_once_and_a_key_books_once() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"seats": ["C1", "C2"]})).await;
+    let seat = |s: &str| json!({"event": event, "payment_ref": "p", "tickets": [{"seat": s, "holder": {"name": "A"}}]});
+    // Eight buyers, one seat, eight keys: exactly one wins, the others get 409.
+    let book = |key: String, body: Value| {
+        let req = f
+            .admin(reqwest::Method::POST, "/v1/bookings")
+            .header("idempotency-key", key)
+            .json(&body);
+        async move { json_of(req.send().await.unwrap()).await }
+    };
+    let answers: Vec<u16> =
+        crate::node::futures_join((0..8).map(|i| book(format!("seat-{i}"), seat("C1"))))
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+    assert_eq!(
+        answers.iter().filter(|s| **s == 201).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|s| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    // Eight retries of one key at once: one booking; each answer is it or "still running".
+    let answers =
+        crate::node::futures_join((0..8).map(|_| book("same-key".into(), seat("C2")))).await;
+    let ids: Vec<i64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, b)| b["id"].as_i64().unwrap())
+        .collect();
+    assert!(!ids.is_empty(), "{answers:?}");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "two bookings for one key: {ids:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
+    assert_eq!(occ["tickets"], 2, "{occ}");
+    f.shutdown().await;
+}
