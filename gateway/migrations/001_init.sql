@@ -103,6 +103,8 @@ CREATE TABLE tickets (
 CREATE UNIQUE INDEX tickets_seat ON tickets(event, seat)
     WHERE seat IS NOT NULL AND successor IS NULL AND last_state != 'revoked';
 CREATE INDEX tickets_event ON tickets(event);
+-- A node's events name (partition, serial).
+CREATE INDEX tickets_slot ON tickets(partition, serial);
 CREATE INDEX tickets_account ON tickets(account);
 
 -- Tokens of gates that check in over HTTP; only the SHA-256 of the token is kept.

@@ -29,11 +29,16 @@ fn migrations() -> Migrations<'static> {
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// Queries waiting for the connection at most; more wait without holding a blocking thread.
+const WAITING_MAX: usize = 32;
+
 /// The database, shared by every request; queries run on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct Db {
     /// The one connection; SQLite serialises writers anyway.
     conn: Arc<Mutex<Connection>>,
+    /// Bounds the blocking threads parked on the connection's mutex.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -47,6 +52,7 @@ impl Db {
         migrations().to_latest(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            waiting: Arc::new(tokio::sync::Semaphore::new(WAITING_MAX)),
         })
     }
 
@@ -58,7 +64,9 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let permit = self.waiting.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut conn)
         })

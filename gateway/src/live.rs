@@ -35,6 +35,8 @@ pub struct Live {
     changes: broadcast::Sender<Change>,
     /// Nodes whose event stream a task follows.
     followed: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Open SSE streams.
+    streams: StreamCounts,
 }
 
 impl Default for Live {
@@ -49,6 +51,7 @@ impl Live {
         Live {
             changes: broadcast::channel(CHANGES_BACKLOG).0,
             followed: Default::default(),
+            streams: Default::default(),
         }
     }
 
@@ -256,7 +259,7 @@ fn record_events(
             continue; // read before: the log is being read again from an earlier position
         }
         tx.execute(
-            "UPDATE tickets SET last_state = ?2, entries = ?3, inside = ?4, last_gate = ?5,
+            "UPDATE tickets SET last_state = CASE WHEN last_state = 'revoked' THEN last_state ELSE ?2 END, entries = ?3, inside = ?4, last_gate = ?5,
                  last_at = ?6,
                  first_entry = CASE WHEN first_entry IS NULL AND ?7 THEN ?6 ELSE first_entry END
              WHERE code = ?1",
@@ -290,20 +293,75 @@ fn record_events(
     Ok(changed)
 }
 
-/// Counts an open SSE stream in the `sse_streams` gauge while it lives.
+/// Open server-sent-event streams at most (each holds a connection).
+pub const SSE_STREAMS_MAX: usize = 8_000;
+/// Open streams of one ticket or one account at most.
+pub const SSE_STREAMS_PER_KEY_MAX: usize = 16;
+
+/// Open streams, in all and per ticket or account.
+#[derive(Debug, Default)]
+pub struct StreamCounts {
+    /// Streams per key (`t:CODE`, `a:ACCOUNT`).
+    per_key: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// An open SSE stream's place in the counts and the `sse_streams` gauge; freed on drop.
 #[derive(Debug)]
-pub struct StreamGauge(prometheus_client::metrics::gauge::Gauge);
+pub struct StreamGauge {
+    /// The gauge.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    /// The shared state, to give the place back.
+    app: Arc<App>,
+    /// The stream's key.
+    key: String,
+}
 
 impl StreamGauge {
-    /// One more open stream.
-    pub fn new(app: &App) -> StreamGauge {
+    /// A place for one more stream of `key`, unless the limits say no.
+    pub fn open(app: &Arc<App>, key: String) -> Result<StreamGauge, crate::problem::Problem> {
+        let mut per_key = app
+            .live
+            .streams
+            .per_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let total: usize = app.metrics.sse_streams.get().max(0) as usize;
+        let n = per_key.get(&key).copied().unwrap_or(0);
+        if total >= SSE_STREAMS_MAX || n >= SSE_STREAMS_PER_KEY_MAX {
+            return Err(crate::problem::Problem::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many open live streams (at most {SSE_STREAMS_PER_KEY_MAX} per ticket or \
+                     account, {SSE_STREAMS_MAX} in all); close one and retry"
+                ),
+            )
+            .retry_after(5));
+        }
+        per_key.insert(key.clone(), n + 1);
         app.metrics.sse_streams.inc();
-        StreamGauge(app.metrics.sse_streams.clone())
+        Ok(StreamGauge {
+            gauge: app.metrics.sse_streams.clone(),
+            app: app.clone(),
+            key,
+        })
     }
 }
 
 impl Drop for StreamGauge {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
+        let mut per_key = self
+            .app
+            .live
+            .streams
+            .per_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_key.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                per_key.remove(&self.key);
+            }
+        }
     }
 }

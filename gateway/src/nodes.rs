@@ -88,16 +88,19 @@ impl Nodes {
 
     /// The client of the node at `addr`, connecting on first use.
     pub async fn client(&self, addr: SocketAddr) -> Result<Arc<Client>, ClientError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&addr) {
-            return Ok(c.clone());
+        {
+            let clients = self.clients.lock().await;
+            if let Some(c) = clients.get(&addr) {
+                return Ok(c.clone());
+            }
+            if clients.len() >= NODES_MAX {
+                return Err(ClientError::Connect {
+                    node: addr,
+                    reason: format!("more than {NODES_MAX} nodes; remove unused routes"),
+                });
+            }
         }
-        if clients.len() >= NODES_MAX {
-            return Err(ClientError::Connect {
-                node: addr,
-                reason: format!("more than {NODES_MAX} nodes; remove unused routes"),
-            });
-        }
+        // Connect without the lock: a node that does not answer must not hold up the others.
         let mut config = ClientConfig::new(addr, self.tls.clone());
         config.server_name = self.server_name.clone();
         let connect = Client::connect(config);
@@ -105,9 +108,12 @@ impl Nodes {
         let client = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
-        let client = Arc::new(client);
-        clients.insert(addr, client.clone());
-        Ok(client)
+        let mut clients = self.clients.lock().await;
+        // Two requests may have connected at once; keep the first, drop ours.
+        Ok(clients
+            .entry(addr)
+            .or_insert_with(|| Arc::new(client))
+            .clone())
     }
 
     /// The client of the node that owns `provider`.

@@ -27,6 +27,9 @@ pub struct Problem {
     /// Seconds to wait before retrying, when that helps.
     #[serde(skip)]
     pub retry_after_s: Option<u32>,
+    /// Extension members (RFC 9457 §3.2), merged into the object.
+    #[serde(skip)]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Problem {
@@ -38,6 +41,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after_s: None,
+            extra: None,
         }
     }
 
@@ -88,7 +92,13 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut value = serde_json::to_value(&self).unwrap_or_default();
+        if let (Some(extra), Some(obj)) = (&self.extra, value.as_object_mut()) {
+            for (k, v) in extra {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let body = serde_json::to_vec(&value).unwrap_or_default();
         let mut res = (status, body).into_response();
         res.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

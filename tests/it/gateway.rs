@@ -605,6 +605,20 @@ async fn forged_codes_spend_the_gate_token_budget() {
     // The flooding gate is cooling down even for a genuine code; the other gate is not.
     let (s, _) = f.checkin(&flood, json!({"code": code})).await;
     assert_eq!(s, 429);
+    let res = f
+        .http
+        .post(format!("{}/v1/checkin", f.base))
+        .bearer_auth(&flood)
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    let limited = assert_problem(res, 429).await;
+    assert_eq!(
+        limited["outcome"], "rate_limited",
+        "the check-in fields ride along: {limited}"
+    );
     let (s, o) = f.checkin(&calm, json!({"code": code})).await;
     assert_eq!((s, o["outcome"].as_str()), (200, Some("admitted")));
     f.shutdown().await;
@@ -866,6 +880,19 @@ async fn healthz_metrics_openapi_and_https() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Made-up methods share one label, so they cannot grow the metrics without bound.
+    for m in ["FOO1", "FOO2"] {
+        let res = f
+            .http
+            .request(
+                reqwest::Method::from_bytes(m.as_bytes()).unwrap(),
+                format!("{}/healthz", f.base),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 405).await;
+    }
     let metrics = f
         .http
         .get(format!("{}/metrics", f.base))
@@ -881,6 +908,11 @@ async fn healthz_metrics_openapi_and_https() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("method=\"OTHER\",route=\"/healthz\",status=\"405\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("FOO1"));
 
     // HTTPS with a certificate for 127.0.0.1.
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
@@ -959,9 +991,24 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     // The code drawn by the gateway's clock opens the gate.
     let (_, o) = f.checkin(&gate, json!({"code": drawn[0]})).await;
     assert_eq!(o["outcome"], "admitted", "{o}");
-    // Any step's code finds the ticket.
+    // Any step's code finds the ticket; a code with the ticket's number but a made-up tag
+    // finds nothing (else the image route would draw a working code for a forger).
     let (s, t) = f.get(&format!("/v1/tickets/{}", drawn[0])).await;
     assert_eq!((s, t["code"].as_str()), (200, Some(code.as_str())));
+    let forged = flip_last(&drawn[0]);
+    for path in [
+        format!("/v1/tickets/{forged}"),
+        format!("/v1/tickets/{forged}/qr.png"),
+        format!("/t/{forged}"),
+    ] {
+        let res = f
+            .http
+            .get(format!("{}{path}", f.base))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 404).await;
+    }
     f.shutdown().await;
 }
 

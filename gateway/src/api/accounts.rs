@@ -246,7 +246,8 @@ pub async fn device_events(
     let Some((account, after)) = found else {
         return Ok(super::auth::unauthorized("this device token is unknown"));
     };
-    let stream = account_stream(app, account, after);
+    let gauge = crate::live::StreamGauge::open(&app, format!("a:{account}"))?;
+    let stream = account_stream(app, account, after, gauge);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(SSE_KEEPALIVE_S)))
         .into_response())
@@ -268,11 +269,12 @@ fn account_stream(
     app: Arc<App>,
     account: i64,
     after: i64,
+    gauge: crate::live::StreamGauge,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = DeviceStream {
         changes: app.live.subscribe(),
         shutdown: app.shutdown.clone(),
-        _gauge: crate::live::StreamGauge::new(&app),
+        _gauge: gauge,
         app,
         account,
         after,

@@ -128,6 +128,35 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(key.to_string())
 }
 
+/// Checks a holder's fields.
+pub fn validate_holder(h: &Holder) -> Result<Holder, Problem> {
+    let name = super::text_field("holder.name", &h.name)?;
+    let email = h
+        .email
+        .as_deref()
+        .map(|e| super::text_field("holder.email", e))
+        .transpose()?;
+    let webhook = match h.webhook.as_deref() {
+        None => None,
+        Some(url) => {
+            let ok = url.len() <= WEBHOOK_MAX_BYTES
+                && reqwest::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(Problem::unprocessable(format!(
+                    "`holder.webhook` {url:?} is not an http or https URL"
+                )));
+            }
+            Some(url.to_string())
+        }
+    };
+    Ok(Holder {
+        name,
+        email,
+        webhook,
+    })
+}
+
 fn validate(req: &BookingRequest) -> Result<BookingRequest, Problem> {
     if req.tickets.is_empty() || req.tickets.len() > crate::BOOKING_TICKETS_MAX {
         return Err(Problem::unprocessable(format!(
@@ -142,35 +171,9 @@ fn validate(req: &BookingRequest) -> Result<BookingRequest, Problem> {
             .as_deref()
             .map(|s| super::text_field("seat", s))
             .transpose()?;
-        let name = super::text_field("holder.name", &t.holder.name)?;
-        let email = t
-            .holder
-            .email
-            .as_deref()
-            .map(|e| super::text_field("holder.email", e))
-            .transpose()?;
-        let webhook = match t.holder.webhook.as_deref() {
-            None => None,
-            Some(url) => {
-                let ok = url.len() <= WEBHOOK_MAX_BYTES
-                    && reqwest::Url::parse(url).is_ok_and(|u| {
-                        matches!(u.scheme(), "http" | "https") && u.host().is_some()
-                    });
-                if !ok {
-                    return Err(Problem::unprocessable(format!(
-                        "`holder.webhook` {url:?} is not an http or https URL"
-                    )));
-                }
-                Some(url.to_string())
-            }
-        };
         tickets.push(TicketRequest {
             seat,
-            holder: Holder {
-                name,
-                email,
-                webhook,
-            },
+            holder: validate_holder(&t.holder)?,
         });
     }
     let mut seats: Vec<&str> = tickets.iter().filter_map(|t| t.seat.as_deref()).collect();
@@ -223,23 +226,31 @@ pub async fn create(
         }
         Claim::Claimed => {}
     }
-    match book(&app, &key, req).await {
-        Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
-        Err(problem) => {
+    // In a task of its own: a client that hangs up cannot stop a booking half way (minted but
+    // not stored, or its key left claimed).
+    let booking = tokio::spawn(async move {
+        let result = book(&app, &key, req).await;
+        if result.is_err() {
             // Nothing was committed: free the key so the client can retry.
-            let k = key.clone();
             let _ = app
                 .db
                 .call(move |c| -> Result<_, Problem> {
                     Ok(c.execute(
                         "DELETE FROM idempotency WHERE key = ?1 AND booking IS NULL",
-                        [k],
+                        [key],
                     )?)
                 })
                 .await;
-            Err(problem)
         }
-    }
+        result
+    });
+    let view = booking.await.map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("booking failed: {e}"),
+        )
+    })??;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 fn claim(
@@ -463,7 +474,11 @@ pub fn insert_ticket(
             t.rotating.map(|(k, _)| k.to_vec()), t.rotating.map(|(_, s)| s), predecessor, now
         ],
     )?;
-    if let Some(url) = &holder.webhook {
+    if let Some(url) = holder
+        .webhook
+        .as_ref()
+        .filter(|_| ev.valid_until_s as i64 > now)
+    {
         for lead in &ev.view.reminder_lead_s {
             let due = (ev.valid_until_s as i64 - *lead as i64).max(now);
             tx.execute(

@@ -129,12 +129,12 @@ fn view(code: &str, gate: (u16, u16), o: &Outcome, scan_id: u64) -> CheckinView 
 #[utoipa::path(post, path = "/v1/checkin", request_body = CheckinRequest,
     security(("gate_token" = [])),
     responses((status = 200, body = CheckinView, description = "the engine's outcome, whatever it is"),
-        (status = 429, body = CheckinView, description = "rate_limited: too many forged or unknown codes"),
+        (status = 429, body = Problem, description = "rate_limited: too many forged or unknown codes; the check-in fields are extension members"),
         (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn checkin(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Json(req): Json<CheckinRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let Some(token) = super::auth::bearer(&headers) else {
         return Ok(super::auth::unauthorized(
@@ -157,6 +157,12 @@ pub async fn checkin(
     let Some(gate) = gate else {
         return Ok(super::auth::unauthorized("this gate token is unknown"));
     };
+    // The body is read only once the token is known: strangers learn nothing from it.
+    let req: CheckinRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(format!(
+            "the body must be JSON like {{\"code\": \"…\"}} (optional gate, provider, scan_id): {e}"
+        ))
+    })?;
     if req.provider.is_some_and(|p| p != gate.0) || req.gate.is_some_and(|g| g != gate.1) {
         return Err(Problem::forbidden(format!(
             "this token is gate {} of provider {}; the body says otherwise, so nothing was checked in",
@@ -196,10 +202,18 @@ pub async fn checkin(
             outcome: outcome.kind.to_string(),
         })
         .inc();
-    let status = if outcome.kind == OutcomeKind::RateLimited {
-        StatusCode::TOO_MANY_REQUESTS
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(view(&req.code, gate, &outcome, scan_id))).into_response())
+    let answer = view(&req.code, gate, &outcome, scan_id);
+    if outcome.kind == OutcomeKind::RateLimited {
+        // A problem, with the check-in's fields as extension members for the scanner.
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this gate sent too many forged or unknown codes; every scan is refused for a moment",
+        )
+        .retry_after(app.config.checkin_cooldown_ms.div_ceil(1000).max(1) as u32);
+        p.extra = serde_json::to_value(&answer)
+            .ok()
+            .and_then(|v| v.as_object().cloned());
+        return Err(p);
+    }
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }

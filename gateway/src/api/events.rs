@@ -16,6 +16,10 @@ use crate::App;
 
 /// Most seats in a seat map.
 pub const SEATS_MAX: usize = 100_000;
+/// Most entries a node counts per ticket (the state word's entry field).
+pub const ENTRIES_MAX: u8 = 63;
+/// Longest undo window a node accepts, seconds.
+pub const UNDO_WINDOW_MAX_S: u32 = 3600;
 /// Most reminder lead times per event.
 pub const REMINDER_LEADS_MAX: usize = 4;
 
@@ -256,6 +260,16 @@ pub async fn create(
         ));
     }
     let entry = req.entry.unwrap_or(EntryPolicy::Single);
+    if req.max_entries.is_some_and(|m| m > ENTRIES_MAX) {
+        return Err(Problem::unprocessable(format!(
+            "`max_entries` counts at most {ENTRIES_MAX} entries; use 0 for unlimited"
+        )));
+    }
+    if req.undo_window_s.is_some_and(|u| u > UNDO_WINDOW_MAX_S) {
+        return Err(Problem::unprocessable(format!(
+            "`undo_window_s` is at most {UNDO_WINDOW_MAX_S} seconds"
+        )));
+    }
     let view = EventView {
         id: 0,
         provider: req.provider,

@@ -117,8 +117,20 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::BODY_MAX_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .with_state(app)
+}
+
+/// A handler panicked (a bug): answer 500 as a problem instead of dropping the connection.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    use axum::response::IntoResponse;
+    tracing::error!("a request handler panicked");
+    problem::Problem::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "the gateway failed on this request; it was logged, nothing else is affected",
+    )
+    .into_response()
 }
 
 /// Counts every request by route template and status, and times it.
@@ -129,7 +141,11 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER", // any token is a method to hyper: keep the label set bounded
+    }
+    .to_string();
     let res = next.run(req).await;
     let labels = RouteLabels {
         method,

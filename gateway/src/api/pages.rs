@@ -66,7 +66,8 @@ pub async fn ticket_events(
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
     let t = tickets::find(&app, &code).await?;
-    let stream = ticket_stream(app, t.code.as_str().into(), t.bytes);
+    let gauge = crate::live::StreamGauge::open(&app, format!("t:{}", t.code))?;
+    let stream = ticket_stream(app, t.code.as_str().into(), t.bytes, gauge);
     Ok(Sse::new(stream)
         .keep_alive(
             KeepAlive::new().interval(Duration::from_secs(super::accounts::SSE_KEEPALIVE_S)),
@@ -89,11 +90,12 @@ fn ticket_stream(
     app: Arc<App>,
     code: Arc<str>,
     bytes: stile_protocol::code::CodeBytes,
+    gauge: crate::live::StreamGauge,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = TicketStream {
         changes: app.live.subscribe(),
         shutdown: app.shutdown.clone(),
-        _gauge: crate::live::StreamGauge::new(&app),
+        _gauge: gauge,
         app,
         code,
         bytes,

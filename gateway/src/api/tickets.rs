@@ -154,6 +154,13 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
             )
             .optional()?;
     }
+    if let Some(r) = &row {
+        let minted_text = &r.0;
+        if *minted_text != text && !rotating_code_matches(code, minted_text, r.7.as_ref()) {
+            // Same ticket number, but this code was not drawn with the ticket's key.
+            row = None;
+        }
+    }
     let Some((
         code,
         event,
@@ -257,6 +264,29 @@ pub async fn view(app: &App, t: &TicketRow) -> TicketView {
         v.state = "revoked".into();
     }
     v
+}
+
+/// Steps either side of now in which a rotating code's step byte is looked for.
+const ROTATING_LOOKUP_STEPS: u64 = 4;
+
+/// Whether `code` is the ticket's rotating code for a step near now (its tag checked with
+/// the ticket's key, in constant time).
+fn rotating_code_matches(code: &CodeBytes, minted: &str, key: Option<&([u8; 32], u32)>) -> bool {
+    use subtle::ConstantTimeEq;
+    let (Some((key, step_s)), Some(low), Ok(minted)) =
+        (key, code.step_low(), CodeBytes::parse(minted))
+    else {
+        return false;
+    };
+    let step_s = u64::from((*step_s).max(1));
+    let now_step = crate::now_s() / step_s;
+    let first = now_step.saturating_sub(ROTATING_LOOKUP_STEPS);
+    (first..=now_step + ROTATING_LOOKUP_STEPS)
+        .filter(|s| *s as u8 == low)
+        .any(|s| {
+            let drawn = crate::rotating::code_at(&minted, key, step_s as u32, s * step_s);
+            bool::from(drawn.as_bytes().ct_eq(code.as_bytes()))
+        })
 }
 
 /// Loads a ticket by the text in a URL.
@@ -419,8 +449,24 @@ pub async fn transfer(
     Path(code): Path<String>,
     Json(req): Json<TransferRequest>,
 ) -> Result<(StatusCode, Json<TransferView>), Problem> {
-    let name = super::text_field("holder.name", &req.holder.name)?;
-    let holder = Holder { name, ..req.holder };
+    // In a task of its own: a client that hangs up cannot stop a transfer between the node
+    // (old code void, new code minted) and the database (new code stored).
+    tokio::spawn(transfer_inner(app, code, req))
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("transfer failed: {e}"),
+            )
+        })?
+}
+
+async fn transfer_inner(
+    app: Arc<App>,
+    code: String,
+    req: TransferRequest,
+) -> Result<(StatusCode, Json<TransferView>), Problem> {
+    let holder = super::bookings::validate_holder(&req.holder)?;
     let t = find(&app, &code).await?;
     if let Some(s) = &t.successor {
         return Err(Problem::conflict(format!(

@@ -86,8 +86,9 @@ pub async fn occupancy(
             let (mut entries, mut exits) = (0, 0);
             {
                 let mut stmt = c.prepare(
-                    "SELECT gate, sum(kind = 'entry'), sum(kind = 'exit') FROM scans
-                     WHERE event = ?1 AND kind IN ('entry', 'exit') GROUP BY gate ORDER BY gate",
+                    "SELECT gate, max(sum(kind = 'entry') - sum(kind = 'undo'), 0), sum(kind = 'exit')
+                     FROM scans
+                     WHERE event = ?1 AND kind IN ('entry', 'exit', 'undo') GROUP BY gate ORDER BY gate",
                 )?;
                 let rows = stmt.query_map([id], |r| {
                     Ok(GateCounts { gate: r.get(0)?, entries: r.get(1)?, exits: r.get(2)? })
@@ -99,7 +100,7 @@ pub async fn occupancy(
                     gates.push(g);
                 }
             }
-            let since = (now / 60 - RATE_WINDOW_MIN) * 60;
+            let since = (now / 60).saturating_sub(RATE_WINDOW_MIN) * 60;
             let mut stmt = c.prepare(
                 "SELECT at / 60, count(*) FROM scans WHERE event = ?1 AND kind = 'entry' AND at >= ?2
                  GROUP BY at / 60 ORDER BY at / 60",
