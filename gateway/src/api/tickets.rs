@@ -361,16 +361,7 @@ pub async fn qr_svg(
     State(app): State<Arc<App>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = find(&app, &code).await?;
-    let (event, seat, holder, validity) = label_parts(&t);
-    let label = crate::qr::TicketLabel {
-        event: &event,
-        seat: &seat,
-        holder: &holder,
-        validity: &validity,
-    };
-    let svg = crate::qr::svg(&code_now(&t), &label).map_err(qr_problem)?;
-    Ok(image_response(&t, "image/svg+xml", svg.into_bytes()))
+    image(&app, &code, Image::Svg).await
 }
 
 /// The ticket image as PNG (decodable by an ordinary QR reader to exactly the code).
@@ -380,7 +371,19 @@ pub async fn qr_png(
     State(app): State<Arc<App>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = find(&app, &code).await?;
+    image(&app, &code, Image::Png).await
+}
+
+/// Which image.
+#[derive(Debug, Clone, Copy)]
+enum Image {
+    Svg,
+    Png,
+}
+
+/// The ticket's image of the code it shows now, with its details printed under the QR.
+async fn image(app: &App, code: &str, kind: Image) -> Result<Response, Problem> {
+    let t = find(app, code).await?;
     let (event, seat, holder, validity) = label_parts(&t);
     let label = crate::qr::TicketLabel {
         event: &event,
@@ -388,8 +391,18 @@ pub async fn qr_png(
         holder: &holder,
         validity: &validity,
     };
-    let png = crate::qr::png(&code_now(&t), &label).map_err(qr_problem)?;
-    Ok(image_response(&t, "image/png", png))
+    let now = code_now(&t);
+    Ok(match kind {
+        Image::Svg => {
+            let svg = crate::qr::svg(&now, &label).map_err(qr_problem)?;
+            image_response(&t, "image/svg+xml", svg.into_bytes())
+        }
+        Image::Png => image_response(
+            &t,
+            "image/png",
+            crate::qr::png(&now, &label).map_err(qr_problem)?,
+        ),
+    })
 }
 
 /// Revokes a ticket: every gate refuses it from now on.
