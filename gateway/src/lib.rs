@@ -33,6 +33,8 @@ use crate::nodes::Nodes;
 pub const BODY_MAX_BYTES: usize = 64 * 1024;
 /// Largest request head (request line and headers), bytes.
 pub const HEAD_MAX_BYTES: usize = 16 * 1024;
+/// Longest a client may take to send a request body (a slow sender holds a connection).
+pub const BODY_TIMEOUT_MS: u64 = 10_000;
 /// Most tickets in one booking.
 pub const BOOKING_TICKETS_MAX: usize = 100;
 /// Longest text field (names, venues, seats), characters.

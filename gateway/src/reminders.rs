@@ -16,6 +16,8 @@ use crate::App;
 
 /// Reminders sent per pass at most.
 const BATCH_MAX: i64 = 64;
+/// Reminders in flight at once (a slow webhook holds up only its own).
+const CONCURRENT_MAX: usize = 16;
 /// Longest a webhook may take to answer.
 const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
 /// Longest error text kept per row.
@@ -108,24 +110,33 @@ async fn send_due(app: &Arc<App>, http: &reqwest::Client) -> Result<usize, Probl
         })
         .await?;
     let n = due.len();
-    for d in due {
-        if d.state != "valid" || d.successor.is_some() {
-            // Used, revoked or transferred: nothing to remind of.
-            let id = d.id;
-            app.db
-                .call(move |c| -> Result<(), Problem> {
-                    c.execute(
-                        "UPDATE outbox SET gave_up_at = ?2, last_error = 'ticket no longer valid' WHERE id = ?1",
-                        params![id, crate::now_s() as i64],
-                    )?;
-                    Ok(())
-                })
-                .await?;
-            continue;
-        }
-        deliver(app, http, d).await?;
-    }
+    use futures_util::StreamExt;
+    let results: Vec<Result<(), Problem>> = futures_util::stream::iter(due)
+        .map(|d| handle(app, http, d))
+        .buffer_unordered(CONCURRENT_MAX)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, Problem>>()?;
     Ok(n)
+}
+
+/// Sends one due reminder, or drops it if the ticket no longer needs it.
+async fn handle(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), Problem> {
+    if d.state == "valid" && d.successor.is_none() {
+        return deliver(app, http, d).await;
+    }
+    // Used, revoked or transferred: nothing to remind of.
+    let id = d.id;
+    app.db
+        .call(move |c| -> Result<(), Problem> {
+            c.execute(
+                "UPDATE outbox SET gave_up_at = ?2, last_error = 'ticket no longer valid'
+                 WHERE id = ?1",
+                params![id, crate::now_s() as i64],
+            )?;
+            Ok(())
+        })
+        .await
 }
 
 async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), Problem> {

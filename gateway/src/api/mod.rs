@@ -117,6 +117,9 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::BODY_MAX_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_millis(crate::BODY_TIMEOUT_MS),
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .with_state(app)
