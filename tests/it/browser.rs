@@ -144,11 +144,7 @@ async fn ticket_page_goes_used_live_and_stays_voided_offline() {
     let mut f = Fixture::start().await;
     let event = f.event(json!({"capacity": 10})).await;
     let gate = f.gate_token(5).await;
-    let res = f
-        .book("k", json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada Lovelace"}}]}))
-        .await;
-    let (_, b) = json_of(res).await;
-    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let code = f.book_one("k", event, "Ada Lovelace").await;
     let page = format!("{}/t/{code}", f.base);
 
     let browser = Browser::start().await;

@@ -153,6 +153,15 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Books one free-seating ticket of `event` for `holder`; its code.
+    pub async fn book_one(&self, key: &str, event: i64, holder: &str) -> String {
+        let body =
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": holder}}]});
+        let (s, b) = json_of(self.book(key, body).await).await;
+        assert_eq!(s, 201, "{b}");
+        b["tickets"][0]["code"].as_str().unwrap().to_string()
+    }
+
     pub async fn checkin(&self, token: &str, body: Value) -> (u16, Value) {
         let res = self
             .http
@@ -579,14 +588,7 @@ async fn forged_codes_spend_the_gate_token_budget() {
     let event = f.event(json!({"capacity": 10})).await;
     let flood = f.gate_token(1).await;
     let calm = f.gate_token(2).await;
-    let res = f
-        .book(
-            "k",
-            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "A"}}]}),
-        )
-        .await;
-    let (_, b) = json_of(res).await;
-    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let code = f.book_one("k", event, "A").await;
     // Flip a symbol of the tag: forged.
     let forged = flip_last(&code);
     let mut limited = 0;
@@ -809,14 +811,7 @@ async fn ticket_stream_turns_used_without_polling() {
     let f = Fixture::start().await;
     let event = f.event(json!({"capacity": 10})).await;
     let gate = f.gate_token(3).await;
-    let res = f
-        .book(
-            "k",
-            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
-        )
-        .await;
-    let (_, b) = json_of(res).await;
-    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let code = f.book_one("k", event, "Ada").await;
     let page = f
         .http
         .get(format!("{}/t/{code}", f.base))
@@ -961,15 +956,7 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let f = Fixture::start().await;
     let event = f.event(json!({"capacity": 10, "rotating": true})).await;
     let gate = f.gate_token(9).await;
-    let res = f
-        .book(
-            "k",
-            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let (_, b) = json_of(res).await;
-    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let code = f.book_one("k", event, "Ada").await;
     assert_eq!(code.len(), 34, "a rotating code is 34 symbols");
     let (_, t) = f.get(&format!("/v1/tickets/{code}")).await;
     assert_eq!(
