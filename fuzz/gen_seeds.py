@@ -33,6 +33,7 @@ seeds = {
     "req_stats": frame(0x09, 6),
     "req_checkin_as": frame(0x0A, 7, struct.pack("<HHQ", 3, 1, 12) + static_code),
     "req_subscribe": frame(0x0B, 8, struct.pack("<Q", 1 << 40)),
+    "req_ticket_key": frame(0x0C, 9, rotating_code),
     "resp_outcome": frame(0x81, 7, struct.pack("<BBHQ", 0, 1, 3, 1_750_000_000)),
     "resp_ticket": frame(0x82, 1, struct.pack("<BBBBHHIHBB4Q", 0, 1, 1, 2, 1, 0, 42, 3, 1, 0,
                                               1, 2, 3, 4)),
@@ -43,6 +44,7 @@ seeds = {
     "resp_events": frame(0x86, 8, struct.pack("<H", 2)
                          + struct.pack("<QBHIBBBHQ", 5, 0, 0, 42, 1, 1, 1, 3, 1_750_000_000)
                          + struct.pack("<QBHIBBBHQ", 6, 1, 1, 43, 0, 0, 0, 0, 1_750_000_001)),
+    "resp_ticket_key": frame(0x87, 9, bytes(range(32)) + struct.pack("<I", 30)),
     "resp_error": frame(0x8F, 4, struct.pack("<HH", 5, 8) + "conflict".encode()),
 }
 seeds["resp_error_long"] = frame(0x8F, 4, struct.pack("<HH", 2, 512) + ("é" * 256).encode())
