@@ -4,6 +4,7 @@ mod certs_cmd;
 mod client_cmd;
 mod gateway_cmd;
 mod keys_cmd;
+mod loadtest_cmd;
 mod serve;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ enum Command {
     Transfer(client_cmd::TicketArgs),
     /// Manage the key ring that signs feature codes.
     Keys(keys_cmd::KeysArgs),
+    /// Drive a scenario against a node (quic://) or the engine in process (inproc).
+    Loadtest(loadtest_cmd::LoadtestArgs),
 }
 
 /// How a client command reaches a node.
@@ -110,6 +113,7 @@ fn main() -> std::process::ExitCode {
         Command::Revoke(args) => client_cmd::revoke(args),
         Command::Transfer(args) => client_cmd::transfer(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Loadtest(args) => loadtest_cmd::run(args),
     };
     match result {
         Ok(code) => code,

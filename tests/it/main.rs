@@ -7,6 +7,7 @@ mod durability;
 mod engine_ops;
 mod forged;
 mod gateway;
+mod loadtest;
 mod loom_word;
 mod memory;
 mod node;

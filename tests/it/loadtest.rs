@@ -1,0 +1,146 @@
+//! The load tester, in short bounded runs: every scenario against the engine in process and
+//! against a real node on 127.0.0.1; replay admits each ticket once, forged admits nothing,
+//! and the JSON report has its documented shape.
+
+use std::time::Duration;
+
+use stile_engine::SyncMode;
+use stile_loadtest::{Config, RunReport, Scenario};
+
+use crate::node::TestNode;
+
+fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
+    Config {
+        scenario,
+        target: target.into(),
+        gates: 8,
+        inflight: 16,
+        duration: Duration::from_secs(1),
+        warmup: Duration::ZERO,
+        tickets: 20_000,
+        seed: 7,
+        data: data.to_path_buf(),
+        sync: SyncMode::Always,
+    }
+}
+
+fn check(scenario: Scenario, r: &RunReport, tickets: u64) {
+    assert_eq!(r.errors + r.timeouts, 0, "{r:?}");
+    assert_eq!(r.double_admits, 0, "a ticket was admitted twice: {r:?}");
+    let admitted = r.outcomes.get("admitted").copied().unwrap_or(0);
+    match scenario {
+        Scenario::Stadium => assert!(admitted > 0 && admitted <= tickets, "{r:?}"),
+        // Every code at 4 gates at once: one admit each, the rest already used.
+        Scenario::Replay => {
+            let used = r.outcomes.get("already_used").copied().unwrap_or(0);
+            assert!(admitted > 0, "{r:?}");
+            assert!(used >= admitted, "{r:?}");
+        }
+        Scenario::Forged => {
+            assert_eq!(admitted, 0, "a forged code was admitted: {r:?}");
+            assert!(r.outcomes.get("forged").copied().unwrap_or(0) > 0, "{r:?}");
+        }
+    }
+    assert!(r.requests > 0 && r.throughput_per_s > 0.0, "{r:?}");
+    assert!(r.latency_us.p50 <= r.latency_us.p99 && r.latency_us.p99 <= r.latency_us.max);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    for scenario in [Scenario::Stadium, Scenario::Replay, Scenario::Forged] {
+        let c = config(scenario, "inproc", dir.path());
+        let r = stile_loadtest::run(&c).await.unwrap();
+        assert_eq!(r.sync, "always");
+        check(scenario, &r, c.tickets as u64);
+    }
+    // The engine's temporary data dirs are gone afterwards.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_against_a_node() {
+    let n = TestNode::start(|c| c.budget_per_s = 1_000_000).await;
+    let target = format!("quic://{}", n.addr);
+    for scenario in [Scenario::Stadium, Scenario::Replay, Scenario::Forged] {
+        let mut c = config(scenario, &target, n.dir.path());
+        c.gates = 4;
+        c.tickets = 4_000;
+        let r = stile_loadtest::run(&c).await.unwrap();
+        check(scenario, &r, c.tickets as u64);
+    }
+    // The tester issued itself gate certificates from the node's CA.
+    assert!(n.tls.join("gate-4.crt").exists());
+    n.node.unwrap().shutdown().await;
+}
+
+#[test]
+fn command_line_json_has_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "replay",
+            "--target",
+            "inproc",
+            "--duration",
+            "1s",
+        ])
+        .args([
+            "--warmup",
+            "0s",
+            "--gates",
+            "4",
+            "--inflight",
+            "8",
+            "--tickets",
+            "5000",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("double admits 0"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["scenario"], "replay");
+    assert_eq!(v["seed"], 1);
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    let run = &v["runs"][0];
+    for key in [
+        "target",
+        "sync",
+        "mode",
+        "gates",
+        "inflight",
+        "requested_rate",
+        "requests",
+        "throughput_per_s",
+        "latency_us",
+        "outcomes",
+        "errors",
+        "timeouts",
+        "double_admits",
+        "client_cpu_percent",
+    ] {
+        assert!(run.get(key).is_some(), "{key} missing: {run}");
+    }
+    for key in ["p50", "p99", "p999", "max"] {
+        assert!(run["latency_us"][key].is_u64(), "{key}: {run}");
+    }
+    assert_eq!(
+        (run["target"].as_str(), run["mode"].as_str()),
+        (Some("inproc"), Some("closed"))
+    );
+    assert_eq!(run["outcomes"]["admitted"], 5000, "{run}");
+}
