@@ -129,10 +129,11 @@ impl Config {
     }
 }
 
-/// One gate's queue of codes and the answers it counted.
+/// One gate's queue of codes.
 struct GateWork {
-    /// Codes to present, in order.
-    codes: Vec<CodeBytes>,
+    /// Codes to present, in order, each with its ticket's index (`usize::MAX`: not a
+    /// genuine ticket).
+    codes: Vec<(CodeBytes, usize)>,
     /// Next index to take.
     next: AtomicUsize,
 }
@@ -160,8 +161,6 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     let tally = Arc::new(Tally::default());
     let admits: Arc<Vec<AtomicU64>> =
         Arc::new((0..genuine.len()).map(|_| AtomicU64::new(0)).collect());
-    let index: Arc<std::collections::HashMap<CodeBytes, usize>> =
-        Arc::new(genuine.iter().enumerate().map(|(i, c)| (*c, i)).collect());
     let cpu_start = cpu_time();
     let start = Instant::now();
     let measure_from = start + config.warmup;
@@ -173,52 +172,53 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             next: AtomicUsize::new(0),
         });
         for _ in 0..target.workers_per_gate(config.inflight) {
-            let (target, gate, tally, admits, index) = (
-                target.clone(),
-                gate.clone(),
-                tally.clone(),
-                admits.clone(),
-                index.clone(),
-            );
+            let (target, gate, tally, admits) =
+                (target.clone(), gate.clone(), tally.clone(), admits.clone());
             let gate_id = g as u16 + 1;
             let batch = target.batch_per_worker(config.inflight);
             tasks.push(tokio::spawn(async move {
                 let mut hist = new_histogram();
                 let mut hist_all = new_histogram();
                 let mut codes = Vec::with_capacity(batch);
+                let mut tickets = Vec::with_capacity(batch);
+                // Counted here, added to the shared tally once at the end.
+                let mut counts = [0u64; 16];
+                let mut counts_all = [0u64; 16];
                 loop {
                     if Instant::now() >= end {
                         break;
                     }
                     codes.clear();
-                    for _ in 0..batch {
-                        let i = gate.next.fetch_add(1, Ordering::Relaxed);
-                        match gate.codes.get(i) {
-                            Some(c) => codes.push(*c),
-                            None => break,
-                        }
+                    tickets.clear();
+                    let from = gate.next.fetch_add(batch, Ordering::Relaxed);
+                    for (c, t) in gate.codes.iter().skip(from).take(batch) {
+                        codes.push(*c);
+                        tickets.push(*t);
                     }
                     if codes.is_empty() {
                         break;
                     }
                     let sent = Instant::now();
                     let answers = target.checkin(gate_id, &codes).await;
-                    let took_us = sent.elapsed().as_micros() as u64;
+                    let took_us = (sent.elapsed().as_micros() as u64).max(1);
                     let counted = sent >= measure_from;
                     match answers {
                         Ok(outcomes) => {
-                            for (code, o) in codes.iter().zip(&outcomes) {
+                            for (t, o) in tickets.iter().zip(&outcomes) {
                                 if o.kind == OutcomeKind::Admitted {
-                                    if let Some(i) = index.get(code) {
-                                        admits[*i].fetch_add(1, Ordering::Relaxed);
+                                    if let Some(a) = admits.get(*t) {
+                                        a.fetch_add(1, Ordering::Relaxed);
                                     }
                                 }
-                                tally.outcomes_all[o.kind as usize].fetch_add(1, Ordering::Relaxed);
-                                let _ = hist_all.record(took_us.max(1));
+                                counts_all[o.kind as usize] += 1;
                                 if counted {
-                                    tally.outcomes[o.kind as usize].fetch_add(1, Ordering::Relaxed);
-                                    let _ = hist.record(took_us.max(1));
+                                    counts[o.kind as usize] += 1;
                                 }
+                            }
+                            let n = outcomes.len() as u64;
+                            let _ = hist_all.record_n(took_us, n);
+                            if counted {
+                                let _ = hist.record_n(took_us, n);
                             }
                         }
                         Err(target::CallError::Timeout) => {
@@ -233,6 +233,10 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
                                 .fetch_add(codes.len() as u64, Ordering::Relaxed);
                         }
                     }
+                }
+                for k in 0..counts.len() {
+                    tally.outcomes[k].fetch_add(counts[k], Ordering::Relaxed);
+                    tally.outcomes_all[k].fetch_add(counts_all[k], Ordering::Relaxed);
                 }
                 (hist, hist_all)
             }));
@@ -307,14 +311,14 @@ fn new_histogram() -> hdrhistogram::Histogram<u64> {
 }
 
 /// Each gate's codes for the scenario.
-fn plan(config: &Config, genuine: &[CodeBytes]) -> Vec<Vec<CodeBytes>> {
+fn plan(config: &Config, genuine: &[CodeBytes]) -> Vec<Vec<(CodeBytes, usize)>> {
     let gates = config.gates as usize;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(config.seed);
     let mut work = vec![Vec::new(); gates];
     match config.scenario {
         Scenario::Stadium => {
             for (i, c) in genuine.iter().enumerate() {
-                work[i % gates].push(*c);
+                work[i % gates].push((*c, i));
             }
         }
         Scenario::Replay => {
@@ -323,7 +327,7 @@ fn plan(config: &Config, genuine: &[CodeBytes]) -> Vec<Vec<CodeBytes>> {
             let fanout = REPLAY_FANOUT.min(gates);
             for (i, c) in genuine.iter().enumerate() {
                 for k in 0..fanout {
-                    work[(i + k) % gates].push(*c);
+                    work[(i + k) % gates].push((*c, i));
                 }
             }
         }
@@ -340,7 +344,7 @@ fn plan(config: &Config, genuine: &[CodeBytes]) -> Vec<Vec<CodeBytes>> {
                     rng.fill(&mut bytes[tag_at..]);
                 }
                 if let Ok(f) = CodeBytes::from_slice(&bytes) {
-                    work[i % gates].push(f);
+                    work[i % gates].push((f, usize::MAX));
                 }
             }
         }
