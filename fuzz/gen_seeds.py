@@ -40,7 +40,7 @@ seeds = {
     "resp_codes": frame(0x83, 2, struct.pack("<H", 2) + bytes([20]) + static_code
                         + bytes([21]) + rotating_code),
     "resp_pong": frame(0x84, 5),
-    "resp_stats": frame(0x85, 6, struct.pack("<9Q", *range(1, 10))),
+    "resp_stats": frame(0x85, 6, struct.pack("<9QB", *range(1, 10), 1)),
     "resp_events": frame(0x86, 8, struct.pack("<H", 2)
                          + struct.pack("<QBHIBBBHQ", 5, 0, 0, 42, 1, 1, 1, 3, 1_750_000_000)
                          + struct.pack("<QBHIBBBHQ", 6, 1, 1, 43, 0, 0, 0, 0, 1_750_000_001)),

@@ -211,8 +211,10 @@ impl Target {
     pub async fn sync_name(&self) -> String {
         match self {
             Target::Inproc(t) => t.sync.to_string(),
-            // The node's stats do not carry its sync mode yet.
-            Target::Quic(_) => "unknown".to_string(),
+            Target::Quic(q) => match q.admin.stats().await {
+                Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
+                Err(_) => "unknown".to_string(),
+            },
         }
     }
 

@@ -336,9 +336,34 @@ pub struct NodeStats {
     pub connections: u64,
     /// Log position: every record below it is durable.
     pub durable_seq: u64,
+    /// When the log syncs: [`sync_mode`] values.
+    pub sync_mode: u8,
 }
 
-const STATS_LEN: usize = 9 * 8;
+/// Values of [`NodeStats::sync_mode`].
+pub mod sync_mode {
+    /// The node keeps no log.
+    pub const NO_LOG: u8 = 0;
+    /// Answers after fdatasync.
+    pub const ALWAYS: u8 = 1;
+    /// fsync on a timer, answers at once.
+    pub const BATCH: u8 = 2;
+    /// No fsync.
+    pub const NONE: u8 = 3;
+
+    /// The mode's name as `--sync` spells it (`unknown` for a value this side does not know).
+    pub fn name(v: u8) -> &'static str {
+        match v {
+            ALWAYS => "always",
+            BATCH => "batch",
+            NONE => "none",
+            NO_LOG => "no log",
+            _ => "unknown",
+        }
+    }
+}
+
+const STATS_LEN: usize = 9 * 8 + 1;
 
 /// What kind of change an event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -825,6 +850,7 @@ impl Response {
                 ] {
                     out.put_u64_le(v);
                 }
+                out.put_u8(s.sync_mode);
             }
             Response::Events(events) => {
                 out.put_u16_le(events.len() as u16);
@@ -918,6 +944,7 @@ impl Response {
                 fsync_p99_us: r.u64()?,
                 connections: r.u64()?,
                 durable_seq: r.u64()?,
+                sync_mode: r.u8()?,
             }),
             op::EVENTS => {
                 let n = r.u16()? as usize;
@@ -1261,7 +1288,7 @@ mod tests {
                         })
                     },
                 );
-            let stats = any::<[u64; 9]>().prop_map(|v| {
+            let stats = (any::<[u64; 9]>(), any::<u8>()).prop_map(|(v, mode)| {
                 Response::Stats(NodeStats {
                     tickets: v[0],
                     scans: v[1],
@@ -1272,6 +1299,7 @@ mod tests {
                     fsync_p99_us: v[6],
                     connections: v[7],
                     durable_seq: v[8],
+                    sync_mode: mode,
                 })
             });
             prop_oneof![

@@ -67,6 +67,7 @@ async fn every_scenario_against_a_node() {
         c.gates = 4;
         c.tickets = 4_000;
         let r = stile_loadtest::run(&c).await.unwrap();
+        assert_eq!(r.sync, "always", "as the node reports it through stats");
         check(scenario, &r, c.tickets as u64);
     }
     // The tester issued itself gate certificates from the node's CA.
@@ -86,7 +87,7 @@ fn command_line_json_has_the_documented_shape() {
             "--target",
             "inproc",
             "--duration",
-            "1s",
+            "30s",
         ])
         .args([
             "--warmup",

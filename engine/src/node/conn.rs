@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use stile_protocol::frame::{
-    close, encode_outcome, error_code, split_frame, Event, EventKind, MintSpec, NodeStats, RawCode,
-    Request, Response, TicketInfo, TicketStateName, EVENTS_FRAME_MAX, MINT_FRAME_MAX,
+    close, encode_outcome, error_code, split_frame, sync_mode, Event, EventKind, MintSpec,
+    NodeStats, RawCode, Request, Response, TicketInfo, TicketStateName, EVENTS_FRAME_MAX,
+    MINT_FRAME_MAX,
 };
 use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
 use tokio::sync::{mpsc, Semaphore};
@@ -593,6 +594,11 @@ impl Stream {
             s.fsync_p50_us = w.sync_p50_us;
             s.fsync_p99_us = w.sync_p99_us;
             s.durable_seq = wal.durable_seq();
+            s.sync_mode = match wal.mode() {
+                crate::SyncMode::Always => sync_mode::ALWAYS,
+                crate::SyncMode::Batch { .. } => sync_mode::BATCH,
+                crate::SyncMode::None => sync_mode::NONE,
+            };
         }
         s
     }
