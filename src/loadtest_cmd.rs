@@ -14,7 +14,7 @@ pub struct LoadtestArgs {
     /// stadium, replay or forged.
     #[arg(long)]
     scenario: String,
-    /// inproc or quic://HOST:PORT.
+    /// inproc, quic://HOST:PORT or redis://HOST:PORT.
     #[arg(long, default_value = "quic://127.0.0.1:7443")]
     target: String,
     /// Measured time (5s, 1m); warm-up comes on top.
@@ -45,6 +45,10 @@ pub struct LoadtestArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Start redis-server (from PATH) on the redis:// target's port, with appendonly yes and
+    /// appendfsync always, in a temporary directory; stop it afterwards.
+    #[arg(long)]
+    spawn_redis: bool,
 }
 
 /// Runs `stile loadtest`; exits 2 if a ticket was admitted twice or a forged code admitted.
@@ -68,6 +72,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         data: args.data.clone(),
         sync,
+        spawn_redis: args.spawn_redis,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

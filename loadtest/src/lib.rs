@@ -8,6 +8,7 @@
 //! several gates at once: exactly one may be admitted) and `forged` (bit-flipped and random
 //! codes: none may be admitted).
 
+mod redis_target;
 pub mod report;
 mod target;
 
@@ -107,6 +108,9 @@ pub struct Config {
     pub data: PathBuf,
     /// Sync mode of the inproc engine.
     pub sync: SyncMode,
+    /// Start a redis-server for a `redis://` target (AOF, `appendfsync always`) and stop it
+    /// afterwards.
+    pub spawn_redis: bool,
 }
 
 impl Config {

@@ -14,6 +14,7 @@ use stile_protocol::client::{Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::MintSpec;
 use stile_protocol::{CodeBytes, CodeFormat, Outcome};
 
+use crate::redis_target::Redis;
 use crate::{Config, LoadError};
 
 /// How long one check-in may take over the network before it counts as a timeout.
@@ -37,6 +38,8 @@ pub enum Target {
     Inproc(Arc<Inproc>),
     /// A node over QUIC.
     Quic(Arc<Quic>),
+    /// Redis with the check-in a user would script in Lua.
+    Redis(Arc<Redis>),
 }
 
 impl std::fmt::Debug for Target {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Target {
         match self {
             Target::Inproc(_) => f.write_str("Target::Inproc"),
             Target::Quic(q) => write!(f, "Target::Quic({})", q.addr),
+            Target::Redis(r) => write!(f, "Target::Redis({})", r.url),
         }
     }
 }
@@ -81,6 +85,9 @@ impl Target {
             target: config.target.clone(),
             reason,
         };
+        if config.target.starts_with("redis://") {
+            return Ok(Target::Redis(Arc::new(Redis::open(config).await?)));
+        }
         if config.target == "inproc" {
             // Beside the working directory, not in /tmp: /tmp may be memory, and fsync free.
             let dir = tempfile::Builder::new()
@@ -114,7 +121,7 @@ impl Target {
         }
         let Some(rest) = config.target.strip_prefix("quic://") else {
             return Err(LoadError::Usage(format!(
-                "target {:?}: use inproc or quic://HOST:PORT (redis:// is not built yet)",
+                "target {:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT",
                 config.target
             )));
         };
@@ -204,6 +211,7 @@ impl Target {
                     reason: format!("minting: {e}"),
                 })
             }
+            Target::Redis(r) => r.load(n).await,
         }
     }
 
@@ -215,6 +223,7 @@ impl Target {
                 Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
                 Err(_) => "unknown".to_string(),
             },
+            Target::Redis(r) => r.sync.clone(),
         }
     }
 
@@ -223,7 +232,7 @@ impl Target {
     pub fn workers_per_gate(&self, inflight: u32) -> u32 {
         match self {
             Target::Inproc(_) => 1,
-            Target::Quic(_) => inflight,
+            Target::Quic(_) | Target::Redis(_) => inflight,
         }
     }
 
@@ -231,7 +240,7 @@ impl Target {
     pub fn batch_per_worker(&self, inflight: u32) -> usize {
         match self {
             Target::Inproc(_) => inflight as usize,
-            Target::Quic(_) => 1,
+            Target::Quic(_) | Target::Redis(_) => 1,
         }
     }
 
@@ -263,6 +272,7 @@ impl Target {
                 }
                 Ok(out)
             }
+            Target::Redis(r) => r.checkin(gate, codes).await,
         }
     }
 
