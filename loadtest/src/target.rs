@@ -12,7 +12,7 @@ use stile_engine::{
 };
 use stile_protocol::client::{Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::MintSpec;
-use stile_protocol::{CodeBytes, CodeFormat, Outcome};
+use stile_protocol::{CodeBytes, Outcome};
 
 use crate::redis_target::Redis;
 use crate::{Config, LoadError};
@@ -194,18 +194,7 @@ impl Target {
                 Ok(codes)
             }
             Target::Quic(q) => {
-                let spec = MintSpec {
-                    provider: PROVIDER,
-                    partition: 0,
-                    count: n,
-                    format: CodeFormat::Static,
-                    max_entries: 1,
-                    records_exits: false,
-                    undo_window_s: 60,
-                    not_before_unix_s: 0,
-                    not_after_unix_s: 0,
-                    duration_from_first_scan_s: 0,
-                };
+                let spec = MintSpec::single_entry(PROVIDER, n);
                 q.admin.mint(spec).await.map_err(|e| LoadError::Target {
                     target: format!("quic://{}", q.addr),
                     reason: format!("minting: {e}"),

@@ -244,6 +244,25 @@ pub struct MintSpec {
     pub duration_from_first_scan_s: u32,
 }
 
+impl MintSpec {
+    /// `count` static single-entry tickets of `provider` in partition 0, valid any time,
+    /// with the usual 60 s undo window: the plainest ticket there is.
+    pub fn single_entry(provider: u16, count: u32) -> MintSpec {
+        MintSpec {
+            provider,
+            partition: 0,
+            count,
+            format: CodeFormat::Static,
+            max_entries: 1,
+            records_exits: false,
+            undo_window_s: 60,
+            not_before_unix_s: 0,
+            not_after_unix_s: 0,
+            duration_from_first_scan_s: 0,
+        }
+    }
+}
+
 const MINT_SPEC_LEN: usize = 2 + 2 + 4 + 1 + 1 + 1 + 4 + 8 + 8 + 4;
 
 /// A ticket's state as the node reports it.

@@ -90,6 +90,15 @@ impl Fixture {
         self.gateway = Some(g);
     }
 
+    /// A GET of a public route (no token).
+    pub async fn public(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// An authorised request to a management route.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
@@ -271,21 +280,13 @@ async fn book_qr_checkin_status_transfer_round_trip() {
     assert_problem(f.book("key-1", other).await, 422).await;
 
     // The PNG decodes to exactly the code.
-    let png = f
-        .http
-        .get(format!("{}/v1/tickets/{code}/qr.png", f.base))
-        .send()
-        .await
-        .unwrap();
+    let png = f.public(&format!("/v1/tickets/{code}/qr.png")).await;
     assert_eq!(png.headers()["content-type"], "image/png");
     let decoded = decode_qr_png(&png.bytes().await.unwrap());
     assert_eq!(decoded, vec![code.clone()]);
     let svg = f
-        .http
-        .get(format!("{}/v1/tickets/{code}/qr.svg", f.base))
-        .send()
+        .public(&format!("/v1/tickets/{code}/qr.svg"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -796,12 +797,7 @@ async fn linked_devices_both_receive_a_checkin_event() {
         assert_eq!(used["gate"], 7);
     }
     // A wrong device token gets 401.
-    let res = f
-        .http
-        .get(format!("{}/v1/devices/events?token=nope", f.base))
-        .send()
-        .await
-        .unwrap();
+    let res = f.public("/v1/devices/events?token=nope").await;
     assert_problem(res, 401).await;
     f.shutdown().await;
 }
@@ -812,24 +808,14 @@ async fn ticket_stream_turns_used_without_polling() {
     let event = f.event(json!({"capacity": 10})).await;
     let gate = f.gate_token(3).await;
     let code = f.book_one("k", event, "Ada").await;
-    let page = f
-        .http
-        .get(format!("{}/t/{code}", f.base))
-        .send()
-        .await
-        .unwrap();
+    let page = f.public(&format!("/t/{code}")).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
         html.contains("data-state=\"valid\"") && html.contains("Ada"),
         "{html}"
     );
-    let res = f
-        .http
-        .get(format!("{}/t/{code}/events", f.base))
-        .send()
-        .await
-        .unwrap();
+    let res = f.public(&format!("/t/{code}/events")).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let task = tokio::spawn(async move { read_sse(res, "ticket", 2, deadline).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -845,23 +831,9 @@ async fn ticket_stream_turns_used_without_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_metrics_openapi_and_https() {
     let mut f = Fixture::start().await;
-    let (s, h) = json_of(
-        f.http
-            .get(format!("{}/healthz", f.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, h) = json_of(f.public("/healthz").await).await;
     assert_eq!((s, h["status"].as_str()), (200, Some("ready")));
-    let (s, api) = json_of(
-        f.http
-            .get(format!("{}/openapi.json", f.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, api) = json_of(f.public("/openapi.json").await).await;
     assert_eq!(s, 200);
     for path in [
         "/v1/bookings",
@@ -888,15 +860,7 @@ async fn healthz_metrics_openapi_and_https() {
             .unwrap();
         assert_problem(res, 405).await;
     }
-    let metrics = f
-        .http
-        .get(format!("{}/metrics", f.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.public("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(
             "stile_gateway_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
@@ -964,12 +928,7 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         (Some(true), Some(30)),
         "{t}"
     );
-    let res = f
-        .http
-        .get(format!("{}/v1/tickets/{code}/qr.png", f.base))
-        .send()
-        .await
-        .unwrap();
+    let res = f.public(&format!("/v1/tickets/{code}/qr.png")).await;
     assert_eq!(res.headers()["cache-control"], "no-store");
     let drawn = decode_qr_png(&res.bytes().await.unwrap());
     assert_eq!(drawn.len(), 1);
@@ -988,12 +947,7 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         format!("/v1/tickets/{forged}/qr.png"),
         format!("/t/{forged}"),
     ] {
-        let res = f
-            .http
-            .get(format!("{}{path}", f.base))
-            .send()
-            .await
-            .unwrap();
+        let res = f.public(&path).await;
         assert_problem(res, 404).await;
     }
     f.shutdown().await;

@@ -78,18 +78,7 @@ pub fn client_config(tls: &Path, addr: SocketAddr, name: &str) -> ClientConfig {
 }
 
 pub fn spec(provider: u16, count: u32) -> MintSpec {
-    MintSpec {
-        provider,
-        partition: 0,
-        count,
-        format: CodeFormat::Static,
-        max_entries: 1,
-        records_exits: false,
-        undo_window_s: 60,
-        not_before_unix_s: 0,
-        not_after_unix_s: 0,
-        duration_from_first_scan_s: 0,
-    }
+    MintSpec::single_entry(provider, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
