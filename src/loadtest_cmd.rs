@@ -1,4 +1,5 @@
-//! `stile loadtest`: a scenario against a node or the engine in process.
+//! `stile loadtest`: a scenario against a node, the engine in process or Redis; or, with
+//! `--compare`, against several of them one after another.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,17 +7,30 @@ use std::time::Duration;
 
 use anyhow::Context;
 use stile_engine::SyncMode;
+use stile_loadtest::report::Ratio;
 use stile_loadtest::{Config, Report, Scenario};
 
 /// Arguments of `stile loadtest`.
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
-    /// stadium, replay or forged.
+    /// stadium, rail, replay, forged or mixed.
     #[arg(long)]
     scenario: String,
     /// inproc, quic://HOST:PORT or redis://HOST:PORT.
-    #[arg(long, default_value = "quic://127.0.0.1:7443")]
+    #[arg(
+        long,
+        default_value = "quic://127.0.0.1:7443",
+        conflicts_with = "compare"
+    )]
     target: String,
+    /// Run the same scenario against each of these targets, one after another, and print
+    /// the first one's throughput and latency against each other's.
+    #[arg(long, value_delimiter = ',')]
+    compare: Vec<String>,
+    /// Open loop: this many check-ins per second in all, each measured from the moment it
+    /// was due. Without it: closed loop, as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Measured time (5s, 1m); warm-up comes on top.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -45,6 +59,12 @@ pub struct LoadtestArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write an HTML report with SVG plots into this directory (DIR/index.html).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
     /// Start redis-server (from PATH) on the redis:// target's port, with appendonly yes and
     /// appendfsync always, in a temporary directory; stop it afterwards.
     #[arg(long)]
@@ -57,50 +77,76 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     let sync = SyncMode::parse(&args.sync)
         .with_context(|| format!("--sync {}: use always, batch or none", args.sync))?;
     let scenario = Scenario::parse(&args.scenario)?;
-    if args.target == "inproc" {
+    let targets = if args.compare.is_empty() {
+        vec![args.target.clone()]
+    } else {
+        args.compare.clone()
+    };
+    if targets.iter().any(|t| t.trim().is_empty()) {
+        anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
+    }
+    if targets.iter().any(|t| t == "inproc") {
         std::fs::create_dir_all(&args.data)
             .with_context(|| format!("making {}", args.data.display()))?;
     }
-    let config = Config {
-        scenario,
-        target: args.target.clone(),
-        gates: args.gates,
-        inflight: args.inflight,
-        duration: args.duration,
-        warmup: args.warmup,
-        tickets: args.tickets,
-        seed: args.seed,
-        data: args.data.clone(),
-        sync,
-        spawn_redis: args.spawn_redis,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let run = runtime.block_on(stile_loadtest::run(&config))?;
+    let mut runs = Vec::with_capacity(targets.len());
+    for target in &targets {
+        let config = Config {
+            scenario,
+            target: target.clone(),
+            gates: args.gates,
+            inflight: args.inflight,
+            duration: args.duration,
+            warmup: args.warmup,
+            rate: args.rate,
+            tickets: args.tickets,
+            seed: args.seed,
+            data: args.data.clone(),
+            sync,
+            spawn_redis: args.spawn_redis && target.starts_with("redis://"),
+            progress: !args.quiet,
+        };
+        let run = runtime
+            .block_on(stile_loadtest::run(&config))
+            .with_context(|| {
+                format!(
+                    "running {scenario} against {target}",
+                    scenario = scenario.name()
+                )
+            })?;
+        runs.push(run);
+    }
     let report = Report {
         scenario: scenario.name().into(),
         seed: args.seed,
         machine: stile_loadtest::report::Machine::this(),
-        runs: vec![run],
+        ratios: Ratio::of(&runs),
+        runs,
     };
     print!("{}", report.text());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let r = &report.runs[0];
-    let forged_admits = if scenario == Scenario::Forged {
-        r.outcomes.get("admitted").copied().unwrap_or(0)
-    } else {
-        0
-    };
-    if r.double_admits > 0 || forged_admits > 0 {
-        eprintln!(
-            "stile loadtest: {} double admits, {} forged codes admitted",
-            r.double_admits, forged_admits
-        );
+    if let Some(dir) = &args.report {
+        stile_loadtest::html::write(&report, dir)?;
+        println!("report: {}", dir.join("index.html").display());
+    }
+    let mut bad = false;
+    for r in &report.runs {
+        if r.double_admits > 0 || r.forged_admits > 0 {
+            eprintln!(
+                "stile loadtest: {}: {} double admits, {} forged codes admitted",
+                r.target, r.double_admits, r.forged_admits
+            );
+            bad = true;
+        }
+    }
+    if bad {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

@@ -2,28 +2,38 @@
 //! gates, each keeping up to N check-ins in flight, and reports throughput, latency
 //! percentiles (HDR histograms, warm-up excluded) and every outcome.
 //!
-//! Targets: `inproc` (the engine in this process, with its own data dir and sync mode) and
-//! `quic://HOST:PORT` (a node, with gate certificates issued from `DATA/tls`).
-//! Scenarios: `stadium` (each ticket once, spread over the gates), `replay` (every code at
-//! several gates at once: exactly one may be admitted) and `forged` (bit-flipped and random
-//! codes: none may be admitted).
+//! Targets: `inproc` (the engine in this process, with its own data dir and sync mode),
+//! `quic://HOST:PORT` (a node, with gate certificates issued from `DATA/tls`) and
+//! `redis://HOST:PORT` (the baseline: Redis and a Lua check-in).
+//! Scenarios: `stadium` (each ticket once, spread over the gates), `rail` (single journeys
+//! and day passes, entry and exit at different gates), `replay` (every code at several gates
+//! at once: exactly one may be admitted), `forged` (bit-flipped and random codes: none may
+//! be admitted) and `mixed` (first scans with replays and forgeries among them).
+//!
+//! Closed loop (the default) keeps N requests in flight per gate; open loop (`rate`) sends
+//! at a fixed rate and measures each request from the moment it was due, so a stall of the
+//! target shows in the latency instead of slowing the sender (coordinated omission).
 
+pub mod html;
+pub mod plan;
 mod redis_target;
 pub mod report;
 mod target;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
 use stile_engine::SyncMode;
-use stile_protocol::{CodeBytes, OutcomeKind};
+use stile_protocol::OutcomeKind;
+use tokio::sync::{mpsc, Notify, Semaphore};
 
+use plan::{Item, Plan, NOT_GENUINE};
 pub use report::{Report, RunReport};
 pub use target::Target;
+use target::{Answer, Rx, Tx, REQUEST_TIMEOUT};
 
 /// Gates at most.
 pub const GATES_MAX: u16 = 4096;
@@ -33,6 +43,12 @@ pub const INFLIGHT_MAX: u32 = 4096;
 pub const TICKETS_MAX: u32 = 20_000_000;
 /// Gates that present each code at once in `replay`.
 pub const REPLAY_FANOUT: usize = 4;
+/// Highest open-loop rate, per second.
+pub const RATE_MAX: f64 = 10_000_000.0;
+/// Most requests one gate writes at once.
+const SEND_BATCH_MAX: usize = 256;
+/// How often the open-loop pacer looks at the clock.
+const PACER_TICK: Duration = Duration::from_micros(50);
 
 /// Why a run could not happen.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +75,10 @@ pub enum Scenario {
     Replay,
     /// Forged codes only: bit-flipped genuine ones and random ones.
     Forged,
+    /// Rail: single journeys and day passes, entering and leaving at different gates.
+    Rail,
+    /// First scans, with replays of earlier tickets and forged copies among them.
+    Mixed,
 }
 
 impl Scenario {
@@ -68,9 +88,10 @@ impl Scenario {
             "stadium" => Ok(Scenario::Stadium),
             "replay" => Ok(Scenario::Replay),
             "forged" => Ok(Scenario::Forged),
+            "rail" => Ok(Scenario::Rail),
+            "mixed" => Ok(Scenario::Mixed),
             other => Err(LoadError::Usage(format!(
-                "unknown scenario {other:?}: use stadium, replay or forged (rail and mixed are \
-                 not built yet)"
+                "unknown scenario {other:?}: use stadium, rail, replay, forged or mixed"
             ))),
         }
     }
@@ -81,6 +102,8 @@ impl Scenario {
             Scenario::Stadium => "stadium",
             Scenario::Replay => "replay",
             Scenario::Forged => "forged",
+            Scenario::Rail => "rail",
+            Scenario::Mixed => "mixed",
         }
     }
 }
@@ -100,6 +123,8 @@ pub struct Config {
     pub duration: Duration,
     /// Time at the start whose answers are not counted.
     pub warmup: Duration,
+    /// Open loop: requests per second in all, sent on schedule. `None`: closed loop.
+    pub rate: Option<f64>,
     /// Tickets minted before the clock starts.
     pub tickets: u32,
     /// Seed of every random choice.
@@ -111,6 +136,8 @@ pub struct Config {
     /// Start a redis-server for a `redis://` target (AOF, `appendfsync always`) and stop it
     /// afterwards.
     pub spawn_redis: bool,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
 }
 
 impl Config {
@@ -129,131 +156,175 @@ impl Config {
         if self.duration.is_zero() {
             return bad("--duration must be above 0".into());
         }
+        if let Some(r) = self.rate {
+            if !(1.0..=RATE_MAX).contains(&r) {
+                return bad(format!("--rate must be 1 to {RATE_MAX} per second"));
+            }
+        }
         Ok(())
     }
 }
 
-/// One gate's queue of codes.
-struct GateWork {
-    /// Codes to present, in order, each with its ticket's index (`usize::MAX`: not a
-    /// genuine ticket).
-    codes: Vec<(CodeBytes, usize)>,
-    /// Next index to take.
-    next: AtomicUsize,
+/// What a gate's sender and receiver share: the requests in flight.
+struct GateShared {
+    /// In-flight requests by id.
+    book: Mutex<Book>,
+    /// Room for more requests in flight.
+    room: Semaphore,
+    /// The sender has sent all it will.
+    sent_all: AtomicBool,
+    /// Wakes the receiver when the sender is done.
+    sent: Notify,
+    /// Wakes the sender when the receiver is done.
+    received: Notify,
 }
 
-/// Counters shared by every worker.
-#[derive(Default)]
-struct Tally {
-    /// Outcomes after warm-up, by kind.
-    outcomes: [AtomicU64; 16],
-    /// Outcomes of the whole run, warm-up included, by kind.
-    outcomes_all: [AtomicU64; 16],
-    /// Requests that failed without an answer.
-    errors: AtomicU64,
-    /// Requests that timed out.
-    timeouts: AtomicU64,
+/// Requests in flight: a slot per id.
+struct Book {
+    /// Ids free for new requests.
+    free: Vec<u32>,
+    /// What each id was sent for.
+    slots: Vec<Slot>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    /// When the request was due (open loop) or sent (closed loop).
+    due: Instant,
+    /// Its ticket, or [`NOT_GENUINE`].
+    ticket: u32,
+}
+
+/// What the whole run shares.
+struct RunShared {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// Admits per ticket.
+    admits: Vec<AtomicU32>,
+    /// Admits allowed per ticket.
+    allowed: Vec<u8>,
+    /// Answers so far (for the progress bar).
+    answered: AtomicU64,
+    /// Per second of the run: answers and their latency.
+    timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
+}
+
+/// What one gate's receiver counted.
+struct GateCounts {
+    hist: hdrhistogram::Histogram<u64>,
+    hist_all: hdrhistogram::Histogram<u64>,
+    outcomes: [u64; 16],
+    outcomes_all: [u64; 16],
+    errors: u64,
+    timeouts: u64,
+    forged_admits: u64,
 }
 
 /// Runs one scenario against one target.
 pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     config.validate()?;
     let target = Target::open(config).await?;
-    let genuine = target.mint(config.tickets).await?;
-    let work = plan(config, &genuine);
+    let genuine = target.mint(&plan::tickets(config)).await?;
+    let Plan { gates, allowed } = plan::plan(config, &genuine);
     let sync = target.sync_name().await;
-    let tally = Arc::new(Tally::default());
-    let admits: Arc<Vec<AtomicU64>> =
-        Arc::new((0..genuine.len()).map(|_| AtomicU64::new(0)).collect());
+    let mut links = Vec::with_capacity(gates.len());
+    for g in 0..gates.len() {
+        links.push(target.link(g as u16 + 1, config.inflight).await?);
+    }
+    let progress = config.progress.then(|| progress_bar(config));
     let cpu_start = cpu_time();
     let start = Instant::now();
-    let measure_from = start + config.warmup;
-    let end = measure_from + config.duration;
-    let mut tasks = Vec::new();
-    for (g, codes) in work.into_iter().enumerate() {
-        let gate = Arc::new(GateWork {
-            codes,
-            next: AtomicUsize::new(0),
-        });
-        for _ in 0..target.workers_per_gate(config.inflight) {
-            let (target, gate, tally, admits) =
-                (target.clone(), gate.clone(), tally.clone(), admits.clone());
-            let gate_id = g as u16 + 1;
-            let batch = target.batch_per_worker(config.inflight);
-            tasks.push(tokio::spawn(async move {
-                let mut hist = new_histogram();
-                let mut hist_all = new_histogram();
-                let mut codes = Vec::with_capacity(batch);
-                let mut tickets = Vec::with_capacity(batch);
-                // Counted here, added to the shared tally once at the end.
-                let mut counts = [0u64; 16];
-                let mut counts_all = [0u64; 16];
-                loop {
-                    if Instant::now() >= end {
-                        break;
-                    }
-                    codes.clear();
-                    tickets.clear();
-                    let from = gate.next.fetch_add(batch, Ordering::Relaxed);
-                    for (c, t) in gate.codes.iter().skip(from).take(batch) {
-                        codes.push(*c);
-                        tickets.push(*t);
-                    }
-                    if codes.is_empty() {
-                        break;
-                    }
-                    let sent = Instant::now();
-                    let answers = target.checkin(gate_id, &codes).await;
-                    let took_us = (sent.elapsed().as_micros() as u64).max(1);
-                    let counted = sent >= measure_from;
-                    match answers {
-                        Ok(outcomes) => {
-                            for (t, o) in tickets.iter().zip(&outcomes) {
-                                if o.kind == OutcomeKind::Admitted {
-                                    if let Some(a) = admits.get(*t) {
-                                        a.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                                counts_all[o.kind as usize] += 1;
-                                if counted {
-                                    counts[o.kind as usize] += 1;
-                                }
-                            }
-                            let n = outcomes.len() as u64;
-                            let _ = hist_all.record_n(took_us, n);
-                            if counted {
-                                let _ = hist.record_n(took_us, n);
-                            }
-                        }
-                        Err(target::CallError::Timeout) => {
-                            tally
-                                .timeouts
-                                .fetch_add(codes.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(target::CallError::Other(e)) => {
-                            tracing::debug!(error = %e, "check-in failed");
-                            tally
-                                .errors
-                                .fetch_add(codes.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                }
-                for k in 0..counts.len() {
-                    tally.outcomes[k].fetch_add(counts[k], Ordering::Relaxed);
-                    tally.outcomes_all[k].fetch_add(counts_all[k], Ordering::Relaxed);
-                }
-                (hist, hist_all)
-            }));
+    let shared = Arc::new(RunShared {
+        start,
+        measure_from: start + config.warmup,
+        end: start + config.warmup + config.duration,
+        admits: (0..genuine.len()).map(|_| AtomicU32::new(0)).collect(),
+        allowed,
+        answered: AtomicU64::new(0),
+        timeline: Mutex::new(Vec::new()),
+    });
+    // Open loop: one thread keeps the schedule and hands each gate its due times.
+    let (pacer, mut dues) = match config.rate {
+        Some(rate) => {
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..gates.len()).map(|_| mpsc::unbounded_channel()).unzip();
+            let (start, end) = (shared.start, shared.end);
+            let pacer = std::thread::Builder::new()
+                .name("stile-loadtest-pacer".into())
+                .spawn(move || pace(rate, start, end, txs))
+                .map_err(|e| LoadError::Usage(format!("starting the pacer: {e}")))?;
+            (Some(pacer), rxs.into_iter().map(Some).collect())
         }
+        None => (None, Vec::new()),
+    };
+    let mut receivers = Vec::with_capacity(gates.len());
+    for (g, (items, (tx, rx))) in gates.into_iter().zip(links).enumerate() {
+        let n = config.inflight;
+        let gate = Arc::new(GateShared {
+            book: Mutex::new(Book {
+                free: (0..n).rev().collect(),
+                slots: vec![
+                    Slot {
+                        due: start,
+                        ticket: NOT_GENUINE
+                    };
+                    n as usize
+                ],
+            }),
+            room: Semaphore::new(n as usize),
+            sent_all: AtomicBool::new(false),
+            sent: Notify::new(),
+            received: Notify::new(),
+        });
+        let due = dues.get_mut(g).and_then(Option::take);
+        tokio::spawn(send_loop(tx, items, gate.clone(), shared.clone(), due));
+        receivers.push(tokio::spawn(receive_loop(
+            rx,
+            gate,
+            shared.clone(),
+            config.inflight,
+        )));
     }
+    let ticker = progress.clone().map(|bar| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(shared.start.elapsed().as_millis() as u64);
+                bar.set_message(format!(
+                    "{} answers",
+                    shared.answered.load(Ordering::Relaxed)
+                ));
+            }
+        })
+    });
     let (mut hist, mut hist_all) = (new_histogram(), new_histogram());
-    for t in tasks {
-        if let Ok((h, a)) = t.await {
-            let _ = hist.add(h);
-            let _ = hist_all.add(a);
+    let (mut counts, mut counts_all) = ([0u64; 16], [0u64; 16]);
+    let (mut errors, mut timeouts, mut forged_admits) = (0, 0, 0);
+    for r in receivers {
+        if let Ok(c) = r.await {
+            let _ = hist.add(&c.hist);
+            let _ = hist_all.add(&c.hist_all);
+            for k in 0..16 {
+                counts[k] += c.outcomes[k];
+                counts_all[k] += c.outcomes_all[k];
+            }
+            errors += c.errors;
+            timeouts += c.timeouts;
+            forged_admits += c.forged_admits;
         }
     }
     let elapsed = start.elapsed();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if let Some(p) = pacer {
+        let _ = p.join();
+    }
     // Tickets that ran out during the warm-up leave nothing measured: report the whole run.
     let warmed = !hist.is_empty();
     if !warmed {
@@ -261,12 +332,8 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             "the tickets ran out during the warm-up; figures include it (raise --tickets)"
         );
         hist = hist_all;
+        counts = counts_all;
     }
-    let counts = if warmed {
-        &tally.outcomes
-    } else {
-        &tally.outcomes_all
-    };
     let measured = if warmed {
         elapsed.saturating_sub(config.warmup)
     } else {
@@ -274,86 +341,290 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     };
     let measured = measured.max(Duration::from_millis(1));
     let cpu = cpu_time().saturating_sub(cpu_start);
-    target.close().await;
     let mut outcomes = BTreeMap::new();
     for (k, n) in counts.iter().enumerate() {
-        let n = n.load(Ordering::Relaxed);
-        if n > 0 {
+        if *n > 0 {
             if let Some(kind) = OutcomeKind::from_u8(k as u8) {
-                outcomes.insert(kind.to_string(), n);
+                outcomes.insert(kind.to_string(), *n);
             }
         }
     }
     let requests: u64 = outcomes.values().sum();
-    let double_admits = admits
+    let double_admits = shared
+        .admits
         .iter()
-        .map(|a| a.load(Ordering::Relaxed).saturating_sub(1))
+        .zip(&shared.allowed)
+        .map(|(a, allowed)| {
+            u64::from(
+                a.load(Ordering::Relaxed)
+                    .saturating_sub(u32::from(*allowed)),
+            )
+        })
         .sum();
+    let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
     Ok(RunReport {
         target: config.target.clone(),
         sync,
-        mode: "closed".into(),
+        mode: if config.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .into(),
         gates: config.gates,
         inflight: config.inflight,
-        requested_rate: None,
+        requested_rate: config.rate,
         requests,
         throughput_per_s: requests as f64 / measured.as_secs_f64(),
         measured_s: measured.as_secs_f64(),
         warmup_excluded: warmed,
         latency_us: report::Latency::of(&hist),
         outcomes,
-        errors: tally.errors.load(Ordering::Relaxed),
-        timeouts: tally.timeouts.load(Ordering::Relaxed),
+        errors,
+        timeouts,
         double_admits,
+        forged_admits,
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        percentiles: report::Percentiles::of(&hist),
+        timeline: report::Second::series(&timeline, config.warmup),
     })
+}
+
+/// Sends one gate's items: in closed loop as fast as room frees up, in open loop as the
+/// pacer says they are due. Stops at the end of the run, when the items run out, or when
+/// the link fails.
+async fn send_loop(
+    mut tx: Tx,
+    items: Vec<Item>,
+    gate: Arc<GateShared>,
+    run: Arc<RunShared>,
+    mut due: Option<mpsc::UnboundedReceiver<Instant>>,
+) {
+    let mut next = 0;
+    let mut batch: Vec<(u32, Item)> = Vec::with_capacity(SEND_BATCH_MAX);
+    let mut times: Vec<Instant> = Vec::with_capacity(SEND_BATCH_MAX);
+    let cap = gate.book.lock().expect("not poisoned").slots.len();
+    while next < items.len() {
+        times.clear();
+        match &mut due {
+            None => {
+                if Instant::now() >= run.end {
+                    break;
+                }
+                let n = gate
+                    .room
+                    .available_permits()
+                    .clamp(1, SEND_BATCH_MAX)
+                    .min(items.len() - next);
+                times.resize(n, Instant::now());
+            }
+            Some(due) => {
+                let Some(t) = due.recv().await else { break };
+                times.push(t);
+                let most = SEND_BATCH_MAX.min(cap).min(items.len() - next);
+                while times.len() < most {
+                    match due.try_recv() {
+                        Ok(t) => times.push(t),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        match gate.room.acquire_many(times.len() as u32).await {
+            Ok(p) => p.forget(),
+            Err(_) => break, // the receiver gave up on the link
+        }
+        if due.is_none() {
+            // Closed loop: the clock starts when there is room.
+            let now = Instant::now();
+            times.iter_mut().for_each(|t| *t = now);
+        }
+        batch.clear();
+        {
+            let mut book = gate.book.lock().expect("not poisoned");
+            for (item, t) in items[next..].iter().zip(&times) {
+                let id = book.free.pop().expect("a free id for every permit");
+                book.slots[id as usize] = Slot {
+                    due: *t,
+                    ticket: item.ticket,
+                };
+                batch.push((id, *item));
+            }
+        }
+        next += batch.len();
+        if let Err(e) = tx.send(&batch).await {
+            tracing::debug!(error = %e.0, "sending failed");
+            gate.room.close();
+            break;
+        }
+    }
+    gate.sent_all.store(true, Ordering::Release);
+    gate.sent.notify_one();
+    // Keep the sending half open until the receiver is done with the answers.
+    let _tx = tx;
+    gate.received.notified().await;
+}
+
+/// Reads one gate's answers until everything sent is answered, counting outcomes, admits
+/// and latencies.
+async fn receive_loop(
+    mut rx: Rx,
+    gate: Arc<GateShared>,
+    run: Arc<RunShared>,
+    cap: u32,
+) -> GateCounts {
+    let mut c = GateCounts {
+        hist: new_histogram(),
+        hist_all: new_histogram(),
+        outcomes: [0; 16],
+        outcomes_all: [0; 16],
+        errors: 0,
+        timeouts: 0,
+        forged_admits: 0,
+    };
+    // This second's latencies, added to the run's timeline when the second changes.
+    let mut second = (0usize, new_histogram());
+    let mut answers: Vec<Answer> = Vec::with_capacity(cap as usize);
+    let in_flight = |g: &GateShared| cap as usize - g.book.lock().expect("not poisoned").free.len();
+    loop {
+        let sent_all = gate.sent_all.load(Ordering::Acquire);
+        if sent_all && in_flight(&gate) == 0 {
+            break;
+        }
+        let read = async { tokio::time::timeout(REQUEST_TIMEOUT, rx.recv(&mut answers)).await };
+        let got = if sent_all {
+            read.await
+        } else {
+            tokio::select! {
+                r = read => r,
+                _ = gate.sent.notified() => continue,
+            }
+        };
+        match got {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e.0, "link failed");
+                c.errors += in_flight(&gate) as u64;
+                break;
+            }
+            Err(_) => {
+                let lost = in_flight(&gate) as u64;
+                if lost > 0 {
+                    c.timeouts += lost;
+                    break;
+                }
+                continue;
+            }
+        }
+        let now = Instant::now();
+        let n = answers.len();
+        {
+            let mut book = gate.book.lock().expect("not poisoned");
+            for (id, answer) in answers.drain(..) {
+                let Some(slot) = book.slots.get(id as usize).copied() else {
+                    c.errors += 1;
+                    continue;
+                };
+                book.free.push(id);
+                let counted = slot.due >= run.measure_from;
+                let outcome = match answer {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request failed");
+                        c.errors += 1;
+                        continue;
+                    }
+                };
+                if outcome.kind == OutcomeKind::Admitted {
+                    match run.admits.get(slot.ticket as usize) {
+                        Some(a) => {
+                            a.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => c.forged_admits += 1,
+                    }
+                }
+                let k = outcome.kind as usize;
+                let took_us = (now.saturating_duration_since(slot.due).as_micros() as u64).max(1);
+                let _ = c.hist_all.record(took_us);
+                c.outcomes_all[k] += 1;
+                if counted {
+                    let _ = c.hist.record(took_us);
+                    c.outcomes[k] += 1;
+                }
+                let s = slot.due.saturating_duration_since(run.start).as_secs() as usize;
+                if s != second.0 {
+                    flush_second(&run, &mut second);
+                    second.0 = s;
+                }
+                let _ = second.1.record(took_us);
+            }
+        }
+        gate.room.add_permits(n);
+        run.answered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    flush_second(&run, &mut second);
+    // Whatever is still in flight now will not be answered: let the sender go.
+    gate.room.close();
+    gate.received.notify_one();
+    c
+}
+
+/// Adds a second's latencies to the run's timeline.
+fn flush_second(run: &RunShared, second: &mut (usize, hdrhistogram::Histogram<u64>)) {
+    if second.1.is_empty() {
+        return;
+    }
+    let mut timeline = run.timeline.lock().expect("not poisoned");
+    while timeline.len() <= second.0 {
+        timeline.push(new_histogram());
+    }
+    let _ = timeline[second.0].add(&second.1);
+    second.1.reset();
+}
+
+/// The open-loop schedule: request `i` is due at `start + i / rate`, at gate `i mod G`.
+/// Runs on its own thread, looking at the clock every [`PACER_TICK`], until `end`.
+fn pace(rate: f64, start: Instant, end: Instant, gates: Vec<mpsc::UnboundedSender<Instant>>) {
+    let nanos_per = 1e9 / rate;
+    let mut i: u64 = 0;
+    let mut open = gates.len();
+    let mut alive = vec![true; gates.len()];
+    loop {
+        let now = Instant::now();
+        loop {
+            let due = start + Duration::from_nanos((i as f64 * nanos_per).round() as u64);
+            if due > now || due >= end {
+                break;
+            }
+            let g = (i % gates.len() as u64) as usize;
+            if alive[g] && gates[g].send(due).is_err() {
+                alive[g] = false;
+                open -= 1;
+            }
+            i += 1;
+        }
+        if open == 0 || now >= end {
+            return;
+        }
+        std::thread::sleep(PACER_TICK);
+    }
+}
+
+fn progress_bar(config: &Config) -> indicatif::ProgressBar {
+    let total = (config.warmup + config.duration).as_millis() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{duration} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(config.target.clone());
+    bar
 }
 
 fn new_histogram() -> hdrhistogram::Histogram<u64> {
     // 1 µs to 60 s, 3 significant digits.
     hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
-/// Each gate's codes for the scenario.
-fn plan(config: &Config, genuine: &[CodeBytes]) -> Vec<Vec<(CodeBytes, usize)>> {
-    let gates = config.gates as usize;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(config.seed);
-    let mut work = vec![Vec::new(); gates];
-    match config.scenario {
-        Scenario::Stadium => {
-            for (i, c) in genuine.iter().enumerate() {
-                work[i % gates].push((*c, i));
-            }
-        }
-        Scenario::Replay => {
-            // Code i goes to gates i, i+1, …: the same position in each queue, so the copies
-            // arrive at about the same moment.
-            let fanout = REPLAY_FANOUT.min(gates);
-            for (i, c) in genuine.iter().enumerate() {
-                for k in 0..fanout {
-                    work[(i + k) % gates].push((*c, i));
-                }
-            }
-        }
-        Scenario::Forged => {
-            for (i, c) in genuine.iter().enumerate() {
-                let mut bytes = c.as_bytes().to_vec();
-                if i % 2 == 0 {
-                    // One bit of the tag flipped.
-                    let last = bytes.len() - 1;
-                    bytes[last] ^= 1 << rng.gen_range(0..8);
-                } else {
-                    // Random tag.
-                    let tag_at = bytes.len() - 10;
-                    rng.fill(&mut bytes[tag_at..]);
-                }
-                if let Ok(f) = CodeBytes::from_slice(&bytes) {
-                    work[i % gates].push((f, usize::MAX));
-                }
-            }
-        }
-    }
-    work
 }
 
 /// CPU time of this process (user and system).
@@ -366,4 +637,34 @@ fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_spaces_requests_evenly_and_deals_them_round_robin() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..4).map(|_| mpsc::unbounded_channel()).unzip();
+        let start = Instant::now();
+        pace(1000.0, start, start + Duration::from_millis(100), txs);
+        let mut all = Vec::new();
+        for (g, rx) in rxs.iter_mut().enumerate() {
+            let mut mine = Vec::new();
+            while let Ok(t) = rx.try_recv() {
+                mine.push(t);
+            }
+            assert_eq!(mine.len(), 25, "gate {g}");
+            for w in mine.windows(2) {
+                assert_eq!(w[1] - w[0], Duration::from_millis(4), "gate {g}");
+            }
+            all.extend(mine);
+        }
+        all.sort();
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[0], start);
+        for w in all.windows(2) {
+            assert_eq!(w[1] - w[0], Duration::from_millis(1));
+        }
+    }
 }

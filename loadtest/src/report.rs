@@ -60,10 +60,128 @@ pub struct RunReport {
     pub errors: u64,
     /// Requests with no answer in time.
     pub timeouts: u64,
-    /// Admits beyond the first of any ticket (must be 0).
+    /// Admits of a ticket beyond what its plan allows (one for an event ticket or a
+    /// journey; one per trip for a day pass). Must be 0.
     pub double_admits: u64,
+    /// Forged codes admitted. Must be 0.
+    pub forged_admits: u64,
     /// CPU time of this process over wall time, percent (200 = both cores of two).
     pub client_cpu_percent: f64,
+    /// Latency at percentiles from 0 to 99.999 (for plots).
+    pub percentiles: Vec<Percentile>,
+    /// Second by second from the start (warm-up included, marked).
+    pub timeline: Vec<Second>,
+}
+
+/// The latency at one percentile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentile {
+    /// Percent, 0 to 100.
+    pub percent: f64,
+    /// Microseconds.
+    pub us: u64,
+}
+
+/// Percentiles plotted.
+const PERCENTS: [f64; 14] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+/// Percentiles of a histogram.
+#[derive(Debug)]
+pub struct Percentiles;
+
+impl Percentiles {
+    /// The latency of `h` at each plotted percentile.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Vec<Percentile> {
+        PERCENTS
+            .iter()
+            .map(|&percent| Percentile {
+                percent,
+                us: h.value_at_percentile(percent),
+            })
+            .collect()
+    }
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds from the start.
+    pub t_s: u64,
+    /// Whether it falls in the warm-up.
+    pub warmup: bool,
+    /// Requests due in this second and answered.
+    pub requests: u64,
+    /// Their latency, microseconds.
+    pub latency_us: Latency,
+}
+
+impl Second {
+    /// The series of a run's per-second histograms (seconds with no answers included, as
+    /// zero).
+    pub fn series(
+        per_second: &[hdrhistogram::Histogram<u64>],
+        warmup: std::time::Duration,
+    ) -> Vec<Second> {
+        per_second
+            .iter()
+            .enumerate()
+            .map(|(t, h)| Second {
+                t_s: t as u64,
+                warmup: (t as f64) < warmup.as_secs_f64(),
+                requests: h.len(),
+                latency_us: if h.is_empty() {
+                    Latency {
+                        p50: 0,
+                        p99: 0,
+                        p999: 0,
+                        max: 0,
+                    }
+                } else {
+                    Latency::of(h)
+                },
+            })
+            .collect()
+    }
+}
+
+/// One target against another, in the same invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// The first target given.
+    pub target: String,
+    /// The one it is set against.
+    pub baseline: String,
+    /// Throughput of `target` over throughput of `baseline`.
+    pub throughput: f64,
+    /// p50 latency of `target` over that of `baseline` (below 1: faster).
+    pub p50: f64,
+    /// Same, p99.
+    pub p99: f64,
+    /// Same, p99.9.
+    pub p999: f64,
+}
+
+impl Ratio {
+    /// The first run set against each of the others.
+    pub fn of(runs: &[RunReport]) -> Vec<Ratio> {
+        let Some(first) = runs.first() else {
+            return Vec::new();
+        };
+        let div = |a: u64, b: u64| a as f64 / (b.max(1)) as f64;
+        runs[1..]
+            .iter()
+            .map(|b| Ratio {
+                target: first.target.clone(),
+                baseline: b.target.clone(),
+                throughput: first.throughput_per_s / b.throughput_per_s.max(1e-9),
+                p50: div(first.latency_us.p50, b.latency_us.p50),
+                p99: div(first.latency_us.p99, b.latency_us.p99),
+                p999: div(first.latency_us.p999, b.latency_us.p999),
+            })
+            .collect()
+    }
 }
 
 /// The machine a report was made on.
@@ -110,6 +228,9 @@ pub struct Report {
     pub machine: Machine,
     /// One entry per target.
     pub runs: Vec<RunReport>,
+    /// With several targets: the first against each other one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratios: Vec<Ratio>,
 }
 
 impl Report {
@@ -117,8 +238,12 @@ impl Report {
     pub fn text(&self) -> String {
         let mut out = format!("scenario {} (seed {})\n", self.scenario, self.seed);
         for r in &self.runs {
+            let rate = match r.requested_rate {
+                Some(rate) => format!("open loop at {rate:.0}/s"),
+                None => "closed loop".to_string(),
+            };
             out.push_str(&format!(
-                "{}  sync {}  {} gates x {} in flight  {} requests in {:.1} s: {:.0}/s  \
+                "{}  sync {}  {rate}  {} gates x {} in flight  {} requests in {:.1} s: {:.0}/s  \
                  p50 {} us  p99 {} us  p999 {} us  max {} us\n",
                 r.target,
                 r.sync,
@@ -141,6 +266,12 @@ impl Report {
                 r.timeouts,
                 r.double_admits,
                 r.client_cpu_percent
+            ));
+        }
+        for q in &self.ratios {
+            out.push_str(&format!(
+                "{} vs {}: throughput x{:.2}, p50 x{:.2}, p99 x{:.2}, p999 x{:.2}\n",
+                q.target, q.baseline, q.throughput, q.p50, q.p99, q.p999
             ));
         }
         out

@@ -1,37 +1,43 @@
-//! The targets a run drives: the engine in this process, or a node over QUIC.
+//! The targets a run drives: the engine in this process, a node over QUIC, or Redis. Each
+//! gate gets a link split in two halves, a sender and a receiver, so that requests go out
+//! while answers come back, the way a gate's connection carries them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use stile_engine::node::certs;
 use stile_engine::{
-    CheckinRequest, Engine, EngineConfig, Gate, MintRequest, Policy, PolicyId, SystemClock,
-    MINT_BATCH_MAX,
+    CheckinRequest, Durability, Engine, EngineConfig, EntryRule, Gate, GateOp, MintRequest, Policy,
+    Presented, SystemClock, Validity, MINT_BATCH_MAX,
 };
-use stile_protocol::client::{Client, ClientConfig, ClientError, ClientTls};
-use stile_protocol::frame::MintSpec;
+use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientTls};
+use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::{CodeBytes, Outcome};
+use tokio::sync::mpsc;
 
-use crate::redis_target::Redis;
+use crate::plan::{Item, Kind};
+use crate::redis_target::{Redis, RedisRx, RedisTx};
 use crate::{Config, LoadError};
 
-/// How long one check-in may take over the network before it counts as a timeout.
-const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// The provider every load-test ticket and gate belongs to.
 pub const PROVIDER: u16 = 1;
+/// A day pass's validity from its first scan, seconds.
+const DAY_S: u32 = 24 * 3600;
+/// Bytes asked of a QUIC stream per read.
+const READ_CHUNK: usize = 1 << 20;
 
-/// Why a call failed.
+/// One answer: the request id it answers, and the outcome or why there is none.
+pub(crate) type Answer = (u32, Result<Outcome, String>);
+
+/// Why a link stopped working.
 #[derive(Debug)]
-pub enum CallError {
-    /// No answer in time.
-    Timeout,
-    /// Anything else.
-    Other(String),
-}
+pub(crate) struct LinkError(pub String);
 
-/// A target, shared by every worker.
+/// A target, shared by every gate.
 #[derive(Clone)]
 pub enum Target {
     /// The engine in this process.
@@ -46,7 +52,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Inproc(_) => f.write_str("Target::Inproc"),
-            Target::Quic(q) => write!(f, "Target::Quic({})", q.addr),
+            Target::Quic(q) => write!(f, "Target::Quic({})", q.config.node),
             Target::Redis(r) => write!(f, "Target::Redis({})", r.url),
         }
     }
@@ -57,8 +63,6 @@ impl std::fmt::Debug for Target {
 pub struct Inproc {
     /// The engine.
     engine: Engine,
-    /// The policy of the minted tickets.
-    policy: PolicyId,
     /// Sync mode name.
     sync: &'static str,
     /// Scan ids.
@@ -67,15 +71,60 @@ pub struct Inproc {
     _dir: tempfile::TempDir,
 }
 
-/// A node: one gate connection per gate, and an admin connection for minting.
+/// A node: an admin connection for minting; the gates connect on their own.
 #[derive(Debug)]
 pub struct Quic {
-    /// The node.
-    addr: SocketAddr,
-    /// Gate `i + 1`'s client.
-    gates: Vec<Client>,
+    /// How to reach the node (the admin's certificate).
+    config: ClientConfig,
+    /// The CA and the gate certificates.
+    tls: PathBuf,
     /// The admin client.
     admin: Client,
+}
+
+/// The sending half of one gate's link.
+pub(crate) enum Tx {
+    /// Hands requests to the receiving half, which runs them through the engine.
+    Inproc(mpsc::UnboundedSender<Vec<(u32, Item)>>),
+    /// Writes frames on the gate's stream.
+    Quic {
+        /// The stream.
+        send: quinn::SendStream,
+        /// Frames being written.
+        buf: Vec<u8>,
+        /// The gate's scan ids.
+        scan_id: u64,
+    },
+    /// Writes script calls on the gate's connection.
+    Redis(RedisTx),
+}
+
+/// The receiving half of one gate's link.
+pub(crate) enum Rx {
+    /// Runs what the sender handed over, in one batch, and waits until it is durable.
+    Inproc(InprocRx),
+    /// Reads answer frames.
+    Quic {
+        /// The stream.
+        recv: quinn::RecvStream,
+        /// Bytes read and not yet decoded.
+        buf: BytesMut,
+        /// Kept open while the link lives.
+        _conn: quinn::Connection,
+        /// The gate's own endpoint (socket).
+        _endpoint: quinn::Endpoint,
+    },
+    /// Reads script answers, in order.
+    Redis(RedisRx),
+}
+
+/// The engine side of an in-process gate.
+pub(crate) struct InprocRx {
+    target: Arc<Inproc>,
+    gate: Gate,
+    rx: mpsc::UnboundedReceiver<Vec<(u32, Item)>>,
+    /// A batch run and not yet durable: its answers, and what they wait for.
+    pending: Option<(Vec<Answer>, Vec<Durability>)>,
 }
 
 impl Target {
@@ -108,12 +157,8 @@ impl Target {
                 Arc::new(SystemClock),
             )
             .map_err(|e| err(e.to_string()))?;
-            let policy = engine
-                .add_policy(Policy::simple(PROVIDER))
-                .map_err(|e| err(e.to_string()))?;
             return Ok(Target::Inproc(Arc::new(Inproc {
                 engine,
-                policy,
                 sync: config.sync.name(),
                 scan_id: AtomicU64::new(1),
                 _dir: dir,
@@ -125,6 +170,7 @@ impl Target {
                 config.target
             )));
         };
+        let rest = rest.trim_end_matches('/');
         let addr: SocketAddr = tokio::net::lookup_host(rest)
             .await
             .ok()
@@ -142,66 +188,75 @@ impl Target {
                 tls.display()
             )));
         }
-        let connect = |cert: std::path::PathBuf, inflight: u32| {
-            let ca = ca.clone();
-            let host = host.to_string();
-            async move {
-                let ctls = ClientTls::from_files(&ca, &cert, &certs::key_path_for(&cert))?;
-                let mut c = ClientConfig::new(addr, ctls);
-                c.server_name = host;
-                c.inflight_max = inflight as usize;
-                c.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-                Client::connect(c).await
-            }
-        };
         let admin_cert = tls.join(certs::admin_cert_name("admin"));
-        let admin = connect(admin_cert, 1024)
+        let ctls = ClientTls::from_files(&ca, &admin_cert, &certs::key_path_for(&admin_cert))
+            .map_err(|e| err(format!("admin certificate: {e}")))?;
+        let mut client = ClientConfig::new(addr, ctls);
+        client.server_name = host.to_string();
+        client.inflight_max = 1024;
+        let admin = Client::connect(client.clone())
             .await
             .map_err(|e| err(format!("admin: {e}")))?;
-        let mut gates = Vec::with_capacity(config.gates as usize);
         for g in 1..=config.gates {
             let cert = tls.join(certs::gate_cert_name(g));
             if !cert.exists() {
                 certs::issue_gate(&tls, g, PROVIDER)
                     .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
             }
-            gates.push(
-                connect(cert, config.inflight)
-                    .await
-                    .map_err(|e| err(format!("gate {g}: {e}")))?,
-            );
         }
-        Ok(Target::Quic(Arc::new(Quic { addr, gates, admin })))
+        Ok(Target::Quic(Arc::new(Quic {
+            config: client,
+            tls,
+            admin,
+        })))
     }
 
-    /// Mints `n` single-entry tickets of provider 1, valid any time.
-    pub async fn mint(&self, n: u32) -> Result<Vec<CodeBytes>, LoadError> {
-        match self {
-            Target::Inproc(t) => {
-                let mut codes = Vec::with_capacity(n as usize);
-                while codes.len() < n as usize {
-                    let count = (n - codes.len() as u32).min(MINT_BATCH_MAX as u32);
-                    let req = MintRequest {
-                        policy: t.policy,
-                        partition: 0,
-                        count,
-                    };
-                    codes.extend(t.engine.mint(&req).map_err(|e| LoadError::Target {
+    /// Mints the tickets `kinds` names (in that order), valid any time, of provider 1.
+    pub async fn mint(&self, kinds: &[(Kind, u32)]) -> Result<Vec<CodeBytes>, LoadError> {
+        let mut codes = Vec::new();
+        for &(kind, n) in kinds {
+            match self {
+                Target::Inproc(t) => {
+                    let err = |reason: String| LoadError::Target {
                         target: "inproc".into(),
-                        reason: e.to_string(),
+                        reason,
+                    };
+                    let policy = t
+                        .engine
+                        .add_policy(policy_of(kind))
+                        .map_err(|e| err(e.to_string()))?;
+                    let mut left = n;
+                    while left > 0 {
+                        let count = left.min(MINT_BATCH_MAX as u32);
+                        let req = MintRequest {
+                            policy,
+                            partition: 0,
+                            count,
+                        };
+                        codes.extend(t.engine.mint(&req).map_err(|e| err(e.to_string()))?);
+                        left -= count;
+                    }
+                }
+                Target::Quic(q) => {
+                    let p = policy_of(kind);
+                    let spec = MintSpec {
+                        max_entries: p.entry.max_entries,
+                        records_exits: p.entry.records_exits,
+                        duration_from_first_scan_s: p
+                            .validity
+                            .duration_from_first_scan_s
+                            .unwrap_or(0),
+                        ..MintSpec::single_entry(PROVIDER, n)
+                    };
+                    codes.extend(q.admin.mint(spec).await.map_err(|e| LoadError::Target {
+                        target: format!("quic://{}", q.config.node),
+                        reason: format!("minting: {e}"),
                     })?);
                 }
-                Ok(codes)
+                Target::Redis(r) => codes.extend(r.load(kind, n, codes.is_empty()).await?),
             }
-            Target::Quic(q) => {
-                let spec = MintSpec::single_entry(PROVIDER, n);
-                q.admin.mint(spec).await.map_err(|e| LoadError::Target {
-                    target: format!("quic://{}", q.addr),
-                    reason: format!("minting: {e}"),
-                })
-            }
-            Target::Redis(r) => r.load(n).await,
         }
+        Ok(codes)
     }
 
     /// The target's sync mode, as it reports it.
@@ -216,55 +271,204 @@ impl Target {
         }
     }
 
-    /// Concurrent workers per gate: in process one worker sends its N as one batch; over
-    /// QUIC, N workers each keep one request in flight on the gate's connection.
-    pub fn workers_per_gate(&self, inflight: u32) -> u32 {
-        match self {
-            Target::Inproc(_) => 1,
-            Target::Quic(_) | Target::Redis(_) => inflight,
-        }
-    }
-
-    /// Codes per call of one worker.
-    pub fn batch_per_worker(&self, inflight: u32) -> usize {
-        match self {
-            Target::Inproc(_) => inflight as usize,
-            Target::Quic(_) | Target::Redis(_) => 1,
-        }
-    }
-
-    /// Checks `codes` in at gate `gate`.
-    pub async fn checkin(&self, gate: u16, codes: &[CodeBytes]) -> Result<Vec<Outcome>, CallError> {
+    /// Opens gate `gate`'s link (its own connection for quic and redis).
+    pub(crate) async fn link(&self, gate: u16, inflight: u32) -> Result<(Tx, Rx), LoadError> {
         match self {
             Target::Inproc(t) => {
-                let reqs: Vec<CheckinRequest> = codes
-                    .iter()
-                    .map(|code| CheckinRequest {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Ok((
+                    Tx::Inproc(tx),
+                    Rx::Inproc(InprocRx {
+                        target: t.clone(),
                         gate: Gate::new(gate, PROVIDER),
-                        scan_id: t.scan_id.fetch_add(1, Ordering::Relaxed),
-                        code: *code,
-                    })
-                    .collect();
-                let mut out = vec![Outcome::FORGED; reqs.len()];
-                t.engine.checkin_batch(&reqs, &mut out).wait_async().await;
-                Ok(out)
+                        rx,
+                        pending: None,
+                    }),
+                ))
             }
             Target::Quic(q) => {
-                let client = &q.gates[gate as usize - 1];
-                let mut out = Vec::with_capacity(codes.len());
-                for code in codes {
-                    match client.checkin(code, client.next_scan_id()).await {
-                        Ok(o) => out.push(o),
-                        Err(ClientError::Timeout(_)) => return Err(CallError::Timeout),
-                        Err(e) => return Err(CallError::Other(e.to_string())),
-                    }
-                }
-                Ok(out)
+                let cert = q.tls.join(certs::gate_cert_name(gate));
+                let err = |reason: String| LoadError::Target {
+                    target: format!("quic://{}", q.config.node),
+                    reason: format!("gate {gate}: {reason}"),
+                };
+                let ctls = ClientTls::from_files(
+                    &q.tls.join(certs::CA_CERT),
+                    &cert,
+                    &certs::key_path_for(&cert),
+                )
+                .map_err(|e| err(e.to_string()))?;
+                let config = ClientConfig {
+                    tls: ctls,
+                    ..q.config.clone()
+                };
+                let (endpoint, conn, send, recv) =
+                    connect_raw(&config).await.map_err(|e| err(e.to_string()))?;
+                Ok((
+                    Tx::Quic {
+                        send,
+                        buf: Vec::with_capacity(64 * inflight as usize),
+                        scan_id: 1,
+                    },
+                    Rx::Quic {
+                        recv,
+                        buf: BytesMut::with_capacity(READ_CHUNK),
+                        _conn: conn,
+                        _endpoint: endpoint,
+                    },
+                ))
             }
-            Target::Redis(r) => r.checkin(gate, codes).await,
+            Target::Redis(r) => {
+                let (tx, rx) = r.link(gate, inflight).await?;
+                Ok((Tx::Redis(tx), Rx::Redis(rx)))
+            }
         }
     }
-
-    /// Ends the run.
-    pub async fn close(&self) {}
 }
+
+/// The engine policy of a kind of ticket.
+fn policy_of(kind: Kind) -> Policy {
+    let simple = Policy::simple(PROVIDER);
+    match kind {
+        Kind::Single => simple,
+        Kind::Journey => Policy {
+            entry: EntryRule::pairs(1),
+            ..simple
+        },
+        Kind::DayPass => Policy {
+            entry: EntryRule::pairs(0),
+            validity: Validity {
+                duration_from_first_scan_s: Some(DAY_S),
+                ..Validity::ALWAYS
+            },
+            ..simple
+        },
+    }
+}
+
+impl Tx {
+    /// Sends `reqs` (request id, what to present).
+    pub async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
+        match self {
+            Tx::Inproc(tx) => tx
+                .send(reqs.to_vec())
+                .map_err(|_| LinkError("the engine side stopped".into())),
+            Tx::Quic { send, buf, scan_id } => {
+                buf.clear();
+                for (id, item) in reqs {
+                    let code = RawCode::from(item.code);
+                    let req = if item.exit {
+                        Request::Exit {
+                            scan_id: *scan_id,
+                            code,
+                        }
+                    } else {
+                        Request::Checkin {
+                            scan_id: *scan_id,
+                            code,
+                        }
+                    };
+                    *scan_id += 1;
+                    req.encode(*id, buf);
+                }
+                send.write_all(buf)
+                    .await
+                    .map_err(|e| LinkError(format!("writing: {e}")))
+            }
+            Tx::Redis(r) => r.send(reqs).await,
+        }
+    }
+}
+
+impl Rx {
+    /// Waits for answers and appends at least one to `out`. Cancel-safe: an answer read is
+    /// never lost when the future is dropped.
+    pub async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
+        match self {
+            Rx::Inproc(r) => r.recv(out).await,
+            Rx::Quic { recv, buf, .. } => loop {
+                while let Some((len, body)) =
+                    split_frame(buf).map_err(|e| LinkError(format!("bad frame: {e}")))?
+                {
+                    match Response::decode(body) {
+                        Ok((id, Response::Outcome(o))) => out.push((id, Ok(o))),
+                        Ok((id, Response::Error { code, message })) => {
+                            out.push((id, Err(format!("error {code}: {message}"))))
+                        }
+                        Ok((id, _)) => out.push((id, Err("not an outcome".into()))),
+                        Err(e) => return Err(LinkError(format!("bad answer: {e}"))),
+                    }
+                    buf.advance(len);
+                }
+                if !out.is_empty() {
+                    return Ok(());
+                }
+                match recv.read_chunk(READ_CHUNK, true).await {
+                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+                    Ok(None) => return Err(LinkError("the node finished the stream".into())),
+                    Err(e) => return Err(LinkError(format!("reading: {e}"))),
+                }
+            },
+            Rx::Redis(r) => r.recv(out).await,
+        }
+    }
+}
+
+impl InprocRx {
+    async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
+        if self.pending.is_none() {
+            let Some(mut reqs) = self.rx.recv().await else {
+                return Err(LinkError("the sender stopped".into()));
+            };
+            while let Ok(more) = self.rx.try_recv() {
+                reqs.extend(more);
+            }
+            self.pending = Some(self.run(&reqs));
+        }
+        if let Some((_, waits)) = &self.pending {
+            for w in waits {
+                w.clone().wait_async().await;
+            }
+        }
+        if let Some((answers, _)) = self.pending.take() {
+            out.extend(answers);
+        }
+        Ok(())
+    }
+
+    /// Runs a batch: entries in one `checkin_batch`, exits one by one.
+    fn run(&self, reqs: &[(u32, Item)]) -> (Vec<Answer>, Vec<Durability>) {
+        let engine = &self.target.engine;
+        let mut entries = Vec::with_capacity(reqs.len());
+        let mut entry_ids = Vec::with_capacity(reqs.len());
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut waits = Vec::new();
+        for (id, item) in reqs {
+            let scan_id = self.target.scan_id.fetch_add(1, Ordering::Relaxed);
+            if item.exit {
+                let (o, d) = engine.scan_deferred(
+                    GateOp::Exit,
+                    &self.gate,
+                    scan_id,
+                    &Presented::Code(item.code),
+                );
+                answers.push((*id, Ok(o)));
+                waits.push(d);
+            } else {
+                entries.push(CheckinRequest {
+                    gate: self.gate,
+                    scan_id,
+                    code: item.code,
+                });
+                entry_ids.push(*id);
+            }
+        }
+        let mut outs = vec![Outcome::FORGED; entries.len()];
+        waits.push(engine.checkin_batch(&entries, &mut outs));
+        answers.extend(entry_ids.into_iter().zip(outs.into_iter().map(Ok)));
+        (answers, waits)
+    }
+}
+
+/// How long one request may go unanswered before the gate gives up on its link.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

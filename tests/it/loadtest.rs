@@ -1,6 +1,7 @@
-//! The load tester, in short bounded runs: every scenario against the engine in process and
-//! against a real node on 127.0.0.1; replay admits each ticket once, forged admits nothing,
-//! and the JSON report has its documented shape.
+//! The load tester, in short bounded runs: every scenario against the engine in process,
+//! a real node on 127.0.0.1 and a spawned Redis; replay admits each ticket once, forged
+//! admits nothing, rail tickets enter and leave, open loop keeps to its rate, `--compare`
+//! prints ratios, and the JSON and HTML reports have their documented shape.
 
 use std::time::Duration;
 
@@ -17,18 +18,32 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         inflight: 16,
         duration: Duration::from_secs(1),
         warmup: Duration::ZERO,
+        rate: None,
         tickets: 20_000,
         seed: 7,
         data: data.to_path_buf(),
         sync: SyncMode::Always,
         spawn_redis: false,
+        progress: false,
     }
 }
+
+const EVERY: [Scenario; 5] = [
+    Scenario::Stadium,
+    Scenario::Rail,
+    Scenario::Replay,
+    Scenario::Forged,
+    Scenario::Mixed,
+];
 
 fn check(scenario: Scenario, r: &RunReport, tickets: u64) {
     assert_eq!(r.errors + r.timeouts, 0, "{r:?}");
     assert_eq!(r.double_admits, 0, "a ticket was admitted twice: {r:?}");
+    assert_eq!(r.forged_admits, 0, "a forged code was admitted: {r:?}");
     let admitted = r.outcomes.get("admitted").copied().unwrap_or(0);
+    let count = |k: &str| r.outcomes.get(k).copied().unwrap_or(0);
+    // Redis cannot check a signature: a forged code is just not there.
+    let refused = count("forged") + count("unknown") + count("rate_limited");
     match scenario {
         Scenario::Stadium => assert!(admitted > 0 && admitted <= tickets, "{r:?}"),
         // Every code at 4 gates at once: one admit each, the rest already used.
@@ -39,9 +54,18 @@ fn check(scenario: Scenario, r: &RunReport, tickets: u64) {
         }
         Scenario::Forged => {
             assert_eq!(admitted, 0, "a forged code was admitted: {r:?}");
-            // Redis cannot check a signature: a forged code is just not there.
-            let refused = r.outcomes.get("forged").or(r.outcomes.get("unknown"));
-            assert!(refused.copied().unwrap_or(0) > 0, "{r:?}");
+            assert_eq!(refused, r.requests, "{r:?}");
+        }
+        // Entries and exits, a day pass entering more than once: never more admits than
+        // entries planned (double_admits above), and exits recorded.
+        Scenario::Rail => {
+            assert!(admitted > 0 && count("exited") > 0, "{r:?}");
+            assert!(count("exited") <= admitted, "{r:?}");
+        }
+        // First scans admitted, replays refused, forgeries refused.
+        Scenario::Mixed => {
+            assert!(admitted > 0 && admitted <= tickets, "{r:?}");
+            assert!(count("already_used") > 0 && refused > 0, "{r:?}");
         }
     }
     assert!(r.requests > 0 && r.throughput_per_s > 0.0, "{r:?}");
@@ -51,7 +75,7 @@ fn check(scenario: Scenario, r: &RunReport, tickets: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_in_process() {
     let dir = tempfile::tempdir().unwrap();
-    for scenario in [Scenario::Stadium, Scenario::Replay, Scenario::Forged] {
+    for scenario in EVERY {
         let c = config(scenario, "inproc", dir.path());
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always");
@@ -65,7 +89,7 @@ async fn every_scenario_in_process() {
 async fn every_scenario_against_a_node() {
     let n = TestNode::start(|c| c.budget_per_s = 1_000_000).await;
     let target = format!("quic://{}", n.addr);
-    for scenario in [Scenario::Stadium, Scenario::Replay, Scenario::Forged] {
+    for scenario in EVERY {
         let mut c = config(scenario, &target, n.dir.path());
         c.gates = 4;
         c.tickets = 4_000;
@@ -135,7 +159,10 @@ fn command_line_json_has_the_documented_shape() {
         "errors",
         "timeouts",
         "double_admits",
+        "forged_admits",
         "client_cpu_percent",
+        "percentiles",
+        "timeline",
     ] {
         assert!(run.get(key).is_some(), "{key} missing: {run}");
     }
@@ -165,7 +192,7 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    for scenario in [Scenario::Stadium, Scenario::Replay, Scenario::Forged] {
+    for scenario in EVERY {
         let mut c = config(scenario, &format!("redis://127.0.0.1:{port}"), dir.path());
         c.spawn_redis = true;
         c.gates = 4;
@@ -173,5 +200,147 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "appendfsync always", "{r:?}");
         check(scenario, &r, c.tickets as u64);
+    }
+    // One invocation, both targets, the ratios printed.
+    let redis = format!("redis://127.0.0.1:{port}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "stadium",
+            "--spawn-redis",
+            "--quiet",
+        ])
+        .args(["--compare", &format!("inproc,{redis}")])
+        .args([
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--gates",
+            "4",
+            "--tickets",
+            "4000",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("inproc vs {redis}: throughput x")),
+        "{text}"
+    );
+    assert!(text.contains("sync appendfsync always"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_to_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(Scenario::Stadium, "inproc", dir.path());
+    c.rate = Some(5_000.0);
+    c.warmup = Duration::from_millis(200);
+    let r = stile_loadtest::run(&c).await.unwrap();
+    check(Scenario::Stadium, &r, c.tickets as u64);
+    assert_eq!((r.mode.as_str(), r.requested_rate), ("open", Some(5_000.0)));
+    // Due times are i / rate: a second holds at most 5,000 of them, whatever the machine.
+    assert!(r.requests <= 5_001, "{r:?}");
+    assert!(r.timeline.iter().any(|s| s.warmup) && r.timeline.iter().any(|s| !s.warmup));
+}
+
+#[test]
+fn compare_prints_ratios_and_writes_an_html_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "mixed",
+            "--compare",
+            "inproc,inproc",
+        ])
+        .args(["--duration", "1s", "--warmup", "0s", "--gates", "4"])
+        .args(["--tickets", "20000", "--rate", "4000", "--quiet"])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("inproc vs inproc: throughput x"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["runs"][1]["mode"], "open");
+    assert_eq!(v["runs"][1]["requested_rate"], 4000.0);
+    let ratio = &v["ratios"][0];
+    assert_eq!(
+        (ratio["target"].as_str(), ratio["baseline"].as_str()),
+        (Some("inproc"), Some("inproc"))
+    );
+    assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio}");
+    let page = std::fs::read_to_string(html.join("index.html")).unwrap();
+    assert_eq!(page.matches("<svg").count(), 3, "three plots inline");
+    for f in [
+        "latency-percentiles.svg",
+        "latency-over-time.svg",
+        "throughput-over-time.svg",
+    ] {
+        let svg = std::fs::read_to_string(html.join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{f}: {svg:.200}"
+        );
+    }
+}
+
+#[test]
+fn bad_options_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expect) in [
+        (vec!["--scenario", "marathon"], "unknown scenario"),
+        (
+            vec!["--scenario", "stadium", "--rate", "0"],
+            "--rate must be",
+        ),
+        (
+            vec!["--scenario", "stadium", "--gates", "0"],
+            "--gates must be",
+        ),
+        (
+            vec!["--scenario", "stadium", "--target", "http://x"],
+            "use inproc, quic://",
+        ),
+        (
+            vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
+            "empty target",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .arg("loadtest")
+            .args(&args)
+            .args(["--quiet", "--duration", "1s"])
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
     }
 }

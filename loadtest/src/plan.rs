@@ -1,0 +1,255 @@
+//! What each gate presents, scenario by scenario, decided before the clock starts.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use stile_protocol::CodeBytes;
+
+use crate::{Config, Scenario, REPLAY_FANOUT};
+
+/// `Item::ticket` of a code that is no minted ticket (forged).
+pub const NOT_GENUINE: u32 = u32::MAX;
+/// Rail: share of the tickets that are day passes, percent (the rest are single journeys).
+pub const RAIL_PASS_PERCENT: u32 = 30;
+/// Rail: journeys a day pass makes (entry and exit each).
+pub const RAIL_PASS_TRIPS: u32 = 3;
+/// Mixed: one ticket in this many is presented a second time, at another gate, later.
+pub const MIXED_REPLAY_EVERY: u32 = 10;
+/// Mixed: one ticket in this many also has a forged copy presented.
+pub const MIXED_FORGED_EVERY: u32 = 20;
+/// Mixed: how many tickets later in the arrival order a replayed code comes back.
+pub const MIXED_REPLAY_LAG: usize = 2_048;
+
+/// The kinds of ticket a scenario needs minted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One entry, no exit (an event ticket).
+    Single,
+    /// One entry then one exit (a rail single journey).
+    Journey,
+    /// Unlimited entries, each followed by an exit, valid a day from the first scan.
+    DayPass,
+}
+
+impl Kind {
+    /// Admits one ticket of this kind may get in a run's plan.
+    fn admits_allowed(self) -> u8 {
+        match self {
+            Kind::Single | Kind::Journey => 1,
+            Kind::DayPass => RAIL_PASS_TRIPS as u8,
+        }
+    }
+}
+
+/// The tickets to mint: `(kind, count)` in minting order.
+pub fn tickets(config: &Config) -> Vec<(Kind, u32)> {
+    match config.scenario {
+        Scenario::Rail => {
+            let passes = (u64::from(config.tickets) * u64::from(RAIL_PASS_PERCENT) / 100) as u32;
+            vec![
+                (Kind::Journey, config.tickets - passes),
+                (Kind::DayPass, passes),
+            ]
+        }
+        _ => vec![(Kind::Single, config.tickets)],
+    }
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect()
+}
+
+/// One presentation of a code at a gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Item {
+    /// The code as the gate reads it.
+    pub code: CodeBytes,
+    /// The ticket's index in minting order, or [`NOT_GENUINE`].
+    pub ticket: u32,
+    /// An exit rather than an entry.
+    pub exit: bool,
+}
+
+/// Every gate's queue, and how many admits each ticket may get.
+#[derive(Debug)]
+pub struct Plan {
+    /// Gate `i + 1`'s codes, in order.
+    pub gates: Vec<Vec<Item>>,
+    /// Admits allowed per ticket: more is a double admit.
+    pub allowed: Vec<u8>,
+}
+
+/// Each gate's codes for the scenario. `genuine` holds the minted codes in the order and the
+/// kinds [`tickets`] gave.
+pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
+    let gates = config.gates as usize;
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut work: Vec<Vec<Item>> = vec![Vec::new(); gates];
+    let mut allowed = Vec::with_capacity(genuine.len());
+    for (kind, n) in tickets(config) {
+        allowed.extend(std::iter::repeat_n(kind.admits_allowed(), n as usize));
+    }
+    let entry = |code: CodeBytes, t: usize| Item {
+        code,
+        ticket: t as u32,
+        exit: false,
+    };
+    match config.scenario {
+        Scenario::Stadium => {
+            for (i, c) in genuine.iter().enumerate() {
+                work[i % gates].push(entry(*c, i));
+            }
+        }
+        Scenario::Replay => {
+            // Code i goes to gates i, i+1, …: the same position in each queue, so the copies
+            // arrive at about the same moment.
+            let fanout = REPLAY_FANOUT.min(gates);
+            for (i, c) in genuine.iter().enumerate() {
+                for k in 0..fanout {
+                    work[(i + k) % gates].push(entry(*c, i));
+                }
+            }
+        }
+        Scenario::Forged => {
+            for (i, c) in genuine.iter().enumerate() {
+                work[i % gates].push(Item {
+                    code: forge(&mut rng, c, i % 2 == 0),
+                    ticket: NOT_GENUINE,
+                    exit: false,
+                });
+            }
+        }
+        Scenario::Mixed => {
+            // One arrival order, dealt round robin: first scans, with a replay of an earlier
+            // ticket now and then (it must get already_used) and a forged copy now and then.
+            let mut order = Vec::with_capacity(genuine.len() * 23 / 20);
+            for (i, c) in genuine.iter().enumerate() {
+                order.push(entry(*c, i));
+                if i % MIXED_FORGED_EVERY as usize == 7 {
+                    order.push(Item {
+                        code: forge(&mut rng, c, i % 40 == 7),
+                        ticket: NOT_GENUINE,
+                        exit: false,
+                    });
+                }
+                if let Some(j) = i.checked_sub(MIXED_REPLAY_LAG) {
+                    if j % MIXED_REPLAY_EVERY as usize == 3 {
+                        order.push(entry(genuine[j], j));
+                    }
+                }
+            }
+            for (k, item) in order.into_iter().enumerate() {
+                work[k % gates].push(item);
+            }
+        }
+        Scenario::Rail => {
+            // Rounds: every ticket's first entry, then every first exit, then second entries
+            // of the day passes, … Each step at a gate of its own (stations differ), in the
+            // same ticket order each round, so a ticket's exit comes a whole round after its
+            // entry.
+            let steps_of = |t: usize| {
+                if allowed[t] > 1 {
+                    2 * RAIL_PASS_TRIPS
+                } else {
+                    2
+                }
+            };
+            for round in 0..2 * RAIL_PASS_TRIPS {
+                for (t, c) in genuine.iter().enumerate() {
+                    if round < steps_of(t) {
+                        work[rng.gen_range(0..gates)].push(Item {
+                            code: *c,
+                            ticket: t as u32,
+                            exit: round % 2 == 1,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Plan {
+        gates: work,
+        allowed,
+    }
+}
+
+/// A forged copy of `code`: one bit of the tag flipped, or a random tag.
+fn forge(rng: &mut SmallRng, code: &CodeBytes, flip_one_bit: bool) -> CodeBytes {
+    let mut bytes = code.as_bytes().to_vec();
+    if flip_one_bit {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1 << rng.gen_range(0..8);
+    } else {
+        let tag_at = bytes.len() - 10;
+        rng.fill(&mut bytes[tag_at..]);
+    }
+    CodeBytes::from_slice(&bytes).unwrap_or(*code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn config(scenario: Scenario, tickets: u32) -> Config {
+        Config {
+            scenario,
+            target: "inproc".into(),
+            gates: 8,
+            inflight: 4,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            rate: None,
+            tickets,
+            seed: 7,
+            data: PathBuf::from("."),
+            sync: stile_engine::SyncMode::None,
+            spawn_redis: false,
+            progress: false,
+        }
+    }
+
+    fn codes(n: u32) -> Vec<CodeBytes> {
+        (0..n)
+            .map(|i| {
+                let mut b = [0u8; 20];
+                b[0] = 1;
+                b[6..10].copy_from_slice(&i.to_be_bytes());
+                b[10] = 0x55;
+                CodeBytes::from_slice(&b).expect("format 1")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rail_sends_each_exit_a_round_after_its_entry() {
+        let c = config(Scenario::Rail, 1000);
+        let kinds = tickets(&c);
+        assert_eq!(kinds, vec![(Kind::Journey, 700), (Kind::DayPass, 300)]);
+        let p = plan(&c, &codes(1000));
+        let all: Vec<Item> = p.gates.iter().flatten().copied().collect();
+        assert_eq!(all.len(), 700 * 2 + 300 * 6);
+        let exits = all.iter().filter(|i| i.exit).count();
+        assert_eq!(exits, 700 + 300 * 3);
+        assert_eq!(p.allowed[0], 1);
+        assert_eq!(p.allowed[999], RAIL_PASS_TRIPS as u8);
+    }
+
+    #[test]
+    fn mixed_holds_replays_and_forgeries() {
+        let n = 30_000;
+        let c = config(Scenario::Mixed, n);
+        let genuine = codes(n);
+        let p = plan(&c, &genuine);
+        let all: Vec<Item> = p.gates.iter().flatten().copied().collect();
+        let forged = all.iter().filter(|i| i.ticket == NOT_GENUINE).count();
+        assert_eq!(forged, (n / MIXED_FORGED_EVERY) as usize);
+        for f in all.iter().filter(|i| i.ticket == NOT_GENUINE) {
+            assert!(
+                !genuine.contains(&f.code),
+                "a forged code equals a genuine one"
+            );
+        }
+        let replays = all.len() - forged - n as usize;
+        assert_eq!(replays, (n as usize - MIXED_REPLAY_LAG) / 10);
+    }
+}
