@@ -9,6 +9,7 @@
 pub mod base32;
 pub mod code;
 pub mod frame;
+pub mod histogram;
 pub mod outcome;
 
 #[cfg(feature = "client")]
