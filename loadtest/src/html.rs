@@ -89,8 +89,8 @@ fn percentile_plot(runs: &[RunReport]) -> Result<String, HtmlError> {
             .y_desc("latency (µs)")
             .x_labels(6)
             .x_label_formatter(&|x| {
-                let p = 100.0 * (1.0 - 10f64.powf(-x));
-                format!("{p}")
+                let p = format!("{:.3}", 100.0 * (1.0 - 10f64.powf(-x)));
+                p.trim_end_matches('0').trim_end_matches('.').to_string()
             })
             .draw()
             .map_err(draw_err)?;
@@ -105,7 +105,7 @@ fn percentile_plot(runs: &[RunReport]) -> Result<String, HtmlError> {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(draw_err)?
-                .label(r.target.clone())
+                .label(name(runs, i))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
         legend(&mut chart)?;
@@ -157,7 +157,7 @@ fn latency_plot(runs: &[RunReport]) -> Result<String, HtmlError> {
                     color.stroke_width(2),
                 ))
                 .map_err(draw_err)?
-                .label(r.target.clone())
+                .label(name(runs, i))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart
                 .draw_series(LineSeries::new(
@@ -211,7 +211,7 @@ fn throughput_plot(runs: &[RunReport]) -> Result<String, HtmlError> {
                     color.stroke_width(2),
                 ))
                 .map_err(draw_err)?
-                .label(r.target.clone())
+                .label(name(runs, i))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
         legend(&mut chart)?;
@@ -232,6 +232,15 @@ where
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(draw_err)
+}
+
+/// A run's name in a legend: its target, numbered when there are several runs.
+fn name(runs: &[RunReport], i: usize) -> String {
+    if runs.len() > 1 {
+        format!("{}. {}", i + 1, runs[i].target)
+    } else {
+        runs[i].target.clone()
+    }
 }
 
 /// Escapes text for HTML.
