@@ -34,6 +34,7 @@ seeds = {
     "req_checkin_as": frame(0x0A, 7, struct.pack("<HHQ", 3, 1, 12) + static_code),
     "req_subscribe": frame(0x0B, 8, struct.pack("<Q", 1 << 40)),
     "req_ticket_key": frame(0x0C, 9, rotating_code),
+    "req_metrics": frame(0x0D, 10, bytes([0x01])),
     "resp_outcome": frame(0x81, 7, struct.pack("<BBHQ", 0, 1, 3, 1_750_000_000)),
     "resp_ticket": frame(0x82, 1, struct.pack("<BBBBHHIHBB4Q", 0, 1, 1, 2, 1, 0, 42, 3, 1, 0,
                                               1, 2, 3, 4)),
@@ -45,6 +46,11 @@ seeds = {
                          + struct.pack("<QBHIBBBHQ", 5, 0, 0, 42, 1, 1, 1, 3, 1_750_000_000)
                          + struct.pack("<QBHIBBBHQ", 6, 1, 1, 43, 0, 0, 0, 0, 1_750_000_001)),
     "resp_ticket_key": frame(0x87, 9, bytes(range(32)) + struct.pack("<I", 30)),
+    # Uptime, in flight, 3 outcome counts, latency op, then two histograms (sum, bucket
+    # count, (bucket u16, count u64) ascending).
+    "resp_metrics": frame(0x88, 10, struct.pack("<QQB3QB", 5_000_000, 2, 3, 10, 2, 1, 0x01)
+                          + struct.pack("<QH", 900, 2) + struct.pack("<HQHQ", 40, 2, 100, 1)
+                          + struct.pack("<QH", 500, 1) + struct.pack("<HQ", 300, 1)),
     "resp_error": frame(0x8F, 4, struct.pack("<HH", 5, 8) + "conflict".encode()),
 }
 seeds["resp_error_long"] = frame(0x8F, 4, struct.pack("<HH", 2, 512) + ("é" * 256).encode())

@@ -11,6 +11,7 @@ mod engine;
 pub mod error;
 pub mod index;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 mod ops;
 pub mod policy;

@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::code::CodeBytes;
 use crate::frame::{
-    close, split_frame, Event, FrameError, MintSpec, NodeStats, RawCode, Request, Response,
-    TicketInfo, MINT_FRAME_MAX,
+    close, split_frame, Event, FrameError, MintSpec, NodeMetrics, NodeStats, RawCode, Request,
+    Response, TicketInfo, MINT_FRAME_MAX,
 };
 use crate::outcome::Outcome;
 
@@ -487,6 +487,16 @@ impl Client {
         }
     }
 
+    /// The node's outcome counts, in-flight requests, and the latency histogram of request
+    /// op `op` (`frame::op::CHECKIN`, say) and of its log's `fdatasync`. A node older than
+    /// this request closes the connection with `unknown op`: [`ClientError::Refused`].
+    pub async fn metrics(&self, op: u8) -> Result<NodeMetrics, ClientError> {
+        match self.request(Request::Metrics { op }).await? {
+            Response::Metrics(m) => Ok(m),
+            _ => Err(ClientError::Unexpected("metrics")),
+        }
+    }
+
     /// Ticket events from log position `from_seq` on, then live (admin). The subscription
     /// survives reconnects, resuming after the last event received.
     pub async fn subscribe(&self, from_seq: u64) -> Result<Subscription, ClientError> {
@@ -579,8 +589,12 @@ fn classify(e: &quinn::ConnectionError) -> Option<String> {
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let code = c.error_code.into_inner();
-            matches!(code as u32, close::REVOKED | close::NO_ROLE)
-                .then(|| close::name(code as u32).to_string())
+            // An op the node does not know: resending it would fail the same way.
+            matches!(
+                code as u32,
+                close::REVOKED | close::NO_ROLE | close::UNKNOWN_OP
+            )
+            .then(|| close::name(code as u32).to_string())
         }
         // A TLS alert from the node: certificate unknown, revoked, missing.
         quinn::ConnectionError::ConnectionClosed(c) => tls_alert(u64::from(c.error_code)),

@@ -10,6 +10,7 @@
 use bytes::BufMut;
 
 use crate::code::{CodeBytes, CodeError, CodeFormat, MAX_LEN as CODE_MAX_LEN};
+use crate::histogram::{Histogram, BUCKETS as HISTOGRAM_BUCKETS};
 use crate::outcome::{Outcome, OutcomeKind};
 
 /// The ALPN protocol id of stile's wire protocol.
@@ -56,6 +57,10 @@ pub mod op {
     pub const SUBSCRIBE: u8 = 0x0B;
     /// A rotating ticket's per-ticket key, to redraw its code (admin, audited).
     pub const TICKET_KEY: u8 = 0x0C;
+    /// Outcome counts and latency histograms (what `stile stat` shows).
+    pub const METRICS: u8 = 0x0D;
+    /// Largest request op.
+    pub const REQUEST_MAX: u8 = METRICS;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -70,8 +75,31 @@ pub mod op {
     pub const EVENTS: u8 = 0x86;
     /// A rotating ticket's key and the node's time step (`ticket_key`).
     pub const TICKET_KEY_REPLY: u8 = 0x87;
+    /// Outcome counts and latency histograms.
+    pub const METRICS_REPLY: u8 = 0x88;
     /// The request failed; nothing changed.
     pub const ERROR: u8 = 0x8F;
+
+    /// A request op's name for metrics and logs (`checkin`, `checkin_as`, …); `unknown`
+    /// for a byte that is no request.
+    pub fn name(op: u8) -> &'static str {
+        match op {
+            CHECKIN => "checkin",
+            EXIT => "exit",
+            UNDO => "undo",
+            STATUS => "status",
+            MINT => "mint",
+            REVOKE => "revoke",
+            TRANSFER => "transfer",
+            PING => "ping",
+            STATS => "stats",
+            CHECKIN_AS => "checkin_as",
+            SUBSCRIBE => "subscribe",
+            TICKET_KEY => "ticket_key",
+            METRICS => "metrics",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Application error codes a node closes a connection with (QUIC `CONNECTION_CLOSE`).
@@ -384,6 +412,32 @@ pub mod sync_mode {
 
 const STATS_LEN: usize = 9 * 8 + 1;
 
+/// Most outcome counts one metrics frame carries.
+pub const METRICS_OUTCOMES_MAX: usize = 32;
+
+/// A node's outcome counts and latency histograms since it started (`metrics`). Rates and
+/// recent percentiles come from two readings: see [`Histogram::since`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct NodeMetrics {
+    /// Microseconds since the node started (its own monotonic clock: rates divide by this).
+    pub uptime_us: u64,
+    /// Requests read and not yet answered.
+    pub inflight: u64,
+    /// Answers to gate requests (check-in, exit, undo, `checkin_as`) by outcome: index =
+    /// wire value (`OutcomeKind`), at most [`METRICS_OUTCOMES_MAX`].
+    pub outcomes: Vec<u64>,
+    /// The op whose latency follows (0: the node keeps none for the op asked).
+    pub latency_op: u8,
+    /// That op's latency, microseconds from the read that brought a request in to the
+    /// write that carried its answer out (durability wait included).
+    pub latency_us: Histogram,
+    /// `fdatasync` latency of the log, microseconds (empty without a log).
+    pub fsync_us: Histogram,
+}
+
+/// Fixed bytes of a metrics frame before its outcome counts.
+const METRICS_HEAD_LEN: usize = 8 + 8 + 1;
+
 /// What kind of change an event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -508,6 +562,11 @@ pub enum Request {
         /// A rotating code of the ticket (any step).
         code: RawCode,
     },
+    /// Outcome counts, and the latency histogram of request op `op`.
+    Metrics {
+        /// The request op whose latency is wanted (`op::CHECKIN`, say).
+        op: u8,
+    },
 }
 
 /// A response: it carries the request id of what it answers.
@@ -533,6 +592,8 @@ pub enum Response {
         /// The node's rotation time step, seconds.
         step_s: u32,
     },
+    /// Outcome counts and latency histograms.
+    Metrics(NodeMetrics),
     /// The request failed; nothing changed.
     Error {
         /// One of [`error_code`].
@@ -593,6 +654,28 @@ impl<'a> Reader<'a> {
         RawCode::new(rest).ok_or(FrameError::Malformed("code must be 1 to 21 bytes"))
     }
 
+    /// A histogram: sum u64, bucket count u16, then (bucket u16, count u64) ascending.
+    fn histogram(&mut self) -> Result<Histogram, FrameError> {
+        let sum = self.u64()?;
+        let n = self.u16()? as usize;
+        if n > HISTOGRAM_BUCKETS {
+            return Err(FrameError::Malformed("too many histogram buckets"));
+        }
+        let mut buckets = Vec::with_capacity(n.min(self.buf.len() / 10));
+        let mut next = 0usize;
+        for _ in 0..n {
+            let (i, count) = (self.u16()?, self.u64()?);
+            if (i as usize) < next || i as usize >= HISTOGRAM_BUCKETS {
+                return Err(FrameError::Malformed(
+                    "histogram buckets out of order or range",
+                ));
+            }
+            next = i as usize + 1;
+            buckets.push((i, count));
+        }
+        Ok(Histogram { sum, buckets })
+    }
+
     fn end(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() {
             Ok(())
@@ -639,6 +722,7 @@ impl Request {
             Request::CheckinAs { .. } => op::CHECKIN_AS,
             Request::Subscribe { .. } => op::SUBSCRIBE,
             Request::TicketKey { .. } => op::TICKET_KEY,
+            Request::Metrics { .. } => op::METRICS,
         }
     }
 
@@ -675,6 +759,7 @@ impl Request {
             Request::Ping | Request::Stats => 0,
             Request::CheckinAs { code, .. } => 2 + 2 + 8 + code.len as usize,
             Request::Subscribe { .. } => 8,
+            Request::Metrics { .. } => 1,
         }
     }
 
@@ -720,6 +805,7 @@ impl Request {
                 out.put_slice(code.as_bytes());
             }
             Request::Subscribe { from_seq } => out.put_u64_le(*from_seq),
+            Request::Metrics { op } => out.put_u8(*op),
         }
     }
 
@@ -774,6 +860,7 @@ impl Request {
             op::TICKET_KEY => Request::TicketKey {
                 code: r.code_rest()?,
             },
+            op::METRICS => Request::Metrics { op: r.u8()? },
             other => return Err(FrameError::UnknownOp(other)),
         };
         r.end()?;
@@ -805,6 +892,13 @@ impl Response {
             Response::Stats(_) => STATS_LEN,
             Response::Events(events) => 2 + events.len() * EVENT_LEN,
             Response::TicketKey { .. } => TICKET_KEY_REPLY_LEN,
+            Response::Metrics(m) => {
+                METRICS_HEAD_LEN
+                    + 8 * m.outcomes.len()
+                    + 1
+                    + histogram_len(&m.latency_us)
+                    + histogram_len(&m.fsync_us)
+            }
             Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
         }
     }
@@ -827,6 +921,16 @@ impl Response {
                 op::EVENTS
             }
             Response::TicketKey { .. } => op::TICKET_KEY_REPLY,
+            Response::Metrics(m) => {
+                assert!(
+                    m.outcomes.len() <= METRICS_OUTCOMES_MAX,
+                    "too many outcome counts"
+                );
+                for h in [&m.latency_us, &m.fsync_us] {
+                    assert!(h.buckets.len() <= HISTOGRAM_BUCKETS, "too many buckets");
+                }
+                op::METRICS_REPLY
+            }
             Response::Error { .. } => op::ERROR,
         };
         put_header(out, op, id, self.payload_len());
@@ -888,6 +992,17 @@ impl Response {
             Response::TicketKey { key, step_s } => {
                 out.put_slice(key);
                 out.put_u32_le(*step_s);
+            }
+            Response::Metrics(m) => {
+                out.put_u64_le(m.uptime_us);
+                out.put_u64_le(m.inflight);
+                out.put_u8(m.outcomes.len() as u8);
+                for n in &m.outcomes {
+                    out.put_u64_le(*n);
+                }
+                out.put_u8(m.latency_op);
+                put_histogram(out, &m.latency_us);
+                put_histogram(out, &m.fsync_us);
             }
             Response::Error { code, message } => {
                 let m = error_message(message);
@@ -997,6 +1112,28 @@ impl Response {
                 key: r.take(TICKET_KEY_LEN)?.try_into().expect("32"),
                 step_s: r.u32()?,
             },
+            op::METRICS_REPLY => {
+                let (uptime_us, inflight) = (r.u64()?, r.u64()?);
+                let n = r.u8()? as usize;
+                if n > METRICS_OUTCOMES_MAX {
+                    return Err(FrameError::Malformed("too many outcome counts"));
+                }
+                let mut outcomes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    outcomes.push(r.u64()?);
+                }
+                let m = NodeMetrics {
+                    uptime_us,
+                    inflight,
+                    outcomes,
+                    latency_op: r.u8()?,
+                    latency_us: r.histogram()?,
+                    fsync_us: r.histogram()?,
+                };
+                // Later nodes may append fields: what this side does not know, it skips.
+                r.buf = &[];
+                Response::Metrics(m)
+            }
             op::ERROR => {
                 let code = r.u16()?;
                 let len = r.u16()? as usize;
@@ -1014,6 +1151,29 @@ impl Response {
         Ok((id, resp))
     }
 }
+
+fn histogram_len(h: &Histogram) -> usize {
+    8 + 2 + 10 * h.buckets.len()
+}
+
+fn put_histogram(out: &mut impl BufMut, h: &Histogram) {
+    out.put_u64_le(h.sum);
+    out.put_u16_le(h.buckets.len() as u16);
+    for &(i, n) in &h.buckets {
+        out.put_u16_le(i);
+        out.put_u64_le(n);
+    }
+}
+
+// The largest metrics frame fits the frame bound.
+const _: () = assert!(
+    BODY_HEADER_LEN
+        + METRICS_HEAD_LEN
+        + 8 * METRICS_OUTCOMES_MAX
+        + 1
+        + 2 * (8 + 2 + 10 * HISTOGRAM_BUCKETS)
+        <= FRAME_MAX_LEN
+);
 
 /// `message` cut to at most [`ERROR_MESSAGE_MAX`] bytes on a character boundary.
 fn error_message(message: &str) -> &str {
@@ -1129,6 +1289,39 @@ mod tests {
     }
 
     #[test]
+    fn metrics_skip_appended_fields_but_refuse_bad_buckets() {
+        let m = NodeMetrics {
+            uptime_us: 5,
+            inflight: 1,
+            outcomes: vec![3, 2, 0, 0, 0, 1],
+            latency_op: op::CHECKIN,
+            latency_us: Histogram {
+                sum: 900,
+                buckets: vec![(40, 2), (100, 1)],
+            },
+            fsync_us: Histogram::default(),
+        };
+        let mut out = Vec::new();
+        Response::Metrics(m.clone()).encode(9, &mut out);
+        // A later node appends 3 bytes: this side still reads what it knows.
+        let mut longer = out.clone();
+        longer[0] += 3;
+        longer.extend_from_slice(&[1, 2, 3]);
+        let (_, body) = split_frame(&longer).unwrap().unwrap();
+        assert_eq!(Response::decode(body).unwrap(), (9, Response::Metrics(m)));
+        // Buckets out of order are malformed. The first latency bucket index sits after
+        // head (17), outcomes (1 + 48), op (1) and sum and count (10).
+        let at = 1 + BODY_HEADER_LEN + 17 + 48 + 1 + 10;
+        assert_eq!(u16::from_le_bytes([out[at], out[at + 1]]), 40);
+        out[at] = 200;
+        let (_, body) = split_frame(&out).unwrap().unwrap();
+        assert!(matches!(
+            Response::decode(body),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn long_error_messages_are_cut_on_a_character_boundary() {
         let message = "é".repeat(ERROR_MESSAGE_MAX);
         let mut out = Vec::new();
@@ -1193,6 +1386,7 @@ mod tests {
                 ),
                 any::<u64>().prop_map(|from_seq| Request::Subscribe { from_seq }),
                 raw_code().prop_map(|code| Request::TicketKey { code }),
+                any::<u8>().prop_map(|op| Request::Metrics { op }),
                 (
                     (
                         any::<u16>(),
@@ -1321,9 +1515,40 @@ mod tests {
                     sync_mode: mode,
                 })
             });
+            let histogram = || {
+                (
+                    any::<u64>(),
+                    proptest::collection::btree_map(
+                        0..HISTOGRAM_BUCKETS as u16,
+                        any::<u64>(),
+                        0..40,
+                    ),
+                )
+                    .prop_map(|(sum, b)| Histogram {
+                        sum,
+                        buckets: b.into_iter().collect(),
+                    })
+            };
+            let metrics = (
+                (any::<u64>(), any::<u64>(), any::<u8>()),
+                proptest::collection::vec(any::<u64>(), 0..=METRICS_OUTCOMES_MAX),
+                histogram(),
+                histogram(),
+            )
+                .prop_map(|((uptime_us, inflight, latency_op), outcomes, l, f)| {
+                    Response::Metrics(NodeMetrics {
+                        uptime_us,
+                        inflight,
+                        outcomes,
+                        latency_op,
+                        latency_us: l,
+                        fsync_us: f,
+                    })
+                });
             prop_oneof![
                 outcome,
                 ticket,
+                metrics,
                 proptest::collection::vec(code(), 0..200).prop_map(Response::Codes),
                 Just(Response::Pong),
                 stats,

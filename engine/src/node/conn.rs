@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use stile_protocol::frame::{
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::certs::{identity_of, Identity, Role};
+use super::metrics::{op_index, wire_metrics, OpTally, OPS, OUTCOMES};
 use super::{Budget, Shared};
 use crate::engine::{Gate, Presented};
 use crate::error::TicketError;
@@ -35,10 +37,23 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Answers on their way to the writer.
 struct Out {
+    /// Encoded answer frames.
     bytes: BytesMut,
+    /// What they wait for before going out.
     after: Durability,
     /// In-flight slots these answers free once written.
     slots: u32,
+    /// When the requests they answer were read (their latency runs from here).
+    read_at: Instant,
+    /// The requests they answer, by op (none for subscription events).
+    ops: OpTally,
+}
+
+/// An [`OpTally`] of one request of op `op`.
+fn one_op(op: u8) -> OpTally {
+    let mut ops = [0; OPS];
+    ops[op_index(op)] = 1;
+    ops
 }
 
 /// Serves one incoming connection until it closes.
@@ -147,7 +162,19 @@ struct Stream {
     /// Answers decided without the engine (forged layout, rate limited), sent with the batch.
     early: BytesMut,
     early_slots: u32,
+    /// The early answers' requests by op.
+    early_ops: OpTally,
+    /// When the current read arrived.
+    read_at: Instant,
+    /// The same on the budgets' clock.
     now_ms: u64,
+    /// Op of the request being handled.
+    op: u8,
+    /// Outcomes decided since the last flush, by wire value (added to the node's counters
+    /// once per flush).
+    outcome_tally: [u32; OUTCOMES],
+    /// This gate's scan counter (gates only).
+    gate_slot: Option<usize>,
 }
 
 async fn serve_stream(
@@ -159,11 +186,12 @@ async fn serve_stream(
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.inflight_per_stream.max(1)));
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(send, rx, slots.clone()));
+    let writer = tokio::spawn(write_loop(send, rx, slots.clone(), shared.clone()));
     let gate = match identity.role {
         Role::Gate { id, provider } => Some((Gate::new(id, provider), shared.budget(id))),
         Role::Admin { .. } => None,
     };
+    let gate_slot = gate.as_ref().map(|(g, _)| shared.metrics.gate_slot(g.id));
     let mut s = Stream {
         shared: shared.clone(),
         conn: conn.clone(),
@@ -176,7 +204,12 @@ async fn serve_stream(
         outcomes: Vec::with_capacity(BATCH_MAX),
         early: BytesMut::new(),
         early_slots: 0,
+        early_ops: [0; OPS],
+        read_at: Instant::now(),
         now_ms: 0,
+        op: 0,
+        outcome_tally: [0; OUTCOMES],
+        gate_slot,
     };
     let mut shutdown = shared.shutdown.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -189,7 +222,8 @@ async fn serve_stream(
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             Ok(None) | Err(_) => break 'read,
         }
-        s.now_ms = shared.now_ms();
+        s.read_at = Instant::now();
+        s.now_ms = shared.ms_at(s.read_at);
         loop {
             let (n, id, req) = match split_frame(&buf) {
                 Ok(Some((n, body))) => match Request::decode(body) {
@@ -236,8 +270,11 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Out>,
     slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
 ) {
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    // When and what each write's answers were asked for, for the latency histograms.
+    let mut written: Vec<(Instant, OpTally)> = Vec::with_capacity(64);
     while let Some(first) = rx.recv().await {
         let mut freed = 0;
         let mut next = Some(first);
@@ -245,12 +282,26 @@ async fn write_loop(
             o.after.wait_async().await;
             out.extend_from_slice(&o.bytes);
             freed += o.slots;
+            written.push((o.read_at, o.ops));
             if out.len() < WRITE_BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
         if send.write_all(&out).await.is_err() {
+            // The peer is gone: nothing more goes out, and what it asked leaves flight.
+            rx.close();
+            let m = &shared.metrics;
+            for (_, ops) in written.drain(..) {
+                m.dropped(ops.iter().sum());
+            }
+            while let Ok(o) = rx.try_recv() {
+                m.dropped(o.ops.iter().sum());
+            }
             return;
+        }
+        let now = Instant::now();
+        for (read_at, ops) in written.drain(..) {
+            shared.metrics.answered(&ops, read_at, now);
         }
         out.clear();
         slots.add_permits(freed as usize);
@@ -280,14 +331,26 @@ fn ticket_error(e: &TicketError) -> (u16, String) {
 }
 
 impl Stream {
-    /// Sends one response now (it waits for nothing).
+    /// Hands answers to the writer; their requests are in flight until it writes them.
+    fn send(&self, out: Out) {
+        let n = out.ops.iter().sum();
+        self.shared.metrics.accepted(n);
+        if self.tx.send(out).is_err() {
+            // The writer has stopped (its peer went away).
+            self.shared.metrics.dropped(n);
+        }
+    }
+
+    /// Sends one response to the current request now (it waits for nothing).
     fn reply(&self, id: u32, resp: &Response) {
         let mut bytes = BytesMut::new();
         resp.encode(id, &mut bytes);
-        let _ = self.tx.send(Out {
+        self.send(Out {
             bytes,
             after: Durability::READY,
             slots: 1,
+            read_at: self.read_at,
+            ops: one_op(self.op),
         });
     }
 
@@ -303,9 +366,12 @@ impl Stream {
     fn early(&mut self, id: u32, outcome: &Outcome) {
         encode_outcome(id, outcome, &mut self.early);
         self.early_slots += 1;
+        self.early_ops[op_index(self.op)] += 1;
+        self.outcome_tally[outcome.kind as usize] += 1;
     }
 
     fn handle(&mut self, id: u32, req: Request) {
+        self.op = req.op();
         match req {
             Request::Checkin { scan_id, code } => {
                 let Some((gate, budget)) = &self.gate else {
@@ -353,6 +419,8 @@ impl Stream {
                     );
                 }
                 let budget = self.shared.budget(gate);
+                let metrics = &self.shared.metrics;
+                metrics.count_gate(metrics.gate_slot(gate), 1);
                 let outcome = self.scan_one(
                     id,
                     GateOp::Entry,
@@ -395,6 +463,10 @@ impl Stream {
             Request::Ping => self.reply(id, &Response::Pong),
             Request::Stats => {
                 let resp = Response::Stats(self.stats());
+                self.reply(id, &resp);
+            }
+            Request::Metrics { op } => {
+                let resp = Response::Metrics(wire_metrics(&self.shared, op));
                 self.reply(id, &resp);
             }
             Request::Mint(spec) => self.admin_blocking(id, "mint", move |e| mint(e, &spec)),
@@ -452,13 +524,15 @@ impl Stream {
                 .engine
                 .scan_deferred(op, &gate, scan_id, &Presented::Code(code));
         let outcome = self.charge(budget, outcome);
-        self.count(std::slice::from_ref(&outcome));
+        self.outcome_tally[outcome.kind as usize] += 1;
         let mut bytes = BytesMut::new();
         encode_outcome(id, &outcome, &mut bytes);
-        let _ = self.tx.send(Out {
+        self.send(Out {
             bytes,
             after,
             slots: 1,
+            read_at: self.read_at,
+            ops: one_op(self.op),
         });
         outcome
     }
@@ -476,23 +550,26 @@ impl Stream {
         outcome
     }
 
-    fn count(&self, outcomes: &[Outcome]) {
-        let admitted = outcomes
-            .iter()
-            .filter(|o| o.kind == OutcomeKind::Admitted)
-            .count();
-        let c = &self.shared.counters;
-        c.scans.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        c.admitted.fetch_add(admitted as u64, Ordering::Relaxed);
+    /// Adds the outcomes decided since the last call to the node's counters (and this
+    /// gate's scans).
+    fn count(&mut self) {
+        let tally = std::mem::replace(&mut self.outcome_tally, [0; OUTCOMES]);
+        let metrics = &self.shared.metrics;
+        metrics.count_outcomes(&tally);
+        if let Some(slot) = self.gate_slot {
+            metrics.count_gate(slot, tally.iter().sum());
+        }
     }
 
     /// Runs the gathered check-ins through the engine and hands their answers to the writer.
     fn flush(&mut self) {
         if self.batch.is_empty() && self.early.is_empty() {
+            self.count();
             return;
         }
         let mut bytes = std::mem::take(&mut self.early);
         let mut slots = std::mem::take(&mut self.early_slots);
+        let mut ops = std::mem::replace(&mut self.early_ops, [0; OPS]);
         let mut after = Durability::READY;
         if !self.batch.is_empty() {
             self.outcomes.clear();
@@ -507,18 +584,22 @@ impl Stream {
                     self.outcomes[i] = self.charge(&budget, self.outcomes[i]);
                 }
             }
-            self.count(&self.outcomes);
             for (id, outcome) in self.ids.iter().zip(&self.outcomes) {
                 encode_outcome(*id, outcome, &mut bytes);
+                self.outcome_tally[outcome.kind as usize] += 1;
             }
             slots += self.batch.len() as u32;
+            ops[op_index(stile_protocol::frame::op::CHECKIN)] += self.batch.len() as u32;
             self.batch.clear();
             self.ids.clear();
         }
-        let _ = self.tx.send(Out {
+        self.count();
+        self.send(Out {
             bytes,
             after,
             slots,
+            read_at: self.read_at,
+            ops,
         });
     }
 
@@ -579,12 +660,12 @@ impl Stream {
 
     fn stats(&self) -> NodeStats {
         let engine = &self.shared.engine;
-        let c = &self.shared.counters;
+        let outcomes = self.shared.metrics.outcome_counts();
         let mut s = NodeStats {
             tickets: engine.minted_tickets(),
-            scans: c.scans.load(Ordering::Relaxed),
-            admitted: c.admitted.load(Ordering::Relaxed),
-            connections: c.connections.load(Ordering::Relaxed),
+            scans: outcomes.iter().sum(),
+            admitted: outcomes[OutcomeKind::Admitted as usize],
+            connections: self.shared.counters.connections.load(Ordering::Relaxed),
             ..NodeStats::default()
         };
         if let Some(wal) = engine.wal() {
@@ -616,6 +697,10 @@ impl Stream {
         let name = name.clone();
         let engine = self.shared.engine.clone();
         let tx = self.tx.clone();
+        let shared = self.shared.clone();
+        let (read_at, ops) = (self.read_at, one_op(self.op));
+        // In flight from now: the operation may take a while.
+        shared.metrics.accepted(1);
         tokio::task::spawn_blocking(move || {
             let resp = match op(&engine) {
                 Ok(r) => r,
@@ -624,11 +709,16 @@ impl Stream {
             tracing::info!(target: "stile::audit", "{what} by admin {name}: {}", summary(&resp));
             let mut bytes = BytesMut::new();
             resp.encode(id, &mut bytes);
-            let _ = tx.send(Out {
+            let out = Out {
                 bytes,
                 after: Durability::READY,
                 slots: 1,
-            });
+                read_at,
+                ops,
+            };
+            if tx.send(out).is_err() {
+                shared.metrics.dropped(1);
+            }
         });
     }
 }
@@ -770,10 +860,13 @@ async fn subscribe(
     let send = |resp: &Response| {
         let mut bytes = BytesMut::new();
         resp.encode(id, &mut bytes);
+        // Events are not answers to a request: they count in no latency and not in flight.
         tx.send(Out {
             bytes,
             after: Durability::READY,
             slots: 1,
+            read_at: Instant::now(),
+            ops: [0; OPS],
         })
         .is_ok()
     };

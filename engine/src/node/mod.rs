@@ -11,9 +11,15 @@
 //! frame that does not parse closes that connection with an error code; nothing else is
 //! affected. Revoking a certificate (a new `crl.pem`) reloads the server config and closes
 //! the certificate's live connections.
+//!
+//! With [`NodeConfig::metrics_listen`] set, the node also serves Prometheus text at
+//! `GET /metrics` over plain HTTP ([`metrics`]): latency by op, outcomes, requests in
+//! flight, connections, the log's fsync latency and group-commit sizes. The request path
+//! counts with atomics only, once per batch of answers.
 
 pub mod certs;
 mod conn;
+mod metrics;
 mod tls;
 
 use std::collections::HashMap;
@@ -30,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use certs::{CertError, Identity, Role};
+pub use metrics::GATE_LABELS_MAX;
 pub use tls::STREAMS_PER_CONNECTION_MAX;
 
 use crate::Engine;
@@ -59,6 +66,9 @@ pub struct NodeConfig {
     pub crl_poll: Duration,
     /// How often a snapshot is taken if the log moved (`None`: never).
     pub snapshot_every: Option<Duration>,
+    /// Where to serve Prometheus text at `GET /metrics` (`None`: nowhere; port 0: any free
+    /// port, see [`Node::metrics_addr`]).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -76,6 +86,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(10),
             crl_poll: Duration::from_millis(250),
             snapshot_every: Some(Duration::from_secs(300)),
+            metrics_listen: None,
         }
     }
 }
@@ -89,6 +100,14 @@ pub enum NodeError {
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
         /// The address.
         addr: SocketAddr,
         /// What the OS said.
@@ -124,8 +143,7 @@ impl Budget {
 /// Counters a node keeps.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub scans: AtomicU64,
-    pub admitted: AtomicU64,
+    /// Open connections.
     pub connections: AtomicU64,
 }
 
@@ -139,15 +157,17 @@ pub(crate) struct Shared {
     /// Serials the current CRL revokes.
     pub revoked: Mutex<std::collections::HashSet<Vec<u8>>>,
     pub counters: Counters,
+    /// Latency by op, outcomes, in flight, scans by gate.
+    pub metrics: metrics::NodeMetrics,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
-    /// Milliseconds since the node started (the budgets' clock).
+    /// Milliseconds from the node's start to `at` (the budgets' clock).
     #[inline]
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     pub(crate) fn budget(&self, gate: u16) -> Arc<Budget> {
@@ -171,6 +191,10 @@ impl Shared {
 pub struct Node {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
+    /// The node's metrics, as `/metrics` serves them.
+    registry: Arc<prometheus_client::registry::Registry>,
+    /// Where `/metrics` is served, if anywhere.
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -194,6 +218,12 @@ impl Node {
                 source,
             }
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::bind(addr).map_err(|source| NodeError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             engine,
@@ -202,10 +232,21 @@ impl Node {
             live: Mutex::new(HashMap::new()),
             revoked: Mutex::new(loaded.revoked),
             counters: Counters::default(),
+            metrics: metrics::NodeMetrics::new(),
             started: Instant::now(),
             shutdown: shutdown_rx,
         });
+        let registry = Arc::new(metrics::registry(shared.clone()));
         let mut tasks = JoinSet::new();
+        let mut metrics_addr = None;
+        if let Some(listener) = metrics_listener {
+            metrics_addr = listener.local_addr().ok();
+            tasks.spawn(metrics::serve(
+                listener,
+                registry.clone(),
+                shared.shutdown.clone(),
+            ));
+        }
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         tasks.spawn(watch_crl(endpoint.clone(), shared.clone()));
         if let Some(every) = shared.config.snapshot_every {
@@ -214,9 +255,21 @@ impl Node {
         Ok(Node {
             endpoint,
             shared,
+            registry,
+            metrics_addr,
             shutdown,
             tasks,
         })
+    }
+
+    /// The address `/metrics` is served on, if [`NodeConfig::metrics_listen`] was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The Prometheus text `/metrics` serves (also without a metrics address).
+    pub fn metrics_text(&self) -> String {
+        metrics::encode_text(&self.registry)
     }
 
     /// The address actually bound.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::{Event, Listener};
 
+use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
 pub use record::Record;
 
 /// Most bytes waiting for the writer before submitters are made to wait.
@@ -125,7 +126,9 @@ struct Shared {
     /// Records written (statistics).
     records: AtomicU64,
     /// `fdatasync` latency in microseconds (statistics).
-    sync_us: Mutex<hdrhistogram::Histogram<u64>>,
+    sync_us: AtomicHistogram,
+    /// Records each `fdatasync` made durable (statistics: the group-commit batch size).
+    sync_records: AtomicHistogram,
 }
 
 /// The write-ahead log of one data dir.
@@ -157,6 +160,8 @@ struct Writer {
     next: u64,
     /// Last fsync, for `batch` mode.
     last_sync: Instant,
+    /// Records written since the last fsync.
+    unsynced_records: u64,
 }
 
 /// Statistics of the log.
@@ -205,10 +210,8 @@ impl Wal {
             mode,
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            sync_us: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
-                    .expect("histogram bounds"),
-            ),
+            sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
+            sync_records: AtomicHistogram::new(BATCH_EDGES),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -219,6 +222,7 @@ impl Wal {
             pending: BTreeMap::new(),
             next: next_seq,
             last_sync: Instant::now(),
+            unsynced_records: 0,
         };
         let handle = std::thread::Builder::new()
             .name("stile-wal".into())
@@ -270,13 +274,24 @@ impl Wal {
 
     /// Group commits and records so far.
     pub fn stats(&self) -> WalStats {
-        let h = self.shared.sync_us.lock().expect("wal stats poisoned");
+        let h = self.shared.sync_us.snapshot();
         WalStats {
             syncs: self.shared.syncs.load(Ordering::Relaxed),
             records: self.shared.records.load(Ordering::Relaxed),
-            sync_p50_us: h.value_at_quantile(0.5),
-            sync_p99_us: h.value_at_quantile(0.99),
+            sync_p50_us: h.quantile(0.5).unwrap_or(0),
+            sync_p99_us: h.quantile(0.99).unwrap_or(0),
         }
+    }
+
+    /// `fdatasync` latencies so far, microseconds.
+    pub fn sync_latency_us(&self) -> &AtomicHistogram {
+        &self.shared.sync_us
+    }
+
+    /// Records each `fdatasync` made durable (syncs that covered only unused numbers are not
+    /// counted).
+    pub fn sync_batch_records(&self) -> &AtomicHistogram {
+        &self.shared.sync_records
     }
 
     /// What waits until every number below `seq` is durable.
@@ -527,6 +542,7 @@ impl Writer {
             self.next = sub.first + sub.count;
         }
         self.append(&buf);
+        self.unsynced_records += records;
         self.shared.records.fetch_add(records, Ordering::Relaxed);
         self.shared.written.store(self.next, Ordering::Release);
     }
@@ -547,12 +563,11 @@ impl Writer {
             fatal("fdatasync of the log", &self.dir, &e);
         }
         let us = started.elapsed().as_micros().max(1) as u64;
-        let _ = self
-            .shared
-            .sync_us
-            .lock()
-            .expect("wal stats poisoned")
-            .record(us);
+        self.shared.sync_us.record(us);
+        if self.unsynced_records > 0 {
+            self.shared.sync_records.record(self.unsynced_records);
+            self.unsynced_records = 0;
+        }
         self.last_sync = Instant::now();
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.synced.store(self.next, Ordering::Release);

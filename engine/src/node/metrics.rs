@@ -1,0 +1,512 @@
+//! The node's operator metrics: what it counts on the request path (lock-free), the
+//! Prometheus text it serves at `GET /metrics` when started with a metrics address, and the
+//! `metrics` request's answer.
+//!
+//! Every label set is bounded: `op` by the request ops, `outcome` by the outcome kinds,
+//! `gate` by [`GATE_LABELS_MAX`] (the first gates seen; the rest count as `other`), `mode`
+//! by the sync modes. No label names a ticket.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use stile_protocol::frame::{op, NodeMetrics as WireMetrics};
+use stile_protocol::OutcomeKind;
+use tokio::sync::{watch, Semaphore};
+
+use super::Shared;
+use crate::metrics::{AtomicHistogram, LATENCY_EDGES_US};
+
+/// Request ops with a latency histogram: op byte − 1 is the index.
+pub(crate) const OPS: usize = op::REQUEST_MAX as usize;
+/// Outcome kinds counted: wire value is the index.
+pub(crate) const OUTCOMES: usize = OutcomeKind::ALL.len();
+/// Gates that get a `gate` label of their own; later gates count under `gate="other"`.
+pub const GATE_LABELS_MAX: usize = 256;
+/// Scrape connections served at once; more wait for the accept loop.
+const SCRAPES_MAX: usize = 16;
+/// How long a scraper may take to send its request head.
+const SCRAPE_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one scrape connection may stay open (scrapers keep theirs alive; a new one is
+/// cheap).
+const SCRAPE_CONN_MAX_AGE: Duration = Duration::from_secs(120);
+/// The content type of the text we serve (`prometheus-client` writes OpenMetrics).
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Requests answered, by op: what one write carried out.
+pub(crate) type OpTally = [u32; OPS];
+
+/// Index of request op `op` in an [`OpTally`].
+#[inline]
+pub(crate) const fn op_index(op: u8) -> usize {
+    debug_assert!(op >= 1 && op <= op::REQUEST_MAX);
+    op as usize - 1
+}
+
+/// What the request path counts. Lock-free: every field is an atomic or a lock-free
+/// histogram, added to once per batch of answers, not once per request.
+pub(crate) struct NodeMetrics {
+    /// Latency by request op (index [`op_index`]): from the read that brought a request in
+    /// to the write that carried its answer out, durability wait included.
+    latency: Box<[AtomicHistogram]>,
+    /// Answers to gate requests by outcome (index: wire value).
+    outcomes: [AtomicU64; OUTCOMES],
+    /// Requests accepted and not yet written out.
+    inflight: AtomicI64,
+    /// Scans by gate, bounded.
+    gates: GateScans,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new() -> Self {
+        NodeMetrics {
+            latency: (0..OPS)
+                .map(|_| AtomicHistogram::new(LATENCY_EDGES_US))
+                .collect(),
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            inflight: AtomicI64::new(0),
+            gates: GateScans::new(),
+        }
+    }
+
+    /// `n` requests accepted (they count as in flight until [`Self::answered`]).
+    #[inline]
+    pub(crate) fn accepted(&self, n: u32) {
+        if n > 0 {
+            self.inflight.fetch_add(i64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// The answers to `ops` went out at `now`; their requests were read at `read_at`.
+    #[inline]
+    pub(crate) fn answered(&self, ops: &OpTally, read_at: Instant, now: Instant) {
+        let us = now.saturating_duration_since(read_at).as_micros() as u64;
+        let mut total = 0;
+        for (i, &n) in ops.iter().enumerate() {
+            if n > 0 {
+                self.latency[i].record_n(us, u64::from(n));
+                total += n;
+            }
+        }
+        if total > 0 {
+            self.inflight.fetch_sub(i64::from(total), Ordering::Relaxed);
+        }
+    }
+
+    /// `n` accepted requests will never be answered (their peer went away): out of flight,
+    /// and in no latency.
+    #[inline]
+    pub(crate) fn dropped(&self, n: u32) {
+        if n > 0 {
+            self.inflight.fetch_sub(i64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a read's outcome counts (index: wire value).
+    #[inline]
+    pub(crate) fn count_outcomes(&self, tally: &[u32; OUTCOMES]) {
+        for (counter, &n) in self.outcomes.iter().zip(tally) {
+            if n > 0 {
+                counter.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The counter slot of `gate` (resolve once per stream, then [`Self::count_gate`]).
+    pub(crate) fn gate_slot(&self, gate: u16) -> usize {
+        self.gates.slot(gate)
+    }
+
+    /// Adds `n` scans to a gate's slot.
+    #[inline]
+    pub(crate) fn count_gate(&self, slot: usize, n: u32) {
+        if n > 0 {
+            self.gates.scans[slot].fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Answers by outcome so far.
+    pub(crate) fn outcome_counts(&self) -> [u64; OUTCOMES] {
+        std::array::from_fn(|i| self.outcomes[i].load(Ordering::Relaxed))
+    }
+
+    fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// Scans per gate with a bounded number of counters: the first [`GATE_LABELS_MAX`] gates
+/// seen get one each, every later gate shares the `other` counter. A gate's slot is found
+/// with one atomic load.
+struct GateScans {
+    /// Per gate id: 0 not seen yet, `1..=GATE_LABELS_MAX` its slot + 1, [`OTHER_MARK`] other.
+    slot_of: Box<[AtomicU16]>,
+    /// Per slot: gate id + 1 (0: the slot was lost to a race and stays empty).
+    gate_of: Box<[AtomicU32]>,
+    /// Slots handed out (may pass the bound; only the first ones are real).
+    next: AtomicUsize,
+    /// Scans per slot; the last one is `other`.
+    scans: Box<[AtomicU64]>,
+}
+
+/// `slot_of` value of a gate counted under `other`.
+const OTHER_MARK: u16 = u16::MAX;
+
+impl GateScans {
+    fn new() -> Self {
+        GateScans {
+            slot_of: (0..=u16::MAX as usize).map(|_| AtomicU16::new(0)).collect(),
+            gate_of: (0..GATE_LABELS_MAX).map(|_| AtomicU32::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            scans: (0..=GATE_LABELS_MAX).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, gate: u16) -> usize {
+        let index = |mark: u16| {
+            if mark == OTHER_MARK {
+                GATE_LABELS_MAX
+            } else {
+                mark as usize - 1
+            }
+        };
+        let cell = &self.slot_of[gate as usize];
+        match cell.load(Ordering::Acquire) {
+            0 => {}
+            mark => return index(mark),
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mark = if n < GATE_LABELS_MAX {
+            n as u16 + 1
+        } else {
+            OTHER_MARK
+        };
+        match cell.compare_exchange(0, mark, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if n < GATE_LABELS_MAX {
+                    self.gate_of[n].store(u32::from(gate) + 1, Ordering::Release);
+                }
+                index(mark)
+            }
+            // Another thread placed this gate first; slot `n` stays empty.
+            Err(theirs) => index(theirs),
+        }
+    }
+
+    /// `(gate, scans)` of every labelled gate, then the `other` count.
+    fn read(&self) -> (Vec<(u16, u64)>, u64) {
+        let labelled = self
+            .gate_of
+            .iter()
+            .zip(self.scans.iter())
+            .filter_map(|(g, n)| match g.load(Ordering::Acquire) {
+                0 => None,
+                g => Some(((g - 1) as u16, n.load(Ordering::Relaxed))),
+            })
+            .collect();
+        let other = self.scans[GATE_LABELS_MAX].load(Ordering::Relaxed);
+        (labelled, other)
+    }
+}
+
+/// The answer to a `metrics` request.
+pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
+    let m = &shared.metrics;
+    let known = (1..=op::REQUEST_MAX).contains(&latency_op) && latency_op != op::SUBSCRIBE;
+    let wal = shared.engine.wal();
+    WireMetrics {
+        uptime_us: shared.started.elapsed().as_micros() as u64,
+        inflight: m.inflight(),
+        outcomes: m.outcome_counts().to_vec(),
+        latency_op: if known { latency_op } else { 0 },
+        latency_us: if known {
+            m.latency[op_index(latency_op)].snapshot()
+        } else {
+            Default::default()
+        },
+        fsync_us: wal
+            .map(|w| w.sync_latency_us().snapshot())
+            .unwrap_or_default(),
+    }
+}
+
+/// Writes every node metric at each scrape, read straight from the atomics.
+struct NodeCollector {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector").finish_non_exhaustive()
+    }
+}
+
+/// Writes one unlabelled constant metric.
+fn one(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let shared = &self.shared;
+        let m = &shared.metrics;
+
+        let mut h = e.encode_descriptor(
+            "stile_node_request_duration_seconds",
+            "Time from reading a request to writing its answer (durability wait included), by op",
+            None,
+            MetricType::Histogram,
+        )?;
+        for code in 1..=op::REQUEST_MAX {
+            if code != op::SUBSCRIBE {
+                let labels = [("op", op::name(code))];
+                m.latency[op_index(code)].encode_labelled(&mut h, &labels, 1e6)?;
+            }
+        }
+
+        let mut c = e.encode_descriptor(
+            "stile_node_outcomes",
+            "Answers to gate requests (check-in, exit, undo, checkin_as) by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in OutcomeKind::ALL.iter().zip(m.outcome_counts()) {
+            ConstCounter::new(n).encode(c.encode_family(&[("outcome", kind.name())])?)?;
+        }
+
+        let mut c = e.encode_descriptor(
+            "stile_node_gate_scans",
+            "Gate requests answered, by gate (the first 256 gates seen; the rest as other)",
+            None,
+            MetricType::Counter,
+        )?;
+        let (gates, other) = m.gates.read();
+        for (gate, n) in gates {
+            let gate = gate.to_string();
+            ConstCounter::new(n).encode(c.encode_family(&[("gate", gate.as_str())])?)?;
+        }
+        ConstCounter::new(other).encode(c.encode_family(&[("gate", "other")])?)?;
+
+        one(
+            &mut e,
+            "stile_node_requests_in_flight",
+            "Requests read and not yet answered",
+            &ConstGauge::new(m.inflight() as i64),
+        )?;
+        one(
+            &mut e,
+            "stile_node_connections",
+            "Open QUIC connections",
+            &ConstGauge::new(shared.counters.connections.load(Ordering::Relaxed) as i64),
+        )?;
+        one(
+            &mut e,
+            "stile_node_tickets",
+            "Tickets minted",
+            &ConstGauge::new(shared.engine.minted_tickets() as i64),
+        )?;
+        one(
+            &mut e,
+            "stile_node_uptime_seconds",
+            "Seconds since the node started serving",
+            &ConstGauge::new(shared.started.elapsed().as_secs_f64()),
+        )?;
+
+        let wal = shared.engine.wal();
+        let mode = wal.map_or("no_log", |w| w.mode().name());
+        let mut g = e.encode_descriptor(
+            "stile_node_sync_mode",
+            "1 for the node's sync mode (always: answer after fdatasync; batch; none; no_log)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for name in ["always", "batch", "none", "no_log"] {
+            ConstGauge::new(i64::from(name == mode)).encode(g.encode_family(&[("mode", name)])?)?;
+        }
+        let Some(wal) = wal else {
+            return Ok(());
+        };
+        let stats = wal.stats();
+        one(
+            &mut e,
+            "stile_node_wal_records",
+            "Log records written",
+            &ConstCounter::new(stats.records),
+        )?;
+        one(
+            &mut e,
+            "stile_node_wal_durable_position",
+            "Log position below which every record is durable",
+            &ConstGauge::new(wal.durable_seq() as i64),
+        )?;
+        let h = e.encode_descriptor(
+            "stile_node_wal_fsync_duration_seconds",
+            "fdatasync latency of the log",
+            None,
+            MetricType::Histogram,
+        )?;
+        wal.sync_latency_us().encode(h, 1e6)?;
+        let h = e.encode_descriptor(
+            "stile_node_wal_sync_batch_records",
+            "Log records each fdatasync made durable (the group-commit batch)",
+            None,
+            MetricType::Histogram,
+        )?;
+        wal.sync_batch_records().encode(h, 1.0)
+    }
+}
+
+/// The Prometheus text of every node metric.
+pub(super) fn encode_text(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// A registry holding the node's collector.
+pub(super) fn registry(shared: Arc<Shared>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(NodeCollector { shared }));
+    r
+}
+
+/// Binds the metrics address (before any task starts, so a bad address fails the start).
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// Serves `GET /metrics` (plain HTTP/1.1) until shutdown.
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let room = Arc::new(Semaphore::new(SCRAPES_MAX));
+    loop {
+        let permit = tokio::select! {
+            p = room.clone().acquire_owned() => p.expect("never closed"),
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, say: wait a little rather than spin.
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(SCRAPE_HEAD_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                r = tokio::time::timeout(SCRAPE_CONN_MAX_AGE, conn) => {
+                    if let Ok(Err(e)) = r {
+                        tracing::debug!(%peer, error = %e, "metrics connection ended");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+type Body = http_body_util::Full<Bytes>;
+
+fn answer(
+    req: &hyper::Request<hyper::body::Incoming>,
+    registry: &Registry,
+) -> hyper::Response<Body> {
+    use hyper::{header, Method, StatusCode};
+    let reply = |status: StatusCode, kind: &'static str, body: String| {
+        let mut r = hyper::Response::new(Body::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".into(),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    reply(StatusCode::OK, CONTENT_TYPE, encode_text(registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_labels_stop_at_the_bound_and_the_rest_share_other() {
+        let g = GateScans::new();
+        for gate in 1..=(GATE_LABELS_MAX as u16 + 50) {
+            let slot = g.slot(gate);
+            g.scans[slot].fetch_add(1, Ordering::Relaxed);
+            assert_eq!(g.slot(gate), slot, "a gate keeps its slot");
+        }
+        let (labelled, other) = g.read();
+        assert_eq!(labelled.len(), GATE_LABELS_MAX);
+        assert!(labelled.iter().all(|&(_, n)| n == 1));
+        assert_eq!(labelled[0].0, 1);
+        assert_eq!(other, 50);
+    }
+
+    #[test]
+    fn answered_requests_leave_flight_and_count_by_op() {
+        let m = NodeMetrics::new();
+        let mut ops = [0; OPS];
+        ops[op_index(op::CHECKIN)] = 5;
+        ops[op_index(op::STATUS)] = 1;
+        m.accepted(6);
+        assert_eq!(m.inflight(), 6);
+        let t = Instant::now();
+        m.answered(&ops, t, t + Duration::from_micros(300));
+        assert_eq!(m.inflight(), 0);
+        let h = m.latency[op_index(op::CHECKIN)].snapshot();
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.sum, 1500);
+        assert_eq!(m.latency[op_index(op::STATUS)].count(), 1);
+    }
+}
