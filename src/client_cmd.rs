@@ -13,12 +13,12 @@ use stile_protocol::{CodeBytes, CodeFormat, Outcome};
 use crate::Conn;
 
 /// Which certificate a command uses by default.
-enum Want {
+pub(crate) enum Want {
     Admin,
     Gate,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -26,7 +26,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Connects with the certificate `conn` names, or the default one for `want`.
-async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
+pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
     let tls_dir = conn.data.join("tls");
     let (cert, key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),

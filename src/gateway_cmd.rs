@@ -93,6 +93,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Caught before the address is announced, so an early SIGTERM still stops cleanly.
+        let signals = crate::serve::Signals::install()?;
         let gateway = Gateway::start(config.clone()).await?;
         // Scripts and tests read the bound address from this line.
         println!(
@@ -103,7 +105,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
             "API token in {}",
             config.dir.join(stile_gateway::API_TOKEN_FILE).display()
         );
-        crate::serve::wait_for_signal().await?;
+        signals.wait().await;
         gateway.shutdown(Duration::from_millis(DRAIN_MS)).await;
         Ok::<_, anyhow::Error>(())
     })?;

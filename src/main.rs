@@ -6,6 +6,7 @@ mod gateway_cmd;
 mod keys_cmd;
 mod loadtest_cmd;
 mod serve;
+mod stat_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     Keys(keys_cmd::KeysArgs),
     /// Drive a scenario against a node (quic://) or the engine in process (inproc).
     Loadtest(loadtest_cmd::LoadtestArgs),
+    /// Watch a node: check-ins per second, p50/p99/p999 latency, outcomes, fsync latency,
+    /// connections, refreshed every second.
+    Stat(stat_cmd::StatArgs),
 }
 
 /// How a client command reaches a node.
@@ -114,6 +118,7 @@ fn main() -> std::process::ExitCode {
         Command::Transfer(args) => client_cmd::transfer(args),
         Command::Keys(args) => keys_cmd::run(args),
         Command::Loadtest(args) => loadtest_cmd::run(args),
+        Command::Stat(args) => stat_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -36,6 +36,9 @@ pub struct UpArgs {
     /// their e-ticket page URLs.
     #[arg(long)]
     demo: bool,
+    /// Serve the node's Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// What `stile up` runs beside the node.
@@ -61,6 +64,10 @@ pub struct NodeArgs {
     /// Certificate directory (default: DATA/tls).
     #[arg(long)]
     tls: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port, printed at
+    /// start; off unless given).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Runs `stile up`.
@@ -102,7 +109,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         https: args.https.clone(),
         demo: args.demo,
     };
-    run_node(&args.data, tls, args.quic, args.sync, next, Some(gateway))
+    let listen = Listen {
+        quic: args.quic,
+        metrics: args.metrics,
+    };
+    run_node(&args.data, tls, listen, args.sync, next, Some(gateway))
 }
 
 /// Runs `stile node`.
@@ -119,10 +130,14 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     let data = args.data.display().to_string();
     let sync = args.sync;
+    let listen = Listen {
+        quic: args.listen,
+        metrics: args.metrics,
+    };
     run_node(
         &args.data,
         tls,
-        args.listen,
+        listen,
         args.sync,
         move |addr| {
             // Scripts and tests read the bound address from this line.
@@ -142,10 +157,18 @@ fn make_dev_certs(tls: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a node listens.
+struct Listen {
+    /// QUIC, for gates and the gateway.
+    quic: SocketAddr,
+    /// Plain HTTP for `GET /metrics`, if wanted.
+    metrics: Option<SocketAddr>,
+}
+
 fn run_node(
     data: &Path,
     tls: PathBuf,
-    listen: SocketAddr,
+    listen: Listen,
     sync: SyncMode,
     started: impl FnOnce(SocketAddr),
     gateway: Option<UpGateway>,
@@ -170,13 +193,22 @@ fn run_node(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let node = Node::start(engine, NodeConfig::new(listen, tls))?;
+        // Before anything is announced: a SIGTERM right after the address lines must stop
+        // the node cleanly, not kill it.
+        let signals = Signals::install()?;
+        let mut config = NodeConfig::new(listen.quic, tls);
+        config.metrics_listen = listen.metrics;
+        let node = Node::start(engine, config)?;
         started(node.local_addr());
+        if let Some(addr) = node.metrics_addr() {
+            // Scripts and tests read the metrics address from this line.
+            println!("stile metrics listening on http://{addr}/metrics");
+        }
         let gateway = match gateway {
             Some(up) => Some(start_gateway(up, node.local_addr()).await?),
             None => None,
         };
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: answering in-flight requests, syncing the log");
         if let Some(g) = gateway {
             g.shutdown(std::time::Duration::from_secs(5)).await;
@@ -218,14 +250,27 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
     Ok(gateway)
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment of [`Signals::install`].
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Catches SIGTERM and SIGINT from now on (must run inside the runtime).
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Waits for either.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
