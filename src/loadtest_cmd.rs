@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use stile_engine::SyncMode;
 use stile_loadtest::report::Ratio;
-use stile_loadtest::{Config, Report, Scenario};
+use stile_loadtest::{Config, Report, Scenario, Shape};
 
 /// Arguments of `stile loadtest`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +31,10 @@ pub struct LoadtestArgs {
     /// was due. Without it: closed loop, as fast as answers come.
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop: flat (the rate throughout) or peak (a tenth of the rate rising to all of
+    /// it over the first 40 % of the run, held for 20 %, then falling back).
+    #[arg(long, default_value = "flat", requires = "rate")]
+    shape: String,
     /// Measured time (5s, 1m); warm-up comes on top.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -77,6 +81,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     let sync = SyncMode::parse(&args.sync)
         .with_context(|| format!("--sync {}: use always, batch or none", args.sync))?;
     let scenario = Scenario::parse(&args.scenario)?;
+    let shape = Shape::parse(&args.shape)?;
     let targets = if args.compare.is_empty() {
         vec![args.target.clone()]
     } else {
@@ -103,6 +108,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             duration: args.duration,
             warmup: args.warmup,
             rate: args.rate,
+            shape,
             tickets: args.tickets,
             seed: args.seed,
             data: args.data.clone(),

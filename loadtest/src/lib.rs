@@ -108,6 +108,51 @@ impl Scenario {
     }
 }
 
+/// How the open-loop rate runs over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The requested rate throughout.
+    Flat,
+    /// Gates opening before a match: from a tenth of the rate up to the full rate over the
+    /// first 40 % of the run (warm-up included), the full rate for the next 20 %, then back
+    /// down to a tenth.
+    Peak,
+}
+
+impl Shape {
+    /// Parses a shape name.
+    pub fn parse(s: &str) -> Result<Shape, LoadError> {
+        match s {
+            "flat" => Ok(Shape::Flat),
+            "peak" => Ok(Shape::Peak),
+            other => Err(LoadError::Usage(format!(
+                "unknown shape {other:?}: use flat or peak"
+            ))),
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Flat => "flat",
+            Shape::Peak => "peak",
+        }
+    }
+
+    /// The peak curve's share of the full rate at `x` (0 to 1) of the run.
+    pub fn peak_share(x: f64) -> f64 {
+        let x = x.clamp(0.0, 1.0);
+        let ramp = |d: f64| 0.1 + 0.9 * (d / 0.4).min(1.0);
+        if x < 0.4 {
+            ramp(x)
+        } else if x <= 0.6 {
+            1.0
+        } else {
+            ramp(1.0 - x)
+        }
+    }
+}
+
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -125,6 +170,8 @@ pub struct Config {
     pub warmup: Duration,
     /// Open loop: requests per second in all, sent on schedule. `None`: closed loop.
     pub rate: Option<f64>,
+    /// Open loop: flat at `rate`, or a peak up to `rate`.
+    pub shape: Shape,
     /// Tickets minted before the clock starts.
     pub tickets: u32,
     /// Seed of every random choice.
@@ -249,10 +296,10 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         Some(rate) => {
             let (txs, rxs): (Vec<_>, Vec<_>) =
                 (0..gates.len()).map(|_| mpsc::unbounded_channel()).unzip();
-            let (start, end) = (shared.start, shared.end);
+            let (start, end, shape) = (shared.start, shared.end, config.shape);
             let pacer = std::thread::Builder::new()
                 .name("stile-loadtest-pacer".into())
-                .spawn(move || pace(rate, start, end, txs))
+                .spawn(move || pace(rate, shape, start, end, txs))
                 .map_err(|e| LoadError::Usage(format!("starting the pacer: {e}")))?;
             (Some(pacer), rxs.into_iter().map(Some).collect())
         }
@@ -371,6 +418,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             "closed"
         }
         .into(),
+        shape: config.rate.map(|_| config.shape.name().to_string()),
         gates: config.gates,
         inflight: config.inflight,
         requested_rate: config.rate,
@@ -582,17 +630,32 @@ fn flush_second(run: &RunShared, second: &mut (usize, hdrhistogram::Histogram<u6
     second.1.reset();
 }
 
-/// The open-loop schedule: request `i` is due at `start + i / rate`, at gate `i mod G`.
-/// Runs on its own thread, looking at the clock every [`PACER_TICK`], until `end`.
-fn pace(rate: f64, start: Instant, end: Instant, gates: Vec<mpsc::UnboundedSender<Instant>>) {
+/// The open-loop schedule, request `i` at gate `i mod G`: flat, request `i` is due at
+/// `start + i / rate`; peak, each request is due `1 / rate(t)` after the one before, with
+/// `rate(t)` the [`Shape::Peak`] curve. Runs on its own thread, looking at the clock every
+/// [`PACER_TICK`], until `end`.
+fn pace(
+    rate: f64,
+    shape: Shape,
+    start: Instant,
+    end: Instant,
+    gates: Vec<mpsc::UnboundedSender<Instant>>,
+) {
     let nanos_per = 1e9 / rate;
+    let span_ns = end.saturating_duration_since(start).as_nanos() as f64;
+    // Nanoseconds from the start of the next request due, for the peak curve.
+    let mut next_ns = 0.0f64;
     let mut i: u64 = 0;
     let mut open = gates.len();
     let mut alive = vec![true; gates.len()];
     loop {
         let now = Instant::now();
         loop {
-            let due = start + Duration::from_nanos((i as f64 * nanos_per).round() as u64);
+            let due_ns = match shape {
+                Shape::Flat => i as f64 * nanos_per,
+                Shape::Peak => next_ns,
+            };
+            let due = start + Duration::from_nanos(due_ns.round() as u64);
             if due > now || due >= end {
                 break;
             }
@@ -602,6 +665,7 @@ fn pace(rate: f64, start: Instant, end: Instant, gates: Vec<mpsc::UnboundedSende
                 open -= 1;
             }
             i += 1;
+            next_ns += nanos_per / Shape::peak_share(next_ns / span_ns.max(1.0));
         }
         if open == 0 || now >= end {
             return;
@@ -647,7 +711,13 @@ mod tests {
     fn the_pacer_spaces_requests_evenly_and_deals_them_round_robin() {
         let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..4).map(|_| mpsc::unbounded_channel()).unzip();
         let start = Instant::now();
-        pace(1000.0, start, start + Duration::from_millis(100), txs);
+        pace(
+            1000.0,
+            Shape::Flat,
+            start,
+            start + Duration::from_millis(100),
+            txs,
+        );
         let mut all = Vec::new();
         for (g, rx) in rxs.iter_mut().enumerate() {
             let mut mine = Vec::new();
@@ -666,5 +736,48 @@ mod tests {
         for w in all.windows(2) {
             assert_eq!(w[1] - w[0], Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_rises_holds_and_falls() {
+        assert!((Shape::peak_share(0.0) - 0.1).abs() < 1e-9);
+        assert!((Shape::peak_share(0.2) - 0.55).abs() < 1e-9);
+        assert_eq!(Shape::peak_share(0.5), 1.0);
+        assert!((Shape::peak_share(1.0) - 0.1).abs() < 1e-9);
+        assert!(Shape::peak_share(0.3) < Shape::peak_share(0.39));
+        assert!(Shape::peak_share(0.9) < Shape::peak_share(0.7));
+    }
+
+    #[test]
+    fn a_peaked_schedule_sends_fewer_at_the_edges_than_in_the_middle() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
+        let start = Instant::now();
+        let span = Duration::from_millis(200);
+        pace(10_000.0, Shape::Peak, start, start + span, txs);
+        let mut all = Vec::new();
+        for rx in rxs.iter_mut() {
+            while let Ok(t) = rx.try_recv() {
+                all.push(t - start);
+            }
+        }
+        let in_fifth = |k: u32| {
+            all.iter()
+                .filter(|d| **d >= span * k / 5 && **d < span * (k + 1) / 5)
+                .count()
+        };
+        // A flat 10,000/s would send 400 in each fifth; the middle fifth is at full rate.
+        assert!((390..=410).contains(&in_fifth(2)), "{}", in_fifth(2));
+        assert!(
+            in_fifth(0) < 250 && in_fifth(4) < 250,
+            "{} {}",
+            in_fifth(0),
+            in_fifth(4)
+        );
+        assert!(all.len() < 2000 * 3 / 4, "{}", all.len());
     }
 }

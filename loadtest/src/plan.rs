@@ -199,6 +199,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             rate: None,
+            shape: crate::Shape::Flat,
             tickets,
             seed: 7,
             data: PathBuf::from("."),

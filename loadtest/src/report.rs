@@ -38,6 +38,8 @@ pub struct RunReport {
     pub sync: String,
     /// `closed` (as fast as answers come) or `open` (a fixed rate).
     pub mode: String,
+    /// Open loop: `flat` or `peak`.
+    pub shape: Option<String>,
     /// Gates (connections).
     pub gates: u16,
     /// In flight per gate.
@@ -239,7 +241,10 @@ impl Report {
         let mut out = format!("scenario {} (seed {})\n", self.scenario, self.seed);
         for r in &self.runs {
             let rate = match r.requested_rate {
-                Some(rate) => format!("open loop at {rate:.0}/s"),
+                Some(rate) => format!(
+                    "open loop at {rate:.0}/s ({})",
+                    r.shape.as_deref().unwrap_or("flat")
+                ),
                 None => "closed loop".to_string(),
             };
             out.push_str(&format!(

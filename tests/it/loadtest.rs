@@ -19,6 +19,7 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         duration: Duration::from_secs(1),
         warmup: Duration::ZERO,
         rate: None,
+        shape: stile_loadtest::Shape::Flat,
         tickets: 20_000,
         seed: 7,
         data: data.to_path_buf(),
@@ -267,7 +268,15 @@ fn compare_prints_ratios_and_writes_an_html_report() {
             "inproc,inproc",
         ])
         .args(["--duration", "1s", "--warmup", "0s", "--gates", "4"])
-        .args(["--tickets", "20000", "--rate", "4000", "--quiet"])
+        .args([
+            "--tickets",
+            "20000",
+            "--rate",
+            "4000",
+            "--shape",
+            "peak",
+            "--quiet",
+        ])
         .arg("--data")
         .arg(dir.path())
         .arg("--json")
@@ -288,6 +297,7 @@ fn compare_prints_ratios_and_writes_an_html_report() {
     assert_eq!(v["runs"].as_array().unwrap().len(), 2);
     assert_eq!(v["runs"][1]["mode"], "open");
     assert_eq!(v["runs"][1]["requested_rate"], 4000.0);
+    assert_eq!(v["runs"][1]["shape"], "peak");
     let ratio = &v["ratios"][0];
     assert_eq!(
         (ratio["target"].as_str(), ratio["baseline"].as_str()),
@@ -317,6 +327,10 @@ fn bad_options_get_clear_errors() {
         (
             vec!["--scenario", "stadium", "--rate", "0"],
             "--rate must be",
+        ),
+        (
+            vec!["--scenario", "stadium", "--rate", "9", "--shape", "wave"],
+            "unknown shape",
         ),
         (
             vec!["--scenario", "stadium", "--gates", "0"],
