@@ -33,8 +33,9 @@ pub const BATCH_EDGES: &[u64] = &[
 pub const EDGES_MAX: usize = 32;
 
 /// A histogram of integer values (microseconds, records) that any thread records into
-/// without a lock.
+/// without a lock. Aligned so that two histograms never share a cache line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct AtomicHistogram {
     /// Counts in the fine layout ([`BUCKETS`] of them).
     fine: Box<[AtomicU64]>,
@@ -85,44 +86,63 @@ impl AtomicHistogram {
 
     /// The fine reading, sparse (what the `metrics` request carries).
     pub fn snapshot(&self) -> Histogram {
-        let buckets = self
-            .fine
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let n = c.load(Ordering::Relaxed);
-                (n > 0).then_some((i as u16, n))
-            })
-            .collect();
-        Histogram {
-            sum: self.sum.load(Ordering::Relaxed),
-            buckets,
+        Self::snapshot_of([self])
+    }
+
+    /// The fine reading of several histograms (shards of one), summed.
+    pub fn snapshot_of<'a>(shards: impl IntoIterator<Item = &'a AtomicHistogram>) -> Histogram {
+        let mut fine = vec![0u64; BUCKETS];
+        let mut sum = 0u64;
+        for h in shards {
+            for (total, c) in fine.iter_mut().zip(h.fine.iter()) {
+                *total += c.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(h.sum.load(Ordering::Relaxed));
         }
+        let buckets = fine
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .map(|(i, n)| (i as u16, n))
+            .collect();
+        Histogram { sum, buckets }
     }
 
     /// Writes the Prometheus histogram, its values divided by `divisor` (1e6 turns
     /// microseconds into the seconds Prometheus expects; 1 keeps counts as they are).
-    pub fn encode(&self, mut encoder: MetricEncoder<'_>, divisor: f64) -> std::fmt::Result {
-        let mut buckets = [(0.0, 0u64); EDGES_MAX + 1];
-        let mut count = 0;
-        for (i, c) in self.coarse.iter().enumerate() {
-            let n = c.load(Ordering::Relaxed);
-            let edge = self.edges.get(i).map_or(f64::MAX, |&e| e as f64 / divisor);
-            buckets[i] = (edge, n);
-            count += n;
-        }
-        let sum = self.sum.load(Ordering::Relaxed) as f64 / divisor;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets[..self.coarse.len()], None)
+    pub fn encode(&self, encoder: MetricEncoder<'_>, divisor: f64) -> std::fmt::Result {
+        Self::encode_of([self], encoder, divisor)
     }
 
-    /// [`Self::encode`] under a label set (one member of a family).
-    pub fn encode_labelled(
-        &self,
+    /// [`Self::encode`] of several histograms with the same edges (shards of one), summed.
+    pub fn encode_of<'a>(
+        shards: impl IntoIterator<Item = &'a AtomicHistogram>,
+        mut encoder: MetricEncoder<'_>,
+        divisor: f64,
+    ) -> std::fmt::Result {
+        let mut buckets = [(f64::MAX, 0u64); EDGES_MAX + 1];
+        let mut sum = 0u64;
+        let mut len = 0;
+        for h in shards {
+            len = h.coarse.len();
+            for (i, c) in h.coarse.iter().enumerate() {
+                buckets[i].0 = h.edges.get(i).map_or(f64::MAX, |&e| e as f64 / divisor);
+                buckets[i].1 += c.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(h.sum.load(Ordering::Relaxed));
+        }
+        let count = buckets[..len].iter().map(|&(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(sum as f64 / divisor, count, &buckets[..len], None)
+    }
+
+    /// [`Self::encode_of`] under a label set (one member of a family).
+    pub fn encode_labelled<'a>(
+        shards: impl IntoIterator<Item = &'a AtomicHistogram>,
         encoder: &mut MetricEncoder<'_>,
         labels: &impl EncodeLabelSet,
         divisor: f64,
     ) -> std::fmt::Result {
-        self.encode(encoder.encode_family(labels)?, divisor)
+        Self::encode_of(shards, encoder.encode_family(labels)?, divisor)
     }
 }
 

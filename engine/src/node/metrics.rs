@@ -7,7 +7,7 @@
 //! by the sync modes. No label names a ticket.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,37 +51,79 @@ pub(crate) const fn op_index(op: u8) -> usize {
     op as usize - 1
 }
 
-/// What the request path counts. Lock-free: every field is an atomic or a lock-free
-/// histogram, added to once per batch of answers, not once per request.
-pub(crate) struct NodeMetrics {
-    /// Latency by request op (index [`op_index`]): from the read that brought a request in
-    /// to the write that carried its answer out, durability wait included.
+/// Counter shards. A thread adds to its own shard and a reading sums them all, so a
+/// stream's reader and writer, or many streams on many threads, never take turns at one
+/// cache line.
+const SHARDS: usize = 8;
+
+/// The shard of the calling thread (threads are dealt shards in turn as they first count).
+#[inline]
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+/// One thread's share of the counters, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
+    /// Latency by request op (index [`op_index`]).
     latency: Box<[AtomicHistogram]>,
     /// Answers to gate requests by outcome (index: wire value).
     outcomes: [AtomicU64; OUTCOMES],
-    /// Requests accepted and not yet written out.
-    inflight: AtomicI64,
-    /// Scans by gate, bounded.
-    gates: GateScans,
+    /// Requests accepted (in flight until done).
+    accepted: AtomicU64,
+    /// Requests answered, or dropped because their peer went away.
+    done: AtomicU64,
+    /// Scans per gate slot (see [`GateSlots`]); the last one is `other`.
+    gate_scans: Box<[AtomicU64]>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            latency: (0..OPS)
+                .map(|_| AtomicHistogram::new(LATENCY_EDGES_US))
+                .collect(),
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            accepted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            gate_scans: (0..=GATE_LABELS_MAX).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// What the request path counts. Lock-free and uncontended: every add goes to the calling
+/// thread's shard, once per batch of answers, not once per request.
+pub(crate) struct NodeMetrics {
+    /// The counters, [`SHARDS`] times.
+    shards: Box<[Shard]>,
+    /// Which gates have a counter of their own.
+    gates: GateSlots,
 }
 
 impl NodeMetrics {
     pub(crate) fn new() -> Self {
         NodeMetrics {
-            latency: (0..OPS)
-                .map(|_| AtomicHistogram::new(LATENCY_EDGES_US))
-                .collect(),
-            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-            inflight: AtomicI64::new(0),
-            gates: GateScans::new(),
+            shards: (0..SHARDS).map(|_| Shard::new()).collect(),
+            gates: GateSlots::new(),
         }
     }
 
-    /// `n` requests accepted (they count as in flight until [`Self::answered`]).
+    #[inline]
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
+    /// `n` requests accepted (they count as in flight until answered or dropped).
     #[inline]
     pub(crate) fn accepted(&self, n: u32) {
         if n > 0 {
-            self.inflight.fetch_add(i64::from(n), Ordering::Relaxed);
+            self.shard()
+                .accepted
+                .fetch_add(u64::from(n), Ordering::Relaxed);
         }
     }
 
@@ -89,15 +131,16 @@ impl NodeMetrics {
     #[inline]
     pub(crate) fn answered(&self, ops: &OpTally, read_at: Instant, now: Instant) {
         let us = now.saturating_duration_since(read_at).as_micros() as u64;
+        let shard = self.shard();
         let mut total = 0;
         for (i, &n) in ops.iter().enumerate() {
             if n > 0 {
-                self.latency[i].record_n(us, u64::from(n));
+                shard.latency[i].record_n(us, u64::from(n));
                 total += n;
             }
         }
         if total > 0 {
-            self.inflight.fetch_sub(i64::from(total), Ordering::Relaxed);
+            shard.done.fetch_add(u64::from(total), Ordering::Relaxed);
         }
     }
 
@@ -106,14 +149,14 @@ impl NodeMetrics {
     #[inline]
     pub(crate) fn dropped(&self, n: u32) {
         if n > 0 {
-            self.inflight.fetch_sub(i64::from(n), Ordering::Relaxed);
+            self.shard().done.fetch_add(u64::from(n), Ordering::Relaxed);
         }
     }
 
     /// Adds a read's outcome counts (index: wire value).
     #[inline]
     pub(crate) fn count_outcomes(&self, tally: &[u32; OUTCOMES]) {
-        for (counter, &n) in self.outcomes.iter().zip(tally) {
+        for (counter, &n) in self.shard().outcomes.iter().zip(tally) {
             if n > 0 {
                 counter.fetch_add(u64::from(n), Ordering::Relaxed);
             }
@@ -129,44 +172,79 @@ impl NodeMetrics {
     #[inline]
     pub(crate) fn count_gate(&self, slot: usize, n: u32) {
         if n > 0 {
-            self.gates.scans[slot].fetch_add(u64::from(n), Ordering::Relaxed);
+            self.shard().gate_scans[slot].fetch_add(u64::from(n), Ordering::Relaxed);
         }
     }
 
     /// Answers by outcome so far.
     pub(crate) fn outcome_counts(&self) -> [u64; OUTCOMES] {
-        std::array::from_fn(|i| self.outcomes[i].load(Ordering::Relaxed))
+        std::array::from_fn(|i| {
+            self.shards
+                .iter()
+                .map(|s| s.outcomes[i].load(Ordering::Relaxed))
+                .sum()
+        })
     }
 
+    /// Requests accepted and neither answered nor dropped.
     fn inflight(&self) -> u64 {
-        self.inflight.load(Ordering::Relaxed).max(0) as u64
+        // Done first: whatever it counts was accepted before, so the difference stays >= 0.
+        let done: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.done.load(Ordering::Relaxed))
+            .sum();
+        let accepted: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.accepted.load(Ordering::Relaxed))
+            .sum();
+        accepted.saturating_sub(done)
+    }
+
+    /// The latency histogram of request op `code`, every shard summed.
+    fn latency_of(&self, code: u8) -> impl Iterator<Item = &AtomicHistogram> + Clone {
+        self.shards.iter().map(move |s| &s.latency[op_index(code)])
+    }
+
+    /// `(gate, scans)` of every labelled gate, then the `other` count.
+    fn gate_scans(&self) -> (Vec<(u16, u64)>, u64) {
+        let scans = |slot: usize| -> u64 {
+            self.shards
+                .iter()
+                .map(|s| s.gate_scans[slot].load(Ordering::Relaxed))
+                .sum()
+        };
+        let labelled = self
+            .gates
+            .labelled()
+            .map(|(slot, gate)| (gate, scans(slot)))
+            .collect();
+        (labelled, scans(GATE_LABELS_MAX))
     }
 }
 
-/// Scans per gate with a bounded number of counters: the first [`GATE_LABELS_MAX`] gates
-/// seen get one each, every later gate shares the `other` counter. A gate's slot is found
-/// with one atomic load.
-struct GateScans {
+/// Which gates have a scan counter of their own: the first [`GATE_LABELS_MAX`] gates seen
+/// get one each, every later gate shares the `other` counter (slot `GATE_LABELS_MAX`). A
+/// gate's slot is found with one atomic load.
+struct GateSlots {
     /// Per gate id: 0 not seen yet, `1..=GATE_LABELS_MAX` its slot + 1, [`OTHER_MARK`] other.
     slot_of: Box<[AtomicU16]>,
     /// Per slot: gate id + 1 (0: the slot was lost to a race and stays empty).
     gate_of: Box<[AtomicU32]>,
     /// Slots handed out (may pass the bound; only the first ones are real).
     next: AtomicUsize,
-    /// Scans per slot; the last one is `other`.
-    scans: Box<[AtomicU64]>,
 }
 
 /// `slot_of` value of a gate counted under `other`.
 const OTHER_MARK: u16 = u16::MAX;
 
-impl GateScans {
+impl GateSlots {
     fn new() -> Self {
-        GateScans {
+        GateSlots {
             slot_of: (0..=u16::MAX as usize).map(|_| AtomicU16::new(0)).collect(),
             gate_of: (0..GATE_LABELS_MAX).map(|_| AtomicU32::new(0)).collect(),
             next: AtomicUsize::new(0),
-            scans: (0..=GATE_LABELS_MAX).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -201,19 +279,15 @@ impl GateScans {
         }
     }
 
-    /// `(gate, scans)` of every labelled gate, then the `other` count.
-    fn read(&self) -> (Vec<(u16, u64)>, u64) {
-        let labelled = self
-            .gate_of
+    /// `(slot, gate)` of every labelled gate.
+    fn labelled(&self) -> impl Iterator<Item = (usize, u16)> + '_ {
+        self.gate_of
             .iter()
-            .zip(self.scans.iter())
-            .filter_map(|(g, n)| match g.load(Ordering::Acquire) {
+            .enumerate()
+            .filter_map(|(slot, g)| match g.load(Ordering::Acquire) {
                 0 => None,
-                g => Some(((g - 1) as u16, n.load(Ordering::Relaxed))),
+                g => Some((slot, (g - 1) as u16)),
             })
-            .collect();
-        let other = self.scans[GATE_LABELS_MAX].load(Ordering::Relaxed);
-        (labelled, other)
     }
 }
 
@@ -228,7 +302,7 @@ pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
         outcomes: m.outcome_counts().to_vec(),
         latency_op: if known { latency_op } else { 0 },
         latency_us: if known {
-            m.latency[op_index(latency_op)].snapshot()
+            AtomicHistogram::snapshot_of(m.latency_of(latency_op))
         } else {
             Default::default()
         },
@@ -273,7 +347,7 @@ impl Collector for NodeCollector {
         for code in 1..=op::REQUEST_MAX {
             if code != op::SUBSCRIBE {
                 let labels = [("op", op::name(code))];
-                m.latency[op_index(code)].encode_labelled(&mut h, &labels, 1e6)?;
+                AtomicHistogram::encode_labelled(m.latency_of(code), &mut h, &labels, 1e6)?;
             }
         }
 
@@ -293,7 +367,7 @@ impl Collector for NodeCollector {
             None,
             MetricType::Counter,
         )?;
-        let (gates, other) = m.gates.read();
+        let (gates, other) = m.gate_scans();
         for (gate, n) in gates {
             let gate = gate.to_string();
             ConstCounter::new(n).encode(c.encode_family(&[("gate", gate.as_str())])?)?;
@@ -480,13 +554,13 @@ mod tests {
 
     #[test]
     fn gate_labels_stop_at_the_bound_and_the_rest_share_other() {
-        let g = GateScans::new();
+        let m = NodeMetrics::new();
         for gate in 1..=(GATE_LABELS_MAX as u16 + 50) {
-            let slot = g.slot(gate);
-            g.scans[slot].fetch_add(1, Ordering::Relaxed);
-            assert_eq!(g.slot(gate), slot, "a gate keeps its slot");
+            let slot = m.gate_slot(gate);
+            m.count_gate(slot, 1);
+            assert_eq!(m.gate_slot(gate), slot, "a gate keeps its slot");
         }
-        let (labelled, other) = g.read();
+        let (labelled, other) = m.gate_scans();
         assert_eq!(labelled.len(), GATE_LABELS_MAX);
         assert!(labelled.iter().all(|&(_, n)| n == 1));
         assert_eq!(labelled[0].0, 1);
@@ -494,19 +568,27 @@ mod tests {
     }
 
     #[test]
-    fn answered_requests_leave_flight_and_count_by_op() {
-        let m = NodeMetrics::new();
+    fn answered_requests_leave_flight_and_count_by_op_across_threads() {
+        let m = std::sync::Arc::new(NodeMetrics::new());
         let mut ops = [0; OPS];
         ops[op_index(op::CHECKIN)] = 5;
         ops[op_index(op::STATUS)] = 1;
         m.accepted(6);
         assert_eq!(m.inflight(), 6);
+        // Answered on another thread (another shard), as a stream's writer would.
         let t = Instant::now();
-        m.answered(&ops, t, t + Duration::from_micros(300));
+        let m2 = m.clone();
+        std::thread::spawn(move || m2.answered(&ops, t, t + Duration::from_micros(300)))
+            .join()
+            .unwrap();
         assert_eq!(m.inflight(), 0);
-        let h = m.latency[op_index(op::CHECKIN)].snapshot();
+        let h = AtomicHistogram::snapshot_of(m.latency_of(op::CHECKIN));
         assert_eq!(h.count(), 5);
         assert_eq!(h.sum, 1500);
-        assert_eq!(m.latency[op_index(op::STATUS)].count(), 1);
+        let status = AtomicHistogram::snapshot_of(m.latency_of(op::STATUS));
+        assert_eq!(status.count(), 1);
+        m.accepted(2);
+        m.dropped(2);
+        assert_eq!(m.inflight(), 0);
     }
 }
