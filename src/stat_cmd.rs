@@ -79,7 +79,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
                 // Home, each line cleared to its end, then the rest of the screen.
                 write!(out, "\x1b[H")?;
                 for line in text.lines() {
-                    write!(out, "{line}\x1b[K\r\n")?;
+                    writeln!(out, "{line}\x1b[K")?;
                 }
                 write!(out, "\x1b[J")?;
             } else {
