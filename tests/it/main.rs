@@ -10,6 +10,7 @@ mod gateway;
 mod loadtest;
 mod loom_word;
 mod memory;
+mod metrics;
 mod node;
 mod race;
 mod snapshot;
