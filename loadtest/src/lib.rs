@@ -566,6 +566,7 @@ async fn receive_loop(
         }
         let now = Instant::now();
         let n = answers.len();
+        let mut same_due: Option<(Instant, u64)> = None;
         {
             let mut book = gate.book.lock().expect("not poisoned");
             for (id, answer) in answers.drain(..) {
@@ -592,19 +593,23 @@ async fn receive_loop(
                     }
                 }
                 let k = outcome.kind as usize;
-                let took_us = (now.saturating_duration_since(slot.due).as_micros() as u64).max(1);
-                let _ = c.hist_all.record(took_us);
                 c.outcomes_all[k] += 1;
                 if counted {
-                    let _ = c.hist.record(took_us);
                     c.outcomes[k] += 1;
                 }
-                let s = slot.due.saturating_duration_since(run.start).as_secs() as usize;
-                if s != second.0 {
-                    flush_second(&run, &mut second);
-                    second.0 = s;
+                // Answers to one batch share their due time: one histogram entry for all.
+                match &mut same_due {
+                    Some((due, n)) if *due == slot.due => *n += 1,
+                    _ => {
+                        if let Some((due, n)) = same_due.take() {
+                            record_latency(&mut c, &mut second, &run, now, due, n);
+                        }
+                        same_due = Some((slot.due, 1));
+                    }
                 }
-                let _ = second.1.record(took_us);
+            }
+            if let Some((due, n)) = same_due.take() {
+                record_latency(&mut c, &mut second, &run, now, due, n);
             }
         }
         gate.room.add_permits(n);
@@ -615,6 +620,28 @@ async fn receive_loop(
     gate.room.close();
     gate.received.notify_one();
     c
+}
+
+/// Records `n` answers due at `due` and answered at `now`.
+fn record_latency(
+    c: &mut GateCounts,
+    second: &mut (usize, hdrhistogram::Histogram<u64>),
+    run: &RunShared,
+    now: Instant,
+    due: Instant,
+    n: u64,
+) {
+    let took_us = (now.saturating_duration_since(due).as_micros() as u64).max(1);
+    let _ = c.hist_all.record_n(took_us, n);
+    if due >= run.measure_from {
+        let _ = c.hist.record_n(took_us, n);
+    }
+    let s = due.saturating_duration_since(run.start).as_secs() as usize;
+    if s != second.0 {
+        flush_second(run, second);
+        second.0 = s;
+    }
+    let _ = second.1.record_n(took_us, n);
 }
 
 /// Adds a second's latencies to the run's timeline.

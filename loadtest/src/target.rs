@@ -84,8 +84,9 @@ pub struct Quic {
 
 /// The sending half of one gate's link.
 pub(crate) enum Tx {
-    /// Hands requests to the receiving half, which runs them through the engine.
-    Inproc(mpsc::UnboundedSender<Vec<(u32, Item)>>),
+    /// Runs requests through the engine at once and hands the answers to the receiving
+    /// half, which waits until they are durable.
+    Inproc(InprocTx),
     /// Writes frames on the gate's stream.
     Quic {
         /// The stream.
@@ -101,7 +102,7 @@ pub(crate) enum Tx {
 
 /// The receiving half of one gate's link.
 pub(crate) enum Rx {
-    /// Runs what the sender handed over, in one batch, and waits until it is durable.
+    /// Waits until the sender's answers are durable.
     Inproc(InprocRx),
     /// Reads answer frames.
     Quic {
@@ -118,13 +119,22 @@ pub(crate) enum Rx {
     Redis(RedisRx),
 }
 
-/// The engine side of an in-process gate.
-pub(crate) struct InprocRx {
+/// A batch run by the engine: its answers, and what they wait for.
+type Ran = (Vec<Answer>, Vec<Durability>);
+
+/// The sending side of an in-process gate: runs each batch as it is sent, as a node's
+/// reader does.
+pub(crate) struct InprocTx {
     target: Arc<Inproc>,
     gate: Gate,
-    rx: mpsc::UnboundedReceiver<Vec<(u32, Item)>>,
-    /// A batch run and not yet durable: its answers, and what they wait for.
-    pending: Option<(Vec<Answer>, Vec<Durability>)>,
+    tx: mpsc::UnboundedSender<Ran>,
+}
+
+/// The receiving side: answers once durable.
+pub(crate) struct InprocRx {
+    rx: mpsc::UnboundedReceiver<Ran>,
+    /// A batch run and not yet durable.
+    pending: Option<Ran>,
 }
 
 impl Target {
@@ -277,13 +287,12 @@ impl Target {
             Target::Inproc(t) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 Ok((
-                    Tx::Inproc(tx),
-                    Rx::Inproc(InprocRx {
+                    Tx::Inproc(InprocTx {
                         target: t.clone(),
                         gate: Gate::new(gate, PROVIDER),
-                        rx,
-                        pending: None,
+                        tx,
                     }),
+                    Rx::Inproc(InprocRx { rx, pending: None }),
                 ))
             }
             Target::Quic(q) => {
@@ -350,9 +359,10 @@ impl Tx {
     /// Sends `reqs` (request id, what to present).
     pub async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
         match self {
-            Tx::Inproc(tx) => tx
-                .send(reqs.to_vec())
-                .map_err(|_| LinkError("the engine side stopped".into())),
+            Tx::Inproc(t) => {
+                t.tx.send(t.run(reqs))
+                    .map_err(|_| LinkError("the receiving side stopped".into()))
+            }
             Tx::Quic { send, buf, scan_id } => {
                 buf.clear();
                 for (id, item) in reqs {
@@ -417,13 +427,10 @@ impl Rx {
 impl InprocRx {
     async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
         if self.pending.is_none() {
-            let Some(mut reqs) = self.rx.recv().await else {
+            let Some(ran) = self.rx.recv().await else {
                 return Err(LinkError("the sender stopped".into()));
             };
-            while let Ok(more) = self.rx.try_recv() {
-                reqs.extend(more);
-            }
-            self.pending = Some(self.run(&reqs));
+            self.pending = Some(ran);
         }
         if let Some((_, waits)) = &self.pending {
             for w in waits {
@@ -435,9 +442,11 @@ impl InprocRx {
         }
         Ok(())
     }
+}
 
+impl InprocTx {
     /// Runs a batch: entries in one `checkin_batch`, exits one by one.
-    fn run(&self, reqs: &[(u32, Item)]) -> (Vec<Answer>, Vec<Durability>) {
+    fn run(&self, reqs: &[(u32, Item)]) -> Ran {
         let engine = &self.target.engine;
         let mut entries = Vec::with_capacity(reqs.len());
         let mut entry_ids = Vec::with_capacity(reqs.len());

@@ -94,6 +94,8 @@ async fn every_scenario_against_a_node() {
         let mut c = config(scenario, &target, n.dir.path());
         c.gates = 4;
         c.tickets = 4_000;
+        // Ends when the codes run out; the bound is for a slow machine.
+        c.duration = Duration::from_secs(20);
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always", "as the node reports it through stats");
         check(scenario, &r, c.tickets as u64);
@@ -198,6 +200,8 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         c.spawn_redis = true;
         c.gates = 4;
         c.tickets = 4_000;
+        // Ends when the codes run out; the bound is for a slow machine.
+        c.duration = Duration::from_secs(20);
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "appendfsync always", "{r:?}");
         check(scenario, &r, c.tickets as u64);
