@@ -39,6 +39,11 @@ pub struct UpArgs {
     /// Serve the node's Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Forged or unknown codes a gate may present a second (bursts of twice that) before
+    /// the node answers it rate_limited for a cooldown. Raise it for load tests of forged
+    /// codes.
+    #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gate_budget: u32,
 }
 
 /// What `stile up` runs beside the node.
@@ -68,6 +73,11 @@ pub struct NodeArgs {
     /// start; off unless given).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Forged or unknown codes a gate may present a second (bursts of twice that) before
+    /// the node answers it rate_limited for a cooldown. Raise it for load tests of forged
+    /// codes.
+    #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gate_budget: u32,
 }
 
 /// Runs `stile up`.
@@ -112,6 +122,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let listen = Listen {
         quic: args.quic,
         metrics: args.metrics,
+        gate_budget: args.gate_budget,
     };
     run_node(&args.data, tls, listen, args.sync, next, Some(gateway))
 }
@@ -133,6 +144,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let listen = Listen {
         quic: args.listen,
         metrics: args.metrics,
+        gate_budget: args.gate_budget,
     };
     run_node(
         &args.data,
@@ -163,6 +175,8 @@ struct Listen {
     quic: SocketAddr,
     /// Plain HTTP for `GET /metrics`, if wanted.
     metrics: Option<SocketAddr>,
+    /// Forged or unknown codes a gate may present a second.
+    gate_budget: u32,
 }
 
 fn run_node(
@@ -198,6 +212,8 @@ fn run_node(
         let signals = Signals::install()?;
         let mut config = NodeConfig::new(listen.quic, tls);
         config.metrics_listen = listen.metrics;
+        config.budget_per_s = listen.gate_budget;
+        config.budget_burst = listen.gate_budget.saturating_mul(2);
         let node = Node::start(engine, config)?;
         started(node.local_addr());
         if let Some(addr) = node.metrics_addr() {

@@ -214,10 +214,12 @@ async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
 }
 
 /// The code with its last symbol (part of the tag) changed.
+/// The code with one tag symbol changed. The second-to-last symbol: the last one also
+/// carries the text form's padding bits, so changing it may leave the bytes as they were.
 fn flip_last(code: &str) -> String {
     let mut b = code.as_bytes().to_vec();
-    let last = b.len() - 1;
-    b[last] = if b[last] == b'0' { b'1' } else { b'0' };
+    let at = b.len() - 2;
+    b[at] = if b[at] == b'0' { b'1' } else { b'0' };
     String::from_utf8(b).unwrap()
 }
 

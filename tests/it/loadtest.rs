@@ -362,3 +362,84 @@ fn bad_options_get_clear_errors() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
 }
+
+/// `stile up` on a fresh data dir with extra arguments; its QUIC address.
+fn spawn_up(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["up", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data")
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(up.stderr.take().unwrap());
+    let mut said = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "stile up ended: {said}"
+        );
+        said.push_str(&line);
+        if let Some(rest) = line.split("node on quic://").nth(1) {
+            break rest.split(',').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (up, addr)
+}
+
+/// Forged codes against a node: past the default budget of a gate they are answered
+/// rate_limited; `--gate-budget` raises it so the load test sees the node's `forged`.
+#[test]
+fn gate_budget_decides_when_forged_codes_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut counts = Vec::new();
+    for (name, extra) in [
+        ("default", vec![]),
+        ("raised", vec!["--gate-budget", "1000000"]),
+    ] {
+        let data = dir.path().join(name);
+        let (mut up, addr) = spawn_up(&data, &extra);
+        let json = dir.path().join(format!("{name}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["loadtest", "--scenario", "forged", "--quiet"])
+            .args(["--target", &format!("quic://{addr}")])
+            .args([
+                "--gates",
+                "2",
+                "--tickets",
+                "2000",
+                "--duration",
+                "20s",
+                "--warmup",
+                "0s",
+            ])
+            .arg("--data")
+            .arg(&data)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let _ = up.kill();
+        let _ = up.wait();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let o = &v["runs"][0]["outcomes"];
+        counts.push((
+            o["forged"].as_u64().unwrap_or(0),
+            o["rate_limited"].as_u64().unwrap_or(0),
+        ));
+    }
+    let ((_, limited_default), (forged_raised, limited_raised)) = (counts[0], counts[1]);
+    assert!(limited_default > 0, "{counts:?}");
+    assert_eq!((forged_raised, limited_raised), (2000, 0), "{counts:?}");
+}
