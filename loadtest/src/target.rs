@@ -14,7 +14,7 @@ use stile_engine::{
     CheckinRequest, Durability, Engine, EngineConfig, EntryRule, Gate, GateOp, MintRequest, Policy,
     Presented, SystemClock, Validity, MINT_BATCH_MAX,
 };
-use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientTls};
+use stile_protocol::client::{connect_raw_on, raw_endpoint, Client, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
@@ -80,6 +80,8 @@ pub struct Quic {
     tls: PathBuf,
     /// The admin client.
     admin: Client,
+    /// One UDP socket for every gate's connection, as one machine simulating many gates.
+    endpoint: quinn::Endpoint,
 }
 
 /// The sending half of one gate's link.
@@ -112,8 +114,6 @@ pub(crate) enum Rx {
         buf: BytesMut,
         /// Kept open while the link lives.
         _conn: quinn::Connection,
-        /// The gate's own endpoint (socket).
-        _endpoint: quinn::Endpoint,
     },
     /// Reads script answers, in order.
     Redis(RedisRx),
@@ -214,10 +214,12 @@ impl Target {
                     .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
             }
         }
+        let endpoint = raw_endpoint(&client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
             config: client,
             tls,
             admin,
+            endpoint,
         })))
     }
 
@@ -311,8 +313,9 @@ impl Target {
                     tls: ctls,
                     ..q.config.clone()
                 };
-                let (endpoint, conn, send, recv) =
-                    connect_raw(&config).await.map_err(|e| err(e.to_string()))?;
+                let (conn, send, recv) = connect_raw_on(&q.endpoint, &config)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
                 Ok((
                     Tx::Quic {
                         send,
@@ -323,7 +326,6 @@ impl Target {
                         recv,
                         buf: BytesMut::with_capacity(READ_CHUNK),
                         _conn: conn,
-                        _endpoint: endpoint,
                     },
                 ))
             }

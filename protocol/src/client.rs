@@ -538,6 +538,20 @@ pub async fn connect_raw(
     Ok((endpoint, conn, send, recv))
 }
 
+/// A connection and stream to a node on an endpoint shared with other connections, each
+/// with its own certificate: one socket for many simulated gates (the load tester).
+pub async fn connect_raw_on(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    open_with(endpoint, config, Some(quinn_config(config)?)).await
+}
+
+/// A client endpoint for [`connect_raw_on`], on a fresh UDP socket.
+pub fn raw_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+    client_endpoint(config)
+}
+
 fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if config.node.is_ipv6() {
         "[::]:0".parse().expect("literal")
@@ -548,6 +562,12 @@ fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError
         node: config.node,
         reason: format!("binding a UDP socket: {e}"),
     })?;
+    endpoint.set_default_client_config(quinn_config(config)?);
+    Ok(endpoint)
+}
+
+/// The QUIC settings and certificates of a connection.
+fn quinn_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*config.tls.config).clone())
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
@@ -557,8 +577,7 @@ fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError
     transport.stream_receive_window((4u32 << 20).into());
     transport.send_window(8 << 20);
     qc.transport_config(Arc::new(transport));
-    endpoint.set_default_client_config(qc);
-    Ok(endpoint)
+    Ok(qc)
 }
 
 /// One connection attempt: handshake and the stream.
@@ -566,13 +585,24 @@ async fn open(
     endpoint: &quinn::Endpoint,
     config: &ClientConfig,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    open_with(endpoint, config, None).await
+}
+
+/// One connection attempt with the endpoint's default settings or `with`.
+async fn open_with(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+    with: Option<quinn::ClientConfig>,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
     let err = |reason: String| ClientError::Connect {
         node: config.node,
         reason,
     };
-    let connecting = endpoint
-        .connect(config.node, &config.server_name)
-        .map_err(|e| err(e.to_string()))?;
+    let connecting = match with {
+        Some(qc) => endpoint.connect_with(qc, config.node, &config.server_name),
+        None => endpoint.connect(config.node, &config.server_name),
+    }
+    .map_err(|e| err(e.to_string()))?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| err("no answer within 5 s (is a stile node running there?)".into()))?
