@@ -258,7 +258,7 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>stile load test: {scenario}</title>\
          <style>body{{font-family:sans-serif;margin:2em;max-width:960px}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;\
+         table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;\
          text-align:right}}th:first-child,td:first-child{{text-align:left}}</style>\
          </head><body>\n<h1>Load test: {scenario}</h1>\n<p>Seed {seed}; {cpus} CPUs ({cpu}), \
          {os}.</p>\n",

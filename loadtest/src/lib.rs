@@ -434,7 +434,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         forged_admits,
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
         percentiles: report::Percentiles::of(&hist),
-        timeline: report::Second::series(&timeline, config.warmup),
+        timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
     })
 }
 

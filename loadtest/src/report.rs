@@ -121,13 +121,17 @@ pub struct Second {
 
 impl Second {
     /// The series of a run's per-second histograms (seconds with no answers included, as
-    /// zero).
+    /// zero), up to the end of the run: a second that starts at its end holds only a few
+    /// stragglers and would plot as a collapse.
     pub fn series(
         per_second: &[hdrhistogram::Histogram<u64>],
         warmup: std::time::Duration,
+        run: std::time::Duration,
     ) -> Vec<Second> {
+        let seconds = run.as_secs_f64().ceil().max(1.0) as usize;
         per_second
             .iter()
+            .take(seconds)
             .enumerate()
             .map(|(t, h)| Second {
                 t_s: t as u64,
