@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::support::{read_up_quic_address, sigterm};
+
 fn stile(data: &Path, node: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_stile"))
         .args(args)
@@ -28,18 +30,7 @@ fn up_mint_check_from_the_command_line() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(up.stderr.take().unwrap());
-    let mut said = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "stile up ended: {said}"
-        );
-        said.push_str(&line);
-        if let Some(rest) = line.split("node on quic://").nth(1) {
-            break rest.split(',').next().unwrap().to_string();
-        }
-    };
+    let (addr, mut said) = read_up_quic_address(&mut err);
     // It tells the user what to run next, and made the dev certificates.
     while !said.contains("stile check") {
         let mut line = String::new();
@@ -204,10 +195,4 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         sigterm(child);
         assert!(child.wait().unwrap().success());
     }
-}
-
-/// Asks a child to stop as an operator would.
-fn sigterm(child: &std::process::Child) {
-    // SAFETY: kill(2) with a pid we spawned and still own; it touches no memory.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }

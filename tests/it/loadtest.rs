@@ -365,7 +365,6 @@ fn bad_options_get_clear_errors() {
 
 /// `stile up` on a fresh data dir with extra arguments; its QUIC address.
 fn spawn_up(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
         .args(["up", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(extra)
@@ -376,18 +375,7 @@ fn spawn_up(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, Str
         .spawn()
         .unwrap();
     let mut err = std::io::BufReader::new(up.stderr.take().unwrap());
-    let mut said = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "stile up ended: {said}"
-        );
-        said.push_str(&line);
-        if let Some(rest) = line.split("node on quic://").nth(1) {
-            break rest.split(',').next().unwrap().to_string();
-        }
-    };
+    let (addr, _) = crate::support::read_up_quic_address(&mut err);
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     (up, addr)
 }

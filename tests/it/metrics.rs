@@ -13,6 +13,7 @@ use stile_protocol::frame::op;
 use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::node::{futures_join, spec, TestNode};
+use crate::support::sigterm;
 
 /// Samples of a Prometheus text page: `name{labels}` as written, to value.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -417,12 +418,6 @@ fn read_addresses(out: &mut impl BufRead, prefixes: &[&str]) -> Vec<String> {
         }
     }
     found
-}
-
-/// Asks a child to stop as an operator would.
-fn sigterm(child: &std::process::Child) {
-    // SAFETY: kill(2) with a pid we spawned and still own; it touches no memory.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
 
 /// The metric names a dashboard's strings mention (every `stile_…` token).

@@ -1,4 +1,5 @@
-//! Shared set-up: an in-memory engine on a clock the test controls.
+//! Shared set-up: an in-memory engine on a clock the test controls, and helpers for tests
+//! that run the `stile` binary.
 
 use std::sync::Arc;
 
@@ -34,4 +35,28 @@ pub fn mint(engine: &Engine, policy: Policy, count: u32) -> (PolicyId, Vec<CodeB
         })
         .unwrap();
     (id, codes)
+}
+
+/// Reads `stile up`'s stderr until it names its QUIC address; the address, and every line
+/// read so far.
+pub fn read_up_quic_address(err: &mut impl std::io::BufRead) -> (String, String) {
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "stile up ended: {said}"
+        );
+        said.push_str(&line);
+        if let Some(rest) = line.split("node on quic://").nth(1) {
+            let addr = rest.split(',').next().unwrap().to_string();
+            return (addr, said);
+        }
+    }
+}
+
+/// Asks a child to stop as an operator would.
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) with a pid we spawned and still own; it touches no memory.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
