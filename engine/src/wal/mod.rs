@@ -21,7 +21,7 @@ pub mod tail;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -150,8 +150,13 @@ struct Writer {
     dir: PathBuf,
     /// The segment being appended to.
     file: File,
-    /// Its length.
+    /// Its length: where the next record goes.
     file_len: u64,
+    /// How far it is written with zeros ahead of records (at most `file_len` for a segment
+    /// that was not prepared ahead): writes below this change no file metadata.
+    file_zeroed: u64,
+    /// The next segment, prepared in the background (none in `none` mode, which never syncs).
+    spares: Option<Spares>,
     /// A segment is closed once it passes this size.
     segment_max_bytes: u64,
     /// Submissions that arrived ahead of a gap.
@@ -192,12 +197,17 @@ impl Wal {
             "segments hold records"
         );
         std::fs::create_dir_all(dir)?;
+        match std::fs::remove_file(segment::spare_path(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let (file, file_len) = match tail {
             Some((path, len)) if len < segment_max_bytes => {
-                (std::fs::OpenOptions::new().append(true).open(path)?, len)
+                (std::fs::OpenOptions::new().write(true).open(path)?, len)
             }
             _ => (segment::create(dir, next_seq)?, segment::SEGMENT_HEADER_LEN),
         };
+        let spares = (mode != SyncMode::None).then(|| Spares::new(dir, segment_max_bytes));
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
@@ -218,6 +228,8 @@ impl Wal {
             dir: dir.to_path_buf(),
             file,
             file_len,
+            file_zeroed: file_len,
+            spares,
             segment_max_bytes,
             pending: BTreeMap::new(),
             next: next_seq,
@@ -507,6 +519,7 @@ impl Writer {
             }
             self.shared.durable_event.notify(usize::MAX);
             if closing && self.pending.is_empty() && self.all_submitted() {
+                self.finish();
                 return;
             }
         }
@@ -530,9 +543,13 @@ impl Writer {
                 break;
             }
             let sub = entry.remove();
-            if self.file_len + (buf.len() + sub.bytes.len()) as u64 > self.segment_max_bytes
-                && self.file_len + buf.len() as u64 > segment::SEGMENT_HEADER_LEN
-            {
+            let end = self.file_len + (buf.len() + sub.bytes.len()) as u64;
+            let holds_records = self.file_len + buf.len() as u64 > segment::SEGMENT_HEADER_LEN;
+            // Past the zeros prepared ahead, every write would grow the file: move to the
+            // prepared segment as soon as there is one, even before this one is full.
+            let spare_ready =
+                end > self.file_zeroed && self.spares.as_ref().is_some_and(|s| s.is_ready());
+            if holds_records && (end > self.segment_max_bytes || spare_ready) {
                 self.append(&buf);
                 buf.clear();
                 self.roll();
@@ -542,6 +559,12 @@ impl Writer {
             self.next = sub.first + sub.count;
         }
         self.append(&buf);
+        if let Some(spares) = &mut self.spares {
+            let used = self.file_len - segment::SEGMENT_HEADER_LEN;
+            if used >= SPARE_AFTER_BYTES.min(self.segment_max_bytes / 2) {
+                spares.want();
+            }
+        }
         self.unsynced_records += records;
         self.shared.records.fetch_add(records, Ordering::Relaxed);
         self.shared.written.store(self.next, Ordering::Release);
@@ -551,7 +574,7 @@ impl Writer {
         if buf.is_empty() {
             return;
         }
-        if let Err(e) = self.file.write_all(buf) {
+        if let Err(e) = self.file.write_all_at(buf, self.file_len) {
             fatal("writing the log", &self.dir, &e);
         }
         self.file_len += buf.len() as u64;
@@ -576,15 +599,336 @@ impl Writer {
         }
     }
 
-    /// Closes the current segment (synced) and starts the next one at `next`.
+    /// Closes the current segment (synced, ending at its last record) and starts the next
+    /// one at `next`: the prepared spare if there is one, else a new file.
     fn roll(&mut self) {
+        self.cut_zeros();
         self.sync();
-        match segment::create(&self.dir, self.next) {
-            Ok(f) => {
-                self.file = f;
-                self.file_len = segment::SEGMENT_HEADER_LEN;
+        let spare = self.spares.as_mut().and_then(|s| s.take());
+        let (file, zeroed) = match spare {
+            Some(f) => {
+                if let Err(e) = segment::adopt_spare(&self.dir, self.next) {
+                    fatal("renaming the prepared log segment in", &self.dir, &e);
+                }
+                (f, self.spare_len())
             }
-            Err(e) => fatal("creating a log segment in", &self.dir, &e),
+            None => match segment::create(&self.dir, self.next) {
+                Ok(f) => (f, segment::SEGMENT_HEADER_LEN),
+                Err(e) => fatal("creating a log segment in", &self.dir, &e),
+            },
+        };
+        self.file = file;
+        self.file_len = segment::SEGMENT_HEADER_LEN;
+        self.file_zeroed = zeroed;
+    }
+
+    /// Bytes of a prepared segment.
+    fn spare_len(&self) -> u64 {
+        spare_len(self.segment_max_bytes)
+    }
+
+    /// Drops the zeros after the last record, so a closed segment ends where its records do.
+    fn cut_zeros(&mut self) {
+        if self.file_zeroed > self.file_len {
+            if let Err(e) = self.file.set_len(self.file_len) {
+                fatal("truncating the log segment in", &self.dir, &e);
+            }
+            self.file_zeroed = self.file_len;
         }
+    }
+
+    /// On close: the last segment ends at its last record, synced, and no spare is left.
+    fn finish(&mut self) {
+        if self.file_zeroed > self.file_len {
+            self.cut_zeros();
+            if let Err(e) = self.file.sync_data() {
+                fatal("fdatasync of the log", &self.dir, &e);
+            }
+        }
+        if let Some(mut spares) = self.spares.take() {
+            spares.stop();
+        }
+    }
+}
+
+/// Bytes written into the current segment before the next one is prepared (or half a
+/// segment, if that is less).
+const SPARE_AFTER_BYTES: u64 = 1 << 20;
+
+/// Bytes of a prepared segment for segments of `segment_max_bytes`: room for the batch that
+/// crosses the limit too.
+fn spare_len(segment_max_bytes: u64) -> u64 {
+    segment_max_bytes + segment_max_bytes.min(1 << 20)
+}
+
+/// Where the spare-preparing thread is.
+enum SpareState {
+    /// Nothing asked for.
+    Idle,
+    /// The writer wants a spare.
+    Wanted,
+    /// One is ready.
+    Ready(File),
+    /// Preparing failed; segments are created as they are needed instead.
+    Failed,
+    /// The log is closing.
+    Closing,
+}
+
+/// The slot the writer and the preparing thread share.
+struct SpareSlot {
+    state: Mutex<SpareState>,
+    changed: Condvar,
+}
+
+/// Prepares the next segment on a thread of its own, so the writer never waits for it.
+struct Spares {
+    slot: Arc<SpareSlot>,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+    len: u64,
+}
+
+impl Spares {
+    fn new(dir: &Path, segment_max_bytes: u64) -> Self {
+        Spares {
+            slot: Arc::new(SpareSlot {
+                state: Mutex::new(SpareState::Idle),
+                changed: Condvar::new(),
+            }),
+            thread: None,
+            dir: dir.to_path_buf(),
+            len: spare_len(segment_max_bytes),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.slot.state.lock().expect("spare slot poisoned")
+    }
+
+    /// Asks for a spare, starting the thread the first time.
+    fn want(&mut self) {
+        {
+            let mut state = self.lock();
+            if !matches!(*state, SpareState::Idle) {
+                return;
+            }
+            *state = SpareState::Wanted;
+            self.slot.changed.notify_all();
+        }
+        if self.thread.is_none() {
+            let (slot, dir, len) = (self.slot.clone(), self.dir.clone(), self.len);
+            match std::thread::Builder::new()
+                .name("stile-wal-spare".into())
+                .spawn(move || prepare_spares(&slot, &dir, len))
+            {
+                Ok(h) => self.thread = Some(h),
+                Err(e) => {
+                    tracing::warn!("cannot start the thread that prepares log segments: {e}");
+                    *self.lock() = SpareState::Failed;
+                }
+            }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(*self.lock(), SpareState::Ready(_))
+    }
+
+    /// The ready spare, if there is one.
+    fn take(&mut self) -> Option<File> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, SpareState::Idle) {
+            SpareState::Ready(f) => Some(f),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// Stops the thread and removes an unused spare.
+    fn stop(&mut self) {
+        let unused = {
+            let mut state = self.lock();
+            let old = std::mem::replace(&mut *state, SpareState::Closing);
+            self.slot.changed.notify_all();
+            matches!(old, SpareState::Ready(_))
+        };
+        if let Some(h) = self.thread.take() {
+            h.join().expect("spare thread panicked");
+        }
+        if unused {
+            if let Err(e) = std::fs::remove_file(segment::spare_path(&self.dir)) {
+                tracing::warn!("removing the unused prepared log segment: {e}");
+            }
+        }
+    }
+}
+
+/// The preparing thread: one spare each time the writer wants one, until the log closes.
+fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
+    let closing = || {
+        matches!(
+            *slot.state.lock().expect("spare slot poisoned"),
+            SpareState::Closing
+        )
+    };
+    loop {
+        {
+            let mut state = slot.state.lock().expect("spare slot poisoned");
+            while matches!(*state, SpareState::Idle | SpareState::Ready(_)) {
+                state = slot.changed.wait(state).expect("spare slot poisoned");
+            }
+            if !matches!(*state, SpareState::Wanted) {
+                return;
+            }
+        }
+        let prepared = segment::prepare_spare(dir, len, closing);
+        let mut state = slot.state.lock().expect("spare slot poisoned");
+        match prepared {
+            Ok(Some(f)) if matches!(*state, SpareState::Wanted) => *state = SpareState::Ready(f),
+            Ok(_) => {
+                drop(state);
+                let _ = std::fs::remove_file(segment::spare_path(dir));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "preparing the next log segment in {}: {e}; segments are created as needed",
+                    dir.display()
+                );
+                let _ = std::fs::remove_file(segment::spare_path(dir));
+                if matches!(*state, SpareState::Wanted) {
+                    *state = SpareState::Failed;
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::FRAME_HEADER_LEN;
+    use super::*;
+
+    fn state(serial: u32) -> Record {
+        Record::State {
+            partition: 0,
+            serial,
+            word: u64::from(serial) << 8,
+            first_scan_e: serial,
+            scan: None,
+        }
+    }
+
+    /// Where the frames of a segment's bytes end (after the header).
+    fn frames_end(bytes: &[u8]) -> usize {
+        let mut at = segment::SEGMENT_HEADER_LEN as usize;
+        while let Ok((_, _, len)) = Record::decode(&bytes[at..]) {
+            at += len;
+        }
+        at
+    }
+
+    /// Segments prepared ahead are zeros past their records while live; closed segments end
+    /// at their last record; a copy of the live log recovers every durable record with the
+    /// zeros cut off; a closed log leaves neither zeros nor a spare behind.
+    #[test]
+    fn prepared_segments_hold_zeros_only_past_the_live_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 << 10).unwrap();
+        let mut serial = 0u32;
+        let started = Instant::now();
+        let prepared_live = loop {
+            let mut r = wal.reserve(50);
+            for _ in 0..50 {
+                r.push(&state(serial));
+                serial += 1;
+            }
+            r.submit().wait();
+            let segments = segment::list(dir.path()).unwrap();
+            let last = std::fs::read(&segments.last().unwrap().1).unwrap();
+            if segments.len() >= 3 && frames_end(&last) < last.len() {
+                break segments;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no prepared segment in use after {serial} records"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        for (_, path) in &prepared_live[..prepared_live.len() - 1] {
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(
+                frames_end(&bytes),
+                bytes.len(),
+                "{} ends in its records",
+                path.display()
+            );
+        }
+        let last = std::fs::read(&prepared_live.last().unwrap().1).unwrap();
+        let end = frames_end(&last);
+        assert!(
+            last[end..].iter().all(|&b| b == 0),
+            "past the records: zeros"
+        );
+        assert!(last.len() - end > FRAME_HEADER_LEN, "room prepared ahead");
+
+        // A copy taken now is what a crash would leave.
+        let copy = tempfile::tempdir().unwrap();
+        for (_, path) in segment::list(dir.path()).unwrap() {
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let mut seen = Vec::new();
+        let end = segment::scan(copy.path(), 0, |seq, record| {
+            seen.push((seq, record));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(end.next_seq, u64::from(serial));
+        assert!(end.truncated_bytes > 0, "the zeros were cut off");
+        assert_eq!(seen.len(), serial as usize);
+        for (i, (seq, record)) in seen.iter().enumerate() {
+            assert_eq!((*seq, record), (i as u64, &state(i as u32)));
+        }
+
+        wal.close();
+        for (_, path) in segment::list(dir.path()).unwrap() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                frames_end(&bytes),
+                bytes.len(),
+                "{} ends in its records",
+                path.display()
+            );
+        }
+        assert!(
+            !segment::spare_path(dir.path()).exists(),
+            "no spare left behind"
+        );
+    }
+
+    /// A spare being prepared when the log closes is removed, and a leftover from a crash is
+    /// removed at start.
+    #[test]
+    fn no_spare_outlives_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segment::spare_path(dir.path()), b"left by a crash").unwrap();
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 256 << 20).unwrap();
+        assert!(!segment::spare_path(dir.path()).exists());
+        let mut serial = 0u32;
+        while serial < 40_000 {
+            let mut r = wal.reserve(1000);
+            for _ in 0..1000 {
+                r.push(&state(serial));
+                serial += 1;
+            }
+            r.submit().wait();
+        }
+        wal.close();
+        assert!(!segment::spare_path(dir.path()).exists());
+        assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! A segment is `wal/<first sequence number, 20 digits>.log`: an 8-byte magic `STILEWAL`, a
 //! little-endian `u32` format version (1), then frames back to back (see `record.rs`).
+//! A segment may end in zeros: it was prepared ahead of need (see [`prepare_spare`]) and not
+//! yet filled. A frame's length is never zero, so readers stop there.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -105,12 +107,63 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// The file a segment is prepared in before it is needed (see [`prepare_spare`]). Its name
+/// does not parse as a segment, so scans and tails never see it.
+pub const SPARE_NAME: &str = "next-segment.tmp";
+/// Zeros written per step while preparing a spare.
+const SPARE_STEP: usize = 1 << 20;
+/// Pause between steps, so preparing a spare never floods the disk the log syncs to.
+const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The path of the spare segment in `dir`.
+pub fn spare_path(dir: &Path) -> PathBuf {
+    dir.join(SPARE_NAME)
+}
+
+/// Prepares the next segment ahead of need: a segment header followed by zeros up to `len`
+/// bytes, *written* (not just allocated) and synced, a step at a time. Records later written
+/// over those zeros change no file metadata, so the `fdatasync` that makes them durable
+/// flushes data blocks only: no journal commit for a new size or newly allocated blocks.
+/// Returns `None`, having removed the file, when `stop` turns true between steps.
+pub fn prepare_spare(dir: &Path, len: u64, stop: impl Fn() -> bool) -> io::Result<Option<File>> {
+    let path = spare_path(dir);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    f.write_all(SEGMENT_MAGIC)?;
+    f.write_all(&SEGMENT_VERSION.to_le_bytes())?;
+    let zeros = vec![0u8; SPARE_STEP];
+    let mut at = SEGMENT_HEADER_LEN;
+    while at < len {
+        if stop() {
+            drop(f);
+            fs::remove_file(&path)?;
+            return Ok(None);
+        }
+        let n = (len - at).min(SPARE_STEP as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        f.sync_data()?;
+        at += n as u64;
+        std::thread::sleep(SPARE_PAUSE);
+    }
+    f.sync_all()?;
+    Ok(Some(f))
+}
+
+/// Makes the spare the segment whose first record is `first_seq`, durably.
+pub fn adopt_spare(dir: &Path, first_seq: u64) -> io::Result<()> {
+    fs::rename(spare_path(dir), segment_path(dir, first_seq))?;
+    File::open(dir)?.sync_all()
+}
+
 /// Creates a segment file with its header and fsyncs it and the directory.
 pub fn create(dir: &Path, first_seq: u64) -> io::Result<File> {
     let path = segment_path(dir, first_seq);
     let mut f = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)?;
     let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
     header.extend_from_slice(SEGMENT_MAGIC);

@@ -3,7 +3,9 @@
 //! Only records below a limit the caller takes from the writer (everything below
 //! [`super::Wal::durable_seq`] is whole in its file) are read, so a tail never sees a frame
 //! being written. Segments are read in order; a segment is left only once a later one exists
-//! (the writer closes a segment before it starts the next).
+//! (the writer closes a segment before it starts the next). A segment prepared ahead ends
+//! in zeros until records fill it: a zero frame length is where its written part ends for
+//! now, and the tail reads from there again next time.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -41,12 +43,17 @@ pub enum TailError {
     },
 }
 
+/// Most bytes read from a segment at a time: a prepared segment is mostly zeros.
+const READ_STEP: u64 = 1 << 20;
+
 /// An open segment being read.
 #[derive(Debug)]
 struct Open {
     first: u64,
     path: PathBuf,
     file: File,
+    /// A later segment was seen, so this one holds all it ever will.
+    finished: bool,
 }
 
 /// A reader that follows the log from a position.
@@ -90,12 +97,17 @@ impl LogTail {
         out: &mut Vec<(u64, Record)>,
     ) -> Result<(), TailError> {
         let start = out.len();
+        // Whether the bytes at the decoding position were read again after a decode error.
+        // Bytes read by an earlier call can be older than `limit`: a frame caught while it was
+        // being written, or zeros since filled in.
+        let mut reread = false;
         while out.len() - start < max && self.next_seq < limit {
             if self.open.is_none() && !self.open_segment()? {
                 return Ok(());
             }
             match Record::decode(&self.buf[self.pos..]) {
                 Ok((record, seq, len)) => {
+                    reread = false;
                     if seq >= limit {
                         return Ok(());
                     }
@@ -106,9 +118,29 @@ impl LogTail {
                     }
                 }
                 Err(DecodeError::Incomplete) => {
-                    if !self.fill()? && !self.advance_segment()? {
+                    if !self.fill()? {
+                        if !self.end_of_segment()? {
+                            return Ok(());
+                        }
+                        reread = false;
+                    }
+                }
+                Err(_) if !reread => {
+                    self.unread_rest()?;
+                    self.fill()?;
+                    reread = true;
+                }
+                Err(DecodeError::BadLength(0)) => {
+                    // The zeros of a prepared segment: nothing more is written here yet.
+                    self.unread_rest()?;
+                    if !self.end_of_segment()? {
                         return Ok(());
                     }
+                    reread = false;
+                }
+                Err(_) if self.frame_seq().is_some_and(|seq| seq >= limit) => {
+                    // A record above the limit, still being written.
+                    return Ok(());
                 }
                 Err(e) => {
                     let path = self
@@ -162,17 +194,24 @@ impl LogTail {
         file.seek(SeekFrom::Start(SEGMENT_HEADER_LEN)).map_err(io)?;
         self.buf.clear();
         self.pos = 0;
-        self.open = Some(Open { first, path, file });
+        self.open = Some(Open {
+            first,
+            path,
+            file,
+            finished: false,
+        });
         Ok(())
     }
 
-    /// Reads what the open segment has beyond the buffer; `false` if nothing.
+    /// Reads more of the open segment (up to [`READ_STEP`] bytes) beyond the buffer;
+    /// `false` if there is nothing more.
     fn fill(&mut self) -> Result<bool, TailError> {
         let open = self.open.as_mut().expect("a segment is open");
         self.buf.drain(..self.pos);
         self.pos = 0;
         let before = self.buf.len();
-        open.file
+        (&mut open.file)
+            .take(READ_STEP)
             .read_to_end(&mut self.buf)
             .map_err(|source| TailError::Io {
                 path: open.path.clone(),
@@ -181,16 +220,48 @@ impl LogTail {
         Ok(self.buf.len() > before)
     }
 
-    /// Moves to the segment after the open one if there is one; `false` otherwise.
-    fn advance_segment(&mut self) -> Result<bool, TailError> {
-        let current = self.open.as_ref().expect("a segment is open").first;
+    /// Forgets the bytes from the decoding position on and moves the file back to them, so
+    /// they are read again once the writer has filled them.
+    fn unread_rest(&mut self) -> Result<(), TailError> {
+        let open = self.open.as_mut().expect("a segment is open");
+        let back = (self.buf.len() - self.pos) as i64;
+        open.file
+            .seek(SeekFrom::Current(-back))
+            .map_err(|source| TailError::Io {
+                path: open.path.clone(),
+                source,
+            })?;
+        self.buf.truncate(self.pos);
+        Ok(())
+    }
+
+    /// The sequence number in the frame header at the decoding position, if it is whole.
+    fn frame_seq(&self) -> Option<u64> {
+        let header = self.buf.get(self.pos + 12..self.pos + 20)?;
+        Some(u64::from_le_bytes(header.try_into().expect("8 bytes")))
+    }
+
+    /// At the end of what the open segment holds for now; `false` if there is nothing more
+    /// to read anywhere yet. The writer cuts and syncs a segment before it starts the next,
+    /// so once a later segment exists the open one is final, but bytes written just before
+    /// it closed may not have been read: the first time a later segment is seen, the rest
+    /// of the open one is read again, and only at its end after that does the tail move on.
+    fn end_of_segment(&mut self) -> Result<bool, TailError> {
+        let open = self.open.as_ref().expect("a segment is open");
+        let current = open.first;
+        let finished = open.finished;
         let next = self
             .segments()?
             .into_iter()
             .find(|(first, _)| *first > current);
         match next {
-            Some((first, path)) => {
+            Some((first, path)) if finished => {
                 self.open_path(first, path)?;
+                Ok(true)
+            }
+            Some(_) => {
+                self.unread_rest()?;
+                self.open.as_mut().expect("a segment is open").finished = true;
                 Ok(true)
             }
             None => Ok(false),
@@ -248,6 +319,43 @@ mod tests {
             list(dir.path()).unwrap().len() > 2,
             "the backlog spans segments"
         );
+        wal.close();
+    }
+
+    /// A tail reading while the writer fills prepared segments and rolls from one to the
+    /// next misses nothing and repeats nothing.
+    #[test]
+    fn follows_the_writer_live_across_prepared_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 * 1024).unwrap();
+        const N: u32 = 40_000;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for chunk in (0..N).collect::<Vec<_>>().chunks(40) {
+                    let mut r = wal.reserve(chunk.len() as u64);
+                    for serial in chunk {
+                        r.push(&state(*serial));
+                    }
+                    r.submit().wait();
+                }
+            });
+            let mut tail = LogTail::new(dir.path(), 0);
+            let mut out = Vec::new();
+            let started = std::time::Instant::now();
+            while out.len() < N as usize {
+                tail.read(wal.durable_seq(), 100, &mut out).unwrap();
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "the tail stopped at {}",
+                    out.len()
+                );
+            }
+            for (i, (seq, record)) in out.iter().enumerate() {
+                assert_eq!((*seq, record), (i as u64, &state(i as u32)));
+            }
+        });
+        let segments = list(dir.path()).unwrap();
+        assert!(segments.len() > 4, "the writer rolled: {}", segments.len());
         wal.close();
     }
 }
