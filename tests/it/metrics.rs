@@ -89,8 +89,16 @@ fn forged(code: &CodeBytes) -> CodeBytes {
 const CHECKIN_COUNT: &str = "stile_node_request_duration_seconds_count{op=\"checkin\"}";
 const IN_FLIGHT: &str = "stile_node_requests_in_flight";
 
+/// The series of check-ins answered `kind`.
 fn outcome(kind: OutcomeKind) -> String {
-    format!("stile_node_outcomes_total{{outcome=\"{}\"}}", kind.name())
+    outcome_of("checkin", kind)
+}
+
+fn outcome_of(op: &str, kind: OutcomeKind) -> String {
+    format!(
+        "stile_node_outcomes_total{{op=\"{op}\",outcome=\"{}\"}}",
+        kind.name()
+    )
 }
 
 fn metrics_on_loopback(c: &mut stile_engine::node::NodeConfig) {
@@ -120,10 +128,13 @@ async fn node_metrics_move_by_exactly_what_the_gate_was_answered() {
         .await
         .unwrap();
     assert_eq!(o.kind, OutcomeKind::Forged);
+    let exit = gate.exit(&codes[0], gate.next_scan_id()).await.unwrap();
 
     let moved = |s: &HashMap<String, f64>, series: &str| get(s, series) - get(&before, series);
     let text = scrape_until(&url, |s| {
-        moved(s, CHECKIN_COUNT) >= 6.0 && get(s, IN_FLIGHT) == 0.0
+        moved(s, CHECKIN_COUNT) >= 6.0
+            && moved(s, "stile_node_request_duration_seconds_count{op=\"exit\"}") >= 1.0
+            && get(s, IN_FLIGHT) == 0.0
     })
     .await;
     let after = samples(&text);
@@ -132,15 +143,22 @@ async fn node_metrics_move_by_exactly_what_the_gate_was_answered() {
     assert_eq!(moved(&outcome(OutcomeKind::AlreadyUsed)), 2.0, "{text}");
     assert_eq!(moved(&outcome(OutcomeKind::Forged)), 1.0, "{text}");
     assert_eq!(moved(&outcome(OutcomeKind::Unknown)), 0.0, "{text}");
+    // The exit is counted under its own op, not as a check-in.
+    assert_eq!(moved(&outcome_of("exit", exit.kind)), 1.0, "{text}");
+    let exits: f64 = OutcomeKind::ALL
+        .iter()
+        .map(|k| moved(&outcome_of("exit", *k)))
+        .sum();
+    assert_eq!(exits, 1.0, "{text}");
     assert_eq!(moved(CHECKIN_COUNT), 6.0, "{text}");
     assert_eq!(
         moved("stile_node_request_duration_seconds_bucket{le=\"+Inf\",op=\"checkin\"}"),
         6.0
     );
-    assert_eq!(moved("stile_node_gate_scans_total{gate=\"1\"}"), 6.0);
+    assert_eq!(moved("stile_node_gate_scans_total{gate=\"1\"}"), 7.0);
     assert_eq!(
         moved("stile_node_request_duration_seconds_count{op=\"exit\"}"),
-        0.0
+        1.0
     );
     // Buckets are cumulative: each at least the one below it, the last one the count.
     let buckets: Vec<f64> = text
@@ -176,7 +194,11 @@ async fn node_metrics_move_by_exactly_what_the_gate_was_answered() {
     assert_eq!(m.inflight, 0, "the metrics request does not count itself");
     assert_eq!(admin.metrics(op::SUBSCRIBE).await.unwrap().latency_op, 0);
     let stats = admin.stats().await.unwrap();
-    assert_eq!((stats.scans, stats.admitted), (6, 3));
+    assert_eq!(
+        (stats.scans, stats.admitted),
+        (7, 3),
+        "six check-ins and an exit"
+    );
 
     // Only GET and HEAD, only /metrics.
     let http = reqwest::Client::new();
@@ -230,7 +252,8 @@ async fn gate_labels_stay_bounded_however_many_gates_scan() {
     // Outcomes, ops and sync modes are fixed sets too; nothing names a ticket.
     assert_eq!(
         series("stile_node_outcomes_total{").len(),
-        OutcomeKind::ALL.len()
+        4 * OutcomeKind::ALL.len(),
+        "checkin, exit, undo, checkin_as by outcome"
     );
     let ops: HashSet<&str> = series("stile_node_request_duration_seconds_count{")
         .iter()

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::certs::{identity_of, Identity, Role};
-use super::metrics::{op_index, wire_metrics, OpTally, OPS, OUTCOMES};
+use super::metrics::{
+    op_index, outcome_op_index, wire_metrics, OpTally, OutcomeTally, NO_OUTCOMES, OPS,
+};
 use super::{Budget, Shared};
 use crate::engine::{Gate, Presented};
 use crate::error::TicketError;
@@ -172,7 +174,7 @@ struct Stream {
     op: u8,
     /// Outcomes decided since the last flush, by wire value (added to the node's counters
     /// once per flush).
-    outcome_tally: [u32; OUTCOMES],
+    outcome_tally: OutcomeTally,
     /// This gate's scan counter (gates only).
     gate_slot: Option<usize>,
 }
@@ -208,7 +210,7 @@ async fn serve_stream(
         read_at: Instant::now(),
         now_ms: 0,
         op: 0,
-        outcome_tally: [0; OUTCOMES],
+        outcome_tally: NO_OUTCOMES,
         gate_slot,
     };
     let mut shutdown = shared.shutdown.clone();
@@ -367,7 +369,7 @@ impl Stream {
         encode_outcome(id, outcome, &mut self.early);
         self.early_slots += 1;
         self.early_ops[op_index(self.op)] += 1;
-        self.outcome_tally[outcome.kind as usize] += 1;
+        self.outcome_tally[outcome_op_index(self.op)][outcome.kind as usize] += 1;
     }
 
     fn handle(&mut self, id: u32, req: Request) {
@@ -524,7 +526,7 @@ impl Stream {
                 .engine
                 .scan_deferred(op, &gate, scan_id, &Presented::Code(code));
         let outcome = self.charge(budget, outcome);
-        self.outcome_tally[outcome.kind as usize] += 1;
+        self.outcome_tally[outcome_op_index(self.op)][outcome.kind as usize] += 1;
         let mut bytes = BytesMut::new();
         encode_outcome(id, &outcome, &mut bytes);
         self.send(Out {
@@ -553,11 +555,11 @@ impl Stream {
     /// Adds the outcomes decided since the last call to the node's counters (and this
     /// gate's scans).
     fn count(&mut self) {
-        let tally = std::mem::replace(&mut self.outcome_tally, [0; OUTCOMES]);
+        let tally = std::mem::replace(&mut self.outcome_tally, NO_OUTCOMES);
         let metrics = &self.shared.metrics;
         metrics.count_outcomes(&tally);
         if let Some(slot) = self.gate_slot {
-            metrics.count_gate(slot, tally.iter().sum());
+            metrics.count_gate(slot, tally.iter().flatten().sum());
         }
     }
 
@@ -586,7 +588,7 @@ impl Stream {
             }
             for (id, outcome) in self.ids.iter().zip(&self.outcomes) {
                 encode_outcome(*id, outcome, &mut bytes);
-                self.outcome_tally[outcome.kind as usize] += 1;
+                self.outcome_tally[0][outcome.kind as usize] += 1;
             }
             slots += self.batch.len() as u32;
             ops[op_index(stile_protocol::frame::op::CHECKIN)] += self.batch.len() as u32;

@@ -41,6 +41,27 @@ const SCRAPE_CONN_MAX_AGE: Duration = Duration::from_secs(120);
 /// The content type of the text we serve (`prometheus-client` writes OpenMetrics).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The ops whose answers are outcomes, in the order of an [`OutcomeTally`].
+pub(crate) const OUTCOME_OPS: [u8; 4] = [op::CHECKIN, op::EXIT, op::UNDO, op::CHECKIN_AS];
+
+/// Outcomes decided, by op ([`outcome_op_index`]) and outcome (wire value).
+pub(crate) type OutcomeTally = [[u32; OUTCOMES]; OUTCOME_OPS.len()];
+
+/// An empty [`OutcomeTally`].
+pub(crate) const NO_OUTCOMES: OutcomeTally = [[0; OUTCOMES]; OUTCOME_OPS.len()];
+
+/// Index of request op `op` in an [`OutcomeTally`] (any op not answered with an outcome
+/// counts as a check-in: there is none on the request path).
+#[inline]
+pub(crate) const fn outcome_op_index(op: u8) -> usize {
+    match op {
+        op::EXIT => 1,
+        op::UNDO => 2,
+        op::CHECKIN_AS => 3,
+        _ => 0,
+    }
+}
+
 /// Requests answered, by op: what one write carried out.
 pub(crate) type OpTally = [u32; OPS];
 
@@ -71,8 +92,8 @@ fn shard_index() -> usize {
 struct Shard {
     /// Latency by request op (index [`op_index`]).
     latency: Box<[AtomicHistogram]>,
-    /// Answers to gate requests by outcome (index: wire value).
-    outcomes: [AtomicU64; OUTCOMES],
+    /// Answers to gate requests by op ([`outcome_op_index`]) and outcome (wire value).
+    outcomes: [[AtomicU64; OUTCOMES]; OUTCOME_OPS.len()],
     /// Requests accepted (in flight until done).
     accepted: AtomicU64,
     /// Requests answered, or dropped because their peer went away.
@@ -87,7 +108,7 @@ impl Shard {
             latency: (0..OPS)
                 .map(|_| AtomicHistogram::new(LATENCY_EDGES_US))
                 .collect(),
-            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            outcomes: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             accepted: AtomicU64::new(0),
             done: AtomicU64::new(0),
             gate_scans: (0..=GATE_LABELS_MAX).map(|_| AtomicU64::new(0)).collect(),
@@ -153,12 +174,15 @@ impl NodeMetrics {
         }
     }
 
-    /// Adds a read's outcome counts (index: wire value).
+    /// Adds a read's outcome counts.
     #[inline]
-    pub(crate) fn count_outcomes(&self, tally: &[u32; OUTCOMES]) {
-        for (counter, &n) in self.shard().outcomes.iter().zip(tally) {
-            if n > 0 {
-                counter.fetch_add(u64::from(n), Ordering::Relaxed);
+    pub(crate) fn count_outcomes(&self, tally: &OutcomeTally) {
+        let shard = self.shard();
+        for (counters, of_op) in shard.outcomes.iter().zip(tally) {
+            for (counter, &n) in counters.iter().zip(of_op) {
+                if n > 0 {
+                    counter.fetch_add(u64::from(n), Ordering::Relaxed);
+                }
             }
         }
     }
@@ -176,13 +200,21 @@ impl NodeMetrics {
         }
     }
 
-    /// Answers by outcome so far.
+    /// Answers by outcome so far, all ops together.
     pub(crate) fn outcome_counts(&self) -> [u64; OUTCOMES] {
-        std::array::from_fn(|i| {
-            self.shards
-                .iter()
-                .map(|s| s.outcomes[i].load(Ordering::Relaxed))
-                .sum()
+        let by_op = self.outcome_counts_by_op();
+        std::array::from_fn(|i| by_op.iter().map(|of_op| of_op[i]).sum())
+    }
+
+    /// Answers by op ([`outcome_op_index`]) and outcome so far.
+    pub(crate) fn outcome_counts_by_op(&self) -> [[u64; OUTCOMES]; OUTCOME_OPS.len()] {
+        std::array::from_fn(|o| {
+            std::array::from_fn(|i| {
+                self.shards
+                    .iter()
+                    .map(|s| s.outcomes[o][i].load(Ordering::Relaxed))
+                    .sum()
+            })
         })
     }
 
@@ -353,12 +385,16 @@ impl Collector for NodeCollector {
 
         let mut c = e.encode_descriptor(
             "stile_node_outcomes",
-            "Answers to gate requests (check-in, exit, undo, checkin_as) by outcome",
+            "Answers to gate requests (checkin, exit, undo, checkin_as) by op and outcome",
             None,
             MetricType::Counter,
         )?;
-        for (kind, n) in OutcomeKind::ALL.iter().zip(m.outcome_counts()) {
-            ConstCounter::new(n).encode(c.encode_family(&[("outcome", kind.name())])?)?;
+        for (code, counts) in OUTCOME_OPS.iter().zip(m.outcome_counts_by_op()) {
+            let op_name = op::name(*code);
+            for (kind, n) in OutcomeKind::ALL.iter().zip(counts) {
+                let labels = [("op", op_name), ("outcome", kind.name())];
+                ConstCounter::new(n).encode(c.encode_family(&labels)?)?;
+            }
         }
 
         let mut c = e.encode_descriptor(
