@@ -44,7 +44,10 @@ pub enum TailError {
 }
 
 /// Most bytes read from a segment at a time: a prepared segment is mostly zeros.
-const READ_STEP: u64 = 1 << 20;
+const READ_STEP_MAX: u64 = 1 << 20;
+/// Bytes read at a time once the tail has caught up with the writer: a tail that polls
+/// often reads little past the end of what is written.
+const READ_STEP_MIN: u64 = 4 << 10;
 
 /// An open segment being read.
 #[derive(Debug)]
@@ -65,6 +68,9 @@ pub struct LogTail {
     open: Option<Open>,
     /// Bytes read from the open segment; those from `pos` on are not yet decoded.
     buf: Vec<u8>,
+    /// Bytes the next read asks for: doubles while reads come back full of records, back to
+    /// [`READ_STEP_MIN`] at the end of what is written.
+    step: u64,
     /// Where decoding resumes in `buf`. Decoded bytes are dropped only when more are read,
     /// all at once: dropping each record's bytes as it goes moves the rest of the buffer
     /// every time, which costs the square of a backlog.
@@ -79,6 +85,7 @@ impl LogTail {
             next_seq: from_seq,
             open: None,
             buf: Vec::new(),
+            step: READ_STEP_MIN,
             pos: 0,
         }
     }
@@ -203,21 +210,25 @@ impl LogTail {
         Ok(())
     }
 
-    /// Reads more of the open segment (up to [`READ_STEP`] bytes) beyond the buffer;
-    /// `false` if there is nothing more.
+    /// Reads more of the open segment (up to `step` bytes) beyond the buffer; `false` if
+    /// there is nothing more.
     fn fill(&mut self) -> Result<bool, TailError> {
         let open = self.open.as_mut().expect("a segment is open");
         self.buf.drain(..self.pos);
         self.pos = 0;
         let before = self.buf.len();
         (&mut open.file)
-            .take(READ_STEP)
+            .take(self.step)
             .read_to_end(&mut self.buf)
             .map_err(|source| TailError::Io {
                 path: open.path.clone(),
                 source,
             })?;
-        Ok(self.buf.len() > before)
+        let read = (self.buf.len() - before) as u64;
+        if read == self.step {
+            self.step = (self.step * 2).min(READ_STEP_MAX);
+        }
+        Ok(read > 0)
     }
 
     /// Forgets the bytes from the decoding position on and moves the file back to them, so
@@ -232,6 +243,7 @@ impl LogTail {
                 source,
             })?;
         self.buf.truncate(self.pos);
+        self.step = READ_STEP_MIN;
         Ok(())
     }
 
