@@ -37,6 +37,27 @@ pub struct StatArgs {
     /// Time between readings.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
+    /// Whose rate and latency to show: checkin, exit, undo, status, mint, revoke, transfer,
+    /// ping, stats, checkin_as, ticket_key or metrics.
+    #[arg(long, default_value = "checkin", value_parser = parse_op)]
+    op: u8,
+    /// One JSON object a reading, a line each, instead of the text view (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A request op by name (not `subscribe`: a stream has no latency).
+fn parse_op(s: &str) -> Result<u8, String> {
+    (1..=op::REQUEST_MAX)
+        .filter(|&o| o != op::SUBSCRIBE)
+        .find(|&o| op::name(o) == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = (1..=op::REQUEST_MAX)
+                .filter(|&o| o != op::SUBSCRIBE)
+                .map(op::name)
+                .collect();
+            format!("{s:?} is not a request op; one of {}", names.join(", "))
+        })
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -62,10 +83,10 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
     let node = args.conn.node.clone();
     let frames = if args.once { Some(1) } else { args.count };
     // Redraw in place only for a person watching a terminal.
-    let redraw = !args.once && std::io::stdout().is_terminal();
+    let redraw = !args.once && !args.json && std::io::stdout().is_terminal();
     runtime()?.block_on(async {
         let client = connect(&args.conn, Want::Admin).await?;
-        let mut last = read(&client, &node).await?;
+        let mut last = read(&client, &node, args.op).await?;
         let mut shown = 0;
         let mut out = std::io::stdout().lock();
         if redraw {
@@ -73,9 +94,11 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
         }
         while frames.is_none_or(|n| shown < n) {
             tokio::time::sleep(args.interval).await;
-            let now = read(&client, &node).await?;
-            let text = render(&node, Some(&last), &now);
-            if redraw {
+            let now = read(&client, &node, args.op).await?;
+            if args.json {
+                writeln!(out, "{}", render_json(&node, Some(&last), &now))?;
+            } else if redraw {
+                let text = render(&node, Some(&last), &now);
                 // Home, each line cleared to its end, then the rest of the screen.
                 write!(out, "\x1b[H")?;
                 for line in text.lines() {
@@ -83,6 +106,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
                 }
                 write!(out, "\x1b[J")?;
             } else {
+                let text = render(&node, Some(&last), &now);
                 if shown > 0 {
                     writeln!(out)?;
                 }
@@ -98,10 +122,10 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads the node's stats and metrics, with errors a person can act on.
-async fn read(client: &Client, node: &str) -> anyhow::Result<Reading> {
+async fn read(client: &Client, node: &str, latency_op: u8) -> anyhow::Result<Reading> {
     // Metrics first, alone: its in-flight count then leaves out this reading's own requests.
     let both = async {
-        let metrics = client.metrics(op::CHECKIN).await?;
+        let metrics = client.metrics(latency_op).await?;
         Ok::<_, ClientError>((client.stats().await?, metrics))
     };
     match tokio::time::timeout(READ_TIMEOUT, both).await {
@@ -150,16 +174,151 @@ fn percentiles(h: &Histogram, qs: &[(&str, f64)]) -> String {
 const P3: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99), ("p999", 0.999)];
 const P2: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 
+/// What two readings say together: the figures both views show.
+struct View<'a> {
+    now: &'a Reading,
+    /// The earlier reading, unless there is none or the node restarted in between.
+    base: Option<&'a Reading>,
+    /// Microseconds between the readings, on the node's clock.
+    window_us: u64,
+    /// Latency of the requests answered in the window.
+    latency: Histogram,
+    /// `fdatasync` latency in the window, or since start when there was none in it.
+    fsync: Histogram,
+    fsync_since_start: bool,
+    /// Syncs and records logged in the window.
+    syncs: u64,
+    records: u64,
+}
+
+impl<'a> View<'a> {
+    fn new(last: Option<&'a Reading>, now: &'a Reading) -> Self {
+        let (m, s) = (&now.metrics, &now.stats);
+        let base = last.filter(|l| l.metrics.uptime_us <= m.uptime_us);
+        let empty = Histogram::default();
+        let latency = m
+            .latency_us
+            .since(base.map_or(&empty, |l| &l.metrics.latency_us));
+        let recent = m
+            .fsync_us
+            .since(base.map_or(&empty, |l| &l.metrics.fsync_us));
+        let fsync_since_start = recent.count() == 0;
+        let (syncs, records) = match base {
+            Some(l) => (
+                s.wal_syncs.saturating_sub(l.stats.wal_syncs),
+                s.wal_records.saturating_sub(l.stats.wal_records),
+            ),
+            None => (s.wal_syncs, s.wal_records),
+        };
+        View {
+            now,
+            base,
+            window_us: m.uptime_us - base.map_or(0, |l| l.metrics.uptime_us),
+            latency,
+            fsync: if fsync_since_start {
+                m.fsync_us.clone()
+            } else {
+                recent
+            },
+            fsync_since_start,
+            syncs,
+            records,
+        }
+    }
+
+    /// `n` over the window, per second.
+    fn per_s(&self, n: u64) -> f64 {
+        n as f64 * 1e6 / self.window_us.max(1) as f64
+    }
+
+    /// Outcomes answered since start: name, total, rate over the window (those seen only).
+    fn outcomes(&self) -> Vec<(&'static str, u64, f64)> {
+        let before = |i: usize| {
+            self.base
+                .and_then(|l| l.metrics.outcomes.get(i).copied())
+                .unwrap_or(0)
+        };
+        self.now
+            .metrics
+            .outcomes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(i, &n)| {
+                let name = OutcomeKind::from_u8(i as u8).map_or("outcome", |k| k.name());
+                (name, n, self.per_s(n.saturating_sub(before(i))))
+            })
+            .collect()
+    }
+
+    /// Records a sync covered in the window, if any sync happened.
+    fn records_per_sync(&self) -> Option<f64> {
+        (self.syncs > 0).then(|| self.records as f64 / self.syncs as f64)
+    }
+}
+
+/// The op whose latency a reading holds (`checkin` when the node named none).
+fn latency_op_name(m: &NodeMetrics) -> &'static str {
+    match m.latency_op {
+        0 => op::name(op::CHECKIN),
+        o => op::name(o),
+    }
+}
+
+/// Reading `now` as one JSON object, with rates over the time since `last` (as [`render`]).
+/// Latencies are microseconds; a percentile of nothing is `null`.
+pub fn render_json(node: &str, last: Option<&Reading>, now: &Reading) -> serde_json::Value {
+    let v = View::new(last, now);
+    let (m, s) = (&now.metrics, &now.stats);
+    let q = |h: &Histogram, p: f64| h.quantile(p);
+    let outcomes: serde_json::Map<String, serde_json::Value> = v
+        .outcomes()
+        .into_iter()
+        .map(|(name, total, rate)| {
+            (
+                name.to_string(),
+                serde_json::json!({"total": total, "per_s": rate}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "node": node,
+        "uptime_s": m.uptime_us as f64 / 1e6,
+        "sync": sync_mode::name(s.sync_mode),
+        "window_s": v.window_us as f64 / 1e6,
+        "op": latency_op_name(m),
+        "per_s": v.per_s(v.latency.count()),
+        "latency_us": {
+            "p50": q(&v.latency, 0.5), "p99": q(&v.latency, 0.99), "p999": q(&v.latency, 0.999),
+        },
+        "total": m.latency_us.count(),
+        "latency_since_start_us": {
+            "p50": q(&m.latency_us, 0.5),
+            "p99": q(&m.latency_us, 0.99),
+            "p999": q(&m.latency_us, 0.999),
+        },
+        "outcomes": outcomes,
+        "fsync_us": {"p50": q(&v.fsync, 0.5), "p99": q(&v.fsync, 0.99)},
+        "fsync_since_start": v.fsync_since_start,
+        "syncs_per_s": v.per_s(v.syncs),
+        "records_per_sync": v.records_per_sync(),
+        "connections": s.connections,
+        "in_flight": m.inflight,
+        "tickets": s.tickets,
+    })
+}
+
 /// The view of reading `now`, with rates over the time since `last` (a reading of the same
 /// node; `None` or a restarted node: rates since start). Plain lines, each starting with a
 /// fixed label.
 pub fn render(node: &str, last: Option<&Reading>, now: &Reading) -> String {
+    let v = View::new(last, now);
     let (m, s) = (&now.metrics, &now.stats);
-    // Differences against the last reading, unless the node restarted in between.
-    let base = last.filter(|l| l.metrics.uptime_us <= m.uptime_us);
-    let window_us = m.uptime_us - base.map_or(0, |l| l.metrics.uptime_us);
-    let per_s = |n: u64| n as f64 * 1e6 / window_us.max(1) as f64;
-    let window = format!("over {:.2} s", window_us as f64 / 1e6);
+    let window = format!("over {:.2} s", v.window_us as f64 / 1e6);
+    let (label, noun) = match latency_op_name(m) {
+        "checkin" => ("check-ins".to_string(), "check-ins".to_string()),
+        name => (name.to_string(), format!("{name} requests")),
+    };
     let mut out = String::new();
     let mut line = |l: String| {
         out.push_str(l.trim_end());
@@ -171,35 +330,21 @@ pub fn render(node: &str, last: Option<&Reading>, now: &Reading) -> String {
         format_uptime(m.uptime_us),
         sync_mode::name(s.sync_mode)
     ));
-    let empty = Histogram::default();
-    let latency = m
-        .latency_us
-        .since(base.map_or(&empty, |l| &l.metrics.latency_us));
     line(format!(
-        "check-ins    {:.1}/s {window}   {}",
-        per_s(latency.count()),
-        percentiles(&latency, P3)
+        "{label:<13}{:.1}/s {window}   {}",
+        v.per_s(v.latency.count()),
+        percentiles(&v.latency, P3)
     ));
     line(format!(
-        "since start  {} check-ins   {}",
+        "since start  {} {noun}   {}",
         m.latency_us.count(),
         percentiles(&m.latency_us, P3)
     ));
 
-    let before = |i: usize| {
-        base.and_then(|l| l.metrics.outcomes.get(i).copied())
-            .unwrap_or(0)
-    };
-    let outcomes: Vec<String> = m
-        .outcomes
-        .iter()
-        .enumerate()
-        .filter(|&(_, &n)| n > 0)
-        .map(|(i, &n)| {
-            let name = OutcomeKind::from_u8(i as u8).map_or("outcome", |k| k.name());
-            let rate = per_s(n.saturating_sub(before(i)));
-            format!("{name} {n} ({rate:.1}/s)")
-        })
+    let outcomes: Vec<String> = v
+        .outcomes()
+        .into_iter()
+        .map(|(name, n, rate)| format!("{name} {n} ({rate:.1}/s)"))
         .collect();
     line(if outcomes.is_empty() {
         "outcomes     none yet".to_string()
@@ -207,7 +352,7 @@ pub fn render(node: &str, last: Option<&Reading>, now: &Reading) -> String {
         format!("outcomes     {}", outcomes.join("   "))
     });
 
-    line(fsync_line(now, base, &per_s));
+    line(fsync_line(&v));
     line(format!(
         "connections  {}   in flight {}   tickets {}",
         s.connections, m.inflight, s.tickets
@@ -215,37 +360,25 @@ pub fn render(node: &str, last: Option<&Reading>, now: &Reading) -> String {
     out
 }
 
-fn fsync_line(now: &Reading, base: Option<&Reading>, per_s: &dyn Fn(u64) -> f64) -> String {
-    let (m, s) = (&now.metrics, &now.stats);
+fn fsync_line(v: &View<'_>) -> String {
+    let s = &v.now.stats;
     match s.sync_mode {
         sync_mode::NO_LOG => return "fsync        no log".into(),
         sync_mode::NONE if s.wal_syncs == 0 => return "fsync        none (sync none)".into(),
         _ => {}
     }
-    let (syncs, records) = match base {
-        Some(l) => (
-            s.wal_syncs.saturating_sub(l.stats.wal_syncs),
-            s.wal_records.saturating_sub(l.stats.wal_records),
-        ),
-        None => (s.wal_syncs, s.wal_records),
-    };
-    let recent = m
-        .fsync_us
-        .since(base.map_or(&Histogram::default(), |l| &l.metrics.fsync_us));
-    let (hist, when) = if recent.count() > 0 {
-        (&recent, "")
+    let when = if v.fsync_since_start {
+        " (since start)"
     } else {
-        (&m.fsync_us, " (since start)")
+        ""
     };
-    let per_sync = if syncs > 0 {
-        format!("{:.1}", records as f64 / syncs as f64)
-    } else {
-        "-".into()
-    };
+    let per_sync = v
+        .records_per_sync()
+        .map_or_else(|| "-".into(), |r| format!("{r:.1}"));
     format!(
         "fsync        {}{when}   {:.1} syncs/s   {per_sync} records/sync",
-        percentiles(hist, P2),
-        per_s(syncs)
+        percentiles(&v.fsync, P2),
+        v.per_s(v.syncs)
     )
 }
 
@@ -319,6 +452,54 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("outcomes     none yet"), "{text}");
+    }
+
+    #[test]
+    fn json_carries_the_same_figures_as_the_text() {
+        let a = reading(10, &[(100, 1000)], &[1000], 100);
+        let b = reading(12, &[(100, 1000), (300, 2000)], &[2900, 100], 300);
+        let j = render_json("n:1", Some(&a), &b);
+        assert_eq!(j["node"], "n:1");
+        assert_eq!(j["sync"], "always");
+        assert_eq!(j["op"], "checkin");
+        assert_eq!(j["window_s"], 2.0);
+        assert_eq!(j["per_s"], 1000.0);
+        assert_eq!(j["total"], 3000);
+        let p50 = j["latency_us"]["p50"].as_u64().unwrap();
+        assert!((250..=350).contains(&p50), "{j}");
+        assert_eq!(j["outcomes"]["admitted"]["total"], 2900);
+        assert_eq!(j["outcomes"]["admitted"]["per_s"], 950.0);
+        assert_eq!(j["outcomes"]["already_used"]["per_s"], 50.0);
+        assert_eq!(j["syncs_per_s"], 100.0);
+        assert_eq!(j["records_per_sync"], 4.0);
+        assert_eq!(j["fsync_since_start"], false);
+        assert_eq!(
+            (j["connections"].as_u64(), j["in_flight"].as_u64()),
+            (Some(3), Some(2))
+        );
+        // Nothing answered, nothing synced: nulls, not zeros.
+        let quiet = render_json(
+            "n:1",
+            Some(&reading(1, &[], &[], 0)),
+            &reading(2, &[], &[], 0),
+        );
+        assert!(quiet["latency_us"]["p99"].is_null(), "{quiet}");
+        assert!(quiet["records_per_sync"].is_null(), "{quiet}");
+    }
+
+    #[test]
+    fn another_op_is_named_where_check_ins_were() {
+        let mut a = reading(10, &[(100, 10)], &[], 1);
+        let mut b = reading(11, &[(100, 30)], &[], 2);
+        a.metrics.latency_op = op::MINT;
+        b.metrics.latency_op = op::MINT;
+        let text = render("n:1", Some(&a), &b);
+        assert!(text.contains("\nmint         20.0/s over 1.00 s"), "{text}");
+        assert!(text.contains("since start  30 mint requests"), "{text}");
+        assert_eq!(render_json("n:1", Some(&a), &b)["op"], "mint");
+        assert_eq!(parse_op("exit"), Ok(op::EXIT));
+        assert!(parse_op("subscribe").unwrap_err().contains("checkin, exit"));
+        assert!(parse_op("nope").is_err());
     }
 
     #[test]

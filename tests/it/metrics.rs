@@ -347,10 +347,16 @@ async fn stat_once_prints_rates_latencies_outcomes_and_the_log() {
 
     let dir = n.dir.path().to_path_buf();
     let addr = n.addr.to_string();
-    let (once, twice) = tokio::task::spawn_blocking(move || {
+    let (once, twice, json, bad_op) = tokio::task::spawn_blocking(move || {
         (
             stat(&dir, &addr, &["--once", "--interval", "200ms"]),
             stat(&dir, &addr, &["--count", "2", "--interval", "100ms"]),
+            stat(
+                &dir,
+                &addr,
+                &["--json", "--count", "2", "--interval", "100ms"],
+            ),
+            stat(&dir, &addr, &["--once", "--op", "subscribe"]),
         )
     })
     .await
@@ -396,6 +402,32 @@ async fn stat_once_prints_rates_latencies_outcomes_and_the_log() {
     let blocks: Vec<&str> = text.split("\n\n").collect();
     assert_eq!(blocks.len(), 2, "two readings, a blank line apart: {text}");
     assert!(blocks.iter().all(|b| b.starts_with("node ")));
+
+    // For scripts: a JSON object a line, the same figures.
+    assert!(json.status.success(), "{json:?}");
+    let text = String::from_utf8(json.stdout).unwrap();
+    let readings: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(readings.len(), 2, "{text}");
+    for r in &readings {
+        assert_eq!(
+            (r["sync"].as_str(), r["op"].as_str()),
+            (Some("always"), Some("checkin"))
+        );
+        assert_eq!(r["total"], 202, "{r}");
+        assert_eq!(r["outcomes"]["admitted"]["total"], 200, "{r}");
+        assert_eq!(r["outcomes"]["forged"]["total"], 1, "{r}");
+        assert!(
+            r["latency_since_start_us"]["p99"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+        assert!(r["window_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(bad_op.status.code(), Some(2), "{bad_op:?}");
+    let msg = String::from_utf8(bad_op.stderr).unwrap();
+    assert!(msg.contains("not a request op"), "{msg}");
     n.node.unwrap().shutdown().await;
 }
 
