@@ -345,6 +345,13 @@ async fn book_qr_checkin_status_transfer_round_trip() {
     let (_, old_status) = f.get(&format!("/v1/tickets/{old}")).await;
     assert_eq!(old_status["state"], "revoked");
     assert_eq!(old_status["successor"], new.as_str());
+    // The booking shows the original code as transferred, and not the new holder's code.
+    let (s, b) = f.get(&format!("/v1/bookings/{}", booking["id"])).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["tickets"][1]["code"], old.as_str());
+    assert_eq!(b["tickets"][1]["transferred"], true, "{b}");
+    assert_eq!(b["tickets"][0]["transferred"], false, "{b}");
+    assert!(!b.to_string().contains(&new), "{b}");
     // A transferred ticket cannot be transferred again.
     let (s, _) = f
         .post(

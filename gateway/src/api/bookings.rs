@@ -81,6 +81,10 @@ pub struct BookedTicket {
     pub qr_svg: String,
     /// The ticket image as PNG.
     pub qr_png: String,
+    /// The ticket was transferred to another holder: this code is void. (The new code is
+    /// the new holder's and is not shown here.)
+    #[serde(default)]
+    pub transferred: bool,
 }
 
 /// A booking.
@@ -522,7 +526,8 @@ pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
         return Err(Problem::not_found(format!("no booking {id}")));
     };
     let mut stmt = c.prepare(
-        "SELECT code, seat, holder_name FROM tickets WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
+        "SELECT code, seat, holder_name, successor IS NOT NULL FROM tickets
+         WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
     )?;
     let tickets = stmt
         .query_map([id], |r| {
@@ -534,6 +539,7 @@ pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
                 code,
                 seat: r.get(1)?,
                 holder: r.get(2)?,
+                transferred: r.get(3)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
