@@ -17,18 +17,22 @@ pub const HTTP_DEFAULT: &str = "127.0.0.1:8080";
 /// How long in-flight HTTP requests get at shutdown.
 const DRAIN_MS: u64 = 5_000;
 
-/// HTTPS options shared by `stile gateway` and `stile up`.
+/// Gateway options shared by `stile gateway` and `stile up`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct HttpsArgs {
+pub struct GatewayOptions {
     /// Serve HTTPS with this certificate chain (PEM); service workers need it off localhost.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The HTTPS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Let reminder webhooks reach loopback, private, link-local and reserved addresses
+    /// (off: only public ones, so a holder's webhook cannot reach into this network).
+    #[arg(long)]
+    pub webhook_private: bool,
 }
 
-impl HttpsArgs {
+impl GatewayOptions {
     fn pair(&self) -> Option<(PathBuf, PathBuf)> {
         self.tls_cert.clone().zip(self.tls_key.clone())
     }
@@ -45,7 +49,7 @@ pub struct GatewayArgs {
     http: SocketAddr,
     /// HTTPS.
     #[command(flatten)]
-    https: HttpsArgs,
+    https: GatewayOptions,
 }
 
 /// The admin identity in `tls_dir` (or the files named).
@@ -87,6 +91,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let mut config = GatewayConfig::new(args.conn.data.join("gateway"), args.http, node, tls);
     config.node_server_name = server_name;
     config.https = args.https.pair();
+    config.webhook_private = args.https.webhook_private;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("stile-gateway")
@@ -126,12 +131,13 @@ pub fn base_url(config: &GatewayConfig, addr: SocketAddr) -> String {
 pub async fn start_for_up(
     data: &Path,
     http: SocketAddr,
-    https: &HttpsArgs,
+    https: &GatewayOptions,
     node: SocketAddr,
 ) -> anyhow::Result<(Gateway, GatewayConfig)> {
     let tls = admin_tls(&data.join("tls"), None, None, None)?;
     let mut config = GatewayConfig::new(data.join("gateway"), http, node, tls);
     config.https = https.pair();
+    config.webhook_private = https.webhook_private;
     let gateway = Gateway::start(config.clone())
         .await
         .with_context(|| format!("starting the gateway on {http}"))?;

@@ -31,7 +31,7 @@ pub struct UpArgs {
     http: SocketAddr,
     /// HTTPS for the gateway.
     #[command(flatten)]
-    https: crate::gateway_cmd::HttpsArgs,
+    https: crate::gateway_cmd::GatewayOptions,
     /// Also create a sample event of provider 1, valid now, book three tickets and print
     /// their e-ticket page URLs.
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct UpArgs {
 struct UpGateway {
     data: PathBuf,
     http: SocketAddr,
-    https: crate::gateway_cmd::HttpsArgs,
+    https: crate::gateway_cmd::GatewayOptions,
     demo: bool,
 }
 

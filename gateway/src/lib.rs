@@ -16,6 +16,7 @@ pub mod qr;
 pub mod reminders;
 pub mod rotating;
 mod serve;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub struct GatewayConfig {
     pub checkin_burst: u32,
     /// How long a gate token that spent its budget gets `rate_limited`.
     pub checkin_cooldown_ms: u64,
+    /// Reminder webhooks may reach loopback, private, link-local and reserved addresses
+    /// (see [`webhook`]).
+    pub webhook_private: bool,
 }
 
 impl GatewayConfig {
@@ -107,6 +111,7 @@ impl GatewayConfig {
             checkin_budget_per_s: 50,
             checkin_burst: 100,
             checkin_cooldown_ms: 1_000,
+            webhook_private: false,
         }
     }
 }

@@ -41,12 +41,17 @@ struct Due {
 
 /// Sends due reminders until the gateway stops.
 pub async fn run(app: Arc<App>) {
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_millis(WEBHOOK_TIMEOUT_MS))
         .redirect(reqwest::redirect::Policy::none())
-        .use_preconfigured_tls(webhook_tls())
-        .build()
-    {
+        .use_preconfigured_tls(webhook_tls());
+    if !app.config.webhook_private {
+        // Resolved here and checked; through a proxy the proxy would resolve the name.
+        builder = builder
+            .dns_resolver(Arc::new(crate::webhook::PublicOnly))
+            .no_proxy();
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot make the webhook client; reminders are not sent");
@@ -126,13 +131,16 @@ async fn handle(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), Pr
         return deliver(app, http, d).await;
     }
     // Used, revoked or transferred: nothing to remind of.
-    let id = d.id;
+    give_up(app, d.id, "ticket no longer valid".into()).await
+}
+
+/// Marks a reminder as never to be sent, saying why.
+async fn give_up(app: &Arc<App>, id: i64, why: String) -> Result<(), Problem> {
     app.db
         .call(move |c| -> Result<(), Problem> {
             c.execute(
-                "UPDATE outbox SET gave_up_at = ?2, last_error = 'ticket no longer valid'
-                 WHERE id = ?1",
-                params![id, crate::now_s() as i64],
+                "UPDATE outbox SET gave_up_at = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, crate::now_s() as i64, why],
             )?;
             Ok(())
         })
@@ -149,6 +157,13 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
         "lead_s": d.lead_s,
         "page": format!("/t/{}", d.code),
     });
+    let refused = (!app.config.webhook_private)
+        .then(|| reqwest::Url::parse(&d.url).ok())
+        .flatten()
+        .and_then(|u| crate::webhook::literal_refusal(&u));
+    if let Some(why) = refused {
+        return give_up(app, d.id, why).await;
+    }
     let result = http
         .post(&d.url)
         .header(

@@ -43,6 +43,8 @@ pub fn gateway_config(node: &TestNode, dir: &Path) -> GatewayConfig {
         admin_tls(&node.tls),
     );
     c.reminder_poll_ms = 100;
+    // The test webhooks listen on loopback.
+    c.webhook_private = true;
     c.reminder_backoff_base_ms = 200;
     c.checkin_burst = 5;
     c.checkin_budget_per_s = 1;
@@ -707,6 +709,69 @@ async fn reminder_is_delivered_once_across_a_gateway_restart() {
     assert_eq!(bodies[0]["code"], code.as_str());
     assert_eq!(bodies[0]["lead_s"], 5);
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_reach_only_public_addresses_unless_allowed() {
+    let mut f = Fixture::start().await;
+    f.restart_gateway(|c| c.webhook_private = false).await;
+    let (hook, attempts, _) = webhook_receiver(0).await;
+    let now = stile_gateway::now_s();
+    // Reminded 3 s before it expires in 4 s: due about a second from now.
+    let event = f
+        .event(json!({
+            "capacity": 10,
+            "valid_until": stile_gateway::rfc3339(now + 4),
+            "reminder_lead_s": [3],
+        }))
+        .await;
+    let booking = |webhook: String| {
+        json!({"event": event, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Ada", "webhook": webhook}}]})
+    };
+    // An address in the URL is refused at booking, and nothing is booked.
+    let refused = f.book("a", booking(format!("http://{hook}/hook"))).await;
+    let p = assert_problem(refused, 422).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not public") && detail.contains("--webhook-private"),
+        "{p}"
+    );
+    for url in [
+        "http://[::1]/h",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/h",
+    ] {
+        assert_problem(f.book("a", booking(url.into())).await, 422).await;
+    }
+    // A name is resolved when the reminder is sent: one that points at loopback is booked
+    // and never reached.
+    let res = f
+        .book(
+            "b",
+            booking(format!("http://localhost:{}/hook", hook.port())),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let failures = "stile_gateway_reminder_failures_total 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = f.public("/metrics").await.text().await.unwrap();
+        if metrics.contains(failures) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt within 20 s: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        0,
+        "the loopback webhook was reached"
+    );
     f.shutdown().await;
 }
 

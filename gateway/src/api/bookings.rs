@@ -132,8 +132,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(key.to_string())
 }
 
-/// Checks a holder's fields.
-pub fn validate_holder(h: &Holder) -> Result<Holder, Problem> {
+/// Checks a holder's fields; a webhook naming a non-public address is refused unless
+/// `webhook_private` (see [`crate::webhook`]).
+pub fn validate_holder(h: &Holder, webhook_private: bool) -> Result<Holder, Problem> {
     let name = super::text_field("holder.name", &h.name)?;
     let email = h
         .email
@@ -143,13 +144,19 @@ pub fn validate_holder(h: &Holder) -> Result<Holder, Problem> {
     let webhook = match h.webhook.as_deref() {
         None => None,
         Some(url) => {
-            let ok = url.len() <= WEBHOOK_MAX_BYTES
-                && reqwest::Url::parse(url)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !ok {
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            let Some(parsed) = parsed.filter(|_| url.len() <= WEBHOOK_MAX_BYTES) else {
                 return Err(Problem::unprocessable(format!(
                     "`holder.webhook` {url:?} is not an http or https URL"
                 )));
+            };
+            if let Some(why) = (!webhook_private)
+                .then(|| crate::webhook::literal_refusal(&parsed))
+                .flatten()
+            {
+                return Err(Problem::unprocessable(format!("`holder.webhook`: {why}")));
             }
             Some(url.to_string())
         }
@@ -161,7 +168,7 @@ pub fn validate_holder(h: &Holder) -> Result<Holder, Problem> {
     })
 }
 
-fn validate(req: &BookingRequest) -> Result<BookingRequest, Problem> {
+fn validate(req: &BookingRequest, webhook_private: bool) -> Result<BookingRequest, Problem> {
     if req.tickets.is_empty() || req.tickets.len() > crate::BOOKING_TICKETS_MAX {
         return Err(Problem::unprocessable(format!(
             "`tickets` must hold 1 to {} tickets",
@@ -177,7 +184,7 @@ fn validate(req: &BookingRequest) -> Result<BookingRequest, Problem> {
             .transpose()?;
         tickets.push(TicketRequest {
             seat,
-            holder: validate_holder(&t.holder)?,
+            holder: validate_holder(&t.holder, webhook_private)?,
         });
     }
     let mut seats: Vec<&str> = tickets.iter().filter_map(|t| t.seat.as_deref()).collect();
@@ -205,7 +212,7 @@ pub async fn create(
     Json(req): Json<BookingRequest>,
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
-    let req = validate(&req)?;
+    let req = validate(&req, app.config.webhook_private)?;
     let hash: [u8; 32] = Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()).into();
     let (k, owner) = (key.clone(), app.instance.clone());
     let claim = app.db.call(move |c| claim(c, &k, &hash, &owner)).await?;

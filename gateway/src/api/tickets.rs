@@ -479,7 +479,7 @@ async fn transfer_inner(
     code: String,
     req: TransferRequest,
 ) -> Result<(StatusCode, Json<TransferView>), Problem> {
-    let holder = super::bookings::validate_holder(&req.holder)?;
+    let holder = super::bookings::validate_holder(&req.holder, app.config.webhook_private)?;
     let t = find(&app, &code).await?;
     if let Some(s) = &t.successor {
         return Err(Problem::conflict(format!(

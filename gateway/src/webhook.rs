@@ -1,0 +1,183 @@
+//! Where reminder webhooks may point. A holder's webhook URL comes from outside, and the
+//! gateway `POST`s to it from inside the deployment's network: unless the operator allows
+//! it (`--webhook-private`), only public addresses are reached, so a webhook cannot make the
+//! gateway call its own node, a database on the private network or a cloud metadata
+//! service. Names are checked where they are resolved, on every delivery (a name that
+//! resolved to a public address at booking may resolve elsewhere later); addresses written
+//! in the URL are checked at booking and before each delivery.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Whether `ip` is an address anyone on the internet could reach: not loopback, private,
+/// shared (CGNAT), link-local, unique-local, multicast, documentation, benchmarking,
+/// unspecified or reserved. IPv4 inside IPv6 (mapped, compatible, NAT64) is judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0                                   // "this network"
+        || a == 10                             // private
+        || a == 127                            // loopback
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 169 && b == 254)              // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b)) // private
+        || (a == 192 && b == 0 && c == 0)      // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2)      // documentation
+        || (a == 192 && b == 168)              // private
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || (a == 198 && b == 51 && c == 100)   // documentation
+        || (a == 203 && b == 0 && c == 113)    // documentation
+        || a >= 224) // multicast, reserved, broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let s = ip.segments();
+    if s[..6] == [0; 6] {
+        // Unspecified, loopback, and the deprecated IPv4-compatible form.
+        return !(ip.is_unspecified() || ip.is_loopback())
+            && is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // NAT64: the IPv4 address it stands for.
+        return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
+    }
+    !((s[0] & 0xfe00) == 0xfc00                 // unique local
+        || (s[0] & 0xffc0) == 0xfe80           // link-local
+        || (s[0] & 0xff00) == 0xff00           // multicast
+        || (s[0] == 0x2001 && s[1] == 0x0db8)  // documentation
+        || (s[0] == 0x0100 && s[1..4] == [0; 3])) // discard
+}
+
+/// The refusal for a webhook that names a non-public address, or `None` for one that does
+/// not name an address (a host name, checked when resolved) or names a public one.
+pub fn literal_refusal(url: &reqwest::Url) -> Option<String> {
+    let host = url.host_str()?;
+    let ip: IpAddr = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()?;
+    (!is_public(ip)).then(|| refusal(&ip.to_string()))
+}
+
+fn refusal(what: &str) -> String {
+    format!(
+        "webhook address {what} is not public (loopback, private, link-local or reserved); \
+         start the gateway with --webhook-private to allow such addresses"
+    )
+}
+
+/// A resolver that keeps only public addresses, and fails for a name that has none.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> =
+                all.iter().copied().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                let found: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+                let what = format!("{host} ({})", found.join(", "));
+                return Err(refusal(&what).into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        let private = [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "100::1",
+        ];
+        for a in private {
+            assert!(!is_public(a.parse().unwrap()), "{a} is not public");
+        }
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.0.1",
+            "172.32.0.1",
+            "192.169.0.1",
+            "198.20.0.1",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        for a in public {
+            assert!(is_public(a.parse().unwrap()), "{a} is public");
+        }
+    }
+
+    #[test]
+    fn addresses_in_urls_are_refused_and_names_left_to_resolution() {
+        let refused = |u: &str| literal_refusal(&reqwest::Url::parse(u).unwrap());
+        assert!(refused("http://127.0.0.1:9/hook")
+            .unwrap()
+            .contains("127.0.0.1"));
+        assert!(refused("http://[::1]/hook").is_some());
+        assert!(refused("http://169.254.169.254/latest/meta-data").is_some());
+        assert!(refused("https://8.8.8.8/hook").is_none());
+        assert!(refused("https://hooks.example.org/x").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_only_to_loopback_is_refused() {
+        let err = match PublicOnly.resolve("localhost".parse().unwrap()).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("localhost") && err.contains("not public"),
+            "{err}"
+        );
+    }
+}
