@@ -809,11 +809,12 @@ fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::record::FRAME_HEADER_LEN;
     use super::*;
 
-    fn state(serial: u32) -> Record {
+    /// A record of ticket `serial` (the tests of this module and of `tail.rs`).
+    pub(crate) fn state(serial: u32) -> Record {
         Record::State {
             partition: 0,
             serial,

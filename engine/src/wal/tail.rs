@@ -284,17 +284,8 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::tests::state;
     use crate::wal::{SyncMode, Wal};
-
-    fn state(serial: u32) -> Record {
-        Record::State {
-            partition: 0,
-            serial,
-            word: u64::from(serial) << 8,
-            first_scan_e: serial,
-            scan: None,
-        }
-    }
 
     /// A backlog of many records over several segments comes back whole and in order, in
     /// small reads, with the records written meanwhile after it.
