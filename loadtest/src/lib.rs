@@ -280,6 +280,16 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         links.push(target.link(g as u16 + 1, config.inflight).await?);
     }
     let progress = config.progress.then(|| progress_bar(config));
+    // The target's own view of the measured time: a reading when the warm-up ends and
+    // another at the end.
+    let target = Arc::new(target);
+    let first_reading = {
+        let (target, warmup) = (target.clone(), config.warmup);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            target.reading().await
+        })
+    };
     let cpu_start = cpu_time();
     let start = Instant::now();
     let shared = Arc::new(RunShared {
@@ -409,6 +419,16 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         })
         .sum();
     let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
+    let first = if warmed {
+        first_reading.await.ok().flatten()
+    } else {
+        first_reading.abort();
+        None
+    };
+    let node = match (first, target.reading().await) {
+        (Some(before), Some(after)) => Some(report::NodeView::between(&before, &after)),
+        _ => None,
+    };
     Ok(RunReport {
         target: config.target.clone(),
         sync,
@@ -435,6 +455,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
+        node,
     })
 }
 

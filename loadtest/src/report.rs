@@ -73,6 +73,90 @@ pub struct RunReport {
     pub percentiles: Vec<Percentile>,
     /// Second by second from the start (warm-up included, marked).
     pub timeline: Vec<Second>,
+    /// The target's own view of the measured time (a node, or the engine in process; absent
+    /// for Redis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeView>,
+}
+
+/// What a node (or the engine in process) measured itself over the measured time.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Its check-in latency, from reading a request to writing the answer, the wait for
+    /// `fdatasync` included (a node only; microseconds, upper bucket edges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkin_latency_us: Option<Quantiles>,
+    /// Its `fdatasync` latency (microseconds, upper bucket edges); absent without a sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_us: Option<Quantiles>,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Records each sync made durable, on average.
+    pub records_per_sync: Option<f64>,
+}
+
+/// Percentiles of a node's histogram (`None` where it counted nothing).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+}
+
+impl Quantiles {
+    fn of(h: &stile_protocol::histogram::Histogram) -> Option<Quantiles> {
+        Some(Quantiles {
+            p50: h.quantile(0.5)?,
+            p99: h.quantile(0.99)?,
+            p999: h.quantile(0.999)?,
+        })
+    }
+}
+
+impl NodeView {
+    /// The view over the time between two readings.
+    pub fn between(
+        before: &crate::target::NodeReading,
+        after: &crate::target::NodeReading,
+    ) -> NodeView {
+        let syncs = after.syncs.saturating_sub(before.syncs);
+        let records = after.records.saturating_sub(before.records);
+        let checkin = match (&before.checkin_us, &after.checkin_us) {
+            (Some(b), Some(a)) => Quantiles::of(&a.since(b)),
+            _ => None,
+        };
+        NodeView {
+            checkin_latency_us: checkin,
+            fsync_us: Quantiles::of(&after.fsync_us.since(&before.fsync_us)),
+            syncs,
+            records_per_sync: (syncs > 0).then(|| records as f64 / syncs as f64),
+        }
+    }
+
+    fn text(&self) -> String {
+        let q = |name: &str, q: &Option<Quantiles>| {
+            q.map(|q| {
+                format!(
+                    "{name} p50 {} us  p99 {} us  p999 {} us",
+                    q.p50, q.p99, q.p999
+                )
+            })
+        };
+        let mut parts: Vec<String> = [
+            q("check-in", &self.checkin_latency_us),
+            q("fsync", &self.fsync_us),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let Some(r) = self.records_per_sync {
+            parts.push(format!("{} syncs, {r:.1} records/sync", self.syncs));
+        }
+        format!("  its own view: {}\n", parts.join(";  "))
+    }
 }
 
 /// The latency at one percentile.
@@ -276,6 +360,9 @@ impl Report {
                 r.double_admits,
                 r.client_cpu_percent
             ));
+            if let Some(node) = &r.node {
+                out.push_str(&node.text());
+            }
         }
         for q in &self.ratios {
             out.push_str(&format!(

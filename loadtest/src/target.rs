@@ -16,6 +16,7 @@ use stile_engine::{
 };
 use stile_protocol::client::{connect_raw_on, raw_endpoint, Client, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
+use stile_protocol::histogram::Histogram;
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
 
@@ -69,6 +70,19 @@ pub struct Inproc {
     scan_id: AtomicU64,
     /// The data dir (deleted on drop).
     _dir: tempfile::TempDir,
+}
+
+/// Latency histograms and log counters of a node (or the engine in process) at one moment.
+#[derive(Debug, Clone)]
+pub struct NodeReading {
+    /// Check-ins, from reading the request to writing the answer (a node only).
+    pub checkin_us: Option<Histogram>,
+    /// `fdatasync` of the log.
+    pub fsync_us: Histogram,
+    /// Syncs so far.
+    pub syncs: u64,
+    /// Records logged so far.
+    pub records: u64,
 }
 
 /// A node: an admin connection for minting; the gates connect on their own.
@@ -280,6 +294,39 @@ impl Target {
                 Err(_) => "unknown".to_string(),
             },
             Target::Redis(r) => r.sync.clone(),
+        }
+    }
+
+    /// What the target says of itself now (a node, or the engine in process): the
+    /// difference of two readings is its own view of a run. `None` for Redis, or a node that
+    /// does not answer.
+    pub async fn reading(&self) -> Option<NodeReading> {
+        match self {
+            Target::Inproc(t) => {
+                let wal = t.engine.wal()?;
+                let stats = wal.stats();
+                Some(NodeReading {
+                    checkin_us: None,
+                    fsync_us: wal.sync_latency_us().snapshot(),
+                    syncs: stats.syncs,
+                    records: stats.records,
+                })
+            }
+            Target::Quic(q) => {
+                let metrics = q
+                    .admin
+                    .metrics(stile_protocol::frame::op::CHECKIN)
+                    .await
+                    .ok()?;
+                let stats = q.admin.stats().await.ok()?;
+                Some(NodeReading {
+                    checkin_us: Some(metrics.latency_us),
+                    fsync_us: metrics.fsync_us,
+                    syncs: stats.wal_syncs,
+                    records: stats.wal_records,
+                })
+            }
+            Target::Redis(_) => None,
         }
     }
 

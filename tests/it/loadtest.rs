@@ -81,6 +81,16 @@ async fn every_scenario_in_process() {
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always");
         check(scenario, &r, c.tickets as u64);
+        // The engine's own view: its log synced what was admitted (forged codes log nothing).
+        let node = r.node.as_ref().expect("the engine's own view");
+        assert!(
+            node.checkin_latency_us.is_none(),
+            "no node in between: {r:?}"
+        );
+        if scenario != Scenario::Forged {
+            assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
+            assert!(node.records_per_sync.unwrap() >= 1.0, "{r:?}");
+        }
     }
     // The engine's temporary data dirs are gone afterwards.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -99,6 +109,15 @@ async fn every_scenario_against_a_node() {
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always", "as the node reports it through stats");
         check(scenario, &r, c.tickets as u64);
+        // The node's own view of the same run, through its metrics.
+        let node = r.node.as_ref().expect("the node's own view");
+        let own = node
+            .checkin_latency_us
+            .expect("the node timed its check-ins");
+        assert!(own.p50 <= own.p99 && own.p99 <= own.p999, "{r:?}");
+        if scenario != Scenario::Forged {
+            assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
+        }
     }
     // The tester issued itself gate certificates from the node's CA.
     assert!(n.tls.join("gate-4.crt").exists());
@@ -177,6 +196,16 @@ fn command_line_json_has_the_documented_shape() {
         (Some("inproc"), Some("closed"))
     );
     assert_eq!(run["outcomes"]["admitted"], 5000, "{run}");
+    // The engine's own view: log syncs and their latency.
+    assert!(run["node"]["syncs"].as_u64().unwrap() > 0, "{run}");
+    for key in ["p50", "p99", "p999"] {
+        assert!(run["node"]["fsync_us"][key].is_u64(), "{key}: {run}");
+    }
+    assert!(
+        run["node"]["records_per_sync"].as_f64().unwrap() >= 1.0,
+        "{run}"
+    );
+    assert!(text.contains("its own view: fsync p50 "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +234,7 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "appendfsync always", "{r:?}");
         check(scenario, &r, c.tickets as u64);
+        assert!(r.node.is_none(), "Redis says nothing of itself: {r:?}");
     }
     // One invocation, both targets, the ratios printed.
     let redis = format!("redis://127.0.0.1:{port}");
