@@ -157,10 +157,9 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
         "lead_s": d.lead_s,
         "page": format!("/t/{}", d.code),
     });
-    let refused = (!app.config.webhook_private)
-        .then(|| reqwest::Url::parse(&d.url).ok())
-        .flatten()
-        .and_then(|u| crate::webhook::literal_refusal(&u));
+    let refused = reqwest::Url::parse(&d.url)
+        .ok()
+        .and_then(|u| crate::webhook::literal_refusal(&u, app.config.webhook_private));
     if let Some(why) = refused {
         return give_up(app, d.id, why).await;
     }

@@ -57,8 +57,12 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 }
 
 /// The refusal for a webhook that names a non-public address, or `None` for one that does
-/// not name an address (a host name, checked when resolved) or names a public one.
-pub fn literal_refusal(url: &reqwest::Url) -> Option<String> {
+/// not name an address (a host name, checked when resolved), names a public one, or when
+/// the operator allows private addresses (`webhook_private`).
+pub fn literal_refusal(url: &reqwest::Url, webhook_private: bool) -> Option<String> {
+    if webhook_private {
+        return None;
+    }
     let host = url.host_str()?;
     let ip: IpAddr = host
         .strip_prefix('[')
@@ -159,7 +163,7 @@ mod tests {
 
     #[test]
     fn addresses_in_urls_are_refused_and_names_left_to_resolution() {
-        let refused = |u: &str| literal_refusal(&reqwest::Url::parse(u).unwrap());
+        let refused = |u: &str| literal_refusal(&reqwest::Url::parse(u).unwrap(), false);
         assert!(refused("http://127.0.0.1:9/hook")
             .unwrap()
             .contains("127.0.0.1"));
@@ -167,6 +171,11 @@ mod tests {
         assert!(refused("http://169.254.169.254/latest/meta-data").is_some());
         assert!(refused("https://8.8.8.8/hook").is_none());
         assert!(refused("https://hooks.example.org/x").is_none());
+        let loopback = reqwest::Url::parse("http://127.0.0.1/h").unwrap();
+        assert!(
+            literal_refusal(&loopback, true).is_none(),
+            "allowed by the operator"
+        );
     }
 
     #[tokio::test]

@@ -95,7 +95,7 @@ pub struct NodeView {
     pub records_per_sync: Option<f64>,
 }
 
-/// Percentiles of a node's histogram (`None` where it counted nothing).
+/// Percentiles of a node's histogram (absent where it counted nothing).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Quantiles {
     /// Median.

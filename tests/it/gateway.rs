@@ -123,6 +123,18 @@ impl Fixture {
         json_of(res).await
     }
 
+    /// An event of free seating that expires `expires_in_s` from now and reminds
+    /// `lead_s` before that.
+    pub async fn reminded_event(&self, expires_in_s: u64, lead_s: u64) -> i64 {
+        let now = stile_gateway::now_s();
+        self.event(json!({
+            "capacity": 10,
+            "valid_until": stile_gateway::rfc3339(now + expires_in_s),
+            "reminder_lead_s": [lead_s],
+        }))
+        .await
+    }
+
     /// Provider 1, a gate token for gate `gate`, and an event built from `extra`.
     pub async fn event(&self, extra: Value) -> i64 {
         let (s, _) = self
@@ -673,15 +685,8 @@ async fn webhook_receiver(
 async fn reminder_is_delivered_once_across_a_gateway_restart() {
     let mut f = Fixture::start().await;
     let (hook, attempts, delivered) = webhook_receiver(1).await;
-    let now = stile_gateway::now_s();
     // Expires in 8 s, reminded 5 s before: due about 3 s from now.
-    let event = f
-        .event(json!({
-            "capacity": 10,
-            "valid_until": stile_gateway::rfc3339(now + 8),
-            "reminder_lead_s": [5],
-        }))
-        .await;
+    let event = f.reminded_event(8, 5).await;
     let res = f
         .book(
             "k",
@@ -717,15 +722,8 @@ async fn webhooks_reach_only_public_addresses_unless_allowed() {
     let mut f = Fixture::start().await;
     f.restart_gateway(|c| c.webhook_private = false).await;
     let (hook, attempts, _) = webhook_receiver(0).await;
-    let now = stile_gateway::now_s();
     // Reminded 3 s before it expires in 4 s: due about a second from now.
-    let event = f
-        .event(json!({
-            "capacity": 10,
-            "valid_until": stile_gateway::rfc3339(now + 4),
-            "reminder_lead_s": [3],
-        }))
-        .await;
+    let event = f.reminded_event(4, 3).await;
     let booking = |webhook: String| {
         json!({"event": event, "payment_ref": "p",
             "tickets": [{"holder": {"name": "Ada", "webhook": webhook}}]})

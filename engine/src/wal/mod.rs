@@ -604,13 +604,13 @@ impl Writer {
     fn roll(&mut self) {
         self.cut_zeros();
         self.sync();
-        let spare = self.spares.as_mut().and_then(|s| s.take());
+        let spare = self.spares.as_mut().and_then(|s| Some((s.take()?, s.len)));
         let (file, zeroed) = match spare {
-            Some(f) => {
+            Some((f, len)) => {
                 if let Err(e) = segment::adopt_spare(&self.dir, self.next) {
                     fatal("renaming the prepared log segment in", &self.dir, &e);
                 }
-                (f, self.spare_len())
+                (f, len)
             }
             None => match segment::create(&self.dir, self.next) {
                 Ok(f) => (f, segment::SEGMENT_HEADER_LEN),
@@ -620,11 +620,6 @@ impl Writer {
         self.file = file;
         self.file_len = segment::SEGMENT_HEADER_LEN;
         self.file_zeroed = zeroed;
-    }
-
-    /// Bytes of a prepared segment.
-    fn spare_len(&self) -> u64 {
-        spare_len(self.segment_max_bytes)
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
@@ -681,6 +676,12 @@ struct SpareSlot {
     changed: Condvar,
 }
 
+impl SpareSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.state.lock().expect("spare slot poisoned")
+    }
+}
+
 /// Prepares the next segment on a thread of its own, so the writer never waits for it.
 struct Spares {
     slot: Arc<SpareSlot>,
@@ -703,7 +704,7 @@ impl Spares {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
-        self.slot.state.lock().expect("spare slot poisoned")
+        self.slot.lock()
     }
 
     /// Asks for a spare, starting the thread the first time.
@@ -768,15 +769,10 @@ impl Spares {
 
 /// The preparing thread: one spare each time the writer wants one, until the log closes.
 fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
-    let closing = || {
-        matches!(
-            *slot.state.lock().expect("spare slot poisoned"),
-            SpareState::Closing
-        )
-    };
+    let closing = || matches!(*slot.lock(), SpareState::Closing);
     loop {
         {
-            let mut state = slot.state.lock().expect("spare slot poisoned");
+            let mut state = slot.lock();
             while matches!(*state, SpareState::Idle | SpareState::Ready(_)) {
                 state = slot.changed.wait(state).expect("spare slot poisoned");
             }
@@ -785,7 +781,7 @@ fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
             }
         }
         let prepared = segment::prepare_spare(dir, len, closing);
-        let mut state = slot.state.lock().expect("spare slot poisoned");
+        let mut state = slot.lock();
         match prepared {
             Ok(Some(f)) if matches!(*state, SpareState::Wanted) => *state = SpareState::Ready(f),
             Ok(_) => {

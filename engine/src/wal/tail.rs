@@ -1,8 +1,9 @@
 //! Reading the log from a position while it grows: what `subscribe` streams.
 //!
 //! Only records below a limit the caller takes from the writer (everything below
-//! [`super::Wal::durable_seq`] is whole in its file) are read, so a tail never sees a frame
-//! being written. Segments are read in order; a segment is left only once a later one exists
+//! [`super::Wal::durable_seq`] is whole in its file) are read. Bytes read by an earlier call
+//! may be older than that (a frame caught while being written, zeros since filled), so a
+//! frame that does not decode is read once more from the file before it counts as damage. Segments are read in order; a segment is left only once a later one exists
 //! (the writer closes a segment before it starts the next). A segment prepared ahead ends
 //! in zeros until records fill it: a zero frame length is where its written part ends for
 //! now, and the tail reads from there again next time.

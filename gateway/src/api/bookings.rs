@@ -152,10 +152,7 @@ pub fn validate_holder(h: &Holder, webhook_private: bool) -> Result<Holder, Prob
                     "`holder.webhook` {url:?} is not an http or https URL"
                 )));
             };
-            if let Some(why) = (!webhook_private)
-                .then(|| crate::webhook::literal_refusal(&parsed))
-                .flatten()
-            {
+            if let Some(why) = crate::webhook::literal_refusal(&parsed, webhook_private) {
                 return Err(Problem::unprocessable(format!("`holder.webhook`: {why}")));
             }
             Some(url.to_string())
