@@ -18,6 +18,7 @@
 pub mod record;
 pub mod segment;
 pub mod tail;
+mod waiters;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,10 +29,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_listener::{Event, Listener};
-
 use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
 pub use record::Record;
+use waiters::{Until, Waiters};
 
 /// Most bytes waiting for the writer before submitters are made to wait.
 pub const QUEUE_MAX_BYTES: usize = 64 << 20;
@@ -111,8 +111,8 @@ struct Shared {
     /// Every number below this was submitted and written to the file (their changes were
     /// made in memory before submission): where a snapshot may start.
     written: AtomicU64,
-    /// Signalled whenever `durable` moves.
-    durable_event: Event,
+    /// Woken as `durable` reaches what each waits for.
+    waiters: Waiters,
     /// The writer's inbox.
     queue: Mutex<Queue>,
     /// Wakes the writer.
@@ -213,7 +213,7 @@ impl Wal {
             durable: AtomicU64::new(next_seq),
             synced: AtomicU64::new(next_seq),
             written: AtomicU64::new(next_seq),
-            durable_event: Event::new(),
+            waiters: Waiters::default(),
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             room: Condvar::new(),
@@ -437,30 +437,17 @@ impl Durability {
         let Some((shared, seq)) = &self.wait else {
             return;
         };
-        loop {
-            if shared.durable.load(Ordering::Acquire) >= *seq {
-                return;
-            }
-            let listener = shared.durable_event.listen();
-            if shared.durable.load(Ordering::Acquire) >= *seq {
-                return;
-            }
-            listener.await;
+        Until {
+            durable: &shared.durable,
+            waiters: &shared.waiters,
+            seq: *seq,
         }
+        .await;
     }
 }
 
 fn wait_blocking(shared: &Shared, seq: u64) {
-    loop {
-        if shared.durable.load(Ordering::Acquire) >= seq {
-            return;
-        }
-        let listener = shared.durable_event.listen();
-        if shared.durable.load(Ordering::Acquire) >= seq {
-            return;
-        }
-        listener.wait();
-    }
+    waiters::wait_blocking(&shared.durable, &shared.waiters, seq);
 }
 
 /// A write or sync failure: the process cannot keep its promises, so it stops.
@@ -517,7 +504,9 @@ impl Writer {
             if self.shared.mode != SyncMode::Always {
                 self.shared.durable.store(self.next, Ordering::Release);
             }
-            self.shared.durable_event.notify(usize::MAX);
+            self.shared
+                .waiters
+                .wake_through(self.shared.durable.load(Ordering::Acquire));
             if closing && self.pending.is_empty() && self.all_submitted() {
                 self.finish();
                 return;
