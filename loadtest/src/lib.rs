@@ -266,6 +266,7 @@ struct GateCounts {
     errors: u64,
     timeouts: u64,
     forged_admits: u64,
+    quic: Option<report::QuicView>,
 }
 
 /// Runs one scenario against one target.
@@ -359,6 +360,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     let (mut hist, mut hist_all) = (new_histogram(), new_histogram());
     let (mut counts, mut counts_all) = ([0u64; 16], [0u64; 16]);
     let (mut errors, mut timeouts, mut forged_admits) = (0, 0, 0);
+    let mut quic: Option<report::QuicView> = None;
     for r in receivers {
         if let Ok(c) = r.await {
             let _ = hist.add(&c.hist);
@@ -370,6 +372,9 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             errors += c.errors;
             timeouts += c.timeouts;
             forged_admits += c.forged_admits;
+            if let Some(q) = &c.quic {
+                quic.get_or_insert_default().add(q);
+            }
         }
     }
     let elapsed = start.elapsed();
@@ -456,6 +461,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
         node,
+        quic,
     })
 }
 
@@ -550,6 +556,7 @@ async fn receive_loop(
         errors: 0,
         timeouts: 0,
         forged_admits: 0,
+        quic: None,
     };
     // This second's latencies, added to the run's timeline when the second changes.
     let mut second = (0usize, new_histogram());
@@ -640,6 +647,7 @@ async fn receive_loop(
     // Whatever is still in flight now will not be answered: let the sender go.
     gate.room.close();
     gate.received.notify_one();
+    c.quic = rx.quic();
     c
 }
 

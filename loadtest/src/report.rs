@@ -77,6 +77,38 @@ pub struct RunReport {
     /// for Redis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeView>,
+    /// What QUIC carried, summed over the gates' connections (a node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicView>,
+}
+
+/// Datagrams of a run over QUIC, the warm-up included, from the gates' side.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct QuicView {
+    /// UDP datagrams the gates sent.
+    pub datagrams_sent: u64,
+    /// UDP datagrams the gates received.
+    pub datagrams_received: u64,
+    /// Packets the gates sent that QUIC declared lost and sent again: each one is an answer
+    /// late by a loss-detection delay, so a few explain a latency tail.
+    pub packets_lost: u64,
+}
+
+impl QuicView {
+    /// Adds one connection's figures.
+    pub fn add(&mut self, other: &QuicView) {
+        self.datagrams_sent += other.datagrams_sent;
+        self.datagrams_received += other.datagrams_received;
+        self.packets_lost += other.packets_lost;
+    }
+
+    /// The summary line.
+    fn text(&self) -> String {
+        format!(
+            "  QUIC: {} datagrams sent, {} received, {} packets lost\n",
+            self.datagrams_sent, self.datagrams_received, self.packets_lost
+        )
+    }
 }
 
 /// What a node (or the engine in process) measured itself over the measured time.
@@ -362,6 +394,9 @@ impl Report {
             ));
             if let Some(node) = &r.node {
                 out.push_str(&node.text());
+            }
+            if let Some(quic) = &r.quic {
+                out.push_str(&quic.text());
             }
         }
         for q in &self.ratios {

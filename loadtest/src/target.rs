@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use stile_engine::node::certs;
+use stile_engine::node::{certs, udp};
 use stile_engine::{
     CheckinRequest, Durability, Engine, EngineConfig, EntryRule, Gate, GateOp, MintRequest, Policy,
     Presented, SystemClock, Validity, MINT_BATCH_MAX,
 };
-use stile_protocol::client::{connect_raw_on, raw_endpoint, Client, ClientConfig, ClientTls};
+use stile_protocol::client::{connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::histogram::Histogram;
 use stile_protocol::{CodeBytes, Outcome};
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::plan::{Item, Kind};
 use crate::redis_target::{Redis, RedisRx, RedisTx};
+use crate::report::QuicView;
 use crate::{Config, LoadError};
 
 /// The provider every load-test ticket and gate belongs to.
@@ -228,7 +229,19 @@ impl Target {
                     .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
             }
         }
-        let endpoint = raw_endpoint(&client).map_err(|e| err(e.to_string()))?;
+        // Every gate's datagrams land in this one socket: give it room for bursts, as the
+        // node has, so the tester does not lose what it measures.
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let (socket, buffers) =
+            udp::bind(bind).map_err(|e| err(format!("binding a UDP socket: {e}")))?;
+        if let Some(line) = buffers.shortfall() {
+            eprintln!("stile loadtest: {line}");
+        }
+        let endpoint = raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
             config: client,
             tls,
@@ -440,6 +453,21 @@ impl Tx {
 }
 
 impl Rx {
+    /// What the link's QUIC connection carried so far (`None` for other targets).
+    pub(crate) fn quic(&self) -> Option<QuicView> {
+        match self {
+            Rx::Quic { _conn: conn, .. } => {
+                let stats = conn.stats();
+                Some(QuicView {
+                    datagrams_sent: stats.udp_tx.datagrams,
+                    datagrams_received: stats.udp_rx.datagrams,
+                    packets_lost: stats.path.lost_packets,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Waits for answers and appends at least one to `out`. Cancel-safe: an answer read is
     /// never lost when the future is dropped.
     pub async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {

@@ -547,9 +547,24 @@ pub async fn connect_raw_on(
     open_with(endpoint, config, Some(quinn_config(config)?)).await
 }
 
-/// A client endpoint for [`connect_raw_on`], on a fresh UDP socket.
-pub fn raw_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
-    client_endpoint(config)
+/// A client endpoint for [`connect_raw_on`], on `socket` (bound already, for instance with
+/// larger kernel buffers than a plain bind gives).
+pub fn raw_endpoint_on(
+    socket: std::net::UdpSocket,
+    config: &ClientConfig,
+) -> Result<quinn::Endpoint, ClientError> {
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| ClientError::Connect {
+        node: config.node,
+        reason: format!("opening a QUIC endpoint: {e}"),
+    })?;
+    endpoint.set_default_client_config(quinn_config(config)?);
+    Ok(endpoint)
 }
 
 fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {

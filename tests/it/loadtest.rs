@@ -87,6 +87,7 @@ async fn every_scenario_in_process() {
             node.checkin_latency_us.is_none(),
             "no node in between: {r:?}"
         );
+        assert!(r.quic.is_none(), "no QUIC in between: {r:?}");
         if scenario != Scenario::Forged {
             assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
             assert!(node.records_per_sync.unwrap() >= 1.0, "{r:?}");
@@ -115,6 +116,13 @@ async fn every_scenario_against_a_node() {
             .checkin_latency_us
             .expect("the node timed its check-ins");
         assert!(own.p50 <= own.p99 && own.p99 <= own.p999, "{r:?}");
+        // What QUIC carried, both ways, and what it lost.
+        let quic = r.quic.expect("a run over QUIC counts its datagrams");
+        assert!(
+            quic.datagrams_sent > 0 && quic.datagrams_received > 0,
+            "{quic:?}"
+        );
+        assert!(quic.packets_lost <= quic.datagrams_sent, "{quic:?}");
         if scenario != Scenario::Forged {
             assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
         }

@@ -181,6 +181,16 @@ async fn node_metrics_move_by_exactly_what_the_gate_was_answered() {
     assert_eq!(get(&after, "stile_node_sync_mode{mode=\"none\"}"), 0.0);
     assert_eq!(get(&after, "stile_node_connections"), 2.0);
     assert_eq!(get(&after, "stile_node_tickets"), 3.0);
+    // The socket's buffers, at least what a plain socket gets, and its kernel drops (none
+    // at this load).
+    let plain = socket2::Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let (recv, send) = (
+        plain.recv_buffer_size().unwrap() as f64,
+        plain.send_buffer_size().unwrap() as f64,
+    );
+    assert!(get(&after, "stile_node_udp_buffer_bytes{direction=\"receive\"}") >= recv);
+    assert!(get(&after, "stile_node_udp_buffer_bytes{direction=\"send\"}") >= send);
+    assert_eq!(get(&after, "stile_node_udp_receive_drops_total"), 0.0);
 
     // The `metrics` request and `stats` tell the same story.
     let m = admin.metrics(op::CHECKIN).await.unwrap();

@@ -22,7 +22,7 @@ use stile_protocol::frame::{op, NodeMetrics as WireMetrics};
 use stile_protocol::OutcomeKind;
 use tokio::sync::{watch, Semaphore};
 
-use super::Shared;
+use super::{udp, Shared};
 use crate::metrics::{AtomicHistogram, LATENCY_EDGES_US};
 
 /// Request ops with a latency histogram: op byte − 1 is the index.
@@ -422,6 +422,25 @@ impl Collector for NodeCollector {
             "Open QUIC connections",
             &ConstGauge::new(shared.counters.connections.load(Ordering::Relaxed) as i64),
         )?;
+        if let Some(drops) = shared.udp_inode.and_then(udp::receive_drops) {
+            one(
+                &mut e,
+                "stile_node_udp_receive_drops",
+                "Datagrams the kernel dropped because the node's UDP receive buffer was full; \
+                 each is a request or acknowledgement QUIC must resend, late",
+                &ConstCounter::new(drops),
+            )?;
+        }
+        let mut g = e.encode_descriptor(
+            "stile_node_udp_buffer_bytes",
+            "Kernel buffer of the node's UDP socket, by direction (as SO_RCVBUF and SO_SNDBUF report)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let b = shared.udp_buffers;
+        for (direction, bytes) in [("receive", b.recv), ("send", b.send)] {
+            ConstGauge::new(bytes as i64).encode(g.encode_family(&[("direction", direction)])?)?;
+        }
         one(
             &mut e,
             "stile_node_tickets",

@@ -21,6 +21,7 @@ pub mod certs;
 mod conn;
 mod metrics;
 mod tls;
+pub mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -161,6 +162,9 @@ pub(crate) struct Shared {
     pub metrics: metrics::NodeMetrics,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
+    /// The UDP socket's buffers, and its number in `/proc/net/udp` (for its drops).
+    pub udp_buffers: udp::Buffers,
+    pub udp_inode: Option<u64>,
 }
 
 impl Shared {
@@ -212,12 +216,23 @@ impl Node {
     /// bound). Must run inside a tokio runtime.
     pub fn start(engine: Arc<Engine>, config: NodeConfig) -> Result<Node, NodeError> {
         let loaded = tls::load(&config.tls_dir, config.idle_timeout)?;
-        let endpoint = quinn::Endpoint::server(loaded.config, config.listen).map_err(|source| {
-            NodeError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let bind_err = |source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let (socket, udp_buffers) = udp::bind(config.listen).map_err(bind_err)?;
+        let udp_inode = udp::inode(&socket);
+        match udp_buffers.shortfall() {
+            Some(line) => tracing::warn!("{line}"),
+            None => tracing::debug!("UDP buffers: {udp_buffers:?}"),
+        }
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(loaded.config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 metrics::bind(addr).map_err(|source| NodeError::MetricsBind { addr, source })?,
@@ -235,6 +250,8 @@ impl Node {
             metrics: metrics::NodeMetrics::new(),
             started: Instant::now(),
             shutdown: shutdown_rx,
+            udp_buffers,
+            udp_inode,
         });
         let registry = Arc::new(metrics::registry(shared.clone()));
         let mut tasks = JoinSet::new();
