@@ -110,10 +110,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// The file a segment is prepared in before it is needed (see [`prepare_spare`]). Its name
 /// does not parse as a segment, so scans and tails never see it.
 pub const SPARE_NAME: &str = "next-segment.tmp";
-/// Zeros written per step while preparing a spare.
-const SPARE_STEP: usize = 1 << 20;
-/// Pause between steps, so preparing a spare never floods the disk the log syncs to.
-const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Zeros written (and synced) per step while preparing a spare. Small steps keep the log's
+/// own `fdatasync` from queueing behind a large flush: measured on the development disk
+/// with a spare being written beside a log syncing 2 KiB at a time, 1 MiB steps put 9 to
+/// 15 % of the log's sync time into syncs over 1.5 ms (1 to 1.4 % with no spare), 256 KiB
+/// steps 0.7 to 4 %.
+const SPARE_STEP: usize = 256 << 10;
+/// Pause between steps, so preparing a spare never floods the disk the log syncs to (at
+/// most about 25 MB/s: a 64 MiB segment in about 3 s).
+const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The path of the spare segment in `dir`.
 pub fn spare_path(dir: &Path) -> PathBuf {
