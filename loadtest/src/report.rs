@@ -82,6 +82,38 @@ pub struct RunReport {
     pub quic: Option<QuicView>,
 }
 
+impl RunReport {
+    /// What the figures point at, one sentence each: lost packets, and a client whose
+    /// latency is mostly its own (or the network's) rather than the node's.
+    pub fn notes(&self) -> Vec<String> {
+        let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+        let mut notes = Vec::new();
+        if let Some(q) = self.quic.filter(|q| q.packets_lost > 0) {
+            notes.push(format!(
+                "{} packets were lost and sent again; an answer behind one is late by a \
+                 loss-detection delay (are the UDP buffers short? see the README)",
+                q.packets_lost
+            ));
+        }
+        let node = self.node.as_ref().and_then(|n| n.checkin_latency_us);
+        if let Some(node) = node {
+            let client = self.latency_us.p50;
+            if client >= 1000 && client > 3 * node.p50 {
+                notes.push(format!(
+                    "the client's p50 ({}) is {:.0} times the node's ({}): most of the time \
+                     is spent in the tester and on the way, not in the node (the tester used \
+                     {:.0} % CPU)",
+                    ms(client),
+                    client as f64 / node.p50.max(1) as f64,
+                    ms(node.p50),
+                    self.client_cpu_percent
+                ));
+            }
+        }
+        notes
+    }
+}
+
 /// Datagrams of a run over QUIC, the warm-up included, from the gates' side.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct QuicView {
@@ -398,6 +430,9 @@ impl Report {
             if let Some(quic) = &r.quic {
                 out.push_str(&quic.text());
             }
+            for note in r.notes() {
+                out.push_str(&format!("  note: {note}\n"));
+            }
         }
         for q in &self.ratios {
             out.push_str(&format!(
@@ -406,5 +441,88 @@ impl Report {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(client_p50: u64, node_p50: Option<u64>, lost: Option<u64>) -> RunReport {
+        RunReport {
+            target: "quic://127.0.0.1:7443".into(),
+            sync: "always".into(),
+            mode: "open".into(),
+            shape: Some("flat".into()),
+            gates: 64,
+            inflight: 16,
+            requested_rate: Some(50_000.0),
+            requests: 500_000,
+            throughput_per_s: 50_000.0,
+            measured_s: 10.0,
+            warmup_excluded: true,
+            latency_us: Latency {
+                p50: client_p50,
+                p99: client_p50 * 3,
+                p999: client_p50 * 4,
+                max: client_p50 * 5,
+            },
+            outcomes: BTreeMap::new(),
+            errors: 0,
+            timeouts: 0,
+            double_admits: 0,
+            forged_admits: 0,
+            client_cpu_percent: 80.0,
+            percentiles: Vec::new(),
+            timeline: Vec::new(),
+            node: node_p50.map(|p50| NodeView {
+                checkin_latency_us: Some(Quantiles {
+                    p50,
+                    p99: p50 * 2,
+                    p999: p50 * 3,
+                }),
+                fsync_us: None,
+                syncs: 0,
+                records_per_sync: None,
+            }),
+            quic: lost.map(|packets_lost| QuicView {
+                datagrams_sent: 1000,
+                datagrams_received: 1000,
+                packets_lost,
+            }),
+        }
+    }
+
+    #[test]
+    fn notes_name_lost_packets_and_a_client_slower_than_the_node() {
+        let slow_client = run(16_000, Some(2_300), Some(0));
+        let notes = slow_client.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("16.0 ms") && notes[0].contains("2.3 ms"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("7 times"), "{notes:?}");
+
+        let lossy = run(2_500, Some(2_000), Some(42));
+        let notes = lossy.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("42 packets were lost"), "{notes:?}");
+
+        // Close to the node, nothing lost, or no node to compare with: nothing to say.
+        assert!(run(2_500, Some(2_000), Some(0)).notes().is_empty());
+        assert!(run(900, Some(100), Some(0)).notes().is_empty());
+        assert!(run(16_000, None, None).notes().is_empty());
+
+        let report = Report {
+            scenario: "stadium".into(),
+            seed: 1,
+            machine: Machine::this(),
+            runs: vec![slow_client],
+            ratios: Vec::new(),
+        };
+        assert!(report
+            .text()
+            .contains("\n  note: the client's p50 (16.0 ms)"));
     }
 }
