@@ -239,7 +239,7 @@ impl Target {
         let (socket, buffers) =
             udp::bind(bind).map_err(|e| err(format!("binding a UDP socket: {e}")))?;
         if let Some(line) = buffers.shortfall() {
-            eprintln!("stile loadtest: {line}");
+            tracing::warn!("{line}");
         }
         let endpoint = raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
