@@ -14,7 +14,9 @@ use stile_engine::{
     CheckinRequest, Durability, Engine, EngineConfig, EntryRule, Gate, GateOp, MintRequest, Policy,
     Presented, SystemClock, Validity, MINT_BATCH_MAX,
 };
-use stile_protocol::client::{connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientTls};
+use stile_protocol::client::{
+    bind_addr_for, connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientTls,
+};
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::histogram::Histogram;
 use stile_protocol::{CodeBytes, Outcome};
@@ -231,13 +233,8 @@ impl Target {
         }
         // Every gate's datagrams land in this one socket: give it room for bursts, as the
         // node has, so the tester does not lose what it measures.
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let (socket, buffers) =
-            udp::bind(bind).map_err(|e| err(format!("binding a UDP socket: {e}")))?;
+        let (socket, buffers) = udp::bind(bind_addr_for(addr))
+            .map_err(|e| err(format!("binding a UDP socket: {e}")))?;
         if let Some(line) = buffers.shortfall() {
             tracing::warn!("{line}");
         }

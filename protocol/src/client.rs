@@ -567,12 +567,17 @@ pub fn raw_endpoint_on(
     Ok(endpoint)
 }
 
-fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
-    let bind: SocketAddr = if config.node.is_ipv6() {
+/// The address a client binds to reach `node`: any local address of its family, any port.
+pub fn bind_addr_for(node: SocketAddr) -> SocketAddr {
+    if node.is_ipv6() {
         "[::]:0".parse().expect("literal")
     } else {
         "0.0.0.0:0".parse().expect("literal")
-    };
+    }
+}
+
+fn client_endpoint(config: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+    let bind = bind_addr_for(config.node);
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
         node: config.node,
         reason: format!("binding a UDP socket: {e}"),

@@ -612,19 +612,21 @@ impl Writer {
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
-    fn cut_zeros(&mut self) {
-        if self.file_zeroed > self.file_len {
-            if let Err(e) = self.file.set_len(self.file_len) {
-                fatal("truncating the log segment in", &self.dir, &e);
-            }
-            self.file_zeroed = self.file_len;
+    /// Whether there were any.
+    fn cut_zeros(&mut self) -> bool {
+        if self.file_zeroed <= self.file_len {
+            return false;
         }
+        if let Err(e) = self.file.set_len(self.file_len) {
+            fatal("truncating the log segment in", &self.dir, &e);
+        }
+        self.file_zeroed = self.file_len;
+        true
     }
 
     /// On close: the last segment ends at its last record, synced, and no spare is left.
     fn finish(&mut self) {
-        if self.file_zeroed > self.file_len {
-            self.cut_zeros();
+        if self.cut_zeros() {
             if let Err(e) = self.file.sync_data() {
                 fatal("fdatasync of the log", &self.dir, &e);
             }
