@@ -12,6 +12,10 @@
 //! contiguous run of sequence numbers it now has, and calls `fdatasync` once. Submissions
 //! beyond [`QUEUE_MAX_BYTES`] wait for room: a full queue pushes back on callers.
 //!
+//! **Wake-ups.** Submitters wake the writer only while it sleeps with nothing to do; in
+//! `batch` and `none` modes it first lingers (`LINGER`) so submissions gather without
+//! waking it at all (but for a queue past `URGENT_BYTES`).
+//!
 //! **Failure.** A failed write or `fdatasync` aborts the process: after a failed fsync the
 //! kernel may have dropped the dirty pages, so retrying could report lost data as durable.
 
@@ -37,6 +41,14 @@ use waiters::{Until, Waiters};
 pub const QUEUE_MAX_BYTES: usize = 64 << 20;
 /// Default fsync interval of `--sync batch`.
 pub const BATCH_INTERVAL_DEFAULT_MS: u32 = 10;
+/// How long the writer lets submissions gather before writing them, in `batch` and `none`
+/// modes (whose answers do not wait for the log): one wake-up per linger instead of one per
+/// submission. Measured on two shared cores, 64 connections with one check-in each: a node
+/// with `--sync none` answered 27 k/s waking the writer for every submission, 37 k/s with
+/// this.
+const LINGER: Duration = Duration::from_millis(2);
+/// Queued bytes past which a submitter wakes the writer even while it lingers.
+const URGENT_BYTES: usize = 1 << 20;
 
 /// When records reach the disk, and when answers go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +109,12 @@ struct Queue {
     bytes: usize,
     /// Set when the log closes.
     closing: bool,
+    /// The writer is asleep on `work` with nothing to do (submitters wake it only then, or
+    /// when the queue passes [`URGENT_BYTES`]: a wake-up costs a system call and a context
+    /// switch, and while the writer syncs or lingers there is no one to wake).
+    writer_asleep: bool,
+    /// Submitters asleep on `room`.
+    waiting_for_room: usize,
 }
 
 /// State shared by submitters, waiters and the writer.
@@ -333,11 +351,15 @@ impl Wal {
     fn submit(&self, sub: Submission) {
         let mut q = self.shared.queue.lock().expect("wal queue poisoned");
         while q.bytes > QUEUE_MAX_BYTES && !sub.bytes.is_empty() {
+            q.waiting_for_room += 1;
             q = self.shared.room.wait(q).expect("wal queue poisoned");
+            q.waiting_for_room -= 1;
         }
         q.bytes += sub.bytes.len();
         q.subs.push(sub);
-        self.shared.work.notify_one();
+        if q.writer_asleep || q.bytes > URGENT_BYTES {
+            self.shared.work.notify_one();
+        }
     }
 }
 
@@ -465,10 +487,30 @@ impl Writer {
             SyncMode::Batch { interval_ms } => Some(Duration::from_millis(u64::from(interval_ms))),
             _ => None,
         };
+        let linger = match self.shared.mode {
+            SyncMode::Always => None,
+            SyncMode::Batch { .. } => batch_interval.map(|d| d.min(LINGER)),
+            SyncMode::None => Some(LINGER),
+        };
         loop {
             let (subs, closing) = {
                 let mut q = self.shared.queue.lock().expect("wal queue poisoned");
+                if let Some(mut linger) = linger.filter(|_| q.subs.is_empty() && !q.closing) {
+                    // Submissions gather without waking this thread (but for a full queue);
+                    // only if none came does it sleep until the next one. A sync that is due
+                    // does not wait for the linger.
+                    if let Some(d) = batch_interval.filter(|_| self.synced_behind()) {
+                        linger = linger.min(d.saturating_sub(self.last_sync.elapsed()));
+                    }
+                    q = self
+                        .shared
+                        .work
+                        .wait_timeout(q, linger)
+                        .expect("wal queue poisoned")
+                        .0;
+                }
                 while q.subs.is_empty() && !q.closing {
+                    q.writer_asleep = true;
                     q = match batch_interval {
                         Some(d) => {
                             self.shared
@@ -479,12 +521,15 @@ impl Writer {
                         }
                         None => self.shared.work.wait(q).expect("wal queue poisoned"),
                     };
+                    q.writer_asleep = false;
                     if batch_interval.is_some() && self.synced_behind() {
                         break;
                     }
                 }
                 q.bytes = 0;
-                self.shared.room.notify_all();
+                if q.waiting_for_room > 0 {
+                    self.shared.room.notify_all();
+                }
                 (std::mem::take(&mut q.subs), q.closing)
             };
             for s in subs {
@@ -818,6 +863,97 @@ pub(crate) mod tests {
             at += len;
         }
         at
+    }
+
+    /// Runs `f` on a thread of its own and fails if it does not return within `limit` (a lost
+    /// wake-up would otherwise hang the test run).
+    fn within(limit: Duration, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(()) => worker.join().unwrap(),
+            Err(_) if worker.is_finished() => worker.join().unwrap(), // the panic, if any
+            Err(_) => panic!("not done within {limit:?}: a wake-up was lost"),
+        }
+    }
+
+    /// Submitters wake the writer only while it sleeps with nothing to do; racing that rule,
+    /// from many threads, never strands a submission: every one becomes durable.
+    #[test]
+    fn racing_submitters_are_all_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::start(dir.path(), 0, None, SyncMode::Always, 64 << 20).unwrap());
+        let w = wal.clone();
+        within(Duration::from_secs(60), move || {
+            std::thread::scope(|s| {
+                for t in 0..16u32 {
+                    let w = &w;
+                    s.spawn(move || {
+                        for i in 0..200 {
+                            let mut r = w.reserve(1);
+                            r.push(&state(t * 1000 + i));
+                            let d = r.submit();
+                            d.wait();
+                        }
+                    });
+                }
+            });
+        });
+        assert_eq!(wal.durable_seq(), 16 * 200);
+        assert_eq!(wal.stats().records, 16 * 200);
+    }
+
+    /// In `none` and `batch` modes the writer lingers instead of being woken for every
+    /// submission: what is submitted is still written promptly (well within a second), a
+    /// blocking waiter is released, and `batch` still syncs on its interval.
+    #[test]
+    fn lingering_writers_still_write_promptly() {
+        for mode in [SyncMode::None, SyncMode::Batch { interval_ms: 5 }] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = Arc::new(Wal::start(dir.path(), 0, None, mode, 64 << 20).unwrap());
+            let w = wal.clone();
+            within(Duration::from_secs(30), move || {
+                for round in 0..20u32 {
+                    if round % 2 == 1 {
+                        // Long enough for the writer to stop lingering and sleep.
+                        std::thread::sleep(LINGER * 3);
+                    }
+                    let mut r = w.reserve(1);
+                    r.push(&state(round));
+                    assert!(r.submit().is_ready(), "{mode:?} answers at once");
+                    let started = Instant::now();
+                    w.wait(u64::from(round) + 1);
+                    assert!(
+                        started.elapsed() < Duration::from_secs(1),
+                        "{mode:?}: written after {:?}",
+                        started.elapsed()
+                    );
+                    assert!(w.written_seq() > u64::from(round));
+                }
+            });
+            if matches!(mode, SyncMode::Batch { .. }) {
+                let started = Instant::now();
+                while wal.synced_seq() < 20 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "batch mode synced {} of 20",
+                        wal.synced_seq()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            wal.close();
+            let mut seen = 0;
+            segment::scan(dir.path(), 0, |_, _| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, 20, "{mode:?}: every record is in the log after close");
+        }
     }
 
     /// Segments prepared ahead are zeros past their records while live; closed segments end
