@@ -317,6 +317,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         None => (None, Vec::new()),
     };
     let mut receivers = Vec::with_capacity(gates.len());
+    let mut senders = Vec::with_capacity(gates.len());
     for (g, (items, (tx, rx))) in gates.into_iter().zip(links).enumerate() {
         let n = config.inflight;
         let gate = Arc::new(GateShared {
@@ -336,7 +337,13 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             received: Notify::new(),
         });
         let due = dues.get_mut(g).and_then(Option::take);
-        tokio::spawn(send_loop(tx, items, gate.clone(), shared.clone(), due));
+        senders.push(tokio::spawn(send_loop(
+            tx,
+            items,
+            gate.clone(),
+            shared.clone(),
+            due,
+        )));
         receivers.push(tokio::spawn(receive_loop(
             rx,
             gate,
@@ -378,6 +385,15 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         }
     }
     let elapsed = start.elapsed();
+    // Every answer is in. A sender may still wait for room or for its next due time; it
+    // holds a link, and so the target (for `inproc`, the engine and its temporary data
+    // dir): stop it and wait until it is gone, so that nothing of the run outlives `run`.
+    for s in &senders {
+        s.abort();
+    }
+    for s in senders {
+        let _ = s.await;
+    }
     if let Some(t) = ticker {
         t.abort();
     }
@@ -428,6 +444,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         first_reading.await.ok().flatten()
     } else {
         first_reading.abort();
+        let _ = first_reading.await;
         None
     };
     let node = match (first, target.reading().await) {
