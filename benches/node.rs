@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use stile_engine::node::{certs, Node, NodeConfig};
-use stile_engine::{Engine, EngineConfig, MintRequest, Policy, SyncMode, SystemClock};
+use stile_engine::{Engine, EngineConfig, Policy, SyncMode, SystemClock};
 use stile_protocol::client::{connect_raw, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, RawCode, Request, Response};
 use stile_protocol::OutcomeKind;
+
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -65,21 +67,7 @@ async fn run(sync: SyncMode, count: u64, inflight: usize) -> (f64, f64) {
     let engine =
         Engine::open(&dir.path().join("data"), config, Arc::new(SystemClock)).expect("engine");
     let policy = engine.add_policy(Policy::simple(1)).expect("policy");
-    let mut codes = Vec::with_capacity(count as usize);
-    let mut left = count as u32;
-    while left > 0 {
-        let n = left.min(1_000_000);
-        codes.extend(
-            engine
-                .mint(&MintRequest {
-                    policy,
-                    partition: 0,
-                    count: n,
-                })
-                .expect("mint"),
-        );
-        left -= n;
-    }
+    let codes = support::mint(&engine, policy, count as usize);
     let node = Node::start(
         Arc::new(engine),
         NodeConfig::new("127.0.0.1:0".parse().expect("addr"), tls.clone()),

@@ -21,12 +21,14 @@ use bytes::{Buf, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use stile_engine::node::{certs, udp, Node, NodeConfig};
-use stile_engine::{Engine, EngineConfig, MintRequest, Policy, SyncMode, SystemClock};
+use stile_engine::{Engine, EngineConfig, Policy, SyncMode, SystemClock};
 use stile_protocol::client::{
     bind_addr_for, connect_raw_on, raw_endpoint_on, ClientConfig, ClientTls,
 };
 use stile_protocol::frame::{split_frame, RawCode, Request, ALPN};
 use stile_protocol::CodeBytes;
+
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -117,20 +119,8 @@ fn main() {
         .expect("engine");
         let policy = engine.add_policy(Policy::simple(1)).expect("policy");
         // Enough for 200 k/s over the whole run; a code is never presented twice.
-        let want = (200_000.0 * (shape.warmup + shape.measure).as_secs_f64()) as u32 + 1024;
-        let mut codes = Vec::with_capacity(want as usize);
-        while codes.len() < want as usize {
-            let n = (want as usize - codes.len()).min(1_000_000) as u32;
-            codes.extend(
-                engine
-                    .mint(&MintRequest {
-                        policy,
-                        partition: 0,
-                        count: n,
-                    })
-                    .expect("mint"),
-            );
-        }
+        let want = (200_000.0 * (shape.warmup + shape.measure).as_secs_f64()) as usize + 1024;
+        let codes = support::mint(&engine, policy, want);
         let node = servers
             .block_on(async {
                 Node::start(
