@@ -47,8 +47,11 @@ pub const REPLAY_FANOUT: usize = 4;
 pub const RATE_MAX: f64 = 10_000_000.0;
 /// Most requests one gate writes at once.
 const SEND_BATCH_MAX: usize = 256;
-/// How often the open-loop pacer looks at the clock.
+/// The open-loop pacer's shortest sleep: at high rates it wakes this often and deals out
+/// everything due, instead of once per request.
 const PACER_TICK: Duration = Duration::from_micros(50);
+/// Its longest sleep, so that it notices the end and gates that went away.
+const PACER_SLEEP_MAX: Duration = Duration::from_millis(10);
 
 /// Why a run could not happen.
 #[derive(Debug, thiserror::Error)]
@@ -705,14 +708,27 @@ fn flush_second(run: &RunShared, second: &mut (usize, hdrhistogram::Histogram<u6
 
 /// The open-loop schedule, request `i` at gate `i mod G`: flat, request `i` is due at
 /// `start + i / rate`; peak, each request is due `1 / rate(t)` after the one before, with
-/// `rate(t)` the [`Shape::Peak`] curve. Runs on its own thread, looking at the clock every
-/// [`PACER_TICK`], until `end`.
+/// `rate(t)` the [`Shape::Peak`] curve. Runs on its own thread until `end`, sleeping until
+/// the next request is due (at least [`PACER_TICK`]): a pacer that woke on a fixed short tick
+/// cost the tester most of a core at low rates, taken from the node it measures.
 fn pace(
     rate: f64,
     shape: Shape,
     start: Instant,
     end: Instant,
     gates: Vec<mpsc::UnboundedSender<Instant>>,
+) {
+    pace_with(rate, shape, start, end, gates, std::thread::sleep)
+}
+
+/// [`pace`], sleeping with `sleep` (tests count the pacer's wake-ups).
+fn pace_with(
+    rate: f64,
+    shape: Shape,
+    start: Instant,
+    end: Instant,
+    gates: Vec<mpsc::UnboundedSender<Instant>>,
+    mut sleep: impl FnMut(Duration),
 ) {
     let nanos_per = 1e9 / rate;
     let span_ns = end.saturating_duration_since(start).as_nanos() as f64;
@@ -723,14 +739,14 @@ fn pace(
     let mut alive = vec![true; gates.len()];
     loop {
         let now = Instant::now();
-        loop {
+        let next_due = loop {
             let due_ns = match shape {
                 Shape::Flat => i as f64 * nanos_per,
                 Shape::Peak => next_ns,
             };
             let due = start + Duration::from_nanos(due_ns.round() as u64);
             if due > now || due >= end {
-                break;
+                break due.min(end);
             }
             let g = (i % gates.len() as u64) as usize;
             if alive[g] && gates[g].send(due).is_err() {
@@ -739,11 +755,12 @@ fn pace(
             }
             i += 1;
             next_ns += nanos_per / Shape::peak_share(next_ns / span_ns.max(1.0));
-        }
+        };
         if open == 0 || now >= end {
             return;
         }
-        std::thread::sleep(PACER_TICK);
+        let until_due = next_due.saturating_duration_since(Instant::now());
+        sleep(until_due.clamp(PACER_TICK, PACER_SLEEP_MAX));
     }
 }
 
@@ -808,6 +825,59 @@ mod tests {
         assert_eq!(all[0], start);
         for w in all.windows(2) {
             assert_eq!(w[1] - w[0], Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_pacer_sleeps_until_the_next_request_is_due() {
+        // 200/s for 300 ms: 60 requests. A pacer on a fixed 50 µs tick would wake thousands
+        // of times; one that sleeps until the next due time wakes about once per request,
+        // plus once per longest sleep on the way to the end.
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
+        let start = Instant::now();
+        let span = Duration::from_millis(300);
+        let mut sleeps = 0u32;
+        pace_with(200.0, Shape::Flat, start, start + span, txs, |d| {
+            sleeps += 1;
+            assert!(d >= PACER_TICK && d <= PACER_SLEEP_MAX, "{d:?}");
+            std::thread::sleep(d);
+        });
+        let sent: usize = rxs
+            .iter_mut()
+            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
+            .sum();
+        assert_eq!(sent, 60);
+        let most = sent as u32 + (span.as_millis() / PACER_SLEEP_MAX.as_millis()) as u32 + 2;
+        assert!(sleeps <= most, "{sleeps} sleeps for {sent} requests");
+        assert!(
+            sleeps >= sent as u32 / 2,
+            "{sleeps} sleeps for {sent} requests"
+        );
+    }
+
+    #[test]
+    fn the_pacer_deals_all_that_is_due_after_a_long_sleep() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::unbounded_channel()).unzip();
+        let start = Instant::now();
+        // Every sleep overshoots by 5 ms: requests pile up and go out together, still
+        // stamped with the times they were due.
+        pace_with(
+            2000.0,
+            Shape::Flat,
+            start,
+            start + Duration::from_millis(100),
+            txs,
+            |d| std::thread::sleep(d + Duration::from_millis(5)),
+        );
+        let mut all: Vec<Instant> = rxs
+            .iter_mut()
+            .flat_map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>())
+            .collect();
+        all.sort();
+        assert_eq!(all.len(), 200);
+        assert_eq!(all[0], start);
+        for w in all.windows(2) {
+            assert_eq!(w[1] - w[0], Duration::from_micros(500));
         }
     }
 }
