@@ -88,7 +88,7 @@ pub enum Presented<'a> {
 }
 
 /// Where an imported code's ticket lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TicketLoc {
     /// Partition id.
     pub partition: u16,
@@ -119,6 +119,10 @@ pub struct Engine {
     pub(crate) partitions: Box<[Option<Partition>]>,
     /// Imported codes: the full string (hashed with xxh3, compared in full) to its ticket.
     pub(crate) imported: DashMap<Box<str>, TicketLoc, Xxh3Builder>,
+    /// Transferred tickets to their successors' serials (same partition). Held for the whole
+    /// of a transfer, so transfers of one ticket are one at a time and a repeated transfer
+    /// answers the code the first one made.
+    pub(crate) successors: std::sync::Mutex<std::collections::HashMap<TicketLoc, u32>>,
     /// Recent state-changing scans per gate, for retries.
     pub(crate) scans: ScanMemory,
     /// Where time comes from.
@@ -189,6 +193,7 @@ impl Engine {
             policies: PolicyTable::default(),
             partitions: partitions.into_boxed_slice(),
             imported: DashMap::with_hasher(Xxh3Builder::new()),
+            successors: Default::default(),
             scans: ScanMemory::default(),
             clock,
             rotation_step_s: config.rotation_step_s,

@@ -54,6 +54,11 @@ fn apply(engine: &Engine, record: Record) -> Result<(), String> {
             set_state(engine, partition, old_serial, old_word, 0)?;
             let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(new_serial, 1)?;
+            engine
+                .successors
+                .lock()
+                .expect("successors poisoned")
+                .insert(TicketLoc { partition, serial: old_serial }, new_serial);
             publish_if_empty(engine, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
         }
         Record::Import { partition, first, policy, word, codes } => {

@@ -28,7 +28,9 @@ use crate::policy::{EntryRule, Policy, PolicyId, Validity};
 use crate::word::Word;
 
 const MAGIC: &[u8; 8] = b"STILESNP";
-const VERSION: u32 = 1;
+/// Version 2 added the transfers' successors; version 1 snapshots still load (without them:
+/// a ticket transferred before such a snapshot answers a repeated transfer as revoked).
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 28;
 
 /// A policy, as plain values.
@@ -62,6 +64,31 @@ struct SnapshotData {
     partitions: Vec<PartitionRows>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
+    /// Transferred tickets: partition, old serial, successor's serial.
+    successors: Vec<(u16, u32, u32)>,
+}
+
+/// The archive of version 1, which had no successors.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotDataV1 {
+    start_seq: u64,
+    policies: Vec<PolicyRow>,
+    partitions: Vec<PartitionRows>,
+    imported: Vec<(String, u16, u32)>,
+    keys: Vec<(u8, u8, [u8; 32])>,
+}
+
+impl From<SnapshotDataV1> for SnapshotData {
+    fn from(v1: SnapshotDataV1) -> Self {
+        SnapshotData {
+            start_seq: v1.start_seq,
+            policies: v1.policies,
+            partitions: v1.partitions,
+            imported: v1.imported,
+            keys: v1.keys,
+            successors: Vec::new(),
+        }
+    }
 }
 
 /// Why a snapshot could not be taken.
@@ -235,6 +262,7 @@ impl Engine {
             partitions,
             imported,
             keys,
+            successors: self.successors_list(),
         }
     }
 }
@@ -305,8 +333,9 @@ fn read(path: &Path) -> Result<SnapshotData, String> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err("not a stile snapshot".into());
     }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
-        return Err("unknown snapshot version".into());
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != 1 && version != VERSION {
+        return Err(format!("unknown snapshot version {version}"));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
     let sum = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes"));
@@ -316,6 +345,11 @@ fn read(path: &Path) -> Result<SnapshotData, String> {
     }
     let mut aligned = AlignedVec::<16>::with_capacity(len);
     aligned.extend_from_slice(payload);
+    if version == 1 {
+        return rkyv::from_bytes::<SnapshotDataV1, RkyvError>(&aligned)
+            .map(SnapshotData::from)
+            .map_err(|e| e.to_string());
+    }
     rkyv::from_bytes::<SnapshotData, RkyvError>(&aligned).map_err(|e| e.to_string())
 }
 
@@ -368,6 +402,11 @@ fn restore(engine: &Engine, data: &SnapshotData) -> Result<(), String> {
             }
         }
     }
+    let mut successors = engine.successors.lock().expect("successors poisoned");
+    for &(partition, serial, new) in &data.successors {
+        successors.insert(TicketLoc { partition, serial }, new);
+    }
+    drop(successors);
     for (code, partition, serial) in &data.imported {
         engine.imported.insert(
             code.clone().into_boxed_str(),
@@ -378,4 +417,95 @@ fn restore(engine: &Engine, data: &SnapshotData) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, Presented};
+    use crate::error::TicketError;
+    use crate::ops::mint::MintRequest;
+    use crate::ManualClock;
+    use std::sync::Arc;
+    use stile_protocol::CodeBytes;
+
+    /// An engine on `dir` with one transferred ticket, snapshotted after the transfer; the
+    /// snapshot, the old code and its successor.
+    fn transferred_then_snapshot(dir: &Path) -> (PathBuf, CodeBytes, CodeBytes) {
+        let e = open(dir);
+        let policy = e.add_policy(Policy::simple(1)).unwrap();
+        let codes = e
+            .mint(&MintRequest {
+                policy,
+                partition: 0,
+                count: 4,
+            })
+            .unwrap();
+        let new = e.transfer(&Presented::Code(codes[1])).unwrap();
+        let info = e.snapshot().unwrap();
+        (info.path, codes[1], new)
+    }
+
+    fn open(dir: &Path) -> Engine {
+        Engine::open(
+            dir,
+            EngineConfig::default(),
+            Arc::new(ManualClock::new(1_800_000_000)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn successors_survive_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, old, new) = transferred_then_snapshot(dir.path());
+        assert_eq!(read(&path).unwrap().successors.len(), 1);
+        let e = open(dir.path());
+        assert_eq!(e.recovered().records, 0, "all from the snapshot");
+        assert_eq!(e.dump().successors.len(), 1);
+        assert_eq!(e.transfer(&Presented::Code(old)).unwrap(), new);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, old, _) = transferred_then_snapshot(dir.path());
+        let before = open(dir.path()).dump();
+        // Rewrite the snapshot as version 1 wrote it: the same archive without successors.
+        let v2 = read(&path).unwrap();
+        let v1 = SnapshotDataV1 {
+            start_seq: v2.start_seq,
+            policies: v2.policies,
+            partitions: v2.partitions,
+            imported: v2.imported,
+            keys: v2.keys,
+        };
+        let payload = rkyv::to_bytes::<RkyvError>(&v1).unwrap();
+        let mut header = Vec::new();
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&1u32.to_le_bytes());
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
+        std::fs::write(&path, [header.as_slice(), payload.as_slice()].concat()).unwrap();
+        let e = open(dir.path());
+        let after = e.dump();
+        assert_eq!(after.slots, before.slots);
+        assert_eq!(after.reserved, before.reserved);
+        // The successor was recorded before the snapshot only: version 1 did not keep it.
+        assert!(after.successors.is_empty(), "{:?}", after.successors);
+        assert!(matches!(
+            e.transfer(&Presented::Code(old)),
+            Err(TicketError::NotTransferable(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, _) = transferred_then_snapshot(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap_err(), "unknown snapshot version 3");
+    }
 }

@@ -373,8 +373,15 @@ fn transfer_voids_old_keeps_counters_and_refuses_spent() {
     e.checkin(&req(G1, 4, new));
     let refused = e.transfer(&Presented::Code(new)).unwrap_err();
     assert!(refused.to_string().contains("already used"), "{refused}");
+    // Transferring the old code again answers the successor it was given, minting nothing:
+    // a caller whose first answer was lost asks again and gets the same code.
+    let minted = e.minted_tickets();
+    assert_eq!(e.transfer(&Presented::Code(codes[0])).unwrap(), new);
+    assert_eq!(e.minted_tickets(), minted);
+    // A revoked ticket was never transferred: it has no successor to answer.
+    e.revoke(&Presented::Code(codes[1])).unwrap();
     assert!(matches!(
-        e.transfer(&Presented::Code(codes[0])),
+        e.transfer(&Presented::Code(codes[1])),
         Err(TicketError::NotTransferable(_))
     ));
 }

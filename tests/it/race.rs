@@ -2,7 +2,7 @@
 
 use std::sync::Barrier;
 
-use stile_engine::{CheckinRequest, Gate, OutcomeKind, Policy};
+use stile_engine::{CheckinRequest, Gate, OutcomeKind, Policy, Presented};
 use stile_protocol::Outcome;
 
 use crate::support::{engine, mint};
@@ -140,4 +140,43 @@ fn racing_mixed_operations_lose_no_update() {
         .sum();
     // Per ticket changes stay under 256 here (3000 * 4 / 64 ops per ticket ~ 188).
     assert_eq!(versions, changes);
+}
+
+/// Threads transfer the same tickets at once: each ticket gets one successor, and every
+/// thread is answered its code.
+#[test]
+fn racing_transfers_of_one_ticket_make_one_successor() {
+    let (e, _) = engine();
+    let (_, codes) = mint(&e, Policy::simple(1), 64);
+    let minted = e.minted_tickets();
+    let barrier = Barrier::new(THREADS);
+    let answers: Vec<Vec<stile_protocol::CodeBytes>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (e, barrier, codes) = (&e, &barrier, &codes);
+                s.spawn(move || {
+                    barrier.wait();
+                    codes
+                        .iter()
+                        .map(|c| e.transfer(&Presented::Code(*c)).unwrap())
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for t in 1..THREADS {
+        assert_eq!(answers[t], answers[0], "thread {t}");
+    }
+    assert_eq!(e.minted_tickets(), minted + codes.len() as u64);
+    for (old, new) in codes.iter().zip(&answers[0]) {
+        assert_eq!(
+            e.status(&Presented::Code(*old)).unwrap().state_name(),
+            "revoked"
+        );
+        assert_eq!(
+            e.status(&Presented::Code(*new)).unwrap().state_name(),
+            "valid"
+        );
+    }
 }

@@ -32,11 +32,26 @@ pub struct EngineDump {
     pub slots: Vec<SlotDump>,
     /// Imported codes with their partition and serial, sorted by code.
     pub imported: Vec<(String, u16, u32)>,
+    /// Transferred tickets: partition, old serial, successor's serial; sorted.
+    pub successors: Vec<(u16, u32, u32)>,
     /// Key ids and statuses.
     pub keys: Vec<(u8, KeyStatus)>,
 }
 
 impl Engine {
+    /// Transferred tickets as (partition, old serial, successor's serial), sorted.
+    pub(crate) fn successors_list(&self) -> Vec<(u16, u32, u32)> {
+        let mut all: Vec<_> = self
+            .successors
+            .lock()
+            .expect("successors poisoned")
+            .iter()
+            .map(|(loc, new)| (loc.partition, loc.serial, *new))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Reads the whole state. Check-ins may go on meanwhile: each slot is read atomically,
     /// the whole is not a single instant.
     pub fn dump(&self) -> EngineDump {
@@ -76,6 +91,7 @@ impl Engine {
             .map(|e| (e.key().to_string(), e.partition, e.serial))
             .collect();
         d.imported.sort();
+        d.successors = self.successors_list();
         d
     }
 }

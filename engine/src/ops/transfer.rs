@@ -1,4 +1,6 @@
-//! Transfer: void the old code and mint a new one for the new holder, atomically.
+//! Transfer: void the old code and mint a new one for the new holder, atomically. A ticket
+//! transferred already answers its successor's code again, so a caller whose answer was lost
+//! (a dropped connection, a crash before the code was stored) asks again and loses nothing.
 
 use stile_protocol::{CodeBytes, OutcomeKind};
 
@@ -11,8 +13,9 @@ use crate::word::{to_epoch_s, Op, TicketState, Word};
 impl Engine {
     /// Voids the presented ticket and mints its successor (same policy and partition; entries
     /// already counted and the first-scan time carry over, so a transfer never refreshes a
-    /// ticket). Refused when the ticket is spent, inside, revoked or not genuine; then nothing
-    /// changes.
+    /// ticket). A ticket transferred before answers the code of the successor that transfer
+    /// made (signed afresh: a rotating code for the current step). Refused when the ticket is
+    /// spent, inside, revoked or not genuine; then nothing changes.
     pub fn transfer(&self, ticket: &Presented<'_>) -> Result<CodeBytes, TicketError> {
         let now = self.clock.now_unix_s();
         let at = self
@@ -24,6 +27,11 @@ impl Engine {
         let partition = self
             .partition(at.loc.partition)
             .expect("located tickets have partitions");
+        // Held to the end: a second transfer of this ticket waits, then finds the successor.
+        let mut successors = self.successors.lock().expect("successors poisoned");
+        if let Some(&serial) = successors.get(&at.loc) {
+            return Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)));
+        }
         // Reserve the new serial first: once the old ticket is void, nothing can fail.
         let serial = partition
             .reserve(1)
@@ -58,6 +66,7 @@ impl Engine {
             successor,
             first_scan,
         );
+        successors.insert(at.loc, serial);
         if let Some(mut log) = log {
             log.push(&Record::Transfer {
                 partition: at.loc.partition,
