@@ -8,9 +8,10 @@
 //!
 //! When the connection drops, the client reconnects with exponential backoff and resends
 //! every unanswered request that is safe to resend (gate scans carry their original scan id,
-//! which the node answers with the original outcome); mint and transfer fail with
-//! [`ClientError::ConnectionLost`] instead, since their outcome is unknown. A node that
-//! refuses the certificate ends the client: nothing is retried.
+//! which the node answers with the original outcome; a repeated transfer is answered with the
+//! successor the first one made); mint fails with [`ClientError::ConnectionLost`] instead,
+//! since its outcome is unknown. A node that refuses the certificate ends the client: nothing
+//! is retried.
 //!
 //! A gate checks a code's layout and provider before sending: a mistyped code is `forged`
 //! and another provider's ticket `wrong_provider` without a round trip.
@@ -60,7 +61,7 @@ pub enum ClientError {
     #[error("node refused this client: {0}")]
     Refused(String),
     /// The connection dropped before the answer came, and the request is not safe to
-    /// resend (mint, transfer): whether it happened is unknown; check with `status`.
+    /// resend (mint): whether it happened is unknown.
     #[error("connection lost before the answer; the request may or may not have happened")]
     ConnectionLost,
     /// The client was closed.
@@ -433,7 +434,8 @@ impl Client {
     }
 
     /// Transfers a ticket: the old code is void, the returned one is the new holder's
-    /// (admin).
+    /// (admin). Asking again for a ticket already transferred answers the same new code, so
+    /// a caller that lost the answer asks again.
     pub async fn transfer(&self, code: &CodeBytes) -> Result<CodeBytes, ClientError> {
         let req = Request::Transfer {
             code: RawCode::from(*code),

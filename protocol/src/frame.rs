@@ -741,9 +741,11 @@ impl Request {
 
     /// Whether resending it after a lost connection is safe: gate scans carry scan ids (the
     /// node answers a retry with the original outcome), reads change nothing, revoking twice
-    /// is revoking once (`ticket_key` is a read). Mint and transfer are not: a resend could make tickets twice.
+    /// is revoking once (`ticket_key` is a read), and a repeated transfer is answered with the
+    /// successor the first one made. Mint is not: a resend could make tickets twice.
     pub fn is_retry_safe(&self) -> bool {
-        !matches!(self, Request::Mint(_) | Request::Transfer { .. })
+        // A transfer is: the node answers a repeated one with the successor it made first.
+        !matches!(self, Request::Mint(_))
     }
 
     fn payload_len(&self) -> usize {

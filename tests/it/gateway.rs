@@ -265,6 +265,81 @@ fn decode_qr_png(png_bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The gateway's transfer is two steps: the node voids the old code and mints the new one,
+/// then the database stores the new one. A crash (or a lost answer) between them left the
+/// old code void and the new one nowhere. The node now answers a repeated transfer with the
+/// same successor, so asking the gateway again completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_the_node_made_but_the_gateway_never_stored_completes_on_retry() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"seats": ["B1", "B2"]})).await;
+    let res = f
+        .book(
+            "key-x",
+            json!({"event": event, "payment_ref": "p", "tickets": [
+                {"seat": "B1", "holder": {"name": "Ada"}},
+                {"seat": "B2", "holder": {"name": "Bob"}}]}),
+        )
+        .await;
+    let (s, booking) = json_of(res).await;
+    assert_eq!(s, 201, "{booking}");
+    let old = booking["tickets"][0]["code"].as_str().unwrap().to_string();
+
+    // The node's half of a transfer, as if the gateway then crashed before its commit.
+    let admin = stile_protocol::client::Client::connect(stile_protocol::client::ClientConfig::new(
+        f.node.addr,
+        admin_tls(&f.node.tls),
+    ))
+    .await
+    .unwrap();
+    let made = admin
+        .transfer(&stile_protocol::CodeBytes::parse(&old).unwrap())
+        .await
+        .unwrap();
+    let (_, o) = f.get(&format!("/v1/tickets/{old}")).await;
+    assert!(o["successor"].is_null(), "{o}");
+
+    let (s, moved) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "Grace Hopper"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{moved}");
+    let new = moved["ticket"]["code"].as_str().unwrap().to_string();
+    assert_eq!(new, made.to_text().as_str(), "the code the node made first");
+    assert_eq!(moved["ticket"]["holder"], "Grace Hopper");
+    let (_, o) = f.get(&format!("/v1/tickets/{old}")).await;
+    assert_eq!(o["successor"], new.as_str(), "{o}");
+    let (_, n) = f.get(&format!("/v1/tickets/{new}")).await;
+    assert_eq!(n["state"], "valid", "{n}");
+    // Done now: a further transfer is refused.
+    let (s, _) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "X"}}),
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    // Two requests for one ticket at once: the node answers both with one successor, and
+    // exactly one of them stores it.
+    let other = booking["tickets"][1]["code"].as_str().unwrap().to_string();
+    let path = format!("/v1/tickets/{other}/transfer");
+    let (a, b) = tokio::join!(
+        f.post(&path, json!({"holder": {"name": "Carol"}})),
+        f.post(&path, json!({"holder": {"name": "Dave"}})),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} {}", a.1, b.1);
+    let won = if a.0 == 201 { &a.1 } else { &b.1 };
+    let (_, o) = f.get(&format!("/v1/tickets/{other}")).await;
+    assert_eq!(o["successor"], won["ticket"]["code"], "{o}");
+    drop(admin);
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn book_qr_checkin_status_transfer_round_trip() {
     let f = Fixture::start().await;

@@ -503,6 +503,8 @@ async fn transfer_inner(
         }
     }
     let (_, client) = app.nodes.for_provider(t.bytes.provider()).await?;
+    // The node answers a ticket it transferred before with that successor's code: a transfer
+    // whose answer was lost, or whose commit below never happened (a crash), completes now.
     let bytes = client.transfer(&t.bytes).await.map_err(|e| match e {
         stile_protocol::client::ClientError::Node { message, .. } => {
             Problem::conflict(format!("the node refused the transfer: {message}"))
@@ -523,10 +525,19 @@ async fn transfer_inner(
     app.db
         .call(move |c| -> Result<(), Problem> {
             let tx = c.transaction()?;
-            tx.execute(
-                "UPDATE tickets SET successor = ?2, last_state = 'revoked' WHERE code = ?1",
+            let changed = tx.execute(
+                "UPDATE tickets SET successor = ?2, last_state = 'revoked' \
+                 WHERE code = ?1 AND successor IS NULL",
                 params![old.code, new.code],
             )?;
+            if changed == 0 {
+                // A racing request for the same ticket committed first (the node answered
+                // both with the one successor).
+                return Err(Problem::conflict(format!(
+                    "ticket {} was already transferred",
+                    old.code
+                )));
+            }
             super::bookings::insert_ticket(
                 &tx, old.booking, &old.event, old.seat.as_deref(), &holder, account, &new,
                 Some(&old.code),
