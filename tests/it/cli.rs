@@ -79,6 +79,26 @@ fn up_mint_check_from_the_command_line() {
     assert_eq!(lines[0]["gate"], 1);
     assert_eq!(lines[1]["outcome"], "forged");
 
+    // Transfer: OLD<TAB>NEW; asked again (say, after a lost answer), the same NEW.
+    let moved = stile(&data, &addr, &["transfer", codes[1]]);
+    assert!(moved.status.success(), "{moved:?}");
+    let line = String::from_utf8(moved.stdout).unwrap();
+    let (old, new) = line.trim_end().split_once('\t').unwrap();
+    assert_eq!(old, codes[1]);
+    stile_protocol::CodeBytes::parse(new).unwrap();
+    let again = stile(&data, &addr, &["transfer", codes[1]]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), line);
+    let status = stile(&data, &addr, &["status", codes[1], new]);
+    let out = String::from_utf8(status.stdout).unwrap();
+    let states: Vec<&str> = out.lines().map(|l| l.split('\t').nth(1).unwrap()).collect();
+    assert_eq!(states, ["revoked", "valid"], "{out}");
+    // A revoked ticket has no successor: transferring it is refused (exit 2).
+    let revoked = stile(&data, &addr, &["revoke", codes[2]]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let refused = stile(&data, &addr, &["transfer", codes[2]]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+
     // A stopped node: a clear error, exit 1.
     // SAFETY: kill(2) on our own child with a valid signal number.
     assert_eq!(unsafe { libc::kill(up.id() as i32, libc::SIGTERM) }, 0);
@@ -86,7 +106,7 @@ fn up_mint_check_from_the_command_line() {
         up.wait().unwrap().success(),
         "SIGTERM ends stile up cleanly"
     );
-    let down = stile(&data, &addr, &["check", codes[1]]);
+    let down = stile(&data, &addr, &["check", codes[0]]);
     assert_eq!(down.status.code(), Some(1));
     let msg = String::from_utf8(down.stderr).unwrap();
     assert!(msg.starts_with("stile: "), "{msg}");
