@@ -21,18 +21,9 @@ mod support;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let count = arg("--count", 2_000_000);
-    let inflight = arg("--inflight", 1024);
+    let count = support::arg("--count", 2_000_000);
+    let inflight = support::arg("--inflight", 1024);
     // `cargo bench` passes `--bench`; `cargo test --benches` would not: run a smoke size then.
     let count = if std::env::args().any(|a| a == "--bench") {
         count

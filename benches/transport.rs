@@ -42,15 +42,6 @@ fn wanted(name: &str) -> bool {
     }
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What one run measures.
 struct Shape {
     gates: usize,
@@ -62,11 +53,11 @@ struct Shape {
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let shape = Shape {
-        gates: arg("--gates", 64) as usize,
-        inflight: arg("--inflight", 1) as usize,
+        gates: support::arg("--gates", 64) as usize,
+        inflight: support::arg("--inflight", 1) as usize,
         warmup: Duration::from_secs(if bench { 1 } else { 0 }),
         measure: if bench {
-            Duration::from_secs(arg("--secs", 5))
+            Duration::from_secs(support::arg("--secs", 5))
         } else {
             Duration::from_millis(300)
         },

@@ -797,23 +797,32 @@ fn cpu_time() -> Duration {
 mod tests {
     use super::*;
 
+    /// Runs a pacer over `gates` gates' channels; the due times each gate was dealt.
+    pub(super) fn paced(
+        gates: usize,
+        pacer: impl FnOnce(Vec<mpsc::UnboundedSender<Instant>>),
+    ) -> Vec<Vec<Instant>> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..gates).map(|_| mpsc::unbounded_channel()).unzip();
+        pacer(txs);
+        rxs.into_iter()
+            .map(|mut rx| std::iter::from_fn(|| rx.try_recv().ok()).collect())
+            .collect()
+    }
+
     #[test]
     fn the_pacer_spaces_requests_evenly_and_deals_them_round_robin() {
-        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..4).map(|_| mpsc::unbounded_channel()).unzip();
         let start = Instant::now();
-        pace(
-            1000.0,
-            Shape::Flat,
-            start,
-            start + Duration::from_millis(100),
-            txs,
-        );
+        let per_gate = paced(4, |txs| {
+            pace(
+                1000.0,
+                Shape::Flat,
+                start,
+                start + Duration::from_millis(100),
+                txs,
+            )
+        });
         let mut all = Vec::new();
-        for (g, rx) in rxs.iter_mut().enumerate() {
-            let mut mine = Vec::new();
-            while let Ok(t) = rx.try_recv() {
-                mine.push(t);
-            }
+        for (g, mine) in per_gate.into_iter().enumerate() {
             assert_eq!(mine.len(), 25, "gate {g}");
             for w in mine.windows(2) {
                 assert_eq!(w[1] - w[0], Duration::from_millis(4), "gate {g}");
@@ -833,19 +842,17 @@ mod tests {
         // 200/s for 300 ms: 60 requests. A pacer on a fixed 50 µs tick would wake thousands
         // of times; one that sleeps until the next due time wakes about once per request,
         // plus once per longest sleep on the way to the end.
-        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
         let start = Instant::now();
         let span = Duration::from_millis(300);
         let mut sleeps = 0u32;
-        pace_with(200.0, Shape::Flat, start, start + span, txs, |d| {
-            sleeps += 1;
-            assert!(d >= PACER_TICK && d <= PACER_SLEEP_MAX, "{d:?}");
-            std::thread::sleep(d);
+        let per_gate = paced(2, |txs| {
+            pace_with(200.0, Shape::Flat, start, start + span, txs, |d| {
+                sleeps += 1;
+                assert!(d >= PACER_TICK && d <= PACER_SLEEP_MAX, "{d:?}");
+                std::thread::sleep(d);
+            })
         });
-        let sent: usize = rxs
-            .iter_mut()
-            .map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count())
-            .sum();
+        let sent: usize = per_gate.iter().map(Vec::len).sum();
         assert_eq!(sent, 60);
         let most = sent as u32 + (span.as_millis() / PACER_SLEEP_MAX.as_millis()) as u32 + 2;
         assert!(sleeps <= most, "{sleeps} sleeps for {sent} requests");
@@ -853,22 +860,20 @@ mod tests {
 
     #[test]
     fn the_pacer_deals_all_that_is_due_after_a_long_sleep() {
-        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::unbounded_channel()).unzip();
         let start = Instant::now();
         // Every sleep overshoots by 5 ms: requests pile up and go out together, still
         // stamped with the times they were due.
-        pace_with(
-            2000.0,
-            Shape::Flat,
-            start,
-            start + Duration::from_millis(100),
-            txs,
-            |d| std::thread::sleep(d + Duration::from_millis(5)),
-        );
-        let mut all: Vec<Instant> = rxs
-            .iter_mut()
-            .flat_map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>())
-            .collect();
+        let per_gate = paced(3, |txs| {
+            pace_with(
+                2000.0,
+                Shape::Flat,
+                start,
+                start + Duration::from_millis(100),
+                txs,
+                |d| std::thread::sleep(d + Duration::from_millis(5)),
+            )
+        });
+        let mut all: Vec<Instant> = per_gate.into_iter().flatten().collect();
         all.sort();
         assert_eq!(all.len(), 200);
         assert_eq!(all[0], start);
@@ -894,16 +899,15 @@ mod shape_tests {
 
     #[test]
     fn a_peaked_schedule_sends_fewer_at_the_edges_than_in_the_middle() {
-        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
         let start = Instant::now();
         let span = Duration::from_millis(200);
-        pace(10_000.0, Shape::Peak, start, start + span, txs);
-        let mut all = Vec::new();
-        for rx in rxs.iter_mut() {
-            while let Ok(t) = rx.try_recv() {
-                all.push(t - start);
-            }
-        }
+        let all: Vec<Duration> = super::tests::paced(2, |txs| {
+            pace(10_000.0, Shape::Peak, start, start + span, txs)
+        })
+        .into_iter()
+        .flatten()
+        .map(|t| t - start)
+        .collect();
         let in_fifth = |k: u32| {
             all.iter()
                 .filter(|d| **d >= span * k / 5 && **d < span * (k + 1) / 5)

@@ -286,12 +286,7 @@ async fn a_transfer_the_node_made_but_the_gateway_never_stored_completes_on_retr
     let old = booking["tickets"][0]["code"].as_str().unwrap().to_string();
 
     // The node's half of a transfer, as if the gateway then crashed before its commit.
-    let admin = stile_protocol::client::Client::connect(stile_protocol::client::ClientConfig::new(
-        f.node.addr,
-        admin_tls(&f.node.tls),
-    ))
-    .await
-    .unwrap();
+    let admin = f.node.client("admin-admin").await;
     let made = admin
         .transfer(&stile_protocol::CodeBytes::parse(&old).unwrap())
         .await
