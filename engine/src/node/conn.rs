@@ -277,18 +277,8 @@ async fn write_loop(
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
     // When and what each write's answers were asked for, for the latency histograms.
     let mut written: Vec<(Instant, OpTally)> = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        let mut freed = 0;
-        let mut next = Some(first);
-        while let Some(o) = next.take() {
-            o.after.wait_async().await;
-            out.extend_from_slice(&o.bytes);
-            freed += o.slots;
-            written.push((o.read_at, o.ops));
-            if out.len() < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
+    let mut held = None;
+    while let Some(freed) = gather(&mut rx, &mut held, &mut out, &mut written).await {
         if send.write_all(&out).await.is_err() {
             // The peer is gone: nothing more goes out, and what it asked leaves flight.
             rx.close();
@@ -296,7 +286,11 @@ async fn write_loop(
             for (_, ops) in written.drain(..) {
                 m.dropped(ops.iter().sum());
             }
-            while let Ok(o) = rx.try_recv() {
+            for o in held
+                .take()
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
                 m.dropped(o.ops.iter().sum());
             }
             return;
@@ -313,6 +307,45 @@ async fn write_loop(
     if send.finish().is_ok() {
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
     }
+}
+
+/// Gathers the answers of the next write into `out` and returns the in-flight slots they
+/// free; `None` once the stream's reader is done and every answer is written.
+///
+/// The first answer waits for the log. Those queued behind it join the write only if they may
+/// already go out; the first that may not is `held` for the next write. Answers made durable
+/// by one sync thus leave together, and never wait behind a later batch's sync: under steady
+/// traffic the queue is never empty, and waiting on each answer in turn held durable answers
+/// back for several syncs.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<Out>,
+    held: &mut Option<Out>,
+    out: &mut BytesMut,
+    written: &mut Vec<(Instant, OpTally)>,
+) -> Option<u32> {
+    let first = match held.take() {
+        Some(o) => o,
+        None => rx.recv().await?,
+    };
+    let mut first = first;
+    std::mem::replace(&mut first.after, Durability::READY)
+        .wait_async()
+        .await;
+    let mut freed = 0;
+    let mut next = Some(first);
+    while let Some(o) = next.take() {
+        out.extend_from_slice(&o.bytes);
+        freed += o.slots;
+        written.push((o.read_at, o.ops));
+        if out.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(o) if o.after.is_ready() => next = Some(o),
+                Ok(o) => *held = Some(o),
+                Err(_) => {}
+            }
+        }
+    }
+    Some(freed)
 }
 
 fn error(code: u16, message: impl Into<String>) -> Response {
@@ -926,5 +959,79 @@ async fn subscribe(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wal::{SyncMode, Wal};
+
+    fn answer(byte: u8, after: Durability) -> Out {
+        Out {
+            bytes: BytesMut::from(&[byte][..]),
+            after,
+            slots: 1,
+            read_at: Instant::now(),
+            ops: one_op(stile_protocol::frame::op::CHECKIN),
+        }
+    }
+
+    /// An answer already durable goes out at once, though answers queued behind it still
+    /// wait for the log; those join the next write together once their sync is done.
+    #[tokio::test]
+    async fn durable_answers_do_not_wait_behind_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 << 20).unwrap();
+        // Number 0 reserved and not yet submitted: number 1 cannot be durable before it.
+        let gap = wal.reserve(1);
+        let mut later = wal.reserve(1);
+        later.push(&crate::wal::tests::state(1));
+        let pending = later.submit();
+        assert!(!pending.is_ready());
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(answer(1, Durability::READY)).unwrap();
+        tx.send(answer(2, pending)).unwrap();
+        tx.send(answer(3, Durability::READY)).unwrap();
+        let (mut held, mut out, mut written) = (None, BytesMut::new(), Vec::new());
+        let freed = tokio::time::timeout(
+            Duration::from_secs(10),
+            gather(&mut rx, &mut held, &mut out, &mut written),
+        )
+        .await
+        .expect("a durable answer waited for a later one's sync");
+        assert_eq!((freed, &out[..]), (Some(1), &[1u8][..]));
+        assert!(
+            held.is_some(),
+            "the answer still waiting is kept for the next write"
+        );
+
+        out.clear();
+        let freed = {
+            let next = gather(&mut rx, &mut held, &mut out, &mut written);
+            tokio::pin!(next);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut next)
+                    .await
+                    .is_err(),
+                "an answer went out before its log was durable"
+            );
+            drop(gap);
+            tokio::time::timeout(Duration::from_secs(10), next)
+                .await
+                .expect("answers stayed back after their sync")
+        };
+        assert_eq!((freed, &out[..]), (Some(2), &[2u8, 3][..]));
+        assert_eq!(written.len(), 3);
+
+        drop(tx);
+        out.clear();
+        assert_eq!(
+            gather(&mut rx, &mut held, &mut out, &mut written).await,
+            None
+        );
     }
 }
