@@ -110,9 +110,28 @@ impl RunReport {
                 ));
             }
         }
+        if let Some(n) = &self.node {
+            if let Some(slow) = n
+                .slow_sync_percent
+                .filter(|&p| p >= SLOW_SHARE_NOTE_PERCENT)
+            {
+                notes.push(format!(
+                    "the log spent {slow:.1} % of the measured time in {} syncs of {} ms or \
+                     more: a check-in that arrives during one waits for the rest of it and \
+                     then for its own sync, so at 1 % of the time or more the disk reaches the \
+                     p99 (here {})",
+                    n.slow_syncs,
+                    SLOW_SYNC_US / 1000,
+                    ms(self.latency_us.p99)
+                ));
+            }
+        }
         notes
     }
 }
+
+/// Share of the measured time in slow syncs from which the summary names them, percent.
+const SLOW_SHARE_NOTE_PERCENT: f64 = 1.0;
 
 /// Datagrams of a run over QUIC, the warm-up included, from the gates' side.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -157,6 +176,31 @@ pub struct NodeView {
     pub syncs: u64,
     /// Records each sync made durable, on average.
     pub records_per_sync: Option<f64>,
+    /// Share of the measured time the log spent in `fdatasync`, percent (absent without a
+    /// sync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_busy_percent: Option<f64>,
+    /// Syncs of [`SLOW_SYNC_US`] or longer.
+    pub slow_syncs: u64,
+    /// Share of the measured time the log spent in those slow syncs, percent (estimated from
+    /// the histogram's buckets, each at most 3 % wide). Every check-in that arrives during
+    /// one waits for it and then for its own sync, so this share, not the slow syncs' count,
+    /// is what reaches the latency percentiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_sync_percent: Option<f64>,
+}
+
+/// A sync this long or longer counts as slow (microseconds): 5 ms, the open-loop p999 target.
+pub const SLOW_SYNC_US: u64 = 5_000;
+
+/// Time spent in syncs of `from_us` or longer, microseconds, by the middle of each bucket.
+fn time_in_syncs_from(h: &stile_protocol::histogram::Histogram, from_us: u64) -> f64 {
+    h.buckets
+        .iter()
+        .map(|&(i, n)| (stile_protocol::histogram::bucket_range(usize::from(i)), n))
+        .filter(|&((low, _), _)| low >= from_us)
+        .map(|((low, high), n)| (low + high) as f64 / 2.0 * n as f64)
+        .sum()
 }
 
 /// Percentiles of a node's histogram (absent where it counted nothing).
@@ -192,11 +236,29 @@ impl NodeView {
             (Some(b), Some(a)) => Quantiles::of(&a.since(b)),
             _ => None,
         };
+        let fsync = after.fsync_us.since(&before.fsync_us);
+        let elapsed_us = after.at.saturating_duration_since(before.at).as_micros() as f64;
+        let share =
+            |us: f64| (fsync.count() > 0 && elapsed_us > 0.0).then(|| us / elapsed_us * 100.0);
+        let slow_syncs = fsync
+            .buckets
+            .iter()
+            .filter(|&&(i, _)| {
+                stile_protocol::histogram::bucket_range(usize::from(i)).0 >= SLOW_SYNC_US
+            })
+            .map(|&(_, n)| n)
+            .sum();
         NodeView {
             checkin_latency_us: checkin,
-            fsync_us: Quantiles::of(&after.fsync_us.since(&before.fsync_us)),
+            fsync_us: Quantiles::of(&fsync),
             syncs,
             records_per_sync: (syncs > 0).then(|| records as f64 / syncs as f64),
+            fsync_busy_percent: share(fsync.sum as f64),
+            slow_syncs,
+            // An estimate by buckets: never more than the exact time in all syncs.
+            slow_sync_percent: share(
+                time_in_syncs_from(&fsync, SLOW_SYNC_US).min(fsync.sum as f64),
+            ),
         }
     }
 
@@ -218,6 +280,13 @@ impl NodeView {
         .collect();
         if let Some(r) = self.records_per_sync {
             parts.push(format!("{} syncs, {r:.1} records/sync", self.syncs));
+        }
+        if let (Some(busy), Some(slow)) = (self.fsync_busy_percent, self.slow_sync_percent) {
+            parts.push(format!(
+                "in fdatasync {busy:.0} % of the time, {slow:.1} % in {} syncs of {} ms or more",
+                self.slow_syncs,
+                SLOW_SYNC_US / 1000
+            ));
         }
         format!("  its own view: {}\n", parts.join(";  "))
     }
@@ -484,6 +553,9 @@ mod tests {
                 fsync_us: None,
                 syncs: 0,
                 records_per_sync: None,
+                fsync_busy_percent: None,
+                slow_syncs: 0,
+                slow_sync_percent: None,
             }),
             quic: lost.map(|packets_lost| QuicView {
                 datagrams_sent: 1000,
@@ -524,5 +596,75 @@ mod tests {
         assert!(report
             .text()
             .contains("\n  note: the client's p50 (16.0 ms)"));
+    }
+
+    /// A reading of a log that made `syncs` syncs of each length (microseconds) since it
+    /// started, read `at`.
+    fn reading(syncs: &[(u64, u64)], at: std::time::Instant) -> crate::target::NodeReading {
+        use stile_protocol::histogram::bucket_of;
+        let mut buckets: Vec<(u16, u64)> = syncs
+            .iter()
+            .map(|&(us, n)| (bucket_of(us) as u16, n))
+            .collect();
+        buckets.sort_unstable();
+        crate::target::NodeReading {
+            checkin_us: None,
+            fsync_us: stile_protocol::histogram::Histogram {
+                sum: syncs.iter().map(|&(us, n)| us * n).sum(),
+                buckets,
+            },
+            syncs: syncs.iter().map(|&(_, n)| n).sum(),
+            records: 0,
+            at,
+        }
+    }
+
+    /// The own view counts the time in syncs between two readings against the time between
+    /// them, and the share in slow ones apart; a run with that share at 1 % or more gets a
+    /// note that names the disk.
+    #[test]
+    fn the_view_weighs_slow_syncs_by_the_time_they_took() {
+        let t0 = std::time::Instant::now();
+        let before = reading(&[(200, 1_000), (12_000, 1)], t0);
+        // One second later: 4,000 more syncs of 0.2 ms (0.8 s), 3 more of 12 ms and 2 of
+        // 40 ms (0.116 s): 91.6 % of the time in syncs, 11.6 % in slow ones. One of 4 ms is
+        // not slow.
+        let after = reading(
+            &[(200, 5_000), (4_000, 1), (12_000, 4), (40_000, 2)],
+            t0 + std::time::Duration::from_secs(1),
+        );
+        let v = NodeView::between(&before, &after);
+        let busy = v.fsync_busy_percent.unwrap();
+        assert!((busy - 92.0).abs() < 0.01, "{v:?}");
+        assert_eq!(v.slow_syncs, 5, "{v:?}");
+        let slow = v.slow_sync_percent.unwrap();
+        assert!((slow - 11.6).abs() < 11.6 * 0.02, "{v:?}");
+        assert!(
+            v.text()
+                .contains(&format!("{slow:.1} % in 5 syncs of 5 ms or more")),
+            "{}",
+            v.text()
+        );
+
+        let mut r = run(2_500, Some(2_000), Some(0));
+        r.node = Some(v);
+        let notes = r.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(&format!(
+                "the log spent {slow:.1} % of the measured time in 5 syncs of 5 ms"
+            )),
+            "{notes:?}"
+        );
+
+        // Fast syncs only: no share in slow ones, no note.
+        let quiet = reading(&[(200, 2_000)], t0 + std::time::Duration::from_secs(1));
+        let v = NodeView::between(&reading(&[], t0), &quiet);
+        assert_eq!((v.slow_syncs, v.slow_sync_percent), (0, Some(0.0)));
+        r.node = Some(v);
+        assert!(r.notes().is_empty(), "{:?}", r.notes());
+        // No sync at all (a log that never synced): no shares.
+        let v = NodeView::between(&reading(&[], t0), &reading(&[], t0));
+        assert_eq!((v.fsync_busy_percent, v.slow_sync_percent), (None, None));
     }
 }

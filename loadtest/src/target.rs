@@ -86,6 +86,8 @@ pub struct NodeReading {
     pub syncs: u64,
     /// Records logged so far.
     pub records: u64,
+    /// When it was read.
+    pub at: std::time::Instant,
 }
 
 /// A node: an admin connection for minting; the gates connect on their own.
@@ -320,6 +322,7 @@ impl Target {
                     fsync_us: wal.sync_latency_us().snapshot(),
                     syncs: stats.syncs,
                     records: stats.records,
+                    at: std::time::Instant::now(),
                 })
             }
             Target::Quic(q) => {
@@ -334,6 +337,7 @@ impl Target {
                     fsync_us: metrics.fsync_us,
                     syncs: stats.wal_syncs,
                     records: stats.wal_records,
+                    at: std::time::Instant::now(),
                 })
             }
             Target::Redis(_) => None,

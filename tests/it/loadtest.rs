@@ -125,6 +125,12 @@ async fn every_scenario_against_a_node() {
         assert!(quic.packets_lost <= quic.datagrams_sent, "{quic:?}");
         if scenario != Scenario::Forged {
             assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
+            let busy = node.fsync_busy_percent.expect("time in syncs");
+            assert!(busy > 0.0, "{r:?}");
+            assert!(
+                (0.0..=busy).contains(&node.slow_sync_percent.unwrap()),
+                "{r:?}"
+            );
         }
     }
     // The tester issued itself gate certificates from the node's CA.
@@ -213,7 +219,13 @@ fn command_line_json_has_the_documented_shape() {
         run["node"]["records_per_sync"].as_f64().unwrap() >= 1.0,
         "{run}"
     );
+    // How much of the measured time the log spent syncing, and in slow syncs.
+    let busy = run["node"]["fsync_busy_percent"].as_f64().unwrap();
+    let slow = run["node"]["slow_sync_percent"].as_f64().unwrap();
+    assert!(busy > 0.0 && (0.0..=busy).contains(&slow), "{run}");
+    assert!(run["node"]["slow_syncs"].is_u64(), "{run}");
     assert!(text.contains("its own view: fsync p50 "), "{text}");
+    assert!(text.contains(" % of the time, "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
