@@ -255,6 +255,12 @@ impl<'a> View<'a> {
     fn records_per_sync(&self) -> Option<f64> {
         (self.syncs > 0).then(|| self.records as f64 / self.syncs as f64)
     }
+
+    /// Share of the window the log spent in `fdatasync`, percent, if it synced in the window.
+    fn fsync_busy_percent(&self) -> Option<f64> {
+        (!self.fsync_since_start && self.window_us > 0)
+            .then(|| self.fsync.sum as f64 * 100.0 / self.window_us as f64)
+    }
 }
 
 /// The op whose latency a reading holds (`checkin` when the node named none).
@@ -302,6 +308,7 @@ pub fn render_json(node: &str, last: Option<&Reading>, now: &Reading) -> serde_j
         "fsync_since_start": v.fsync_since_start,
         "syncs_per_s": v.per_s(v.syncs),
         "records_per_sync": v.records_per_sync(),
+        "fsync_busy_percent": v.fsync_busy_percent(),
         "connections": s.connections,
         "in_flight": m.inflight,
         "tickets": s.tickets,
@@ -375,8 +382,11 @@ fn fsync_line(v: &View<'_>) -> String {
     let per_sync = v
         .records_per_sync()
         .map_or_else(|| "-".into(), |r| format!("{r:.1}"));
+    let busy = v.fsync_busy_percent().map_or_else(String::new, |b| {
+        format!("   in fdatasync {b:.1} % of the time")
+    });
     format!(
-        "fsync        {}{when}   {:.1} syncs/s   {per_sync} records/sync",
+        "fsync        {}{when}   {:.1} syncs/s   {per_sync} records/sync{busy}",
         percentiles(&v.fsync, P2),
         v.per_s(v.syncs)
     )
@@ -436,8 +446,9 @@ mod tests {
         );
         assert!(lines[3].contains("admitted 2900 (950.0/s)"), "{text}");
         assert!(lines[3].contains("already_used 100 (50.0/s)"), "{text}");
+        // 200 syncs of 0.5 ms in 2 s: the log synced 5 % of the time.
         assert!(
-            lines[4].contains("100.0 syncs/s   4.0 records/sync"),
+            lines[4].contains("100.0 syncs/s   4.0 records/sync   in fdatasync 5.0 % of the time"),
             "{text}"
         );
         assert_eq!(lines[5], "connections  3   in flight 2   tickets 100");
@@ -472,6 +483,7 @@ mod tests {
         assert_eq!(j["outcomes"]["already_used"]["per_s"], 50.0);
         assert_eq!(j["syncs_per_s"], 100.0);
         assert_eq!(j["records_per_sync"], 4.0);
+        assert_eq!(j["fsync_busy_percent"], 5.0);
         assert_eq!(j["fsync_since_start"], false);
         assert_eq!(
             (j["connections"].as_u64(), j["in_flight"].as_u64()),
@@ -485,6 +497,7 @@ mod tests {
         );
         assert!(quiet["latency_us"]["p99"].is_null(), "{quiet}");
         assert!(quiet["records_per_sync"].is_null(), "{quiet}");
+        assert!(quiet["fsync_busy_percent"].is_null(), "{quiet}");
     }
 
     #[test]
