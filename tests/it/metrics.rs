@@ -569,8 +569,8 @@ fn stile_up_serves_node_metrics_and_the_dashboard_asks_only_for_exported_names()
         unknown.is_empty(),
         "the dashboard asks for {unknown:?}, which nothing exports"
     );
-    // It shows what an operator needs: rates, percentiles, outcomes, in flight, the log,
-    // connections, and the gateway.
+    // It shows what an operator needs: rates, percentiles, outcomes, in flight, the log (and
+    // the time it spends syncing), connections, and the gateway.
     for needed in [
         "stile_node_request_duration_seconds_bucket",
         "stile_node_request_duration_seconds_count",
@@ -578,6 +578,7 @@ fn stile_up_serves_node_metrics_and_the_dashboard_asks_only_for_exported_names()
         "stile_node_requests_in_flight",
         "stile_node_wal_sync_batch_records_bucket",
         "stile_node_wal_fsync_duration_seconds_bucket",
+        "stile_node_wal_fsync_duration_seconds_sum",
         "stile_node_connections",
         "stile_node_sync_mode",
         "stile_gateway_http_request_duration_seconds_bucket",
