@@ -323,11 +323,10 @@ async fn gather(
     out: &mut BytesMut,
     written: &mut Vec<(Instant, OpTally)>,
 ) -> Option<u32> {
-    let first = match held.take() {
+    let mut first = match held.take() {
         Some(o) => o,
         None => rx.recv().await?,
     };
-    let mut first = first;
     std::mem::replace(&mut first.after, Durability::READY)
         .wait_async()
         .await;
