@@ -14,6 +14,21 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
     SyncMode::parse(s).ok_or_else(|| format!("{s:?}: use always, batch or none"))
 }
 
+/// How often the node snapshots: `off`, or a duration of at least a second (`30s`, `5m`).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotEvery(Option<std::time::Duration>);
+
+fn parse_snapshot_every(s: &str) -> Result<SnapshotEvery, String> {
+    if s == "off" {
+        return Ok(SnapshotEvery(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (or off)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?}: at least 1s (or off)"));
+    }
+    Ok(SnapshotEvery(Some(d)))
+}
+
 /// Arguments of `stile up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -44,6 +59,10 @@ pub struct UpArgs {
     /// codes.
     #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     gate_budget: u32,
+    /// How often the node snapshots its state (if the log moved), so that a restart replays
+    /// less log and old segments are removed: a duration of at least 1s, or off.
+    #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
+    snapshot_every: SnapshotEvery,
 }
 
 /// What `stile up` runs beside the node.
@@ -78,6 +97,10 @@ pub struct NodeArgs {
     /// codes.
     #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     gate_budget: u32,
+    /// How often the node snapshots its state (if the log moved), so that a restart replays
+    /// less log and old segments are removed: a duration of at least 1s, or off.
+    #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
+    snapshot_every: SnapshotEvery,
 }
 
 /// Runs `stile up`.
@@ -123,6 +146,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         quic: args.quic,
         metrics: args.metrics,
         gate_budget: args.gate_budget,
+        snapshot_every: args.snapshot_every,
     };
     run_node(&args.data, tls, listen, args.sync, next, Some(gateway))
 }
@@ -145,6 +169,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         quic: args.listen,
         metrics: args.metrics,
         gate_budget: args.gate_budget,
+        snapshot_every: args.snapshot_every,
     };
     run_node(
         &args.data,
@@ -177,6 +202,8 @@ struct Listen {
     metrics: Option<SocketAddr>,
     /// Forged or unknown codes a gate may present a second.
     gate_budget: u32,
+    /// How often the node snapshots.
+    snapshot_every: SnapshotEvery,
 }
 
 fn run_node(
@@ -214,6 +241,7 @@ fn run_node(
         config.metrics_listen = listen.metrics;
         config.budget_per_s = listen.gate_budget;
         config.budget_burst = listen.gate_budget.saturating_mul(2);
+        config.snapshot_every = listen.snapshot_every.0;
         let node = Node::start(engine, config)?;
         started(node.local_addr());
         if let Some(addr) = node.metrics_addr() {

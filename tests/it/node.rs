@@ -550,9 +550,15 @@ async fn shutdown_answers_in_flight_requests_and_clients_reconnect() {
 
 /// A `stile node` process on a data dir, and the address it printed.
 fn spawn_node(data: &Path, tls: &Path) -> (std::process::Child, SocketAddr) {
+    spawn_node_with(data, tls, &[])
+}
+
+/// [`spawn_node`] with more options.
+fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
         .args(["node", "--listen", "127.0.0.1:0", "--sync", "always"])
+        .args(extra)
         .arg("--data")
         .arg(data)
         .arg("--tls")
@@ -668,6 +674,55 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
         .unwrap();
     let o = checker.checkin(&codes[last], 8).await.unwrap();
     assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `--snapshot-every` sets how often the node snapshots (once the log moved); a value under a
+/// second, or not a duration, is refused with the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_snapshots_as_often_as_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    for bad in ["10ms", "soon"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["node", "--listen", "127.0.0.1:0", "--snapshot-every", bad])
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--snapshot-every") && err.contains("(or off)"),
+            "{err}"
+        );
+    }
+    let snapshots = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data.join("snapshots"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let (mut child, addr) = spawn_node_with(&data, &tls, &["--snapshot-every", "1s"]);
+    let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+        .await
+        .unwrap();
+    admin.mint(spec(1, 10)).await.unwrap();
+    let started = std::time::Instant::now();
+    while !snapshots()
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "snap"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no snapshot after {:?}: {:?}",
+            started.elapsed(),
+            snapshots()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(admin);
     child.kill().unwrap();
     child.wait().unwrap();
 }
