@@ -16,7 +16,7 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
 
 /// How often the node snapshots: `off`, or a duration of at least a second (`30s`, `5m`).
 #[derive(Debug, Clone, Copy)]
-pub struct SnapshotEvery(Option<std::time::Duration>);
+struct SnapshotEvery(Option<std::time::Duration>);
 
 fn parse_snapshot_every(s: &str) -> Result<SnapshotEvery, String> {
     if s == "off" {
@@ -27,6 +27,20 @@ fn parse_snapshot_every(s: &str) -> Result<SnapshotEvery, String> {
         return Err(format!("{s:?}: at least 1s (or off)"));
     }
     Ok(SnapshotEvery(Some(d)))
+}
+
+/// Options `stile up` and `stile node` share.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct NodeTuning {
+    /// Forged or unknown codes a gate may present a second (bursts of twice that) before
+    /// the node answers it rate_limited for a cooldown. Raise it for load tests of forged
+    /// codes.
+    #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gate_budget: u32,
+    /// How often the node snapshots its state (if the log moved), so that a restart replays
+    /// less log and old segments are removed: a duration of at least 1s, or off.
+    #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
+    snapshot_every: SnapshotEvery,
 }
 
 /// Arguments of `stile up`.
@@ -54,15 +68,9 @@ pub struct UpArgs {
     /// Serve the node's Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Forged or unknown codes a gate may present a second (bursts of twice that) before
-    /// the node answers it rate_limited for a cooldown. Raise it for load tests of forged
-    /// codes.
-    #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    gate_budget: u32,
-    /// How often the node snapshots its state (if the log moved), so that a restart replays
-    /// less log and old segments are removed: a duration of at least 1s, or off.
-    #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
-    snapshot_every: SnapshotEvery,
+    /// How the node guards gates and keeps its data.
+    #[command(flatten)]
+    tuning: NodeTuning,
 }
 
 /// What `stile up` runs beside the node.
@@ -92,15 +100,9 @@ pub struct NodeArgs {
     /// start; off unless given).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Forged or unknown codes a gate may present a second (bursts of twice that) before
-    /// the node answers it rate_limited for a cooldown. Raise it for load tests of forged
-    /// codes.
-    #[arg(long, value_name = "PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    gate_budget: u32,
-    /// How often the node snapshots its state (if the log moved), so that a restart replays
-    /// less log and old segments are removed: a duration of at least 1s, or off.
-    #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
-    snapshot_every: SnapshotEvery,
+    /// How the node guards gates and keeps its data.
+    #[command(flatten)]
+    tuning: NodeTuning,
 }
 
 /// Runs `stile up`.
@@ -145,8 +147,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let listen = Listen {
         quic: args.quic,
         metrics: args.metrics,
-        gate_budget: args.gate_budget,
-        snapshot_every: args.snapshot_every,
+        tuning: args.tuning,
     };
     run_node(&args.data, tls, listen, args.sync, next, Some(gateway))
 }
@@ -168,8 +169,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let listen = Listen {
         quic: args.listen,
         metrics: args.metrics,
-        gate_budget: args.gate_budget,
-        snapshot_every: args.snapshot_every,
+        tuning: args.tuning,
     };
     run_node(
         &args.data,
@@ -200,10 +200,8 @@ struct Listen {
     quic: SocketAddr,
     /// Plain HTTP for `GET /metrics`, if wanted.
     metrics: Option<SocketAddr>,
-    /// Forged or unknown codes a gate may present a second.
-    gate_budget: u32,
-    /// How often the node snapshots.
-    snapshot_every: SnapshotEvery,
+    /// Gate budget and snapshot interval.
+    tuning: NodeTuning,
 }
 
 fn run_node(
@@ -239,9 +237,9 @@ fn run_node(
         let signals = Signals::install()?;
         let mut config = NodeConfig::new(listen.quic, tls);
         config.metrics_listen = listen.metrics;
-        config.budget_per_s = listen.gate_budget;
-        config.budget_burst = listen.gate_budget.saturating_mul(2);
-        config.snapshot_every = listen.snapshot_every.0;
+        config.budget_per_s = listen.tuning.gate_budget;
+        config.budget_burst = listen.tuning.gate_budget.saturating_mul(2);
+        config.snapshot_every = listen.tuning.snapshot_every.0;
         let node = Node::start(engine, config)?;
         started(node.local_addr());
         if let Some(addr) = node.metrics_addr() {
