@@ -272,7 +272,7 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
         "<table><tr><th>target</th><th>sync</th><th>mode</th><th>gates × in flight</th>\
          <th>requests</th><th>per second</th><th>p50 µs</th><th>p99 µs</th><th>p999 µs</th>\
          <th>max µs</th><th>errors</th><th>timeouts</th><th>double admits</th>\
-         <th>client CPU</th></tr>\n",
+         <th>client CPU</th><th>machine busy (steal)</th></tr>\n",
     );
     for r in &report.runs {
         let mode = match r.requested_rate {
@@ -283,7 +283,7 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} × {}</td><td>{}</td><td>{:.0}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{:.0}%</td></tr>",
+             <td>{:.0}%</td><td>{}</td></tr>",
             esc(&r.target),
             esc(&r.sync),
             mode,
@@ -298,7 +298,10 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
             r.errors,
             r.timeouts,
             r.double_admits,
-            r.client_cpu_percent
+            r.client_cpu_percent,
+            r.machine_load
+                .map(|l| format!("{:.0}% ({:.0}%)", l.busy_percent, l.steal_percent))
+                .unwrap_or_else(|| "–".into())
         );
     }
     h.push_str("</table>\n");

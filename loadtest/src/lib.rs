@@ -295,6 +295,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         })
     };
     let cpu_start = cpu_time();
+    let ticks_start = report::CpuTicks::read();
     let start = Instant::now();
     let shared = Arc::new(RunShared {
         start,
@@ -422,6 +423,9 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     };
     let measured = measured.max(Duration::from_millis(1));
     let cpu = cpu_time().saturating_sub(cpu_start);
+    let machine_load = ticks_start
+        .zip(report::CpuTicks::read())
+        .and_then(|(a, b)| report::MachineLoad::between(&a, &b));
     let mut outcomes = BTreeMap::new();
     for (k, n) in counts.iter().enumerate() {
         if *n > 0 {
@@ -478,6 +482,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         double_admits,
         forged_admits,
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        machine_load,
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
         node,

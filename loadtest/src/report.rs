@@ -69,6 +69,9 @@ pub struct RunReport {
     pub forged_admits: u64,
     /// CPU time of this process over wall time, percent (200 = both cores of two).
     pub client_cpu_percent: f64,
+    /// How busy the whole machine's CPUs were over the run (Linux only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_load: Option<MachineLoad>,
     /// Latency at percentiles from 0 to 99.999 (for plots).
     pub percentiles: Vec<Percentile>,
     /// Second by second from the start (warm-up included, marked).
@@ -110,6 +113,18 @@ impl RunReport {
                 ));
             }
         }
+        if let Some(load) = self
+            .machine_load
+            .filter(|l| l.busy_percent + l.steal_percent >= BUSY_NOTE_PERCENT)
+        {
+            notes.push(format!(
+                "the machine's CPUs were busy {:.0} % of the run and taken by the hypervisor \
+                 {:.0} % (the tester's share {:.0} % of one CPU): requests waited for a CPU as \
+                 well as for the target, and a node on these CPUs syncs more slowly under \
+                 such load (see the README)",
+                load.busy_percent, load.steal_percent, self.client_cpu_percent
+            ));
+        }
         if let Some(n) = &self.node {
             if let Some(slow) = n
                 .slow_sync_percent
@@ -132,6 +147,83 @@ impl RunReport {
 
 /// Share of the measured time in slow syncs from which the summary names them, percent.
 const SLOW_SHARE_NOTE_PERCENT: f64 = 1.0;
+
+/// How much of the machine's CPU time must be busy or stolen by a hypervisor for the
+/// summary to say that latencies include waiting for a CPU, percent.
+const BUSY_NOTE_PERCENT: f64 = 90.0;
+
+/// The whole machine's CPU time over a run, as shares of all its CPUs' time: what the tester
+/// and anything beside it (a node on the same machine, the kernel) left over.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct MachineLoad {
+    /// Running anything (user, system and interrupt time), percent.
+    pub busy_percent: f64,
+    /// Idle with a disk request outstanding, percent.
+    pub iowait_percent: f64,
+    /// Wanted to run while a hypervisor ran something else, percent.
+    pub steal_percent: f64,
+}
+
+/// The machine's cumulative CPU time, in clock ticks, from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    busy: u64,
+    idle: u64,
+    iowait: u64,
+    steal: u64,
+}
+
+impl CpuTicks {
+    /// Now (`None` where there is no `/proc/stat`).
+    pub fn read() -> Option<CpuTicks> {
+        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From the text of `/proc/stat`: user, nice, system, idle, iowait, irq, softirq, steal
+    /// (guest time is already counted in user and nice).
+    pub fn parse(stat: &str) -> Option<CpuTicks> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = f[..] else {
+            return None;
+        };
+        Some(CpuTicks {
+            busy: user + nice + system + irq + softirq,
+            idle,
+            iowait,
+            steal,
+        })
+    }
+}
+
+impl MachineLoad {
+    /// The shares between two readings (`None` when no time passed between them).
+    pub fn between(before: &CpuTicks, after: &CpuTicks) -> Option<MachineLoad> {
+        let busy = after.busy.saturating_sub(before.busy);
+        let idle = after.idle.saturating_sub(before.idle);
+        let iowait = after.iowait.saturating_sub(before.iowait);
+        let steal = after.steal.saturating_sub(before.steal);
+        let total = busy + idle + iowait + steal;
+        let percent = |x: u64| 100.0 * x as f64 / total as f64;
+        (total > 0).then(|| MachineLoad {
+            busy_percent: percent(busy),
+            iowait_percent: percent(iowait),
+            steal_percent: percent(steal),
+        })
+    }
+
+    /// `, machine busy 93 %, iowait 13 %, steal 9 %`.
+    fn text(&self) -> String {
+        format!(
+            ", machine busy {:.0} %, iowait {:.0} %, steal {:.0} %",
+            self.busy_percent, self.iowait_percent, self.steal_percent
+        )
+    }
+}
 
 /// Datagrams of a run over QUIC, the warm-up included, from the gates' side.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -480,12 +572,13 @@ impl Report {
             let outcomes: Vec<String> =
                 r.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
             out.push_str(&format!(
-                "  outcomes: {}; errors {}, timeouts {}, double admits {}, client CPU {:.0}%\n",
+                "  outcomes: {}; errors {}, timeouts {}, double admits {}, client CPU {:.0}%{}\n",
                 outcomes.join(", "),
                 r.errors,
                 r.timeouts,
                 r.double_admits,
-                r.client_cpu_percent
+                r.client_cpu_percent,
+                r.machine_load.map(|l| l.text()).unwrap_or_default()
             ));
             if let Some(node) = &r.node {
                 out.push_str(&node.text());
@@ -536,6 +629,7 @@ mod tests {
             double_admits: 0,
             forged_admits: 0,
             client_cpu_percent: 80.0,
+            machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),
             node: node_p50.map(|p50| NodeView {
@@ -590,6 +684,74 @@ mod tests {
         assert!(report
             .text()
             .contains("\n  note: the client's p50 (16.0 ms)"));
+    }
+
+    /// The machine's load comes from the `cpu` line of `/proc/stat`, as shares of all the
+    /// time between two readings; a machine busy or stolen from 90 % of the time or more
+    /// gets a note.
+    #[test]
+    fn the_machine_load_is_read_from_proc_stat() {
+        let before = CpuTicks::parse(
+            "cpu  100 0 50 800 40 5 5 0 0 0\ncpu0 50 0 25 400 20 2 3 0 0 0\nintr 1\n",
+        )
+        .unwrap();
+        // Then 100 ticks: 70 user, 5 nice, 10 system, 2 irq, 3 softirq (90 busy), 2 idle,
+        // 3 iowait, 5 steal.
+        let after =
+            CpuTicks::parse("cpu  170 5 60 802 43 7 8 5 9 0\ncpu0 85 2 30 401 21 3 4 2 4 0\n")
+                .unwrap();
+        let load = MachineLoad::between(&before, &after).unwrap();
+        assert_eq!(
+            (load.busy_percent, load.iowait_percent, load.steal_percent),
+            (90.0, 3.0, 5.0)
+        );
+        assert_eq!(MachineLoad::between(&after, &after), None);
+        assert_eq!(CpuTicks::parse("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(
+            CpuTicks::parse("cpu0 1 2 3 4 5 6 7 8\n"),
+            None,
+            "no total line"
+        );
+        if cfg!(target_os = "linux") {
+            assert!(CpuTicks::read().is_some(), "this machine has /proc/stat");
+        }
+
+        let mut r = run(2_500, Some(2_000), Some(0));
+        r.machine_load = Some(load);
+        let notes = r.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(
+                "the machine's CPUs were busy 90 % of the run and taken by the hypervisor 5 % \
+                 (the tester's share 80 %"
+            ),
+            "{notes:?}"
+        );
+        // Time the hypervisor took counts: 86 % busy and 5 % stolen is past 90.
+        r.machine_load = Some(MachineLoad {
+            busy_percent: 86.0,
+            ..load
+        });
+        assert_eq!(r.notes().len(), 1, "{:?}", r.notes());
+        r.machine_load = Some(MachineLoad {
+            busy_percent: 84.0,
+            ..load
+        });
+        assert!(r.notes().is_empty(), "{:?}", r.notes());
+        let report = Report {
+            scenario: "stadium".into(),
+            seed: 1,
+            machine: Machine::this(),
+            runs: vec![r],
+            ratios: Vec::new(),
+        };
+        assert!(
+            report
+                .text()
+                .contains("client CPU 80%, machine busy 84 %, iowait 3 %, steal 5 %\n"),
+            "{}",
+            report.text()
+        );
     }
 
     /// A reading of a log that made `syncs` syncs of each length (microseconds) since it

@@ -226,6 +226,17 @@ fn command_line_json_has_the_documented_shape() {
     assert!(run["node"]["slow_syncs"].is_u64(), "{run}");
     assert!(text.contains("its own view: fsync p50 "), "{text}");
     assert!(text.contains(" % of the time, "), "{text}");
+    // How busy the whole machine was: the tester itself ran, so above zero.
+    if cfg!(target_os = "linux") {
+        let load = &run["machine_load"];
+        let busy = load["busy_percent"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= 100.0, "{run}");
+        for key in ["iowait_percent", "steal_percent"] {
+            let p = load[key].as_f64().unwrap();
+            assert!((0.0..100.0).contains(&p), "{key}: {run}");
+        }
+        assert!(text.contains(", machine busy "), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
