@@ -192,6 +192,65 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(usize, &[u8])>, FrameError> {
     Err(FrameError::TooLarge(len))
 }
 
+/// Splits `data` frame after frame, decodes each body as a request and as a response, and
+/// panics unless whatever decodes re-encodes to exactly its frame's bytes (the codec is
+/// canonical: one encoding per message; a metrics answer, which may grow, re-encodes to the
+/// start of its body). Stops at the first incomplete or bad frame. The
+/// fuzz target (`fuzz/`) and the mutation tests drive it; it is not for production use.
+#[doc(hidden)]
+pub fn assert_canonical_stream(data: &[u8]) {
+    let mut rest = data;
+    let mut out = Vec::new();
+    while let Ok(Some((n, body))) = split_frame(rest) {
+        assert!(
+            n <= rest.len(),
+            "frame of {n} bytes with {} buffered",
+            rest.len()
+        );
+        assert!(
+            body.len() < n,
+            "body of {} bytes in a frame of {n}",
+            body.len()
+        );
+        let frame = &rest[..n];
+        assert_eq!(
+            &frame[n - body.len()..],
+            body,
+            "body is not the frame's tail"
+        );
+        if let Ok((id, req)) = Request::decode(body) {
+            out.clear();
+            req.encode(id, &mut out);
+            assert_eq!(
+                out, frame,
+                "request {req:?} (id {id}) re-encodes differently"
+            );
+        }
+        if let Ok((id, resp)) = Response::decode(body) {
+            out.clear();
+            resp.encode(id, &mut out);
+            if let Response::Metrics(_) = resp {
+                // A metrics answer may grow: a decoder keeps the fields it knows, which start
+                // the body, and skips the rest (docs/FORMAT.md).
+                let (_, known) = split_frame(&out)
+                    .ok()
+                    .flatten()
+                    .expect("an encoded frame splits");
+                assert!(
+                    body.starts_with(known),
+                    "response {resp:?} (id {id}) re-encodes to other leading fields"
+                );
+            } else {
+                assert_eq!(
+                    out, frame,
+                    "response {resp:?} (id {id}) re-encodes differently"
+                );
+            }
+        }
+        rest = &rest[n..];
+    }
+}
+
 /// Appends a frame header for a body of `len` bytes (op and id included).
 #[inline]
 fn put_header(out: &mut impl BufMut, op: u8, id: u32, payload_len: usize) {
@@ -1562,6 +1621,72 @@ mod tests {
             ]
         }
 
+        /// The fuzz target's seed corpus, `fuzz/seeds/decode_frames/`.
+        fn seeds() -> &'static [Vec<u8>] {
+            static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+            SEEDS.get_or_init(|| {
+                let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/decode_frames");
+                let mut paths: Vec<_> = std::fs::read_dir(dir)
+                    .expect("the fuzz seeds")
+                    .map(|e| e.expect("a seed").path())
+                    .collect();
+                paths.sort();
+                paths
+                    .iter()
+                    .map(|p| std::fs::read(p).expect("a seed"))
+                    .collect()
+            })
+        }
+
+        /// Every seed is a valid frame stream that decodes and re-encodes exactly, so the
+        /// mutations start from messages of every kind.
+        #[test]
+        fn the_seeds_are_valid_frames() {
+            assert!(seeds().len() >= 20, "{} seeds", seeds().len());
+            for seed in seeds() {
+                let (n, body) = split_frame(seed).unwrap().unwrap();
+                assert!(n <= seed.len());
+                assert!(
+                    Request::decode(body).is_ok() || Response::decode(body).is_ok(),
+                    "seed {seed:?} decodes as neither"
+                );
+                assert_canonical_stream(seed);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            /// The fuzz target's seeds (one valid frame of every op), mutated: bits flipped,
+            /// bytes set, inserted and removed, the end cut, two seeds joined. Whatever still
+            /// decodes must re-encode to its exact bytes, as the fuzz target checks; this runs
+            /// the same check on stable Rust in every test run.
+            #[test]
+            fn mutated_seed_frames_decode_canonically(
+                (first, second) in (0..seeds().len(), 0..seeds().len()),
+                join in any::<bool>(),
+                edits in proptest::collection::vec((any::<u16>(), 0u8..5, any::<u8>()), 1..6),
+            ) {
+                let mut bytes = seeds()[first].clone();
+                if join {
+                    bytes.extend_from_slice(&seeds()[second]);
+                }
+                for (at, kind, value) in edits {
+                    let at = usize::from(at) % (bytes.len() + 1);
+                    match kind {
+                        0 if at < bytes.len() => bytes[at] ^= 1 << (value % 8),
+                        1 if at < bytes.len() => bytes[at] = value,
+                        2 => bytes.insert(at, value),
+                        3 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.truncate(at),
+                    }
+                }
+                assert_canonical_stream(&bytes);
+            }
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -1588,6 +1713,7 @@ mod tests {
                 prop_assert_eq!(n, bytes.len());
                 prop_assert_eq!(Response::decode(body).unwrap(), (id, resp));
             }
+
 
             #[test]
             fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
