@@ -51,20 +51,25 @@ pub fn has_state(dir: &Path) -> io::Result<bool> {
 /// and synced once queues all of it at the disk at once, and the log's `fdatasync`, which
 /// every durable answer waits for, waits behind it: over a second for a 1.2 GB snapshot.
 /// Synced a step at a time, the log waits behind one step at most.
-const WRITE_STEP: usize = 1 << 20;
+pub const WRITE_STEP: usize = 1 << 20;
 
-/// Writes `parts` to a new private file `tmp` (mode 0600) and fsyncs it: the first half of
-/// an atomic replace (key material and snapshots go through here). Written and synced
-/// [`WRITE_STEP`] bytes at a time.
-pub fn write_private_synced(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    use std::io::Write;
+/// Creates (or truncates) the private file `tmp` (mode 0600) for writing.
+pub fn create_private(tmp: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(tmp)?;
+        .open(tmp)
+}
+
+/// Writes `parts` to a new private file `tmp` (mode 0600) and fsyncs it: the first half of
+/// an atomic replace (key material goes through here; snapshots stream the same way).
+/// Written and synced [`WRITE_STEP`] bytes at a time.
+pub fn write_private_synced(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = create_private(tmp)?;
     let mut unsynced = 0;
     for part in parts {
         for chunk in part.chunks(WRITE_STEP) {

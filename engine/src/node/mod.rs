@@ -413,13 +413,77 @@ async fn snapshots(shared: Arc<Shared>, every: Duration) {
             continue;
         }
         let engine = shared.engine.clone();
-        match tokio::task::spawn_blocking(move || engine.snapshot()).await {
+        match in_background("stile-snapshot", move || engine.snapshot()).await {
             Ok(Ok(info)) => {
                 last = now;
                 tracing::info!("snapshot taken: {info:?}");
             }
             Ok(Err(e)) => tracing::error!("snapshot failed: {e}"),
-            Err(e) => tracing::error!("snapshot task failed: {e}"),
+            Err(e) => tracing::error!("snapshot thread failed: {e}"),
         }
+    }
+}
+
+/// Runs `f` on a thread of its own at the lowest CPU priority and waits for it. A snapshot
+/// copies and serializes the whole index, seconds of a core for tens of millions of
+/// tickets; at nice 19 it takes the CPU time that check-ins and the log leave over rather
+/// than an equal share of it.
+async fn in_background<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = lowest_priority() {
+                tracing::debug!("could not lower the priority of a background thread: {e}");
+            }
+            let _ = tx.send(f());
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the thread stopped without an answer"))
+}
+
+/// Gives the calling thread the lowest CPU priority, nice 19 (on Linux a thread's own
+/// nice value; elsewhere nothing).
+fn lowest_priority() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
+        let done =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) == 0 };
+        if !done {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's nice value.
+    #[cfg(target_os = "linux")]
+    fn nice() -> i32 {
+        // SAFETY: a plain system call on the calling thread's own id.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    /// Background work runs on its own named thread at nice 19 and hands its result back;
+    /// the caller keeps its priority.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn background_work_runs_at_the_lowest_priority() {
+        let before = nice();
+        let (name, theirs) = in_background("stile-test-bg", || {
+            (std::thread::current().name().map(String::from), nice())
+        })
+        .await
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("stile-test-bg"));
+        assert_eq!(theirs, 19);
+        assert_eq!(nice(), before);
     }
 }
