@@ -84,6 +84,29 @@ pub fn write_private_synced(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Bytes a large file is shortened by at a time when it is removed.
+const REMOVE_STEP: u64 = 16 << 20;
+/// Pause between those steps.
+const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Removes a large file a step at a time: shortened by [`REMOVE_STEP`] bytes and synced,
+/// again and again, then unlinked. On a filesystem mounted with online discard, unlinking a
+/// 1.3 GB snapshot at once makes the device trim all of it at once, and the log's syncs
+/// wait behind that: a loop of 2 KiB writes and `fdatasync` beside it saw per-second
+/// maxima of 175 to 518 ms, against 123 and 196 ms in these steps.
+pub fn remove_in_steps(path: &Path) -> io::Result<()> {
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    let mut len = f.metadata()?.len();
+    while len > REMOVE_STEP {
+        len -= REMOVE_STEP;
+        f.set_len(len)?;
+        f.sync_all()?;
+        std::thread::sleep(REMOVE_PAUSE);
+    }
+    drop(f);
+    fs::remove_file(path)
+}
+
 /// Renames `tmp` over `path` and fsyncs the directory: the second half of an atomic replace.
 pub fn rename_synced(tmp: &Path, path: &Path) -> io::Result<()> {
     fs::rename(tmp, path)?;
@@ -95,6 +118,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// A file of many steps is removed, as are a small one and an empty one; a missing one
+    /// is an error.
+    #[test]
+    fn files_are_removed_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, len) in [("big", 3 * REMOVE_STEP + 5), ("small", 10), ("empty", 0)] {
+            let path = dir.path().join(name);
+            fs::File::create(&path).unwrap().set_len(len).unwrap();
+            remove_in_steps(&path).unwrap();
+            assert!(!path.exists(), "{name}");
+        }
+        let missing = remove_in_steps(&dir.path().join("big")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 
     /// Written a step at a time, a file of many steps (parts crossing step boundaries) still
     /// holds exactly its parts, in order, and is private.

@@ -417,9 +417,11 @@ impl Engine {
             return Ok(info(0));
         }
         // Older snapshots are redundant now; so are log segments wholly below `start_seq`.
+        // A crash while one is shortened leaves it short, which no start reads (its length
+        // no longer matches its header) and the next snapshot removes.
         for (seq, old) in list(&dir).map_err(io(&dir))? {
             if seq < start_seq {
-                fs::remove_file(&old).map_err(io(&old))?;
+                datadir::remove_in_steps(&old).map_err(io(&old))?;
             }
         }
         let removed =
