@@ -425,8 +425,7 @@ async fn snapshots(shared: Arc<Shared>, every: Duration) {
 }
 
 /// Runs `f` on a thread of its own at the lowest CPU priority and waits for it. A snapshot
-/// copies and serializes the whole index, seconds of a core for tens of millions of
-/// tickets; at nice 19 it takes the CPU time that check-ins and the log leave over rather
+/// reads and archives the whole index, seconds of a core for tens of millions of tickets; at nice 19 it takes the CPU time that check-ins and the log leave over rather
 /// than an equal share of it.
 async fn in_background<T: Send + 'static>(
     name: &str,
