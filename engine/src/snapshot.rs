@@ -125,10 +125,11 @@ struct Live<'e> {
 
 /// One column of a slot.
 trait SlotColumn {
+    /// The column's type in [`PartitionRows`].
     type Value: rkyv::Archive;
-    /// The value's archived bytes (little-endian, as rkyv lays them out).
-    const LEN: usize;
-    fn put(slot: Option<&Slot>, out: &mut Vec<u8>);
+    /// The slot's value, widened (its archived bytes are the first `size_of::<Value>()`
+    /// little-endian bytes of this).
+    fn read(slot: &Slot) -> u64;
 }
 
 struct Words;
@@ -137,28 +138,22 @@ struct FirstScans;
 
 impl SlotColumn for Words {
     type Value = u64;
-    const LEN: usize = 8;
-    fn put(slot: Option<&Slot>, out: &mut Vec<u8>) {
-        let w = slot.map_or(0, |s| s.word.load(Ordering::Acquire));
-        out.extend_from_slice(&w.to_le_bytes());
+    fn read(slot: &Slot) -> u64 {
+        slot.word.load(Ordering::Acquire)
     }
 }
 
 impl SlotColumn for Policies {
     type Value = u32;
-    const LEN: usize = 4;
-    fn put(slot: Option<&Slot>, out: &mut Vec<u8>) {
-        let p = slot.map_or(0, |s| s.policy.load(Ordering::Relaxed));
-        out.extend_from_slice(&p.to_le_bytes());
+    fn read(slot: &Slot) -> u64 {
+        slot.policy.load(Ordering::Relaxed).into()
     }
 }
 
 impl SlotColumn for FirstScans {
     type Value = u32;
-    const LEN: usize = 4;
-    fn put(slot: Option<&Slot>, out: &mut Vec<u8>) {
-        let f = slot.map_or(0, |s| s.first_scan_e.load(Ordering::Relaxed));
-        out.extend_from_slice(&f.to_le_bytes());
+    fn read(slot: &Slot) -> u64 {
+        slot.first_scan_e.load(Ordering::Relaxed).into()
     }
 }
 
@@ -192,11 +187,17 @@ where
     ) -> Result<rkyv::vec::VecResolver, S::Error> {
         use rkyv::ser::WriterExt;
         // The archived values are little-endian primitives, laid out back to back.
-        const { assert!(std::mem::size_of::<rkyv::Archived<C::Value>>() == C::LEN) };
+        let len = std::mem::size_of::<C::Value>();
+        const {
+            assert!(
+                std::mem::size_of::<rkyv::Archived<C::Value>>() == std::mem::size_of::<C::Value>()
+            )
+        };
         let pos = serializer.align_for::<rkyv::Archived<C::Value>>()?;
-        let mut chunk = Vec::with_capacity(COLUMN_CHUNK * C::LEN);
+        let mut chunk = Vec::with_capacity(COLUMN_CHUNK * len);
         for serial in 0..field.reserved {
-            C::put(field.slot(serial), &mut chunk);
+            let value = field.slot(serial).map_or(0, C::read);
+            chunk.extend_from_slice(&value.to_le_bytes()[..len]);
             if chunk.len() == chunk.capacity() {
                 serializer.write(&chunk)?;
                 chunk.clear();
