@@ -94,6 +94,8 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&args.data)
             .with_context(|| format!("making {}", args.data.display()))?;
     }
+    // Before the run: a mistyped path must not cost a long run its figures.
+    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,8 +137,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     };
     print!("{}", report.text());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        stile_loadtest::output::write_json(&report, path)?;
     }
     if let Some(dir) = &args.report {
         stile_loadtest::html::write(&report, dir)?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::output::write_whole;
 use crate::report::{Report, RunReport};
 
 /// Plot size, pixels.
@@ -17,14 +18,12 @@ const NINES_MAX: f64 = 5.0;
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum HtmlError {
+    /// The directory cannot be made.
+    #[error("--report {0}: cannot make the directory")]
+    Dir(std::path::PathBuf, #[source] std::io::Error),
     /// Writing a file failed.
-    #[error("writing {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] crate::output::OutputError),
     /// Drawing failed.
     #[error("drawing {0}")]
     Draw(String),
@@ -32,22 +31,17 @@ pub enum HtmlError {
 
 /// Writes `DIR/index.html` and the plots beside it.
 pub fn write(report: &Report, dir: &Path) -> Result<(), HtmlError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| HtmlError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(|e| HtmlError::Dir(dir.to_path_buf(), e))?;
     let plots = [
         ("latency-percentiles.svg", percentile_plot(&report.runs)?),
         ("latency-over-time.svg", latency_plot(&report.runs)?),
         ("throughput-over-time.svg", throughput_plot(&report.runs)?),
     ];
     for (name, svg) in &plots {
-        let path = dir.join(name);
-        std::fs::write(&path, svg).map_err(io(&path))?;
+        write_whole(&dir.join(name), svg.as_bytes())?;
     }
-    let path = dir.join("index.html");
-    std::fs::write(&path, page(report, &plots)).map_err(io(&path))
+    write_whole(&dir.join("index.html"), page(report, &plots).as_bytes())?;
+    Ok(())
 }
 
 /// `x` of a percentile on the "nines" axis: 90 → 1, 99 → 2, 99.9 → 3.

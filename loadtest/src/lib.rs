@@ -15,6 +15,7 @@
 //! target shows in the latency instead of slowing the sender (coordinated omission).
 
 pub mod html;
+pub mod output;
 pub mod plan;
 mod redis_target;
 pub mod report;

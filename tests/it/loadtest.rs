@@ -387,6 +387,12 @@ fn compare_prints_ratios_and_writes_an_html_report() {
 #[test]
 fn bad_options_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
+    let no_dir = dir.path().join("no-such-dir").join("r.json");
+    let no_dir = no_dir.to_str().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let under_file = plain.join("report");
+    let under_file = under_file.to_str().unwrap();
     for (args, expect) in [
         (vec!["--scenario", "marathon"], "unknown scenario"),
         (
@@ -409,6 +415,29 @@ fn bad_options_get_clear_errors() {
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",
         ),
+        // Outputs are checked before the run, not after it.
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "inproc",
+                "--json",
+                no_dir,
+            ],
+            "cannot write into",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "inproc",
+                "--report",
+                under_file,
+            ],
+            "cannot write into it",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
             .arg("loadtest")
@@ -421,6 +450,8 @@ fn bad_options_get_clear_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!said.contains("requests in"), "{args:?} ran: {said}");
     }
 }
 
