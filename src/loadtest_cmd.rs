@@ -100,8 +100,33 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Ctrl-C or SIGTERM: the run in progress ends as if its time were up and is reported,
+    // the targets after it are not run, and a spawned Redis is stopped. A second one quits
+    // at once.
+    let stop = stile_loadtest::Stop::default();
+    let mut signals = runtime.block_on(async { crate::serve::Signals::install() })?;
+    runtime.spawn({
+        let stop = stop.clone();
+        async move {
+            signals.wait().await;
+            eprintln!(
+                "stile loadtest: stopping: the figures so far will be reported \
+                 (interrupt again to quit at once)"
+            );
+            stop.request();
+            signals.wait().await;
+            stile_loadtest::clean_up();
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+    });
     let mut runs = Vec::with_capacity(targets.len());
+    let mut skipped = false;
     for target in &targets {
+        if stop.is_requested() {
+            eprintln!("stile loadtest: interrupted: {target} not run");
+            skipped = true;
+            continue;
+        }
         let config = Config {
             scenario,
             target: target.clone(),
@@ -117,17 +142,29 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             sync,
             spawn_redis: args.spawn_redis && target.starts_with("redis://"),
             progress: !args.quiet,
+            stop: stop.clone(),
         };
-        let run = runtime
-            .block_on(stile_loadtest::run(&config))
-            .with_context(|| {
-                format!(
-                    "running {scenario} against {target}",
-                    scenario = scenario.name()
-                )
-            })?;
+        let run = match runtime.block_on(stile_loadtest::run(&config)) {
+            Err(stile_loadtest::LoadError::Interrupted) => {
+                eprintln!("stile loadtest: interrupted before {target} was measured");
+                skipped = true;
+                continue;
+            }
+            other => other,
+        };
+        let run = run.with_context(|| {
+            format!(
+                "running {scenario} against {target}",
+                scenario = scenario.name()
+            )
+        })?;
         runs.push(run);
     }
+    if runs.is_empty() {
+        eprintln!("stile loadtest: nothing was measured; no report written");
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
+    let interrupted = skipped || runs.iter().any(|r| r.interrupted);
     let report = Report {
         scenario: scenario.name().into(),
         seed: args.seed,
@@ -156,5 +193,12 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     if bad {
         return Ok(ExitCode::from(2));
     }
+    if interrupted {
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The exit status of a run cut short by Ctrl-C or SIGTERM (128 + SIGINT, as shells report
+/// a command that SIGINT stopped).
+const INTERRUPTED: u8 = 130;

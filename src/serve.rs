@@ -234,7 +234,7 @@ fn run_node(
     runtime.block_on(async move {
         // Before anything is announced: a SIGTERM right after the address lines must stop
         // the node cleanly, not kill it.
-        let signals = Signals::install()?;
+        let mut signals = Signals::install()?;
         let mut config = NodeConfig::new(listen.quic, tls);
         config.metrics_listen = listen.metrics;
         config.budget_per_s = listen.tuning.gate_budget;
@@ -308,8 +308,8 @@ impl Signals {
         })
     }
 
-    /// Waits for either.
-    pub async fn wait(mut self) {
+    /// Waits for either (again after each one).
+    pub async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -15,6 +15,7 @@
 //! target shows in the latency instead of slowing the sender (coordinated omission).
 
 pub mod html;
+mod leftovers;
 pub mod output;
 pub mod plan;
 mod redis_target;
@@ -31,6 +32,7 @@ use stile_engine::SyncMode;
 use stile_protocol::OutcomeKind;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+pub use leftovers::clean_up;
 use plan::{Item, Plan, NOT_GENUINE};
 pub use report::{Report, RunReport};
 pub use target::Target;
@@ -60,6 +62,9 @@ pub enum LoadError {
     /// The options make no sense.
     #[error("{0}")]
     Usage(String),
+    /// Stopped (Ctrl-C or SIGTERM) before the clock started: nothing was measured.
+    #[error("interrupted before the clock started; nothing was measured")]
+    Interrupted,
     /// The target could not be set up or reached.
     #[error("target {target}: {reason}")]
     Target {
@@ -189,6 +194,51 @@ pub struct Config {
     pub spawn_redis: bool,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Asked to stop early: the run ends as if its time were up and reports what it
+    /// measured.
+    pub stop: Stop,
+}
+
+/// A request to end runs early (Ctrl-C), shared by the runs and whoever asks.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Debug, Default)]
+struct StopInner {
+    requested: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    /// Asks every run sharing this to stop.
+    pub fn request(&self) {
+        self.0.requested.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::Acquire)
+    }
+
+    /// Returns once a stop is asked for.
+    pub async fn requested(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `work`, unless a stop is asked for first.
+    async fn or_stop<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, LoadError> {
+        tokio::select! {
+            v = work => Ok(v),
+            () = self.requested() => Err(LoadError::Interrupted),
+        }
+    }
 }
 
 impl Config {
@@ -259,6 +309,8 @@ struct RunShared {
     answered: AtomicU64,
     /// Per second of the run: answers and their latency.
     timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
+    /// Ends the run early.
+    stop: Stop,
 }
 
 /// What one gate's receiver counted.
@@ -276,13 +328,29 @@ struct GateCounts {
 /// Runs one scenario against one target.
 pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     config.validate()?;
-    let target = Target::open(config).await?;
-    let genuine = target.mint(&plan::tickets(config)).await?;
+    let stop = &config.stop;
+    // Until the clock starts, a stop ends the run with nothing to report (dropping the
+    // target stops a Redis it spawned).
+    let target = stop.or_stop(Target::open(config)).await??;
+    let genuine = stop.or_stop(target.mint(&plan::tickets(config))).await??;
     let Plan { gates, allowed } = plan::plan(config, &genuine);
-    let sync = target.sync_name().await;
+    let sync = stop.or_stop(target.sync_name()).await?;
     let mut links = Vec::with_capacity(gates.len());
     for g in 0..gates.len() {
-        links.push(target.link(g as u16 + 1, config.inflight).await?);
+        links.push(
+            stop.or_stop(target.link(g as u16 + 1, config.inflight))
+                .await??,
+        );
+    }
+    if config.progress {
+        // For logs and scripts: the clock starts now (a stop from here on is reported).
+        eprintln!(
+            "stile loadtest: {}: {} tickets ready; measuring for {:?} after a {:?} warm-up",
+            config.target,
+            genuine.len(),
+            config.duration,
+            config.warmup
+        );
     }
     let progress = config.progress.then(|| progress_bar(config));
     // The target's own view of the measured time: a reading when the warm-up ends and
@@ -306,6 +374,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         allowed,
         answered: AtomicU64::new(0),
         timeline: Mutex::new(Vec::new()),
+        stop: config.stop.clone(),
     });
     // Open loop: one thread keeps the schedule and hands each gate its due times.
     let (pacer, mut dues) = match config.rate {
@@ -313,9 +382,10 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             let (txs, rxs): (Vec<_>, Vec<_>) =
                 (0..gates.len()).map(|_| mpsc::unbounded_channel()).unzip();
             let (start, end, shape) = (shared.start, shared.end, config.shape);
+            let stop = config.stop.clone();
             let pacer = std::thread::Builder::new()
                 .name("stile-loadtest-pacer".into())
-                .spawn(move || pace(rate, shape, start, end, txs))
+                .spawn(move || pace(rate, shape, start, end, txs, &stop))
                 .map_err(|e| LoadError::Usage(format!("starting the pacer: {e}")))?;
             (Some(pacer), rxs.into_iter().map(Some).collect())
         }
@@ -390,6 +460,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         }
     }
     let elapsed = start.elapsed();
+    let cut_short = config.stop.is_requested() && elapsed < config.warmup + config.duration;
     // Every answer is in. A sender may still wait for room or for its next due time; it
     // holds a link, and so the target (for `inproc`, the engine and its temporary data
     // dir): stop it and wait until it is gone, so that nothing of the run outlives `run`.
@@ -488,6 +559,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
         node,
         quic,
+        interrupted: cut_short,
     })
 }
 
@@ -509,7 +581,7 @@ async fn send_loop(
         times.clear();
         match &mut due {
             None => {
-                if Instant::now() >= run.end {
+                if Instant::now() >= run.end || run.stop.is_requested() {
                     break;
                 }
                 let n = gate
@@ -723,18 +795,26 @@ fn pace(
     start: Instant,
     end: Instant,
     gates: Vec<mpsc::UnboundedSender<Instant>>,
+    stop: &Stop,
 ) {
-    pace_with(rate, shape, start, end, gates, std::thread::sleep)
+    pace_with(rate, shape, start, end, gates, |d| {
+        if stop.is_requested() {
+            return false;
+        }
+        std::thread::sleep(d);
+        true
+    })
 }
 
-/// [`pace`], sleeping with `sleep` (tests count the pacer's wake-ups).
+/// [`pace`], sleeping with `sleep`, which says whether to go on (tests count the pacer's
+/// wake-ups; a stop ends the schedule early).
 fn pace_with(
     rate: f64,
     shape: Shape,
     start: Instant,
     end: Instant,
     gates: Vec<mpsc::UnboundedSender<Instant>>,
-    mut sleep: impl FnMut(Duration),
+    mut sleep: impl FnMut(Duration) -> bool,
 ) {
     let nanos_per = 1e9 / rate;
     let span_ns = end.saturating_duration_since(start).as_nanos() as f64;
@@ -766,7 +846,9 @@ fn pace_with(
             return;
         }
         let until_due = next_due.saturating_duration_since(Instant::now());
-        sleep(until_due.clamp(PACER_TICK, PACER_SLEEP_MAX));
+        if !sleep(until_due.clamp(PACER_TICK, PACER_SLEEP_MAX)) {
+            return;
+        }
     }
 }
 
@@ -825,6 +907,7 @@ mod tests {
                 start,
                 start + Duration::from_millis(100),
                 txs,
+                &Stop::default(),
             )
         });
         let mut all = Vec::new();
@@ -856,12 +939,45 @@ mod tests {
                 sleeps += 1;
                 assert!(d >= PACER_TICK && d <= PACER_SLEEP_MAX, "{d:?}");
                 std::thread::sleep(d);
+                true
             })
         });
         let sent: usize = per_gate.iter().map(Vec::len).sum();
         assert_eq!(sent, 60);
         let most = sent as u32 + (span.as_millis() / PACER_SLEEP_MAX.as_millis()) as u32 + 2;
         assert!(sleeps <= most, "{sleeps} sleeps for {sent} requests");
+    }
+
+    #[test]
+    fn a_stop_ends_the_schedule_early() {
+        // 1,000/s for 10 s, stopped during its fifth sleep: the gates' channels close long
+        // before the 10,000th request.
+        let start = Instant::now();
+        let stop = Stop::default();
+        let mut sleeps = 0;
+        let per_gate = paced(2, |txs| {
+            pace_with(
+                1000.0,
+                Shape::Flat,
+                start,
+                start + Duration::from_secs(10),
+                txs,
+                |d| {
+                    sleeps += 1;
+                    if sleeps == 5 {
+                        stop.request();
+                    }
+                    if stop.is_requested() {
+                        return false;
+                    }
+                    std::thread::sleep(d);
+                    true
+                },
+            )
+        });
+        let sent: usize = per_gate.iter().map(Vec::len).sum();
+        assert!((1..100).contains(&sent), "{sent} requests after the stop");
+        assert_eq!(sleeps, 5);
     }
 
     #[test]
@@ -876,7 +992,10 @@ mod tests {
                 start,
                 start + Duration::from_millis(100),
                 txs,
-                |d| std::thread::sleep(d + Duration::from_millis(5)),
+                |d| {
+                    std::thread::sleep(d + Duration::from_millis(5));
+                    true
+                },
             )
         });
         let mut all: Vec<Instant> = per_gate.into_iter().flatten().collect();
@@ -908,7 +1027,14 @@ mod shape_tests {
         let start = Instant::now();
         let span = Duration::from_millis(200);
         let all: Vec<Duration> = super::tests::paced(2, |txs| {
-            pace(10_000.0, Shape::Peak, start, start + span, txs)
+            pace(
+                10_000.0,
+                Shape::Peak,
+                start,
+                start + span,
+                txs,
+                &Stop::default(),
+            )
         })
         .into_iter()
         .flatten()

@@ -206,6 +206,7 @@ mod tests {
             sync: stile_engine::SyncMode::None,
             spawn_redis: false,
             progress: false,
+            stop: Default::default(),
         }
     }
 

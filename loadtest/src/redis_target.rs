@@ -10,7 +10,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::leftovers::{Server, TempTree};
 use crate::plan::{Item, Kind};
 use crate::target::{Answer, LinkError};
 use crate::{Config, LoadError};
@@ -67,22 +70,6 @@ const SPAWN_TIMEOUT_MS: u64 = 10_000;
 /// Longest reply line accepted from Redis.
 const REPLY_MAX: usize = 64 * 1024;
 
-/// A redis-server this run started; stopped on drop.
-#[derive(Debug)]
-struct Spawned {
-    /// The server process.
-    child: Child,
-    /// Its working directory (the AOF), removed on drop.
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Redis: a connection for loading, and the scripts' digests.
 pub struct Redis {
     /// The URL as given.
@@ -100,7 +87,7 @@ pub struct Redis {
     /// `appendfsync …` as the server reports it.
     pub sync: String,
     /// The server, if this run started it.
-    _spawned: Option<Spawned>,
+    _spawned: Option<Server>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -144,7 +131,7 @@ impl Redis {
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| err("not a host:port".into()))?;
-        let spawned = if config.spawn_redis {
+        let mut spawned = if config.spawn_redis {
             Some(spawn(addr.port()).map_err(err)?)
         } else {
             None
@@ -153,8 +140,23 @@ impl Redis {
             redis::Client::open(format!("redis://{addr}/")).map_err(|e| err(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_millis(SPAWN_TIMEOUT_MS);
         let mut conn = loop {
+            // A server that exited (its port taken after all) must not be mistaken for
+            // whatever answers on the port.
+            if let Some(status) = spawned.as_mut().and_then(Server::exited) {
+                return Err(err(format!("redis-server exited at once ({status})")));
+            }
             match client.get_multiplexed_async_connection().await {
-                Ok(c) => break c,
+                Ok(c) if spawned.is_none() => break c,
+                Ok(c) => {
+                    // Connected: to the server this run started, unless it died meanwhile.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    match spawned.as_mut().and_then(Server::exited) {
+                        Some(status) => {
+                            return Err(err(format!("redis-server exited at once ({status})")))
+                        }
+                        None => break c,
+                    }
+                }
                 Err(e) if spawned.is_some() && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "waiting for redis-server");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -399,10 +401,15 @@ fn key(code: &CodeBytes) -> String {
 }
 
 /// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write.
-fn spawn(port: u16) -> Result<Spawned, String> {
-    let dir = tempfile::Builder::new()
-        .prefix(".stile-redis-")
-        .tempdir_in(".")
+fn spawn(port: u16) -> Result<Server, String> {
+    // A server already there would answer in place of ours.
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+        return Err(format!(
+            "--spawn-redis: port {port} is taken ({e}): stop what listens there, or name \
+             another port in the URL"
+        ));
+    }
+    let dir = TempTree::new_in(&[Path::new(".")], ".stile-redis-")
         .map_err(|e| format!("making a directory for redis-server: {e}"))?;
     let child = Command::new("redis-server")
         .args([
@@ -425,11 +432,14 @@ fn spawn(port: u16) -> Result<Spawned, String> {
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // A group of its own: a terminal's Ctrl-C reaches the tester, which ends the run
+        // and then stops this server, instead of the server dying under the run.
+        .process_group(0)
         .spawn()
         .map_err(|e| {
             format!("starting redis-server (is it on PATH? apt-get install redis-server): {e}")
         })?;
-    Ok(Spawned { child, _dir: dir })
+    Ok(Server::new(child, dir))
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct RunReport {
     /// What QUIC carried, summed over the gates' connections (a node only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicView>,
+    /// Ended early by Ctrl-C or SIGTERM: the figures cover the time measured until then.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -91,6 +93,13 @@ impl RunReport {
     pub fn notes(&self) -> Vec<String> {
         let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
         let mut notes = Vec::new();
+        if self.interrupted {
+            notes.push(format!(
+                "interrupted: the run was stopped early, and its figures cover the {:.1} s \
+                 measured until then",
+                self.measured_s
+            ));
+        }
         if let Some(q) = self.quic.filter(|q| q.packets_lost > 0) {
             notes.push(format!(
                 "{} packets were lost and sent again; an answer behind one is late by a \
@@ -629,6 +638,7 @@ mod tests {
             double_admits: 0,
             forged_admits: 0,
             client_cpu_percent: 80.0,
+            interrupted: false,
             machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),

@@ -3,7 +3,7 @@
 //! while answers come back, the way a gate's connection carries them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use stile_protocol::histogram::Histogram;
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
 
+use crate::leftovers::TempTree;
 use crate::plan::{Item, Kind};
 use crate::redis_target::{Redis, RedisRx, RedisTx};
 use crate::report::QuicView;
@@ -71,8 +72,8 @@ pub struct Inproc {
     sync: &'static str,
     /// Scan ids.
     scan_id: AtomicU64,
-    /// The data dir (deleted on drop).
-    _dir: tempfile::TempDir,
+    /// The data dir (deleted on drop, after the engine).
+    _dir: TempTree,
 }
 
 /// Latency histograms and log counters of a node (or the engine in process) at one moment.
@@ -168,14 +169,7 @@ impl Target {
         }
         if config.target == "inproc" {
             // Beside the working directory, not in /tmp: /tmp may be memory, and fsync free.
-            let dir = tempfile::Builder::new()
-                .prefix(".stile-loadtest-")
-                .tempdir_in(&config.data)
-                .or_else(|_| {
-                    tempfile::Builder::new()
-                        .prefix(".stile-loadtest-")
-                        .tempdir_in(".")
-                })
+            let dir = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
                 .map_err(|e| err(format!("making a data dir: {e}")))?;
             let engine = Engine::open(
                 dir.path(),

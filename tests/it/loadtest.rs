@@ -26,6 +26,7 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         sync: SyncMode::Always,
         spawn_redis: false,
         progress: false,
+        stop: Default::default(),
     }
 }
 
@@ -303,6 +304,143 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         "{text}"
     );
     assert!(text.contains("sync appendfsync always"), "{text}");
+}
+
+/// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, sends it
+/// SIGINT, and returns its exit code and stdout.
+fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .arg("loadtest")
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            let _ = tx.send(line);
+        }
+    });
+    let started = loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line.contains("measuring for") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    if !started {
+        let _ = child.kill();
+        panic!("the run never started measuring");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill takes a pid and a signal number; the child is ours and not reaped.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 60 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    reader.join().unwrap();
+    (status.code(), out)
+}
+
+#[test]
+fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut targets = vec!["inproc".to_string()];
+    let redis_port = if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        targets.push(format!("redis://127.0.0.1:{port}"));
+        Some(port)
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
+        None
+    };
+    for target in &targets {
+        // 2,000/s for two minutes: stopped after a second and a half of it.
+        let (code, out) = interrupt_once_measuring(
+            dir.path(),
+            &[
+                "--scenario",
+                "stadium",
+                "--spawn-redis",
+                "--target",
+                target,
+                "--rate",
+                "2000",
+                "--duration",
+                "120s",
+                "--warmup",
+                "0s",
+                "--gates",
+                "4",
+                "--tickets",
+                "300000",
+                "--data",
+                data.to_str().unwrap(),
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, Some(130), "{target}: {out}");
+        assert!(out.contains("note: interrupted"), "{target}: {out}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let run = &v["runs"][0];
+        assert_eq!(run["interrupted"], true, "{target}: {run}");
+        let requests = run["requests"].as_u64().unwrap();
+        let measured = run["measured_s"].as_f64().unwrap();
+        assert!(requests > 0, "{target}: {run}");
+        assert!(measured < 60.0, "{target}: stopped early: {run}");
+        assert_eq!(run["double_admits"], 0, "{target}: {run}");
+        // Nothing of the run is left: no temporary data dir, no Redis directory.
+        for d in [dir.path(), data.as_path()] {
+            let left: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".stile-"))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "{target}: left in {}: {left:?}",
+                d.display()
+            );
+        }
+    }
+    // The spawned Redis was stopped: nothing listens on its port any more.
+    if let Some(port) = redis_port {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,166 @@
+//! What a run leaves running or on disk until it ends: the `inproc` engine's temporary data
+//! dir and a spawned redis-server with its directory. Each is removed when its owner drops;
+//! a process that must quit at once (a second Ctrl-C), whose runs will not drop their
+//! targets, removes what is left with [`clean_up`].
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Mutex, MutexGuard};
+
+/// Everything not yet removed: a directory, and the pid of the server that works in it.
+static LEFT: Mutex<Vec<(PathBuf, Option<u32>)>> = Mutex::new(Vec::new());
+
+fn left() -> MutexGuard<'static, Vec<(PathBuf, Option<u32>)>> {
+    LEFT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A directory made for a run, removed (with everything in it) on drop.
+#[derive(Debug)]
+pub(crate) struct TempTree {
+    path: PathBuf,
+}
+
+impl TempTree {
+    /// A new directory `PREFIX…` in the first of `parents` that takes one.
+    pub(crate) fn new_in(parents: &[&Path], prefix: &str) -> std::io::Result<TempTree> {
+        let mut last = None;
+        for parent in parents {
+            match tempfile::Builder::new().prefix(prefix).tempdir_in(parent) {
+                Ok(dir) => {
+                    let path = dir.keep();
+                    left().push((path.clone(), None));
+                    return Ok(TempTree { path });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no directory to make it in")))
+    }
+
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        // Under the lock, so that `clean_up` meanwhile waits for this.
+        let mut left = left();
+        let _ = std::fs::remove_dir_all(&self.path);
+        left.retain(|(p, _)| p != &self.path);
+    }
+}
+
+/// A server working in a [`TempTree`]: killed and reaped, then the directory removed, on
+/// drop.
+#[derive(Debug)]
+pub(crate) struct Server {
+    child: Child,
+    dir: Option<TempTree>,
+}
+
+impl Server {
+    /// Takes charge of `child`, which works in `dir`.
+    pub(crate) fn new(child: Child, dir: TempTree) -> Server {
+        if let Some(entry) = left().iter_mut().find(|(p, _)| p == dir.path()) {
+            entry.1 = Some(child.id());
+        }
+        Server {
+            child,
+            dir: Some(dir),
+        }
+    }
+
+    /// The exit status, if the server has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        {
+            // Reaped under the lock: `clean_up` then never signals a pid that is no longer
+            // this process's child.
+            let mut left = left();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(entry) = left
+                .iter_mut()
+                .find(|(_, pid)| *pid == Some(self.child.id()))
+            {
+                entry.1 = None;
+            }
+        }
+        self.dir.take();
+    }
+}
+
+/// Kills every server still running for this process and removes every directory left,
+/// for a process about to exit without unwinding.
+pub fn clean_up() {
+    clean_up_where(|_| true);
+}
+
+/// [`clean_up`] of the directories `which` picks (and their servers).
+fn clean_up_where(which: impl Fn(&Path) -> bool) {
+    let mut left = left();
+    let (these, rest): (Vec<_>, Vec<_>) = left.drain(..).partition(|(p, _)| which(p));
+    *left = rest;
+    for (path, pid) in these {
+        if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill and waitpid take a pid and plain integers. The pid is this
+            // process's own child and not reaped: its `Server` reaps it, and forgets it,
+            // under this lock.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_up_stops_servers_and_removes_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let kept = TempTree::new_in(&[root.path()], ".t-").unwrap();
+        std::fs::write(kept.path().join("f"), b"x").unwrap();
+        let dropped = TempTree::new_in(&[root.path()], ".t-").unwrap();
+        let dropped_path = dropped.path().to_path_buf();
+        drop(dropped);
+        assert!(!dropped_path.exists(), "removed on drop");
+
+        let server_dir = TempTree::new_in(&[root.path()], ".t-").unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let server = Server::new(child, server_dir);
+        let paths: Vec<PathBuf> = left()
+            .iter()
+            .filter(|(p, _)| p.starts_with(root.path()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        assert_eq!(paths.len(), 2);
+
+        // Only this test's own: other tests of this crate may have runs going.
+        clean_up_where(|p| p.starts_with(root.path()));
+        for p in &paths {
+            assert!(!p.exists(), "{} left", p.display());
+        }
+        // The child was killed and reaped: its pid is no longer a process of ours.
+        // SAFETY: signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        assert!(!alive, "the server still runs");
+        // Dropping the owners afterwards is harmless.
+        drop(kept);
+        drop(server);
+    }
+}
