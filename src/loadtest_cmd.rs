@@ -119,31 +119,41 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             std::process::exit(i32::from(INTERRUPTED));
         }
     });
+    let config_for = |target: &String| Config {
+        scenario,
+        target: target.clone(),
+        gates: args.gates,
+        inflight: args.inflight,
+        duration: args.duration,
+        warmup: args.warmup,
+        rate: args.rate,
+        shape,
+        tickets: args.tickets,
+        seed: args.seed,
+        data: args.data.clone(),
+        sync,
+        spawn_redis: args.spawn_redis && target.starts_with("redis://"),
+        progress: !args.quiet,
+        stop: stop.clone(),
+    };
+    // Every target is checked before the first runs: a --compare must not fail at its last
+    // target after minutes of the others.
+    for target in &targets {
+        let config = config_for(target);
+        config
+            .validate()
+            .and_then(|()| stile_loadtest::Target::precheck(&config))
+            .with_context(|| format!("running {} against {target}", scenario.name()))?;
+    }
     let mut runs = Vec::with_capacity(targets.len());
-    let mut skipped = false;
+    let (mut skipped, mut failed) = (false, false);
     for target in &targets {
         if stop.is_requested() {
             eprintln!("stile loadtest: interrupted: {target} not run");
             skipped = true;
             continue;
         }
-        let config = Config {
-            scenario,
-            target: target.clone(),
-            gates: args.gates,
-            inflight: args.inflight,
-            duration: args.duration,
-            warmup: args.warmup,
-            rate: args.rate,
-            shape,
-            tickets: args.tickets,
-            seed: args.seed,
-            data: args.data.clone(),
-            sync,
-            spawn_redis: args.spawn_redis && target.starts_with("redis://"),
-            progress: !args.quiet,
-            stop: stop.clone(),
-        };
+        let config = config_for(target);
         let run = match runtime.block_on(stile_loadtest::run(&config)) {
             Err(stile_loadtest::LoadError::Interrupted) => {
                 eprintln!("stile loadtest: interrupted before {target} was measured");
@@ -157,12 +167,20 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
                 "running {scenario} against {target}",
                 scenario = scenario.name()
             )
-        })?;
-        runs.push(run);
+        });
+        match run {
+            Ok(run) => runs.push(run),
+            // The runs before it keep their figures, and the targets after it still run.
+            Err(e) if targets.len() > 1 => {
+                eprintln!("stile: {e:#}");
+                failed = true;
+            }
+            Err(e) => return Err(e),
+        }
     }
     if runs.is_empty() {
         eprintln!("stile loadtest: nothing was measured; no report written");
-        return Ok(ExitCode::from(INTERRUPTED));
+        return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
     }
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
     let report = Report {
@@ -192,6 +210,9 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     }
     if bad {
         return Ok(ExitCode::from(2));
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
     }
     if interrupted {
         return Ok(ExitCode::from(INTERRUPTED));

@@ -400,15 +400,44 @@ fn key(code: &CodeBytes) -> String {
     format!("t:{}", code.to_text().as_str())
 }
 
-/// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write.
-fn spawn(port: u16) -> Result<Server, String> {
-    // A server already there would answer in place of ours.
-    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-        return Err(format!(
+/// Before any run: `redis-server` starts (`--version`), and the port of `host_port` is free.
+pub(crate) fn precheck_spawn(host_port: &str) -> Result<(), String> {
+    let port = host_port
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| "not a host:port".to_string())?;
+    match Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("redis-server --version failed ({s})")),
+        Err(e) => {
+            return Err(format!(
+                "starting redis-server (is it on PATH? apt-get install redis-server): {e}"
+            ))
+        }
+    }
+    port_is_free(port)
+}
+
+/// A server already on `port` would answer in place of the one this run starts.
+fn port_is_free(port: u16) -> Result<(), String> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
             "--spawn-redis: port {port} is taken ({e}): stop what listens there, or name \
              another port in the URL"
-        ));
+        )),
     }
+}
+
+/// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write.
+fn spawn(port: u16) -> Result<Server, String> {
+    port_is_free(port)?;
     let dir = TempTree::new_in(&[Path::new(".")], ".stile-redis-")
         .map_err(|e| format!("making a directory for redis-server: {e}"))?;
     let child = Command::new("redis-server")

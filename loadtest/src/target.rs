@@ -159,6 +159,39 @@ pub(crate) struct InprocRx {
 
 impl Target {
     /// Opens the target `config.target` names.
+    /// What can be checked before any run, so that a `--compare` does not fail at its last
+    /// target after minutes of the others: the URL's scheme, the CA of a `quic://` target,
+    /// and for a spawned Redis that `redis-server` starts and its port is free.
+    pub fn precheck(config: &Config) -> Result<(), LoadError> {
+        let err = |reason: String| LoadError::Target {
+            target: config.target.clone(),
+            reason,
+        };
+        let t = config.target.as_str();
+        if t == "inproc" {
+            return Ok(());
+        }
+        if let Some(rest) = t.strip_prefix("redis://") {
+            return match config.spawn_redis {
+                true => crate::redis_target::precheck_spawn(rest).map_err(err),
+                false => Ok(()),
+            };
+        }
+        if t.starts_with("quic://") {
+            let tls = config.data.join("tls");
+            if !tls.join(certs::CA_CERT).exists() {
+                return Err(err(format!(
+                    "no CA in {}: point --data at the node's data dir (stile up makes one)",
+                    tls.display()
+                )));
+            }
+            return Ok(());
+        }
+        Err(LoadError::Usage(format!(
+            "target {t:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT"
+        )))
+    }
+
     pub async fn open(config: &Config) -> Result<Target, LoadError> {
         let err = |reason: String| LoadError::Target {
             target: config.target.clone(),

@@ -306,6 +306,41 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
     assert!(text.contains("sync appendfsync always"), "{text}");
 }
 
+#[test]
+fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--scenario", "stadium", "--quiet"])
+        .args(["--compare", &format!("inproc,redis://127.0.0.1:{port}")])
+        .args(["--duration", "1s", "--gates", "4", "--tickets", "4000"])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}{err}");
+    assert!(err.contains("connecting"), "{err}");
+    assert!(said.contains("inproc  sync always"), "{said}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    assert_eq!(runs[0]["target"], "inproc");
+    assert!(runs[0]["requests"].as_u64().unwrap() > 0);
+}
+
 /// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, sends it
 /// SIGINT, and returns its exit code and stdout.
 fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
@@ -552,6 +587,16 @@ fn bad_options_get_clear_errors() {
         (
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",
+        ),
+        // Every target is checked before the first runs.
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--compare",
+                "inproc,quic://127.0.0.1:9",
+            ],
+            "no CA in",
         ),
         // Outputs are checked before the run, not after it.
         (
