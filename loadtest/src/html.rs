@@ -311,6 +311,9 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
             esc(&r.target),
             outcomes.join(", ")
         );
+        for note in r.notes() {
+            let _ = writeln!(h, "<p class=\"note\">note: {}</p>", esc(&note));
+        }
     }
     if !report.ratios.is_empty() {
         h.push_str("<h2>Ratios</h2>\n<ul>\n");

@@ -402,6 +402,7 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
 fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
+    let html = dir.path().join("html");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let mut targets = vec!["inproc".to_string()];
@@ -445,9 +446,13 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
                 data.to_str().unwrap(),
                 "--json",
                 json.to_str().unwrap(),
+                "--report",
+                html.to_str().unwrap(),
             ],
         );
         assert_eq!(code, Some(130), "{target}: {out}");
+        let page = std::fs::read_to_string(html.join("index.html")).unwrap();
+        assert!(page.contains("note: interrupted"), "{target}: {page:.2000}");
         assert!(out.contains("note: interrupted"), "{target}: {out}");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
