@@ -100,11 +100,11 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Ctrl-C or SIGTERM: the run in progress ends as if its time were up and is reported,
+    // Ctrl-C, SIGTERM or SIGHUP: the run in progress ends as if its time were up and is reported,
     // the targets after it are not run, and a spawned Redis is stopped. A second one quits
     // at once.
     let stop = stile_loadtest::Stop::default();
-    let mut signals = runtime.block_on(async { crate::serve::Signals::install() })?;
+    let mut signals = runtime.block_on(async { crate::serve::Signals::install_with_hangup() })?;
     runtime.spawn({
         let stop = stop.clone();
         async move {
@@ -115,8 +115,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             );
             stop.request();
             signals.wait().await;
-            stile_loadtest::clean_up();
-            std::process::exit(i32::from(INTERRUPTED));
+            stile_loadtest::clean_up_and_exit(i32::from(INTERRUPTED));
         }
     });
     let config_for = |target: &String| Config {

@@ -296,6 +296,8 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// SIGHUP too, for commands that run in a terminal (a closed terminal stops them).
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -305,14 +307,32 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: None,
         })
+    }
+
+    /// [`Signals::install`], and SIGHUP as well.
+    pub fn install_with_hangup() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut signals = Self::install()?;
+        signals.hup = Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?);
+        Ok(signals)
     }
 
     /// Waits for either (again after each one).
     pub async fn wait(&mut self) {
+        let hup = async {
+            match &mut self.hup {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
+            () = hup => {}
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What a run leaves running or on disk until it ends: the `inproc` engine's temporary data
 //! dir and a spawned redis-server with its directory. Each is removed when its owner drops;
 //! a process that must quit at once (a second Ctrl-C), whose runs will not drop their
-//! targets, removes what is left with [`clean_up`].
+//! targets, removes what is left with [`clean_up_and_exit`].
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -45,7 +45,7 @@ impl TempTree {
 
 impl Drop for TempTree {
     fn drop(&mut self) {
-        // Under the lock, so that `clean_up` meanwhile waits for this.
+        // Under the lock, so that `clean_up_and_exit` meanwhile waits for this.
         let mut left = left();
         let _ = std::fs::remove_dir_all(&self.path);
         left.retain(|(p, _)| p != &self.path);
@@ -72,47 +72,55 @@ impl Server {
         }
     }
 
-    /// The exit status, if the server has exited.
+    /// The exit status, if the server has exited (it is then reaped, and forgotten by
+    /// [`clean_up_and_exit`]).
     pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let mut left = left();
+        let status = self.child.try_wait().ok().flatten()?;
+        forget_pid(&mut left, self.child.id());
+        Some(status)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         {
-            // Reaped under the lock: `clean_up` then never signals a pid that is no longer
-            // this process's child.
+            // Reaped and forgotten under the lock: `clean_up_and_exit` never signals a pid
+            // that is no longer this process's child.
             let mut left = left();
             let _ = self.child.kill();
             let _ = self.child.wait();
-            if let Some(entry) = left
-                .iter_mut()
-                .find(|(_, pid)| *pid == Some(self.child.id()))
-            {
-                entry.1 = None;
-            }
+            forget_pid(&mut left, self.child.id());
         }
         self.dir.take();
     }
 }
 
-/// Kills every server still running for this process and removes every directory left,
-/// for a process about to exit without unwinding.
-pub fn clean_up() {
-    clean_up_where(|_| true);
+/// A reaped server's pid is no longer this process's to signal.
+fn forget_pid(left: &mut [(PathBuf, Option<u32>)], pid: u32) {
+    if let Some(entry) = left.iter_mut().find(|(_, p)| *p == Some(pid)) {
+        entry.1 = None;
+    }
 }
 
-/// [`clean_up`] of the directories `which` picks (and their servers).
-fn clean_up_where(which: impl Fn(&Path) -> bool) {
+/// Kills every server still running for this process, removes every directory left, and
+/// exits with `code` without unwinding. The registry stays locked until the exit, so no
+/// owner's drop on another thread touches a server or directory meanwhile.
+pub fn clean_up_and_exit(code: i32) -> ! {
     let mut left = left();
+    clean_up_where(&mut left, |_| true);
+    std::process::exit(code);
+}
+
+/// Kills the servers of the directories `which` picks and removes those directories.
+fn clean_up_where(left: &mut Vec<(PathBuf, Option<u32>)>, which: impl Fn(&Path) -> bool) {
     let (these, rest): (Vec<_>, Vec<_>) = left.drain(..).partition(|(p, _)| which(p));
     *left = rest;
     for (path, pid) in these {
         if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
             // SAFETY: kill and waitpid take a pid and plain integers. The pid is this
-            // process's own child and not reaped: its `Server` reaps it, and forgets it,
-            // under this lock.
+            // process's own child and not reaped: its `Server` reaps it only under this
+            // lock, and forgets it then.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
@@ -151,7 +159,7 @@ mod tests {
         assert_eq!(paths.len(), 2);
 
         // Only this test's own: other tests of this crate may have runs going.
-        clean_up_where(|p| p.starts_with(root.path()));
+        clean_up_where(&mut left(), |p| p.starts_with(root.path()));
         for p in &paths {
             assert!(!p.exists(), "{} left", p.display());
         }
@@ -159,8 +167,8 @@ mod tests {
         // SAFETY: signal 0 only checks that the pid exists.
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
         assert!(!alive, "the server still runs");
-        // Dropping the owners afterwards is harmless.
+        // The process would exit now; its server's owner must not signal the reaped pid.
         drop(kept);
-        drop(server);
+        std::mem::forget(server);
     }
 }

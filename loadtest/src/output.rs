@@ -1,7 +1,8 @@
 //! Where a run's figures go: `--json FILE` and `--report DIR`. Both are checked before the
-//! run, so a long run's figures are not lost to a mistyped path, and both are written whole
-//! or not at all (a temporary file beside the destination, renamed over it), so a script
-//! that reads them never sees half a file.
+//! run, so a long run's figures are not lost to a mistyped path, and files are written whole
+//! or not at all (a temporary file beside the destination, synced and renamed over it), so
+//! a script that reads them never sees half a file. A destination that is not a regular
+//! file (`/dev/stdout`, a pipe) is written directly; a symbolic link is followed.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,19 @@ pub fn check(json: Option<&Path>, report_dir: Option<&Path>) -> Result<(), Outpu
         if path.is_dir() {
             return Err(OutputError::JsonIsDir(path.to_path_buf()));
         }
+        if is_special(path) {
+            // Opened for writing only: nothing is written to it before the run.
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map(drop)
+                .map_err(|source| OutputError::JsonDir {
+                    path: path.to_path_buf(),
+                    dir: path.to_path_buf(),
+                    source,
+                });
+        }
+        let path = &resolved(path);
         let dir = parent_of(path);
         takes_files(dir).map_err(|source| OutputError::JsonDir {
             path: path.to_path_buf(),
@@ -80,11 +94,37 @@ fn takes_files(dir: &Path) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from(e.kind()))
 }
 
-/// Writes `bytes` to `path` whole or not at all.
+/// Whether `path` exists and is something other than a regular file or a directory (a
+/// device such as `/dev/stdout`, a pipe), following symbolic links.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// Where `path` leads: through a symbolic link to the file it names, so that the link is
+/// written through rather than replaced.
+fn resolved(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Writes `bytes` to `path` whole or not at all, readable by all (0644, less the umask) as
+/// a file made with `std::fs::write` would be.
 pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     let fail = |e: std::io::Error| OutputError::Write(path.to_path_buf(), e);
-    let mut tmp = tempfile::NamedTempFile::new_in(parent_of(path)).map_err(fail)?;
+    if is_special(path) {
+        return std::fs::write(path, bytes).map_err(fail);
+    }
+    let path = &resolved(path);
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(parent_of(path))
+        .map_err(fail)?;
     tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
 }
@@ -135,5 +175,32 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["r.json"], "no temporary file is left");
+        // The mode a plain write gives a new file under this umask.
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
+    }
+
+    #[test]
+    fn links_are_written_through_and_devices_written_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        check(Some(&link), None).unwrap();
+        write_whole(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+
+        let null = Path::new("/dev/null");
+        check(Some(null), None).unwrap();
+        write_whole(null, b"{}").unwrap();
+        assert!(is_special(null));
     }
 }

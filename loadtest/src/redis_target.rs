@@ -440,7 +440,8 @@ fn spawn(port: u16) -> Result<Server, String> {
     port_is_free(port)?;
     let dir = TempTree::new_in(&[Path::new(".")], ".stile-redis-")
         .map_err(|e| format!("making a directory for redis-server: {e}"))?;
-    let child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args([
             "--port",
             &port.to_string(),
@@ -463,11 +464,28 @@ fn spawn(port: u16) -> Result<Server, String> {
         .stderr(Stdio::null())
         // A group of its own: a terminal's Ctrl-C reaches the tester, which ends the run
         // and then stops this server, instead of the server dying under the run.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            format!("starting redis-server (is it on PATH? apt-get install redis-server): {e}")
-        })?;
+        .process_group(0);
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe. The server is killed when the thread that
+    // started it ends, so a tester killed outright leaves no server behind: that is the
+    // thread that awaits the run (`block_on`, or a runtime's worker), which outlives the
+    // run (never start one from `spawn_blocking`, whose idle threads end).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The tester may have died before the line above.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other("the load tester is gone"));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| {
+        format!("starting redis-server (is it on PATH? apt-get install redis-server): {e}")
+    })?;
     Ok(Server::new(child, dir))
 }
 

@@ -158,7 +158,6 @@ pub(crate) struct InprocRx {
 }
 
 impl Target {
-    /// Opens the target `config.target` names.
     /// What can be checked before any run, so that a `--compare` does not fail at its last
     /// target after minutes of the others: the URL's scheme, the CA of a `quic://` target,
     /// and for a spawned Redis that `redis-server` starts and its port is free.
@@ -192,6 +191,7 @@ impl Target {
         )))
     }
 
+    /// Opens the target `config.target` names.
     pub async fn open(config: &Config) -> Result<Target, LoadError> {
         let err = |reason: String| LoadError::Target {
             target: config.target.clone(),

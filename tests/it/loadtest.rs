@@ -405,7 +405,17 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
     let html = dir.path().join("html");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let mut targets = vec!["inproc".to_string()];
+    // 2,000/s through 4 gates; and far more than one gate with one check-in in flight
+    // answers (a few thousand a second), so that hundreds of thousands of requests fall due
+    // and wait: a stop must not send them first.
+    let (kept_up, behind) = (
+        ["--rate", "2000", "--gates", "4"],
+        ["--rate", "1000000", "--gates", "1"],
+    );
+    let mut cases = vec![
+        ("inproc".to_string(), kept_up),
+        ("inproc".to_string(), behind),
+    ];
     let redis_port = if std::process::Command::new("redis-server")
         .arg("--version")
         .output()
@@ -416,39 +426,37 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
             .local_addr()
             .unwrap()
             .port();
-        targets.push(format!("redis://127.0.0.1:{port}"));
+        cases.push((format!("redis://127.0.0.1:{port}"), kept_up));
         Some(port)
     } else {
         assert!(std::env::var("CI").is_err(), "CI must install redis-server");
         None
     };
-    for target in &targets {
-        // 2,000/s for two minutes: stopped after a second and a half of it.
+    for (target, rate) in &cases {
+        // Two minutes: stopped after a second and a half.
         let (code, out) = interrupt_once_measuring(
             dir.path(),
             &[
-                "--scenario",
-                "stadium",
-                "--spawn-redis",
-                "--target",
-                target,
-                "--rate",
-                "2000",
-                "--duration",
-                "120s",
-                "--warmup",
-                "0s",
-                "--gates",
-                "4",
-                "--tickets",
-                "300000",
-                "--data",
-                data.to_str().unwrap(),
-                "--json",
-                json.to_str().unwrap(),
-                "--report",
-                html.to_str().unwrap(),
-            ],
+                &["--scenario", "stadium", "--spawn-redis", "--target", target],
+                &rate[..],
+                &[
+                    "--inflight",
+                    "1",
+                    "--duration",
+                    "120s",
+                    "--warmup",
+                    "0s",
+                    "--tickets",
+                    "400000",
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--json",
+                    json.to_str().unwrap(),
+                    "--report",
+                    html.to_str().unwrap(),
+                ],
+            ]
+            .concat(),
         );
         assert_eq!(code, Some(130), "{target}: {out}");
         let page = std::fs::read_to_string(html.join("index.html")).unwrap();
