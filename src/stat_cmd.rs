@@ -44,6 +44,10 @@ pub struct StatArgs {
     /// One JSON object a reading, a line each, instead of the text view (for scripts).
     #[arg(long)]
     json: bool,
+    /// Keep going when the node cannot be reached or stops answering: say so each interval
+    /// and resume once it answers again (the live view in a terminal always does).
+    #[arg(long, conflicts_with = "once")]
+    retry: bool,
 }
 
 /// A request op by name (not `subscribe`: a stream has no latency).
@@ -84,41 +88,97 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
     let frames = if args.once { Some(1) } else { args.count };
     // Redraw in place only for a person watching a terminal.
     let redraw = !args.once && !args.json && std::io::stdout().is_terminal();
+    let retry = args.retry || redraw;
     runtime()?.block_on(async {
-        let client = connect(&args.conn, Want::Admin).await?;
-        let mut last = read(&client, &node, args.op).await?;
-        let mut shown = 0;
         let mut out = std::io::stdout().lock();
         if redraw {
             write!(out, "\x1b[2J")?;
         }
-        while frames.is_none_or(|n| shown < n) {
-            tokio::time::sleep(args.interval).await;
-            let now = read(&client, &node, args.op).await?;
-            if args.json {
-                writeln!(out, "{}", render_json(&node, Some(&last), &now))?;
-            } else if redraw {
-                let text = render(&node, Some(&last), &now);
-                // Home, each line cleared to its end, then the rest of the screen.
-                write!(out, "\x1b[H")?;
-                for line in text.lines() {
-                    writeln!(out, "{line}\x1b[K")?;
+        let mut client: Option<Client> = None;
+        // The reading rates are measured from; none at first and after the node was away.
+        let mut last: Option<Reading> = None;
+        let mut down_since: Option<std::time::SystemTime> = None;
+        let mut shown = 0;
+        loop {
+            let reading = async {
+                if client.is_none() {
+                    client = Some(connect(&args.conn, Want::Admin).await?);
                 }
-                write!(out, "\x1b[J")?;
-            } else {
-                let text = render(&node, Some(&last), &now);
-                if shown > 0 {
-                    writeln!(out)?;
+                let c = client.as_ref().expect("connected above");
+                read(c, &node, args.op).await
+            }
+            .await;
+            match reading {
+                Ok(now) => {
+                    down_since = None;
+                    let Some(before) = last.replace(now) else {
+                        tokio::time::sleep(args.interval).await;
+                        continue;
+                    };
+                    let now = last.as_ref().expect("just set");
+                    if args.json {
+                        let mut v = render_json(&node, Some(&before), now);
+                        v["up"] = true.into();
+                        writeln!(out, "{v}")?;
+                    } else if redraw {
+                        redraw_with(&mut out, &render(&node, Some(&before), now))?;
+                    } else {
+                        if shown > 0 {
+                            writeln!(out)?;
+                        }
+                        write!(out, "{}", render(&node, Some(&before), now))?;
+                    }
                 }
-                write!(out, "{text}")?;
+                Err(e) if !retry => return Err(e),
+                Err(e) => {
+                    // Connect afresh next time; rates start over from the next reading.
+                    client = None;
+                    last = None;
+                    let since = *down_since.get_or_insert_with(std::time::SystemTime::now);
+                    let since = humantime::format_rfc3339_seconds(since);
+                    let why = format!("{e:#}");
+                    if args.json {
+                        let v = serde_json::json!({
+                            "node": node, "up": false, "down_since": since.to_string(),
+                            "error": why,
+                        });
+                        writeln!(out, "{v}")?;
+                    } else {
+                        let text = format!(
+                            "node         {node}   not answering since {since}: retrying\n\
+                             error        {why}\n"
+                        );
+                        if redraw {
+                            redraw_with(&mut out, &text)?;
+                        } else {
+                            if shown > 0 {
+                                writeln!(out)?;
+                            }
+                            write!(out, "{text}")?;
+                        }
+                    }
+                }
             }
             out.flush()?;
-            last = now;
             shown += 1;
+            if frames.is_some_and(|n| shown >= n) {
+                break;
+            }
+            tokio::time::sleep(args.interval).await;
         }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Draws `text` over the previous view: home, each line cleared to its end, then the rest
+/// of the screen.
+fn redraw_with(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    write!(out, "\x1b[H")?;
+    for line in text.lines() {
+        writeln!(out, "{line}\x1b[K")?;
+    }
+    write!(out, "\x1b[J")
 }
 
 /// Reads the node's stats and metrics, with errors a person can act on.

@@ -441,6 +441,96 @@ async fn stat_once_prints_rates_latencies_outcomes_and_the_log() {
     n.node.unwrap().shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_with_retry_waits_out_a_restart() {
+    use std::sync::Arc;
+    use stile_engine::node::{Node, NodeConfig};
+    use stile_engine::{Engine, EngineConfig, SystemClock};
+
+    let mut n = TestNode::start(|_| {}).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "stat",
+            "--json",
+            "--retry",
+            "--count",
+            "8",
+            "--interval",
+            "300ms",
+        ])
+        .arg("--data")
+        .arg(n.dir.path())
+        .args(["--node", &n.addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let v = serde_json::from_str(&line.unwrap()).unwrap();
+            let _ = tx.send(v);
+        }
+    });
+    // Lines until one whose `up` is `up`, bounded.
+    let until_up = move |rx: std::sync::mpsc::Receiver<serde_json::Value>, up: bool| {
+        tokio::task::spawn_blocking(move || {
+            let mut seen = Vec::new();
+            loop {
+                let v = rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| panic!("no reading with up = {up} after {seen:?}"));
+                let found = v["up"] == up;
+                seen.push(v);
+                if found {
+                    return (rx, seen);
+                }
+            }
+        })
+    };
+    let (rx, first) = until_up(rx, true).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0]["connections"].as_u64().is_some(), "{}", first[0]);
+
+    // The node goes away: the view says so, and goes on.
+    n.node.take().unwrap().shutdown().await;
+    let (rx, down) = until_up(rx, false).await.unwrap();
+    let gone = down.last().unwrap();
+    assert_eq!(gone["node"], n.addr.to_string());
+    assert!(
+        gone["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{gone}"
+    );
+    assert!(gone["down_since"].as_str().is_some(), "{gone}");
+
+    // A node on the same address again: readings resume.
+    let engine = Engine::open(
+        &n.dir.path().join("data-again"),
+        EngineConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let again = Node::start(Arc::new(engine), NodeConfig::new(n.addr, n.tls.clone())).unwrap();
+    let (_rx, back) = until_up(rx, true).await.unwrap();
+    assert!(back.last().unwrap()["uptime_s"].as_f64().is_some());
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "stat still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    reader.join().unwrap();
+    again.shutdown().await;
+}
+
 #[test]
 fn stat_of_a_node_that_is_not_there_says_so() {
     let dir = tempfile::tempdir().unwrap();
