@@ -206,6 +206,14 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             );
             bad = true;
         }
+        // A run some of whose requests went unanswered does not measure what it claims to.
+        if r.timeouts + r.errors > 0 {
+            eprintln!(
+                "stile loadtest: {}: {} requests timed out and {} failed",
+                r.target, r.timeouts, r.errors
+            );
+            failed = true;
+        }
     }
     if bad {
         return Ok(ExitCode::from(2));

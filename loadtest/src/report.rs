@@ -100,6 +100,16 @@ impl RunReport {
                 self.measured_s
             ));
         }
+        if self.timeouts + self.errors > 0 {
+            notes.push(format!(
+                "{} requests got no answer within {} s and {} failed: the target stopped \
+                 answering or fell far behind, and each gate it left stopped sending; the \
+                 throughput and latency count answered requests only",
+                self.timeouts,
+                crate::target::REQUEST_TIMEOUT.as_secs(),
+                self.errors
+            ));
+        }
         if let Some(q) = self.quic.filter(|q| q.packets_lost > 0) {
             notes.push(format!(
                 "{} packets were lost and sent again; an answer behind one is late by a \
@@ -661,6 +671,19 @@ mod tests {
                 packets_lost,
             }),
         }
+    }
+
+    #[test]
+    fn unanswered_requests_get_a_note() {
+        let mut r = run(2_500, Some(2_000), Some(0));
+        assert!(r.notes().is_empty());
+        r.timeouts = 1024;
+        let notes = r.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("1024 requests got no answer within 10 s and 0 failed"));
+        r.timeouts = 0;
+        r.errors = 3;
+        assert!(r.notes()[0].contains("and 3 failed"), "{:?}", r.notes());
     }
 
     #[test]

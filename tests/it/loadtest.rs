@@ -344,6 +344,20 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
 /// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, sends it
 /// SIGINT, and returns its exit code and stdout.
 fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    act_once_measuring(cwd, args, |pid| {
+        // SAFETY: kill takes a pid and a signal number; the child is ours and not reaped.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        assert_eq!(sent, 0);
+    })
+}
+
+/// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, gives it
+/// a second and a half, calls `act` with its pid, and returns its exit code and stdout.
+fn act_once_measuring(
+    cwd: &std::path::Path,
+    args: &[&str],
+    act: impl FnOnce(u32),
+) -> (Option<i32>, String) {
     use std::io::{BufRead, Read};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
         .arg("loadtest")
@@ -373,9 +387,7 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
         panic!("the run never started measuring");
     }
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill takes a pid and a signal number; the child is ours and not reaped.
-    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(sent, 0);
+    act(child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -383,7 +395,7 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("still running 60 s after SIGINT");
+            panic!("still running 60 s after the act");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -396,6 +408,55 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
         .unwrap();
     reader.join().unwrap();
     (status.code(), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_away_mid_run_fails_the_run_with_a_note() {
+    let mut n = TestNode::start(|_| {}).await;
+    let node = n.node.take().unwrap();
+    let (dir, addr) = (n.dir.path().to_path_buf(), n.addr.to_string());
+    let json = dir.join("down.json");
+    let runtime = tokio::runtime::Handle::current();
+    let (code, out) = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            act_once_measuring(
+                &dir,
+                &[
+                    "--scenario",
+                    "stadium",
+                    "--target",
+                    &format!("quic://{addr}"),
+                    "--rate",
+                    "500",
+                    "--gates",
+                    "2",
+                    "--duration",
+                    "30s",
+                    "--warmup",
+                    "0s",
+                    "--tickets",
+                    "20000",
+                    "--data",
+                    dir.to_str().unwrap(),
+                    "--json",
+                    json.to_str().unwrap(),
+                ],
+                // The node goes away while requests are in flight.
+                move |_| runtime.block_on(node.shutdown()),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("got no answer within 10 s"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &v["runs"][0];
+    let unanswered = run["timeouts"].as_u64().unwrap() + run["errors"].as_u64().unwrap();
+    assert!(unanswered > 0, "{run}");
+    assert!(run["requests"].as_u64().unwrap() > 0, "{run}");
 }
 
 #[test]
