@@ -207,10 +207,10 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             bad = true;
         }
         // A run some of whose requests went unanswered does not measure what it claims to.
-        if r.timeouts + r.errors > 0 {
+        if r.timeouts + r.errors > 0 || r.gates_lost > 0 {
             eprintln!(
-                "stile loadtest: {}: {} requests timed out and {} failed",
-                r.target, r.timeouts, r.errors
+                "stile loadtest: {}: {} requests timed out and {} failed; {} gates lost",
+                r.target, r.timeouts, r.errors, r.gates_lost
             );
             failed = true;
         }

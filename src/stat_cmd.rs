@@ -20,6 +20,8 @@ use crate::Conn;
 
 /// How long one reading may take before the node counts as gone.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take, its first request included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest interval between readings.
 const INTERVAL_MIN: Duration = Duration::from_millis(100);
 
@@ -102,7 +104,13 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
         loop {
             let reading = async {
                 if client.is_none() {
-                    client = Some(connect(&args.conn, Want::Admin).await?);
+                    // Bounded: a node that accepts and then says nothing must not hold the
+                    // view (the connect's own, shorter, bound names an unreachable node).
+                    let connected =
+                        tokio::time::timeout(CONNECT_TIMEOUT, connect(&args.conn, Want::Admin))
+                            .await
+                            .map_err(|_| StoppedAnswering(node.clone()))??;
+                    client = Some(connected);
                 }
                 let c = client.as_ref().expect("connected above");
                 read(c, &node, args.op).await
@@ -129,7 +137,7 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
                         write!(out, "{}", render(&node, Some(&before), now))?;
                     }
                 }
-                Err(e) if !retry => return Err(e),
+                Err(e) if !retry || !passing(&e) => return Err(e),
                 Err(e) => {
                     // Connect afresh next time; rates start over from the next reading.
                     client = None;
@@ -195,11 +203,43 @@ async fn read(client: &Client, node: &str, latency_op: u8) -> anyhow::Result<Rea
              one"
         ),
         Ok(Err(e)) => Err(e).with_context(|| format!("reading node {node}")),
-        Err(_) => anyhow::bail!(
-            "node {node} stopped answering (no reading within {} s)",
-            READ_TIMEOUT.as_secs()
-        ),
+        Err(_) => Err(StoppedAnswering(node.to_string()).into()),
     }
+}
+
+/// No reading within [`READ_TIMEOUT`].
+#[derive(Debug)]
+struct StoppedAnswering(String);
+
+impl std::fmt::Display for StoppedAnswering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} stopped answering (no reading within {} s)",
+            self.0,
+            READ_TIMEOUT.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for StoppedAnswering {}
+
+/// Whether `e` may pass once the node is back (it cannot be reached, stopped answering, or
+/// the connection went), rather than needing a person (no certificate, a refused one, an
+/// older node): only those are retried.
+fn passing(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<StoppedAnswering>()
+            || matches!(
+                c.downcast_ref::<ClientError>(),
+                Some(
+                    ClientError::Connect { .. }
+                        | ClientError::ConnectionLost
+                        | ClientError::Closed
+                        | ClientError::Timeout(_)
+                )
+            )
+    })
 }
 
 /// A latency in microseconds for people: `312 µs`, `1.10 ms`, `2.31 s`.

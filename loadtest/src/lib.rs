@@ -322,6 +322,8 @@ struct GateCounts {
     errors: u64,
     timeouts: u64,
     forged_admits: u64,
+    /// The gate's link failed, or went silent with requests in flight; it stopped there.
+    lost: bool,
     quic: Option<report::QuicView>,
 }
 
@@ -441,7 +443,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     });
     let (mut hist, mut hist_all) = (new_histogram(), new_histogram());
     let (mut counts, mut counts_all) = ([0u64; 16], [0u64; 16]);
-    let (mut errors, mut timeouts, mut forged_admits) = (0, 0, 0);
+    let (mut errors, mut timeouts, mut forged_admits, mut gates_lost) = (0, 0, 0, 0);
     let mut quic: Option<report::QuicView> = None;
     for r in receivers {
         if let Ok(c) = r.await {
@@ -454,6 +456,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             errors += c.errors;
             timeouts += c.timeouts;
             forged_admits += c.forged_admits;
+            gates_lost += u32::from(c.lost);
             if let Some(q) = &c.quic {
                 quic.get_or_insert_default().add(q);
             }
@@ -560,6 +563,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         node,
         quic,
         interrupted: cut_short,
+        gates_lost,
     })
 }
 
@@ -660,6 +664,7 @@ async fn receive_loop(
         errors: 0,
         timeouts: 0,
         forged_admits: 0,
+        lost: false,
         quic: None,
     };
     // This second's latencies, added to the run's timeline when the second changes.
@@ -685,12 +690,15 @@ async fn receive_loop(
             Ok(Err(e)) => {
                 tracing::debug!(error = %e.0, "link failed");
                 c.errors += in_flight(&gate) as u64;
+                // Even with nothing in flight: the gate cannot send the rest.
+                c.lost = true;
                 break;
             }
             Err(_) => {
                 let lost = in_flight(&gate) as u64;
                 if lost > 0 {
                     c.timeouts += lost;
+                    c.lost = true;
                     break;
                 }
                 continue;

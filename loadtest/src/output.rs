@@ -1,8 +1,9 @@
 //! Where a run's figures go: `--json FILE` and `--report DIR`. Both are checked before the
 //! run, so a long run's figures are not lost to a mistyped path, and files are written whole
 //! or not at all (a temporary file beside the destination, synced and renamed over it), so
-//! a script that reads them never sees half a file. A destination that is not a regular
-//! file (`/dev/stdout`, a pipe) is written directly; a symbolic link is followed.
+//! a script that reads them never sees half a file. `-` and `/dev/stdout` mean this
+//! process's standard output; another path under `/dev` or `/proc`, or one that is not a
+//! regular file (a pipe), is written directly; a symbolic link elsewhere is followed.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,17 +53,16 @@ pub fn check(json: Option<&Path>, report_dir: Option<&Path>) -> Result<(), Outpu
         if path.is_dir() {
             return Err(OutputError::JsonIsDir(path.to_path_buf()));
         }
+        if is_stdout(path) {
+            return Ok(());
+        }
         if is_special(path) {
-            // Opened for writing only: nothing is written to it before the run.
-            return std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map(drop)
-                .map_err(|source| OutputError::JsonDir {
-                    path: path.to_path_buf(),
-                    dir: path.to_path_buf(),
-                    source,
-                });
+            // Not opened: opening a pipe would wait for, or end, its reader.
+            return writable(path).map_err(|source| OutputError::JsonDir {
+                path: path.to_path_buf(),
+                dir: path.to_path_buf(),
+                source,
+            });
         }
         let path = &resolved(path);
         let dir = parent_of(path);
@@ -94,10 +94,31 @@ fn takes_files(dir: &Path) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from(e.kind()))
 }
 
-/// Whether `path` exists and is something other than a regular file or a directory (a
-/// device such as `/dev/stdout`, a pipe), following symbolic links.
+/// `-` or `/dev/stdout`: this process's standard output, whatever it is connected to (a
+/// file it redirects to must not be replaced or truncated under the summary).
+fn is_stdout(path: &Path) -> bool {
+    path == Path::new("-") || path == Path::new("/dev/stdout")
+}
+
+/// Whether `path` is written directly: under `/dev` or `/proc` (a descriptor's path may
+/// name a regular file), or existing as something other than a regular file or a
+/// directory (a pipe), following symbolic links.
 fn is_special(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+    path.starts_with("/dev")
+        || path.starts_with("/proc")
+        || std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// Whether this process may write to `path` (without opening it).
+fn writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: access reads a NUL-terminated path that lives through the call.
+    match unsafe { libc::access(c.as_ptr(), libc::W_OK) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Where `path` leads: through a symbolic link to the file it names, so that the link is
@@ -111,16 +132,23 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
-/// Writes `bytes` to `path` whole or not at all, readable by all (0644, less the umask) as
-/// a file made with `std::fs::write` would be.
+/// Writes `bytes` to `path` whole or not at all, with the mode a file made with
+/// `std::fs::write` would get (0666 less the umask).
 pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     let fail = |e: std::io::Error| OutputError::Write(path.to_path_buf(), e);
+    if is_stdout(path) {
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(bytes)
+            .and_then(|()| out.flush())
+            .map_err(fail);
+    }
     if is_special(path) {
         return std::fs::write(path, bytes).map_err(fail);
     }
     let path = &resolved(path);
     let mut tmp = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(parent_of(path))
         .map_err(fail)?;
     tmp.write_all(bytes).map_err(fail)?;
@@ -202,5 +230,11 @@ mod tests {
         check(Some(null), None).unwrap();
         write_whole(null, b"{}").unwrap();
         assert!(is_special(null));
+        assert!(
+            is_special(Path::new("/proc/self/fd/1")),
+            "a descriptor, never replaced"
+        );
+        assert!(is_stdout(Path::new("-")) && is_stdout(Path::new("/dev/stdout")));
+        check(Some(Path::new("-")), None).unwrap();
     }
 }

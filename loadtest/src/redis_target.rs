@@ -476,9 +476,10 @@ fn spawn(port: u16) -> Result<Server, String> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The tester may have died before the line above.
+            // The tester may have died before the line above. (No allocation here: another
+            // thread may have held the allocator's lock at the fork.)
             if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                return Err(std::io::Error::other("the load tester is gone"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

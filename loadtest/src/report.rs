@@ -85,6 +85,9 @@ pub struct RunReport {
     pub quic: Option<QuicView>,
     /// Ended early by Ctrl-C or SIGTERM: the figures cover the time measured until then.
     pub interrupted: bool,
+    /// Gates whose connection failed, or went silent with requests in flight (no answer
+    /// within 10 s); each stopped there. Should be 0.
+    pub gates_lost: u32,
 }
 
 impl RunReport {
@@ -100,14 +103,17 @@ impl RunReport {
                 self.measured_s
             ));
         }
-        if self.timeouts + self.errors > 0 {
+        if self.timeouts + self.errors + u64::from(self.gates_lost) > 0 {
             notes.push(format!(
-                "{} requests got no answer within {} s and {} failed: the target stopped \
-                 answering or fell far behind, and each gate it left stopped sending; the \
-                 throughput and latency count answered requests only",
+                "{} requests got no answer within {} s and {} failed, and {} of {} gates lost \
+                 their connection: the target stopped answering or fell far behind, and each \
+                 gate it left stopped sending; the throughput and latency count answered \
+                 requests only",
                 self.timeouts,
                 crate::target::REQUEST_TIMEOUT.as_secs(),
-                self.errors
+                self.errors,
+                self.gates_lost,
+                self.gates
             ));
         }
         if let Some(q) = self.quic.filter(|q| q.packets_lost > 0) {
@@ -649,6 +655,7 @@ mod tests {
             forged_admits: 0,
             client_cpu_percent: 80.0,
             interrupted: false,
+            gates_lost: 0,
             machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),
@@ -684,6 +691,14 @@ mod tests {
         r.timeouts = 0;
         r.errors = 3;
         assert!(r.notes()[0].contains("and 3 failed"), "{:?}", r.notes());
+        // A gate that lost its link with nothing in flight still counts.
+        r.errors = 0;
+        r.gates_lost = 2;
+        assert!(
+            r.notes()[0].contains("2 of 64 gates lost"),
+            "{:?}",
+            r.notes()
+        );
     }
 
     #[test]

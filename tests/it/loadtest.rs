@@ -450,12 +450,12 @@ async fn a_node_that_goes_away_mid_run_fails_the_run_with_a_note() {
     .await
     .unwrap();
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("got no answer within 10 s"), "{out}");
+    assert!(out.contains("2 of 2 gates lost"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let run = &v["runs"][0];
-    let unanswered = run["timeouts"].as_u64().unwrap() + run["errors"].as_u64().unwrap();
-    assert!(unanswered > 0, "{run}");
+    // Both gates stopped early, whether or not they had requests in flight then.
+    assert_eq!(run["gates_lost"], 2, "{run}");
     assert!(run["requests"].as_u64().unwrap() > 0, "{run}");
 }
 

@@ -548,6 +548,18 @@ fn stat_of_a_node_that_is_not_there_says_so() {
         msg.starts_with("stile: cannot reach node 127.0.0.1:"),
         "{msg}"
     );
+    // Retrying is for a node that is away, not for what needs a person: a missing
+    // certificate ends it at once.
+    let empty = tempfile::tempdir().unwrap();
+    let no_cert = stat(
+        empty.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--retry", "--json", "--count", "3", "--interval", "100ms"],
+    );
+    assert_eq!(no_cert.status.code(), Some(1));
+    let msg = String::from_utf8(no_cert.stderr).unwrap();
+    assert!(msg.contains("no certificate"), "{msg}");
+    assert!(no_cert.stdout.is_empty(), "no retry notices");
     let bad = stat(dir.path(), "no-such-address", &["--once"]);
     assert_eq!(bad.status.code(), Some(1));
     let msg = String::from_utf8(bad.stderr).unwrap();
