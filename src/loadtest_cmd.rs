@@ -1,6 +1,7 @@
 //! `stile loadtest`: a scenario against a node, the engine in process or Redis; or, with
 //! `--compare`, against several of them one after another.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -94,8 +95,6 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&args.data)
             .with_context(|| format!("making {}", args.data.display()))?;
     }
-    // Before the run: a mistyped path must not cost a long run its figures.
-    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,11 +108,14 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         let stop = stop.clone();
         async move {
             signals.wait().await;
-            eprintln!(
+            stop.request();
+            // Not eprintln!: after a hangup the terminal may be gone, and a failed write
+            // must not end this task.
+            let _ = writeln!(
+                std::io::stderr(),
                 "stile loadtest: stopping: the figures so far will be reported \
                  (interrupt again to quit at once)"
             );
-            stop.request();
             signals.wait().await;
             stile_loadtest::clean_up_and_exit(i32::from(INTERRUPTED));
         }
@@ -144,6 +146,8 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             .and_then(|()| stile_loadtest::Target::precheck(&config))
             .with_context(|| format!("running {} against {target}", scenario.name()))?;
     }
+    // Before the run: a mistyped path must not cost a long run its figures.
+    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
     let mut runs = Vec::with_capacity(targets.len());
     let (mut skipped, mut failed) = (false, false);
     for target in &targets {
