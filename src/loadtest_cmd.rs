@@ -193,13 +193,27 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         ratios: Ratio::of(&runs),
         runs,
     };
-    print!("{}", report.text());
+    // With the JSON on standard output, the text goes to stderr: stdout is one document.
+    let json_on_stdout = args
+        .json
+        .as_deref()
+        .is_some_and(stile_loadtest::output::is_stdout);
+    if json_on_stdout {
+        eprint!("{}", report.text());
+    } else {
+        print!("{}", report.text());
+    }
     if let Some(path) = &args.json {
         stile_loadtest::output::write_json(&report, path)?;
     }
     if let Some(dir) = &args.report {
         stile_loadtest::html::write(&report, dir)?;
-        println!("report: {}", dir.join("index.html").display());
+        let line = format!("report: {}", dir.join("index.html").display());
+        if json_on_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     }
     let mut bad = false;
     for r in &report.runs {

@@ -347,11 +347,11 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     if config.progress {
         // For logs and scripts: the clock starts now (a stop from here on is reported).
         eprintln!(
-            "stile loadtest: {}: {} tickets ready; measuring for {:?} after a {:?} warm-up",
+            "stile loadtest: {}: {} tickets ready; measuring for {:.1} s after a {:.1} s warm-up",
             config.target,
             genuine.len(),
-            config.duration,
-            config.warmup
+            config.duration.as_secs_f64(),
+            config.warmup.as_secs_f64()
         );
     }
     let progress = config.progress.then(|| progress_bar(config));

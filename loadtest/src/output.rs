@@ -96,7 +96,7 @@ fn takes_files(dir: &Path) -> std::io::Result<()> {
 
 /// `-` or `/dev/stdout`: this process's standard output, whatever it is connected to (a
 /// file it redirects to must not be replaced or truncated under the summary).
-fn is_stdout(path: &Path) -> bool {
+pub fn is_stdout(path: &Path) -> bool {
     path == Path::new("-") || path == Path::new("/dev/stdout")
 }
 

@@ -178,6 +178,27 @@ fn command_line_json_has_the_documented_shape() {
     assert!(text.contains("double admits 0"), "{text}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // `--json -`: standard output is the JSON document alone, the summary on stderr.
+    let piped = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--scenario", "stadium", "--target", "inproc"])
+        .args([
+            "--duration",
+            "1s",
+            "--gates",
+            "2",
+            "--tickets",
+            "1000",
+            "--json",
+            "-",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(doc["runs"][0]["target"], "inproc");
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("requests in"));
     assert_eq!(v["scenario"], "replay");
     assert_eq!(v["seed"], 1);
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
