@@ -62,7 +62,7 @@ pub enum LoadError {
     /// The options make no sense.
     #[error("{0}")]
     Usage(String),
-    /// Stopped (Ctrl-C or SIGTERM) before the clock started: nothing was measured.
+    /// Stopped (Ctrl-C, SIGTERM or SIGHUP) before the clock started: nothing was measured.
     #[error("interrupted before the clock started; nothing was measured")]
     Interrupted,
     /// The target could not be set up or reached.

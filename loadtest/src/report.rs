@@ -83,7 +83,7 @@ pub struct RunReport {
     /// What QUIC carried, summed over the gates' connections (a node only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicView>,
-    /// Ended early by Ctrl-C or SIGTERM: the figures cover the time measured until then.
+    /// Ended early by Ctrl-C, SIGTERM or SIGHUP: the figures cover the time measured until then.
     pub interrupted: bool,
     /// Gates whose connection failed, or went silent with requests in flight (no answer
     /// within 10 s); each stopped there. Should be 0.

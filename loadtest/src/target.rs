@@ -157,6 +157,26 @@ pub(crate) struct InprocRx {
     pending: Option<Ran>,
 }
 
+/// A target URL of no known scheme.
+fn unknown_scheme(target: &str) -> LoadError {
+    LoadError::Usage(format!(
+        "target {target:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT"
+    ))
+}
+
+/// `DATA/tls` and the CA certificate in it, which a `quic://` target needs.
+fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
+    let tls = config.data.join("tls");
+    let ca = tls.join(certs::CA_CERT);
+    if !ca.exists() {
+        return Err(format!(
+            "no CA in {}: point --data at the node's data dir (stile up makes one)",
+            tls.display()
+        ));
+    }
+    Ok((tls, ca))
+}
+
 impl Target {
     /// What can be checked before any run, so that a `--compare` does not fail at its last
     /// target after minutes of the others: the URL's scheme, the CA of a `quic://` target,
@@ -177,18 +197,9 @@ impl Target {
             };
         }
         if t.starts_with("quic://") {
-            let tls = config.data.join("tls");
-            if !tls.join(certs::CA_CERT).exists() {
-                return Err(err(format!(
-                    "no CA in {}: point --data at the node's data dir (stile up makes one)",
-                    tls.display()
-                )));
-            }
-            return Ok(());
+            return node_ca(config).map(drop).map_err(err);
         }
-        Err(LoadError::Usage(format!(
-            "target {t:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT"
-        )))
+        Err(unknown_scheme(t))
     }
 
     /// Opens the target `config.target` names.
@@ -221,10 +232,7 @@ impl Target {
             })));
         }
         let Some(rest) = config.target.strip_prefix("quic://") else {
-            return Err(LoadError::Usage(format!(
-                "target {:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT",
-                config.target
-            )));
+            return Err(unknown_scheme(&config.target));
         };
         let rest = rest.trim_end_matches('/');
         let addr: SocketAddr = tokio::net::lookup_host(rest)
@@ -236,14 +244,7 @@ impl Target {
             .rsplit_once(':')
             .map(|(h, _)| h.trim_matches(['[', ']']))
             .unwrap_or(rest);
-        let tls = config.data.join("tls");
-        let ca = tls.join(certs::CA_CERT);
-        if !ca.exists() {
-            return Err(err(format!(
-                "no CA in {}: point --data at the node's data dir (stile up makes one)",
-                tls.display()
-            )));
-        }
+        let (tls, ca) = node_ca(config).map_err(err)?;
         let admin_cert = tls.join(certs::admin_cert_name("admin"));
         let ctls = ClientTls::from_files(&ca, &admin_cert, &certs::key_path_for(&admin_cert))
             .map_err(|e| err(format!("admin certificate: {e}")))?;
