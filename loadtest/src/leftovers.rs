@@ -2,10 +2,19 @@
 //! dir and a spawned redis-server with its directory. Each is removed when its owner drops;
 //! a process that must quit at once (a second Ctrl-C), whose runs will not drop their
 //! targets, removes what is left with [`clean_up_and_exit`].
+//!
+//! A process killed outright (SIGKILL, a crash) removes nothing. Each directory therefore
+//! holds [`OWNER_LOCK`], locked (`flock`) by the process that made it for as long as it
+//! lives; the kernel drops the lock when the process dies, however it dies. The next run
+//! that makes a directory of the same kind beside it removes every such directory whose lock
+//! it can take.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Mutex, MutexGuard};
+
+/// The file in each directory that its owner keeps locked while it runs.
+pub(crate) const OWNER_LOCK: &str = "owner.lock";
 
 /// Everything not yet removed: a directory, and the pid of the server that works in it.
 static LEFT: Mutex<Vec<(PathBuf, Option<u32>)>> = Mutex::new(Vec::new());
@@ -18,18 +27,32 @@ fn left() -> MutexGuard<'static, Vec<(PathBuf, Option<u32>)>> {
 #[derive(Debug)]
 pub(crate) struct TempTree {
     path: PathBuf,
+    /// [`OWNER_LOCK`], open and locked until the directory is removed.
+    _owner: std::fs::File,
 }
 
 impl TempTree {
-    /// A new directory `PREFIX…` in the first of `parents` that takes one.
+    /// A new directory `PREFIX…` in the first of `parents` that takes one. Directories
+    /// `PREFIX…` there that a dead process left are removed first.
     pub(crate) fn new_in(parents: &[&Path], prefix: &str) -> std::io::Result<TempTree> {
         let mut last = None;
         for parent in parents {
+            remove_abandoned(parent, prefix);
             match tempfile::Builder::new().prefix(prefix).tempdir_in(parent) {
                 Ok(dir) => {
+                    let owner = match lock_as_owner(dir.path()) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            last = Some(e);
+                            continue;
+                        }
+                    };
                     let path = dir.keep();
                     left().push((path.clone(), None));
-                    return Ok(TempTree { path });
+                    return Ok(TempTree {
+                        path,
+                        _owner: owner,
+                    });
                 }
                 Err(e) => last = Some(e),
             }
@@ -96,6 +119,48 @@ impl Drop for Server {
     }
 }
 
+/// Creates `dir/OWNER_LOCK` already locked: made under another name, locked, then renamed,
+/// so that no other process ever sees it unlocked.
+fn lock_as_owner(dir: &Path) -> std::io::Result<std::fs::File> {
+    let making = dir.join(".owner.lock.new");
+    let file = std::fs::File::create(&making)?;
+    file.lock()?;
+    std::fs::rename(&making, dir.join(OWNER_LOCK))?;
+    Ok(file)
+}
+
+/// Removes the directories `PREFIX…` in `parent` whose owner has died: those whose
+/// [`OWNER_LOCK`] this process can lock. A directory without one is left alone (it may be
+/// in the making).
+fn remove_abandoned(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(prefix)
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(lock) = std::fs::File::open(path.join(OWNER_LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!("removed {}, left by a run that was killed", path.display())
+                }
+                Err(e) => tracing::warn!(
+                    "cannot remove {}, left by a run that was killed: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
 /// A reaped server's pid is no longer this process's to signal.
 fn forget_pid(left: &mut [(PathBuf, Option<u32>)], pid: u32) {
     if let Some(entry) = left.iter_mut().find(|(_, p)| *p == Some(pid)) {
@@ -133,6 +198,33 @@ fn clean_up_where(left: &mut Vec<(PathBuf, Option<u32>)>, which: impl Fn(&Path) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_directory_removes_those_whose_owner_died() {
+        let root = tempfile::tempdir().unwrap();
+        let live = TempTree::new_in(&[root.path()], ".t-").unwrap();
+        // Left by a process that died: its lock file is there, and nobody holds the lock.
+        let dead = root.path().join(".t-dead");
+        std::fs::create_dir_all(dead.join("data")).unwrap();
+        std::fs::write(dead.join(OWNER_LOCK), b"").unwrap();
+        std::fs::write(dead.join("data/aof"), b"x").unwrap();
+        // Not to be touched: a directory in the making, another kind, a file.
+        let making = root.path().join(".t-making");
+        std::fs::create_dir(&making).unwrap();
+        let other = root.path().join(".u-dead");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(OWNER_LOCK), b"").unwrap();
+        std::fs::write(root.path().join(".t-file"), b"x").unwrap();
+
+        let new = TempTree::new_in(&[root.path()], ".t-").unwrap();
+        assert!(!dead.exists(), "the dead owner's directory is removed");
+        for kept in [live.path(), new.path(), &making, &other] {
+            assert!(kept.exists(), "{} removed", kept.display());
+        }
+        assert!(root.path().join(".t-file").exists());
+        assert!(live.path().join(OWNER_LOCK).exists());
+        assert!(!live.path().join(".owner.lock.new").exists());
+    }
 
     #[test]
     fn clean_up_stops_servers_and_removes_directories() {

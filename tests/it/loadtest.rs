@@ -573,6 +573,109 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
     }
 }
 
+/// The `.stile-…` directories in `d`.
+fn leftovers_in(d: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stile-"))
+        .collect()
+}
+
+#[test]
+fn what_a_killed_run_leaves_the_next_run_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut targets = vec!["inproc".to_string()];
+    let redis_port = if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        targets.push(format!("redis://127.0.0.1:{port}"));
+        Some(port)
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
+        None
+    };
+    let args = |target: &str, duration: &'static str| {
+        let mut a = vec![
+            "--scenario".to_string(),
+            "stadium".into(),
+            "--spawn-redis".into(),
+            "--target".into(),
+            target.to_string(),
+        ];
+        for x in [
+            "--rate",
+            "2000",
+            "--gates",
+            "2",
+            "--duration",
+            duration,
+            "--warmup",
+            "0s",
+            "--tickets",
+            "50000",
+            "--data",
+        ] {
+            a.push(x.to_string());
+        }
+        a.push(data.to_str().unwrap().to_string());
+        a
+    };
+    for target in &targets {
+        let killed = args(target, "120s");
+        let killed: Vec<&str> = killed.iter().map(String::as_str).collect();
+        let (code, _) = act_once_measuring(dir.path(), &killed, |pid| {
+            // SAFETY: kill takes a pid and a signal number; the child is ours and not reaped.
+            assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+        });
+        assert_eq!(code, None, "{target}: killed by a signal");
+        let left: Vec<String> = [dir.path(), data.as_path()]
+            .iter()
+            .flat_map(|d| leftovers_in(d))
+            .collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "{target}: the killed run's directory: {left:?}"
+        );
+
+        let next = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .arg("loadtest")
+            .args(args(target, "1s"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            next.status.success(),
+            "{target}: {}{}",
+            String::from_utf8_lossy(&next.stdout),
+            String::from_utf8_lossy(&next.stderr)
+        );
+        for d in [dir.path(), data.as_path()] {
+            let left = leftovers_in(d);
+            assert!(
+                left.is_empty(),
+                "{target}: left in {}: {left:?}",
+                d.display()
+            );
+        }
+    }
+    // The killed run's Redis went with it (parent-death signal), so the next one could
+    // take the port.
+    if let Some(port) = redis_port {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_to_its_rate() {
     let dir = tempfile::tempdir().unwrap();
