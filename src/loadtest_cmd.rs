@@ -61,6 +61,10 @@ pub struct LoadtestArgs {
     /// Sync mode of the in-process engine.
     #[arg(long, default_value = "always")]
     sync: String,
+    /// Log segments (64 MiB each) the in-process engine keeps written with zeros ahead of
+    /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB.
+    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    log_runway: u32,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -133,6 +137,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         data: args.data.clone(),
         sync,
+        log_runway: args.log_runway,
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),
         progress: !args.quiet,
         stop: stop.clone(),

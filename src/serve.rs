@@ -41,6 +41,11 @@ struct NodeTuning {
     /// less log and old segments are removed: a duration of at least 1s, or off.
     #[arg(long, value_name = "EVERY", default_value = "5m", value_parser = parse_snapshot_every)]
     snapshot_every: SnapshotEvery,
+    /// Log segments (64 MiB each) kept written with zeros ahead of need, so that a burst of
+    /// check-ins syncs records over zeros: no file growth, and no zeros written beside it.
+    /// An idle node prepares them at the disk's speed, a busy one slowly. At least 1.
+    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    log_runway: u32,
 }
 
 /// Arguments of `stile up`.
@@ -200,7 +205,7 @@ struct Listen {
     quic: SocketAddr,
     /// Plain HTTP for `GET /metrics`, if wanted.
     metrics: Option<SocketAddr>,
-    /// Gate budget and snapshot interval.
+    /// Gate budget, snapshot interval and log runway.
     tuning: NodeTuning,
 }
 
@@ -214,6 +219,7 @@ fn run_node(
 ) -> anyhow::Result<ExitCode> {
     let config = EngineConfig {
         sync,
+        log_runway: listen.tuning.log_runway,
         ..EngineConfig::default()
     };
     let engine = Engine::open(data, config, Arc::new(SystemClock))

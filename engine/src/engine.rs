@@ -38,6 +38,10 @@ pub struct EngineConfig {
     pub sync: SyncMode,
     /// A log segment is closed and a new one started past this size.
     pub segment_max_bytes: u64,
+    /// Log segments kept prepared (written with zeros) ahead of need from the start, as
+    /// `stile node` does ([`crate::wal::RUNWAY_DEFAULT`]); 0 (the default): one at a time,
+    /// once the log holds a megabyte. None with `SyncMode::None`.
+    pub log_runway: u32,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             rotation_step_s: ROTATION_STEP_DEFAULT_S,
             sync: SyncMode::Always,
             segment_max_bytes: crate::wal::segment::SEGMENT_MAX_BYTES,
+            log_runway: 0,
         }
     }
 }
@@ -217,18 +222,25 @@ impl Engine {
         datadir::ensure(dir).map_err(io)?;
         let has_state = datadir::has_state(dir).map_err(io)?;
         let keys = KeyRing::open(dir, has_state)?;
-        let (sync, segment_max_bytes) = (config.sync, config.segment_max_bytes);
+        let (sync, segment_max_bytes, runway) =
+            (config.sync, config.segment_max_bytes, config.log_runway);
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
         let from_seq = crate::snapshot::load_newest(&engine, dir)?;
         let end = crate::recovery::replay(&engine, &wal_dir, from_seq)?;
         let tail = end.segments.last().cloned();
-        let wal = Wal::start(&wal_dir, end.next_seq, tail, sync, segment_max_bytes).map_err(
-            |source| OpenError::DataDir {
-                path: wal_dir.clone(),
-                source,
-            },
-        )?;
+        let wal = Wal::start_with_runway(
+            &wal_dir,
+            end.next_seq,
+            tail,
+            sync,
+            segment_max_bytes,
+            runway,
+        )
+        .map_err(|source| OpenError::DataDir {
+            path: wal_dir.clone(),
+            source,
+        })?;
         engine.wal = Some(wal);
         engine.recovered = Recovered {
             records: end.records,

@@ -189,6 +189,9 @@ pub struct Config {
     pub data: PathBuf,
     /// Sync mode of the inproc engine.
     pub sync: SyncMode,
+    /// Log segments the inproc engine keeps prepared from the start, as a node does
+    /// (`stile node --log-runway`); 0: one at a time, once the log holds a megabyte.
+    pub log_runway: u32,
     /// Start a redis-server for a `redis://` target (AOF, `appendfsync always`) and stop it
     /// afterwards.
     pub spawn_redis: bool,

@@ -204,6 +204,7 @@ mod tests {
             seed: 7,
             data: PathBuf::from("."),
             sync: stile_engine::SyncMode::None,
+            log_runway: 0,
             spawn_redis: false,
             progress: false,
             stop: Default::default(),

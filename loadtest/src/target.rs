@@ -219,6 +219,7 @@ impl Target {
                 dir.path(),
                 EngineConfig {
                     sync: config.sync,
+                    log_runway: config.log_runway,
                     ..EngineConfig::default()
                 },
                 Arc::new(SystemClock),

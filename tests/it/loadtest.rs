@@ -24,6 +24,8 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         seed: 7,
         data: data.to_path_buf(),
         sync: SyncMode::Always,
+        // Runs of a second: no runway of 256 MiB of zeros for each.
+        log_runway: 0,
         spawn_redis: false,
         progress: false,
         stop: Default::default(),

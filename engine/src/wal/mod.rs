@@ -210,22 +210,33 @@ impl Wal {
         mode: SyncMode,
         segment_max_bytes: u64,
     ) -> std::io::Result<Self> {
+        Self::start_with_runway(dir, next_seq, tail, mode, segment_max_bytes, 0)
+    }
+
+    /// [`Wal::start`], keeping `runway` segments prepared ahead of need from the start
+    /// (`stile node`). With 0 (what [`Wal::start`] does) one segment is prepared at a time,
+    /// and only once the current one holds [`SPARE_AFTER_BYTES`]: a small log never
+    /// writes a segment's worth of zeros.
+    pub fn start_with_runway(
+        dir: &Path,
+        next_seq: u64,
+        tail: Option<(PathBuf, u64)>,
+        mode: SyncMode,
+        segment_max_bytes: u64,
+        runway: u32,
+    ) -> std::io::Result<Self> {
         assert!(
             segment_max_bytes > segment::SEGMENT_HEADER_LEN,
             "segments hold records"
         );
         std::fs::create_dir_all(dir)?;
-        match std::fs::remove_file(segment::spare_path(dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        segment::remove_spares(dir)?;
         let (file, file_len) = match tail {
             Some((path, len)) if len < segment_max_bytes => {
                 (std::fs::OpenOptions::new().write(true).open(path)?, len)
             }
             _ => (segment::create(dir, next_seq)?, segment::SEGMENT_HEADER_LEN),
         };
-        let spares = (mode != SyncMode::None).then(|| Spares::new(dir, segment_max_bytes));
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
@@ -241,6 +252,11 @@ impl Wal {
             sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
             sync_records: AtomicHistogram::new(BATCH_EDGES),
         });
+        let mut spares = (mode != SyncMode::None)
+            .then(|| Spares::new(dir, segment_max_bytes, runway, shared.clone()));
+        if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
+            s.want();
+        }
         let mut writer = Writer {
             shared: shared.clone(),
             dir: dir.to_path_buf(),
@@ -640,8 +656,8 @@ impl Writer {
         self.sync();
         let spare = self.spares.as_mut().and_then(|s| Some((s.take()?, s.len)));
         let (file, zeroed) = match spare {
-            Some((f, len)) => {
-                if let Err(e) = segment::adopt_spare(&self.dir, self.next) {
+            Some(((path, f), len)) => {
+                if let Err(e) = segment::adopt_spare(&self.dir, &path, self.next) {
                     fatal("renaming the prepared log segment in", &self.dir, &e);
                 }
                 (f, len)
@@ -692,137 +708,175 @@ fn spare_len(segment_max_bytes: u64) -> u64 {
     segment_max_bytes + segment_max_bytes.min(1 << 20)
 }
 
-/// Where the spare-preparing thread is.
-enum SpareState {
-    /// Nothing asked for.
-    Idle,
-    /// The writer wants a spare.
-    Wanted,
-    /// One is ready.
-    Ready(File),
-    /// Preparing failed; segments are created as they are needed instead.
-    Failed,
+/// Prepared segments a node keeps ready by default (`stile node --log-runway`): 256 MiB of
+/// log a burst can write with no file growing and no zeros being written beside it.
+pub const RUNWAY_DEFAULT: u32 = 4;
+
+/// Records the log may write between two looks of the preparing thread (a step, or a
+/// pause) for the log to count as quiet, so the next step follows at once.
+const QUIET_RECORDS: u64 = 8;
+/// While the log is busy, spares are written (slowly) only when fewer than this many are
+/// ready: a burst shorter than the runway has no zeros written beside it at all.
+const RUNWAY_LOW: usize = 2;
+
+/// What the writer and the preparing thread share.
+#[derive(Default)]
+struct SpareQueue {
+    /// Prepared segments, oldest first, each under its own temporary name.
+    ready: std::collections::VecDeque<(PathBuf, File)>,
+    /// The writer has asked for spares (once its segment held [`SPARE_AFTER_BYTES`]); from
+    /// then on the thread keeps the runway full.
+    wanted: bool,
     /// The log is closing.
-    Closing,
+    closing: bool,
 }
 
-/// The slot the writer and the preparing thread share.
+/// The queue and its signal.
 struct SpareSlot {
-    state: Mutex<SpareState>,
+    queue: Mutex<SpareQueue>,
     changed: Condvar,
 }
 
 impl SpareSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
-        self.state.lock().expect("spare slot poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareQueue> {
+        self.queue.lock().expect("spare queue poisoned")
     }
 }
 
-/// Prepares the next segment on a thread of its own, so the writer never waits for it.
+/// Prepares the next segments on a thread of its own, so the writer never waits for one.
 struct Spares {
     slot: Arc<SpareSlot>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
     len: u64,
+    /// Prepared segments to keep ready.
+    runway: usize,
+    /// The log's state, whose records written tell a quiet log from a busy one.
+    shared: Arc<Shared>,
 }
 
 impl Spares {
-    fn new(dir: &Path, segment_max_bytes: u64) -> Self {
+    fn new(dir: &Path, segment_max_bytes: u64, runway: u32, shared: Arc<Shared>) -> Self {
         Spares {
             slot: Arc::new(SpareSlot {
-                state: Mutex::new(SpareState::Idle),
+                queue: Mutex::new(SpareQueue::default()),
                 changed: Condvar::new(),
             }),
             thread: None,
             dir: dir.to_path_buf(),
             len: spare_len(segment_max_bytes),
+            runway: runway.max(1) as usize,
+            shared,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
-        self.slot.lock()
-    }
-
-    /// Asks for a spare, starting the thread the first time.
+    /// Asks for spares, starting the thread the first time.
     fn want(&mut self) {
         {
-            let mut state = self.lock();
-            if !matches!(*state, SpareState::Idle) {
+            let mut q = self.slot.lock();
+            if q.wanted {
                 return;
             }
-            *state = SpareState::Wanted;
+            q.wanted = true;
             self.slot.changed.notify_all();
         }
         if self.thread.is_none() {
-            let (slot, dir, len) = (self.slot.clone(), self.dir.clone(), self.len);
+            let (slot, dir, len, runway) =
+                (self.slot.clone(), self.dir.clone(), self.len, self.runway);
+            let shared = self.shared.clone();
+            let log_records = move || shared.records.load(Ordering::Relaxed);
             match std::thread::Builder::new()
                 .name("stile-wal-spare".into())
-                .spawn(move || prepare_spares(&slot, &dir, len))
+                .spawn(move || prepare_spares(&slot, &dir, len, runway, log_records))
             {
                 Ok(h) => self.thread = Some(h),
                 Err(e) => {
                     tracing::warn!("cannot start the thread that prepares log segments: {e}");
-                    *self.lock() = SpareState::Failed;
                 }
             }
         }
     }
 
     fn is_ready(&self) -> bool {
-        matches!(*self.lock(), SpareState::Ready(_))
+        !self.slot.lock().ready.is_empty()
     }
 
-    /// The ready spare, if there is one.
-    fn take(&mut self) -> Option<File> {
-        let mut state = self.lock();
-        match std::mem::replace(&mut *state, SpareState::Idle) {
-            SpareState::Ready(f) => Some(f),
-            other => {
-                *state = other;
-                None
-            }
-        }
+    /// The oldest ready spare, if there is one: its temporary path and file.
+    fn take(&mut self) -> Option<(PathBuf, File)> {
+        let mut q = self.slot.lock();
+        let spare = q.ready.pop_front()?;
+        self.slot.changed.notify_all();
+        Some(spare)
     }
 
-    /// Stops the thread and removes an unused spare.
+    /// Stops the thread and removes the unused spares.
     fn stop(&mut self) {
         let unused = {
-            let mut state = self.lock();
-            let old = std::mem::replace(&mut *state, SpareState::Closing);
+            let mut q = self.slot.lock();
+            q.closing = true;
             self.slot.changed.notify_all();
-            matches!(old, SpareState::Ready(_))
+            std::mem::take(&mut q.ready)
         };
         if let Some(h) = self.thread.take() {
             h.join().expect("spare thread panicked");
         }
-        if unused {
-            if let Err(e) = std::fs::remove_file(segment::spare_path(&self.dir)) {
+        for (path, file) in unused {
+            drop(file);
+            if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!("removing the unused prepared log segment: {e}");
             }
         }
     }
 }
 
-/// The preparing thread: one spare each time the writer wants one, until the log closes.
-fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
-    let closing = || matches!(*slot.lock(), SpareState::Closing);
+/// The preparing thread: keeps `runway` spares ready once the writer wants them, until the
+/// log closes. While the log is quiet it writes at the disk's speed; while it is busy
+/// (more than [`QUIET_RECORDS`] records between two looks) it waits, or, with fewer than
+/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`].
+fn prepare_spares(
+    slot: &SpareSlot,
+    dir: &Path,
+    len: u64,
+    runway: usize,
+    log_records: impl Fn() -> u64,
+) {
+    let closing = || slot.lock().closing;
+    let mut made = 0u64;
     loop {
         {
-            let mut state = slot.lock();
-            while matches!(*state, SpareState::Idle | SpareState::Ready(_)) {
-                state = slot.changed.wait(state).expect("spare slot poisoned");
+            let mut q = slot.lock();
+            while !q.closing && (!q.wanted || q.ready.len() >= runway) {
+                q = slot.changed.wait(q).expect("spare queue poisoned");
             }
-            if !matches!(*state, SpareState::Wanted) {
+            if q.closing {
                 return;
             }
         }
-        let prepared = segment::prepare_spare(dir, len, closing);
-        let mut state = slot.lock();
+        let path = segment::spare_path_numbered(dir, made);
+        made += 1;
+        let mut seen = log_records();
+        // After each step: on at once while the log is quiet; while it is busy, a step every
+        // SPARE_PAUSE if the runway is down to its last spare, else none at all.
+        let pace = || loop {
+            let now = log_records();
+            let busy = now.saturating_sub(seen) > QUIET_RECORDS;
+            seen = now;
+            if !busy || closing() {
+                return;
+            }
+            let low = slot.lock().ready.len() < RUNWAY_LOW;
+            std::thread::sleep(segment::SPARE_PAUSE);
+            if low {
+                return;
+            }
+        };
+        let prepared = segment::prepare_spare(&path, len, closing, pace);
+        let mut q = slot.lock();
         match prepared {
-            Ok(Some(f)) if matches!(*state, SpareState::Wanted) => *state = SpareState::Ready(f),
+            Ok(Some(f)) if !q.closing => q.ready.push_back((path, f)),
             Ok(_) => {
-                drop(state);
-                let _ = std::fs::remove_file(segment::spare_path(dir));
+                drop(q);
+                let _ = std::fs::remove_file(&path);
                 return;
             }
             Err(e) => {
@@ -830,10 +884,7 @@ fn prepare_spares(slot: &SpareSlot, dir: &Path, len: u64) {
                     "preparing the next log segment in {}: {e}; segments are created as needed",
                     dir.display()
                 );
-                let _ = std::fs::remove_file(segment::spare_path(dir));
-                if matches!(*state, SpareState::Wanted) {
-                    *state = SpareState::Failed;
-                }
+                let _ = std::fs::remove_file(&path);
                 return;
             }
         }
@@ -1028,10 +1079,85 @@ pub(crate) mod tests {
                 path.display()
             );
         }
-        assert!(
-            !segment::spare_path(dir.path()).exists(),
-            "no spare left behind"
+        assert_eq!(
+            spares_in(dir.path()),
+            Vec::<PathBuf>::new(),
+            "no spare left"
         );
+    }
+
+    /// The prepared segments in `dir`, whole or in the making.
+    fn spares_in(dir: &Path) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(segment::is_spare_name)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Once wanted, an idle log keeps `runway` segments prepared, no more; a burst then
+    /// rolls through them in order, and every record is in the log.
+    #[test]
+    fn an_idle_log_keeps_its_runway_of_prepared_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 64u64 << 10;
+        let wal = Wal::start_with_runway(dir.path(), 0, None, SyncMode::Always, seg, 3).unwrap();
+        let mut serial = 0u32;
+        let mut write = |records: u32| {
+            for _ in 0..records / 50 {
+                let mut r = wal.reserve(50);
+                for _ in 0..50 {
+                    r.push(&state(serial));
+                    serial += 1;
+                }
+                r.submit().wait();
+            }
+        };
+        // Half a segment of records: the writer wants spares.
+        write(1_000);
+        let whole =
+            |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).ok() == Some(spare_len(seg));
+        let started = Instant::now();
+        loop {
+            let spares = spares_in(dir.path());
+            if spares.len() == 3 && spares.iter().all(whole) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the runway never filled: {spares:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(spares_in(dir.path()).len(), 3, "no more than the runway");
+
+        // A burst of five segments' worth.
+        write(15_000);
+        let segments = segment::list(dir.path()).unwrap();
+        assert!(segments.len() >= 5, "{segments:?}");
+        wal.close();
+        assert_eq!(
+            spares_in(dir.path()),
+            Vec::<PathBuf>::new(),
+            "no spare left"
+        );
+        let mut seen = Vec::new();
+        segment::scan(dir.path(), 0, |seq, record| {
+            seen.push((seq, record));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 16_000);
+        for (i, (seq, record)) in seen.iter().enumerate() {
+            assert_eq!((*seq, record), (i as u64, &state(i as u32)));
+        }
     }
 
     /// A spare being prepared when the log closes is removed, and a leftover from a crash is
@@ -1039,9 +1165,12 @@ pub(crate) mod tests {
     #[test]
     fn no_spare_outlives_its_log() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(segment::spare_path(dir.path()), b"left by a crash").unwrap();
+        // This version's names, and the one name of earlier versions.
+        for name in ["next-segment-7.tmp", "next-segment.tmp"] {
+            std::fs::write(dir.path().join(name), b"left by a crash").unwrap();
+        }
         let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 256 << 20).unwrap();
-        assert!(!segment::spare_path(dir.path()).exists());
+        assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
         let mut serial = 0u32;
         while serial < 40_000 {
             let mut r = wal.reserve(1000);
@@ -1052,7 +1181,7 @@ pub(crate) mod tests {
             r.submit().wait();
         }
         wal.close();
-        assert!(!segment::spare_path(dir.path()).exists());
+        assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
         assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
     }
 }

@@ -107,36 +107,58 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The file a segment is prepared in before it is needed (see [`prepare_spare`]). Its name
-/// does not parse as a segment, so scans and tails never see it.
-pub const SPARE_NAME: &str = "next-segment.tmp";
+/// Prepared segments are made under temporary names `next-segment-N.tmp`, which do not parse
+/// as segments, so scans and tails never see them (see [`prepare_spare`]).
+const SPARE_PREFIX: &str = "next-segment";
 /// Zeros written (and synced) per step while preparing a spare. Small steps keep the log's
 /// own `fdatasync` from queueing behind a large flush: measured on the development disk
 /// with a spare being written beside a log syncing 2 KiB at a time, 1 MiB steps put 9 to
 /// 15 % of the log's sync time into syncs over 1.5 ms (1 to 1.4 % with no spare), 256 KiB
 /// steps 0.7 to 4 %.
 const SPARE_STEP: usize = 256 << 10;
-/// Pause between steps, so preparing a spare never floods the disk the log syncs to (at
-/// most about 25 MB/s: a 64 MiB segment in about 3 s).
-const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Pause between steps while the log is busy, so preparing a spare never floods the disk
+/// the log syncs to (at most about 25 MB/s: a 64 MiB segment in about 3 s).
+pub const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The path of the spare segment in `dir`.
-pub fn spare_path(dir: &Path) -> PathBuf {
-    dir.join(SPARE_NAME)
+/// The temporary path of the `n`th segment prepared in `dir`.
+pub fn spare_path_numbered(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{SPARE_PREFIX}-{n}.tmp"))
 }
 
-/// Prepares the next segment ahead of need: a segment header followed by zeros up to `len`
-/// bytes, *written* (not just allocated) and synced, a step at a time. Records later written
-/// over those zeros change no file metadata, so the `fdatasync` that makes them durable
-/// flushes data blocks only: no journal commit for a new size or newly allocated blocks.
-/// Returns `None`, having removed the file, when `stop` turns true between steps.
-pub fn prepare_spare(dir: &Path, len: u64, stop: impl Fn() -> bool) -> io::Result<Option<File>> {
-    let path = spare_path(dir);
+/// Whether `name` is a prepared segment's temporary name (this version's, or the single
+/// `next-segment.tmp` of earlier ones).
+pub fn is_spare_name(name: &str) -> bool {
+    name.starts_with(SPARE_PREFIX) && name.ends_with(".tmp")
+}
+
+/// Removes the prepared segments a crash left in `dir`.
+pub fn remove_spares(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(is_spare_name) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Prepares a segment ahead of need at `path`: a segment header followed by zeros up to
+/// `len` bytes, *written* (not just allocated) and synced, a step at a time. Records later
+/// written over those zeros change no file metadata, so the `fdatasync` that makes them
+/// durable flushes data blocks only: no journal commit for a new size or newly allocated
+/// blocks. After each step `pace()` waits as long as the log needs the disk more. Returns
+/// `None`, having removed the file, when `stop` turns true between steps.
+pub fn prepare_spare(
+    path: &Path,
+    len: u64,
+    stop: impl Fn() -> bool,
+    mut pace: impl FnMut(),
+) -> io::Result<Option<File>> {
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&path)?;
+        .open(path)?;
     f.write_all(SEGMENT_MAGIC)?;
     f.write_all(&SEGMENT_VERSION.to_le_bytes())?;
     let zeros = vec![0u8; SPARE_STEP];
@@ -144,22 +166,22 @@ pub fn prepare_spare(dir: &Path, len: u64, stop: impl Fn() -> bool) -> io::Resul
     while at < len {
         if stop() {
             drop(f);
-            fs::remove_file(&path)?;
+            fs::remove_file(path)?;
             return Ok(None);
         }
         let n = (len - at).min(SPARE_STEP as u64) as usize;
         f.write_all(&zeros[..n])?;
         f.sync_data()?;
         at += n as u64;
-        std::thread::sleep(SPARE_PAUSE);
+        pace();
     }
     f.sync_all()?;
     Ok(Some(f))
 }
 
-/// Makes the spare the segment whose first record is `first_seq`, durably.
-pub fn adopt_spare(dir: &Path, first_seq: u64) -> io::Result<()> {
-    fs::rename(spare_path(dir), segment_path(dir, first_seq))?;
+/// Makes the spare at `spare` the segment whose first record is `first_seq`, durably.
+pub fn adopt_spare(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<()> {
+    fs::rename(spare, segment_path(dir, first_seq))?;
     File::open(dir)?.sync_all()
 }
 
