@@ -265,18 +265,9 @@ fn command_line_json_has_the_documented_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_against_redis_with_the_lua_checkin() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
+    let Some(port) = redis_port_if_installed() else {
         eprintln!("skipping the Redis comparison: install redis-server");
         return;
-    }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
     for scenario in EVERY {
@@ -362,6 +353,20 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
     assert_eq!(runs.len(), 1, "{v}");
     assert_eq!(runs[0]["target"], "inproc");
     assert!(runs[0]["requests"].as_u64().unwrap() > 0);
+}
+
+/// A free loopback port for a spawned Redis, if `redis-server` is installed (CI has it).
+fn redis_port_if_installed() -> Option<u16> {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !installed {
+        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
+        return None;
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    Some(free.local_addr().unwrap().port())
 }
 
 /// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, sends it
@@ -500,22 +505,10 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
         ("inproc".to_string(), kept_up),
         ("inproc".to_string(), behind),
     ];
-    let redis_port = if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    let redis_port = redis_port_if_installed();
+    if let Some(port) = redis_port {
         cases.push((format!("redis://127.0.0.1:{port}"), kept_up));
-        Some(port)
-    } else {
-        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
-        None
-    };
+    }
     for (target, rate) in &cases {
         // Two minutes: stopped after a second and a half.
         let (code, out) = interrupt_once_measuring(
@@ -590,22 +583,10 @@ fn what_a_killed_run_leaves_the_next_run_removes() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let mut targets = vec!["inproc".to_string()];
-    let redis_port = if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    let redis_port = redis_port_if_installed();
+    if let Some(port) = redis_port {
         targets.push(format!("redis://127.0.0.1:{port}"));
-        Some(port)
-    } else {
-        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
-        None
-    };
+    }
     let args = |target: &str, duration: &'static str| {
         let mut a = vec![
             "--scenario".to_string(),
