@@ -63,7 +63,7 @@ pub struct LoadtestArgs {
     sync: String,
     /// Log segments (64 MiB each) the in-process engine keeps written with zeros ahead of
     /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB.
-    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
     log_runway: u32,
     /// Write the report as JSON here.
     #[arg(long)]

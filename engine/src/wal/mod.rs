@@ -692,9 +692,8 @@ impl Writer {
                 fatal("fdatasync of the log", &self.dir, &e);
             }
         }
-        if let Some(mut spares) = self.spares.take() {
-            spares.stop();
-        }
+        // Dropping the spares stops their thread and removes the unused ones.
+        self.spares.take();
     }
 }
 
@@ -711,6 +710,8 @@ fn spare_len(segment_max_bytes: u64) -> u64 {
 /// Prepared segments a node keeps ready by default (`stile node --log-runway`): 256 MiB of
 /// log a burst can write with no file growing and no zeros being written beside it.
 pub const RUNWAY_DEFAULT: u32 = 4;
+/// Most prepared segments a log keeps (`--log-runway` is checked against it).
+pub const RUNWAY_MAX: u32 = 64;
 
 /// Records the log may write between two looks of the preparing thread (a step, or a
 /// pause) for the log to count as quiet, so the next step follows at once.
@@ -718,14 +719,20 @@ const QUIET_RECORDS: u64 = 8;
 /// While the log is busy, spares are written (slowly) only when fewer than this many are
 /// ready: a burst shorter than the runway has no zeros written beside it at all.
 const RUNWAY_LOW: usize = 2;
+/// A spare is begun only while the filesystem would keep this many more segments free
+/// beside it, so that the runway never takes the room the log itself needs.
+const FREE_SEGMENTS_KEPT: u64 = 4;
+/// How long the preparing thread waits after a failure (or too little free space) before
+/// trying again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// What the writer and the preparing thread share.
 #[derive(Default)]
 struct SpareQueue {
     /// Prepared segments, oldest first, each under its own temporary name.
     ready: std::collections::VecDeque<(PathBuf, File)>,
-    /// The writer has asked for spares (once its segment held [`SPARE_AFTER_BYTES`]); from
-    /// then on the thread keeps the runway full.
+    /// The writer wants spares: with a runway, from the start on; without one, from when
+    /// its segment holds [`SPARE_AFTER_BYTES`] until it takes the spare.
     wanted: bool,
     /// The log is closing.
     closing: bool,
@@ -744,13 +751,18 @@ impl SpareSlot {
 }
 
 /// Prepares the next segments on a thread of its own, so the writer never waits for one.
+/// Dropping it stops the thread and removes the unused spares.
 struct Spares {
     slot: Arc<SpareSlot>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
     len: u64,
-    /// Prepared segments to keep ready.
+    /// Prepared segments to keep ready (at least one).
     runway: usize,
+    /// No runway: one spare at a time, asked for anew for each segment.
+    lazy: bool,
+    /// Whether this writer has asked since it last took a spare (saves the lock).
+    asked: bool,
     /// The log's state, whose records written tell a quiet log from a busy one.
     shared: Arc<Shared>,
 }
@@ -765,18 +777,21 @@ impl Spares {
             thread: None,
             dir: dir.to_path_buf(),
             len: spare_len(segment_max_bytes),
-            runway: runway.max(1) as usize,
+            runway: runway.clamp(1, RUNWAY_MAX) as usize,
+            lazy: runway == 0,
+            asked: false,
             shared,
         }
     }
 
     /// Asks for spares, starting the thread the first time.
     fn want(&mut self) {
+        if self.asked {
+            return;
+        }
+        self.asked = true;
         {
             let mut q = self.slot.lock();
-            if q.wanted {
-                return;
-            }
             q.wanted = true;
             self.slot.changed.notify_all();
         }
@@ -805,6 +820,10 @@ impl Spares {
     fn take(&mut self) -> Option<(PathBuf, File)> {
         let mut q = self.slot.lock();
         let spare = q.ready.pop_front()?;
+        if self.lazy {
+            q.wanted = false;
+            self.asked = false;
+        }
         self.slot.changed.notify_all();
         Some(spare)
     }
@@ -818,7 +837,9 @@ impl Spares {
             std::mem::take(&mut q.ready)
         };
         if let Some(h) = self.thread.take() {
-            h.join().expect("spare thread panicked");
+            if h.join().is_err() {
+                tracing::warn!("the thread that prepares log segments panicked");
+            }
         }
         for (path, file) in unused {
             drop(file);
@@ -829,10 +850,34 @@ impl Spares {
     }
 }
 
-/// The preparing thread: keeps `runway` spares ready once the writer wants them, until the
+impl Drop for Spares {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Bytes the filesystem holding `dir` has free for this process, if it says.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` a buffer of the right type, which
+    // statvfs fills when it returns 0.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The preparing thread: keeps `runway` spares ready while the writer wants them, until the
 /// log closes. While the log is quiet it writes at the disk's speed; while it is busy
 /// (more than [`QUIET_RECORDS`] records between two looks) it waits, or, with fewer than
-/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`].
+/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. It begins a
+/// spare only with room for [`FREE_SEGMENTS_KEPT`] more segments beside it, and after a
+/// failure tries again [`RETRY_AFTER`] later.
 fn prepare_spares(
     slot: &SpareSlot,
     dir: &Path,
@@ -841,7 +886,18 @@ fn prepare_spares(
     log_records: impl Fn() -> u64,
 ) {
     let closing = || slot.lock().closing;
+    // Waits `d` unless the log closes meanwhile; whether it is closing.
+    let wait_closing = |d: Duration| {
+        let q = slot.lock();
+        let (q, _) = slot
+            .changed
+            .wait_timeout_while(q, d, |q| !q.closing)
+            .expect("spare queue poisoned");
+        q.closing
+    };
+    let mut seen = log_records();
     let mut made = 0u64;
+    let mut short_of_room = false;
     loop {
         {
             let mut q = slot.lock();
@@ -852,12 +908,10 @@ fn prepare_spares(
                 return;
             }
         }
-        let path = segment::spare_path_numbered(dir, made);
-        made += 1;
-        let mut seen = log_records();
-        // After each step: on at once while the log is quiet; while it is busy, a step every
-        // SPARE_PAUSE if the runway is down to its last spare, else none at all.
-        let pace = || loop {
+        // After each step (and before the first): on at once while the log is quiet; while
+        // it is busy, a step every SPARE_PAUSE if the runway is down to its last spare, else
+        // none at all.
+        let mut pace = || loop {
             let now = log_records();
             let busy = now.saturating_sub(seen) > QUIET_RECORDS;
             seen = now;
@@ -870,7 +924,24 @@ fn prepare_spares(
                 return;
             }
         };
-        let prepared = segment::prepare_spare(&path, len, closing, pace);
+        pace();
+        if free_bytes(dir).is_some_and(|free| free < len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
+            if !short_of_room {
+                tracing::warn!(
+                    "not preparing log segments in {}: the filesystem is nearly full",
+                    dir.display()
+                );
+                short_of_room = true;
+            }
+            if wait_closing(RETRY_AFTER) {
+                return;
+            }
+            continue;
+        }
+        short_of_room = false;
+        let path = segment::spare_path_numbered(dir, made);
+        made += 1;
+        let prepared = segment::prepare_spare(&path, len, closing, &mut pace);
         let mut q = slot.lock();
         match prepared {
             Ok(Some(f)) if !q.closing => q.ready.push_back((path, f)),
@@ -880,12 +951,17 @@ fn prepare_spares(
                 return;
             }
             Err(e) => {
+                drop(q);
                 tracing::warn!(
-                    "preparing the next log segment in {}: {e}; segments are created as needed",
-                    dir.display()
+                    "preparing a log segment in {}: {e}; trying again in {} s, creating \
+                     segments as they are needed meanwhile",
+                    dir.display(),
+                    RETRY_AFTER.as_secs()
                 );
                 let _ = std::fs::remove_file(&path);
-                return;
+                if wait_closing(RETRY_AFTER) {
+                    return;
+                }
             }
         }
     }
@@ -1158,6 +1234,66 @@ pub(crate) mod tests {
         for (i, (seq, record)) in seen.iter().enumerate() {
             assert_eq!((*seq, record), (i as u64, &state(i as u32)));
         }
+    }
+
+    /// Without a runway, each segment asks for its spare anew: none is prepared for a
+    /// segment that has not yet held half its size.
+    #[test]
+    fn without_a_runway_a_spare_is_prepared_only_for_a_segment_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 64u64 << 10;
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, seg).unwrap();
+        let mut serial = 0u32;
+        let started = Instant::now();
+        // Write until the log has moved into a prepared segment (zeros past its records).
+        let in_prepared = || {
+            let segments = segment::list(dir.path()).unwrap();
+            let last = std::fs::read(&segments.last().unwrap().1).unwrap();
+            segments.len() >= 2 && frames_end(&last) < last.len()
+        };
+        while !in_prepared() {
+            let mut r = wal.reserve(50);
+            for _ in 0..50 {
+                r.push(&state(serial));
+                serial += 1;
+            }
+            r.submit().wait();
+            assert!(started.elapsed() < Duration::from_secs(60), "never rolled");
+        }
+        // The new segment holds a record or two: no spare for it yet, however long it waits.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
+        wal.close();
+    }
+
+    /// Dropping the spares (a writer that never started, or one that unwound) stops their
+    /// thread and removes what it prepared.
+    #[test]
+    fn dropped_spares_stop_their_thread_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 << 10)
+            .unwrap()
+            .shared
+            .clone();
+        let spares_dir = dir.path().join("spares");
+        std::fs::create_dir(&spares_dir).unwrap();
+        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, shared);
+        spares.want();
+        let started = Instant::now();
+        while spares_in(&spares_dir).len() < 2 || !spares.is_ready() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never prepared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let slot = spares.slot.clone();
+        drop(spares);
+        assert!(slot.lock().closing);
+        assert_eq!(spares_in(&spares_dir), Vec::<PathBuf>::new());
+        // Nothing made after the drop either.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(spares_in(&spares_dir), Vec::<PathBuf>::new());
     }
 
     /// A spare being prepared when the log closes is removed, and a leftover from a crash is

@@ -154,11 +154,8 @@ pub fn prepare_spare(
     stop: impl Fn() -> bool,
     mut pace: impl FnMut(),
 ) -> io::Result<Option<File>> {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)?;
+    // A new name each time: never a file anyone else holds.
+    let mut f = OpenOptions::new().create_new(true).write(true).open(path)?;
     f.write_all(SEGMENT_MAGIC)?;
     f.write_all(&SEGMENT_VERSION.to_le_bytes())?;
     let zeros = vec![0u8; SPARE_STEP];
