@@ -27,8 +27,9 @@ fn left() -> MutexGuard<'static, Vec<(PathBuf, Option<u32>)>> {
 #[derive(Debug)]
 pub(crate) struct TempTree {
     path: PathBuf,
-    /// [`OWNER_LOCK`], open and locked until the directory is removed.
-    _owner: std::fs::File,
+    /// [`OWNER_LOCK`], open and locked until the directory is removed (`None` on a
+    /// filesystem without `flock`: the directory is then never taken for abandoned).
+    owner: Option<std::fs::File>,
 }
 
 impl TempTree {
@@ -49,10 +50,7 @@ impl TempTree {
                     };
                     let path = dir.keep();
                     left().push((path.clone(), None));
-                    return Ok(TempTree {
-                        path,
-                        _owner: owner,
-                    });
+                    return Ok(TempTree { path, owner });
                 }
                 Err(e) => last = Some(e),
             }
@@ -64,6 +62,12 @@ impl TempTree {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The descriptor of its locked [`OWNER_LOCK`], for a server working in it to inherit.
+    pub(crate) fn owner_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.owner.as_ref().map(|f| f.as_raw_fd())
+    }
 }
 
 impl Drop for TempTree {
@@ -73,6 +77,94 @@ impl Drop for TempTree {
         let _ = std::fs::remove_dir_all(&self.path);
         left.retain(|(p, _)| p != &self.path);
     }
+}
+
+/// The name [`OWNER_LOCK`] is made under before it is locked.
+const OWNER_LOCK_MAKING: &str = ".owner.lock.new";
+/// A lone [`OWNER_LOCK_MAKING`] this old (its run died between making the directory and
+/// locking) is taken for abandoned.
+const MAKING_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Creates `dir/OWNER_LOCK` already locked: made under another name, locked, then renamed,
+/// so that no other process ever sees it unlocked. On a filesystem without locks the file
+/// keeps its first name and the directory is never taken for abandoned.
+fn lock_as_owner(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let making = dir.join(OWNER_LOCK_MAKING);
+    let file = std::fs::File::create(&making)?;
+    if let Err(e) = file.lock() {
+        tracing::warn!(
+            "cannot lock {}: {e}; if this run is killed, remove its directory by hand",
+            making.display()
+        );
+        return Ok(None);
+    }
+    std::fs::rename(&making, dir.join(OWNER_LOCK))?;
+    Ok(Some(file))
+}
+
+/// Removes the directories `PREFIX…` in `parent` whose owner has died: those whose
+/// [`OWNER_LOCK`] this process can lock, or whose lone [`OWNER_LOCK_MAKING`] is old and can
+/// be locked. Anything else (a directory in the making, one from a version before these
+/// locks) is left alone.
+fn remove_abandoned(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(prefix)
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let path = entry.path();
+        let lock = match std::fs::File::open(path.join(OWNER_LOCK)) {
+            Ok(f) => f,
+            Err(_) => match std::fs::File::open(path.join(OWNER_LOCK_MAKING)) {
+                Ok(f)
+                    if f.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > MAKING_ABANDONED_AFTER) =>
+                {
+                    f
+                }
+                _ => continue,
+            },
+        };
+        if lock.try_lock().is_ok() {
+            match remove_owned_tree(&path) {
+                Ok(()) => {
+                    tracing::info!("removed {}, left by a run that was killed", path.display())
+                }
+                // Another run removed it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    "cannot remove {}, left by a run that was killed: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
+/// Removes `dir` with its lock files last, so that a removal cut short leaves a directory
+/// the next run still recognises as abandoned.
+fn remove_owned_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == OWNER_LOCK || name == OWNER_LOCK_MAKING {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 /// A server working in a [`TempTree`]: killed and reaped, then the directory removed, on
@@ -116,48 +208,6 @@ impl Drop for Server {
             forget_pid(&mut left, self.child.id());
         }
         self.dir.take();
-    }
-}
-
-/// Creates `dir/OWNER_LOCK` already locked: made under another name, locked, then renamed,
-/// so that no other process ever sees it unlocked.
-fn lock_as_owner(dir: &Path) -> std::io::Result<std::fs::File> {
-    let making = dir.join(".owner.lock.new");
-    let file = std::fs::File::create(&making)?;
-    file.lock()?;
-    std::fs::rename(&making, dir.join(OWNER_LOCK))?;
-    Ok(file)
-}
-
-/// Removes the directories `PREFIX…` in `parent` whose owner has died: those whose
-/// [`OWNER_LOCK`] this process can lock. A directory without one is left alone (it may be
-/// in the making).
-fn remove_abandoned(parent: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with(prefix)
-            || !entry.file_type().is_ok_and(|t| t.is_dir())
-        {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(lock) = std::fs::File::open(path.join(OWNER_LOCK)) else {
-            continue;
-        };
-        if lock.try_lock().is_ok() {
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => {
-                    tracing::info!("removed {}, left by a run that was killed", path.display())
-                }
-                Err(e) => tracing::warn!(
-                    "cannot remove {}, left by a run that was killed: {e}",
-                    path.display()
-                ),
-            }
-        }
     }
 }
 
@@ -208,9 +258,19 @@ mod tests {
         std::fs::create_dir_all(dead.join("data")).unwrap();
         std::fs::write(dead.join(OWNER_LOCK), b"").unwrap();
         std::fs::write(dead.join("data/aof"), b"x").unwrap();
-        // Not to be touched: a directory in the making, another kind, a file.
+        // Its run died between making it and locking, a while ago.
+        let stale = root.path().join(".t-stale");
+        std::fs::create_dir(&stale).unwrap();
+        let f = std::fs::File::create(stale.join(OWNER_LOCK_MAKING)).unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * MAKING_ABANDONED_AFTER;
+        f.set_modified(long_ago).unwrap();
+        // Not to be touched: a directory in the making, one from before these locks,
+        // another kind, a file.
         let making = root.path().join(".t-making");
         std::fs::create_dir(&making).unwrap();
+        std::fs::write(making.join(OWNER_LOCK_MAKING), b"").unwrap();
+        let old_version = root.path().join(".t-old");
+        std::fs::create_dir(&old_version).unwrap();
         let other = root.path().join(".u-dead");
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join(OWNER_LOCK), b"").unwrap();
@@ -218,12 +278,13 @@ mod tests {
 
         let new = TempTree::new_in(&[root.path()], ".t-").unwrap();
         assert!(!dead.exists(), "the dead owner's directory is removed");
-        for kept in [live.path(), new.path(), &making, &other] {
+        assert!(!stale.exists(), "the directory never locked is removed");
+        for kept in [live.path(), new.path(), &making, &old_version, &other] {
             assert!(kept.exists(), "{} removed", kept.display());
         }
         assert!(root.path().join(".t-file").exists());
         assert!(live.path().join(OWNER_LOCK).exists());
-        assert!(!live.path().join(".owner.lock.new").exists());
+        assert!(!live.path().join(OWNER_LOCK_MAKING).exists());
     }
 
     #[test]

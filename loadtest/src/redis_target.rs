@@ -466,8 +466,9 @@ fn spawn(port: u16) -> Result<Server, String> {
         // and then stops this server, instead of the server dying under the run.
         .process_group(0);
     let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
-    // getppid, which are async-signal-safe. The server is killed when the thread that
+    let owner = dir.owner_fd();
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl,
+    // getppid and fcntl, which are async-signal-safe. The server is killed when the thread that
     // started it ends, so a tester killed outright leaves no server behind: that is the
     // thread that awaits the run (`block_on`, or a runtime's worker), which outlives the
     // run (never start one from `spawn_blocking`, whose idle threads end).
@@ -480,6 +481,13 @@ fn spawn(port: u16) -> Result<Server, String> {
             // thread may have held the allocator's lock at the fork.)
             if u32::try_from(libc::getppid()).ok() != Some(parent) {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // The server keeps its directory's owner lock too (the descriptor survives the
+            // exec), so the directory counts as in use until both processes are gone.
+            if let Some(fd) = owner {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
