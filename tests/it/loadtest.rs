@@ -550,11 +550,7 @@ fn an_interrupted_run_reports_what_it_measured_and_leaves_nothing_behind() {
         assert_eq!(run["double_admits"], 0, "{target}: {run}");
         // Nothing of the run is left: no temporary data dir, no Redis directory.
         for d in [dir.path(), data.as_path()] {
-            let left: Vec<_> = std::fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".stile-"))
-                .collect();
+            let left = leftovers_in(d);
             assert!(
                 left.is_empty(),
                 "{target}: left in {}: {left:?}",
