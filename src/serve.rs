@@ -43,7 +43,8 @@ struct NodeTuning {
     snapshot_every: SnapshotEvery,
     /// Log segments (64 MiB each) kept written with zeros ahead of need, so that a burst of
     /// check-ins syncs records over zeros: no file growth, and no zeros written beside it.
-    /// An idle node prepares them at the disk's speed, a busy one slowly. 1 to 64.
+    /// An idle node prepares them at the disk's speed, a busy one slowly; a stopped one keeps
+    /// them for its next start. 1 to 64.
     #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
     log_runway: u32,
 }

@@ -230,7 +230,12 @@ impl Wal {
             "segments hold records"
         );
         std::fs::create_dir_all(dir)?;
-        segment::remove_spares(dir)?;
+        // Whole spares a previous run left are the runway's start; the rest are removed.
+        let keep = match mode {
+            SyncMode::None => 0,
+            _ => runway.clamp(1, RUNWAY_MAX) as usize,
+        };
+        let kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
         let (file, file_len) = match tail {
             Some((path, len)) if len < segment_max_bytes => {
                 (std::fs::OpenOptions::new().write(true).open(path)?, len)
@@ -253,7 +258,7 @@ impl Wal {
             sync_records: AtomicHistogram::new(BATCH_EDGES),
         });
         let mut spares = (mode != SyncMode::None)
-            .then(|| Spares::new(dir, segment_max_bytes, runway, shared.clone()));
+            .then(|| Spares::new(dir, segment_max_bytes, runway, kept, shared.clone()));
         if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
             s.want();
         }
@@ -685,14 +690,16 @@ impl Writer {
         true
     }
 
-    /// On close: the last segment ends at its last record, synced, and no spare is left.
+    /// On close: the last segment ends at its last record, synced; whole spares stay for
+    /// the next start with a runway, and without one none is left.
     fn finish(&mut self) {
         if self.cut_zeros() {
             if let Err(e) = self.file.sync_data() {
                 fatal("fdatasync of the log", &self.dir, &e);
             }
         }
-        // Dropping the spares stops their thread and removes the unused ones.
+        // Dropping the spares stops their thread (and, without a runway, removes the unused
+        // ones).
         self.spares.take();
     }
 }
@@ -751,7 +758,8 @@ impl SpareSlot {
 }
 
 /// Prepares the next segments on a thread of its own, so the writer never waits for one.
-/// Dropping it stops the thread and removes the unused spares.
+/// Dropping it stops the thread; the unused spares are kept for the log's next start, or,
+/// without a runway, removed.
 struct Spares {
     slot: Arc<SpareSlot>,
     thread: Option<JoinHandle<()>>,
@@ -763,15 +771,29 @@ struct Spares {
     lazy: bool,
     /// Whether this writer has asked since it last took a spare (saves the lock).
     asked: bool,
+    /// The number the next spare's names take.
+    next_number: u64,
     /// The log's state, whose records written tell a quiet log from a busy one.
     shared: Arc<Shared>,
 }
 
 impl Spares {
-    fn new(dir: &Path, segment_max_bytes: u64, runway: u32, shared: Arc<Shared>) -> Self {
+    /// `kept`: whole spares a previous run left (their numbers, paths and files), ready first.
+    fn new(
+        dir: &Path,
+        segment_max_bytes: u64,
+        runway: u32,
+        kept: Vec<(u64, PathBuf, File)>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let next_number = kept.iter().map(|(n, ..)| n + 1).max().unwrap_or(0);
+        let ready = kept.into_iter().map(|(_, path, f)| (path, f)).collect();
         Spares {
             slot: Arc::new(SpareSlot {
-                queue: Mutex::new(SpareQueue::default()),
+                queue: Mutex::new(SpareQueue {
+                    ready,
+                    ..SpareQueue::default()
+                }),
                 changed: Condvar::new(),
             }),
             thread: None,
@@ -780,6 +802,7 @@ impl Spares {
             runway: runway.clamp(1, RUNWAY_MAX) as usize,
             lazy: runway == 0,
             asked: false,
+            next_number,
             shared,
         }
     }
@@ -798,11 +821,13 @@ impl Spares {
         if self.thread.is_none() {
             let (slot, dir, len, runway) =
                 (self.slot.clone(), self.dir.clone(), self.len, self.runway);
+            let (first, keep) = (self.next_number, !self.lazy);
             let shared = self.shared.clone();
             let log_records = move || shared.records.load(Ordering::Relaxed);
+            let run = move || prepare_spares(&slot, &dir, len, runway, first, keep, log_records);
             match std::thread::Builder::new()
                 .name("stile-wal-spare".into())
-                .spawn(move || prepare_spares(&slot, &dir, len, runway, log_records))
+                .spawn(run)
             {
                 Ok(h) => self.thread = Some(h),
                 Err(e) => {
@@ -828,7 +853,8 @@ impl Spares {
         Some(spare)
     }
 
-    /// Stops the thread and removes the unused spares.
+    /// Stops the thread and, without a runway, removes the unused spares; with one they
+    /// stay, whole, for the log's next start.
     fn stop(&mut self) {
         let unused = {
             let mut q = self.slot.lock();
@@ -843,6 +869,9 @@ impl Spares {
         }
         for (path, file) in unused {
             drop(file);
+            if !self.lazy {
+                continue;
+            }
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!("removing the unused prepared log segment: {e}");
             }
@@ -877,12 +906,15 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// (more than [`QUIET_RECORDS`] records between two looks) it waits, or, with fewer than
 /// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. It begins a
 /// spare only with room for [`FREE_SEGMENTS_KEPT`] more segments beside it, and after a
-/// failure tries again [`RETRY_AFTER`] later.
+/// failure tries again [`RETRY_AFTER`] later. Spares are numbered from `first`; one
+/// finished as the log closes is kept if `keep`, else removed.
 fn prepare_spares(
     slot: &SpareSlot,
     dir: &Path,
     len: u64,
     runway: usize,
+    first: u64,
+    keep: bool,
     log_records: impl Fn() -> u64,
 ) {
     let closing = || slot.lock().closing;
@@ -896,7 +928,7 @@ fn prepare_spares(
         q.closing
     };
     let mut seen = log_records();
-    let mut made = 0u64;
+    let mut made = first;
     let mut short_of_room = false;
     loop {
         {
@@ -940,14 +972,17 @@ fn prepare_spares(
         }
         short_of_room = false;
         let path = segment::spare_path_numbered(dir, made);
+        let ready = segment::ready_spare_path(dir, made);
         made += 1;
-        let prepared = segment::prepare_spare(&path, len, closing, &mut pace);
+        let prepared = segment::prepare_spare(&path, &ready, len, closing, &mut pace);
         let mut q = slot.lock();
         match prepared {
-            Ok(Some(f)) if !q.closing => q.ready.push_back((path, f)),
-            Ok(_) => {
+            Ok(Some(f)) if !q.closing => q.ready.push_back((ready, f)),
+            Ok(whole) => {
                 drop(q);
-                let _ = std::fs::remove_file(&path);
+                if whole.is_some() && !keep {
+                    let _ = std::fs::remove_file(&ready);
+                }
                 return;
             }
             Err(e) => {
@@ -1219,11 +1254,14 @@ pub(crate) mod tests {
         let segments = segment::list(dir.path()).unwrap();
         assert!(segments.len() >= 5, "{segments:?}");
         wal.close();
-        assert_eq!(
-            spares_in(dir.path()),
-            Vec::<PathBuf>::new(),
-            "no spare left"
-        );
+        // What is left is whole, under a whole spare's name, for the next start.
+        let left = spares_in(dir.path());
+        assert!(left.len() <= 3, "{left:?}");
+        for p in &left {
+            assert!(whole(p), "{} is whole", p.display());
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with("next-segment-ready-"), "{name}");
+        }
         let mut seen = Vec::new();
         segment::scan(dir.path(), 0, |seq, record| {
             seen.push((seq, record));
@@ -1267,9 +1305,9 @@ pub(crate) mod tests {
     }
 
     /// Dropping the spares (a writer that never started, or one that unwound) stops their
-    /// thread and removes what it prepared.
+    /// thread: nothing is written after, and only whole spares stay.
     #[test]
-    fn dropped_spares_stop_their_thread_and_leave_nothing() {
+    fn dropped_spares_stop_their_thread_and_keep_only_whole_ones() {
         let dir = tempfile::tempdir().unwrap();
         let shared = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 << 10)
             .unwrap()
@@ -1277,7 +1315,7 @@ pub(crate) mod tests {
             .clone();
         let spares_dir = dir.path().join("spares");
         std::fs::create_dir(&spares_dir).unwrap();
-        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, shared);
+        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, Vec::new(), shared);
         spares.want();
         let started = Instant::now();
         while spares_in(&spares_dir).len() < 2 || !spares.is_ready() {
@@ -1290,10 +1328,108 @@ pub(crate) mod tests {
         let slot = spares.slot.clone();
         drop(spares);
         assert!(slot.lock().closing);
-        assert_eq!(spares_in(&spares_dir), Vec::<PathBuf>::new());
-        // Nothing made after the drop either.
+        let left = spares_in(&spares_dir);
+        let len = spare_len(64 << 10);
+        for p in &left {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with("next-segment-ready-"), "{name}");
+            assert_eq!(std::fs::metadata(p).unwrap().len(), len);
+        }
+        // Nothing made or changed after the drop.
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(spares_in(&spares_dir), Vec::<PathBuf>::new());
+        assert_eq!(spares_in(&spares_dir), left);
+    }
+
+    /// A log's whole spares are the next start's runway, used as they are (the same files,
+    /// not written again); a spare a crash cut short, one of another length, one with a bad
+    /// header and those past the runway are removed.
+    #[test]
+    fn whole_spares_outlive_a_restart_and_the_rest_are_removed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 64u64 << 10;
+        let len = spare_len(seg);
+        let wal = Wal::start_with_runway(dir.path(), 0, None, SyncMode::Always, seg, 3).unwrap();
+        let mut serial = 0u32;
+        let write = |wal: &Wal, serial: &mut u32, records: u32| {
+            for _ in 0..records / 50 {
+                let mut r = wal.reserve(50);
+                for _ in 0..50 {
+                    r.push(&state(*serial));
+                    *serial += 1;
+                }
+                r.submit().wait();
+            }
+        };
+        write(&wal, &mut serial, 500);
+        let started = Instant::now();
+        let ready = |p: &PathBuf| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("next-segment-ready-")
+        };
+        while spares_in(dir.path()).iter().filter(|p| ready(p)).count() < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the runway never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wal.close();
+        let kept = spares_in(dir.path());
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        let inodes: Vec<u64> = kept
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+
+        // What a crash and other versions leave beside them.
+        let header = [&segment::SEGMENT_MAGIC[..], &1u32.to_le_bytes()].concat();
+        let junk = |name: &str, bytes: &[u8], size: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.write_all_at(bytes, 0).unwrap();
+            f.set_len(size).unwrap();
+        };
+        junk("next-segment-40.tmp", &header, len); // cut short by a crash: not renamed
+        junk("next-segment-ready-41.tmp", &header, len - 1); // another segment size
+        junk("next-segment-ready-42.tmp", b"NOTAWAL!\x01\0\0\0", len); // bad header
+        junk("next-segment.tmp", &header, len); // an earlier version's
+
+        let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
+        assert_eq!(end.next_seq, u64::from(serial));
+        let tail = end.segments.last().cloned();
+        let wal = Wal::start_with_runway(dir.path(), end.next_seq, tail, SyncMode::Always, seg, 2)
+            .unwrap();
+        // The two lowest kept, as they were; everything else gone.
+        let now = spares_in(dir.path());
+        assert_eq!(now, kept[..2].to_vec());
+        let now_inodes: Vec<u64> = now
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        assert_eq!(now_inodes, inodes[..2].to_vec());
+
+        // A burst rolls into them first.
+        write(&wal, &mut serial, 3_000);
+        wal.close();
+        let segment_inodes: Vec<u64> = segment::list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        for ino in &inodes[..2] {
+            assert!(
+                segment_inodes.contains(ino),
+                "kept spare {ino} became a segment: {segment_inodes:?}"
+            );
+        }
+        let mut seen = 0u32;
+        segment::scan(dir.path(), 0, |seq, record| {
+            assert_eq!((seq, &record), (u64::from(seen), &state(seen)));
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, serial);
     }
 
     /// A spare being prepared when the log closes is removed, and a leftover from a crash is

@@ -107,9 +107,12 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Prepared segments are made under temporary names `next-segment-N.tmp`, which do not parse
-/// as segments, so scans and tails never see them (see [`prepare_spare`]).
+/// Prepared segments are made under temporary names `next-segment-N.tmp` and renamed
+/// `next-segment-ready-N.tmp` once whole and synced. Neither parses as a segment, so scans
+/// and tails never see them (see [`prepare_spare`]).
 const SPARE_PREFIX: &str = "next-segment";
+/// The name's start for a whole spare, kept from one start of the log to the next.
+const READY_PREFIX: &str = "next-segment-ready-";
 /// Zeros written (and synced) per step while preparing a spare. Small steps keep the log's
 /// own `fdatasync` from queueing behind a large flush: measured on the development disk
 /// with a spare being written beside a log syncing 2 KiB at a time, 1 MiB steps put 9 to
@@ -120,36 +123,89 @@ const SPARE_STEP: usize = 256 << 10;
 /// the log syncs to (at most about 25 MB/s: a 64 MiB segment in about 3 s).
 pub const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The temporary path of the `n`th segment prepared in `dir`.
+/// The temporary path of the `n`th segment prepared in `dir`, while it is being written.
 pub fn spare_path_numbered(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{SPARE_PREFIX}-{n}.tmp"))
 }
 
-/// Whether `name` is a prepared segment's temporary name (this version's, or the single
-/// `next-segment.tmp` of earlier ones).
+/// The path of the `n`th segment prepared in `dir` once it is whole and synced.
+pub fn ready_spare_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{READY_PREFIX}{n}.tmp"))
+}
+
+/// The number of a whole spare's name, if `name` is one.
+fn ready_spare_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(READY_PREFIX)?.strip_suffix(".tmp")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether `name` is a prepared segment's temporary name, whole or in the making (this
+/// version's names, or the single `next-segment.tmp` of earlier ones).
 pub fn is_spare_name(name: &str) -> bool {
     name.starts_with(SPARE_PREFIX) && name.ends_with(".tmp")
 }
 
-/// Removes the prepared segments a crash left in `dir`.
-pub fn remove_spares(dir: &Path) -> io::Result<()> {
+/// The whole spares a previous run of the log left in `dir` that are fit to use: at most
+/// `keep` of them, lowest numbers first, each `len` bytes long and starting with a segment
+/// header, opened for writing. Every other prepared segment there is removed: one a crash
+/// cut short (still under its `next-segment-N.tmp` name), one of another length (the
+/// segment size changed), one with a bad header, and those beyond `keep`.
+pub fn keep_spares(dir: &Path, len: u64, keep: usize) -> io::Result<Vec<(u64, PathBuf, File)>> {
+    let mut whole = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_str().is_some_and(is_spare_name) {
-            fs::remove_file(entry.path())?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !is_spare_name(&name) {
+            continue;
+        }
+        let path = entry.path();
+        match ready_spare_number(&name) {
+            Some(n) if keep > 0 && is_whole_spare(&path, len)? => whole.push((n, path)),
+            _ => fs::remove_file(&path)?,
         }
     }
-    Ok(())
+    whole.sort();
+    let mut kept = Vec::new();
+    for (n, path) in whole {
+        if kept.len() < keep {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            kept.push((n, path, f));
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(kept)
+}
+
+/// Whether the file at `path` is `len` bytes long and starts with a segment header.
+fn is_whole_spare(path: &Path, len: u64) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    if f.metadata()?.len() != len {
+        return Ok(false);
+    }
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    if f.read_exact(&mut header).is_err() {
+        return Ok(false);
+    }
+    Ok(header[..SEGMENT_MAGIC.len()] == *SEGMENT_MAGIC
+        && header[SEGMENT_MAGIC.len()..] == SEGMENT_VERSION.to_le_bytes())
 }
 
 /// Prepares a segment ahead of need at `path`: a segment header followed by zeros up to
-/// `len` bytes, *written* (not just allocated) and synced, a step at a time. Records later
-/// written over those zeros change no file metadata, so the `fdatasync` that makes them
-/// durable flushes data blocks only: no journal commit for a new size or newly allocated
-/// blocks. After each step `pace()` waits as long as the log needs the disk more. Returns
-/// `None`, having removed the file, when `stop` turns true between steps.
+/// `len` bytes, *written* (not just allocated) and synced, a step at a time, then renamed
+/// to `ready` (so a spare under that name is whole: one a crash cut short keeps `path`).
+/// Records later written over those zeros change no file metadata, so the `fdatasync` that
+/// makes them durable flushes data blocks only: no journal commit for a new size or newly
+/// allocated blocks. After each step `pace()` waits as long as the log needs the disk
+/// more. Returns `None`, having removed the file, when `stop` turns true between steps.
 pub fn prepare_spare(
     path: &Path,
+    ready: &Path,
     len: u64,
     stop: impl Fn() -> bool,
     mut pace: impl FnMut(),
@@ -173,6 +229,9 @@ pub fn prepare_spare(
         pace();
     }
     f.sync_all()?;
+    // Its zeros are durable before the name says it is whole. The rename itself need not
+    // be: lost in a crash, it leaves a spare under `path`, which the next start removes.
+    fs::rename(path, ready)?;
     Ok(Some(f))
 }
 
