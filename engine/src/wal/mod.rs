@@ -230,12 +230,23 @@ impl Wal {
             "segments hold records"
         );
         std::fs::create_dir_all(dir)?;
-        // Whole spares a previous run left are the runway's start; the rest are removed.
-        let keep = match mode {
-            SyncMode::None => 0,
-            _ => runway.clamp(1, RUNWAY_MAX) as usize,
+        // Whole spares a previous run left are the runway's start; the rest are removed. A
+        // log without a runway (a command such as `stile keys` opening a node's data) leaves
+        // them as they are for the node's next start, and numbers its own after them.
+        let keep = match (mode, runway) {
+            (SyncMode::None, _) => 0,
+            (_, 0) => RUNWAY_MAX as usize,
+            _ => runway.min(RUNWAY_MAX) as usize,
         };
-        let kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
+        let mut kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
+        let next_number = kept
+            .iter()
+            .map(|(n, ..)| n.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if runway == 0 {
+            kept.clear();
+        }
         let (file, file_len) = match tail {
             Some((path, len)) if len < segment_max_bytes => {
                 (std::fs::OpenOptions::new().write(true).open(path)?, len)
@@ -257,8 +268,16 @@ impl Wal {
             sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
             sync_records: AtomicHistogram::new(BATCH_EDGES),
         });
-        let mut spares = (mode != SyncMode::None)
-            .then(|| Spares::new(dir, segment_max_bytes, runway, kept, shared.clone()));
+        let mut spares = (mode != SyncMode::None).then(|| {
+            Spares::new(
+                dir,
+                segment_max_bytes,
+                runway,
+                kept,
+                next_number,
+                shared.clone(),
+            )
+        });
         if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
             s.want();
         }
@@ -778,15 +797,16 @@ struct Spares {
 }
 
 impl Spares {
-    /// `kept`: whole spares a previous run left (their numbers, paths and files), ready first.
+    /// `kept`: whole spares a previous run left (their numbers, paths and files), ready
+    /// first; `next_number`: the number the first spare made here takes.
     fn new(
         dir: &Path,
         segment_max_bytes: u64,
         runway: u32,
         kept: Vec<(u64, PathBuf, File)>,
+        next_number: u64,
         shared: Arc<Shared>,
     ) -> Self {
-        let next_number = kept.iter().map(|(n, ..)| n + 1).max().unwrap_or(0);
         let ready = kept.into_iter().map(|(_, path, f)| (path, f)).collect();
         Spares {
             slot: Arc::new(SpareSlot {
@@ -1197,6 +1217,18 @@ pub(crate) mod tests {
         );
     }
 
+    /// Fails unless `p` is named as a whole spare and holds a segment header and zeros up to
+    /// `len` bytes.
+    fn assert_is_whole_spare(p: &Path, len: u64) {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("next-segment-ready-"), "{name}");
+        let bytes = std::fs::read(p).unwrap();
+        assert_eq!(bytes.len() as u64, len, "{name}");
+        let (header, zeros) = bytes.split_at(segment::SEGMENT_HEADER_LEN as usize);
+        assert_eq!(&header[..8], segment::SEGMENT_MAGIC, "{name}");
+        assert!(zeros.iter().all(|&b| b == 0), "{name} holds only zeros");
+    }
+
     /// The prepared segments in `dir`, whole or in the making.
     fn spares_in(dir: &Path) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -1253,14 +1285,20 @@ pub(crate) mod tests {
         write(15_000);
         let segments = segment::list(dir.path()).unwrap();
         assert!(segments.len() >= 5, "{segments:?}");
+        // Quiet again: the runway fills up again, and stays after close for the next start.
+        let started = Instant::now();
+        while spares_in(dir.path()).len() < 3 || !spares_in(dir.path()).iter().all(whole) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the runway never refilled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         wal.close();
-        // What is left is whole, under a whole spare's name, for the next start.
         let left = spares_in(dir.path());
-        assert!(left.len() <= 3, "{left:?}");
+        assert_eq!(left.len(), 3, "{left:?}");
         for p in &left {
-            assert!(whole(p), "{} is whole", p.display());
-            let name = p.file_name().unwrap().to_str().unwrap();
-            assert!(name.starts_with("next-segment-ready-"), "{name}");
+            assert_is_whole_spare(p, spare_len(seg));
         }
         let mut seen = Vec::new();
         segment::scan(dir.path(), 0, |seq, record| {
@@ -1315,7 +1353,7 @@ pub(crate) mod tests {
             .clone();
         let spares_dir = dir.path().join("spares");
         std::fs::create_dir(&spares_dir).unwrap();
-        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, Vec::new(), shared);
+        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, Vec::new(), 0, shared);
         spares.want();
         let started = Instant::now();
         while spares_in(&spares_dir).len() < 2 || !spares.is_ready() {
@@ -1329,11 +1367,9 @@ pub(crate) mod tests {
         drop(spares);
         assert!(slot.lock().closing);
         let left = spares_in(&spares_dir);
-        let len = spare_len(64 << 10);
+        assert!(!left.is_empty(), "the ready spare stays");
         for p in &left {
-            let name = p.file_name().unwrap().to_str().unwrap();
-            assert!(name.starts_with("next-segment-ready-"), "{name}");
-            assert_eq!(std::fs::metadata(p).unwrap().len(), len);
+            assert_is_whole_spare(p, spare_len(64 << 10));
         }
         // Nothing made or changed after the drop.
         std::thread::sleep(Duration::from_millis(100));
@@ -1377,6 +1413,9 @@ pub(crate) mod tests {
         wal.close();
         let kept = spares_in(dir.path());
         assert_eq!(kept.len(), 3, "{kept:?}");
+        for p in &kept {
+            assert_is_whole_spare(p, len);
+        }
         let inodes: Vec<u64> = kept
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().ino())
@@ -1430,6 +1469,70 @@ pub(crate) mod tests {
         })
         .unwrap();
         assert_eq!(seen, serial);
+    }
+
+    /// A log without a runway (a command opening a stopped node's data) leaves the node's
+    /// whole spares as they are, using none and removing only its own; a log with `--sync
+    /// none` removes them.
+    #[test]
+    fn a_log_without_a_runway_leaves_a_nodes_spares_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 64u64 << 10;
+        let len = spare_len(seg);
+        let header = [&segment::SEGMENT_MAGIC[..], &1u32.to_le_bytes()].concat();
+        let mut kept = Vec::new();
+        for n in [3, 5] {
+            let path = segment::ready_spare_path(dir.path(), n);
+            let f = std::fs::File::create(&path).unwrap();
+            f.write_all_at(&header, 0).unwrap();
+            f.set_len(len).unwrap();
+            kept.push((path.clone(), std::fs::metadata(&path).unwrap().ino()));
+        }
+        let same = || {
+            kept.iter().all(|(p, ino)| {
+                std::fs::metadata(p).is_ok_and(|m| m.ino() == *ino) && {
+                    assert_is_whole_spare(p, len);
+                    true
+                }
+            })
+        };
+
+        // Two segments' worth: the lazy log prepares a spare of its own and rolls into it.
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, seg).unwrap();
+        let mut serial = 0u32;
+        let started = Instant::now();
+        while segment::list(dir.path()).unwrap().len() < 3 {
+            let mut r = wal.reserve(50);
+            for _ in 0..50 {
+                r.push(&state(serial));
+                serial += 1;
+            }
+            r.submit().wait();
+            assert!(started.elapsed() < Duration::from_secs(60), "never rolled");
+        }
+        assert!(same(), "the node's spares are untouched while it runs");
+        wal.close();
+        assert!(same(), "and after it closes");
+        let left: Vec<PathBuf> = spares_in(dir.path());
+        assert_eq!(
+            left,
+            kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            "its own spare is removed, theirs kept"
+        );
+        let segments = segment::list(dir.path()).unwrap();
+        for (_, p) in &segments {
+            let ino = std::fs::metadata(p).unwrap().ino();
+            assert!(kept.iter().all(|(_, k)| *k != ino), "no kept spare used");
+        }
+
+        let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
+        assert_eq!(end.next_seq, u64::from(serial));
+        let tail = end.segments.last().cloned();
+        Wal::start(dir.path(), end.next_seq, tail, SyncMode::None, seg)
+            .unwrap()
+            .close();
+        assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
     }
 
     /// A spare being prepared when the log closes is removed, and a leftover from a crash is

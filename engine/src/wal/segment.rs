@@ -182,18 +182,30 @@ pub fn keep_spares(dir: &Path, len: u64, keep: usize) -> io::Result<Vec<(u64, Pa
     Ok(kept)
 }
 
-/// Whether the file at `path` is `len` bytes long and starts with a segment header.
+/// Bytes at the start, after the header, and at the end of a kept spare that must be zeros.
+const SPARE_CHECKED: u64 = 4096;
+
+/// Whether the file at `path` is `len` bytes long, starts with a segment header, and holds
+/// zeros where it is looked at (its first and last [`SPARE_CHECKED`] bytes past the header).
+/// A spare is renamed whole only after its zeros are synced, so this only catches a file
+/// put there by other hands, which is never taken for a log's runway.
 fn is_whole_spare(path: &Path, len: u64) -> io::Result<bool> {
-    let mut f = File::open(path)?;
-    if f.metadata()?.len() != len {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    if f.metadata()?.len() != len || len < SEGMENT_HEADER_LEN + SPARE_CHECKED {
         return Ok(false);
     }
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    if f.read_exact(&mut header).is_err() {
+    let mut head = vec![0u8; (SEGMENT_HEADER_LEN + SPARE_CHECKED) as usize];
+    let mut tail = vec![0u8; SPARE_CHECKED as usize];
+    if f.read_exact_at(&mut head, 0).is_err()
+        || f.read_exact_at(&mut tail, len - SPARE_CHECKED).is_err()
+    {
         return Ok(false);
     }
+    let (header, zeros) = head.split_at(SEGMENT_HEADER_LEN as usize);
     Ok(header[..SEGMENT_MAGIC.len()] == *SEGMENT_MAGIC
-        && header[SEGMENT_MAGIC.len()..] == SEGMENT_VERSION.to_le_bytes())
+        && header[SEGMENT_MAGIC.len()..] == SEGMENT_VERSION.to_le_bytes()
+        && zeros.iter().chain(&tail).all(|&b| b == 0))
 }
 
 /// Prepares a segment ahead of need at `path`: a segment header followed by zeros up to
