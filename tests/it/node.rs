@@ -556,8 +556,13 @@ fn spawn_node(data: &Path, tls: &Path) -> (std::process::Child, SocketAddr) {
 /// [`spawn_node`] with more options.
 fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
+    let sync: &[&str] = match extra.contains(&"--sync") {
+        true => &[],
+        false => &["--sync", "always"],
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["node", "--listen", "127.0.0.1:0", "--sync", "always"])
+        .args(["node", "--listen", "127.0.0.1:0"])
+        .args(sync)
         .args(extra)
         .arg("--data")
         .arg(data)
@@ -723,6 +728,112 @@ async fn the_node_snapshots_as_often_as_it_is_told() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(admin);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A node keeps its prepared log segments across a SIGKILL and a restart: the same files,
+/// not written anew. A smaller `--log-runway` keeps fewer, and `--sync none` removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_restarts_with_its_prepared_log_segments() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    // The whole spares in the log's directory, with their inodes, lowest number first.
+    let spares = || -> Vec<(String, u64)> {
+        let mut v: Vec<(u64, String, u64)> = std::fs::read_dir(data.join("wal"))
+            .map(|d| d.map(|e| e.unwrap()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let n = name
+                    .strip_prefix("next-segment-ready-")?
+                    .strip_suffix(".tmp")?
+                    .parse()
+                    .ok()?;
+                Some((n, name, e.metadata().ok()?.ino()))
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, name, ino)| (name, ino)).collect()
+    };
+    let (mut child, addr) = spawn_node_with(&data, &tls, &["--log-runway", "2"]);
+    let started = Instant::now();
+    while spares().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no runway: {:?}",
+            spares()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 10)).await.unwrap();
+    drop(admin);
+    // The mint moved the log into a spare; its replacement is prepared at once.
+    let started = Instant::now();
+    while spares().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "not refilled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = spares();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(spares(), before, "a crash leaves the runway as it was");
+
+    let (mut child, addr) = spawn_node_with(&data, &tls, &["--log-runway", "2"]);
+    assert_eq!(spares(), before, "the restart took them as they were");
+    let gate = Client::connect(client_config(&tls, addr, "gate-1"))
+        .await
+        .unwrap();
+    let o = gate.checkin(&codes[0], 1).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::Admitted);
+    drop(gate);
+    // The first write moved the log into the oldest spare; the other is still there, and a
+    // new one is prepared after it.
+    let started = Instant::now();
+    while spares().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "not refilled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = spares();
+    assert_eq!(now[0], before[1], "{now:?} after {before:?}");
+    let segments: Vec<u64> = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().ino())
+        .collect();
+    assert!(
+        segments.contains(&before[0].1),
+        "the oldest is a segment now"
+    );
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(spares(), now, "a clean stop keeps them too");
+
+    let (mut child, _) = spawn_node_with(&data, &tls, &["--log-runway", "1"]);
+    assert_eq!(
+        spares(),
+        now[..1].to_vec(),
+        "a smaller runway keeps the oldest"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, addr) = spawn_node_with(&data, &tls, &["--sync", "none"]);
+    assert_eq!(spares(), Vec::new(), "--sync none keeps none");
+    // And every check-in is still where it was.
+    let gate = Client::connect(client_config(&tls, addr, "gate-2"))
+        .await
+        .unwrap();
+    let o = gate.checkin(&codes[0], 2).await.unwrap();
+    assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 1));
+    drop(gate);
     child.kill().unwrap();
     child.wait().unwrap();
 }
