@@ -759,27 +759,26 @@ async fn a_killed_node_restarts_with_its_prepared_log_segments() {
         v.sort();
         v.into_iter().map(|(_, name, ino)| (name, ino)).collect()
     };
+    let two_spares = || async {
+        let started = Instant::now();
+        while spares().len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no runway: {:?}",
+                spares()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let (mut child, addr) = spawn_node_with(&data, &tls, &["--log-runway", "2"]);
-    let started = Instant::now();
-    while spares().len() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no runway: {:?}",
-            spares()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    two_spares().await;
     let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
         .await
         .unwrap();
     let codes = admin.mint(spec(1, 10)).await.unwrap();
     drop(admin);
     // The mint moved the log into a spare; its replacement is prepared at once.
-    let started = Instant::now();
-    while spares().len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "not refilled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    two_spares().await;
     let before = spares();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -795,11 +794,7 @@ async fn a_killed_node_restarts_with_its_prepared_log_segments() {
     drop(gate);
     // The first write moved the log into the oldest spare; the other is still there, and a
     // new one is prepared after it.
-    let started = Instant::now();
-    while spares().len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "not refilled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    two_spares().await;
     let now = spares();
     assert_eq!(now[0], before[1], "{now:?} after {before:?}");
     let segments: Vec<u64> = std::fs::read_dir(data.join("wal"))

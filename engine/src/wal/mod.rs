@@ -1229,6 +1229,26 @@ pub(crate) mod tests {
         assert!(zeros.iter().all(|&b| b == 0), "{name} holds only zeros");
     }
 
+    /// Waits (a minute at most) until `dir` holds `n` whole spares and nothing in the making.
+    fn wait_for_whole_spares(dir: &Path, n: usize) {
+        let whole = |p: &PathBuf| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("next-segment-ready-")
+        };
+        let started = Instant::now();
+        loop {
+            let spares = spares_in(dir);
+            if spares.len() == n && spares.iter().all(whole) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the runway never filled: {spares:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The prepared segments in `dir`, whole or in the making.
     fn spares_in(dir: &Path) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -1264,20 +1284,7 @@ pub(crate) mod tests {
         };
         // Half a segment of records: the writer wants spares.
         write(1_000);
-        let whole =
-            |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).ok() == Some(spare_len(seg));
-        let started = Instant::now();
-        loop {
-            let spares = spares_in(dir.path());
-            if spares.len() == 3 && spares.iter().all(whole) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the runway never filled: {spares:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_whole_spares(dir.path(), 3);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(spares_in(dir.path()).len(), 3, "no more than the runway");
 
@@ -1286,14 +1293,7 @@ pub(crate) mod tests {
         let segments = segment::list(dir.path()).unwrap();
         assert!(segments.len() >= 5, "{segments:?}");
         // Quiet again: the runway fills up again, and stays after close for the next start.
-        let started = Instant::now();
-        while spares_in(dir.path()).len() < 3 || !spares_in(dir.path()).iter().all(whole) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the runway never refilled"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_whole_spares(dir.path(), 3);
         wal.close();
         let left = spares_in(dir.path());
         assert_eq!(left.len(), 3, "{left:?}");
@@ -1398,18 +1398,7 @@ pub(crate) mod tests {
             }
         };
         write(&wal, &mut serial, 500);
-        let started = Instant::now();
-        let ready = |p: &PathBuf| {
-            let name = p.file_name().unwrap().to_str().unwrap();
-            name.starts_with("next-segment-ready-")
-        };
-        while spares_in(dir.path()).iter().filter(|p| ready(p)).count() < 3 {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the runway never filled"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_whole_spares(dir.path(), 3);
         wal.close();
         let kept = spares_in(dir.path());
         assert_eq!(kept.len(), 3, "{kept:?}");
