@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use stile_engine::SyncMode;
-use stile_loadtest::report::Ratio;
+use stile_loadtest::report::{Ratio, RatioMedian};
 use stile_loadtest::{Config, Report, Scenario, Shape};
 
 /// Arguments of `stile loadtest`.
@@ -28,6 +28,11 @@ pub struct LoadtestArgs {
     /// the first one's throughput and latency against each other's.
     #[arg(long, value_delimiter = ',')]
     compare: Vec<String>,
+    /// With --compare: run the targets in turn this many times (A, B, A, B, …) and print
+    /// each round's ratios and their medians. On a shared machine conditions drift from
+    /// one run to the next; alternating lets the drift fall on both sides.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Open loop: this many check-ins per second in all, each measured from the moment it
     /// was due. Without it: closed loop, as fast as answers come.
     #[arg(long)]
@@ -92,6 +97,12 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.compare.clone()
     };
+    if args.rounds > 1 && args.compare.is_empty() {
+        anyhow::bail!(
+            "--rounds {}: rounds alternate the targets of --compare; give --compare A,B",
+            args.rounds
+        );
+    }
     if targets.iter().any(|t| t.trim().is_empty()) {
         anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
     }
@@ -153,13 +164,20 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     }
     // Before the run: a mistyped path must not cost a long run its figures.
     stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
-    let mut runs = Vec::with_capacity(targets.len());
+    let mut runs = Vec::with_capacity(targets.len() * args.rounds as usize);
     let (mut skipped, mut failed) = (false, false);
-    for target in &targets {
+    let rounds = (1..=args.rounds).flat_map(|round| targets.iter().map(move |t| (round, t)));
+    for (round, target) in rounds {
         if stop.is_requested() {
-            eprintln!("stile loadtest: interrupted: {target} not run");
+            match args.rounds {
+                1 => eprintln!("stile loadtest: interrupted: {target} not run"),
+                _ => eprintln!("stile loadtest: interrupted: {target} not run in round {round}"),
+            }
             skipped = true;
             continue;
+        }
+        if args.rounds > 1 && !args.quiet {
+            eprintln!("stile loadtest: round {round} of {}: {target}", args.rounds);
         }
         let config = config_for(target);
         let run = match runtime.block_on(stile_loadtest::run(&config)) {
@@ -177,7 +195,10 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             )
         });
         match run {
-            Ok(run) => runs.push(run),
+            Ok(mut run) => {
+                run.round = round;
+                runs.push(run);
+            }
             // The runs before it keep their figures, and the targets after it still run.
             Err(e) if targets.len() > 1 => {
                 eprintln!("stile: {e:#}");
@@ -191,11 +212,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
     }
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
+    let ratios = Ratio::of(&runs, &targets[0]);
     let report = Report {
         scenario: scenario.name().into(),
         seed: args.seed,
         machine: stile_loadtest::report::Machine::this(),
-        ratios: Ratio::of(&runs),
+        ratio_medians: RatioMedian::of(&ratios),
+        ratios,
         runs,
     };
     // With the JSON on standard output, the text goes to stderr: stdout is one document.

@@ -317,10 +317,31 @@ fn page(report: &Report, plots: &[(&str, String)]) -> String {
     }
     if !report.ratios.is_empty() {
         h.push_str("<h2>Ratios</h2>\n<ul>\n");
-        for q in &report.ratios {
+        let rounds = report.runs.iter().map(|r| r.round).max().unwrap_or(1);
+        for m in &report.ratio_medians {
             let _ = writeln!(
                 h,
-                "<li>{} against {}: throughput ×{:.2}; latency p50 ×{:.2}, p99 ×{:.2}, \
+                "<li><b>median of {} rounds: {} against {}: throughput ×{:.2} (×{:.2} to \
+                 ×{:.2}); latency p50 ×{:.2}, p99 ×{:.2}, p999 ×{:.2}</b></li>",
+                m.rounds,
+                esc(&m.target),
+                esc(&m.baseline),
+                m.throughput,
+                m.throughput_min,
+                m.throughput_max,
+                m.p50,
+                m.p99,
+                m.p999
+            );
+        }
+        for q in &report.ratios {
+            let round = match rounds {
+                1 => String::new(),
+                _ => format!("round {}: ", q.round),
+            };
+            let _ = writeln!(
+                h,
+                "<li>{round}{} against {}: throughput ×{:.2}; latency p50 ×{:.2}, p99 ×{:.2}, \
                  p999 ×{:.2}</li>",
                 esc(&q.target),
                 esc(&q.baseline),

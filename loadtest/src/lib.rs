@@ -538,6 +538,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     };
     Ok(RunReport {
         target: config.target.clone(),
+        round: 1,
         sync,
         mode: if config.rate.is_some() {
             "open"

@@ -34,6 +34,8 @@ impl Latency {
 pub struct RunReport {
     /// The target URL as given.
     pub target: String,
+    /// Which round of a `--compare --rounds N` this run belongs to, from 1 (1 otherwise).
+    pub round: u32,
     /// `always`, `batch`, `none` (or `unknown` when the target does not say).
     pub sync: String,
     /// `closed` (as fast as answers come) or `open` (a fixed rate).
@@ -399,7 +401,11 @@ impl NodeView {
                 SLOW_SYNC_US / 1000
             ));
         }
-        format!("  its own view: {}\n", parts.join(";  "))
+        // An engine that never synced (`--sync none` in process) has nothing to say.
+        match parts.is_empty() {
+            true => String::new(),
+            false => format!("  its own view: {}\n", parts.join(";  ")),
+        }
     }
 }
 
@@ -480,9 +486,11 @@ impl Second {
     }
 }
 
-/// One target against another, in the same invocation.
+/// One target against another, in the same invocation (and round).
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
+    /// The round both runs belong to, from 1.
+    pub round: u32,
     /// The first target given.
     pub target: String,
     /// The one it is set against.
@@ -498,23 +506,105 @@ pub struct Ratio {
 }
 
 impl Ratio {
-    /// The first run set against each of the others.
-    pub fn of(runs: &[RunReport]) -> Vec<Ratio> {
-        let Some(first) = runs.first() else {
-            return Vec::new();
-        };
+    /// In each round, the run of the first target (`first`) set against each other run. A
+    /// round whose first target has no run (it failed) gives none.
+    pub fn of(runs: &[RunReport], first: &str) -> Vec<Ratio> {
         let div = |a: u64, b: u64| a as f64 / (b.max(1)) as f64;
-        runs[1..]
-            .iter()
-            .map(|b| Ratio {
-                target: first.target.clone(),
+        let mut out = Vec::new();
+        let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
+        rounds.dedup();
+        for round in rounds {
+            let mut these = runs.iter().filter(|r| r.round == round);
+            let Some(a) = these.next().filter(|a| a.target == first) else {
+                continue;
+            };
+            out.extend(these.map(|b| Ratio {
+                round,
+                target: a.target.clone(),
                 baseline: b.target.clone(),
-                throughput: first.throughput_per_s / b.throughput_per_s.max(1e-9),
-                p50: div(first.latency_us.p50, b.latency_us.p50),
-                p99: div(first.latency_us.p99, b.latency_us.p99),
-                p999: div(first.latency_us.p999, b.latency_us.p999),
+                throughput: a.throughput_per_s / b.throughput_per_s.max(1e-9),
+                p50: div(a.latency_us.p50, b.latency_us.p50),
+                p99: div(a.latency_us.p99, b.latency_us.p99),
+                p999: div(a.latency_us.p999, b.latency_us.p999),
+            }));
+        }
+        out
+    }
+}
+
+/// The ratios of one pair of targets over several rounds: each figure's median, and the
+/// throughput ratio's range.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatioMedian {
+    /// The first target given.
+    pub target: String,
+    /// The one it is set against.
+    pub baseline: String,
+    /// Rounds with a ratio for this pair.
+    pub rounds: usize,
+    /// Median throughput ratio.
+    pub throughput: f64,
+    /// Lowest throughput ratio of a round.
+    pub throughput_min: f64,
+    /// Highest throughput ratio of a round.
+    pub throughput_max: f64,
+    /// Median p50 ratio.
+    pub p50: f64,
+    /// Median p99 ratio.
+    pub p99: f64,
+    /// Median p99.9 ratio.
+    pub p999: f64,
+}
+
+impl RatioMedian {
+    /// One per pair of targets, in the order the pairs first appear, when some pair has
+    /// ratios from more than one round.
+    pub fn of(ratios: &[Ratio]) -> Vec<RatioMedian> {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for q in ratios {
+            if !pairs.contains(&(q.target.as_str(), q.baseline.as_str())) {
+                pairs.push((&q.target, &q.baseline));
+            }
+        }
+        let out: Vec<RatioMedian> = pairs
+            .into_iter()
+            .map(|(target, baseline)| {
+                let these: Vec<&Ratio> = ratios
+                    .iter()
+                    .filter(|q| q.target == target && q.baseline == baseline)
+                    .collect();
+                let of = |f: fn(&Ratio) -> f64| median(these.iter().map(|q| f(q)).collect());
+                let throughputs = these.iter().map(|q| q.throughput);
+                RatioMedian {
+                    target: target.to_string(),
+                    baseline: baseline.to_string(),
+                    rounds: these.len(),
+                    throughput: of(|q| q.throughput),
+                    throughput_min: throughputs.clone().fold(f64::INFINITY, f64::min),
+                    throughput_max: throughputs.fold(f64::NEG_INFINITY, f64::max),
+                    p50: of(|q| q.p50),
+                    p99: of(|q| q.p99),
+                    p999: of(|q| q.p999),
+                }
             })
-            .collect()
+            .collect();
+        match out.iter().any(|m| m.rounds > 1) {
+            true => out,
+            false => Vec::new(),
+        }
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() % 2 {
+        1 => v[mid],
+        _ => (v[mid - 1] + v[mid]) / 2.0,
     }
 }
 
@@ -562,9 +652,12 @@ pub struct Report {
     pub machine: Machine,
     /// One entry per target.
     pub runs: Vec<RunReport>,
-    /// With several targets: the first against each other one.
+    /// With several targets: the first against each other one, in each round.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ratios: Vec<Ratio>,
+    /// With several rounds: each pair's ratios' medians.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratio_medians: Vec<RatioMedian>,
 }
 
 impl Report {
@@ -615,10 +708,29 @@ impl Report {
                 out.push_str(&format!("  note: {note}\n"));
             }
         }
+        let rounds = self.runs.iter().map(|r| r.round).max().unwrap_or(1);
         for q in &self.ratios {
+            if rounds > 1 {
+                out.push_str(&format!("round {}: ", q.round));
+            }
             out.push_str(&format!(
                 "{} vs {}: throughput x{:.2}, p50 x{:.2}, p99 x{:.2}, p999 x{:.2}\n",
                 q.target, q.baseline, q.throughput, q.p50, q.p99, q.p999
+            ));
+        }
+        for m in &self.ratio_medians {
+            out.push_str(&format!(
+                "median of {} rounds: {} vs {}: throughput x{:.2} (x{:.2} to x{:.2}), p50 x{:.2}, \
+                 p99 x{:.2}, p999 x{:.2}\n",
+                m.rounds,
+                m.target,
+                m.baseline,
+                m.throughput,
+                m.throughput_min,
+                m.throughput_max,
+                m.p50,
+                m.p99,
+                m.p999
             ));
         }
         out
@@ -632,6 +744,7 @@ mod tests {
     fn run(client_p50: u64, node_p50: Option<u64>, lost: Option<u64>) -> RunReport {
         RunReport {
             target: "quic://127.0.0.1:7443".into(),
+            round: 1,
             sync: "always".into(),
             mode: "open".into(),
             shape: Some("flat".into()),
@@ -728,6 +841,7 @@ mod tests {
             machine: Machine::this(),
             runs: vec![slow_client],
             ratios: Vec::new(),
+            ratio_medians: Vec::new(),
         };
         assert!(report
             .text()
@@ -792,6 +906,7 @@ mod tests {
             machine: Machine::this(),
             runs: vec![r],
             ratios: Vec::new(),
+            ratio_medians: Vec::new(),
         };
         assert!(
             report
@@ -870,5 +985,66 @@ mod tests {
         // No sync at all (a log that never synced): no shares.
         let v = NodeView::between(&reading(&[], t0), &reading(&[], t0));
         assert_eq!((v.fsync_busy_percent, v.slow_sync_percent), (None, None));
+    }
+
+    /// Each round's first target is set against that round's others; a round whose first
+    /// target failed gives no ratio; the medians take every round, an even count the mean of
+    /// the middle two.
+    #[test]
+    fn ratios_are_taken_within_each_round_and_their_medians_across() {
+        let at = |round: u32, target: &str, per_s: f64, p50: u64| {
+            let mut r = run(p50, None, None);
+            (r.round, r.target, r.throughput_per_s) = (round, target.into(), per_s);
+            r
+        };
+        let (a, b) = ("quic://a", "redis://b");
+        let runs = vec![
+            at(1, a, 300.0, 10),
+            at(1, b, 100.0, 20),
+            at(2, a, 200.0, 10),
+            at(2, b, 100.0, 40),
+            at(3, b, 100.0, 40), // round 3's first target failed
+            at(4, a, 360.0, 10),
+            at(4, b, 90.0, 10),
+        ];
+        let ratios = Ratio::of(&runs, a);
+        let got: Vec<(u32, f64, f64)> = ratios
+            .iter()
+            .map(|q| (q.round, q.throughput, q.p50))
+            .collect();
+        assert_eq!(got, [(1, 3.0, 0.5), (2, 2.0, 0.25), (4, 4.0, 1.0)]);
+        let medians = RatioMedian::of(&ratios);
+        assert_eq!(medians.len(), 1);
+        let m = &medians[0];
+        assert_eq!((m.target.as_str(), m.baseline.as_str()), (a, b));
+        assert_eq!(m.rounds, 3);
+        assert_eq!(
+            (m.throughput, m.throughput_min, m.throughput_max),
+            (3.0, 2.0, 4.0)
+        );
+        assert_eq!(m.p50, 0.5);
+        // An even count: the middle two's mean.
+        assert_eq!(RatioMedian::of(&ratios[..2])[0].throughput, 2.5);
+        // One round: no medians.
+        assert!(RatioMedian::of(&ratios[..1]).is_empty());
+        let text = Report {
+            scenario: "stadium".into(),
+            seed: 1,
+            machine: Machine::this(),
+            ratio_medians: medians,
+            ratios,
+            runs,
+        }
+        .text();
+        assert!(
+            text.contains("round 2: quic://a vs redis://b: throughput x2.00"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "median of 3 rounds: quic://a vs redis://b: throughput x3.00 (x2.00 to x4.00)"
+            ),
+            "{text}"
+        );
     }
 }

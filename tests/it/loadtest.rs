@@ -734,6 +734,96 @@ fn compare_prints_ratios_and_writes_an_html_report() {
     }
 }
 
+/// `--rounds`: the targets run in turn, each run says its round, each round gets its
+/// ratios, and the medians come last, in the text, the JSON and the HTML page.
+#[test]
+fn compare_in_rounds_alternates_the_targets_and_prints_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--scenario", "stadium", "--rounds", "3"])
+        .args(["--compare", "inproc,inproc", "--sync", "none"])
+        .args(["--duration", "300ms", "--warmup", "0s", "--gates", "2"])
+        .args(["--inflight", "4", "--tickets", "20000"])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{text}{err}");
+    for round in 1..=3 {
+        assert!(
+            text.contains(&format!("round {round}: inproc vs inproc: throughput x")),
+            "{text}"
+        );
+        assert!(
+            err.contains(&format!("round {round} of 3: inproc")),
+            "{err}"
+        );
+    }
+    assert!(
+        text.contains("median of 3 rounds: inproc vs inproc: throughput x"),
+        "{text}"
+    );
+    // An engine that never synced has no view of its own to print.
+    assert!(!text.contains("its own view"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rounds: Vec<u64> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rounds, [1, 1, 2, 2, 3, 3]);
+    let ratios: Vec<(u64, f64)> = v["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["round"].as_u64().unwrap(),
+                q["throughput"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ratios.iter().map(|q| q.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let m = &v["ratio_medians"][0];
+    assert_eq!(m["rounds"], 3);
+    let mut each: Vec<f64> = ratios.iter().map(|q| q.1).collect();
+    each.sort_by(f64::total_cmp);
+    assert_eq!(m["throughput"].as_f64().unwrap(), each[1], "{m}");
+    assert_eq!(m["throughput_min"].as_f64().unwrap(), each[0], "{m}");
+    assert_eq!(m["throughput_max"].as_f64().unwrap(), each[2], "{m}");
+    let page = std::fs::read_to_string(html.join("index.html")).unwrap();
+    assert!(page.contains("median of 3 rounds"), "{page:.400}");
+
+    // --rounds belongs to --compare, and takes 1 to 100.
+    for (args, code) in [
+        (&["--rounds", "2", "--target", "inproc"][..], 1),
+        (&["--rounds", "0", "--compare", "inproc,inproc"][..], 2),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["loadtest", "--scenario", "stadium"])
+            .args(args)
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains("--rounds"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn bad_options_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
