@@ -169,12 +169,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     let rounds = (1..=args.rounds).flat_map(|round| targets.iter().map(move |t| (round, t)));
     for (round, target) in rounds {
         if stop.is_requested() {
-            match args.rounds {
-                1 => eprintln!("stile loadtest: interrupted: {target} not run"),
-                _ => eprintln!("stile loadtest: interrupted: {target} not run in round {round}"),
-            }
             skipped = true;
-            continue;
+            if args.rounds == 1 {
+                eprintln!("stile loadtest: interrupted: {target} not run");
+                continue;
+            }
+            eprintln!("stile loadtest: interrupted: round {round} from {target} on not run");
+            break;
         }
         if args.rounds > 1 && !args.quiet {
             eprintln!("stile loadtest: round {round} of {}: {target}", args.rounds);

@@ -824,6 +824,52 @@ fn compare_in_rounds_alternates_the_targets_and_prints_medians() {
     }
 }
 
+/// An interrupt in the first round ends the rounds there: what was measured is reported,
+/// and no later run starts.
+#[test]
+fn an_interrupt_ends_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let (code, out) = interrupt_once_measuring(
+        dir.path(),
+        &[
+            "--scenario",
+            "stadium",
+            "--compare",
+            "inproc,inproc",
+            "--rounds",
+            "3",
+            "--rate",
+            "2000",
+            "--gates",
+            "4",
+            "--duration",
+            "120s",
+            "--warmup",
+            "0s",
+            "--tickets",
+            "400000",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(130), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    assert_eq!(
+        (runs[0]["round"].as_u64(), &runs[0]["interrupted"]),
+        (Some(1), &serde_json::json!(true))
+    );
+    assert!(
+        v.get("ratios").is_none() && v.get("ratio_medians").is_none(),
+        "{v}"
+    );
+}
+
 #[test]
 fn bad_options_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
