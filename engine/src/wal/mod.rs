@@ -1229,6 +1229,21 @@ pub(crate) mod tests {
         assert!(zeros.iter().all(|&b| b == 0), "{name} holds only zeros");
     }
 
+    /// Writes records of tickets `serial`, 50 at a time and each group durable, until
+    /// `done()` (a minute at most).
+    fn write_until(wal: &Wal, serial: &mut u32, done: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            let mut r = wal.reserve(50);
+            for _ in 0..50 {
+                r.push(&state(*serial));
+                *serial += 1;
+            }
+            r.submit().wait();
+            assert!(started.elapsed() < Duration::from_secs(60), "never done");
+        }
+    }
+
     /// Waits (a minute at most) until `dir` holds `n` whole spares and nothing in the making.
     fn wait_for_whole_spares(dir: &Path, n: usize) {
         let whole = |p: &PathBuf| {
@@ -1320,22 +1335,13 @@ pub(crate) mod tests {
         let seg = 64u64 << 10;
         let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, seg).unwrap();
         let mut serial = 0u32;
-        let started = Instant::now();
         // Write until the log has moved into a prepared segment (zeros past its records).
         let in_prepared = || {
             let segments = segment::list(dir.path()).unwrap();
             let last = std::fs::read(&segments.last().unwrap().1).unwrap();
             segments.len() >= 2 && frames_end(&last) < last.len()
         };
-        while !in_prepared() {
-            let mut r = wal.reserve(50);
-            for _ in 0..50 {
-                r.push(&state(serial));
-                serial += 1;
-            }
-            r.submit().wait();
-            assert!(started.elapsed() < Duration::from_secs(60), "never rolled");
-        }
+        write_until(&wal, &mut serial, in_prepared);
         // The new segment holds a record or two: no spare for it yet, however long it waits.
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
@@ -1490,16 +1496,9 @@ pub(crate) mod tests {
         // Two segments' worth: the lazy log prepares a spare of its own and rolls into it.
         let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, seg).unwrap();
         let mut serial = 0u32;
-        let started = Instant::now();
-        while segment::list(dir.path()).unwrap().len() < 3 {
-            let mut r = wal.reserve(50);
-            for _ in 0..50 {
-                r.push(&state(serial));
-                serial += 1;
-            }
-            r.submit().wait();
-            assert!(started.elapsed() < Duration::from_secs(60), "never rolled");
-        }
+        write_until(&wal, &mut serial, || {
+            segment::list(dir.path()).unwrap().len() >= 3
+        });
         assert!(same(), "the node's spares are untouched while it runs");
         wal.close();
         assert!(same(), "and after it closes");
