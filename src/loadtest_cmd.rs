@@ -97,7 +97,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.compare.clone()
     };
-    if args.rounds > 1 && args.compare.is_empty() {
+    if args.rounds > 1 && args.compare.len() < 2 {
         anyhow::bail!(
             "--rounds {}: rounds alternate the targets of --compare; give --compare A,B",
             args.rounds
@@ -166,8 +166,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
     let mut runs = Vec::with_capacity(targets.len() * args.rounds as usize);
     let (mut skipped, mut failed) = (false, false);
-    let rounds = (1..=args.rounds).flat_map(|round| targets.iter().map(move |t| (round, t)));
-    for (round, target) in rounds {
+    let rounds = (1..=args.rounds).flat_map(|round| {
+        targets
+            .iter()
+            .enumerate()
+            .map(move |(slot, t)| (round, slot, t))
+    });
+    for (round, slot, target) in rounds {
         if stop.is_requested() {
             skipped = true;
             if args.rounds == 1 {
@@ -197,7 +202,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         });
         match run {
             Ok(mut run) => {
-                run.round = round;
+                (run.round, run.slot) = (round, slot);
                 runs.push(run);
             }
             // The runs before it keep their figures, and the targets after it still run.
@@ -213,7 +218,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
     }
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
-    let ratios = Ratio::of(&runs, &targets[0]);
+    let ratios = Ratio::of(&runs);
     let report = Report {
         scenario: scenario.name().into(),
         seed: args.seed,

@@ -539,6 +539,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     Ok(RunReport {
         target: config.target.clone(),
         round: 1,
+        slot: 0,
         sync,
         mode: if config.rate.is_some() {
             "open"

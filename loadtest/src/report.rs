@@ -36,6 +36,9 @@ pub struct RunReport {
     pub target: String,
     /// Which round of a `--compare --rounds N` this run belongs to, from 1 (1 otherwise).
     pub round: u32,
+    /// Which of the compared targets this run is, from 0 (the same URL may be given twice).
+    #[serde(skip)]
+    pub slot: usize,
     /// `always`, `batch`, `none` (or `unknown` when the target does not say).
     pub sync: String,
     /// `closed` (as fast as answers come) or `open` (a fixed rate).
@@ -491,6 +494,9 @@ impl Second {
 pub struct Ratio {
     /// The round both runs belong to, from 1.
     pub round: u32,
+    /// The baseline's place among the compared targets (from 1).
+    #[serde(skip)]
+    pub slot: usize,
     /// The first target given.
     pub target: String,
     /// The one it is set against.
@@ -506,20 +512,23 @@ pub struct Ratio {
 }
 
 impl Ratio {
-    /// In each round, the run of the first target (`first`) set against each other run. A
-    /// round whose first target has no run (it failed) gives none.
-    pub fn of(runs: &[RunReport], first: &str) -> Vec<Ratio> {
+    /// In each round, the run of the first target (slot 0) set against each other run of
+    /// that round. A round whose first target has no run (it failed) gives none, and a run
+    /// cut short by an interrupt, or that measured nothing, is set against nothing.
+    pub fn of(runs: &[RunReport]) -> Vec<Ratio> {
         let div = |a: u64, b: u64| a as f64 / (b.max(1)) as f64;
+        let whole = |r: &&RunReport| !r.interrupted && r.requests > 0;
         let mut out = Vec::new();
         let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
         rounds.dedup();
         for round in rounds {
-            let mut these = runs.iter().filter(|r| r.round == round);
-            let Some(a) = these.next().filter(|a| a.target == first) else {
+            let these = || runs.iter().filter(move |r| r.round == round).filter(whole);
+            let Some(a) = these().find(|r| r.slot == 0) else {
                 continue;
             };
-            out.extend(these.map(|b| Ratio {
+            out.extend(these().filter(|b| b.slot > 0).map(|b| Ratio {
                 round,
+                slot: b.slot,
                 target: a.target.clone(),
                 baseline: b.target.clone(),
                 throughput: a.throughput_per_s / b.throughput_per_s.max(1e-9),
@@ -557,22 +566,17 @@ pub struct RatioMedian {
 }
 
 impl RatioMedian {
-    /// One per pair of targets, in the order the pairs first appear, when some pair has
-    /// ratios from more than one round.
+    /// One per baseline (by its place among the targets), in order, when the ratios come
+    /// from more than one round.
     pub fn of(ratios: &[Ratio]) -> Vec<RatioMedian> {
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for q in ratios {
-            if !pairs.contains(&(q.target.as_str(), q.baseline.as_str())) {
-                pairs.push((&q.target, &q.baseline));
-            }
-        }
-        let out: Vec<RatioMedian> = pairs
+        let mut slots: Vec<usize> = ratios.iter().map(|q| q.slot).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let out: Vec<RatioMedian> = slots
             .into_iter()
-            .map(|(target, baseline)| {
-                let these: Vec<&Ratio> = ratios
-                    .iter()
-                    .filter(|q| q.target == target && q.baseline == baseline)
-                    .collect();
+            .map(|slot| {
+                let these: Vec<&Ratio> = ratios.iter().filter(|q| q.slot == slot).collect();
+                let (target, baseline) = (&these[0].target, &these[0].baseline);
                 let of = |f: fn(&Ratio) -> f64| median(these.iter().map(|q| f(q)).collect());
                 let throughputs = these.iter().map(|q| q.throughput);
                 RatioMedian {
@@ -588,7 +592,9 @@ impl RatioMedian {
                 }
             })
             .collect();
-        match out.iter().any(|m| m.rounds > 1) {
+        let mut rounds: Vec<u32> = ratios.iter().map(|q| q.round).collect();
+        rounds.dedup();
+        match rounds.len() > 1 {
             true => out,
             false => Vec::new(),
         }
@@ -745,6 +751,7 @@ mod tests {
         RunReport {
             target: "quic://127.0.0.1:7443".into(),
             round: 1,
+            slot: 0,
             sync: "always".into(),
             mode: "open".into(),
             shape: Some("flat".into()),
@@ -988,33 +995,50 @@ mod tests {
     }
 
     /// Each round's first target is set against that round's others; a round whose first
-    /// target failed gives no ratio; the medians take every round, an even count the mean of
-    /// the middle two.
+    /// target failed gives no ratio, nor does a run cut short or empty; baselines are told
+    /// apart by their place, not their name; the medians take every round, an even count the
+    /// mean of the middle two, and one round gives none.
     #[test]
     fn ratios_are_taken_within_each_round_and_their_medians_across() {
-        let at = |round: u32, target: &str, per_s: f64, p50: u64| {
+        let at = |round: u32, slot: usize, target: &str, per_s: f64, p50: u64| {
             let mut r = run(p50, None, None);
-            (r.round, r.target, r.throughput_per_s) = (round, target.into(), per_s);
+            (r.round, r.slot, r.target, r.throughput_per_s) = (round, slot, target.into(), per_s);
             r
         };
         let (a, b) = ("quic://a", "redis://b");
+        let mut cut_short = at(5, 1, b, 1.0, 1);
+        cut_short.interrupted = true;
+        let mut empty = at(5, 2, b, 0.0, 0);
+        empty.requests = 0;
         let runs = vec![
-            at(1, a, 300.0, 10),
-            at(1, b, 100.0, 20),
-            at(2, a, 200.0, 10),
-            at(2, b, 100.0, 40),
-            at(3, b, 100.0, 40), // round 3's first target failed
-            at(4, a, 360.0, 10),
-            at(4, b, 90.0, 10),
+            at(1, 0, a, 300.0, 10),
+            at(1, 1, b, 100.0, 20),
+            at(1, 2, b, 150.0, 10),
+            at(2, 0, a, 200.0, 10),
+            at(2, 1, b, 100.0, 40),
+            at(3, 1, b, 100.0, 40), // round 3's first target failed
+            at(4, 0, a, 360.0, 10),
+            at(4, 1, b, 90.0, 10),
+            at(5, 0, a, 100.0, 10),
+            cut_short,
+            empty,
         ];
-        let ratios = Ratio::of(&runs, a);
-        let got: Vec<(u32, f64, f64)> = ratios
+        let ratios = Ratio::of(&runs);
+        let got: Vec<(u32, usize, f64, f64)> = ratios
             .iter()
-            .map(|q| (q.round, q.throughput, q.p50))
+            .map(|q| (q.round, q.slot, q.throughput, q.p50))
             .collect();
-        assert_eq!(got, [(1, 3.0, 0.5), (2, 2.0, 0.25), (4, 4.0, 1.0)]);
+        assert_eq!(
+            got,
+            [
+                (1, 1, 3.0, 0.5),
+                (1, 2, 2.0, 1.0),
+                (2, 1, 2.0, 0.25),
+                (4, 1, 4.0, 1.0)
+            ]
+        );
         let medians = RatioMedian::of(&ratios);
-        assert_eq!(medians.len(), 1);
+        assert_eq!(medians.len(), 2, "one per baseline, though both are {b}");
         let m = &medians[0];
         assert_eq!((m.target.as_str(), m.baseline.as_str()), (a, b));
         assert_eq!(m.rounds, 3);
@@ -1023,10 +1047,16 @@ mod tests {
             (3.0, 2.0, 4.0)
         );
         assert_eq!(m.p50, 0.5);
+        assert_eq!((medians[1].rounds, medians[1].throughput), (1, 2.0));
         // An even count: the middle two's mean.
-        assert_eq!(RatioMedian::of(&ratios[..2])[0].throughput, 2.5);
-        // One round: no medians.
-        assert!(RatioMedian::of(&ratios[..1]).is_empty());
+        assert_eq!(
+            RatioMedian::of(&[&ratios[..1], &ratios[2..3]].concat())[0].throughput,
+            2.5
+        );
+        // One round, even with two baselines: no medians.
+        assert!(RatioMedian::of(&ratios[..2]).is_empty());
+        let ratios: Vec<Ratio> = ratios.into_iter().filter(|q| q.slot == 1).collect();
+        let medians = RatioMedian::of(&ratios);
         let text = Report {
             scenario: "stadium".into(),
             seed: 1,

@@ -806,9 +806,52 @@ fn compare_in_rounds_alternates_the_targets_and_prints_medians() {
     let page = std::fs::read_to_string(html.join("index.html")).unwrap();
     assert!(page.contains("median of 3 rounds"), "{page:.400}");
 
+    // A target that fails in every round: the other's runs keep their rounds, there is
+    // nothing to set them against, and the exit status says a run failed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "stadium",
+            "--rounds",
+            "2",
+            "--quiet",
+        ])
+        .args(["--compare", "inproc,redis://127.0.0.1:1", "--sync", "none"])
+        .args(["--duration", "300ms", "--warmup", "0s", "--gates", "2"])
+        .args(["--inflight", "4", "--tickets", "20000"])
+        .arg("--data")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("stile: running stadium against redis://127.0.0.1:1")
+            .count(),
+        2,
+        "{err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs: Vec<(u64, &str)> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["round"].as_u64().unwrap(), r["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(runs, [(1, "inproc"), (2, "inproc")]);
+    assert!(
+        v.get("ratios").is_none() && v.get("ratio_medians").is_none(),
+        "{v}"
+    );
+
     // --rounds belongs to --compare, and takes 1 to 100.
     for (args, code) in [
         (&["--rounds", "2", "--target", "inproc"][..], 1),
+        (&["--rounds", "2", "--compare", "inproc"][..], 1),
         (&["--rounds", "0", "--compare", "inproc,inproc"][..], 2),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
