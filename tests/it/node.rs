@@ -548,30 +548,57 @@ async fn shutdown_answers_in_flight_requests_and_clients_reconnect() {
     restarted.shutdown().await;
 }
 
+/// A `stile node` child process, killed if the test ends (or fails) before it does.
+struct NodeProcess(std::process::Child);
+
+impl std::ops::Deref for NodeProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A `stile node` process on a data dir, and the address it printed.
-fn spawn_node(data: &Path, tls: &Path) -> (std::process::Child, SocketAddr) {
+fn spawn_node(data: &Path, tls: &Path) -> (NodeProcess, SocketAddr) {
     spawn_node_with(data, tls, &[])
 }
 
 /// [`spawn_node`] with more options.
-fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
+fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr) {
     use std::io::BufRead;
     let sync: &[&str] = match extra.contains(&"--sync") {
         true => &[],
         false => &["--sync", "always"],
     };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["node", "--listen", "127.0.0.1:0"])
-        .args(sync)
-        .args(extra)
-        .arg("--data")
-        .arg(data)
-        .arg("--tls")
-        .arg(tls)
-        .env("STILE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = NodeProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["node", "--listen", "127.0.0.1:0"])
+            .args(sync)
+            .args(extra)
+            .arg("--data")
+            .arg(data)
+            .arg("--tls")
+            .arg(tls)
+            .env("STILE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
