@@ -24,7 +24,7 @@ pub mod segment;
 pub mod tail;
 mod waiters;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -238,15 +238,16 @@ impl Wal {
             (_, 0) => RUNWAY_MAX as usize,
             _ => runway.min(RUNWAY_MAX) as usize,
         };
-        let mut kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
+        let kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
         let next_number = kept
             .iter()
             .map(|(n, ..)| n.saturating_add(1))
             .max()
             .unwrap_or(0);
-        if runway == 0 {
-            kept.clear();
-        }
+        let ready = match runway {
+            0 => Default::default(),
+            _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
+        };
         let (file, file_len) = match tail {
             Some((path, len)) if len < segment_max_bytes => {
                 (std::fs::OpenOptions::new().write(true).open(path)?, len)
@@ -273,7 +274,7 @@ impl Wal {
                 dir,
                 segment_max_bytes,
                 runway,
-                kept,
+                ready,
                 next_number,
                 shared.clone(),
             )
@@ -756,7 +757,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct SpareQueue {
     /// Prepared segments, oldest first, each under its own temporary name.
-    ready: std::collections::VecDeque<(PathBuf, File)>,
+    ready: VecDeque<(PathBuf, File)>,
     /// The writer wants spares: with a runway, from the start on; without one, from when
     /// its segment holds [`SPARE_AFTER_BYTES`] until it takes the spare.
     wanted: bool,
@@ -797,17 +798,16 @@ struct Spares {
 }
 
 impl Spares {
-    /// `kept`: whole spares a previous run left (their numbers, paths and files), ready
-    /// first; `next_number`: the number the first spare made here takes.
+    /// `ready`: whole spares a previous run left (paths and files), used first;
+    /// `next_number`: the number the first spare made here takes.
     fn new(
         dir: &Path,
         segment_max_bytes: u64,
         runway: u32,
-        kept: Vec<(u64, PathBuf, File)>,
+        ready: VecDeque<(PathBuf, File)>,
         next_number: u64,
         shared: Arc<Shared>,
     ) -> Self {
-        let ready = kept.into_iter().map(|(_, path, f)| (path, f)).collect();
         Spares {
             slot: Arc::new(SpareSlot {
                 queue: Mutex::new(SpareQueue {
@@ -1359,7 +1359,7 @@ pub(crate) mod tests {
             .clone();
         let spares_dir = dir.path().join("spares");
         std::fs::create_dir(&spares_dir).unwrap();
-        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, Vec::new(), 0, shared);
+        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, VecDeque::new(), 0, shared);
         spares.want();
         let started = Instant::now();
         while spares_in(&spares_dir).len() < 2 || !spares.is_ready() {
