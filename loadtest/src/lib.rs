@@ -50,6 +50,8 @@ pub const REPLAY_FANOUT: usize = 4;
 pub const RATE_MAX: f64 = 10_000_000.0;
 /// Most requests one gate writes at once.
 const SEND_BATCH_MAX: usize = 256;
+/// A run that ends this much before its time is up ran out of tickets.
+const RAN_OUT_SLACK: Duration = Duration::from_millis(20);
 /// The open-loop pacer's shortest sleep: at high rates it wakes this often and deals out
 /// everything due, instead of once per request.
 const PACER_TICK: Duration = Duration::from_micros(50);
@@ -467,6 +469,10 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     }
     let elapsed = start.elapsed();
     let cut_short = config.stop.is_requested() && elapsed < config.warmup + config.duration;
+    // Senders stop at the end of the time, so a run that ended sooner, neither stopped nor
+    // left by its gates' links, ran out of tickets.
+    let ran_out =
+        !cut_short && gates_lost == 0 && elapsed + RAN_OUT_SLACK < config.warmup + config.duration;
     // Every answer is in. A sender may still wait for room or for its next due time; it
     // holds a link, and so the target (for `inproc`, the engine and its temporary data
     // dir): stop it and wait until it is gone, so that nothing of the run outlives `run`.
@@ -555,6 +561,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         throughput_per_s: requests as f64 / measured.as_secs_f64(),
         measured_s: measured.as_secs_f64(),
         warmup_excluded: warmed,
+        tickets_ran_out: ran_out,
         latency_us: report::Latency::of(&hist),
         outcomes,
         errors,

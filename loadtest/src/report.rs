@@ -59,6 +59,10 @@ pub struct RunReport {
     pub measured_s: f64,
     /// Whether the warm-up was left out (false: the tickets ran out during it).
     pub warmup_excluded: bool,
+    /// Whether the tickets ran out before the time was up (closed loop at a rate the
+    /// tickets could not feed): the run ended early, with fewer requests in flight towards
+    /// its end.
+    pub tickets_ran_out: bool,
     /// Latency from send to answer.
     pub latency_us: Latency,
     /// Answers by outcome.
@@ -106,6 +110,14 @@ impl RunReport {
                 "interrupted: the run was stopped early, and its figures cover the {:.1} s \
                  measured until then",
                 self.measured_s
+            ));
+        }
+        if self.tickets_ran_out && self.warmup_excluded && !self.interrupted {
+            notes.push(format!(
+                "the tickets ran out {:.1} s into the measured time, before it was up: the \
+                 figures cover those {:.1} s, with fewer requests in flight towards their end \
+                 as gates ran dry (raise --tickets for a full run)",
+                self.measured_s, self.measured_s
             ));
         }
         if self.timeouts + self.errors + u64::from(self.gates_lost) > 0 {
@@ -762,6 +774,7 @@ mod tests {
             throughput_per_s: 50_000.0,
             measured_s: 10.0,
             warmup_excluded: true,
+            tickets_ran_out: false,
             latency_us: Latency {
                 p50: client_p50,
                 p99: client_p50 * 3,
@@ -819,6 +832,27 @@ mod tests {
             "{:?}",
             r.notes()
         );
+    }
+
+    #[test]
+    fn a_run_whose_tickets_ran_out_says_so() {
+        let mut r = run(2_500, Some(2_000), Some(0));
+        r.measured_s = 7.2;
+        r.tickets_ran_out = true;
+        let notes = r.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("the tickets ran out 7.2 s into the measured time")
+                && notes[0].contains("raise --tickets"),
+            "{notes:?}"
+        );
+        // Ran out during the warm-up: the warning at the time says so, and the figures
+        // include the warm-up; stopped by hand: the interrupt's note says it.
+        r.warmup_excluded = false;
+        assert!(r.notes().is_empty());
+        r.warmup_excluded = true;
+        r.interrupted = true;
+        assert!(!r.notes()[0].contains("tickets ran out"), "{:?}", r.notes());
     }
 
     #[test]

@@ -234,6 +234,10 @@ fn command_line_json_has_the_documented_shape() {
         (Some("inproc"), Some("closed"))
     );
     assert_eq!(run["outcomes"]["admitted"], 5000, "{run}");
+    // 5,000 tickets do not last 30 s: the run ends early and says so.
+    assert_eq!(run["tickets_ran_out"], true, "{run}");
+    assert!(run["measured_s"].as_f64().unwrap() < 29.0, "{run}");
+    assert!(text.contains("note: the tickets ran out "), "{text}");
     // The engine's own view: log syncs and their latency.
     assert!(run["node"]["syncs"].as_u64().unwrap() > 0, "{run}");
     for key in ["p50", "p99", "p999"] {
@@ -666,6 +670,8 @@ async fn open_loop_keeps_to_its_rate() {
     assert_eq!((r.mode.as_str(), r.requested_rate), ("open", Some(5_000.0)));
     // Due times are i / rate: a second holds at most 5,000 of them, whatever the machine.
     assert!(r.requests <= 5_001, "{r:?}");
+    // 6,000 of its 20,000 tickets were due: the run lasted its time.
+    assert!(!r.tickets_ran_out, "{r:?}");
     assert!(r.timeline.iter().any(|s| s.warmup) && r.timeline.iter().any(|s| !s.warmup));
 }
 
