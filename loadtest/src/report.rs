@@ -59,9 +59,8 @@ pub struct RunReport {
     pub measured_s: f64,
     /// Whether the warm-up was left out (false: the tickets ran out during it).
     pub warmup_excluded: bool,
-    /// Whether the tickets ran out before the time was up (closed loop at a rate the
-    /// tickets could not feed): the run ended early, with fewer requests in flight towards
-    /// its end.
+    /// Whether the tickets ran out before the time was up (more were needed at the pace
+    /// of the run, closed or open loop): the run ended early.
     pub tickets_ran_out: bool,
     /// Latency from send to answer.
     pub latency_us: Latency,
@@ -115,8 +114,8 @@ impl RunReport {
         if self.tickets_ran_out && self.warmup_excluded && !self.interrupted {
             notes.push(format!(
                 "the tickets ran out {:.1} s into the measured time, before it was up: the \
-                 figures cover those {:.1} s, with fewer requests in flight towards their end \
-                 as gates ran dry (raise --tickets for a full run)",
+                 figures cover those {:.1} s, and towards their end fewer gates had tickets \
+                 left to send (raise --tickets for a full run)",
                 self.measured_s, self.measured_s
             ));
         }
@@ -852,7 +851,12 @@ mod tests {
         assert!(r.notes().is_empty());
         r.warmup_excluded = true;
         r.interrupted = true;
-        assert!(!r.notes()[0].contains("tickets ran out"), "{:?}", r.notes());
+        let notes = r.notes();
+        assert!(notes[0].starts_with("interrupted"), "{notes:?}");
+        assert!(
+            !notes.iter().any(|n| n.contains("tickets ran out")),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -331,9 +331,7 @@ impl Wal {
             first,
             count,
             used: 0,
-            // Room for that many check-ins' records (58 bytes each) from the start, so
-            // encoding them does not grow the vector step by step.
-            bytes: Vec::with_capacity(count.min(RESERVE_PRESIZE_RECORDS) as usize * 64),
+            bytes: Vec::new(),
         }
     }
 
@@ -438,6 +436,13 @@ impl Reservation<'_> {
     /// Encodes `record` under the next reserved number.
     pub fn push(&mut self, record: &Record) {
         assert!(self.used < self.count, "more records than reserved numbers");
+        if self.bytes.capacity() == 0 {
+            // Room for the rest of the reservation's records (a check-in's is 58 bytes) at
+            // the first one, so encoding them does not grow the vector step by step; a
+            // reservation that records nothing (every code refused) allocates nothing.
+            let rest = (self.count - self.used).min(RESERVE_PRESIZE_RECORDS);
+            self.bytes.reserve(rest as usize * 64);
+        }
         record.encode(self.first + self.used, &mut self.bytes);
         self.used += 1;
     }
@@ -1158,7 +1163,7 @@ pub(crate) mod tests {
             std::thread::sleep(Duration::from_millis(30));
             assert_eq!(w.durable_seq(), 0, "nothing is durable past the gap at 0");
             assert!(!after_e.is_ready() && !after_d.is_ready());
-            // b and a arrive together, b first; c is still missing.
+            // b, then a (in one take or two, as the writer wakes); c is still missing.
             drop(b);
             drop(a);
             let started = Instant::now();
