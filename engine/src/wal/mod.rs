@@ -767,7 +767,7 @@ const KEEP_SUBS_MAX: usize = 1 << 16;
 /// Largest write buffer the writer keeps for its next write.
 const KEEP_BUF_MAX: usize = 8 << 20;
 
-/// A reservation has room for this many records' bytes from the start (more grow it).
+/// At its first record, a reservation makes room for this many records (more grow it).
 const RESERVE_PRESIZE_RECORDS: u64 = 256;
 
 /// Bytes written into the current segment before the next one is prepared (or half a
