@@ -166,7 +166,9 @@ impl RunReport {
                 load.busy_percent, load.steal_percent, self.client_cpu_percent
             ));
         }
-        if let Some(n) = &self.node {
+        // Only `always` answers after the sync; with `batch` or `none` a slow sync holds no
+        // answer (a `none` log still syncs when a segment fills).
+        if let Some(n) = self.node.as_ref().filter(|_| self.sync == "always") {
             if let Some(slow) = n
                 .slow_sync_percent
                 .filter(|&p| p >= SLOW_SHARE_NOTE_PERCENT)
@@ -1027,6 +1029,12 @@ mod tests {
         assert_eq!((v.slow_syncs, v.slow_sync_percent), (0, Some(0.0)));
         r.node = Some(v);
         assert!(r.notes().is_empty(), "{:?}", r.notes());
+        // A node that does not wait for its syncs: no note, whatever they took.
+        r.node = Some(NodeView::between(&before, &after));
+        for sync in ["none", "batch"] {
+            r.sync = sync.into();
+            assert!(r.notes().is_empty(), "{sync}: {:?}", r.notes());
+        }
         // No sync at all (a log that never synced): no shares.
         let v = NodeView::between(&reading(&[], t0), &reading(&[], t0));
         assert_eq!((v.fsync_busy_percent, v.slow_sync_percent), (None, None));
