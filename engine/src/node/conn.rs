@@ -925,14 +925,19 @@ async fn subscribe(
         let Ok((t, records, result)) = read else {
             return;
         };
-        if let Err(e) = result {
-            send(&Response::Error {
-                code: error_code::TRIMMED,
-                message: e.to_string(),
-            });
-            return;
-        }
-        let caught_up = t.next_seq() >= limit;
+        // Caught up even when the tail's position stays below the limit: the numbers left
+        // are ones reserved and never written (scans that changed nothing), and reading again
+        // before more is durable would only spin.
+        let caught_up = match result {
+            Ok(caught_up) => caught_up,
+            Err(e) => {
+                send(&Response::Error {
+                    code: error_code::TRIMMED,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
         tail = Some(t);
         let mut events = Vec::with_capacity(records.len());
         for (seq, record) in &records {

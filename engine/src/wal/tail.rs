@@ -97,13 +97,16 @@ impl LogTail {
     }
 
     /// Appends records numbered below `limit` (and at least the tail's position) to `out`,
-    /// at most `max` of them, in order.
+    /// at most `max` of them, in order. `true` when it has caught up: every record below
+    /// `limit` has been returned. The tail's position may then stay below `limit`, since
+    /// numbers reserved and never used (a scan that changed nothing) are written nowhere;
+    /// `false` when it stopped at `max`.
     pub fn read(
         &mut self,
         limit: u64,
         max: usize,
         out: &mut Vec<(u64, Record)>,
-    ) -> Result<(), TailError> {
+    ) -> Result<bool, TailError> {
         let start = out.len();
         // Whether the bytes at the decoding position were read again after a decode error.
         // Bytes read by an earlier call can be older than `limit`: a frame caught while it was
@@ -111,13 +114,13 @@ impl LogTail {
         let mut reread = false;
         while out.len() - start < max && self.next_seq < limit {
             if self.open.is_none() && !self.open_segment()? {
-                return Ok(());
+                return Ok(true);
             }
             match Record::decode(&self.buf[self.pos..]) {
                 Ok((record, seq, len)) => {
                     reread = false;
                     if seq >= limit {
-                        return Ok(());
+                        return Ok(true);
                     }
                     self.pos += len;
                     if seq >= self.next_seq {
@@ -128,7 +131,7 @@ impl LogTail {
                 Err(DecodeError::Incomplete) => {
                     if !self.fill()? {
                         if !self.end_of_segment()? {
-                            return Ok(());
+                            return Ok(true);
                         }
                         reread = false;
                     }
@@ -142,13 +145,13 @@ impl LogTail {
                     // The zeros of a prepared segment: nothing more is written here yet.
                     self.unread_rest()?;
                     if !self.end_of_segment()? {
-                        return Ok(());
+                        return Ok(true);
                     }
                     reread = false;
                 }
                 Err(_) if self.frame_seq().is_some_and(|seq| seq >= limit) => {
                     // A record above the limit, still being written.
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) => {
                     let path = self
@@ -163,7 +166,7 @@ impl LogTail {
                 }
             }
         }
-        Ok(())
+        Ok(self.next_seq >= limit)
     }
 
     fn segments(&self) -> Result<Vec<(u64, PathBuf)>, TailError> {
@@ -323,6 +326,42 @@ mod tests {
             list(dir.path()).unwrap().len() > 2,
             "the backlog spans segments"
         );
+        wal.close();
+    }
+
+    /// Numbers reserved and never written (a scan that changed nothing) leave the tail's
+    /// position below the durable limit for good: the read still says it has caught up, so
+    /// a subscription waits for more rather than reading again at once; a read stopped at
+    /// its most does not.
+    #[test]
+    fn a_gap_at_the_end_of_the_log_counts_as_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, 64 * 1024).unwrap();
+        let mut r = wal.reserve(6);
+        for serial in 0..4 {
+            r.push(&state(serial));
+        }
+        r.submit().wait();
+        let limit = wal.durable_seq();
+        assert_eq!(limit, 6, "the unused numbers are durable too");
+        let mut tail = LogTail::new(dir.path(), 0);
+        let mut out = Vec::new();
+        assert!(
+            !tail.read(limit, 3, &mut out).unwrap(),
+            "stopped at its most"
+        );
+        assert!(tail.read(limit, 3, &mut out).unwrap());
+        assert_eq!(out.len(), 4);
+        assert_eq!(tail.next_seq(), 4, "numbers 4 and 5 are written nowhere");
+        // Again, as a subscription would: nothing new, still caught up.
+        assert!(tail.read(limit, 3, &mut out).unwrap());
+        assert_eq!(out.len(), 4);
+        // What comes after the gap is read as ever.
+        let mut r = wal.reserve(1);
+        r.push(&state(9));
+        r.submit().wait();
+        assert!(tail.read(wal.durable_seq(), 3, &mut out).unwrap());
+        assert_eq!(out.last(), Some(&(6, state(9))));
         wal.close();
     }
 
