@@ -378,6 +378,10 @@ async fn a_forged_flood_is_rate_limited_for_that_gate_only() {
             OutcomeKind::Admitted
         );
     }
+    // So is the gate of another provider that has the same id.
+    let theirs = admin.mint(spec(2, 1)).await.unwrap();
+    let o = admin.checkin_as(1, 2, &theirs[0], 1).await.unwrap();
+    assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

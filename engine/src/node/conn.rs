@@ -190,7 +190,7 @@ async fn serve_stream(
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(send, rx, slots.clone(), shared.clone()));
     let gate = match identity.role {
-        Role::Gate { id, provider } => Some((Gate::new(id, provider), shared.budget(id))),
+        Role::Gate { id, provider } => Some((Gate::new(id, provider), shared.budget(provider, id))),
         Role::Admin { .. } => None,
     };
     let gate_slot = gate.as_ref().map(|(g, _)| shared.metrics.gate_slot(g.id));
@@ -452,7 +452,7 @@ impl Stream {
                         &error(error_code::BAD_REQUEST, "gate ids are 1 to 65535"),
                     );
                 }
-                let budget = self.shared.budget(gate);
+                let budget = self.shared.budget(provider, gate);
                 let metrics = &self.shared.metrics;
                 metrics.count_gate(metrics.gate_slot(gate), 1);
                 let outcome = self.scan_one(

@@ -116,6 +116,9 @@ pub enum NodeError {
     },
 }
 
+/// Gate budgets kept before idle ones are dropped.
+const BUDGETS_MAX: usize = 1 << 16;
+
 /// A gate's budget for forged and unknown codes.
 pub(crate) struct Budget {
     limiter: governor::DefaultDirectRateLimiter,
@@ -152,7 +155,8 @@ pub(crate) struct Counters {
 pub(crate) struct Shared {
     pub engine: Arc<Engine>,
     pub config: NodeConfig,
-    pub budgets: DashMap<u16, Arc<Budget>>,
+    /// By provider and gate id (gates of different providers may share an id).
+    pub budgets: DashMap<u32, Arc<Budget>>,
     /// Live connections: stable id to certificate serial and handle.
     pub live: Mutex<HashMap<usize, (Vec<u8>, quinn::Connection)>>,
     /// Serials the current CRL revokes.
@@ -174,9 +178,20 @@ impl Shared {
         at.saturating_duration_since(self.started).as_millis() as u64
     }
 
-    pub(crate) fn budget(&self, gate: u16) -> Arc<Budget> {
+    /// The budget of gate `gate` of provider `provider`.
+    pub(crate) fn budget(&self, provider: u16, gate: u16) -> Arc<Budget> {
+        let key = u32::from(provider) << 16 | u32::from(gate);
+        if let Some(b) = self.budgets.get(&key) {
+            return b.clone();
+        }
+        // Gates come from certificates, but `checkin_as` names any gate: past this many,
+        // budgets of gates not blocked now are dropped (they start full again).
+        if self.budgets.len() >= BUDGETS_MAX {
+            let now = self.ms_at(Instant::now());
+            self.budgets.retain(|_, b| b.blocked(now));
+        }
         self.budgets
-            .entry(gate)
+            .entry(key)
             .or_insert_with(|| {
                 let per_s = NonZeroU32::new(self.config.budget_per_s.max(1)).expect("non-zero");
                 let burst = NonZeroU32::new(self.config.budget_burst.max(1)).expect("non-zero");
