@@ -377,11 +377,16 @@ impl Stream {
 
     /// Sends one response to the current request now (it waits for nothing).
     fn reply(&self, id: u32, resp: &Response) {
+        self.reply_after(id, resp, Durability::READY);
+    }
+
+    /// An answer that goes out once `after` is reached.
+    fn reply_after(&self, id: u32, resp: &Response, after: Durability) {
         let mut bytes = BytesMut::new();
         resp.encode(id, &mut bytes);
         self.send(Out {
             bytes,
-            after: Durability::READY,
+            after,
             slots: 1,
             read_at: self.read_at,
             ops: one_op(self.op),
@@ -414,7 +419,12 @@ impl Stream {
                 let (gate, blocked) = (*gate, budget.blocked(self.now_ms));
                 match code.code() {
                     _ if blocked => self.early(id, &Outcome::RATE_LIMITED),
-                    Err(_) => self.early(id, &Outcome::FORGED),
+                    Err(_) => {
+                        // Bytes that are no code spend the budget like a bad tag.
+                        let budget = budget.clone();
+                        let outcome = self.charge(&budget, Outcome::FORGED);
+                        self.early(id, &outcome);
+                    }
                     Ok(code) => {
                         self.batch.push(CheckinRequest {
                             gate,
@@ -471,7 +481,14 @@ impl Stream {
             }
             Request::Status { code } => {
                 let resp = self.status(code);
-                self.reply(id, &resp);
+                // What it read may be a change not yet durable: the answer waits for every
+                // change reserved so far, as a rejection waits for the admit it saw.
+                let after = self
+                    .shared
+                    .engine
+                    .reserve(0)
+                    .map_or(Durability::READY, |r| r.submit());
+                self.reply_after(id, &resp, after);
             }
             Request::TicketKey { code } => {
                 let identity = self.identity.clone();
