@@ -1057,6 +1057,41 @@ async fn healthz_metrics_openapi_and_https() {
     f.shutdown().await;
 }
 
+/// HTTP check-in errors are problems too: a body over the limit (checked only once the token
+/// is known), and a node that cannot answer, whose problem names the scan id the gateway
+/// chose, so the scanner can ask again for the same scan's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_errors_are_problems_and_name_the_scan_id() {
+    let mut f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let gate = f.gate_token(1).await;
+    let code = f.book_one("k", event, "Ada").await;
+    let post = |body: String, token: Option<&str>| {
+        let req = f
+            .http
+            .post(format!("{}/v1/checkin", f.base))
+            .header("content-type", "application/json")
+            .body(body);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    };
+    let big = format!(
+        "{{\"code\": \"{}\"}}",
+        "x".repeat(stile_gateway::BODY_MAX_BYTES)
+    );
+    assert_problem(post(big.clone(), None).send().await.unwrap(), 401).await;
+    assert_problem(post(big, Some(&gate)).send().await.unwrap(), 413).await;
+
+    f.node.node.take().unwrap().shutdown().await;
+    let body = json!({"code": code}).to_string();
+    let res = post(body, Some(&gate)).send().await.unwrap();
+    let problem = assert_problem(res, 503).await;
+    assert!(problem["scan_id"].as_u64().is_some(), "{problem}");
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let f = Fixture::start().await;

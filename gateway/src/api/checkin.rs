@@ -134,7 +134,7 @@ fn view(code: &str, gate: (u16, u16), o: &Outcome, scan_id: u64) -> CheckinView 
 pub async fn checkin(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Problem> {
     let Some(token) = super::auth::bearer(&headers) else {
         return Ok(super::auth::unauthorized(
@@ -157,7 +157,17 @@ pub async fn checkin(
     let Some(gate) = gate else {
         return Ok(super::auth::unauthorized("this gate token is unknown"));
     };
-    // The body is read only once the token is known: strangers learn nothing from it.
+    // The body is looked at only once the token is known: strangers learn nothing from it.
+    let body = body.map_err(|r| {
+        let status = r.status();
+        match status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            true => Problem::new(
+                status,
+                format!("the body is larger than {} bytes", crate::BODY_MAX_BYTES),
+            ),
+            false => Problem::new(status, format!("reading the body: {}", r.body_text())),
+        }
+    })?;
     let req: CheckinRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(format!(
             "the body must be JSON like {{\"code\": \"…\"}} (optional gate, provider, scan_id): {e}"
@@ -182,7 +192,21 @@ pub async fn checkin(
         match CodeBytes::parse(&clean) {
             Err(_) => Outcome::FORGED,
             Ok(code) if code.provider() != provider => Outcome::WRONG_PROVIDER,
-            Ok(code) => client.checkin_as(gate.1, provider, &code, scan_id).await?,
+            Ok(code) => client
+                .checkin_as(gate.1, provider, &code, scan_id)
+                .await
+                .map_err(|e| {
+                    // The node may have admitted it before the answer was lost: the scanner
+                    // needs the scan id to ask again and get that answer, not `already_used`.
+                    let mut p = Problem::from(e);
+                    let mut extra = serde_json::Map::new();
+                    extra.insert("scan_id".into(), scan_id.into());
+                    p.extra = Some(extra);
+                    p.detail.push_str(&format!(
+                        "; retry with \"scan_id\": {scan_id} to get this scan's answer"
+                    ));
+                    p
+                })?,
         }
     };
     let outcome = match outcome.kind {
