@@ -227,10 +227,12 @@ fn run_node(
         .with_context(|| format!("opening data dir {}", data.display()))?;
     let recovered = engine.recovered();
     tracing::info!(
-        "recovered {} tickets: {} log records replayed, {} torn bytes cut",
+        "recovered {} tickets: {} log records replayed, {} torn bytes cut ({} bytes of log \
+         space prepared ahead and never written, released)",
         engine.minted_tickets(),
         recovered.records,
-        recovered.truncated_bytes
+        recovered.truncated_bytes,
+        recovered.unwritten_bytes
     );
     let engine = Arc::new(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()

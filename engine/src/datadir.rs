@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DATA/
+//!   lock             held (`flock`) by the one process that has the dir open; its pid
 //!   keys/ring        the key ring (dir 0700, file 0600)
 //!   wal/             write-ahead log segments
 //!   snapshots/       index snapshots
@@ -20,6 +21,46 @@ pub const RING_FILE: &str = "ring";
 pub const WAL_DIR: &str = "wal";
 /// Directory of snapshots.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
+/// The lock file: one process at a time opens a data dir.
+pub const LOCK_FILE: &str = "lock";
+
+/// Why the data dir could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it (its pid, if it wrote one).
+    Held(Option<u32>),
+    /// The lock file could not be made or locked.
+    Io(io::Error),
+}
+
+/// Takes the data dir for this process: an exclusive `flock` on [`LOCK_FILE`], held while
+/// the returned file stays open (the kernel drops it when the process ends, however it
+/// ends). The holder's pid is written in the file, for the error a second opener gets.
+pub fn lock(dir: &Path) -> Result<fs::File, LockError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .map_err(LockError::Io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(LockError::Held(text.trim().parse().ok()));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+    }
+    file.set_len(0).map_err(LockError::Io)?;
+    file.rewind().map_err(LockError::Io)?;
+    writeln!(file, "{}", std::process::id()).map_err(LockError::Io)?;
+    Ok(file)
+}
 
 /// Creates the data dir (mode 0700: snapshots hold key material) if it is missing.
 pub fn ensure(dir: &Path) -> io::Result<()> {
@@ -118,6 +159,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// One holder at a time, even within one process (each open of the file is its own
+    /// lock); the second is told the holder's pid; closing the file lets it go.
+    #[test]
+    fn one_process_at_a_time_holds_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap();
+        match lock(dir.path()) {
+            Err(LockError::Held(pid)) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second lock: {other:?}"),
+        }
+        drop(first);
+        let again = lock(dir.path()).unwrap();
+        drop(again);
+    }
 
     /// A file of many steps is removed, as are a small one and an empty one; a missing one
     /// is an error.

@@ -138,6 +138,9 @@ pub struct Engine {
     pub(crate) wal: Option<Wal>,
     /// What opening found in the log.
     pub(crate) recovered: Recovered,
+    /// The data dir's lock (`None`: an in-memory engine). Last, so that it is let go only
+    /// after the log has closed.
+    pub(crate) _lock: Option<std::fs::File>,
 }
 
 /// What opening a data dir found in its log.
@@ -147,6 +150,8 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes of torn tail cut off the last segment.
     pub truncated_bytes: u64,
+    /// Zeros after it: log space prepared ahead that no record reached (not damage).
+    pub unwritten_bytes: u64,
 }
 
 impl fmt::Debug for Engine {
@@ -204,6 +209,7 @@ impl Engine {
             rotation_step_s: config.rotation_step_s,
             wal: None,
             recovered: Recovered::default(),
+            _lock: None,
         })
     }
 
@@ -220,6 +226,15 @@ impl Engine {
             source,
         };
         datadir::ensure(dir).map_err(io)?;
+        // Before anything is read: a second process would cut the first one's log as torn
+        // and mint the same serials.
+        let lock = datadir::lock(dir).map_err(|e| match e {
+            datadir::LockError::Held(pid) => OpenError::InUse {
+                path: dir.to_path_buf(),
+                pid,
+            },
+            datadir::LockError::Io(source) => io(source),
+        })?;
         let has_state = datadir::has_state(dir).map_err(io)?;
         let keys = KeyRing::open(dir, has_state)?;
         let (sync, segment_max_bytes, runway) =
@@ -242,9 +257,11 @@ impl Engine {
             source,
         })?;
         engine.wal = Some(wal);
+        engine._lock = Some(lock);
         engine.recovered = Recovered {
             records: end.records,
             truncated_bytes: end.truncated_bytes,
+            unwritten_bytes: end.unwritten_bytes,
         };
         Ok(engine)
     }

@@ -19,6 +19,17 @@ pub enum OpenError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Another process has the data dir open (a node, `stile up`, a `keys` command).
+    #[error(
+        "data dir {path} is in use by another process{}: stop it first, or give another --data",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// The holder's pid, if it wrote one.
+        pid: Option<u32>,
+    },
     /// The key ring could not be loaded or made.
     #[error(transparent)]
     Keys(#[from] KeyError),

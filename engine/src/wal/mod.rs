@@ -1311,7 +1311,8 @@ pub(crate) mod tests {
         })
         .unwrap();
         assert_eq!(end.next_seq, u64::from(serial));
-        assert!(end.truncated_bytes > 0, "the zeros were cut off");
+        assert_eq!(end.truncated_bytes, 0, "no record was torn");
+        assert!(end.unwritten_bytes > 0, "the zeros were cut off");
         assert_eq!(seen.len(), serial as usize);
         for (i, (seq, record)) in seen.iter().enumerate() {
             assert_eq!((*seq, record), (i as u64, &state(i as u32)));

@@ -54,8 +54,11 @@ pub struct ScanEnd {
     pub next_seq: u64,
     /// Segments in order, with the length of their good prefix.
     pub segments: Vec<(PathBuf, u64)>,
-    /// Bytes cut off the last segment's torn tail (0 if none).
+    /// Bytes cut off the last segment's torn tail, up to its last byte that is not zero
+    /// (0 if none): what a crash left half written.
     pub truncated_bytes: u64,
+    /// Zeros cut off after them: space prepared ahead that no record had reached.
+    pub unwritten_bytes: u64,
     /// Records replayed.
     pub records: u64,
 }
@@ -296,6 +299,7 @@ pub fn scan(
     let mut next_seq = 0;
     let mut good = Vec::new();
     let mut truncated_bytes = 0;
+    let mut unwritten_bytes = 0;
     let mut records = 0;
     let count = segments.len();
     for (i, (first, path)) in segments.into_iter().enumerate() {
@@ -347,7 +351,12 @@ pub fn scan(
                 }
                 Err(e) => {
                     if last && is_tail(&bytes[at..], next_seq) {
-                        truncated_bytes += (bytes.len() - at) as u64;
+                        let written = bytes[at..]
+                            .iter()
+                            .rposition(|&b| b != 0)
+                            .map_or(0, |i| i + 1);
+                        truncated_bytes += written as u64;
+                        unwritten_bytes += (bytes.len() - at - written) as u64;
                         let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
                         f.set_len(at as u64).map_err(io)?;
                         f.sync_all().map_err(io)?;
@@ -364,6 +373,7 @@ pub fn scan(
         next_seq: next_seq.max(from_seq),
         segments: good,
         truncated_bytes,
+        unwritten_bytes,
         records,
     })
 }
