@@ -64,16 +64,27 @@ pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
     Ok(Client::connect(config).await?)
 }
 
-/// Parses a time given as Unix seconds or RFC 3339.
+/// Parses a time given as Unix seconds or RFC 3339, from the second after the epoch (0 is
+/// "no limit" on the wire: leaving the flag out says that) to the end of the year 9999.
 fn parse_time(s: &str) -> Result<u64, String> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
+    let t = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|e| format!("{s:?}: not Unix seconds or an RFC 3339 time ({e})"))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .map_err(|_| format!("{s:?} is before 1970"))?,
+    };
+    match t {
+        0 => Err(format!(
+            "{s:?} is the epoch itself, which the node reads as no limit: leave the flag out \
+             for no limit, or give a later time"
+        )),
+        t if t > stile_protocol::outcome::UNIX_S_MAX => {
+            Err(format!("{s:?} is after 9999-12-31T23:59:59Z"))
+        }
+        t => Ok(t),
     }
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{s:?}: not Unix seconds or an RFC 3339 time ({e})"))?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .map_err(|_| format!("{s:?} is before 1970"))
 }
 
 /// Arguments of `stile mint`.
@@ -363,4 +374,28 @@ pub fn transfer(args: TicketArgs) -> anyhow::Result<ExitCode> {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    /// Unix seconds or RFC 3339, from one second after the epoch to the end of 9999: the
+    /// epoch itself is "no limit" on the wire, and later times cannot be written down.
+    #[test]
+    fn times_are_taken_between_the_epoch_and_the_year_10000() {
+        assert_eq!(parse_time("1"), Ok(1));
+        assert_eq!(parse_time("2030-01-01T00:00:00Z"), Ok(1_893_456_000));
+        assert_eq!(parse_time("253402300799"), Ok(253_402_300_799));
+        for bad in [
+            "0",
+            "1970-01-01T00:00:00Z",
+            "253402300800",
+            "99999999999999",
+            "soon",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(parse_time("0").unwrap_err().contains("no limit"));
+    }
 }

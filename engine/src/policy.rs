@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use stile_protocol::outcome::UNIX_S_MAX;
 use stile_protocol::CodeFormat;
 
 use crate::word::ENTRIES_MAX;
@@ -136,6 +137,17 @@ impl Policy {
         if self.validity.duration_from_first_scan_s == Some(0) {
             return Err(PolicyError::ZeroDuration);
         }
+        for t in [
+            self.validity.not_before_unix_s,
+            self.validity.not_after_unix_s,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if t > UNIX_S_MAX {
+                return Err(PolicyError::TimeTooLate(t));
+            }
+        }
         Ok(())
     }
 }
@@ -160,6 +172,11 @@ pub enum PolicyError {
     /// A duration of zero seconds.
     #[error("a validity duration from first scan must be at least one second")]
     ZeroDuration,
+    /// A validity time past 9999-12-31T23:59:59Z (leave it out for no limit).
+    #[error(
+        "validity time {0} (Unix seconds) is after 9999-12-31T23:59:59Z; leave it out for no limit"
+    )]
+    TimeTooLate(u64),
     /// The table is full.
     #[error("this node holds the maximum of {POLICIES_MAX} policies")]
     TableFull,
@@ -279,7 +296,19 @@ mod tests {
             t.add(p),
             Err(PolicyError::UndoWindowTooLong(7200))
         ));
-        assert!(t.is_empty());
+        // Times no one can write down (past 9999-12-31T23:59:59Z), at either end.
+        for late in [UNIX_S_MAX + 1, u64::MAX] {
+            let mut p = Policy::simple(1);
+            p.validity.not_before_unix_s = Some(late);
+            assert_eq!(t.add(p), Err(PolicyError::TimeTooLate(late)));
+            let mut p = Policy::simple(1);
+            p.validity.not_after_unix_s = Some(late);
+            assert_eq!(t.add(p), Err(PolicyError::TimeTooLate(late)));
+        }
+        let mut p = Policy::simple(1);
+        p.validity.not_after_unix_s = Some(UNIX_S_MAX);
+        assert!(t.add(p).is_ok(), "the last second is a time like any");
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -164,9 +164,14 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// RFC 3339 in UTC, to the second.
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+pub const UNIX_S_MAX: u64 = 253_402_300_799;
+
+/// RFC 3339 in UTC, to the second. Times past the year 9999 (a node refuses them in new
+/// policies) are written as its last second.
 pub fn format_unix_s(unix_s: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_s)).to_string()
+    let s = unix_s.min(UNIX_S_MAX);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
 }
 
 #[cfg(test)]
@@ -182,6 +187,15 @@ mod tests {
             assert!(names.insert(kind.name()));
         }
         assert_eq!(OutcomeKind::from_u8(13), None);
+    }
+
+    #[test]
+    fn times_past_the_year_9999_are_written_as_its_last_second() {
+        assert_eq!(format_unix_s(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_unix_s(UNIX_S_MAX), "9999-12-31T23:59:59Z");
+        for t in [UNIX_S_MAX + 1, 99_999_999_999_999, u64::MAX] {
+            assert_eq!(format_unix_s(t), "9999-12-31T23:59:59Z");
+        }
     }
 
     #[test]
