@@ -75,6 +75,16 @@ pub fn admin_tls(
             cert.display()
         );
     }
+    // The gateway mints, revokes and follows events: a gate's certificate would start and
+    // then fail every booking.
+    match certs::identity_of_file(&cert)?.role {
+        stile_engine::node::Role::Admin { .. } => {}
+        role => anyhow::bail!(
+            "{} is the certificate of {role}: the gateway needs an admin certificate (`stile \
+             certs issue-admin NAME`)",
+            cert.display()
+        ),
+    }
     Ok(ClientTls::from_files(&ca, &cert, &key)?)
 }
 

@@ -99,6 +99,50 @@ fn up_mint_check_from_the_command_line() {
     let refused = stile(&data, &addr, &["transfer", codes[2]]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 
+    // The data dir is this process's: a second node, or a key command, is refused before it
+    // reads the log (a second reader would cut the live log's tail as torn and mint the
+    // same serials), and the running node goes on undisturbed.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(args)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let holder = format!("in use by another process (pid {})", up.id());
+    for args in [
+        &["node", "--listen", "127.0.0.1:0"][..],
+        &["keys", "rotate"][..],
+    ] {
+        let second = run(args);
+        assert_eq!(second.status.code(), Some(1), "{args:?}: {second:?}");
+        let msg = String::from_utf8(second.stderr).unwrap();
+        assert!(msg.contains(&holder), "{args:?}: {msg}");
+    }
+    let status = stile(&data, &addr, &["status", codes[0]]);
+    let out = String::from_utf8(status.stdout).unwrap();
+    assert_eq!(out.split('\t').nth(1), Some("used"), "{out}");
+    // A gateway given a gate's certificate says so at once, rather than failing every
+    // booking later.
+    let tls = data.join("tls");
+    let gateway = stile(
+        &data,
+        &addr,
+        &[
+            "gateway",
+            "--http",
+            "127.0.0.1:0",
+            "--cert",
+            tls.join("gate-1.crt").to_str().unwrap(),
+            "--key",
+            tls.join("gate-1.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(gateway.status.code(), Some(1), "{gateway:?}");
+    let msg = String::from_utf8(gateway.stderr).unwrap();
+    assert!(msg.contains("needs an admin certificate"), "{msg}");
+
     // A stopped node: a clear error, exit 1.
     // SAFETY: kill(2) on our own child with a valid signal number.
     assert_eq!(unsafe { libc::kill(up.id() as i32, libc::SIGTERM) }, 0);
@@ -110,6 +154,9 @@ fn up_mint_check_from_the_command_line() {
     assert_eq!(down.status.code(), Some(1));
     let msg = String::from_utf8(down.stderr).unwrap();
     assert!(msg.starts_with("stile: "), "{msg}");
+    // Stopped, it lets the data dir go.
+    let keys = run(&["keys", "list"]);
+    assert!(keys.status.success(), "{keys:?}");
 }
 
 #[test]
