@@ -214,7 +214,8 @@ enum Reply {
 struct Pending {
     req: Request,
     reply: Reply,
-    _permit: OwnedSemaphorePermit,
+    /// The caller's in-flight slot (`None`: a request the client sends of itself).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A request handed to the writer.
@@ -228,6 +229,11 @@ struct Command {
 struct Shared {
     pending: Mutex<HashMap<u32, Pending>>,
     next_id: AtomicU64,
+    /// Subscriptions dropped here (their receiver gone or full) that the node still runs:
+    /// the writer tells it to stop them.
+    dropped: Mutex<Vec<u32>>,
+    /// Wakes the writer for them.
+    wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -687,6 +693,8 @@ async fn drive(
     let shared = Arc::new(Shared {
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
+        dropped: Mutex::new(Vec::new()),
+        wake: tokio::sync::Notify::new(),
     });
     let mut conn = Some(first);
     let mut backoff = Duration::from_millis(20);
@@ -804,23 +812,38 @@ async fn run_connection(
         }
         loop {
             buf.clear();
-            let Some(cmd) = rx.recv().await else {
-                return Ok::<quinn::SendStream, String>(send);
+            let mut next = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => return Ok::<quinn::SendStream, String>(send),
+                },
+                () = shared.wake.notified() => None,
             };
-            let mut next = Some(cmd);
+            let dropped = std::mem::take(&mut *shared.dropped.lock().expect("poisoned"));
+            for subscription in dropped {
+                let req = Request::Unsubscribe { id: subscription };
+                let id = shared.register(Pending {
+                    req,
+                    reply: Reply::closed(),
+                    _permit: None,
+                });
+                req.encode(id, &mut buf);
+            }
             while let Some(cmd) = next.take() {
                 let req = cmd.req;
                 let id = shared.register(Pending {
                     req,
                     reply: cmd.reply,
-                    _permit: cmd.permit,
+                    _permit: Some(cmd.permit),
                 });
                 req.encode(id, &mut buf);
                 if buf.len() < WRITE_BATCH_BYTES {
                     next = rx.try_recv().ok();
                 }
             }
-            send.write_all(&buf).await.map_err(|e| e.to_string())?;
+            if !buf.is_empty() {
+                send.write_all(&buf).await.map_err(|e| e.to_string())?;
+            }
         }
     };
     let reader_done = async {
@@ -892,8 +915,11 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
                 *from_seq = last.seq + 1;
             }
             if tx.try_send(Ok(events)).is_err() {
-                // Slow or gone subscriber: drop the subscription rather than block everyone.
+                // Slow or gone subscriber: drop the subscription rather than block everyone,
+                // and have the node stop it too.
                 map.remove(&id);
+                shared.dropped.lock().expect("poisoned").push(id);
+                shared.wake.notify_one();
             }
         }
         (Reply::Stream(_), Response::Error { code, message }) => {

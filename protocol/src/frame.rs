@@ -59,8 +59,10 @@ pub mod op {
     pub const TICKET_KEY: u8 = 0x0C;
     /// Outcome counts and latency histograms (what `stile stat` shows).
     pub const METRICS: u8 = 0x0D;
+    /// Stop a subscription started on the same stream.
+    pub const UNSUBSCRIBE: u8 = 0x0E;
     /// Largest request op.
-    pub const REQUEST_MAX: u8 = METRICS;
+    pub const REQUEST_MAX: u8 = UNSUBSCRIBE;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -97,6 +99,7 @@ pub mod op {
             SUBSCRIBE => "subscribe",
             TICKET_KEY => "ticket_key",
             METRICS => "metrics",
+            UNSUBSCRIBE => "unsubscribe",
             _ => "unknown",
         }
     }
@@ -626,6 +629,11 @@ pub enum Request {
         /// The request op whose latency is wanted (`op::CHECKIN`, say).
         op: u8,
     },
+    /// Stops the subscription this stream started with request id `id`.
+    Unsubscribe {
+        /// The subscribe request's id.
+        id: u32,
+    },
 }
 
 /// A response: it carries the request id of what it answers.
@@ -782,6 +790,7 @@ impl Request {
             Request::Subscribe { .. } => op::SUBSCRIBE,
             Request::TicketKey { .. } => op::TICKET_KEY,
             Request::Metrics { .. } => op::METRICS,
+            Request::Unsubscribe { .. } => op::UNSUBSCRIBE,
         }
     }
 
@@ -821,6 +830,7 @@ impl Request {
             Request::CheckinAs { code, .. } => 2 + 2 + 8 + code.len as usize,
             Request::Subscribe { .. } => 8,
             Request::Metrics { .. } => 1,
+            Request::Unsubscribe { .. } => 4,
         }
     }
 
@@ -867,6 +877,7 @@ impl Request {
             }
             Request::Subscribe { from_seq } => out.put_u64_le(*from_seq),
             Request::Metrics { op } => out.put_u8(*op),
+            Request::Unsubscribe { id } => out.put_u32_le(*id),
         }
     }
 
@@ -922,6 +933,7 @@ impl Request {
                 code: r.code_rest()?,
             },
             op::METRICS => Request::Metrics { op: r.u8()? },
+            op::UNSUBSCRIBE => Request::Unsubscribe { id: r.u32()? },
             other => return Err(FrameError::UnknownOp(other)),
         };
         r.end()?;
@@ -1448,6 +1460,7 @@ mod tests {
                 any::<u64>().prop_map(|from_seq| Request::Subscribe { from_seq }),
                 raw_code().prop_map(|code| Request::TicketKey { code }),
                 any::<u8>().prop_map(|op| Request::Metrics { op }),
+                any::<u32>().prop_map(|id| Request::Unsubscribe { id }),
                 (
                     (
                         any::<u16>(),

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stile_engine::node::GATE_LABELS_MAX;
+use stile_protocol::client::ClientError;
 use stile_protocol::frame::op;
 use stile_protocol::{CodeBytes, OutcomeKind};
 
@@ -746,4 +747,56 @@ fn stile_up_serves_node_metrics_and_the_dashboard_asks_only_for_exported_names()
     );
     sigterm(&node);
     assert!(node.wait().unwrap().success());
+}
+
+/// A subscription the client drops (here: its receiver dropped; the same path as one that
+/// falls too far behind) is stopped at the node at its next event, not left reading the log
+/// for the life of the connection; and one stream runs at most
+/// `SUBSCRIPTIONS_PER_STREAM_MAX` of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_the_client_drops_stop_at_the_node() {
+    let n = TestNode::start(metrics_on_loopback).await;
+    let url = format!(
+        "http://{}/metrics",
+        n.node.as_ref().unwrap().metrics_addr().unwrap()
+    );
+    const RUNNING: &str = "stile_node_subscriptions";
+    let admin = n.client("admin-admin").await;
+    let gate = n.client("gate-1").await;
+    let codes = admin.mint(spec(1, 4)).await.unwrap();
+    let mut kept = admin.subscribe(0).await.unwrap();
+    let dropped = admin.subscribe(0).await.unwrap();
+    scrape_until(&url, |s| get(s, RUNNING) == 2.0).await;
+    drop(dropped);
+    // Its next event finds no receiver: the client asks the node to stop it.
+    assert_eq!(
+        gate.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    scrape_until(&url, |s| get(s, RUNNING) == 1.0).await;
+    // The other one goes on.
+    let events = tokio::time::timeout(Duration::from_secs(10), kept.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(events[0].serial, codes[0].header().serial);
+
+    // At most so many on one stream; the one over gets an error, the others run on.
+    let max = stile_engine::node::SUBSCRIPTIONS_PER_STREAM_MAX;
+    let mut more = Vec::new();
+    for _ in 1..max {
+        more.push(admin.subscribe(0).await.unwrap());
+    }
+    let mut over = admin.subscribe(0).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), over.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(ClientError::Node { message, .. }) if message.contains("unsubscribe one first")),
+        "{refused:?}"
+    );
+    scrape_until(&url, |s| get(s, RUNNING) == max as f64).await;
+    n.node.unwrap().shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! One connection: its identity, its streams, and each stream's reader and writer.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -177,7 +178,12 @@ struct Stream {
     outcome_tally: OutcomeTally,
     /// This gate's scan counter (gates only).
     gate_slot: Option<usize>,
+    /// Subscriptions this stream started, by their request id.
+    subscriptions: HashMap<u32, tokio::task::AbortHandle>,
 }
+
+/// Subscriptions one stream may run at once.
+pub const SUBSCRIPTIONS_PER_STREAM_MAX: usize = 16;
 
 async fn serve_stream(
     shared: Arc<Shared>,
@@ -212,6 +218,7 @@ async fn serve_stream(
         op: 0,
         outcome_tally: NO_OUTCOMES,
         gate_slot,
+        subscriptions: HashMap::new(),
     };
     let mut shutdown = shared.shutdown.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -537,9 +544,17 @@ impl Stream {
                 if !matches!(self.identity.role, Role::Admin { .. }) {
                     return self.forbidden(id, "subscribe");
                 }
+                self.subscriptions.retain(|_, task| !task.is_finished());
+                if self.subscriptions.len() >= SUBSCRIPTIONS_PER_STREAM_MAX {
+                    let message = format!(
+                        "this stream runs {SUBSCRIPTIONS_PER_STREAM_MAX} subscriptions already: \
+                         unsubscribe one first"
+                    );
+                    return self.reply(id, &error(error_code::BAD_REQUEST, message));
+                }
                 // The subscription's frames take slots of their own.
                 self.slots.add_permits(1);
-                tokio::spawn(subscribe(
+                let task = tokio::spawn(subscribe(
                     self.shared.clone(),
                     self.conn.clone(),
                     self.tx.clone(),
@@ -547,6 +562,18 @@ impl Stream {
                     id,
                     from_seq,
                 ));
+                // A client reusing the id of one still running wants the new one.
+                if let Some(old) = self.subscriptions.insert(id, task.abort_handle()) {
+                    old.abort();
+                }
+            }
+            Request::Unsubscribe { id: subscribe_id } => {
+                // Stopped between frames: a frame already queued still goes out, and the
+                // client drops it. Not one started here: nothing to stop, the same answer.
+                if let Some(task) = self.subscriptions.remove(&subscribe_id) {
+                    task.abort();
+                }
+                self.reply(id, &Response::Pong);
             }
         }
     }
@@ -908,24 +935,30 @@ async fn subscribe(
     id: u32,
     from_seq: u64,
 ) {
-    let send = |resp: &Response| {
+    let _running = Running::new(&shared.counters.subscriptions);
+    // `slots`: 1 for an events frame, which took a slot; 0 for an error, which did not (the
+    // subscribe request's own slot was handed back when it started).
+    let send = |resp: &Response, slots: u32| {
         let mut bytes = BytesMut::new();
         resp.encode(id, &mut bytes);
         // Events are not answers to a request: they count in no latency and not in flight.
         tx.send(Out {
             bytes,
             after: Durability::READY,
-            slots: 1,
+            slots,
             read_at: Instant::now(),
             ops: [0; OPS],
         })
         .is_ok()
     };
     let Some(wal) = shared.engine.wal() else {
-        send(&Response::Error {
-            code: error_code::UNAVAILABLE,
-            message: "this node keeps no log".into(),
-        });
+        send(
+            &Response::Error {
+                code: error_code::UNAVAILABLE,
+                message: "this node keeps no log".into(),
+            },
+            0,
+        );
         return;
     };
     let mut tail = Some(LogTail::new(wal.dir(), from_seq));
@@ -948,10 +981,13 @@ async fn subscribe(
         let caught_up = match result {
             Ok(caught_up) => caught_up,
             Err(e) => {
-                send(&Response::Error {
-                    code: error_code::TRIMMED,
-                    message: e.to_string(),
-                });
+                send(
+                    &Response::Error {
+                        code: error_code::TRIMMED,
+                        message: e.to_string(),
+                    },
+                    0,
+                );
                 return;
             }
         };
@@ -969,7 +1005,7 @@ async fn subscribe(
                 },
                 _ = conn.closed() => return,
             }
-            if !send(&Response::Events(events)) {
+            if !send(&Response::Events(events), 1) {
                 return;
             }
         }
@@ -980,6 +1016,22 @@ async fn subscribe(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
+    }
+}
+
+/// Counts a task while it runs, aborted or not.
+struct Running<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -422,6 +422,12 @@ impl Collector for NodeCollector {
             "Open QUIC connections",
             &ConstGauge::new(shared.counters.connections.load(Ordering::Relaxed) as i64),
         )?;
+        one(
+            &mut e,
+            "stile_node_subscriptions",
+            "Event subscriptions running (each reads the log as it grows)",
+            &ConstGauge::new(shared.counters.subscriptions.load(Ordering::Relaxed) as i64),
+        )?;
         if let Some(drops) = shared.udp_inode.and_then(udp::receive_drops) {
             one(
                 &mut e,

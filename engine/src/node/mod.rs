@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use certs::{CertError, Identity, Role};
+pub use conn::SUBSCRIPTIONS_PER_STREAM_MAX;
 pub use metrics::GATE_LABELS_MAX;
 pub use tls::STREAMS_PER_CONNECTION_MAX;
 
@@ -149,6 +150,8 @@ impl Budget {
 pub(crate) struct Counters {
     /// Open connections.
     pub connections: AtomicU64,
+    /// Event subscriptions running.
+    pub subscriptions: AtomicU64,
 }
 
 /// State every connection task shares.
