@@ -24,7 +24,7 @@ mod target;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -310,12 +310,45 @@ struct RunShared {
     admits: Vec<AtomicU32>,
     /// Admits allowed per ticket.
     allowed: Vec<u8>,
+    /// Rail: scans of each ticket answered so far (empty in other scenarios), which
+    /// [`Item::after`] waits for.
+    steps: Vec<AtomicU8>,
+    /// Rail: told whenever a gate's answers moved `steps`.
+    stepped: Notify,
     /// Answers so far (for the progress bar).
     answered: AtomicU64,
     /// Per second of the run: answers and their latency.
     timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
     /// Ends the run early.
     stop: Stop,
+}
+
+impl RunShared {
+    /// Whether `item` may be sent: every earlier scan of its ticket is answered.
+    fn turn_of(&self, item: &Item) -> bool {
+        item.after == 0
+            || self
+                .steps
+                .get(item.ticket as usize)
+                .is_none_or(|s| s.load(Ordering::Acquire) >= item.after)
+    }
+
+    /// Waits until `item` may be sent, the run ends or it is stopped.
+    async fn wait_for_turn(&self, item: &Item) {
+        loop {
+            let stepped = self.stepped.notified();
+            tokio::pin!(stepped);
+            stepped.as_mut().enable();
+            if self.turn_of(item) || Instant::now() >= self.end || self.stop.is_requested() {
+                return;
+            }
+            tokio::select! {
+                () = stepped => {}
+                () = self.stop.requested() => return,
+                () = tokio::time::sleep_until(self.end.into()) => return,
+            }
+        }
+    }
 }
 
 /// What one gate's receiver counted.
@@ -379,6 +412,11 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         end: start + config.warmup + config.duration,
         admits: (0..genuine.len()).map(|_| AtomicU32::new(0)).collect(),
         allowed,
+        steps: match config.scenario {
+            Scenario::Rail => (0..genuine.len()).map(|_| AtomicU8::new(0)).collect(),
+            _ => Vec::new(),
+        },
+        stepped: Notify::new(),
         answered: AtomicU64::new(0),
         timeline: Mutex::new(Vec::new()),
         stop: config.stop.clone(),
@@ -605,6 +643,15 @@ async fn send_loop(
                     .available_permits()
                     .clamp(1, SEND_BATCH_MAX)
                     .min(items.len() - next);
+                // Only as far as the scans whose earlier ones are answered.
+                let n = items[next..next + n]
+                    .iter()
+                    .take_while(|i| run.turn_of(i))
+                    .count();
+                if n == 0 {
+                    run.wait_for_turn(&items[next]).await;
+                    continue;
+                }
                 times.resize(n, Instant::now());
             }
             Some(due) => {
@@ -622,6 +669,14 @@ async fn send_loop(
                         Ok(t) => times.push(t),
                         Err(_) => break,
                     }
+                }
+                // Late, measured from when they were due, if an earlier scan of their
+                // ticket is still unanswered.
+                for item in &items[next..next + times.len()] {
+                    run.wait_for_turn(item).await;
+                }
+                if run.stop.is_requested() {
+                    break;
                 }
             }
         }
@@ -719,6 +774,7 @@ async fn receive_loop(
         let now = Instant::now();
         let n = answers.len();
         let mut same_due: Option<(Instant, u64)> = None;
+        let mut stepped = false;
         {
             let mut book = gate.book.lock().expect("not poisoned");
             for (id, answer) in answers.drain(..) {
@@ -727,6 +783,11 @@ async fn receive_loop(
                     continue;
                 };
                 book.free.push(id);
+                if let Some(steps) = run.steps.get(slot.ticket as usize) {
+                    // Answered, whatever the answer: the ticket's next scan may go.
+                    steps.fetch_add(1, Ordering::Release);
+                    stepped = true;
+                }
                 let counted = slot.due >= run.measure_from;
                 let outcome = match answer {
                     Ok(o) => o,
@@ -766,6 +827,9 @@ async fn receive_loop(
         }
         gate.room.add_permits(n);
         run.answered.fetch_add(n as u64, Ordering::Relaxed);
+        if stepped {
+            run.stepped.notify_waiters();
+        }
     }
     flush_second(&run, &mut second);
     // Whatever is still in flight now will not be answered: let the sender go.

@@ -16,8 +16,14 @@ pub const RAIL_PASS_TRIPS: u32 = 3;
 pub const MIXED_REPLAY_EVERY: u32 = 10;
 /// Mixed: one ticket in this many also has a forged copy presented.
 pub const MIXED_FORGED_EVERY: u32 = 20;
-/// Mixed: how many tickets later in the arrival order a replayed code comes back.
+/// Mixed: how many tickets later in the arrival order a replayed code comes back (at most;
+/// a quarter of the tickets when there are fewer, so that a small run has replays too).
 pub const MIXED_REPLAY_LAG: usize = 2_048;
+
+/// Mixed: the replay lag for `tickets` tickets.
+pub fn mixed_replay_lag(tickets: usize) -> usize {
+    MIXED_REPLAY_LAG.min(tickets / 4)
+}
 
 /// The kinds of ticket a scenario needs minted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +72,9 @@ pub struct Item {
     pub ticket: u32,
     /// An exit rather than an entry.
     pub exit: bool,
+    /// How many of this ticket's earlier scans must be answered before this one is sent (a
+    /// rail passenger exits only once through the entry gate): 0 but in `rail`.
+    pub after: u8,
 }
 
 /// Every gate's queue, and how many admits each ticket may get.
@@ -91,6 +100,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
         code,
         ticket: t as u32,
         exit: false,
+        after: 0,
     };
     match config.scenario {
         Scenario::Stadium => {
@@ -114,6 +124,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                     code: forge(&mut rng, c, i % 2 == 0),
                     ticket: NOT_GENUINE,
                     exit: false,
+                    after: 0,
                 });
             }
         }
@@ -121,6 +132,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
             // One arrival order, dealt round robin: first scans, with a replay of an earlier
             // ticket now and then (it must get already_used) and a forged copy now and then.
             let mut order = Vec::with_capacity(genuine.len() * 23 / 20);
+            let lag = mixed_replay_lag(genuine.len());
             for (i, c) in genuine.iter().enumerate() {
                 order.push(entry(*c, i));
                 if i % MIXED_FORGED_EVERY as usize == 7 {
@@ -128,9 +140,10 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                         code: forge(&mut rng, c, i % 40 == 7),
                         ticket: NOT_GENUINE,
                         exit: false,
+                        after: 0,
                     });
                 }
-                if let Some(j) = i.checked_sub(MIXED_REPLAY_LAG) {
+                if let Some(j) = i.checked_sub(lag) {
                     if j % MIXED_REPLAY_EVERY as usize == 3 {
                         order.push(entry(genuine[j], j));
                     }
@@ -143,8 +156,9 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
         Scenario::Rail => {
             // Rounds: every ticket's first entry, then every first exit, then second entries
             // of the day passes, … Each step at a gate of its own (stations differ), in the
-            // same ticket order each round, so a ticket's exit comes a whole round after its
-            // entry.
+            // same ticket order each round, so a ticket's exit comes about a round after its
+            // entry; and it is sent only once the entry is answered, however far one gate
+            // runs ahead of another.
             let steps_of = |t: usize| {
                 if allowed[t] > 1 {
                     2 * RAIL_PASS_TRIPS
@@ -159,6 +173,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                             code: *c,
                             ticket: t as u32,
                             exit: round % 2 == 1,
+                            after: round as u8,
                         });
                     }
                 }
@@ -233,6 +248,21 @@ mod tests {
         assert_eq!(all.len(), 700 * 2 + 300 * 6);
         let exits = all.iter().filter(|i| i.exit).count();
         assert_eq!(exits, 700 + 300 * 3);
+        // Each scan of a ticket waits for all its earlier ones.
+        for t in [0, 699, 700, 999] {
+            let mut afters: Vec<u8> = all
+                .iter()
+                .filter(|i| i.ticket == t)
+                .map(|i| i.after)
+                .collect();
+            afters.sort_unstable();
+            let steps = if t < 700 {
+                2
+            } else {
+                2 * RAIL_PASS_TRIPS as u8
+            };
+            assert_eq!(afters, (0..steps).collect::<Vec<_>>(), "ticket {t}");
+        }
         assert_eq!(p.allowed[0], 1);
         assert_eq!(p.allowed[999], RAIL_PASS_TRIPS as u8);
     }
@@ -254,5 +284,16 @@ mod tests {
         }
         let replays = all.len() - forged - n as usize;
         assert_eq!(replays, (n as usize - MIXED_REPLAY_LAG) / 10);
+        // A run of fewer tickets than the lag still has its replays.
+        let small = 2_000;
+        let p = plan(&config(Scenario::Mixed, small), &codes(small));
+        let all: Vec<Item> = p.gates.iter().flatten().copied().collect();
+        let forged = all.iter().filter(|i| i.ticket == NOT_GENUINE).count();
+        let replays = all.len() - forged - small as usize;
+        assert_eq!(
+            replays,
+            (small as usize - mixed_replay_lag(small as usize)) / 10
+        );
+        assert!(replays > 100, "{replays}");
     }
 }

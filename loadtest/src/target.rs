@@ -96,8 +96,11 @@ pub struct NodeReading {
 pub struct Quic {
     /// How to reach the node (the admin's certificate).
     config: ClientConfig,
-    /// The CA and the gate certificates.
-    tls: PathBuf,
+    /// The deployment's CA certificate.
+    ca: PathBuf,
+    /// This run's gate certificates, issued fresh from the CA (removed on drop): never ones
+    /// left in the data dir, which may name another provider or be revoked.
+    gate_certs: TempTree,
     /// The admin client.
     admin: Client,
     /// One UDP socket for every gate's connection, as one machine simulating many gates.
@@ -255,12 +258,13 @@ impl Target {
         let admin = Client::connect(client.clone())
             .await
             .map_err(|e| err(format!("admin: {e}")))?;
+        let gate_certs = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
+            .map_err(|e| err(format!("making a directory for gate certificates: {e}")))?;
+        let issuer = certs::Issuer::open(&tls).map_err(|e| err(e.to_string()))?;
         for g in 1..=config.gates {
-            let cert = tls.join(certs::gate_cert_name(g));
-            if !cert.exists() {
-                certs::issue_gate(&tls, g, PROVIDER)
-                    .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
-            }
+            issuer
+                .gate(gate_certs.path(), g, PROVIDER)
+                .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
         }
         // Every gate's datagrams land in this one socket: give it room for bursts, as the
         // node has, so the tester does not lose what it measures.
@@ -272,7 +276,8 @@ impl Target {
         let endpoint = raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
             config: client,
-            tls,
+            ca,
+            gate_certs,
             admin,
             endpoint,
         })))
@@ -388,17 +393,13 @@ impl Target {
                 ))
             }
             Target::Quic(q) => {
-                let cert = q.tls.join(certs::gate_cert_name(gate));
+                let cert = q.gate_certs.path().join(certs::gate_cert_name(gate));
                 let err = |reason: String| LoadError::Target {
                     target: format!("quic://{}", q.config.node),
                     reason: format!("gate {gate}: {reason}"),
                 };
-                let ctls = ClientTls::from_files(
-                    &q.tls.join(certs::CA_CERT),
-                    &cert,
-                    &certs::key_path_for(&cert),
-                )
-                .map_err(|e| err(e.to_string()))?;
+                let ctls = ClientTls::from_files(&q.ca, &cert, &certs::key_path_for(&cert))
+                    .map_err(|e| err(e.to_string()))?;
                 let config = ClientConfig {
                     tls: ctls,
                     ..q.config.clone()

@@ -281,6 +281,15 @@ pub fn issue_node(dir: &Path, names: &[String]) -> Result<PathBuf, CertError> {
 
 /// Issues gate `id`'s certificate for `provider`.
 pub fn issue_gate(dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertError> {
+    issue(
+        dir,
+        &gate_cert_name(id),
+        gate_params(id, provider)?,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )
+}
+
+fn gate_params(id: u16, provider: u16) -> Result<CertificateParams, CertError> {
     if id == 0 {
         return Err(CertError::Invalid(
             "gate ids are 1 to 65535 (0 means an operator)".into(),
@@ -292,12 +301,53 @@ pub fn issue_gate(dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertErr
             .try_into()
             .expect("ASCII"),
     ));
-    issue(
-        dir,
-        &gate_cert_name(id),
-        params,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    )
+    Ok(params)
+}
+
+/// A CA loaded once to issue many short-lived gate certificates elsewhere than its own
+/// directory: the load tester's gates, fresh each run, kept out of the deployment's `tls/`.
+pub struct Issuer {
+    ca: Ca,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issuer")
+    }
+}
+
+impl Issuer {
+    /// The CA in `ca_dir`.
+    pub fn open(ca_dir: &Path) -> Result<Issuer, CertError> {
+        Ok(Issuer {
+            ca: load_ca(ca_dir)?,
+        })
+    }
+
+    /// Writes gate `id`'s certificate for `provider` and its key (0600) into `out_dir`, in
+    /// place of any there: files for a run, not synced.
+    pub fn gate(&self, out_dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut params = gate_params(id, provider)?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca.cert, &self.ca.key)?;
+        let cert_path = out_dir.join(gate_cert_name(id));
+        let key_path = key_path_for(&cert_path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key_path)
+            .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()))
+            .map_err(io_err(&key_path))?;
+        std::fs::write(&cert_path, cert.pem()).map_err(io_err(&cert_path))?;
+        Ok(cert_path)
+    }
 }
 
 /// Issues an admin certificate named `name` (letters, digits, `.`, `_`, `-`).
