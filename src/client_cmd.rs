@@ -152,7 +152,9 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
     };
     let codes = runtime()?.block_on(async {
         let client = connect(&args.conn, Want::Admin).await?;
-        Ok::<_, anyhow::Error>(client.mint(spec).await?)
+        let codes = client.mint(spec).await;
+        client.close().await;
+        Ok::<_, anyhow::Error>(codes?)
     })?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -222,6 +224,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             };
             answers.push(o);
         }
+        client.close().await;
         Ok::<_, anyhow::Error>(answers)
     })?;
     let mut all_open = true;
@@ -297,6 +300,7 @@ fn per_code<T>(
         for c in &codes {
             out.push(op(&client, c).await);
         }
+        client.close().await;
         Ok::<_, anyhow::Error>(out)
     })?;
     let mut ok = true;

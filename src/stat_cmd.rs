@@ -174,6 +174,9 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(args.interval).await;
         }
+        if let Some(c) = client {
+            c.close().await;
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

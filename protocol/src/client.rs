@@ -259,6 +259,8 @@ pub struct Client {
     slots: Arc<Semaphore>,
     config: Arc<ClientConfig>,
     scan_ids: Arc<AtomicU64>,
+    /// The task that owns the connection, for [`Client::close`].
+    driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl fmt::Debug for Client {
@@ -292,16 +294,30 @@ impl Client {
             .unwrap_or_default()
             .as_nanos() as u64;
         let dead = Arc::new(std::sync::OnceLock::new());
+        let driver = tokio::spawn(drive(endpoint, conn, config.clone(), rx, dead.clone()));
         let client = Client {
             tx,
-            dead: dead.clone(),
+            dead,
             slots: Arc::new(Semaphore::new(config.inflight_max.max(1))),
-            config: config.clone(),
+            config,
             scan_ids: Arc::new(AtomicU64::new(nanos)),
+            driver: Arc::new(Mutex::new(Some(driver))),
         };
-        tokio::spawn(drive(endpoint, conn, config, rx, dead));
         client.ping().await?;
         Ok(client)
+    }
+
+    /// Closes the connection once every answer is in, and waits (up to 2 s) until the node
+    /// has been told. Call it on the last handle before the process exits: a connection
+    /// dropped with the process is one the node learns of only by its idle timeout, and
+    /// meanwhile waits on it when it shuts down. With other handles alive it waits for
+    /// them to go.
+    pub async fn close(self) {
+        let driver = self.driver.lock().expect("driver poisoned").take();
+        drop(self);
+        if let Some(driver) = driver {
+            let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        }
     }
 
     /// A fresh scan id (unique per client: seeded from the clock, then counted up).

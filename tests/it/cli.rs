@@ -68,6 +68,20 @@ fn up_mint_check_from_the_command_line() {
     let fields: Vec<&str> = line.trim_end().split('\t').collect();
     assert_eq!(fields[..2], [codes[0], "admitted"], "{line}");
 
+    // A command closes its connection as it exits, rather than leaving the node to find it
+    // gone at its idle timeout (30 s) and to wait on it when it shuts down: soon only the
+    // gateway's connection and the reading one remain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = stile(&data, &addr, &["stat", "--once", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&stat.stdout).unwrap();
+        if v["connections"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     let again = stile(&data, &addr, &["check", "--json", codes[0], "NOT-A-CODE"]);
     assert_eq!(again.status.code(), Some(2), "a refusal exits 2");
     let out = String::from_utf8(again.stdout).unwrap();
