@@ -56,9 +56,10 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
-    /// The node refused this client for good (certificate unknown, revoked, or without a
-    /// role); nothing is retried.
-    #[error("node refused this client: {0}")]
+    /// The node refused this client, or this client the node, for good (certificate
+    /// unknown, revoked, for another name, or without a role); nothing is retried. The
+    /// reason says which side refused.
+    #[error("{0}")]
     Refused(String),
     /// The connection dropped before the answer came, and the request is not safe to
     /// resend (mint): whether it happened is unknown.
@@ -658,8 +659,10 @@ async fn open_with(
     Ok((conn, send, recv))
 }
 
-/// `Some(reason)` if the connection error means the node will never take this client.
+/// `Some(reason)` if the connection error means the node will never take this client, or
+/// this client the node; the reason says which side refused.
 fn classify(e: &quinn::ConnectionError) -> Option<String> {
+    let by_node = |why: String| format!("node refused this client: {why}");
     match e {
         quinn::ConnectionError::ApplicationClosed(c) => {
             let code = c.error_code.into_inner();
@@ -668,11 +671,19 @@ fn classify(e: &quinn::ConnectionError) -> Option<String> {
                 code as u32,
                 close::REVOKED | close::NO_ROLE | close::UNKNOWN_OP
             )
-            .then(|| close::name(code as u32).to_string())
+            .then(|| by_node(close::name(code as u32).to_string()))
         }
         // A TLS alert from the node: certificate unknown, revoked, missing.
-        quinn::ConnectionError::ConnectionClosed(c) => tls_alert(u64::from(c.error_code)),
-        quinn::ConnectionError::TransportError(t) => tls_alert(u64::from(t.code)),
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            tls_alert(u64::from(c.error_code)).map(by_node)
+        }
+        // Raised here: this client did not accept the node's certificate.
+        quinn::ConnectionError::TransportError(t) => tls_alert(u64::from(t.code)).map(|why| {
+            format!(
+                "this client refused the node's certificate: {why} (--ca names the CA it must \
+                 chain to; --server-name, or the host of --node, a name it must carry)"
+            )
+        }),
         _ => None,
     }
 }

@@ -207,8 +207,32 @@ async fn roles_and_certificates_are_enforced() {
         .unwrap()
     };
     match Client::connect(foreign).await {
-        Err(ClientError::Refused(reason)) => assert!(reason.contains("CA"), "{reason}"),
+        Err(ClientError::Refused(reason)) => {
+            assert!(reason.contains("CA"), "{reason}");
+            assert!(reason.starts_with("node refused this client"), "{reason}");
+        }
         other => panic!("a client of another CA got {other:?}"),
+    }
+    // A client that trusts another CA: the refusal is its own, and says where to look.
+    let mut distrustful = client_config(&n.tls, n.addr, "gate-1");
+    distrustful.tls = {
+        let cert = n.tls.join("gate-1.crt");
+        ClientTls::from_pem(
+            &std::fs::read(other.join(certs::CA_CERT)).unwrap(),
+            &std::fs::read(&cert).unwrap(),
+            &std::fs::read(certs::key_path_for(&cert)).unwrap(),
+        )
+        .unwrap()
+    };
+    match Client::connect(distrustful).await {
+        Err(ClientError::Refused(reason)) => {
+            assert!(
+                reason.starts_with("this client refused the node's certificate"),
+                "{reason}"
+            );
+            assert!(reason.contains("--ca"), "{reason}");
+        }
+        other => panic!("a client trusting another CA got {other:?}"),
     }
 
     // A gate cannot mint, revoke, transfer, check in for others or subscribe.

@@ -408,6 +408,15 @@ impl Stream {
         self.reply(id, &error(error_code::FORBIDDEN, message));
     }
 
+    /// A gate's op asked by an admin.
+    fn gates_only(&self, id: u32, what: &str) {
+        let message = format!(
+            "{what} needs a gate certificate (an admin checks in with checkin_as); this is {}",
+            self.identity.role
+        );
+        self.reply(id, &error(error_code::FORBIDDEN, message));
+    }
+
     /// An outcome decided here, sent with the current batch.
     fn early(&mut self, id: u32, outcome: &Outcome) {
         encode_outcome(id, outcome, &mut self.early);
@@ -421,7 +430,7 @@ impl Stream {
         match req {
             Request::Checkin { scan_id, code } => {
                 let Some((gate, budget)) = &self.gate else {
-                    return self.forbidden(id, "check-in without checkin_as");
+                    return self.gates_only(id, "check-in");
                 };
                 let (gate, blocked) = (*gate, budget.blocked(self.now_ms));
                 match code.code() {
@@ -448,7 +457,7 @@ impl Stream {
                     _ => GateOp::Undo,
                 };
                 let Some((gate, budget)) = &self.gate else {
-                    return self.forbidden(id, "exit and undo without a gate");
+                    return self.gates_only(id, "exit and undo");
                 };
                 let (gate, budget) = (*gate, budget.clone());
                 self.scan_one(id, op, gate, &budget, scan_id, code);
