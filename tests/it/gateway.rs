@@ -436,7 +436,17 @@ async fn book_qr_checkin_status_transfer_round_trip() {
     assert_eq!(b["tickets"][1]["transferred"], true, "{b}");
     assert_eq!(b["tickets"][0]["transferred"], false, "{b}");
     assert!(!b.to_string().contains(&new), "{b}");
-    // A transferred ticket cannot be transferred again.
+    // Asked again for the same holder (its answer lost, say): the same successor, 200.
+    let (s, again) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "Grace Hopper"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["ticket"]["code"], new.as_str(), "{again}");
+    assert_eq!(again["voided"], old.as_str(), "{again}");
+    // For someone else, a transferred ticket cannot be transferred again.
     let (s, _) = f
         .post(
             &format!("/v1/tickets/{old}/transfer"),

@@ -456,7 +456,9 @@ pub struct TransferView {
 /// Transfers a ticket: the old code is void and a new one is issued to the new holder.
 #[utoipa::path(post, path = "/v1/tickets/{code}/transfer", request_body = TransferRequest,
     params(("code" = String, Path, description = "feature code")), security(("api_token" = [])),
-    responses((status = 201, body = TransferView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = TransferView),
+        (status = 200, body = TransferView, description = "transferred before to the same holder and account: the same successor"),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn transfer(
     State(app): State<Arc<App>>,
     Path(code): Path<String>,
@@ -482,8 +484,20 @@ async fn transfer_inner(
     let holder = super::bookings::validate_holder(&req.holder, app.config.webhook_private)?;
     let t = find(&app, &code).await?;
     if let Some(s) = &t.successor {
+        // Asked again for the same holder (an answer lost on the way): the same result, as
+        // the node gives. For someone else: a conflict.
+        let done = find(&app, s).await?;
+        if done.holder == holder.name && done.account == req.account {
+            return Ok((
+                StatusCode::OK,
+                Json(TransferView {
+                    voided: t.code.clone(),
+                    ticket: view(&app, &done).await,
+                }),
+            ));
+        }
         return Err(Problem::conflict(format!(
-            "ticket {} was already transferred to {s}",
+            "ticket {} was already transferred to {s}, for another holder",
             t.code
         )));
     }
