@@ -63,13 +63,14 @@ pub struct LoadtestArgs {
     /// in a temporary directory inside it.
     #[arg(long, default_value = crate::DATA_DEFAULT)]
     data: PathBuf,
-    /// Sync mode of the in-process engine.
-    #[arg(long, default_value = "always")]
-    sync: String,
+    /// Sync mode of the in-process engine (default always; a node's mode is its own).
+    #[arg(long)]
+    sync: Option<String>,
     /// Log segments (64 MiB each) the in-process engine keeps written with zeros ahead of
-    /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB.
-    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
-    log_runway: u32,
+    /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB
+    /// (default 4).
+    #[arg(long, value_name = "SEGMENTS", value_parser = clap::value_parser!(u32).range(0..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
+    log_runway: Option<u32>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -88,8 +89,10 @@ pub struct LoadtestArgs {
 /// Runs `stile loadtest`; exits 2 if a ticket was admitted twice or a forged code admitted.
 pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
-    let sync = SyncMode::parse(&args.sync)
-        .with_context(|| format!("--sync {}: use always, batch or none", args.sync))?;
+    let sync_text = args.sync.as_deref().unwrap_or("always");
+    let sync = SyncMode::parse(sync_text)
+        .with_context(|| format!("--sync {sync_text}: use always, batch or none"))?;
+    let log_runway = args.log_runway.unwrap_or(stile_engine::wal::RUNWAY_DEFAULT);
     let scenario = Scenario::parse(&args.scenario)?;
     let shape = Shape::parse(&args.shape)?;
     let targets = if args.compare.is_empty() {
@@ -105,6 +108,25 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     }
     if targets.iter().any(|t| t.trim().is_empty()) {
         anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
+    }
+    // Options for a kind of target that none of the targets is: said, not ignored.
+    let inproc = targets.iter().any(|t| t == "inproc");
+    for (given, flag) in [
+        (args.sync.is_some(), "--sync"),
+        (args.log_runway.is_some(), "--log-runway"),
+    ] {
+        if given && !inproc {
+            anyhow::bail!(
+                "{flag} sets up the in-process engine (--target inproc); a node's log is set \
+                 where it runs (`stile node {flag}`), and it reports its sync mode itself"
+            );
+        }
+    }
+    if args.spawn_redis && !targets.iter().any(|t| t.starts_with("redis://")) {
+        anyhow::bail!(
+            "--spawn-redis starts redis-server for a redis:// target, and none is given \
+             (--target redis://127.0.0.1:6390, or one in --compare)"
+        );
     }
     if targets.iter().any(|t| t == "inproc") {
         std::fs::create_dir_all(&args.data)
@@ -148,7 +170,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         data: args.data.clone(),
         sync,
-        log_runway: args.log_runway,
+        log_runway,
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),
         progress: !args.quiet,
         stop: stop.clone(),

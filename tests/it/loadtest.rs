@@ -961,6 +961,39 @@ fn bad_options_get_clear_errors() {
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",
         ),
+        // Options for a kind of target none of the targets is.
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "quic://127.0.0.1:9",
+                "--sync",
+                "none",
+            ],
+            "--sync sets up the in-process engine",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "quic://127.0.0.1:9",
+                "--log-runway",
+                "0",
+            ],
+            "--log-runway sets up the in-process engine",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "inproc",
+                "--spawn-redis",
+            ],
+            "none is given",
+        ),
         // Every target is checked before the first runs.
         (
             vec![
