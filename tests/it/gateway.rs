@@ -1067,6 +1067,41 @@ async fn healthz_metrics_openapi_and_https() {
     f.shutdown().await;
 }
 
+/// A gate has one HTTP token: issuing another replaces it, and revoking it refuses the gate's
+/// scans from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_token_is_replaced_by_the_next_and_revoked_for_good() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let first = f.gate_token(4).await;
+    let second = f.gate_token(4).await;
+    let other = f.gate_token(5).await;
+    let code = f.book_one("k", event, "Ada").await;
+    let (s, _) = f.checkin(&first, json!({"code": code})).await;
+    assert_eq!(s, 401, "the replaced token is refused");
+    let (s, o) = f.checkin(&second, json!({"code": code})).await;
+    assert_eq!((s, o["outcome"].as_str()), (200, Some("admitted")), "{o}");
+    let revoke = |gate: u16| {
+        f.admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/providers/1/gates/{gate}"),
+        )
+        .send()
+    };
+    assert_eq!(revoke(4).await.unwrap().status(), 204);
+    let (s, _) = f.checkin(&second, json!({"code": code})).await;
+    assert_eq!(s, 401, "the revoked token is refused");
+    assert_problem(revoke(4).await.unwrap(), 404).await;
+    // Another gate's token is untouched.
+    let (s, o) = f.checkin(&other, json!({"code": code})).await;
+    assert_eq!(
+        (s, o["outcome"].as_str()),
+        (200, Some("already_used")),
+        "{o}"
+    );
+    f.shutdown().await;
+}
+
 /// HTTP check-in errors are problems too: a body over the limit (checked only once the token
 /// is known), and a node that cannot answer, whose problem names the scan id the gateway
 /// chose, so the scanner can ask again for the same scan's answer.

@@ -62,6 +62,7 @@ fn management() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(providers::create, providers::list))
         .routes(routes!(providers::put))
         .routes(routes!(providers::create_gate))
+        .routes(routes!(providers::revoke_gate))
         .routes(routes!(events::create))
         .routes(routes!(events::get))
         .routes(routes!(bookings::create))

@@ -197,7 +197,8 @@ pub async fn put(
     Ok(Json(view(&app, id, name)))
 }
 
-/// Issues an HTTP check-in token for one of the provider's gates.
+/// Issues an HTTP check-in token for one of the provider's gates. A gate has one token:
+/// issuing another replaces it (the old one stops working at once).
 #[utoipa::path(post, path = "/v1/providers/{id}/gates", request_body = GateRequest,
     params(("id" = u16, Path, description = "provider id")), security(("api_token" = [])),
     responses((status = 201, body = GateToken), (status = 404, body = Problem)))]
@@ -225,11 +226,17 @@ pub async fn create_gate(
                     "no provider {provider}; create it with POST /v1/providers"
                 )));
             }
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM gate_tokens WHERE provider = ?1 AND gate = ?2",
+                params![provider, gate],
+            )?;
+            tx.execute(
                 "INSERT INTO gate_tokens (token_hash, provider, gate, name, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![&hash[..], provider, gate, n, crate::now_s() as i64],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await?;
@@ -242,4 +249,31 @@ pub async fn create_gate(
             token,
         }),
     ))
+}
+
+/// Revokes the HTTP check-in token of one of the provider's gates: its scans are refused
+/// (401) from now on.
+#[utoipa::path(delete, path = "/v1/providers/{id}/gates/{gate}",
+    params(("id" = u16, Path, description = "provider id"), ("gate" = u16, Path, description = "gate id")),
+    security(("api_token" = [])),
+    responses((status = 204, description = "revoked"), (status = 404, body = Problem)))]
+pub async fn revoke_gate(
+    State(app): State<Arc<App>>,
+    Path((provider, gate)): Path<(u16, u16)>,
+) -> Result<StatusCode, Problem> {
+    let removed = app
+        .db
+        .call(move |c| -> Result<usize, Problem> {
+            Ok(c.execute(
+                "DELETE FROM gate_tokens WHERE provider = ?1 AND gate = ?2",
+                params![provider, gate],
+            )?)
+        })
+        .await?;
+    match removed {
+        0 => Err(Problem::not_found(format!(
+            "gate {gate} of provider {provider} has no token"
+        ))),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
 }
