@@ -129,7 +129,15 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
     let valid_for = args
         .valid_for
-        .map(|d| u32::try_from(d.as_secs()).context("--valid-for is too long"))
+        .map(|d| {
+            u32::try_from(d.as_secs()).map_err(|_| {
+                anyhow::anyhow!(
+                    "--valid-for {}: at most {} s (about 136 years)",
+                    humantime::format_duration(d),
+                    u32::MAX
+                )
+            })
+        })
         .transpose()?;
     if valid_for == Some(0) {
         anyhow::bail!("--valid-for must be at least one second");

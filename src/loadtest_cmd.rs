@@ -47,14 +47,14 @@ pub struct LoadtestArgs {
     /// Warm-up whose answers are not counted.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Gates (connections), gate ids 1..G of provider 1.
-    #[arg(long, default_value_t = 64)]
+    /// Gates (connections), gate ids 1..G of provider 1 (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=i64::from(stile_loadtest::GATES_MAX)))]
     gates: u16,
     /// Check-ins in flight per gate.
     #[arg(long, default_value_t = 16)]
     inflight: u32,
-    /// Tickets minted before the clock starts.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Tickets minted before the clock starts (1 to 20,000,000).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=i64::from(stile_loadtest::TICKETS_MAX)))]
     tickets: u32,
     /// Seed of the random choices.
     #[arg(long, default_value_t = 1)]

@@ -124,10 +124,27 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(err) => {
             // The cause chain on one line; no backtrace for people at a terminal.
-            eprintln!("stile: {err:#}");
+            eprintln!("stile: {}", one_line(&err));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: an error whose message already
+/// ends with its cause's (`cannot listen on ADDR: Address already in use`) does not repeat it.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let c = cause.to_string();
+        if text.ends_with(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
 }
 
 /// Logs to stderr at `default` level unless `STILE_LOG` says otherwise.
@@ -141,4 +158,34 @@ pub fn init_logging(default: &str) {
         // Colours for a person at a terminal; plain text for a file or a journal.
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn causes_are_told_once() {
+        /// An error that tells its cause in its own message, as the node's bind error does.
+        #[derive(Debug)]
+        struct Bind(std::io::Error);
+        impl std::fmt::Display for Bind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on 127.0.0.1:1: {}", self.0)
+            }
+        }
+        impl std::error::Error for Bind {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let os = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let err = anyhow::Error::new(Bind(os)).context("starting the node");
+        let text = one_line(&err);
+        assert_eq!(text.matches("address in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("starting the node: cannot listen on 127.0.0.1:1: "),
+            "{text}"
+        );
+    }
 }

@@ -951,7 +951,7 @@ fn bad_options_get_clear_errors() {
         ),
         (
             vec!["--scenario", "stadium", "--gates", "0"],
-            "--gates must be",
+            "not in 1..=4096",
         ),
         (
             vec!["--scenario", "stadium", "--target", "http://x"],
