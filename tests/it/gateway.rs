@@ -600,6 +600,20 @@ async fn bad_input_gets_problem_json_and_changes_nothing() {
         let res = f.book(key, body).await;
         assert_problem(res, status).await;
     }
+    // Events that could sell nothing, or be valid for no time, are refused, not stored.
+    for bad in [
+        json!({"provider": 1, "name": "E", "venue": "V", "starts_at": "2030-01-01T00:00:00Z", "capacity": 0}),
+        json!({"provider": 1, "name": "E", "venue": "V", "starts_at": "2030-01-01T00:00:00Z", "valid_for_s": 0}),
+    ] {
+        let res = f
+            .admin(reqwest::Method::POST, "/v1/events")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        let p = assert_problem(res, 422).await;
+        assert!(p["detail"].as_str().unwrap().contains("at least 1"), "{p}");
+    }
     // Auth: no token, wrong token, a gate token on a management route.
     let res = f
         .http

@@ -248,6 +248,18 @@ pub async fn create(
             "give `seats` or `capacity`, not both",
         ));
     }
+    // Said, not quietly read as something else: no event sells 0 tickets, and a validity
+    // of 0 s from the first scan would be none at all.
+    if req.capacity == Some(0) {
+        return Err(Problem::unprocessable(
+            "`capacity` must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    if req.valid_for_s == Some(0) {
+        return Err(Problem::unprocessable(
+            "`valid_for_s` must be at least 1 (leave it out for no validity from the first scan)",
+        ));
+    }
     let leads = req.reminder_lead_s.clone().unwrap_or_default();
     if leads.len() > REMINDER_LEADS_MAX || leads.contains(&0) {
         return Err(Problem::unprocessable(format!(
