@@ -11,7 +11,7 @@ use stile_engine::{Engine, EngineConfig, SystemClock};
 /// Arguments of `stile keys`.
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
-    /// Data directory (made, with a fresh key, if it is new).
+    /// Data directory of a node (stopped), with its key ring.
     #[arg(long, default_value = crate::DATA_DEFAULT, global = true)]
     data: PathBuf,
     #[command(subcommand)]
@@ -34,6 +34,18 @@ enum KeysAction {
 /// Runs `stile keys`.
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let data = &args.data;
+    // A mistyped path must not become a new data dir with a key of its own.
+    let ring = data
+        .join(stile_engine::datadir::KEYS_DIR)
+        .join(stile_engine::datadir::RING_FILE);
+    if !ring.exists() {
+        anyhow::bail!(
+            "no key ring in {} (no {}): give the data dir of a node (`stile node` and \
+             `stile up` make one)",
+            data.display(),
+            ring.display()
+        );
+    }
     let engine = Engine::open(data, EngineConfig::default(), Arc::new(SystemClock))
         .with_context(|| format!("opening data dir {}", data.display()))?;
     match args.action {

@@ -171,6 +171,19 @@ fn up_mint_check_from_the_command_line() {
     // Stopped, it lets the data dir go.
     let keys = run(&["keys", "list"]);
     assert!(keys.status.success(), "{keys:?}");
+    // A mistyped data dir is not made into a new one with a key of its own.
+    let typo = dir.path().join("stile-dat");
+    let keys = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["keys", "list", "--data"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(keys.status.code(), Some(1), "{keys:?}");
+    assert!(
+        String::from_utf8_lossy(&keys.stderr).contains("no key ring"),
+        "{keys:?}"
+    );
+    assert!(!typo.exists());
 }
 
 #[test]

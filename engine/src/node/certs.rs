@@ -437,12 +437,22 @@ pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
     {
         return Err(bad(cert_file, "not issued by this directory's CA"));
     }
-    let identity = identity_of(der.as_ref()).unwrap_or(Identity {
-        role: Role::Admin {
-            name: "(node certificate)".into(),
-        },
-        serial: cert.raw_serial().to_vec(),
-    });
+    if der.as_ref() == ca_der.as_ref() {
+        return Err(bad(
+            cert_file,
+            "this is the CA itself, which a CRL cannot revoke: to replace it, make a new CA \
+             (`stile certs init` in a new directory) and issue every certificate again",
+        ));
+    }
+    // Only clients are checked against the CRL: revoking the node's own certificate would
+    // do nothing, and saying it was done would mislead.
+    let identity = identity_of(der.as_ref()).map_err(|_| {
+        bad(
+            cert_file,
+            "names no gate or admin role (a node's certificate?): only gate and admin \
+             certificates are revoked; a node gets a new one with `stile certs issue-node`",
+        )
+    })?;
     let (mut serials, number) = read_crl(dir)?;
     if !serials.contains(&identity.serial) {
         serials.push(identity.serial.clone());
@@ -567,5 +577,12 @@ mod tests {
         init(&other).unwrap();
         let foreign = issue_gate(&other, 4, 9).unwrap();
         assert!(revoke(&tls, &foreign).is_err());
+        // Nor the CA itself, nor the node's certificate (the CRL checks clients only); the
+        // CRL is left as it was.
+        let ca = revoke(&tls, &tls.join(CA_CERT)).unwrap_err().to_string();
+        assert!(ca.contains("the CA itself"), "{ca}");
+        let node = revoke(&tls, &tls.join(NODE_CERT)).unwrap_err().to_string();
+        assert!(node.contains("no gate or admin role"), "{node}");
+        assert_eq!(revoked_serials(&tls).unwrap().len(), 2);
     }
 }
