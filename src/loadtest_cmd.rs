@@ -63,6 +63,12 @@ pub struct LoadtestArgs {
     /// in a temporary directory inside it.
     #[arg(long, default_value = crate::DATA_DEFAULT)]
     data: PathBuf,
+    /// The admin certificate a quic:// target mints with (default DATA/tls/admin-admin.crt).
+    #[arg(long, value_name = "FILE")]
+    admin_cert: Option<PathBuf>,
+    /// Its private key (default: beside it, .key).
+    #[arg(long, value_name = "FILE", requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
     /// Sync mode of the in-process engine (default always; a node's mode is its own).
     #[arg(long)]
     sync: Option<String>,
@@ -181,6 +187,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         data: args.data.clone(),
         sync,
         log_runway,
+        admin: args.admin_cert.clone().map(|cert| {
+            let key = args
+                .admin_key
+                .clone()
+                .unwrap_or_else(|| stile_engine::node::certs::key_path_for(&cert));
+            (cert, key)
+        }),
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),
         progress: !args.quiet,
         stop: stop.clone(),

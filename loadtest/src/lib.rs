@@ -189,6 +189,9 @@ pub struct Config {
     pub seed: u64,
     /// Data dir: the certificates in `DATA/tls` (quic), or the engine's data (inproc).
     pub data: PathBuf,
+    /// The admin certificate and key a `quic://` target mints with (`None`:
+    /// `DATA/tls/admin-admin.crt` and its key).
+    pub admin: Option<(PathBuf, PathBuf)>,
     /// Sync mode of the inproc engine.
     pub sync: SyncMode,
     /// Log segments the inproc engine keeps prepared from the start, as a node does

@@ -221,6 +221,7 @@ mod tests {
             sync: stile_engine::SyncMode::None,
             log_runway: 0,
             spawn_redis: false,
+            admin: None,
             progress: false,
             stop: Default::default(),
         }

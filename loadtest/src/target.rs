@@ -167,6 +167,39 @@ fn unknown_scheme(target: &str) -> LoadError {
     ))
 }
 
+/// The admin certificate and key a `quic://` target mints with, checked to exist and to
+/// carry the admin role.
+fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = match &config.admin {
+        Some(pair) => pair.clone(),
+        None => {
+            let cert = config
+                .data
+                .join("tls")
+                .join(certs::admin_cert_name("admin"));
+            let key = certs::key_path_for(&cert);
+            (cert, key)
+        }
+    };
+    if !cert.exists() {
+        return Err(format!(
+            "no admin certificate {}: name one with --admin-cert (and --admin-key), \
+             `stile certs issue-admin NAME` makes one",
+            cert.display()
+        ));
+    }
+    match certs::identity_of_file(&cert)
+        .map_err(|e| e.to_string())?
+        .role
+    {
+        stile_engine::node::Role::Admin { .. } => Ok((cert, key)),
+        role => Err(format!(
+            "{} is the certificate of {role}: minting needs an admin's (--admin-cert)",
+            cert.display()
+        )),
+    }
+}
+
 /// `DATA/tls` and the CA certificate in it, which a `quic://` target needs.
 fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     let tls = config.data.join("tls");
@@ -200,7 +233,8 @@ impl Target {
             };
         }
         if t.starts_with("quic://") {
-            return node_ca(config).map(drop).map_err(err);
+            node_ca(config).map_err(err)?;
+            return admin_identity(config).map(drop).map_err(err);
         }
         Err(unknown_scheme(t))
     }
@@ -249,8 +283,8 @@ impl Target {
             .map(|(h, _)| h.trim_matches(['[', ']']))
             .unwrap_or(rest);
         let (tls, ca) = node_ca(config).map_err(err)?;
-        let admin_cert = tls.join(certs::admin_cert_name("admin"));
-        let ctls = ClientTls::from_files(&ca, &admin_cert, &certs::key_path_for(&admin_cert))
+        let (admin_cert, admin_key) = admin_identity(config).map_err(err)?;
+        let ctls = ClientTls::from_files(&ca, &admin_cert, &admin_key)
             .map_err(|e| err(format!("admin certificate: {e}")))?;
         let mut client = ClientConfig::new(addr, ctls);
         client.server_name = host.to_string();

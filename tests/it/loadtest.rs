@@ -27,6 +27,7 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         // Runs of a second: no runway of 256 MiB of zeros for each.
         log_runway: 0,
         spawn_redis: false,
+        admin: None,
         progress: false,
         stop: Default::default(),
     }
@@ -101,6 +102,37 @@ async fn every_scenario_in_process() {
     }
     // The engine's temporary data dirs are gone afterwards.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A deployment's admin certificate need not be `admin-admin`: `--admin-cert` names the one
+/// to mint with; a gate's is refused before the run, with what to give instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_certificate_can_be_named_and_must_be_an_admins() {
+    use stile_engine::node::certs;
+    let n = TestNode::start(|_| {}).await;
+    let target = format!("quic://{}", n.addr);
+    let ops = certs::issue_admin(&n.tls, "ops").unwrap();
+    let mut c = config(Scenario::Stadium, &target, n.dir.path());
+    (c.gates, c.tickets) = (2, 500);
+    c.admin = Some((ops.clone(), certs::key_path_for(&ops)));
+    let r = stile_loadtest::run(&c).await.unwrap();
+    assert_eq!(
+        r.outcomes.get("admitted").copied(),
+        Some(r.requests),
+        "{r:?}"
+    );
+    let gate = n.tls.join("gate-1.crt");
+    c.admin = Some((gate.clone(), certs::key_path_for(&gate)));
+    let err = stile_loadtest::Target::precheck(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("minting needs an admin's"), "{err}");
+    c.admin = Some((n.tls.join("nobody.crt"), n.tls.join("nobody.key")));
+    let err = stile_loadtest::Target::precheck(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no admin certificate"), "{err}");
+    n.node.unwrap().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
