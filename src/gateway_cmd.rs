@@ -77,14 +77,8 @@ pub fn admin_tls(
     }
     // The gateway mints, revokes and follows events: a gate's certificate would start and
     // then fail every booking.
-    match certs::identity_of_file(&cert)?.role {
-        stile_engine::node::Role::Admin { .. } => {}
-        role => anyhow::bail!(
-            "{} is the certificate of {role}: the gateway needs an admin certificate (`stile \
-             certs issue-admin NAME`)",
-            cert.display()
-        ),
-    }
+    certs::admin_name_of_file(&cert)
+        .context("the gateway needs an admin certificate (`stile certs issue-admin NAME`)")?;
     Ok(ClientTls::from_files(&ca, &cert, &key)?)
 }
 

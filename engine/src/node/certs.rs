@@ -239,7 +239,7 @@ pub fn init(dir: &Path) -> Result<(), CertError> {
 fn issue(
     dir: &Path,
     file: &str,
-    mut params: CertificateParams,
+    params: CertificateParams,
     purpose: ExtendedKeyUsagePurpose,
 ) -> Result<PathBuf, CertError> {
     let ca = load_ca(dir)?;
@@ -248,14 +248,26 @@ fn issue(
     if cert_path.exists() || key_path.exists() {
         return Err(CertError::WouldOverwrite(cert_path));
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![purpose];
-    params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
+    let (key, cert) = ca.sign(params, purpose)?;
     write_new(&key_path, &key.serialize_pem(), true)?;
     write_new(&cert_path, &cert.pem(), false)?;
     Ok(cert_path)
+}
+
+impl Ca {
+    /// A new key pair and its certificate, for `purpose`, signed by this CA.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        purpose: ExtendedKeyUsagePurpose,
+    ) -> Result<(KeyPair, Certificate), CertError> {
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![purpose];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((key, cert))
+    }
 }
 
 /// Issues the node's server certificate for `names` (DNS names or IP addresses).
@@ -329,12 +341,10 @@ impl Issuer {
     pub fn gate(&self, out_dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut params = gate_params(id, provider)?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.ca.cert, &self.ca.key)?;
+        let (key, cert) = self.ca.sign(
+            gate_params(id, provider)?,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         let cert_path = out_dir.join(gate_cert_name(id));
         let key_path = key_path_for(&cert_path);
         std::fs::OpenOptions::new()
@@ -459,6 +469,18 @@ pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
     }
     write_crl(dir, &ca, serials, number + 1)?;
     Ok(identity)
+}
+
+/// The admin name in the PEM certificate `path`; an error that names the role it carries
+/// instead (a gate's), for tools that act as admin (the gateway, the load tester).
+pub fn admin_name_of_file(path: &Path) -> Result<String, CertError> {
+    match identity_of_file(path)?.role {
+        Role::Admin { name } => Ok(name),
+        role => Err(bad(
+            path,
+            format!("the certificate of {role}, where an admin's is needed"),
+        )),
+    }
 }
 
 /// Reads the role out of a PEM certificate file.
