@@ -115,15 +115,8 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     if targets.iter().any(|t| t.trim().is_empty()) {
         anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
     }
-    let gates = u16::try_from(args.gates)
-        .ok()
-        .filter(|g| (1..=stile_loadtest::GATES_MAX).contains(g))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--gates must be 1 to {} (one QUIC connection each)",
-                stile_loadtest::GATES_MAX
-            )
-        })?;
+    // Beyond u16, still past the limit: the run's own check says what is allowed.
+    let gates = u16::try_from(args.gates).unwrap_or(u16::MAX);
     // Options for a kind of target that none of the targets is: said, not ignored.
     let inproc = targets.iter().any(|t| t == "inproc");
     for (given, flag) in [
