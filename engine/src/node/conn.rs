@@ -99,7 +99,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         live.insert(id, (identity.serial.clone(), conn.clone()));
     }
-    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let _open = Running::new(&shared.counters.connections);
     tracing::debug!("{} connected from {remote}", identity.role);
     let identity = Arc::new(identity);
     let mut shutdown = shared.shutdown.clone();
@@ -134,7 +134,6 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .lock()
         .expect("live connections poisoned")
         .remove(&id);
-    shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
@@ -1028,7 +1027,7 @@ async fn subscribe(
     }
 }
 
-/// Counts a task while it runs, aborted or not.
+/// Counts a task while it runs, however it ends (aborted, or returning early).
 struct Running<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl<'a> Running<'a> {
