@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! DATA/
-//!   lock             held (`flock`) by the one process that has the dir open; its pid
+//!   lock             the pid of the process that has the dir open (for messages only: the
+//!                    lock itself is an `flock` on the directory DATA/)
 //!   keys/ring        the key ring (dir 0700, file 0600)
 //!   wal/             write-ahead log segments
 //!   snapshots/       index snapshots
@@ -21,7 +22,9 @@ pub const RING_FILE: &str = "ring";
 pub const WAL_DIR: &str = "wal";
 /// Directory of snapshots.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
-/// The lock file: one process at a time opens a data dir.
+/// The pid file beside the lock: names the holder in a second opener's error. The lock is
+/// on the data dir itself, so deleting this file (it looks like a stale pid file) lets no
+/// second process in.
 pub const LOCK_FILE: &str = "lock";
 
 /// Why the data dir could not be locked.
@@ -33,41 +36,55 @@ pub enum LockError {
     Io(io::Error),
 }
 
-/// Takes the data dir for this process: an exclusive `flock` on [`LOCK_FILE`], held while
-/// the returned file stays open (the kernel drops it when the process ends, however it
-/// ends). The holder's pid is written in the file, for the error a second opener gets.
-pub fn lock(dir: &Path) -> Result<fs::File, LockError> {
-    use std::io::{Read, Seek, Write};
+/// The data dir, held for this process: an exclusive `flock` on the directory itself, held
+/// while this stays alive (the kernel drops it when the process ends, however it ends).
+#[derive(Debug)]
+pub struct DirLock {
+    /// The directory, open and locked.
+    _dir: fs::File,
+}
+
+/// Takes the data dir for this process (see [`DirLock`]). The lock is on the directory, not
+/// on a file in it: an operator deletes a file called `lock` sooner or later, and a lock on
+/// an unlinked file excludes nobody. The holder's pid is written in [`LOCK_FILE`], for the
+/// error a second opener gets.
+pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(LOCK_FILE))
-        .map_err(LockError::Io)?;
-    match file.try_lock() {
+    let handle = fs::File::open(dir).map_err(LockError::Io)?;
+    match handle.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            let text = fs::read_to_string(dir.join(LOCK_FILE)).unwrap_or_default();
             return Err(LockError::Held(text.trim().parse().ok()));
         }
         Err(fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
     }
-    file.set_len(0).map_err(LockError::Io)?;
-    file.rewind().map_err(LockError::Io)?;
-    writeln!(file, "{}", std::process::id()).map_err(LockError::Io)?;
-    Ok(file)
+    let mut pid = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .map_err(LockError::Io)?;
+    writeln!(pid, "{}", std::process::id()).map_err(LockError::Io)?;
+    Ok(DirLock { _dir: handle })
 }
 
-/// Creates the data dir (mode 0700: snapshots hold key material) if it is missing.
+/// Creates the directory `dir` (a data dir or one inside it) if it is missing, and makes it
+/// private (mode 0700, whatever the umask or its mode before: it holds codes and key
+/// material).
 pub fn ensure(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    let meta = fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Whether the data dir holds tickets: any file in its log or snapshot directories.
@@ -173,6 +190,33 @@ mod tests {
         drop(first);
         let again = lock(dir.path()).unwrap();
         drop(again);
+    }
+
+    /// Regression: the lock was an `flock` on `DATA/lock`, so deleting that file (a stale
+    /// pid file, to an operator) let a second process lock a new one and share the dir.
+    #[test]
+    fn deleting_the_pid_file_lets_no_second_holder_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = lock(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(
+            matches!(lock(dir.path()), Err(LockError::Held(_))),
+            "a second holder got in"
+        );
+    }
+
+    /// Data dirs and their subdirectories are private whatever the umask and their mode.
+    #[test]
+    fn ensured_dirs_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [open, dir.path().join("new/wal")] {
+            ensure(&d).unwrap();
+            let mode = fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
     }
 
     /// A file of many steps is removed, as are a small one and an empty one; a missing one

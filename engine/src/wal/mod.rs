@@ -173,6 +173,10 @@ struct Writer {
     /// How far it is written with zeros ahead of records (at most `file_len` for a segment
     /// that was not prepared ahead): writes below this change no file metadata.
     file_zeroed: u64,
+    /// The segment's first sequence number (its name), for the next segment's link.
+    segment_first_seq: u64,
+    /// Its last record's sequence number and checksum, for the next segment's link.
+    segment_last_record: Option<(u64, u64)>,
     /// The next segment, prepared in the background (none in `none` mode, which never syncs).
     spares: Option<Spares>,
     /// A segment is closed once it passes this size.
@@ -207,11 +211,11 @@ pub struct WalStats {
 
 impl Wal {
     /// Starts the log in `dir` at sequence `next_seq`, appending to `tail` (the last segment
-    /// and its good length) or starting a new segment.
+    /// as a scan found it) or starting a new segment.
     pub fn start(
         dir: &Path,
         next_seq: u64,
-        tail: Option<(PathBuf, u64)>,
+        tail: Option<segment::Tail>,
         mode: SyncMode,
         segment_max_bytes: u64,
     ) -> std::io::Result<Self> {
@@ -225,7 +229,7 @@ impl Wal {
     pub fn start_with_runway(
         dir: &Path,
         next_seq: u64,
-        tail: Option<(PathBuf, u64)>,
+        tail: Option<segment::Tail>,
         mode: SyncMode,
         segment_max_bytes: u64,
         runway: u32,
@@ -234,7 +238,8 @@ impl Wal {
             segment_max_bytes > segment::SEGMENT_HEADER_LEN,
             "segments hold records"
         );
-        std::fs::create_dir_all(dir)?;
+        // Private: its records hold every code's state and scan.
+        crate::datadir::ensure(dir)?;
         // Whole spares a previous run left are the runway's start; the rest are removed. A
         // log without a runway (a command such as `stile keys` opening a node's data) leaves
         // them as they are for the node's next start, and numbers its own after them.
@@ -253,11 +258,26 @@ impl Wal {
             0 => Default::default(),
             _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
         };
-        let (file, file_len) = match tail {
-            Some((path, len)) if len < segment_max_bytes => {
-                (std::fs::OpenOptions::new().write(true).open(path)?, len)
+        // A version 1 segment (no link) is closed rather than appended to, so that every
+        // segment written from now on is linked.
+        let (file, file_len, segment) = match tail {
+            Some(t) if t.len < segment_max_bytes && Self::is_linked(&t.path)? => {
+                let f = std::fs::OpenOptions::new().write(true).open(&t.path)?;
+                (f, t.len, t)
             }
-            _ => (segment::create(dir, next_seq)?, segment::SEGMENT_HEADER_LEN),
+            tail => {
+                let link = tail.as_ref().map_or(segment::Link::FIRST, |t| t.link());
+                let f = segment::create(dir, next_seq, &link)?;
+                let len = segment::SEGMENT_HEADER_LEN;
+                let path = segment::segment_path(dir, next_seq);
+                let t = segment::Tail {
+                    path,
+                    first_seq: next_seq,
+                    len,
+                    last_record: None,
+                };
+                (f, len, t)
+            }
         };
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
@@ -293,6 +313,8 @@ impl Wal {
             file,
             file_len,
             file_zeroed: file_len,
+            segment_first_seq: segment.first_seq,
+            segment_last_record: segment.last_record,
             spares,
             segment_max_bytes,
             pending: BTreeMap::new(),
@@ -310,6 +332,13 @@ impl Wal {
             writer: Mutex::new(Some(handle)),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Whether the segment at `path` has this version's header (with its link).
+    fn is_linked(path: &Path) -> std::io::Result<bool> {
+        let mut header = [0u8; 12];
+        File::open(path)?.read_exact_at(&mut header, 0)?;
+        Ok(segment::version_of(&header) == Some(segment::SEGMENT_VERSION))
     }
 
     /// The sync mode.
@@ -678,6 +707,9 @@ impl Writer {
             buf.clear();
             self.roll();
         }
+        if sub.records > 0 {
+            self.segment_last_record = segment::last_frame(&sub.bytes);
+        }
         buf.extend_from_slice(&sub.bytes);
         *records += sub.records;
         self.next = sub.first + sub.count;
@@ -717,15 +749,21 @@ impl Writer {
     fn roll(&mut self) {
         self.cut_zeros();
         self.sync();
+        let link = segment::Link {
+            prev_first_seq: self.segment_first_seq,
+            prev_len: self.file_len,
+            prev_last_seq: self.segment_last_record.map_or(u64::MAX, |r| r.0),
+            prev_last_sum: self.segment_last_record.map_or(u64::MAX, |r| r.1),
+        };
         let spare = self.spares.as_mut().and_then(|s| Some((s.take()?, s.len)));
         let (file, zeroed) = match spare {
             Some(((path, f), len)) => {
-                if let Err(e) = segment::adopt_spare(&self.dir, &path, self.next) {
-                    fatal("renaming the prepared log segment in", &self.dir, &e);
+                if let Err(e) = segment::adopt_spare(&self.dir, &path, &f, self.next, &link) {
+                    fatal("switching to the prepared log segment in", &self.dir, &e);
                 }
                 (f, len)
             }
-            None => match segment::create(&self.dir, self.next) {
+            None => match segment::create(&self.dir, self.next, &link) {
                 Ok(f) => (f, segment::SEGMENT_HEADER_LEN),
                 Err(e) => fatal("creating a log segment in", &self.dir, &e),
             },
@@ -733,6 +771,8 @@ impl Writer {
         self.file = file;
         self.file_len = segment::SEGMENT_HEADER_LEN;
         self.file_zeroed = zeroed;
+        self.segment_first_seq = self.next;
+        self.segment_last_record = None;
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
@@ -1535,7 +1575,11 @@ pub(crate) mod tests {
             .collect();
 
         // What a crash and other versions leave beside them.
-        let header = [&segment::SEGMENT_MAGIC[..], &1u32.to_le_bytes()].concat();
+        let header = [
+            &segment::SEGMENT_MAGIC[..],
+            &segment::SEGMENT_VERSION.to_le_bytes(),
+        ]
+        .concat();
         let junk = |name: &str, bytes: &[u8], size: u64| {
             let f = std::fs::File::create(dir.path().join(name)).unwrap();
             f.write_all_at(bytes, 0).unwrap();
@@ -1548,7 +1592,7 @@ pub(crate) mod tests {
 
         let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
         assert_eq!(end.next_seq, u64::from(serial));
-        let tail = end.segments.last().cloned();
+        let tail = end.tail.clone();
         let wal = Wal::start_with_runway(dir.path(), end.next_seq, tail, SyncMode::Always, seg, 2)
             .unwrap();
         // The two lowest kept, as they were; everything else gone.
@@ -1593,7 +1637,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seg = 64u64 << 10;
         let len = spare_len(seg);
-        let header = [&segment::SEGMENT_MAGIC[..], &1u32.to_le_bytes()].concat();
+        let header = [
+            &segment::SEGMENT_MAGIC[..],
+            &segment::SEGMENT_VERSION.to_le_bytes(),
+        ]
+        .concat();
         let mut kept = Vec::new();
         for n in [3, 5] {
             let path = segment::ready_spare_path(dir.path(), n);
@@ -1634,7 +1682,7 @@ pub(crate) mod tests {
 
         let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
         assert_eq!(end.next_seq, u64::from(serial));
-        let tail = end.segments.last().cloned();
+        let tail = end.tail.clone();
         Wal::start(dir.path(), end.next_seq, tail, SyncMode::None, seg)
             .unwrap()
             .close();
@@ -1664,5 +1712,176 @@ pub(crate) mod tests {
         wal.close();
         assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
         assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
+    }
+
+    /// A log of `n` records over several small segments, closed; returns its segments.
+    fn linked_log(dir: &Path, n: u32) -> Vec<(u64, PathBuf)> {
+        let wal = Wal::start(dir, 0, None, SyncMode::Always, 8 << 10).unwrap();
+        write_range(&wal, 0, n);
+        wal.close();
+        let segments = segment::list(dir).unwrap();
+        assert!(segments.len() >= 3, "{segments:?}");
+        segments
+    }
+
+    /// Writes records of tickets `from..to`, 50 at a time, each group durable.
+    fn write_range(wal: &Wal, from: u32, to: u32) {
+        for chunk in (from..to).collect::<Vec<_>>().chunks(50) {
+            let mut r = wal.reserve(chunk.len() as u64);
+            for &serial in chunk {
+                r.push(&state(serial));
+            }
+            r.submit().wait();
+        }
+    }
+
+    fn scan_all(dir: &Path) -> Result<segment::ScanEnd, segment::ScanError> {
+        segment::scan(dir, 0, |_, _| Ok(()))
+    }
+
+    /// Regression: the log's directory was 0755 and its segments 0644 under the usual umask,
+    /// so any local user could read every code's scans.
+    #[test]
+    fn the_log_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start_with_runway(&wal_dir, 0, None, SyncMode::Always, 8 << 10, 1).unwrap();
+        write_range(&wal, 0, 500);
+        wait_for_whole_spares(&wal_dir, 1);
+        wal.close();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&wal_dir), 0o700);
+        let files: Vec<PathBuf> = std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files.len() >= 3, "{files:?}");
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
+
+    /// Regression: a deleted middle segment was skipped and its records silently lost. Its
+    /// successor's link names it, so the scan refuses and says which one is missing.
+    #[test]
+    fn a_missing_middle_segment_refuses_the_log_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = linked_log(dir.path(), 1_000);
+        assert_eq!(scan_all(dir.path()).unwrap().records, 1_000);
+        let gone = &segments[1].1;
+        std::fs::remove_file(gone).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(matches!(err, segment::ScanError::Missing { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(gone.file_name().unwrap().to_str().unwrap()),
+            "{text}"
+        );
+        assert!(text.contains("is missing"), "{text}");
+    }
+
+    /// Regression: an older segment cut exactly at a record boundary looked whole. Its
+    /// successor's link records its length and last record, so the cut is found.
+    #[test]
+    fn an_older_segment_cut_at_a_record_boundary_refuses_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = linked_log(dir.path(), 1_000);
+        let victim = &segments[1].1;
+        let bytes = std::fs::read(victim).unwrap();
+        // Cut its last record off, exactly at the frame boundary before it.
+        let mut at = segment::SEGMENT_HEADER_LEN as usize;
+        let mut boundaries = vec![at];
+        while let Ok((_, _, len)) = Record::decode(&bytes[at..]) {
+            at += len;
+            boundaries.push(at);
+        }
+        let cut = boundaries[boundaries.len() - 2];
+        std::fs::write(victim, &bytes[..cut]).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(matches!(err, segment::ScanError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("cut short"), "{err}");
+
+        // The newest segment's tail is still the one place a cut is taken as torn.
+        std::fs::write(victim, &bytes).unwrap();
+        let newest = &segments.last().unwrap().1;
+        let bytes = std::fs::read(newest).unwrap();
+        let end = frames_end(&bytes);
+        std::fs::write(newest, &bytes[..end - 7]).unwrap();
+        let end = scan_all(dir.path()).unwrap();
+        assert_eq!(end.records, 999);
+        assert!(end.truncated_bytes > 0);
+    }
+
+    /// A segment switched to whose link never reached the disk (a crash between the rename
+    /// and the link's sync) holds no record: it is removed and the log goes on linked.
+    #[test]
+    fn a_newest_segment_without_its_link_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = linked_log(dir.path(), 500);
+        let (last_first, _) = *segments.last().unwrap();
+        // What the crash leaves: header, zeros where the link goes, zeros after.
+        let first = last_first + 10_000;
+        let path = segment::segment_path(dir.path(), first);
+        let mut bytes = segment::SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&segment::SEGMENT_VERSION.to_le_bytes());
+        bytes.resize(4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let end = scan_all(dir.path()).unwrap();
+        assert!(!path.exists(), "removed");
+        assert_eq!(end.records, 500);
+        let wal = Wal::start(
+            dir.path(),
+            end.next_seq,
+            end.tail,
+            SyncMode::Always,
+            8 << 10,
+        )
+        .unwrap();
+        write_range(&wal, 500, 1_500);
+        wal.close();
+        let end = scan_all(dir.path()).unwrap();
+        assert_eq!(end.records, 1_500);
+    }
+
+    /// Segments written before links existed (version 1) are read; the log goes on in
+    /// linked segments after them.
+    #[test]
+    fn unlinked_segments_of_the_first_format_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = segment::SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&segment::SEGMENT_VERSION_UNLINKED.to_le_bytes());
+        for i in 0..100 {
+            state(i).encode(u64::from(i), &mut bytes);
+        }
+        std::fs::write(segment::segment_path(dir.path(), 0), &bytes).unwrap();
+        let end = scan_all(dir.path()).unwrap();
+        assert_eq!((end.records, end.next_seq), (100, 100));
+        let wal = Wal::start(
+            dir.path(),
+            end.next_seq,
+            end.tail,
+            SyncMode::Always,
+            8 << 10,
+        )
+        .unwrap();
+        write_range(&wal, 100, 600);
+        wal.close();
+        let segments = segment::list(dir.path()).unwrap();
+        assert!(segments.len() >= 2);
+        let mut seen = 0u32;
+        segment::scan(dir.path(), 0, |seq, record| {
+            assert_eq!((seq, &record), (u64::from(seen), &state(seen)));
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 600);
+        // The first linked segment names the unlinked one: removing it is found.
+        std::fs::remove_file(&segments[0].1).unwrap();
+        assert!(matches!(
+            scan_all(dir.path()),
+            Err(segment::ScanError::Missing { .. })
+        ));
     }
 }

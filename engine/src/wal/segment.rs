@@ -1,22 +1,41 @@
 //! Log segments on disk: naming, the segment header, and the recovery scan.
 //!
 //! A segment is `wal/<first sequence number, 20 digits>.log`: an 8-byte magic `STILEWAL`, a
-//! little-endian `u32` format version (1), then frames back to back (see `record.rs`).
+//! little-endian `u32` format version (2), the segment's [`Link`] to its predecessor (40
+//! bytes), then frames back to back (see `record.rs`). Version 1 segments, written before
+//! links existed, have no link and their frames start at byte 12; they are still read.
 //! A segment may end in zeros: it was prepared ahead of need (see [`prepare_spare`]) and not
 //! yet filled. A frame's length is never zero, so readers stop there.
+//!
+//! **The chain.** Sequence numbers may have gaps (numbers reserved by scans that changed
+//! nothing), so consecutive segments' names cannot prove that none is missing between them.
+//! The link does: written (and synced) when a segment is switched to, before any record goes
+//! into it, it names the previous segment's first number, its length and its last record's
+//! number and checksum. Recovery checks every link against the segment before it, so a
+//! deleted segment, or an older one cut short (even at a record boundary), refuses to start
+//! instead of losing the records it held. Only the newest segment's tail may be cut as torn.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::record::Record;
 
 /// Segment magic.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"STILEWAL";
-/// Segment format version.
-pub const SEGMENT_VERSION: u32 = 1;
-/// Bytes of segment header.
-pub const SEGMENT_HEADER_LEN: u64 = 12;
+/// Segment format version: 2, with a [`Link`] in the header.
+pub const SEGMENT_VERSION: u32 = 2;
+/// The version of segments without a link (still read).
+pub const SEGMENT_VERSION_UNLINKED: u32 = 1;
+/// Bytes of magic and version.
+const MAGIC_VERSION_LEN: u64 = 12;
+/// Bytes of a [`Link`] as written.
+pub const LINK_LEN: u64 = 40;
+/// Bytes of segment header (magic, version, link): where a segment's frames start.
+pub const SEGMENT_HEADER_LEN: u64 = MAGIC_VERSION_LEN + LINK_LEN;
+/// Where the frames of a version 1 segment start.
+const SEGMENT_HEADER_LEN_UNLINKED: u64 = MAGIC_VERSION_LEN;
 /// A segment is closed and a new one started once it passes this size.
 pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
 
@@ -45,6 +64,17 @@ pub enum ScanError {
         /// What is wrong.
         reason: String,
     },
+    /// A segment is missing, or one before the newest was cut short: records are lost.
+    #[error(
+        "log incomplete at {path}: {reason}. Acknowledged changes would be lost, so the node \
+         refuses to start: put the missing segment back, or restore the data dir from a backup"
+    )]
+    Missing {
+        /// The segment whose link (or position) shows the loss.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// What a scan found.
@@ -54,6 +84,8 @@ pub struct ScanEnd {
     pub next_seq: u64,
     /// Segments in order, with the length of their good prefix.
     pub segments: Vec<(PathBuf, u64)>,
+    /// The last segment, what the log appends to (and the next segment's link names).
+    pub tail: Option<Tail>,
     /// Bytes cut off the last segment's torn tail, up to its last byte that is not zero
     /// (0 if none): what a crash left half written.
     pub truncated_bytes: u64,
@@ -61,6 +93,140 @@ pub struct ScanEnd {
     pub unwritten_bytes: u64,
     /// Records replayed.
     pub records: u64,
+}
+
+/// What a segment says of the one before it, written when it is switched to.
+///
+/// Layout (little endian): the previous segment's first sequence number (its name), its
+/// length in bytes, its last record's sequence number and that record's checksum, then
+/// xxh3-64 of those 32 bytes seeded with this segment's own first sequence number. A log's
+/// first segment names no predecessor: every field is `u64::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// The previous segment's first sequence number (`u64::MAX`: none).
+    pub prev_first_seq: u64,
+    /// The previous segment's length in bytes, header included.
+    pub prev_len: u64,
+    /// The sequence number of its last record.
+    pub prev_last_seq: u64,
+    /// That record's checksum (the frame's checksum field).
+    pub prev_last_sum: u64,
+}
+
+impl Link {
+    /// The link of a log's first segment.
+    pub const FIRST: Link = Link {
+        prev_first_seq: u64::MAX,
+        prev_len: u64::MAX,
+        prev_last_seq: u64::MAX,
+        prev_last_sum: u64::MAX,
+    };
+
+    /// Whether this names no predecessor.
+    pub fn is_first(&self) -> bool {
+        *self == Link::FIRST
+    }
+
+    /// The link's bytes in the header of the segment that starts at `first_seq`.
+    pub fn encode(&self, first_seq: u64) -> [u8; LINK_LEN as usize] {
+        let mut out = [0u8; LINK_LEN as usize];
+        for (i, v) in [
+            self.prev_first_seq,
+            self.prev_len,
+            self.prev_last_seq,
+            self.prev_last_sum,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&out[..32], first_seq);
+        out[32..].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// The link in `bytes` (a segment's header after magic and version), if its checksum
+    /// holds for a segment starting at `first_seq`.
+    pub fn decode(bytes: &[u8], first_seq: u64) -> Option<Link> {
+        let bytes = bytes.get(..LINK_LEN as usize)?;
+        let u = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes[..32], first_seq);
+        (sum == u(4)).then(|| Link {
+            prev_first_seq: u(0),
+            prev_len: u(1),
+            prev_last_seq: u(2),
+            prev_last_sum: u(3),
+        })
+    }
+}
+
+/// What the next segment's link names: a segment's first number, length and last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The segment.
+    pub path: PathBuf,
+    /// Its first sequence number (its name).
+    pub first_seq: u64,
+    /// Its good length in bytes, header included.
+    pub len: u64,
+    /// Its last record's sequence number and checksum, if it holds any.
+    pub last_record: Option<(u64, u64)>,
+}
+
+impl Tail {
+    /// The link a segment switched to after this one carries.
+    pub fn link(&self) -> Link {
+        let (prev_last_seq, prev_last_sum) = self.last_record.unwrap_or((u64::MAX, u64::MAX));
+        Link {
+            prev_first_seq: self.first_seq,
+            prev_len: self.len,
+            prev_last_seq,
+            prev_last_sum,
+        }
+    }
+}
+
+/// The sequence number and checksum of the last frame in `frames` (whole frames back to
+/// back, as a submission holds them).
+pub fn last_frame(frames: &[u8]) -> Option<(u64, u64)> {
+    let mut at = 0;
+    let mut last = None;
+    while at + super::record::FRAME_HEADER_LEN <= frames.len() {
+        let word = |i: usize| u64::from_le_bytes(frames[at + i..at + i + 8].try_into().expect("8"));
+        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes")) as usize;
+        last = Some((word(12), word(4)));
+        at += super::record::FRAME_HEADER_LEN + len;
+    }
+    debug_assert_eq!(at, frames.len(), "whole frames");
+    last
+}
+
+/// Writes `link` into the header of the segment `file` (starting at `first_seq`) and syncs
+/// it, so that the link is durable before any record of the segment is.
+pub fn write_link(file: &File, first_seq: u64, link: &Link) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&link.encode(first_seq), MAGIC_VERSION_LEN)?;
+    file.sync_data()
+}
+
+/// Where the frames of a segment with format `version` start (`None`: not a version read).
+pub fn frames_start(version: u32) -> Option<u64> {
+    match version {
+        SEGMENT_VERSION => Some(SEGMENT_HEADER_LEN),
+        SEGMENT_VERSION_UNLINKED => Some(SEGMENT_HEADER_LEN_UNLINKED),
+        _ => None,
+    }
+}
+
+/// The format version in a segment's first bytes, if they start with the magic.
+pub fn version_of(header: &[u8]) -> Option<u32> {
+    if header.len() < MAGIC_VERSION_LEN as usize || &header[..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    Some(u32::from_le_bytes(
+        header[8..12].try_into().expect("4 bytes"),
+    ))
 }
 
 /// The path of the segment whose first record has sequence `first_seq`.
@@ -205,10 +371,9 @@ fn is_whole_spare(path: &Path, len: u64) -> io::Result<bool> {
     {
         return Ok(false);
     }
-    let (header, zeros) = head.split_at(SEGMENT_HEADER_LEN as usize);
-    Ok(header[..SEGMENT_MAGIC.len()] == *SEGMENT_MAGIC
-        && header[SEGMENT_MAGIC.len()..] == SEGMENT_VERSION.to_le_bytes()
-        && zeros.iter().chain(&tail).all(|&b| b == 0))
+    // The link is written when the spare is switched to: zeros until then.
+    let (header, zeros) = head.split_at(MAGIC_VERSION_LEN as usize);
+    Ok(version_of(header) == Some(SEGMENT_VERSION) && zeros.iter().chain(&tail).all(|&b| b == 0))
 }
 
 /// Prepares a segment ahead of need at `path`: a segment header followed by zeros up to
@@ -226,11 +391,16 @@ pub fn prepare_spare(
     mut pace: impl FnMut(),
 ) -> io::Result<Option<File>> {
     // A new name each time: never a file anyone else holds.
-    let mut f = OpenOptions::new().create_new(true).write(true).open(path)?;
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(SEGMENT_MAGIC)?;
     f.write_all(&SEGMENT_VERSION.to_le_bytes())?;
     let zeros = vec![0u8; SPARE_STEP];
-    let mut at = SEGMENT_HEADER_LEN;
+    // The link's room stays zeros until the spare is switched to.
+    let mut at = MAGIC_VERSION_LEN;
     while at < len {
         if stop() {
             drop(f);
@@ -250,22 +420,35 @@ pub fn prepare_spare(
     Ok(Some(f))
 }
 
-/// Makes the spare at `spare` the segment whose first record is `first_seq`, durably.
-pub fn adopt_spare(dir: &Path, spare: &Path, first_seq: u64) -> io::Result<()> {
+/// Makes the spare at `spare` (open as `file`) the segment whose first record is
+/// `first_seq`, durably, with `link` to the segment before it.
+pub fn adopt_spare(
+    dir: &Path,
+    spare: &Path,
+    file: &File,
+    first_seq: u64,
+    link: &Link,
+) -> io::Result<()> {
     fs::rename(spare, segment_path(dir, first_seq))?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    // A crash before this sync leaves a newest segment with no link and no records, which
+    // recovery removes.
+    write_link(file, first_seq, link)
 }
 
-/// Creates a segment file with its header and fsyncs it and the directory.
-pub fn create(dir: &Path, first_seq: u64) -> io::Result<File> {
+/// Creates a segment file with its header (and `link` to the segment before it) and fsyncs
+/// it and the directory.
+pub fn create(dir: &Path, first_seq: u64, link: &Link) -> io::Result<File> {
     let path = segment_path(dir, first_seq);
     let mut f = OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(&path)?;
     let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
     header.extend_from_slice(SEGMENT_MAGIC);
     header.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    header.extend_from_slice(&link.encode(first_seq));
     f.write_all(&header)?;
     f.sync_all()?;
     File::open(dir)?.sync_all()?;
@@ -273,8 +456,11 @@ pub fn create(dir: &Path, first_seq: u64) -> io::Result<File> {
 }
 
 /// Reads every segment, calling `apply` for each good record numbered `from_seq` or later,
-/// in order (earlier ones are checked and skipped: a snapshot holds them). A damaged final record of the last segment (a torn write) is cut off the file; any
-/// other damage is [`ScanError::Corrupt`], naming file and offset.
+/// in order (earlier ones are checked and skipped: a snapshot holds them). Every segment's
+/// link must name the segment before it (see the module's doc): a missing or shortened
+/// segment is [`ScanError::Missing`]. A damaged final record of the last segment (a torn
+/// write) is cut off the file; any other damage is [`ScanError::Corrupt`], naming file and
+/// offset.
 pub fn scan(
     dir: &Path,
     from_seq: u64,
@@ -284,20 +470,9 @@ pub fn scan(
         path: dir.to_path_buf(),
         source,
     })?;
-    if let Some((first, path)) = segments.first() {
-        if *first > from_seq {
-            return Err(ScanError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!(
-                    "the log starts at record {first} but recovery needs it from record {from_seq}: \
-                     the records between were dropped after a snapshot that is now missing or damaged"
-                ),
-            });
-        }
-    }
     let mut next_seq = 0;
     let mut good = Vec::new();
+    let mut tail: Option<Tail> = None;
     let mut truncated_bytes = 0;
     let mut unwritten_bytes = 0;
     let mut records = 0;
@@ -317,22 +492,52 @@ pub fn scan(
             offset: offset as u64,
             reason,
         };
-        if bytes.len() < SEGMENT_HEADER_LEN as usize && last {
-            // Created but its header never reached the disk: start it again.
-            truncated_bytes += bytes.len() as u64;
-            fs::remove_file(&path).map_err(io)?;
-            continue;
-        }
-        if &bytes[..8.min(bytes.len())] != SEGMENT_MAGIC
-            || bytes.len() < SEGMENT_HEADER_LEN as usize
-            || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != SEGMENT_VERSION
+        let version = version_of(&bytes);
+        let start = version.and_then(frames_start);
+        let link = match version {
+            Some(SEGMENT_VERSION) => Link::decode(&bytes[MAGIC_VERSION_LEN as usize..], first),
+            _ => None,
+        };
+        let unlinked = version == Some(SEGMENT_VERSION_UNLINKED);
+        if last && (start.is_none_or(|s| bytes.len() < s as usize) || (link.is_none() && !unlinked))
         {
+            // The newest segment, created or switched to, but its header never reached the
+            // disk whole: a crash came before any record could go into it. Start it again,
+            // provided it holds no record.
+            let at = MAGIC_VERSION_LEN.min(bytes.len() as u64) as usize;
+            if bytes[at..].iter().all(|&b| b == 0) || bytes.len() < MAGIC_VERSION_LEN as usize {
+                truncated_bytes += bytes.len() as u64;
+                fs::remove_file(&path).map_err(io)?;
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                continue;
+            }
+        }
+        let Some(start) = start.filter(|s| bytes.len() >= *s as usize) else {
             return Err(corrupt(
                 0,
                 "not a stile log segment (bad magic or version)".into(),
             ));
+        };
+        if !unlinked {
+            let Some(link) = link else {
+                return Err(corrupt(
+                    MAGIC_VERSION_LEN as usize,
+                    "the segment's link to the segment before it is damaged".into(),
+                ));
+            };
+            check_link(dir, &path, first, &link, tail.as_ref(), from_seq)?;
+        } else if tail.is_none() && first > from_seq {
+            return Err(ScanError::Missing {
+                path: path.clone(),
+                reason: format!(
+                    "the log starts at record {first} but recovery needs it from record \
+                     {from_seq}: the records between were dropped after a snapshot that is \
+                     now missing or damaged"
+                ),
+            });
         }
-        let mut at = SEGMENT_HEADER_LEN as usize;
+        let mut last_record = None;
+        let mut at = start as usize;
         while at < bytes.len() {
             match Record::decode(&bytes[at..]) {
                 Ok((record, seq, len)) => {
@@ -346,6 +551,8 @@ pub fn scan(
                         apply(seq, record).map_err(|reason| corrupt(at, reason))?;
                         records += 1;
                     }
+                    let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
+                    last_record = Some((seq, sum));
                     next_seq = seq + 1;
                     at += len;
                 }
@@ -367,15 +574,90 @@ pub fn scan(
                 }
             }
         }
-        good.push((path, bytes.len() as u64));
+        // Numbers below a segment's name were reserved before it was switched to: a later
+        // segment's records all come after.
+        next_seq = next_seq.max(first);
+        good.push((path.clone(), bytes.len() as u64));
+        tail = Some(Tail {
+            path,
+            first_seq: first,
+            len: bytes.len() as u64,
+            last_record,
+        });
     }
     Ok(ScanEnd {
         next_seq: next_seq.max(from_seq),
         segments: good,
+        tail,
         truncated_bytes,
         unwritten_bytes,
         records,
     })
+}
+
+/// Checks that the link of the segment at `path` (starting at `first`) names `prev`, the
+/// segment read before it; or, for the first segment read, that the segments it names as
+/// missing held only records below `from_seq` (dropped after a snapshot).
+fn check_link(
+    dir: &Path,
+    path: &Path,
+    first: u64,
+    link: &Link,
+    prev: Option<&Tail>,
+    from_seq: u64,
+) -> Result<(), ScanError> {
+    let missing = |reason: String| ScanError::Missing {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let named = || {
+        format!(
+            "{} ({} bytes, last record {})",
+            segment_path(dir, link.prev_first_seq).display(),
+            link.prev_len,
+            link.prev_last_seq
+        )
+    };
+    match prev {
+        Some(prev) if link.is_first() => Err(missing(format!(
+            "it says it is the log's first segment, but {} comes before it",
+            prev.path.display()
+        ))),
+        Some(prev) if prev.link() == *link => Ok(()),
+        Some(prev) if prev.first_seq == link.prev_first_seq => {
+            let (seq, _) = prev.last_record.unwrap_or((u64::MAX, 0));
+            Err(missing(format!(
+                "the segment before it, {}, should be {} bytes long and end with record {}, but \
+                 is {} bytes long and ends with record {}: it was cut short or replaced, and \
+                 the records it lost are gone",
+                prev.path.display(),
+                link.prev_len,
+                link.prev_last_seq,
+                prev.len,
+                if seq == u64::MAX {
+                    "none".to_string()
+                } else {
+                    seq.to_string()
+                },
+            )))
+        }
+        Some(_) => Err(missing(format!(
+            "the segment before it, {}, is missing: the records it held are gone",
+            named()
+        ))),
+        None if link.is_first() && first <= from_seq => Ok(()),
+        None if !link.is_first() && link.prev_last_seq < from_seq => Ok(()),
+        None if link.is_first() => Err(missing(format!(
+            "the log starts at record {first} but recovery needs it from record {from_seq}: \
+             the records between were dropped after a snapshot that is now missing or damaged"
+        ))),
+        None => Err(missing(format!(
+            "the segment before it, {}, is missing, and no snapshot holds its records (recovery \
+             starts at record {from_seq}): they were dropped after a snapshot that is now \
+             missing or damaged, or the segment was deleted",
+            named()
+        ))),
+    }
 }
 
 /// How far past a damaged record the scan looks for a later good one.

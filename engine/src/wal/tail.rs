@@ -13,7 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::record::{DecodeError, Record};
-use super::segment::{list, SEGMENT_HEADER_LEN};
+use super::segment::{frames_start, list, version_of};
 
 /// Why a tail cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,16 @@ impl LogTail {
             source,
         };
         let mut file = File::open(&path).map_err(io)?;
-        file.seek(SeekFrom::Start(SEGMENT_HEADER_LEN)).map_err(io)?;
+        let mut header = [0u8; 12];
+        file.read_exact(&mut header).map_err(io)?;
+        let start =
+            version_of(&header)
+                .and_then(frames_start)
+                .ok_or_else(|| TailError::Damaged {
+                    path: path.clone(),
+                    reason: "not a stile log segment (bad magic or version)".into(),
+                })?;
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
         self.buf.clear();
         self.pos = 0;
         self.open = Some(Open {
