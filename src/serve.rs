@@ -47,6 +47,12 @@ struct NodeTuning {
     /// them for its next start. 1 to 64.
     #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
     log_runway: u32,
+    /// Start even though the newest time in the log or snapshot is more than five minutes
+    /// ahead of this machine's clock: only when you know the log's times came from a clock
+    /// that was ahead (the node's time then starts at the clock's). Without it such a start
+    /// is refused, since a clock that is behind would admit tickets again.
+    #[arg(long)]
+    accept_clock_behind_log: bool,
 }
 
 /// Arguments of `stile up`.
@@ -221,6 +227,7 @@ fn run_node(
     let config = EngineConfig {
         sync,
         log_runway: listen.tuning.log_runway,
+        accept_clock_behind_log: listen.tuning.accept_clock_behind_log,
         ..EngineConfig::default()
     };
     let engine = Engine::open(data, config, Arc::new(SystemClock))

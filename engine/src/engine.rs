@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use stile_protocol::{CodeBytes, CodeError, CodeFormat, Outcome};
 use xxhash_rust::xxh3::Xxh3Builder;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MonotonicNow};
 use crate::datadir;
 use crate::error::OpenError;
 use crate::index::{Partition, Slot};
@@ -18,7 +18,7 @@ use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
 use crate::scans::{ScanKey, ScanMemory};
 use crate::wal::record::ScanTrace;
 use crate::wal::{Record, Reservation, SyncMode, Wal};
-use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
+use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op, Word};
 
 /// Default time step of rotating codes.
 pub const ROTATION_STEP_DEFAULT_S: u32 = 30;
@@ -42,7 +42,17 @@ pub struct EngineConfig {
     /// `stile node` does ([`crate::wal::RUNWAY_DEFAULT`]); 0 (the default): one at a time,
     /// once the log holds a megabyte. None with `SyncMode::None`.
     pub log_runway: u32,
+    /// Open even though the newest time in the log or snapshot is more than
+    /// [`CLOCK_BEHIND_LOG_MAX_S`] ahead of the clock (`--accept-clock-behind-log`: the
+    /// operator knows the log's times are wrong, from a clock that was ahead); the engine's
+    /// time then starts at the clock's.
+    pub accept_clock_behind_log: bool,
 }
+
+/// How far the newest time in the log or snapshot may be ahead of the clock at start: the
+/// engine's time starts there and stands still until the clock catches up. Beyond it the
+/// clock (or the log) is wrong, and opening refuses rather than judge every ticket by it.
+pub const CLOCK_BEHIND_LOG_MAX_S: u64 = 300;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -53,6 +63,7 @@ impl Default for EngineConfig {
             sync: SyncMode::Always,
             segment_max_bytes: crate::wal::segment::SEGMENT_MAX_BYTES,
             log_runway: 0,
+            accept_clock_behind_log: false,
         }
     }
 }
@@ -131,7 +142,7 @@ pub struct Engine {
     /// Recent state-changing scans per gate, for retries.
     pub(crate) scans: ScanMemory,
     /// Where time comes from.
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: MonotonicNow,
     /// Rotating code time step, seconds.
     pub(crate) rotation_step_s: u32,
     /// The write-ahead log (`None`: an in-memory engine).
@@ -140,7 +151,7 @@ pub struct Engine {
     pub(crate) recovered: Recovered,
     /// The data dir's lock (`None`: an in-memory engine). Last, so that it is let go only
     /// after the log has closed.
-    pub(crate) _lock: Option<std::fs::File>,
+    pub(crate) _lock: Option<datadir::DirLock>,
 }
 
 /// What opening a data dir found in its log.
@@ -193,6 +204,7 @@ impl Engine {
                 "rotation step must be at least one second".into(),
             ));
         }
+        check_clock_range(clock.now_unix_s())?;
         let top = *config.partitions.iter().max().expect("non-empty") as usize;
         let mut partitions: Vec<Option<Partition>> = (0..=top).map(|_| None).collect();
         for &p in &config.partitions {
@@ -205,7 +217,7 @@ impl Engine {
             imported: DashMap::with_hasher(Xxh3Builder::new()),
             successors: Default::default(),
             scans: ScanMemory::default(),
-            clock,
+            clock: MonotonicNow::new(clock, 0),
             rotation_step_s: config.rotation_step_s,
             wal: None,
             recovered: Recovered::default(),
@@ -239,11 +251,13 @@ impl Engine {
         let keys = KeyRing::open(dir, has_state)?;
         let (sync, segment_max_bytes, runway) =
             (config.sync, config.segment_max_bytes, config.log_runway);
+        let accept_clock_behind_log = config.accept_clock_behind_log;
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
         let from_seq = crate::snapshot::load_newest(&engine, dir)?;
         let end = crate::recovery::replay(&engine, &wal_dir, from_seq)?;
-        let tail = end.segments.last().cloned();
+        engine.start_clock(accept_clock_behind_log)?;
+        let tail = end.tail.clone();
         let wal = Wal::start_with_runway(
             &wal_dir,
             end.next_seq,
@@ -264,6 +278,59 @@ impl Engine {
             unwritten_bytes: end.unwritten_bytes,
         };
         Ok(engine)
+    }
+
+    /// Starts the engine's time at the newest time the recovered state holds, or refuses
+    /// when that is more than [`CLOCK_BEHIND_LOG_MAX_S`] ahead of the clock (unless
+    /// `accept_behind`: then at the clock's).
+    fn start_clock(&mut self, accept_behind: bool) -> Result<(), OpenError> {
+        let wall = self.clock.wall_unix_s();
+        let newest = self.newest_time_unix_s();
+        let ahead = newest.saturating_sub(wall);
+        if ahead > CLOCK_BEHIND_LOG_MAX_S && !accept_behind {
+            return Err(OpenError::Clock(format!(
+                "the data dir holds a change made at {} (Unix {newest}), {ahead} s after this \
+                 machine's clock says it is now ({wall}). Either the clock is behind (fix it: \
+                 judged by it, tickets would be admitted again inside their undo windows and \
+                 passes) or the log's times came from a clock that was ahead; if you know it \
+                 was the log, start with --accept-clock-behind-log",
+                stile_protocol::outcome::format_unix_s(newest),
+            )));
+        }
+        let floor = if ahead > CLOCK_BEHIND_LOG_MAX_S {
+            wall
+        } else {
+            newest.max(wall)
+        };
+        self.clock = MonotonicNow::new(self.clock.inner(), floor);
+        Ok(())
+    }
+
+    /// The newest time any ticket's state records (its last event or first scan), Unix
+    /// seconds; 0 with no tickets.
+    fn newest_time_unix_s(&self) -> u64 {
+        let mut newest_e = 0u32;
+        for part in self.partitions.iter().flatten() {
+            for serial in 0..part.minted_serials() {
+                let Some(slot) = part.slot(serial as u32) else {
+                    break;
+                };
+                let w = Word::unpack(slot.word.load(std::sync::atomic::Ordering::Relaxed));
+                let f = slot.first_scan_e.load(std::sync::atomic::Ordering::Relaxed);
+                newest_e = newest_e.max(w.time_e).max(f);
+            }
+        }
+        if newest_e == 0 {
+            0
+        } else {
+            from_epoch_s(newest_e)
+        }
+    }
+
+    /// Times the clock stepped back while the engine ran, and how far it is behind the
+    /// engine's time now (seconds): the engine holds its time still meanwhile.
+    pub fn clock_steps_back(&self) -> (u64, u64) {
+        (self.clock.steps_back(), self.clock.held_s())
     }
 
     /// What opening found in the log.
@@ -557,7 +624,37 @@ impl Engine {
             if let Some(k) = &scan {
                 self.scans.remember(k, op, &applied.outcome);
             }
+            if op == Op::Undo {
+                // A retry of the admit just annulled is told so, never `admitted` again.
+                self.scans.annul_admit(
+                    gate.id,
+                    at.loc.partition,
+                    at.loc.serial,
+                    old.entries,
+                    &applied.outcome,
+                );
+            }
         }
         applied
     }
+}
+
+/// Refuses a clock the engine's 32-bit times cannot hold: before the engine's epoch (times
+/// would clamp, and a one-hour pass would be valid for years) or past its last second (a
+/// pass would expire at once).
+fn check_clock_range(now_unix_s: u64) -> Result<(), OpenError> {
+    let (first, last) = (
+        stile_protocol::ENGINE_EPOCH_UNIX_S,
+        from_epoch_s(crate::word::TIME_MAX_EPOCH_S),
+    );
+    if now_unix_s < first || now_unix_s > last {
+        return Err(OpenError::Clock(format!(
+            "this machine's clock says {} (Unix {now_unix_s}), outside the times stile records \
+             ({} to {}): set the clock right before starting",
+            stile_protocol::outcome::format_unix_s(now_unix_s),
+            stile_protocol::outcome::format_unix_s(first),
+            stile_protocol::outcome::format_unix_s(last),
+        )));
+    }
+    Ok(())
 }

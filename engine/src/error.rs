@@ -33,6 +33,9 @@ pub enum OpenError {
     /// The key ring could not be loaded or made.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The clock is outside what the engine records, or behind the data dir's newest time.
+    #[error("clock: {0}")]
+    Clock(String),
     /// The configuration is unusable.
     #[error("bad engine configuration: {0}")]
     Config(String),

@@ -127,7 +127,11 @@ pub const KEY_ID_MAX: u8 = 255;
 /// Domain separation for the per-ticket keys of rotating codes.
 const ROTATING_KEY_LABEL: &[u8] = b"stile/rotating-ticket-key/v1";
 /// First line of the ring file.
-const RING_HEADER: &str = "# stile key ring v1: id status secret-hex; keep this file secret";
+const RING_HEADER: &str = "# stile key ring v2: id status secret-hex; keep this file secret";
+/// The last line's start in a v2 ring: then the SHA-256 of every line before it, in hex. A
+/// flipped digit in a secret (the file's lines are plain text an operator may open) would
+/// otherwise turn every ticket of that key into `forged` without a word.
+const RING_CHECKSUM_PREFIX: &str = "# sha256 ";
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +351,11 @@ impl KeyRing {
             path: ring_path.to_path_buf(),
             source,
         })?;
+        let legacy = check_ring_sum(&text).map_err(|reason| KeyError::Malformed {
+            path: ring_path.to_path_buf(),
+            line: 0,
+            reason,
+        })?;
         let ring = KeyRing::empty(Some(ring_path.to_path_buf()));
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -378,7 +387,23 @@ impl KeyRing {
             ring.insert(id, status, secret);
         }
         ring.check_one_active(ring_path)?;
+        if legacy {
+            // From now on the ring carries its checksum.
+            ring.persist()?;
+        }
         Ok(ring)
+    }
+
+    /// The ring file, when persisted.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether key `id` is in the ring with exactly `secret`.
+    pub(crate) fn holds_secret(&self, id: u8, secret: &[u8; KEY_LEN]) -> bool {
+        self.entries[id as usize]
+            .get()
+            .is_some_and(|e| bool::from(e.secret.ct_eq(secret)))
     }
 
     fn check_one_active(&self, path: &Path) -> Result<(), KeyError> {
@@ -484,6 +509,8 @@ impl KeyRing {
                 .secret;
             text.push_str(&format!("{id} {} {}\n", status.name(), to_hex(secret)));
         }
+        let sum = to_hex(&Sha256::digest(text.as_bytes()));
+        text.push_str(&format!("{RING_CHECKSUM_PREFIX}{sum}\n"));
         let tmp = path.with_extension("tmp");
         crate::datadir::write_private_synced(&tmp, &[text.as_bytes()]).map_err(io(&tmp))?;
         crate::datadir::rename_synced(&tmp, path).map_err(io(path))
@@ -598,6 +625,32 @@ fn check_mode(path: &Path, want: u32) -> Result<(), KeyError> {
         });
     }
     Ok(())
+}
+
+/// Checks a ring file's checksum line (its last): `Ok(true)` for a ring without this
+/// version's first line (one of the first version, or written by hand), which has none; an
+/// error saying what is wrong otherwise.
+fn check_ring_sum(text: &str) -> Result<bool, String> {
+    if text.lines().next().map(str::trim) != Some(RING_HEADER) {
+        return Ok(true);
+    }
+    let body_end = text.trim_end_matches('\n').rfind('\n').map_or(0, |i| i + 1);
+    let last = text[body_end..].trim();
+    let Some(want) = last.strip_prefix(RING_CHECKSUM_PREFIX) else {
+        return Err(format!(
+            "the ring's last line must be its checksum ({RING_CHECKSUM_PREFIX}…): the file \
+             is cut short or was edited; restore it from a backup"
+        ));
+    };
+    let have = to_hex(&Sha256::digest(&text.as_bytes()[..body_end]));
+    if !bool::from(have.as_bytes().ct_eq(want.trim().as_bytes())) {
+        return Err(
+            "the ring does not match its checksum: a secret or status was changed or damaged; \
+             restore the file from a backup (stile will not guess which key is right)"
+                .into(),
+        );
+    }
+    Ok(false)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -778,5 +831,57 @@ mod tests {
             err.to_string().contains("exactly one key must be active"),
             "{err}"
         );
+    }
+
+    /// Regression: one changed hex digit of a secret was accepted silently, and every
+    /// ticket of that key then answered `forged`. The ring's checksum refuses it, naming
+    /// the file; the line format operators read stays `id status secret-hex`.
+    #[test]
+    fn a_changed_digit_in_the_ring_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::open(dir.path(), false).unwrap();
+        let ring = dir.path().join("keys/ring");
+        let text = fs::read_to_string(&ring).unwrap();
+        let key_line = text.lines().find(|l| !l.starts_with('#')).unwrap();
+        let fields: Vec<&str> = key_line.split(' ').collect();
+        assert_eq!(fields[..2], ["1", "active"]);
+        assert_eq!(fields[2].len(), 64);
+        let first = fields[2].as_bytes()[0];
+        let changed = if first == b'0' { '1' } else { '0' };
+        let bad = text.replacen(fields[2], &format!("{changed}{}", &fields[2][1..]), 1);
+        fs::write(&ring, &bad).unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        assert!(err.contains(ring.to_str().unwrap()), "{err}");
+        // Cut short (the checksum line lost): refused too.
+        let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        fs::write(&ring, cut).unwrap();
+        assert!(KeyRing::open(dir.path(), true).is_err());
+        // Put back: opens.
+        fs::write(&ring, &text).unwrap();
+        KeyRing::open(dir.path(), true).unwrap();
+    }
+
+    /// A ring without a checksum (the first version's, or one written by hand) is read and
+    /// rewritten with one.
+    #[test]
+    fn a_ring_without_a_checksum_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::open(dir.path(), false).unwrap();
+        let ring = dir.path().join("keys/ring");
+        let secret = "ab".repeat(32);
+        fs::write(&ring, format!("# stile key ring v1\n1 active {secret}\n")).unwrap();
+        let keys = KeyRing::open(dir.path(), true).unwrap();
+        assert_eq!(keys.list(), vec![(1, KeyStatus::Active)]);
+        let text = fs::read_to_string(&ring).unwrap();
+        assert!(text.contains(&format!("1 active {secret}\n")), "{text}");
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .starts_with(RING_CHECKSUM_PREFIX),
+            "{text}"
+        );
+        KeyRing::open(dir.path(), true).unwrap();
     }
 }

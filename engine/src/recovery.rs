@@ -17,6 +17,7 @@ use crate::scans::ScanKey;
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::Record;
 use crate::word::{Op, Word};
+use stile_protocol::OutcomeKind;
 
 /// Replays every record from `from_seq` on; returns where the log ends.
 pub(crate) fn replay(engine: &Engine, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
@@ -46,7 +47,13 @@ fn apply(engine: &Engine, record: Record) -> Result<(), String> {
                 // The answer that scan got, for a retry that arrives after the restart.
                 let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
                 let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
-                engine.scans.remember(&key, op, &crate::scans::unpack(t.answer));
+                let answer = crate::scans::unpack(t.answer);
+                engine.scans.remember(&key, op, &answer);
+                if op == Op::Undo && answer.kind == OutcomeKind::Undone {
+                    // As the undo did when it ran: the annulled admit counted one more entry.
+                    let entries = Word::unpack(word).entries.saturating_add(1);
+                    engine.scans.annul_admit(t.gate, partition, serial, entries, &answer);
+                }
             }
             Ok(())
         }

@@ -163,6 +163,46 @@ impl ScanMemory {
     }
 }
 
+impl ScanMemory {
+    /// Rewrites the answer remembered for `gate`'s admit of a ticket that an undo annulled
+    /// (the admit that counted its `entries`th entry) to `answer`, the undo's: a retry of
+    /// that admit must not open a gate again for an entry that no longer stands, and is
+    /// told what happened to it. A gate's scans are looked through (an undo is rare).
+    pub fn annul_admit(
+        &self,
+        gate: u16,
+        partition: u16,
+        serial: u32,
+        entries: u8,
+        answer: &Outcome,
+    ) {
+        let Some(table) = self.table(gate) else {
+            return;
+        };
+        let key = ScanKey {
+            gate,
+            scan_id: 0,
+            partition,
+            serial,
+        };
+        let ticket = ticket_key(&key, Op::Entry);
+        for entry in &table.entries {
+            let scan = entry.scan.load(Ordering::Acquire);
+            if scan == 0 || entry.ticket.load(Ordering::Acquire) != ticket {
+                continue;
+            }
+            let old = unpack(entry.answer.load(Ordering::Acquire));
+            if old.kind != OutcomeKind::Admitted || old.entries != entries {
+                continue;
+            }
+            // The same order as `remember`: a reader sees the old answer or the new one.
+            entry.scan.store(0, Ordering::Release);
+            entry.answer.store(pack(answer), Ordering::Release);
+            entry.scan.store(scan, Ordering::Release);
+        }
+    }
+}
+
 impl Drop for ScanMemory {
     fn drop(&mut self) {
         for g in self.gates.iter() {

@@ -686,10 +686,26 @@ fn restore(
         };
         engine.policies.restore(PolicyId(id as u32), policy)?;
     }
-    for (id, status, _) in &data.keys {
+    let ring = || {
+        engine
+            .keys
+            .path()
+            .map_or("the key ring".to_string(), |p| p.display().to_string())
+    };
+    for (id, status, secret) in &data.keys {
         if engine.keys.status_of(*id) == KeyStatus::Absent {
             return Err(format!(
-                "holds key {id} (status {status}), which the key ring lacks"
+                "holds key {id} (status {status}), which the key ring {} lacks",
+                ring()
+            ));
+        }
+        // A key's secret never changes: one that differs is a damaged ring, and every
+        // ticket of that key would read as forged.
+        if !engine.keys.holds_secret(*id, secret) {
+            return Err(format!(
+                "holds key {id} with another secret than the key ring {} has: the ring file \
+                 is damaged or from another deployment; restore it from a backup",
+                ring()
             ));
         }
     }

@@ -465,3 +465,184 @@ fn a_retried_scan_gets_its_original_answer_after_a_reopen() {
     // A scan that changed nothing is decided afresh, as before the reopen.
     assert_eq!(e.exit(&G1, 42, &Presented::Code(fresh[1])), exit);
 }
+
+/// Regression: a ring whose secret differed from the one the snapshot holds (damaged, or
+/// copied from another deployment with its own checksum) was accepted, and every ticket
+/// then read as `forged`. The engine refuses to open, naming the ring file.
+#[test]
+fn a_ring_whose_secret_differs_from_the_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        crate::support::mint(&e, Policy::simple(1), 3);
+        e.snapshot().unwrap();
+    }
+    // Another deployment's ring, whole and with a good checksum.
+    let other = tempfile::tempdir().unwrap();
+    drop(open(other.path(), SyncMode::Always, &clock).unwrap());
+    let ring = dir.path().join("keys/ring");
+    std::fs::copy(other.path().join("keys/ring"), &ring).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another secret"), "{err}");
+    assert!(err.contains(ring.to_str().unwrap()), "{err}");
+}
+
+/// Regression: gate 2 admitted T (scan 100) and undid it, gate 4 admitted T, and gate 2's
+/// resend of scan 100 answered `admitted` again: two gates opened for one recorded entry.
+/// The retry is told the admit was undone, before and after a reopen.
+#[test]
+fn a_retried_admit_that_was_undone_answers_undone_not_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let g2 = Gate::new(2, 1);
+    let g4 = Gate::new(4, 1);
+    let code = {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let code = crate::support::mint(&e, Policy::simple(1), 1).1[0];
+        let scan = |gate, scan_id| CheckinRequest {
+            gate,
+            scan_id,
+            code,
+        };
+        assert_eq!(e.checkin(&scan(g2, 100)).kind, OutcomeKind::Admitted);
+        assert_eq!(
+            e.undo(&g2, 101, &Presented::Code(code)).kind,
+            OutcomeKind::Undone
+        );
+        assert_eq!(e.checkin(&scan(g4, 7)).kind, OutcomeKind::Admitted);
+        let retry = e.checkin(&scan(g2, 100));
+        assert_eq!(
+            (retry.kind, retry.gate),
+            (OutcomeKind::Undone, 2),
+            "{retry:?}"
+        );
+        // The undo's own retry still gets its answer.
+        assert_eq!(
+            e.undo(&g2, 101, &Presented::Code(code)).kind,
+            OutcomeKind::Undone
+        );
+        code
+    };
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let retry = e.checkin(&CheckinRequest {
+        gate: g2,
+        scan_id: 100,
+        code,
+    });
+    assert_eq!(retry.kind, OutcomeKind::Undone, "after a reopen: {retry:?}");
+    let again = e.checkin(&CheckinRequest {
+        gate: g2,
+        scan_id: 102,
+        code,
+    });
+    assert_eq!((again.kind, again.gate), (OutcomeKind::AlreadyUsed, 4));
+}
+
+/// Regression: a clock before the engine's epoch clamped (a one-hour pass became valid for
+/// years) and one past its last second expired passes at once. Opening refuses both.
+#[test]
+fn a_clock_outside_the_engines_times_refuses_to_open() {
+    for bad in [
+        stile_protocol::ENGINE_EPOCH_UNIX_S - 1,
+        stile_protocol::ENGINE_EPOCH_UNIX_S + (1 << 31),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(bad));
+        let err = open(dir.path(), SyncMode::Always, &clock)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set the clock right"), "{err}");
+        assert!(!dir.path().join("wal").exists(), "nothing written");
+    }
+}
+
+/// Regression: a clock stepped forward a day and back let a 60 s pass, counted from its
+/// first scan, admit again. The engine's time never goes back: it stands still.
+#[test]
+fn a_clock_stepped_forward_and_back_lets_no_expired_pass_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let pass = Policy {
+        validity: Validity {
+            duration_from_first_scan_s: Some(60),
+            ..Validity::ALWAYS
+        },
+        entry: EntryRule::pairs(0),
+        ..Policy::simple(1)
+    };
+    let code = crate::support::mint(&e, pass, 1).1[0];
+    let scan = |scan_id| CheckinRequest {
+        gate: G1,
+        scan_id,
+        code,
+    };
+    assert_eq!(e.checkin(&scan(1)).kind, OutcomeKind::Admitted);
+    assert_eq!(
+        e.exit(&G1, 2, &Presented::Code(code)).kind,
+        OutcomeKind::Exited
+    );
+    clock.advance(86_400);
+    assert_eq!(e.checkin(&scan(3)).kind, OutcomeKind::Expired);
+    clock.set(T0 + 10);
+    assert_eq!(
+        e.checkin(&scan(4)).kind,
+        OutcomeKind::Expired,
+        "time stood still"
+    );
+    assert_eq!(e.clock_steps_back(), (1, 86_400 - 10));
+}
+
+/// A log whose newest time is hours ahead of the clock refuses to open (judged by that
+/// clock, tickets would be admitted again), unless the operator says the log is wrong;
+/// within a few minutes the engine's time starts at the log's.
+#[test]
+fn a_log_ahead_of_the_clock_refuses_unless_the_operator_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0 + 7_200));
+    let code = {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let code = crate::support::mint(&e, Policy::simple(1), 1).1[0];
+        let admitted = e.checkin(&CheckinRequest {
+            gate: G1,
+            scan_id: 1,
+            code,
+        });
+        assert_eq!(admitted.kind, OutcomeKind::Admitted);
+        code
+    };
+    clock.set(T0);
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--accept-clock-behind-log"), "{err}");
+    let accepted = Engine::open(
+        dir.path(),
+        EngineConfig {
+            partitions: vec![0, 1],
+            accept_clock_behind_log: true,
+            ..EngineConfig::default()
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        accepted.now_unix_s(),
+        T0,
+        "the clock's time, as the operator said"
+    );
+    let again = accepted.checkin(&CheckinRequest {
+        gate: G1,
+        scan_id: 2,
+        code,
+    });
+    assert_eq!(again.kind, OutcomeKind::AlreadyUsed);
+    drop(accepted);
+    // A clock a minute behind the log: opens, and time starts at the log's.
+    clock.set(T0 + 7_200 - 60);
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    assert_eq!(e.now_unix_s(), T0 + 7_200);
+}

@@ -1,5 +1,6 @@
 //! Check-in (entry): the hot path. Verify the tag, then admit-and-void in one CAS.
 
+use crate::clock::Clock;
 use stile_protocol::{CodeBytes, Outcome};
 
 use crate::engine::{Engine, Gate, Located, Presented};

@@ -1,5 +1,6 @@
 //! Import: tickets minted by another system, known by their full string.
 
+use crate::clock::Clock;
 use std::sync::atomic::Ordering;
 
 use dashmap::mapref::entry::Entry;

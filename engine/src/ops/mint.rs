@@ -1,5 +1,6 @@
 //! Mint: reserve serials, publish their slots, sign their codes.
 
+use crate::clock::Clock;
 use std::sync::atomic::Ordering;
 
 use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};

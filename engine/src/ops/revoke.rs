@@ -1,5 +1,6 @@
 //! Revoke: an operator voids a ticket for good.
 
+use crate::clock::Clock;
 use stile_protocol::{Outcome, OutcomeKind};
 
 use crate::engine::{Engine, Gate, Presented};

@@ -1,5 +1,6 @@
 //! Status: what an operator (or the e-ticket page) sees of one ticket.
 
+use crate::clock::Clock;
 use std::sync::atomic::Ordering;
 
 use crate::engine::{Engine, Gate, Presented};

@@ -2,6 +2,7 @@
 //! transferred already answers its successor's code again, so a caller whose answer was lost
 //! (a dropped connection, a crash before the code was stored) asks again and loses nothing.
 
+use crate::clock::Clock;
 use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::engine::{Engine, Gate, Presented};
