@@ -208,3 +208,24 @@ fn checkin_after_recovery_from_snapshot_still_refuses_second_entry() {
         OutcomeKind::Admitted
     );
 }
+
+/// A snapshot never removes the segment the log goes on in, so a log with no segment left
+/// beside a snapshot was deleted: opening refuses instead of starting from the snapshot
+/// and losing every change made after it.
+#[test]
+fn a_deleted_log_beside_a_snapshot_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(dir.path(), &clock).unwrap();
+        let codes = mint(&e, 100);
+        admit_all(&e, 1, &codes[..10]);
+        e.snapshot().unwrap();
+        admit_all(&e, 1, &codes[10..20]);
+    }
+    for entry in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let err = open(dir.path(), &clock).unwrap_err().to_string();
+    assert!(err.contains("holds no segment"), "{err}");
+}

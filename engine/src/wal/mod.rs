@@ -258,10 +258,10 @@ impl Wal {
             0 => Default::default(),
             _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
         };
-        // A version 1 segment (no link) is closed rather than appended to, so that every
-        // segment written from now on is linked.
+        // A version 1 segment (no link) is appended to as before; the next segment links
+        // to it.
         let (file, file_len, segment) = match tail {
-            Some(t) if t.len < segment_max_bytes && Self::is_linked(&t.path)? => {
+            Some(t) if t.len < segment_max_bytes => {
                 let f = std::fs::OpenOptions::new().write(true).open(&t.path)?;
                 (f, t.len, t)
             }
@@ -332,13 +332,6 @@ impl Wal {
             writer: Mutex::new(Some(handle)),
             dir: dir.to_path_buf(),
         })
-    }
-
-    /// Whether the segment at `path` has this version's header (with its link).
-    fn is_linked(path: &Path) -> std::io::Result<bool> {
-        let mut header = [0u8; 12];
-        File::open(path)?.read_exact_at(&mut header, 0)?;
-        Ok(segment::version_of(&header) == Some(segment::SEGMENT_VERSION))
     }
 
     /// The sync mode.
@@ -683,7 +676,7 @@ impl Writer {
             self.buf = buf;
         }
         if let Some(spares) = &mut self.spares {
-            let used = self.file_len - segment::SEGMENT_HEADER_LEN;
+            let used = self.file_len.saturating_sub(segment::SEGMENT_HEADER_LEN);
             if used >= SPARE_AFTER_BYTES.min(self.segment_max_bytes / 2) {
                 spares.want();
             }
@@ -1830,6 +1823,25 @@ pub(crate) mod tests {
         let end = scan_all(dir.path()).unwrap();
         assert!(!path.exists(), "removed");
         assert_eq!(end.records, 500);
+        // So is one whose header was cut inside its link, and one of zeros only.
+        for bytes in [&bytes[..30], &[0u8; 52][..]] {
+            std::fs::write(&path, bytes).unwrap();
+            let end = scan_all(dir.path()).unwrap();
+            assert!(!path.exists(), "removed");
+            assert_eq!(end.records, 500);
+        }
+        // But a newest segment with records and a damaged link is corruption, not a tear.
+        let (_, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
+        let good = std::fs::read(&newest).unwrap();
+        let mut bad = good.clone();
+        bad[20] ^= 1;
+        std::fs::write(&newest, &bad).unwrap();
+        assert!(matches!(
+            scan_all(dir.path()),
+            Err(segment::ScanError::Corrupt { .. })
+        ));
+        std::fs::write(&newest, &good).unwrap();
+        let end = scan_all(dir.path()).unwrap();
         let wal = Wal::start(
             dir.path(),
             end.next_seq,

@@ -499,18 +499,14 @@ pub fn scan(
             _ => None,
         };
         let unlinked = version == Some(SEGMENT_VERSION_UNLINKED);
-        if last && (start.is_none_or(|s| bytes.len() < s as usize) || (link.is_none() && !unlinked))
-        {
-            // The newest segment, created or switched to, but its header never reached the
-            // disk whole: a crash came before any record could go into it. Start it again,
-            // provided it holds no record.
-            let at = MAGIC_VERSION_LEN.min(bytes.len() as u64) as usize;
-            if bytes[at..].iter().all(|&b| b == 0) || bytes.len() < MAGIC_VERSION_LEN as usize {
-                truncated_bytes += bytes.len() as u64;
-                fs::remove_file(&path).map_err(io)?;
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-                continue;
-            }
+        if last && unborn(&bytes, version, start, link.is_some()) {
+            // The newest segment, created or switched to, but its header or link never
+            // reached the disk whole: a crash came before any record could go into it.
+            // Start it again.
+            truncated_bytes += bytes.len() as u64;
+            fs::remove_file(&path).map_err(io)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            continue;
         }
         let Some(start) = start.filter(|s| bytes.len() >= *s as usize) else {
             return Err(corrupt(
@@ -585,6 +581,17 @@ pub fn scan(
             last_record,
         });
     }
+    if tail.is_none() && from_seq > 0 {
+        // A snapshot never removes the segment the log goes on in: a log with none left
+        // after a snapshot was deleted, and every change since the snapshot with it.
+        return Err(ScanError::Missing {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the log holds no segment, but a snapshot says it went on from record \
+                 {from_seq}: the changes made after that snapshot are gone"
+            ),
+        });
+    }
     Ok(ScanEnd {
         next_seq: next_seq.max(from_seq),
         segments: good,
@@ -593,6 +600,27 @@ pub fn scan(
         unwritten_bytes,
         records,
     })
+}
+
+/// Whether a segment's `bytes` (of format `version`, frames from `start`, with a good link
+/// or not) show a segment that was made but never given a record: its header cut short
+/// (but for a good magic, which the short header starts with), or this version's header
+/// whole with its link missing and nothing after it. Said only of the newest segment.
+fn unborn(bytes: &[u8], version: Option<u32>, start: Option<u64>, linked: bool) -> bool {
+    if bytes.iter().all(|&b| b == 0) {
+        // Its size reached the disk, its bytes did not.
+        return true;
+    }
+    let magic_len = SEGMENT_MAGIC.len().min(bytes.len());
+    if bytes[..magic_len] != SEGMENT_MAGIC[..magic_len] {
+        return false;
+    }
+    match (version, start) {
+        (_, Some(s)) if bytes.len() < s as usize => true,
+        (None, _) => bytes.len() < MAGIC_VERSION_LEN as usize,
+        (Some(SEGMENT_VERSION), Some(s)) => !linked && bytes[s as usize..].iter().all(|&b| b == 0),
+        _ => false,
+    }
 }
 
 /// Checks that the link of the segment at `path` (starting at `first`) names `prev`, the
