@@ -16,6 +16,8 @@ use crate::index::{Partition, Slot};
 use crate::keys::KeyRing;
 use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
 use crate::scans::{ScanKey, ScanMemory};
+use crate::snapshot::{SnapshotError, SnapshotInfo, Stage};
+use crate::tables::{Tables, TicketLoc};
 use crate::wal::record::ScanTrace;
 use crate::wal::{Record, Reservation, SyncMode, Wal};
 use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op, Word};
@@ -103,15 +105,6 @@ pub enum Presented<'a> {
     Imported(&'a str),
 }
 
-/// Where an imported code's ticket lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct TicketLoc {
-    /// Partition id.
-    pub partition: u16,
-    /// Serial in the partition.
-    pub serial: u32,
-}
-
 /// A ticket found in the index.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Located<'e> {
@@ -127,20 +120,9 @@ pub(crate) struct Located<'e> {
 
 /// The ticket-verification engine (in memory; durability comes with the log).
 pub struct Engine {
-    /// Keys that sign and verify codes.
-    pub(crate) keys: KeyRing,
-    /// Policies by id.
-    pub(crate) policies: PolicyTable,
-    /// Partitions by id (`None`: not served here).
-    pub(crate) partitions: Box<[Option<Partition>]>,
-    /// Imported codes: the full string (hashed with xxh3, compared in full) to its ticket.
-    pub(crate) imported: DashMap<Box<str>, TicketLoc, Xxh3Builder>,
-    /// Transferred tickets to their successors' serials (same partition). Held for the whole
-    /// of a transfer, so transfers of one ticket are one at a time and a repeated transfer
-    /// answers the code the first one made.
-    pub(crate) successors: std::sync::Mutex<std::collections::HashMap<TicketLoc, u32>>,
-    /// Recent state-changing scans per gate, for retries.
-    pub(crate) scans: ScanMemory,
+    /// What check-ins read and change: keys, policies, partitions, imported codes,
+    /// successors, remembered scans.
+    pub(crate) tables: Tables,
     /// Where time comes from.
     pub(crate) clock: MonotonicNow,
     /// Rotating code time step, seconds.
@@ -168,10 +150,10 @@ pub struct Recovered {
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
-            .field("keys", &self.keys)
-            .field("policies", &self.policies.len())
+            .field("keys", &self.tables.keys)
+            .field("policies", &self.tables.policies.len())
             .field("tickets", &self.minted_tickets())
-            .field("imported", &self.imported.len())
+            .field("imported", &self.tables.imported.len())
             .finish()
     }
 }
@@ -211,12 +193,14 @@ impl Engine {
             partitions[p as usize] = Some(Partition::new(p, config.serials_per_partition_max));
         }
         Ok(Engine {
-            keys,
-            policies: PolicyTable::default(),
-            partitions: partitions.into_boxed_slice(),
-            imported: DashMap::with_hasher(Xxh3Builder::new()),
-            successors: Default::default(),
-            scans: ScanMemory::default(),
+            tables: Tables {
+                keys,
+                policies: PolicyTable::default(),
+                partitions: partitions.into_boxed_slice(),
+                imported: DashMap::with_hasher(Xxh3Builder::new()),
+                successors: Default::default(),
+                scans: ScanMemory::default(),
+            },
             clock: MonotonicNow::new(clock, 0),
             rotation_step_s: config.rotation_step_s,
             wal: None,
@@ -254,8 +238,8 @@ impl Engine {
         let accept_clock_behind_log = config.accept_clock_behind_log;
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
-        let from_seq = crate::snapshot::load_newest(&engine, dir)?;
-        let end = crate::recovery::replay(&engine, &wal_dir, from_seq)?;
+        let from_seq = crate::snapshot::load_newest(&engine.tables, dir)?;
+        let end = crate::recovery::replay(&engine.tables, &wal_dir, from_seq)?;
         engine.start_clock(accept_clock_behind_log)?;
         let tail = end.tail.clone();
         let wal = Wal::start_with_runway(
@@ -310,7 +294,7 @@ impl Engine {
     /// seconds; 0 with no tickets.
     fn newest_time_unix_s(&self) -> u64 {
         let mut newest_e = 0u32;
-        for part in self.partitions.iter().flatten() {
+        for part in self.tables.partitions.iter().flatten() {
             for serial in 0..part.minted_serials() {
                 let Some(slot) = part.slot(serial as u32) else {
                     break;
@@ -331,6 +315,18 @@ impl Engine {
     /// engine's time now (seconds): the engine holds its time still meanwhile.
     pub fn clock_steps_back(&self) -> (u64, u64) {
         (self.clock.steps_back(), self.clock.held_s())
+    }
+
+    /// Takes a snapshot while check-ins go on, then drops log segments it makes redundant.
+    pub fn snapshot(&self) -> Result<SnapshotInfo, SnapshotError> {
+        self.snapshot_until(Stage::Done)
+    }
+
+    /// [`Self::snapshot`], stopping at `stage` (for crash tests).
+    #[doc(hidden)]
+    pub fn snapshot_until(&self, stage: Stage) -> Result<SnapshotInfo, SnapshotError> {
+        let wal = self.wal.as_ref().ok_or(SnapshotError::InMemory)?;
+        crate::snapshot::take(&self.tables, wal, stage)
     }
 
     /// What opening found in the log.
@@ -359,13 +355,13 @@ impl Engine {
 
     /// The key ring (rotation, retirement, listing).
     pub fn keys(&self) -> &KeyRing {
-        &self.keys
+        &self.tables.keys
     }
 
     /// Adds a policy (or finds an identical one) and returns its id, once durable.
     pub fn add_policy(&self, policy: Policy) -> Result<PolicyId, PolicyError> {
         let mut durability = None;
-        let id = self.policies.add_with(policy, |id| {
+        let id = self.tables.policies.add_with(policy, |id| {
             // Reserved under the table's lock, so policies reach the log in id order.
             if let Some(mut log) = self.reserve(1) {
                 log.push(&Record::Policy { id: id.0, policy });
@@ -380,7 +376,7 @@ impl Engine {
 
     /// Adds a key and makes it active (the old one keeps verifying); logged.
     pub fn rotate_key(&self) -> Result<u8, crate::keys::KeyError> {
-        let id = self.keys.rotate()?;
+        let id = self.tables.keys.rotate()?;
         self.log_one(|| Record::Key {
             id,
             status: crate::keys::KeyStatus::Active as u8,
@@ -390,7 +386,7 @@ impl Engine {
 
     /// Retires key `id`: its codes read as `forged` from now on; logged.
     pub fn retire_key(&self, id: u8) -> Result<(), crate::keys::KeyError> {
-        self.keys.retire(id)?;
+        self.tables.keys.retire(id)?;
         self.log_one(|| Record::Key {
             id,
             status: crate::keys::KeyStatus::Retired as u8,
@@ -400,7 +396,7 @@ impl Engine {
 
     /// The policy with id `id`.
     pub fn policy(&self, id: PolicyId) -> Option<&Policy> {
-        self.policies.get(id)
+        self.tables.policies.get(id)
     }
 
     /// Unix seconds now, by the engine's clock.
@@ -420,12 +416,13 @@ impl Engine {
 
     #[inline]
     pub(crate) fn partition(&self, id: u16) -> Option<&Partition> {
-        self.partitions.get(id as usize).and_then(Option::as_ref)
+        self.tables.partition(id)
     }
 
     /// Tickets minted (serials handed out) over all partitions.
     pub fn minted_tickets(&self) -> u64 {
-        self.partitions
+        self.tables
+            .partitions
             .iter()
             .flatten()
             .map(Partition::minted_serials)
@@ -435,7 +432,8 @@ impl Engine {
     /// Bytes the index holds: slot chunks and chunk tables of every partition (imported codes'
     /// map entries not included).
     pub fn index_memory_bytes(&self) -> usize {
-        self.partitions
+        self.tables
+            .partitions
             .iter()
             .flatten()
             .map(Partition::memory_bytes)
@@ -445,7 +443,7 @@ impl Engine {
     /// Reads text as a presented ticket: an imported code if one matches exactly, else the
     /// text form of a stile code.
     pub fn presented<'a>(&self, text: &'a str) -> Result<Presented<'a>, CodeError> {
-        if !self.imported.is_empty() && self.imported.contains_key(text) {
+        if !self.tables.imported.is_empty() && self.tables.imported.contains_key(text) {
             return Ok(Presented::Imported(text));
         }
         CodeBytes::parse(text).map(Presented::Code)
@@ -462,8 +460,8 @@ impl Engine {
         step: Option<u64>,
     ) -> Result<Located<'_>, Outcome> {
         let genuine = match code.format() {
-            CodeFormat::Static => self.keys.verify_static(code),
-            CodeFormat::Rotating => self.keys.verify_rotating(code, step),
+            CodeFormat::Static => self.tables.keys.verify_static(code),
+            CodeFormat::Rotating => self.tables.keys.verify_rotating(code, step),
         };
         if !genuine {
             return Err(Outcome::FORGED);
@@ -489,7 +487,7 @@ impl Engine {
 
     /// Finds an imported code's ticket.
     pub(crate) fn locate_imported(&self, text: &str) -> Result<Located<'_>, Outcome> {
-        let loc = *self.imported.get(text).ok_or(Outcome::UNKNOWN)?;
+        let loc = *self.tables.imported.get(text).ok_or(Outcome::UNKNOWN)?;
         let slot = self
             .partition(loc.partition)
             .and_then(|p| p.slot(loc.serial))
@@ -534,6 +532,7 @@ impl Engine {
             return Err(Outcome::UNKNOWN);
         }
         let policy = self
+            .tables
             .policies
             .get(at.slot.policy_id())
             .ok_or(Outcome::UNKNOWN)?;
@@ -574,7 +573,7 @@ impl Engine {
             partition: at.loc.partition,
             serial: at.loc.serial,
         });
-        if let Some(outcome) = scan.as_ref().and_then(|k| self.scans.recall(k, op)) {
+        if let Some(outcome) = scan.as_ref().and_then(|k| self.tables.scans.recall(k, op)) {
             return Applied {
                 outcome,
                 change: None,
@@ -622,11 +621,11 @@ impl Engine {
                 });
             }
             if let Some(k) = &scan {
-                self.scans.remember(k, op, &applied.outcome);
+                self.tables.scans.remember(k, op, &applied.outcome);
             }
             if op == Op::Undo {
                 // A retry of the admit just annulled is told so, never `admitted` again.
-                self.scans.annul_admit(
+                self.tables.scans.annul_admit(
                     gate.id,
                     at.loc.partition,
                     at.loc.serial,

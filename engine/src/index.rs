@@ -14,6 +14,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::policy::PolicyId;
+use crate::word::Word;
 
 /// Serial bits that index inside a chunk.
 pub const CHUNK_BITS: u32 = 17;
@@ -189,6 +190,20 @@ impl Partition {
             // SAFETY: `fresh` came from `map_chunk` and was never shared.
             Err(_) => unsafe { unmap_chunk(fresh) },
         }
+    }
+
+    /// Writes a ticket's slot: policy and first scan first, then the word with `Release`, so
+    /// a reader that sees the word sees the rest.
+    pub(crate) fn publish(&self, serial: u32, policy: PolicyId, word: Word, first_scan_e: u32) {
+        let slot = self.slot(serial).expect("reserved serials have slots");
+        debug_assert_eq!(
+            slot.word.load(Ordering::Relaxed),
+            0,
+            "a serial is published once"
+        );
+        slot.policy.store(policy.0, Ordering::Relaxed);
+        slot.first_scan_e.store(first_scan_e, Ordering::Relaxed);
+        slot.word.store(word.pack(), Ordering::Release);
     }
 
     /// The slot of `serial`, if its chunk exists (the slot may still be unminted).

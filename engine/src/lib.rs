@@ -18,6 +18,7 @@ pub mod policy;
 mod recovery;
 pub mod scans;
 pub mod snapshot;
+mod tables;
 pub mod wal;
 pub mod word;
 

@@ -7,12 +7,12 @@ use std::sync::Mutex;
 use stile_protocol::outcome::UNIX_S_MAX;
 use stile_protocol::CodeFormat;
 
-use crate::word::ENTRIES_MAX;
+use stile_protocol::limits::ENTRIES_MAX;
 
 /// Most policies one engine holds (slots store the id in a `u32`; this bounds memory).
 pub const POLICIES_MAX: usize = 1 << 20;
 /// Longest undo window a policy may set: one hour.
-pub const UNDO_WINDOW_MAX_S: u32 = 3600;
+pub use stile_protocol::limits::UNDO_WINDOW_MAX_S;
 /// Undo window when a caller does not choose one.
 pub const UNDO_WINDOW_DEFAULT_S: u32 = 60;
 

@@ -1,4 +1,4 @@
-//! Recovery: replay the log into a fresh engine.
+//! Recovery: replay the log into a fresh tables.
 //!
 //! Replay is idempotent and per-ticket ordered: a state record applies only if its word's
 //! version is newer (modulo 256) than the slot's, and mints and imports publish only empty
@@ -8,20 +8,19 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::engine::{Engine, TicketLoc};
 use crate::error::OpenError;
 use crate::keys::KeyStatus;
-use crate::ops::mint::publish;
 use crate::policy::PolicyId;
 use crate::scans::ScanKey;
+use crate::tables::{Tables, TicketLoc};
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::Record;
 use crate::word::{Op, Word};
 use stile_protocol::OutcomeKind;
 
 /// Replays every record from `from_seq` on; returns where the log ends.
-pub(crate) fn replay(engine: &Engine, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
-    segment::scan(wal_dir, from_seq, |_, record| apply(engine, record)).map_err(OpenError::from)
+pub(crate) fn replay(tables: &Tables, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
+    segment::scan(wal_dir, from_seq, |_, record| apply(tables, record)).map_err(OpenError::from)
 }
 
 /// Whether `new` is a later version of the ticket than `old` (versions wrap at 256).
@@ -30,55 +29,55 @@ fn newer(new: u64, old: u64) -> bool {
     (n.wrapping_sub(o) as i8) > 0
 }
 
-fn apply(engine: &Engine, record: Record) -> Result<(), String> {
+fn apply(tables: &Tables, record: Record) -> Result<(), String> {
     match record {
-        Record::Policy { id, policy } => engine.policies.restore(PolicyId(id), policy),
+        Record::Policy { id, policy } => tables.policies.restore(PolicyId(id), policy),
         Record::Mint { partition, first, count, policy, word } => {
-            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(first, count)?;
             for serial in first..first + count {
-                publish_if_empty(engine, partition, serial, PolicyId(policy), word, 0)?;
+                publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
             }
             Ok(())
         }
         Record::State { partition, serial, word, first_scan_e, scan } => {
-            set_state(engine, partition, serial, word, first_scan_e)?;
+            set_state(tables, partition, serial, word, first_scan_e)?;
             if let Some(t) = scan {
                 // The answer that scan got, for a retry that arrives after the restart.
                 let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
                 let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
                 let answer = crate::scans::unpack(t.answer);
-                engine.scans.remember(&key, op, &answer);
+                tables.scans.remember(&key, op, &answer);
                 if op == Op::Undo && answer.kind == OutcomeKind::Undone {
                     // As the undo did when it ran: the annulled admit counted one more entry.
                     let entries = Word::unpack(word).entries.saturating_add(1);
-                    engine.scans.annul_admit(t.gate, partition, serial, entries, &answer);
+                    tables.scans.annul_admit(t.gate, partition, serial, entries, &answer);
                 }
             }
             Ok(())
         }
         Record::Transfer { partition, old_serial, old_word, new_serial, policy, new_word, first_scan_e } => {
-            set_state(engine, partition, old_serial, old_word, 0)?;
-            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            set_state(tables, partition, old_serial, old_word, 0)?;
+            let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(new_serial, 1)?;
-            engine
+            tables
                 .successors
                 .lock()
                 .expect("successors poisoned")
                 .insert(TicketLoc { partition, serial: old_serial }, new_serial);
-            publish_if_empty(engine, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
+            publish_if_empty(tables, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
         }
         Record::Import { partition, first, policy, word, codes } => {
-            let part = engine.partition(partition).ok_or_else(|| not_served(partition))?;
+            let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(first, codes.len() as u32)?;
             for (i, code) in codes.into_iter().enumerate() {
                 let serial = first + i as u32;
-                publish_if_empty(engine, partition, serial, PolicyId(policy), word, 0)?;
-                engine.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
+                publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
+                tables.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
             }
             Ok(())
         }
-        Record::Key { id, status: _ } => match engine.keys.status_of(id) {
+        Record::Key { id, status: _ } => match tables.keys.status_of(id) {
             KeyStatus::Absent => Err(format!(
                 "the log names key {id}, which the key ring does not hold (is the ring file older than the log?)"
             )),
@@ -92,39 +91,39 @@ fn not_served(partition: u16) -> String {
 }
 
 fn publish_if_empty(
-    engine: &Engine,
+    tables: &Tables,
     partition: u16,
     serial: u32,
     policy: PolicyId,
     word: u64,
     first_scan_e: u32,
 ) -> Result<(), String> {
-    if engine.policies.get(policy).is_none() {
+    if tables.policies.get(policy).is_none() {
         return Err(format!(
             "ticket {partition}/{serial} names unknown policy {}",
             policy.0
         ));
     }
-    let part = engine
+    let part = tables
         .partition(partition)
         .ok_or_else(|| not_served(partition))?;
     let slot = part
         .slot(serial)
         .ok_or_else(|| format!("serial {serial} has no slot"))?;
     if slot.word.load(Ordering::Acquire) == 0 {
-        publish(part, serial, policy, Word::unpack(word), first_scan_e);
+        part.publish(serial, policy, Word::unpack(word), first_scan_e);
     }
     Ok(())
 }
 
 fn set_state(
-    engine: &Engine,
+    tables: &Tables,
     partition: u16,
     serial: u32,
     word: u64,
     first_scan_e: u32,
 ) -> Result<(), String> {
-    let part = engine
+    let part = tables
         .partition(partition)
         .ok_or_else(|| not_served(partition))?;
     let slot = part

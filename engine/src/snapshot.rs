@@ -21,12 +21,12 @@ use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::datadir;
-use crate::engine::{Engine, TicketLoc};
 use crate::error::OpenError;
 use crate::index::{Partition, Slot};
 use crate::keys::KeyStatus;
-use crate::ops::mint::publish;
 use crate::policy::{EntryRule, Policy, PolicyId, Validity};
+use crate::tables::{Tables, TicketLoc};
+use crate::wal::Wal;
 use crate::word::Word;
 
 const MAGIC: &[u8; 8] = b"STILESNP";
@@ -102,7 +102,7 @@ struct LiveSnapshot {
 ///
 /// It points at the partition rather than borrowing it: rkyv's derive cannot resolve the
 /// archived types of a struct with a lifetime. [`Engine::live_snapshot`] hands these out
-/// inside a [`Live`] that borrows the engine, and they are used only through it.
+/// inside a [`Live`] that borrows the tables, and they are used only through it.
 #[derive(Clone, Copy)]
 struct LiveSlots {
     part: std::ptr::NonNull<Partition>,
@@ -111,16 +111,16 @@ struct LiveSlots {
 
 impl LiveSlots {
     fn slot(&self, serial: u32) -> Option<&Slot> {
-        // SAFETY: a `LiveSlots` lives in a `Live<'e>`, which borrows the engine that owns the
-        // partition for `'e`, and partitions are never moved or freed while the engine lives.
+        // SAFETY: a `LiveSlots` lives in a `Live<'e>`, which borrows the tables that own the
+        // partition for `'e`, and partitions are never moved or freed while the tables live.
         unsafe { self.part.as_ref() }.slot(serial)
     }
 }
 
-/// A [`LiveSnapshot`] of an engine, borrowing it for as long as it is used.
+/// A [`LiveSnapshot`] of an engine's tables, borrowing them for as long as it is used.
 struct Live<'e> {
     snap: LiveSnapshot,
-    _engine: std::marker::PhantomData<&'e Engine>,
+    _tables: std::marker::PhantomData<&'e Tables>,
 }
 
 /// One column of a slot.
@@ -370,121 +370,118 @@ fn snap_path(dir: &Path, start_seq: u64) -> PathBuf {
     dir.join(format!("snap-{start_seq:020}.snap"))
 }
 
-impl Engine {
-    /// Takes a snapshot while check-ins go on, then drops log segments it makes redundant.
-    pub fn snapshot(&self) -> Result<SnapshotInfo, SnapshotError> {
-        self.snapshot_until(Stage::Done)
+/// Takes a snapshot of `tables` while check-ins go on, beside `wal`'s data dir, then drops
+/// log segments it makes redundant; stops at `stage` (for crash tests).
+pub(crate) fn take(
+    tables: &Tables,
+    wal: &Wal,
+    stage: Stage,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let dir = wal
+        .dir()
+        .parent()
+        .expect("wal dir has a parent")
+        .join(datadir::SNAPSHOTS_DIR);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, source }
+    };
+    datadir::ensure(&dir).map_err(io(&dir))?;
+    let start_seq = wal.written_seq();
+    let data = live_of(tables, start_seq);
+    let path = snap_path(&dir, start_seq);
+    let tmp = path.with_extension("snap.tmp");
+    let mut out = StreamedArchive::create(&tmp).map_err(io(&tmp))?;
+    if let Err(e) = rkyv::api::high::to_bytes_in::<_, RkyvError>(&data.snap, &mut out) {
+        return Err(match out.failed.take() {
+            Some(source) => io(&tmp)(source),
+            None => SnapshotError::Archive(e.to_string()),
+        });
     }
+    let tickets = data.tickets();
+    drop(data);
+    out.finish().map_err(io(&tmp))?;
+    let info = |segments_removed| SnapshotInfo {
+        path: path.clone(),
+        start_seq,
+        tickets,
+        segments_removed,
+    };
+    if stage == Stage::TempWritten {
+        return Ok(info(0));
+    }
+    datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
+    if stage == Stage::Renamed {
+        return Ok(info(0));
+    }
+    // Older snapshots are redundant now; so are log segments wholly below `start_seq`.
+    // A crash while one is shortened leaves it short, which no start reads (its length
+    // no longer matches its header) and the next snapshot removes.
+    for (seq, old) in list(&dir).map_err(io(&dir))? {
+        if seq < start_seq {
+            datadir::remove_in_steps(&old).map_err(io(&old))?;
+        }
+    }
+    let removed =
+        crate::wal::segment::remove_before(wal.dir(), start_seq).map_err(io(wal.dir()))?;
+    Ok(info(removed))
+}
 
-    /// [`Self::snapshot`], stopping at `stage` (for crash tests).
-    #[doc(hidden)]
-    pub fn snapshot_until(&self, stage: Stage) -> Result<SnapshotInfo, SnapshotError> {
-        let wal = self.wal.as_ref().ok_or(SnapshotError::InMemory)?;
-        let dir = wal
-            .dir()
-            .parent()
-            .expect("wal dir has a parent")
-            .join(datadir::SNAPSHOTS_DIR);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SnapshotError::Io { path, source }
-        };
-        datadir::ensure(&dir).map_err(io(&dir))?;
-        let start_seq = wal.written_seq();
-        let data = self.live_snapshot(start_seq);
-        let path = snap_path(&dir, start_seq);
-        let tmp = path.with_extension("snap.tmp");
-        let mut out = StreamedArchive::create(&tmp).map_err(io(&tmp))?;
-        if let Err(e) = rkyv::api::high::to_bytes_in::<_, RkyvError>(&data.snap, &mut out) {
-            return Err(match out.failed.take() {
-                Some(source) => io(&tmp)(source),
-                None => SnapshotError::Archive(e.to_string()),
-            });
-        }
-        let tickets = data.tickets();
-        drop(data);
-        out.finish().map_err(io(&tmp))?;
-        let info = |segments_removed| SnapshotInfo {
-            path: path.clone(),
-            start_seq,
-            tickets,
-            segments_removed,
-        };
-        if stage == Stage::TempWritten {
-            return Ok(info(0));
-        }
-        datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
-        if stage == Stage::Renamed {
-            return Ok(info(0));
-        }
-        // Older snapshots are redundant now; so are log segments wholly below `start_seq`.
-        // A crash while one is shortened leaves it short, which no start reads (its length
-        // no longer matches its header) and the next snapshot removes.
-        for (seq, old) in list(&dir).map_err(io(&dir))? {
-            if seq < start_seq {
-                datadir::remove_in_steps(&old).map_err(io(&old))?;
+/// What a snapshot of `tables` starting at `start_seq` archives.
+fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
+    let policies = (0..tables.policies.len())
+        .filter_map(|i| tables.policies.get(PolicyId(i as u32)))
+        .map(|p| PolicyRow {
+            provider: p.provider,
+            rotating: p.format == stile_protocol::CodeFormat::Rotating,
+            not_before: p.validity.not_before_unix_s,
+            not_after: p.validity.not_after_unix_s,
+            duration_s: p.validity.duration_from_first_scan_s,
+            max_entries: p.entry.max_entries,
+            records_exits: p.entry.records_exits,
+            undo_window_s: p.undo_window_s,
+        })
+        .collect();
+    let partitions = tables
+        .partitions
+        .iter()
+        .flatten()
+        .map(|part| {
+            let reserved = part.minted_serials();
+            let slots = LiveSlots {
+                part: std::ptr::NonNull::from(part),
+                reserved: u32::try_from(reserved).expect("serials are u32"),
+            };
+            LivePartition {
+                id: part.id(),
+                reserved,
+                words: slots,
+                policies: slots,
+                first_scans: slots,
             }
-        }
-        let removed =
-            crate::wal::segment::remove_before(wal.dir(), start_seq).map_err(io(wal.dir()))?;
-        Ok(info(removed))
-    }
-
-    fn live_snapshot(&self, start_seq: u64) -> Live<'_> {
-        let policies = (0..self.policies.len())
-            .filter_map(|i| self.policies.get(PolicyId(i as u32)))
-            .map(|p| PolicyRow {
-                provider: p.provider,
-                rotating: p.format == stile_protocol::CodeFormat::Rotating,
-                not_before: p.validity.not_before_unix_s,
-                not_after: p.validity.not_after_unix_s,
-                duration_s: p.validity.duration_from_first_scan_s,
-                max_entries: p.entry.max_entries,
-                records_exits: p.entry.records_exits,
-                undo_window_s: p.undo_window_s,
-            })
-            .collect();
-        let partitions = self
-            .partitions
-            .iter()
-            .flatten()
-            .map(|part| {
-                let reserved = part.minted_serials();
-                let slots = LiveSlots {
-                    part: std::ptr::NonNull::from(part),
-                    reserved: u32::try_from(reserved).expect("serials are u32"),
-                };
-                LivePartition {
-                    id: part.id(),
-                    reserved,
-                    words: slots,
-                    policies: slots,
-                    first_scans: slots,
-                }
-            })
-            .collect();
-        let imported = self
-            .imported
-            .iter()
-            .map(|e| (e.key().to_string(), e.partition, e.serial))
-            .collect();
-        let keys = self
-            .keys
-            .export()
-            .into_iter()
-            .map(|(id, status, secret)| (id, status as u8, secret))
-            .collect();
-        Live {
-            snap: LiveSnapshot {
-                start_seq,
-                policies,
-                partitions,
-                imported,
-                keys,
-                successors: self.successors_list(),
-            },
-            _engine: std::marker::PhantomData,
-        }
+        })
+        .collect();
+    let imported = tables
+        .imported
+        .iter()
+        .map(|e| (e.key().to_string(), e.partition, e.serial))
+        .collect();
+    let keys = tables
+        .keys
+        .export()
+        .into_iter()
+        .map(|(id, status, secret)| (id, status as u8, secret))
+        .collect();
+    Live {
+        snap: LiveSnapshot {
+            start_seq,
+            policies,
+            partitions,
+            imported,
+            keys,
+            successors: tables.successors_list(),
+        },
+        _tables: std::marker::PhantomData,
     }
 }
 
@@ -537,11 +534,11 @@ fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Loads the newest valid snapshot of `data_dir` into `engine`; returns its start position
+/// Loads the newest valid snapshot of `data_dir` into `tables`; returns its start position
 /// (0 when there is none). A damaged snapshot is skipped for an older one, with a warning:
 /// the log before it is still there only if no newer snapshot removed it, which replay
 /// then checks.
-pub(crate) fn load_newest(engine: &Engine, data_dir: &Path) -> Result<u64, OpenError> {
+pub(crate) fn load_newest(tables: &Tables, data_dir: &Path) -> Result<u64, OpenError> {
     let dir = data_dir.join(datadir::SNAPSHOTS_DIR);
     let io = |source| OpenError::DataDir {
         path: dir.clone(),
@@ -552,7 +549,7 @@ pub(crate) fn load_newest(engine: &Engine, data_dir: &Path) -> Result<u64, OpenE
         let view = snapshot.as_ref().map_err(String::clone);
         match view.and_then(ReadSnapshot::view) {
             Ok((rest, partitions)) => {
-                restore(engine, &rest, partitions).map_err(|reason| OpenError::Snapshot {
+                restore(tables, &rest, partitions).map_err(|reason| OpenError::Snapshot {
                     path: path.clone(),
                     reason,
                 })?;
@@ -661,7 +658,7 @@ fn read_whole(path: &Path) -> Result<SnapshotData, String> {
 }
 
 fn restore(
-    engine: &Engine,
+    tables: &Tables,
     data: &Rest,
     partitions: &rkyv::vec::ArchivedVec<ArchivedPartitionRows>,
 ) -> Result<(), String> {
@@ -684,16 +681,16 @@ fn restore(
             },
             undo_window_s: row.undo_window_s,
         };
-        engine.policies.restore(PolicyId(id as u32), policy)?;
+        tables.policies.restore(PolicyId(id as u32), policy)?;
     }
     let ring = || {
-        engine
+        tables
             .keys
             .path()
             .map_or("the key ring".to_string(), |p| p.display().to_string())
     };
     for (id, status, secret) in &data.keys {
-        if engine.keys.status_of(*id) == KeyStatus::Absent {
+        if tables.keys.status_of(*id) == KeyStatus::Absent {
             return Err(format!(
                 "holds key {id} (status {status}), which the key ring {} lacks",
                 ring()
@@ -701,7 +698,7 @@ fn restore(
         }
         // A key's secret never changes: one that differs is a damaged ring, and every
         // ticket of that key would read as forged.
-        if !engine.keys.holds_secret(*id, secret) {
+        if !tables.keys.holds_secret(*id, secret) {
             return Err(format!(
                 "holds key {id} with another secret than the key ring {} has: the ring file \
                  is damaged or from another deployment; restore it from a backup",
@@ -711,7 +708,7 @@ fn restore(
     }
     for rows in partitions.iter() {
         let id = rows.id.to_native();
-        let part = engine.partition(id).ok_or_else(|| {
+        let part = tables.partition(id).ok_or_else(|| {
             format!("holds partition {id}, which this node is not configured to serve")
         })?;
         part.restore_reserved(0, rows.reserved.to_native() as u32)?;
@@ -724,17 +721,17 @@ fn restore(
         {
             let (w, p, f) = (w.to_native(), p.to_native(), f.to_native());
             if w != 0 {
-                publish(part, serial as u32, PolicyId(p), Word::unpack(w), f);
+                part.publish(serial as u32, PolicyId(p), Word::unpack(w), f);
             }
         }
     }
-    let mut successors = engine.successors.lock().expect("successors poisoned");
+    let mut successors = tables.successors.lock().expect("successors poisoned");
     for &(partition, serial, new) in &data.successors {
         successors.insert(TicketLoc { partition, serial }, new);
     }
     drop(successors);
     for (code, partition, serial) in &data.imported {
-        engine.imported.insert(
+        tables.imported.insert(
             code.clone().into_boxed_str(),
             TicketLoc {
                 partition: *partition,
@@ -748,7 +745,7 @@ fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EngineConfig, Presented};
+    use crate::engine::{Engine, EngineConfig, Presented};
     use crate::error::TicketError;
     use crate::ops::mint::MintRequest;
     use crate::ManualClock;
@@ -799,10 +796,10 @@ mod tests {
             &outs[..3]
         );
 
-        let live = e.live_snapshot(7);
+        let live = live_of(&e.tables, 7);
         let copy = SnapshotData {
             start_seq: live.snap.start_seq,
-            policies: e.live_snapshot(7).snap.policies,
+            policies: live_of(&e.tables, 7).snap.policies,
             partitions: live
                 .snap
                 .partitions

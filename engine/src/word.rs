@@ -34,7 +34,7 @@ pub enum TicketState {
 }
 
 /// Largest entry count the word holds; policies allow at most this many entries.
-pub const ENTRIES_MAX: u8 = 63;
+pub use stile_protocol::limits::ENTRIES_MAX;
 /// Largest event time the word holds, in seconds from the engine epoch.
 pub const TIME_MAX_EPOCH_S: u32 = (1 << 31) - 1;
 

@@ -10,6 +10,7 @@ pub mod base32;
 pub mod code;
 pub mod frame;
 pub mod histogram;
+pub mod limits;
 pub mod outcome;
 
 #[cfg(feature = "client")]

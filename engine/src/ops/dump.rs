@@ -39,34 +39,22 @@ pub struct EngineDump {
 }
 
 impl Engine {
-    /// Transferred tickets as (partition, old serial, successor's serial), sorted.
-    pub(crate) fn successors_list(&self) -> Vec<(u16, u32, u32)> {
-        let mut all: Vec<_> = self
-            .successors
-            .lock()
-            .expect("successors poisoned")
-            .iter()
-            .map(|(loc, new)| (loc.partition, loc.serial, *new))
-            .collect();
-        all.sort_unstable();
-        all
-    }
-
     /// Reads the whole state. Check-ins may go on meanwhile: each slot is read atomically,
     /// the whole is not a single instant.
     pub fn dump(&self) -> EngineDump {
         let mut d = EngineDump {
-            policies: (0..self.policies.len())
+            policies: (0..self.tables.policies.len())
                 .filter_map(|i| {
-                    self.policies
+                    self.tables
+                        .policies
                         .get(crate::policy::PolicyId(i as u32))
                         .copied()
                 })
                 .collect(),
-            keys: self.keys.list(),
+            keys: self.tables.keys.list(),
             ..EngineDump::default()
         };
-        for part in self.partitions.iter().flatten() {
+        for part in self.tables.partitions.iter().flatten() {
             let reserved = part.minted_serials();
             d.reserved.push((part.id(), reserved));
             for serial in 0..reserved as u32 {
@@ -86,12 +74,13 @@ impl Engine {
             }
         }
         d.imported = self
+            .tables
             .imported
             .iter()
             .map(|e| (e.key().to_string(), e.partition, e.serial))
             .collect();
         d.imported.sort();
-        d.successors = self.successors_list();
+        d.successors = self.tables.successors_list();
         d
     }
 }

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use dashmap::mapref::entry::Entry;
 use stile_protocol::CodeFormat;
 
-use crate::engine::{Engine, TicketLoc};
+use crate::engine::Engine;
 use crate::error::MintError;
-use crate::ops::mint::publish;
 use crate::policy::{PolicyError, PolicyId};
+use crate::tables::TicketLoc;
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
 
@@ -28,6 +28,7 @@ impl Engine {
         codes: &[&str],
     ) -> Result<Vec<u32>, MintError> {
         let p = *self
+            .tables
             .policies
             .get(policy)
             .ok_or(PolicyError::NoSuchPolicy(policy.0))?;
@@ -43,7 +44,7 @@ impl Engine {
         let mut seen = std::collections::HashSet::with_capacity(codes.len());
         for (index, code) in codes.iter().enumerate() {
             check_imported(index, code)?;
-            if !seen.insert(*code) || self.imported.contains_key(*code) {
+            if !seen.insert(*code) || self.tables.imported.contains_key(*code) {
                 return Err(MintError::DuplicateImportedCode {
                     index,
                     code: code.to_string(),
@@ -59,14 +60,14 @@ impl Engine {
             .ok_or(MintError::PartitionFull { partition, count })?;
         for (index, code) in codes.iter().enumerate() {
             let serial = first + index as u32;
-            match self.imported.entry((*code).into()) {
+            match self.tables.imported.entry((*code).into()) {
                 Entry::Vacant(v) => {
                     v.insert(TicketLoc { partition, serial });
                 }
                 Entry::Occupied(_) => {
                     // Imported concurrently by another caller: undo this batch's entries.
                     for earlier in &codes[..index] {
-                        self.imported.remove(*earlier);
+                        self.tables.imported.remove(*earlier);
                     }
                     return Err(MintError::DuplicateImportedCode {
                         index,
@@ -77,7 +78,7 @@ impl Engine {
         }
         let minted = Word::minted(to_epoch_s(self.clock.now_unix_s()));
         for serial in first..first + count {
-            publish(part, serial, policy, minted, 0);
+            part.publish(serial, policy, minted, 0);
         }
         self.log_one(|| Record::Import {
             partition,

@@ -1,13 +1,11 @@
 //! Mint: reserve serials, publish their slots, sign their codes.
 
 use crate::clock::Clock;
-use std::sync::atomic::Ordering;
 
 use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
 
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::{MintError, TicketError};
-use crate::index::Partition;
 use crate::policy::{Policy, PolicyError, PolicyId};
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
@@ -42,6 +40,7 @@ impl Engine {
         mut each: impl FnMut(CodeBytes),
     ) -> Result<u32, MintError> {
         let policy = *self
+            .tables
             .policies
             .get(req.policy)
             .ok_or(PolicyError::NoSuchPolicy(req.policy.0))?;
@@ -64,7 +63,7 @@ impl Engine {
         let step = self.rotation_step(now);
         let minted = Word::minted(to_epoch_s(now));
         for serial in first..first + req.count {
-            publish(partition, serial, req.policy, minted, 0);
+            partition.publish(serial, req.policy, minted, 0);
         }
         self.log_one(|| Record::Mint {
             partition: req.partition,
@@ -90,6 +89,7 @@ impl Engine {
         match code.format() {
             CodeFormat::Static => Ok(*code),
             CodeFormat::Rotating => self
+                .tables
                 .keys
                 .sign_rotating_with(&code.header(), self.rotation_step(unix_s))
                 .ok_or(TicketError::Forged),
@@ -115,28 +115,8 @@ impl Engine {
             serial,
         };
         match policy.format {
-            CodeFormat::Static => self.keys.sign_static(&header),
-            CodeFormat::Rotating => self.keys.sign_rotating(&header, step),
+            CodeFormat::Static => self.tables.keys.sign_static(&header),
+            CodeFormat::Rotating => self.tables.keys.sign_rotating(&header, step),
         }
     }
-}
-
-/// Writes a ticket's slot: policy and first scan first, then the word with `Release`, so a
-/// reader that sees the word sees the rest.
-pub(crate) fn publish(
-    partition: &Partition,
-    serial: u32,
-    policy: PolicyId,
-    word: Word,
-    first_scan_e: u32,
-) {
-    let slot = partition.slot(serial).expect("reserved serials have slots");
-    debug_assert_eq!(
-        slot.word.load(Ordering::Relaxed),
-        0,
-        "a serial is published once"
-    );
-    slot.policy.store(policy.0, Ordering::Relaxed);
-    slot.first_scan_e.store(first_scan_e, Ordering::Relaxed);
-    slot.word.store(word.pack(), Ordering::Release);
 }

@@ -7,7 +7,6 @@ use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::TicketError;
-use crate::ops::mint::publish;
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Op, TicketState, Word};
 
@@ -29,7 +28,7 @@ impl Engine {
             .partition(at.loc.partition)
             .expect("located tickets have partitions");
         // Held to the end: a second transfer of this ticket waits, then finds the successor.
-        let mut successors = self.successors.lock().expect("successors poisoned");
+        let mut successors = self.tables.successors.lock().expect("successors poisoned");
         if let Some(&serial) = successors.get(&at.loc) {
             return Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)));
         }
@@ -60,13 +59,7 @@ impl Engine {
             gate: 0,
             time_e: to_epoch_s(now),
         };
-        publish(
-            partition,
-            serial,
-            at.slot.policy_id(),
-            successor,
-            first_scan,
-        );
+        partition.publish(serial, at.slot.policy_id(), successor, first_scan);
         successors.insert(at.loc, serial);
         if let Some(mut log) = log {
             log.push(&Record::Transfer {

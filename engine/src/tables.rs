@@ -1,0 +1,58 @@
+//! The engine's tables: what check-ins read and change, what recovery rebuilds and what a
+//! snapshot copies. Recovery and snapshots work on these alone, never on the engine around
+//! them (which holds the clock, the log and the lock besides).
+
+use dashmap::DashMap;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::index::Partition;
+use crate::keys::KeyRing;
+use crate::policy::PolicyTable;
+use crate::scans::ScanMemory;
+
+/// Where an imported code's ticket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TicketLoc {
+    /// Partition id.
+    pub partition: u16,
+    /// Serial in the partition.
+    pub serial: u32,
+}
+
+/// The engine's tables.
+pub(crate) struct Tables {
+    /// Keys that sign and verify codes.
+    pub(crate) keys: KeyRing,
+    /// Policies by id.
+    pub(crate) policies: PolicyTable,
+    /// Partitions by id (`None`: not served here).
+    pub(crate) partitions: Box<[Option<Partition>]>,
+    /// Imported codes: the full string (hashed with xxh3, compared in full) to its ticket.
+    pub(crate) imported: DashMap<Box<str>, TicketLoc, Xxh3Builder>,
+    /// Transferred tickets to their successors' serials (same partition). Held for the whole
+    /// of a transfer, so transfers of one ticket are one at a time and a repeated transfer
+    /// answers the code the first one made.
+    pub(crate) successors: std::sync::Mutex<std::collections::HashMap<TicketLoc, u32>>,
+    /// Recent state-changing scans per gate, for retries.
+    pub(crate) scans: ScanMemory,
+}
+
+impl Tables {
+    /// Partition `id`, if served here.
+    pub(crate) fn partition(&self, id: u16) -> Option<&Partition> {
+        self.partitions.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Every transfer's (partition, old serial, new serial), sorted.
+    pub(crate) fn successors_list(&self) -> Vec<(u16, u32, u32)> {
+        let mut all: Vec<_> = self
+            .successors
+            .lock()
+            .expect("successors poisoned")
+            .iter()
+            .map(|(loc, new)| (loc.partition, loc.serial, *new))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+}

@@ -1,0 +1,8 @@
+//! Limits both sides of the wire rely on: a node enforces them, and a gateway or client
+//! checks them first so that a request it sends is never refused for them.
+
+/// Most entries a ticket's state counts (the state word's entry field is six bits); a
+/// policy allows at most this many, or 0 for unlimited.
+pub const ENTRIES_MAX: u8 = 63;
+/// Longest undo window a policy may set, seconds: one hour.
+pub const UNDO_WINDOW_MAX_S: u32 = 3600;
