@@ -44,6 +44,20 @@ pub const INFLIGHT_DEFAULT: usize = 1024;
 pub const SUBSCRIPTION_BACKLOG: usize = 1024;
 /// Bytes of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// A connection that hears nothing from its node this long is dead: the client reconnects
+/// and resends. Short, so that a gate whose node died (or restarted without a word, as after
+/// SIGKILL, when no stateless reset reaches it) scans again within about a second; the
+/// client's keep-alives keep a quiet connection alive meanwhile. QUIC stretches it to three
+/// probe timeouts on a slow path, so a slow node is not taken for a dead one.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a quiet connection sends a keep-alive: several per [`IDLE_TIMEOUT`], so one
+/// lost datagram does not end a live connection.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(300);
+/// The round-trip time assumed before one is measured (QUIC's default is 333 ms, made for
+/// the Internet): gates and nodes share a site, and with it a handshake whose first packet
+/// is lost, or that reaches a node still starting, is tried again within a fraction of a
+/// second instead of one.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -617,8 +631,9 @@ fn quinn_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientErro
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s fits")));
+    transport.initial_rtt(INITIAL_RTT);
     transport.stream_receive_window((4u32 << 20).into());
     transport.send_window(8 << 20);
     qc.transport_config(Arc::new(transport));

@@ -608,6 +608,16 @@ fn spawn_node(data: &Path, tls: &Path) -> (NodeProcess, SocketAddr) {
 
 /// [`spawn_node`] with more options.
 fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr) {
+    spawn_node_on(data, tls, "127.0.0.1:0".parse().unwrap(), extra)
+}
+
+/// [`spawn_node_with`] on the address `listen`.
+fn spawn_node_on(
+    data: &Path,
+    tls: &Path,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> (NodeProcess, SocketAddr) {
     use std::io::BufRead;
     let sync: &[&str] = match extra.contains(&"--sync") {
         true => &[],
@@ -615,7 +625,7 @@ fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, Soc
     };
     let mut child = NodeProcess(
         std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-            .args(["node", "--listen", "127.0.0.1:0"])
+            .args(["node", "--listen", &listen.to_string()])
             .args(sync)
             .args(extra)
             .arg("--data")
@@ -736,6 +746,101 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
     assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 2));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A node killed with SIGKILL and started again at once, on the same address and data dir,
+/// while `stile check` goes through 3,000 codes one by one: the check answers every code,
+/// each `admitted` once (a scan the killed node made is answered as it was, from the log).
+/// The restarted node answers the check's stale connection with a stateless reset the
+/// client accepts (its key comes from the data dir), so the client reconnects at once and
+/// resends. Before, the reset was signed with a new random key and ignored: the check waited
+/// out its 30 s request timeout and ended with an error, having printed nothing.
+#[test]
+fn sigkill_and_restart_under_stile_check_answers_every_code() {
+    use std::io::{BufRead, Read};
+    const CODES: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    let (mut node, addr) = spawn_node(&data, &tls);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let codes = rt.block_on(async {
+        let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let codes = admin.mint(spec(1, CODES as u32)).await.unwrap();
+        admin.close().await;
+        codes
+    });
+    let texts: Vec<String> = codes.iter().map(|c| c.to_text().as_str().into()).collect();
+
+    let gate = tls.join("gate-1.crt");
+    let started = Instant::now();
+    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["check", "--node", &addr.to_string()])
+        .arg("--ca")
+        .arg(tls.join(certs::CA_CERT))
+        .arg("--cert")
+        .arg(&gate)
+        .arg("--key")
+        .arg(certs::key_path_for(&gate))
+        .args(&texts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = check.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut lines = std::io::BufReader::new(check.stdout.take().unwrap()).lines();
+    let mut answered: Vec<String> = Vec::with_capacity(CODES);
+    while answered.len() < CODES / 3 {
+        answered.push(lines.next().expect("the check ended early").unwrap());
+    }
+    assert!(
+        check.try_wait().unwrap().is_none(),
+        "the check still runs when the node is killed"
+    );
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    let killed_at = Instant::now();
+    let before_kill = answered.len();
+    let (mut node, again) = spawn_node_on(&data, &tls, addr, &[]);
+    assert_eq!(again, addr);
+    for line in lines {
+        answered.push(line.unwrap());
+    }
+    let status = check.wait().unwrap();
+    let (after_kill, total) = (killed_at.elapsed(), started.elapsed());
+    let stderr = stderr.join().unwrap();
+    println!(
+        "kill -9 and restart under `stile check` of {CODES} codes: every code answered \
+         {after_kill:?} after the kill ({total:?} in all; {before_kill} answered before it)"
+    );
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(answered.len(), CODES, "{stderr}");
+    for (line, text) in answered.iter().zip(&texts) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[..2], [text.as_str(), "admitted"], "{line}");
+    }
+    // The restarted node holds the admits: another gate finds the last code used by gate 1.
+    rt.block_on(async {
+        let other = Client::connect(client_config(&tls, addr, "gate-2"))
+            .await
+            .unwrap();
+        let o = other.checkin(&codes[CODES - 1], 1).await.unwrap();
+        assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 1));
+        other.close().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
 }
 
 /// `--snapshot-every` sets how often the node snapshots (once the log moved); a value under a

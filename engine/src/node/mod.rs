@@ -20,6 +20,7 @@
 pub mod certs;
 mod conn;
 mod metrics;
+pub mod secret;
 mod tls;
 pub mod udp;
 
@@ -71,6 +72,10 @@ pub struct NodeConfig {
     /// Where to serve Prometheus text at `GET /metrics` (`None`: nowhere; port 0: any free
     /// port, see [`Node::metrics_addr`]).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the node's secret ([`secret::SECRET_FILE`]) is kept, so that gates learn of a
+    /// restart at once (`None`: the engine's data dir, the one its log is in; an engine
+    /// without a log draws a new secret at each start).
+    pub secret_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -89,6 +94,7 @@ impl NodeConfig {
             crl_poll: Duration::from_millis(250),
             snapshot_every: Some(Duration::from_secs(300)),
             metrics_listen: None,
+            secret_dir: None,
         }
     }
 }
@@ -107,6 +113,9 @@ pub enum NodeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The node's secret could not be read or made.
+    #[error("the node's secret: {0}")]
+    Secret(std::io::Error),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     MetricsBind {
@@ -234,6 +243,7 @@ impl Node {
     /// bound). Must run inside a tokio runtime.
     pub fn start(engine: Arc<Engine>, config: NodeConfig) -> Result<Node, NodeError> {
         let loaded = tls::load(&config.tls_dir, config.idle_timeout)?;
+        let endpoint_config = endpoint_config(&engine, &config).map_err(NodeError::Secret)?;
         let bind_err = |source| NodeError::Bind {
             addr: config.listen,
             source,
@@ -245,7 +255,7 @@ impl Node {
             None => tracing::debug!("UDP buffers: {udp_buffers:?}"),
         }
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(loaded.config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -344,6 +354,18 @@ impl Node {
             .await;
             tracing::info!("log synced at position {}", wal.durable_seq());
         }
+    }
+}
+
+/// The endpoint's config: its stateless-reset key from the node's secret.
+fn endpoint_config(engine: &Engine, config: &NodeConfig) -> std::io::Result<quinn::EndpointConfig> {
+    let dir = config
+        .secret_dir
+        .as_deref()
+        .or_else(|| engine.wal().and_then(|w| w.dir().parent()));
+    match dir {
+        Some(dir) => secret::endpoint_config(dir),
+        None => Ok(secret::endpoint_config_from(&secret::random())),
     }
 }
 
