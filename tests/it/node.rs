@@ -252,6 +252,22 @@ async fn roles_and_certificates_are_enforced() {
         .await
         .unwrap()
         .is_err());
+    // Nor read the node's counts and latencies, which cover every provider's tickets.
+    for answer in [
+        gate.stats().await.map(|_| ()),
+        gate.metrics(stile_protocol::frame::op::CHECKIN)
+            .await
+            .map(|_| ()),
+    ] {
+        match answer {
+            Err(ClientError::Node { code, message }) => {
+                assert_eq!(code, error_code::FORBIDDEN, "{message}");
+                assert!(message.contains("admin role"), "{message}");
+            }
+            other => panic!("a gate read node-wide counts: {other:?}"),
+        }
+    }
+    assert!(admin.stats().await.is_ok());
     // And an admin checks in only on behalf of a gate.
     assert!(admin.checkin(&p1[0], 1).await.is_err());
 
@@ -406,6 +422,59 @@ async fn a_forged_flood_is_rate_limited_for_that_gate_only() {
     let theirs = admin.mint(spec(2, 1)).await.unwrap();
     let o = admin.checkin_as(1, 2, &theirs[0], 1).await.unwrap();
     assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 1));
+}
+
+/// Looking up forged codes with `status` spends the gate's budget as scanning them does:
+/// past it the look-ups are refused `RATE_LIMITED`, and the gate's scans are
+/// `rate_limited`, for the cooldown; another gate is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_status_lookups_spend_the_gates_budget() {
+    let n = TestNode::start(|c| {
+        c.budget_per_s = 20;
+        c.budget_burst = 40;
+        c.budget_cooldown = Duration::from_secs(30);
+    })
+    .await;
+    let admin = n.client("admin-admin").await;
+    let prober = n.client("gate-1").await;
+    let honest = n.client("gate-2").await;
+    let codes = admin.mint(spec(1, 2)).await.unwrap();
+    let probes: Vec<_> = (0..1000).map(|i| forged(&codes[0], i)).collect();
+    let answers = futures_join(probes.into_iter().map(|c| {
+        let p = prober.clone();
+        async move {
+            match p.status(&c).await {
+                Err(ClientError::Node { code, .. }) => code,
+                other => panic!("a forged code's status: {other:?}"),
+            }
+        }
+    }))
+    .await;
+    let limited = answers
+        .iter()
+        .filter(|c| **c == error_code::RATE_LIMITED)
+        .count();
+    let forged_n = answers.iter().filter(|c| **c == error_code::FORGED).count();
+    assert_eq!(limited + forged_n, 1000);
+    assert!((40..200).contains(&forged_n), "forged {forged_n}");
+    // The prober is cut off, for look-ups and scans of genuine codes too...
+    match prober.status(&codes[0]).await {
+        Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::RATE_LIMITED),
+        other => panic!("a blocked gate looked a ticket up: {other:?}"),
+    }
+    assert_eq!(
+        prober.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::RateLimited
+    );
+    // ...while another gate is served as usual.
+    assert_eq!(
+        honest.status(&codes[0]).await.unwrap().state,
+        TicketStateName::Valid
+    );
+    assert_eq!(
+        honest.checkin(&codes[1], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

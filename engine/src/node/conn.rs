@@ -360,6 +360,15 @@ fn error(code: u16, message: impl Into<String>) -> Response {
     }
 }
 
+/// The answer to a gate past its forged-code budget.
+fn rate_limited() -> Response {
+    error(
+        error_code::RATE_LIMITED,
+        "rate limited: this gate sent too many forged or unknown codes; try again after the \
+         cooldown",
+    )
+}
+
 fn ticket_error(e: &TicketError) -> (u16, String) {
     let code = match e {
         TicketError::Forged => error_code::FORGED,
@@ -527,11 +536,19 @@ impl Stream {
                 self.reply(id, &resp);
             }
             Request::Ping => self.reply(id, &Response::Pong),
+            // Node-wide counts over every provider's tickets and gates: an operator's view,
+            // not a gate's (the gateway and `stile stat` read them with admin certificates).
             Request::Stats => {
+                if !matches!(self.identity.role, Role::Admin { .. }) {
+                    return self.forbidden(id, "stats");
+                }
                 let resp = Response::Stats(self.stats());
                 self.reply(id, &resp);
             }
             Request::Metrics { op } => {
+                if !matches!(self.identity.role, Role::Admin { .. }) {
+                    return self.forbidden(id, "metrics");
+                }
                 let resp = Response::Metrics(wire_metrics(&self.shared, op));
                 self.reply(id, &resp);
             }
@@ -689,21 +706,43 @@ impl Stream {
         });
     }
 
+    /// A ticket's state. A gate asks of its provider's tickets only, and spends its budget
+    /// on codes that are not genuine or not known exactly as its scans do (in the same
+    /// order: the tag first, then the provider, then the ticket), so that status is no free
+    /// oracle to try codes against; past the budget it is refused with `RATE_LIMITED`.
     fn status(&self, code: RawCode) -> Response {
-        let code = match code_or_error(code) {
-            Ok(c) => c,
-            Err((c, m)) => return error(c, m),
-        };
-        if let Some((gate, _)) = &self.gate {
-            if gate.provider != Some(code.provider()) {
-                return error(
-                    error_code::FORBIDDEN,
-                    "ticket of another provider than this gate's",
-                );
+        let budget = self
+            .gate
+            .as_ref()
+            .map(|(gate, budget)| (gate.provider, budget));
+        if let Some((_, budget)) = budget {
+            if budget.blocked(self.now_ms) {
+                return rate_limited();
             }
         }
-        match self.shared.engine.status(&Presented::Code(code)) {
+        let charged = |e: (u16, String)| match budget {
+            Some((_, budget))
+                if self.charge(budget, Outcome::FORGED).kind == OutcomeKind::RateLimited =>
+            {
+                rate_limited()
+            }
+            _ => error(e.0, e.1),
+        };
+        let code = match code_or_error(code) {
+            Ok(c) => c,
+            Err(e) => return charged(e),
+        };
+        let found = self.shared.engine.status(&Presented::Code(code));
+        let theirs = budget.is_some_and(|(provider, _)| provider != Some(code.provider()));
+        match found {
+            Err(TicketError::Forged) => charged(ticket_error(&TicketError::Forged)),
+            // Genuine, of another provider (known or not): refused, as a scan is.
+            _ if theirs => error(
+                error_code::FORBIDDEN,
+                "ticket of another provider than this gate's",
+            ),
             Ok(st) => Response::Ticket(ticket_info(&st)),
+            Err(e @ TicketError::Unknown) => charged(ticket_error(&e)),
             Err(e) => {
                 let (c, m) = ticket_error(&e);
                 error(c, m)
