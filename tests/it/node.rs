@@ -477,6 +477,63 @@ async fn forged_status_lookups_spend_the_gates_budget() {
     );
 }
 
+/// Signs a client certificate with the CA in `tls` whose subject alternative names are
+/// `uris` (as `stile certs` never would), and returns a client config that presents it.
+fn config_with_uris(n: &TestNode, uris: &[&str]) -> ClientConfig {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(n.tls.join(certs::CA_KEY)).unwrap())
+            .unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(
+        &std::fs::read_to_string(n.tls.join(certs::CA_CERT)).unwrap(),
+    )
+    .unwrap()
+    .self_signed(&ca_key)
+    .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+        .collect();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let tls = ClientTls::from_pem(
+        &std::fs::read(n.tls.join(certs::CA_CERT)).unwrap(),
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    ClientConfig::new(n.addr, tls)
+}
+
+/// The node refuses, at the handshake, a certificate of its own CA that names two roles (a
+/// gate and an admin: it was taken as whichever came first) or an admin whose name holds a
+/// newline (which would forge a line of the audit log); a well-formed one still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_with_two_roles_or_a_control_character_are_refused() {
+    let n = TestNode::start(|_| {}).await;
+    for uris in [
+        &["urn:stile:gate:7:provider:1", "urn:stile:admin:ops"][..],
+        &["urn:stile:admin:ops", "urn:stile:gate:7:provider:1"],
+        &["urn:stile:admin:ops\nstile::audit: mint by admin root"],
+    ] {
+        match Client::connect(config_with_uris(&n, uris)).await {
+            Err(ClientError::Refused(reason)) => {
+                assert!(
+                    reason.contains("no gate or admin role"),
+                    "{uris:?}: {reason}"
+                )
+            }
+            other => panic!("{uris:?} got {other:?}"),
+        }
+    }
+    let ops = Client::connect(config_with_uris(&n, &["urn:stile:admin:ops"]))
+        .await
+        .unwrap();
+    assert!(ops.stats().await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_check_ins_and_transfers_as_events() {
     let n = TestNode::start(|_| {}).await;
