@@ -25,8 +25,20 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// How long a command waits for one answer unless told otherwise (reconnects included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects with the certificate `conn` names, or the default one for `want`.
 pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
+    connect_waiting(conn, want, REQUEST_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `request_timeout` for each answer.
+async fn connect_waiting(
+    conn: &Conn,
+    want: Want,
+    request_timeout: Duration,
+) -> anyhow::Result<Client> {
     let tls_dir = conn.data.join("tls");
     let (cert, key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -60,7 +72,7 @@ pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(addr, tls);
     config.server_name = server_name;
     config.provider = provider;
-    config.request_timeout = Duration::from_secs(30);
+    config.request_timeout = request_timeout;
     Ok(Client::connect(config).await?)
 }
 
@@ -190,9 +202,22 @@ pub struct CheckArgs {
     /// Scan id of the first code (the next codes count up); reuse it to retry a scan.
     #[arg(long)]
     scan_id: Option<u64>,
+    /// Longest wait for one code's answer, reconnecting to a node that went away included;
+    /// past it the check ends with an error, after the lines of the answers it got.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    timeout: Duration,
     /// Codes, as printed by `stile mint` (case, hyphens and spaces do not matter).
     #[arg(required = true)]
     codes: Vec<String>,
+}
+
+/// A duration of at least 100 ms (`2s`, `500ms`).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
 }
 
 fn outcome_json(text: &str, o: &Outcome) -> String {
@@ -223,7 +248,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut all_open = true;
     runtime()?.block_on(async {
-        let client = connect(&args.conn, Want::Gate).await?;
+        let client = connect_waiting(&args.conn, Want::Gate, args.timeout).await?;
         let first = args.scan_id.unwrap_or_else(|| client.next_scan_id());
         for (i, text) in args.codes.iter().enumerate() {
             let scan_id = first.wrapping_add(i as u64);

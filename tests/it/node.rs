@@ -874,6 +874,99 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
     child.wait().unwrap();
 }
 
+/// A `stile check` of `texts` at `addr` with gate 1's certificate, running: the child, its
+/// stdout's lines, and its stderr once it ends.
+struct Check {
+    /// The `stile check` process.
+    child: std::process::Child,
+    /// Its stdout, a line at a time.
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// All of its stderr, once it ends.
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Check {
+    fn spawn(tls: &Path, addr: SocketAddr, extra: &[&str], texts: &[String]) -> Check {
+        use std::io::{BufRead, Read};
+        let gate = tls.join("gate-1.crt");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["check", "--node", &addr.to_string()])
+            .arg("--ca")
+            .arg(tls.join(certs::CA_CERT))
+            .arg("--cert")
+            .arg(&gate)
+            .arg("--key")
+            .arg(certs::key_path_for(&gate))
+            .args(extra)
+            .args(texts)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Check {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Reads lines until `n` have been read in all (into `answered`).
+    fn read_until(&mut self, answered: &mut Vec<String>, n: usize) {
+        while answered.len() < n {
+            answered.push(self.lines.next().expect("the check ended early").unwrap());
+        }
+    }
+
+    /// Reads the rest of the lines into `answered`; the exit status and stderr.
+    fn finish(mut self, answered: &mut Vec<String>) -> (std::process::ExitStatus, String) {
+        for line in self.lines.by_ref() {
+            answered.push(line.unwrap());
+        }
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.join().unwrap())
+    }
+}
+
+/// A `stile node` on a fresh data dir with `count` codes of provider 1 minted: the node, its
+/// address, the codes and their text.
+fn node_with_codes(
+    data: &Path,
+    tls: &Path,
+    count: usize,
+) -> (NodeProcess, SocketAddr, Vec<CodeBytes>, Vec<String>) {
+    make_certs(tls);
+    let (node, addr) = spawn_node(data, tls);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let codes = rt.block_on(async {
+        let admin = Client::connect(client_config(tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let codes = admin.mint(spec(1, count as u32)).await.unwrap();
+        admin.close().await;
+        codes
+    });
+    let texts = codes.iter().map(|c| c.to_text().as_str().into()).collect();
+    (node, addr, codes, texts)
+}
+
+/// Asserts that each line names its code, in order, and `admitted`.
+fn assert_all_admitted(lines: &[String], texts: &[String]) {
+    for (line, text) in lines.iter().zip(texts) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[..2], [text.as_str(), "admitted"], "{line}");
+    }
+}
+
 /// A node killed with SIGKILL and started again at once, on the same address and data dir,
 /// while `stile check` goes through 3,000 codes one by one: the check answers every code,
 /// each `admitted` once (a scan the killed node made is answered as it was, from the log).
@@ -883,54 +976,16 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
 /// out its 30 s request timeout and ended with an error, having printed nothing.
 #[test]
 fn sigkill_and_restart_under_stile_check_answers_every_code() {
-    use std::io::{BufRead, Read};
     const CODES: usize = 3_000;
     let dir = tempfile::tempdir().unwrap();
     let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
-    make_certs(&tls);
-    let (mut node, addr) = spawn_node(&data, &tls);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let codes = rt.block_on(async {
-        let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
-            .await
-            .unwrap();
-        let codes = admin.mint(spec(1, CODES as u32)).await.unwrap();
-        admin.close().await;
-        codes
-    });
-    let texts: Vec<String> = codes.iter().map(|c| c.to_text().as_str().into()).collect();
-
-    let gate = tls.join("gate-1.crt");
+    let (mut node, addr, codes, texts) = node_with_codes(&data, &tls, CODES);
     let started = Instant::now();
-    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["check", "--node", &addr.to_string()])
-        .arg("--ca")
-        .arg(tls.join(certs::CA_CERT))
-        .arg("--cert")
-        .arg(&gate)
-        .arg("--key")
-        .arg(certs::key_path_for(&gate))
-        .args(&texts)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = check.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut lines = std::io::BufReader::new(check.stdout.take().unwrap()).lines();
+    let mut check = Check::spawn(&tls, addr, &[], &texts);
     let mut answered: Vec<String> = Vec::with_capacity(CODES);
-    while answered.len() < CODES / 3 {
-        answered.push(lines.next().expect("the check ended early").unwrap());
-    }
+    check.read_until(&mut answered, CODES / 3);
     assert!(
-        check.try_wait().unwrap().is_none(),
+        check.child.try_wait().unwrap().is_none(),
         "the check still runs when the node is killed"
     );
     node.kill().unwrap(); // SIGKILL
@@ -939,23 +994,20 @@ fn sigkill_and_restart_under_stile_check_answers_every_code() {
     let before_kill = answered.len();
     let (mut node, again) = spawn_node_on(&data, &tls, addr, &[]);
     assert_eq!(again, addr);
-    for line in lines {
-        answered.push(line.unwrap());
-    }
-    let status = check.wait().unwrap();
+    let (status, stderr) = check.finish(&mut answered);
     let (after_kill, total) = (killed_at.elapsed(), started.elapsed());
-    let stderr = stderr.join().unwrap();
     println!(
         "kill -9 and restart under `stile check` of {CODES} codes: every code answered \
          {after_kill:?} after the kill ({total:?} in all; {before_kill} answered before it)"
     );
     assert!(status.success(), "{status:?}: {stderr}");
     assert_eq!(answered.len(), CODES, "{stderr}");
-    for (line, text) in answered.iter().zip(&texts) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        assert_eq!(fields[..2], [text.as_str(), "admitted"], "{line}");
-    }
+    assert_all_admitted(&answered, &texts);
     // The restarted node holds the admits: another gate finds the last code used by gate 1.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let other = Client::connect(client_config(&tls, addr, "gate-2"))
             .await
@@ -964,6 +1016,53 @@ fn sigkill_and_restart_under_stile_check_answers_every_code() {
         assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 1));
         other.close().await;
     });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
+/// A node killed for good in the middle of `stile check`: the check prints the line of every
+/// answer it got, then ends with status 1, naming the first code without an answer and its
+/// scan id. Run again from there with that scan id once the node is back, it admits the
+/// rest, the scan that was in flight at the kill included (answered as it was, if the node
+/// made it).
+#[test]
+fn stile_check_prints_the_answers_it_got_before_an_error_and_how_to_retry() {
+    const CODES: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, _, texts) = node_with_codes(&data, &tls, CODES);
+    let mut check = Check::spawn(&tls, addr, &["--timeout", "2s"], &texts);
+    let mut answered = Vec::with_capacity(CODES);
+    check.read_until(&mut answered, CODES / 3);
+    node.kill().unwrap(); // SIGKILL, and no restart
+    node.wait().unwrap();
+    let (status, stderr) = check.finish(&mut answered);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let n = answered.len();
+    assert!((CODES / 3..CODES).contains(&n), "{n} answers: {stderr}");
+    assert_all_admitted(&answered, &texts);
+    let said = format!(
+        "{} of {CODES} code(s) got no answer, from {} on",
+        CODES - n,
+        texts[n]
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(stderr.contains("no answer within 2s"), "{stderr}");
+    let scan_id = stderr
+        .split("--scan-id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no scan id to retry from: {stderr}"))
+        .to_string();
+
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let retry = Check::spawn(&tls, addr, &["--scan-id", &scan_id], &texts[n..]);
+    let mut rest = Vec::new();
+    let (status, stderr) = retry.finish(&mut rest);
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(rest.len(), CODES - n);
+    assert_all_admitted(&rest, &texts[n..]);
     // SAFETY: kill(2) with a pid of our own child and a valid signal number.
     assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
     assert!(node.wait().unwrap().success());
