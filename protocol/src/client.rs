@@ -104,6 +104,7 @@ pub enum ClientError {
 /// TLS material of a client: the deployment's CA and, normally, this client's certificate.
 #[derive(Clone)]
 pub struct ClientTls {
+    /// The rustls config: roots, client certificate, ALPN.
     config: Arc<rustls::ClientConfig>,
 }
 
@@ -227,7 +228,9 @@ enum Reply {
 
 /// A request waiting for its answer.
 struct Pending {
+    /// The request, to resend after a reconnect.
     req: Request,
+    /// Where its answer goes.
     reply: Reply,
     /// The caller's in-flight slot (`None`: a request the client sends of itself).
     _permit: Option<OwnedSemaphorePermit>,
@@ -235,14 +238,19 @@ struct Pending {
 
 /// A request handed to the writer.
 struct Command {
+    /// The request.
     req: Request,
+    /// Where its answer goes.
     reply: Reply,
+    /// The caller's in-flight slot, held until the answer.
     permit: OwnedSemaphorePermit,
 }
 
 /// State the caller handles, the writer and the reader share.
 struct Shared {
+    /// Requests sent and not yet answered, by request id.
     pending: Mutex<HashMap<u32, Pending>>,
+    /// The next request id to try.
     next_id: AtomicU64,
     /// Subscriptions dropped here (their receiver gone or full) that the node still runs:
     /// the writer tells it to stop them.
@@ -268,11 +276,15 @@ impl Shared {
 /// A connection to one node. Cheap to clone; every clone shares the connection.
 #[derive(Clone)]
 pub struct Client {
+    /// Requests to the writer.
     tx: mpsc::UnboundedSender<Command>,
     /// Why the client stopped for good, once it has.
     dead: Arc<std::sync::OnceLock<ClientError>>,
+    /// In-flight slots (`inflight_max`).
     slots: Arc<Semaphore>,
+    /// How it connects.
     config: Arc<ClientConfig>,
+    /// The next scan id [`Client::next_scan_id`] hands out.
     scan_ids: Arc<AtomicU64>,
     /// The task that owns the connection, for [`Client::close`].
     driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -549,6 +561,7 @@ impl Client {
 /// A stream of ticket events.
 #[derive(Debug)]
 pub struct Subscription {
+    /// Event batches, or the error that ended the subscription.
     rx: mpsc::Receiver<Result<Vec<Event>, ClientError>>,
 }
 

@@ -186,7 +186,9 @@ fn read_string(path: &Path) -> Result<String, CertError> {
 
 /// The CA, loaded to sign with.
 struct Ca {
+    /// The CA's certificate, re-signed from its parameters (same subject and key id).
     cert: Certificate,
+    /// The CA's private key.
     key: KeyPair,
 }
 
@@ -319,6 +321,7 @@ fn gate_params(id: u16, provider: u16) -> Result<CertificateParams, CertError> {
 /// A CA loaded once to issue many short-lived gate certificates elsewhere than its own
 /// directory: the load tester's gates, fresh each run, kept out of the deployment's `tls/`.
 pub struct Issuer {
+    /// The CA it signs with.
     ca: Ca,
 }
 

@@ -150,19 +150,27 @@ fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
 
 /// What a stream's reader needs at hand.
 struct Stream {
+    /// State every connection shares.
     shared: Arc<Shared>,
+    /// The stream's connection.
     conn: quinn::Connection,
+    /// Who the peer is, from its certificate.
     identity: Arc<Identity>,
     /// The gate this peer is (gates only) and its budget.
     gate: Option<(Gate, Arc<Budget>)>,
+    /// Answers to the stream's writer.
     tx: mpsc::UnboundedSender<Out>,
+    /// In-flight slots: one per request read and not yet answered.
     slots: Arc<Semaphore>,
     /// Check-ins of the current read.
     batch: Vec<CheckinRequest>,
+    /// Their request ids, in the same order.
     ids: Vec<u32>,
+    /// Their outcomes, once the engine ran them.
     outcomes: Vec<Outcome>,
     /// Answers decided without the engine (forged layout, rate limited), sent with the batch.
     early: BytesMut,
+    /// How many answers `early` holds.
     early_slots: u32,
     /// The early answers' requests by op.
     early_ops: OpTally,

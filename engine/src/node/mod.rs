@@ -131,6 +131,7 @@ const BUDGETS_MAX: usize = 1 << 16;
 
 /// A gate's budget for forged and unknown codes.
 pub(crate) struct Budget {
+    /// The sustained rate and burst of forged and unknown codes allowed.
     limiter: governor::DefaultDirectRateLimiter,
     /// Node-clock milliseconds until which every scan of the gate is `rate_limited`.
     blocked_until_ms: AtomicU64,
@@ -165,7 +166,9 @@ pub(crate) struct Counters {
 
 /// State every connection task shares.
 pub(crate) struct Shared {
+    /// The engine every request runs on.
     pub engine: Arc<Engine>,
+    /// How the node was started.
     pub config: NodeConfig,
     /// By provider and gate id (gates of different providers may share an id).
     pub budgets: DashMap<u32, Arc<Budget>>,
@@ -173,13 +176,17 @@ pub(crate) struct Shared {
     pub live: Mutex<HashMap<usize, (Vec<u8>, quinn::Connection)>>,
     /// Serials the current CRL revokes.
     pub revoked: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Open connections and running subscriptions.
     pub counters: Counters,
     /// Latency by op, outcomes, in flight, scans by gate.
     pub metrics: metrics::NodeMetrics,
+    /// When the node started (the budgets' clock counts from here).
     pub started: Instant,
+    /// Turns true when the node begins to shut down.
     pub shutdown: watch::Receiver<bool>,
-    /// The UDP socket's buffers, and its number in `/proc/net/udp` (for its drops).
+    /// What the kernel granted the UDP socket.
     pub udp_buffers: udp::Buffers,
+    /// The socket's inode, to find its drops in `/proc/net/udp`.
     pub udp_inode: Option<u64>,
 }
 
@@ -220,13 +227,17 @@ impl Shared {
 
 /// A running node.
 pub struct Node {
+    /// The QUIC endpoint it serves on.
     endpoint: quinn::Endpoint,
+    /// State its tasks share.
     shared: Arc<Shared>,
     /// The node's metrics, as `/metrics` serves them.
     registry: Arc<prometheus_client::registry::Registry>,
     /// Where `/metrics` is served, if anywhere.
     metrics_addr: Option<SocketAddr>,
+    /// Tells every task to stop.
     shutdown: watch::Sender<bool>,
+    /// The accept loop, CRL watcher, snapshotter and metrics server.
     tasks: JoinSet<()>,
 }
 
