@@ -1021,6 +1021,36 @@ fn sigkill_and_restart_under_stile_check_answers_every_code() {
     assert!(node.wait().unwrap().success());
 }
 
+/// A node killed and restarted without its secret (`DATA/node.secret` lost) cannot sign a
+/// reset the client accepts: the client finds the connection dead by its idle timeout
+/// instead (1 s), well within the check's `--timeout 10s`, and every code is answered. With
+/// the client's former 30 s idle timeout the check ended "no answer within 10s". The node
+/// makes a new secret.
+#[test]
+fn a_node_restarted_without_its_secret_is_found_by_the_idle_timeout() {
+    const CODES: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, _, texts) = node_with_codes(&data, &tls, CODES);
+    let secret = data.join(stile_engine::node::secret::SECRET_FILE);
+    let old = std::fs::read(&secret).unwrap();
+    let mut check = Check::spawn(&tls, addr, &["--timeout", "10s"], &texts);
+    let mut answered = Vec::with_capacity(CODES);
+    check.read_until(&mut answered, CODES / 3);
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    std::fs::remove_file(&secret).unwrap();
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let (status, stderr) = check.finish(&mut answered);
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(answered.len(), CODES, "{stderr}");
+    assert_all_admitted(&answered, &texts);
+    assert_ne!(std::fs::read(&secret).unwrap(), old, "a new secret");
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
 /// A node killed for good in the middle of `stile check`: the check prints the line of every
 /// answer it got, then ends with status 1, naming the first code without an answer and its
 /// scan id. Run again from there with that scan id once the node is back, it admits the
