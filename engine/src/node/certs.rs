@@ -466,7 +466,23 @@ pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
     }
     // Only clients are checked against the CRL: revoking the node's own certificate would
     // do nothing, and saying it was done would mislead.
-    let identity = identity_of(der.as_ref()).map_err(|_| {
+    let claims_role = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(|name| {
+                matches!(name, x509_parser::extensions::GeneralName::URI(uri) if is_role_uri(uri))
+            })
+        });
+    let identity = identity_of(der.as_ref()).map_err(|reason| {
+        if claims_role {
+            // Two roles, or one that does not parse: every node refuses it at the handshake.
+            return bad(
+                cert_file,
+                format!("{reason}: no node accepts it, so there is nothing to revoke"),
+            );
+        }
         bad(
             cert_file,
             "names no gate or admin role (a node's certificate?): only gate and admin \
@@ -520,13 +536,7 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri)
-                if uri.len() >= ROLE_URI_PREFIX.len()
-                    && uri.as_bytes()[..ROLE_URI_PREFIX.len()]
-                        .eq_ignore_ascii_case(ROLE_URI_PREFIX.as_bytes()) =>
-            {
-                Some(*uri)
-            }
+            x509_parser::extensions::GeneralName::URI(uri) if is_role_uri(uri) => Some(*uri),
             _ => None,
         });
     let uri = uris
@@ -550,6 +560,12 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
         role,
         serial: cert.raw_serial().to_vec(),
     })
+}
+
+/// Whether `uri` claims a stile role (starts `urn:stile:`, in any case), parsing or not.
+fn is_role_uri(uri: &str) -> bool {
+    uri.len() >= ROLE_URI_PREFIX.len()
+        && uri.as_bytes()[..ROLE_URI_PREFIX.len()].eq_ignore_ascii_case(ROLE_URI_PREFIX.as_bytes())
 }
 
 fn parse_role_uri(uri: &str) -> Option<Role> {
@@ -613,8 +629,8 @@ mod tests {
         }
     }
 
-    /// A certificate of this CA whose subject alternative names are `uris`, as DER.
-    fn cert_with_uris(ca: &Ca, uris: &[&str]) -> Vec<u8> {
+    /// A certificate of this CA whose subject alternative names are `uris`.
+    fn cert_with_uris(ca: &Ca, uris: &[&str]) -> Certificate {
         let mut params = base_params("stile test");
         for uri in uris {
             params
@@ -624,7 +640,7 @@ mod tests {
         let (_, cert) = ca
             .sign(params, ExtendedKeyUsagePurpose::ClientAuth)
             .unwrap();
-        cert.der().to_vec()
+        cert
     }
 
     /// A certificate naming two stile roles is refused rather than taken by the first; so is
@@ -636,7 +652,7 @@ mod tests {
         let tls = dir.path().join("tls");
         init(&tls).unwrap();
         let ca = load_ca(&tls).unwrap();
-        let role = |uris: &[&str]| identity_of(&cert_with_uris(&ca, uris)).map(|i| i.role);
+        let role = |uris: &[&str]| identity_of(cert_with_uris(&ca, uris).der()).map(|i| i.role);
         assert_eq!(
             role(&["https://gates.example", "urn:stile:gate:7:provider:3"]),
             Ok(Role::Gate { id: 7, provider: 3 })
@@ -659,6 +675,13 @@ mod tests {
             assert!(why.contains("does not parse"), "{uri:?}: {why}");
             assert!(!why.contains('\n') && !why.contains('\u{1b}'), "{why}");
         }
+        // Revoking one says why it needs none, rather than taking it for a node's.
+        let two = dir.path().join("two.crt");
+        let cert = cert_with_uris(&ca, &["urn:stile:gate:7:provider:3", "urn:stile:admin:ops"]);
+        std::fs::write(&two, cert.pem()).unwrap();
+        let why = revoke(&tls, &two).unwrap_err().to_string();
+        assert!(why.contains("nothing to revoke"), "{why}");
+        assert!(revoked_serials(&tls).unwrap().is_empty());
         for name in ["ops\nroot", "ops\r", "a\tb", "a b", "\u{202e}toor", ""] {
             assert!(
                 matches!(issue_admin(&tls, name), Err(CertError::Invalid(_))),
