@@ -1051,6 +1051,68 @@ fn a_node_restarted_without_its_secret_is_found_by_the_idle_timeout() {
     assert!(node.wait().unwrap().success());
 }
 
+/// A subscription and a gate ride out a node's SIGKILL and restart: the gate's next scan is
+/// answered by the restarted node (the stale connection is reset and replaced), and the
+/// subscription, resent from the position after the last event it saw, carries that scan's
+/// event and no event twice.
+#[test]
+fn subscriptions_and_gates_resume_after_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, codes, _) = node_with_codes(&data, &tls, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let (admin, gate, mut sub) = rt.block_on(async {
+        let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let gate = Client::connect(client_config(&tls, addr, "gate-1"))
+            .await
+            .unwrap();
+        let sub = admin.subscribe(0).await.unwrap();
+        (admin, gate, sub)
+    });
+    let serial = |c: &CodeBytes| c.header().serial;
+    let first = rt.block_on(async {
+        assert_eq!(
+            gate.checkin(&codes[0], 1).await.unwrap().kind,
+            OutcomeKind::Admitted
+        );
+        sub.next().await.unwrap().unwrap()
+    });
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].serial, serial(&codes[0]));
+
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let next = rt.block_on(async {
+        assert_eq!(
+            gate.checkin(&codes[1], 2).await.unwrap().kind,
+            OutcomeKind::Admitted
+        );
+        sub.next().await.unwrap().unwrap()
+    });
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(
+        (next[0].serial, next[0].state, next[0].gate),
+        (serial(&codes[1]), TicketStateName::Used, 1)
+    );
+    assert!(next[0].seq > first[0].seq);
+    rt.block_on(async {
+        drop(sub);
+        gate.close().await;
+        admin.close().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
 /// A node killed for good in the middle of `stile check`: the check prints the line of every
 /// answer it got, then ends with status 1, naming the first code without an answer and its
 /// scan id. Run again from there with that scan id once the node is back, it admits the
