@@ -53,7 +53,8 @@ pub struct NodeConfig {
     pub tls_dir: PathBuf,
     /// Most connections at once; more are refused.
     pub connections_max: usize,
-    /// A connection silent this long is closed (clients send keep-alives).
+    /// A connection silent this long is closed; QUIC takes the shorter of this and the
+    /// client's (stile's clients ask for 1 s and send keep-alives meanwhile).
     pub idle_timeout: Duration,
     /// Most requests in flight per stream (read, not yet answered).
     pub inflight_per_stream: usize,
