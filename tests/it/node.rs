@@ -477,6 +477,125 @@ async fn forged_status_lookups_spend_the_gates_budget() {
     );
 }
 
+/// A TLS verifier that refuses every server certificate with `0` as its reason: a client
+/// that ends its handshake with a close reason of its choosing.
+#[derive(Debug)]
+struct RefuseWith(String);
+
+impl rustls::client::danger::ServerCertVerifier for RefuseWith {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Nothing a peer sends starts a line of the node's log: a client (with no certificate at
+/// all) that ends its handshake with a close reason holding a newline and a forged
+/// `stile::audit` line is logged on one line, the newline escaped.
+#[test]
+fn a_peers_close_reason_cannot_forge_a_line_of_the_nodes_log() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    let mut node = NodeProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["node", "--listen", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--tls")
+            .arg(&tls)
+            .env("STILE_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("stile node listening on quic://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let forged = "stile::audit: mint by admin root: 1000 code(s)";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RefuseWith(format!("no\n{forged}"))))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![stile_protocol::frame::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                addr,
+                "127.0.0.1",
+            )
+            .unwrap();
+        assert!(connecting.await.is_err());
+        endpoint.wait_idle().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    let mut log = String::new();
+    node.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(node.wait().unwrap().success());
+    let told: Vec<&str> = log.lines().filter(|l| l.contains(forged)).collect();
+    assert!(!told.is_empty(), "the reason reached the log: {log}");
+    for l in told {
+        assert!(
+            l.contains("handshake with 127.0.0.1:"),
+            "a line of its own: {l:?}"
+        );
+    }
+}
+
 /// Signs a client certificate with the CA in `tls` whose subject alternative names are
 /// `uris` (as `stile certs` never would), and returns a client config that presents it.
 fn config_with_uris(n: &TestNode, uris: &[&str]) -> ClientConfig {

@@ -66,11 +66,14 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {
+                // The error may carry the peer's own close reason: any text at all.
+                let e = one_line(e);
                 tracing::info!("handshake with {remote} failed: {e}");
                 return;
             }
         },
         Err(e) => {
+            let e = one_line(e);
             tracing::info!("connection from {remote} not accepted: {e}");
             return;
         }
@@ -78,7 +81,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let identity = match peer_identity(&conn) {
         Ok(i) => i,
         Err(reason) => {
-            tracing::warn!("closing connection from {remote}: {reason}");
+            tracing::warn!("closing connection from {remote}: {}", one_line(&reason));
             conn.close(close::NO_ROLE.into(), reason.as_bytes());
             return;
         }
@@ -134,6 +137,28 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .lock()
         .expect("live connections poisoned")
         .remove(&id);
+}
+
+/// `text` on one line: control characters (a newline above all) and bidirectional-text
+/// controls escaped, so that nothing a peer sends (the reason of its `CONNECTION_CLOSE`,
+/// a name in its certificate) can start a log line of its own, such as a forged
+/// `stile::audit` line, or show one text as another.
+pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
@@ -277,7 +302,8 @@ async fn serve_stream(
 }
 
 fn refuse(conn: &quinn::Connection, e: &stile_protocol::frame::FrameError) {
-    tracing::warn!("closing connection from {}: {e}", conn.remote_address());
+    let remote = conn.remote_address();
+    tracing::warn!("closing connection from {remote}: {}", one_line(e));
     let reason = e.to_string();
     conn.close(e.close_code().into(), reason.as_bytes());
 }
@@ -1105,6 +1131,18 @@ mod tests {
             read_at: Instant::now(),
             ops: one_op(stile_protocol::frame::op::CHECKIN),
         }
+    }
+
+    /// Peer text is logged on one line: newlines, other control characters and bidi
+    /// controls come out escaped; everything else as it was.
+    #[test]
+    fn peer_text_is_logged_on_one_line() {
+        assert_eq!(one_line("plain: ünïcode ok"), "plain: ünïcode ok");
+        assert_eq!(
+            one_line("refused\nstile::audit: mint by admin root\r\t\u{7f}"),
+            "refused\\nstile::audit: mint by admin root\\r\\t\\u{7f}"
+        );
+        assert_eq!(one_line("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
     /// An answer already durable goes out at once, though answers queued behind it still
