@@ -25,8 +25,20 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// How long a command waits for one answer unless told otherwise (reconnects included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects with the certificate `conn` names, or the default one for `want`.
 pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
+    connect_waiting(conn, want, REQUEST_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `request_timeout` for each answer.
+async fn connect_waiting(
+    conn: &Conn,
+    want: Want,
+    request_timeout: Duration,
+) -> anyhow::Result<Client> {
     let tls_dir = conn.data.join("tls");
     let (cert, key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -60,7 +72,7 @@ pub(crate) async fn connect(conn: &Conn, want: Want) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(addr, tls);
     config.server_name = server_name;
     config.provider = provider;
-    config.request_timeout = Duration::from_secs(30);
+    config.request_timeout = request_timeout;
     Ok(Client::connect(config).await?)
 }
 
@@ -190,9 +202,22 @@ pub struct CheckArgs {
     /// Scan id of the first code (the next codes count up); reuse it to retry a scan.
     #[arg(long)]
     scan_id: Option<u64>,
+    /// Longest wait for one code's answer, reconnecting to a node that went away included;
+    /// past it the check ends with an error, after the lines of the answers it got.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    timeout: Duration,
     /// Codes, as printed by `stile mint` (case, hyphens and spaces do not matter).
     #[arg(required = true)]
     codes: Vec<String>,
+}
+
+/// A duration of at least 100 ms (`2s`, `500ms`).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
 }
 
 fn outcome_json(text: &str, o: &Outcome) -> String {
@@ -214,41 +239,62 @@ fn outcome_json(text: &str, o: &Outcome) -> String {
     v.to_string()
 }
 
-/// Runs `stile check`. Exit status: 0 if every code opened the gate, 2 if any did not,
-/// 1 on an error.
+/// Runs `stile check`: one line a code, printed as its answer comes. Exit status: 0 if every
+/// code opened the gate, 2 if any did not, 1 on an error (after the lines of every answer
+/// that came before it, and a line on stderr saying how to retry the rest).
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
     crate::init_logging("warn");
-    let outcomes = runtime()?.block_on(async {
-        let client = connect(&args.conn, Want::Gate).await?;
+    let mut out = std::io::stdout().lock();
+    let mut all_open = true;
+    runtime()?.block_on(async {
+        let client = connect_waiting(&args.conn, Want::Gate, args.timeout).await?;
         let first = args.scan_id.unwrap_or_else(|| client.next_scan_id());
-        let mut answers = Vec::new();
         for (i, text) in args.codes.iter().enumerate() {
             let scan_id = first.wrapping_add(i as u64);
-            let o = match CodeBytes::parse(text) {
-                Err(_) => Outcome::FORGED,
-                Ok(code) if args.exit => client.exit(&code, scan_id).await?,
-                Ok(code) if args.undo => client.undo(&code, scan_id).await?,
-                Ok(code) => client.checkin(&code, scan_id).await?,
+            let answer = match CodeBytes::parse(text) {
+                Err(_) => Ok(Outcome::FORGED),
+                Ok(code) if args.exit => client.exit(&code, scan_id).await,
+                Ok(code) if args.undo => client.undo(&code, scan_id).await,
+                Ok(code) => client.checkin(&code, scan_id).await,
             };
-            answers.push(o);
+            let o = match answer {
+                Ok(o) => o,
+                Err(e) => {
+                    client.close().await;
+                    return Err(anyhow::Error::new(e).context(unanswered(&args, i, scan_id)));
+                }
+            };
+            all_open &= o.kind.opens_gate() || o.kind == stile_protocol::OutcomeKind::Undone;
+            // Each line as its answer comes: a caller sees every answer it got, whatever
+            // happens to the rest.
+            if args.json {
+                writeln!(out, "{}", outcome_json(text, &o))?;
+            } else {
+                writeln!(out, "{text}\t{}\t{}", o.kind.name(), o.message())?;
+            }
+            out.flush()?;
         }
         client.close().await;
-        Ok::<_, anyhow::Error>(answers)
+        Ok::<_, anyhow::Error>(())
     })?;
-    let mut all_open = true;
-    for (text, o) in args.codes.iter().zip(&outcomes) {
-        all_open &= o.kind.opens_gate() || o.kind == stile_protocol::OutcomeKind::Undone;
-        if args.json {
-            println!("{}", outcome_json(text, o));
-        } else {
-            println!("{text}\t{}\t{}", o.kind.name(), o.message());
-        }
-    }
     Ok(if all_open {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// What `stile check` says when code `i` got no answer: how many did not, and how to ask
+/// again with the same scan ids (so that a scan the node did make is answered as it was).
+fn unanswered(args: &CheckArgs, i: usize, scan_id: u64) -> String {
+    let left = args.codes.len() - i;
+    format!(
+        "{left} of {} code(s) got no answer, from {} on (scan id {scan_id}); to retry them, \
+         run the same command with --scan-id {scan_id} and those codes",
+        args.codes.len(),
+        args.codes[i]
+    )
 }
 
 /// Arguments of `status`, `revoke` and `transfer`.

@@ -279,6 +279,7 @@ const P2: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 
 /// What two readings say together: the figures both views show.
 struct View<'a> {
+    /// The later reading.
     now: &'a Reading,
     /// The earlier reading, unless there is none or the node restarted in between.
     base: Option<&'a Reading>,
@@ -288,9 +289,11 @@ struct View<'a> {
     latency: Histogram,
     /// `fdatasync` latency in the window, or since start when there was none in it.
     fsync: Histogram,
+    /// Whether `fsync` counts since start rather than in the window.
     fsync_since_start: bool,
-    /// Syncs and records logged in the window.
+    /// Syncs logged in the window.
     syncs: u64,
+    /// Records logged in the window.
     records: u64,
 }
 

@@ -44,6 +44,20 @@ pub const INFLIGHT_DEFAULT: usize = 1024;
 pub const SUBSCRIPTION_BACKLOG: usize = 1024;
 /// Bytes of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// A connection that hears nothing from its node this long is dead: the client reconnects
+/// and resends. Short, so that a gate whose node died (or restarted without a word, as after
+/// SIGKILL, when no stateless reset reaches it) scans again within about a second; the
+/// client's keep-alives keep a quiet connection alive meanwhile. QUIC stretches it to three
+/// probe timeouts on a slow path, so a slow node is not taken for a dead one.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a quiet connection sends a keep-alive: several per [`IDLE_TIMEOUT`], so one
+/// lost datagram does not end a live connection.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(300);
+/// The round-trip time assumed before one is measured (QUIC's default is 333 ms, made for
+/// the Internet): gates and nodes share a site, and with it a handshake whose first packet
+/// is lost, or that reaches a node still starting, is tried again within a fraction of a
+/// second instead of one.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +104,7 @@ pub enum ClientError {
 /// TLS material of a client: the deployment's CA and, normally, this client's certificate.
 #[derive(Clone)]
 pub struct ClientTls {
+    /// The rustls config: roots, client certificate, ALPN.
     config: Arc<rustls::ClientConfig>,
 }
 
@@ -213,7 +228,9 @@ enum Reply {
 
 /// A request waiting for its answer.
 struct Pending {
+    /// The request, to resend after a reconnect.
     req: Request,
+    /// Where its answer goes.
     reply: Reply,
     /// The caller's in-flight slot (`None`: a request the client sends of itself).
     _permit: Option<OwnedSemaphorePermit>,
@@ -221,14 +238,19 @@ struct Pending {
 
 /// A request handed to the writer.
 struct Command {
+    /// The request.
     req: Request,
+    /// Where its answer goes.
     reply: Reply,
+    /// The caller's in-flight slot, held until the answer.
     permit: OwnedSemaphorePermit,
 }
 
 /// State the caller handles, the writer and the reader share.
 struct Shared {
+    /// Requests sent and not yet answered, by request id.
     pending: Mutex<HashMap<u32, Pending>>,
+    /// The next request id to try.
     next_id: AtomicU64,
     /// Subscriptions dropped here (their receiver gone or full) that the node still runs:
     /// the writer tells it to stop them.
@@ -254,11 +276,15 @@ impl Shared {
 /// A connection to one node. Cheap to clone; every clone shares the connection.
 #[derive(Clone)]
 pub struct Client {
+    /// Requests to the writer.
     tx: mpsc::UnboundedSender<Command>,
     /// Why the client stopped for good, once it has.
     dead: Arc<std::sync::OnceLock<ClientError>>,
+    /// In-flight slots (`inflight_max`).
     slots: Arc<Semaphore>,
+    /// How it connects.
     config: Arc<ClientConfig>,
+    /// The next scan id [`Client::next_scan_id`] hands out.
     scan_ids: Arc<AtomicU64>,
     /// The task that owns the connection, for [`Client::close`].
     driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -535,6 +561,7 @@ impl Client {
 /// A stream of ticket events.
 #[derive(Debug)]
 pub struct Subscription {
+    /// Event batches, or the error that ended the subscription.
     rx: mpsc::Receiver<Result<Vec<Event>, ClientError>>,
 }
 
@@ -617,8 +644,9 @@ fn quinn_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientErro
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s fits")));
+    transport.initial_rtt(INITIAL_RTT);
     transport.stream_receive_window((4u32 << 20).into());
     transport.send_window(8 << 20);
     qc.transport_config(Arc::new(transport));

@@ -556,6 +556,9 @@ pub mod error_code {
     pub const UNAVAILABLE: u16 = 6;
     /// The log position asked for is no longer kept.
     pub const TRIMMED: u16 = 7;
+    /// The gate spent its budget of forged and unknown codes: nothing is looked up for it
+    /// until its cooldown ends (the error form of the `rate_limited` outcome).
+    pub const RATE_LIMITED: u16 = 8;
 }
 
 /// A request, as a gate, the gateway or the CLI sends it.

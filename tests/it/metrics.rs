@@ -442,6 +442,29 @@ async fn stat_once_prints_rates_latencies_outcomes_and_the_log() {
     n.node.unwrap().shutdown().await;
 }
 
+/// `stile stat` reads node-wide counts, which only an admin certificate may: with a gate's it
+/// ends at once and says why, even with `--retry`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_with_a_gate_certificate_is_refused_with_the_reason() {
+    let n = TestNode::start(|_| {}).await;
+    let (dir, addr) = (n.dir.path().to_path_buf(), n.addr.to_string());
+    let (cert, key) = (n.tls.join("gate-1.crt"), n.tls.join("gate-1.key"));
+    let out = tokio::task::spawn_blocking(move || {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        stat(
+            &dir,
+            &addr,
+            &["--retry", "--count", "1", "--cert", cert, "--key", key],
+        )
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs the admin role"), "{err}");
+    n.node.unwrap().shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stat_with_retry_waits_out_a_restart() {
     use std::sync::Arc;

@@ -252,6 +252,22 @@ async fn roles_and_certificates_are_enforced() {
         .await
         .unwrap()
         .is_err());
+    // Nor read the node's counts and latencies, which cover every provider's tickets.
+    for answer in [
+        gate.stats().await.map(|_| ()),
+        gate.metrics(stile_protocol::frame::op::CHECKIN)
+            .await
+            .map(|_| ()),
+    ] {
+        match answer {
+            Err(ClientError::Node { code, message }) => {
+                assert_eq!(code, error_code::FORBIDDEN, "{message}");
+                assert!(message.contains("admin role"), "{message}");
+            }
+            other => panic!("a gate read node-wide counts: {other:?}"),
+        }
+    }
+    assert!(admin.stats().await.is_ok());
     // And an admin checks in only on behalf of a gate.
     assert!(admin.checkin(&p1[0], 1).await.is_err());
 
@@ -406,6 +422,235 @@ async fn a_forged_flood_is_rate_limited_for_that_gate_only() {
     let theirs = admin.mint(spec(2, 1)).await.unwrap();
     let o = admin.checkin_as(1, 2, &theirs[0], 1).await.unwrap();
     assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 1));
+}
+
+/// Looking up forged codes with `status` spends the gate's budget as scanning them does:
+/// past it the look-ups are refused `RATE_LIMITED`, and the gate's scans are
+/// `rate_limited`, for the cooldown; another gate is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_status_lookups_spend_the_gates_budget() {
+    let n = TestNode::start(|c| {
+        c.budget_per_s = 20;
+        c.budget_burst = 40;
+        c.budget_cooldown = Duration::from_secs(30);
+    })
+    .await;
+    let admin = n.client("admin-admin").await;
+    let prober = n.client("gate-1").await;
+    let honest = n.client("gate-2").await;
+    let codes = admin.mint(spec(1, 2)).await.unwrap();
+    let probes: Vec<_> = (0..1000).map(|i| forged(&codes[0], i)).collect();
+    let answers = futures_join(probes.into_iter().map(|c| {
+        let p = prober.clone();
+        async move {
+            match p.status(&c).await {
+                Err(ClientError::Node { code, .. }) => code,
+                other => panic!("a forged code's status: {other:?}"),
+            }
+        }
+    }))
+    .await;
+    let limited = answers
+        .iter()
+        .filter(|c| **c == error_code::RATE_LIMITED)
+        .count();
+    let forged_n = answers.iter().filter(|c| **c == error_code::FORGED).count();
+    assert_eq!(limited + forged_n, 1000);
+    assert!((40..200).contains(&forged_n), "forged {forged_n}");
+    // The prober is cut off, for look-ups and scans of genuine codes too...
+    match prober.status(&codes[0]).await {
+        Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::RATE_LIMITED),
+        other => panic!("a blocked gate looked a ticket up: {other:?}"),
+    }
+    assert_eq!(
+        prober.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::RateLimited
+    );
+    // ...while another gate is served as usual.
+    assert_eq!(
+        honest.status(&codes[0]).await.unwrap().state,
+        TicketStateName::Valid
+    );
+    assert_eq!(
+        honest.checkin(&codes[1], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+}
+
+/// A TLS verifier that refuses every server certificate with `0` as its reason: a client
+/// that ends its handshake with a close reason of its choosing.
+#[derive(Debug)]
+struct RefuseWith(String);
+
+impl rustls::client::danger::ServerCertVerifier for RefuseWith {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(self.0.clone()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Nothing a peer sends starts a line of the node's log: a client (with no certificate at
+/// all) that ends its handshake with a close reason holding a newline and a forged
+/// `stile::audit` line is logged on one line, the newline escaped.
+#[test]
+fn a_peers_close_reason_cannot_forge_a_line_of_the_nodes_log() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    let mut node = NodeProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["node", "--listen", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--tls")
+            .arg(&tls)
+            .env("STILE_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("stile node listening on quic://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let forged = "stile::audit: mint by admin root: 1000 code(s)";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RefuseWith(format!("no\n{forged}"))))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![stile_protocol::frame::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                addr,
+                "127.0.0.1",
+            )
+            .unwrap();
+        assert!(connecting.await.is_err());
+        endpoint.wait_idle().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    let mut log = String::new();
+    node.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(node.wait().unwrap().success());
+    let told: Vec<&str> = log.lines().filter(|l| l.contains(forged)).collect();
+    assert!(!told.is_empty(), "the reason reached the log: {log}");
+    for l in told {
+        assert!(
+            l.contains("handshake with 127.0.0.1:"),
+            "a line of its own: {l:?}"
+        );
+    }
+}
+
+/// Signs a client certificate with the CA in `tls` whose subject alternative names are
+/// `uris` (as `stile certs` never would), and returns a client config that presents it.
+fn config_with_uris(n: &TestNode, uris: &[&str]) -> ClientConfig {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(n.tls.join(certs::CA_KEY)).unwrap())
+            .unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(
+        &std::fs::read_to_string(n.tls.join(certs::CA_CERT)).unwrap(),
+    )
+    .unwrap()
+    .self_signed(&ca_key)
+    .unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+        .collect();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let tls = ClientTls::from_pem(
+        &std::fs::read(n.tls.join(certs::CA_CERT)).unwrap(),
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    ClientConfig::new(n.addr, tls)
+}
+
+/// The node refuses, at the handshake, a certificate of its own CA that names two roles (a
+/// gate and an admin: it was taken as whichever came first) or an admin whose name holds a
+/// newline (which would forge a line of the audit log); a well-formed one still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_with_two_roles_or_a_control_character_are_refused() {
+    let n = TestNode::start(|_| {}).await;
+    for uris in [
+        &["urn:stile:gate:7:provider:1", "urn:stile:admin:ops"][..],
+        &["urn:stile:admin:ops", "urn:stile:gate:7:provider:1"],
+        &["urn:stile:admin:ops\nstile::audit: mint by admin root"],
+    ] {
+        match Client::connect(config_with_uris(&n, uris)).await {
+            Err(ClientError::Refused(reason)) => {
+                assert!(
+                    reason.contains("no gate or admin role"),
+                    "{uris:?}: {reason}"
+                )
+            }
+            other => panic!("{uris:?} got {other:?}"),
+        }
+    }
+    let ops = Client::connect(config_with_uris(&n, &["urn:stile:admin:ops"]))
+        .await
+        .unwrap();
+    assert!(ops.stats().await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,6 +853,16 @@ fn spawn_node(data: &Path, tls: &Path) -> (NodeProcess, SocketAddr) {
 
 /// [`spawn_node`] with more options.
 fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr) {
+    spawn_node_on(data, tls, "127.0.0.1:0".parse().unwrap(), extra)
+}
+
+/// [`spawn_node_with`] on the address `listen`.
+fn spawn_node_on(
+    data: &Path,
+    tls: &Path,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> (NodeProcess, SocketAddr) {
     use std::io::BufRead;
     let sync: &[&str] = match extra.contains(&"--sync") {
         true => &[],
@@ -615,7 +870,7 @@ fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, Soc
     };
     let mut child = NodeProcess(
         std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-            .args(["node", "--listen", "127.0.0.1:0"])
+            .args(["node", "--listen", &listen.to_string()])
             .args(sync)
             .args(extra)
             .arg("--data")
@@ -736,6 +991,292 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
     assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 2));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A `stile check` of `texts` at `addr` with gate 1's certificate, running: the child, its
+/// stdout's lines, and its stderr once it ends.
+struct Check {
+    /// The `stile check` process.
+    child: std::process::Child,
+    /// Its stdout, a line at a time.
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// All of its stderr, once it ends.
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Check {
+    fn spawn(tls: &Path, addr: SocketAddr, extra: &[&str], texts: &[String]) -> Check {
+        use std::io::{BufRead, Read};
+        let gate = tls.join("gate-1.crt");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["check", "--node", &addr.to_string()])
+            .arg("--ca")
+            .arg(tls.join(certs::CA_CERT))
+            .arg("--cert")
+            .arg(&gate)
+            .arg("--key")
+            .arg(certs::key_path_for(&gate))
+            .args(extra)
+            .args(texts)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Check {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Reads lines until `n` have been read in all (into `answered`).
+    fn read_until(&mut self, answered: &mut Vec<String>, n: usize) {
+        while answered.len() < n {
+            answered.push(self.lines.next().expect("the check ended early").unwrap());
+        }
+    }
+
+    /// Reads the rest of the lines into `answered`; the exit status and stderr.
+    fn finish(mut self, answered: &mut Vec<String>) -> (std::process::ExitStatus, String) {
+        for line in self.lines.by_ref() {
+            answered.push(line.unwrap());
+        }
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.join().unwrap())
+    }
+}
+
+/// A `stile node` on a fresh data dir with `count` codes of provider 1 minted: the node, its
+/// address, the codes and their text.
+fn node_with_codes(
+    data: &Path,
+    tls: &Path,
+    count: usize,
+) -> (NodeProcess, SocketAddr, Vec<CodeBytes>, Vec<String>) {
+    make_certs(tls);
+    let (node, addr) = spawn_node(data, tls);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let codes = rt.block_on(async {
+        let admin = Client::connect(client_config(tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let codes = admin.mint(spec(1, count as u32)).await.unwrap();
+        admin.close().await;
+        codes
+    });
+    let texts = codes.iter().map(|c| c.to_text().as_str().into()).collect();
+    (node, addr, codes, texts)
+}
+
+/// Asserts that each line names its code, in order, and `admitted`.
+fn assert_all_admitted(lines: &[String], texts: &[String]) {
+    for (line, text) in lines.iter().zip(texts) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[..2], [text.as_str(), "admitted"], "{line}");
+    }
+}
+
+/// A node killed with SIGKILL and started again at once, on the same address and data dir,
+/// while `stile check` goes through 3,000 codes one by one: the check answers every code,
+/// each `admitted` once (a scan the killed node made is answered as it was, from the log).
+/// The restarted node answers the check's stale connection with a stateless reset the
+/// client accepts (its key comes from the data dir), so the client reconnects at once and
+/// resends. Before, the reset was signed with a new random key and ignored: the check waited
+/// out its 30 s request timeout and ended with an error, having printed nothing.
+#[test]
+fn sigkill_and_restart_under_stile_check_answers_every_code() {
+    const CODES: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, codes, texts) = node_with_codes(&data, &tls, CODES);
+    let started = Instant::now();
+    let mut check = Check::spawn(&tls, addr, &[], &texts);
+    let mut answered: Vec<String> = Vec::with_capacity(CODES);
+    check.read_until(&mut answered, CODES / 3);
+    assert!(
+        check.child.try_wait().unwrap().is_none(),
+        "the check still runs when the node is killed"
+    );
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    let killed_at = Instant::now();
+    let before_kill = answered.len();
+    let (mut node, again) = spawn_node_on(&data, &tls, addr, &[]);
+    assert_eq!(again, addr);
+    let (status, stderr) = check.finish(&mut answered);
+    let (after_kill, total) = (killed_at.elapsed(), started.elapsed());
+    println!(
+        "kill -9 and restart under `stile check` of {CODES} codes: every code answered \
+         {after_kill:?} after the kill ({total:?} in all; {before_kill} answered before it)"
+    );
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(answered.len(), CODES, "{stderr}");
+    assert_all_admitted(&answered, &texts);
+    // The restarted node holds the admits: another gate finds the last code used by gate 1.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let other = Client::connect(client_config(&tls, addr, "gate-2"))
+            .await
+            .unwrap();
+        let o = other.checkin(&codes[CODES - 1], 1).await.unwrap();
+        assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 1));
+        other.close().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
+/// A node killed and restarted without its secret (`DATA/node.secret` lost) cannot sign a
+/// reset the client accepts: the client finds the connection dead by its idle timeout
+/// instead (1 s), well within the check's `--timeout 10s`, and every code is answered. With
+/// the client's former 30 s idle timeout the check ended "no answer within 10s". The node
+/// makes a new secret.
+#[test]
+fn a_node_restarted_without_its_secret_is_found_by_the_idle_timeout() {
+    const CODES: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, _, texts) = node_with_codes(&data, &tls, CODES);
+    let secret = data.join(stile_engine::node::secret::SECRET_FILE);
+    let old = std::fs::read(&secret).unwrap();
+    let mut check = Check::spawn(&tls, addr, &["--timeout", "10s"], &texts);
+    let mut answered = Vec::with_capacity(CODES);
+    check.read_until(&mut answered, CODES / 3);
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    std::fs::remove_file(&secret).unwrap();
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let (status, stderr) = check.finish(&mut answered);
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(answered.len(), CODES, "{stderr}");
+    assert_all_admitted(&answered, &texts);
+    assert_ne!(std::fs::read(&secret).unwrap(), old, "a new secret");
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
+/// A subscription and a gate ride out a node's SIGKILL and restart: the gate's next scan is
+/// answered by the restarted node (the stale connection is reset and replaced), and the
+/// subscription, resent from the position after the last event it saw, carries that scan's
+/// event and no event twice.
+#[test]
+fn subscriptions_and_gates_resume_after_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, codes, _) = node_with_codes(&data, &tls, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let (admin, gate, mut sub) = rt.block_on(async {
+        let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let gate = Client::connect(client_config(&tls, addr, "gate-1"))
+            .await
+            .unwrap();
+        let sub = admin.subscribe(0).await.unwrap();
+        (admin, gate, sub)
+    });
+    let serial = |c: &CodeBytes| c.header().serial;
+    let first = rt.block_on(async {
+        assert_eq!(
+            gate.checkin(&codes[0], 1).await.unwrap().kind,
+            OutcomeKind::Admitted
+        );
+        sub.next().await.unwrap().unwrap()
+    });
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].serial, serial(&codes[0]));
+
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let next = rt.block_on(async {
+        assert_eq!(
+            gate.checkin(&codes[1], 2).await.unwrap().kind,
+            OutcomeKind::Admitted
+        );
+        sub.next().await.unwrap().unwrap()
+    });
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(
+        (next[0].serial, next[0].state, next[0].gate),
+        (serial(&codes[1]), TicketStateName::Used, 1)
+    );
+    assert!(next[0].seq > first[0].seq);
+    rt.block_on(async {
+        drop(sub);
+        gate.close().await;
+        admin.close().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
+
+/// A node killed for good in the middle of `stile check`: the check prints the line of every
+/// answer it got, then ends with status 1, naming the first code without an answer and its
+/// scan id. Run again from there with that scan id once the node is back, it admits the
+/// rest, the scan that was in flight at the kill included (answered as it was, if the node
+/// made it).
+#[test]
+fn stile_check_prints_the_answers_it_got_before_an_error_and_how_to_retry() {
+    const CODES: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, _, texts) = node_with_codes(&data, &tls, CODES);
+    let mut check = Check::spawn(&tls, addr, &["--timeout", "2s"], &texts);
+    let mut answered = Vec::with_capacity(CODES);
+    check.read_until(&mut answered, CODES / 3);
+    node.kill().unwrap(); // SIGKILL, and no restart
+    node.wait().unwrap();
+    let (status, stderr) = check.finish(&mut answered);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let n = answered.len();
+    assert!((CODES / 3..CODES).contains(&n), "{n} answers: {stderr}");
+    assert_all_admitted(&answered, &texts);
+    let said = format!(
+        "{} of {CODES} code(s) got no answer, from {} on",
+        CODES - n,
+        texts[n]
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(stderr.contains("no answer within 2s"), "{stderr}");
+    let scan_id = stderr
+        .split("--scan-id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no scan id to retry from: {stderr}"))
+        .to_string();
+
+    let (mut node, _) = spawn_node_on(&data, &tls, addr, &[]);
+    let retry = Check::spawn(&tls, addr, &["--scan-id", &scan_id], &texts[n..]);
+    let mut rest = Vec::new();
+    let (status, stderr) = retry.finish(&mut rest);
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(rest.len(), CODES - n);
+    assert_all_admitted(&rest, &texts[n..]);
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
 }
 
 /// `--snapshot-every` sets how often the node snapshots (once the log moved); a value under a

@@ -186,7 +186,9 @@ fn read_string(path: &Path) -> Result<String, CertError> {
 
 /// The CA, loaded to sign with.
 struct Ca {
+    /// The CA's certificate, re-signed from its parameters (same subject and key id).
     cert: Certificate,
+    /// The CA's private key.
     key: KeyPair,
 }
 
@@ -319,6 +321,7 @@ fn gate_params(id: u16, provider: u16) -> Result<CertificateParams, CertError> {
 /// A CA loaded once to issue many short-lived gate certificates elsewhere than its own
 /// directory: the load tester's gates, fresh each run, kept out of the deployment's `tls/`.
 pub struct Issuer {
+    /// The CA it signs with.
     ca: Ca,
 }
 
@@ -360,14 +363,21 @@ impl Issuer {
     }
 }
 
-/// Issues an admin certificate named `name` (letters, digits, `.`, `_`, `-`).
-pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
-    let ok = !name.is_empty()
+/// Whether `name` may name an admin: 1 to [`ADMIN_NAME_MAX`] ASCII letters, digits, `.`,
+/// `_` or `-`. The one rule for issuing and for accepting a certificate: a name goes into
+/// audit lines and file names, so it holds no control character (a newline would forge an
+/// audit line), no space and no path separator.
+pub fn valid_admin_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= ADMIN_NAME_MAX
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !ok {
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Issues an admin certificate named `name` (letters, digits, `.`, `_`, `-`).
+pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
+    if !valid_admin_name(name) {
         return Err(CertError::Invalid(format!(
             "admin name {name:?}: use 1 to {ADMIN_NAME_MAX} letters, digits, '.', '_' or '-'"
         )));
@@ -456,7 +466,23 @@ pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
     }
     // Only clients are checked against the CRL: revoking the node's own certificate would
     // do nothing, and saying it was done would mislead.
-    let identity = identity_of(der.as_ref()).map_err(|_| {
+    let claims_role = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(|name| {
+                matches!(name, x509_parser::extensions::GeneralName::URI(uri) if is_role_uri(uri))
+            })
+        });
+    let identity = identity_of(der.as_ref()).map_err(|reason| {
+        if claims_role {
+            // Two roles, or one that does not parse: every node refuses it at the handshake.
+            return bad(
+                cert_file,
+                format!("{reason}: no node accepts it, so there is nothing to revoke"),
+            );
+        }
         bad(
             cert_file,
             "names no gate or admin role (a node's certificate?): only gate and admin \
@@ -490,7 +516,14 @@ pub fn identity_of_file(path: &Path) -> Result<Identity, CertError> {
     identity_of(der.as_ref()).map_err(|reason| bad(path, reason))
 }
 
-/// Reads the role out of a (verified) peer certificate.
+/// The prefix of every stile role URI.
+const ROLE_URI_PREFIX: &str = "urn:stile:";
+
+/// Reads the role out of a (verified) peer certificate: the one `urn:stile:` URI among its
+/// subject alternative names. A certificate with two (two roles, or one named twice) is
+/// refused rather than taken by either, and so is one whose `urn:stile:` URI does not parse
+/// (an admin name with a newline, say): what a certificate lets its holder do is never a
+/// matter of which name comes first.
 pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("certificate does not parse: {e}"))?;
@@ -498,33 +531,65 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
         .subject_alternative_name()
         .map_err(|e| format!("bad subject alternative names: {e}"))?
         .ok_or("certificate has no subject alternative names")?;
-    for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(role) = parse_role_uri(uri) {
-                return Ok(Identity {
-                    role,
-                    serial: cert.raw_serial().to_vec(),
-                });
-            }
-        }
+    let mut uris = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if is_role_uri(uri) => Some(*uri),
+            _ => None,
+        });
+    let uri = uris
+        .next()
+        .ok_or("certificate names no stile role (urn:stile:gate:… or urn:stile:admin:…)")?;
+    if uris.next().is_some() {
+        return Err(
+            "certificate names more than one stile role (urn:stile:…); a certificate carries \
+             exactly one"
+                .into(),
+        );
     }
-    Err("certificate names no stile role (urn:stile:gate:… or urn:stile:admin:…)".into())
+    let role = parse_role_uri(uri).ok_or_else(|| {
+        format!(
+            "certificate's stile role \"{}\" does not parse (urn:stile:gate:ID:provider:P, or \
+             urn:stile:admin:NAME with 1 to {ADMIN_NAME_MAX} letters, digits, '.', '_' or '-')",
+            uri.escape_debug().take(120).collect::<String>()
+        )
+    })?;
+    Ok(Identity {
+        role,
+        serial: cert.raw_serial().to_vec(),
+    })
+}
+
+/// Whether `uri` claims a stile role (starts `urn:stile:`, in any case), parsing or not.
+fn is_role_uri(uri: &str) -> bool {
+    uri.len() >= ROLE_URI_PREFIX.len()
+        && uri.as_bytes()[..ROLE_URI_PREFIX.len()].eq_ignore_ascii_case(ROLE_URI_PREFIX.as_bytes())
 }
 
 fn parse_role_uri(uri: &str) -> Option<Role> {
-    let rest = uri.strip_prefix("urn:stile:")?;
+    let rest = uri.strip_prefix(ROLE_URI_PREFIX)?;
     if let Some(name) = rest.strip_prefix("admin:") {
-        return (!name.is_empty()).then(|| Role::Admin {
+        return valid_admin_name(name).then(|| Role::Admin {
             name: name.to_string(),
         });
     }
     let rest = rest.strip_prefix("gate:")?;
     let (id, provider) = rest.split_once(":provider:")?;
-    let id: u16 = id.parse().ok()?;
+    let id = decimal_u16(id)?;
     (id != 0).then_some(Role::Gate {
         id,
-        provider: provider.parse().ok()?,
+        provider: decimal_u16(provider)?,
     })
+}
+
+/// A u16 written in decimal digits only (no sign, no space).
+fn decimal_u16(s: &str) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]
@@ -543,14 +608,85 @@ mod tests {
                 name: "gateway".into()
             })
         );
+        let long = format!("urn:stile:admin:{}", "a".repeat(ADMIN_NAME_MAX + 1));
         for bad in [
             "urn:stile:gate:0:provider:3",
             "urn:stile:gate:70000:provider:3",
             "urn:stile:gate:7",
+            "urn:stile:gate:+7:provider:3",
+            "urn:stile:gate:7:provider: 3",
             "urn:other:admin:x",
             "urn:stile:admin:",
+            "urn:stile:admin:ops\nstile::audit: mint by admin root",
+            "urn:stile:admin:ops\r",
+            "urn:stile:admin:a\tb",
+            "urn:stile:admin:a b",
+            "urn:stile:admin:a\u{7f}",
+            "urn:stile:admin:\u{202e}toor",
+            &long,
         ] {
-            assert_eq!(parse_role_uri(bad), None, "{bad}");
+            assert_eq!(parse_role_uri(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A certificate of this CA whose subject alternative names are `uris`.
+    fn cert_with_uris(ca: &Ca, uris: &[&str]) -> Certificate {
+        let mut params = base_params("stile test");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+        let (_, cert) = ca
+            .sign(params, ExtendedKeyUsagePurpose::ClientAuth)
+            .unwrap();
+        cert
+    }
+
+    /// A certificate naming two stile roles is refused rather than taken by the first; so is
+    /// one whose admin name holds a control character (it would split an audit line), at
+    /// issue time and when the node reads it.
+    #[test]
+    fn two_roles_or_an_admin_name_with_control_characters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        init(&tls).unwrap();
+        let ca = load_ca(&tls).unwrap();
+        let role = |uris: &[&str]| identity_of(cert_with_uris(&ca, uris).der()).map(|i| i.role);
+        assert_eq!(
+            role(&["https://gates.example", "urn:stile:gate:7:provider:3"]),
+            Ok(Role::Gate { id: 7, provider: 3 })
+        );
+        for uris in [
+            &["urn:stile:gate:7:provider:3", "urn:stile:admin:ops"][..],
+            &["urn:stile:admin:ops", "urn:stile:gate:7:provider:3"],
+            &["urn:stile:gate:7:provider:3", "urn:stile:gate:8:provider:3"],
+            &["urn:stile:admin:ops", "urn:stile:admin:ops"],
+            &["urn:stile:gate:7:provider:3", "URN:Stile:admin:ops"],
+        ] {
+            let why = role(uris).unwrap_err();
+            assert!(why.contains("more than one stile role"), "{uris:?}: {why}");
+        }
+        for uri in [
+            "urn:stile:admin:ops\nstile::audit: mint by admin root",
+            "urn:stile:admin:ops\u{1b}[2K",
+        ] {
+            let why = role(&[uri]).unwrap_err();
+            assert!(why.contains("does not parse"), "{uri:?}: {why}");
+            assert!(!why.contains('\n') && !why.contains('\u{1b}'), "{why}");
+        }
+        // Revoking one says why it needs none, rather than taking it for a node's.
+        let two = dir.path().join("two.crt");
+        let cert = cert_with_uris(&ca, &["urn:stile:gate:7:provider:3", "urn:stile:admin:ops"]);
+        std::fs::write(&two, cert.pem()).unwrap();
+        let why = revoke(&tls, &two).unwrap_err().to_string();
+        assert!(why.contains("nothing to revoke"), "{why}");
+        assert!(revoked_serials(&tls).unwrap().is_empty());
+        for name in ["ops\nroot", "ops\r", "a\tb", "a b", "\u{202e}toor", ""] {
+            assert!(
+                matches!(issue_admin(&tls, name), Err(CertError::Invalid(_))),
+                "{name:?}"
+            );
         }
     }
 

@@ -66,11 +66,14 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {
+                // The error may carry the peer's own close reason: any text at all.
+                let e = one_line(e);
                 tracing::info!("handshake with {remote} failed: {e}");
                 return;
             }
         },
         Err(e) => {
+            let e = one_line(e);
             tracing::info!("connection from {remote} not accepted: {e}");
             return;
         }
@@ -78,7 +81,7 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let identity = match peer_identity(&conn) {
         Ok(i) => i,
         Err(reason) => {
-            tracing::warn!("closing connection from {remote}: {reason}");
+            tracing::warn!("closing connection from {remote}: {}", one_line(&reason));
             conn.close(close::NO_ROLE.into(), reason.as_bytes());
             return;
         }
@@ -136,6 +139,28 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .remove(&id);
 }
 
+/// `text` on one line: control characters (a newline above all) and bidirectional-text
+/// controls escaped, so that nothing a peer sends (the reason of its `CONNECTION_CLOSE`,
+/// a name in its certificate) can start a log line of its own, such as a forged
+/// `stile::audit` line, or show one text as another.
+pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
     let certs = conn
         .peer_identity()
@@ -150,19 +175,27 @@ fn peer_identity(conn: &quinn::Connection) -> Result<Identity, String> {
 
 /// What a stream's reader needs at hand.
 struct Stream {
+    /// State every connection shares.
     shared: Arc<Shared>,
+    /// The stream's connection.
     conn: quinn::Connection,
+    /// Who the peer is, from its certificate.
     identity: Arc<Identity>,
     /// The gate this peer is (gates only) and its budget.
     gate: Option<(Gate, Arc<Budget>)>,
+    /// Answers to the stream's writer.
     tx: mpsc::UnboundedSender<Out>,
+    /// In-flight slots: one per request read and not yet answered.
     slots: Arc<Semaphore>,
     /// Check-ins of the current read.
     batch: Vec<CheckinRequest>,
+    /// Their request ids, in the same order.
     ids: Vec<u32>,
+    /// Their outcomes, once the engine ran them.
     outcomes: Vec<Outcome>,
     /// Answers decided without the engine (forged layout, rate limited), sent with the batch.
     early: BytesMut,
+    /// How many answers `early` holds.
     early_slots: u32,
     /// The early answers' requests by op.
     early_ops: OpTally,
@@ -269,7 +302,8 @@ async fn serve_stream(
 }
 
 fn refuse(conn: &quinn::Connection, e: &stile_protocol::frame::FrameError) {
-    tracing::warn!("closing connection from {}: {e}", conn.remote_address());
+    let remote = conn.remote_address();
+    tracing::warn!("closing connection from {remote}: {}", one_line(e));
     let reason = e.to_string();
     conn.close(e.close_code().into(), reason.as_bytes());
 }
@@ -358,6 +392,15 @@ fn error(code: u16, message: impl Into<String>) -> Response {
         code,
         message: message.into(),
     }
+}
+
+/// The answer to a gate past its forged-code budget.
+fn rate_limited() -> Response {
+    error(
+        error_code::RATE_LIMITED,
+        "rate limited: this gate sent too many forged or unknown codes; try again after the \
+         cooldown",
+    )
 }
 
 fn ticket_error(e: &TicketError) -> (u16, String) {
@@ -527,11 +570,19 @@ impl Stream {
                 self.reply(id, &resp);
             }
             Request::Ping => self.reply(id, &Response::Pong),
+            // Node-wide counts over every provider's tickets and gates: an operator's view,
+            // not a gate's (the gateway and `stile stat` read them with admin certificates).
             Request::Stats => {
+                if !matches!(self.identity.role, Role::Admin { .. }) {
+                    return self.forbidden(id, "stats");
+                }
                 let resp = Response::Stats(self.stats());
                 self.reply(id, &resp);
             }
             Request::Metrics { op } => {
+                if !matches!(self.identity.role, Role::Admin { .. }) {
+                    return self.forbidden(id, "metrics");
+                }
                 let resp = Response::Metrics(wire_metrics(&self.shared, op));
                 self.reply(id, &resp);
             }
@@ -689,21 +740,43 @@ impl Stream {
         });
     }
 
+    /// A ticket's state. A gate asks of its provider's tickets only, and spends its budget
+    /// on codes that are not genuine or not known exactly as its scans do (in the same
+    /// order: the tag first, then the provider, then the ticket), so that status is no free
+    /// oracle to try codes against; past the budget it is refused with `RATE_LIMITED`.
     fn status(&self, code: RawCode) -> Response {
-        let code = match code_or_error(code) {
-            Ok(c) => c,
-            Err((c, m)) => return error(c, m),
-        };
-        if let Some((gate, _)) = &self.gate {
-            if gate.provider != Some(code.provider()) {
-                return error(
-                    error_code::FORBIDDEN,
-                    "ticket of another provider than this gate's",
-                );
+        let budget = self
+            .gate
+            .as_ref()
+            .map(|(gate, budget)| (gate.provider, budget));
+        if let Some((_, budget)) = budget {
+            if budget.blocked(self.now_ms) {
+                return rate_limited();
             }
         }
-        match self.shared.engine.status(&Presented::Code(code)) {
+        let charged = |e: (u16, String)| match budget {
+            Some((_, budget))
+                if self.charge(budget, Outcome::FORGED).kind == OutcomeKind::RateLimited =>
+            {
+                rate_limited()
+            }
+            _ => error(e.0, e.1),
+        };
+        let code = match code_or_error(code) {
+            Ok(c) => c,
+            Err(e) => return charged(e),
+        };
+        let found = self.shared.engine.status(&Presented::Code(code));
+        let theirs = budget.is_some_and(|(provider, _)| provider != Some(code.provider()));
+        match found {
+            Err(TicketError::Forged) => charged(ticket_error(&TicketError::Forged)),
+            // Genuine, of another provider (known or not): refused, as a scan is.
+            _ if theirs => error(
+                error_code::FORBIDDEN,
+                "ticket of another provider than this gate's",
+            ),
             Ok(st) => Response::Ticket(ticket_info(&st)),
+            Err(e @ TicketError::Unknown) => charged(ticket_error(&e)),
             Err(e) => {
                 let (c, m) = ticket_error(&e);
                 error(c, m)
@@ -1058,6 +1131,18 @@ mod tests {
             read_at: Instant::now(),
             ops: one_op(stile_protocol::frame::op::CHECKIN),
         }
+    }
+
+    /// Peer text is logged on one line: newlines, other control characters and bidi
+    /// controls come out escaped; everything else as it was.
+    #[test]
+    fn peer_text_is_logged_on_one_line() {
+        assert_eq!(one_line("plain: ünïcode ok"), "plain: ünïcode ok");
+        assert_eq!(
+            one_line("refused\nstile::audit: mint by admin root\r\t\u{7f}"),
+            "refused\\nstile::audit: mint by admin root\\r\\t\\u{7f}"
+        );
+        assert_eq!(one_line("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
     /// An answer already durable goes out at once, though answers queued behind it still

@@ -346,6 +346,7 @@ pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
 
 /// Writes every node metric at each scrape, read straight from the atomics.
 struct NodeCollector {
+    /// The node's state, read at each scrape.
     shared: Arc<Shared>,
 }
 

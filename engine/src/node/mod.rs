@@ -20,6 +20,7 @@
 pub mod certs;
 mod conn;
 mod metrics;
+pub mod secret;
 mod tls;
 pub mod udp;
 
@@ -52,7 +53,8 @@ pub struct NodeConfig {
     pub tls_dir: PathBuf,
     /// Most connections at once; more are refused.
     pub connections_max: usize,
-    /// A connection silent this long is closed (clients send keep-alives).
+    /// A connection silent this long is closed; QUIC takes the shorter of this and the
+    /// client's (stile's clients ask for 1 s and send keep-alives meanwhile).
     pub idle_timeout: Duration,
     /// Most requests in flight per stream (read, not yet answered).
     pub inflight_per_stream: usize,
@@ -71,6 +73,10 @@ pub struct NodeConfig {
     /// Where to serve Prometheus text at `GET /metrics` (`None`: nowhere; port 0: any free
     /// port, see [`Node::metrics_addr`]).
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the node's secret ([`secret::SECRET_FILE`]) is kept, so that gates learn of a
+    /// restart at once (`None`: the engine's data dir, the one its log is in; an engine
+    /// without a log draws a new secret at each start).
+    pub secret_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -89,6 +95,7 @@ impl NodeConfig {
             crl_poll: Duration::from_millis(250),
             snapshot_every: Some(Duration::from_secs(300)),
             metrics_listen: None,
+            secret_dir: None,
         }
     }
 }
@@ -107,6 +114,9 @@ pub enum NodeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The node's secret could not be read or made.
+    #[error("the node's secret: {0}")]
+    Secret(std::io::Error),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     MetricsBind {
@@ -122,6 +132,7 @@ const BUDGETS_MAX: usize = 1 << 16;
 
 /// A gate's budget for forged and unknown codes.
 pub(crate) struct Budget {
+    /// The sustained rate and burst of forged and unknown codes allowed.
     limiter: governor::DefaultDirectRateLimiter,
     /// Node-clock milliseconds until which every scan of the gate is `rate_limited`.
     blocked_until_ms: AtomicU64,
@@ -156,7 +167,9 @@ pub(crate) struct Counters {
 
 /// State every connection task shares.
 pub(crate) struct Shared {
+    /// The engine every request runs on.
     pub engine: Arc<Engine>,
+    /// How the node was started.
     pub config: NodeConfig,
     /// By provider and gate id (gates of different providers may share an id).
     pub budgets: DashMap<u32, Arc<Budget>>,
@@ -164,13 +177,17 @@ pub(crate) struct Shared {
     pub live: Mutex<HashMap<usize, (Vec<u8>, quinn::Connection)>>,
     /// Serials the current CRL revokes.
     pub revoked: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Open connections and running subscriptions.
     pub counters: Counters,
     /// Latency by op, outcomes, in flight, scans by gate.
     pub metrics: metrics::NodeMetrics,
+    /// When the node started (the budgets' clock counts from here).
     pub started: Instant,
+    /// Turns true when the node begins to shut down.
     pub shutdown: watch::Receiver<bool>,
-    /// The UDP socket's buffers, and its number in `/proc/net/udp` (for its drops).
+    /// What the kernel granted the UDP socket.
     pub udp_buffers: udp::Buffers,
+    /// The socket's inode, to find its drops in `/proc/net/udp`.
     pub udp_inode: Option<u64>,
 }
 
@@ -211,13 +228,17 @@ impl Shared {
 
 /// A running node.
 pub struct Node {
+    /// The QUIC endpoint it serves on.
     endpoint: quinn::Endpoint,
+    /// State its tasks share.
     shared: Arc<Shared>,
     /// The node's metrics, as `/metrics` serves them.
     registry: Arc<prometheus_client::registry::Registry>,
     /// Where `/metrics` is served, if anywhere.
     metrics_addr: Option<SocketAddr>,
+    /// Tells every task to stop.
     shutdown: watch::Sender<bool>,
+    /// The accept loop, CRL watcher, snapshotter and metrics server.
     tasks: JoinSet<()>,
 }
 
@@ -234,6 +255,7 @@ impl Node {
     /// bound). Must run inside a tokio runtime.
     pub fn start(engine: Arc<Engine>, config: NodeConfig) -> Result<Node, NodeError> {
         let loaded = tls::load(&config.tls_dir, config.idle_timeout)?;
+        let endpoint_config = endpoint_config(&engine, &config).map_err(NodeError::Secret)?;
         let bind_err = |source| NodeError::Bind {
             addr: config.listen,
             source,
@@ -245,7 +267,7 @@ impl Node {
             None => tracing::debug!("UDP buffers: {udp_buffers:?}"),
         }
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(loaded.config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -344,6 +366,18 @@ impl Node {
             .await;
             tracing::info!("log synced at position {}", wal.durable_seq());
         }
+    }
+}
+
+/// The endpoint's config: its stateless-reset key from the node's secret.
+fn endpoint_config(engine: &Engine, config: &NodeConfig) -> std::io::Result<quinn::EndpointConfig> {
+    let dir = config
+        .secret_dir
+        .as_deref()
+        .or_else(|| engine.wal().and_then(|w| w.dir().parent()));
+    match dir {
+        Some(dir) => secret::endpoint_config(dir),
+        None => Ok(secret::endpoint_config_from(&secret::random())),
     }
 }
 

@@ -17,7 +17,9 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 4;
 
 /// The server config and the serials its CRL revokes.
 pub(crate) struct Loaded {
+    /// The server config to serve with.
     pub config: quinn::ServerConfig,
+    /// Serial numbers the CRL revokes.
     pub revoked: HashSet<Vec<u8>>,
 }
 
