@@ -454,6 +454,20 @@ impl Collector for NodeCollector {
             "Tickets minted",
             &ConstGauge::new(shared.engine.minted_tickets() as i64),
         )?;
+        let (steps_back, held_s) = shared.engine.clock_steps_back();
+        one(
+            &mut e,
+            "stile_node_clock_steps_back",
+            "Times the system clock stepped back while the node ran; the engine's time stood \
+             still each time until the clock caught up",
+            &ConstCounter::new(steps_back),
+        )?;
+        one(
+            &mut e,
+            "stile_node_clock_behind_seconds",
+            "How far the system clock is behind the engine's time now (0: not held)",
+            &ConstGauge::new(held_s as i64),
+        )?;
         one(
             &mut e,
             "stile_node_uptime_seconds",
