@@ -231,7 +231,19 @@ impl Engine {
             },
             datadir::LockError::Io(source) => io(source),
         })?;
+        // Before anything is made: keys and a log written under a wrong clock would be
+        // judged by it.
+        check_clock_range(clock.now_unix_s())?;
         let has_state = datadir::has_state(dir).map_err(io)?;
+        let ring = dir.join(datadir::KEYS_DIR).join(datadir::RING_FILE);
+        if !has_state && ring.exists() {
+            // Keys are made in the same start that makes the log: a ring without a log or a
+            // snapshot is a data dir whose log was deleted, and starting afresh would mint
+            // the same codes again, for tickets that were already used.
+            return Err(OpenError::LogMissing {
+                path: dir.join(datadir::WAL_DIR),
+            });
+        }
         let keys = KeyRing::open(dir, has_state)?;
         let (sync, segment_max_bytes, runway) =
             (config.sync, config.segment_max_bytes, config.log_runway);

@@ -33,6 +33,17 @@ pub enum OpenError {
     /// The key ring could not be loaded or made.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The data dir holds a key ring but no log and no snapshot.
+    #[error(
+        "{path} is missing or empty, but the data dir holds a key ring: its log was deleted, and \
+         starting afresh would mint the codes of tickets already used again. Restore the log \
+         from a backup; only if this data dir never held tickets (a first start that stopped \
+         before its log was made), remove its keys directory to start anew"
+    )]
+    LogMissing {
+        /// The log's directory.
+        path: PathBuf,
+    },
     /// The clock is outside what the engine records, or behind the data dir's newest time.
     #[error("clock: {0}")]
     Clock(String),

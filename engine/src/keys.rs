@@ -199,11 +199,11 @@ pub enum KeyError {
         want: u32,
     },
     /// The ring file does not parse.
-    #[error("{path}, line {line}: {reason}")]
+    #[error("{path}{}: {reason}", if *line > 0 { format!(", line {line}") } else { String::new() })]
     Malformed {
         /// The ring file.
         path: PathBuf,
-        /// 1-based line number.
+        /// 1-based line number (0: the file as a whole).
         line: usize,
         /// What is wrong.
         reason: String,
@@ -627,11 +627,15 @@ fn check_mode(path: &Path, want: u32) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Checks a ring file's checksum line (its last): `Ok(true)` for a ring without this
-/// version's first line (one of the first version, or written by hand), which has none; an
-/// error saying what is wrong otherwise.
+/// Checks a ring file's checksum line (its last): `Ok(true)` for a ring with neither this
+/// version's first line nor a checksum line (one of the first version, or written by hand);
+/// an error saying what is wrong otherwise. A ring that has either must have both right, so
+/// that removing the first line does not turn the check off.
 fn check_ring_sum(text: &str) -> Result<bool, String> {
-    if text.lines().next().map(str::trim) != Some(RING_HEADER) {
+    let has_sum = text
+        .lines()
+        .any(|l| l.trim_start().starts_with(RING_CHECKSUM_PREFIX.trim_end()));
+    if text.lines().next().map(str::trim) != Some(RING_HEADER) && !has_sum {
         return Ok(true);
     }
     let body_end = text.trim_end_matches('\n').rfind('\n').map_or(0, |i| i + 1);
@@ -857,6 +861,11 @@ mod tests {
         let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
         fs::write(&ring, cut).unwrap();
         assert!(KeyRing::open(dir.path(), true).is_err());
+        // The first line removed, then a digit changed: still checked.
+        let headless: String = bad.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        fs::write(&ring, headless).unwrap();
+        let err = KeyRing::open(dir.path(), true).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
         // Put back: opens.
         fs::write(&ring, &text).unwrap();
         KeyRing::open(dir.path(), true).unwrap();

@@ -16,11 +16,21 @@ use crate::tables::{Tables, TicketLoc};
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::Record;
 use crate::word::{Op, Word};
-use stile_protocol::OutcomeKind;
+use std::collections::HashMap;
+
+use stile_protocol::{Outcome, OutcomeKind};
+
+/// Admits annulled by an undo, by gate, partition, serial and entry count, with the undo's
+/// answer: a retry of such an admit is told so whichever of the two the log holds first.
+type Annulled = HashMap<(u16, u16, u32, u8), Outcome>;
 
 /// Replays every record from `from_seq` on; returns where the log ends.
 pub(crate) fn replay(tables: &Tables, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
-    segment::scan(wal_dir, from_seq, |_, record| apply(tables, record)).map_err(OpenError::from)
+    let mut annulled = Annulled::new();
+    segment::scan(wal_dir, from_seq, |_, record| {
+        apply(tables, &mut annulled, record)
+    })
+    .map_err(OpenError::from)
 }
 
 /// Whether `new` is a later version of the ticket than `old` (versions wrap at 256).
@@ -29,7 +39,7 @@ fn newer(new: u64, old: u64) -> bool {
     (n.wrapping_sub(o) as i8) > 0
 }
 
-fn apply(tables: &Tables, record: Record) -> Result<(), String> {
+fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(), String> {
     match record {
         Record::Policy { id, policy } => tables.policies.restore(PolicyId(id), policy),
         Record::Mint { partition, first, count, policy, word } => {
@@ -46,12 +56,18 @@ fn apply(tables: &Tables, record: Record) -> Result<(), String> {
                 // The answer that scan got, for a retry that arrives after the restart.
                 let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
                 let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
-                let answer = crate::scans::unpack(t.answer);
+                let mut answer = crate::scans::unpack(t.answer);
+                if op == Op::Entry && answer.kind == OutcomeKind::Admitted {
+                    if let Some(undo) = annulled.get(&(t.gate, partition, serial, answer.entries)) {
+                        answer = *undo;
+                    }
+                }
                 tables.scans.remember(&key, op, &answer);
                 if op == Op::Undo && answer.kind == OutcomeKind::Undone {
                     // As the undo did when it ran: the annulled admit counted one more entry.
                     let entries = Word::unpack(word).entries.saturating_add(1);
                     tables.scans.annul_admit(t.gate, partition, serial, entries, &answer);
+                    annulled.insert((t.gate, partition, serial, entries), answer);
                 }
             }
             Ok(())

@@ -203,6 +203,55 @@ impl ScanMemory {
     }
 }
 
+/// One remembered scan as a snapshot keeps it: gate, entry index, scan id plus one, op and
+/// ticket packed, answer packed.
+pub type ScanRow = (u16, u8, u64, u64, u64);
+
+impl ScanMemory {
+    /// Every remembered scan, for a snapshot (entries being written meanwhile are left out
+    /// or read whole: the log after the snapshot's position has them anyway).
+    pub(crate) fn export(&self) -> Vec<ScanRow> {
+        let mut rows = Vec::new();
+        for gate in 0..GATES_MAX {
+            let Some(table) = self.table(gate as u16) else {
+                continue;
+            };
+            for (i, entry) in table.entries.iter().enumerate() {
+                let scan = entry.scan.load(Ordering::Acquire);
+                if scan == 0 {
+                    continue;
+                }
+                let ticket = entry.ticket.load(Ordering::Acquire);
+                let answer = entry.answer.load(Ordering::Acquire);
+                if entry.scan.load(Ordering::Acquire) == scan
+                    && entry.ticket.load(Ordering::Acquire) == ticket
+                {
+                    rows.push((gate as u16, i as u8, scan, ticket, answer));
+                }
+            }
+        }
+        rows
+    }
+
+    /// Puts back a scan a snapshot kept (before any replay or scan).
+    pub(crate) fn restore(
+        &self,
+        (gate, slot, scan, ticket, answer): ScanRow,
+    ) -> Result<(), String> {
+        const _: () = assert!(SCANS_PER_GATE == 256, "an entry index is a byte");
+        let slot = usize::from(slot);
+        if scan == 0 || Op::from_u8((ticket >> 48) as u8).is_none() {
+            return Err(format!("a remembered scan of gate {gate} is damaged"));
+        }
+        let entry = &self.table_or_insert(gate).entries[slot];
+        entry.scan.store(0, Ordering::Release);
+        entry.ticket.store(ticket, Ordering::Release);
+        entry.answer.store(answer, Ordering::Release);
+        entry.scan.store(scan, Ordering::Release);
+        Ok(())
+    }
+}
+
 impl Drop for ScanMemory {
     fn drop(&mut self) {
         for g in self.gates.iter() {

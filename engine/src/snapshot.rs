@@ -25,14 +25,17 @@ use crate::error::OpenError;
 use crate::index::{Partition, Slot};
 use crate::keys::KeyStatus;
 use crate::policy::{EntryRule, Policy, PolicyId, Validity};
+use crate::scans::ScanRow;
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::Wal;
 use crate::word::Word;
 
 const MAGIC: &[u8; 8] = b"STILESNP";
-/// Version 2 added the transfers' successors; version 1 snapshots still load (without them:
-/// a ticket transferred before such a snapshot answers a repeated transfer as revoked).
-const VERSION: u32 = 2;
+/// Version 2 added the transfers' successors, version 3 the remembered scans; earlier
+/// versions still load (a ticket transferred before a version 1 snapshot answers a repeated
+/// transfer as revoked; a scan retried after a restart from a version 1 or 2 snapshot, of a
+/// change the snapshot holds, is decided afresh).
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 28;
 
 /// A policy, as plain values.
@@ -68,6 +71,8 @@ struct SnapshotData {
     keys: Vec<(u8, u8, [u8; 32])>,
     /// Transferred tickets: partition, old serial, successor's serial.
     successors: Vec<(u16, u32, u32)>,
+    /// Remembered scans, so that a retry after a restart gets its answer.
+    scans: Vec<ScanRow>,
 }
 
 /// A partition's columns archived straight from the live index, slot by slot, as
@@ -96,6 +101,7 @@ struct LiveSnapshot {
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
     successors: Vec<(u16, u32, u32)>,
+    scans: Vec<ScanRow>,
 }
 
 /// Slots `0..reserved` of a live partition (an unmapped slot reads as zeros).
@@ -208,6 +214,31 @@ where
     }
 }
 
+/// The archive of version 2, which had no scans.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotDataV2 {
+    start_seq: u64,
+    policies: Vec<PolicyRow>,
+    partitions: Vec<PartitionRows>,
+    imported: Vec<(String, u16, u32)>,
+    keys: Vec<(u8, u8, [u8; 32])>,
+    successors: Vec<(u16, u32, u32)>,
+}
+
+impl From<SnapshotDataV2> for SnapshotData {
+    fn from(v2: SnapshotDataV2) -> Self {
+        SnapshotData {
+            start_seq: v2.start_seq,
+            policies: v2.policies,
+            partitions: v2.partitions,
+            imported: v2.imported,
+            keys: v2.keys,
+            successors: v2.successors,
+            scans: Vec::new(),
+        }
+    }
+}
+
 /// The archive of version 1, which had no successors.
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV1 {
@@ -227,6 +258,7 @@ impl From<SnapshotDataV1> for SnapshotData {
             imported: v1.imported,
             keys: v1.keys,
             successors: Vec::new(),
+            scans: Vec::new(),
         }
     }
 }
@@ -480,6 +512,7 @@ fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
             imported,
             keys,
             successors: tables.successors_list(),
+            scans: tables.scans.export(),
         },
         _tables: std::marker::PhantomData,
     }
@@ -577,6 +610,7 @@ struct Rest {
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
     successors: Vec<(u16, u32, u32)>,
+    scans: Vec<ScanRow>,
 }
 
 impl ReadSnapshot {
@@ -599,6 +633,19 @@ impl ReadSnapshot {
                 imported: plain(&a.imported)?,
                 keys: plain(&a.keys)?,
                 successors: Vec::new(),
+                scans: Vec::new(),
+            };
+            return Ok((rest, &a.partitions));
+        }
+        if self.version == 2 {
+            let a = rkyv::access::<ArchivedSnapshotDataV2, RkyvError>(&self.archive).map_err(e)?;
+            let rest = Rest {
+                start_seq: a.start_seq.to_native(),
+                policies: plain(&a.policies)?,
+                imported: plain(&a.imported)?,
+                keys: plain(&a.keys)?,
+                successors: plain(&a.successors)?,
+                scans: Vec::new(),
             };
             return Ok((rest, &a.partitions));
         }
@@ -609,6 +656,7 @@ impl ReadSnapshot {
             imported: plain(&a.imported)?,
             keys: plain(&a.keys)?,
             successors: plain(&a.successors)?,
+            scans: plain(&a.scans)?,
         };
         Ok((rest, &a.partitions))
     }
@@ -624,7 +672,7 @@ fn read(path: &Path) -> Result<ReadSnapshot, String> {
         return Err("not a stile snapshot".into());
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!("unknown snapshot version {version}"));
     }
     let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
@@ -651,6 +699,11 @@ fn read_whole(path: &Path) -> Result<SnapshotData, String> {
     let read = read(path)?;
     if read.version == 1 {
         return rkyv::from_bytes::<SnapshotDataV1, RkyvError>(&read.archive)
+            .map(SnapshotData::from)
+            .map_err(|e| e.to_string());
+    }
+    if read.version == 2 {
+        return rkyv::from_bytes::<SnapshotDataV2, RkyvError>(&read.archive)
             .map(SnapshotData::from)
             .map_err(|e| e.to_string());
     }
@@ -738,6 +791,9 @@ fn restore(
                 serial: *serial,
             },
         );
+    }
+    for row in &data.scans {
+        tables.scans.restore(*row)?;
     }
     Ok(())
 }
@@ -828,6 +884,7 @@ mod tests {
             imported: live.snap.imported.clone(),
             keys: live.snap.keys.clone(),
             successors: live.snap.successors.clone(),
+            scans: live.snap.scans.clone(),
         };
         assert_eq!(copy.partitions.len(), 2);
         assert_eq!(copy.partitions[0].words.len(), 40_000);
@@ -927,6 +984,7 @@ mod tests {
             imported: (0..100).map(|i| (format!("EXT-{i}"), 0, i)).collect(),
             keys: vec![(1, 0, [7; 32])],
             successors: vec![(0, 1, 2); 50],
+            scans: vec![(3, 4, 5, 6, 7); 20],
         };
         let archive = rkyv::to_bytes::<RkyvError>(&data).unwrap();
         assert!(archive.len() > 2 * datadir::WRITE_STEP, "{}", archive.len());
@@ -976,8 +1034,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _, _) = transferred_then_snapshot(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(&path).err().unwrap(), "unknown snapshot version 3");
+        assert_eq!(read(&path).err().unwrap(), "unknown snapshot version 4");
     }
 }

@@ -206,7 +206,9 @@ pub fn transition(w: Word, op: Op, ctx: &Ctx<'_>) -> Result<Word, Outcome> {
         }),
         Op::Exit => Err(Outcome::bare(OutcomeKind::NotInside)),
         Op::Undo => {
-            let in_window = now_e.saturating_sub(w.time_e) <= ctx.policy.undo_window_s;
+            // An admit stamped later than now (a log whose times ran ahead, accepted by the
+            // operator) is not undoable until its window would have begun.
+            let in_window = now_e >= w.time_e && now_e - w.time_e <= ctx.policy.undo_window_s;
             if !(w.inside && w.gate == ctx.gate && in_window) {
                 return Err(Outcome::bare(OutcomeKind::NotUndoable));
             }

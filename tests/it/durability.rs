@@ -149,6 +149,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     v.sort();
     v
@@ -645,4 +646,89 @@ fn a_log_ahead_of_the_clock_refuses_unless_the_operator_accepts_it() {
     clock.set(T0 + 7_200 - 60);
     let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
     assert_eq!(e.now_unix_s(), T0 + 7_200);
+}
+
+/// Regression: with every log segment deleted and no snapshot, the node started empty
+/// beside its old key ring and minted the used tickets' codes again. A ring without a log
+/// refuses to open.
+#[test]
+fn a_ring_without_its_log_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let code = crate::support::mint(&e, Policy::simple(1), 1).1[0];
+        e.checkin(&CheckinRequest {
+            gate: G1,
+            scan_id: 1,
+            code,
+        });
+    }
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("its log was deleted"), "{err}");
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    let err = open(dir.path(), SyncMode::Always, &clock)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("its log was deleted"), "{err}");
+}
+
+/// Regression: the remembered scans were not in snapshots, so after a snapshot and a
+/// restart a retried admit that had been undone answered `admitted` again (and a retried
+/// admit of a multi-entry ticket spent a second entry). They are part of the snapshot now.
+#[test]
+fn retries_keep_their_answers_across_a_snapshot_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let g2 = Gate::new(2, 1);
+    let twice = Policy {
+        entry: EntryRule::multi(2),
+        ..Policy::simple(1)
+    };
+    let (undone, multi) = {
+        let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+        let codes = crate::support::mint(&e, twice, 2).1;
+        let scan = |gate, scan_id, code| CheckinRequest {
+            gate,
+            scan_id,
+            code,
+        };
+        assert_eq!(
+            e.checkin(&scan(G1, 100, codes[0])).kind,
+            OutcomeKind::Admitted
+        );
+        assert_eq!(
+            e.undo(&G1, 101, &Presented::Code(codes[0])).kind,
+            OutcomeKind::Undone
+        );
+        assert_eq!(
+            e.checkin(&scan(g2, 5, codes[0])).kind,
+            OutcomeKind::Admitted
+        );
+        let first = e.checkin(&scan(G1, 102, codes[1]));
+        assert_eq!((first.kind, first.entries), (OutcomeKind::Admitted, 1));
+        e.snapshot().unwrap();
+        (codes[0], codes[1])
+    };
+    let e = open(dir.path(), SyncMode::Always, &clock).unwrap();
+    let retry = e.checkin(&CheckinRequest {
+        gate: G1,
+        scan_id: 100,
+        code: undone,
+    });
+    assert_eq!(retry.kind, OutcomeKind::Undone, "{retry:?}");
+    let retry = e.checkin(&CheckinRequest {
+        gate: G1,
+        scan_id: 102,
+        code: multi,
+    });
+    assert_eq!(
+        (retry.kind, retry.entries),
+        (OutcomeKind::Admitted, 1),
+        "no second entry"
+    );
+    assert_eq!(e.status(&Presented::Code(multi)).unwrap().word.entries, 1);
 }

@@ -531,3 +531,32 @@ fn data_dir_keys_and_tickets_survive_reopen_and_missing_keys_refuse() {
     assert!(err.to_string().contains("no key ring"), "{err}");
     assert!(!dir.path().join("keys").exists(), "no new key was made");
 }
+
+/// Regression: with the clock set right after running two hours ahead, the engine's held
+/// time made every rotating code drawn by the wall clock `forged`. Rotating steps follow the
+/// wall clock; state changes still follow the held time.
+#[test]
+fn rotating_codes_follow_the_wall_clock_while_time_is_held() {
+    let (e, clock) = engine();
+    let (_, codes) = mint(
+        &e,
+        Policy {
+            format: CodeFormat::Rotating,
+            ..Policy::simple(1)
+        },
+        1,
+    );
+    let t = Presented::Code(codes[0]);
+    clock.advance(7_200);
+    assert_eq!(e.now_unix_s(), T0 + 7_200);
+    clock.set(T0 + 10);
+    assert_eq!(e.now_unix_s(), T0 + 7_200, "held");
+    let drawn_now = e.code_at(&t, T0 + 10).unwrap();
+    let admitted = e.checkin(&req(G1, 1, drawn_now));
+    assert_eq!(admitted.kind, OutcomeKind::Admitted);
+    assert_eq!(
+        admitted.at_unix_s,
+        T0 + 7_200,
+        "the held time is what is recorded"
+    );
+}

@@ -61,7 +61,9 @@ impl Engine {
     pub fn checkin_batch(&self, reqs: &[CheckinRequest], out: &mut [Outcome]) -> Durability {
         assert_eq!(reqs.len(), out.len(), "one outcome per request");
         let now = self.clock.now_unix_s();
-        let step = Some(self.rotation_step(now));
+        // Rotating codes are drawn by the wall clock (the gateway's): their step is read from
+        // the system clock, not from the engine's time, which a clock stepped back holds.
+        let step = Some(self.rotation_step(self.clock.wall_unix_s()));
         let mut durability = Durability::READY;
         for (reqs, out) in reqs
             .chunks(PREFETCH_ROUND)
@@ -113,7 +115,8 @@ impl Engine {
         ticket: &Presented<'_>,
     ) -> (Outcome, Durability) {
         let now = self.clock.now_unix_s();
-        let at = match self.locate(ticket, gate, Some(self.rotation_step(now))) {
+        let step = self.rotation_step(self.clock.wall_unix_s());
+        let at = match self.locate(ticket, gate, Some(step)) {
             Ok(at) => at,
             Err(outcome) => return (outcome, Durability::READY),
         };

@@ -279,6 +279,8 @@ impl Wal {
                 (f, len, t)
             }
         };
+        // The head names the segment records go into from now on.
+        segment::write_head(dir, segment.first_seq)?;
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
@@ -766,6 +768,9 @@ impl Writer {
         self.file_zeroed = zeroed;
         self.segment_first_seq = self.next;
         self.segment_last_record = None;
+        if let Err(e) = segment::write_head(&self.dir, self.next) {
+            fatal("recording the log's newest segment in", &self.dir, &e);
+        }
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
@@ -1772,6 +1777,33 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("is missing"), "{text}");
+    }
+
+    /// Regression: deleting the newest segment lost its records silently (no later link
+    /// names it). The log's head names it, so the scan refuses.
+    #[test]
+    fn a_missing_newest_segment_is_found_by_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = linked_log(dir.path(), 1_000);
+        let head = std::fs::read(dir.path().join(segment::HEAD_FILE)).unwrap();
+        let (_, newest) = segments.last().unwrap();
+        let bytes = std::fs::read(newest).unwrap();
+        std::fs::remove_file(newest).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(matches!(err, segment::ScanError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("newest segment"), "{err}");
+        // An older head beside a newer segment with records: the head was replaced.
+        std::fs::write(newest, &bytes).unwrap();
+        let older = segments[segments.len() - 2].0;
+        segment::write_head(dir.path(), older).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("older copy"), "{err}");
+        std::fs::write(dir.path().join(segment::HEAD_FILE), &head).unwrap();
+        assert_eq!(scan_all(dir.path()).unwrap().records, 1_000);
+        // A damaged head is named.
+        std::fs::write(dir.path().join(segment::HEAD_FILE), [0u8; 16]).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("head"), "{err}");
     }
 
     /// Regression: an older segment cut exactly at a record boundary looked whole. Its

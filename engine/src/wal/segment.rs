@@ -229,6 +229,47 @@ pub fn version_of(header: &[u8]) -> Option<u32> {
     ))
 }
 
+/// The log's head: `wal/head`, naming the newest segment (its first sequence number, then
+/// xxh3-64 of those 8 bytes; 16 bytes). Rewritten atomically each time a segment is made or
+/// switched to, after the segment is durable and before any record goes into it, so that a
+/// deleted newest segment (which no later link names) is found too.
+pub const HEAD_FILE: &str = "head";
+
+/// Records `first_seq` as the newest segment of the log in `dir`, durably.
+pub fn write_head(dir: &Path, first_seq: u64) -> io::Result<()> {
+    let mut bytes = first_seq.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&first_seq.to_le_bytes()).to_le_bytes());
+    let tmp = dir.join("head.tmp");
+    crate::datadir::write_private_synced(&tmp, &[&bytes])?;
+    crate::datadir::rename_synced(&tmp, &dir.join(HEAD_FILE))
+}
+
+/// The newest segment `dir`'s head names (`None`: no head, a log written before heads).
+fn read_head(dir: &Path) -> Result<Option<u64>, ScanError> {
+    let path = dir.join(HEAD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ScanError::Io { path, source }),
+    };
+    let first = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match first {
+        Some(first)
+            if bytes.len() == 16
+                && bytes[8..] == xxhash_rust::xxh3::xxh3_64(&first.to_le_bytes()).to_le_bytes() =>
+        {
+            Ok(Some(first))
+        }
+        _ => Err(ScanError::Corrupt {
+            path,
+            offset: 0,
+            reason: "the log's head (which names its newest segment) is damaged".into(),
+        }),
+    }
+}
+
 /// The path of the segment whose first record has sequence `first_seq`.
 pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.log"))
@@ -470,9 +511,12 @@ pub fn scan(
         path: dir.to_path_buf(),
         source,
     })?;
+    let head = read_head(dir)?;
     let mut next_seq = 0;
     let mut good = Vec::new();
     let mut tail: Option<Tail> = None;
+    // The segments after the head's, which may only be ones made but given no record yet.
+    let mut past_head_with_records = None;
     let mut truncated_bytes = 0;
     let mut unwritten_bytes = 0;
     let mut records = 0;
@@ -570,6 +614,9 @@ pub fn scan(
                 }
             }
         }
+        if head.is_some_and(|h| first > h) && last_record.is_some() {
+            past_head_with_records.get_or_insert(path.clone());
+        }
         // Numbers below a segment's name were reserved before it was switched to: a later
         // segment's records all come after.
         next_seq = next_seq.max(first);
@@ -580,6 +627,27 @@ pub fn scan(
             len: bytes.len() as u64,
             last_record,
         });
+    }
+    if let Some(h) = head {
+        if !good.iter().any(|(p, _)| *p == segment_path(dir, h)) {
+            return Err(ScanError::Missing {
+                path: segment_path(dir, h),
+                reason: "the log's head names it as the newest segment, and it is missing: the \
+                         records it held are gone"
+                    .into(),
+            });
+        }
+        if let Some(path) = past_head_with_records {
+            return Err(ScanError::Corrupt {
+                path: dir.join(HEAD_FILE),
+                offset: 0,
+                reason: format!(
+                    "the log's head names segment {h} as the newest, but {} after it holds \
+                     records: the head was replaced by an older copy",
+                    path.display()
+                ),
+            });
+        }
     }
     if tail.is_none() && from_seq > 0 {
         // A snapshot never removes the segment the log goes on in: a log with none left
