@@ -42,6 +42,30 @@ pub enum LockError {
 pub struct DirLock {
     /// The directory, open and locked.
     _dir: fs::File,
+    /// Its path, as opened.
+    path: std::path::PathBuf,
+    /// Its device and inode: what the path must still name.
+    id: (u64, u64),
+}
+
+impl DirLock {
+    /// Whether the data dir's path still names the directory that is locked. A data dir
+    /// moved or replaced while a process has it open would have that process write into
+    /// whatever is at the path now (another node's files) while its lock guards the old one.
+    pub fn still_at_path(&self) -> bool {
+        same_dir(&self.path, self.id)
+    }
+}
+
+/// A directory's device and inode.
+pub fn dir_id(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Whether `path` names the directory with device and inode `id`.
+pub fn same_dir(path: &Path, id: (u64, u64)) -> bool {
+    fs::metadata(path).is_ok_and(|m| dir_id(&m) == id)
 }
 
 /// Takes the data dir for this process (see [`DirLock`]). The lock is on the directory, not
@@ -68,7 +92,12 @@ pub fn lock(dir: &Path) -> Result<DirLock, LockError> {
         .open(dir.join(LOCK_FILE))
         .map_err(LockError::Io)?;
     writeln!(pid, "{}", std::process::id()).map_err(LockError::Io)?;
-    Ok(DirLock { _dir: handle })
+    let id = dir_id(&handle.metadata().map_err(LockError::Io)?);
+    Ok(DirLock {
+        _dir: handle,
+        path: dir.to_path_buf(),
+        id,
+    })
 }
 
 /// Creates the directory `dir` (a data dir or one inside it) if it is missing, and makes it
@@ -203,6 +232,20 @@ mod tests {
             matches!(lock(dir.path()), Err(LockError::Held(_))),
             "a second holder got in"
         );
+    }
+
+    /// A data dir moved away (or replaced) while locked is told apart from its path.
+    #[test]
+    fn a_moved_dir_is_no_longer_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let held = lock(&data).unwrap();
+        assert!(held.still_at_path());
+        fs::rename(&data, dir.path().join("moved")).unwrap();
+        assert!(!held.still_at_path(), "moved");
+        fs::create_dir(&data).unwrap();
+        assert!(!held.still_at_path(), "replaced by another");
     }
 
     /// Data dirs and their subdirectories are private whatever the umask and their mode.

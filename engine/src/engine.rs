@@ -323,6 +323,15 @@ impl Engine {
         }
     }
 
+    /// Whether the data dir's path still names the directory this engine locked (true for
+    /// an engine without one). A node checks it now and then and stops when it is false:
+    /// every path it would use leads into another directory.
+    pub fn data_dir_in_place(&self) -> bool {
+        self._lock
+            .as_ref()
+            .is_none_or(datadir::DirLock::still_at_path)
+    }
+
     /// Times the clock stepped back while the engine ran, and how far it is behind the
     /// engine's time now (seconds): the engine holds its time still meanwhile.
     pub fn clock_steps_back(&self) -> (u64, u64) {

@@ -269,6 +269,11 @@ pub enum SnapshotError {
     /// This engine has no data dir.
     #[error("an in-memory engine has no data dir to snapshot into")]
     InMemory,
+    /// The data dir was moved or replaced while the engine had it open.
+    #[error(
+        "{0} was moved or replaced while in use: no snapshot is written into another data dir"
+    )]
+    Moved(PathBuf),
     /// Writing failed.
     #[error("snapshot {path}: {source}")]
     Io {
@@ -441,6 +446,9 @@ pub(crate) fn take(
     };
     if stage == Stage::TempWritten {
         return Ok(info(0));
+    }
+    if !wal.dir_in_place() {
+        return Err(SnapshotError::Moved(wal.dir().to_path_buf()));
     }
     datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
     if stage == Stage::Renamed {

@@ -1428,3 +1428,26 @@ async fn a_killed_node_restarts_with_its_prepared_log_segments() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Regression: a node whose data dir was moved went on by path: it reloaded the TLS files,
+/// switched its log into and snapshotted over whatever was at the old path (another node's
+/// data), and lost an admit. It now stops, writing nothing at the old path.
+#[test]
+fn a_node_whose_data_dir_is_moved_stops() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    make_certs(&tls);
+    let (mut node, _) = spawn_node(&data, &tls);
+    std::fs::rename(&data, dir.path().join("moved")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the node went on");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert!(!data.exists(), "nothing was made at the old path");
+}

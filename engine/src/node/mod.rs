@@ -435,6 +435,15 @@ async fn watch_crl(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             _ = tokio::time::sleep(shared.config.crl_poll) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        if !shared.engine.data_dir_in_place() {
+            // Every path the node would use (the CRL, the log's next segment, snapshots)
+            // now leads into another directory, perhaps another node's.
+            tracing::error!(
+                "the data dir was moved or replaced while the node ran; stopping so that \
+                 nothing is written into another directory"
+            );
+            std::process::abort();
+        }
         let now = tls::crl_stamp(&shared.config.tls_dir);
         if now != stamp {
             match reload(&endpoint, &shared) {

@@ -158,6 +158,8 @@ pub struct Wal {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The log directory.
     dir: PathBuf,
+    /// Its device and inode, as opened.
+    dir_id: (u64, u64),
 }
 
 /// The writer's own state.
@@ -173,6 +175,10 @@ struct Writer {
     /// How far it is written with zeros ahead of records (at most `file_len` for a segment
     /// that was not prepared ahead): writes below this change no file metadata.
     file_zeroed: u64,
+    /// The log directory's device and inode: a segment switch checks that `dir` still
+    /// names it (a data dir moved while open would have the switch rename another log's
+    /// spare).
+    dir_id: (u64, u64),
     /// The segment's first sequence number (its name), for the next segment's link.
     segment_first_seq: u64,
     /// Its last record's sequence number and checksum, for the next segment's link.
@@ -281,6 +287,7 @@ impl Wal {
         };
         // The head names the segment records go into from now on.
         segment::write_head(dir, segment.first_seq)?;
+        let dir_id = crate::datadir::dir_id(&std::fs::metadata(dir)?);
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
@@ -315,6 +322,7 @@ impl Wal {
             file,
             file_len,
             file_zeroed: file_len,
+            dir_id,
             segment_first_seq: segment.first_seq,
             segment_last_record: segment.last_record,
             spares,
@@ -333,6 +341,7 @@ impl Wal {
             shared,
             writer: Mutex::new(Some(handle)),
             dir: dir.to_path_buf(),
+            dir_id,
         })
     }
 
@@ -344,6 +353,11 @@ impl Wal {
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether [`Self::dir`] still names the directory the log was started in.
+    pub fn dir_in_place(&self) -> bool {
+        crate::datadir::same_dir(&self.dir, self.dir_id)
     }
 
     /// Reserves `count` sequence numbers for records about to be made. Must be called before
@@ -744,6 +758,10 @@ impl Writer {
     fn roll(&mut self) {
         self.cut_zeros();
         self.sync();
+        if !crate::datadir::same_dir(&self.dir, self.dir_id) {
+            let e = std::io::Error::other("the directory was moved or replaced while in use");
+            fatal("switching segments: the log directory", &self.dir, &e);
+        }
         let link = segment::Link {
             prev_first_seq: self.segment_first_seq,
             prev_len: self.file_len,
