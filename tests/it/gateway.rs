@@ -1326,3 +1326,135 @@ async fn racing_bookings_sell_a_seat_once_and_a_key_books_once() {
     assert_eq!(occ["tickets"], 2, "{occ}");
     f.shutdown().await;
 }
+
+/// A booking of `body` with `key` at the gateway at `base`; the status and body.
+fn book_at(
+    f: &Fixture,
+    base: &str,
+    key: &str,
+    body: Value,
+) -> impl std::future::Future<Output = (u16, Value)> + Send + 'static {
+    let req = f
+        .http
+        .post(format!("{base}/v1/bookings"))
+        .bearer_auth(&f.api_token)
+        .header("idempotency-key", key)
+        .json(&body);
+    async move { json_of(req.send().await.unwrap()).await }
+}
+
+/// A second gateway process on the same database: refused on the same directory; and even
+/// when an operator gets round that (a directory of symlinks to the same files), capacity,
+/// seats and idempotency keys hold, because the database holds them, and every refusal is
+/// a 409 problem, never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_database_sell_capacity_once_and_a_key_books_once() {
+    let f = Fixture::start().await;
+    let second = Gateway::start(gateway_config(&f.node, f.dir.path())).await;
+    match second {
+        Err(stile_gateway::GatewayError::Locked(dir)) => assert_eq!(dir, f.dir.path()),
+        other => panic!("a second gateway on the same directory started: {other:?}"),
+    }
+    let twin_dir = tempfile::tempdir().unwrap();
+    for file in [stile_gateway::DB_FILE, stile_gateway::API_TOKEN_FILE] {
+        std::os::unix::fs::symlink(f.dir.path().join(file), twin_dir.path().join(file)).unwrap();
+    }
+    let twin = Gateway::start(gateway_config(&f.node, twin_dir.path()))
+        .await
+        .unwrap();
+    let bases = [f.base.clone(), format!("http://{}", twin.local_addr())];
+
+    // 40 buyers over both gateways, 10 places: exactly 10 sold, every other answer 409.
+    let capped = f.event(json!({"capacity": 10})).await;
+    let body = json!({"event": capped, "payment_ref": "p", "tickets": [{"holder": {"name": "A"}}]});
+    let answers = crate::node::futures_join(
+        (0..40).map(|i| book_at(&f, &bases[i % 2], &format!("cap-{i}"), body.clone())),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        10,
+        "{answers:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    let (_, occ) = f.get(&format!("/v1/events/{capped}/occupancy")).await;
+    assert_eq!(occ["tickets"], 10, "{occ}");
+
+    // One seat asked for at both gateways at once: one sale, and 409s.
+    let seated = f.event(json!({"seats": ["C1", "C2"]})).await;
+    let seat = |s: &str| json!({"event": seated, "payment_ref": "p", "tickets": [{"seat": s, "holder": {"name": "A"}}]});
+    let answers = crate::node::futures_join(
+        (0..8).map(|i| book_at(&f, &bases[i % 2], &format!("seat-{i}"), seat("C1"))),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+
+    // One key sent to both gateways at once: one booking.
+    let answers = crate::node::futures_join(
+        (0..8).map(|i| book_at(&f, &bases[i % 2], "same-key", seat("C2"))),
+    )
+    .await;
+    let ids: Vec<i64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, b)| b["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "two bookings for one key: {answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    let (s, again) = book_at(&f, &bases[1], "same-key", seat("C2")).await;
+    assert_eq!(
+        again["id"].as_i64(),
+        ids.first().copied().or(again["id"].as_i64())
+    );
+    assert_eq!(s, 201, "{again}");
+    let (_, occ) = f.get(&format!("/v1/events/{seated}/occupancy")).await;
+    assert_eq!(occ["tickets"], 2, "C1 once and C2 once: {occ}");
+    twin.shutdown(Duration::from_secs(5)).await;
+    f.shutdown().await;
+}
+
+/// The gateway's directory is 0700 and its database files 0600 whatever the umask (they
+/// hold every code, holder and rotating key), even when the directory was made before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let node = TestNode::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw_dir = dir.path().join("gateway");
+    // SAFETY: umask(2) only sets the process's file mode mask; 022 is the usual value.
+    unsafe { libc::umask(0o022) };
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&gw_dir)
+        .unwrap();
+    let g = Gateway::start(gateway_config(&node, &gw_dir))
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&gw_dir), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = gw_dir.join(format!("{}{suffix}", stile_gateway::DB_FILE));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    assert_eq!(mode(&gw_dir.join(stile_gateway::API_TOKEN_FILE)), 0o600);
+    g.shutdown(Duration::from_secs(5)).await;
+}
