@@ -1458,3 +1458,164 @@ async fn gateway_files_are_private_whatever_the_umask() {
     assert_eq!(mode(&gw_dir.join(stile_gateway::API_TOKEN_FILE)), 0o600);
     g.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Reads server-sent events from `res` until one named `name`; every block read, as text.
+async fn sse_text_until(res: &mut reqwest::Response, name: &str) -> String {
+    let mut buf = String::new();
+    let marker = format!("event: {name}");
+    while !buf.contains(&marker) {
+        let chunk = tokio::time::timeout(Duration::from_secs(15), res.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{name}` event; got {buf}"))
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    buf
+}
+
+/// A check-in wakes only the streams of its own ticket: an idle stream of another ticket is
+/// not woken (counted by `stile_gateway_sse_wakeups_total`), and one client address cannot
+/// open more than its share of streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_wakes_only_the_streams_of_its_ticket() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 200})).await;
+    let gate = f.gate_token(3).await;
+    let idle = f.book_one("a", event, "Idle").await;
+    let mut busy = Vec::new();
+    for i in 0..3 {
+        busy.push(f.book_one(&format!("b{i}"), event, "Busy").await);
+    }
+    let watched = f.book_one("w", event, "Watched").await;
+    let mut idle_streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = f.public(&format!("/t/{idle}/events")).await;
+        sse_text_until(&mut s, "ticket").await;
+        idle_streams.push(s);
+    }
+    let mut watched_stream = f.public(&format!("/t/{watched}/events")).await;
+    sse_text_until(&mut watched_stream, "ticket").await;
+    for code in &busy {
+        let (_, o) = f.checkin(&gate, json!({"code": code})).await;
+        assert_eq!(o["outcome"], "admitted");
+    }
+    let (_, o) = f.checkin(&gate, json!({"code": watched})).await;
+    assert_eq!(o["outcome"], "admitted");
+    // The node's events come in order: the busy tickets' changes were published before this.
+    let used = sse_text_until(&mut watched_stream, "ticket").await;
+    assert!(used.contains("\"state\":\"used\""), "{used}");
+    let metrics = f.public("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("stile_gateway_sse_wakeups_total 1\n"),
+        "one wake-up (the watched stream's), none for the 4 idle streams: {metrics}"
+    );
+    // One client address holds at most its share of stream slots.
+    let (s, many) = json_of(
+        f.book(
+            "m",
+            json!({"event": event, "payment_ref": "p",
+                "tickets": vec![json!({"holder": {"name": "M"}}); 64]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{many}");
+    let mut open = idle_streams.len() + 1;
+    let mut refused = None;
+    for t in many["tickets"].as_array().unwrap() {
+        let res = f
+            .public(&format!("/t/{}/events", t["code"].as_str().unwrap()))
+            .await;
+        if res.status() == 429 {
+            refused = Some(res);
+            break;
+        }
+        open += 1;
+        idle_streams.push(res);
+    }
+    assert_eq!(open, stile_gateway::live::SSE_STREAMS_PER_CLIENT_MAX);
+    let p = assert_problem(refused.expect("the cap was never reached"), 429).await;
+    assert!(p["detail"].as_str().unwrap().contains("per client"), "{p}");
+    drop(idle_streams);
+    f.shutdown().await;
+}
+
+/// An unlinked device's token stops at once (its open stream ends, a new one is refused),
+/// and the token never needs to be in a URL: a single-use stream ticket opens a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_device_stops_at_once_and_tokens_stay_out_of_urls() {
+    let f = Fixture::start().await;
+    let (_, account) = f.post("/v1/accounts", json!({"name": "Ada"})).await;
+    let id = account["id"].as_i64().unwrap();
+    let (_, dev) = f
+        .post(
+            &format!("/v1/accounts/{id}/devices"),
+            json!({"name": "phone"}),
+        )
+        .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let stream_ticket = || {
+        f.http
+            .post(format!("{}/v1/devices/stream-tickets", f.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    let (s, ticket) = json_of(stream_ticket().await.unwrap()).await;
+    assert_eq!(s, 201, "{ticket}");
+    let url = ticket["events"].as_str().unwrap().to_string();
+    assert!(!url.contains(&token), "{url}");
+    let mut by_ticket = f.public(&url).await;
+    assert_eq!(by_ticket.status(), 200);
+    sse_text_until(&mut by_ticket, "ready").await;
+    assert_problem(f.public(&url).await, 401).await; // single use
+    assert_problem(
+        f.public(&format!("/v1/devices/events?token={token}")).await,
+        401,
+    )
+    .await;
+
+    let mut by_header = f
+        .http
+        .get(format!("{}/v1/devices/events", f.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    sse_text_until(&mut by_header, "ready").await;
+    let unlink = format!("/v1/accounts/{id}/devices/{}", dev["id"]);
+    let res = f
+        .admin(reqwest::Method::DELETE, &unlink)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    for mut stream in [by_ticket, by_header] {
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(15), stream.chunk())
+                .await
+                .expect("the unlinked device's stream is still open");
+            if chunk.unwrap().is_none() {
+                break; // ended
+            }
+        }
+    }
+    let res = f
+        .http
+        .get(format!("{}/v1/devices/events", f.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    assert_problem(stream_ticket().await.unwrap(), 401).await;
+    assert_problem(
+        f.admin(reqwest::Method::DELETE, &unlink)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    f.shutdown().await;
+}

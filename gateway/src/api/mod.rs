@@ -33,8 +33,9 @@ use crate::{problem, App};
         description = "Booking, QR images, the live e-ticket page, transfers, reminders, linked \
                        devices and HTTP check-in. Management routes need the API token \
                        (`Authorization: Bearer`, from the gateway's `api-token` file); HTTP \
-                       check-in needs a gate token; device streams need a device token. Every \
-                       error is `application/problem+json` (RFC 9457)."
+                       check-in needs a gate token; device streams need a device token (in the \
+                       header, or traded for a single-use stream ticket). Every error is \
+                       `application/problem+json` (RFC 9457)."
     ),
     modifiers(&Security),
     components(schemas(problem::Problem))
@@ -71,6 +72,7 @@ fn management() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tickets::transfer))
         .routes(routes!(accounts::create))
         .routes(routes!(accounts::link_device))
+        .routes(routes!(accounts::unlink_device))
         .routes(routes!(venue::occupancy))
         .routes(routes!(venue::attendance))
 }
@@ -83,6 +85,7 @@ fn public() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tickets::qr_png))
         .routes(routes!(checkin::checkin))
         .routes(routes!(accounts::device_events))
+        .routes(routes!(accounts::stream_ticket))
         .routes(routes!(pages::ticket_page))
         .routes(routes!(pages::ticket_events))
         .routes(routes!(pages::healthz))
