@@ -1156,7 +1156,14 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let f = Fixture::start().await;
     let event = f.event(json!({"capacity": 10, "rotating": true})).await;
     let gate = f.gate_token(9).await;
-    let code = f.book_one("k", event, "Ada").await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
     assert_eq!(code.len(), 34, "a rotating code is 34 symbols");
     let (_, t) = f.get(&format!("/v1/tickets/{code}")).await;
     assert_eq!(
@@ -1164,7 +1171,8 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         (Some(true), Some(30)),
         "{t}"
     );
-    let res = f.public(&format!("/v1/tickets/{code}/qr.png")).await;
+    // The image by the page link the booking gave (its codes open no public route).
+    let res = f.public(b["tickets"][0]["qr_png"].as_str().unwrap()).await;
     assert_eq!(res.headers()["cache-control"], "no-store");
     let drawn = decode_qr_png(&res.bytes().await.unwrap());
     assert_eq!(drawn.len(), 1);
@@ -1178,6 +1186,11 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let (s, t) = f.get(&format!("/v1/tickets/{}", drawn[0])).await;
     assert_eq!((s, t["code"].as_str()), (200, Some(code.as_str())));
     let forged = flip_last(&drawn[0]);
+    let (s, _) = f.get(&format!("/v1/tickets/{forged}")).await;
+    assert_eq!(
+        s, 404,
+        "a made-up tag finds nothing, even with the API token"
+    );
     for path in [
         format!("/v1/tickets/{forged}"),
         format!("/v1/tickets/{forged}/qr.png"),
@@ -1617,5 +1630,125 @@ async fn an_unlinked_device_stops_at_once_and_tokens_stay_out_of_urls() {
         404,
     )
     .await;
+    f.shutdown().await;
+}
+
+/// After a transfer, the old code's public view, page, stream and the old account's events
+/// say only that it was transferred: the new code would let the seller walk in first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_shows_the_new_code_only_with_the_api_token() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let (_, seller) = f.post("/v1/accounts", json!({"name": "Seller"})).await;
+    let seller = seller["id"].as_i64().unwrap();
+    let (_, dev) = f
+        .post(
+            &format!("/v1/accounts/{seller}/devices"),
+            json!({"name": "phone"}),
+        )
+        .await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "account": seller, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Seller"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let old = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let (s, moved) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "Buyer"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{moved}");
+    let new = moved["ticket"]["code"].as_str().unwrap().to_string();
+
+    let (s, public) = json_of(f.public(&format!("/v1/tickets/{old}")).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (public["transferred"].as_bool(), public["state"].as_str()),
+        (Some(true), Some("revoked"))
+    );
+    assert!(public["successor"].is_null(), "{public}");
+    assert!(!public.to_string().contains(&new), "{public}");
+    let page = f.public(&format!("/t/{old}")).await.text().await.unwrap();
+    assert!(page.contains("Transferred"), "{page}");
+    assert!(!page.contains(&new), "the page shows the new code");
+    let mut stream = f.public(&format!("/t/{old}/events")).await;
+    let first = sse_text_until(&mut stream, "ticket").await;
+    assert!(
+        !first.contains(&new),
+        "the stream shows the new code: {first}"
+    );
+    let mut device = f
+        .http
+        .get(format!("{}/v1/devices/events?after=0", f.base))
+        .bearer_auth(dev["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let events = sse_text_until(&mut device, "transferred").await;
+    assert!(
+        !events.contains(&new),
+        "the old account's devices see the new code: {events}"
+    );
+    // With the API token: the successor.
+    let (_, full) = f.get(&format!("/v1/tickets/{old}")).await;
+    assert_eq!(full["successor"], new.as_str(), "{full}");
+    f.shutdown().await;
+}
+
+/// A rotating ticket's codes (minted, or of any step, as a screenshot shows) open nothing on
+/// public routes and its minted code is shown nowhere public; its page is reached by the
+/// page link the booking returned with the API token, and that page still rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_code_from_a_screen_opens_no_page() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10, "rotating": true})).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (s, b) = json_of(res).await;
+    assert_eq!(s, 201, "{b}");
+    let minted = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let page = b["tickets"][0]["page"].as_str().unwrap().to_string();
+    let png = b["tickets"][0]["qr_png"].as_str().unwrap().to_string();
+    assert!(
+        page.starts_with("/t/tk_") && !page.contains(&minted),
+        "{page}"
+    );
+    assert!(!png.contains(&minted), "{png}");
+    let res = f.public(&png).await;
+    assert_eq!(res.status(), 200);
+    let shown = decode_qr_png(&res.bytes().await.unwrap())[0].clone();
+    assert_eq!(shown.len(), 34);
+    for code in [&minted, &shown] {
+        for path in [
+            format!("/v1/tickets/{code}"),
+            format!("/v1/tickets/{code}/qr.svg"),
+            format!("/v1/tickets/{code}/qr.png"),
+            format!("/t/{code}"),
+            format!("/t/{code}/events"),
+        ] {
+            assert_problem(f.public(&path).await, 404).await;
+        }
+    }
+    let html = f.public(&page).await.text().await.unwrap();
+    assert!(html.contains("data-state=\"valid\""), "{html}");
+    assert!(!html.contains(&minted), "the page shows the minted code");
+    let token = page.trim_start_matches("/t/");
+    let (s, v) = json_of(f.public(&format!("/v1/tickets/{token}")).await).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains(&minted), "{v}");
+    assert!(v["page"].is_null(), "{v}");
+    // The API token still finds it by the code a gate scanned, and gives the page link.
+    let (s, v) = f.get(&format!("/v1/tickets/{shown}")).await;
+    assert_eq!((s, v["code"].as_str()), (200, Some(minted.as_str())), "{v}");
+    assert_eq!(v["page"], page.as_str());
     f.shutdown().await;
 }

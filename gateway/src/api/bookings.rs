@@ -81,11 +81,12 @@ pub struct BookedTicket {
     pub seat: Option<String>,
     /// Holder's name.
     pub holder: String,
-    /// The e-ticket page.
+    /// The e-ticket page (a rotating ticket's: an unguessable link no QR shows; give it
+    /// only to the holder).
     pub page: String,
-    /// The ticket image as SVG.
+    /// The ticket image as SVG (a rotating ticket's: by its page link).
     pub qr_svg: String,
-    /// The ticket image as PNG.
+    /// The ticket image as PNG (a rotating ticket's: by its page link).
     pub qr_png: String,
     /// The ticket was transferred to another holder: this code is void. (The new code is
     /// the new holder's and is not shown here.)
@@ -504,16 +505,37 @@ pub fn insert_ticket(
 ) -> Result<(), Problem> {
     let h = t.bytes.header();
     let now = crate::now_s() as i64;
+    let page_token = super::tickets::new_page_token();
     tx.execute(
         "INSERT INTO tickets (code, booking, event, seat, holder_name, holder_email, webhook,
-             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor,
+             created_at, page_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
-            t.code, booking, ev.view.id, seat, holder.name, holder.email, holder.webhook, account,
-            h.provider, h.partition, h.serial, t.rotating.is_some(),
-            t.rotating.map(|(k, _)| k.to_vec()), t.rotating.map(|(_, s)| s), predecessor, now
+            t.code,
+            booking,
+            ev.view.id,
+            seat,
+            holder.name,
+            holder.email,
+            holder.webhook,
+            account,
+            h.provider,
+            h.partition,
+            h.serial,
+            t.rotating.is_some(),
+            t.rotating.map(|(k, _)| k.to_vec()),
+            t.rotating.map(|(_, s)| s),
+            predecessor,
+            now,
+            page_token
         ],
     )?;
+    let page_id = if t.rotating.is_some() {
+        page_token.as_str()
+    } else {
+        t.code.as_str()
+    };
     if let Some(url) = holder
         .webhook
         .as_ref()
@@ -536,6 +558,7 @@ pub fn insert_ticket(
         let body = serde_json::json!({
             "code": t.code, "kind": kind, "event": ev.view.id, "event_name": ev.view.name,
             "seat": seat, "holder": holder.name, "predecessor": predecessor,
+            "page": format!("/t/{page_id}"),
         });
         super::accounts::add_event(tx, account, &t.code, kind, &body)?;
     }
@@ -562,16 +585,23 @@ pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
         return Err(Problem::not_found(format!("no booking {id}")));
     };
     let mut stmt = c.prepare(
-        "SELECT code, seat, holder_name, successor IS NOT NULL FROM tickets
+        "SELECT code, seat, holder_name, successor IS NOT NULL, rotating, page_token FROM tickets
          WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
     )?;
     let tickets = stmt
         .query_map([id], |r| {
             let code: String = r.get(0)?;
+            // A rotating ticket's page and images are reached by its page link only.
+            let rotating: bool = r.get(4)?;
+            let token: Option<String> = r.get(5)?;
+            let id = match (rotating, token) {
+                (true, Some(token)) => token,
+                _ => code.clone(),
+            };
             Ok(BookedTicket {
-                page: format!("/t/{code}"),
-                qr_svg: format!("/v1/tickets/{code}/qr.svg"),
-                qr_png: format!("/v1/tickets/{code}/qr.png"),
+                page: format!("/t/{id}"),
+                qr_svg: format!("/v1/tickets/{id}/qr.svg"),
+                qr_png: format!("/v1/tickets/{id}/qr.png"),
                 code,
                 seat: r.get(1)?,
                 holder: r.get(2)?,

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::tickets::{self, TicketView};
+use super::tickets::{self, Access, TicketView};
 use crate::live::{Change, PeerAddr};
 use crate::page::{self, PageData};
 use crate::problem::{Path, Problem};
@@ -20,18 +20,19 @@ use futures_util::stream::{self, Stream};
 const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
 /// The e-ticket page: QR, details and live state.
-#[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "feature code")),
+#[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
     responses((status = 200, content_type = "text/html", body = String), (status = 404, body = Problem)))]
 pub async fn ticket_page(
     State(app): State<Arc<App>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = tickets::find(&app, &code).await?;
-    let v = tickets::view(&app, &t).await;
+    let t = tickets::find_public(&app, &code).await?;
+    let v = tickets::view(&app, &t, Access::Public).await;
     let starts = crate::human_time(t.event.starts_at_s);
     let seat = t.seat.clone().unwrap_or_else(|| "Free seating".into());
     let html = page::ticket_page(&PageData {
-        code: &t.code,
+        id: tickets::page_id(&t),
+        code: t.rotating.is_none().then_some(t.code.as_str()),
         event: &v.event,
         venue: &v.venue,
         starts: &starts,
@@ -41,7 +42,7 @@ pub async fn ticket_page(
         state: &v.state,
         used_at: v.used_at.as_deref(),
         gate: v.gate,
-        successor: v.successor.as_deref(),
+        transferred: v.transferred,
         rotating: v.rotating,
         step_s: v.step_s.unwrap_or(30),
         server_unix_ms: v.server_unix_ms,
@@ -57,7 +58,7 @@ fn ticket_event(v: &TicketView) -> SseEvent {
 
 /// The ticket's live state as server-sent events: `event: ticket` with the JSON of
 /// `GET /v1/tickets/{code}`, once on connect and again on every change.
-#[utoipa::path(get, path = "/t/{code}/events", params(("code" = String, Path, description = "feature code")),
+#[utoipa::path(get, path = "/t/{code}/events", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
     responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem),
         (status = 429, body = Problem, description = "too many open streams (of this ticket, this client address, or in all)")))]
 pub async fn ticket_events(
@@ -65,7 +66,7 @@ pub async fn ticket_events(
     peer: Option<axum::Extension<PeerAddr>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = tickets::find(&app, &code).await?;
+    let t = tickets::find_public(&app, &code).await?;
     let client = peer.map(|p| p.0 .0.ip());
     let gauge = crate::live::StreamGauge::open(&app, format!("t:{}", t.code), client)?;
     let stream = ticket_stream(app, t.code.as_str().into(), t.bytes, gauge);
@@ -122,7 +123,7 @@ fn ticket_stream(
             .call(move |c| tickets::load(c, &bytes))
             .await
             .ok()?;
-        let v = tickets::view(&s.app, &t).await;
+        let v = tickets::view(&s.app, &t, Access::Public).await;
         Some((Ok(ticket_event(&v)), s))
     })
 }
