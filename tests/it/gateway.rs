@@ -1752,3 +1752,43 @@ async fn a_rotating_code_from_a_screen_opens_no_page() {
     assert_eq!(v["page"], page.as_str());
     f.shutdown().await;
 }
+
+/// The page, its assets and the QR image carry the security headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_and_images_carry_security_headers() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let code = f.book_one("k", event, "Ada").await;
+    for path in [
+        format!("/t/{code}"),
+        format!("/v1/tickets/{code}/qr.svg"),
+        format!("/v1/tickets/{code}/qr.png"),
+        "/static/ticket.js".to_string(),
+        "/sw.js".to_string(),
+    ] {
+        let res = f.public(&path).await;
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'self'; frame-ancestors 'none'; object-src 'none'",
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+    // Bidirectional controls in a name shown to people are refused.
+    let res = f
+        .book(
+            "b",
+            json!({"event": event, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Ada\u{202E}gnp.exe"}}]}),
+        )
+        .await;
+    let p = assert_problem(res, 422).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("bidirectional"),
+        "{p}"
+    );
+    f.shutdown().await;
+}
