@@ -1630,6 +1630,16 @@ async fn an_unlinked_device_stops_at_once_and_tokens_stay_out_of_urls() {
         404,
     )
     .await;
+    let (_, api) = json_of(f.public("/openapi.json").await).await;
+    for path in [
+        "/v1/devices/stream-tickets",
+        "/v1/accounts/{id}/devices/{device}",
+    ] {
+        assert!(
+            api["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
     f.shutdown().await;
 }
 

@@ -400,6 +400,8 @@ pub async fn device_events(
 struct DeviceStream {
     /// Shared state.
     app: Arc<App>,
+    /// The device it was opened for.
+    device: i64,
     /// The account whose events it carries.
     account: i64,
     /// The last event id sent.
@@ -431,6 +433,7 @@ fn account_stream(
         shutdown: app.shutdown.clone(),
         _gauge: gauge,
         app,
+        device,
         account,
         after,
         pending: Default::default(),
@@ -439,6 +442,23 @@ fn account_stream(
     stream::unfold(state, |mut s| async move {
         if !s.started {
             s.started = true;
+            // Unlinked between the token's check and the watch: end now (later unlinks
+            // wake `unlinked`).
+            let device = s.device;
+            let linked = s
+                .app
+                .db
+                .call(move |c| -> Result<bool, Problem> {
+                    Ok(
+                        c.query_row("SELECT 1 FROM devices WHERE id = ?1", [device], |_| Ok(()))
+                            .optional()?
+                            .is_some(),
+                    )
+                })
+                .await;
+            if !matches!(linked, Ok(true)) {
+                return None;
+            }
             let hello = SseEvent::default()
                 .event("ready")
                 .data(serde_json::json!({"account": s.account, "after": s.after}).to_string());
