@@ -384,7 +384,10 @@ pub const SSE_STREAMS_PER_CLIENT_MAX: usize = 64;
 
 /// The address a request came from, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct PeerAddr(
+    /// The client's address and port, as the TCP connection says.
+    pub SocketAddr,
+);
 
 /// Open streams, in all, per ticket or account and per client address.
 #[derive(Debug, Default)]
