@@ -3,15 +3,31 @@
 -- holder's page link, and single-use stream tickets of linked devices.
 
 -- An event with a capacity sells at most that many live tickets (not transferred, not
--- revoked). A transfer's new ticket replaces its predecessor, so it adds none.
+-- revoked). `sold` counts them, kept by triggers, so the check costs one row, not a count.
+-- A transfer's new ticket replaces its predecessor (which stops being live in the same
+-- transaction), so it is not checked.
+ALTER TABLE events ADD COLUMN sold INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET sold = (SELECT count(*) FROM tickets
+    WHERE event = events.id AND successor IS NULL AND last_state != 'revoked');
+CREATE TRIGGER tickets_sold_insert AFTER INSERT ON tickets
+WHEN NEW.successor IS NULL AND NEW.last_state != 'revoked'
+BEGIN
+    UPDATE events SET sold = sold + 1 WHERE id = NEW.event;
+END;
+CREATE TRIGGER tickets_sold_update AFTER UPDATE OF successor, last_state ON tickets
+WHEN (OLD.successor IS NULL AND OLD.last_state != 'revoked')
+    != (NEW.successor IS NULL AND NEW.last_state != 'revoked')
+BEGIN
+    UPDATE events
+    SET sold = sold + CASE WHEN NEW.successor IS NULL AND NEW.last_state != 'revoked'
+                           THEN 1 ELSE -1 END
+    WHERE id = NEW.event;
+END;
 CREATE TRIGGER tickets_capacity BEFORE INSERT ON tickets
 WHEN NEW.predecessor IS NULL
 BEGIN
     SELECT RAISE(ABORT, 'stile: sold out')
-    WHERE (SELECT capacity FROM events WHERE id = NEW.event) IS NOT NULL
-      AND (SELECT count(*) FROM tickets
-           WHERE event = NEW.event AND successor IS NULL AND last_state != 'revoked')
-          >= (SELECT capacity FROM events WHERE id = NEW.event);
+    FROM events WHERE id = NEW.event AND capacity IS NOT NULL AND sold >= capacity;
 END;
 
 -- A seated ticket names a seat of its event's seat map.

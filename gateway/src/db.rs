@@ -210,6 +210,42 @@ mod tests {
             statuses.iter().all(|s| *s == 201 || *s == 409),
             "{statuses:?}"
         );
+        // A revoked ticket frees its place; a transfer's new ticket takes its predecessor's.
+        let sold = |db: &Db| -> i64 {
+            let c = db.conn.lock().unwrap();
+            c.query_row("SELECT sold FROM events WHERE id = 1", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(sold(&handles[0]), 10);
+        {
+            let c = handles[0].conn.lock().unwrap();
+            let first: String = c
+                .query_row("SELECT min(code) FROM tickets", [], |r| r.get(0))
+                .unwrap();
+            c.execute(
+                "UPDATE tickets SET last_state = 'revoked' WHERE code = ?1",
+                [&first],
+            )
+            .unwrap();
+        }
+        assert_eq!(sold(&handles[0]), 9);
+        assert_eq!(sell(&handles[1], 100, None), 201);
+        assert_eq!(sell(&handles[1], 101, None), 409);
+        {
+            let mut c = handles[0].conn.lock().unwrap();
+            let tx = immediate(&mut c).unwrap();
+            tx.execute("UPDATE tickets SET successor = 'N' WHERE code = 'C100'", [])
+                .unwrap();
+            tx.execute(
+                "INSERT INTO tickets (code, booking, event, holder_name, provider, partition,
+                     serial, rotating, created_at, page_token, predecessor)
+                 VALUES ('N', 1, 1, 'h', 1, 0, 500, 0, 0, 'tk_n', 'C100')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(sold(&handles[0]), 10, "a transfer sells nothing more");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.db");

@@ -360,11 +360,10 @@ fn check_availability(
         }
     }
     if let Some(cap) = ev.view.capacity {
-        let sold: i64 = c.query_row(
-            "SELECT count(*) FROM tickets WHERE event = ?1 AND successor IS NULL AND last_state != 'revoked'",
-            [ev.view.id],
-            |r| r.get(0),
-        )?;
+        let sold: i64 =
+            c.query_row("SELECT sold FROM events WHERE id = ?1", [ev.view.id], |r| {
+                r.get(0)
+            })?;
         if sold as u64 + req.tickets.len() as u64 > cap as u64 {
             return Err(Problem::conflict(format!(
                 "only {} of {cap} tickets are left",
