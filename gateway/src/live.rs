@@ -378,9 +378,26 @@ fn record_events(
 pub const SSE_STREAMS_MAX: usize = 8_000;
 /// Open streams of one ticket or one account at most.
 pub const SSE_STREAMS_PER_KEY_MAX: usize = 16;
-/// Open streams of one client address at most, so that one client with many codes cannot
-/// take every slot (a household or an office behind one NAT address stays well under it).
+/// Open streams of one client address (an IPv6 /64) at most, so that one client with many
+/// codes cannot take every slot (a household or an office behind one NAT address stays well
+/// under it). The gateway serves clients directly (it terminates TLS): behind a reverse
+/// proxy every stream would share the proxy's address.
 pub const SSE_STREAMS_PER_CLIENT_MAX: usize = 64;
+
+/// The client a stream is counted against: its IPv4 address, or its IPv6 /64 (one host
+/// commonly holds a whole /64, so single IPv6 addresses would not cap anyone).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// The address a request came from, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +440,7 @@ impl StreamGauge {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let (per_key, per_client) = &mut *counts;
+        let client = client.map(client_key);
         let total: usize = app.metrics.sse_streams.get().max(0) as usize;
         let n = per_key.get(&key).copied().unwrap_or(0);
         let from_client = client
@@ -481,5 +499,20 @@ impl Drop for StreamGauge {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_counted_per_ipv4_address_and_ipv6_64() {
+        let key = |a: &str| client_key(a.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
     }
 }
