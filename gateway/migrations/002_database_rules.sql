@@ -63,3 +63,7 @@ WHEN (SELECT count(*) FROM devices WHERE account = NEW.account) >= 32
 BEGIN
     SELECT RAISE(ABORT, 'stile: account links the most devices it may');
 END;
+
+-- An old holder's `transferred` event says only that: the new code is the new holder's.
+UPDATE account_events SET body = json_remove(body, '$.successor')
+WHERE kind = 'transferred' AND json_valid(body);
