@@ -260,6 +260,47 @@ mod tests {
         );
     }
 
+    /// A database of schema 1 with a transfer and a seat sold, brought to the latest:
+    /// the old holder's event no longer names the new code, and the sold count is right.
+    #[test]
+    fn migrating_scrubs_successors_from_old_events_and_counts_sold_tickets() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrations().to_version(&mut c, 1).unwrap();
+        c.execute_batch(
+            "INSERT INTO providers (id, name, created_at) VALUES (1, 'p', 0);
+             INSERT INTO events (id, provider, name, venue, starts_at, capacity, entry,
+                 max_entries, undo_window_s, rotating, reminder_lead_s, created_at)
+             VALUES (1, 1, 'e', 'v', 0, 5, 'single', 1, 60, 0, '[]', 0);
+             INSERT INTO bookings (id, event, payment_ref, created_at) VALUES (1, 1, 'p', 0);
+             INSERT INTO accounts (id, name, created_at) VALUES (1, 'a', 0);
+             INSERT INTO tickets (code, booking, event, holder_name, provider, partition,
+                 serial, rotating, successor, last_state, created_at)
+             VALUES ('OLD', 1, 1, 'h', 1, 0, 1, 0, 'NEW', 'revoked', 0),
+                    ('NEW', 1, 1, 'h', 1, 0, 2, 0, NULL, 'valid', 0);
+             INSERT INTO account_events (account, code, kind, body, at)
+             VALUES (1, 'OLD', 'transferred',
+                 '{\"code\":\"OLD\",\"kind\":\"transferred\",\"successor\":\"NEW\"}', 0);",
+        )
+        .unwrap();
+        migrations().to_latest(&mut c).unwrap();
+        let body: String = c
+            .query_row("SELECT body FROM account_events", [], |r| r.get(0))
+            .unwrap();
+        assert!(!body.contains("NEW"), "{body}");
+        let sold: i64 = c
+            .query_row("SELECT sold FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sold, 1);
+        let tokens: i64 = c
+            .query_row(
+                "SELECT count(DISTINCT page_token) FROM tickets WHERE page_token LIKE 'tk_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tokens, 2, "every ticket got its own page token");
+    }
+
     #[test]
     fn the_device_limit_of_the_schema_is_the_api_s() {
         let sql = include_str!("../migrations/002_database_rules.sql");
