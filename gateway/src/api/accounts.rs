@@ -33,6 +33,14 @@ pub const SSE_KEEPALIVE_S: u64 = 15;
 pub const STREAM_TICKET_TTL_S: u64 = 60;
 /// What a stream ticket starts with.
 const STREAM_TICKET_PREFIX: &str = "st_";
+/// The answer to a device token in a URL.
+const TOKEN_IN_URL_REFUSED: &str = "device tokens are not taken in URLs (they end up in logs \
+     and histories): send `Authorization: Bearer`, or get a single-use `ticket` from \
+     POST /v1/devices/stream-tickets";
+/// The answer to a device stream opened without a token or ticket.
+const STREAM_NEEDS_CREDENTIAL: &str = "a device stream needs the device token \
+     (`Authorization: Bearer`) or a stream ticket (`?ticket=` from \
+     POST /v1/devices/stream-tickets)";
 
 /// An account to create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -322,22 +330,14 @@ pub async fn device_events(
         /// A stream ticket's hash.
         Ticket([u8; 32]),
     }
-    let credential =
-        match (super::auth::bearer(&headers), &q.ticket) {
-            (Some(token), _) => Credential::Token(super::auth::hash_token(token)),
-            (None, Some(ticket)) => Credential::Ticket(super::auth::hash_token(ticket)),
-            (None, None) if q.token.is_some() => return Ok(super::auth::unauthorized(
-                "device tokens are not taken in URLs (they end up in logs and histories): send \
-                 `Authorization: Bearer`, or get a single-use `ticket` from \
-                 POST /v1/devices/stream-tickets",
-            )),
-            (None, None) => {
-                return Ok(super::auth::unauthorized(
-                    "a device stream needs the device token (`Authorization: Bearer`) or a stream \
-                 ticket (`?ticket=` from POST /v1/devices/stream-tickets)",
-                ))
-            }
-        };
+    let credential = match (super::auth::bearer(&headers), &q.ticket) {
+        (Some(token), _) => Credential::Token(super::auth::hash_token(token)),
+        (None, Some(ticket)) => Credential::Ticket(super::auth::hash_token(ticket)),
+        (None, None) if q.token.is_some() => {
+            return Ok(super::auth::unauthorized(TOKEN_IN_URL_REFUSED))
+        }
+        (None, None) => return Ok(super::auth::unauthorized(STREAM_NEEDS_CREDENTIAL)),
+    };
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

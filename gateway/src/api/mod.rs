@@ -160,7 +160,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
 /// Whether `c` reorders text as it is shown (bidirectional embeddings, overrides and
 /// isolates, and the marks): a name holding one can display as something it is not.
 pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
 }
 
 /// A handler panicked (a bug): answer 500 as a problem instead of dropping the connection.
