@@ -18,6 +18,7 @@
   var main = document.getElementById('ticket');
   if (!dataEl || !main) return;
   var data = JSON.parse(dataEl.textContent);
+  // What the URLs name: a static ticket's code, or a rotating ticket's page token.
   var code = String(data.code);
   var codeUrl = encodeURIComponent(code);
   var storeKey = 'stile:ticket:' + code;
@@ -61,7 +62,7 @@
   }
 
   function detailText(e) {
-    if (e.successor) return 'Transferred: this code was replaced';
+    if (e.transferred) return 'Transferred: this code was replaced';
     if (e.state !== 'used') return '';
     var parts = [];
     if (e.used_at) parts.push('at ' + clockTime(e.used_at));
@@ -69,13 +70,13 @@
     return parts.length ? 'Used ' + parts.join(' ') : '';
   }
 
-  // The stored form: {state, used_at, gate, successor, seen_ms}, seen_ms in server time.
+  // The stored form: {state, used_at, gate, transferred, seen_ms}, seen_ms in server time.
   function entry(src, seenMs) {
     return {
       state: String(src.state),
       used_at: src.used_at ? String(src.used_at) : null,
       gate: typeof src.gate === 'number' ? src.gate : null,
-      successor: src.successor ? String(src.successor) : null,
+      transferred: src.transferred === true,
       seen_ms: seenMs
     };
   }

@@ -55,6 +55,12 @@ pub enum GatewayError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// Another gateway process already serves this directory's database.
+    #[error(
+        "another gateway is already using {0} (stile up or stile gateway on the same data \
+         dir); stop it first, or give this one its own --data"
+    )]
+    Locked(PathBuf),
     /// The HTTPS certificate or key is unusable.
     #[error("HTTPS: {0}")]
     Tls(String),
@@ -146,6 +152,8 @@ pub struct App {
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
+    /// The directory's exclusive lock: no second gateway serves the same database.
+    _dir_lock: std::fs::File,
     /// Address it serves on.
     local_addr: SocketAddr,
     /// The API token of management routes.
@@ -171,6 +179,11 @@ impl Gateway {
             what: format!("making {}", config.dir.display()),
             source,
         })?;
+        db::restrict(&config.dir, 0o700).map_err(|source| GatewayError::Io {
+            what: format!("making {} private (0700)", config.dir.display()),
+            source,
+        })?;
+        let dir_lock = lock_dir(&config.dir)?;
         let api_token = api::auth::load_or_make_token(&config.dir.join(API_TOKEN_FILE))?;
         let db = Db::open(&config.dir.join(DB_FILE))?;
         let nodes = Nodes::new(
@@ -218,6 +231,7 @@ impl Gateway {
         tasks.spawn(reminders::run(app.clone()));
         tracing::info!(addr = %local_addr, https = tls_on(&app), "gateway listening");
         Ok(Gateway {
+            _dir_lock: dir_lock,
             local_addr,
             api_token,
             stop,
@@ -249,6 +263,33 @@ impl Gateway {
             self.tasks.abort_all();
         }
     }
+}
+
+/// Takes an exclusive `flock` on the gateway directory itself (opened read-only), held for
+/// the gateway's life. A lock file could be deleted by an operator who takes it for a stale
+/// pid file; the directory cannot be deleted while it holds the database.
+fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, GatewayError> {
+    let file = std::fs::File::open(dir).map_err(|source| GatewayError::Io {
+        what: format!("opening {} to lock it", dir.display()),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock(2) on a descriptor this function owns; it touches no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(GatewayError::Locked(dir.to_path_buf()));
+            }
+            return Err(GatewayError::Io {
+                what: format!("locking {}", dir.display()),
+                source: err,
+            });
+        }
+    }
+    Ok(file)
 }
 
 fn tls_on(app: &App) -> bool {

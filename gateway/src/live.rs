@@ -1,40 +1,104 @@
 //! Live ticket state: one task per node reads its `subscribe` stream, records each change
 //! of a ticket the gateway sold (scans for occupancy and attendance, account events for
 //! linked devices) and wakes the server-sent-event streams that show it.
+//!
+//! A change wakes only the streams of its own ticket, account or device: each key has one
+//! [`Signal`] (a version and a `Notify`) shared by the streams that watch it, so an idle
+//! stream of another ticket costs nothing, and a stream that was busy while several changes
+//! came re-reads once. Streams are capped in all, per key and per client address.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 use stile_protocol::client::ClientError;
 use stile_protocol::frame::{error_code, Event, EventKind, TicketStateName};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
 use crate::db::DbError;
 use crate::App;
 
-/// Changes buffered for slow SSE streams; one that falls further behind re-reads the state.
-const CHANGES_BACKLOG: usize = 4096;
 /// Longest wait between attempts to reach a node that is down.
 const RECONNECT_MAX_MS: u64 = 5_000;
 
-/// A ticket changed, or an account got an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A ticket changed, an account got an event, or a device was unlinked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
-    /// The ticket with this code changed state (or was transferred).
+    /// The ticket with this code (as minted) changed state (or was transferred).
     Ticket(Arc<str>),
     /// This account has new events.
     Account(i64),
+    /// This device was unlinked: its streams end.
+    Device(i64),
 }
 
-/// Fan-out of changes to every open stream.
+/// One key's wake-up, shared by the streams that watch the key.
+#[derive(Debug, Default)]
+pub struct Signal {
+    /// Bumped by every change of the key.
+    version: AtomicU64,
+    /// Wakes the streams waiting on the key.
+    notify: Notify,
+}
+
+/// A stream's watch of one key: it wakes when the key changed since it last looked.
+#[derive(Debug)]
+pub struct Watch {
+    /// The key's signal.
+    signal: Arc<Signal>,
+    /// The version last seen.
+    seen: u64,
+    /// The key, to drop the signal when its last watch goes.
+    key: Change,
+    /// The shared state the signal is registered in.
+    app: Arc<App>,
+}
+
+impl Watch {
+    /// Resolves once the key changed after the last time this returned (or the watch was
+    /// made); any number of changes in between resolve it once.
+    pub async fn changed(&mut self) {
+        loop {
+            let notified = self.signal.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let version = self.signal.version.load(Ordering::Acquire);
+            if version != self.seen {
+                self.seen = version;
+                self.app.metrics.sse_wakeups.inc();
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut signals = self
+            .app
+            .live
+            .signals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Under the map's lock no new watch can share this signal: if this is the last, the
+        // key goes.
+        if Arc::strong_count(&self.signal) == 1 {
+            signals.remove(&self.key);
+        }
+    }
+}
+
+/// Fan-out of changes to the streams that watch them.
 #[derive(Debug)]
 pub struct Live {
-    /// Every change, to every subscriber.
-    changes: broadcast::Sender<Change>,
+    /// The signal of every key some stream watches.
+    signals: Mutex<HashMap<Change, Arc<Signal>>>,
     /// Nodes whose event stream a task follows.
-    followed: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
+    followed: Mutex<std::collections::HashSet<SocketAddr>>,
     /// Open SSE streams.
     streams: StreamCounts,
 }
@@ -49,20 +113,37 @@ impl Live {
     /// No subscribers yet.
     pub fn new() -> Live {
         Live {
-            changes: broadcast::channel(CHANGES_BACKLOG).0,
+            signals: Default::default(),
             followed: Default::default(),
             streams: Default::default(),
         }
     }
 
-    /// Tells every stream about `change`.
+    /// Wakes the streams that watch `change`'s key, and no other.
     pub fn publish(&self, change: Change) {
-        let _ = self.changes.send(change);
+        let signals = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(signal) = signals.get(&change) {
+            signal.version.fetch_add(1, Ordering::Release);
+            signal.notify.notify_waiters();
+        }
     }
 
-    /// A receiver of every change from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    /// A watch of `key` from now on.
+    pub fn watch(app: &Arc<App>, key: Change) -> Watch {
+        let mut signals = app.live.signals.lock().unwrap_or_else(|p| p.into_inner());
+        let signal = signals.entry(key.clone()).or_default().clone();
+        let seen = signal.version.load(Ordering::Acquire);
+        Watch {
+            signal,
+            seen,
+            key,
+            app: app.clone(),
+        }
+    }
+
+    /// Keys some stream watches now (for tests and metrics).
+    pub fn watched_keys(&self) -> usize {
+        self.signals.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -212,7 +293,7 @@ fn record_events(
     node: SocketAddr,
     events: &[Event],
 ) -> rusqlite::Result<Vec<Changed>> {
-    let tx = c.transaction()?;
+    let tx = crate::db::immediate(c)?;
     let mut changed = Vec::new();
     let mut next_seq = None;
     for e in events {
@@ -297,12 +378,39 @@ fn record_events(
 pub const SSE_STREAMS_MAX: usize = 8_000;
 /// Open streams of one ticket or one account at most.
 pub const SSE_STREAMS_PER_KEY_MAX: usize = 16;
+/// Open streams of one client address (an IPv6 /64) at most, so that one client with many
+/// codes cannot take every slot (a household or an office behind one NAT address stays well
+/// under it). The gateway serves clients directly (it terminates TLS): behind a reverse
+/// proxy every stream would share the proxy's address.
+pub const SSE_STREAMS_PER_CLIENT_MAX: usize = 64;
 
-/// Open streams, in all and per ticket or account.
+/// The client a stream is counted against: its IPv4 address, or its IPv6 /64 (one host
+/// commonly holds a whole /64, so single IPv6 addresses would not cap anyone).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The address a request came from, put in its extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(
+    /// The client's address and port, as the TCP connection says.
+    pub SocketAddr,
+);
+
+/// Open streams, in all, per ticket or account and per client address.
 #[derive(Debug, Default)]
 pub struct StreamCounts {
-    /// Streams per key (`t:CODE`, `a:ACCOUNT`).
-    per_key: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Streams per key (`t:CODE`, `a:ACCOUNT`), and per client address.
+    per_key: Mutex<(HashMap<String, usize>, HashMap<IpAddr, usize>)>,
 }
 
 /// An open SSE stream's place in the counts and the `sse_streams` gauge; freed on drop.
@@ -314,35 +422,54 @@ pub struct StreamGauge {
     app: Arc<App>,
     /// The stream's key.
     key: String,
+    /// The client's address, if known.
+    client: Option<IpAddr>,
 }
 
 impl StreamGauge {
-    /// A place for one more stream of `key`, unless the limits say no.
-    pub fn open(app: &Arc<App>, key: String) -> Result<StreamGauge, crate::problem::Problem> {
-        let mut per_key = app
+    /// A place for one more stream of `key` from `client`, unless the limits say no.
+    pub fn open(
+        app: &Arc<App>,
+        key: String,
+        client: Option<IpAddr>,
+    ) -> Result<StreamGauge, crate::problem::Problem> {
+        let mut counts = app
             .live
             .streams
             .per_key
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let (per_key, per_client) = &mut *counts;
+        let client = client.map(client_key);
         let total: usize = app.metrics.sse_streams.get().max(0) as usize;
         let n = per_key.get(&key).copied().unwrap_or(0);
-        if total >= SSE_STREAMS_MAX || n >= SSE_STREAMS_PER_KEY_MAX {
+        let from_client = client
+            .and_then(|c| per_client.get(&c).copied())
+            .unwrap_or(0);
+        if total >= SSE_STREAMS_MAX
+            || n >= SSE_STREAMS_PER_KEY_MAX
+            || from_client >= SSE_STREAMS_PER_CLIENT_MAX
+        {
             return Err(crate::problem::Problem::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "too many open live streams (at most {SSE_STREAMS_PER_KEY_MAX} per ticket or \
-                     account, {SSE_STREAMS_MAX} in all); close one and retry"
+                     account, {SSE_STREAMS_PER_CLIENT_MAX} per client address, {SSE_STREAMS_MAX} \
+                     in all); close one and retry"
                 ),
             )
             .retry_after(5));
         }
         per_key.insert(key.clone(), n + 1);
+        if let Some(c) = client {
+            per_client.insert(c, from_client + 1);
+        }
         app.metrics.sse_streams.inc();
         Ok(StreamGauge {
             gauge: app.metrics.sse_streams.clone(),
             app: app.clone(),
             key,
+            client,
         })
     }
 }
@@ -350,18 +477,42 @@ impl StreamGauge {
 impl Drop for StreamGauge {
     fn drop(&mut self) {
         self.gauge.dec();
-        let mut per_key = self
+        let mut counts = self
             .app
             .live
             .streams
             .per_key
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let (per_key, per_client) = &mut *counts;
         if let Some(n) = per_key.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
                 per_key.remove(&self.key);
             }
         }
+        if let Some(c) = self.client {
+            if let Some(n) = per_client.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    per_client.remove(&c);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_counted_per_ipv4_address_and_ipv6_64() {
+        let key = |a: &str| client_key(a.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
     }
 }

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub reminders_given_up: Counter,
     /// Open server-sent-event streams.
     pub sse_streams: Gauge,
+    /// Times a live stream woke to re-read its ticket or account (one per change of its
+    /// own, several changes between two reads counted once).
+    pub sse_wakeups: Counter,
     /// Node events read.
     pub node_events: Counter,
     /// 1 while the default node's event stream is up.
@@ -89,6 +92,7 @@ impl Metrics {
             reminder_failures: Counter::default(),
             reminders_given_up: Counter::default(),
             sse_streams: Gauge::default(),
+            sse_wakeups: Counter::default(),
             node_events: Counter::default(),
             node_up: Gauge::default(),
         };
@@ -128,6 +132,11 @@ impl Metrics {
             "sse_streams",
             "Open server-sent-event streams",
             m.sse_streams.clone(),
+        );
+        r.register(
+            "sse_wakeups",
+            "Times a live stream woke to re-read its ticket or account",
+            m.sse_wakeups.clone(),
         );
         r.register(
             "node_events",

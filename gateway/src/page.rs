@@ -35,8 +35,11 @@ const PAGE_VALUES_CAPACITY: usize = 2048;
 /// Everything the page shows at render time.
 #[derive(Debug, Clone, Copy)]
 pub struct PageData<'a> {
-    /// The code's text, as used in URLs and shown (grouped by four) on the page.
-    pub code: &'a str,
+    /// What the page's URLs name: a static ticket's code, or a rotating ticket's page token.
+    pub id: &'a str,
+    /// The code shown (grouped by four) on the page; `None` for a rotating ticket, whose
+    /// minted code must not be shown (it would lead a screenshot to this page).
+    pub code: Option<&'a str>,
     /// Name of the event.
     pub event: &'a str,
     /// Name of the venue.
@@ -55,8 +58,8 @@ pub struct PageData<'a> {
     pub used_at: Option<&'a str>,
     /// The gate that admitted the ticket, if it was used.
     pub gate: Option<u16>,
-    /// The code that replaced this one when the ticket was transferred (this one is revoked).
-    pub successor: Option<&'a str>,
+    /// The ticket was transferred (this code is revoked); the new code is never shown here.
+    pub transferred: bool,
     /// Whether the code rotates (changes every `step_s` seconds).
     pub rotating: bool,
     /// Seconds per time step of a rotating code; must be above 0 when `rotating`.
@@ -95,8 +98,11 @@ pub fn ticket_page(d: &PageData<'_>) -> String {
 fn fill(out: &mut String, name: &str, d: &PageData<'_>) {
     let rotating = rotation(d);
     match name {
-        "code" => escape_html(out, d.code),
-        "code_grouped" => escape_html(out, &group_code(d.code)),
+        "code_label" => escape_html(out, d.code.unwrap_or("(rotating)")),
+        "code_grouped" => match d.code {
+            Some(code) => escape_html(out, &group_code(code)),
+            None => escape_html(out, "changes with the QR"),
+        },
         "event" => escape_html(out, d.event),
         "venue" => escape_html(out, d.venue),
         "starts" => escape_html(out, d.starts),
@@ -109,7 +115,7 @@ fn fill(out: &mut String, name: &str, d: &PageData<'_>) {
         "voided" => out.push_str(if is_voided(d.state) { "true" } else { "false" }),
         "qr_src" => {
             let mut src = String::from("/v1/tickets/");
-            encode_path_segment(&mut src, d.code);
+            encode_path_segment(&mut src, d.id);
             src.push_str("/qr.svg");
             if let Some((step, _)) = rotating {
                 let _ = write!(src, "?step={step}");
@@ -160,7 +166,7 @@ fn is_voided(state: &str) -> bool {
 
 /// "Transferred: …", "Used at 18:42:10 at gate 3", or empty; the same words as ticket.js.
 fn state_detail(d: &PageData<'_>) -> String {
-    if d.successor.is_some() {
+    if d.transferred {
         return "Transferred: this code was replaced".to_owned();
     }
     if d.state != "used" || (d.used_at.is_none() && d.gate.is_none()) {
@@ -203,11 +209,11 @@ fn group_code(code: &str) -> String {
 /// The JSON block the script starts from.
 fn data_json(d: &PageData<'_>) -> String {
     serde_json::json!({
-        "code": d.code,
+        "code": d.id,
         "state": d.state,
         "used_at": d.used_at,
         "gate": d.gate,
-        "successor": d.successor,
+        "transferred": d.transferred,
         "rotating": d.rotating,
         "step_s": d.step_s,
         "server_unix_ms": d.server_unix_ms,
@@ -263,7 +269,8 @@ mod tests {
 
     fn data() -> PageData<'static> {
         PageData {
-            code: CODE,
+            id: CODE,
+            code: Some(CODE),
             event: "Night & Day",
             venue: "Hall 1",
             starts: "Sat 1 June 2025, 19:30",
@@ -273,7 +280,7 @@ mod tests {
             state: "valid",
             used_at: None,
             gate: None,
-            successor: None,
+            transferred: false,
             rotating: false,
             step_s: 30,
             server_unix_ms: 1_748_799_730_250,
@@ -354,10 +361,11 @@ mod tests {
     fn transferred_ticket_says_it_was_replaced() {
         let d = PageData {
             state: "revoked",
-            successor: Some("NEWCODE"),
+            transferred: true,
             ..data()
         };
         let html = ticket_page(&d);
+        assert!(!html.contains("successor"), "no new code to show");
         assert!(element(&html, "state").ends_with(">Revoked \u{2014} voided"));
         assert!(element(&html, "state-detail").ends_with(">Transferred: this code was replaced"));
     }
@@ -375,7 +383,7 @@ mod tests {
             state: "used",
             used_at: Some("</script><!--"),
             gate: Some(7),
-            successor: Some("A&B"),
+            transferred: true,
             ..data()
         };
         let html = ticket_page(&d);
@@ -385,7 +393,7 @@ mod tests {
         assert_eq!(v["state"], "used");
         assert_eq!(v["used_at"], "</script><!--", "escaped, not cut short");
         assert_eq!(v["gate"], 7);
-        assert_eq!(v["successor"], "A&B");
+        assert_eq!(v["transferred"], true);
         assert_eq!(v["rotating"], false);
         assert!(!html.contains("</script><!--"));
     }
@@ -404,6 +412,20 @@ mod tests {
         assert!(html.contains(&img), "{html}");
         assert!(!html.contains("{{"), "every placeholder filled");
         assert!(!has_inline_handler(&html), "no inline event handlers");
+    }
+
+    #[test]
+    fn rotating_ticket_page_shows_no_code_and_links_by_its_page_token() {
+        let d = PageData {
+            id: "tk_0123abcd",
+            code: None,
+            rotating: true,
+            ..data()
+        };
+        let html = ticket_page(&d);
+        assert!(!html.contains(CODE), "the minted code is not on the page");
+        assert!(html.contains("/v1/tickets/tk_0123abcd/qr.svg?step="));
+        assert_eq!(data_block(&html)["code"], "tk_0123abcd");
     }
 
     #[test]
@@ -436,7 +458,8 @@ mod tests {
     #[test]
     fn code_in_urls_is_percent_encoded() {
         let d = PageData {
-            code: "AB/\"<x>",
+            id: "AB/\"<x>",
+            code: Some("AB/\"<x>"),
             ..data()
         };
         let html = ticket_page(&d);

@@ -110,8 +110,36 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The conflict a broken database rule stands for, in words a client can act on.
+fn constraint_conflict(message: &str) -> Problem {
+    let detail = if message.contains("stile: sold out") {
+        "the event sold out while this request ran; nothing was booked".to_string()
+    } else if message.contains("tickets.event, tickets.seat") {
+        "a seat of this request was sold meanwhile; nothing was booked".to_string()
+    } else if message.contains("stile: seat not in the seat map") {
+        "a seat of this request is not in the event's seat map; nothing was booked".to_string()
+    } else if message.contains("stile: account links the most devices it may") {
+        format!(
+            "the account links {} devices, the most it may; unlink one first",
+            crate::api::accounts::DEVICES_PER_ACCOUNT_MAX
+        )
+    } else {
+        format!("the request conflicts with what is stored ({message}); nothing was changed")
+    };
+    Problem::conflict(detail)
+}
+
 impl From<DbError> for Problem {
     fn from(e: DbError) -> Problem {
+        if let DbError::Sql(rusqlite::Error::SqliteFailure(f, message)) = &e {
+            if f.code == rusqlite::ErrorCode::ConstraintViolation {
+                // A rule the database holds (capacity, a seat sold once, a unique key): the
+                // client's request lost a race or repeats what exists, never a failure.
+                let message = message.as_deref().unwrap_or("constraint");
+                tracing::info!(%message, "database rule refused a change");
+                return constraint_conflict(message);
+            }
+        }
         tracing::error!(error = %e, "database");
         match e {
             DbError::Sql(rusqlite::Error::SqliteFailure(f, _))

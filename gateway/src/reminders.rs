@@ -4,6 +4,9 @@
 //! exponential backoff, and marks a row delivered only after a 2xx answer. A restart picks
 //! up where it stopped. Delivery is at least once: a crash between the answer and the mark
 //! sends again, so each request carries an `Idempotency-Key` the receiver can dedupe on.
+//! Rows are leased in the database before they are sent (their retry time moved past the
+//! webhook timeout in the transaction that reads them), so a second process reading the
+//! outbox at the same time does not send them too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,22 +23,37 @@ const BATCH_MAX: i64 = 64;
 const CONCURRENT_MAX: usize = 16;
 /// Longest a webhook may take to answer.
 const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+/// How long a row read for sending is not read again (longer than a webhook may take).
+const LEASE_S: i64 = (WEBHOOK_TIMEOUT_MS / 1000) as i64 * 3;
 /// Longest error text kept per row.
 const ERROR_MAX_CHARS: usize = 500;
 
 /// A due reminder.
 #[derive(Debug)]
 struct Due {
+    /// Outbox row.
     id: i64,
+    /// The ticket's code.
     code: String,
+    /// What the holder's page link names (a rotating ticket's page token, else the code).
+    page_id: String,
+    /// Lead time, seconds.
     lead_s: i64,
+    /// The webhook.
     url: String,
+    /// Attempts so far.
     attempts: u32,
+    /// The ticket's last known state.
     state: String,
+    /// The code that replaced it, if transferred.
     successor: Option<String>,
+    /// Its account.
     account: Option<i64>,
+    /// Holder's name.
     holder: String,
+    /// Event name.
     event: String,
+    /// Not valid after, Unix seconds.
     valid_until: Option<i64>,
 }
 
@@ -89,9 +107,11 @@ async fn send_due(app: &Arc<App>, http: &reqwest::Client) -> Result<usize, Probl
     let due = app
         .db
         .call(move |c| -> Result<Vec<Due>, Problem> {
-            let mut stmt = c.prepare(
+            let tx = crate::db::immediate(c)?;
+            let mut stmt = tx.prepare(
                 "SELECT o.id, o.code, o.lead_s, o.url, o.attempts, t.last_state, t.successor,
-                     t.account, t.holder_name, e.name, e.valid_until
+                     t.account, t.holder_name, e.name, e.valid_until,
+                     CASE WHEN t.rotating THEN coalesce(t.page_token, t.code) ELSE t.code END
                  FROM outbox o JOIN tickets t ON t.code = o.code JOIN events e ON e.id = t.event
                  WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_at <= ?1
                  ORDER BY o.next_at LIMIT ?2",
@@ -109,9 +129,19 @@ async fn send_due(app: &Arc<App>, http: &reqwest::Client) -> Result<usize, Probl
                     holder: r.get(8)?,
                     event: r.get(9)?,
                     valid_until: r.get(10)?,
+                    page_id: r.get(11)?,
                 })
             })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let due: Vec<Due> = rows.collect::<Result<_, _>>()?;
+            drop(stmt);
+            for d in &due {
+                tx.execute(
+                    "UPDATE outbox SET next_at = ?2 WHERE id = ?1",
+                    params![d.id, now + LEASE_S],
+                )?;
+            }
+            tx.commit()?;
+            Ok(due)
         })
         .await?;
     let n = due.len();
@@ -155,7 +185,7 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
         "holder": d.holder,
         "valid_until": d.valid_until.map(|t| crate::rfc3339(t as u64)),
         "lead_s": d.lead_s,
-        "page": format!("/t/{}", d.code),
+        "page": format!("/t/{}", d.page_id),
     });
     let refused = reqwest::Url::parse(&d.url)
         .ok()
@@ -185,7 +215,7 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
             let (id, account, code) = (d.id, d.account, d.code.clone());
             app.db
                 .call(move |c| -> Result<(), Problem> {
-                    let tx = c.transaction()?;
+                    let tx = crate::db::immediate(c)?;
                     tx.execute(
                         "UPDATE outbox SET delivered_at = ?2, attempts = ?3 WHERE id = ?1",
                         params![id, now, attempts],

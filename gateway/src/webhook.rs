@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Whether `ip` is an address anyone on the internet could reach: not loopback, private,
 /// shared (CGNAT), link-local, unique-local, multicast, documentation, benchmarking,
-/// unspecified or reserved. IPv4 inside IPv6 (mapped, compatible, NAT64) is judged as IPv4.
+/// unspecified or reserved. IPv4 inside IPv6 (mapped, translated, compatible, NAT64, 6to4,
+/// Teredo) is judged as the IPv4 address it carries; site-local `fec0::/10` and local-use
+/// NAT64 `64:ff9b:1::/48` are never public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -35,11 +37,36 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 224) // multicast, reserved, broadcast
 }
 
+/// The IPv4 address in segments `hi` and `lo`.
+fn v4_of(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+}
+
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
     }
     let s = ip.segments();
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        // IPv4-translated (::ffff:0:a.b.c.d, SIIT).
+        return is_public_v4(v4_of(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        // 6to4: the relay delivers to the IPv4 address in bits 16-47.
+        return is_public_v4(v4_of(s[1], s[2]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo: the server's IPv4 address, and the client's (bit-inverted) in the last 32.
+        return is_public_v4(v4_of(s[2], s[3])) && is_public_v4(v4_of(!s[6], !s[7]));
+    }
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001 {
+        // Local-use NAT64 (RFC 8215): a translator inside someone's network.
+        return false;
+    }
+    if (s[0] & 0xffc0) == 0xfec0 {
+        // Site-local (deprecated, still routed inside some networks).
+        return false;
+    }
     if s[..6] == [0; 6] {
         // Unspecified, loopback, and the deprecated IPv4-compatible form.
         return !(ip.is_unspecified() || ip.is_loopback())
@@ -138,6 +165,21 @@ mod tests {
             "ff02::1",
             "2001:db8::1",
             "100::1",
+            // 6to4, NAT64, Teredo, translated and mapped forms of private IPv4 addresses.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b:1::808:808",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // client 127.0.0.1
+            "2001:0:a00:1:8000:63bf:f7f7:f7f7",     // server 10.0.0.1
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
+            "::ffff:192.168.1.1",
+            "::ffff:0:0",
+            "fec0::1",
+            "feff::1",
         ];
         for a in private {
             assert!(!is_public(a.parse().unwrap()), "{a} is not public");
@@ -155,6 +197,9 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // server 65.54.227.120, client 8.8.8.8
+            "::ffff:0:808:808",
         ];
         for a in public {
             assert!(is_public(a.parse().unwrap()), "{a} is public");
@@ -168,6 +213,11 @@ mod tests {
             .unwrap()
             .contains("127.0.0.1"));
         assert!(refused("http://[::1]/hook").is_some());
+        assert!(refused("http://[2002:7f00:1::1]/hook").is_some());
+        assert!(refused("http://[64:ff9b::a9fe:a9fe]/latest").is_some());
+        assert!(refused("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook").is_some());
+        assert!(refused("http://[fec0::1]/hook").is_some());
+        assert!(refused("http://[::ffff:0:a00:1]/hook").is_some());
         assert!(refused("http://169.254.169.254/latest/meta-data").is_some());
         assert!(refused("https://8.8.8.8/hook").is_none());
         assert!(refused("https://hooks.example.org/x").is_none());

@@ -220,3 +220,64 @@ async fn ticket_page_goes_used_live_and_stays_voided_offline() {
     browser.quit().await;
     f.shutdown().await;
 }
+
+/// A rotating ticket's page, opened by the page link its booking gave, works under the
+/// content security policy: its script runs (the service worker keeps the page), the QR
+/// image loads, and the minted code is nowhere on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_ticket_page_by_its_link_works_under_the_security_policy() {
+    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install chromium and chromium-driver for the browser test"
+        );
+        eprintln!("skipping the browser test: install chromium and chromium-driver");
+        return;
+    }
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10, "rotating": true})).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let minted = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let link = b["tickets"][0]["page"].as_str().unwrap().to_string();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}{link}", f.base)).await;
+    browser
+        .wait_for(STATE, json!("valid"), "the page shows valid")
+        .await;
+    let image =
+        "var i = document.getElementById('qr-img'); return i.complete && i.naturalWidth > 0;";
+    browser
+        .wait_for(image, json!(true), "the QR image loads")
+        .await;
+    let html = browser
+        .eval("return document.documentElement.outerHTML;")
+        .await;
+    assert!(
+        !html.as_str().unwrap().contains(&minted),
+        "the minted code is on the page"
+    );
+    let cached = format!(
+        "var done = arguments[0];
+         navigator.serviceWorker.ready
+           .then(function () {{ return caches.open('stile-v1'); }})
+           .then(function (c) {{ return c.match('{link}'); }})
+           .then(function (r) {{ done(!!r); }})
+           .catch(function (e) {{ done(String(e)); }});"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while browser.eval_async(&cached).await != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the script never ran: the service worker did not keep the page"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.quit().await;
+    f.shutdown().await;
+}

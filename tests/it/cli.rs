@@ -285,6 +285,22 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         assert_eq!(v["state"], "valid", "{v}");
         assert_eq!(v["stale"], false, "the node answered");
     });
+    // A second gateway on the same data dir is refused, and says why.
+    let second = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "gateway",
+            "--http",
+            "127.0.0.1:0",
+            "--node",
+            &quic,
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    assert!(said.contains("another gateway is already using"), "{said}");
     for child in [&mut gw, &mut node] {
         sigterm(child);
         assert!(child.wait().unwrap().success());

@@ -1156,7 +1156,14 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let f = Fixture::start().await;
     let event = f.event(json!({"capacity": 10, "rotating": true})).await;
     let gate = f.gate_token(9).await;
-    let code = f.book_one("k", event, "Ada").await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let code = b["tickets"][0]["code"].as_str().unwrap().to_string();
     assert_eq!(code.len(), 34, "a rotating code is 34 symbols");
     let (_, t) = f.get(&format!("/v1/tickets/{code}")).await;
     assert_eq!(
@@ -1164,7 +1171,8 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         (Some(true), Some(30)),
         "{t}"
     );
-    let res = f.public(&format!("/v1/tickets/{code}/qr.png")).await;
+    // The image by the page link the booking gave (its codes open no public route).
+    let res = f.public(b["tickets"][0]["qr_png"].as_str().unwrap()).await;
     assert_eq!(res.headers()["cache-control"], "no-store");
     let drawn = decode_qr_png(&res.bytes().await.unwrap());
     assert_eq!(drawn.len(), 1);
@@ -1178,6 +1186,11 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
     let (s, t) = f.get(&format!("/v1/tickets/{}", drawn[0])).await;
     assert_eq!((s, t["code"].as_str()), (200, Some(code.as_str())));
     let forged = flip_last(&drawn[0]);
+    let (s, _) = f.get(&format!("/v1/tickets/{forged}")).await;
+    assert_eq!(
+        s, 404,
+        "a made-up tag finds nothing, even with the API token"
+    );
     for path in [
         format!("/v1/tickets/{forged}"),
         format!("/v1/tickets/{forged}/qr.png"),
@@ -1324,5 +1337,468 @@ async fn racing_bookings_sell_a_seat_once_and_a_key_books_once() {
     );
     let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
     assert_eq!(occ["tickets"], 2, "{occ}");
+    f.shutdown().await;
+}
+
+/// A booking of `body` with `key` at the gateway at `base`; the status and body.
+fn book_at(
+    f: &Fixture,
+    base: &str,
+    key: &str,
+    body: Value,
+) -> impl std::future::Future<Output = (u16, Value)> + Send + 'static {
+    let req = f
+        .http
+        .post(format!("{base}/v1/bookings"))
+        .bearer_auth(&f.api_token)
+        .header("idempotency-key", key)
+        .json(&body);
+    async move { json_of(req.send().await.unwrap()).await }
+}
+
+/// A second gateway process on the same database: refused on the same directory; and even
+/// when an operator gets round that (a directory of symlinks to the same files), capacity,
+/// seats and idempotency keys hold, because the database holds them, and every refusal is
+/// a 409 problem, never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_database_sell_capacity_once_and_a_key_books_once() {
+    let f = Fixture::start().await;
+    let second = Gateway::start(gateway_config(&f.node, f.dir.path())).await;
+    match second {
+        Err(stile_gateway::GatewayError::Locked(dir)) => assert_eq!(dir, f.dir.path()),
+        other => panic!("a second gateway on the same directory started: {other:?}"),
+    }
+    let twin_dir = tempfile::tempdir().unwrap();
+    for file in [stile_gateway::DB_FILE, stile_gateway::API_TOKEN_FILE] {
+        std::os::unix::fs::symlink(f.dir.path().join(file), twin_dir.path().join(file)).unwrap();
+    }
+    let twin = Gateway::start(gateway_config(&f.node, twin_dir.path()))
+        .await
+        .unwrap();
+    let bases = [f.base.clone(), format!("http://{}", twin.local_addr())];
+
+    // 40 buyers over both gateways, 10 places: exactly 10 sold, every other answer 409.
+    let capped = f.event(json!({"capacity": 10})).await;
+    let body = json!({"event": capped, "payment_ref": "p", "tickets": [{"holder": {"name": "A"}}]});
+    let answers = crate::node::futures_join(
+        (0..40).map(|i| book_at(&f, &bases[i % 2], &format!("cap-{i}"), body.clone())),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        10,
+        "{answers:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    let (_, occ) = f.get(&format!("/v1/events/{capped}/occupancy")).await;
+    assert_eq!(occ["tickets"], 10, "{occ}");
+
+    // One seat asked for at both gateways at once: one sale, and 409s.
+    let seated = f.event(json!({"seats": ["C1", "C2"]})).await;
+    let seat = |s: &str| json!({"event": seated, "payment_ref": "p", "tickets": [{"seat": s, "holder": {"name": "A"}}]});
+    let answers = crate::node::futures_join(
+        (0..8).map(|i| book_at(&f, &bases[i % 2], &format!("seat-{i}"), seat("C1"))),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+
+    // One key sent to both gateways at once: one booking.
+    let answers = crate::node::futures_join(
+        (0..8).map(|i| book_at(&f, &bases[i % 2], "same-key", seat("C2"))),
+    )
+    .await;
+    let ids: Vec<i64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, b)| b["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "two bookings for one key: {answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 409),
+        "{answers:?}"
+    );
+    let (s, again) = book_at(&f, &bases[1], "same-key", seat("C2")).await;
+    assert_eq!(
+        again["id"].as_i64(),
+        ids.first().copied().or(again["id"].as_i64())
+    );
+    assert_eq!(s, 201, "{again}");
+    let (_, occ) = f.get(&format!("/v1/events/{seated}/occupancy")).await;
+    assert_eq!(occ["tickets"], 2, "C1 once and C2 once: {occ}");
+    twin.shutdown(Duration::from_secs(5)).await;
+    f.shutdown().await;
+}
+
+/// The gateway's directory is 0700 and its database files 0600 whatever the umask (they
+/// hold every code, holder and rotating key), even when the directory was made before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let node = TestNode::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw_dir = dir.path().join("gateway");
+    // SAFETY: umask(2) only sets the process's file mode mask; 022 is the usual value.
+    unsafe { libc::umask(0o022) };
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&gw_dir)
+        .unwrap();
+    let g = Gateway::start(gateway_config(&node, &gw_dir))
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&gw_dir), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = gw_dir.join(format!("{}{suffix}", stile_gateway::DB_FILE));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    assert_eq!(mode(&gw_dir.join(stile_gateway::API_TOKEN_FILE)), 0o600);
+    g.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Reads server-sent events from `res` until one named `name`; every block read, as text.
+async fn sse_text_until(res: &mut reqwest::Response, name: &str) -> String {
+    let mut buf = String::new();
+    let marker = format!("event: {name}");
+    while !buf.contains(&marker) {
+        let chunk = tokio::time::timeout(Duration::from_secs(15), res.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{name}` event; got {buf}"))
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    buf
+}
+
+/// A check-in wakes only the streams of its own ticket: an idle stream of another ticket is
+/// not woken (counted by `stile_gateway_sse_wakeups_total`), and one client address cannot
+/// open more than its share of streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_wakes_only_the_streams_of_its_ticket() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 200})).await;
+    let gate = f.gate_token(3).await;
+    let idle = f.book_one("a", event, "Idle").await;
+    let mut busy = Vec::new();
+    for i in 0..3 {
+        busy.push(f.book_one(&format!("b{i}"), event, "Busy").await);
+    }
+    let watched = f.book_one("w", event, "Watched").await;
+    let mut idle_streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = f.public(&format!("/t/{idle}/events")).await;
+        sse_text_until(&mut s, "ticket").await;
+        idle_streams.push(s);
+    }
+    let mut watched_stream = f.public(&format!("/t/{watched}/events")).await;
+    sse_text_until(&mut watched_stream, "ticket").await;
+    for code in &busy {
+        let (_, o) = f.checkin(&gate, json!({"code": code})).await;
+        assert_eq!(o["outcome"], "admitted");
+    }
+    let (_, o) = f.checkin(&gate, json!({"code": watched})).await;
+    assert_eq!(o["outcome"], "admitted");
+    // The node's events come in order: the busy tickets' changes were published before this.
+    let used = sse_text_until(&mut watched_stream, "ticket").await;
+    assert!(used.contains("\"state\":\"used\""), "{used}");
+    let metrics = f.public("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("stile_gateway_sse_wakeups_total 1\n"),
+        "one wake-up (the watched stream's), none for the 4 idle streams: {metrics}"
+    );
+    // One client address holds at most its share of stream slots.
+    let (s, many) = json_of(
+        f.book(
+            "m",
+            json!({"event": event, "payment_ref": "p",
+                "tickets": vec![json!({"holder": {"name": "M"}}); 64]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{many}");
+    let mut open = idle_streams.len() + 1;
+    let mut refused = None;
+    for t in many["tickets"].as_array().unwrap() {
+        let res = f
+            .public(&format!("/t/{}/events", t["code"].as_str().unwrap()))
+            .await;
+        if res.status() == 429 {
+            refused = Some(res);
+            break;
+        }
+        open += 1;
+        idle_streams.push(res);
+    }
+    assert_eq!(open, stile_gateway::live::SSE_STREAMS_PER_CLIENT_MAX);
+    let p = assert_problem(refused.expect("the cap was never reached"), 429).await;
+    assert!(p["detail"].as_str().unwrap().contains("per client"), "{p}");
+    drop(idle_streams);
+    f.shutdown().await;
+}
+
+/// An unlinked device's token stops at once (its open stream ends, a new one is refused),
+/// and the token never needs to be in a URL: a single-use stream ticket opens a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_device_stops_at_once_and_tokens_stay_out_of_urls() {
+    let f = Fixture::start().await;
+    let (_, account) = f.post("/v1/accounts", json!({"name": "Ada"})).await;
+    let id = account["id"].as_i64().unwrap();
+    let (_, dev) = f
+        .post(
+            &format!("/v1/accounts/{id}/devices"),
+            json!({"name": "phone"}),
+        )
+        .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let stream_ticket = || {
+        f.http
+            .post(format!("{}/v1/devices/stream-tickets", f.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    let (s, ticket) = json_of(stream_ticket().await.unwrap()).await;
+    assert_eq!(s, 201, "{ticket}");
+    let url = ticket["events"].as_str().unwrap().to_string();
+    assert!(!url.contains(&token), "{url}");
+    let mut by_ticket = f.public(&url).await;
+    assert_eq!(by_ticket.status(), 200);
+    sse_text_until(&mut by_ticket, "ready").await;
+    assert_problem(f.public(&url).await, 401).await; // single use
+    assert_problem(
+        f.public(&format!("/v1/devices/events?token={token}")).await,
+        401,
+    )
+    .await;
+
+    let mut by_header = f
+        .http
+        .get(format!("{}/v1/devices/events", f.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    sse_text_until(&mut by_header, "ready").await;
+    let unlink = format!("/v1/accounts/{id}/devices/{}", dev["id"]);
+    let res = f
+        .admin(reqwest::Method::DELETE, &unlink)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    for mut stream in [by_ticket, by_header] {
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(15), stream.chunk())
+                .await
+                .expect("the unlinked device's stream is still open");
+            if chunk.unwrap().is_none() {
+                break; // ended
+            }
+        }
+    }
+    let res = f
+        .http
+        .get(format!("{}/v1/devices/events", f.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    assert_problem(stream_ticket().await.unwrap(), 401).await;
+    assert_problem(
+        f.admin(reqwest::Method::DELETE, &unlink)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let (_, api) = json_of(f.public("/openapi.json").await).await;
+    for path in [
+        "/v1/devices/stream-tickets",
+        "/v1/accounts/{id}/devices/{device}",
+    ] {
+        assert!(
+            api["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    f.shutdown().await;
+}
+
+/// After a transfer, the old code's public view, page, stream and the old account's events
+/// say only that it was transferred: the new code would let the seller walk in first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_shows_the_new_code_only_with_the_api_token() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let (_, seller) = f.post("/v1/accounts", json!({"name": "Seller"})).await;
+    let seller = seller["id"].as_i64().unwrap();
+    let (_, dev) = f
+        .post(
+            &format!("/v1/accounts/{seller}/devices"),
+            json!({"name": "phone"}),
+        )
+        .await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "account": seller, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Seller"}}]}),
+        )
+        .await;
+    let (_, b) = json_of(res).await;
+    let old = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let (s, moved) = f
+        .post(
+            &format!("/v1/tickets/{old}/transfer"),
+            json!({"holder": {"name": "Buyer"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{moved}");
+    let new = moved["ticket"]["code"].as_str().unwrap().to_string();
+
+    let (s, public) = json_of(f.public(&format!("/v1/tickets/{old}")).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (public["transferred"].as_bool(), public["state"].as_str()),
+        (Some(true), Some("revoked"))
+    );
+    assert!(public["successor"].is_null(), "{public}");
+    assert!(!public.to_string().contains(&new), "{public}");
+    let page = f.public(&format!("/t/{old}")).await.text().await.unwrap();
+    assert!(page.contains("Transferred"), "{page}");
+    assert!(!page.contains(&new), "the page shows the new code");
+    let mut stream = f.public(&format!("/t/{old}/events")).await;
+    let first = sse_text_until(&mut stream, "ticket").await;
+    assert!(
+        !first.contains(&new),
+        "the stream shows the new code: {first}"
+    );
+    let mut device = f
+        .http
+        .get(format!("{}/v1/devices/events?after=0", f.base))
+        .bearer_auth(dev["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let events = sse_text_until(&mut device, "transferred").await;
+    assert!(
+        !events.contains(&new),
+        "the old account's devices see the new code: {events}"
+    );
+    // With the API token: the successor.
+    let (_, full) = f.get(&format!("/v1/tickets/{old}")).await;
+    assert_eq!(full["successor"], new.as_str(), "{full}");
+    f.shutdown().await;
+}
+
+/// A rotating ticket's codes (minted, or of any step, as a screenshot shows) open nothing on
+/// public routes and its minted code is shown nowhere public; its page is reached by the
+/// page link the booking returned with the API token, and that page still rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_code_from_a_screen_opens_no_page() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10, "rotating": true})).await;
+    let res = f
+        .book(
+            "k",
+            json!({"event": event, "payment_ref": "p", "tickets": [{"holder": {"name": "Ada"}}]}),
+        )
+        .await;
+    let (s, b) = json_of(res).await;
+    assert_eq!(s, 201, "{b}");
+    let minted = b["tickets"][0]["code"].as_str().unwrap().to_string();
+    let page = b["tickets"][0]["page"].as_str().unwrap().to_string();
+    let png = b["tickets"][0]["qr_png"].as_str().unwrap().to_string();
+    assert!(
+        page.starts_with("/t/tk_") && !page.contains(&minted),
+        "{page}"
+    );
+    assert!(!png.contains(&minted), "{png}");
+    let res = f.public(&png).await;
+    assert_eq!(res.status(), 200);
+    let shown = decode_qr_png(&res.bytes().await.unwrap())[0].clone();
+    assert_eq!(shown.len(), 34);
+    for code in [&minted, &shown] {
+        for path in [
+            format!("/v1/tickets/{code}"),
+            format!("/v1/tickets/{code}/qr.svg"),
+            format!("/v1/tickets/{code}/qr.png"),
+            format!("/t/{code}"),
+            format!("/t/{code}/events"),
+        ] {
+            assert_problem(f.public(&path).await, 404).await;
+        }
+    }
+    let html = f.public(&page).await.text().await.unwrap();
+    assert!(html.contains("data-state=\"valid\""), "{html}");
+    assert!(!html.contains(&minted), "the page shows the minted code");
+    let token = page.trim_start_matches("/t/");
+    let (s, v) = json_of(f.public(&format!("/v1/tickets/{token}")).await).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains(&minted), "{v}");
+    assert!(v["page"].is_null(), "{v}");
+    // The API token still finds it by the code a gate scanned, and gives the page link.
+    let (s, v) = f.get(&format!("/v1/tickets/{shown}")).await;
+    assert_eq!((s, v["code"].as_str()), (200, Some(minted.as_str())), "{v}");
+    assert_eq!(v["page"], page.as_str());
+    f.shutdown().await;
+}
+
+/// The page, its assets and the QR image carry the security headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_and_images_carry_security_headers() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let code = f.book_one("k", event, "Ada").await;
+    for path in [
+        format!("/t/{code}"),
+        format!("/v1/tickets/{code}/qr.svg"),
+        format!("/v1/tickets/{code}/qr.png"),
+        "/static/ticket.js".to_string(),
+        "/sw.js".to_string(),
+    ] {
+        let res = f.public(&path).await;
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'self'; frame-ancestors 'none'; object-src 'none'",
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+    // Bidirectional controls in a name shown to people are refused.
+    let res = f
+        .book(
+            "b",
+            json!({"event": event, "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Ada\u{202E}gnp.exe"}}]}),
+        )
+        .await;
+    let p = assert_problem(res, 422).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("bidirectional"),
+        "{p}"
+    );
     f.shutdown().await;
 }

@@ -1,6 +1,11 @@
 //! Accounts and their linked devices. Every event of an account's tickets (issued,
 //! transferred, used, revoked, reminder) is stored, and each linked device receives them
 //! over a server-sent-event stream that resumes after `Last-Event-ID`.
+//!
+//! Device tokens never travel in URLs: a stream is opened with `Authorization: Bearer`, or
+//! (for `EventSource`, which cannot set headers) with a single-use stream ticket that lives
+//! [`STREAM_TICKET_TTL_S`] and is obtained with the token in a header. Unlinking a device
+//! stops its token at once and ends its open streams.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,10 +17,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
-use crate::live::Change;
+use crate::live::{Change, PeerAddr};
 use crate::problem::{Json, Path, Problem, Query};
 use crate::App;
 
@@ -25,6 +29,18 @@ pub const DEVICES_PER_ACCOUNT_MAX: i64 = 32;
 const EVENTS_PAGE: i64 = 256;
 /// Keep-alive comment interval of SSE streams, seconds.
 pub const SSE_KEEPALIVE_S: u64 = 15;
+/// How long a stream ticket may wait to be used, seconds.
+pub const STREAM_TICKET_TTL_S: u64 = 60;
+/// What a stream ticket starts with.
+const STREAM_TICKET_PREFIX: &str = "st_";
+/// The answer to a device token in a URL.
+const TOKEN_IN_URL_REFUSED: &str = "device tokens are not taken in URLs (they end up in logs \
+     and histories): send `Authorization: Bearer`, or get a single-use `ticket` from \
+     POST /v1/devices/stream-tickets";
+/// The answer to a device stream opened without a token or ticket.
+const STREAM_NEEDS_CREDENTIAL: &str = "a device stream needs the device token \
+     (`Authorization: Bearer`) or a stream ticket (`?ticket=` from \
+     POST /v1/devices/stream-tickets)";
 
 /// An account to create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -64,8 +80,9 @@ pub struct DeviceView {
     pub account: i64,
     /// Name.
     pub name: String,
-    /// Token for `GET /v1/devices/events` (bearer, or `?token=` for EventSource); only its
-    /// hash is stored, so keep it.
+    /// Token for `GET /v1/devices/events` (`Authorization: Bearer`; for EventSource, trade
+    /// it for a stream ticket at `POST /v1/devices/stream-tickets`); only its hash is stored,
+    /// so keep it.
     pub token: String,
     /// Where its event stream is.
     pub events: String,
@@ -165,17 +182,116 @@ pub async fn link_device(
 /// Query of a device stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeviceQuery {
-    /// The device token, for clients that cannot set headers (EventSource).
+    /// Refused: device tokens are not taken in URLs (use the header or a stream ticket).
     pub token: Option<String>,
+    /// A single-use stream ticket from `POST /v1/devices/stream-tickets`, for clients that
+    /// cannot set headers (EventSource).
+    pub ticket: Option<String>,
     /// Resume after this event id (like the `Last-Event-ID` header).
     pub after: Option<i64>,
 }
 
+/// A stream ticket: opens one device stream, once, within its lifetime.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamTicketView {
+    /// The ticket (single use).
+    pub ticket: String,
+    /// Seconds it may wait to be used.
+    pub expires_in_s: u64,
+    /// The stream's URL with the ticket, for `new EventSource(...)`.
+    pub events: String,
+}
+
 /// One stored account event.
 struct StoredEvent {
+    /// Its id (the SSE event id).
     id: i64,
+    /// Its kind (the SSE event name).
     kind: String,
+    /// Its JSON body.
     body: String,
+}
+
+/// The device (id, account) whose token hash is `hash` (inside a database call).
+fn device_of(c: &rusqlite::Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<(i64, i64)>> {
+    c.query_row(
+        "SELECT id, account FROM devices WHERE token_hash = ?1",
+        [&hash[..]],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Trades the device token (in the header) for a single-use stream ticket, so that an
+/// `EventSource` can open the device's stream without the token in its URL.
+#[utoipa::path(post, path = "/v1/devices/stream-tickets", security(("device_token" = [])),
+    responses((status = 201, body = StreamTicketView), (status = 401, body = Problem)))]
+pub async fn stream_ticket(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let Some(token) = super::auth::bearer(&headers) else {
+        return Ok(super::auth::unauthorized(
+            "a stream ticket needs the device token in `Authorization: Bearer`",
+        ));
+    };
+    let hash = super::auth::hash_token(token);
+    let ticket = format!("{STREAM_TICKET_PREFIX}{}", super::auth::new_token());
+    let ticket_hash = super::auth::hash_token(&ticket);
+    let expires_at = (crate::now_s() + STREAM_TICKET_TTL_S) as i64;
+    let made = app
+        .db
+        .call(move |c| -> Result<bool, Problem> {
+            let Some((device, _)) = device_of(c, &hash)? else {
+                return Ok(false);
+            };
+            c.execute(
+                "DELETE FROM stream_tickets WHERE expires_at < ?1",
+                [crate::now_s() as i64],
+            )?;
+            c.execute(
+                "INSERT INTO stream_tickets (ticket_hash, device, expires_at) VALUES (?1, ?2, ?3)",
+                params![&ticket_hash[..], device, expires_at],
+            )?;
+            Ok(true)
+        })
+        .await?;
+    if !made {
+        return Ok(super::auth::unauthorized("this device token is unknown"));
+    }
+    let view = StreamTicketView {
+        events: format!("/v1/devices/events?ticket={ticket}"),
+        ticket,
+        expires_in_s: STREAM_TICKET_TTL_S,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Unlinks a device: its token stops working at once, and its open streams end.
+#[utoipa::path(delete, path = "/v1/accounts/{id}/devices/{device}",
+    params(("id" = i64, Path, description = "account id"), ("device" = i64, Path, description = "device id")),
+    security(("api_token" = [])),
+    responses((status = 204, description = "unlinked"), (status = 404, body = Problem)))]
+pub async fn unlink_device(
+    State(app): State<Arc<App>>,
+    Path((account, device)): Path<(i64, i64)>,
+) -> Result<StatusCode, Problem> {
+    let gone = app
+        .db
+        .call(move |c| -> Result<usize, Problem> {
+            Ok(c.execute(
+                "DELETE FROM devices WHERE id = ?1 AND account = ?2",
+                params![device, account],
+            )?)
+        })
+        .await?;
+    if gone == 0 {
+        return Err(Problem::not_found(format!(
+            "account {account} has no device {device}"
+        )));
+    }
+    app.live.publish(Change::Device(device));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn events_after(
@@ -199,21 +315,29 @@ fn events_after(
 /// The event stream of the device whose token is given: every event of its account's
 /// tickets, as `event: KIND` with a JSON body and the event id.
 #[utoipa::path(get, path = "/v1/devices/events", params(DeviceQuery), security(("device_token" = [])),
-    responses((status = 200, content_type = "text/event-stream", body = String), (status = 401, body = Problem)))]
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 401, body = Problem),
+        (status = 429, body = Problem)))]
 pub async fn device_events(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<PeerAddr>>,
     Query(q): Query<DeviceQuery>,
 ) -> Result<Response, Problem> {
-    let Some(token) = super::auth::bearer(&headers)
-        .map(str::to_string)
-        .or(q.token)
-    else {
-        return Ok(super::auth::unauthorized(
-            "a device stream needs the device token (`Authorization: Bearer` or `?token=`)",
-        ));
+    /// How the stream is opened.
+    enum Credential {
+        /// The device token's hash.
+        Token([u8; 32]),
+        /// A stream ticket's hash.
+        Ticket([u8; 32]),
+    }
+    let credential = match (super::auth::bearer(&headers), &q.ticket) {
+        (Some(token), _) => Credential::Token(super::auth::hash_token(token)),
+        (None, Some(ticket)) => Credential::Ticket(super::auth::hash_token(ticket)),
+        (None, None) if q.token.is_some() => {
+            return Ok(super::auth::unauthorized(TOKEN_IN_URL_REFUSED))
+        }
+        (None, None) => return Ok(super::auth::unauthorized(STREAM_NEEDS_CREDENTIAL)),
     };
-    let hash = super::auth::hash_token(&token);
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -221,15 +345,30 @@ pub async fn device_events(
         .or(q.after);
     let found = app
         .db
-        .call(move |c| -> Result<Option<(i64, i64)>, Problem> {
-            let account: Option<i64> = c
-                .query_row(
-                    "SELECT account FROM devices WHERE token_hash = ?1",
-                    [&hash[..]],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(account) = account else {
+        .call(move |c| -> Result<Option<(i64, i64, i64)>, Problem> {
+            let found = match credential {
+                Credential::Token(hash) => device_of(c, &hash)?,
+                // Single use: the ticket is gone once read, and only if not expired.
+                Credential::Ticket(hash) => c
+                    .query_row(
+                        "DELETE FROM stream_tickets WHERE ticket_hash = ?1
+                         RETURNING device, expires_at",
+                        [&hash[..]],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .optional()?
+                    .filter(|(_, expires_at)| *expires_at >= crate::now_s() as i64)
+                    .map(|(device, _)| {
+                        c.query_row("SELECT account FROM devices WHERE id = ?1", [device], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .optional()
+                        .map(|a| a.map(|a| (device, a)))
+                    })
+                    .transpose()?
+                    .flatten(),
+            };
+            let Some((device, account)) = found else {
                 return Ok(None);
             };
             let after = match last_id {
@@ -240,14 +379,18 @@ pub async fn device_events(
                     |r| r.get(0),
                 )?,
             };
-            Ok(Some((account, after)))
+            Ok(Some((device, account, after)))
         })
         .await?;
-    let Some((account, after)) = found else {
-        return Ok(super::auth::unauthorized("this device token is unknown"));
+    let Some((device, account, after)) = found else {
+        return Ok(super::auth::unauthorized(
+            "this device token or stream ticket is unknown, used or expired (an unlinked \
+             device's token stops working)",
+        ));
     };
-    let gauge = crate::live::StreamGauge::open(&app, format!("a:{account}"))?;
-    let stream = account_stream(app, account, after, gauge);
+    let client = peer.map(|p| p.0 .0.ip());
+    let gauge = crate::live::StreamGauge::open(&app, format!("a:{account}"), client)?;
+    let stream = account_stream(app, device, account, after, gauge);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(SSE_KEEPALIVE_S)))
         .into_response())
@@ -255,27 +398,42 @@ pub async fn device_events(
 
 /// State of one device stream.
 struct DeviceStream {
+    /// Shared state.
     app: Arc<App>,
+    /// The device it was opened for.
+    device: i64,
+    /// The account whose events it carries.
     account: i64,
+    /// The last event id sent.
     after: i64,
+    /// Events read and not sent yet.
     pending: std::collections::VecDeque<StoredEvent>,
-    changes: tokio::sync::broadcast::Receiver<Change>,
+    /// Wakes on the account's new events only.
+    changes: crate::live::Watch,
+    /// Wakes when the device is unlinked: the stream ends.
+    unlinked: crate::live::Watch,
+    /// Ends the stream when the gateway stops.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The `ready` event was sent.
     started: bool,
+    /// The stream's place in the stream counts.
     _gauge: crate::live::StreamGauge,
 }
 
 fn account_stream(
     app: Arc<App>,
+    device: i64,
     account: i64,
     after: i64,
     gauge: crate::live::StreamGauge,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = DeviceStream {
-        changes: app.live.subscribe(),
+        changes: crate::live::Live::watch(&app, Change::Account(account)),
+        unlinked: crate::live::Live::watch(&app, Change::Device(device)),
         shutdown: app.shutdown.clone(),
         _gauge: gauge,
         app,
+        device,
         account,
         after,
         pending: Default::default(),
@@ -284,6 +442,23 @@ fn account_stream(
     stream::unfold(state, |mut s| async move {
         if !s.started {
             s.started = true;
+            // Unlinked between the token's check and the watch: end now (later unlinks
+            // wake `unlinked`).
+            let device = s.device;
+            let linked = s
+                .app
+                .db
+                .call(move |c| -> Result<bool, Problem> {
+                    Ok(
+                        c.query_row("SELECT 1 FROM devices WHERE id = ?1", [device], |_| Ok(()))
+                            .optional()?
+                            .is_some(),
+                    )
+                })
+                .await;
+            if !matches!(linked, Ok(true)) {
+                return None;
+            }
             let hello = SseEvent::default()
                 .event("ready")
                 .data(serde_json::json!({"account": s.account, "after": s.after}).to_string());
@@ -312,16 +487,10 @@ fn account_stream(
                 Ok(_) => {}
                 Err(_) => return None,
             }
-            loop {
-                tokio::select! {
-                    r = s.changes.recv() => match r {
-                        Ok(Change::Account(a)) if a == s.account => break,
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => return None,
-                    },
-                    _ = crate::stopped(&mut s.shutdown) => return None,
-                }
+            tokio::select! {
+                _ = s.changes.changed() => {}
+                _ = s.unlinked.changed() => return None,
+                _ = crate::stopped(&mut s.shutdown) => return None,
             }
         }
     })

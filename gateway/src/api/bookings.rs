@@ -5,6 +5,12 @@
 //! are minted on the node, then booking, tickets, reminders and the key's answer are
 //! committed in one transaction. A crash before the commit leaves minted codes nobody has
 //! seen (harmless) and a claim whose owner is gone, which the retry takes over.
+//!
+//! The database holds the rules, not this process's memory: the claim and the commit are
+//! `IMMEDIATE` transactions, the commit stores the booking only while the key's claim is
+//! still this request's (so one key makes one booking even if two processes raced for it),
+//! and capacity, the seat map and one live ticket a seat are triggers and a unique index. A
+//! broken rule answers 409. The per-event lock only saves mints that would then be refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,11 +81,12 @@ pub struct BookedTicket {
     pub seat: Option<String>,
     /// Holder's name.
     pub holder: String,
-    /// The e-ticket page.
+    /// The e-ticket page (a rotating ticket's: an unguessable link no QR shows; give it
+    /// only to the holder).
     pub page: String,
-    /// The ticket image as SVG.
+    /// The ticket image as SVG (a rotating ticket's: by its page link).
     pub qr_svg: String,
-    /// The ticket image as PNG.
+    /// The ticket image as PNG (a rotating ticket's: by its page link).
     pub qr_png: String,
     /// The ticket was transferred to another holder: this code is void. (The new code is
     /// the new holder's and is not shown here.)
@@ -211,8 +218,9 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let req = validate(&req, app.config.webhook_private)?;
     let hash: [u8; 32] = Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()).into();
-    let (k, owner) = (key.clone(), app.instance.clone());
-    let claim = app.db.call(move |c| claim(c, &k, &hash, &owner)).await?;
+    let owner = app.instance.clone();
+    let (k, o) = (key.clone(), owner.clone());
+    let claim = app.db.call(move |c| claim(c, &k, &hash, &o)).await?;
     match claim {
         Claim::Done(id) => {
             let view = app.db.call(move |c| load(c, id)).await?;
@@ -237,15 +245,15 @@ pub async fn create(
     // In a task of its own: a client that hangs up cannot stop a booking half way (minted but
     // not stored, or its key left claimed).
     let booking = tokio::spawn(async move {
-        let result = book(&app, &key, req).await;
+        let result = book(&app, &key, &owner, req).await;
         if result.is_err() {
-            // Nothing was committed: free the key so the client can retry.
+            // Nothing was committed: free the key (if still ours) so the client can retry.
             let _ = app
                 .db
                 .call(move |c| -> Result<_, Problem> {
                     Ok(c.execute(
-                        "DELETE FROM idempotency WHERE key = ?1 AND booking IS NULL",
-                        [key],
+                        "DELETE FROM idempotency WHERE key = ?1 AND booking IS NULL AND owner = ?2",
+                        params![key, owner],
                     )?)
                 })
                 .await;
@@ -267,7 +275,7 @@ fn claim(
     hash: &[u8; 32],
     owner: &str,
 ) -> Result<Claim, Problem> {
-    let tx = c.transaction()?;
+    let tx = crate::db::immediate(c)?;
     let row: Option<(Vec<u8>, Option<i64>, String)> = tx
         .query_row(
             "SELECT request_hash, booking, owner FROM idempotency WHERE key = ?1",
@@ -352,11 +360,10 @@ fn check_availability(
         }
     }
     if let Some(cap) = ev.view.capacity {
-        let sold: i64 = c.query_row(
-            "SELECT count(*) FROM tickets WHERE event = ?1 AND successor IS NULL AND last_state != 'revoked'",
-            [ev.view.id],
-            |r| r.get(0),
-        )?;
+        let sold: i64 =
+            c.query_row("SELECT sold FROM events WHERE id = ?1", [ev.view.id], |r| {
+                r.get(0)
+            })?;
         if sold as u64 + req.tickets.len() as u64 > cap as u64 {
             return Err(Problem::conflict(format!(
                 "only {} of {cap} tickets are left",
@@ -388,7 +395,12 @@ pub struct NewTicket {
     pub rotating: Option<([u8; 32], u32)>,
 }
 
-async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingView, Problem> {
+async fn book(
+    app: &Arc<App>,
+    key: &str,
+    owner: &str,
+    req: BookingRequest,
+) -> Result<BookingView, Problem> {
     let event = req.event;
     let ev = app.db.call(move |c| super::events::load(c, event)).await?;
     // Seats and capacity are checked then taken: one booking of the event at a time.
@@ -427,12 +439,28 @@ async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingV
             rotating,
         });
     }
-    let k = key.to_string();
+    let (k, owner) = (key.to_string(), owner.to_string());
     let ev2 = ev.clone();
     let view = app
         .db
         .call(move |c| -> Result<BookingView, Problem> {
-            let tx = c.transaction()?;
+            let tx = crate::db::immediate(c)?;
+            // The key's claim must still be this request's: another process that took it
+            // over (or a booking already stored under it) wins, and this one stores nothing.
+            let ours: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM idempotency WHERE key = ?1 AND owner = ?2 AND booking IS NULL",
+                    params![k, owner],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if ours.is_none() {
+                return Err(Problem::conflict(
+                    "another request with this Idempotency-Key booked first; retry to get its \
+                     booking",
+                )
+                .retry_after(1));
+            }
             let now = crate::now_s() as i64;
             tx.execute(
                 "INSERT INTO bookings (event, account, payment_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -442,7 +470,11 @@ async fn book(app: &Arc<App>, key: &str, req: BookingRequest) -> Result<BookingV
             for (t, m) in req.tickets.iter().zip(&minted) {
                 insert_ticket(&tx, id, &ev2, t.seat.as_deref(), &t.holder, req.account, m, None)?;
             }
-            tx.execute("UPDATE idempotency SET booking = ?2 WHERE key = ?1", params![k, id])?;
+            let answered = tx.execute(
+                "UPDATE idempotency SET booking = ?2 WHERE key = ?1 AND owner = ?3 AND booking IS NULL",
+                params![k, id, owner],
+            )?;
+            assert_eq!(answered, 1, "the claim was checked in this transaction");
             let view = load(&tx, id)?;
             tx.commit()?;
             Ok(view)
@@ -472,16 +504,37 @@ pub fn insert_ticket(
 ) -> Result<(), Problem> {
     let h = t.bytes.header();
     let now = crate::now_s() as i64;
+    let page_token = super::tickets::new_page_token();
     tx.execute(
         "INSERT INTO tickets (code, booking, event, seat, holder_name, holder_email, webhook,
-             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor,
+             created_at, page_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
-            t.code, booking, ev.view.id, seat, holder.name, holder.email, holder.webhook, account,
-            h.provider, h.partition, h.serial, t.rotating.is_some(),
-            t.rotating.map(|(k, _)| k.to_vec()), t.rotating.map(|(_, s)| s), predecessor, now
+            t.code,
+            booking,
+            ev.view.id,
+            seat,
+            holder.name,
+            holder.email,
+            holder.webhook,
+            account,
+            h.provider,
+            h.partition,
+            h.serial,
+            t.rotating.is_some(),
+            t.rotating.map(|(k, _)| k.to_vec()),
+            t.rotating.map(|(_, s)| s),
+            predecessor,
+            now,
+            page_token
         ],
     )?;
+    let page_id = if t.rotating.is_some() {
+        page_token.as_str()
+    } else {
+        t.code.as_str()
+    };
     if let Some(url) = holder
         .webhook
         .as_ref()
@@ -504,6 +557,7 @@ pub fn insert_ticket(
         let body = serde_json::json!({
             "code": t.code, "kind": kind, "event": ev.view.id, "event_name": ev.view.name,
             "seat": seat, "holder": holder.name, "predecessor": predecessor,
+            "page": format!("/t/{page_id}"),
         });
         super::accounts::add_event(tx, account, &t.code, kind, &body)?;
     }
@@ -530,16 +584,23 @@ pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
         return Err(Problem::not_found(format!("no booking {id}")));
     };
     let mut stmt = c.prepare(
-        "SELECT code, seat, holder_name, successor IS NOT NULL FROM tickets
+        "SELECT code, seat, holder_name, successor IS NOT NULL, rotating, page_token FROM tickets
          WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
     )?;
     let tickets = stmt
         .query_map([id], |r| {
             let code: String = r.get(0)?;
+            // A rotating ticket's page and images are reached by its page link only.
+            let rotating: bool = r.get(4)?;
+            let token: Option<String> = r.get(5)?;
+            let id = match (rotating, token) {
+                (true, Some(token)) => token,
+                _ => code.clone(),
+            };
             Ok(BookedTicket {
-                page: format!("/t/{code}"),
-                qr_svg: format!("/v1/tickets/{code}/qr.svg"),
-                qr_png: format!("/v1/tickets/{code}/qr.png"),
+                page: format!("/t/{id}"),
+                qr_svg: format!("/v1/tickets/{id}/qr.svg"),
+                qr_png: format!("/v1/tickets/{id}/qr.png"),
                 code,
                 seat: r.get(1)?,
                 holder: r.get(2)?,

@@ -303,7 +303,7 @@ pub async fn create(
     let id = app
         .db
         .call(move |c| -> Result<i64, Problem> {
-            let tx = c.transaction()?;
+            let tx = crate::db::immediate(c)?;
             let exists: Option<i64> = tx
                 .query_row("SELECT 1 FROM providers WHERE id = ?1", [v.provider], |r| {
                     r.get(0)

@@ -33,7 +33,9 @@ use crate::{problem, App};
         description = "Booking, QR images, the live e-ticket page, transfers, reminders, linked \
                        devices and HTTP check-in. Management routes need the API token \
                        (`Authorization: Bearer`, from the gateway's `api-token` file); HTTP \
-                       check-in needs a gate token; device streams need a device token. Every \
+                       check-in needs a gate token; device streams need a device token (in the \
+                       header, or traded for a single-use stream ticket). A rotating ticket's \
+                       page and images are reached by its page link (`tk_…`) only. Every \
                        error is `application/problem+json` (RFC 9457)."
     ),
     modifiers(&Security),
@@ -71,6 +73,7 @@ fn management() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tickets::transfer))
         .routes(routes!(accounts::create))
         .routes(routes!(accounts::link_device))
+        .routes(routes!(accounts::unlink_device))
         .routes(routes!(venue::occupancy))
         .routes(routes!(venue::attendance))
 }
@@ -83,6 +86,7 @@ fn public() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tickets::qr_png))
         .routes(routes!(checkin::checkin))
         .routes(routes!(accounts::device_events))
+        .routes(routes!(accounts::stream_ticket))
         .routes(routes!(pages::ticket_page))
         .routes(routes!(pages::ticket_events))
         .routes(routes!(pages::healthz))
@@ -123,7 +127,43 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(app.clone(), track))
+        .layer(middleware::from_fn(security_headers))
         .with_state(app)
+}
+
+/// The content security policy of every answer: the page's script, style, images and
+/// stream come from this origin only; it may not be framed, and no plugin runs.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; frame-ancestors 'none'; object-src 'none'";
+
+/// Adds the security headers to every answer (the page, its images and assets included):
+/// the content security policy, `nosniff`, and no referrer (page URLs are capabilities).
+async fn security_headers(req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// Whether `c` reorders text as it is shown (bidirectional embeddings, overrides and
+/// isolates, and the marks): a name holding one can display as something it is not.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
 }
 
 /// A handler panicked (a bug): answer 500 as a problem instead of dropping the connection.
@@ -183,5 +223,32 @@ pub fn text_field(name: &str, value: &str) -> Result<String, problem::Problem> {
             "`{name}` contains control characters"
         )));
     }
+    if v.chars().any(is_bidi_control) {
+        return Err(problem::Problem::unprocessable(format!(
+            "`{name}` contains bidirectional control characters (U+202A to U+202E, U+2066 to \
+             U+2069, U+200E, U+200F, U+061C), which make text show as something it is not; \
+             remove them"
+        )));
+    }
     Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_refuse_bidi_controls() {
+        for bad in [
+            "Ada\u{202E}gnp.exe",
+            "\u{2066}Bob\u{2069}",
+            "A\u{202A}B",
+            "x\u{200F}",
+        ] {
+            let p = text_field("holder.name", bad).unwrap_err();
+            assert_eq!(p.status, 422);
+            assert!(p.detail.contains("bidirectional"), "{}", p.detail);
+        }
+        assert_eq!(text_field("seat", " Ünïcødé ✓ ").unwrap(), "Ünïcødé ✓");
+    }
 }

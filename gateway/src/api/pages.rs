@@ -5,35 +5,34 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tickets::{self, Access, TicketView};
+use crate::live::{Change, PeerAddr};
+use crate::page::{self, PageData};
+use crate::problem::{Path, Problem};
+use crate::App;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use tokio::sync::broadcast::error::RecvError;
-
-use super::tickets::{self, TicketView};
-use crate::live::Change;
-use crate::page::{self, PageData};
-use crate::problem::{Path, Problem};
-use crate::App;
 
 /// How long `/healthz` waits for the node's answer.
 const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
 /// The e-ticket page: QR, details and live state.
-#[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "feature code")),
+#[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
     responses((status = 200, content_type = "text/html", body = String), (status = 404, body = Problem)))]
 pub async fn ticket_page(
     State(app): State<Arc<App>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = tickets::find(&app, &code).await?;
-    let v = tickets::view(&app, &t).await;
+    let t = tickets::find_public(&app, &code).await?;
+    let v = tickets::view(&app, &t, Access::Public).await;
     let starts = crate::human_time(t.event.starts_at_s);
     let seat = t.seat.clone().unwrap_or_else(|| "Free seating".into());
     let html = page::ticket_page(&PageData {
-        code: &t.code,
+        id: tickets::page_id(&t),
+        code: t.rotating.is_none().then_some(t.code.as_str()),
         event: &v.event,
         venue: &v.venue,
         starts: &starts,
@@ -43,7 +42,7 @@ pub async fn ticket_page(
         state: &v.state,
         used_at: v.used_at.as_deref(),
         gate: v.gate,
-        successor: v.successor.as_deref(),
+        transferred: v.transferred,
         rotating: v.rotating,
         step_s: v.step_s.unwrap_or(30),
         server_unix_ms: v.server_unix_ms,
@@ -59,14 +58,17 @@ fn ticket_event(v: &TicketView) -> SseEvent {
 
 /// The ticket's live state as server-sent events: `event: ticket` with the JSON of
 /// `GET /v1/tickets/{code}`, once on connect and again on every change.
-#[utoipa::path(get, path = "/t/{code}/events", params(("code" = String, Path, description = "feature code")),
-    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/t/{code}/events", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = Problem),
+        (status = 429, body = Problem, description = "too many open streams (of this ticket, this client address, or in all)")))]
 pub async fn ticket_events(
     State(app): State<Arc<App>>,
+    peer: Option<axum::Extension<PeerAddr>>,
     Path(code): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = tickets::find(&app, &code).await?;
-    let gauge = crate::live::StreamGauge::open(&app, format!("t:{}", t.code))?;
+    let t = tickets::find_public(&app, &code).await?;
+    let client = peer.map(|p| p.0 .0.ip());
+    let gauge = crate::live::StreamGauge::open(&app, format!("t:{}", t.code), client)?;
     let stream = ticket_stream(app, t.code.as_str().into(), t.bytes, gauge);
     Ok(Sse::new(stream)
         .keep_alive(
@@ -77,12 +79,17 @@ pub async fn ticket_events(
 
 /// State of one ticket stream.
 struct TicketStream {
+    /// Shared state.
     app: Arc<App>,
-    code: Arc<str>,
+    /// The ticket's minted code bytes, to re-read it.
     bytes: stile_protocol::code::CodeBytes,
-    changes: tokio::sync::broadcast::Receiver<Change>,
+    /// Wakes on changes of this ticket only.
+    changes: crate::live::Watch,
+    /// Ends the stream when the gateway stops.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The first event (the state on connect) is not sent yet.
     first: bool,
+    /// The stream's place in the stream counts.
     _gauge: crate::live::StreamGauge,
 }
 
@@ -93,26 +100,19 @@ fn ticket_stream(
     gauge: crate::live::StreamGauge,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = TicketStream {
-        changes: app.live.subscribe(),
+        changes: crate::live::Live::watch(&app, Change::Ticket(code)),
         shutdown: app.shutdown.clone(),
         _gauge: gauge,
         app,
-        code,
         bytes,
         first: true,
     };
     stream::unfold(state, |mut s| async move {
         if !s.first {
-            loop {
-                tokio::select! {
-                    r = s.changes.recv() => match r {
-                        Ok(Change::Ticket(c)) if c == s.code => break,
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => return None,
-                    },
-                    _ = crate::stopped(&mut s.shutdown) => return None,
-                }
+            // Only this ticket's changes wake it; several since the last read make one read.
+            tokio::select! {
+                _ = s.changes.changed() => {}
+                _ = crate::stopped(&mut s.shutdown) => return None,
             }
         }
         s.first = false;
@@ -123,7 +123,7 @@ fn ticket_stream(
             .call(move |c| tickets::load(c, &bytes))
             .await
             .ok()?;
-        let v = tickets::view(&s.app, &t).await;
+        let v = tickets::view(&s.app, &t, Access::Public).await;
         Some((Ok(ticket_event(&v)), s))
     })
 }

@@ -226,7 +226,7 @@ pub async fn create_gate(
                     "no provider {provider}; create it with POST /v1/providers"
                 )));
             }
-            let tx = c.transaction()?;
+            let tx = crate::db::immediate(c)?;
             tx.execute(
                 "DELETE FROM gate_tokens WHERE provider = ?1 AND gate = ?2",
                 params![provider, gate],

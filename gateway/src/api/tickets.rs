@@ -1,5 +1,12 @@
 //! A ticket: its state (from the node), its image (QR with the details printed under it),
 //! revocation and transfer.
+//!
+//! Two kinds of access. Public routes (`GET /v1/tickets/{code}` without a token, the
+//! images, the page and its stream) take a static ticket's code, or any ticket's page token
+//! (`tk_…`, issued at booking, shown by no QR). They never resolve a rotating code (minted
+//! or of a time step: a screenshot must lead nowhere), never show a rotating ticket's minted
+//! code, and say of a transferred ticket only that it was transferred. Routes with the API
+//! token see everything: the minted code, the successor and the holder's page link.
 
 use std::sync::Arc;
 
@@ -18,6 +25,27 @@ use crate::App;
 
 /// How long a node may take to say a ticket's state before the stored one is shown.
 const STATUS_TIMEOUT_MS: u64 = 1_500;
+/// What a page token starts with (never a code symbol, so the two cannot be confused).
+pub const PAGE_TOKEN_PREFIX: &str = "tk_";
+/// Random bytes of a page token.
+const PAGE_TOKEN_BYTES: usize = 24;
+
+/// A new holder's page token.
+pub fn new_page_token() -> String {
+    format!(
+        "{PAGE_TOKEN_PREFIX}{}",
+        super::auth::random_token(PAGE_TOKEN_BYTES)
+    )
+}
+
+/// Who is asking, which decides what a ticket's view shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone with the code or page link: no successor, no rotating ticket's minted code.
+    Public,
+    /// The API token: everything.
+    Api,
+}
 
 /// A ticket as the gateway stores it.
 #[derive(Debug, Clone)]
@@ -42,6 +70,8 @@ pub struct TicketRow {
     pub successor: Option<String>,
     /// The code it replaced.
     pub predecessor: Option<String>,
+    /// The holder's page token.
+    pub page_token: String,
     /// State as the node's events last said.
     pub last_state: String,
     /// Gate of the last change.
@@ -83,10 +113,17 @@ pub struct TicketView {
     pub entries: u8,
     /// Inside now (entry/exit tickets).
     pub inside: bool,
-    /// The code that replaced this one by a transfer.
+    /// The code that replaced this one by a transfer (API token only; public views say
+    /// only `transferred`).
     pub successor: Option<String>,
+    /// The ticket was transferred: this code is void.
+    #[serde(default)]
+    pub transferred: bool,
     /// The code this one replaced.
     pub predecessor: Option<String>,
+    /// The holder's page (API token only): give this link to the holder alone.
+    #[serde(default)]
+    pub page: Option<String>,
     /// Rotating code: the QR changes every `step_s` seconds.
     pub rotating: bool,
     /// Rotation step, seconds.
@@ -109,13 +146,34 @@ pub fn parse_code(text: &str) -> Result<CodeBytes, Problem> {
     })
 }
 
+/// How a ticket is looked up.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// By any form of its code (a rotating code of a step near now included).
+    Code(CodeBytes),
+    /// By the holder's page token.
+    PageToken(String),
+}
+
 /// Reads a ticket by any form of its code (inside a database call).
 pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Problem> {
-    let text = code.to_text().as_str().to_string();
-    let h = code.header();
+    load_by(c, &Lookup::Code(*code))
+}
+
+/// Reads a ticket by its code or page token (inside a database call).
+pub fn load_by(c: &rusqlite::Connection, by: &Lookup) -> Result<TicketRow, Problem> {
+    let code = match by {
+        Lookup::Code(code) => Some(code),
+        Lookup::PageToken(_) => None,
+    };
+    let text = match by {
+        Lookup::Code(code) => code.to_text().as_str().to_string(),
+        Lookup::PageToken(token) => token.clone(),
+    };
+    let h = code.map(|c| c.header());
     let sql =
         "SELECT code, event, booking, seat, holder_name, account, provider, ticket_key, step_s,
-                   successor, predecessor, last_state, last_gate, last_at
+                   successor, predecessor, last_state, last_gate, last_at, page_token
                FROM tickets";
     let map = |r: &rusqlite::Row<'_>| {
         let key: Option<Vec<u8>> = r.get(7)?;
@@ -136,25 +194,35 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
                 r.get::<_, String>(11)?,
                 r.get::<_, Option<u16>>(12)?,
                 r.get::<_, Option<i64>>(13)?,
+                r.get::<_, Option<String>>(14)?,
             ),
         ))
     };
-    let mut row = c
-        .query_row(&format!("{sql} WHERE code = ?1"), [&text], map)
-        .optional()?;
-    if row.is_none() && code.format() == CodeFormat::Rotating {
+    let mut row = match &by {
+        Lookup::Code(_) => c
+            .query_row(&format!("{sql} WHERE code = ?1"), [&text], map)
+            .optional()?,
+        Lookup::PageToken(token) => c
+            .query_row(&format!("{sql} WHERE page_token = ?1"), [token], map)
+            .optional()?,
+    };
+    if row.is_none() && code.is_some_and(|c| c.format() == CodeFormat::Rotating) {
         // A rotating code of another time step: the same ticket.
         row = c
             .query_row(
                 &format!(
                     "{sql} WHERE provider = ?1 AND partition = ?2 AND serial = ?3 AND rotating = 1"
                 ),
-                params![h.provider, h.partition, h.serial],
+                params![
+                    h.map(|h| h.provider),
+                    h.map(|h| h.partition),
+                    h.map(|h| h.serial)
+                ],
                 map,
             )
             .optional()?;
     }
-    if let Some(r) = &row {
+    if let (Some(r), Some(code)) = (&row, code) {
         let minted_text = &r.0;
         if *minted_text != text && !rotating_code_matches(code, minted_text, r.7.as_ref()) {
             // Same ticket number, but this code was not drawn with the ticket's key.
@@ -175,9 +243,10 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
         last,
     )) = row
     else {
-        return Err(Problem::not_found(format!(
-            "no ticket {text} was sold here"
-        )));
+        return Err(Problem::not_found(match by {
+            Lookup::Code(_) => format!("no ticket {text} was sold here"),
+            Lookup::PageToken(_) => "no ticket has this page link".to_string(),
+        }));
     };
     let bytes = CodeBytes::parse(&code)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -192,18 +261,35 @@ pub fn load(c: &rusqlite::Connection, code: &CodeBytes) -> Result<TicketRow, Pro
         rotating,
         successor,
         predecessor,
+        page_token: last.3.unwrap_or_default(),
         last_state: last.0,
         last_gate: last.1,
         last_at: last.2.map(|t| t as u64),
     })
 }
 
-/// The ticket's view: the node's answer, or the stored state if the node is away.
-pub async fn view(app: &App, t: &TicketRow) -> TicketView {
+/// What URLs of the holder's page and images name: a rotating ticket's page token (its
+/// codes are never a way in), a static ticket's code.
+pub fn page_id(t: &TicketRow) -> &str {
+    if t.rotating.is_some() {
+        &t.page_token
+    } else {
+        &t.code
+    }
+}
+
+/// The ticket's view for `access`: the node's answer, or the stored state if the node is
+/// away.
+pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
     let ev = &t.event;
     let now_ms = crate::now_ms();
+    let api = access == Access::Api;
     let mut v = TicketView {
-        code: t.code.clone(),
+        code: if api {
+            t.code.clone()
+        } else {
+            page_id(t).to_string()
+        },
         state: t.last_state.clone(),
         event: ev.view.name.clone(),
         event_id: ev.view.id,
@@ -218,8 +304,10 @@ pub async fn view(app: &App, t: &TicketRow) -> TicketView {
         gate: None,
         entries: 0,
         inside: false,
-        successor: t.successor.clone(),
+        successor: t.successor.clone().filter(|_| api),
+        transferred: t.successor.is_some(),
         predecessor: t.predecessor.clone(),
+        page: api.then(|| format!("/t/{}", page_id(t))),
         rotating: t.rotating.is_some(),
         step_s: t.rotating.map(|(_, s)| s),
         server_time: crate::rfc3339(now_ms / 1000),
@@ -289,21 +377,64 @@ fn rotating_code_matches(code: &CodeBytes, minted: &str, key: Option<&([u8; 32],
         })
 }
 
-/// Loads a ticket by the text in a URL.
-pub async fn find(app: &App, code: &str) -> Result<TicketRow, Problem> {
-    let bytes = parse_code(code)?;
-    app.db.call(move |c| load(c, &bytes)).await
+/// What the text in a URL names: a page token or a code.
+fn lookup_of(text: &str) -> Result<Lookup, Problem> {
+    if text.starts_with(PAGE_TOKEN_PREFIX) {
+        return Ok(Lookup::PageToken(text.to_string()));
+    }
+    Ok(Lookup::Code(parse_code(text)?))
 }
 
-/// A ticket's details and live state.
-#[utoipa::path(get, path = "/v1/tickets/{code}", params(("code" = String, Path, description = "feature code")),
-    responses((status = 200, body = TicketView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+/// Loads a ticket by the text in a URL, for a route with the API token: any code, a
+/// rotating code of a step near now, or a page token.
+pub async fn find(app: &App, code: &str) -> Result<TicketRow, Problem> {
+    let by = lookup_of(code)?;
+    app.db.call(move |c| load_by(c, &by)).await
+}
+
+/// Loads a ticket by the text in a URL, for a public route: a page token, or a static
+/// ticket's code. A rotating code (minted or of any step) finds nothing here, whatever
+/// ticket it belongs to: the same answer for all, so it says nothing about which exist.
+pub async fn find_public(app: &App, text: &str) -> Result<TicketRow, Problem> {
+    let refused = || {
+        Problem::not_found(format!(
+            "no ticket page for {text}: a rotating ticket is shown only at the page link its \
+             booking gave the holder (a code from a screen opens nothing)"
+        ))
+    };
+    let by = lookup_of(text)?;
+    if let Lookup::Code(code) = &by {
+        if code.format() == CodeFormat::Rotating {
+            return Err(refused());
+        }
+    }
+    let t = app.db.call(move |c| load_by(c, &by)).await?;
+    if t.rotating.is_some() && !text.starts_with(PAGE_TOKEN_PREFIX) {
+        return Err(refused());
+    }
+    Ok(t)
+}
+
+/// A ticket's details and live state. Without a token: by a static code or a page link,
+/// with no successor and no rotating code; with the API token: by any code, everything.
+#[utoipa::path(get, path = "/v1/tickets/{code}", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`); with the API token, any code")),
+    responses((status = 200, body = TicketView), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
 pub async fn get(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Path(code): Path<String>,
-) -> Result<Json<TicketView>, Problem> {
-    let t = find(&app, &code).await?;
-    Ok(Json(view(&app, &t).await))
+) -> Result<Response, Problem> {
+    // Any other token (a gate's, a device's) gets the public view.
+    let access = match super::auth::bearer(&headers) {
+        Some(token) if super::auth::hash_token(token) == app.api_token_hash => Access::Api,
+        _ => Access::Public,
+    };
+    let t = match access {
+        Access::Api => find(&app, &code).await?,
+        Access::Public => find_public(&app, &code).await?,
+    };
+    Ok(Json(view(&app, &t, access).await).into_response())
 }
 
 /// The code the QR shows now: the minted one, or a rotating ticket's code of this step.
@@ -355,7 +486,7 @@ fn qr_problem(e: crate::qr::QrError) -> Problem {
 
 /// The ticket image as SVG: the QR code (alphanumeric, level M) with event, seat, holder
 /// and validity printed under it.
-#[utoipa::path(get, path = "/v1/tickets/{code}/qr.svg", params(("code" = String, Path, description = "feature code")),
+#[utoipa::path(get, path = "/v1/tickets/{code}/qr.svg", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
     responses((status = 200, content_type = "image/svg+xml", body = String), (status = 404, body = Problem)))]
 pub async fn qr_svg(
     State(app): State<Arc<App>>,
@@ -365,7 +496,7 @@ pub async fn qr_svg(
 }
 
 /// The ticket image as PNG (decodable by an ordinary QR reader to exactly the code).
-#[utoipa::path(get, path = "/v1/tickets/{code}/qr.png", params(("code" = String, Path, description = "feature code")),
+#[utoipa::path(get, path = "/v1/tickets/{code}/qr.png", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404, body = Problem)))]
 pub async fn qr_png(
     State(app): State<Arc<App>>,
@@ -383,7 +514,7 @@ enum Image {
 
 /// The ticket's image of the code it shows now, with its details printed under the QR.
 async fn image(app: &App, code: &str, kind: Image) -> Result<Response, Problem> {
-    let t = find(app, code).await?;
+    let t = find_public(app, code).await?;
     let (event, seat, holder, validity) = label_parts(&t);
     let label = crate::qr::TicketLabel {
         event: &event,
@@ -431,7 +562,7 @@ pub async fn revoke(
         app.live.publish(Change::Account(a));
     }
     let t = find(&app, &code).await?;
-    Ok(Json(view(&app, &t).await))
+    Ok(Json(view(&app, &t, Access::Api).await))
 }
 
 /// A transfer to a new holder.
@@ -492,7 +623,7 @@ async fn transfer_inner(
                 StatusCode::OK,
                 Json(TransferView {
                     voided: t.code.clone(),
-                    ticket: view(&app, &done).await,
+                    ticket: view(&app, &done, Access::Api).await,
                 }),
             ));
         }
@@ -538,7 +669,7 @@ async fn transfer_inner(
     let (old, old_account, account) = (t.clone(), t.account, req.account);
     app.db
         .call(move |c| -> Result<(), Problem> {
-            let tx = c.transaction()?;
+            let tx = crate::db::immediate(c)?;
             let changed = tx.execute(
                 "UPDATE tickets SET successor = ?2, last_state = 'revoked' \
                  WHERE code = ?1 AND successor IS NULL",
@@ -553,11 +684,18 @@ async fn transfer_inner(
                 )));
             }
             super::bookings::insert_ticket(
-                &tx, old.booking, &old.event, old.seat.as_deref(), &holder, account, &new,
+                &tx,
+                old.booking,
+                &old.event,
+                old.seat.as_deref(),
+                &holder,
+                account,
+                &new,
                 Some(&old.code),
             )?;
             if let Some(a) = old_account.filter(|a| Some(*a) != account) {
-                let body = serde_json::json!({"code": old.code, "kind": "transferred", "successor": new.code});
+                // The old holder learns that it was transferred, never the new code.
+                let body = serde_json::json!({"code": old.code, "kind": "transferred"});
                 super::accounts::add_event(&tx, a, &old.code, "transferred", &body)?;
             }
             tx.commit()?;
@@ -575,7 +713,7 @@ async fn transfer_inner(
         StatusCode::CREATED,
         Json(TransferView {
             voided: t.code.clone(),
-            ticket: view(&app, &new_row).await,
+            ticket: view(&app, &new_row, Access::Api).await,
         }),
     ))
 }
