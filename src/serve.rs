@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use stile_engine::node::{certs, Node, NodeConfig};
+use stile_engine::Clock;
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
 
 /// Parses `always`, `batch` or `none`.
@@ -120,6 +121,9 @@ pub struct NodeArgs {
 /// Runs `stile up`.
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("info");
+    // Before anything is made: certificates dated by a wrong clock fail later, and
+    // misleadingly.
+    stile_engine::check_clock(SystemClock.now_unix_s())?;
     let tls = args.data.join("tls");
     let made = if tls.join(certs::CA_CERT).exists() {
         false
@@ -167,6 +171,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// Runs `stile node`.
 pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("info");
+    stile_engine::check_clock(SystemClock.now_unix_s())?;
     let tls = args.tls.unwrap_or_else(|| args.data.join("tls"));
     if !tls.join(certs::CA_CERT).exists() {
         anyhow::bail!(

@@ -186,7 +186,7 @@ impl Engine {
                 "rotation step must be at least one second".into(),
             ));
         }
-        check_clock_range(clock.now_unix_s())?;
+        check_clock(clock.now_unix_s())?;
         let top = *config.partitions.iter().max().expect("non-empty") as usize;
         let mut partitions: Vec<Option<Partition>> = (0..=top).map(|_| None).collect();
         for &p in &config.partitions {
@@ -233,7 +233,7 @@ impl Engine {
         })?;
         // Before anything is made: keys and a log written under a wrong clock would be
         // judged by it.
-        check_clock_range(clock.now_unix_s())?;
+        check_clock(clock.now_unix_s())?;
         let has_state = datadir::has_state(dir).map_err(io)?;
         let ring = dir.join(datadir::KEYS_DIR).join(datadir::RING_FILE);
         if !has_state && ring.exists() {
@@ -662,7 +662,7 @@ impl Engine {
 /// Refuses a clock the engine's 32-bit times cannot hold: before the engine's epoch (times
 /// would clamp, and a one-hour pass would be valid for years) or past its last second (a
 /// pass would expire at once).
-fn check_clock_range(now_unix_s: u64) -> Result<(), OpenError> {
+pub fn check_clock(now_unix_s: u64) -> Result<(), OpenError> {
     let (first, last) = (
         stile_protocol::ENGINE_EPOCH_UNIX_S,
         from_epoch_s(crate::word::TIME_MAX_EPOCH_S),

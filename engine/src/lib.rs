@@ -23,7 +23,10 @@ pub mod wal;
 pub mod word;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, Gate, Presented, Recovered, ROTATION_STEP_DEFAULT_S};
+pub use engine::{
+    check_clock, Engine, EngineConfig, Gate, Presented, Recovered, CLOCK_BEHIND_LOG_MAX_S,
+    ROTATION_STEP_DEFAULT_S,
+};
 pub use error::{MintError, OpenError, TicketError};
 pub use keys::{KeyRing, KeyStatus};
 pub use ops::checkin::{CheckinRequest, GateOp, PREFETCH_ROUND};

@@ -52,9 +52,8 @@ pub enum ScanError {
     },
     /// A record that is not the last one is damaged, or a segment header is wrong.
     #[error(
-        "log corrupted in {path} at byte offset {offset}: {reason}; records after it exist, so \
-         this is not a torn write. Restore the data dir from a backup, or move the log aside \
-         to investigate"
+        "log corrupted in {path} at byte offset {offset}: {reason}. This is damage, not a torn \
+         write: restore the data dir from a backup, or move the log aside to investigate"
     )]
     Corrupt {
         /// The segment.
@@ -610,7 +609,10 @@ pub fn scan(
                         bytes.truncate(at);
                         break;
                     }
-                    return Err(corrupt(at, format!("{e:?}")));
+                    return Err(corrupt(
+                        at,
+                        format!("{e:?}, and good records follow it (or later segments exist)"),
+                    ));
                 }
             }
         }
