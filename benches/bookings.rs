@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use stile_engine::node::{certs, Node, NodeConfig};
+use stile_certs as certs;
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
 use stile_gateway::{Gateway, GatewayConfig};
+use stile_node::{Node, NodeConfig};
 use stile_protocol::client::ClientTls;
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use stile_engine::node::{certs, Node, NodeConfig};
+use stile_certs as certs;
 use stile_engine::{Engine, EngineConfig, Policy, SyncMode, SystemClock};
+use stile_node::{Node, NodeConfig};
 use stile_protocol::client::{connect_raw, ClientConfig, ClientTls};
 use stile_protocol::frame::{split_frame, RawCode, Request, Response};
 use stile_protocol::OutcomeKind;

@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use stile_engine::node::{certs, udp, Node, NodeConfig};
+use stile_certs as certs;
 use stile_engine::{Engine, EngineConfig, Policy, SyncMode, SystemClock};
+use stile_node::{Node, NodeConfig};
 use stile_protocol::client::{
     bind_addr_for, connect_raw_on, raw_endpoint_on, ClientConfig, ClientTls,
 };
 use stile_protocol::frame::{split_frame, RawCode, Request, ALPN};
+use stile_protocol::udp;
 use stile_protocol::CodeBytes;
 
 mod support;
@@ -171,9 +173,9 @@ async fn echo_server(tls: &Path) -> (SocketAddr, Arc<AtomicBool>) {
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).expect("QUIC TLS");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // As the node sets them (engine/src/node/tls.rs).
+    // As the node sets them (node/src/tls.rs).
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(stile_engine::node::STREAMS_PER_CONNECTION_MAX.into());
+    transport.max_concurrent_bidi_streams(stile_node::STREAMS_PER_CONNECTION_MAX.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.stream_receive_window((4u32 << 20).into());
     transport.send_window(8 << 20);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use stile_engine::node::certs;
+use stile_certs as certs;
 
 /// Arguments of `stile certs`.
 #[derive(Debug, clap::Args)]

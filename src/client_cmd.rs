@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use stile_engine::node::certs::{self, Role};
+use stile_certs::{self as certs, Role};
 use stile_protocol::client::{Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::{MintSpec, TicketInfo};
 use stile_protocol::outcome::format_unix_s;

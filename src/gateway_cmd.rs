@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use stile_engine::node::certs;
+use stile_certs as certs;
 use stile_gateway::{Gateway, GatewayConfig};
 use stile_protocol::client::ClientTls;
 

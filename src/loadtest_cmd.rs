@@ -184,7 +184,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             let key = args
                 .admin_key
                 .clone()
-                .unwrap_or_else(|| stile_engine::node::certs::key_path_for(&cert));
+                .unwrap_or_else(|| stile_certs::key_path_for(&cert));
             (cert, key)
         }),
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),

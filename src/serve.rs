@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use stile_engine::node::{certs, Node, NodeConfig};
+use stile_certs as certs;
 use stile_engine::Clock;
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
+use stile_node::{Node, NodeConfig};
 
 /// Parses `always`, `batch` or `none`.
 fn parse_sync(s: &str) -> Result<SyncMode, String> {

@@ -19,7 +19,7 @@ use crate::scans::{ScanKey, ScanMemory};
 use crate::snapshot::{SnapshotError, SnapshotInfo, Stage};
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::record::ScanTrace;
-use crate::wal::{Record, Reservation, SyncMode, Wal};
+use crate::wal::{Durability, Record, Reservation, SyncMode, Wal};
 use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op, Word};
 
 /// Default time step of rotating codes.
@@ -364,6 +364,12 @@ impl Engine {
     #[inline]
     pub(crate) fn reserve(&self, count: u64) -> Option<Reservation<'_>> {
         self.wal.as_ref().map(|w| w.reserve(count))
+    }
+
+    /// What an answer that read the index just now must wait for before it goes out: every
+    /// change reserved so far (one it read may not be durable yet).
+    pub fn observed(&self) -> Durability {
+        self.reserve(0).map_or(Durability::READY, |r| r.submit())
     }
 
     /// Logs one record outside the hot path and waits until it is durable.

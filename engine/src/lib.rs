@@ -12,7 +12,6 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod metrics;
-pub mod node;
 mod ops;
 pub mod policy;
 mod recovery;

@@ -1,6 +1,6 @@
 //! Lock-free histograms for latencies and batch sizes, readable two ways: as Prometheus
-//! buckets (for `/metrics`) and in the fine layout of [`stile_protocol::histogram`] (for the
-//! `metrics` request and `stile stat`'s percentiles).
+//! buckets ([`Coarse`], which the node encodes for `/metrics`) and in the fine layout of
+//! [`stile_protocol::histogram`] (for the `metrics` request and `stile stat`'s percentiles).
 //!
 //! Recording is three relaxed atomic adds and takes no lock, so the node's reader and
 //! writer tasks and the log's writer thread record without waiting for one another or for
@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::{EncodeLabelSet, MetricEncoder, NoLabelSet};
 use stile_protocol::histogram::{bucket_of, Histogram, BUCKETS};
 
 /// Prometheus bucket edges of request latencies, microseconds: 10 µs to 1 s.
@@ -108,18 +107,13 @@ impl AtomicHistogram {
         Histogram { sum, buckets }
     }
 
-    /// Writes the Prometheus histogram, its values divided by `divisor` (1e6 turns
-    /// microseconds into the seconds Prometheus expects; 1 keeps counts as they are).
-    pub fn encode(&self, encoder: MetricEncoder<'_>, divisor: f64) -> std::fmt::Result {
-        Self::encode_of([self], encoder, divisor)
-    }
-
-    /// [`Self::encode`] of several histograms with the same edges (shards of one), summed.
-    pub fn encode_of<'a>(
+    /// The Prometheus buckets of several histograms with the same edges (shards of one),
+    /// summed, their values divided by `divisor` (1e6 turns microseconds into the seconds
+    /// Prometheus expects; 1 keeps counts as they are).
+    pub fn coarse_of<'a>(
         shards: impl IntoIterator<Item = &'a AtomicHistogram>,
-        mut encoder: MetricEncoder<'_>,
         divisor: f64,
-    ) -> std::fmt::Result {
+    ) -> Coarse {
         let mut buckets = [(f64::MAX, 0u64); EDGES_MAX + 1];
         let mut sum = 0u64;
         let mut len = 0;
@@ -131,44 +125,45 @@ impl AtomicHistogram {
             }
             sum = sum.wrapping_add(h.sum.load(Ordering::Relaxed));
         }
-        let count = buckets[..len].iter().map(|&(_, n)| n).sum();
-        encoder.encode_histogram::<NoLabelSet>(sum as f64 / divisor, count, &buckets[..len], None)
+        Coarse {
+            sum: sum as f64 / divisor,
+            count: buckets[..len].iter().map(|&(_, n)| n).sum(),
+            buckets,
+            len,
+        }
     }
+}
 
-    /// [`Self::encode_of`] under a label set (one member of a family).
-    pub fn encode_labelled<'a>(
-        shards: impl IntoIterator<Item = &'a AtomicHistogram>,
-        encoder: &mut MetricEncoder<'_>,
-        labels: &impl EncodeLabelSet,
-        divisor: f64,
-    ) -> std::fmt::Result {
-        Self::encode_of(shards, encoder.encode_family(labels)?, divisor)
+/// A histogram as Prometheus reads it: bucket upper bounds (the last is `f64::MAX`, for
+/// +Inf) with the count of values in each, their sum and their count.
+#[derive(Debug, Clone, Copy)]
+pub struct Coarse {
+    /// Sum of the values, divided.
+    pub sum: f64,
+    /// Values counted.
+    pub count: u64,
+    /// Upper bound and count of each bucket (the first `len`).
+    buckets: [(f64, u64); EDGES_MAX + 1],
+    /// Buckets in use.
+    len: usize,
+}
+
+impl Coarse {
+    /// The buckets: upper bound and count.
+    pub fn buckets(&self) -> &[(f64, u64)] {
+        &self.buckets[..self.len]
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::collector::Collector;
-    use prometheus_client::encoding::DescriptorEncoder;
-    use prometheus_client::metrics::MetricType;
-    use prometheus_client::registry::Registry;
     use stile_protocol::histogram::bucket_range;
 
     use super::*;
 
-    #[derive(Debug)]
-    struct One(std::sync::Arc<AtomicHistogram>);
-
-    impl Collector for One {
-        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-            let m = encoder.encode_descriptor("t_seconds", "test", None, MetricType::Histogram)?;
-            self.0.encode(m, 1e6)
-        }
-    }
-
     #[test]
     fn edges_are_inclusive_and_the_fine_layout_agrees() {
-        let h = std::sync::Arc::new(AtomicHistogram::new(LATENCY_EDGES_US));
+        let h = AtomicHistogram::new(LATENCY_EDGES_US);
         h.record(10); // le 10 µs
         h.record(11); // le 25 µs
         h.record_n(1_000, 3); // le 1 ms
@@ -180,21 +175,14 @@ mod tests {
         let (low, high) = bucket_range(fine.buckets[2].0 as usize);
         assert!((low..=high).contains(&1_000) && fine.buckets[2].1 == 3);
 
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(One(h.clone())));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for line in [
-            "t_seconds_count 6",
-            "t_seconds_bucket{le=\"0.00001\"} 1",
-            "t_seconds_bucket{le=\"0.000025\"} 2",
-            "t_seconds_bucket{le=\"0.0005\"} 2",
-            "t_seconds_bucket{le=\"0.001\"} 5",
-            "t_seconds_bucket{le=\"1.0\"} 5",
-            "t_seconds_bucket{le=\"+Inf\"} 6",
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
-        assert!(text.contains("# TYPE t_seconds histogram"), "{text}");
+        let coarse = AtomicHistogram::coarse_of([&h], 1e6);
+        assert_eq!(coarse.count, 6);
+        let b = coarse.buckets();
+        assert_eq!(b.len(), LATENCY_EDGES_US.len() + 1);
+        assert_eq!(b[0], (0.00001, 1));
+        assert_eq!(b[1], (0.000025, 1));
+        assert_eq!(b[6], (0.001, 3));
+        assert_eq!(*b.last().unwrap(), (f64::MAX, 1));
+        assert_eq!(b.iter().map(|&(_, n)| n).sum::<u64>(), 6);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use stile_engine::node::{certs, udp};
+use stile_certs as certs;
 use stile_engine::{
     CheckinRequest, Durability, Engine, EngineConfig, EntryRule, Gate, GateOp, MintRequest, Policy,
     Presented, SystemClock, Validity, MINT_BATCH_MAX,
@@ -19,6 +19,7 @@ use stile_protocol::client::{
 };
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::histogram::Histogram;
+use stile_protocol::udp;
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
 

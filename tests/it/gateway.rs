@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use stile_engine::node::certs;
+use stile_certs as certs;
 use stile_gateway::{Gateway, GatewayConfig};
 use stile_protocol::client::ClientTls;
 
@@ -1204,8 +1204,8 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_route_to_their_own_node() {
-    use stile_engine::node::{Node, NodeConfig};
     use stile_engine::{Engine, EngineConfig, SystemClock};
+    use stile_node::{Node, NodeConfig};
     let f = Fixture::start().await;
     // A second node of the same deployment (same CA and node certificate).
     let data_b = f.dir.path().join("node-b");

@@ -108,7 +108,7 @@ async fn every_scenario_in_process() {
 /// to mint with; a gate's is refused before the run, with what to give instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_certificate_can_be_named_and_must_be_an_admins() {
-    use stile_engine::node::certs;
+    use stile_certs as certs;
     let n = TestNode::start(|_| {}).await;
     let target = format!("quic://{}", n.addr);
     let ops = certs::issue_admin(&n.tls, "ops").unwrap();

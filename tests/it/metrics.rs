@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stile_engine::node::GATE_LABELS_MAX;
+use stile_node::GATE_LABELS_MAX;
 use stile_protocol::client::ClientError;
 use stile_protocol::frame::op;
 use stile_protocol::{CodeBytes, OutcomeKind};
@@ -102,7 +102,7 @@ fn outcome_of(op: &str, kind: OutcomeKind) -> String {
     )
 }
 
-fn metrics_on_loopback(c: &mut stile_engine::node::NodeConfig) {
+fn metrics_on_loopback(c: &mut stile_node::NodeConfig) {
     c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
 }
 
@@ -468,8 +468,8 @@ async fn stat_with_a_gate_certificate_is_refused_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stat_with_retry_waits_out_a_restart() {
     use std::sync::Arc;
-    use stile_engine::node::{Node, NodeConfig};
     use stile_engine::{Engine, EngineConfig, SystemClock};
+    use stile_node::{Node, NodeConfig};
 
     let mut n = TestNode::start(|_| {}).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_stile"))
@@ -806,7 +806,7 @@ async fn subscriptions_the_client_drops_stop_at_the_node() {
     assert_eq!(events[0].serial, codes[0].header().serial);
 
     // At most so many on one stream; the one over gets an error, the others run on.
-    let max = stile_engine::node::SUBSCRIPTIONS_PER_STREAM_MAX;
+    let max = stile_node::SUBSCRIPTIONS_PER_STREAM_MAX;
     let mut more = Vec::new();
     for _ in 1..max {
         more.push(admin.subscribe(0).await.unwrap());

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stile_certs as certs;
 use stile_engine::keys::PrekeyedHmac;
-use stile_engine::node::{certs, Node, NodeConfig};
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock, ROTATION_STEP_DEFAULT_S};
+use stile_node::{Node, NodeConfig};
 use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientError, ClientTls};
 use stile_protocol::frame::{close, error_code, EventKind, MintSpec, TicketStateName};
 use stile_protocol::{CodeBytes, CodeFormat, OutcomeKind};
@@ -1151,7 +1152,7 @@ fn a_node_restarted_without_its_secret_is_found_by_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
     let (mut node, addr, _, texts) = node_with_codes(&data, &tls, CODES);
-    let secret = data.join(stile_engine::node::secret::SECRET_FILE);
+    let secret = data.join(stile_node::secret::SECRET_FILE);
     let old = std::fs::read(&secret).unwrap();
     let mut check = Check::spawn(&tls, addr, &["--timeout", "10s"], &texts);
     let mut answered = Vec::with_capacity(CODES);

@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use stile_protocol::frame::ALPN;
 
-use super::certs::{self, CertError};
+use stile_certs::{self as certs, CertError};
 
 /// Bidirectional streams a connection may have open at once.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 4;

@@ -15,19 +15,18 @@ use stile_protocol::{CodeBytes, CodeFormat, Outcome, OutcomeKind};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::certs::{identity_of, Identity, Role};
-use super::metrics::{
+use crate::metrics::{
     op_index, outcome_op_index, wire_metrics, OpTally, OutcomeTally, NO_OUTCOMES, OPS,
 };
-use super::{Budget, Shared};
-use crate::engine::{Gate, Presented};
-use crate::error::TicketError;
-use crate::ops::checkin::{CheckinRequest, GateOp};
-use crate::policy::{EntryRule, Policy, Validity};
-use crate::wal::tail::LogTail;
-use crate::wal::{Durability, Record};
-use crate::word::{from_epoch_s, TicketState, Word};
-use crate::{MintRequest, TicketStatus};
+use crate::{Budget, Shared};
+use stile_certs::{identity_of, Identity, Role};
+use stile_engine::policy::{EntryRule, Policy, Validity};
+use stile_engine::wal::tail::LogTail;
+use stile_engine::wal::{Durability, Record};
+use stile_engine::word::{from_epoch_s, TicketState, Word};
+use stile_engine::{
+    CheckinRequest, Gate, GateOp, MintRequest, Presented, TicketError, TicketStatus,
+};
 
 /// Check-ins gathered into one engine call at most.
 const BATCH_MAX: usize = 1024;
@@ -541,11 +540,7 @@ impl Stream {
                 let resp = self.status(code);
                 // What it read may be a change not yet durable: the answer waits for every
                 // change reserved so far, as a rejection waits for the admit it saw.
-                let after = self
-                    .shared
-                    .engine
-                    .reserve(0)
-                    .map_or(Durability::READY, |r| r.submit());
+                let after = self.shared.engine.observed();
                 self.reply_after(id, &resp, after);
             }
             Request::TicketKey { code } => {
@@ -835,9 +830,9 @@ impl Stream {
             s.fsync_p99_us = w.sync_p99_us;
             s.durable_seq = wal.durable_seq();
             s.sync_mode = match wal.mode() {
-                crate::SyncMode::Always => sync_mode::ALWAYS,
-                crate::SyncMode::Batch { .. } => sync_mode::BATCH,
-                crate::SyncMode::None => sync_mode::NONE,
+                stile_engine::SyncMode::Always => sync_mode::ALWAYS,
+                stile_engine::SyncMode::Batch { .. } => sync_mode::BATCH,
+                stile_engine::SyncMode::None => sync_mode::NONE,
             };
         }
         s
@@ -848,7 +843,7 @@ impl Stream {
         &self,
         id: u32,
         what: &'static str,
-        op: impl FnOnce(&crate::Engine) -> Result<Response, (u16, String)> + Send + 'static,
+        op: impl FnOnce(&stile_engine::Engine) -> Result<Response, (u16, String)> + Send + 'static,
     ) {
         let Role::Admin { name } = &self.identity.role else {
             return self.forbidden(id, what);
@@ -897,7 +892,7 @@ fn code_or_error(code: RawCode) -> Result<CodeBytes, (u16, String)> {
         .map_err(|e| (error_code::FORGED, format!("not a code: {e}")))
 }
 
-fn mint(engine: &crate::Engine, spec: &MintSpec) -> Result<Response, (u16, String)> {
+fn mint(engine: &stile_engine::Engine, spec: &MintSpec) -> Result<Response, (u16, String)> {
     let bad = |m: String| (error_code::BAD_REQUEST, m);
     if spec.count == 0 || spec.count > MINT_FRAME_MAX {
         return Err(bad(format!(
@@ -1121,7 +1116,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::wal::{SyncMode, Wal};
+    use stile_engine::wal::{SyncMode, Wal};
 
     fn answer(byte: u8, after: Durability) -> Out {
         Out {
@@ -1154,7 +1149,13 @@ mod tests {
         // Number 0 reserved and not yet submitted: number 1 cannot be durable before it.
         let gap = wal.reserve(1);
         let mut later = wal.reserve(1);
-        later.push(&crate::wal::tests::state(1));
+        later.push(&Record::State {
+            partition: 0,
+            serial: 1,
+            word: 1 << 8,
+            first_scan_e: 1,
+            scan: None,
+        });
         let pending = later.submit();
         assert!(!pending.is_ready());
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::keys::PrekeyedHmac;
+use stile_engine::keys::PrekeyedHmac;
 
 /// The secret's file in the data dir.
 pub const SECRET_FILE: &str = "node.secret";
@@ -76,8 +76,8 @@ fn load_or_make(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
     let tmp = dir.join(format!("{SECRET_FILE}.tmp"));
     let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let text = text + "\n";
-    crate::datadir::write_private_synced(&tmp, &[text.as_bytes()])
-        .and_then(|()| crate::datadir::rename_synced(&tmp, &path))
+    stile_engine::datadir::write_private_synced(&tmp, &[text.as_bytes()])
+        .and_then(|()| stile_engine::datadir::rename_synced(&tmp, &path))
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok(secret)
 }

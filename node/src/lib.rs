@@ -2,12 +2,12 @@
 //!
 //! One task per connection, one per stream. A stream's reader parses frames as they arrive,
 //! gathers the check-ins of each read into one [`Engine::checkin_batch`] call, and hands the
-//! encoded answers to the stream's writer together with the [`crate::Durability`] they wait
+//! encoded answers to the stream's writer together with the [`stile_engine::Durability`] they wait
 //! for; the writer sends them once that is reached, so group commit spans everything the
 //! gates sent meanwhile. Requests in flight per stream are bounded: past the bound the reader
 //! stops reading and QUIC flow control holds the client back.
 //!
-//! The peer's role comes from its certificate ([`certs::Role`]), never from a request. A
+//! The peer's role comes from its certificate ([`stile_certs::Role`]), never from a request. A
 //! frame that does not parse closes that connection with an error code; nothing else is
 //! affected. Revoking a certificate (a new `crl.pem`) reloads the server config and closes
 //! the certificate's live connections.
@@ -17,12 +17,10 @@
 //! flight, connections, the log's fsync latency and group-commit sizes. The request path
 //! counts with atomics only, once per batch of answers.
 
-pub mod certs;
 mod conn;
 mod metrics;
 pub mod secret;
 mod tls;
-pub mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,12 +35,13 @@ use stile_protocol::frame::close;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use certs::{CertError, Identity, Role};
 pub use conn::SUBSCRIPTIONS_PER_STREAM_MAX;
 pub use metrics::GATE_LABELS_MAX;
+pub use stile_certs::{CertError, Identity, Role};
+use stile_protocol::udp;
 pub use tls::STREAMS_PER_CONNECTION_MAX;
 
-use crate::Engine;
+use stile_engine::Engine;
 
 /// How a node serves.
 #[derive(Debug, Clone)]

@@ -22,8 +22,10 @@ use stile_protocol::frame::{op, NodeMetrics as WireMetrics};
 use stile_protocol::OutcomeKind;
 use tokio::sync::{watch, Semaphore};
 
-use super::{udp, Shared};
-use crate::metrics::{AtomicHistogram, LATENCY_EDGES_US};
+use stile_protocol::udp;
+
+use crate::Shared;
+use stile_engine::metrics::{AtomicHistogram, LATENCY_EDGES_US};
 
 /// Request ops with a latency histogram: op byte − 1 is the index.
 pub(crate) const OPS: usize = op::REQUEST_MAX as usize;
@@ -356,6 +358,19 @@ impl std::fmt::Debug for NodeCollector {
     }
 }
 
+/// Writes a histogram's Prometheus buckets.
+fn encode_histogram(
+    h: &stile_engine::metrics::Coarse,
+    mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+) -> std::fmt::Result {
+    encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum,
+        h.count,
+        h.buckets(),
+        None,
+    )
+}
+
 /// Writes one unlabelled constant metric.
 fn one(
     encoder: &mut DescriptorEncoder<'_>,
@@ -380,7 +395,8 @@ impl Collector for NodeCollector {
         for code in 1..=op::REQUEST_MAX {
             if code != op::SUBSCRIBE {
                 let labels = [("op", op::name(code))];
-                AtomicHistogram::encode_labelled(m.latency_of(code), &mut h, &labels, 1e6)?;
+                let coarse = AtomicHistogram::coarse_of(m.latency_of(code), 1e6);
+                encode_histogram(&coarse, h.encode_family(&labels)?)?;
             }
         }
 
@@ -508,14 +524,17 @@ impl Collector for NodeCollector {
             None,
             MetricType::Histogram,
         )?;
-        wal.sync_latency_us().encode(h, 1e6)?;
+        encode_histogram(&AtomicHistogram::coarse_of([wal.sync_latency_us()], 1e6), h)?;
         let h = e.encode_descriptor(
             "stile_node_wal_sync_batch_records",
             "Log records each fdatasync made durable (the group-commit batch)",
             None,
             MetricType::Histogram,
         )?;
-        wal.sync_batch_records().encode(h, 1.0)
+        encode_histogram(
+            &AtomicHistogram::coarse_of([wal.sync_batch_records()], 1.0),
+            h,
+        )
     }
 }
 
