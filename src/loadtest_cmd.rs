@@ -15,8 +15,8 @@ use stile_loadtest::{Config, Report, Scenario, Shape};
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
     /// stadium, rail, replay, forged or mixed.
-    #[arg(long)]
-    scenario: String,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
     /// inproc, quic://HOST:PORT or redis://HOST:PORT.
     #[arg(
         long,
@@ -39,8 +39,8 @@ pub struct LoadtestArgs {
     rate: Option<f64>,
     /// Open loop: flat (the rate throughout) or peak (a tenth of the rate rising to all of
     /// it over the first 40 % of the run, held for 20 %, then falling back).
-    #[arg(long, default_value = "flat", requires = "rate")]
-    shape: String,
+    #[arg(long, value_enum, default_value_t = Shape::Flat, requires = "rate")]
+    shape: Shape,
     /// Measured time (5s, 1m); warm-up comes on top.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -70,8 +70,8 @@ pub struct LoadtestArgs {
     #[arg(long, value_name = "FILE", requires = "admin_cert")]
     admin_key: Option<PathBuf>,
     /// Sync mode of the in-process engine (default always; a node's mode is its own).
-    #[arg(long)]
-    sync: Option<String>,
+    #[arg(long, value_enum)]
+    sync: Option<crate::serve::SyncArg>,
     /// Log segments (64 MiB each) the in-process engine keeps written with zeros ahead of
     /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB
     /// (default 4).
@@ -95,12 +95,9 @@ pub struct LoadtestArgs {
 /// Runs `stile loadtest`; exits 2 if a ticket was admitted twice or a forged code admitted.
 pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
-    let sync_text = args.sync.as_deref().unwrap_or("always");
-    let sync = SyncMode::parse(sync_text)
-        .with_context(|| format!("--sync {sync_text}: use always, batch or none"))?;
+    let sync = SyncMode::from(args.sync.unwrap_or(crate::serve::SyncArg::Always));
     let log_runway = args.log_runway.unwrap_or(stile_engine::wal::RUNWAY_DEFAULT);
-    let scenario = Scenario::parse(&args.scenario)?;
-    let shape = Shape::parse(&args.shape)?;
+    let (scenario, shape) = (args.scenario, args.shape);
     let targets = if args.compare.is_empty() {
         vec![args.target.clone()]
     } else {

@@ -11,9 +11,27 @@ use stile_engine::Clock;
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock};
 use stile_node::{Node, NodeConfig};
 
-/// Parses `always`, `batch` or `none`.
-fn parse_sync(s: &str) -> Result<SyncMode, String> {
-    SyncMode::parse(s).ok_or_else(|| format!("{s:?}: use always, batch or none"))
+/// `--sync`: when the log syncs and when answers go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncArg {
+    /// fdatasync every group; answer only once durable.
+    Always,
+    /// fdatasync every 10 ms; answer at once.
+    Batch,
+    /// Never sync; answer at once.
+    None,
+}
+
+impl From<SyncArg> for SyncMode {
+    fn from(arg: SyncArg) -> Self {
+        match arg {
+            SyncArg::Always => SyncMode::Always,
+            SyncArg::Batch => SyncMode::Batch {
+                interval_ms: stile_engine::wal::BATCH_INTERVAL_DEFAULT_MS,
+            },
+            SyncArg::None => SyncMode::None,
+        }
+    }
 }
 
 /// How often the node snapshots: `off`, or a duration of at least a second (`30s`, `5m`).
@@ -67,8 +85,8 @@ pub struct UpArgs {
     #[arg(long, default_value = crate::QUIC_DEFAULT)]
     quic: SocketAddr,
     /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
-    #[arg(long, default_value = "always", value_parser = parse_sync)]
-    sync: SyncMode,
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    sync: SyncArg,
     /// Address of the HTTP gateway (booking API, e-ticket pages).
     #[arg(long, default_value = crate::gateway_cmd::HTTP_DEFAULT)]
     http: SocketAddr,
@@ -105,8 +123,8 @@ pub struct NodeArgs {
     #[arg(long)]
     listen: SocketAddr,
     /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
-    #[arg(long, default_value = "always", value_parser = parse_sync)]
-    sync: SyncMode,
+    #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+    sync: SyncArg,
     /// Certificate directory (default: DATA/tls).
     #[arg(long)]
     tls: Option<PathBuf>,
@@ -133,7 +151,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         true
     };
     let data = args.data.display().to_string();
-    let sync = args.sync;
+    let sync = SyncMode::from(args.sync);
     let next = move |addr: SocketAddr| {
         let flags = if data == crate::DATA_DEFAULT && addr.to_string() == crate::QUIC_DEFAULT {
             String::new()
@@ -166,7 +184,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         metrics: args.metrics,
         tuning: args.tuning,
     };
-    run_node(&args.data, tls, listen, args.sync, next, Some(gateway))
+    run_node(&args.data, tls, listen, sync, next, Some(gateway))
 }
 
 /// Runs `stile node`.
@@ -183,7 +201,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let data = args.data.display().to_string();
-    let sync = args.sync;
+    let sync = SyncMode::from(args.sync);
     let listen = Listen {
         quic: args.listen,
         metrics: args.metrics,
@@ -193,7 +211,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         &args.data,
         tls,
         listen,
-        args.sync,
+        sync,
         move |addr| {
             // Scripts and tests read the bound address from this line.
             println!("stile node listening on quic://{addr}");

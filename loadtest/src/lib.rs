@@ -78,7 +78,7 @@ pub enum LoadError {
 }
 
 /// What traffic a run sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// Each ticket presented once, spread over the gates.
     Stadium,
@@ -93,20 +93,6 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    /// Parses a scenario name.
-    pub fn parse(s: &str) -> Result<Scenario, LoadError> {
-        match s {
-            "stadium" => Ok(Scenario::Stadium),
-            "replay" => Ok(Scenario::Replay),
-            "forged" => Ok(Scenario::Forged),
-            "rail" => Ok(Scenario::Rail),
-            "mixed" => Ok(Scenario::Mixed),
-            other => Err(LoadError::Usage(format!(
-                "unknown scenario {other:?}: use stadium, rail, replay, forged or mixed"
-            ))),
-        }
-    }
-
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
@@ -120,7 +106,7 @@ impl Scenario {
 }
 
 /// How the open-loop rate runs over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
     /// The requested rate throughout.
     Flat,
@@ -131,17 +117,6 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// Parses a shape name.
-    pub fn parse(s: &str) -> Result<Shape, LoadError> {
-        match s {
-            "flat" => Ok(Shape::Flat),
-            "peak" => Ok(Shape::Peak),
-            other => Err(LoadError::Usage(format!(
-                "unknown shape {other:?}: use flat or peak"
-            ))),
-        }
-    }
-
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
