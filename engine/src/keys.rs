@@ -551,13 +551,6 @@ impl KeyRing {
         Some(self.verifier(key_id)?.mac(&msg))
     }
 
-    /// [`Self::ticket_key`] as an HMAC state ready to tag.
-    fn ticket_mac(&self, key_id: u8, partition: u16, serial: u32) -> Option<PrekeyedHmac> {
-        Some(PrekeyedHmac::new(
-            &self.ticket_key(key_id, partition, serial)?,
-        ))
-    }
-
     /// Signs a rotating code for `header` at time step `step` with the active key.
     pub fn sign_rotating(&self, header: &CodeHeader, step: u64) -> CodeBytes {
         debug_assert_eq!(header.format, CodeFormat::Rotating);
@@ -571,10 +564,8 @@ impl KeyRing {
 
     /// Signs a rotating code with the key the header names (to redraw an existing ticket).
     pub fn sign_rotating_with(&self, header: &CodeHeader, step: u64) -> Option<CodeBytes> {
-        let mac = self.ticket_mac(header.key_id, header.partition, header.serial)?;
-        let mut code = CodeBytes::unsigned(header, step as u8);
-        code.set_tag(&mac.tag(code.signed_part()));
-        Some(code)
+        let key = self.ticket_key(header.key_id, header.partition, header.serial)?;
+        Some(stile_protocol::rotating::draw(header, &key, step))
     }
 
     /// Checks a rotating code's tag for the step its low byte names, accepting only steps
@@ -589,9 +580,8 @@ impl KeyRing {
                 return false;
             }
         }
-        let h = code.header();
-        match self.ticket_mac(h.key_id, h.partition, h.serial) {
-            Some(mac) => tags_equal(&mac.tag(code.signed_part()), code.tag()),
+        match self.sign_rotating_with(&code.header(), u64::from(low)) {
+            Some(drawn) => tags_equal(drawn.tag(), code.tag()),
             None => false,
         }
     }

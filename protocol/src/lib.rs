@@ -2,7 +2,9 @@
 //! (sans IO) and, with the `client` feature, the async QUIC client.
 //!
 //! This crate holds no keys: gates parse codes too (to check format and provider before a
-//! round trip), but only the engine can sign or verify a tag.
+//! round trip), but only the engine can sign or verify a tag with a ring key. Given one
+//! ticket's key (which the engine derives and an admin may fetch), [`rotating::draw`] draws
+//! that ticket's rotating codes: the one function the engine, the gateway and tests share.
 
 // Unsafe code only where a socket option has no safe binding (`udp.rs`).
 #![deny(unsafe_code)]
@@ -13,6 +15,7 @@ pub mod frame;
 pub mod histogram;
 pub mod limits;
 pub mod outcome;
+pub mod rotating;
 
 #[cfg(feature = "client")]
 pub mod client;

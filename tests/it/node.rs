@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stile_certs as certs;
-use stile_engine::keys::PrekeyedHmac;
 use stile_engine::{Engine, EngineConfig, SyncMode, SystemClock, ROTATION_STEP_DEFAULT_S};
 use stile_node::{Node, NodeConfig};
 use stile_protocol::client::{connect_raw, Client, ClientConfig, ClientError, ClientTls};
@@ -698,13 +697,7 @@ async fn subscribers_see_check_ins_and_transfers_as_events() {
 /// does (`docs/FORMAT.md` §1): bytes 0–9 of any code of the ticket, the step's low byte, and
 /// the first 10 bytes of HMAC-SHA256(key, bytes 0–10).
 fn draw_rotating(code: &CodeBytes, key: &[u8; 32], step: u64) -> CodeBytes {
-    let mut bytes = [0u8; 21];
-    bytes[..10].copy_from_slice(&code.as_bytes()[..10]);
-    bytes[0] = 2;
-    bytes[10] = step as u8;
-    let tag = PrekeyedHmac::new(key).tag(&bytes[..11]);
-    bytes[11..].copy_from_slice(&tag);
-    CodeBytes::from_slice(&bytes).unwrap()
+    stile_protocol::rotating::draw(&code.header(), key, step)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
