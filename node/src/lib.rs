@@ -17,9 +17,14 @@
 //! flight, connections, the log's fsync latency and group-commit sizes. The request path
 //! counts with atomics only, once per batch of answers.
 
+mod batch;
+mod budget;
+mod cmd;
 mod conn;
 mod metrics;
 pub mod secret;
+mod stream;
+mod subscribe;
 mod tls;
 
 use std::collections::HashMap;
@@ -35,13 +40,15 @@ use stile_protocol::frame::close;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use conn::SUBSCRIPTIONS_PER_STREAM_MAX;
 pub use metrics::GATE_LABELS_MAX;
 pub use stile_certs::{CertError, Identity, Role};
 use stile_protocol::udp;
+pub use subscribe::SUBSCRIPTIONS_PER_STREAM_MAX;
 pub use tls::STREAMS_PER_CONNECTION_MAX;
 
 use stile_engine::Engine;
+
+use crate::budget::Budget;
 
 /// How a node serves.
 #[derive(Debug, Clone)]
@@ -129,32 +136,6 @@ pub enum NodeError {
 /// Gate budgets kept before idle ones are dropped.
 const BUDGETS_MAX: usize = 1 << 16;
 
-/// A gate's budget for forged and unknown codes.
-pub(crate) struct Budget {
-    /// The sustained rate and burst of forged and unknown codes allowed.
-    limiter: governor::DefaultDirectRateLimiter,
-    /// Node-clock milliseconds until which every scan of the gate is `rate_limited`.
-    blocked_until_ms: AtomicU64,
-}
-
-impl Budget {
-    #[inline]
-    pub(crate) fn blocked(&self, now_ms: u64) -> bool {
-        now_ms < self.blocked_until_ms.load(Ordering::Relaxed)
-    }
-
-    /// Charges one forged-or-unknown answer; `false` if that broke the budget (the gate is
-    /// now blocked for the cooldown).
-    pub(crate) fn charge(&self, now_ms: u64, cooldown_ms: u64) -> bool {
-        if self.limiter.check().is_ok() {
-            return true;
-        }
-        self.blocked_until_ms
-            .fetch_max(now_ms + cooldown_ms, Ordering::Relaxed);
-        false
-    }
-}
-
 /// Counters a node keeps.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -214,12 +195,7 @@ impl Shared {
             .or_insert_with(|| {
                 let per_s = NonZeroU32::new(self.config.budget_per_s.max(1)).expect("non-zero");
                 let burst = NonZeroU32::new(self.config.budget_burst.max(1)).expect("non-zero");
-                Arc::new(Budget {
-                    limiter: governor::RateLimiter::direct(
-                        governor::Quota::per_second(per_s).allow_burst(burst),
-                    ),
-                    blocked_until_ms: AtomicU64::new(0),
-                })
+                Arc::new(Budget::new(per_s, burst))
             })
             .clone()
     }

@@ -1,0 +1,204 @@
+//! Subscriptions: an admin's stream of ticket events from a log position, which feeds the
+//! gateway's live pages and linked devices. At most [`SUBSCRIPTIONS_PER_STREAM_MAX`] a
+//! stream, each counted while it runs and stopped by `unsubscribe` or its connection's end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use stile_certs::Role;
+use stile_engine::wal::tail::LogTail;
+use stile_engine::wal::{Durability, Record};
+use stile_engine::word::{from_epoch_s, Word};
+use stile_protocol::frame::{error_code, Event, EventKind, Response, EVENTS_FRAME_MAX};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::cmd::error;
+use crate::cmd::status::wire_state;
+use crate::conn::Running;
+use crate::metrics::OPS;
+use crate::stream::{Out, Stream};
+use crate::Shared;
+
+/// Subscriptions one stream may run at once.
+pub const SUBSCRIPTIONS_PER_STREAM_MAX: usize = 16;
+
+impl Stream {
+    /// Starts a subscription (admin) from `from_seq`.
+    pub(crate) fn subscribe(&mut self, id: u32, from_seq: u64) {
+        if !matches!(self.identity.role, Role::Admin { .. }) {
+            return self.forbidden(id, "subscribe");
+        }
+        self.subscriptions.retain(|_, task| !task.is_finished());
+        if self.subscriptions.len() >= SUBSCRIPTIONS_PER_STREAM_MAX {
+            let message = format!(
+                "this stream runs {SUBSCRIPTIONS_PER_STREAM_MAX} subscriptions already: \
+                 unsubscribe one first"
+            );
+            return self.reply(id, &error(error_code::BAD_REQUEST, message));
+        }
+        // The subscription's frames take slots of their own.
+        self.slots.add_permits(1);
+        let task = tokio::spawn(follow(
+            self.shared.clone(),
+            self.conn.clone(),
+            self.tx.clone(),
+            self.slots.clone(),
+            id,
+            from_seq,
+        ));
+        // A client reusing the id of one still running wants the new one.
+        if let Some(old) = self.subscriptions.insert(id, task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Stops the subscription this stream started under request id `subscribe_id`.
+    pub(crate) fn unsubscribe(&mut self, id: u32, subscribe_id: u32) {
+        // Stopped between frames: a frame already queued still goes out, and the
+        // client drops it. Not one started here: nothing to stop, the same answer.
+        if let Some(task) = self.subscriptions.remove(&subscribe_id) {
+            task.abort();
+        }
+        self.reply(id, &Response::Pong);
+    }
+}
+
+/// The events a log record holds (mints, policies and keys hold none).
+fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
+    let event = |kind, partition, serial, raw: u64| {
+        let w = Word::unpack(raw);
+        Event {
+            seq,
+            kind,
+            partition,
+            serial,
+            state: wire_state(w.state, false),
+            inside: w.inside,
+            entries: w.entries,
+            gate: w.gate,
+            at_unix_s: from_epoch_s(w.time_e),
+        }
+    };
+    match record {
+        Record::State {
+            partition,
+            serial,
+            word,
+            ..
+        } => out.push(event(EventKind::State, *partition, *serial, *word)),
+        Record::Transfer {
+            partition,
+            old_serial,
+            old_word,
+            new_serial,
+            new_word,
+            ..
+        } => {
+            out.push(event(EventKind::State, *partition, *old_serial, *old_word));
+            out.push(event(
+                EventKind::TransferredIn,
+                *partition,
+                *new_serial,
+                *new_word,
+            ));
+        }
+        Record::Policy { .. }
+        | Record::Mint { .. }
+        | Record::Import { .. }
+        | Record::Key { .. } => {}
+    }
+}
+
+/// Streams ticket events from `from_seq` until the connection or node goes.
+async fn follow(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    tx: mpsc::UnboundedSender<Out>,
+    slots: Arc<Semaphore>,
+    id: u32,
+    from_seq: u64,
+) {
+    let _running = Running::new(&shared.counters.subscriptions);
+    // `slots`: 1 for an events frame, which took a slot; 0 for an error, which did not (the
+    // subscribe request's own slot was handed back when it started).
+    let send = |resp: &Response, slots: u32| {
+        let mut bytes = BytesMut::new();
+        resp.encode(id, &mut bytes);
+        // Events are not answers to a request: they count in no latency and not in flight.
+        tx.send(Out {
+            bytes,
+            after: Durability::READY,
+            slots,
+            read_at: Instant::now(),
+            ops: [0; OPS],
+        })
+        .is_ok()
+    };
+    let Some(wal) = shared.engine.wal() else {
+        send(
+            &Response::Error {
+                code: error_code::UNAVAILABLE,
+                message: "this node keeps no log".into(),
+            },
+            0,
+        );
+        return;
+    };
+    let mut tail = Some(LogTail::new(wal.dir(), from_seq));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let limit = wal.durable_seq();
+        let mut t = tail.take().expect("the tail is put back");
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let r = t.read(limit, EVENTS_FRAME_MAX / 2, &mut records);
+            (t, records, r)
+        })
+        .await;
+        let Ok((t, records, result)) = read else {
+            return;
+        };
+        // Caught up even when the tail's position stays below the limit: the numbers left
+        // are ones reserved and never written (scans that changed nothing), and reading again
+        // before more is durable would only spin.
+        let caught_up = match result {
+            Ok(caught_up) => caught_up,
+            Err(e) => {
+                send(
+                    &Response::Error {
+                        code: error_code::TRIMMED,
+                        message: e.to_string(),
+                    },
+                    0,
+                );
+                return;
+            }
+        };
+        tail = Some(t);
+        let mut events = Vec::with_capacity(records.len());
+        for (seq, record) in &records {
+            events_of(*seq, record, &mut events);
+        }
+        if !events.is_empty() {
+            // One slot per frame: a subscriber that does not read holds the stream back.
+            tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                },
+                _ = conn.closed() => return,
+            }
+            if !send(&Response::Events(events), 1) {
+                return;
+            }
+        }
+        if caught_up {
+            tokio::select! {
+                _ = wal.until(limit + 1).wait_async() => {}
+                _ = conn.closed() => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
