@@ -54,13 +54,13 @@ pub struct StatArgs {
 
 /// A request op by name (not `subscribe`: a stream has no latency).
 fn parse_op(s: &str) -> Result<u8, String> {
-    (1..=op::REQUEST_MAX)
+    op::by_name(s)
         .filter(|&o| o != op::SUBSCRIBE)
-        .find(|&o| op::name(o) == s)
         .ok_or_else(|| {
-            let names: Vec<&str> = (1..=op::REQUEST_MAX)
-                .filter(|&o| o != op::SUBSCRIBE)
-                .map(op::name)
+            let names: Vec<&str> = op::REQUESTS
+                .iter()
+                .filter(|(o, _)| *o != op::SUBSCRIBE)
+                .map(|(_, name)| *name)
                 .collect();
             format!("{s:?} is not a request op; one of {}", names.join(", "))
         })

@@ -31,36 +31,65 @@ pub const ERROR_MESSAGE_MAX: usize = 512;
 /// Bytes of a frame carrying one check-in of a static code: the common case.
 pub const CHECKIN_FRAME_LEN: usize = 1 + BODY_HEADER_LEN + 8 + crate::code::STATIC_LEN;
 
-/// Operation bytes. Requests are below 0x80, responses at or above.
+/// Declares the request ops once: each op's constant, byte and name, and from them the
+/// table ([`op::REQUESTS`]) and look-ups ([`op::name`], [`op::by_name`]) that the codec, the
+/// node's metrics and `stile stat` use.
+macro_rules! request_ops {
+    ($( $(#[$doc:meta])* $konst:ident = $byte:literal, $name:literal; )*) => {
+        $( $(#[$doc])* pub const $konst: u8 = $byte; )*
+
+        /// Every request op and its name, in byte order.
+        pub const REQUESTS: &[(u8, &str)] = &[$(($byte, $name)),*];
+
+        /// A request op's name for metrics and logs (`checkin`, `checkin_as`, …); `unknown`
+        /// for a byte that is no request.
+        pub fn name(op: u8) -> &'static str {
+            match op {
+                $($byte => $name,)*
+                _ => "unknown",
+            }
+        }
+
+        /// The request op with this name.
+        pub fn by_name(name: &str) -> Option<u8> {
+            REQUESTS.iter().find(|(_, n)| *n == name).map(|(op, _)| *op)
+        }
+    };
+}
+
+/// Op bytes.
 pub mod op {
-    /// Check in (entry).
-    pub const CHECKIN: u8 = 0x01;
-    /// Check out (exit).
-    pub const EXIT: u8 = 0x02;
-    /// Annul this gate's last admit.
-    pub const UNDO: u8 = 0x03;
-    /// A ticket's state.
-    pub const STATUS: u8 = 0x04;
-    /// Mint a batch (admin).
-    pub const MINT: u8 = 0x05;
-    /// Revoke a ticket (admin).
-    pub const REVOKE: u8 = 0x06;
-    /// Transfer a ticket: void it, mint its successor (admin).
-    pub const TRANSFER: u8 = 0x07;
-    /// Liveness.
-    pub const PING: u8 = 0x08;
-    /// Node counters.
-    pub const STATS: u8 = 0x09;
-    /// Check in on behalf of a gate (admin, audited).
-    pub const CHECKIN_AS: u8 = 0x0A;
-    /// Stream ticket events from a log position (admin).
-    pub const SUBSCRIBE: u8 = 0x0B;
-    /// A rotating ticket's per-ticket key, to redraw its code (admin, audited).
-    pub const TICKET_KEY: u8 = 0x0C;
-    /// Outcome counts and latency histograms (what `stile stat` shows).
-    pub const METRICS: u8 = 0x0D;
-    /// Stop a subscription started on the same stream.
-    pub const UNSUBSCRIBE: u8 = 0x0E;
+    request_ops! {
+        /// Check in (entry).
+        CHECKIN = 0x01, "checkin";
+        /// Check out (exit).
+        EXIT = 0x02, "exit";
+        /// Annul this gate's last admit.
+        UNDO = 0x03, "undo";
+        /// A ticket's state.
+        STATUS = 0x04, "status";
+        /// Mint a batch (admin).
+        MINT = 0x05, "mint";
+        /// Revoke a ticket (admin).
+        REVOKE = 0x06, "revoke";
+        /// Transfer a ticket: void it, mint its successor (admin).
+        TRANSFER = 0x07, "transfer";
+        /// Liveness.
+        PING = 0x08, "ping";
+        /// Node counters.
+        STATS = 0x09, "stats";
+        /// Check in on behalf of a gate (admin, audited).
+        CHECKIN_AS = 0x0A, "checkin_as";
+        /// Stream ticket events from a log position (admin).
+        SUBSCRIBE = 0x0B, "subscribe";
+        /// A rotating ticket's per-ticket key, to redraw its code (admin, audited).
+        TICKET_KEY = 0x0C, "ticket_key";
+        /// Outcome counts and latency histograms (what `stile stat` shows).
+        METRICS = 0x0D, "metrics";
+        /// Stop a subscription started on the same stream.
+        UNSUBSCRIBE = 0x0E, "unsubscribe";
+    }
+
     /// Largest request op.
     pub const REQUEST_MAX: u8 = UNSUBSCRIBE;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
@@ -81,28 +110,6 @@ pub mod op {
     pub const METRICS_REPLY: u8 = 0x88;
     /// The request failed; nothing changed.
     pub const ERROR: u8 = 0x8F;
-
-    /// A request op's name for metrics and logs (`checkin`, `checkin_as`, …); `unknown`
-    /// for a byte that is no request.
-    pub fn name(op: u8) -> &'static str {
-        match op {
-            CHECKIN => "checkin",
-            EXIT => "exit",
-            UNDO => "undo",
-            STATUS => "status",
-            MINT => "mint",
-            REVOKE => "revoke",
-            TRANSFER => "transfer",
-            PING => "ping",
-            STATS => "stats",
-            CHECKIN_AS => "checkin_as",
-            SUBSCRIBE => "subscribe",
-            TICKET_KEY => "ticket_key",
-            METRICS => "metrics",
-            UNSUBSCRIBE => "unsubscribe",
-            _ => "unknown",
-        }
-    }
 }
 
 /// Application error codes a node closes a connection with (QUIC `CONNECTION_CLOSE`).

@@ -3,80 +3,72 @@
 use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// The kind of answer. The numbers are the wire values and never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum OutcomeKind {
+/// Declares the outcome kinds once: each kind's variant, wire value and name, and from them
+/// [`OutcomeKind::ALL`], [`OutcomeKind::from_u8`], [`OutcomeKind::name`] and
+/// [`OutcomeKind::from_name`], which the codec, the node's metrics and `stile stat` use.
+macro_rules! outcome_kinds {
+    ($( $(#[$doc:meta])* $variant:ident = $byte:literal, $name:literal; )*) => {
+        /// The kind of answer. The numbers are the wire values and never change.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum OutcomeKind {
+            $( $(#[$doc])* $variant = $byte, )*
+        }
+
+        impl OutcomeKind {
+            /// Every kind, in wire order.
+            pub const ALL: [OutcomeKind; [$($byte),*].len()] = [$(OutcomeKind::$variant),*];
+
+            /// The wire value back to a kind.
+            pub fn from_u8(v: u8) -> Option<Self> {
+                Self::ALL.get(v as usize).copied()
+            }
+
+            /// The snake_case name operators and scripts see (`admitted`, `already_used`, …).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(OutcomeKind::$variant => $name,)*
+                }
+            }
+
+            /// The kind with this name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|k| k.name() == name)
+            }
+        }
+    };
+}
+
+outcome_kinds! {
     /// Open the gate: the ticket is now used (or one more entry is counted).
-    Admitted = 0,
+    Admitted = 0, "admitted";
     /// Keep it shut: the ticket was used before (when and at which gate: see the outcome).
-    AlreadyUsed = 1,
+    AlreadyUsed = 1, "already_used";
     /// The ticket's validity has not started.
-    NotYetValid = 2,
+    NotYetValid = 2, "not_yet_valid";
     /// The ticket's validity has ended.
-    Expired = 3,
+    Expired = 3, "expired";
     /// The ticket was revoked or transferred to someone else.
-    Revoked = 4,
+    Revoked = 4, "revoked";
     /// Not a code we signed: bad length, symbol, key or tag (or a stale rotating code).
-    Forged = 5,
+    Forged = 5, "forged";
     /// Signed, but no such ticket here (never minted, or another node's partition).
-    Unknown = 6,
+    Unknown = 6, "unknown";
     /// A ticket of another provider than the gate's.
-    WrongProvider = 7,
+    WrongProvider = 7, "wrong_provider";
     /// This gate sent too many forged or unknown codes; slow down.
-    RateLimited = 8,
+    RateLimited = 8, "rate_limited";
     /// Exit recorded: the holder is now outside.
-    Exited = 9,
+    Exited = 9, "exited";
     /// Exit refused: the ticket is not inside (or does not record exits).
-    NotInside = 10,
+    NotInside = 10, "not_inside";
     /// Undo done: the gate's last admit of this ticket is annulled.
-    Undone = 11,
+    Undone = 11, "undone";
     /// Undo refused: not this gate's last admit, or the undo window has passed.
-    NotUndoable = 12,
+    NotUndoable = 12, "not_undoable";
 }
 
 impl OutcomeKind {
-    /// Every kind, in wire order.
-    pub const ALL: [OutcomeKind; 13] = [
-        OutcomeKind::Admitted,
-        OutcomeKind::AlreadyUsed,
-        OutcomeKind::NotYetValid,
-        OutcomeKind::Expired,
-        OutcomeKind::Revoked,
-        OutcomeKind::Forged,
-        OutcomeKind::Unknown,
-        OutcomeKind::WrongProvider,
-        OutcomeKind::RateLimited,
-        OutcomeKind::Exited,
-        OutcomeKind::NotInside,
-        OutcomeKind::Undone,
-        OutcomeKind::NotUndoable,
-    ];
-
-    /// The wire value back to a kind.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.get(v as usize).copied()
-    }
-
-    /// The snake_case name operators and scripts see (`admitted`, `already_used`, …).
-    pub const fn name(self) -> &'static str {
-        match self {
-            OutcomeKind::Admitted => "admitted",
-            OutcomeKind::AlreadyUsed => "already_used",
-            OutcomeKind::NotYetValid => "not_yet_valid",
-            OutcomeKind::Expired => "expired",
-            OutcomeKind::Revoked => "revoked",
-            OutcomeKind::Forged => "forged",
-            OutcomeKind::Unknown => "unknown",
-            OutcomeKind::WrongProvider => "wrong_provider",
-            OutcomeKind::RateLimited => "rate_limited",
-            OutcomeKind::Exited => "exited",
-            OutcomeKind::NotInside => "not_inside",
-            OutcomeKind::Undone => "undone",
-            OutcomeKind::NotUndoable => "not_undoable",
-        }
-    }
-
     /// Whether the gate should open (or, for exits, let the holder out).
     pub const fn opens_gate(self) -> bool {
         matches!(self, OutcomeKind::Admitted | OutcomeKind::Exited)
