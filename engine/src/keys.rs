@@ -344,14 +344,11 @@ impl KeyRing {
         Ok(ring)
     }
 
-    fn load(keys_dir: &Path, ring_path: &Path) -> Result<Self, KeyError> {
-        check_mode(keys_dir, 0o700)?;
-        check_mode(ring_path, 0o600)?;
-        let text = fs::read_to_string(ring_path).map_err(|source| KeyError::Io {
-            path: ring_path.to_path_buf(),
-            source,
-        })?;
-        let legacy = check_ring_sum(&text).map_err(|reason| KeyError::Malformed {
+    /// Parses a ring file's text (`path` names it in errors and is where the ring persists):
+    /// the ring, and whether it had no checksum (a ring to rewrite with one). Pure: the
+    /// fuzz target `key_ring` feeds it arbitrary text.
+    pub fn parse(text: &str, ring_path: &Path) -> Result<(KeyRing, bool), KeyError> {
+        let legacy = check_ring_sum(text).map_err(|reason| KeyError::Malformed {
             path: ring_path.to_path_buf(),
             line: 0,
             reason,
@@ -387,6 +384,17 @@ impl KeyRing {
             ring.insert(id, status, secret);
         }
         ring.check_one_active(ring_path)?;
+        Ok((ring, legacy))
+    }
+
+    fn load(keys_dir: &Path, ring_path: &Path) -> Result<Self, KeyError> {
+        check_mode(keys_dir, 0o700)?;
+        check_mode(ring_path, 0o600)?;
+        let text = fs::read_to_string(ring_path).map_err(|source| KeyError::Io {
+            path: ring_path.to_path_buf(),
+            source,
+        })?;
+        let (ring, legacy) = Self::parse(&text, ring_path)?;
         if legacy {
             // From now on the ring carries its checksum.
             ring.persist()?;

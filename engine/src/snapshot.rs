@@ -701,6 +701,31 @@ fn read(path: &Path) -> Result<ReadSnapshot, String> {
     })
 }
 
+/// Checks a whole snapshot file's bytes as opening does (header, length, checksum, archive)
+/// and returns its start position. The fuzz target `snapshot` feeds it arbitrary bytes: it
+/// may refuse them, never panic.
+#[doc(hidden)]
+pub fn check_bytes(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err("not a stile snapshot".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if !(1..=VERSION).contains(&version) {
+        return Err(format!("unknown snapshot version {version}"));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() as u64 != len || xxh3_64(payload) != sum {
+        return Err("length or checksum mismatch".into());
+    }
+    let mut archive = AlignedVec::<16>::with_capacity(payload.len());
+    archive.extend_from_slice(payload);
+    let read = ReadSnapshot { archive, version };
+    let (rest, _) = read.view()?;
+    Ok(rest.start_seq)
+}
+
 /// A snapshot read whole into plain values (tests).
 #[cfg(test)]
 fn read_whole(path: &Path) -> Result<SnapshotData, String> {
