@@ -103,7 +103,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         // Caught before the address is announced, so an early SIGTERM still stops cleanly.
-        let mut signals = crate::serve::Signals::install()?;
+        let mut signals = crate::signals::Signals::install()?;
         let gateway = Gateway::start(config.clone()).await?;
         // Scripts and tests read the bound address from this line.
         println!(

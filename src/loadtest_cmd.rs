@@ -146,7 +146,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     // the targets after it are not run, and a spawned Redis is stopped. A second one quits
     // at once.
     let stop = stile_loadtest::Stop::default();
-    let mut signals = runtime.block_on(async { crate::serve::Signals::install_with_hangup() })?;
+    let mut signals = runtime.block_on(async { crate::signals::Signals::install_with_hangup() })?;
     runtime.spawn({
         let stop = stop.clone();
         async move {

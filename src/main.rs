@@ -6,6 +6,7 @@ mod gateway_cmd;
 mod keys_cmd;
 mod loadtest_cmd;
 mod serve;
+mod signals;
 mod stat_cmd;
 
 use std::net::SocketAddr;

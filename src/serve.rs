@@ -274,7 +274,7 @@ fn run_node(
     runtime.block_on(async move {
         // Before anything is announced: a SIGTERM right after the address lines must stop
         // the node cleanly, not kill it.
-        let mut signals = Signals::install()?;
+        let mut signals = crate::signals::Signals::install()?;
         let mut config = NodeConfig::new(listen.quic, tls);
         config.metrics_listen = listen.metrics;
         config.budget_per_s = listen.tuning.gate_budget;
@@ -330,49 +330,4 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
         }
     }
     Ok(gateway)
-}
-
-/// SIGTERM and SIGINT, caught from the moment of [`Signals::install`].
-pub struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    /// SIGHUP too, for commands that run in a terminal (a closed terminal stops them).
-    hup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    /// Catches SIGTERM and SIGINT from now on (must run inside the runtime).
-    pub fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            hup: None,
-        })
-    }
-
-    /// [`Signals::install`], and SIGHUP as well.
-    pub fn install_with_hangup() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut signals = Self::install()?;
-        signals.hup = Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?);
-        Ok(signals)
-    }
-
-    /// Waits for either (again after each one).
-    pub async fn wait(&mut self) {
-        let hup = async {
-            match &mut self.hup {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-            () = hup => {}
-        }
-    }
 }

@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn the_device_limit_of_the_schema_is_the_api_s() {
         let sql = include_str!("../migrations/002_database_rules.sql");
-        let limit = crate::api::accounts::DEVICES_PER_ACCOUNT_MAX;
+        let limit = crate::store::accounts::DEVICES_PER_ACCOUNT_MAX;
         assert!(sql.contains(&format!("NEW.account) >= {limit}")), "{sql}");
     }
 

@@ -16,6 +16,7 @@ pub mod qr;
 pub mod reminders;
 pub mod rotating;
 mod serve;
+pub mod store;
 pub mod webhook;
 
 use std::net::SocketAddr;

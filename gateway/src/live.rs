@@ -363,7 +363,7 @@ fn record_events(
                 "entry" => "used",
                 other => other,
             };
-            crate::api::accounts::add_event(&tx, account, &code, account_kind, &body)?;
+            crate::store::accounts::add_event(&tx, account, &code, account_kind, &body)?;
         }
         changed.push((Arc::<str>::from(code), account));
     }

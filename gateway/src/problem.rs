@@ -121,7 +121,7 @@ fn constraint_conflict(message: &str) -> Problem {
     } else if message.contains("stile: account links the most devices it may") {
         format!(
             "the account links {} devices, the most it may; unlink one first",
-            crate::api::accounts::DEVICES_PER_ACCOUNT_MAX
+            crate::store::accounts::DEVICES_PER_ACCOUNT_MAX
         )
     } else {
         format!("the request conflicts with what is stored ({message}); nothing was changed")

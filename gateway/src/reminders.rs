@@ -221,7 +221,7 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
                         params![id, now, attempts],
                     )?;
                     if let Some(a) = account {
-                        crate::api::accounts::add_event(&tx, a, &code, "reminder", &body)?;
+                        crate::store::accounts::add_event(&tx, a, &code, "reminder", &body)?;
                     }
                     tx.commit()?;
                     Ok(())

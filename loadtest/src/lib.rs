@@ -16,6 +16,7 @@
 
 pub mod html;
 mod leftovers;
+mod link;
 pub mod output;
 pub mod plan;
 mod redis_target;

@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::leftovers::{Server, TempTree};
+use crate::link::{Answer, LinkError};
 use crate::plan::{Item, Kind};
-use crate::target::{Answer, LinkError};
 use crate::{Config, LoadError};
 
 /// The check-in a user would script: one round trip, atomic inside Redis.
@@ -225,7 +225,7 @@ impl Redis {
         for _ in 0..n {
             let mut b = [0u8; 20];
             b[0] = 1; // static code
-            b[2..4].copy_from_slice(&crate::target::PROVIDER.to_be_bytes());
+            b[2..4].copy_from_slice(&crate::link::PROVIDER.to_be_bytes());
             rng.fill_bytes(&mut b[6..]);
             codes.push(CodeBytes::from_slice(&b).expect("20 bytes of format 1"));
         }

@@ -126,7 +126,7 @@ impl RunReport {
                  gate it left stopped sending; the throughput and latency count answered \
                  requests only",
                 self.timeouts,
-                crate::target::REQUEST_TIMEOUT.as_secs(),
+                crate::link::REQUEST_TIMEOUT.as_secs(),
                 self.errors,
                 self.gates_lost,
                 self.gates
@@ -365,8 +365,8 @@ impl Quantiles {
 impl NodeView {
     /// The view over the time between two readings.
     pub fn between(
-        before: &crate::target::NodeReading,
-        after: &crate::target::NodeReading,
+        before: &crate::link::NodeReading,
+        after: &crate::link::NodeReading,
     ) -> NodeView {
         let syncs = after.syncs.saturating_sub(before.syncs);
         let records = after.records.saturating_sub(before.records);
@@ -966,14 +966,14 @@ mod tests {
 
     /// A reading of a log that made `syncs` syncs of each length (microseconds) since it
     /// started, read `at`.
-    fn reading(syncs: &[(u64, u64)], at: std::time::Instant) -> crate::target::NodeReading {
+    fn reading(syncs: &[(u64, u64)], at: std::time::Instant) -> crate::link::NodeReading {
         use stile_protocol::histogram::bucket_of;
         let mut buckets: Vec<(u16, u64)> = syncs
             .iter()
             .map(|&(us, n)| (bucket_of(us) as u16, n))
             .collect();
         buckets.sort_unstable();
-        crate::target::NodeReading {
+        crate::link::NodeReading {
             checkin_us: None,
             fsync_us: stile_protocol::histogram::Histogram {
                 sum: syncs.iter().map(|&(us, n)| us * n).sum(),

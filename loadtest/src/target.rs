@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use stile_certs as certs;
@@ -18,30 +17,22 @@ use stile_protocol::client::{
     bind_addr_for, connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientTls,
 };
 use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
-use stile_protocol::histogram::Histogram;
 use stile_protocol::udp;
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
 
 use crate::leftovers::TempTree;
+pub(crate) use crate::link::{Answer, LinkError};
+pub use crate::link::{NodeReading, PROVIDER, REQUEST_TIMEOUT};
 use crate::plan::{Item, Kind};
 use crate::redis_target::{Redis, RedisRx, RedisTx};
 use crate::report::QuicView;
 use crate::{Config, LoadError};
 
-/// The provider every load-test ticket and gate belongs to.
-pub const PROVIDER: u16 = 1;
 /// A day pass's validity from its first scan, seconds.
 const DAY_S: u32 = 24 * 3600;
 /// Bytes asked of a QUIC stream per read.
 const READ_CHUNK: usize = 1 << 20;
-
-/// One answer: the request id it answers, and the outcome or why there is none.
-pub(crate) type Answer = (u32, Result<Outcome, String>);
-
-/// Why a link stopped working.
-#[derive(Debug)]
-pub(crate) struct LinkError(pub String);
 
 /// A target, shared by every gate.
 #[derive(Clone)]
@@ -75,21 +66,6 @@ pub struct Inproc {
     scan_id: AtomicU64,
     /// The data dir (deleted on drop, after the engine).
     _dir: TempTree,
-}
-
-/// Latency histograms and log counters of a node (or the engine in process) at one moment.
-#[derive(Debug, Clone)]
-pub struct NodeReading {
-    /// Check-ins, from reading the request to writing the answer (a node only).
-    pub checkin_us: Option<Histogram>,
-    /// `fdatasync` of the log.
-    pub fsync_us: Histogram,
-    /// Syncs so far.
-    pub syncs: u64,
-    /// Records logged so far.
-    pub records: u64,
-    /// When it was read.
-    pub at: std::time::Instant,
 }
 
 /// A node: an admin connection for minting; the gates connect on their own.
@@ -614,6 +590,3 @@ impl InprocTx {
         (answers, waits)
     }
 }
-
-/// How long one request may go unanswered before the gate gives up on its link.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

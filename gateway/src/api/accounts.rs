@@ -23,8 +23,7 @@ use crate::live::{Change, PeerAddr};
 use crate::problem::{Json, Path, Problem, Query};
 use crate::App;
 
-/// Devices one account may link.
-pub const DEVICES_PER_ACCOUNT_MAX: i64 = 32;
+pub use crate::store::accounts::{add_event, DEVICES_PER_ACCOUNT_MAX};
 /// Events read from the database per query.
 const EVENTS_PAGE: i64 = 256;
 /// Keep-alive comment interval of SSE streams, seconds.
@@ -86,22 +85,6 @@ pub struct DeviceView {
     pub token: String,
     /// Where its event stream is.
     pub events: String,
-}
-
-/// Stores an account event (inside a transaction); the caller publishes the change after
-/// commit.
-pub fn add_event(
-    c: &rusqlite::Connection,
-    account: i64,
-    code: &str,
-    kind: &str,
-    body: &serde_json::Value,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO account_events (account, code, kind, body, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![account, code, kind, body.to_string(), crate::now_s() as i64],
-    )?;
-    Ok(())
 }
 
 /// Creates an account.
