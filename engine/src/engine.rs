@@ -408,6 +408,7 @@ impl Engine {
             id,
             status: crate::keys::KeyStatus::Active as u8,
         });
+        tracing::info!(target: "stile::audit", op = "rotate_key", key = id);
         Ok(id)
     }
 
@@ -418,6 +419,7 @@ impl Engine {
             id,
             status: crate::keys::KeyStatus::Retired as u8,
         });
+        tracing::info!(target: "stile::audit", op = "retire_key", key = id);
         Ok(())
     }
 

@@ -16,10 +16,7 @@ use crate::App;
 
 /// Most seats in a seat map.
 pub const SEATS_MAX: usize = 100_000;
-/// Most entries a node counts per ticket (the state word's entry field).
-pub const ENTRIES_MAX: u8 = 63;
-/// Longest undo window a node accepts, seconds.
-pub const UNDO_WINDOW_MAX_S: u32 = 3600;
+pub use stile_protocol::limits::{ENTRIES_MAX, UNDO_WINDOW_MAX_S};
 /// Most reminder lead times per event.
 pub const REMINDER_LEADS_MAX: usize = 4;
 

@@ -26,17 +26,17 @@ impl Stream {
         };
         let resp = self.ticket_key(code);
         // Key material leaves the node: say who took which ticket's key.
-        let ticket = code.code().map_or_else(
-            |_| "no code".to_string(),
-            |c| {
-                let h = c.header();
-                format!("partition {} serial {}", h.partition, h.serial)
-            },
-        );
+        let (partition, serial) = code.code().map_or((None, None), |c| {
+            let h = c.header();
+            (Some(h.partition), Some(h.serial))
+        });
         tracing::info!(
             target: "stile::audit",
-            "ticket_key by admin {name}: {ticket}: {}",
-            summary(&resp)
+            op = "ticket_key",
+            admin = %name,
+            partition,
+            serial,
+            result = %summary(&resp),
         );
         self.reply(id, &resp);
     }
@@ -167,7 +167,7 @@ impl Stream {
                 Ok(r) => r,
                 Err((code, message)) => Response::Error { code, message },
             };
-            tracing::info!(target: "stile::audit", "{what} by admin {name}: {}", summary(&resp));
+            tracing::info!(target: "stile::audit", op = what, admin = %name, result = %summary(&resp));
             let mut bytes = BytesMut::new();
             resp.encode(id, &mut bytes);
             let out = Out {

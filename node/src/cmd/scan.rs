@@ -80,8 +80,12 @@ impl Stream {
         );
         tracing::info!(
             target: "stile::audit",
-            "checkin_as by admin {name}: gate {gate} provider {provider} scan {scan_id}: {}",
-            outcome.kind
+            op = "checkin_as",
+            admin = %name,
+            gate,
+            provider,
+            scan_id,
+            outcome = %outcome.kind,
         );
     }
 
