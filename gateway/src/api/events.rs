@@ -202,150 +202,192 @@ pub async fn create(
     State(app): State<Arc<App>>,
     Json(req): Json<EventRequest>,
 ) -> Result<(StatusCode, Json<EventView>), Problem> {
-    let name = super::text_field("name", &req.name)?;
-    let venue = super::text_field("venue", &req.venue)?;
-    let starts = crate::parse_rfc3339(&req.starts_at).ok_or_else(|| {
-        Problem::unprocessable(format!(
-            "`starts_at` {:?} is not an RFC 3339 time such as 2026-12-01T18:00:00Z",
-            req.starts_at
-        ))
-    })?;
-    let from = time_field("valid_from", &req.valid_from)?;
-    let until = time_field("valid_until", &req.valid_until)?;
-    if from != 0 && until != 0 && until <= from {
-        return Err(Problem::unprocessable(
-            "`valid_until` must be after `valid_from`",
-        ));
-    }
-    let seats = match &req.seats {
-        None => Vec::new(),
-        Some(s) if s.is_empty() => {
-            return Err(Problem::unprocessable(
-                "`seats` is empty; leave it out for free seating",
-            ))
-        }
-        Some(s) if s.len() > SEATS_MAX => {
-            return Err(Problem::unprocessable(format!(
-                "more than {SEATS_MAX} seats"
-            )))
-        }
-        Some(s) => s
-            .iter()
-            .map(|seat| super::text_field("seats[]", seat))
-            .collect::<Result<_, _>>()?,
-    };
-    let mut unique = seats.clone();
-    unique.sort();
-    unique.dedup();
-    if unique.len() != seats.len() {
-        return Err(Problem::unprocessable("`seats` names a seat twice"));
-    }
-    if req.capacity.is_some() && !seats.is_empty() {
-        return Err(Problem::unprocessable(
-            "give `seats` or `capacity`, not both",
-        ));
-    }
-    // Said, not quietly read as something else: no event sells 0 tickets, and a validity
-    // of 0 s from the first scan would be none at all.
-    if req.capacity == Some(0) {
-        return Err(Problem::unprocessable(
-            "`capacity` must be at least 1 (leave it out for no limit)",
-        ));
-    }
-    if req.valid_for_s == Some(0) {
-        return Err(Problem::unprocessable(
-            "`valid_for_s` must be at least 1 (leave it out for no validity from the first scan)",
-        ));
-    }
-    let leads = req.reminder_lead_s.clone().unwrap_or_default();
-    if leads.len() > REMINDER_LEADS_MAX || leads.contains(&0) {
-        return Err(Problem::unprocessable(format!(
-            "`reminder_lead_s` takes up to {REMINDER_LEADS_MAX} lead times, each above 0"
-        )));
-    }
-    if !leads.is_empty() && until == 0 {
-        return Err(Problem::unprocessable(
-            "reminders are sent before tickets expire; set `valid_until`",
-        ));
-    }
-    let entry = req.entry.unwrap_or(EntryPolicy::Single);
-    if req.max_entries.is_some_and(|m| m > ENTRIES_MAX) {
-        return Err(Problem::unprocessable(format!(
-            "`max_entries` counts at most {ENTRIES_MAX} entries; use 0 for unlimited"
-        )));
-    }
-    if req.undo_window_s.is_some_and(|u| u > UNDO_WINDOW_MAX_S) {
-        return Err(Problem::unprocessable(format!(
-            "`undo_window_s` is at most {UNDO_WINDOW_MAX_S} seconds"
-        )));
-    }
-    let view = EventView {
-        id: 0,
-        provider: req.provider,
-        name,
-        venue,
-        starts_at: crate::rfc3339(starts),
-        seats: seats.len() as u32,
-        capacity: req.capacity,
-        valid_from: (from != 0).then(|| crate::rfc3339(from)),
-        valid_until: (until != 0).then(|| crate::rfc3339(until)),
-        valid_for_s: req.valid_for_s.filter(|d| *d != 0),
-        entry,
-        max_entries: req.max_entries.unwrap_or(0),
-        undo_window_s: req.undo_window_s.unwrap_or(60),
-        rotating: req.rotating.unwrap_or(false),
-        reminder_lead_s: leads,
-    };
-    let v = view.clone();
+    let valid = req.validate()?;
+    let view = valid.view.clone();
     let id = app
         .db
         .call(move |c| -> Result<i64, Problem> {
             let tx = crate::db::immediate(c)?;
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM providers WHERE id = ?1", [v.provider], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
-                return Err(Problem::not_found(format!(
-                    "no provider {}; create it with POST /v1/providers",
-                    v.provider
-                )));
-            }
-            tx.execute(
-                "INSERT INTO events (provider, name, venue, starts_at, capacity, valid_from,
-                     valid_until, valid_for_s, entry, max_entries, undo_window_s, rotating,
-                     reminder_lead_s, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    v.provider,
-                    v.name,
-                    v.venue,
-                    starts as i64,
-                    v.capacity,
-                    (from != 0).then_some(from as i64),
-                    (until != 0).then_some(until as i64),
-                    v.valid_for_s,
-                    v.entry.word(),
-                    v.max_entries,
-                    v.undo_window_s,
-                    v.rotating,
-                    serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
-                    crate::now_s() as i64
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            {
-                let mut stmt = tx.prepare("INSERT INTO seats (event, seat) VALUES (?1, ?2)")?;
-                for seat in &seats {
-                    stmt.execute(params![id, seat])?;
-                }
-            }
+            let id = insert(&tx, &valid)?;
             tx.commit()?;
             Ok(id)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(EventView { id, ..view })))
+}
+
+/// An event request that passed every check, as it is stored.
+#[derive(Debug)]
+struct ValidEvent {
+    /// What the event looks like (id 0 until stored).
+    view: EventView,
+    /// Start, Unix seconds.
+    starts: u64,
+    /// Validity start and end, Unix seconds (0: none).
+    from: u64,
+    /// Validity end, Unix seconds (0: none).
+    until: u64,
+    /// The seat map (empty: free seating).
+    seats: Vec<String>,
+}
+
+impl EventRequest {
+    /// Checks every field and their combinations; what is wrong is a 422 problem saying so.
+    fn validate(&self) -> Result<ValidEvent, Problem> {
+        let name = super::text_field("name", &self.name)?;
+        let venue = super::text_field("venue", &self.venue)?;
+        let starts = crate::parse_rfc3339(&self.starts_at).ok_or_else(|| {
+            Problem::unprocessable(format!(
+                "`starts_at` {:?} is not an RFC 3339 time such as 2026-12-01T18:00:00Z",
+                self.starts_at
+            ))
+        })?;
+        let from = time_field("valid_from", &self.valid_from)?;
+        let until = time_field("valid_until", &self.valid_until)?;
+        if from != 0 && until != 0 && until <= from {
+            return Err(Problem::unprocessable(
+                "`valid_until` must be after `valid_from`",
+            ));
+        }
+        let seats = match &self.seats {
+            None => Vec::new(),
+            Some(s) if s.is_empty() => {
+                return Err(Problem::unprocessable(
+                    "`seats` is empty; leave it out for free seating",
+                ))
+            }
+            Some(s) if s.len() > SEATS_MAX => {
+                return Err(Problem::unprocessable(format!(
+                    "more than {SEATS_MAX} seats"
+                )))
+            }
+            Some(s) => s
+                .iter()
+                .map(|seat| super::text_field("seats[]", seat))
+                .collect::<Result<_, _>>()?,
+        };
+        let mut unique = seats.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != seats.len() {
+            return Err(Problem::unprocessable("`seats` names a seat twice"));
+        }
+        if self.capacity.is_some() && !seats.is_empty() {
+            return Err(Problem::unprocessable(
+                "give `seats` or `capacity`, not both",
+            ));
+        }
+        // Said, not quietly read as something else: no event sells 0 tickets, and a validity
+        // of 0 s from the first scan would be none at all.
+        if self.capacity == Some(0) {
+            return Err(Problem::unprocessable(
+                "`capacity` must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        if self.valid_for_s == Some(0) {
+            return Err(Problem::unprocessable(
+                "`valid_for_s` must be at least 1 (leave it out for no validity from the first scan)",
+            ));
+        }
+        let leads = self.reminder_lead_s.clone().unwrap_or_default();
+        if leads.len() > REMINDER_LEADS_MAX || leads.contains(&0) {
+            return Err(Problem::unprocessable(format!(
+                "`reminder_lead_s` takes up to {REMINDER_LEADS_MAX} lead times, each above 0"
+            )));
+        }
+        if !leads.is_empty() && until == 0 {
+            return Err(Problem::unprocessable(
+                "reminders are sent before tickets expire; set `valid_until`",
+            ));
+        }
+        let entry = self.entry.unwrap_or(EntryPolicy::Single);
+        if self.max_entries.is_some_and(|m| m > ENTRIES_MAX) {
+            return Err(Problem::unprocessable(format!(
+                "`max_entries` counts at most {ENTRIES_MAX} entries; use 0 for unlimited"
+            )));
+        }
+        if self.undo_window_s.is_some_and(|u| u > UNDO_WINDOW_MAX_S) {
+            return Err(Problem::unprocessable(format!(
+                "`undo_window_s` is at most {UNDO_WINDOW_MAX_S} seconds"
+            )));
+        }
+        let view = EventView {
+            id: 0,
+            provider: self.provider,
+            name,
+            venue,
+            starts_at: crate::rfc3339(starts),
+            seats: seats.len() as u32,
+            capacity: self.capacity,
+            valid_from: (from != 0).then(|| crate::rfc3339(from)),
+            valid_until: (until != 0).then(|| crate::rfc3339(until)),
+            valid_for_s: self.valid_for_s.filter(|d| *d != 0),
+            entry,
+            max_entries: self.max_entries.unwrap_or(0),
+            undo_window_s: self.undo_window_s.unwrap_or(60),
+            rotating: self.rotating.unwrap_or(false),
+            reminder_lead_s: leads,
+        };
+        Ok(ValidEvent {
+            view,
+            starts,
+            from,
+            until,
+            seats,
+        })
+    }
+}
+
+/// Stores a checked event and its seats (inside a transaction); its id.
+fn insert(tx: &rusqlite::Transaction<'_>, valid: &ValidEvent) -> Result<i64, Problem> {
+    let (v, starts, from, until, seats) = (
+        &valid.view,
+        valid.starts,
+        valid.from,
+        valid.until,
+        &valid.seats,
+    );
+    let exists: Option<i64> = tx
+        .query_row("SELECT 1 FROM providers WHERE id = ?1", [v.provider], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if exists.is_none() {
+        return Err(Problem::not_found(format!(
+            "no provider {}; create it with POST /v1/providers",
+            v.provider
+        )));
+    }
+    tx.execute(
+        "INSERT INTO events (provider, name, venue, starts_at, capacity, valid_from,
+             valid_until, valid_for_s, entry, max_entries, undo_window_s, rotating,
+             reminder_lead_s, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            v.provider,
+            v.name,
+            v.venue,
+            starts as i64,
+            v.capacity,
+            (from != 0).then_some(from as i64),
+            (until != 0).then_some(until as i64),
+            v.valid_for_s,
+            v.entry.word(),
+            v.max_entries,
+            v.undo_window_s,
+            v.rotating,
+            serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
+            crate::now_s() as i64
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    {
+        let mut stmt = tx.prepare("INSERT INTO seats (event, seat) VALUES (?1, ?2)")?;
+        for seat in seats {
+            stmt.execute(params![id, seat])?;
+        }
+    }
+    Ok(id)
 }
 
 /// Reads an event (inside a database call).
