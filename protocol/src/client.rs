@@ -813,6 +813,17 @@ impl Reply {
         Reply::Once(oneshot::channel().0)
     }
 
+    /// Whether nobody waits for the answer any more: the caller gave up (its timeout ran
+    /// out) or dropped the request. Such a request is never sent again: the caller was told
+    /// it failed, and a check-in done after that would void a ticket whose holder was sent
+    /// away.
+    fn abandoned(&self) -> bool {
+        match self {
+            Reply::Once(tx) => tx.is_closed(),
+            Reply::Stream(tx) => tx.is_closed(),
+        }
+    }
+
     fn fail(self, e: &ClientError) {
         match self {
             Reply::Once(tx) => {
@@ -853,7 +864,8 @@ async fn run_connection(
     // Resend what the last connection left unanswered, in id order.
     let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES);
     {
-        let map = shared.pending.lock().expect("client pending map poisoned");
+        let mut map = shared.pending.lock().expect("client pending map poisoned");
+        map.retain(|_, p| !p.reply.abandoned());
         let mut ids: Vec<&u32> = map.keys().collect();
         ids.sort_unstable();
         for id in ids {
@@ -885,13 +897,16 @@ async fn run_connection(
                 req.encode(id, &mut buf);
             }
             while let Some(cmd) = next.take() {
-                let req = cmd.req;
-                let id = shared.register(Pending {
-                    req,
-                    reply: cmd.reply,
-                    _permit: Some(cmd.permit),
-                });
-                req.encode(id, &mut buf);
+                // Queued while the node was unreachable and given up on since: not sent.
+                if !cmd.reply.abandoned() {
+                    let req = cmd.req;
+                    let id = shared.register(Pending {
+                        req,
+                        reply: cmd.reply,
+                        _permit: Some(cmd.permit),
+                    });
+                    req.encode(id, &mut buf);
+                }
                 if buf.len() < WRITE_BATCH_BYTES {
                     next = rx.try_recv().ok();
                 }

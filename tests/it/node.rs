@@ -1445,3 +1445,63 @@ fn a_node_whose_data_dir_is_moved_stops() {
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     assert!(!data.exists(), "nothing was made at the old path");
 }
+
+/// Regression: a check-in sent while the node was down was held by the client and sent
+/// once the node was back, after its caller had been told it failed (a timeout): the
+/// ticket was voided at a gate that had sent the holder away. A request nobody waits for
+/// any more is never sent.
+#[test]
+fn a_request_given_up_on_is_not_sent_when_the_node_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+    let (mut node, addr, codes, _) = node_with_codes(&data, &tls, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let gate = rt.block_on(async {
+        let mut config = client_config(&tls, addr, "gate-1");
+        config.request_timeout = std::time::Duration::from_millis(300);
+        Client::connect(config).await.unwrap()
+    });
+    node.kill().unwrap(); // SIGKILL
+    node.wait().unwrap();
+    rt.block_on(async {
+        let e = gate.checkin(&codes[0], 7).await.unwrap_err();
+        assert!(
+            matches!(e, stile_protocol::client::ClientError::Timeout(_)),
+            "{e}"
+        );
+    });
+    let (mut node, again) = spawn_node_on(&data, &tls, addr, &[]);
+    assert_eq!(again, addr);
+    rt.block_on(async {
+        // The client is back on the node: a later check-in is answered.
+        let mut answered = None;
+        for _ in 0..100 {
+            match gate.checkin(&codes[1], 8).await {
+                Ok(o) => {
+                    answered = Some(o);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(answered.map(|o| o.kind), Some(OutcomeKind::Admitted));
+        let admin = Client::connect(client_config(&tls, addr, "admin-admin"))
+            .await
+            .unwrap();
+        let info = admin.status(&codes[0]).await.unwrap();
+        assert_eq!(
+            info.state,
+            stile_protocol::frame::TicketStateName::Valid,
+            "{info:?}"
+        );
+        admin.close().await;
+        gate.close().await;
+    });
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
+    assert!(node.wait().unwrap().success());
+}
