@@ -92,6 +92,10 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         args.conn.key.as_deref(),
         args.conn.ca.as_deref(),
     )?;
+    // The data dir holds the CA's key and the gateway's database: private, as `stile up`
+    // and `stile node` make it.
+    stile_engine::datadir::ensure(&args.conn.data)
+        .with_context(|| format!("making {} private", args.conn.data.display()))?;
     let mut config = GatewayConfig::new(args.conn.data.join("gateway"), args.http, node, tls);
     config.node_server_name = server_name;
     config.https = args.https.pair();

@@ -252,7 +252,12 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError
         let changed = app
             .db
             .call(move |c| -> Result<Vec<Changed>, FollowError> {
-                Ok(record_events(c, &a.nodes, node, &events)?)
+                Ok(record_events(
+                    c,
+                    node,
+                    &|p| a.nodes.route(p) == node,
+                    &events,
+                )?)
             })
             .await?;
         for (code, account) in changed {
@@ -287,15 +292,27 @@ fn kind_of(prev_state: &str, prev_entries: u8, prev_inside: bool, e: &Event) -> 
 }
 
 /// Records one batch in one transaction: scans, mirrored state, account events, cursor.
+/// `ours` says whether a provider's tickets route to `node`, the events' source.
+///
+/// The old ticket of a transfer (a state event that shares its log position with a
+/// `TransferredIn`) keeps its state here: the gateway's own transfer commit marks it
+/// transferred and adds its successor in one transaction. Marked revoked here first, it
+/// would free its place, and a booking could take it before that commit (or, if the commit
+/// never came, for good) while the successor then took a place too.
 fn record_events(
     c: &mut rusqlite::Connection,
-    nodes: &crate::nodes::Nodes,
     node: SocketAddr,
+    ours: &dyn Fn(u16) -> bool,
     events: &[Event],
 ) -> rusqlite::Result<Vec<Changed>> {
     let tx = crate::db::immediate(c)?;
     let mut changed = Vec::new();
     let mut next_seq = None;
+    let transfers: std::collections::HashSet<u64> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TransferredIn)
+        .map(|e| e.seq)
+        .collect();
     for e in events {
         next_seq = Some(e.seq + 1);
         if e.kind == EventKind::TransferredIn {
@@ -320,7 +337,7 @@ fn record_events(
         let mut row = None;
         for r in rows {
             let r = r?;
-            if nodes.route(r.6) == node {
+            if ours(r.6) {
                 row = Some(r);
                 break;
             }
@@ -330,7 +347,10 @@ fn record_events(
             continue; // minted elsewhere (the CLI, another gateway)
         };
         let kind = kind_of(&prev_state, prev_entries, prev_inside, e);
-        let state = state_word(e.state);
+        let state = match transfers.contains(&e.seq) {
+            true => prev_state.as_str(),
+            false => state_word(e.state),
+        };
         let new = tx.execute(
             "INSERT OR IGNORE INTO scans (seq, code, event, kind, gate, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -376,7 +396,8 @@ fn record_events(
 
 /// Open server-sent-event streams at most (each holds a connection).
 pub const SSE_STREAMS_MAX: usize = 8_000;
-/// Open streams of one ticket or one account at most.
+/// Open streams of one ticket or one account from one client address at most (counted per
+/// client, so that nobody who knows a code can take the holder's own streams away).
 pub const SSE_STREAMS_PER_KEY_MAX: usize = 16;
 /// Open streams of one client address (an IPv6 /64) at most, so that one client with many
 /// codes cannot take every slot (a household or an office behind one NAT address stays well
@@ -441,6 +462,10 @@ impl StreamGauge {
             .unwrap_or_else(|p| p.into_inner());
         let (per_key, per_client) = &mut *counts;
         let client = client.map(client_key);
+        let key = match client {
+            Some(c) => format!("{key}@{c}"),
+            None => key,
+        };
         let total: usize = app.metrics.sse_streams.get().max(0) as usize;
         let n = per_key.get(&key).copied().unwrap_or(0);
         let from_client = client
@@ -454,8 +479,8 @@ impl StreamGauge {
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "too many open live streams (at most {SSE_STREAMS_PER_KEY_MAX} per ticket or \
-                     account, {SSE_STREAMS_PER_CLIENT_MAX} per client address, {SSE_STREAMS_MAX} \
-                     in all); close one and retry"
+                     account from one client address, {SSE_STREAMS_PER_CLIENT_MAX} per client \
+                     address, {SSE_STREAMS_MAX} in all); close one and retry"
                 ),
             )
             .retry_after(5));
@@ -505,6 +530,77 @@ impl Drop for StreamGauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the node's transfer event freed the old ticket's place before the
+    /// gateway's transfer committed (or when that commit never came, after a crash or a
+    /// timeout), so a booking took the place and the successor took one more: a capped
+    /// event sold past its capacity. The old side of a transfer keeps its place here.
+    #[test]
+    fn a_transfer_seen_on_the_node_first_frees_no_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        let _db = crate::db::Db::open(&path).unwrap(); // the schema
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "INSERT INTO providers (id, name, created_at) VALUES (1, 'p', 0);
+             INSERT INTO events (id, provider, name, venue, starts_at, entry, max_entries,
+                 undo_window_s, rotating, reminder_lead_s, created_at, capacity)
+             VALUES (1, 1, 'e', 'v', 0, 'single', 1, 60, 0, '[]', 0, 1);
+             INSERT INTO bookings (id, event, payment_ref, created_at) VALUES (1, 1, 'p', 0);
+             INSERT INTO tickets (code, booking, event, holder_name, provider, partition,
+                 serial, rotating, created_at, page_token)
+             VALUES ('ALICE', 1, 1, 'Alice', 1, 0, 0, 0, 0, 'tk_a');",
+        )
+        .unwrap();
+        let event = |kind, serial, state| Event {
+            seq: 10,
+            kind,
+            partition: 0,
+            serial,
+            state,
+            inside: false,
+            entries: 0,
+            gate: 0,
+            at_unix_s: 1_800_000_000,
+        };
+        let node: SocketAddr = "127.0.0.1:7443".parse().unwrap();
+        record_events(
+            &mut c,
+            node,
+            &|_| true,
+            &[
+                event(EventKind::State, 0, TicketStateName::Revoked),
+                event(EventKind::TransferredIn, 1, TicketStateName::Valid),
+            ],
+        )
+        .unwrap();
+        let sold: i64 = c
+            .query_row("SELECT sold FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sold, 1, "Alice's place waits for her successor");
+        let carol = c.execute(
+            "INSERT INTO tickets (code, booking, event, holder_name, provider, partition,
+                 serial, rotating, created_at, page_token)
+             VALUES ('CAROL', 1, 1, 'Carol', 1, 0, 2, 0, 0, 'tk_c')",
+            [],
+        );
+        assert!(carol.is_err(), "sold out");
+        // A revocation that is no transfer frees the place.
+        record_events(
+            &mut c,
+            node,
+            &|_| true,
+            &[Event {
+                seq: 11,
+                ..event(EventKind::State, 0, TicketStateName::Revoked)
+            }],
+        )
+        .unwrap();
+        let sold: i64 = c
+            .query_row("SELECT sold FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sold, 0);
+    }
 
     #[test]
     fn streams_are_counted_per_ipv4_address_and_ipv6_64() {

@@ -57,6 +57,17 @@ pub(crate) fn random() -> [u8; SECRET_LEN] {
 /// reads).
 fn load_or_make(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
     let path = dir.join(SECRET_FILE);
+    // Not a regular file (a FIFO would block the start for good, a device would be read
+    // without end): refused, as a directory is, rather than read.
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file: remove it", path.display()),
+            ));
+        }
+        _ => {}
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => match parse(&text) {
             Some(secret) => {
@@ -173,6 +184,19 @@ mod tests {
     use quinn::crypto::HmacKey;
 
     use super::*;
+
+    /// Regression: a FIFO in the secret's place blocked the start for good (the node had
+    /// its lock and ignored SIGTERM). Anything but a regular file is refused at once.
+    #[test]
+    fn a_secret_that_is_no_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = load_or_make(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
 
     /// The secret is made once, 0600, and read back the same; the reset key it gives signs
     /// the same after a "restart" and differently for another secret.

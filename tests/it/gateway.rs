@@ -1470,6 +1470,14 @@ async fn gateway_files_are_private_whatever_the_umask() {
     }
     assert_eq!(mode(&gw_dir.join(stile_gateway::API_TOKEN_FILE)), 0o600);
     g.shutdown(Duration::from_secs(5)).await;
+    // Loosened by hand and started again: private again, the API token too.
+    let token = gw_dir.join(stile_gateway::API_TOKEN_FILE);
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let g = Gateway::start(gateway_config(&node, &gw_dir))
+        .await
+        .unwrap();
+    assert_eq!(mode(&token), 0o600, "the API token");
+    g.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Reads server-sent events from `res` until one named `name`; every block read, as text.

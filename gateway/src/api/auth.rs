@@ -43,6 +43,9 @@ pub fn load_or_make_token(path: &Path) -> Result<String, GatewayError> {
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            // Whoever reads the token books and transfers as the gateway: owner only,
+            // whatever mode the file was left with.
+            crate::db::restrict(path, 0o600).map_err(|e| io("restricting", e))?;
             let token = text.trim().to_string();
             if token.is_empty() {
                 return Err(GatewayError::Io {

@@ -230,12 +230,69 @@ pub fn text_field(name: &str, value: &str) -> Result<String, problem::Problem> {
              remove them"
         )));
     }
+    if let Some(c) = v.chars().find(|&c| is_invisible(c)) {
+        return Err(problem::Problem::unprocessable(format!(
+            "`{name}` contains the invisible character U+{:04X} (a zero-width, joining, \
+             separator or tag character), which makes two names look alike; remove it",
+            c as u32
+        )));
+    }
     Ok(v.to_string())
+}
+
+/// Whether `c` shows as nothing (or as a line break) though it is part of the text: zero
+/// width spaces and joiners, word joiners and invisible operators, the soft hyphen and
+/// combining grapheme joiner, the byte order mark, line and paragraph
+/// separators, Hangul fillers and tag characters. "A1" and "A\u{200B}1" would be two seats
+/// that look the same.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: zero-width and other invisible characters passed, so "A1" and
+    /// "A\u{200B}1" were two seats (or names) that look alike.
+    #[test]
+    fn text_fields_refuse_invisible_characters() {
+        for bad in [
+            "A\u{200B}1",
+            "A\u{2028}B",
+            "x\u{FEFF}y",
+            "so\u{00AD}ft",
+            "t\u{E0041}ag",
+        ] {
+            let p = text_field("seat", bad).unwrap_err();
+            assert_eq!(p.status, 422);
+            assert!(p.detail.contains("invisible"), "{}", p.detail);
+        }
+        // Letters of any script, and emoji with their variation selector, pass.
+        assert_eq!(text_field("name", "Zoë Ångström").unwrap(), "Zoë Ångström");
+        assert_eq!(
+            text_field("name", "Ada \u{2764}\u{FE0F}").unwrap(),
+            "Ada \u{2764}\u{FE0F}"
+        );
+    }
 
     #[test]
     fn text_fields_refuse_bidi_controls() {
