@@ -1,8 +1,8 @@
 //! The live e-ticket page: `GET /t/{code}` and its assets.
 //!
-//! The HTML is `assets/ticket.html` with `{{name}}` placeholders, filled in one pass by
-//! [`ticket_page`]; every value is HTML-escaped (the JSON data block is escaped for its
-//! `<script>` context instead). The script (`ticket.js`) follows the ticket live over
+//! The HTML is the askama template `templates/ticket.html`, compiled in and filled by
+//! [`ticket_page`]; askama escapes every value for HTML (the JSON data block is escaped for
+//! its `<script>` context instead, and marked safe). The script (`ticket.js`) follows the ticket live over
 //! server-sent events, remembers every state it learns in `localStorage`, and swaps the QR
 //! image at the server's time steps for rotating codes. The service worker (`sw.js`) keeps the
 //! page, its assets and the QR image for offline use.
@@ -24,13 +24,9 @@ pub const TICKET_JS: &str = include_str!("../assets/ticket.js");
 pub const TICKET_CSS: &str = include_str!("../assets/ticket.css");
 /// The service worker, served at `/sw.js` with `Service-Worker-Allowed: /`.
 pub const SW_JS: &str = include_str!("../assets/sw.js");
-/// The page template; `{{name}}` placeholders are filled by [`ticket_page`].
-const TICKET_HTML: &str = include_str!("../assets/ticket.html");
 
 /// Symbols per group when the code is shown for reading (`ABCD-EFGH-…`).
 const CODE_GROUP_LEN: usize = 4;
-/// Room reserved for the filled-in values on top of the template's own length.
-const PAGE_VALUES_CAPACITY: usize = 2048;
 
 /// Everything the page shows at render time.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +64,49 @@ pub struct PageData<'a> {
     pub server_unix_ms: u64,
 }
 
+/// The page's template and the values it shows, each escaped by askama where it goes.
+#[derive(askama::Template)]
+#[template(path = "ticket.html")]
+struct TicketHtml<'a> {
+    /// Name of the event.
+    event: &'a str,
+    /// Name of the venue.
+    venue: &'a str,
+    /// When the event starts, for people.
+    starts: &'a str,
+    /// Seat, block or standing area.
+    seat: &'a str,
+    /// The holder's name.
+    holder: &'a str,
+    /// The validity period, for people.
+    validity: &'a str,
+    /// The state's name (`data-state`).
+    state: &'a str,
+    /// The state's words.
+    state_text: &'a str,
+    /// "Used at … at gate …", "Transferred: …", or empty.
+    state_detail: String,
+    /// Whether the code can never open a gate again.
+    voided: bool,
+    /// The QR image's URL.
+    qr_src: String,
+    /// The code named in the image's alternative text.
+    code_label: &'a str,
+    /// The code in groups of four, or what a rotating ticket shows instead.
+    code_grouped: String,
+    /// Whether the rotation line is hidden (a static code, or a voided one).
+    rotate_hidden: bool,
+    /// Seconds left in the current step.
+    rotate_left_s: u64,
+    /// Seconds per step.
+    step_s: u32,
+    /// The JSON block, already escaped for its `<script>` element.
+    data_json: String,
+}
+
 /// Renders the e-ticket page for `d`.
 pub fn ticket_page(d: &PageData<'_>) -> String {
+    use askama::Template;
     debug_assert!(
         state_label(d.state).is_some(),
         "unknown ticket state {:?}",
@@ -79,63 +116,39 @@ pub fn ticket_page(d: &PageData<'_>) -> String {
         !d.rotating || d.step_s > 0,
         "a rotating code needs a time step"
     );
-    let mut out = String::with_capacity(TICKET_HTML.len() + PAGE_VALUES_CAPACITY);
-    let mut rest = TICKET_HTML;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .expect("every placeholder in ticket.html is closed");
-        fill(&mut out, &after[..close], d);
-        rest = &after[close + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Appends the value of placeholder `name`, escaped for where the template puts it.
-fn fill(out: &mut String, name: &str, d: &PageData<'_>) {
     let rotating = rotation(d);
-    match name {
-        "code_label" => escape_html(out, d.code.unwrap_or("(rotating)")),
-        "code_grouped" => match d.code {
-            Some(code) => escape_html(out, &group_code(code)),
-            None => escape_html(out, "changes with the QR"),
-        },
-        "event" => escape_html(out, d.event),
-        "venue" => escape_html(out, d.venue),
-        "starts" => escape_html(out, d.starts),
-        "seat" => escape_html(out, d.seat),
-        "holder" => escape_html(out, d.holder),
-        "validity" => escape_html(out, d.validity),
-        "state" => escape_html(out, d.state),
-        "state_text" => escape_html(out, state_label(d.state).unwrap_or("Unknown")),
-        "state_detail" => escape_html(out, &state_detail(d)),
-        "voided" => out.push_str(if is_voided(d.state) { "true" } else { "false" }),
-        "qr_src" => {
-            let mut src = String::from("/v1/tickets/");
-            encode_path_segment(&mut src, d.id);
-            src.push_str("/qr.svg");
-            if let Some((step, _)) = rotating {
-                let _ = write!(src, "?step={step}");
-            }
-            escape_html(out, &src);
-        }
-        "rotate_hidden" => {
-            if rotating.is_none() || is_voided(d.state) {
-                out.push_str(" hidden");
-            }
-        }
-        "rotate_left_s" => {
-            let _ = write!(out, "{}", rotating.map_or(0, |(_, left_s)| left_s));
-        }
-        "step_s" => {
-            let _ = write!(out, "{}", d.step_s);
-        }
-        "data_json" => escape_script_json(out, &data_json(d)),
-        _ => panic!("ticket.html has a placeholder {{{{{name}}}}} that page.rs does not fill"),
+    let mut qr_src = String::from("/v1/tickets/");
+    encode_path_segment(&mut qr_src, d.id);
+    qr_src.push_str("/qr.svg");
+    if let Some((step, _)) = rotating {
+        let _ = write!(qr_src, "?step={step}");
     }
+    let mut data_json_escaped = String::new();
+    escape_script_json(&mut data_json_escaped, &data_json(d));
+    TicketHtml {
+        event: d.event,
+        venue: d.venue,
+        starts: d.starts,
+        seat: d.seat,
+        holder: d.holder,
+        validity: d.validity,
+        state: d.state,
+        state_text: state_label(d.state).unwrap_or("Unknown"),
+        state_detail: state_detail(d),
+        voided: is_voided(d.state),
+        qr_src,
+        code_label: d.code.unwrap_or("(rotating)"),
+        code_grouped: match d.code {
+            Some(code) => group_code(code),
+            None => "changes with the QR".to_owned(),
+        },
+        rotate_hidden: rotating.is_none() || is_voided(d.state),
+        rotate_left_s: rotating.map_or(0, |(_, left_s)| left_s),
+        step_s: d.step_s,
+        data_json: data_json_escaped,
+    }
+    .render()
+    .expect("the ticket page renders: every value is a string or a number")
 }
 
 /// For a rotating code: the server's current time step and the whole seconds left in it.
@@ -219,20 +232,6 @@ fn data_json(d: &PageData<'_>) -> String {
         "server_unix_ms": d.server_unix_ms,
     })
     .to_string()
-}
-
-/// Appends `s` with the five HTML-significant characters replaced by entities.
-fn escape_html(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
 }
 
 /// Appends JSON for a `<script>` element: `<`, `>` and `&` (only ever inside strings) become
