@@ -232,14 +232,14 @@ fn clean_up_where(left: &mut Vec<(PathBuf, Option<u32>)>, which: impl Fn(&Path) 
     let (these, rest): (Vec<_>, Vec<_>) = left.drain(..).partition(|(p, _)| which(p));
     *left = rest;
     for (path, pid) in these {
-        if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
-            // SAFETY: kill and waitpid take a pid and plain integers. The pid is this
-            // process's own child and not reaped: its `Server` reaps it only under this
-            // lock, and forgets it then.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
+        let pid = pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            // The pid is this process's own child and not reaped: its `Server` reaps it
+            // only under this lock, and forgets it then.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
         }
         let _ = std::fs::remove_dir_all(path);
     }
@@ -317,8 +317,8 @@ mod tests {
             assert!(!p.exists(), "{} left", p.display());
         }
         // The child was killed and reaped: its pid is no longer a process of ours.
-        // SAFETY: signal 0 only checks that the pid exists.
-        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child's pid");
+        let alive = rustix::process::test_kill_process(pid).is_ok();
         assert!(!alive, "the server still runs");
         // The process would exit now; its server's owner must not signal the reaped pid.
         drop(kept);

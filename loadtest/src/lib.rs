@@ -940,14 +940,9 @@ fn new_histogram() -> hdrhistogram::Histogram<u64> {
 
 /// CPU time of this process (user and system).
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    // The process's CPU clock counts user and system time of all its threads.
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[cfg(test)]

@@ -111,14 +111,7 @@ fn is_special(path: &Path) -> bool {
 
 /// Whether this process may write to `path` (without opening it).
 fn writable(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: access reads a NUL-terminated path that lives through the call.
-    match unsafe { libc::access(c.as_ptr(), libc::W_OK) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).map_err(std::io::Error::from)
 }
 
 /// Where `path` leads: through a symbolic link to the file it names, so that the link is

@@ -474,20 +474,19 @@ fn spawn(port: u16) -> Result<Server, String> {
     // run (never start one from `spawn_blocking`, whose idle threads end).
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+            set_parent_process_death_signal(Some(Signal::KILL))?;
             // The tester may have died before the line above. (No allocation here: another
             // thread may have held the allocator's lock at the fork.)
-            if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            if getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+                return Err(std::io::Error::from(rustix::io::Errno::SRCH));
             }
             // The server keeps its directory's owner lock too (the descriptor survives the
             // exec), so the directory counts as in use until both processes are gone.
             if let Some(fd) = owner {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // SAFETY: `fd` is the directory owner's descriptor, open in this child.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             }
             Ok(())
         });
