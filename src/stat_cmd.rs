@@ -92,50 +92,29 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
     let redraw = !args.once && !args.json && std::io::stdout().is_terminal();
     let retry = args.retry || redraw;
     runtime()?.block_on(async {
-        let mut out = std::io::stdout().lock();
+        let mut view = Screen {
+            out: std::io::stdout().lock(),
+            json: args.json,
+            redraw,
+            shown: 0,
+            node: node.clone(),
+        };
         if redraw {
-            write!(out, "\x1b[2J")?;
+            write!(view.out, "\x1b[2J")?;
         }
         let mut client: Option<Client> = None;
         // The reading rates are measured from; none at first and after the node was away.
         let mut last: Option<Reading> = None;
         let mut down_since: Option<std::time::SystemTime> = None;
-        let mut shown = 0;
         loop {
-            let reading = async {
-                if client.is_none() {
-                    // Bounded: a node that accepts and then says nothing must not hold the
-                    // view (the connect's own, shorter, bound names an unreachable node).
-                    let connected =
-                        tokio::time::timeout(CONNECT_TIMEOUT, connect(&args.conn, Want::Admin))
-                            .await
-                            .map_err(|_| StoppedAnswering(node.clone()))??;
-                    client = Some(connected);
-                }
-                let c = client.as_ref().expect("connected above");
-                read(c, &node, args.op).await
-            }
-            .await;
-            match reading {
+            match next_reading(&mut client, &args, &node).await {
                 Ok(now) => {
                     down_since = None;
                     let Some(before) = last.replace(now) else {
                         tokio::time::sleep(args.interval).await;
                         continue;
                     };
-                    let now = last.as_ref().expect("just set");
-                    if args.json {
-                        let mut v = render_json(&node, Some(&before), now);
-                        v["up"] = true.into();
-                        writeln!(out, "{v}")?;
-                    } else if redraw {
-                        redraw_with(&mut out, &render(&node, Some(&before), now))?;
-                    } else {
-                        if shown > 0 {
-                            writeln!(out)?;
-                        }
-                        write!(out, "{}", render(&node, Some(&before), now))?;
-                    }
+                    view.reading(&before, last.as_ref().expect("just set"))?;
                 }
                 Err(e) if !retry || !passing(&e) => return Err(e),
                 Err(e) => {
@@ -143,33 +122,12 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
                     client = None;
                     last = None;
                     let since = *down_since.get_or_insert_with(std::time::SystemTime::now);
-                    let since = humantime::format_rfc3339_seconds(since);
-                    let why = format!("{e:#}");
-                    if args.json {
-                        let v = serde_json::json!({
-                            "node": node, "up": false, "down_since": since.to_string(),
-                            "error": why,
-                        });
-                        writeln!(out, "{v}")?;
-                    } else {
-                        let text = format!(
-                            "node         {node}   not answering since {since}: retrying\n\
-                             error        {why}\n"
-                        );
-                        if redraw {
-                            redraw_with(&mut out, &text)?;
-                        } else {
-                            if shown > 0 {
-                                writeln!(out)?;
-                            }
-                            write!(out, "{text}")?;
-                        }
-                    }
+                    view.down(since, &format!("{e:#}"))?;
                 }
             }
-            out.flush()?;
-            shown += 1;
-            if frames.is_some_and(|n| shown >= n) {
+            view.out.flush()?;
+            view.shown += 1;
+            if frames.is_some_and(|n| view.shown >= n) {
                 break;
             }
             tokio::time::sleep(args.interval).await;
@@ -180,6 +138,85 @@ pub fn run(args: StatArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One reading of the node, connecting first if `client` is not connected. Bounded: a node
+/// that accepts and then says nothing must not hold the view (the connect's own, shorter,
+/// bound names an unreachable node).
+async fn next_reading(
+    client: &mut Option<Client>,
+    args: &StatArgs,
+    node: &str,
+) -> anyhow::Result<Reading> {
+    if client.is_none() {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(&args.conn, Want::Admin))
+            .await
+            .map_err(|_| StoppedAnswering(node.to_owned()))??;
+        *client = Some(connected);
+    }
+    let c = client.as_ref().expect("connected above");
+    read(c, node, args.op).await
+}
+
+/// Where readings go: JSON lines, a screen redrawn in place, or text blocks one after
+/// another.
+struct Screen<W: Write> {
+    /// Standard output.
+    out: W,
+    /// One JSON object a reading.
+    json: bool,
+    /// Redraw in place (a person at a terminal).
+    redraw: bool,
+    /// Readings and outages shown so far.
+    shown: u64,
+    /// The node's address, as given.
+    node: String,
+}
+
+impl<W: Write> Screen<W> {
+    /// Shows the rates between `before` and `now`.
+    fn reading(&mut self, before: &Reading, now: &Reading) -> anyhow::Result<()> {
+        if self.json {
+            let mut v = render_json(&self.node, Some(before), now);
+            v["up"] = true.into();
+            writeln!(self.out, "{v}")?;
+            return Ok(());
+        }
+        let text = render(&self.node, Some(before), now);
+        self.block(&text)
+    }
+
+    /// Shows that the node has not answered since `since`, and why.
+    fn down(&mut self, since: std::time::SystemTime, why: &str) -> anyhow::Result<()> {
+        let since = humantime::format_rfc3339_seconds(since);
+        if self.json {
+            let v = serde_json::json!({
+                "node": self.node, "up": false, "down_since": since.to_string(),
+                "error": why,
+            });
+            writeln!(self.out, "{v}")?;
+            return Ok(());
+        }
+        let text = format!(
+            "node         {}   not answering since {since}: retrying\n\
+             error        {why}\n",
+            self.node
+        );
+        self.block(&text)
+    }
+
+    /// A block of text: over the previous one, or after it with a blank line between.
+    fn block(&mut self, text: &str) -> anyhow::Result<()> {
+        if self.redraw {
+            redraw_with(&mut self.out, text)?;
+        } else {
+            if self.shown > 0 {
+                writeln!(self.out)?;
+            }
+            write!(self.out, "{text}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Draws `text` over the previous view: home, each line cleared to its end, then the rest
