@@ -20,7 +20,7 @@ use crate::snapshot::{SnapshotError, SnapshotInfo, Stage};
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::record::ScanTrace;
 use crate::wal::{Durability, Record, Reservation, SyncMode, Wal};
-use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op, Word};
+use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
 
 /// Default time step of rotating codes.
 pub const ROTATION_STEP_DEFAULT_S: u32 = 30;
@@ -200,6 +200,7 @@ impl Engine {
                 imported: DashMap::with_hasher(Xxh3Builder::new()),
                 successors: Default::default(),
                 scans: ScanMemory::default(),
+                newest_e: Default::default(),
             },
             clock: MonotonicNow::new(clock, 0),
             rotation_step_s: config.rotation_step_s,
@@ -302,24 +303,17 @@ impl Engine {
         Ok(())
     }
 
-    /// The newest time any ticket's state records (its last event or first scan), Unix
-    /// seconds; 0 with no tickets.
+    /// The newest time any ticket's restored state records (its last event or first scan),
+    /// Unix seconds; 0 with no tickets. Noted as the snapshot and the log are read, so that
+    /// no pass over every slot is needed.
     fn newest_time_unix_s(&self) -> u64 {
-        let mut newest_e = 0u32;
-        for part in self.tables.partitions.iter().flatten() {
-            for serial in 0..part.minted_serials() {
-                let Some(slot) = part.slot(serial as u32) else {
-                    break;
-                };
-                let w = Word::unpack(slot.word.load(std::sync::atomic::Ordering::Relaxed));
-                let f = slot.first_scan_e.load(std::sync::atomic::Ordering::Relaxed);
-                newest_e = newest_e.max(w.time_e).max(f);
-            }
-        }
-        if newest_e == 0 {
-            0
-        } else {
-            from_epoch_s(newest_e)
+        match self
+            .tables
+            .newest_e
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => 0,
+            e => from_epoch_s(e),
         }
     }
 

@@ -126,8 +126,10 @@ fn publish_if_empty(
     let slot = part
         .slot(serial)
         .ok_or_else(|| format!("serial {serial} has no slot"))?;
+    let unpacked = Word::unpack(word);
+    tables.saw_time(unpacked.time_e.max(first_scan_e));
     if slot.word.load(Ordering::Acquire) == 0 {
-        part.publish(serial, policy, Word::unpack(word), first_scan_e);
+        part.publish(serial, policy, unpacked, first_scan_e);
     }
     Ok(())
 }
@@ -139,6 +141,7 @@ fn set_state(
     word: u64,
     first_scan_e: u32,
 ) -> Result<(), String> {
+    tables.saw_time(Word::unpack(word).time_e.max(first_scan_e));
     let part = tables
         .partition(partition)
         .ok_or_else(|| not_served(partition))?;

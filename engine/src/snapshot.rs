@@ -798,6 +798,7 @@ fn restore(
             format!("holds partition {id}, which this node is not configured to serve")
         })?;
         part.restore_reserved(0, rows.reserved.to_native() as u32)?;
+        let mut newest_e = 0u32;
         for (serial, ((w, p), f)) in rows
             .words
             .iter()
@@ -807,9 +808,12 @@ fn restore(
         {
             let (w, p, f) = (w.to_native(), p.to_native(), f.to_native());
             if w != 0 {
-                part.publish(serial as u32, PolicyId(p), Word::unpack(w), f);
+                let word = Word::unpack(w);
+                newest_e = newest_e.max(word.time_e).max(f);
+                part.publish(serial as u32, PolicyId(p), word, f);
             }
         }
+        tables.saw_time(newest_e);
     }
     let mut successors = tables.successors.lock().expect("successors poisoned");
     for &(partition, serial, new) in &data.successors {

@@ -35,9 +35,18 @@ pub(crate) struct Tables {
     pub(crate) successors: std::sync::Mutex<std::collections::HashMap<TicketLoc, u32>>,
     /// Recent state-changing scans per gate, for retries.
     pub(crate) scans: ScanMemory,
+    /// The newest time (engine-epoch seconds) a state restored from the snapshot or the
+    /// log holds: where the engine's time starts (see `Engine::open`).
+    pub(crate) newest_e: std::sync::atomic::AtomicU32,
 }
 
 impl Tables {
+    /// Notes a time a restored state holds (a word's event time, a first scan).
+    pub(crate) fn saw_time(&self, e: u32) {
+        self.newest_e
+            .fetch_max(e, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Partition `id`, if served here.
     pub(crate) fn partition(&self, id: u16) -> Option<&Partition> {
         self.partitions.get(id as usize).and_then(Option::as_ref)
