@@ -57,7 +57,7 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
                 let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
                 let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
                 let mut answer = crate::scans::unpack(t.answer);
-                if op == Op::Entry && answer.kind == OutcomeKind::Admitted {
+                if op == Op::Entry && answer.kind == OutcomeKind::Admitted && !annulled.is_empty() {
                     if let Some(undo) = annulled.get(&(t.gate, partition, serial, answer.entries)) {
                         answer = *undo;
                     }
