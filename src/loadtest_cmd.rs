@@ -95,14 +95,64 @@ pub struct LoadtestArgs {
 /// Runs `stile loadtest`; exits 2 if a ticket was admitted twice or a forged code admitted.
 pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
-    let sync = SyncMode::from(args.sync.unwrap_or(crate::serve::SyncArg::Always));
-    let log_runway = args.log_runway.unwrap_or(stile_engine::wal::RUNWAY_DEFAULT);
-    let (scenario, shape) = (args.scenario, args.shape);
+    let scenario = args.scenario;
     let targets = if args.compare.is_empty() {
         vec![args.target.clone()]
     } else {
         args.compare.clone()
     };
+    check_options(&args, &targets)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stop = install_stop(&runtime)?;
+    // Every target is checked before the first runs: a --compare must not fail at its last
+    // target after minutes of the others.
+    for target in &targets {
+        let config = config_for(&args, target, &stop);
+        config
+            .validate()
+            .and_then(|()| stile_loadtest::Target::precheck(&config))
+            .with_context(|| format!("running {} against {target}", scenario.name()))?;
+    }
+    // Before the run: a mistyped path must not cost a long run its figures.
+    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
+    let Rounds {
+        runs,
+        skipped,
+        mut failed,
+    } = run_rounds(&args, &targets, &runtime, &stop)?;
+    if runs.is_empty() {
+        eprintln!("stile loadtest: nothing was measured; no report written");
+        return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
+    }
+    let interrupted = skipped || runs.iter().any(|r| r.interrupted);
+    let ratios = Ratio::of(&runs);
+    let report = Report {
+        scenario: scenario.name().into(),
+        seed: args.seed,
+        machine: stile_loadtest::report::Machine::this(),
+        ratio_medians: RatioMedian::of(&ratios),
+        ratios,
+        runs,
+    };
+    write_outputs(&args, &report)?;
+    let bad = verdict(&report, &mut failed);
+    if bad {
+        return Ok(ExitCode::from(2));
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    if interrupted {
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options that do not fit together, or fit no target given: said before anything runs.
+fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> {
     if args.rounds > 1 && args.compare.len() < 2 {
         anyhow::bail!(
             "--rounds {}: rounds alternate the targets of --compare; give --compare A,B",
@@ -112,8 +162,6 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     if targets.iter().any(|t| t.trim().is_empty()) {
         anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
     }
-    // Beyond u16, still past the limit: the run's own check says what is allowed.
-    let gates = u16::try_from(args.gates).unwrap_or(u16::MAX);
     // Options for a kind of target that none of the targets is: said, not ignored.
     let inproc = targets.iter().any(|t| t == "inproc");
     for (given, flag) in [
@@ -138,13 +186,13 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&args.data)
             .with_context(|| format!("making {}", args.data.display()))?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Ctrl-C, SIGTERM or SIGHUP: the run in progress ends as if its time were up and is reported,
-    // the targets after it are not run, and a spawned Redis is stopped. A second one quits
-    // at once.
+    Ok(())
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP: the run in progress ends as if its time were up and is
+/// reported, the targets after it are not run, and a spawned Redis is stopped. A second one
+/// quits at once.
+fn install_stop(runtime: &tokio::runtime::Runtime) -> anyhow::Result<stile_loadtest::Stop> {
     let stop = stile_loadtest::Stop::default();
     let mut signals = runtime.block_on(async { crate::signals::Signals::install_with_hangup() })?;
     runtime.spawn({
@@ -163,20 +211,26 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             stile_loadtest::clean_up_and_exit(i32::from(INTERRUPTED));
         }
     });
-    let config_for = |target: &String| Config {
-        scenario,
-        target: target.clone(),
-        gates,
+    Ok(stop)
+}
+
+/// The run's configuration against `target`.
+fn config_for(args: &LoadtestArgs, target: &str, stop: &stile_loadtest::Stop) -> Config {
+    Config {
+        scenario: args.scenario,
+        target: target.to_owned(),
+        // Beyond u16, still past the limit: the run's own check says what is allowed.
+        gates: u16::try_from(args.gates).unwrap_or(u16::MAX),
         inflight: args.inflight,
         duration: args.duration,
         warmup: args.warmup,
         rate: args.rate,
-        shape,
+        shape: args.shape,
         tickets: args.tickets,
         seed: args.seed,
         data: args.data.clone(),
-        sync,
-        log_runway,
+        sync: SyncMode::from(args.sync.unwrap_or(crate::serve::SyncArg::Always)),
+        log_runway: args.log_runway.unwrap_or(stile_engine::wal::RUNWAY_DEFAULT),
         admin: args.admin_cert.clone().map(|cert| {
             let key = args
                 .admin_key
@@ -187,18 +241,27 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),
         progress: !args.quiet,
         stop: stop.clone(),
-    };
-    // Every target is checked before the first runs: a --compare must not fail at its last
-    // target after minutes of the others.
-    for target in &targets {
-        let config = config_for(target);
-        config
-            .validate()
-            .and_then(|()| stile_loadtest::Target::precheck(&config))
-            .with_context(|| format!("running {} against {target}", scenario.name()))?;
     }
-    // Before the run: a mistyped path must not cost a long run its figures.
-    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
+}
+
+/// What the rounds measured, and whether some were cut short or failed.
+struct Rounds {
+    /// Every run measured, in order.
+    runs: Vec<stile_loadtest::RunReport>,
+    /// A target was not run (interrupted).
+    skipped: bool,
+    /// A target failed (with --compare, the others still ran).
+    failed: bool,
+}
+
+/// Runs every target, round after round (A, B, A, B, …).
+fn run_rounds(
+    args: &LoadtestArgs,
+    targets: &[String],
+    runtime: &tokio::runtime::Runtime,
+    stop: &stile_loadtest::Stop,
+) -> anyhow::Result<Rounds> {
+    let scenario = args.scenario;
     let mut runs = Vec::with_capacity(targets.len() * args.rounds as usize);
     let (mut skipped, mut failed) = (false, false);
     let rounds = (1..=args.rounds).flat_map(|round| {
@@ -220,7 +283,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         if args.rounds > 1 && !args.quiet {
             eprintln!("stile loadtest: round {round} of {}: {target}", args.rounds);
         }
-        let config = config_for(target);
+        let config = config_for(args, target, stop);
         let run = match runtime.block_on(stile_loadtest::run(&config)) {
             Err(stile_loadtest::LoadError::Interrupted) => {
                 eprintln!("stile loadtest: interrupted before {target} was measured");
@@ -248,20 +311,16 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
-    if runs.is_empty() {
-        eprintln!("stile loadtest: nothing was measured; no report written");
-        return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
-    }
-    let interrupted = skipped || runs.iter().any(|r| r.interrupted);
-    let ratios = Ratio::of(&runs);
-    let report = Report {
-        scenario: scenario.name().into(),
-        seed: args.seed,
-        machine: stile_loadtest::report::Machine::this(),
-        ratio_medians: RatioMedian::of(&ratios),
-        ratios,
+    Ok(Rounds {
         runs,
-    };
+        skipped,
+        failed,
+    })
+}
+
+/// The report as text (on standard output, or standard error when the JSON goes there),
+/// as JSON and as HTML, where asked.
+fn write_outputs(args: &LoadtestArgs, report: &Report) -> anyhow::Result<()> {
     // With the JSON on standard output, the text goes to stderr: stdout is one document.
     let json_on_stdout = args
         .json
@@ -273,10 +332,10 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.text());
     }
     if let Some(path) = &args.json {
-        stile_loadtest::output::write_json(&report, path)?;
+        stile_loadtest::output::write_json(report, path)?;
     }
     if let Some(dir) = &args.report {
-        stile_loadtest::html::write(&report, dir)?;
+        stile_loadtest::html::write(report, dir)?;
         let line = format!("report: {}", dir.join("index.html").display());
         if json_on_stdout {
             eprintln!("{line}");
@@ -284,6 +343,12 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
     }
+    Ok(())
+}
+
+/// Says what went wrong in the runs: `true` if a ticket was admitted twice or a forged code
+/// admitted; sets `failed` if requests went unanswered.
+fn verdict(report: &Report, failed: &mut bool) -> bool {
     let mut bad = false;
     for r in &report.runs {
         if r.double_admits > 0 || r.forged_admits > 0 {
@@ -299,19 +364,10 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
                 "stile loadtest: {}: {} requests timed out and {} failed; {} gates lost",
                 r.target, r.timeouts, r.errors, r.gates_lost
             );
-            failed = true;
+            *failed = true;
         }
     }
-    if bad {
-        return Ok(ExitCode::from(2));
-    }
-    if failed {
-        return Ok(ExitCode::FAILURE);
-    }
-    if interrupted {
-        return Ok(ExitCode::from(INTERRUPTED));
-    }
-    Ok(ExitCode::SUCCESS)
+    bad
 }
 
 /// The exit status of a run cut short by Ctrl-C or SIGTERM (128 + SIGINT, as shells report
