@@ -347,20 +347,14 @@ struct GateCounts {
 /// Runs one scenario against one target.
 pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     config.validate()?;
-    let stop = &config.stop;
-    // Until the clock starts, a stop ends the run with nothing to report (dropping the
-    // target stops a Redis it spawned).
-    let target = stop.or_stop(Target::open(config)).await??;
-    let genuine = stop.or_stop(target.mint(&plan::tickets(config))).await??;
-    let Plan { gates, allowed } = plan::plan(config, &genuine);
-    let sync = stop.or_stop(target.sync_name()).await?;
-    let mut links = Vec::with_capacity(gates.len());
-    for g in 0..gates.len() {
-        links.push(
-            stop.or_stop(target.link(g as u16 + 1, config.inflight))
-                .await??,
-        );
-    }
+    let Prepared {
+        target,
+        genuine,
+        gates,
+        allowed,
+        sync,
+        links,
+    } = prepare(config).await?;
     if config.progress {
         // For logs and scripts: the clock starts now (a stop from here on is reported).
         eprintln!(
@@ -401,55 +395,8 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         stop: config.stop.clone(),
     });
     // Open loop: one thread keeps the schedule and hands each gate its due times.
-    let (pacer, mut dues) = match config.rate {
-        Some(rate) => {
-            let (txs, rxs): (Vec<_>, Vec<_>) =
-                (0..gates.len()).map(|_| mpsc::unbounded_channel()).unzip();
-            let (start, end, shape) = (shared.start, shared.end, config.shape);
-            let stop = config.stop.clone();
-            let pacer = std::thread::Builder::new()
-                .name("stile-loadtest-pacer".into())
-                .spawn(move || pace(rate, shape, start, end, txs, &stop))
-                .map_err(|e| LoadError::Usage(format!("starting the pacer: {e}")))?;
-            (Some(pacer), rxs.into_iter().map(Some).collect())
-        }
-        None => (None, Vec::new()),
-    };
-    let mut receivers = Vec::with_capacity(gates.len());
-    let mut senders = Vec::with_capacity(gates.len());
-    for (g, (items, (tx, rx))) in gates.into_iter().zip(links).enumerate() {
-        let n = config.inflight;
-        let gate = Arc::new(GateShared {
-            book: Mutex::new(Book {
-                free: (0..n).rev().collect(),
-                slots: vec![
-                    Slot {
-                        due: start,
-                        ticket: NOT_GENUINE
-                    };
-                    n as usize
-                ],
-            }),
-            room: Semaphore::new(n as usize),
-            sent_all: AtomicBool::new(false),
-            sent: Notify::new(),
-            received: Notify::new(),
-        });
-        let due = dues.get_mut(g).and_then(Option::take);
-        senders.push(tokio::spawn(send_loop(
-            tx,
-            items,
-            gate.clone(),
-            shared.clone(),
-            due,
-        )));
-        receivers.push(tokio::spawn(receive_loop(
-            rx,
-            gate,
-            shared.clone(),
-            config.inflight,
-        )));
-    }
+    let (pacer, dues) = start_pacer(config, &shared, gates.len())?;
+    let (senders, receivers) = spawn_gates(config, gates, links, &shared, dues);
     let ticker = progress.clone().map(|bar| {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -463,27 +410,23 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
             }
         })
     });
-    let (mut hist, mut hist_all) = (new_histogram(), new_histogram());
-    let (mut counts, mut counts_all) = ([0u64; 16], [0u64; 16]);
-    let (mut errors, mut timeouts, mut forged_admits, mut gates_lost) = (0, 0, 0, 0);
-    let mut quic: Option<report::QuicView> = None;
+    let mut totals = Totals::default();
     for r in receivers {
         if let Ok(c) = r.await {
-            let _ = hist.add(&c.hist);
-            let _ = hist_all.add(&c.hist_all);
-            for k in 0..16 {
-                counts[k] += c.outcomes[k];
-                counts_all[k] += c.outcomes_all[k];
-            }
-            errors += c.errors;
-            timeouts += c.timeouts;
-            forged_admits += c.forged_admits;
-            gates_lost += u32::from(c.lost);
-            if let Some(q) = &c.quic {
-                quic.get_or_insert_default().add(q);
-            }
+            totals.add(&c);
         }
     }
+    let Totals {
+        mut hist,
+        hist_all,
+        mut counts,
+        counts_all,
+        errors,
+        timeouts,
+        forged_admits,
+        gates_lost,
+        quic,
+    } = totals;
     let elapsed = start.elapsed();
     let cut_short = config.stop.is_requested() && elapsed < config.warmup + config.duration;
     // Senders stop at the end of the time, so a run that ended sooner, neither stopped nor
@@ -527,26 +470,9 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     let machine_load = ticks_start
         .zip(report::CpuTicks::read())
         .and_then(|(a, b)| report::MachineLoad::between(&a, &b));
-    let mut outcomes = BTreeMap::new();
-    for (k, n) in counts.iter().enumerate() {
-        if *n > 0 {
-            if let Some(kind) = OutcomeKind::from_u8(k as u8) {
-                outcomes.insert(kind.to_string(), *n);
-            }
-        }
-    }
+    let outcomes = outcome_names(&counts);
     let requests: u64 = outcomes.values().sum();
-    let double_admits = shared
-        .admits
-        .iter()
-        .zip(&shared.allowed)
-        .map(|(a, allowed)| {
-            u64::from(
-                a.load(Ordering::Relaxed)
-                    .saturating_sub(u32::from(*allowed)),
-            )
-        })
-        .sum();
+    let double_admits = shared.double_admits();
     let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
     let first = if warmed {
         first_reading.await.ok().flatten()
@@ -594,6 +520,214 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         interrupted: cut_short,
         gates_lost,
     })
+}
+
+/// What a run sets up before its clock starts.
+struct Prepared {
+    /// The target, opened.
+    target: Target,
+    /// The tickets minted for the run.
+    genuine: Vec<stile_protocol::CodeBytes>,
+    /// Each gate's items, in order.
+    gates: Vec<Vec<plan::Item>>,
+    /// Admits each ticket allows.
+    allowed: Vec<u8>,
+    /// The target's sync mode, by name.
+    sync: String,
+    /// Each gate's link.
+    links: Vec<(target::Tx, target::Rx)>,
+}
+
+/// Opens the target, mints the run's tickets, plans each gate's scans and opens the gates'
+/// links. A stop meanwhile ends the run with nothing to report (dropping the target stops
+/// a Redis it spawned).
+async fn prepare(config: &Config) -> Result<Prepared, LoadError> {
+    let stop = &config.stop;
+    let target = stop.or_stop(Target::open(config)).await??;
+    let genuine = stop.or_stop(target.mint(&plan::tickets(config))).await??;
+    let Plan { gates, allowed } = plan::plan(config, &genuine);
+    let sync = stop.or_stop(target.sync_name()).await?;
+    let mut links = Vec::with_capacity(gates.len());
+    for g in 0..gates.len() {
+        links.push(
+            stop.or_stop(target.link(g as u16 + 1, config.inflight))
+                .await??,
+        );
+    }
+    Ok(Prepared {
+        target,
+        genuine,
+        gates,
+        allowed,
+        sync,
+        links,
+    })
+}
+
+/// In open loop, the pacer's thread and each gate's receiver of due times.
+#[allow(clippy::type_complexity)]
+fn start_pacer(
+    config: &Config,
+    shared: &RunShared,
+    n_gates: usize,
+) -> Result<
+    (
+        Option<std::thread::JoinHandle<()>>,
+        Vec<Option<mpsc::UnboundedReceiver<Instant>>>,
+    ),
+    LoadError,
+> {
+    Ok(match config.rate {
+        Some(rate) => {
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..n_gates).map(|_| mpsc::unbounded_channel()).unzip();
+            let (start, end, shape) = (shared.start, shared.end, config.shape);
+            let stop = config.stop.clone();
+            let pacer = std::thread::Builder::new()
+                .name("stile-loadtest-pacer".into())
+                .spawn(move || pace(rate, shape, start, end, txs, &stop))
+                .map_err(|e| LoadError::Usage(format!("starting the pacer: {e}")))?;
+            (Some(pacer), rxs.into_iter().map(Some).collect())
+        }
+        None => (None, Vec::new()),
+    })
+}
+
+/// Starts each gate's sender and receiver on its link; their tasks, senders first.
+#[allow(clippy::type_complexity)]
+fn spawn_gates(
+    config: &Config,
+    gates: Vec<Vec<plan::Item>>,
+    links: Vec<(target::Tx, target::Rx)>,
+    shared: &Arc<RunShared>,
+    mut dues: Vec<Option<mpsc::UnboundedReceiver<Instant>>>,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<GateCounts>>,
+) {
+    let start = shared.start;
+    let mut receivers = Vec::with_capacity(gates.len());
+    let mut senders = Vec::with_capacity(gates.len());
+    for (g, (items, (tx, rx))) in gates.into_iter().zip(links).enumerate() {
+        let n = config.inflight;
+        let gate = Arc::new(GateShared {
+            book: Mutex::new(Book {
+                free: (0..n).rev().collect(),
+                slots: vec![
+                    Slot {
+                        due: start,
+                        ticket: NOT_GENUINE
+                    };
+                    n as usize
+                ],
+            }),
+            room: Semaphore::new(n as usize),
+            sent_all: AtomicBool::new(false),
+            sent: Notify::new(),
+            received: Notify::new(),
+        });
+        let due = dues.get_mut(g).and_then(Option::take);
+        senders.push(tokio::spawn(send_loop(
+            tx,
+            items,
+            gate.clone(),
+            shared.clone(),
+            due,
+        )));
+        receivers.push(tokio::spawn(receive_loop(
+            rx,
+            gate,
+            shared.clone(),
+            config.inflight,
+        )));
+    }
+    (senders, receivers)
+}
+
+/// Every gate's counts, added up.
+struct Totals {
+    /// Latencies in the measured time.
+    hist: hdrhistogram::Histogram<u64>,
+    /// Latencies over the whole run, warm-up included.
+    hist_all: hdrhistogram::Histogram<u64>,
+    /// Outcomes in the measured time, by wire value.
+    counts: [u64; 16],
+    /// Outcomes over the whole run.
+    counts_all: [u64; 16],
+    /// Requests that failed.
+    errors: u64,
+    /// Requests that went unanswered.
+    timeouts: u64,
+    /// Forged codes admitted.
+    forged_admits: u64,
+    /// Gates whose link failed.
+    gates_lost: u32,
+    /// What the QUIC links counted.
+    quic: Option<report::QuicView>,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            hist: new_histogram(),
+            hist_all: new_histogram(),
+            counts: [0; 16],
+            counts_all: [0; 16],
+            errors: 0,
+            timeouts: 0,
+            forged_admits: 0,
+            gates_lost: 0,
+            quic: None,
+        }
+    }
+}
+
+impl Totals {
+    /// Adds one gate's counts.
+    fn add(&mut self, c: &GateCounts) {
+        let _ = self.hist.add(&c.hist);
+        let _ = self.hist_all.add(&c.hist_all);
+        for k in 0..16 {
+            self.counts[k] += c.outcomes[k];
+            self.counts_all[k] += c.outcomes_all[k];
+        }
+        self.errors += c.errors;
+        self.timeouts += c.timeouts;
+        self.forged_admits += c.forged_admits;
+        self.gates_lost += u32::from(c.lost);
+        if let Some(q) = &c.quic {
+            self.quic.get_or_insert_default().add(q);
+        }
+    }
+}
+
+/// Outcome counts by name, those counted at all.
+fn outcome_names(counts: &[u64; 16]) -> BTreeMap<String, u64> {
+    let mut outcomes = BTreeMap::new();
+    for (k, n) in counts.iter().enumerate() {
+        if *n > 0 {
+            if let Some(kind) = OutcomeKind::from_u8(k as u8) {
+                outcomes.insert(kind.to_string(), *n);
+            }
+        }
+    }
+    outcomes
+}
+
+impl RunShared {
+    /// Admits past what each ticket allows, over all tickets.
+    fn double_admits(&self) -> u64 {
+        self.admits
+            .iter()
+            .zip(&self.allowed)
+            .map(|(a, allowed)| {
+                u64::from(
+                    a.load(Ordering::Relaxed)
+                        .saturating_sub(u32::from(*allowed)),
+                )
+            })
+            .sum()
+    }
 }
 
 /// Sends one gate's items: in closed loop as fast as room frees up, in open loop as the
