@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::leftovers::{Server, TempTree};
-use crate::link::{Answer, LinkError};
+use crate::link::{Answer, LinkError, LinkRx, LinkTx, NodeReading, TargetKind};
 use crate::plan::{Item, Kind};
 use crate::{Config, LoadError};
 
@@ -254,11 +254,7 @@ impl Redis {
     }
 
     /// Opens gate `gate`'s connection.
-    pub(crate) async fn link(
-        &self,
-        gate: u16,
-        inflight: u32,
-    ) -> Result<(RedisTx, RedisRx), LoadError> {
+    async fn open_link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| LoadError::Target {
@@ -287,9 +283,36 @@ impl Redis {
     }
 }
 
-impl RedisTx {
+impl TargetKind for Redis {
+    type Tx = RedisTx;
+    type Rx = RedisRx;
+
+    async fn mint_kind(
+        &self,
+        kind: Kind,
+        n: u32,
+        first: bool,
+    ) -> Result<Vec<CodeBytes>, LoadError> {
+        self.load(kind, n, first).await
+    }
+
+    async fn sync_name(&self) -> String {
+        self.sync.clone()
+    }
+
+    /// Redis says nothing of its own of a run.
+    async fn reading(&self) -> Option<NodeReading> {
+        None
+    }
+
+    async fn link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
+        self.open_link(gate, inflight).await
+    }
+}
+
+impl LinkTx for RedisTx {
     /// Writes one `EVALSHA` per request, all in one write.
-    pub async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
+    async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
         self.buf.clear();
         for (_, item) in reqs {
             let key = key(&item.code);
@@ -317,9 +340,9 @@ impl RedisTx {
     }
 }
 
-impl RedisRx {
+impl LinkRx for RedisRx {
     /// Reads replies; the n-th answers the n-th call written. Cancel-safe.
-    pub async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
+    async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
         loop {
             while let Some((len, reply)) = parse_reply(&self.buf)? {
                 let id = self

@@ -22,7 +22,7 @@ use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
 
 use crate::leftovers::TempTree;
-pub(crate) use crate::link::{Answer, LinkError};
+pub(crate) use crate::link::{Answer, LinkError, LinkRx, LinkTx, TargetKind};
 pub use crate::link::{NodeReading, PROVIDER, REQUEST_TIMEOUT};
 use crate::plan::{Item, Kind};
 use crate::redis_target::{Redis, RedisRx, RedisTx};
@@ -84,39 +84,45 @@ pub struct Quic {
     endpoint: quinn::Endpoint,
 }
 
-/// The sending half of one gate's link.
+/// The sending half of one gate's link, whichever the target.
 pub(crate) enum Tx {
     /// Runs requests through the engine at once and hands the answers to the receiving
     /// half, which waits until they are durable.
     Inproc(InprocTx),
     /// Writes frames on the gate's stream.
-    Quic {
-        /// The stream.
-        send: quinn::SendStream,
-        /// Frames being written.
-        buf: Vec<u8>,
-        /// The gate's scan ids.
-        scan_id: u64,
-    },
+    Quic(QuicTx),
     /// Writes script calls on the gate's connection.
     Redis(RedisTx),
 }
 
-/// The receiving half of one gate's link.
+/// The sending half of a gate's link to a node: frames on its stream.
+pub(crate) struct QuicTx {
+    /// The stream.
+    send: quinn::SendStream,
+    /// Frames being written.
+    buf: Vec<u8>,
+    /// The gate's scan ids.
+    scan_id: u64,
+}
+
+/// The receiving half of one gate's link, whichever the target.
 pub(crate) enum Rx {
     /// Waits until the sender's answers are durable.
     Inproc(InprocRx),
     /// Reads answer frames.
-    Quic {
-        /// The stream.
-        recv: quinn::RecvStream,
-        /// Bytes read and not yet decoded.
-        buf: BytesMut,
-        /// Kept open while the link lives.
-        _conn: quinn::Connection,
-    },
+    Quic(QuicRx),
     /// Reads script answers, in order.
     Redis(RedisRx),
+}
+
+/// The receiving half of a gate's link to a node: answer frames.
+pub(crate) struct QuicRx {
+    /// The stream.
+    recv: quinn::RecvStream,
+    /// Bytes read and not yet decoded.
+    buf: BytesMut,
+    /// Kept open while the link lives.
+    conn: quinn::Connection,
 }
 
 /// A batch run by the engine: its answers, and what they wait for.
@@ -291,46 +297,12 @@ impl Target {
     pub async fn mint(&self, kinds: &[(Kind, u32)]) -> Result<Vec<CodeBytes>, LoadError> {
         let mut codes = Vec::new();
         for &(kind, n) in kinds {
-            match self {
-                Target::Inproc(t) => {
-                    let err = |reason: String| LoadError::Target {
-                        target: "inproc".into(),
-                        reason,
-                    };
-                    let policy = t
-                        .engine
-                        .add_policy(policy_of(kind))
-                        .map_err(|e| err(e.to_string()))?;
-                    let mut left = n;
-                    while left > 0 {
-                        let count = left.min(MINT_BATCH_MAX as u32);
-                        let req = MintRequest {
-                            policy,
-                            partition: 0,
-                            count,
-                        };
-                        codes.extend(t.engine.mint(&req).map_err(|e| err(e.to_string()))?);
-                        left -= count;
-                    }
-                }
-                Target::Quic(q) => {
-                    let p = policy_of(kind);
-                    let spec = MintSpec {
-                        max_entries: p.entry.max_entries,
-                        records_exits: p.entry.records_exits,
-                        duration_from_first_scan_s: p
-                            .validity
-                            .duration_from_first_scan_s
-                            .unwrap_or(0),
-                        ..MintSpec::single_entry(PROVIDER, n)
-                    };
-                    codes.extend(q.admin.mint(spec).await.map_err(|e| LoadError::Target {
-                        target: format!("quic://{}", q.config.node),
-                        reason: format!("minting: {e}"),
-                    })?);
-                }
-                Target::Redis(r) => codes.extend(r.load(kind, n, codes.is_empty()).await?),
-            }
+            let first = codes.is_empty();
+            codes.extend(match self {
+                Target::Inproc(t) => t.mint_kind(kind, n, first).await?,
+                Target::Quic(q) => q.mint_kind(kind, n, first).await?,
+                Target::Redis(r) => r.mint_kind(kind, n, first).await?,
+            });
         }
         Ok(codes)
     }
@@ -338,12 +310,9 @@ impl Target {
     /// The target's sync mode, as it reports it.
     pub async fn sync_name(&self) -> String {
         match self {
-            Target::Inproc(t) => t.sync.to_string(),
-            Target::Quic(q) => match q.admin.stats().await {
-                Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
-                Err(_) => "unknown".to_string(),
-            },
-            Target::Redis(r) => r.sync.clone(),
+            Target::Inproc(t) => t.sync_name().await,
+            Target::Quic(q) => q.sync_name().await,
+            Target::Redis(r) => r.sync_name().await,
         }
     }
 
@@ -352,83 +321,166 @@ impl Target {
     /// does not answer.
     pub async fn reading(&self) -> Option<NodeReading> {
         match self {
-            Target::Inproc(t) => {
-                let wal = t.engine.wal()?;
-                let stats = wal.stats();
-                Some(NodeReading {
-                    checkin_us: None,
-                    fsync_us: wal.sync_latency_us().snapshot(),
-                    syncs: stats.syncs,
-                    records: stats.records,
-                    at: std::time::Instant::now(),
-                })
-            }
-            Target::Quic(q) => {
-                let metrics = q
-                    .admin
-                    .metrics(stile_protocol::frame::op::CHECKIN)
-                    .await
-                    .ok()?;
-                let stats = q.admin.stats().await.ok()?;
-                Some(NodeReading {
-                    checkin_us: Some(metrics.latency_us),
-                    fsync_us: metrics.fsync_us,
-                    syncs: stats.wal_syncs,
-                    records: stats.wal_records,
-                    at: std::time::Instant::now(),
-                })
-            }
-            Target::Redis(_) => None,
+            Target::Inproc(t) => t.reading().await,
+            Target::Quic(q) => q.reading().await,
+            Target::Redis(r) => r.reading().await,
         }
     }
 
     /// Opens gate `gate`'s link (its own connection for quic and redis).
     pub(crate) async fn link(&self, gate: u16, inflight: u32) -> Result<(Tx, Rx), LoadError> {
-        match self {
+        Ok(match self {
             Target::Inproc(t) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                Ok((
-                    Tx::Inproc(InprocTx {
-                        target: t.clone(),
-                        gate: Gate::new(gate, PROVIDER),
-                        tx,
-                    }),
-                    Rx::Inproc(InprocRx { rx, pending: None }),
-                ))
+                let (tx, rx) = t.link(gate, inflight).await?;
+                (Tx::Inproc(tx), Rx::Inproc(rx))
             }
             Target::Quic(q) => {
-                let cert = q.gate_certs.path().join(certs::gate_cert_name(gate));
-                let err = |reason: String| LoadError::Target {
-                    target: format!("quic://{}", q.config.node),
-                    reason: format!("gate {gate}: {reason}"),
-                };
-                let ctls = ClientTls::from_files(&q.ca, &cert, &certs::key_path_for(&cert))
-                    .map_err(|e| err(e.to_string()))?;
-                let config = ClientConfig {
-                    tls: ctls,
-                    ..q.config.clone()
-                };
-                let (conn, send, recv) = connect_raw_on(&q.endpoint, &config)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                Ok((
-                    Tx::Quic {
-                        send,
-                        buf: Vec::with_capacity(64 * inflight as usize),
-                        scan_id: 1,
-                    },
-                    Rx::Quic {
-                        recv,
-                        buf: BytesMut::with_capacity(READ_CHUNK),
-                        _conn: conn,
-                    },
-                ))
+                let (tx, rx) = q.link(gate, inflight).await?;
+                (Tx::Quic(tx), Rx::Quic(rx))
             }
             Target::Redis(r) => {
                 let (tx, rx) = r.link(gate, inflight).await?;
-                Ok((Tx::Redis(tx), Rx::Redis(rx)))
+                (Tx::Redis(tx), Rx::Redis(rx))
             }
+        })
+    }
+}
+
+impl TargetKind for Arc<Inproc> {
+    type Tx = InprocTx;
+    type Rx = InprocRx;
+
+    async fn mint_kind(
+        &self,
+        kind: Kind,
+        n: u32,
+        _first: bool,
+    ) -> Result<Vec<CodeBytes>, LoadError> {
+        let err = |reason: String| LoadError::Target {
+            target: "inproc".into(),
+            reason,
+        };
+        let policy = self
+            .engine
+            .add_policy(policy_of(kind))
+            .map_err(|e| err(e.to_string()))?;
+        let mut codes = Vec::with_capacity(n as usize);
+        let mut left = n;
+        while left > 0 {
+            let count = left.min(MINT_BATCH_MAX as u32);
+            let req = MintRequest {
+                policy,
+                partition: 0,
+                count,
+            };
+            codes.extend(self.engine.mint(&req).map_err(|e| err(e.to_string()))?);
+            left -= count;
         }
+        Ok(codes)
+    }
+
+    async fn sync_name(&self) -> String {
+        self.sync.to_string()
+    }
+
+    async fn reading(&self) -> Option<NodeReading> {
+        let wal = self.engine.wal()?;
+        let stats = wal.stats();
+        Some(NodeReading {
+            checkin_us: None,
+            fsync_us: wal.sync_latency_us().snapshot(),
+            syncs: stats.syncs,
+            records: stats.records,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    async fn link(&self, gate: u16, _inflight: u32) -> Result<(InprocTx, InprocRx), LoadError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            InprocTx {
+                target: self.clone(),
+                gate: Gate::new(gate, PROVIDER),
+                tx,
+            },
+            InprocRx { rx, pending: None },
+        ))
+    }
+}
+
+impl TargetKind for Quic {
+    type Tx = QuicTx;
+    type Rx = QuicRx;
+
+    async fn mint_kind(
+        &self,
+        kind: Kind,
+        n: u32,
+        _first: bool,
+    ) -> Result<Vec<CodeBytes>, LoadError> {
+        let p = policy_of(kind);
+        let spec = MintSpec {
+            max_entries: p.entry.max_entries,
+            records_exits: p.entry.records_exits,
+            duration_from_first_scan_s: p.validity.duration_from_first_scan_s.unwrap_or(0),
+            ..MintSpec::single_entry(PROVIDER, n)
+        };
+        self.admin.mint(spec).await.map_err(|e| LoadError::Target {
+            target: format!("quic://{}", self.config.node),
+            reason: format!("minting: {e}"),
+        })
+    }
+
+    async fn sync_name(&self) -> String {
+        match self.admin.stats().await {
+            Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
+            Err(_) => "unknown".to_string(),
+        }
+    }
+
+    async fn reading(&self) -> Option<NodeReading> {
+        let metrics = self
+            .admin
+            .metrics(stile_protocol::frame::op::CHECKIN)
+            .await
+            .ok()?;
+        let stats = self.admin.stats().await.ok()?;
+        Some(NodeReading {
+            checkin_us: Some(metrics.latency_us),
+            fsync_us: metrics.fsync_us,
+            syncs: stats.wal_syncs,
+            records: stats.wal_records,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    async fn link(&self, gate: u16, inflight: u32) -> Result<(QuicTx, QuicRx), LoadError> {
+        let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
+        let err = |reason: String| LoadError::Target {
+            target: format!("quic://{}", self.config.node),
+            reason: format!("gate {gate}: {reason}"),
+        };
+        let ctls = ClientTls::from_files(&self.ca, &cert, &certs::key_path_for(&cert))
+            .map_err(|e| err(e.to_string()))?;
+        let config = ClientConfig {
+            tls: ctls,
+            ..self.config.clone()
+        };
+        let (conn, send, recv) = connect_raw_on(&self.endpoint, &config)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok((
+            QuicTx {
+                send,
+                buf: Vec::with_capacity(64 * inflight as usize),
+                scan_id: 1,
+            },
+            QuicRx {
+                recv,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+                conn,
+            },
+        ))
     }
 }
 
@@ -456,34 +508,39 @@ impl Tx {
     /// Sends `reqs` (request id, what to present).
     pub async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
         match self {
-            Tx::Inproc(t) => {
-                t.tx.send(t.run(reqs))
-                    .map_err(|_| LinkError("the receiving side stopped".into()))
-            }
-            Tx::Quic { send, buf, scan_id } => {
-                buf.clear();
-                for (id, item) in reqs {
-                    let code = RawCode::from(item.code);
-                    let req = if item.exit {
-                        Request::Exit {
-                            scan_id: *scan_id,
-                            code,
-                        }
-                    } else {
-                        Request::Checkin {
-                            scan_id: *scan_id,
-                            code,
-                        }
-                    };
-                    *scan_id += 1;
-                    req.encode(*id, buf);
-                }
-                send.write_all(buf)
-                    .await
-                    .map_err(|e| LinkError(format!("writing: {e}")))
-            }
+            Tx::Inproc(t) => t.send(reqs).await,
+            Tx::Quic(q) => q.send(reqs).await,
             Tx::Redis(r) => r.send(reqs).await,
         }
+    }
+}
+
+impl LinkTx for InprocTx {
+    async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
+        self.tx
+            .send(self.run(reqs))
+            .map_err(|_| LinkError("the receiving side stopped".into()))
+    }
+}
+
+impl LinkTx for QuicTx {
+    async fn send(&mut self, reqs: &[(u32, Item)]) -> Result<(), LinkError> {
+        self.buf.clear();
+        for (id, item) in reqs {
+            let code = RawCode::from(item.code);
+            let scan_id = self.scan_id;
+            let req = if item.exit {
+                Request::Exit { scan_id, code }
+            } else {
+                Request::Checkin { scan_id, code }
+            };
+            self.scan_id += 1;
+            req.encode(*id, &mut self.buf);
+        }
+        self.send
+            .write_all(&self.buf)
+            .await
+            .map_err(|e| LinkError(format!("writing: {e}")))
     }
 }
 
@@ -491,8 +548,8 @@ impl Rx {
     /// What the link's QUIC connection carried so far (`None` for other targets).
     pub(crate) fn quic(&self) -> Option<QuicView> {
         match self {
-            Rx::Quic { _conn: conn, .. } => {
-                let stats = conn.stats();
+            Rx::Quic(q) => {
+                let stats = q.conn.stats();
                 Some(QuicView {
                     datagrams_sent: stats.udp_tx.datagrams,
                     datagrams_received: stats.udp_rx.datagrams,
@@ -508,35 +565,41 @@ impl Rx {
     pub async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
         match self {
             Rx::Inproc(r) => r.recv(out).await,
-            Rx::Quic { recv, buf, .. } => loop {
-                while let Some((len, body)) =
-                    split_frame(buf).map_err(|e| LinkError(format!("bad frame: {e}")))?
-                {
-                    match Response::decode(body) {
-                        Ok((id, Response::Outcome(o))) => out.push((id, Ok(o))),
-                        Ok((id, Response::Error { code, message })) => {
-                            out.push((id, Err(format!("error {code}: {message}"))))
-                        }
-                        Ok((id, _)) => out.push((id, Err("not an outcome".into()))),
-                        Err(e) => return Err(LinkError(format!("bad answer: {e}"))),
-                    }
-                    buf.advance(len);
-                }
-                if !out.is_empty() {
-                    return Ok(());
-                }
-                match recv.read_chunk(READ_CHUNK, true).await {
-                    Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-                    Ok(None) => return Err(LinkError("the node finished the stream".into())),
-                    Err(e) => return Err(LinkError(format!("reading: {e}"))),
-                }
-            },
+            Rx::Quic(q) => q.recv(out).await,
             Rx::Redis(r) => r.recv(out).await,
         }
     }
 }
 
-impl InprocRx {
+impl LinkRx for QuicRx {
+    async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
+        loop {
+            while let Some((len, body)) =
+                split_frame(&self.buf).map_err(|e| LinkError(format!("bad frame: {e}")))?
+            {
+                match Response::decode(body) {
+                    Ok((id, Response::Outcome(o))) => out.push((id, Ok(o))),
+                    Ok((id, Response::Error { code, message })) => {
+                        out.push((id, Err(format!("error {code}: {message}"))))
+                    }
+                    Ok((id, _)) => out.push((id, Err("not an outcome".into()))),
+                    Err(e) => return Err(LinkError(format!("bad answer: {e}"))),
+                }
+                self.buf.advance(len);
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                Ok(None) => return Err(LinkError("the node finished the stream".into())),
+                Err(e) => return Err(LinkError(format!("reading: {e}"))),
+            }
+        }
+    }
+}
+
+impl LinkRx for InprocRx {
     async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
         if self.pending.is_none() {
             let Some(ran) = self.rx.recv().await else {
