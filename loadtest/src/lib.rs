@@ -379,37 +379,13 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     let cpu_start = cpu_time();
     let ticks_start = report::CpuTicks::read();
     let start = Instant::now();
-    let shared = Arc::new(RunShared {
-        start,
-        measure_from: start + config.warmup,
-        end: start + config.warmup + config.duration,
-        admits: (0..genuine.len()).map(|_| AtomicU32::new(0)).collect(),
-        allowed,
-        steps: match config.scenario {
-            Scenario::Rail => (0..genuine.len()).map(|_| AtomicU8::new(0)).collect(),
-            _ => Vec::new(),
-        },
-        stepped: Notify::new(),
-        answered: AtomicU64::new(0),
-        timeline: Mutex::new(Vec::new()),
-        stop: config.stop.clone(),
-    });
+    let shared = Arc::new(RunShared::new(config, start, genuine.len(), allowed));
     // Open loop: one thread keeps the schedule and hands each gate its due times.
     let (pacer, dues) = start_pacer(config, &shared, gates.len())?;
     let (senders, receivers) = spawn_gates(config, gates, links, &shared, dues);
-    let ticker = progress.clone().map(|bar| {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                bar.set_position(shared.start.elapsed().as_millis() as u64);
-                bar.set_message(format!(
-                    "{} answers",
-                    shared.answered.load(Ordering::Relaxed)
-                ));
-            }
-        })
-    });
+    let ticker = progress
+        .clone()
+        .map(|bar| start_ticker(bar, shared.clone()));
     let mut totals = Totals::default();
     for r in receivers {
         if let Ok(c) = r.await {
@@ -433,24 +409,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     // left by its gates' links, ran out of tickets.
     let ran_out =
         !cut_short && gates_lost == 0 && elapsed + RAN_OUT_SLACK < config.warmup + config.duration;
-    // Every answer is in. A sender may still wait for room or for its next due time; it
-    // holds a link, and so the target (for `inproc`, the engine and its temporary data
-    // dir): stop it and wait until it is gone, so that nothing of the run outlives `run`.
-    for s in &senders {
-        s.abort();
-    }
-    for s in senders {
-        let _ = s.await;
-    }
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    if let Some(p) = pacer {
-        let _ = p.join();
-    }
+    wind_down(senders, ticker, progress, pacer).await;
     // Tickets that ran out during the warm-up leave nothing measured: report the whole run.
     let warmed = !hist.is_empty();
     if !warmed && !cut_short {
@@ -520,6 +479,72 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         interrupted: cut_short,
         gates_lost,
     })
+}
+
+impl RunShared {
+    /// A run's shared state, its clock started at `start`, for `tickets` tickets that each
+    /// allow `allowed` admits.
+    fn new(config: &Config, start: Instant, tickets: usize, allowed: Vec<u8>) -> Self {
+        RunShared {
+            start,
+            measure_from: start + config.warmup,
+            end: start + config.warmup + config.duration,
+            admits: (0..tickets).map(|_| AtomicU32::new(0)).collect(),
+            allowed,
+            steps: match config.scenario {
+                Scenario::Rail => (0..tickets).map(|_| AtomicU8::new(0)).collect(),
+                _ => Vec::new(),
+            },
+            stepped: Notify::new(),
+            answered: AtomicU64::new(0),
+            timeline: Mutex::new(Vec::new()),
+            stop: config.stop.clone(),
+        }
+    }
+}
+
+/// Moves the progress bar along every 200 ms until aborted.
+fn start_ticker(
+    bar: indicatif::ProgressBar,
+    shared: Arc<RunShared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bar.set_position(shared.start.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{} answers",
+                shared.answered.load(Ordering::Relaxed)
+            ));
+        }
+    })
+}
+
+/// Every answer is in. A sender may still wait for room or for its next due time; it holds
+/// a link, and so the target (for `inproc`, the engine and its temporary data dir): stop it
+/// and wait until it is gone, so that nothing of the run outlives `run`. Then the ticker,
+/// the bar and the pacer.
+async fn wind_down(
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    progress: Option<indicatif::ProgressBar>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+) {
+    for s in &senders {
+        s.abort();
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if let Some(p) = pacer {
+        let _ = p.join();
+    }
 }
 
 /// What a run sets up before its clock starts.
