@@ -136,7 +136,7 @@ fn remove_abandoned(parent: &Path, prefix: &str) {
         if lock.try_lock().is_ok() {
             match remove_owned_tree(&path) {
                 Ok(()) => {
-                    tracing::info!("removed {}, left by a run that was killed", path.display())
+                    tracing::info!(path = %path.display(), "removed what a killed run left")
                 }
                 // Another run removed it first.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

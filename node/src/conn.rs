@@ -18,20 +18,20 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             Err(e) => {
                 // The error may carry the peer's own close reason: any text at all.
                 let e = one_line(e);
-                tracing::info!("handshake with {remote} failed: {e}");
+                tracing::info!(%remote, error = %e, "handshake failed");
                 return;
             }
         },
         Err(e) => {
             let e = one_line(e);
-            tracing::info!("connection from {remote} not accepted: {e}");
+            tracing::info!(%remote, error = %e, "connection not accepted");
             return;
         }
     };
     let identity = match peer_identity(&conn) {
         Ok(i) => i,
         Err(reason) => {
-            tracing::warn!("closing connection from {remote}: {}", one_line(&reason));
+            tracing::warn!(%remote, reason = %one_line(&reason), "closing connection");
             conn.close(close::NO_ROLE.into(), reason.as_bytes());
             return;
         }

@@ -325,7 +325,10 @@ impl Node {
         let drain = self.shared.config.drain_timeout;
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, all).await.is_err() {
-            tracing::warn!("in-flight requests did not drain within {drain:?}; closing anyway");
+            tracing::warn!(
+                ?drain,
+                "in-flight requests did not drain in time; closing anyway"
+            );
             self.tasks.abort_all();
         }
         self.endpoint
@@ -339,7 +342,7 @@ impl Node {
                 }
             })
             .await;
-            tracing::info!("log synced at position {}", wal.durable_seq());
+            tracing::info!(position = wal.durable_seq(), "log synced");
         }
     }
 }
@@ -427,7 +430,7 @@ async fn watch_crl(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     stamp = now;
                 }
                 // A half-copied file by hand, say: keep the old config, try again next time.
-                Err(e) => tracing::warn!("CRL not reloaded: {e}"),
+                Err(e) => tracing::warn!(error = %e, "CRL not reloaded"),
             }
         }
     }
@@ -452,10 +455,10 @@ async fn snapshots(shared: Arc<Shared>, every: Duration) {
         match in_background("stile-snapshot", move || engine.snapshot()).await {
             Ok(Ok(info)) => {
                 last = now;
-                tracing::info!("snapshot taken: {info:?}");
+                tracing::info!(path = %info.path.display(), start_seq = info.start_seq, tickets = info.tickets, segments_removed = info.segments_removed, "snapshot taken");
             }
-            Ok(Err(e)) => tracing::error!("snapshot failed: {e}"),
-            Err(e) => tracing::error!("snapshot thread failed: {e}"),
+            Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
+            Err(e) => tracing::error!(error = %e, "snapshot thread failed"),
         }
     }
 }

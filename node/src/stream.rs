@@ -159,7 +159,7 @@ pub(crate) async fn serve_stream(
 
 fn refuse(conn: &quinn::Connection, e: &stile_protocol::frame::FrameError) {
     let remote = conn.remote_address();
-    tracing::warn!("closing connection from {remote}: {}", one_line(e));
+    tracing::warn!(%remote, reason = %one_line(e), "closing connection");
     let reason = e.to_string();
     conn.close(e.close_code().into(), reason.as_bytes());
 }

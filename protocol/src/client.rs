@@ -971,7 +971,7 @@ async fn read_loop(shared: Arc<Shared>, mut recv: quinn::RecvStream) {
 }
 
 fn bad_frame(e: &FrameError) {
-    tracing::warn!("node sent a bad frame ({e}); dropping the connection");
+    tracing::warn!(error = %e, "node sent a bad frame; dropping the connection");
 }
 
 fn deliver(shared: &Shared, id: u32, resp: Response) {

@@ -590,7 +590,7 @@ fn a_peers_close_reason_cannot_forge_a_line_of_the_nodes_log() {
     assert!(!told.is_empty(), "the reason reached the log: {log}");
     for l in told {
         assert!(
-            l.contains("handshake with 127.0.0.1:"),
+            l.contains("handshake failed") && l.contains("remote=127.0.0.1:"),
             "a line of its own: {l:?}"
         );
     }

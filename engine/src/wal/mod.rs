@@ -953,7 +953,7 @@ impl Spares {
             {
                 Ok(h) => self.thread = Some(h),
                 Err(e) => {
-                    tracing::warn!("cannot start the thread that prepares log segments: {e}");
+                    tracing::warn!(error = %e, "cannot start the thread that prepares log segments");
                 }
             }
         }
@@ -995,7 +995,7 @@ impl Spares {
                 continue;
             }
             if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!("removing the unused prepared log segment: {e}");
+                tracing::warn!(error = %e, "removing the unused prepared log segment");
             }
         }
     }
