@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -23,9 +22,8 @@ use crate::live::{Change, PeerAddr};
 use crate::problem::{Json, Path, Problem, Query};
 use crate::App;
 
+use crate::store::accounts::{self as store, StoredEvent};
 pub use crate::store::accounts::{add_event, DEVICES_PER_ACCOUNT_MAX};
-/// Events read from the database per query.
-const EVENTS_PAGE: i64 = 256;
 /// Keep-alive comment interval of SSE streams, seconds.
 pub const SSE_KEEPALIVE_S: u64 = 15;
 /// How long a stream ticket may wait to be used, seconds.
@@ -103,13 +101,7 @@ pub async fn create(
     let (n, e) = (name.clone(), email.clone());
     let id = app
         .db
-        .call(move |c| -> Result<i64, Problem> {
-            c.execute(
-                "INSERT INTO accounts (name, email, created_at) VALUES (?1, ?2, ?3)",
-                params![n, e, crate::now_s() as i64],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        .call(move |c| -> Result<i64, Problem> { Ok(store::insert(c, &n, e.as_deref())?) })
         .await?;
     Ok((StatusCode::CREATED, Json(AccountView { id, name, email })))
 }
@@ -130,24 +122,15 @@ pub async fn link_device(
     let id = app
         .db
         .call(move |c| -> Result<i64, Problem> {
-            let known: Option<i64> = c
-                .query_row("SELECT 1 FROM accounts WHERE id = ?1", [account], |r| r.get(0))
-                .optional()?;
-            if known.is_none() {
+            if !store::exists(c, account)? {
                 return Err(Problem::not_found(format!("no account {account}")));
             }
-            let n_devices: i64 =
-                c.query_row("SELECT count(*) FROM devices WHERE account = ?1", [account], |r| r.get(0))?;
-            if n_devices >= DEVICES_PER_ACCOUNT_MAX {
+            if store::device_count(c, account)? >= DEVICES_PER_ACCOUNT_MAX {
                 return Err(Problem::conflict(format!(
                     "account {account} has {DEVICES_PER_ACCOUNT_MAX} devices, the most it may link"
                 )));
             }
-            c.execute(
-                "INSERT INTO devices (account, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![account, n, &hash[..], crate::now_s() as i64],
-            )?;
-            Ok(c.last_insert_rowid())
+            Ok(store::insert_device(c, account, &n, &hash)?)
         })
         .await?;
     Ok((
@@ -185,26 +168,6 @@ pub struct StreamTicketView {
     pub events: String,
 }
 
-/// One stored account event.
-struct StoredEvent {
-    /// Its id (the SSE event id).
-    id: i64,
-    /// Its kind (the SSE event name).
-    kind: String,
-    /// Its JSON body.
-    body: String,
-}
-
-/// The device (id, account) whose token hash is `hash` (inside a database call).
-fn device_of(c: &rusqlite::Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<(i64, i64)>> {
-    c.query_row(
-        "SELECT id, account FROM devices WHERE token_hash = ?1",
-        [&hash[..]],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
-}
-
 /// Trades the device token (in the header) for a single-use stream ticket, so that an
 /// `EventSource` can open the device's stream without the token in its URL.
 #[utoipa::path(post, path = "/v1/devices/stream-tickets", security(("device_token" = [])),
@@ -225,17 +188,10 @@ pub async fn stream_ticket(
     let made = app
         .db
         .call(move |c| -> Result<bool, Problem> {
-            let Some((device, _)) = device_of(c, &hash)? else {
+            let Some((device, _)) = store::device_of(c, &hash)? else {
                 return Ok(false);
             };
-            c.execute(
-                "DELETE FROM stream_tickets WHERE expires_at < ?1",
-                [crate::now_s() as i64],
-            )?;
-            c.execute(
-                "INSERT INTO stream_tickets (ticket_hash, device, expires_at) VALUES (?1, ?2, ?3)",
-                params![&ticket_hash[..], device, expires_at],
-            )?;
+            store::insert_stream_ticket(c, &ticket_hash, device, expires_at)?;
             Ok(true)
         })
         .await?;
@@ -261,38 +217,15 @@ pub async fn unlink_device(
 ) -> Result<StatusCode, Problem> {
     let gone = app
         .db
-        .call(move |c| -> Result<usize, Problem> {
-            Ok(c.execute(
-                "DELETE FROM devices WHERE id = ?1 AND account = ?2",
-                params![device, account],
-            )?)
-        })
+        .call(move |c| -> Result<bool, Problem> { Ok(store::delete_device(c, account, device)?) })
         .await?;
-    if gone == 0 {
+    if !gone {
         return Err(Problem::not_found(format!(
             "account {account} has no device {device}"
         )));
     }
     app.live.publish(Change::Device(device));
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn events_after(
-    c: &rusqlite::Connection,
-    account: i64,
-    after: i64,
-) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut stmt = c.prepare(
-        "SELECT id, kind, body FROM account_events WHERE account = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![account, after, EVENTS_PAGE], |r| {
-        Ok(StoredEvent {
-            id: r.get(0)?,
-            kind: r.get(1)?,
-            body: r.get(2)?,
-        })
-    })?;
-    rows.collect()
 }
 
 /// The event stream of the device whose token is given: every event of its account's
@@ -330,37 +263,16 @@ pub async fn device_events(
         .db
         .call(move |c| -> Result<Option<(i64, i64, i64)>, Problem> {
             let found = match credential {
-                Credential::Token(hash) => device_of(c, &hash)?,
+                Credential::Token(hash) => store::device_of(c, &hash)?,
                 // Single use: the ticket is gone once read, and only if not expired.
-                Credential::Ticket(hash) => c
-                    .query_row(
-                        "DELETE FROM stream_tickets WHERE ticket_hash = ?1
-                         RETURNING device, expires_at",
-                        [&hash[..]],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                    )
-                    .optional()?
-                    .filter(|(_, expires_at)| *expires_at >= crate::now_s() as i64)
-                    .map(|(device, _)| {
-                        c.query_row("SELECT account FROM devices WHERE id = ?1", [device], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .optional()
-                        .map(|a| a.map(|a| (device, a)))
-                    })
-                    .transpose()?
-                    .flatten(),
+                Credential::Ticket(hash) => store::redeem_stream_ticket(c, &hash)?,
             };
             let Some((device, account)) = found else {
                 return Ok(None);
             };
             let after = match last_id {
                 Some(id) => id,
-                None => c.query_row(
-                    "SELECT coalesce(max(id), 0) FROM account_events WHERE account = ?1",
-                    [account],
-                    |r| r.get(0),
-                )?,
+                None => store::newest_event(c, account)?,
             };
             Ok(Some((device, account, after)))
         })
@@ -431,13 +343,7 @@ fn account_stream(
             let linked = s
                 .app
                 .db
-                .call(move |c| -> Result<bool, Problem> {
-                    Ok(
-                        c.query_row("SELECT 1 FROM devices WHERE id = ?1", [device], |_| Ok(()))
-                            .optional()?
-                            .is_some(),
-                    )
-                })
+                .call(move |c| -> Result<bool, Problem> { Ok(store::device_linked(c, device)?) })
                 .await;
             if !matches!(linked, Ok(true)) {
                 return None;
@@ -460,7 +366,9 @@ fn account_stream(
             match s
                 .app
                 .db
-                .call(move |c| -> Result<_, Problem> { Ok(events_after(c, account, after)?) })
+                .call(move |c| -> Result<_, Problem> {
+                    Ok(store::events_after(c, account, after)?)
+                })
                 .await
             {
                 Ok(rows) if !rows.is_empty() => {
