@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::db::{Db, DbError};
 use crate::problem::{Json, Path, Problem};
+use crate::store::providers as store;
 use crate::App;
 
 /// A provider to create or replace.
@@ -65,11 +65,8 @@ pub struct GateToken {
 /// Every provider route in the database.
 pub async fn load_routes(db: &Db) -> Result<Vec<(u16, SocketAddr)>, DbError> {
     db.call(|c| -> Result<_, DbError> {
-        let mut stmt = c.prepare("SELECT id, node FROM providers WHERE node IS NOT NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, u16>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, node) = row?;
+        for (id, node) in store::routes(c)? {
             match node.parse() {
                 Ok(addr) => out.push((id, addr)),
                 Err(_) => {
@@ -122,14 +119,11 @@ pub async fn create(
     let n = name.clone();
     let inserted = app
         .db
-        .call(move |c| -> Result<usize, Problem> {
-            Ok(c.execute(
-                "INSERT OR IGNORE INTO providers (id, name, node, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, n, node.map(|a| a.to_string()), crate::now_s() as i64],
-            )?)
+        .call(move |c| -> Result<bool, Problem> {
+            Ok(store::insert(c, id, &n, node.map(|a| a.to_string()))?)
         })
         .await?;
-    if inserted == 0 {
+    if !inserted {
         return Err(Problem::conflict(format!(
             "provider {id} exists; change it with PUT /v1/providers/{id}"
         )));
@@ -147,11 +141,7 @@ pub async fn create(
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<ProviderView>>, Problem> {
     let rows = app
         .db
-        .call(|c| -> Result<Vec<(u16, String)>, Problem> {
-            let mut stmt = c.prepare("SELECT id, name FROM providers ORDER BY id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        .call(|c| -> Result<Vec<(u16, String)>, Problem> { Ok(store::list(c)?) })
         .await?;
     Ok(Json(
         rows.into_iter()
@@ -182,12 +172,7 @@ pub async fn put(
     let n = name.clone();
     app.db
         .call(move |c| -> Result<(), Problem> {
-            c.execute(
-                "INSERT INTO providers (id, name, node, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, node = excluded.node",
-                params![id, n, node.map(|a| a.to_string()), crate::now_s() as i64],
-            )?;
-            Ok(())
+            Ok(store::upsert(c, id, &n, node.map(|a| a.to_string()))?)
         })
         .await?;
     app.nodes.set_route(id, node);
@@ -216,26 +201,13 @@ pub async fn create_gate(
     let (n, gate) = (name.clone(), req.gate);
     app.db
         .call(move |c| -> Result<(), Problem> {
-            let exists: Option<i64> = c
-                .query_row("SELECT 1 FROM providers WHERE id = ?1", [provider], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
+            if !store::exists(c, provider)? {
                 return Err(Problem::not_found(format!(
                     "no provider {provider}; create it with POST /v1/providers"
                 )));
             }
             let tx = crate::db::immediate(c)?;
-            tx.execute(
-                "DELETE FROM gate_tokens WHERE provider = ?1 AND gate = ?2",
-                params![provider, gate],
-            )?;
-            tx.execute(
-                "INSERT INTO gate_tokens (token_hash, provider, gate, name, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![&hash[..], provider, gate, n, crate::now_s() as i64],
-            )?;
+            store::replace_gate_token(&tx, provider, gate, &n, &hash)?;
             tx.commit()?;
             Ok(())
         })
@@ -263,17 +235,14 @@ pub async fn revoke_gate(
 ) -> Result<StatusCode, Problem> {
     let removed = app
         .db
-        .call(move |c| -> Result<usize, Problem> {
-            Ok(c.execute(
-                "DELETE FROM gate_tokens WHERE provider = ?1 AND gate = ?2",
-                params![provider, gate],
-            )?)
+        .call(move |c| -> Result<bool, Problem> {
+            Ok(store::delete_gate_token(c, provider, gate)?)
         })
         .await?;
     match removed {
-        0 => Err(Problem::not_found(format!(
+        false => Err(Problem::not_found(format!(
             "gate {gate} of provider {provider} has no token"
         ))),
-        _ => Ok(StatusCode::NO_CONTENT),
+        true => Ok(StatusCode::NO_CONTENT),
     }
 }

@@ -4,3 +4,4 @@
 //! it is shared.
 
 pub mod accounts;
+pub mod providers;
