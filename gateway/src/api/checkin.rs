@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use stile_protocol::code::CodeBytes;
 use stile_protocol::outcome::{Outcome, OutcomeKind};
@@ -146,12 +145,7 @@ pub async fn checkin(
     let gate = app
         .db
         .call(move |c| -> Result<Option<(u16, u16)>, Problem> {
-            Ok(c.query_row(
-                "SELECT provider, gate FROM gate_tokens WHERE token_hash = ?1",
-                [&hash[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+            Ok(crate::store::providers::gate_of_token(c, &hash)?)
         })
         .await?;
     let Some(gate) = gate else {

@@ -71,3 +71,16 @@ pub fn delete_gate_token(c: &Connection, provider: u16, gate: u16) -> rusqlite::
         params![provider, gate],
     )? > 0)
 }
+
+/// The gate (provider, gate id) whose HTTP check-in token hashes to `token_hash`.
+pub fn gate_of_token(
+    c: &Connection,
+    token_hash: &[u8; 32],
+) -> rusqlite::Result<Option<(u16, u16)>> {
+    c.query_row(
+        "SELECT provider, gate FROM gate_tokens WHERE token_hash = ?1",
+        [&token_hash[..]],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
