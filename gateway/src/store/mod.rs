@@ -1,7 +1,8 @@
-//! Queries shared by the handlers and the gateway's workers (the live follower, the
-//! reminders): the database's side of accounts, so that neither workers nor the database
-//! layer reach into a handler module. Handlers call these; more of their SQL moves here as
-//! it is shared.
+//! The gateway's SQL, one module per table family, called by the handlers and the workers
+//! (the live follower, the reminders) inside database calls, so that neither reaches into
+//! the other. Accounts, devices and stream tickets (`accounts.rs`) and providers and gate
+//! tokens (`providers.rs`) are here; the booking, ticket, event and venue handlers still
+//! hold their own statements.
 
 pub mod accounts;
 pub mod providers;
