@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::events::EntryPolicy;
 use crate::problem::{Json, Path, Problem};
+use crate::store::venue as store;
 use crate::App;
 
 /// Minutes of the entries-per-minute series.
@@ -70,47 +70,26 @@ pub async fn occupancy(
         .db
         .call(move |c| -> Result<Occupancy, Problem> {
             let ev = super::events::load(c, id)?;
-            let live = "successor IS NULL AND last_state != 'revoked'";
-            let tickets: u64 = c.query_row(
-                &format!("SELECT count(*) FROM tickets WHERE event = ?1 AND {live}"),
-                [id],
-                |r| r.get(0),
-            )?;
-            let inside_sql = if ev.view.entry == EntryPolicy::EntryExit {
-                format!("SELECT count(*) FROM tickets WHERE event = ?1 AND {live} AND inside = 1")
-            } else {
-                format!("SELECT count(*) FROM tickets WHERE event = ?1 AND {live} AND entries > 0")
-            };
-            let inside: u64 = c.query_row(&inside_sql, [id], |r| r.get(0))?;
-            let mut gates = Vec::new();
-            let (mut entries, mut exits) = (0, 0);
-            {
-                let mut stmt = c.prepare(
-                    "SELECT gate, max(sum(kind = 'entry') - sum(kind = 'undo'), 0), sum(kind = 'exit')
-                     FROM scans
-                     WHERE event = ?1 AND kind IN ('entry', 'exit', 'undo') GROUP BY gate ORDER BY gate",
-                )?;
-                let rows = stmt.query_map([id], |r| {
-                    Ok(GateCounts { gate: r.get(0)?, entries: r.get(1)?, exits: r.get(2)? })
-                })?;
-                for g in rows {
-                    let g = g?;
-                    entries += g.entries;
-                    exits += g.exits;
-                    gates.push(g);
-                }
-            }
+            let entry_exit = ev.view.entry == EntryPolicy::EntryExit;
+            let (tickets, inside) = store::live_and_inside(c, id, entry_exit)?;
+            let gates: Vec<GateCounts> = store::gate_counts(c, id)?
+                .into_iter()
+                .map(|(gate, entries, exits)| GateCounts {
+                    gate,
+                    entries,
+                    exits,
+                })
+                .collect();
+            let entries = gates.iter().map(|g| g.entries).sum();
+            let exits = gates.iter().map(|g| g.exits).sum();
             let since = (now / 60).saturating_sub(RATE_WINDOW_MIN) * 60;
-            let mut stmt = c.prepare(
-                "SELECT at / 60, count(*) FROM scans WHERE event = ?1 AND kind = 'entry' AND at >= ?2
-                 GROUP BY at / 60 ORDER BY at / 60",
-            )?;
-            let per_minute = stmt
-                .query_map(params![id, since as i64], |r| {
-                    let m: i64 = r.get(0)?;
-                    Ok(MinuteCount { minute: crate::rfc3339(m as u64 * 60), entries: r.get(1)? })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let per_minute = store::entries_per_minute(c, id, since)?
+                .into_iter()
+                .map(|(minute_s, entries)| MinuteCount {
+                    minute: crate::rfc3339(minute_s),
+                    entries,
+                })
+                .collect();
             Ok(Occupancy {
                 event: id,
                 tickets,
@@ -164,38 +143,24 @@ pub async fn attendance(
                 "booking",
             ])
             .map_err(csv_err)?;
-            let mut stmt = c.prepare(
-                "SELECT code, seat, holder_name, last_state, entries, inside, first_entry, last_at,
-                     last_gate, successor, booking
-                 FROM tickets WHERE event = ?1 ORDER BY rowid",
-            )?;
-            let mut rows = stmt.query([id])?;
-            while let Some(r) = rows.next()? {
-                let opt_time = |i: usize| -> rusqlite::Result<String> {
-                    Ok(r.get::<_, Option<i64>>(i)?
-                        .map(|t| crate::rfc3339(t as u64))
-                        .unwrap_or_default())
-                };
-                let successor: Option<String> = r.get(9)?;
-                let state: String = if successor.is_some() {
-                    "transferred".into()
-                } else {
-                    r.get(3)?
+            for r in store::attendance(c, id)? {
+                let time = |t: Option<i64>| t.map(|t| crate::rfc3339(t as u64)).unwrap_or_default();
+                let state = match r.successor {
+                    Some(_) => "transferred".to_string(),
+                    None => r.state,
                 };
                 let record = [
-                    r.get::<_, String>(0)?,
-                    cell(&r.get::<_, Option<String>>(1)?.unwrap_or_default()),
-                    cell(&r.get::<_, String>(2)?),
+                    r.code,
+                    cell(&r.seat.unwrap_or_default()),
+                    cell(&r.holder),
                     state,
-                    r.get::<_, i64>(4)?.to_string(),
-                    r.get::<_, bool>(5)?.to_string(),
-                    opt_time(6)?,
-                    opt_time(7)?,
-                    r.get::<_, Option<i64>>(8)?
-                        .map(|g| g.to_string())
-                        .unwrap_or_default(),
-                    successor.unwrap_or_default(),
-                    r.get::<_, i64>(10)?.to_string(),
+                    r.entries.to_string(),
+                    r.inside.to_string(),
+                    time(r.first_entry),
+                    time(r.last_at),
+                    r.last_gate.map(|g| g.to_string()).unwrap_or_default(),
+                    r.successor.unwrap_or_default(),
+                    r.booking.to_string(),
                 ];
                 out.write_record(&record).map_err(csv_err)?;
             }
