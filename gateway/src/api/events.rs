@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use stile_protocol::code::CodeFormat;
 use stile_protocol::frame::MintSpec;
 use utoipa::ToSchema;
 
 use crate::problem::{Json, Path, Problem};
+use crate::store::events as store;
 use crate::App;
 
 /// Most seats in a seat map.
@@ -340,96 +340,57 @@ impl EventRequest {
 
 /// Stores a checked event and its seats (inside a transaction); its id.
 fn insert(tx: &rusqlite::Transaction<'_>, valid: &ValidEvent) -> Result<i64, Problem> {
-    let (v, starts, from, until, seats) = (
-        &valid.view,
-        valid.starts,
-        valid.from,
-        valid.until,
-        &valid.seats,
-    );
-    let exists: Option<i64> = tx
-        .query_row("SELECT 1 FROM providers WHERE id = ?1", [v.provider], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    if exists.is_none() {
+    let v = &valid.view;
+    if !crate::store::providers::exists(tx, v.provider)? {
         return Err(Problem::not_found(format!(
             "no provider {}; create it with POST /v1/providers",
             v.provider
         )));
     }
-    tx.execute(
-        "INSERT INTO events (provider, name, venue, starts_at, capacity, valid_from,
-             valid_until, valid_for_s, entry, max_entries, undo_window_s, rotating,
-             reminder_lead_s, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
-            v.provider,
-            v.name,
-            v.venue,
-            starts as i64,
-            v.capacity,
-            (from != 0).then_some(from as i64),
-            (until != 0).then_some(until as i64),
-            v.valid_for_s,
-            v.entry.word(),
-            v.max_entries,
-            v.undo_window_s,
-            v.rotating,
-            serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
-            crate::now_s() as i64
-        ],
-    )?;
-    let id = tx.last_insert_rowid();
-    {
-        let mut stmt = tx.prepare("INSERT INTO seats (event, seat) VALUES (?1, ?2)")?;
-        for seat in seats {
-            stmt.execute(params![id, seat])?;
-        }
-    }
-    Ok(id)
+    let record = store::EventRecord {
+        provider: v.provider,
+        name: v.name.clone(),
+        venue: v.venue.clone(),
+        starts_at: valid.starts as i64,
+        capacity: v.capacity,
+        valid_from: (valid.from != 0).then_some(valid.from as i64),
+        valid_until: (valid.until != 0).then_some(valid.until as i64),
+        valid_for_s: v.valid_for_s,
+        entry: v.entry.word().to_string(),
+        max_entries: v.max_entries,
+        undo_window_s: v.undo_window_s,
+        rotating: v.rotating,
+        reminder_lead_s: serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
+    };
+    Ok(store::insert(tx, &record, &valid.seats)?)
 }
 
 /// Reads an event (inside a database call).
 pub fn load(c: &rusqlite::Connection, id: i64) -> Result<EventRow, Problem> {
-    let row = c
-        .query_row(
-            "SELECT provider, name, venue, starts_at, capacity, valid_from, valid_until,
-                 valid_for_s, entry, max_entries, undo_window_s, rotating, reminder_lead_s,
-                 (SELECT count(*) FROM seats WHERE event = events.id)
-             FROM events WHERE id = ?1",
-            [id],
-            |r| {
-                let starts: i64 = r.get(3)?;
-                let from: Option<i64> = r.get(5)?;
-                let until: Option<i64> = r.get(6)?;
-                let leads: String = r.get(12)?;
-                Ok(EventRow {
-                    view: EventView {
-                        id,
-                        provider: r.get(0)?,
-                        name: r.get(1)?,
-                        venue: r.get(2)?,
-                        starts_at: crate::rfc3339(starts as u64),
-                        seats: r.get(13)?,
-                        capacity: r.get(4)?,
-                        valid_from: from.map(|t| crate::rfc3339(t as u64)),
-                        valid_until: until.map(|t| crate::rfc3339(t as u64)),
-                        valid_for_s: r.get(7)?,
-                        entry: EntryPolicy::from_word(&r.get::<_, String>(8)?),
-                        max_entries: r.get(9)?,
-                        undo_window_s: r.get(10)?,
-                        rotating: r.get(11)?,
-                        reminder_lead_s: serde_json::from_str(&leads).unwrap_or_default(),
-                    },
-                    starts_at_s: starts as u64,
-                    valid_from_s: from.unwrap_or(0) as u64,
-                    valid_until_s: until.unwrap_or(0) as u64,
-                })
-            },
-        )
-        .optional()?;
-    row.ok_or_else(|| Problem::not_found(format!("no event {id}")))
+    let (e, seats) =
+        store::load(c, id)?.ok_or_else(|| Problem::not_found(format!("no event {id}")))?;
+    Ok(EventRow {
+        view: EventView {
+            id,
+            provider: e.provider,
+            name: e.name,
+            venue: e.venue,
+            starts_at: crate::rfc3339(e.starts_at as u64),
+            seats,
+            capacity: e.capacity,
+            valid_from: e.valid_from.map(|t| crate::rfc3339(t as u64)),
+            valid_until: e.valid_until.map(|t| crate::rfc3339(t as u64)),
+            valid_for_s: e.valid_for_s,
+            entry: EntryPolicy::from_word(&e.entry),
+            max_entries: e.max_entries,
+            undo_window_s: e.undo_window_s,
+            rotating: e.rotating,
+            reminder_lead_s: serde_json::from_str(&e.reminder_lead_s).unwrap_or_default(),
+        },
+        starts_at_s: e.starts_at as u64,
+        valid_from_s: e.valid_from.unwrap_or(0) as u64,
+        valid_until_s: e.valid_until.unwrap_or(0) as u64,
+    })
 }
 
 /// Reads an event.
