@@ -128,22 +128,34 @@ impl MonotonicNow {
     }
 }
 
-impl Clock for MonotonicNow {
+impl MonotonicNow {
+    /// The engine's time and the clock's own reading, from one read of the clock (a
+    /// check-in batch needs both: state changes by the first, rotating steps by the second).
     #[inline]
-    fn now_unix_s(&self) -> u64 {
+    pub fn now_and_wall_unix_s(&self) -> (u64, u64) {
         let wall = self.clock.now_unix_s();
         let floor = self.floor.load(Ordering::Relaxed);
         if wall < floor {
             self.stepped_back(wall, floor);
-            return floor;
+            return (floor, wall);
         }
         if self.held.load(Ordering::Relaxed) {
             self.caught_up();
         }
         if wall > floor {
-            return self.floor.fetch_max(wall, Ordering::Relaxed).max(wall);
+            return (
+                self.floor.fetch_max(wall, Ordering::Relaxed).max(wall),
+                wall,
+            );
         }
-        wall
+        (wall, wall)
+    }
+}
+
+impl Clock for MonotonicNow {
+    #[inline]
+    fn now_unix_s(&self) -> u64 {
+        self.now_and_wall_unix_s().0
     }
 }
 

@@ -1,6 +1,5 @@
 //! Check-in (entry): the hot path. Verify the tag, then admit-and-void in one CAS.
 
-use crate::clock::Clock;
 use stile_protocol::{CodeBytes, Outcome};
 
 use crate::engine::{Engine, Gate, Located, Presented};
@@ -60,10 +59,10 @@ impl Engine {
     /// memory latency hides behind the HMAC work. Allocates nothing per request.
     pub fn checkin_batch(&self, reqs: &[CheckinRequest], out: &mut [Outcome]) -> Durability {
         assert_eq!(reqs.len(), out.len(), "one outcome per request");
-        let now = self.clock.now_unix_s();
         // Rotating codes are drawn by the wall clock (the gateway's): their step is read from
         // the system clock, not from the engine's time, which a clock stepped back holds.
-        let step = Some(self.rotation_step(self.clock.wall_unix_s()));
+        let (now, wall) = self.clock.now_and_wall_unix_s();
+        let step = Some(self.rotation_step(wall));
         let mut durability = Durability::READY;
         for (reqs, out) in reqs
             .chunks(PREFETCH_ROUND)
@@ -114,8 +113,8 @@ impl Engine {
         scan_id: u64,
         ticket: &Presented<'_>,
     ) -> (Outcome, Durability) {
-        let now = self.clock.now_unix_s();
-        let step = self.rotation_step(self.clock.wall_unix_s());
+        let (now, wall) = self.clock.now_and_wall_unix_s();
+        let step = self.rotation_step(wall);
         let at = match self.locate(ticket, gate, Some(step)) {
             Ok(at) => at,
             Err(outcome) => return (outcome, Durability::READY),

@@ -98,6 +98,8 @@ struct Submission {
     records: u64,
     /// Frames of the records, in sequence order.
     bytes: Vec<u8>,
+    /// The last record's sequence number and checksum (for the next segment's link).
+    last: Option<(u64, u64)>,
 }
 
 /// Submissions waiting for the writer.
@@ -370,6 +372,7 @@ impl Wal {
             count,
             used: 0,
             bytes: Vec::new(),
+            last: None,
         }
     }
 
@@ -468,6 +471,8 @@ pub struct Reservation<'w> {
     used: u64,
     /// Encoded records.
     bytes: Vec<u8>,
+    /// The last one's sequence number and checksum.
+    last: Option<(u64, u64)>,
 }
 
 impl Reservation<'_> {
@@ -481,7 +486,10 @@ impl Reservation<'_> {
             let rest = (self.count - self.used).min(RESERVE_PRESIZE_RECORDS);
             self.bytes.reserve(rest as usize * 64);
         }
-        record.encode(self.first + self.used, &mut self.bytes);
+        let start = self.bytes.len();
+        let seq = self.first + self.used;
+        record.encode(seq, &mut self.bytes);
+        self.last = Some((seq, record::frame_checksum(&self.bytes[start..])));
         self.used += 1;
     }
 
@@ -500,6 +508,7 @@ impl Reservation<'_> {
                 count,
                 records: self.used,
                 bytes,
+                last: self.last,
             });
         }
         let shared = &self.wal.shared;
@@ -716,8 +725,8 @@ impl Writer {
             buf.clear();
             self.roll();
         }
-        if sub.records > 0 {
-            self.segment_last_record = segment::last_frame(&sub.bytes);
+        if sub.last.is_some() {
+            self.segment_last_record = sub.last;
         }
         buf.extend_from_slice(&sub.bytes);
         *records += sub.records;

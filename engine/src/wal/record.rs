@@ -132,6 +132,11 @@ pub enum DecodeError {
     BadPayload(&'static str),
 }
 
+/// The checksum field of the frame at the start of `frame` (a whole frame's header).
+pub fn frame_checksum(frame: &[u8]) -> u64 {
+    u64::from_le_bytes(frame[4..12].try_into().expect("a frame header"))
+}
+
 fn checksum(seq: u64, payload: &[u8]) -> u64 {
     xxh3_64_with_seed(payload, seq)
 }

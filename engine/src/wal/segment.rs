@@ -186,21 +186,6 @@ impl Tail {
     }
 }
 
-/// The sequence number and checksum of the last frame in `frames` (whole frames back to
-/// back, as a submission holds them).
-pub fn last_frame(frames: &[u8]) -> Option<(u64, u64)> {
-    let mut at = 0;
-    let mut last = None;
-    while at + super::record::FRAME_HEADER_LEN <= frames.len() {
-        let word = |i: usize| u64::from_le_bytes(frames[at + i..at + i + 8].try_into().expect("8"));
-        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes")) as usize;
-        last = Some((word(12), word(4)));
-        at += super::record::FRAME_HEADER_LEN + len;
-    }
-    debug_assert_eq!(at, frames.len(), "whole frames");
-    last
-}
-
 /// Writes `link` into the header of the segment `file` (starting at `first_seq`) and syncs
 /// it, so that the link is durable before any record of the segment is.
 pub fn write_link(file: &File, first_seq: u64, link: &Link) -> io::Result<()> {
@@ -590,7 +575,7 @@ pub fn scan(
                         apply(seq, record).map_err(|reason| corrupt(at, reason))?;
                         records += 1;
                     }
-                    let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
+                    let sum = super::record::frame_checksum(&bytes[at..]);
                     last_record = Some((seq, sum));
                     next_seq = seq + 1;
                     at += len;
