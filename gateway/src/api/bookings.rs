@@ -18,7 +18,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stile_protocol::code::CodeBytes;
@@ -26,6 +25,7 @@ use utoipa::ToSchema;
 
 use super::events::EventRow;
 use crate::problem::{Json, Path, Problem};
+use crate::store;
 use crate::App;
 
 /// Longest idempotency key, bytes.
@@ -251,10 +251,7 @@ pub async fn create(
             let _ = app
                 .db
                 .call(move |c| -> Result<_, Problem> {
-                    Ok(c.execute(
-                        "DELETE FROM idempotency WHERE key = ?1 AND booking IS NULL AND owner = ?2",
-                        params![key, owner],
-                    )?)
+                    Ok(store::bookings::release_key(c, &key, &owner)?)
                 })
                 .await;
         }
@@ -276,30 +273,19 @@ fn claim(
     owner: &str,
 ) -> Result<Claim, Problem> {
     let tx = crate::db::immediate(c)?;
-    let row: Option<(Vec<u8>, Option<i64>, String)> = tx
-        .query_row(
-            "SELECT request_hash, booking, owner FROM idempotency WHERE key = ?1",
-            [key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let claim = match row {
-        Some((h, _, _)) if h != hash => Claim::Mismatch,
-        Some((_, Some(id), _)) => Claim::Done(id),
-        Some((_, None, o)) if o == owner => Claim::Busy,
-        Some((_, None, _)) => {
+    let claim = match store::bookings::key(&tx, key)? {
+        Some(k) if k.request_hash != hash => Claim::Mismatch,
+        Some(store::bookings::KeyRecord {
+            booking: Some(id), ..
+        }) => Claim::Done(id),
+        Some(k) if k.owner == owner => Claim::Busy,
+        Some(_) => {
             // Left by a gateway process that is gone: take it over.
-            tx.execute(
-                "UPDATE idempotency SET owner = ?2 WHERE key = ?1",
-                params![key, owner],
-            )?;
+            store::bookings::take_over_key(&tx, key, owner)?;
             Claim::Claimed
         }
         None => {
-            tx.execute(
-                "INSERT INTO idempotency (key, request_hash, owner, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key, &hash[..], owner, crate::now_s() as i64],
-            )?;
+            store::bookings::insert_key(&tx, key, hash, owner)?;
             Claim::Claimed
         }
     };
@@ -332,27 +318,12 @@ fn check_availability(
                 ))
             }
             (Some(seat), true) => {
-                let known: Option<i64> = c
-                    .query_row(
-                        "SELECT 1 FROM seats WHERE event = ?1 AND seat = ?2",
-                        params![ev.view.id, seat],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if known.is_none() {
+                if !store::tickets::seat_in_map(c, ev.view.id, seat)? {
                     return Err(Problem::unprocessable(format!(
                         "seat {seat:?} is not in the seat map"
                     )));
                 }
-                let taken: Option<i64> = c
-                    .query_row(
-                        "SELECT 1 FROM tickets WHERE event = ?1 AND seat = ?2 AND successor IS NULL
-                             AND last_state != 'revoked'",
-                        params![ev.view.id, seat],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if taken.is_some() {
+                if store::tickets::seat_sold(c, ev.view.id, seat)? {
                     return Err(Problem::conflict(format!("seat {seat:?} is sold")));
                 }
             }
@@ -360,10 +331,7 @@ fn check_availability(
         }
     }
     if let Some(cap) = ev.view.capacity {
-        let sold: i64 =
-            c.query_row("SELECT sold FROM events WHERE id = ?1", [ev.view.id], |r| {
-                r.get(0)
-            })?;
+        let sold = store::tickets::sold(c, ev.view.id)?;
         if sold as u64 + req.tickets.len() as u64 > cap as u64 {
             return Err(Problem::conflict(format!(
                 "only {} of {cap} tickets are left",
@@ -372,12 +340,7 @@ fn check_availability(
         }
     }
     if let Some(account) = req.account {
-        let known: Option<i64> = c
-            .query_row("SELECT 1 FROM accounts WHERE id = ?1", [account], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if known.is_none() {
+        if !store::accounts::exists(c, account)? {
             return Err(Problem::unprocessable(format!("no account {account}")));
         }
     }
@@ -447,34 +410,28 @@ async fn book(
             let tx = crate::db::immediate(c)?;
             // The key's claim must still be this request's: another process that took it
             // over (or a booking already stored under it) wins, and this one stores nothing.
-            let ours: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM idempotency WHERE key = ?1 AND owner = ?2 AND booking IS NULL",
-                    params![k, owner],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if ours.is_none() {
+            if !store::bookings::key_is_owned(&tx, &k, &owner)? {
                 return Err(Problem::conflict(
                     "another request with this Idempotency-Key booked first; retry to get its \
                      booking",
                 )
                 .retry_after(1));
             }
-            let now = crate::now_s() as i64;
-            tx.execute(
-                "INSERT INTO bookings (event, account, payment_ref, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![event, req.account, req.payment_ref, now],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = store::bookings::insert(&tx, event, req.account, &req.payment_ref)?;
             for (t, m) in req.tickets.iter().zip(&minted) {
-                insert_ticket(&tx, id, &ev2, t.seat.as_deref(), &t.holder, req.account, m, None)?;
+                insert_ticket(
+                    &tx,
+                    id,
+                    &ev2,
+                    t.seat.as_deref(),
+                    &t.holder,
+                    req.account,
+                    m,
+                    None,
+                )?;
             }
-            let answered = tx.execute(
-                "UPDATE idempotency SET booking = ?2 WHERE key = ?1 AND owner = ?3 AND booking IS NULL",
-                params![k, id, owner],
-            )?;
-            assert_eq!(answered, 1, "the claim was checked in this transaction");
+            let answered = store::bookings::answer_key(&tx, &k, &owner, id)?;
+            assert!(answered, "the claim was checked in this transaction");
             let view = load(&tx, id)?;
             tx.commit()?;
             Ok(view)
@@ -505,30 +462,22 @@ pub fn insert_ticket(
     let h = t.bytes.header();
     let now = crate::now_s() as i64;
     let page_token = super::tickets::new_page_token();
-    tx.execute(
-        "INSERT INTO tickets (code, booking, event, seat, holder_name, holder_email, webhook,
-             account, provider, partition, serial, rotating, ticket_key, step_s, predecessor,
-             created_at, page_token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            t.code,
+    store::tickets::insert(
+        tx,
+        &store::tickets::NewTicketRecord {
+            code: &t.code,
             booking,
-            ev.view.id,
+            event: ev.view.id,
             seat,
-            holder.name,
-            holder.email,
-            holder.webhook,
+            holder_name: &holder.name,
+            holder_email: holder.email.as_deref(),
+            webhook: holder.webhook.as_deref(),
             account,
-            h.provider,
-            h.partition,
-            h.serial,
-            t.rotating.is_some(),
-            t.rotating.map(|(k, _)| k.to_vec()),
-            t.rotating.map(|(_, s)| s),
+            number: (h.provider, h.partition, h.serial),
+            rotating: t.rotating,
             predecessor,
-            now,
-            page_token
-        ],
+            page_token: &page_token,
+        },
     )?;
     let page_id = if t.rotating.is_some() {
         page_token.as_str()
@@ -542,10 +491,7 @@ pub fn insert_ticket(
     {
         for lead in &ev.view.reminder_lead_s {
             let due = (ev.valid_until_s as i64 - *lead as i64).max(now);
-            tx.execute(
-                "INSERT OR IGNORE INTO outbox (code, lead_s, url, due_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![t.code, lead, url, due],
-            )?;
+            store::tickets::insert_reminder(tx, &t.code, *lead, url, due)?;
         }
     }
     if let Some(account) = account {
@@ -566,54 +512,34 @@ pub fn insert_ticket(
 
 /// Reads a booking with its tickets (inside a database call).
 pub fn load(c: &rusqlite::Connection, id: i64) -> Result<BookingView, Problem> {
-    let head = c
-        .query_row(
-            "SELECT event, account, payment_ref, created_at FROM bookings WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((event, account, payment_ref, created)) = head else {
+    let Some((head, tickets)) = store::bookings::load(c, id)? else {
         return Err(Problem::not_found(format!("no booking {id}")));
     };
-    let mut stmt = c.prepare(
-        "SELECT code, seat, holder_name, successor IS NOT NULL, rotating, page_token FROM tickets
-         WHERE booking = ?1 AND predecessor IS NULL ORDER BY rowid",
-    )?;
-    let tickets = stmt
-        .query_map([id], |r| {
-            let code: String = r.get(0)?;
+    let tickets = tickets
+        .into_iter()
+        .map(|t| {
             // A rotating ticket's page and images are reached by its page link only.
-            let rotating: bool = r.get(4)?;
-            let token: Option<String> = r.get(5)?;
-            let id = match (rotating, token) {
+            let id = match (t.rotating, t.page_token) {
                 (true, Some(token)) => token,
-                _ => code.clone(),
+                _ => t.code.clone(),
             };
-            Ok(BookedTicket {
+            BookedTicket {
                 page: format!("/t/{id}"),
                 qr_svg: format!("/v1/tickets/{id}/qr.svg"),
                 qr_png: format!("/v1/tickets/{id}/qr.png"),
-                code,
-                seat: r.get(1)?,
-                holder: r.get(2)?,
-                transferred: r.get(3)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+                code: t.code,
+                seat: t.seat,
+                holder: t.holder,
+                transferred: t.transferred,
+            }
+        })
+        .collect();
     Ok(BookingView {
         id,
-        event,
-        account,
-        payment_ref,
-        created_at: crate::rfc3339(created as u64),
+        event: head.event,
+        account: head.account,
+        payment_ref: head.payment_ref,
+        created_at: crate::rfc3339(head.created_at as u64),
         tickets,
     })
 }

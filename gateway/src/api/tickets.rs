@@ -13,7 +13,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use stile_protocol::code::{CodeBytes, CodeFormat};
 use utoipa::ToSchema;
@@ -21,6 +20,7 @@ use utoipa::ToSchema;
 use super::bookings::{Holder, NewTicket};
 use crate::live::{state_word, Change};
 use crate::problem::{Json, Path, Problem};
+use crate::store;
 use crate::App;
 
 /// How long a node may take to say a ticket's state before the stored one is shown.
@@ -170,101 +170,44 @@ pub fn load_by(c: &rusqlite::Connection, by: &Lookup) -> Result<TicketRow, Probl
         Lookup::Code(code) => code.to_text().as_str().to_string(),
         Lookup::PageToken(token) => token.clone(),
     };
-    let h = code.map(|c| c.header());
-    let sql =
-        "SELECT code, event, booking, seat, holder_name, account, provider, ticket_key, step_s,
-                   successor, predecessor, last_state, last_gate, last_at, page_token
-               FROM tickets";
-    let map = |r: &rusqlite::Row<'_>| {
-        let key: Option<Vec<u8>> = r.get(7)?;
-        let step: Option<u32> = r.get(8)?;
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-            r.get::<_, u16>(6)?,
-            key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
-                .zip(step),
-            r.get::<_, Option<String>>(9)?,
-            r.get::<_, Option<String>>(10)?,
-            (
-                r.get::<_, String>(11)?,
-                r.get::<_, Option<u16>>(12)?,
-                r.get::<_, Option<i64>>(13)?,
-                r.get::<_, Option<String>>(14)?,
-            ),
-        ))
-    };
     let mut row = match &by {
-        Lookup::Code(_) => c
-            .query_row(&format!("{sql} WHERE code = ?1"), [&text], map)
-            .optional()?,
-        Lookup::PageToken(token) => c
-            .query_row(&format!("{sql} WHERE page_token = ?1"), [token], map)
-            .optional()?,
+        Lookup::Code(_) => store::tickets::by_code(c, &text)?,
+        Lookup::PageToken(token) => store::tickets::by_page_token(c, token)?,
     };
-    if row.is_none() && code.is_some_and(|c| c.format() == CodeFormat::Rotating) {
+    if let Some(code) = code.filter(|c| row.is_none() && c.format() == CodeFormat::Rotating) {
         // A rotating code of another time step: the same ticket.
-        row = c
-            .query_row(
-                &format!(
-                    "{sql} WHERE provider = ?1 AND partition = ?2 AND serial = ?3 AND rotating = 1"
-                ),
-                params![
-                    h.map(|h| h.provider),
-                    h.map(|h| h.partition),
-                    h.map(|h| h.serial)
-                ],
-                map,
-            )
-            .optional()?;
+        let h = code.header();
+        row = store::tickets::rotating_by_number(c, (h.provider, h.partition, h.serial))?;
     }
     if let (Some(r), Some(code)) = (&row, code) {
-        let minted_text = &r.0;
-        if *minted_text != text && !rotating_code_matches(code, minted_text, r.7.as_ref()) {
+        if r.code != text && !rotating_code_matches(code, &r.code, r.rotating.as_ref()) {
             // Same ticket number, but this code was not drawn with the ticket's key.
             row = None;
         }
     }
-    let Some((
-        code,
-        event,
-        booking,
-        seat,
-        holder,
-        account,
-        _provider,
-        rotating,
-        successor,
-        predecessor,
-        last,
-    )) = row
-    else {
+    let Some(r) = row else {
         return Err(Problem::not_found(match by {
             Lookup::Code(_) => format!("no ticket {text} was sold here"),
             Lookup::PageToken(_) => "no ticket has this page link".to_string(),
         }));
     };
-    let bytes = CodeBytes::parse(&code)
+    let bytes = CodeBytes::parse(&r.code)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(TicketRow {
-        event: super::events::load(c, event)?,
-        code,
+        event: super::events::load(c, r.event)?,
+        code: r.code,
         bytes,
-        booking,
-        seat,
-        holder,
-        account,
-        rotating,
-        successor,
-        predecessor,
-        page_token: last.3.unwrap_or_default(),
-        last_state: last.0,
-        last_gate: last.1,
-        last_at: last.2.map(|t| t as u64),
+        booking: r.booking,
+        seat: r.seat,
+        holder: r.holder,
+        account: r.account,
+        rotating: r.rotating,
+        successor: r.successor,
+        predecessor: r.predecessor,
+        page_token: r.page_token.unwrap_or_default(),
+        last_state: r.last_state,
+        last_gate: r.last_gate,
+        last_at: r.last_at.map(|t| t as u64),
     })
 }
 
@@ -549,13 +492,7 @@ pub async fn revoke(
     client.revoke(&t.bytes).await?;
     let (c2, account) = (t.code.clone(), t.account);
     app.db
-        .call(move |c| -> Result<(), Problem> {
-            c.execute(
-                "UPDATE tickets SET last_state = 'revoked' WHERE code = ?1",
-                [&c2],
-            )?;
-            Ok(())
-        })
+        .call(move |c| -> Result<(), Problem> { Ok(store::tickets::set_revoked(c, &c2)?) })
         .await?;
     app.live.publish(Change::Ticket(t.code.as_str().into()));
     if let Some(a) = account {
@@ -635,13 +572,7 @@ async fn transfer_inner(
     if let Some(a) = req.account {
         let known = app
             .db
-            .call(move |c| -> Result<bool, Problem> {
-                Ok(
-                    c.query_row("SELECT 1 FROM accounts WHERE id = ?1", [a], |_| Ok(()))
-                        .optional()?
-                        .is_some(),
-                )
-            })
+            .call(move |c| -> Result<bool, Problem> { Ok(store::accounts::exists(c, a)?) })
             .await?;
         if !known {
             return Err(Problem::unprocessable(format!("no account {a}")));
@@ -670,12 +601,7 @@ async fn transfer_inner(
     app.db
         .call(move |c| -> Result<(), Problem> {
             let tx = crate::db::immediate(c)?;
-            let changed = tx.execute(
-                "UPDATE tickets SET successor = ?2, last_state = 'revoked' \
-                 WHERE code = ?1 AND successor IS NULL",
-                params![old.code, new.code],
-            )?;
-            if changed == 0 {
+            if !store::tickets::set_transferred(&tx, &old.code, &new.code)? {
                 // A racing request for the same ticket committed first (the node answered
                 // both with the one successor).
                 return Err(Problem::conflict(format!(
