@@ -2,10 +2,11 @@
 //! valid, turns used after a check-in without a reload, and, with the gateway gone (the
 //! network cut) and the page reopened, the service worker's copy still shows it voided.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them
-//! the test says so and passes, except under CI (`CI=true`), where it fails.
+//! Needs Chromium (`chromium` or `chromium-browser`) and `chromedriver` on `PATH`: `cargo
+//! xtask test` installs them; without them a test fails, or with `STILE_SKIP_MISSING_TOOLS=1`
+//! says it skipped (see [`crate::support::tool`]).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,13 @@ use serde_json::{json, Value};
 
 use crate::gateway::{json_of, Fixture};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// Chromium and chromedriver, found on `PATH`; `None`: the test skips (see
+/// [`crate::support::tool`]).
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let chromium = crate::support::tool(&["chromium", "chromium-browser"], "chromium")?;
+    let driver = crate::support::tool(&["chromedriver"], "chromium-driver")?;
+    Some((chromium, driver))
+}
 
 /// A chromedriver process and one browser session.
 struct Browser {
@@ -27,11 +33,12 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        let (chromium, chromedriver) = browser_tools().expect("the test checked its tools");
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let driver = Command::new(CHROMEDRIVER)
+        let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,7 +63,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
+                "binary": chromium,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -133,12 +140,7 @@ const STATE: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticket_page_goes_used_live_and_stays_voided_offline() {
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install chromium and chromium-driver for the browser test"
-        );
-        eprintln!("skipping the browser test: install chromium and chromium-driver");
+    if browser_tools().is_none() {
         return;
     }
     let mut f = Fixture::start().await;
@@ -226,12 +228,7 @@ async fn ticket_page_goes_used_live_and_stays_voided_offline() {
 /// image loads, and the minted code is nowhere on the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_ticket_page_by_its_link_works_under_the_security_policy() {
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install chromium and chromium-driver for the browser test"
-        );
-        eprintln!("skipping the browser test: install chromium and chromium-driver");
+    if browser_tools().is_none() {
         return;
     }
     let f = Fixture::start().await;

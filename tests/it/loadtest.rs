@@ -313,7 +313,6 @@ fn command_line_json_has_the_documented_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_against_redis_with_the_lua_checkin() {
     let Some(port) = redis_port_if_installed() else {
-        eprintln!("skipping the Redis comparison: install redis-server");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -402,16 +401,10 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
     assert!(runs[0]["requests"].as_u64().unwrap() > 0);
 }
 
-/// A free loopback port for a spawned Redis, if `redis-server` is installed (CI has it).
+/// A free loopback port for a spawned Redis; `None`: `redis-server` is missing and the test
+/// skips (see [`crate::support::tool`]).
 fn redis_port_if_installed() -> Option<u16> {
-    let installed = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !installed {
-        assert!(std::env::var("CI").is_err(), "CI must install redis-server");
-        return None;
-    }
+    crate::support::tool(&["redis-server"], "redis-server")?;
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     Some(free.local_addr().unwrap().port())
 }

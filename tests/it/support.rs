@@ -60,3 +60,42 @@ pub fn sigterm(child: &std::process::Child) {
     // SAFETY: kill(2) with a pid we spawned and still own; it touches no memory.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
+
+/// A program a test needs (`redis-server`, Chromium, chromedriver), found on `PATH` as the
+/// first of `names` there. Missing, the test fails naming it (`cargo xtask test` installs
+/// it), unless `STILE_SKIP_MISSING_TOOLS=1`: then it says so on a line cargo shows and the
+/// caller returns early.
+pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        names.iter().find_map(|name| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .find(|p| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::metadata(p)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+        })
+    });
+    if found.is_some() {
+        return found;
+    }
+    let wanted = names.join(" or ");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var("STILE_SKIP_MISSING_TOOLS").as_deref() == Ok("1"),
+        "{test} needs {wanted} on PATH: run `cargo xtask test` (it installs {package} on \
+         Debian and Ubuntu), or install it; STILE_SKIP_MISSING_TOOLS=1 skips such tests"
+    );
+    // Straight to the process's stderr, past the test harness's capture of `eprintln!`, so
+    // that the skip shows in cargo's output.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {wanted} is not on PATH (STILE_SKIP_MISSING_TOOLS=1)"
+    );
+    None
+}

@@ -1271,15 +1271,17 @@ pub(crate) mod tests {
     }
 
     /// In `none` and `batch` modes the writer lingers instead of being woken for every
-    /// submission: what is submitted is still written promptly (well within a second), a
-    /// blocking waiter is released, and `batch` still syncs on its interval.
+    /// submission: what is submitted is still written without any further submission (after
+    /// the writer went to sleep too), a blocking waiter is released, and `batch` still syncs
+    /// on its interval. Nothing is timed: a writer that missed a submission would leave
+    /// `wait` blocked and the hang guard would fail the test.
     #[test]
-    fn lingering_writers_still_write_promptly() {
+    fn lingering_writers_write_without_another_submission() {
         for mode in [SyncMode::None, SyncMode::Batch { interval_ms: 5 }] {
             let dir = tempfile::tempdir().unwrap();
             let wal = Arc::new(Wal::start(dir.path(), 0, None, mode, 64 << 20).unwrap());
             let w = wal.clone();
-            within(Duration::from_secs(30), move || {
+            within(Duration::from_secs(60), move || {
                 for round in 0..20u32 {
                     if round % 2 == 1 {
                         // Long enough for the writer to stop lingering and sleep.
@@ -1288,27 +1290,16 @@ pub(crate) mod tests {
                     let mut r = w.reserve(1);
                     r.push(&state(round));
                     assert!(r.submit().is_ready(), "{mode:?} answers at once");
-                    let started = Instant::now();
                     w.wait(u64::from(round) + 1);
-                    assert!(
-                        started.elapsed() < Duration::from_secs(1),
-                        "{mode:?}: written after {:?}",
-                        started.elapsed()
-                    );
                     assert!(w.written_seq() > u64::from(round));
                 }
-            });
-            if matches!(mode, SyncMode::Batch { .. }) {
-                let started = Instant::now();
-                while wal.synced_seq() < 20 {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(10),
-                        "batch mode synced {} of 20",
-                        wal.synced_seq()
-                    );
-                    std::thread::sleep(Duration::from_millis(1));
+                if matches!(mode, SyncMode::Batch { .. }) {
+                    // No submission follows: only the interval can sync these.
+                    while w.synced_seq() < 20 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
-            }
+            });
             wal.close();
             let mut seen = 0;
             segment::scan(dir.path(), 0, |_, _| {
