@@ -110,12 +110,12 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         let mut signals = crate::signals::Signals::install()?;
         let gateway = Gateway::start(config.clone()).await?;
         // Scripts and tests read the bound address from this line.
-        println!(
+        crate::say!(
             "stile gateway listening on {}",
             base_url(&config, gateway.local_addr())
         );
-        eprintln!(
-            "API token in {}",
+        crate::say!(
+            "  API token (Authorization: Bearer) in {}",
             config.dir.join(stile_gateway::API_TOKEN_FILE).display()
         );
         signals.wait().await;

@@ -14,6 +14,17 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Writes a line of a server's friendly text to stdout. A closed stdout (`stile node |
+/// head -1`) must not stop a server, so a failed write is ignored where `println!` would
+/// panic.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -131,6 +142,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// How to run this binary again from the same directory, for commands printed to be pasted:
+/// the path it was started by when that names one (`target/release/stile` after `cargo run`),
+/// else its bare name, which the shell found on `PATH`.
+pub fn invoked_as() -> String {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.contains('/') {
+        shell_word(&argv0)
+    } else {
+        "stile".to_string()
+    }
+}
+
+/// `word` as one shell word: as it is when it has nothing a shell would read, else in single
+/// quotes.
+pub fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// An error and its causes on one line, each cause once: an error whose message already
 /// ends with its cause's (`cannot listen on ADDR: Address already in use`) does not repeat it.
 fn one_line(err: &anyhow::Error) -> String {
@@ -163,7 +197,25 @@ pub fn init_logging(default: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, shell_word};
+
+    /// What a shell would split or expand is quoted; quotes inside are kept.
+    #[test]
+    fn shell_words_survive_a_shell() {
+        assert_eq!(shell_word("target/release/stile"), "target/release/stile");
+        assert_eq!(shell_word("127.0.0.1:7443"), "127.0.0.1:7443");
+        assert_eq!(shell_word("[::1]:7443"), "'[::1]:7443'");
+        assert_eq!(shell_word("my data"), "'my data'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+        for word in ["my data", "it's", "$HOME", "a*b", "[::1]:7443", "x;y"] {
+            let echoed = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {}", shell_word(word))])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(echoed.stdout).unwrap(), word);
+        }
+    }
 
     #[test]
     fn causes_are_told_once() {

@@ -81,9 +81,9 @@ pub struct UpArgs {
     /// Data directory (made if new, with dev certificates under DATA/tls).
     #[arg(long, default_value = crate::DATA_DEFAULT)]
     data: PathBuf,
-    /// QUIC address to listen on.
-    #[arg(long, default_value = crate::QUIC_DEFAULT)]
-    quic: SocketAddr,
+    /// QUIC address to listen on, for gates and the gateway (port 0: any free port).
+    #[arg(long, visible_alias = "quic", default_value = crate::QUIC_DEFAULT)]
+    listen: SocketAddr,
     /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
     #[arg(long, value_enum, default_value_t = SyncArg::Always)]
     sync: SyncArg,
@@ -119,8 +119,9 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long)]
     data: PathBuf,
-    /// QUIC address to listen on (port 0: any free port, printed at start).
-    #[arg(long)]
+    /// QUIC address to listen on, for gates and the gateway (port 0: any free port,
+    /// printed at start).
+    #[arg(long, visible_alias = "quic")]
     listen: SocketAddr,
     /// When the log syncs: always (answer after fdatasync), batch (every 10 ms), none.
     #[arg(long, value_enum, default_value_t = SyncArg::Always)]
@@ -152,26 +153,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let data = args.data.display().to_string();
     let sync = SyncMode::from(args.sync);
-    let next = move |addr: SocketAddr| {
-        let flags = if data == crate::DATA_DEFAULT && addr.to_string() == crate::QUIC_DEFAULT {
-            String::new()
-        } else {
-            format!(" --data {data} --node {addr}")
-        };
-        eprintln!(
+    // Friendly text on stdout, logs on stderr, so neither breaks into the other's lines.
+    let started = move |addr: SocketAddr| {
+        crate::say!(
             "stile up: node on quic://{addr}, data in {data}, sync {}",
             sync.name()
         );
         if made {
-            eprintln!(
+            crate::say!(
                 "  made a dev CA and certificates in {data}/tls: node (localhost, 127.0.0.1, \
                  ::1), admin, gate 1 of provider 1"
             );
         }
-        eprintln!("next, in another terminal:");
-        eprintln!("  stile mint{flags} --count 3       # prints three codes");
-        eprintln!("  stile check{flags} CODE           # admitted, then already_used");
-        eprintln!("stop with Ctrl-C (in-flight requests are answered, the log is synced)");
     };
     let gateway = UpGateway {
         data: args.data.clone(),
@@ -180,11 +173,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         demo: args.demo,
     };
     let listen = Listen {
-        quic: args.quic,
+        quic: args.listen,
         metrics: args.metrics,
         tuning: args.tuning,
     };
-    run_node(&args.data, tls, listen, sync, next, Some(gateway))
+    run_node(&args.data, tls, listen, sync, started, Some(gateway))
 }
 
 /// Runs `stile node`.
@@ -214,8 +207,8 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         sync,
         move |addr| {
             // Scripts and tests read the bound address from this line.
-            println!("stile node listening on quic://{addr}");
-            eprintln!("data in {data}, sync {}", sync.name());
+            crate::say!("stile node listening on quic://{addr}");
+            crate::say!("  data in {data}, sync {}", sync.name());
         },
         None,
     )
@@ -284,7 +277,7 @@ fn run_node(
         started(node.local_addr());
         if let Some(addr) = node.metrics_addr() {
             // Scripts and tests read the metrics address from this line.
-            println!("stile metrics listening on http://{addr}/metrics");
+            crate::say!("stile metrics listening on http://{addr}/metrics");
         }
         let gateway = match gateway {
             Some(up) => Some(start_gateway(up, node.local_addr()).await?),
@@ -307,27 +300,39 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
     let (gateway, config) = gateway_cmd::start_for_up(&up.data, up.http, &up.https, node).await?;
     let base = gateway_cmd::base_url(&config, gateway.local_addr());
     // Scripts and tests read the gateway's address from this line.
-    println!("stile gateway listening on {base}");
-    eprintln!("  gateway on {base}: API {base}/openapi.json, metrics {base}/metrics");
-    eprintln!(
+    crate::say!("stile gateway listening on {base}");
+    crate::say!("  API {base}/openapi.json, metrics {base}/metrics");
+    crate::say!(
         "  API token (Authorization: Bearer) in {}",
         config.dir.join(stile_gateway::API_TOKEN_FILE).display()
     );
     if up.demo {
         let (pages, gate_token) =
             gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
-        eprintln!("demo: an event of provider 1, valid now; e-ticket pages:");
+        crate::say!("demo: an event of provider 1, valid now; e-ticket pages:");
         for p in &pages {
-            println!("{p}");
+            crate::say!("{p}");
         }
         if let Some(first) = pages.first() {
             let code = first.rsplit('/').next().unwrap_or_default();
-            eprintln!("check one in over HTTP (gate 1) and watch its page turn to used:");
-            eprintln!(
+            crate::say!("check one in over HTTP (gate 1) and watch its page turn to used:");
+            crate::say!(
                 "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\"
             );
-            eprintln!("    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'");
+            crate::say!("    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'");
         }
     }
+    let (stile, conn) = (
+        crate::invoked_as(),
+        format!(
+            "--data {} --node {}",
+            crate::shell_word(&up.data.display().to_string()),
+            crate::shell_word(&node.to_string())
+        ),
+    );
+    crate::say!("next, in another terminal (in this directory):");
+    crate::say!("  {stile} mint {conn} --count 3    # prints three codes");
+    crate::say!("  {stile} check {conn} CODE        # admitted, then already_used");
+    crate::say!("stop with Ctrl-C (in-flight requests are answered, the log is synced)");
     Ok(gateway)
 }

@@ -25,19 +25,20 @@ fn up_mint_check_from_the_command_line() {
         .args(["up", "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data")
         .arg(&data)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(up.stderr.take().unwrap());
-    let (addr, mut said) = read_up_quic_address(&mut err);
+    // The friendly text is on stdout, whole lines, no log line among them.
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let (addr, mut said) = read_up_quic_address(&mut out);
     // It tells the user what to run next, and made the dev certificates.
-    while !said.contains("stile check") {
+    while !said.contains(" check ") {
         let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "{said}");
+        assert!(out.read_line(&mut line).unwrap() > 0, "{said}");
         said.push_str(&line);
     }
-    assert!(said.contains("stile mint"), "{said}");
+    assert!(!said.contains("INFO"), "a log line on stdout: {said}");
     for f in [
         "ca.crt",
         "node.crt",
@@ -47,9 +48,29 @@ fn up_mint_check_from_the_command_line() {
     ] {
         assert!(data.join("tls").join(f).exists(), "{f}");
     }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let err = up.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
 
-    let minted = stile(&data, &addr, &["mint", "--count", "3"]);
+    // The commands it printed work as pasted: this binary by the path it was started by,
+    // the data dir and the address included.
+    let pasted = |verb: &str| -> String {
+        let line = said
+            .lines()
+            .find(|l| l.contains(&format!(" {verb} --data ")))
+            .unwrap_or_else(|| panic!("no {verb} command in {said}"));
+        let command = line.split('#').next().unwrap().trim().to_string();
+        assert!(
+            command.starts_with(env!("CARGO_BIN_EXE_stile")),
+            "{command}"
+        );
+        command
+    };
+    let minted = Command::new("sh")
+        .args(["-c", &pasted("mint")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(minted.status.success(), "{minted:?}");
     let stdout = String::from_utf8(minted.stdout).unwrap();
     let codes: Vec<&str> = stdout.lines().collect();
@@ -61,8 +82,11 @@ fn up_mint_check_from_the_command_line() {
     for c in &codes {
         stile_protocol::CodeBytes::parse(c).unwrap();
     }
-
-    let first = stile(&data, &addr, &["check", codes[0]]);
+    let first = Command::new("sh")
+        .args(["-c", &pasted("check").replace("CODE", codes[0])])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(first.status.success(), "{first:?}");
     let line = String::from_utf8(first.stdout).unwrap();
     let fields: Vec<&str> = line.trim_end().split('\t').collect();
@@ -215,8 +239,9 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         );
         lines.push(line.trim().to_string());
     }
-    let base = lines[0]
-        .strip_prefix("stile gateway listening on ")
+    let base = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stile gateway listening on "))
         .unwrap_or_else(|| panic!("{lines:?}"))
         .to_string();
     let pages: Vec<&String> = lines.iter().filter(|l| l.contains("/t/")).collect();

@@ -13,5 +13,6 @@ mod memory;
 mod metrics;
 mod node;
 mod race;
+mod readme;
 mod snapshot;
 mod support;

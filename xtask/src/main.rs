@@ -1,7 +1,7 @@
 //! `cargo xtask test`: every test, with the tools the tests need required.
 //!
 //! The tests drive external programs: `redis-server` (the load tester's baseline), Chromium
-//! and chromedriver (the e-ticket page). On Debian or Ubuntu this installs whichever is
+//! and chromedriver (the e-ticket page), `curl` and `jq` (the README's tour). On Debian or Ubuntu this installs whichever is
 //! missing (with `sudo` when not root); elsewhere it names what to install and stops. Then it
 //! runs `cargo test --release --workspace` with `STILE_SKIP_MISSING_TOOLS` unset, so that a
 //! test whose tool is missing fails instead of skipping.
@@ -26,6 +26,18 @@ struct Tool {
 }
 
 const TOOLS: &[Tool] = &[
+    Tool {
+        what: "the README's tour",
+        names: &["curl"],
+        debian: "curl",
+        ubuntu: "curl",
+    },
+    Tool {
+        what: "the README's tour",
+        names: &["jq"],
+        debian: "jq",
+        ubuntu: "jq",
+    },
     Tool {
         what: "the load tester's Redis baseline",
         names: &["redis-server"],
