@@ -188,6 +188,10 @@ fn up_mint_check_from_the_command_line() {
         up.wait().unwrap().success(),
         "SIGTERM ends stile up cleanly"
     );
+    // Logs went to stderr, and only logs.
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains("another terminal"), "friendly text among the logs: {logs}");
     let down = stile(&data, &addr, &["check", codes[0]]);
     assert_eq!(down.status.code(), Some(1));
     let msg = String::from_utf8(down.stderr).unwrap();
