@@ -1360,6 +1360,8 @@ pub(crate) mod tests {
         for (_, path) in segment::list(dir.path()).unwrap() {
             std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
         }
+        let head = segment::HEAD_FILE;
+        std::fs::copy(dir.path().join(head), copy.path().join(head)).unwrap();
         let mut seen = Vec::new();
         let end = segment::scan(copy.path(), 0, |seq, record| {
             seen.push((seq, record));
@@ -1822,6 +1824,30 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join(segment::HEAD_FILE), [0u8; 16]).unwrap();
         let err = scan_all(dir.path()).unwrap_err();
         assert!(err.to_string().contains("head"), "{err}");
+    }
+
+    /// Regression: the head and the newest segment deleted together looked like a log
+    /// written before heads, and recovery went on without the newest segment's records
+    /// (then minted their serials again). A missing head is damage, but for the one case a
+    /// crash leaves: the first segment made, given no record, and no head yet.
+    #[test]
+    fn a_missing_head_refuses_the_log_but_after_a_crash_at_the_first_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = linked_log(dir.path(), 1_000);
+        std::fs::remove_file(dir.path().join(segment::HEAD_FILE)).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(matches!(err, segment::ScanError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("head"), "{err}");
+        std::fs::remove_file(&segments.last().unwrap().1).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("head"), "{err}");
+
+        // A new log whose first segment is made but holds nothing, without its head.
+        let fresh = tempfile::tempdir().unwrap();
+        let wal = Wal::start(fresh.path(), 0, None, SyncMode::Always, 64 << 10).unwrap();
+        wal.close();
+        std::fs::remove_file(fresh.path().join(segment::HEAD_FILE)).unwrap();
+        assert_eq!(scan_all(fresh.path()).unwrap().records, 0);
     }
 
     /// Regression: an older segment cut exactly at a record boundary looked whole. Its

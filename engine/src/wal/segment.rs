@@ -228,7 +228,8 @@ pub fn write_head(dir: &Path, first_seq: u64) -> io::Result<()> {
     crate::datadir::rename_synced(&tmp, &dir.join(HEAD_FILE))
 }
 
-/// The newest segment `dir`'s head names (`None`: no head, a log written before heads).
+/// The newest segment `dir`'s head names (`None`: no head: a log written before heads, or
+/// one whose first segment was made but given no record yet).
 fn read_head(dir: &Path) -> Result<Option<u64>, ScanError> {
     let path = dir.join(HEAD_FILE);
     let bytes = match fs::read(&path) {
@@ -501,6 +502,9 @@ pub fn scan(
     let mut tail: Option<Tail> = None;
     // The segments after the head's, which may only be ones made but given no record yet.
     let mut past_head_with_records = None;
+    // Segments of the linked format, and whether one holds records: such a log always has
+    // a head once a record went in.
+    let (mut linked_segments, mut linked_records) = (0, false);
     let mut truncated_bytes = 0;
     let mut unwritten_bytes = 0;
     let mut records = 0;
@@ -604,6 +608,10 @@ pub fn scan(
         if head.is_some_and(|h| first > h) && last_record.is_some() {
             past_head_with_records.get_or_insert(path.clone());
         }
+        if !unlinked {
+            linked_segments += 1;
+            linked_records |= last_record.is_some();
+        }
         // Numbers below a segment's name were reserved before it was switched to: a later
         // segment's records all come after.
         next_seq = next_seq.max(first);
@@ -635,6 +643,19 @@ pub fn scan(
                 ),
             });
         }
+    }
+    if head.is_none() && (linked_records || linked_segments > 1) {
+        // The head is written when the first linked segment is made, before any record goes
+        // into it: only a crash in between leaves one segment, empty, without it. Anything
+        // more means the head was deleted, and with it perhaps the newest segments, which
+        // nothing else names.
+        return Err(ScanError::Missing {
+            path: dir.join(HEAD_FILE),
+            reason: "the log's head (which names its newest segment) is missing, and the log \
+                     has segments that always come with one: newer segments may be gone with \
+                     it, and the records they held"
+                .into(),
+        });
     }
     if tail.is_none() && from_seq > 0 {
         // A snapshot never removes the segment the log goes on in: a log with none left
