@@ -498,19 +498,27 @@ impl Client {
     /// Mints `spec.count` tickets (admin), in requests of at most [`MINT_FRAME_MAX`] sent
     /// together; codes come back in order.
     pub async fn mint(&self, spec: MintSpec) -> Result<Vec<CodeBytes>, ClientError> {
+        let timeout = self.config.request_timeout;
         let mut parts = Vec::new();
         let mut left = spec.count;
         while left > 0 {
             let count = left.min(MINT_FRAME_MAX);
             left -= count;
             let (tx, rx) = oneshot::channel();
-            self.send(Request::Mint(MintSpec { count, ..spec }), Reply::Once(tx))
-                .await?;
+            let sent = self.send(Request::Mint(MintSpec { count, ..spec }), Reply::Once(tx));
+            tokio::time::timeout(timeout, sent)
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))??;
             parts.push(rx);
         }
         let mut codes = Vec::with_capacity(spec.count as usize);
+        // Each frame's answer within the request timeout of the one before: a node that is
+        // gone fails the mint instead of holding its caller (and whatever it locked) forever.
         for rx in parts {
-            match rx.await.map_err(|_| ClientError::Closed)?? {
+            let answer = tokio::time::timeout(timeout, rx)
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))?;
+            match answer.map_err(|_| ClientError::Closed)?? {
                 Response::Codes(c) => codes.extend(c),
                 Response::Error { code, message } => {
                     return Err(ClientError::Node { code, message })

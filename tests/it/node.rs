@@ -1460,15 +1460,27 @@ fn a_request_given_up_on_is_not_sent_when_the_node_comes_back() {
         .enable_all()
         .build()
         .unwrap();
-    let gate = rt.block_on(async {
-        let mut config = client_config(&tls, addr, "gate-1");
-        config.request_timeout = std::time::Duration::from_millis(300);
-        Client::connect(config).await.unwrap()
+    let (gate, minter) = rt.block_on(async {
+        let connect = |name: &'static str| {
+            let mut config = client_config(&tls, addr, name);
+            config.request_timeout = std::time::Duration::from_millis(300);
+            Client::connect(config)
+        };
+        (
+            connect("gate-1").await.unwrap(),
+            connect("admin-admin").await.unwrap(),
+        )
     });
     node.kill().unwrap(); // SIGKILL
     node.wait().unwrap();
     rt.block_on(async {
         let e = gate.checkin(&codes[0], 7).await.unwrap_err();
+        assert!(
+            matches!(e, stile_protocol::client::ClientError::Timeout(_)),
+            "{e}"
+        );
+        // A mint too gives up (the gateway holds a booking's lock while it waits).
+        let e = minter.mint(spec(1, 3)).await.unwrap_err();
         assert!(
             matches!(e, stile_protocol::client::ClientError::Timeout(_)),
             "{e}"
@@ -1500,6 +1512,7 @@ fn a_request_given_up_on_is_not_sent_when_the_node_comes_back() {
         );
         admin.close().await;
         gate.close().await;
+        minter.close().await;
     });
     // SAFETY: kill(2) with a pid of our own child and a valid signal number.
     assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
