@@ -318,12 +318,14 @@ impl Engine {
     }
 
     /// Whether the data dir's path still names the directory this engine locked (true for
-    /// an engine without one). A node checks it now and then and stops when it is false:
-    /// every path it would use leads into another directory.
+    /// an engine without one), and its log is still there (see [`Wal::in_place`]). A node
+    /// checks it now and then and stops when it is false: every path it would use leads
+    /// into another directory, or what it makes durable goes into deleted files.
     pub fn data_dir_in_place(&self) -> bool {
         self._lock
             .as_ref()
             .is_none_or(datadir::DirLock::still_at_path)
+            && self.wal.as_ref().is_none_or(|w| w.in_place())
     }
 
     /// Times the clock stepped back while the engine ran, and how far it is behind the

@@ -417,8 +417,9 @@ async fn watch_crl(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             // Every path the node would use (the CRL, the log's next segment, snapshots)
             // now leads into another directory, perhaps another node's.
             tracing::error!(
-                "the data dir was moved or replaced while the node ran; stopping so that \
-                 nothing is written into another directory"
+                "the data dir was moved or replaced, or its log deleted, while the node ran; \
+                 stopping so that nothing is written into another directory or into deleted \
+                 files"
             );
             std::process::abort();
         }

@@ -191,7 +191,10 @@ fn up_mint_check_from_the_command_line() {
     // Logs went to stderr, and only logs.
     let logs = logs.join().unwrap();
     assert!(logs.contains("INFO"), "{logs}");
-    assert!(!logs.contains("another terminal"), "friendly text among the logs: {logs}");
+    assert!(
+        !logs.contains("another terminal"),
+        "friendly text among the logs: {logs}"
+    );
     let down = stile(&data, &addr, &["check", codes[0]]);
     assert_eq!(down.status.code(), Some(1));
     let msg = String::from_utf8(down.stderr).unwrap();

@@ -1446,6 +1446,42 @@ fn a_node_whose_data_dir_is_moved_stops() {
     assert!(!data.exists(), "nothing was made at the old path");
 }
 
+/// Regression: with `wal/` or its live segment deleted, a node went on acknowledging changes
+/// into an unlinked file, all lost at its next start. It stops instead.
+#[test]
+fn a_node_whose_log_is_deleted_stops() {
+    use std::os::unix::process::ExitStatusExt;
+    for victim in ["wal", "live segment"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, tls) = (dir.path().join("data"), dir.path().join("tls"));
+        make_certs(&tls);
+        let (mut node, _) = spawn_node(&data, &tls);
+        let wal = data.join("wal");
+        if victim == "wal" {
+            std::fs::remove_dir_all(&wal).unwrap();
+        } else {
+            for e in std::fs::read_dir(&wal).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "log") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = node.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{victim}: the node went on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{victim}: {status:?}");
+    }
+}
+
 /// Regression: a check-in sent while the node was down was held by the client and sent
 /// once the node was back, after its caller had been told it failed (a timeout): the
 /// ticket was voided at a gate that had sent the holder away. A request nobody waits for

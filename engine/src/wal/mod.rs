@@ -425,6 +425,20 @@ impl Wal {
         wait_blocking(&self.shared, seq);
     }
 
+    /// Whether the log is still where it was opened: its directory at its path, and the
+    /// newest segment its head names present. An operator who deletes `wal/` or the live
+    /// segment leaves the writer appending to an unlinked file, every record it makes
+    /// durable from then on lost at the next start; the node stops instead.
+    pub fn in_place(&self) -> bool {
+        crate::datadir::same_dir(&self.dir, self.dir_id)
+            && match segment::read_head(&self.dir) {
+                Ok(Some(first)) => segment::segment_path(&self.dir, first).exists(),
+                // A log of the unlinked format has no head until its first switch.
+                Ok(None) => true,
+                Err(_) => false,
+            }
+    }
+
     /// Flushes everything reserved so far, syncs it whatever the mode, and stops the writer.
     pub fn close(&self) {
         {

@@ -230,7 +230,7 @@ pub fn write_head(dir: &Path, first_seq: u64) -> io::Result<()> {
 
 /// The newest segment `dir`'s head names (`None`: no head: a log written before heads, or
 /// one whose first segment was made but given no record yet).
-fn read_head(dir: &Path) -> Result<Option<u64>, ScanError> {
+pub fn read_head(dir: &Path) -> Result<Option<u64>, ScanError> {
     let path = dir.join(HEAD_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
