@@ -205,7 +205,8 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
     let failure = match result {
         Ok(res) if res.status().is_success() => None,
         Ok(res) => Some(format!("webhook answered {}", res.status())),
-        Err(e) => Some(format!("webhook unreachable: {e}")),
+        // Without its URL: a webhook's query often carries the receiver's secret.
+        Err(e) => Some(format!("webhook unreachable: {}", e.without_url())),
     };
     let now = crate::now_s() as i64;
     let cfg = &app.config;
@@ -231,7 +232,8 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
             if let Some(a) = d.account {
                 app.live.publish(Change::Account(a));
             }
-            tracing::info!(code = %d.code, lead_s = d.lead_s, attempts, "reminder delivered");
+            // The outbox row, never the code: a static code is the ticket itself.
+            tracing::info!(reminder = d.id, lead_s = d.lead_s, attempts, "reminder delivered");
         }
         Some(error) => {
             app.metrics.reminder_failures.inc();
@@ -244,7 +246,7 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
             let next_at = now + (delay_ms.div_ceil(1000)) as i64;
             let id = d.id;
             let err: String = error.chars().take(ERROR_MAX_CHARS).collect();
-            tracing::warn!(code = %d.code, attempts, give_up, error = %err, "reminder not delivered");
+            tracing::warn!(reminder = d.id, attempts, give_up, error = %err, "reminder not delivered");
             app.db
                 .call(move |c| -> Result<(), Problem> {
                     c.execute(
