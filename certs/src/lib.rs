@@ -283,14 +283,36 @@ pub fn issue_node(dir: &Path, names: &[String]) -> Result<PathBuf, CertError> {
     for name in names {
         params.subject_alt_names.push(match name.parse() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
+            Err(_) if is_dns_name(name) => SanType::DnsName(
                 name.clone()
                     .try_into()
                     .map_err(|_| CertError::Invalid(format!("{name:?} is not a DNS name")))?,
             ),
+            Err(_) => {
+                return Err(CertError::Invalid(format!(
+                    "{name:?} is neither an IP address nor a DNS name (letters, digits and \
+                     hyphens in dot-separated labels of 1 to 63, at most 253 in all)"
+                )))
+            }
         });
     }
     issue(dir, NODE_CERT, params, ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+/// Whether `name` is a host name a client can ask for (RFC 1123: labels of letters, digits
+/// and inner hyphens, 1 to 63 bytes each, 253 in all), so that a typo does not make a
+/// certificate that must be revoked before it can be issued again.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Issues gate `id`'s certificate for `provider`.
@@ -595,6 +617,23 @@ fn decimal_u16(s: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name no client could ask for is refused before anything is written, so the
+    /// certificate need not be revoked to correct it.
+    #[test]
+    fn node_names_must_be_addresses_or_host_names() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        for bad in ["", "bad name!", "-x.example", "a..b", &"x".repeat(64)] {
+            let err = issue_node(dir.path(), &[bad.to_string()]).unwrap_err();
+            assert!(err.to_string().contains("DNS name"), "{bad:?}: {err}");
+            assert!(!dir.path().join(NODE_CERT).exists(), "{bad:?}");
+        }
+        for good in ["node-1.example.org", "localhost", "::1", "10.0.0.7", "stadium."] {
+            assert!(is_dns_name(good) || good.parse::<std::net::IpAddr>().is_ok(), "{good}");
+        }
+        issue_node(dir.path(), &["node-1.example.org".into(), "::1".into()]).unwrap();
+    }
 
     #[test]
     fn role_uris_parse_strictly() {
