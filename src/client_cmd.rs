@@ -384,9 +384,11 @@ pub fn status(args: TicketArgs) -> anyhow::Result<ExitCode> {
             if json {
                 return ticket_json(text, t);
             }
-            let until = match t.valid_until_unix_s {
-                0 => "no end".to_string(),
-                v => format!("until {}", format_unix_s(v)),
+            let until = match (t.valid_from_unix_s, t.valid_until_unix_s) {
+                (0, 0) => "no end".to_string(),
+                (0, u) => format!("until {}", format_unix_s(u)),
+                (f, 0) => format!("from {}, no end", format_unix_s(f)),
+                (f, u) => format!("from {} until {}", format_unix_s(f), format_unix_s(u)),
             };
             let max = match t.max_entries {
                 0 => "unlimited".to_string(),

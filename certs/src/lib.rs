@@ -311,7 +311,9 @@ fn is_dns_name(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -629,8 +631,17 @@ mod tests {
             assert!(err.to_string().contains("DNS name"), "{bad:?}: {err}");
             assert!(!dir.path().join(NODE_CERT).exists(), "{bad:?}");
         }
-        for good in ["node-1.example.org", "localhost", "::1", "10.0.0.7", "stadium."] {
-            assert!(is_dns_name(good) || good.parse::<std::net::IpAddr>().is_ok(), "{good}");
+        for good in [
+            "node-1.example.org",
+            "localhost",
+            "::1",
+            "10.0.0.7",
+            "stadium.",
+        ] {
+            assert!(
+                is_dns_name(good) || good.parse::<std::net::IpAddr>().is_ok(),
+                "{good}"
+            );
         }
         issue_node(dir.path(), &["node-1.example.org".into(), "::1".into()]).unwrap();
     }

@@ -233,7 +233,12 @@ async fn deliver(app: &Arc<App>, http: &reqwest::Client, d: Due) -> Result<(), P
                 app.live.publish(Change::Account(a));
             }
             // The outbox row, never the code: a static code is the ticket itself.
-            tracing::info!(reminder = d.id, lead_s = d.lead_s, attempts, "reminder delivered");
+            tracing::info!(
+                reminder = d.id,
+                lead_s = d.lead_s,
+                attempts,
+                "reminder delivered"
+            );
         }
         Some(error) => {
             app.metrics.reminder_failures.inc();

@@ -161,6 +161,23 @@ fn up_mint_check_from_the_command_line() {
     let status = stile(&data, &addr, &["status", codes[0]]);
     let out = String::from_utf8(status.stdout).unwrap();
     assert_eq!(out.split('\t').nth(1), Some("used"), "{out}");
+    // A validity that starts later says when, in text as in JSON.
+    let later = stile(
+        &data,
+        &addr,
+        &[
+            "mint",
+            "--count",
+            "1",
+            "--valid-from",
+            "2094-01-01T00:00:00Z",
+        ],
+    );
+    assert!(later.status.success(), "{later:?}");
+    let code = String::from_utf8(later.stdout).unwrap();
+    let status = stile(&data, &addr, &["status", code.trim()]);
+    let out = String::from_utf8(status.stdout).unwrap();
+    assert!(out.contains("from 2094-01-01"), "{out}");
     // A gateway given a gate's certificate says so at once, rather than failing every
     // booking later.
     let tls = data.join("tls");
