@@ -165,7 +165,15 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
         },
         max_entries: args.entries,
         records_exits: args.exits,
-        undo_window_s: u32::try_from(args.undo_window.as_secs()).context("--undo-window")?,
+        undo_window_s: u32::try_from(args.undo_window.as_secs())
+            .ok()
+            .filter(|s| *s <= stile_protocol::limits::UNDO_WINDOW_MAX_S)
+            .with_context(|| {
+                format!(
+                    "--undo-window: at most {} s",
+                    stile_protocol::limits::UNDO_WINDOW_MAX_S
+                )
+            })?,
         not_before_unix_s: args.valid_from.unwrap_or(0),
         not_after_unix_s: args.valid_until.unwrap_or(0),
         duration_from_first_scan_s: valid_for.unwrap_or(0),

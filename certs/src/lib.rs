@@ -468,8 +468,7 @@ fn write_crl(dir: &Path, ca: &Ca, serials: Vec<Vec<u8>>, number: u64) -> Result<
 /// Returns the identity revoked.
 pub fn revoke(dir: &Path, cert_file: &Path) -> Result<Identity, CertError> {
     let ca = load_ca(dir)?;
-    let der = CertificateDer::from_pem_file(cert_file)
-        .map_err(|e| bad(cert_file, format!("not a PEM certificate: {e}")))?;
+    let der = read_pem_cert(cert_file)?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| bad(cert_file, format!("certificate does not parse: {e}")))?;
     let ca_der = CertificateDer::from_pem_file(dir.join(CA_CERT))
@@ -533,10 +532,18 @@ pub fn admin_name_of_file(path: &Path) -> Result<String, CertError> {
     }
 }
 
+/// The certificate in a PEM file, with an error that says whether the file is missing or
+/// holds no certificate.
+fn read_pem_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(bad(path, format!("cannot read it: {e}")));
+    }
+    CertificateDer::from_pem_file(path).map_err(|e| bad(path, format!("not a PEM certificate: {e}")))
+}
+
 /// Reads the role out of a PEM certificate file.
 pub fn identity_of_file(path: &Path) -> Result<Identity, CertError> {
-    let der = CertificateDer::from_pem_file(path)
-        .map_err(|e| bad(path, format!("not a PEM certificate: {e}")))?;
+    let der = read_pem_cert(path)?;
     identity_of(der.as_ref()).map_err(|reason| bad(path, reason))
 }
 

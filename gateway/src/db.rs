@@ -57,12 +57,16 @@ impl Db {
     /// database files are made 0600.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         create_private(path).map_err(|e| DbError::Io(format!("making {}: {e}", path.display())))?;
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
-        migrations().to_latest(&mut conn)?;
+        // Every failure names the file: "file is not a database" alone leaves the operator
+        // guessing which.
+        let named = |e: &dyn std::fmt::Display| DbError::Io(format!("{}: {e}", path.display()));
+        let mut conn = Connection::open(path).map_err(|e| named(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
+            .and_then(|()| conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS)))
+            .map_err(|e| named(&e))?;
+        migrations().to_latest(&mut conn).map_err(|e| named(&e))?;
         for file in db_files(path) {
             restrict(&file, 0o600)
                 .map_err(|e| DbError::Io(format!("making {} private: {e}", file.display())))?;
