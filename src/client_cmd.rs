@@ -268,6 +268,11 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             };
             let o = match answer {
                 Ok(o) => o,
+                Err(e @ ClientError::Node { .. }) => {
+                    // An answer, not a lost one: retrying the same scan would get it again.
+                    client.close().await;
+                    return Err(anyhow::Error::new(e).context("the node refused the scan"));
+                }
                 Err(e) => {
                     client.close().await;
                     return Err(anyhow::Error::new(e).context(unanswered(&args, i, scan_id)));
