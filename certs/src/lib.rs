@@ -538,7 +538,8 @@ fn read_pem_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
     if let Err(e) = std::fs::metadata(path) {
         return Err(bad(path, format!("cannot read it: {e}")));
     }
-    CertificateDer::from_pem_file(path).map_err(|e| bad(path, format!("not a PEM certificate: {e}")))
+    CertificateDer::from_pem_file(path)
+        .map_err(|e| bad(path, format!("not a PEM certificate: {e}")))
 }
 
 /// Reads the role out of a PEM certificate file.

@@ -1478,6 +1478,13 @@ async fn gateway_files_are_private_whatever_the_umask() {
         .unwrap();
     assert_eq!(mode(&token), 0o600, "the API token");
     g.shutdown(Duration::from_secs(5)).await;
+    // A guessable token written by hand is refused, and says how to get a good one.
+    std::fs::write(&token, "short\n").unwrap();
+    let err = Gateway::start(gateway_config(&node, &gw_dir))
+        .await
+        .err()
+        .expect("a short API token is refused");
+    assert!(err.to_string().contains("at least 32"), "{err}");
 }
 
 /// Reads server-sent events from `res` until one named `name`; every block read, as text.

@@ -35,6 +35,9 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Shortest API token the gateway accepts from a file an operator wrote.
+pub const API_TOKEN_MIN_LEN: usize = 32;
+
 /// Reads the API token at `path`, or makes one (mode 0600) if the file is new.
 pub fn load_or_make_token(path: &Path) -> Result<String, GatewayError> {
     let io = |what: &str, source| GatewayError::Io {
@@ -47,10 +50,13 @@ pub fn load_or_make_token(path: &Path) -> Result<String, GatewayError> {
             // whatever mode the file was left with.
             crate::db::restrict(path, 0o600).map_err(|e| io("restricting", e))?;
             let token = text.trim().to_string();
-            if token.is_empty() {
+            // An operator's own token is welcome, but not a guessable one: it books, revokes
+            // and transfers every ticket.
+            if token.len() < API_TOKEN_MIN_LEN || token.chars().any(|c| !c.is_ascii_graphic()) {
                 return Err(GatewayError::Io {
                     what: format!(
-                        "{} is empty; delete it to make a new API token",
+                        "{} must hold one API token of at least {API_TOKEN_MIN_LEN} printable \
+                         characters (no spaces); delete it to have one made",
                         path.display()
                     ),
                     source: std::io::Error::from(std::io::ErrorKind::InvalidData),
