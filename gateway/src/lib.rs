@@ -230,6 +230,7 @@ impl Gateway {
             live::ensure_following(&app, node);
         }
         tasks.spawn(reminders::run(app.clone()));
+        tasks.spawn(watch_dir(app.config.dir.clone(), shutdown.clone()));
         tracing::info!(addr = %local_addr, https = tls_on(&app), "gateway listening");
         Ok(Gateway {
             _dir_lock: dir_lock,
@@ -262,6 +263,34 @@ impl Gateway {
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, all).await.is_err() {
             self.tasks.abort_all();
+        }
+    }
+}
+
+/// How often the gateway checks that its directory and database are still where it opened
+/// them.
+const DIR_CHECK: Duration = Duration::from_secs(1);
+
+/// Stops the process when the gateway's directory or database is deleted, moved or
+/// replaced while it runs: SQLite would go on committing bookings into unlinked files, all
+/// lost at the next start, which would begin with an empty database.
+async fn watch_dir(dir: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let db = dir.join(DB_FILE);
+    let opened = (id(&dir), id(&db));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DIR_CHECK) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if (id(&dir), id(&db)) != opened {
+            tracing::error!(
+                dir = %dir.display(),
+                "the gateway's directory or database was deleted, moved or replaced while it \
+                 ran; stopping so that no booking is committed into deleted files"
+            );
+            std::process::abort();
         }
     }
 }

@@ -355,3 +355,36 @@ fn up_demo_serves_ticket_pages_and_the_gateway_command_runs_alone() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+/// Regression: with its directory deleted, the gateway went on committing bookings into
+/// unlinked files, and the next start began with an empty database. It stops instead.
+#[test]
+fn a_gateway_whose_directory_is_deleted_stops() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("stile-data");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["up", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("stile gateway listening on") {
+        assert!(out.read_line(&mut said).unwrap() > 0, "{said}");
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    std::fs::remove_dir_all(data.join("gateway")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway went on");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+}
