@@ -427,22 +427,25 @@ fn latency_plot(runs: &[RunReport], axis: &LogAxis) -> Result<String, HtmlError>
     Ok(svg)
 }
 
+/// Which of a second's quantiles of the node a line plots: its check-ins' or its fsyncs'.
+type Pick = fn(&crate::report::NodeSecond) -> Option<Quantiles>;
+/// Which quantile a line plots.
+type Value = fn(&Quantiles) -> u64;
+
 /// The node's check-in and fsync p50 and p99 of each second, on the client's scale.
 fn node_plot(runs: &[RunReport], axis: &LogAxis) -> Result<String, HtmlError> {
-    type Pick = fn(&crate::report::NodeSecond) -> Option<Quantiles>;
     let kinds: [(&str, bool, Pick); 2] = [
         ("check-in", false, |s| s.checkin_latency_us),
         ("fsync", true, |s| s.fsync_us),
     ];
     let mut entries = Vec::new();
-    let mut lines: Vec<(usize, Pick, fn(&Quantiles) -> u64)> = Vec::new();
+    let mut lines: Vec<(usize, Pick, Value)> = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         for (kind, dashed, pick) in kinds {
             if !r.node_timeline.iter().any(|s| pick(s).is_some()) {
                 continue;
             }
-            let quantiles: [(&str, u32, fn(&Quantiles) -> u64); 2] =
-                [("p50", 2, |q| q.p50), ("p99", 1, |q| q.p99)];
+            let quantiles: [(&str, u32, Value); 2] = [("p50", 2, |q| q.p50), ("p99", 1, |q| q.p99)];
             for (what, width, value) in quantiles {
                 let stroke = Stroke {
                     color: color(i),
