@@ -53,6 +53,8 @@ pub const INFLIGHT_MAX: u32 = 4096;
 pub const TICKETS_MAX: u32 = 20_000_000;
 /// Gates that present each code at once in `replay`.
 pub const REPLAY_FANOUT: usize = 4;
+// `Scenario::Replay`'s help says four.
+const _: () = assert!(REPLAY_FANOUT == 4);
 /// Highest open-loop rate, per second.
 pub const RATE_MAX: f64 = 10_000_000.0;
 /// Most requests one gate writes at once.
@@ -107,7 +109,7 @@ pub enum LoadError {
 pub enum Scenario {
     /// Each ticket presented once, spread over the gates.
     Stadium,
-    /// Every code presented at [`REPLAY_FANOUT`] gates at once.
+    /// Every code presented at four gates at once.
     Replay,
     /// Forged codes only: bit-flipped genuine ones and random ones.
     Forged,

@@ -255,6 +255,14 @@ async fn stile_purge_drops_a_partition_durably_and_only_for_an_admin() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("add --force"), "{err}");
+    // A partition the node does not serve: said, and the node goes on.
+    let out = purge(&["--partition", "7", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("partition 7 is not served by this node"),
+        "{err}"
+    );
     assert_eq!(admin.stats().await.unwrap().tickets, 3_020);
 
     // The admin's purge: the count, then unknown.
@@ -319,4 +327,32 @@ async fn stile_purge_drops_a_partition_durably_and_only_for_an_admin() {
     drop((admin, gate));
     node.kill().unwrap();
     node.wait().unwrap();
+}
+
+/// `stile purge --help` says what a purge takes (every provider's tickets of the
+/// partition), that it is durable, what a purged code answers, and the exit statuses; the
+/// partition has no default.
+#[test]
+fn purge_help_says_what_it_drops_and_its_exit_statuses() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["purge", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "--partition <PARTITION>",
+        "of every provider",
+        "answers `unknown`",
+        "--force",
+        "[default: 127.0.0.1:7443]",
+        "Exit status: 0 purged",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .arg("purge")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "the partition must be named");
 }
