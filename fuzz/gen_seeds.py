@@ -35,6 +35,8 @@ seeds = {
     "req_subscribe": frame(0x0B, 8, struct.pack("<Q", 1 << 40)),
     "req_ticket_key": frame(0x0C, 9, rotating_code),
     "req_metrics": frame(0x0D, 10, bytes([0x01])),
+    "req_unsubscribe": frame(0x0E, 11, struct.pack("<I", 8)),
+    "req_purge": frame(0x0F, 12, struct.pack("<H", 0xFFFF)),
     "resp_outcome": frame(0x81, 7, struct.pack("<BBHQ", 0, 1, 3, 1_750_000_000)),
     "resp_ticket": frame(0x82, 1, struct.pack("<BBBBHHIHBB4Q", 0, 1, 1, 2, 1, 0, 42, 3, 1, 0,
                                               1, 2, 3, 4)),
@@ -51,6 +53,7 @@ seeds = {
     "resp_metrics": frame(0x88, 10, struct.pack("<QQB3QB", 5_000_000, 2, 3, 10, 2, 1, 0x01)
                           + struct.pack("<QH", 900, 2) + struct.pack("<HQHQ", 40, 2, 100, 1)
                           + struct.pack("<QH", 500, 1) + struct.pack("<HQ", 300, 1)),
+    "resp_purged": frame(0x89, 12, struct.pack("<QQ", 1_000_000, 1_048_576)),
     "resp_error": frame(0x8F, 4, struct.pack("<HH", 5, 8) + "conflict".encode()),
 }
 seeds["resp_error_long"] = frame(0x8F, 4, struct.pack("<HH", 2, 512) + ("é" * 256).encode())

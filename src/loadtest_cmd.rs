@@ -13,6 +13,17 @@ use stile_loadtest::{Config, Report, Scenario, Shape};
 
 /// Arguments of `stile loadtest`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Tickets: unless --tickets is given, a run mints as many as it will present: an open loop its \
+rate over the warm-up and the measured time (10 % more); a closed loop the answers per second \
+of a 1 s probe run first (twice as many). Against a node they go into --partition \
+(65535 unless told otherwise, a partition of their own) and stay there after the run; the \
+summary says how many and prints the `stile purge --partition 65535 --node ADDR` that removes \
+them.
+
+Exit status: 0 the runs held; 1 requests went unanswered, gates lost their connection or a \
+target failed; 2 a ticket was admitted twice or a forged code admitted (and, from clap, bad \
+arguments); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
 pub struct LoadtestArgs {
     /// stadium, rail, replay, forged or mixed.
     #[arg(long, value_enum)]
@@ -50,12 +61,18 @@ pub struct LoadtestArgs {
     /// Gates (connections), gate ids 1..G of provider 1 (1 to 4096).
     #[arg(long, default_value_t = 64)]
     gates: u32,
-    /// Check-ins in flight per gate.
+    /// Check-ins in flight per gate (1 to 4096).
     #[arg(long, default_value_t = 16)]
     inflight: u32,
-    /// Tickets minted before the clock starts (1 to 20,000,000).
-    #[arg(long, default_value_t = 1_000_000)]
-    tickets: u32,
+    /// Tickets minted before the clock starts (1 to 20,000,000). Without it: as many as
+    /// the run presents, from --rate, or from a 1 s probe in a closed loop.
+    #[arg(long)]
+    tickets: Option<u32>,
+    /// Partition the tickets are minted into: 65535 holds nothing of an operator's (bookings
+    /// and `stile mint` use 0), and `stile purge --partition 65535` empties it. A node
+    /// serves 0 and 65535.
+    #[arg(long, default_value_t = stile_loadtest::LOADTEST_PARTITION)]
+    partition: u16,
     /// Seed of the random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -69,21 +86,20 @@ pub struct LoadtestArgs {
     /// Its private key (default: beside it, .key).
     #[arg(long, value_name = "FILE", requires = "admin_cert")]
     admin_key: Option<PathBuf>,
-    /// Sync mode of the in-process engine (default always; a node's mode is its own).
-    #[arg(long, value_enum)]
-    sync: Option<crate::serve::SyncArg>,
+    /// Sync mode of the in-process engine (--target inproc; a node's mode is its own).
+    #[arg(long, value_enum, default_value_t = crate::serve::SyncArg::Always)]
+    sync: crate::serve::SyncArg,
     /// Log segments (64 MiB each) the in-process engine keeps written with zeros ahead of
-    /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB
-    /// (default 4).
-    #[arg(long, value_name = "SEGMENTS", value_parser = clap::value_parser!(u32).range(0..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
-    log_runway: Option<u32>,
+    /// need, as `stile node --log-runway` does; 0: one at a time, once the log holds 1 MiB.
+    #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(0..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
+    log_runway: u32,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write an HTML report with SVG plots into this directory (DIR/index.html).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress: neither the minting count nor the bar.
     #[arg(long)]
     quiet: bool,
     /// Start redis-server (from PATH) on the redis:// target's port, with appendonly yes and
@@ -118,6 +134,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     }
     // Before the run: a mistyped path must not cost a long run its figures.
     stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let Rounds {
         runs,
         skipped,
@@ -130,6 +147,9 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
     let ratios = Ratio::of(&runs);
     let report = Report {
+        version: env!("CARGO_PKG_VERSION").into(),
+        command: stile_loadtest::report::shell_words(&command_line()),
+        date: started,
         scenario: scenario.name().into(),
         seed: args.seed,
         machine: stile_loadtest::report::Machine::this(),
@@ -162,11 +182,15 @@ fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> 
     if targets.iter().any(|t| t.trim().is_empty()) {
         anyhow::bail!("--compare: an empty target in {:?}", args.compare.join(","));
     }
-    // Options for a kind of target that none of the targets is: said, not ignored.
+    // Options for a kind of target that none of the targets is: said, not ignored (their
+    // defaults are harmless).
     let inproc = targets.iter().any(|t| t == "inproc");
     for (given, flag) in [
-        (args.sync.is_some(), "--sync"),
-        (args.log_runway.is_some(), "--log-runway"),
+        (args.sync != crate::serve::SyncArg::Always, "--sync"),
+        (
+            args.log_runway != stile_engine::wal::RUNWAY_DEFAULT,
+            "--log-runway",
+        ),
     ] {
         if given && !inproc {
             anyhow::bail!(
@@ -227,10 +251,15 @@ fn config_for(args: &LoadtestArgs, target: &str, stop: &stile_loadtest::Stop) ->
         rate: args.rate,
         shape: args.shape,
         tickets: args.tickets,
+        partition: args.partition,
+        program: command_line()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "stile".into()),
         seed: args.seed,
         data: args.data.clone(),
-        sync: SyncMode::from(args.sync.unwrap_or(crate::serve::SyncArg::Always)),
-        log_runway: args.log_runway.unwrap_or(stile_engine::wal::RUNWAY_DEFAULT),
+        sync: SyncMode::from(args.sync),
+        log_runway: args.log_runway,
         admin: args.admin_cert.clone().map(|cert| {
             let key = args
                 .admin_key
@@ -264,6 +293,9 @@ fn run_rounds(
     let scenario = args.scenario;
     let mut runs = Vec::with_capacity(targets.len() * args.rounds as usize);
     let (mut skipped, mut failed) = (false, false);
+    // Each target's tickets are sized once (a closed loop's by a probe) and later rounds
+    // mint as many again.
+    let mut sized: Vec<Option<stile_loadtest::Sizing>> = vec![None; targets.len()];
     let rounds = (1..=args.rounds).flat_map(|round| {
         targets
             .iter()
@@ -284,9 +316,28 @@ fn run_rounds(
             eprintln!("stile loadtest: round {round} of {}: {target}", args.rounds);
         }
         let config = config_for(args, target, stop);
-        let run = match runtime.block_on(stile_loadtest::run(&config)) {
+        let known = sized[slot];
+        let run = runtime.block_on(async {
+            let sizing = match known {
+                Some(s) => s,
+                None => stile_loadtest::size(&config).await?,
+            };
+            sized[slot] = Some(stile_loadtest::Sizing {
+                probe_tickets: 0,
+                ..sizing
+            });
+            stile_loadtest::run_sized(&config, sizing).await
+        });
+        let run = match run {
             Err(stile_loadtest::LoadError::Interrupted) => {
                 eprintln!("stile loadtest: interrupted before {target} was measured");
+                if let Some(purge) = stile_loadtest::purge_command(&config) {
+                    eprintln!(
+                        "stile loadtest: tickets it minted stay in partition {}; remove them \
+                         with: {purge}",
+                        config.partition
+                    );
+                }
                 skipped = true;
                 continue;
             }
@@ -368,6 +419,13 @@ fn verdict(report: &Report, failed: &mut bool) -> bool {
         }
     }
     bad
+}
+
+/// This process's command line, as it was started.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The exit status of a run cut short by Ctrl-C or SIGTERM (128 + SIGINT, as shells report

@@ -5,6 +5,7 @@ mod client_cmd;
 mod gateway_cmd;
 mod keys_cmd;
 mod loadtest_cmd;
+mod purge_cmd;
 mod serve;
 mod signals;
 mod stat_cmd;
@@ -61,6 +62,9 @@ enum Command {
     Revoke(client_cmd::TicketArgs),
     /// Transfer tickets: void each code and print its successor (admin certificate).
     Transfer(client_cmd::TicketArgs),
+    /// Drop every ticket of a partition for good, of every provider (admin certificate);
+    /// prints how many were dropped. `stile loadtest` leaves its tickets in partition 65535.
+    Purge(purge_cmd::PurgeArgs),
     /// Manage the key ring that signs feature codes.
     Keys(keys_cmd::KeysArgs),
     /// Drive a scenario against a node (quic://) or the engine in process (inproc).
@@ -128,6 +132,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => client_cmd::status(args),
         Command::Revoke(args) => client_cmd::revoke(args),
         Command::Transfer(args) => client_cmd::transfer(args),
+        Command::Purge(args) => purge_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
         Command::Loadtest(args) => loadtest_cmd::run(args),
         Command::Stat(args) => stat_cmd::run(args),

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use stile_protocol::limits::LOADTEST_PARTITION;
 use stile_protocol::{CodeBytes, CodeError, CodeFormat, Outcome};
 use xxhash_rust::xxh3::Xxh3Builder;
 
@@ -30,7 +31,9 @@ pub const PARTITIONS_PER_ENGINE_MAX: usize = 1024;
 /// How an engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Partitions this engine owns; codes of other partitions are `unknown` here.
+    /// Partitions this engine owns; codes of other partitions are `unknown` here. By
+    /// default 0, where tickets are minted unless told otherwise, and
+    /// [`LOADTEST_PARTITION`], where `stile loadtest` mints its own.
     pub partitions: Vec<u16>,
     /// Most serials each partition hands out (at most 2^32).
     pub serials_per_partition_max: u64,
@@ -59,7 +62,7 @@ pub const CLOCK_BEHIND_LOG_MAX_S: u64 = 300;
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            partitions: vec![0],
+            partitions: vec![0, LOADTEST_PARTITION],
             serials_per_partition_max: 1 << 32,
             rotation_step_s: ROTATION_STEP_DEFAULT_S,
             sync: SyncMode::Always,
@@ -187,16 +190,19 @@ impl Engine {
             ));
         }
         check_clock(clock.now_unix_s())?;
-        let top = *config.partitions.iter().max().expect("non-empty") as usize;
-        let mut partitions: Vec<Option<Partition>> = (0..=top).map(|_| None).collect();
-        for &p in &config.partitions {
-            partitions[p as usize] = Some(Partition::new(p, config.serials_per_partition_max));
-        }
+        let mut ids = config.partitions.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let partitions: Vec<Partition> = ids
+            .into_iter()
+            .map(|p| Partition::new(p, config.serials_per_partition_max))
+            .collect();
         Ok(Engine {
             tables: Tables {
                 keys,
                 policies: PolicyTable::default(),
                 partitions: partitions.into_boxed_slice(),
+                purging: Default::default(),
                 imported: DashMap::with_hasher(Xxh3Builder::new()),
                 successors: Default::default(),
                 scans: ScanMemory::default(),
@@ -444,14 +450,18 @@ impl Engine {
         self.tables.partition(id)
     }
 
-    /// Tickets minted (serials handed out) over all partitions.
+    /// Tickets held over all partitions: serials handed out, less those purged.
     pub fn minted_tickets(&self) -> u64 {
         self.tables
             .partitions
             .iter()
-            .flatten()
-            .map(Partition::minted_serials)
+            .map(Partition::held_serials)
             .sum()
+    }
+
+    /// Tickets held in partition `id` (`None`: not served here).
+    pub fn partition_tickets(&self, id: u16) -> Option<u64> {
+        self.partition(id).map(Partition::held_serials)
     }
 
     /// Bytes the index holds: slot chunks and chunk tables of every partition (imported codes'
@@ -460,7 +470,6 @@ impl Engine {
         self.tables
             .partitions
             .iter()
-            .flatten()
             .map(Partition::memory_bytes)
             .sum()
     }

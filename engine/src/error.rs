@@ -135,3 +135,14 @@ impl TicketError {
         }
     }
 }
+
+/// A purge failed; nothing was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PurgeError {
+    /// This engine does not serve the partition.
+    #[error(
+        "partition {0} is not served by this node (a node serves partition 0 and the load \
+         test's, 65535)"
+    )]
+    NotServed(u16),
+}

@@ -2,7 +2,10 @@
 //!
 //! The array is split into chunks of [`CHUNK_SLOTS`] slots (2 MiB), mapped zeroed on first
 //! mint into them and installed with one compare-and-swap, so lookups and growth never take a
-//! lock. A zeroed slot is an unminted ticket. Chunks are never freed while the partition lives.
+//! lock. A zeroed slot is an unminted ticket. Chunks stay mapped while the partition lives: a
+//! purge zeroes its slots and hands the memory of every chunk wholly below the purge back to
+//! the system (`MADV_DONTNEED`: the mapping stays, reads see zeros), so a reader that found a
+//! slot just before never touches freed memory.
 //!
 //! Each chunk is one 2 MiB-aligned anonymous mapping advised for transparent huge pages:
 //! check-ins touch random slots of a large index, and with 4 KiB pages nearly every one would
@@ -58,8 +61,11 @@ pub struct Partition {
     next_serial: AtomicU64,
     /// Most serials this partition hands out (a configured cap, at most 2^32).
     serials_max: u64,
-    /// Chunks allocated, for memory accounting.
+    /// Chunks holding memory, for memory accounting: mapped, less those a purge released.
     chunks_allocated: AtomicU32,
+    /// Serials below this were purged: their slots are zero and no record may restore them
+    /// (0: nothing purged). Never above `next_serial`; only rises.
+    purged_below: AtomicU64,
 }
 
 /// Maps one zeroed, 2 MiB-aligned chunk advised for huge pages.
@@ -122,6 +128,7 @@ impl Partition {
             next_serial: AtomicU64::new(0),
             serials_max,
             chunks_allocated: AtomicU32::new(0),
+            purged_below: AtomicU64::new(0),
         }
     }
 
@@ -151,7 +158,7 @@ impl Partition {
     }
 
     /// Marks serials `[first, first + count)` as handed out while recovering (they were
-    /// reserved before the crash) and makes sure their slots exist.
+    /// reserved before the crash) and makes sure the slots of those not purged exist.
     pub fn restore_reserved(&self, first: u32, count: u32) -> Result<(), String> {
         let end = u64::from(first) + u64::from(count);
         if end > self.serials_max {
@@ -160,20 +167,115 @@ impl Partition {
             ));
         }
         self.next_serial.fetch_max(end, Ordering::AcqRel);
-        if count > 0 {
-            for c in (first >> CHUNK_BITS) as usize..=((end - 1) >> CHUNK_BITS) as usize {
+        let from = u64::from(first).max(self.purged_below());
+        if from < end {
+            for c in (from >> CHUNK_BITS) as usize..=((end - 1) >> CHUNK_BITS) as usize {
                 self.ensure_chunk(c);
             }
         }
         Ok(())
     }
 
-    /// Serials handed out so far.
+    /// Serials handed out so far, purged ones included (none is handed out again).
     pub fn minted_serials(&self) -> u64 {
         self.next_serial.load(Ordering::Acquire)
     }
 
+    /// Most serials this partition hands out.
+    pub fn serials_max(&self) -> u64 {
+        self.serials_max
+    }
+
+    /// Serials below this were purged (0: none).
+    pub fn purged_below(&self) -> u64 {
+        self.purged_below.load(Ordering::Acquire)
+    }
+
+    /// Whether `serial` was purged: no record may restore it.
+    #[inline]
+    pub fn is_purged(&self, serial: u32) -> bool {
+        u64::from(serial) < self.purged_below()
+    }
+
+    /// Tickets held: serials handed out and not purged.
+    pub fn held_serials(&self) -> u64 {
+        // The floor first: a purge raises the serials handed out before the floor.
+        let floor = self.purged_below();
+        self.minted_serials().saturating_sub(floor)
+    }
+
+    /// Purges every serial below `end` (at most [`Self::minted_serials`] after it; a
+    /// recovering partition's count is raised to it): each slot is swapped to zero, so a
+    /// compare-and-swap that read it before fails and reads an unminted slot, and the memory
+    /// of every chunk wholly below `end` is released. Returns how many of those slots held a
+    /// ticket. Idempotent: serials purged before are skipped. The caller excludes mints.
+    pub(crate) fn purge_below(&self, end: u64) -> u64 {
+        assert!(
+            end <= self.serials_max,
+            "a purge past the partition's serials"
+        );
+        self.next_serial.fetch_max(end, Ordering::AcqRel);
+        let old = self.purged_below.fetch_max(end, Ordering::AcqRel);
+        if end <= old {
+            return 0;
+        }
+        let mut dropped = 0;
+        let mut serial = old;
+        while serial < end {
+            let c = (serial >> CHUNK_BITS) as usize;
+            let chunk_end = ((c as u64 + 1) << CHUNK_BITS).min(end);
+            let chunk = self.chunks[c].load(Ordering::Acquire);
+            if !chunk.is_null() {
+                for s in serial..chunk_end {
+                    // SAFETY: an installed chunk holds CHUNK_SLOTS slots for as long as the
+                    // partition lives; the index is masked into range.
+                    let slot = unsafe { &*chunk.add(s as usize & (CHUNK_SLOTS - 1)) };
+                    dropped += u64::from(slot.word.swap(0, Ordering::AcqRel) != 0);
+                    slot.policy.store(0, Ordering::Relaxed);
+                    slot.first_scan_e.store(0, Ordering::Relaxed);
+                }
+            }
+            serial = chunk_end;
+        }
+        for c in (old >> CHUNK_BITS) as usize..(end >> CHUNK_BITS) as usize {
+            self.release_chunk(c);
+        }
+        dropped
+    }
+
+    /// Marks serials below `below` as purged while recovering from a snapshot that says so,
+    /// before any slot of the partition is made.
+    pub(crate) fn restore_purged(&self, below: u64) -> Result<(), String> {
+        if below > self.serials_max {
+            return Err(format!(
+                "purged serials up to {below} exceed this partition's maximum"
+            ));
+        }
+        self.next_serial.fetch_max(below, Ordering::AcqRel);
+        self.purged_below.fetch_max(below, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Hands the memory of chunk `c`, all of whose slots are zero and purged, back to the
+    /// system. The mapping stays, so a reader still holding one of its slots reads zeros.
+    fn release_chunk(&self, c: usize) {
+        let chunk = self.chunks[c].load(Ordering::Acquire);
+        if chunk.is_null() {
+            return;
+        }
+        // SAFETY: the chunk is our own mapping of CHUNK_BYTES; every byte of it is already
+        // zero, so dropping its pages (which read as zeros afterwards) changes no value.
+        unsafe {
+            libc::madvise(chunk.cast(), CHUNK_BYTES, libc::MADV_DONTNEED);
+        }
+        self.chunks_allocated.fetch_sub(1, Ordering::Relaxed);
+    }
+
     fn ensure_chunk(&self, c: usize) {
+        debug_assert!(
+            ((c as u64 + 1) << CHUNK_BITS) > self.purged_below(),
+            "no slot below a purge is made again"
+        );
         if !self.chunks[c].load(Ordering::Acquire).is_null() {
             return;
         }
@@ -218,7 +320,8 @@ impl Partition {
         Some(unsafe { &*chunk.add(serial as usize & (CHUNK_SLOTS - 1)) })
     }
 
-    /// Bytes of memory the partition holds: allocated chunks plus the chunk pointer table.
+    /// Bytes of memory the partition holds: allocated chunks (less those a purge released)
+    /// plus the chunk pointer table.
     pub fn memory_bytes(&self) -> usize {
         self.chunks_allocated.load(Ordering::Relaxed) as usize * CHUNK_BYTES
             + self.chunks.len() * std::mem::size_of::<AtomicPtr<Slot>>()

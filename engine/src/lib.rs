@@ -3,7 +3,7 @@
 //!
 //! Gate operations ([`Engine::checkin`], [`Engine::checkin_batch`], [`Engine::exit`],
 //! [`Engine::undo`]) never fail: every answer is an [`Outcome`]. Operator operations (mint,
-//! import, revoke, transfer, status) return typed errors.
+//! import, revoke, transfer, status, purge) return typed errors.
 
 pub mod clock;
 pub mod datadir;
@@ -26,12 +26,13 @@ pub use engine::{
     check_clock, Engine, EngineConfig, Gate, Presented, Recovered, CLOCK_BEHIND_LOG_MAX_S,
     ROTATION_STEP_DEFAULT_S,
 };
-pub use error::{MintError, OpenError, TicketError};
+pub use error::{MintError, OpenError, PurgeError, TicketError};
 pub use keys::{KeyRing, KeyStatus};
 pub use ops::checkin::{CheckinRequest, GateOp, PREFETCH_ROUND};
 pub use ops::dump::{EngineDump, SlotDump};
 pub use ops::import::{IMPORTED_CODE_MAX_LEN, IMPORT_BATCH_MAX};
 pub use ops::mint::{MintRequest, MINT_BATCH_MAX};
+pub use ops::purge::{Purged, PURGE_STEP_SERIALS};
 pub use ops::status::TicketStatus;
 pub use policy::{EntryRule, Policy, PolicyId, Validity};
 pub use snapshot::{SnapshotError, SnapshotInfo};

@@ -3,7 +3,9 @@
 //! Replay is idempotent and per-ticket ordered: a state record applies only if its word's
 //! version is newer (modulo 256) than the slot's, and mints and imports publish only empty
 //! slots. Records of one ticket that reached the log in the other order than their swaps
-//! therefore still leave the later state.
+//! therefore still leave the later state. A purge zeroes its partition's slots below its
+//! serial, and every record of a purged serial, before the purge or after it (a check-in
+//! that read its ticket just before the purge zeroed it), is skipped.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -50,6 +52,7 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             }
             Ok(())
         }
+        Record::State { partition, serial, .. } if purged(tables, partition, serial)? => Ok(()),
         Record::State { partition, serial, word, first_scan_e, scan } => {
             set_state(tables, partition, serial, word, first_scan_e)?;
             if let Some(t) = scan {
@@ -73,14 +76,16 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             Ok(())
         }
         Record::Transfer { partition, old_serial, old_word, new_serial, policy, new_word, first_scan_e } => {
-            set_state(tables, partition, old_serial, old_word, 0)?;
             let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(new_serial, 1)?;
-            tables
-                .successors
-                .lock()
-                .expect("successors poisoned")
-                .insert(TicketLoc { partition, serial: old_serial }, new_serial);
+            if !part.is_purged(old_serial) {
+                set_state(tables, partition, old_serial, old_word, 0)?;
+                tables
+                    .successors
+                    .lock()
+                    .expect("successors poisoned")
+                    .insert(TicketLoc { partition, serial: old_serial }, new_serial);
+            }
             publish_if_empty(tables, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
         }
         Record::Import { partition, first, policy, word, codes } => {
@@ -88,9 +93,20 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             part.restore_reserved(first, codes.len() as u32)?;
             for (i, code) in codes.into_iter().enumerate() {
                 let serial = first + i as u32;
-                publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
-                tables.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
+                if !part.is_purged(serial) {
+                    publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
+                    tables.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
+                }
             }
+            Ok(())
+        }
+        Record::Purge { partition, below } => {
+            let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
+            if below > part.serials_max() {
+                return Err(format!("a purge of partition {partition} below serial {below}, past its serials"));
+            }
+            part.purge_below(below);
+            tables.forget_purged(partition, below);
             Ok(())
         }
         Record::Key { id, status: _ } => match tables.keys.status_of(id) {
@@ -100,6 +116,14 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             _ => Ok(()),
         },
     }
+}
+
+/// Whether `serial` of `partition` was purged (its records are skipped).
+fn purged(tables: &Tables, partition: u16, serial: u32) -> Result<bool, String> {
+    let part = tables
+        .partition(partition)
+        .ok_or_else(|| not_served(partition))?;
+    Ok(part.is_purged(serial))
 }
 
 fn not_served(partition: u16) -> String {
@@ -123,6 +147,9 @@ fn publish_if_empty(
     let part = tables
         .partition(partition)
         .ok_or_else(|| not_served(partition))?;
+    if part.is_purged(serial) {
+        return Ok(());
+    }
     let slot = part
         .slot(serial)
         .ok_or_else(|| format!("serial {serial} has no slot"))?;

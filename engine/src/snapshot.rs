@@ -31,11 +31,12 @@ use crate::wal::Wal;
 use crate::word::Word;
 
 const MAGIC: &[u8; 8] = b"STILESNP";
-/// Version 2 added the transfers' successors, version 3 the remembered scans; earlier
-/// versions still load (a ticket transferred before a version 1 snapshot answers a repeated
-/// transfer as revoked; a scan retried after a restart from a version 1 or 2 snapshot, of a
-/// change the snapshot holds, is decided afresh).
-const VERSION: u32 = 3;
+/// Version 2 added the transfers' successors, version 3 the remembered scans, version 4 each
+/// partition's purged serials (whose slots it leaves out); earlier versions still load (a
+/// ticket transferred before a version 1 snapshot answers a repeated transfer as revoked; a
+/// scan retried after a restart from a version 1 or 2 snapshot, of a change the snapshot
+/// holds, is decided afresh; nothing was purged before version 4).
+const VERSION: u32 = 4;
 const HEADER_LEN: usize = 28;
 
 /// A policy, as plain values.
@@ -51,14 +52,40 @@ struct PolicyRow {
     undo_window_s: u32,
 }
 
-/// One partition's slots, as three plain columns indexed by serial.
+/// One partition's slots not purged, as three plain columns: entry `i` is serial
+/// `purged + i`, up to the serials handed out (`reserved`).
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct PartitionRows {
+    id: u16,
+    reserved: u64,
+    /// Serials below this were purged: no slot of theirs is kept.
+    purged: u64,
+    words: Vec<u64>,
+    policies: Vec<u32>,
+    first_scans: Vec<u32>,
+}
+
+/// One partition's slots as versions 1 to 3 kept them: every serial from 0.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PartitionRowsV3 {
     id: u16,
     reserved: u64,
     words: Vec<u64>,
     policies: Vec<u32>,
     first_scans: Vec<u32>,
+}
+
+impl From<PartitionRowsV3> for PartitionRows {
+    fn from(v3: PartitionRowsV3) -> Self {
+        PartitionRows {
+            id: v3.id,
+            reserved: v3.reserved,
+            purged: 0,
+            words: v3.words,
+            policies: v3.policies,
+            first_scans: v3.first_scans,
+        }
+    }
 }
 
 /// The archive.
@@ -83,6 +110,7 @@ struct SnapshotData {
 struct LivePartition {
     id: u16,
     reserved: u64,
+    purged: u64,
     #[rkyv(with = Column<Words>)]
     words: LiveSlots,
     #[rkyv(with = Column<Policies>)]
@@ -104,7 +132,7 @@ struct LiveSnapshot {
     scans: Vec<ScanRow>,
 }
 
-/// Slots `0..reserved` of a live partition (an unmapped slot reads as zeros).
+/// Slots `from..reserved` of a live partition (an unmapped slot reads as zeros).
 ///
 /// It points at the partition rather than borrowing it: rkyv's derive cannot resolve the
 /// archived types of a struct with a lifetime. [`Engine::live_snapshot`] hands these out
@@ -112,11 +140,15 @@ struct LiveSnapshot {
 #[derive(Clone, Copy)]
 struct LiveSlots {
     part: std::ptr::NonNull<Partition>,
-    reserved: u32,
+    /// The first serial not purged.
+    from: u64,
+    /// Serials handed out (at most 2^32).
+    reserved: u64,
 }
 
 impl LiveSlots {
-    fn slot(&self, serial: u32) -> Option<&Slot> {
+    fn slot(&self, serial: u64) -> Option<&Slot> {
+        let serial = u32::try_from(serial).ok()?;
         // SAFETY: a `LiveSlots` lives in a `Live<'e>`, which borrows the tables that own the
         // partition for `'e`, and partitions are never moved or freed while the tables live.
         unsafe { self.part.as_ref() }.slot(serial)
@@ -178,7 +210,11 @@ impl<C: SlotColumn> rkyv::with::ArchiveWith<LiveSlots> for Column<C> {
         resolver: rkyv::vec::VecResolver,
         out: rkyv::Place<Self::Archived>,
     ) {
-        rkyv::vec::ArchivedVec::resolve_from_len(field.reserved as usize, resolver, out);
+        rkyv::vec::ArchivedVec::resolve_from_len(
+            (field.reserved - field.from) as usize,
+            resolver,
+            out,
+        );
     }
 }
 
@@ -201,7 +237,7 @@ where
         };
         let pos = serializer.align_for::<rkyv::Archived<C::Value>>()?;
         let mut chunk = Vec::with_capacity(COLUMN_CHUNK * len);
-        for serial in 0..field.reserved {
+        for serial in field.from..field.reserved {
             let value = field.slot(serial).map_or(0, C::read);
             chunk.extend_from_slice(&value.to_le_bytes()[..len]);
             if chunk.len() == chunk.capacity() {
@@ -214,12 +250,38 @@ where
     }
 }
 
+/// The archive of version 3, which purged nothing.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotDataV3 {
+    start_seq: u64,
+    policies: Vec<PolicyRow>,
+    partitions: Vec<PartitionRowsV3>,
+    imported: Vec<(String, u16, u32)>,
+    keys: Vec<(u8, u8, [u8; 32])>,
+    successors: Vec<(u16, u32, u32)>,
+    scans: Vec<ScanRow>,
+}
+
+impl From<SnapshotDataV3> for SnapshotData {
+    fn from(v3: SnapshotDataV3) -> Self {
+        SnapshotData {
+            start_seq: v3.start_seq,
+            policies: v3.policies,
+            partitions: v3.partitions.into_iter().map(Into::into).collect(),
+            imported: v3.imported,
+            keys: v3.keys,
+            successors: v3.successors,
+            scans: v3.scans,
+        }
+    }
+}
+
 /// The archive of version 2, which had no scans.
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV2 {
     start_seq: u64,
     policies: Vec<PolicyRow>,
-    partitions: Vec<PartitionRows>,
+    partitions: Vec<PartitionRowsV3>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
     successors: Vec<(u16, u32, u32)>,
@@ -230,7 +292,7 @@ impl From<SnapshotDataV2> for SnapshotData {
         SnapshotData {
             start_seq: v2.start_seq,
             policies: v2.policies,
-            partitions: v2.partitions,
+            partitions: v2.partitions.into_iter().map(Into::into).collect(),
             imported: v2.imported,
             keys: v2.keys,
             successors: v2.successors,
@@ -244,7 +306,7 @@ impl From<SnapshotDataV2> for SnapshotData {
 struct SnapshotDataV1 {
     start_seq: u64,
     policies: Vec<PolicyRow>,
-    partitions: Vec<PartitionRows>,
+    partitions: Vec<PartitionRowsV3>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
 }
@@ -254,7 +316,7 @@ impl From<SnapshotDataV1> for SnapshotData {
         SnapshotData {
             start_seq: v1.start_seq,
             policies: v1.policies,
-            partitions: v1.partitions,
+            partitions: v1.partitions.into_iter().map(Into::into).collect(),
             imported: v1.imported,
             keys: v1.keys,
             successors: Vec::new(),
@@ -485,20 +547,27 @@ fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
     let partitions = tables
         .partitions
         .iter()
-        .flatten()
-        .map(|part| {
+        .filter_map(|part| {
+            // The floor first: a purge raises the serials handed out before it.
+            let purged = part.purged_below();
             let reserved = part.minted_serials();
+            if reserved == 0 {
+                // A partition that never held a ticket (the load test's, mostly).
+                return None;
+            }
             let slots = LiveSlots {
                 part: std::ptr::NonNull::from(part),
-                reserved: u32::try_from(reserved).expect("serials are u32"),
+                from: purged,
+                reserved,
             };
-            LivePartition {
+            Some(LivePartition {
                 id: part.id(),
                 reserved,
+                purged,
                 words: slots,
                 policies: slots,
                 first_scans: slots,
-            }
+            })
         })
         .collect();
     let imported = tables
@@ -533,7 +602,7 @@ impl Live<'_> {
             .partitions
             .iter()
             .map(|p| {
-                (0..p.words.reserved)
+                (p.words.from..p.words.reserved)
                     .filter(|&serial| {
                         p.words
                             .slot(serial)
@@ -590,7 +659,7 @@ pub(crate) fn load_newest(tables: &Tables, data_dir: &Path) -> Result<u64, OpenE
         let view = snapshot.as_ref().map_err(String::clone);
         match view.and_then(ReadSnapshot::view) {
             Ok((rest, partitions)) => {
-                restore(tables, &rest, partitions).map_err(|reason| OpenError::Snapshot {
+                restore(tables, &rest, &partitions).map_err(|reason| OpenError::Snapshot {
                     path: path.clone(),
                     reason,
                 })?;
@@ -621,11 +690,57 @@ struct Rest {
     scans: Vec<ScanRow>,
 }
 
+/// One partition's columns in the archive, whichever version laid them out.
+struct RowsView<'a> {
+    id: u16,
+    /// Serials handed out.
+    reserved: u64,
+    /// Serials below this were purged; the columns start at it.
+    purged: u64,
+    words: &'a [rkyv::Archived<u64>],
+    policies: &'a [rkyv::Archived<u32>],
+    first_scans: &'a [rkyv::Archived<u32>],
+}
+
+impl<'a> From<&'a ArchivedPartitionRows> for RowsView<'a> {
+    fn from(r: &'a ArchivedPartitionRows) -> Self {
+        RowsView {
+            id: r.id.to_native(),
+            reserved: r.reserved.to_native(),
+            purged: r.purged.to_native(),
+            words: r.words.as_slice(),
+            policies: r.policies.as_slice(),
+            first_scans: r.first_scans.as_slice(),
+        }
+    }
+}
+
+impl<'a> From<&'a ArchivedPartitionRowsV3> for RowsView<'a> {
+    fn from(r: &'a ArchivedPartitionRowsV3) -> Self {
+        RowsView {
+            id: r.id.to_native(),
+            reserved: r.reserved.to_native(),
+            purged: 0,
+            words: r.words.as_slice(),
+            policies: r.policies.as_slice(),
+            first_scans: r.first_scans.as_slice(),
+        }
+    }
+}
+
+/// The views of an archived list of partitions.
+fn rows<'a, R: 'a>(partitions: &'a rkyv::vec::ArchivedVec<R>) -> Vec<RowsView<'a>>
+where
+    RowsView<'a>: From<&'a R>,
+{
+    partitions.iter().map(RowsView::from).collect()
+}
+
 impl ReadSnapshot {
     /// The archive checked (bytecheck): the small parts as plain values, the partitions'
     /// columns left in the archive, where restoring reads them. Deserialized, the columns
     /// of 75 M tickets were 1.2 GB more, allocated and freed at every start.
-    fn view(&self) -> Result<(Rest, &rkyv::vec::ArchivedVec<ArchivedPartitionRows>), String> {
+    fn view(&self) -> Result<(Rest, Vec<RowsView<'_>>), String> {
         fn plain<T: rkyv::Archive>(archived: &T::Archived) -> Result<T, String>
         where
             T::Archived: rkyv::Deserialize<T, rkyv::rancor::Strategy<rkyv::de::Pool, RkyvError>>,
@@ -643,7 +758,7 @@ impl ReadSnapshot {
                 successors: Vec::new(),
                 scans: Vec::new(),
             };
-            return Ok((rest, &a.partitions));
+            return Ok((rest, rows(&a.partitions)));
         }
         if self.version == 2 {
             let a = rkyv::access::<ArchivedSnapshotDataV2, RkyvError>(&self.archive).map_err(e)?;
@@ -655,7 +770,19 @@ impl ReadSnapshot {
                 successors: plain(&a.successors)?,
                 scans: Vec::new(),
             };
-            return Ok((rest, &a.partitions));
+            return Ok((rest, rows(&a.partitions)));
+        }
+        if self.version == 3 {
+            let a = rkyv::access::<ArchivedSnapshotDataV3, RkyvError>(&self.archive).map_err(e)?;
+            let rest = Rest {
+                start_seq: a.start_seq.to_native(),
+                policies: plain(&a.policies)?,
+                imported: plain(&a.imported)?,
+                keys: plain(&a.keys)?,
+                successors: plain(&a.successors)?,
+                scans: plain(&a.scans)?,
+            };
+            return Ok((rest, rows(&a.partitions)));
         }
         let a = rkyv::access::<ArchivedSnapshotData, RkyvError>(&self.archive).map_err(e)?;
         let rest = Rest {
@@ -666,7 +793,7 @@ impl ReadSnapshot {
             successors: plain(&a.successors)?,
             scans: plain(&a.scans)?,
         };
-        Ok((rest, &a.partitions))
+        Ok((rest, rows(&a.partitions)))
     }
 }
 
@@ -745,14 +872,15 @@ fn read_whole(path: &Path) -> Result<SnapshotData, String> {
             .map(SnapshotData::from)
             .map_err(|e| e.to_string());
     }
+    if read.version == 3 {
+        return rkyv::from_bytes::<SnapshotDataV3, RkyvError>(&read.archive)
+            .map(SnapshotData::from)
+            .map_err(|e| e.to_string());
+    }
     rkyv::from_bytes::<SnapshotData, RkyvError>(&read.archive).map_err(|e| e.to_string())
 }
 
-fn restore(
-    tables: &Tables,
-    data: &Rest,
-    partitions: &rkyv::vec::ArchivedVec<ArchivedPartitionRows>,
-) -> Result<(), String> {
+fn restore(tables: &Tables, data: &Rest, partitions: &[RowsView<'_>]) -> Result<(), String> {
     for (id, row) in data.policies.iter().enumerate() {
         let policy = Policy {
             provider: row.provider,
@@ -797,14 +925,35 @@ fn restore(
             ));
         }
     }
-    for rows in partitions.iter() {
-        let id = rows.id.to_native();
+    for rows in partitions {
+        let id = rows.id;
         let part = tables.partition(id).ok_or_else(|| {
             format!("holds partition {id}, which this node is not configured to serve")
         })?;
-        part.restore_reserved(0, rows.reserved.to_native() as u32)?;
+        let kept = rows.reserved.checked_sub(rows.purged).ok_or_else(|| {
+            format!(
+                "partition {id} has {} serials purged of {} handed out",
+                rows.purged, rows.reserved
+            )
+        })?;
+        let lengths = [
+            rows.words.len(),
+            rows.policies.len(),
+            rows.first_scans.len(),
+        ];
+        if lengths.iter().any(|&n| n as u64 != kept)
+            || rows.reserved > part.serials_max()
+            || kept > u64::from(u32::MAX)
+        {
+            return Err(format!(
+                "partition {id}'s columns ({lengths:?}) do not hold its {kept} serials kept"
+            ));
+        }
+        part.restore_purged(rows.purged)?;
+        // Checked above: fewer than 2^32 kept, none past the partition's serials.
+        part.restore_reserved(rows.purged.min(u64::from(u32::MAX)) as u32, kept as u32)?;
         let mut newest_e = 0u32;
-        for (serial, ((w, p), f)) in rows
+        for (i, ((w, p), f)) in rows
             .words
             .iter()
             .zip(rows.policies.iter())
@@ -815,7 +964,7 @@ fn restore(
             if w != 0 {
                 let word = Word::unpack(w);
                 newest_e = newest_e.max(word.time_e).max(f);
-                part.publish(serial as u32, PolicyId(p), word, f);
+                part.publish((rows.purged + i as u64) as u32, PolicyId(p), word, f);
             }
         }
         tables.saw_time(newest_e);
@@ -904,13 +1053,14 @@ mod tests {
                 .iter()
                 .map(|p| {
                     let slots = |f: fn(&Slot) -> u64| {
-                        (0..p.words.reserved)
+                        (p.words.from..p.words.reserved)
                             .map(|serial| p.words.slot(serial).map_or(0, f))
                             .collect::<Vec<u64>>()
                     };
                     PartitionRows {
                         id: p.id,
                         reserved: p.reserved,
+                        purged: p.purged,
                         words: slots(|s| s.word.load(Ordering::Relaxed)),
                         policies: slots(|s| s.policy.load(Ordering::Relaxed).into())
                             .into_iter()
@@ -984,17 +1134,11 @@ mod tests {
         let v1 = SnapshotDataV1 {
             start_seq: v2.start_seq,
             policies: v2.policies,
-            partitions: v2.partitions,
+            partitions: v2.partitions.into_iter().map(v3_rows).collect(),
             imported: v2.imported,
             keys: v2.keys,
         };
-        let payload = rkyv::to_bytes::<RkyvError>(&v1).unwrap();
-        let mut header = Vec::new();
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&1u32.to_le_bytes());
-        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        header.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
-        std::fs::write(&path, [header.as_slice(), payload.as_slice()].concat()).unwrap();
+        write_as(&path, 1, &rkyv::to_bytes::<RkyvError>(&v1).unwrap());
         let e = open(dir.path());
         let after = e.dump();
         assert_eq!(after.slots, before.slots);
@@ -1014,7 +1158,8 @@ mod tests {
     fn a_streamed_archive_is_the_archive_made_in_memory() {
         let rows = |id: u16, n: usize| PartitionRows {
             id,
-            reserved: n as u64,
+            reserved: n as u64 + 7,
+            purged: 7,
             words: (0..n as u64).collect(),
             policies: vec![1; n],
             first_scans: vec![2; n],
@@ -1076,8 +1221,115 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _, _) = transferred_then_snapshot(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(&path).err().unwrap(), "unknown snapshot version 4");
+        assert_eq!(
+            read(&path).err().unwrap(),
+            format!("unknown snapshot version {}", VERSION + 1)
+        );
+    }
+
+    /// Partition rows as versions 1 to 3 laid them out (nothing purged).
+    fn v3_rows(r: PartitionRows) -> PartitionRowsV3 {
+        assert_eq!(r.purged, 0, "versions before 4 purged nothing");
+        PartitionRowsV3 {
+            id: r.id,
+            reserved: r.reserved,
+            words: r.words,
+            policies: r.policies,
+            first_scans: r.first_scans,
+        }
+    }
+
+    /// Writes `data` at `path` as a snapshot of version `version`.
+    fn write_as(path: &Path, version: u32, payload: &[u8]) {
+        let mut header = Vec::new();
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&version.to_le_bytes());
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&xxh3_64(payload).to_le_bytes());
+        std::fs::write(path, [header.as_slice(), payload].concat()).unwrap();
+    }
+
+    /// A version 3 snapshot (every partition's columns from serial 0, no purge) still loads
+    /// into the same state.
+    #[test]
+    fn a_version_3_snapshot_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, old, new) = transferred_then_snapshot(dir.path());
+        let before = open(dir.path()).dump();
+        let v4 = read_whole(&path).unwrap();
+        let v3 = SnapshotDataV3 {
+            start_seq: v4.start_seq,
+            policies: v4.policies,
+            partitions: v4.partitions.into_iter().map(v3_rows).collect(),
+            imported: v4.imported,
+            keys: v4.keys,
+            successors: v4.successors,
+            scans: v4.scans,
+        };
+        write_as(&path, 3, &rkyv::to_bytes::<RkyvError>(&v3).unwrap());
+        let e = open(dir.path());
+        assert_eq!(e.dump(), before);
+        assert_eq!(e.transfer(&Presented::Code(old)).unwrap(), new);
+    }
+
+    /// A snapshot taken after a purge leaves the purged slots out (its column starts at the
+    /// first serial kept) and says where they end; loaded, the purged codes are unknown and
+    /// the partition's next ticket gets the next serial, never a purged one's.
+    #[test]
+    fn a_snapshot_after_a_purge_holds_no_purged_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open(dir.path());
+        let policy = e.add_policy(Policy::simple(1)).unwrap();
+        let mint = |partition, count| {
+            e.mint(&MintRequest {
+                policy,
+                partition,
+                count,
+            })
+            .unwrap()
+        };
+        let kept = mint(0, 3);
+        let gone = mint(stile_protocol::limits::LOADTEST_PARTITION, 200_000);
+        let purged = e.purge(stile_protocol::limits::LOADTEST_PARTITION).unwrap();
+        assert_eq!((purged.tickets, purged.below), (200_000, 200_000));
+        let later = mint(stile_protocol::limits::LOADTEST_PARTITION, 2);
+        let info = e.snapshot().unwrap();
+        assert_eq!(info.tickets, 5);
+        let before = e.dump();
+        drop(e);
+        let data = read_whole(&info.path).unwrap();
+        let rows: Vec<(u16, u64, u64, usize)> = data
+            .partitions
+            .iter()
+            .map(|p| (p.id, p.reserved, p.purged, p.words.len()))
+            .collect();
+        assert_eq!(rows, [(0, 3, 0, 3), (u16::MAX, 200_002, 200_000, 2)]);
+
+        let e = open(dir.path());
+        assert_eq!(e.recovered().records, 0, "all from the snapshot");
+        assert_eq!(e.dump(), before);
+        assert!(matches!(
+            e.status(&Presented::Code(gone[7])),
+            Err(TicketError::Unknown)
+        ));
+        assert!(e.status(&Presented::Code(kept[2])).is_ok());
+        assert!(e.status(&Presented::Code(later[1])).is_ok());
+        let next = e
+            .mint(&MintRequest {
+                policy,
+                partition: stile_protocol::limits::LOADTEST_PARTITION,
+                count: 1,
+            })
+            .unwrap();
+        assert_eq!(next[0].header().serial, 200_002);
+        // Only the chunk the kept tickets live in holds memory there.
+        assert_eq!(
+            e.partition(stile_protocol::limits::LOADTEST_PARTITION)
+                .unwrap()
+                .memory_bytes(),
+            crate::index::CHUNK_BYTES + crate::index::CHUNKS_MAX * 8
+        );
     }
 }

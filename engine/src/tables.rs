@@ -25,8 +25,13 @@ pub(crate) struct Tables {
     pub(crate) keys: KeyRing,
     /// Policies by id.
     pub(crate) policies: PolicyTable,
-    /// Partitions by id (`None`: not served here).
-    pub(crate) partitions: Box<[Option<Partition>]>,
+    /// The partitions served here, sorted by id (few: a binary search finds one).
+    pub(crate) partitions: Box<[Partition]>,
+    /// Taken shared by everything that hands out serials and publishes slots (mint, import,
+    /// transfer) from its reservation of serials until its record is logged, and exclusively
+    /// by a purge, so that a purge sees no ticket half made and every mint's record comes
+    /// before the purge's in the log. Check-ins never take it.
+    pub(crate) purging: std::sync::RwLock<()>,
     /// Imported codes: the full string (hashed with xxh3, compared in full) to its ticket.
     pub(crate) imported: DashMap<Box<str>, TicketLoc, Xxh3Builder>,
     /// Transferred tickets to their successors' serials (same partition). Held for the whole
@@ -53,8 +58,35 @@ impl Tables {
     }
 
     /// Partition `id`, if served here.
+    #[inline]
     pub(crate) fn partition(&self, id: u16) -> Option<&Partition> {
-        self.partitions.get(id as usize).and_then(Option::as_ref)
+        self.partitions
+            .binary_search_by_key(&id, Partition::id)
+            .ok()
+            .map(|i| &self.partitions[i])
+    }
+
+    /// Shared hold on serials and slots for a mint, import or transfer (see `purging`).
+    pub(crate) fn minting(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        // The lock guards no data: a panic while it was held leaves nothing half changed.
+        self.purging
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops what refers to partition `partition`'s serials below `end` outside the index:
+    /// imported codes and transfers' successors. Returns the imported codes forgotten.
+    pub(crate) fn forget_purged(&self, partition: u16, end: u64) -> usize {
+        let below = |loc: &TicketLoc| loc.partition == partition && u64::from(loc.serial) < end;
+        let before = self.imported.len();
+        if before > 0 {
+            self.imported.retain(|_, loc| !below(loc));
+            self.imported.shrink_to_fit();
+        }
+        let mut successors = self.successors.lock().expect("successors poisoned");
+        successors.retain(|loc, _| !below(loc));
+        successors.shrink_to_fit();
+        before - self.imported.len()
     }
 
     /// Every transfer's (partition, old serial, new serial), sorted.

@@ -13,6 +13,10 @@
 //! Closed loop (the default) keeps N requests in flight per gate; open loop (`rate`) sends
 //! at a fixed rate and measures each request from the moment it was due, so a stall of the
 //! target shows in the latency instead of slowing the sender (coordinated omission).
+//!
+//! Unless told how many, a run mints as many tickets as it will present (see [`size`]),
+//! into a partition of their own ([`LOADTEST_PARTITION`] by default), and says how many it
+//! left in a node and the `stile purge` that removes them.
 
 pub mod html;
 mod leftovers;
@@ -24,12 +28,14 @@ pub mod report;
 mod target;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stile_engine::SyncMode;
+pub use stile_protocol::limits::LOADTEST_PARTITION;
 use stile_protocol::OutcomeKind;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
@@ -47,6 +53,8 @@ pub const INFLIGHT_MAX: u32 = 4096;
 pub const TICKETS_MAX: u32 = 20_000_000;
 /// Gates that present each code at once in `replay`.
 pub const REPLAY_FANOUT: usize = 4;
+// `Scenario::Replay`'s help says four.
+const _: () = assert!(REPLAY_FANOUT == 4);
 /// Highest open-loop rate, per second.
 pub const RATE_MAX: f64 = 10_000_000.0;
 /// Most requests one gate writes at once.
@@ -58,6 +66,24 @@ const RAN_OUT_SLACK: Duration = Duration::from_millis(20);
 const PACER_TICK: Duration = Duration::from_micros(50);
 /// Its longest sleep, so that it notices the end and gates that went away.
 const PACER_SLEEP_MAX: Duration = Duration::from_millis(10);
+/// A run sized to its rate mints this much more than the rate presents, and
+/// [`SIZED_TICKETS_MIN`] more still: gates that fall behind send late, not less.
+const RATE_HEADROOM: f64 = 1.1;
+/// A closed-loop run sized by a probe mints for this much more than the probe's rate: the
+/// run itself, longer and warmed up, may go faster (twice as fast was seen on a shared
+/// machine), and a run that runs out ends early.
+const PROBE_HEADROOM: f64 = 2.0;
+/// The probe of a closed-loop run: measured this long, as fast as answers come, after
+/// [`PROBE_WARMUP`].
+pub const PROBE_DURATION: Duration = Duration::from_secs(1);
+/// The probe's warm-up.
+pub const PROBE_WARMUP: Duration = Duration::from_millis(500);
+/// Tickets the probe mints (it ends sooner if the target is faster than that).
+pub const PROBE_TICKETS: u32 = 200_000;
+/// Fewest tickets a sized run mints.
+pub const SIZED_TICKETS_MIN: u32 = 1_000;
+/// Tickets minted between two progress reports (and per call to the target).
+const MINT_STEP: u32 = 65_536;
 
 /// Why a run could not happen.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +109,7 @@ pub enum LoadError {
 pub enum Scenario {
     /// Each ticket presented once, spread over the gates.
     Stadium,
-    /// Every code presented at [`REPLAY_FANOUT`] gates at once.
+    /// Every code presented at four gates at once.
     Replay,
     /// Forged codes only: bit-flipped genuine ones and random ones.
     Forged,
@@ -159,8 +185,16 @@ pub struct Config {
     pub rate: Option<f64>,
     /// Open loop: flat at `rate`, or a peak up to `rate`.
     pub shape: Shape,
-    /// Tickets minted before the clock starts.
-    pub tickets: u32,
+    /// Tickets minted before the clock starts; `None`: as many as the run will present,
+    /// with headroom, from its rate or from a short probe ([`size`]).
+    pub tickets: Option<u32>,
+    /// The partition tickets are minted into, on a node or the engine in process:
+    /// [`LOADTEST_PARTITION`] unless told otherwise, which holds nothing of an operator's
+    /// and which `stile purge --partition 65535` empties.
+    pub partition: u16,
+    /// How this process's `stile` was started (its path as given), for the `stile purge`
+    /// command the summary prints.
+    pub program: String,
     /// Seed of every random choice.
     pub seed: u64,
     /// Data dir: the certificates in `DATA/tls` (quic), or the engine's data (inproc).
@@ -235,7 +269,7 @@ impl Config {
         if self.inflight == 0 || self.inflight > INFLIGHT_MAX {
             return bad(format!("--inflight must be 1 to {INFLIGHT_MAX}"));
         }
-        if self.tickets == 0 || self.tickets > TICKETS_MAX {
+        if self.tickets.is_some_and(|n| n == 0 || n > TICKETS_MAX) {
             return bad(format!("--tickets must be 1 to {TICKETS_MAX}"));
         }
         if self.duration.is_zero() {
@@ -344,8 +378,105 @@ struct GateCounts {
     quic: Option<report::QuicView>,
 }
 
-/// Runs one scenario against one target.
+/// How many tickets a run mints, and how that was decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sizing {
+    /// Tickets to mint for the measured run.
+    pub tickets: u32,
+    /// `given` (`--tickets`), `rate` (the open-loop rate over the run's time) or `probe`
+    /// (the rate of a short closed-loop probe).
+    pub by: &'static str,
+    /// The probe's answers per second.
+    pub probe_rate_per_s: Option<f64>,
+    /// Tickets the probe minted (left in a node as the run's are).
+    pub probe_tickets: u32,
+    /// More were needed than [`TICKETS_MAX`]: the run may end early.
+    pub capped: bool,
+}
+
+impl Sizing {
+    /// `n` tickets, as given.
+    pub fn given(n: u32) -> Sizing {
+        Sizing {
+            tickets: n,
+            by: "given",
+            probe_rate_per_s: None,
+            probe_tickets: 0,
+            capped: false,
+        }
+    }
+
+    /// Enough tickets for `scans_per_s` over the run's warm-up and measured time, with
+    /// `headroom`, at `per_ticket` presentations of each.
+    fn for_rate(config: &Config, scans_per_s: f64, headroom: f64, by: &'static str) -> Sizing {
+        let seconds = (config.warmup + config.duration).as_secs_f64();
+        let per_ticket = plan::scans_per_ticket(config.scenario, config.gates);
+        let needed = (scans_per_s * seconds * headroom / per_ticket).ceil();
+        let needed = needed + f64::from(SIZED_TICKETS_MIN);
+        Sizing {
+            tickets: needed.min(f64::from(TICKETS_MAX)) as u32,
+            by,
+            probe_rate_per_s: None,
+            probe_tickets: 0,
+            capped: needed > f64::from(TICKETS_MAX),
+        }
+    }
+}
+
+/// How many tickets `config`'s run needs: `--tickets` if given; for an open loop, its rate
+/// over the warm-up and the measured time (10 % more, and [`SIZED_TICKETS_MIN`] more); for a
+/// closed loop, the answers per second of a [`PROBE_DURATION`] probe against the same target
+/// (twice as many). At most [`TICKETS_MAX`].
+pub async fn size(config: &Config) -> Result<Sizing, LoadError> {
+    config.validate()?;
+    if let Some(n) = config.tickets {
+        return Ok(Sizing::given(n));
+    }
+    if let Some(rate) = config.rate {
+        return Ok(Sizing::for_rate(config, rate, RATE_HEADROOM, "rate"));
+    }
+    if config.progress {
+        eprintln!(
+            "stile loadtest: {}: sizing the run: a {:.0} s probe as fast as answers come",
+            config.target,
+            PROBE_DURATION.as_secs_f64()
+        );
+    }
+    let probe = Config {
+        tickets: Some(PROBE_TICKETS),
+        duration: PROBE_DURATION,
+        warmup: PROBE_WARMUP,
+        progress: false,
+        ..config.clone()
+    };
+    let report = run_sized(&probe, Sizing::given(PROBE_TICKETS)).await?;
+    if report.errors + report.timeouts > 0 || report.gates_lost > 0 || report.requests == 0 {
+        return Err(LoadError::Target {
+            target: config.target.clone(),
+            reason: format!(
+                "the probe that sizes the run got {} answers, {} errors and {} timeouts; give \
+                 --tickets to run without it",
+                report.requests, report.errors, report.timeouts
+            ),
+        });
+    }
+    let rate = report.throughput_per_s;
+    Ok(Sizing {
+        probe_rate_per_s: Some(rate),
+        probe_tickets: PROBE_TICKETS,
+        ..Sizing::for_rate(config, rate, PROBE_HEADROOM, "probe")
+    })
+}
+
+/// Runs one scenario against one target, its tickets sized first unless given ([`size`]).
 pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
+    config.validate()?;
+    let sizing = size(config).await?;
+    run_sized(config, sizing).await
+}
+
+/// Runs one scenario against one target with `sizing.tickets` tickets.
+pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, LoadError> {
     config.validate()?;
     let Prepared {
         target,
@@ -354,7 +485,7 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         allowed,
         sync,
         links,
-    } = prepare(config).await?;
+    } = prepare(config, sizing.tickets).await?;
     if config.progress {
         // For logs and scripts: the clock starts now (a stop from here on is reported).
         eprintln!(
@@ -379,6 +510,8 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
     let cpu_start = cpu_time();
     let ticks_start = report::CpuTicks::read();
     let start = Instant::now();
+    // The target's own view second by second, beside the client's timeline.
+    let sampler = start_sampler(target.clone(), start, config);
     let shared = Arc::new(RunShared::new(config, start, genuine.len(), allowed));
     // Open loop: one thread keeps the schedule and hands each gate its due times.
     let (pacer, dues) = start_pacer(config, &shared, gates.len())?;
@@ -444,6 +577,8 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         (Some(before), Some(after)) => Some(report::NodeView::between(&before, &after)),
         _ => None,
     };
+    let node_timeline = sampler.finish().await;
+    let left_in_node = left_in_node(config, &sizing, genuine.len() as u64);
     Ok(RunReport {
         target: config.target.clone(),
         round: 1,
@@ -478,7 +613,97 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
         quic,
         interrupted: cut_short,
         gates_lost,
+        tickets: genuine.len() as u64,
+        tickets_sized_by: sizing.by.to_string(),
+        probe_rate_per_s: sizing.probe_rate_per_s,
+        tickets_capped: sizing.capped,
+        node_timeline,
+        left_in_node,
     })
+}
+
+/// What a run against a node leaves in it: its tickets (and its probe's), in the run's
+/// partition, and the command that removes them. `None` for the engine in process (its data
+/// dir goes with the run) and for Redis (loading the next run's tickets empties it).
+fn left_in_node(config: &Config, sizing: &Sizing, minted: u64) -> Option<report::LeftInNode> {
+    Some(report::LeftInNode {
+        partition: config.partition,
+        tickets: minted + u64::from(sizing.probe_tickets),
+        purge: purge_command(config)?,
+    })
+}
+
+/// The `stile purge` that drops what runs of `config` minted in a node, as a shell reads it
+/// (`None` for a target that is no node): the node, the data dir whose certificates the run
+/// used, the admin certificate it named.
+pub fn purge_command(config: &Config) -> Option<String> {
+    let node = config.target.strip_prefix("quic://")?.trim_end_matches('/');
+    let mut purge = vec![
+        config.program.clone(),
+        "purge".into(),
+        "--partition".into(),
+        config.partition.to_string(),
+        "--node".into(),
+        node.to_string(),
+        "--data".into(),
+        config.data.display().to_string(),
+    ];
+    if let Some((cert, key)) = &config.admin {
+        purge.extend([
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    if config.partition != LOADTEST_PARTITION {
+        purge.push("--force".into());
+    }
+    Some(report::shell_words(&purge))
+}
+
+/// Reads the target's own view once a second from the start of a run, for its timeline.
+struct Sampler {
+    /// The readings so far: seconds from the start, and what the target said.
+    readings: Arc<Mutex<Vec<(u64, link::NodeReading)>>>,
+    /// The task that reads.
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts reading `target` at `start` and each second after, until the run's time is up or
+/// it is stopped.
+fn start_sampler(target: Arc<Target>, start: Instant, config: &Config) -> Sampler {
+    let readings = Arc::new(Mutex::new(Vec::new()));
+    let seconds = (config.warmup + config.duration).as_secs_f64().ceil() as u64;
+    let (stop, kept) = (config.stop.clone(), readings.clone());
+    let task = tokio::spawn(async move {
+        for k in 0..=seconds {
+            let at = start + Duration::from_secs(k);
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {}
+                () = stop.requested() => return,
+            }
+            match target.reading().await {
+                Some(r) => kept.lock().expect("not poisoned").push((k, r)),
+                None => return,
+            }
+        }
+    });
+    Sampler { readings, task }
+}
+
+impl Sampler {
+    /// Stops reading; the view of each second between two readings a second apart.
+    async fn finish(self) -> Vec<report::NodeSecond> {
+        self.task.abort();
+        let _ = self.task.await;
+        let readings = std::mem::take(&mut *self.readings.lock().expect("not poisoned"));
+        readings
+            .windows(2)
+            .filter(|w| w[1].0 == w[0].0 + 1)
+            .map(|w| report::NodeSecond::between(w[0].0, &w[0].1, &w[1].1))
+            .collect()
+    }
 }
 
 impl RunShared {
@@ -563,13 +788,16 @@ struct Prepared {
     links: Vec<(target::Tx, target::Rx)>,
 }
 
-/// Opens the target, mints the run's tickets, plans each gate's scans and opens the gates'
+/// Opens the target, mints the run's `tickets`, plans each gate's scans and opens the gates'
 /// links. A stop meanwhile ends the run with nothing to report (dropping the target stops
 /// a Redis it spawned).
-async fn prepare(config: &Config) -> Result<Prepared, LoadError> {
+async fn prepare(config: &Config, tickets: u32) -> Result<Prepared, LoadError> {
     let stop = &config.stop;
     let target = stop.or_stop(Target::open(config)).await??;
-    let genuine = stop.or_stop(target.mint(&plan::tickets(config))).await??;
+    let kinds = plan::tickets(config.scenario, tickets);
+    let mut progress = MintProgress::new(config, tickets);
+    let genuine = stop.or_stop(target.mint(&kinds, &mut progress)).await??;
+    drop(progress);
     let Plan { gates, allowed } = plan::plan(config, &genuine);
     let sync = stop.or_stop(target.sync_name()).await?;
     let mut links = Vec::with_capacity(gates.len());
@@ -1076,6 +1304,89 @@ fn pace_with(
         let until_due = next_due.saturating_duration_since(Instant::now());
         if !sleep(until_due.clamp(PACER_TICK, PACER_SLEEP_MAX)) {
             return;
+        }
+    }
+}
+
+/// Says how minting goes, on stderr: one line redrawn in place on a terminal, a plain line
+/// at most every second otherwise (a log or a CI job reads those), and the last count when
+/// it is dropped (minting done, failed or stopped).
+pub(crate) struct MintProgress {
+    /// `stile loadtest: TARGET`.
+    label: String,
+    /// Tickets to mint.
+    total: u64,
+    /// Minted so far.
+    done: u64,
+    /// The count the last line showed.
+    shown_done: u64,
+    /// Stderr is a terminal: redraw one line.
+    tty: bool,
+    /// When the last line went out (`None`: none yet).
+    shown_at: Option<Instant>,
+    /// `--quiet` turns it off.
+    enabled: bool,
+}
+
+impl MintProgress {
+    /// For `tickets` tickets of `config`'s run.
+    fn new(config: &Config, tickets: u32) -> MintProgress {
+        use std::io::IsTerminal;
+        MintProgress {
+            label: format!("stile loadtest: {}", config.target),
+            total: u64::from(tickets),
+            done: 0,
+            shown_done: 0,
+            tty: std::io::stderr().is_terminal(),
+            shown_at: None,
+            enabled: config.progress,
+        }
+    }
+
+    /// `n` more minted.
+    pub(crate) fn add(&mut self, n: u64) {
+        self.done += n;
+        let every = match self.tty {
+            true => Duration::from_millis(100),
+            false => Duration::from_secs(1),
+        };
+        if self.shown_at.is_none_or(|t| t.elapsed() >= every) {
+            self.show();
+        }
+    }
+
+    fn show(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        self.shown_at = Some(Instant::now());
+        self.shown_done = self.done;
+        let line = format!(
+            "{}: minting tickets: {} of {} ({:.0} %)",
+            self.label,
+            self.done,
+            self.total,
+            100.0 * self.done as f64 / self.total.max(1) as f64
+        );
+        let mut err = std::io::stderr().lock();
+        // Not eprintln!: a closed terminal must not end the run.
+        let _ = match self.tty {
+            true => write!(err, "\r{line}\x1b[K"),
+            false => writeln!(err, "{line}"),
+        };
+    }
+}
+
+impl Drop for MintProgress {
+    fn drop(&mut self) {
+        if self.shown_at.is_none() {
+            return;
+        }
+        if self.shown_done != self.done {
+            self.show();
+        }
+        if self.enabled && self.tty {
+            let _ = writeln!(std::io::stderr());
         }
     }
 }

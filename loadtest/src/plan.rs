@@ -46,17 +46,14 @@ impl Kind {
     }
 }
 
-/// The tickets to mint: `(kind, count)` in minting order.
-pub fn tickets(config: &Config) -> Vec<(Kind, u32)> {
-    match config.scenario {
+/// The `n` tickets to mint for `scenario`: `(kind, count)` in minting order.
+pub fn tickets(scenario: Scenario, n: u32) -> Vec<(Kind, u32)> {
+    match scenario {
         Scenario::Rail => {
-            let passes = (u64::from(config.tickets) * u64::from(RAIL_PASS_PERCENT) / 100) as u32;
-            vec![
-                (Kind::Journey, config.tickets - passes),
-                (Kind::DayPass, passes),
-            ]
+            let passes = (u64::from(n) * u64::from(RAIL_PASS_PERCENT) / 100) as u32;
+            vec![(Kind::Journey, n - passes), (Kind::DayPass, passes)]
         }
-        _ => vec![(Kind::Single, config.tickets)],
+        _ => vec![(Kind::Single, n)],
     }
     .into_iter()
     .filter(|(_, n)| *n > 0)
@@ -86,6 +83,22 @@ pub struct Plan {
     pub allowed: Vec<u8>,
 }
 
+/// Presentations a scenario makes of each ticket minted for it, on average (`gates` gates):
+/// what sizes a run's tickets to the scans it sends.
+pub fn scans_per_ticket(scenario: Scenario, gates: u16) -> f64 {
+    let pass = f64::from(RAIL_PASS_PERCENT) / 100.0;
+    match scenario {
+        // A forged copy of each ticket, never the ticket itself.
+        Scenario::Stadium | Scenario::Forged => 1.0,
+        Scenario::Replay => REPLAY_FANOUT.min(usize::from(gates.max(1))) as f64,
+        // Single journeys enter and leave; day passes make their trips.
+        Scenario::Rail => (1.0 - pass) * 2.0 + pass * 2.0 * f64::from(RAIL_PASS_TRIPS),
+        Scenario::Mixed => {
+            1.0 + 1.0 / f64::from(MIXED_REPLAY_EVERY) + 1.0 / f64::from(MIXED_FORGED_EVERY)
+        }
+    }
+}
+
 /// Each gate's codes for the scenario. `genuine` holds the minted codes in the order and the
 /// kinds [`tickets`] gave.
 pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
@@ -93,7 +106,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let mut work: Vec<Vec<Item>> = vec![Vec::new(); gates];
     let mut allowed = Vec::with_capacity(genuine.len());
-    for (kind, n) in tickets(config) {
+    for (kind, n) in tickets(config.scenario, genuine.len() as u32) {
         allowed.extend(std::iter::repeat_n(kind.admits_allowed(), n as usize));
     }
     let entry = |code: CodeBytes, t: usize| Item {
@@ -207,6 +220,8 @@ mod tests {
 
     fn config(scenario: Scenario, tickets: u32) -> Config {
         Config {
+            partition: stile_protocol::limits::LOADTEST_PARTITION,
+            program: "stile".into(),
             scenario,
             target: "inproc".into(),
             gates: 8,
@@ -215,7 +230,7 @@ mod tests {
             warmup: Duration::ZERO,
             rate: None,
             shape: crate::Shape::Flat,
-            tickets,
+            tickets: Some(tickets),
             seed: 7,
             data: PathBuf::from("."),
             sync: stile_engine::SyncMode::None,
@@ -242,13 +257,16 @@ mod tests {
     #[test]
     fn rail_sends_each_exit_a_round_after_its_entry() {
         let c = config(Scenario::Rail, 1000);
-        let kinds = tickets(&c);
+        let kinds = tickets(c.scenario, 1000);
         assert_eq!(kinds, vec![(Kind::Journey, 700), (Kind::DayPass, 300)]);
         let p = plan(&c, &codes(1000));
         let all: Vec<Item> = p.gates.iter().flatten().copied().collect();
         assert_eq!(all.len(), 700 * 2 + 300 * 6);
         let exits = all.iter().filter(|i| i.exit).count();
         assert_eq!(exits, 700 + 300 * 3);
+        // What sizes a rail run: its scans per ticket.
+        let per = scans_per_ticket(Scenario::Rail, c.gates);
+        assert!((per * 1000.0 - all.len() as f64).abs() < 1e-6, "{per}");
         // Each scan of a ticket waits for all its earlier ones.
         for t in [0, 699, 700, 999] {
             let mut afters: Vec<u8> = all
@@ -285,6 +303,9 @@ mod tests {
         }
         let replays = all.len() - forged - n as usize;
         assert_eq!(replays, (n as usize - MIXED_REPLAY_LAG) / 10);
+        // Sized at a scan and a little more per ticket: an upper bound of what it sends.
+        let per = scans_per_ticket(Scenario::Mixed, c.gates);
+        assert!(all.len() as f64 <= per * f64::from(n), "{per}");
         // A run of fewer tickets than the lag still has its replays.
         let small = 2_000;
         let p = plan(&config(Scenario::Mixed, small), &codes(small));

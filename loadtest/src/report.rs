@@ -96,9 +96,123 @@ pub struct RunReport {
     /// Gates whose connection failed, or went silent with requests in flight (no answer
     /// within 10 s); each stopped there. Should be 0.
     pub gates_lost: u32,
+    /// Tickets minted for the run (a probe's not included).
+    pub tickets: u64,
+    /// How their number was decided: `given` (`--tickets`), `rate` (the open-loop rate over
+    /// the warm-up and measured time, with headroom) or `probe` (the answers per second of a
+    /// one-second closed-loop probe, with headroom).
+    pub tickets_sized_by: String,
+    /// The probe's answers per second, when one sized the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_rate_per_s: Option<f64>,
+    /// More tickets were needed than a run mints at most (20,000,000).
+    pub tickets_capped: bool,
+    /// The target's own view second by second from the start (a node, or the engine in
+    /// process): where its check-in and fsync latency went as the client's did.
+    pub node_timeline: Vec<NodeSecond>,
+    /// What the run left in a node (absent for the engine in process and for Redis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_in_node: Option<LeftInNode>,
+}
+
+/// Load-test tickets a run left in a node, and how to remove them.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftInNode {
+    /// The partition they are in.
+    pub partition: u16,
+    /// How many this run minted there, its probe's included (tickets of earlier runs in the
+    /// same partition stay too).
+    pub tickets: u64,
+    /// The command that drops every ticket of that partition: `stile purge --partition P
+    /// --node ADDR --data DIR`.
+    pub purge: String,
+}
+
+/// Words as a shell reads them: each quoted (`'…'`) unless it is plain.
+pub fn shell_words(words: &[String]) -> String {
+    let plain = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+    };
+    words
+        .iter()
+        .map(|w| match plain(w) {
+            true => w.clone(),
+            false => format!("'{}'", w.replace('\'', "'\\''")),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One second of a target's own view: its check-ins' and its log's latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSecond {
+    /// Seconds from the start of the run (as the client's timeline counts them).
+    pub t_s: u64,
+    /// Check-ins, from reading the request to writing the answer (a node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkin_latency_us: Option<Quantiles>,
+    /// `fdatasync` of the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_us: Option<Quantiles>,
+    /// Syncs in that second.
+    pub syncs: u64,
+}
+
+impl NodeSecond {
+    /// Second `t_s`, between a reading at its start and one at its end.
+    pub fn between(
+        t_s: u64,
+        before: &crate::link::NodeReading,
+        after: &crate::link::NodeReading,
+    ) -> NodeSecond {
+        NodeSecond {
+            t_s,
+            checkin_latency_us: match (&before.checkin_us, &after.checkin_us) {
+                (Some(b), Some(a)) => Quantiles::of(&a.since(b)),
+                _ => None,
+            },
+            fsync_us: Quantiles::of(&after.fsync_us.since(&before.fsync_us)),
+            syncs: after.syncs.saturating_sub(before.syncs),
+        }
+    }
 }
 
 impl RunReport {
+    /// How many tickets the run minted and why, and what it left in a node: lines of the
+    /// summary.
+    pub fn tickets_text(&self) -> String {
+        let why = match (self.tickets_sized_by.as_str(), self.probe_rate_per_s) {
+            ("probe", Some(rate)) => format!(
+                "sized by a 1 s probe at {rate:.0}/s{}",
+                if self.tickets_capped {
+                    ", capped at the most a run mints"
+                } else {
+                    ""
+                }
+            ),
+            ("rate", _) => format!(
+                "sized to the rate over the run{}",
+                if self.tickets_capped {
+                    ", capped at the most a run mints"
+                } else {
+                    ""
+                }
+            ),
+            _ => "as given".into(),
+        };
+        let mut out = format!("  tickets: {} minted ({why})\n", self.tickets);
+        if let Some(left) = &self.left_in_node {
+            out.push_str(&format!(
+                "  left in the node: {} load-test tickets in partition {}, with any of earlier \
+                 runs; remove them with: {}\n",
+                left.tickets, left.partition, left.purge
+            ));
+        }
+        out
+    }
+
     /// What the figures point at, one sentence each: lost packets, and a client whose
     /// latency is mostly its own (or the network's) rather than the node's.
     pub fn notes(&self) -> Vec<String> {
@@ -663,6 +777,12 @@ impl Machine {
 /// The `--json` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The version of stile that ran it.
+    pub version: String,
+    /// The command line, as a shell would read it back.
+    pub command: String,
+    /// When it started (UTC, RFC 3339).
+    pub date: String,
     /// Scenario name.
     pub scenario: String,
     /// Seed of the random choices.
@@ -723,6 +843,7 @@ impl Report {
             if let Some(quic) = &r.quic {
                 out.push_str(&quic.text());
             }
+            out.push_str(&r.tickets_text());
             for note in r.notes() {
                 out.push_str(&format!("  note: {note}\n"));
             }
@@ -757,10 +878,12 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn run(client_p50: u64, node_p50: Option<u64>, lost: Option<u64>) -> RunReport {
+    /// A run against a node whose client's p50 is `client_p50`, with the node's own view
+    /// (its check-in p50 `node_p50`) and QUIC's count of lost packets when given.
+    pub(crate) fn run(client_p50: u64, node_p50: Option<u64>, lost: Option<u64>) -> RunReport {
         RunReport {
             target: "quic://127.0.0.1:7443".into(),
             round: 1,
@@ -790,6 +913,12 @@ mod tests {
             client_cpu_percent: 80.0,
             interrupted: false,
             gates_lost: 0,
+            tickets: 500_000,
+            tickets_sized_by: "given".into(),
+            probe_rate_per_s: None,
+            tickets_capped: false,
+            node_timeline: Vec::new(),
+            left_in_node: None,
             machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),
@@ -812,6 +941,35 @@ mod tests {
                 packets_lost,
             }),
         }
+    }
+
+    /// The summary says how many tickets were minted and why, and what a run left in a
+    /// node with the command that removes them, quoted for a shell where need be.
+    #[test]
+    fn the_summary_says_what_was_minted_and_left_and_how_to_remove_it() {
+        let mut r = run(2_500, Some(2_000), Some(0));
+        assert_eq!(r.tickets_text(), "  tickets: 500000 minted (as given)\n");
+        (r.tickets_sized_by, r.probe_rate_per_s) = ("probe".into(), Some(41_000.4));
+        let words: Vec<String> = ["stile", "purge", "--data", "my data", "--node", "it's"]
+            .map(String::from)
+            .into();
+        r.left_in_node = Some(LeftInNode {
+            partition: 65535,
+            tickets: 700_000,
+            purge: shell_words(&words),
+        });
+        let text = r.tickets_text();
+        assert_eq!(
+            text,
+            "  tickets: 500000 minted (sized by a 1 s probe at 41000/s)\n  left in the node: \
+             700000 load-test tickets in partition 65535, with any of earlier runs; remove \
+             them with: stile purge --data 'my data' --node 'it'\\''s'\n"
+        );
+        r.tickets_sized_by = "rate".into();
+        r.tickets_capped = true;
+        assert!(r
+            .tickets_text()
+            .starts_with("  tickets: 500000 minted (sized to the rate over the run, capped"));
     }
 
     #[test]
@@ -883,6 +1041,9 @@ mod tests {
         assert!(run(16_000, None, None).notes().is_empty());
 
         let report = Report {
+            version: "0.1.0".into(),
+            command: "stile loadtest".into(),
+            date: "2026-01-01T00:00:00Z".into(),
             scenario: "stadium".into(),
             seed: 1,
             machine: Machine::this(),
@@ -948,6 +1109,9 @@ mod tests {
         });
         assert!(r.notes().is_empty(), "{:?}", r.notes());
         let report = Report {
+            version: "0.1.0".into(),
+            command: "stile loadtest".into(),
+            date: "2026-01-01T00:00:00Z".into(),
             scenario: "stadium".into(),
             seed: 1,
             machine: Machine::this(),
@@ -1104,6 +1268,9 @@ mod tests {
         let ratios: Vec<Ratio> = ratios.into_iter().filter(|q| q.slot == 1).collect();
         let medians = RatioMedian::of(&ratios);
         let text = Report {
+            version: "0.1.0".into(),
+            command: "stile loadtest".into(),
+            date: "2026-01-01T00:00:00Z".into(),
             scenario: "stadium".into(),
             seed: 1,
             machine: Machine::this(),

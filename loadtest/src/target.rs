@@ -64,6 +64,8 @@ pub struct Inproc {
     sync: &'static str,
     /// Scan ids.
     scan_id: AtomicU64,
+    /// The partition tickets are minted into.
+    partition: u16,
     /// The data dir (deleted on drop, after the engine).
     _dir: TempTree,
 }
@@ -80,6 +82,8 @@ pub struct Quic {
     gate_certs: TempTree,
     /// The admin client.
     admin: Client,
+    /// The partition tickets are minted into.
+    partition: u16,
     /// One UDP socket for every gate's connection, as one machine simulating many gates.
     endpoint: quinn::Endpoint,
 }
@@ -242,6 +246,7 @@ impl Target {
                 engine,
                 sync: config.sync.name(),
                 scan_id: AtomicU64::new(1),
+                partition: config.partition,
                 _dir: dir,
             })));
         }
@@ -289,20 +294,33 @@ impl Target {
             ca,
             gate_certs,
             admin,
+            partition: config.partition,
             endpoint,
         })))
     }
 
-    /// Mints the tickets `kinds` names (in that order), valid any time, of provider 1.
-    pub async fn mint(&self, kinds: &[(Kind, u32)]) -> Result<Vec<CodeBytes>, LoadError> {
-        let mut codes = Vec::new();
+    /// Mints the tickets `kinds` names (in that order), valid any time, of provider 1, a
+    /// step at a time, telling `progress` after each.
+    pub(crate) async fn mint(
+        &self,
+        kinds: &[(Kind, u32)],
+        progress: &mut crate::MintProgress,
+    ) -> Result<Vec<CodeBytes>, LoadError> {
+        let total: u64 = kinds.iter().map(|&(_, n)| u64::from(n)).sum();
+        let mut codes = Vec::with_capacity(total as usize);
         for &(kind, n) in kinds {
-            let first = codes.is_empty();
-            codes.extend(match self {
-                Target::Inproc(t) => t.mint_kind(kind, n, first).await?,
-                Target::Quic(q) => q.mint_kind(kind, n, first).await?,
-                Target::Redis(r) => r.mint_kind(kind, n, first).await?,
-            });
+            let mut left = n;
+            while left > 0 {
+                let step = left.min(crate::MINT_STEP);
+                let first = codes.is_empty();
+                codes.extend(match self {
+                    Target::Inproc(t) => t.mint_kind(kind, step, first).await?,
+                    Target::Quic(q) => q.mint_kind(kind, step, first).await?,
+                    Target::Redis(r) => r.mint_kind(kind, step, first).await?,
+                });
+                left -= step;
+                progress.add(u64::from(step));
+            }
         }
         Ok(codes)
     }
@@ -370,7 +388,7 @@ impl TargetKind for Arc<Inproc> {
             let count = left.min(MINT_BATCH_MAX as u32);
             let req = MintRequest {
                 policy,
-                partition: 0,
+                partition: self.partition,
                 count,
             };
             codes.extend(self.engine.mint(&req).map_err(|e| err(e.to_string()))?);
@@ -420,6 +438,7 @@ impl TargetKind for Quic {
     ) -> Result<Vec<CodeBytes>, LoadError> {
         let p = policy_of(kind);
         let spec = MintSpec {
+            partition: self.partition,
             max_entries: p.entry.max_entries,
             records_exits: p.entry.records_exits,
             duration_from_first_scan_s: p.validity.duration_from_first_scan_s.unwrap_or(0),

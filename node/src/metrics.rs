@@ -467,8 +467,14 @@ impl Collector for NodeCollector {
         one(
             &mut e,
             "stile_node_tickets",
-            "Tickets minted",
+            "Tickets held: minted, less those purged",
             &ConstGauge::new(shared.engine.minted_tickets() as i64),
+        )?;
+        one(
+            &mut e,
+            "stile_node_index_bytes",
+            "Bytes of memory the ticket index holds (a purge hands its tickets' back)",
+            &ConstGauge::new(shared.engine.index_memory_bytes() as i64),
         )?;
         let (steps_back, held_s) = shared.engine.clock_steps_back();
         one(

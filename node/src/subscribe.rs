@@ -64,7 +64,7 @@ impl Stream {
     }
 }
 
-/// The events a log record holds (mints, policies and keys hold none).
+/// The events a log record holds (mints, policies, keys and purges hold none).
 fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
     let event = |kind, partition, serial, raw: u64| {
         let w = Word::unpack(raw);
@@ -106,7 +106,8 @@ fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
         Record::Policy { .. }
         | Record::Mint { .. }
         | Record::Import { .. }
-        | Record::Key { .. } => {}
+        | Record::Key { .. }
+        | Record::Purge { .. } => {}
     }
 }
 

@@ -529,6 +529,17 @@ impl Client {
         Ok(codes)
     }
 
+    /// Drops every ticket of `partition` for good (admin): how many tickets went, and the
+    /// serial below which the partition is purged. Not resent after a lost connection (a
+    /// resend would drop what was minted meanwhile): an error then, and the caller asks
+    /// again if it means to.
+    pub async fn purge(&self, partition: u16) -> Result<(u64, u64), ClientError> {
+        match self.request(Request::Purge { partition }).await? {
+            Response::Purged { tickets, below } => Ok((tickets, below)),
+            _ => Err(ClientError::Unexpected("purge")),
+        }
+    }
+
     /// Round trip time of one ping.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = std::time::Instant::now();

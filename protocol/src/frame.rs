@@ -88,10 +88,12 @@ pub mod op {
         METRICS = 0x0D, "metrics";
         /// Stop a subscription started on the same stream.
         UNSUBSCRIBE = 0x0E, "unsubscribe";
+        /// Drop every ticket of a partition for good (admin, audited).
+        PURGE = 0x0F, "purge";
     }
 
     /// Largest request op.
-    pub const REQUEST_MAX: u8 = UNSUBSCRIBE;
+    pub const REQUEST_MAX: u8 = PURGE;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -108,6 +110,8 @@ pub mod op {
     pub const TICKET_KEY_REPLY: u8 = 0x87;
     /// Outcome counts and latency histograms.
     pub const METRICS_REPLY: u8 = 0x88;
+    /// What a purge dropped.
+    pub const PURGED: u8 = 0x89;
     /// The request failed; nothing changed.
     pub const ERROR: u8 = 0x8F;
 }
@@ -434,7 +438,7 @@ impl TicketStateName {
 /// Node counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct NodeStats {
-    /// Tickets minted (serials handed out).
+    /// Tickets held: serials handed out, less those purged.
     pub tickets: u64,
     /// Gate requests answered (check-in, exit, undo, `checkin_as`).
     pub scans: u64,
@@ -644,6 +648,11 @@ pub enum Request {
         /// The subscribe request's id.
         id: u32,
     },
+    /// Drops every ticket of `partition` minted so far, of every provider, for good.
+    Purge {
+        /// The partition.
+        partition: u16,
+    },
 }
 
 /// A response: it carries the request id of what it answers.
@@ -671,6 +680,14 @@ pub enum Response {
     },
     /// Outcome counts and latency histograms.
     Metrics(NodeMetrics),
+    /// What a purge dropped.
+    Purged {
+        /// Tickets dropped.
+        tickets: u64,
+        /// Every serial of the partition below this is purged; its next ticket gets this
+        /// serial or a later one.
+        below: u64,
+    },
     /// The request failed; nothing changed.
     Error {
         /// One of [`error_code`].
@@ -801,6 +818,7 @@ impl Request {
             Request::TicketKey { .. } => op::TICKET_KEY,
             Request::Metrics { .. } => op::METRICS,
             Request::Unsubscribe { .. } => op::UNSUBSCRIBE,
+            Request::Purge { .. } => op::PURGE,
         }
     }
 
@@ -814,16 +832,19 @@ impl Request {
                 | Request::CheckinAs { .. }
                 | Request::Subscribe { .. }
                 | Request::TicketKey { .. }
+                | Request::Purge { .. }
         )
     }
 
     /// Whether resending it after a lost connection is safe: gate scans carry scan ids (the
     /// node answers a retry with the original outcome), reads change nothing, revoking twice
     /// is revoking once (`ticket_key` is a read), and a repeated transfer is answered with the
-    /// successor the first one made. Mint is not: a resend could make tickets twice.
+    /// successor the first one made. Mint is not: a resend could make tickets twice. Nor is
+    /// purge: a resend would drop the tickets minted in between, and answer with their count
+    /// instead of the first one's.
     pub fn is_retry_safe(&self) -> bool {
         // A transfer is: the node answers a repeated one with the successor it made first.
-        !matches!(self, Request::Mint(_))
+        !matches!(self, Request::Mint(_) | Request::Purge { .. })
     }
 
     fn payload_len(&self) -> usize {
@@ -841,6 +862,7 @@ impl Request {
             Request::Subscribe { .. } => 8,
             Request::Metrics { .. } => 1,
             Request::Unsubscribe { .. } => 4,
+            Request::Purge { .. } => 2,
         }
     }
 
@@ -888,6 +910,7 @@ impl Request {
             Request::Subscribe { from_seq } => out.put_u64_le(*from_seq),
             Request::Metrics { op } => out.put_u8(*op),
             Request::Unsubscribe { id } => out.put_u32_le(*id),
+            Request::Purge { partition } => out.put_u16_le(*partition),
         }
     }
 
@@ -944,6 +967,9 @@ impl Request {
             },
             op::METRICS => Request::Metrics { op: r.u8()? },
             op::UNSUBSCRIBE => Request::Unsubscribe { id: r.u32()? },
+            op::PURGE => Request::Purge {
+                partition: r.u16()?,
+            },
             other => return Err(FrameError::UnknownOp(other)),
         };
         r.end()?;
@@ -962,6 +988,7 @@ pub fn encode_outcome(id: u32, outcome: &Outcome, out: &mut impl BufMut) {
 }
 
 const OUTCOME_LEN: usize = 12;
+const PURGED_LEN: usize = 16;
 
 impl Response {
     fn payload_len(&self) -> usize {
@@ -982,6 +1009,7 @@ impl Response {
                     + histogram_len(&m.latency_us)
                     + histogram_len(&m.fsync_us)
             }
+            Response::Purged { .. } => PURGED_LEN,
             Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
         }
     }
@@ -1014,6 +1042,7 @@ impl Response {
                 }
                 op::METRICS_REPLY
             }
+            Response::Purged { .. } => op::PURGED,
             Response::Error { .. } => op::ERROR,
         };
         put_header(out, op, id, self.payload_len());
@@ -1086,6 +1115,10 @@ impl Response {
                 out.put_u8(m.latency_op);
                 put_histogram(out, &m.latency_us);
                 put_histogram(out, &m.fsync_us);
+            }
+            Response::Purged { tickets, below } => {
+                out.put_u64_le(*tickets);
+                out.put_u64_le(*below);
             }
             Response::Error { code, message } => {
                 let m = error_message(message);
@@ -1217,6 +1250,10 @@ impl Response {
                 r.buf = &[];
                 Response::Metrics(m)
             }
+            op::PURGED => Response::Purged {
+                tickets: r.u64()?,
+                below: r.u64()?,
+            },
             op::ERROR => {
                 let code = r.u16()?;
                 let len = r.u16()? as usize;
@@ -1371,6 +1408,27 @@ mod tests {
         ));
     }
 
+    /// A purge is an admin request that is never resent, 8 bytes with its partition, and
+    /// its answer carries two counts (docs/FORMAT.md §9).
+    #[test]
+    fn purge_is_an_admin_request_never_resent_of_the_documented_size() {
+        let req = Request::Purge { partition: 0xFFFF };
+        assert!(req.needs_admin() && !req.is_retry_safe());
+        assert_eq!(op::name(op::PURGE), "purge");
+        let bytes = one_frame(&req);
+        assert_eq!(bytes, [7, op::PURGE, 7, 0, 0, 0, 0xFF, 0xFF]);
+        let resp = Response::Purged {
+            tickets: 3,
+            below: 1 << 32,
+        };
+        let mut out = Vec::new();
+        resp.encode(7, &mut out);
+        assert_eq!(out.len(), 1 + BODY_HEADER_LEN + 16);
+        assert_eq!(out[1], op::PURGED);
+        let (_, body) = split_frame(&out).unwrap().unwrap();
+        assert_eq!(Response::decode(body).unwrap(), (7, resp));
+    }
+
     #[test]
     fn metrics_skip_appended_fields_but_refuse_bad_buckets() {
         let m = NodeMetrics {
@@ -1471,6 +1529,7 @@ mod tests {
                 raw_code().prop_map(|code| Request::TicketKey { code }),
                 any::<u8>().prop_map(|op| Request::Metrics { op }),
                 any::<u32>().prop_map(|id| Request::Unsubscribe { id }),
+                any::<u16>().prop_map(|partition| Request::Purge { partition }),
                 (
                     (
                         any::<u16>(),
@@ -1639,6 +1698,8 @@ mod tests {
                 proptest::collection::vec(event(), 0..100).prop_map(Response::Events),
                 (any::<[u8; TICKET_KEY_LEN]>(), any::<u32>())
                     .prop_map(|(key, step_s)| Response::TicketKey { key, step_s }),
+                (any::<u64>(), any::<u64>())
+                    .prop_map(|(tickets, below)| Response::Purged { tickets, below }),
                 (any::<u16>(), ".{0,80}")
                     .prop_map(|(code, message)| Response::Error { code, message }),
             ]

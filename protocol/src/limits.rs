@@ -6,3 +6,7 @@
 pub const ENTRIES_MAX: u8 = 63;
 /// Longest undo window a policy may set, seconds: one hour.
 pub const UNDO_WINDOW_MAX_S: u32 = 3600;
+/// The partition `stile loadtest` mints its tickets into, so that `stile purge --partition
+/// 65535` removes them and nothing of an operator's (whose tickets are minted into partition
+/// 0 unless told otherwise). A node serves partitions 0 and this one.
+pub const LOADTEST_PARTITION: u16 = u16::MAX;

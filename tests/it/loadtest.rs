@@ -20,7 +20,9 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         warmup: Duration::ZERO,
         rate: None,
         shape: stile_loadtest::Shape::Flat,
-        tickets: 20_000,
+        tickets: Some(20_000),
+        partition: stile_loadtest::LOADTEST_PARTITION,
+        program: env!("CARGO_BIN_EXE_stile").into(),
         seed: 7,
         data: data.to_path_buf(),
         sync: SyncMode::Always,
@@ -87,7 +89,7 @@ async fn every_scenario_in_process() {
         let c = config(scenario, "inproc", dir.path());
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always");
-        check(scenario, &r, c.tickets as u64);
+        check(scenario, &r, u64::from(c.tickets.unwrap()));
         // The engine's own view: its log synced what was admitted (forged codes log nothing).
         let node = r.node.as_ref().expect("the engine's own view");
         assert!(
@@ -113,7 +115,7 @@ async fn the_admin_certificate_can_be_named_and_must_be_an_admins() {
     let target = format!("quic://{}", n.addr);
     let ops = certs::issue_admin(&n.tls, "ops").unwrap();
     let mut c = config(Scenario::Stadium, &target, n.dir.path());
-    (c.gates, c.tickets) = (2, 500);
+    (c.gates, c.tickets) = (2, Some(500));
     c.admin = Some((ops.clone(), certs::key_path_for(&ops)));
     let r = stile_loadtest::run(&c).await.unwrap();
     assert_eq!(
@@ -142,12 +144,12 @@ async fn every_scenario_against_a_node() {
     for scenario in EVERY {
         let mut c = config(scenario, &target, n.dir.path());
         c.gates = 4;
-        c.tickets = 4_000;
+        c.tickets = Some(4_000);
         // Ends when the codes run out; the bound is for a slow machine.
         c.duration = Duration::from_secs(20);
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "always", "as the node reports it through stats");
-        check(scenario, &r, c.tickets as u64);
+        check(scenario, &r, u64::from(c.tickets.unwrap()));
         // The node's own view of the same run, through its metrics.
         let node = r.node.as_ref().expect("the node's own view");
         let own = node
@@ -221,6 +223,17 @@ fn command_line_json_has_the_documented_shape() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("double admits 0"), "{text}");
+    // Minting is told on stderr, in plain lines when it is no terminal.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stile loadtest: inproc: minting tickets: 5000 of 5000 (100 %)\n"),
+        "{err}"
+    );
+    assert!(!err.contains('\r'), "{err}");
+    assert!(
+        text.contains("  tickets: 5000 minted (as given)\n"),
+        "{text}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // `--json -`: standard output is the JSON document alone, the summary on stderr.
@@ -277,6 +290,13 @@ fn command_line_json_has_the_documented_shape() {
         (Some("inproc"), Some("closed"))
     );
     assert_eq!(run["outcomes"]["admitted"], 5000, "{run}");
+    assert_eq!(
+        (run["tickets"].as_u64(), run["tickets_sized_by"].as_str()),
+        (Some(5000), Some("given")),
+        "{run}"
+    );
+    // The engine in process leaves nothing behind: its data dir went with it.
+    assert!(run.get("left_in_node").is_none(), "{run}");
     // 5,000 tickets do not last 30 s: the run ends early and says so.
     assert_eq!(run["tickets_ran_out"], true, "{run}");
     assert!(run["measured_s"].as_f64().unwrap() < 29.0, "{run}");
@@ -320,12 +340,12 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         let mut c = config(scenario, &format!("redis://127.0.0.1:{port}"), dir.path());
         c.spawn_redis = true;
         c.gates = 4;
-        c.tickets = 4_000;
+        c.tickets = Some(4_000);
         // Ends when the codes run out; the bound is for a slow machine.
         c.duration = Duration::from_secs(20);
         let r = stile_loadtest::run(&c).await.unwrap();
         assert_eq!(r.sync, "appendfsync always", "{r:?}");
-        check(scenario, &r, c.tickets as u64);
+        check(scenario, &r, u64::from(c.tickets.unwrap()));
         assert!(r.node.is_none(), "Redis says nothing of itself: {r:?}");
     }
     // One invocation, both targets, the ratios printed.
@@ -695,6 +715,90 @@ fn what_a_killed_run_leaves_the_next_run_removes() {
     }
 }
 
+/// Without `--tickets`, an open loop mints its rate over the run and a tenth more (and
+/// 1,000 more still), into partition 65535 of the node; the report says how many it left
+/// there and the `stile purge` that removes them, which does. A closed loop is sized by a
+/// probe, whose tickets are counted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_sized_to_their_rate_and_leave_their_tickets_where_purge_removes_them() {
+    let n = TestNode::start(|_| {}).await;
+    let target = format!("quic://{}", n.addr);
+    let mut c = config(Scenario::Stadium, &target, n.dir.path());
+    (c.tickets, c.rate, c.gates) = (None, Some(2_000.0), 4);
+    let r = stile_loadtest::run(&c).await.unwrap();
+    check(Scenario::Stadium, &r, 3_200);
+    assert_eq!((r.tickets, r.tickets_sized_by.as_str()), (3_200, "rate"));
+    assert!(!r.tickets_ran_out, "{r:?}");
+    let left = r
+        .left_in_node
+        .clone()
+        .expect("a node keeps the run's tickets");
+    assert_eq!((left.partition, left.tickets), (65535, 3_200));
+    assert_eq!(
+        left.purge,
+        format!(
+            "{} purge --partition 65535 --node {} --data {}",
+            env!("CARGO_BIN_EXE_stile"),
+            n.addr,
+            n.dir.path().display()
+        )
+    );
+    let summary = stile_loadtest::Report {
+        version: String::new(),
+        command: String::new(),
+        date: String::new(),
+        scenario: "stadium".into(),
+        seed: 1,
+        machine: stile_loadtest::report::Machine::this(),
+        runs: vec![r],
+        ratios: Vec::new(),
+        ratio_medians: Vec::new(),
+    }
+    .text();
+    assert!(
+        summary.contains(&format!(
+            "  left in the node: 3200 load-test tickets in partition 65535, with any of earlier \
+             runs; remove them with: {}\n",
+            left.purge
+        )),
+        "{summary}"
+    );
+    // The node's own view, second by second.
+    let admin = n.client("admin-admin").await;
+    assert_eq!(admin.stats().await.unwrap().tickets, 3_200);
+    // The command, as printed, removes them.
+    let words: Vec<&str> = left.purge.split(' ').collect();
+    let out = std::process::Command::new(words[0])
+        .args(&words[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("purged partition 65535: 3200 tickets"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(admin.stats().await.unwrap().tickets, 0);
+    drop(admin);
+    n.node.unwrap().shutdown().await;
+
+    // A closed loop: a probe's rate sizes it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(Scenario::Replay, "inproc", dir.path());
+    (c.tickets, c.duration, c.gates) = (None, Duration::from_millis(500), 4);
+    let r = stile_loadtest::run(&c).await.unwrap();
+    assert_eq!(r.tickets_sized_by, "probe", "{r:?}");
+    let rate = r.probe_rate_per_s.expect("the probe's rate");
+    // Twice the probe's answers over the run, four answers a ticket, and 1,000 more.
+    let want = (rate * 0.5 * 2.0 / 4.0).ceil() as u64 + 1_000;
+    assert!(rate > 0.0 && r.tickets.abs_diff(want) <= 1, "{rate} {r:?}");
+    assert!(r.left_in_node.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_to_its_rate() {
     let dir = tempfile::tempdir().unwrap();
@@ -702,7 +806,7 @@ async fn open_loop_keeps_to_its_rate() {
     c.rate = Some(5_000.0);
     c.warmup = Duration::from_millis(200);
     let r = stile_loadtest::run(&c).await.unwrap();
-    check(Scenario::Stadium, &r, c.tickets as u64);
+    check(Scenario::Stadium, &r, u64::from(c.tickets.unwrap()));
     assert_eq!((r.mode.as_str(), r.requested_rate), ("open", Some(5_000.0)));
     // Due times are i / rate: a second holds at most 5,000 of them, whatever the machine.
     assert!(r.requests <= 5_001, "{r:?}");
@@ -761,11 +865,29 @@ fn compare_prints_ratios_and_writes_an_html_report() {
         (Some("inproc"), Some("inproc"))
     );
     assert!(ratio["throughput"].as_f64().unwrap() > 0.0, "{ratio}");
+    // When, which stile, and the command line exactly as given, in the JSON and atop the page.
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let command = v["command"].as_str().unwrap();
+    assert!(
+        command.starts_with(env!("CARGO_BIN_EXE_stile"))
+            && command.contains(" loadtest --scenario mixed --compare inproc,inproc ")
+            && command.ends_with(&format!("--report {}", html.display())),
+        "{command}"
+    );
+    assert!(v["date"].as_str().unwrap().ends_with('Z'), "{v}");
     let page = std::fs::read_to_string(html.join("index.html")).unwrap();
-    assert_eq!(page.matches("<svg").count(), 3, "three plots inline");
+    assert!(page.contains(&format!("<pre class=\"command\">{command}</pre>")));
+    assert!(page.contains(&format!("with stile {}", env!("CARGO_PKG_VERSION"))));
+    // The engine's own view, second by second, beside the client's: its fsyncs.
+    assert!(
+        !v["runs"][0]["node_timeline"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert_eq!(page.matches("<svg").count(), 4, "four plots inline");
     for f in [
         "latency-percentiles.svg",
         "latency-over-time.svg",
+        "node-latency-over-time.svg",
         "throughput-over-time.svg",
     ] {
         let svg = std::fs::read_to_string(html.join(f)).unwrap();
@@ -953,6 +1075,35 @@ fn an_interrupt_ends_the_rounds() {
         v.get("ratios").is_none() && v.get("ratio_medians").is_none(),
         "{v}"
     );
+}
+
+/// `--help` states the defaults as clap does, the partition of load-test tickets and how
+/// they are removed, and the exit statuses.
+#[test]
+fn help_states_defaults_and_exit_statuses() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "[default: quic://127.0.0.1:7443]",
+        "[default: 5s]",
+        "[default: 1s]",
+        "[default: 64]",
+        "[default: 16]",
+        "[default: 65535]",
+        "[default: always]",
+        "[default: 4]",
+        "[default: 1]",
+        "[default: flat]",
+        "stile purge --partition 65535",
+        "Exit status: 0 ",
+        "130 interrupted",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod loom_word;
 mod memory;
 mod metrics;
 mod node;
+mod purge;
 mod race;
 mod readme;
 mod snapshot;

@@ -818,7 +818,7 @@ async fn shutdown_answers_in_flight_requests_and_clients_reconnect() {
 }
 
 /// A `stile node` child process, killed if the test ends (or fails) before it does.
-struct NodeProcess(std::process::Child);
+pub(crate) struct NodeProcess(std::process::Child);
 
 impl std::ops::Deref for NodeProcess {
     type Target = std::process::Child;
@@ -843,7 +843,7 @@ impl Drop for NodeProcess {
 }
 
 /// A `stile node` process on a data dir, and the address it printed.
-fn spawn_node(data: &Path, tls: &Path) -> (NodeProcess, SocketAddr) {
+pub(crate) fn spawn_node(data: &Path, tls: &Path) -> (NodeProcess, SocketAddr) {
     spawn_node_with(data, tls, &[])
 }
 

@@ -28,6 +28,8 @@ pub struct EngineDump {
     pub policies: Vec<Policy>,
     /// Serials handed out per partition (`(partition, count)`).
     pub reserved: Vec<(u16, u64)>,
+    /// Serials purged per partition (`(partition, below)`: every serial below it).
+    pub purged: Vec<(u16, u64)>,
     /// Every minted slot, by partition and serial.
     pub slots: Vec<SlotDump>,
     /// Imported codes with their partition and serial, sorted by code.
@@ -54,10 +56,14 @@ impl Engine {
             keys: self.tables.keys.list(),
             ..EngineDump::default()
         };
-        for part in self.tables.partitions.iter().flatten() {
+        for part in self.tables.partitions.iter() {
+            // The floor first: a purge raises the serials handed out before it.
+            let purged = part.purged_below();
             let reserved = part.minted_serials();
             d.reserved.push((part.id(), reserved));
-            for serial in 0..reserved as u32 {
+            d.purged.push((part.id(), purged));
+            for serial in purged..reserved {
+                let serial = serial as u32;
                 let Some(slot) = part.slot(serial) else {
                     continue;
                 };

@@ -55,6 +55,8 @@ impl Engine {
             .partition(partition)
             .ok_or(MintError::NotOwned(partition))?;
         let count = codes.len() as u32;
+        // Held until the record is logged: a purge waits for this batch, then drops it too.
+        let _minting = self.tables.minting();
         let first = part
             .reserve(count)
             .ok_or(MintError::PartitionFull { partition, count })?;

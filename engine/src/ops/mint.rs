@@ -53,6 +53,8 @@ impl Engine {
         let partition = self
             .partition(req.partition)
             .ok_or(MintError::NotOwned(req.partition))?;
+        // Held until the record is logged: a purge waits for this batch, then drops it too.
+        let minting = self.tables.minting();
         let first = partition
             .reserve(req.count)
             .ok_or(MintError::PartitionFull {
@@ -72,6 +74,7 @@ impl Engine {
             policy: req.policy.0,
             word: minted.pack(),
         });
+        drop(minting);
         for serial in first..first + req.count {
             each(self.sign_new(&policy, req.partition, serial, step));
         }

@@ -5,6 +5,7 @@ pub mod dump;
 pub mod exit;
 pub mod import;
 pub mod mint;
+pub mod purge;
 pub mod revoke;
 pub mod status;
 pub mod transfer;

@@ -27,6 +27,8 @@ impl Engine {
         let partition = self
             .partition(at.loc.partition)
             .expect("located tickets have partitions");
+        // A purge waits for this transfer (taken before the successors, as a purge does).
+        let _minting = self.tables.minting();
         // Held to the end: a second transfer of this ticket waits, then finds the successor.
         let mut successors = self.tables.successors.lock().expect("successors poisoned");
         if let Some(&serial) = successors.get(&at.loc) {

@@ -95,6 +95,15 @@ pub enum Record {
         /// New status byte (see `KeyStatus`).
         status: u8,
     },
+    /// Every ticket of `partition` with a serial below `below` dropped for good (`stile
+    /// purge`); those serials are never minted again.
+    Purge {
+        /// Partition.
+        partition: u16,
+        /// Serials below this are purged (the partition's serials handed out at the time,
+        /// or a step towards them).
+        below: u64,
+    },
 }
 
 const T_POLICY: u8 = 1;
@@ -118,6 +127,7 @@ pub struct ScanTrace {
 const T_TRANSFER: u8 = 4;
 const T_IMPORT: u8 = 5;
 const T_KEY: u8 = 6;
+const T_PURGE: u8 = 8;
 
 /// Why bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +262,11 @@ impl Record {
             }
             Record::Key { id, status } => {
                 out.extend_from_slice(&[T_KEY, *id, *status]);
+            }
+            Record::Purge { partition, below } => {
+                out.push(T_PURGE);
+                out.extend_from_slice(&partition.to_le_bytes());
+                out.extend_from_slice(&below.to_le_bytes());
             }
         }
     }
@@ -403,6 +418,10 @@ impl Reader<'_> {
                 id: self.u8()?,
                 status: self.u8()?,
             },
+            T_PURGE => Record::Purge {
+                partition: self.u16()?,
+                below: self.u64()?,
+            },
             _ => return Err(DecodeError::BadPayload("unknown record type")),
         };
         if !self.0.is_empty() {
@@ -474,6 +493,10 @@ mod tests {
                 codes: vec!["EXT-1".into(), "ünïcode".into(), String::new()],
             },
             Record::Key { id: 2, status: 1 },
+            Record::Purge {
+                partition: u16::MAX,
+                below: 1 << 32,
+            },
         ]
     }
 
@@ -490,6 +513,38 @@ mod tests {
             at += len;
         }
         assert_eq!(at, buf.len());
+    }
+
+    /// A purge record is the documented 11 bytes of payload: type 8, partition, then the
+    /// serial below which everything is purged (docs/FORMAT.md §7).
+    #[test]
+    fn a_purge_record_has_the_documented_layout() {
+        let mut buf = Vec::new();
+        Record::Purge {
+            partition: 0x0102,
+            below: 0x0304_0506,
+        }
+        .encode(9, &mut buf);
+        assert_eq!(&buf[0..4], &11u32.to_le_bytes());
+        assert_eq!(
+            &buf[FRAME_HEADER_LEN..],
+            &[8, 0x02, 0x01, 0x06, 0x05, 0x04, 0x03, 0, 0, 0, 0]
+        );
+        // One byte short, or one more, is no record.
+        for bad in [
+            &buf[FRAME_HEADER_LEN..buf.len() - 1],
+            &[&buf[FRAME_HEADER_LEN..], &[0][..]].concat()[..],
+        ] {
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&(bad.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&checksum(9, bad).to_le_bytes());
+            frame.extend_from_slice(&9u64.to_le_bytes());
+            frame.extend_from_slice(bad);
+            assert!(matches!(
+                Record::decode(&frame),
+                Err(DecodeError::BadPayload(_))
+            ));
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Admin operations: mint, revoke, transfer, a rotating ticket's key, the node's stats and
-//! latency histograms. Each needs the admin role; the ones that change state are audited.
+//! latency histograms (purge has a file of its own). Each needs the admin role; the ones that change state are audited.
 
 use std::sync::atomic::Ordering;
 
@@ -146,7 +146,7 @@ impl Stream {
     }
 
     /// An admin operation that may wait for the log: run off the async threads.
-    fn admin_blocking(
+    pub(crate) fn admin_blocking(
         &self,
         id: u32,
         what: &'static str,

@@ -1,9 +1,10 @@
 //! Request handling, one file per op family (decode happened in the stream's reader; each
 //! handler applies the request and encodes its answer): `scan.rs` (check-in, exit, undo,
 //! `checkin_as`), `status.rs`, `admin.rs` (mint, revoke, transfer, `ticket_key`, stats,
-//! metrics); subscriptions are in `crate::subscribe`.
+//! metrics), `purge.rs`; subscriptions are in `crate::subscribe`.
 
 mod admin;
+mod purge;
 mod scan;
 pub(crate) mod status;
 
@@ -37,6 +38,7 @@ impl Stream {
             Request::Transfer { code } => self.transfer(id, code),
             Request::Subscribe { from_seq } => self.subscribe(id, from_seq),
             Request::Unsubscribe { id: subscribe_id } => self.unsubscribe(id, subscribe_id),
+            Request::Purge { partition } => self.purge(id, partition),
         }
     }
 }
@@ -72,6 +74,9 @@ pub(crate) fn summary(resp: &Response) -> String {
         Response::Codes(c) => format!("{} code(s)", c.len()),
         Response::Outcome(o) => o.kind.to_string(),
         Response::TicketKey { step_s, .. } => format!("key handed out (step {step_s} s)"),
+        Response::Purged { tickets, below } => {
+            format!("{tickets} ticket(s) dropped, serials below {below} purged")
+        }
         Response::Error { message, .. } => format!("refused: {message}"),
         _ => "done".into(),
     }
