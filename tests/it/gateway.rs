@@ -1,6 +1,8 @@
 //! The HTTP gateway against a real node on 127.0.0.1: booking with idempotency, QR images
 //! read back by a QR decoder, HTTP check-in, status, transfer, revoke, problem+json for bad
 //! input, reminders from the outbox across a restart, linked devices and the ticket stream.
+//! The holder's page, staff check-in on it and the node event stream's bookkeeping are in
+//! `gateway/holder_page.rs`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +16,8 @@ use stile_gateway::{Gateway, GatewayConfig};
 use stile_protocol::client::ClientTls;
 
 use crate::node::TestNode;
+
+mod holder_page;
 
 /// A node and a gateway in front of it.
 pub struct Fixture {
