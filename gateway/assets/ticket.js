@@ -7,6 +7,7 @@
     valid: 'Valid',
     used: 'Used \u2014 voided',
     revoked: 'Revoked \u2014 voided',
+    transferred: 'Transferred',
     expired: 'Expired'
   };
   // Slack after a server-second boundary before the countdown ticks, so it lands past it.
@@ -46,7 +47,7 @@
   }
 
   function isVoided(state) {
-    return state === 'used' || state === 'revoked';
+    return state === 'used' || state === 'revoked' || state === 'transferred';
   }
 
   function pad2(n) {
@@ -62,7 +63,7 @@
   }
 
   function detailText(e) {
-    if (e.transferred) return 'Transferred: this code was replaced';
+    if (e.transferred) return 'Passed on to a new holder: this code opens no gate';
     if (e.state !== 'used') return '';
     var parts = [];
     if (e.used_at) parts.push('at ' + clockTime(e.used_at));

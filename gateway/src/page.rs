@@ -48,7 +48,7 @@ pub struct PageData<'a> {
     pub holder: &'a str,
     /// Human-readable validity period.
     pub validity: &'a str,
-    /// The ticket's state: `valid`, `used`, `revoked` or `expired`.
+    /// The ticket's state: `valid`, `used`, `revoked`, `transferred` or `expired`.
     pub state: &'a str,
     /// When the ticket was used (RFC 3339, as in the JSON API), if it was.
     pub used_at: Option<&'a str>,
@@ -167,6 +167,7 @@ fn state_label(state: &str) -> Option<&'static str> {
         "valid" => Some("Valid"),
         "used" => Some("Used \u{2014} voided"),
         "revoked" => Some("Revoked \u{2014} voided"),
+        "transferred" => Some("Transferred"),
         "expired" => Some("Expired"),
         _ => None,
     }
@@ -174,13 +175,13 @@ fn state_label(state: &str) -> Option<&'static str> {
 
 /// Whether a code in this state can never open a gate again (until an undo).
 fn is_voided(state: &str) -> bool {
-    matches!(state, "used" | "revoked")
+    matches!(state, "used" | "revoked" | "transferred")
 }
 
 /// "Transferred: …", "Used at 18:42:10 at gate 3", or empty; the same words as ticket.js.
 fn state_detail(d: &PageData<'_>) -> String {
     if d.transferred {
-        return "Transferred: this code was replaced".to_owned();
+        return "Passed on to a new holder: this code opens no gate".to_owned();
     }
     if d.state != "used" || (d.used_at.is_none() && d.gate.is_none()) {
         return String::new();
@@ -359,14 +360,17 @@ mod tests {
     #[test]
     fn transferred_ticket_says_it_was_replaced() {
         let d = PageData {
-            state: "revoked",
+            state: "transferred",
             transferred: true,
             ..data()
         };
         let html = ticket_page(&d);
         assert!(!html.contains("successor"), "no new code to show");
-        assert!(element(&html, "state").ends_with(">Revoked \u{2014} voided"));
-        assert!(element(&html, "state-detail").ends_with(">Transferred: this code was replaced"));
+        assert!(!html.contains("Revoked"), "a transfer is not a revocation");
+        assert!(element(&html, "state").contains(r#"data-state="transferred""#));
+        assert!(element(&html, "state").ends_with(">Transferred"));
+        assert!(element(&html, "ticket").contains(r#"data-voided="true""#));
+        assert!(element(&html, "state-detail").ends_with(">Passed on to a new holder: this code opens no gate"));
     }
 
     #[test]

@@ -431,7 +431,8 @@ async fn book_qr_checkin_status_transfer_round_trip() {
     let (_, n) = f.checkin(&gate, json!({"code": new})).await;
     assert_eq!(n["outcome"], "admitted", "{n}");
     let (_, old_status) = f.get(&format!("/v1/tickets/{old}")).await;
-    assert_eq!(old_status["state"], "revoked");
+    assert_eq!(old_status["state"], "transferred", "{old_status}");
+    assert_eq!(old_status["transferred"], true, "{old_status}");
     assert_eq!(old_status["successor"], new.as_str());
     // The booking shows the original code as transferred, and not the new holder's code.
     let (s, b) = f.get(&format!("/v1/bookings/{}", booking["id"])).await;
@@ -1691,18 +1692,26 @@ async fn a_transfer_shows_the_new_code_only_with_the_api_token() {
     assert_eq!(s, 200);
     assert_eq!(
         (public["transferred"].as_bool(), public["state"].as_str()),
-        (Some(true), Some("revoked"))
+        (Some(true), Some("transferred"))
     );
     assert!(public["successor"].is_null(), "{public}");
     assert!(!public.to_string().contains(&new), "{public}");
     let page = f.public(&format!("/t/{old}")).await.text().await.unwrap();
-    assert!(page.contains("Transferred"), "{page}");
+    assert!(
+        page.contains("data-state=\"transferred\"") && page.contains(">Transferred<"),
+        "{page}"
+    );
+    assert!(!page.contains("Revoked"), "a transfer is headlined as one: {page}");
     assert!(!page.contains(&new), "the page shows the new code");
     let mut stream = f.public(&format!("/t/{old}/events")).await;
     let first = sse_text_until(&mut stream, "ticket").await;
     assert!(
         !first.contains(&new),
         "the stream shows the new code: {first}"
+    );
+    assert!(
+        first.contains("\"state\":\"transferred\"") && first.contains("\"transferred\":true"),
+        "{first}"
     );
     let mut device = f
         .http

@@ -85,7 +85,8 @@ pub struct TicketRow {
 pub struct TicketView {
     /// The feature code (as minted).
     pub code: String,
-    /// `valid`, `used`, `revoked` (also a transferred code) or `expired`.
+    /// `valid`, `used`, `revoked`, `transferred` (passed on to a new holder: this code is
+    /// void, as `transferred: true` also says) or `expired`.
     pub state: String,
     /// Event name.
     pub event: String,
@@ -292,7 +293,8 @@ pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
         }
     }
     if t.successor.is_some() {
-        v.state = "revoked".into();
+        // The node says `revoked`: to the holder, and to whoever looks it up, it was passed on.
+        v.state = "transferred".into();
     }
     v
 }
