@@ -370,7 +370,8 @@ mod tests {
         assert!(element(&html, "state").contains(r#"data-state="transferred""#));
         assert!(element(&html, "state").ends_with(">Transferred"));
         assert!(element(&html, "ticket").contains(r#"data-voided="true""#));
-        assert!(element(&html, "state-detail").ends_with(">Passed on to a new holder: this code opens no gate"));
+        assert!(element(&html, "state-detail")
+            .ends_with(">Passed on to a new holder: this code opens no gate"));
     }
 
     #[test]

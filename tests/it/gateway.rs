@@ -1701,7 +1701,10 @@ async fn a_transfer_shows_the_new_code_only_with_the_api_token() {
         page.contains("data-state=\"transferred\"") && page.contains(">Transferred<"),
         "{page}"
     );
-    assert!(!page.contains("Revoked"), "a transfer is headlined as one: {page}");
+    assert!(
+        !page.contains("Revoked"),
+        "a transfer is headlined as one: {page}"
+    );
     assert!(!page.contains(&new), "the page shows the new code");
     let mut stream = f.public(&format!("/t/{old}/events")).await;
     let first = sse_text_until(&mut stream, "ticket").await;
