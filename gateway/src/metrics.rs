@@ -65,6 +65,12 @@ pub struct Metrics {
     pub node_events: Counter,
     /// 1 while the default node's event stream is up.
     pub node_up: Gauge,
+    /// Times a node event stream was followed again because the gateway fell behind it (the
+    /// client drops a subscription whose reader lags), not because the node went away.
+    pub resubscribes: Counter,
+    /// Times a node event stream failed (the node unreachable, the connection lost); each
+    /// sets `node_up` to 0 until the stream is followed again.
+    pub node_stream_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +101,8 @@ impl Metrics {
             sse_wakeups: Counter::default(),
             node_events: Counter::default(),
             node_up: Gauge::default(),
+            resubscribes: Counter::default(),
+            node_stream_failures: Counter::default(),
         };
         r.register(
             "http_requests",
@@ -147,6 +155,16 @@ impl Metrics {
             "node_up",
             "1 while the node event stream is up",
             m.node_up.clone(),
+        );
+        r.register(
+            "resubscribes",
+            "Node event streams followed again because the gateway fell behind them",
+            m.resubscribes.clone(),
+        );
+        r.register(
+            "node_stream_failures",
+            "Node event streams that failed (node unreachable or connection lost)",
+            m.node_stream_failures.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m

@@ -1483,6 +1483,9 @@ async fn gateway_files_are_private_whatever_the_umask() {
         .unwrap();
     assert_eq!(mode(&token), 0o600, "the API token");
     g.shutdown(Duration::from_secs(5)).await;
+    // Stopped before its data dir goes: a node that finds its data dir gone aborts the
+    // process (and with it every test running beside this one).
+    node.node.unwrap().shutdown().await;
 }
 
 /// Reads server-sent events from `res` until one named `name`; every block read, as text.
