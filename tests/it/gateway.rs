@@ -105,6 +105,17 @@ impl Fixture {
             .unwrap()
     }
 
+    /// A GET of a public route asking for JSON (a problem, not the HTML page, for a ticket
+    /// link that leads nowhere).
+    pub async fn public_json(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// An authorised request to a management route.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
@@ -234,7 +245,7 @@ async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
 /// The code with its last symbol (part of the tag) changed.
 /// The code with one tag symbol changed. The second-to-last symbol: the last one also
 /// carries the text form's padding bits, so changing it may leave the bytes as they were.
-fn flip_last(code: &str) -> String {
+pub fn flip_last(code: &str) -> String {
     let mut b = code.as_bytes().to_vec();
     let at = b.len() - 2;
     b[at] = if b[at] == b'0' { b'1' } else { b'0' };
@@ -1201,7 +1212,7 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         format!("/v1/tickets/{forged}/qr.png"),
         format!("/t/{forged}"),
     ] {
-        let res = f.public(&path).await;
+        let res = f.public_json(&path).await;
         assert_problem(res, 404).await;
     }
     f.shutdown().await;
@@ -1772,7 +1783,14 @@ async fn a_rotating_code_from_a_screen_opens_no_page() {
             format!("/t/{code}"),
             format!("/t/{code}/events"),
         ] {
-            assert_problem(f.public(&path).await, 404).await;
+            assert_problem(f.public_json(&path).await, 404).await;
+        }
+        // A browser opening the page or an image gets the page for an unknown link.
+        for path in [format!("/t/{code}"), format!("/v1/tickets/{code}/qr.png")] {
+            let res = f.public(&path).await;
+            assert_eq!(res.status(), 404, "{path}");
+            let html = res.text().await.unwrap();
+            assert!(html.contains(">Ticket not found</h1>"), "{path}: {html}");
         }
     }
     let html = f.public(&page).await.text().await.unwrap();
