@@ -5,7 +5,7 @@
 
 var CACHE = 'stile-v1';
 var CACHE_PREFIX = 'stile-';
-var STATIC_ASSETS = ['/static/ticket.js', '/static/ticket.css'];
+var STATIC_ASSETS = ['/static/ticket.js', '/static/ticket.css', '/favicon.svg'];
 // After this long without an answer, a cached copy is served (the fetch goes on and still
 // refreshes the cache). Gates often have a signal that connects but carries nothing.
 var NETWORK_TIMEOUT_MS = 4000;
@@ -41,15 +41,18 @@ self.addEventListener('activate', function (event) {
 });
 
 // The page tells us its code once we control it: keep its page and QR image for offline use.
+// With `refresh` (its state just changed, say by a staff check-in) the page is fetched again.
 self.addEventListener('message', function (event) {
   var msg = event.data;
   if (!msg || msg.type !== 'stile:cache-ticket' || typeof msg.code !== 'string') return;
   if (msg.code.length === 0 || msg.code.length > CODE_MAX_LEN) return;
   var code = encodeURIComponent(msg.code);
-  var urls = ['/t/' + code, '/v1/tickets/' + code + '/qr.svg'].concat(STATIC_ASSETS);
+  var page = '/t/' + code;
+  var urls = [page, '/v1/tickets/' + code + '/qr.svg'].concat(STATIC_ASSETS);
   event.waitUntil(
     caches.open(CACHE).then(function (cache) {
       return Promise.all(urls.map(function (url) {
+        if (msg.refresh === true && url === page) return cache.add(url).catch(function () {});
         return cache.match(url).then(function (hit) {
           return hit || cache.add(url);
         }).catch(function () {});
@@ -67,7 +70,7 @@ self.addEventListener('fetch', function (event) {
   if (/\/events$/.test(path)) return;
   if ((req.headers.get('Accept') || '').indexOf('text/event-stream') !== -1) return;
   var page = TICKET_PAGE.test(path);
-  if (!page && path.indexOf('/static/') !== 0 && !QR_IMAGE.test(path)) return;
+  if (!page && path.indexOf('/static/') !== 0 && path !== '/favicon.svg' && !QR_IMAGE.test(path)) return;
   // One cache entry per path: a rotating QR's ?step=N only busts the HTTP cache.
   var key = url.origin + path + (page || QR_IMAGE.test(path) ? '' : url.search);
   event.respondWith(networkFirst(event, req, key, page));

@@ -34,6 +34,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/001_init.sql")),
         M::up(include_str!("../migrations/002_database_rules.sql")),
+        M::up(include_str!("../migrations/003_gate_names_and_pins.sql")),
     ])
 }
 

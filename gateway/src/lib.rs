@@ -96,6 +96,10 @@ pub struct GatewayConfig {
     pub checkin_burst: u32,
     /// How long a gate token that spent its budget gets `rate_limited`.
     pub checkin_cooldown_ms: u64,
+    /// Wrong staff PINs for one ticket, or at one gate, that lock its staff check-in.
+    pub staff_pin_attempts_max: u32,
+    /// How long that lock lasts, and how long wrong PINs are counted.
+    pub staff_pin_lockout_ms: u64,
     /// Reminder webhooks may reach loopback, private, link-local and reserved addresses
     /// (see [`webhook`]).
     pub webhook_private: bool,
@@ -118,6 +122,8 @@ impl GatewayConfig {
             checkin_budget_per_s: 50,
             checkin_burst: 100,
             checkin_cooldown_ms: 1_000,
+            staff_pin_attempts_max: 5,
+            staff_pin_lockout_ms: 300_000,
             webhook_private: false,
         }
     }
@@ -138,6 +144,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// Budgets of HTTP check-in tokens.
     pub budgets: api::checkin::Budgets,
+    /// Wrong staff PINs per ticket and gate, and the locks they set.
+    pub pins: api::staff::PinGuard,
     /// SHA-256 of the API token that management routes need.
     pub api_token_hash: [u8; 32],
     /// Random name of this process, to tell its idempotency claims from a dead one's.
@@ -212,6 +220,7 @@ impl Gateway {
         })?;
         let app = Arc::new(App {
             budgets: api::checkin::Budgets::new(&config),
+            pins: api::staff::PinGuard::new(&config),
             config,
             db,
             nodes,

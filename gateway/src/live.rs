@@ -2,6 +2,11 @@
 //! of a ticket the gateway sold (scans for occupancy and attendance, account events for
 //! linked devices) and wakes the server-sent-event streams that show it.
 //!
+//! A follower that reads too slowly (the client drops a subscription
+//! [`stile_protocol::client::SUBSCRIPTION_BACKLOG`] batches behind) records what it got and
+//! subscribes again from its cursor, counted in `stile_gateway_resubscribes_total`; the
+//! node is not reported down for it.
+//!
 //! A change wakes only the streams of its own ticket, account or device: each key has one
 //! [`Signal`] (a version and a `Notify`) shared by the streams that watch it, so an idle
 //! stream of another ticket costs nothing, and a stream that was busy while several changes
@@ -179,9 +184,16 @@ async fn follow_node(app: Arc<App>, node: SocketAddr) {
             _ = crate::stopped(&mut shutdown) => return,
         };
         match result {
-            Ok(()) => backoff_ms = 100,
+            // The node answers: follow it again from the stored cursor (at once when only
+            // the gateway was slow).
+            Ok(Ended::FellBehind) => {
+                backoff_ms = 100;
+                continue;
+            }
+            Ok(Ended::Trimmed) => backoff_ms = 100,
             Err(e) => {
                 app.metrics.node_up.set(0);
+                app.metrics.node_stream_failures.inc();
                 tracing::warn!(%node, error = %e, "node event stream; retrying");
             }
         }
@@ -191,6 +203,17 @@ async fn follow_node(app: Arc<App>, node: SocketAddr) {
         }
         backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
     }
+}
+
+/// Why following a node stopped while the node still answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The gateway read too slowly and the client dropped the subscription
+    /// ([`stile_protocol::client::SUBSCRIPTION_BACKLOG`] batches behind); what it had
+    /// received is recorded, the rest is read again from the cursor.
+    FellBehind,
+    /// The node no longer has the log from the cursor on; the cursor skipped to its end.
+    Trimmed,
 }
 
 /// Why following a node stopped.
@@ -208,7 +231,7 @@ impl From<rusqlite::Error> for FollowError {
     }
 }
 
-async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError> {
+async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<Ended, FollowError> {
     let client = app.nodes.client(node).await?;
     let key = node.to_string();
     let k = key.clone();
@@ -243,7 +266,7 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError
                         Ok(())
                     })
                     .await?;
-                return Ok(());
+                return Ok(Ended::Trimmed);
             }
             Err(e) => return Err(e.into()),
         };
@@ -266,6 +289,12 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<(), FollowError
                 app.live.publish(Change::Account(a));
             }
         }
+    }
+    if sub.fell_behind() {
+        // Not the node going away: it answered all along, so `node_up` stays as it is.
+        app.metrics.resubscribes.inc();
+        tracing::debug!(%node, "fell behind the node's event stream; subscribing again");
+        return Ok(Ended::FellBehind);
     }
     Err(ClientError::Closed.into())
 }

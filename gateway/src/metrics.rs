@@ -35,6 +35,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a refused staff check-in.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `wrong_pin`, `no_pin` or `locked`.
+    pub reason: String,
+}
+
 /// Every metric the gateway keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,6 +57,12 @@ pub struct Metrics {
     pub tickets_issued: Counter,
     /// HTTP check-ins by outcome.
     pub checkins: Family<OutcomeLabels, Counter>,
+    /// Staff check-ins on holders' pages that reached the node, by outcome.
+    pub staff_checkins: Family<OutcomeLabels, Counter>,
+    /// Staff check-ins refused before the node: wrong PIN, a gate without a PIN, locked.
+    pub staff_pin_refusals: Family<ReasonLabels, Counter>,
+    /// Times wrong PINs locked staff check-in of a ticket or at a gate.
+    pub staff_lockouts: Counter,
     /// Reminders delivered.
     pub reminders_delivered: Counter,
     /// Reminder attempts that failed.
@@ -65,6 +78,12 @@ pub struct Metrics {
     pub node_events: Counter,
     /// 1 while the default node's event stream is up.
     pub node_up: Gauge,
+    /// Times a node event stream was followed again because the gateway fell behind it (the
+    /// client drops a subscription whose reader lags), not because the node went away.
+    pub resubscribes: Counter,
+    /// Times a node event stream failed (the node unreachable, the connection lost); each
+    /// sets `node_up` to 0 until the stream is followed again.
+    pub node_stream_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +107,9 @@ impl Metrics {
             bookings: Counter::default(),
             tickets_issued: Counter::default(),
             checkins: Family::default(),
+            staff_checkins: Family::default(),
+            staff_pin_refusals: Family::default(),
+            staff_lockouts: Counter::default(),
             reminders_delivered: Counter::default(),
             reminder_failures: Counter::default(),
             reminders_given_up: Counter::default(),
@@ -95,6 +117,8 @@ impl Metrics {
             sse_wakeups: Counter::default(),
             node_events: Counter::default(),
             node_up: Gauge::default(),
+            resubscribes: Counter::default(),
+            node_stream_failures: Counter::default(),
         };
         r.register(
             "http_requests",
@@ -113,6 +137,21 @@ impl Metrics {
             m.tickets_issued.clone(),
         );
         r.register("checkins", "HTTP check-ins by outcome", m.checkins.clone());
+        r.register(
+            "staff_checkins",
+            "Staff check-ins on holders' pages that reached the node, by outcome",
+            m.staff_checkins.clone(),
+        );
+        r.register(
+            "staff_pin_refusals",
+            "Staff check-ins refused before the node, by reason (wrong_pin, no_pin, locked)",
+            m.staff_pin_refusals.clone(),
+        );
+        r.register(
+            "staff_lockouts",
+            "Times wrong PINs locked staff check-in of a ticket or at a gate",
+            m.staff_lockouts.clone(),
+        );
         r.register(
             "reminders_delivered",
             "Reminders delivered",
@@ -147,6 +186,16 @@ impl Metrics {
             "node_up",
             "1 while the node event stream is up",
             m.node_up.clone(),
+        );
+        r.register(
+            "resubscribes",
+            "Node event streams followed again because the gateway fell behind them",
+            m.resubscribes.clone(),
+        );
+        r.register(
+            "node_stream_failures",
+            "Node event streams that failed (node unreachable or connection lost)",
+            m.node_stream_failures.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m

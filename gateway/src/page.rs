@@ -1,16 +1,25 @@
-//! The live e-ticket page: `GET /t/{code}` and its assets.
+//! The live e-ticket page: `GET /t/{code}`, its assets, and the page for a link that leads
+//! nowhere.
 //!
 //! The HTML is the askama template `templates/ticket.html`, compiled in and filled by
 //! [`ticket_page`]; askama escapes every value for HTML (the JSON data block is escaped for
-//! its `<script>` context instead, and marked safe). The script (`ticket.js`) follows the ticket live over
-//! server-sent events, remembers every state it learns in `localStorage`, and swaps the QR
-//! image at the server's time steps for rotating codes. The service worker (`sw.js`) keeps the
-//! page, its assets and the QR image for offline use.
+//! its `<script>` context instead, and marked safe). Times are rendered in UTC inside
+//! `<time datetime title>` elements (the instant stays in both attributes) and the script
+//! redraws them in the holder's own time zone, with the date. The script (`ticket.js`)
+//! follows the ticket live over server-sent events, remembers every state it learns in
+//! `localStorage`, swaps the QR image at the server's time steps for rotating codes, and runs
+//! the staff check-in control. The service worker (`sw.js`) keeps the page, its assets and
+//! the QR image for offline use. No script is inline: the content security policy allows
+//! none.
 //!
 //! Element ids a browser can rely on: `ticket` (the `<main>`, with `data-voided="true|false"`
 //! and `data-source="network"`, which the service worker turns into `"cache"`), `state`
 //! (`role="status"`, `data-state`), `state-detail`, `qr-img`, `rotate`, `rotate-countdown`,
-//! `live`, `details`, `detail-code`, `ticket-data` (the JSON block).
+//! `live`, `details`, `detail-organiser`, `detail-starts`, `detail-validity`, `detail-code`,
+//! `ticket-data` (the JSON block); the staff check-in control: `staff-open`, `staff-form`,
+//! `staff-gate`, `staff-pin`, `staff-next`, `staff-confirm`, `staff-confirm-text`,
+//! `staff-confirm-yes`, `staff-cancel`, `staff-result` (`data-outcome`), `staff-result-word`,
+//! `staff-result-detail`. The page for a link that leads nowhere has `<main id="missing">`.
 
 use std::fmt::Write as _;
 
@@ -24,6 +33,9 @@ pub const TICKET_JS: &str = include_str!("../assets/ticket.js");
 pub const TICKET_CSS: &str = include_str!("../assets/ticket.css");
 /// The service worker, served at `/sw.js` with `Service-Worker-Allowed: /`.
 pub const SW_JS: &str = include_str!("../assets/sw.js");
+/// The icon of every page, served at `/favicon.svg` (and `/favicon.ico`, where browsers look
+/// unasked).
+pub const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 
 /// Symbols per group when the code is shown for reading (`ABCD-EFGH-…`).
 const CODE_GROUP_LEN: usize = 4;
@@ -38,23 +50,31 @@ pub struct PageData<'a> {
     pub code: Option<&'a str>,
     /// Name of the event.
     pub event: &'a str,
+    /// Name of the provider selling it: the organiser.
+    pub organiser: &'a str,
     /// Name of the venue.
     pub venue: &'a str,
-    /// Human-readable start time of the event.
-    pub starts: &'a str,
+    /// When the event starts, RFC 3339.
+    pub starts_at: &'a str,
     /// Seat, block or standing area.
     pub seat: &'a str,
     /// Name of the ticket holder.
     pub holder: &'a str,
-    /// Human-readable validity period.
-    pub validity: &'a str,
-    /// The ticket's state: `valid`, `used`, `revoked` or `expired`.
+    /// Not valid before, RFC 3339.
+    pub valid_from: Option<&'a str>,
+    /// Not valid after, RFC 3339.
+    pub valid_until: Option<&'a str>,
+    /// Valid this long from the first scan, seconds.
+    pub valid_for_s: Option<u32>,
+    /// The ticket's state: `valid`, `used`, `revoked`, `transferred` or `expired`.
     pub state: &'a str,
     /// When the ticket was used (RFC 3339, as in the JSON API), if it was.
     pub used_at: Option<&'a str>,
     /// The gate that admitted the ticket, if it was used.
     pub gate: Option<u16>,
-    /// The ticket was transferred (this code is revoked); the new code is never shown here.
+    /// That gate's name, if it has one.
+    pub gate_name: Option<&'a str>,
+    /// The ticket was transferred (this code is void); the new code is never shown here.
     pub transferred: bool,
     /// Whether the code rotates (changes every `step_s` seconds).
     pub rotating: bool,
@@ -64,28 +84,79 @@ pub struct PageData<'a> {
     pub server_unix_ms: u64,
 }
 
+/// An instant as the page shows it before its script runs: in UTC, with the RFC 3339 text the
+/// script redraws it from in the holder's time zone.
+#[derive(Debug, Clone)]
+struct Moment {
+    /// RFC 3339, for `datetime` and `title`.
+    iso: String,
+    /// `Tue 1 Dec 2026, 18:00 UTC`.
+    utc: String,
+    /// `minutes` or `seconds`: what the script shows (`data-local`).
+    precision: &'static str,
+}
+
+impl Moment {
+    /// `iso` for people, to the minute (or the second); text that is no RFC 3339 time is
+    /// shown as it is.
+    fn new(iso: &str, seconds: bool) -> Moment {
+        let utc = OffsetDateTime::parse(iso, &Rfc3339)
+            .ok()
+            .and_then(|t| {
+                let t = t.to_offset(time::UtcOffset::UTC);
+                match seconds {
+                    true => t.format(format_description!(
+                        "[weekday repr:short] [day padding:none] [month repr:short] [year], \
+                         [hour]:[minute]:[second] UTC"
+                    )),
+                    false => t.format(format_description!(
+                        "[weekday repr:short] [day padding:none] [month repr:short] [year], \
+                         [hour]:[minute] UTC"
+                    )),
+                }
+                .ok()
+            })
+            .unwrap_or_else(|| iso.to_owned());
+        Moment {
+            iso: iso.to_owned(),
+            utc,
+            precision: if seconds { "seconds" } else { "minutes" },
+        }
+    }
+}
+
 /// The page's template and the values it shows, each escaped by askama where it goes.
 #[derive(askama::Template)]
 #[template(path = "ticket.html")]
 struct TicketHtml<'a> {
     /// Name of the event.
     event: &'a str,
+    /// The organiser's name.
+    organiser: &'a str,
     /// Name of the venue.
     venue: &'a str,
-    /// When the event starts, for people.
-    starts: &'a str,
+    /// When the event starts.
+    starts: Moment,
     /// Seat, block or standing area.
     seat: &'a str,
     /// The holder's name.
     holder: &'a str,
-    /// The validity period, for people.
-    validity: &'a str,
+    /// Not valid before.
+    valid_from: Option<Moment>,
+    /// Not valid after.
+    valid_until: Option<Moment>,
+    /// Validity from the first scan, in words (`24 h`).
+    valid_for: Option<String>,
     /// The state's name (`data-state`).
     state: &'a str,
     /// The state's words.
     state_text: &'a str,
-    /// "Used at … at gate …", "Transferred: …", or empty.
-    state_detail: String,
+    /// The ticket was passed on: the detail says so.
+    transferred: bool,
+    /// When it was used (state `used`).
+    used_at: Option<Moment>,
+    /// The gate that admitted it, in words: `gate 3 (North)` (state `used`).
+    gate_text: Option<String>,
     /// Whether the code can never open a gate again.
     voided: bool,
     /// The QR image's URL.
@@ -125,16 +196,22 @@ pub fn ticket_page(d: &PageData<'_>) -> String {
     }
     let mut data_json_escaped = String::new();
     escape_script_json(&mut data_json_escaped, &data_json(d));
+    let used = d.state == "used" && !d.transferred;
     TicketHtml {
         event: d.event,
+        organiser: d.organiser,
         venue: d.venue,
-        starts: d.starts,
+        starts: Moment::new(d.starts_at, false),
         seat: d.seat,
         holder: d.holder,
-        validity: d.validity,
+        valid_from: d.valid_from.map(|t| Moment::new(t, false)),
+        valid_until: d.valid_until.map(|t| Moment::new(t, false)),
+        valid_for: d.valid_for_s.map(duration_words),
         state: d.state,
         state_text: state_label(d.state).unwrap_or("Unknown"),
-        state_detail: state_detail(d),
+        transferred: d.transferred,
+        used_at: d.used_at.filter(|_| used).map(|t| Moment::new(t, true)),
+        gate_text: d.gate.filter(|_| used).map(|g| gate_words(g, d.gate_name)),
         voided: is_voided(d.state),
         qr_src,
         code_label: d.code.unwrap_or("(rotating)"),
@@ -149,6 +226,53 @@ pub fn ticket_page(d: &PageData<'_>) -> String {
     }
     .render()
     .expect("the ticket page renders: every value is a string or a number")
+}
+
+/// Why a ticket link leads nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// The link holds no whole code or page token: cut short or mistyped (400).
+    Malformed,
+    /// The link is well formed, but no ticket has it (404).
+    Unknown,
+}
+
+/// The page for a link that leads nowhere, with the ticket page's look.
+#[derive(askama::Template)]
+#[template(path = "missing.html")]
+struct MissingHtml {
+    /// The heading and title.
+    title: &'static str,
+    /// What happened.
+    text: &'static str,
+    /// The HTTP status it is served with.
+    status: u16,
+}
+
+/// Renders the page that says a ticket link (of a page or an image) leads nowhere.
+pub fn missing_page(why: Missing) -> String {
+    use askama::Template;
+    let (title, text, status) = match why {
+        Missing::Malformed => (
+            "This ticket link is incomplete",
+            "The link does not hold a whole ticket code or page link: it was probably cut \
+             short or mistyped when it was copied.",
+            400,
+        ),
+        Missing::Unknown => (
+            "Ticket not found",
+            "No ticket has this link. It may have been mistyped, or it is a code read from \
+             a screen, which opens no page.",
+            404,
+        ),
+    };
+    MissingHtml {
+        title,
+        text,
+        status,
+    }
+    .render()
+    .expect("the missing page renders: every value is a string or a number")
 }
 
 /// For a rotating code: the server's current time step and the whole seconds left in it.
@@ -167,6 +291,7 @@ fn state_label(state: &str) -> Option<&'static str> {
         "valid" => Some("Valid"),
         "used" => Some("Used \u{2014} voided"),
         "revoked" => Some("Revoked \u{2014} voided"),
+        "transferred" => Some("Transferred"),
         "expired" => Some("Expired"),
         _ => None,
     }
@@ -174,36 +299,25 @@ fn state_label(state: &str) -> Option<&'static str> {
 
 /// Whether a code in this state can never open a gate again (until an undo).
 fn is_voided(state: &str) -> bool {
-    matches!(state, "used" | "revoked")
+    matches!(state, "used" | "revoked" | "transferred")
 }
 
-/// "Transferred: …", "Used at 18:42:10 at gate 3", or empty; the same words as ticket.js.
-fn state_detail(d: &PageData<'_>) -> String {
-    if d.transferred {
-        return "Transferred: this code was replaced".to_owned();
+/// `gate 3 (North)`, or `gate 3` for a gate without a name; the same words as ticket.js.
+pub fn gate_words(gate: u16, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("gate {gate} ({name})"),
+        None => format!("gate {gate}"),
     }
-    if d.state != "used" || (d.used_at.is_none() && d.gate.is_none()) {
-        return String::new();
-    }
-    let mut s = String::from("Used");
-    if let Some(at) = d.used_at {
-        let _ = write!(s, " at {}", clock_time(at));
-    }
-    if let Some(gate) = d.gate {
-        let _ = write!(s, " at gate {gate}");
-    }
-    s
 }
 
-/// `18:42:10` from an RFC 3339 time (in the offset it was written with); other text as is.
-fn clock_time(at: &str) -> String {
-    OffsetDateTime::parse(at, &Rfc3339)
-        .ok()
-        .and_then(|t| {
-            t.format(format_description!("[hour]:[minute]:[second]"))
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_owned())
+/// A validity from the first scan in words: `1 d`, `24 h` is `1 d`, `90 min`, `45 s`.
+fn duration_words(s: u32) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 /// The code in groups of four for reading: `ABCDEFGHJK` → `ABCD-EFGH-JK`.
@@ -226,6 +340,7 @@ fn data_json(d: &PageData<'_>) -> String {
         "state": d.state,
         "used_at": d.used_at,
         "gate": d.gate,
+        "gate_name": d.gate_name,
         "transferred": d.transferred,
         "rotating": d.rotating,
         "step_s": d.step_s,
@@ -271,14 +386,18 @@ mod tests {
             id: CODE,
             code: Some(CODE),
             event: "Night & Day",
+            organiser: "Arena Events",
             venue: "Hall 1",
-            starts: "Sat 1 June 2025, 19:30",
+            starts_at: "2025-06-01T19:30:00Z",
             seat: "Block C, row 4, seat 12",
             holder: "Ada Lovelace",
-            validity: "1 June 2025, 17:00 to 23:59",
+            valid_from: Some("2025-06-01T17:00:00Z"),
+            valid_until: Some("2025-06-01T23:59:00Z"),
+            valid_for_s: None,
             state: "valid",
             used_at: None,
             gate: None,
+            gate_name: None,
             transferred: false,
             rotating: false,
             step_s: 30,
@@ -292,6 +411,25 @@ mod tests {
         let start = html[..at].rfind('<').unwrap();
         let end = at + html[at..].find("</").unwrap();
         &html[start..end]
+    }
+
+    /// The text inside the first element with `id` (a `tag`), its child elements' tags
+    /// removed.
+    fn text_of(html: &str, id: &str, tag: &str) -> String {
+        let at = html.find(&format!("id=\"{id}\"")).expect("element present");
+        let open_end = at + html[at..].find('>').unwrap() + 1;
+        let close = open_end + html[open_end..].find(&format!("</{tag}>")).unwrap();
+        let mut text = String::new();
+        let mut in_tag = false;
+        for c in html[open_end..close].chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' => in_tag = false,
+                c if !in_tag => text.push(c),
+                _ => {}
+            }
+        }
+        text
     }
 
     /// Whether some tag has an `on…=` attribute.
@@ -343,8 +481,78 @@ mod tests {
         assert!(state.contains(r#"aria-live="polite""#), "{state}");
         assert!(state.contains(r#"data-state="used""#), "{state}");
         assert!(state.ends_with(">Used \u{2014} voided"), "{state}");
-        assert!(element(&html, "state-detail").ends_with(">Used at 18:42:10 at gate 3"));
+        assert_eq!(
+            text_of(&html, "state-detail", "p"),
+            "Used Sun 1 Jun 2025, 18:42:10 UTC at gate 3"
+        );
+        // The instant stays in the element the script redraws in the holder's time zone.
+        assert!(html.contains(
+            r#"Used <time datetime="2025-06-01T18:42:10Z" title="2025-06-01T18:42:10Z" data-local="seconds">"#
+        ));
         assert!(element(&html, "ticket").contains(r#"data-voided="true""#));
+        let named = ticket_page(&PageData {
+            gate_name: Some("North <Stand>"),
+            ..d
+        });
+        assert!(
+            text_of(&named, "state-detail", "p").ends_with(" at gate 3 (North &lt;Stand&gt;)"),
+            "{named}"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_until_the_script_draws_them_in_local_time() {
+        let html = ticket_page(&data());
+        assert_eq!(
+            text_of(&html, "detail-starts", "dd"),
+            "Sun 1 Jun 2025, 19:30 UTC"
+        );
+        assert!(element(&html, "detail-starts").contains(
+            r#"<time datetime="2025-06-01T19:30:00Z" title="2025-06-01T19:30:00Z" data-local="minutes">"#
+        ));
+        assert_eq!(
+            text_of(&html, "detail-validity", "dd"),
+            "from Sun 1 Jun 2025, 17:00 UTC until Sun 1 Jun 2025, 23:59 UTC"
+        );
+        let open = ticket_page(&PageData {
+            valid_from: None,
+            valid_until: None,
+            valid_for_s: Some(86_400),
+            ..data()
+        });
+        assert_eq!(
+            text_of(&open, "detail-validity", "dd"),
+            "any time, 1 d from first entry"
+        );
+        let until = ticket_page(&PageData {
+            valid_from: None,
+            ..data()
+        });
+        assert_eq!(
+            text_of(&until, "detail-validity", "dd"),
+            "until Sun 1 Jun 2025, 23:59 UTC"
+        );
+        assert_eq!(text_of(&html, "detail-organiser", "dd"), "Arena Events");
+        assert!(TICKET_JS.contains("querySelectorAll('time[data-local]')"));
+    }
+
+    #[test]
+    fn a_link_that_leads_nowhere_gets_a_page_that_says_so() {
+        for (why, heading) in [
+            (Missing::Malformed, "This ticket link is incomplete"),
+            (Missing::Unknown, "Ticket not found"),
+        ] {
+            let html = missing_page(why);
+            assert!(html.starts_with("<!doctype html>"), "{html}");
+            assert!(
+                html.contains(&format!("<h1 class=\"event\">{heading}</h1>")),
+                "{html}"
+            );
+            assert!(html.contains(r#"<link rel="icon" href="/favicon.svg""#));
+            assert!(html.contains(r#"<meta name="viewport""#));
+            assert!(!html.contains("<script"), "no script at all");
+        }
+        assert!(FAVICON_SVG.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
     }
 
     #[test]
@@ -359,14 +567,22 @@ mod tests {
     #[test]
     fn transferred_ticket_says_it_was_replaced() {
         let d = PageData {
-            state: "revoked",
+            state: "transferred",
             transferred: true,
             ..data()
         };
         let html = ticket_page(&d);
         assert!(!html.contains("successor"), "no new code to show");
-        assert!(element(&html, "state").ends_with(">Revoked \u{2014} voided"));
-        assert!(element(&html, "state-detail").ends_with(">Transferred: this code was replaced"));
+        assert!(!html.contains("Revoked"), "a transfer is not a revocation");
+        assert!(element(&html, "state").contains(r#"data-state="transferred""#));
+        assert!(element(&html, "state").ends_with(">Transferred"));
+        assert_eq!(
+            text_of(&html, "state-detail", "p"),
+            "Passed on to a new holder: this code opens no gate"
+        );
+        assert!(element(&html, "ticket").contains(r#"data-voided="true""#));
+        assert!(element(&html, "state-detail")
+            .ends_with(">Passed on to a new holder: this code opens no gate"));
     }
 
     #[test]

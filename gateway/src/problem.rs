@@ -248,12 +248,22 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(Problem))]
 pub struct Query<T>(pub T);
 
-/// The answer to a route that does not exist.
-pub async fn not_found(uri: axum::http::Uri) -> Problem {
+/// The answer to a route that does not exist. A cut or mangled link of the holder's page
+/// (`/t`, `/t/`, `/t/CODE/more`) or of a ticket image (`/v1/tickets/CODE/qr…`) is a link a
+/// person opened: it gets the HTML page for a link that leads nowhere unless the request
+/// accepts JSON.
+pub async fn not_found(headers: axum::http::HeaderMap, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let ticket_link = path == "/t"
+        || path.starts_with("/t/")
+        || (path.starts_with("/v1/tickets/") && path.contains("/qr"));
+    if ticket_link && !crate::api::pages::accepts_json(&headers) {
+        return crate::api::pages::missing_response(crate::page::Missing::Unknown);
+    }
     Problem::not_found(format!(
-        "there is no route {}; the API is described at /openapi.json",
-        uri.path()
+        "there is no route {path}; the API is described at /openapi.json"
     ))
+    .into_response()
 }
 
 /// The answer to a route that exists, asked with the wrong method.

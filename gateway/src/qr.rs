@@ -1,6 +1,6 @@
-//! The ticket image: a ticket's feature code as a QR code, with four lines of plain text under
-//! it (event, seat, holder, validity), rendered as SVG (the e-ticket page) and as PNG (mail,
-//! wallets, print).
+//! The ticket image: a ticket's feature code as a QR code, with its details in plain text
+//! under it (event, seat, holder, validity), rendered as SVG (the e-ticket page) and as PNG
+//! (mail, wallets, print).
 //!
 //! The QR holds exactly the code's symbols, with the hyphens and spaces people group it with
 //! removed, so a gate reads the same text whatever grouping was printed. It is encoded:
@@ -14,10 +14,13 @@
 //! - with a **4-module quiet zone**, the minimum ISO/IEC 18004 asks for; text never enters it,
 //!   so scanners find the finder patterns.
 //!
-//! Both images share one pixel layout: 8-pixel modules, then four text lines in 7 × 16-pixel
-//! character cells (36 characters for a version-2 code), cut with an ellipsis at the image
-//! width. The PNG draws the text with the `font8x8` glyphs, each row doubled; the SVG uses a
-//! monospace font sized to fit the same cells, so both cut at the same character.
+//! Both images share one pixel layout: 8-pixel modules, then the text in 7 × 16-pixel
+//! character cells (36 characters a line for a version-2 code). Each detail wraps at spaces
+//! (a word longer than a line is broken) onto as many lines as it needs, and the image grows
+//! to hold them: nothing the gateway accepts is cut (a field of [`crate::TEXT_MAX_CHARS`]
+//! takes at most 13 lines; past [`TEXT_LINES_MAX`] in all the last line ends with '…'). The
+//! PNG draws the text with the `font8x8` glyphs, each row doubled; the SVG uses a monospace
+//! font sized to fit the same cells, so both wrap at the same character.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -54,8 +57,13 @@ const GLYPH_ROW_PX: usize = 2;
 const GLYPH_H_PX: usize = 8 * GLYPH_ROW_PX;
 /// Distance from the top of one text line to the top of the next, in pixels.
 const LINE_PITCH_PX: usize = GLYPH_H_PX + 4;
-/// Text lines under the QR code: event, seat, holder, validity.
-const TEXT_LINES: usize = 4;
+/// Details under the QR code: event, seat, holder, validity (each on lines of its own).
+const TEXT_FIELDS: usize = 4;
+/// Most text lines under the QR code. Greedy wrapping fills two lines in a row with more
+/// than a line's characters, so a field of n characters takes at most 2 × ⌈n / 36⌉ + 1
+/// lines: 13 for the longest name, seat or holder the gateway accepts (200 characters and
+/// its prefix), 42 for all four fields.
+const TEXT_LINES_MAX: usize = 48;
 /// SVG font size, in pixels. A monospace advance is about 0.6 em, so 11.5 px stays inside
 /// [`GLYPH_W_PX`] and the SVG text fits wherever the PNG text does.
 const SVG_FONT_PX: f32 = 11.5;
@@ -68,8 +76,8 @@ const SVG_RESERVE_BYTES: usize = 1024;
 /// SVG path bytes reserved per module row (about 8 runs of ~16 bytes in version 2).
 const SVG_PATH_ROW_RESERVE_BYTES: usize = 128;
 
-/// What is printed under the QR code, in plain text. Each field is one line; a line too long
-/// for the image is cut with an ellipsis, and control characters print as `?`.
+/// What is printed under the QR code, in plain text. Each field starts a line and wraps onto
+/// more when it is longer than the image is wide; control characters print as `?`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketLabel<'a> {
     /// The event's name, e.g. "Cup Final" (printed as is).
@@ -127,7 +135,7 @@ pub enum QrError {
 }
 
 /// Renders the ticket image as one SVG document: white background, the QR modules as a single
-/// `<path>`, the four label lines as `<text>`, labelled "Ticket QR code" and the code for screen
+/// `<path>`, the label's lines as `<text>`, labelled "Ticket QR code" and the code for screen
 /// readers.
 ///
 /// # Errors
@@ -135,7 +143,8 @@ pub enum QrError {
 /// [`QrError::TextTooLong`] when `code` is not a code (see [`png()`]).
 pub fn svg(code: &str, label: &TicketLabel<'_>) -> Result<String, QrError> {
     let qr = Encoded::new(code)?;
-    let layout = Layout::new(qr.modules);
+    let lines = caption(label, Layout::line_max_chars(qr.modules));
+    let layout = Layout::new(qr.modules, lines.len());
     let (w, h) = (layout.width_px, layout.height_px);
     let mut out =
         String::with_capacity(SVG_RESERVE_BYTES + qr.modules * SVG_PATH_ROW_RESERVE_BYTES);
@@ -172,12 +181,10 @@ pub fn svg(code: &str, label: &TicketLabel<'_>) -> Result<String, QrError> {
         out,
         "\"/><g font-family=\"monospace\" font-size=\"{SVG_FONT_PX}\" fill=\"#000\">"
     );
-    let mut line = String::with_capacity(4 * layout.line_max_chars);
-    for (i, (prefix, value)) in label_lines(label).into_iter().enumerate() {
-        fit_line(prefix, value, layout.line_max_chars, &mut line);
+    for (i, line) in lines.iter().enumerate() {
         let y = layout.line_top_px(i) + SVG_BASELINE_PX;
         let _ = write!(out, "<text x=\"{TEXT_MARGIN_PX}\" y=\"{y}\">");
-        push_xml_escaped(&mut out, &line);
+        push_xml_escaped(&mut out, line);
         out.push_str("</text>");
     }
     out.push_str("</g></svg>");
@@ -185,7 +192,7 @@ pub fn svg(code: &str, label: &TicketLabel<'_>) -> Result<String, QrError> {
 }
 
 /// Renders the ticket image as a 1-bit grayscale PNG: 8-pixel modules with a 4-module quiet
-/// zone, then the four label lines in `font8x8` glyphs (a character without a glyph prints as
+/// zone, then the label's lines in `font8x8` glyphs (a character without a glyph prints as
 /// `?`). The image is taller than wide.
 ///
 /// `code` may be grouped with hyphens and spaces; the QR holds the other characters only,
@@ -197,11 +204,12 @@ pub fn svg(code: &str, label: &TicketLabel<'_>) -> Result<String, QrError> {
 /// 128 bytes as given.
 pub fn png(code: &str, label: &TicketLabel<'_>) -> Result<Vec<u8>, QrError> {
     let qr = Encoded::new(code)?;
-    let layout = Layout::new(qr.modules);
-    let bitmap = draw_bitmap(&qr, &layout, label);
+    let lines = caption(label, Layout::line_max_chars(qr.modules));
+    let layout = Layout::new(qr.modules, lines.len());
+    let bitmap = draw_bitmap(&qr, &layout, &lines);
     let mut out = Vec::with_capacity(PNG_RESERVE_BYTES);
     let width = u32::try_from(layout.width_px).expect("image width is a few hundred pixels");
-    let height = u32::try_from(layout.height_px).expect("image height is a few hundred pixels");
+    let height = u32::try_from(layout.height_px).expect("image height is at most ~1200 pixels");
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(png::ColorType::Grayscale);
     encoder.set_depth(png::BitDepth::One);
@@ -524,36 +532,40 @@ struct Layout {
     width_px: usize,
     /// Image height in pixels: the symbol, then the text lines.
     height_px: usize,
-    /// Characters that fit on one text line.
-    line_max_chars: usize,
+    /// Text lines under the symbol.
+    lines: usize,
 }
 
 impl Layout {
-    /// The layout for a symbol of `modules` modules per side.
-    fn new(modules: usize) -> Self {
+    /// The layout for a symbol of `modules` modules per side and `lines` lines of text.
+    fn new(modules: usize, lines: usize) -> Self {
+        assert!(lines <= TEXT_LINES_MAX, "the caption is capped");
         let width_px = (modules + 2 * QUIET_ZONE_MODULES) * MODULE_PX;
-        let height_px = width_px + TEXT_LINES * LINE_PITCH_PX + TEXT_MARGIN_PX;
-        let line_max_chars = (width_px - 2 * TEXT_MARGIN_PX) / GLYPH_W_PX;
-        assert!(
-            line_max_chars >= 1,
-            "a text line holds at least the ellipsis"
-        );
+        let height_px = width_px + lines * LINE_PITCH_PX + TEXT_MARGIN_PX;
         Layout {
             width_px,
             height_px,
-            line_max_chars,
+            lines,
         }
+    }
+
+    /// Characters that fit on one text line under a symbol of `modules` modules per side.
+    fn line_max_chars(modules: usize) -> usize {
+        let width_px = (modules + 2 * QUIET_ZONE_MODULES) * MODULE_PX;
+        let chars = (width_px - 2 * TEXT_MARGIN_PX) / GLYPH_W_PX;
+        assert!(chars >= 1, "a text line holds at least one character");
+        chars
     }
 
     /// Top of text line `i`, in pixels. The text starts under the bottom quiet zone.
     fn line_top_px(&self, i: usize) -> usize {
-        debug_assert!(i < TEXT_LINES);
+        debug_assert!(i < self.lines);
         self.width_px + i * LINE_PITCH_PX
     }
 }
 
-/// The label's lines, each as (prefix, value).
-fn label_lines<'a>(label: &TicketLabel<'a>) -> [(&'static str, &'a str); TEXT_LINES] {
+/// The label's fields, each as (prefix, value).
+fn label_fields<'a>(label: &TicketLabel<'a>) -> [(&'static str, &'a str); TEXT_FIELDS] {
     [
         ("", label.event),
         ("Seat: ", label.seat),
@@ -562,22 +574,61 @@ fn label_lines<'a>(label: &TicketLabel<'a>) -> [(&'static str, &'a str); TEXT_LI
     ]
 }
 
-/// Writes `prefix` + `value` (trimmed) into `out`, at most `max_chars` characters: a longer
-/// line keeps `max_chars - 1` of them and ends with '…'. Control characters become '?'.
-fn fit_line(prefix: &str, value: &str, max_chars: usize, out: &mut String) {
-    debug_assert!(max_chars >= 1);
-    out.clear();
-    let mut chars =
-        prefix
-            .chars()
-            .chain(value.trim().chars())
-            .map(|c| if c.is_control() { '?' } else { c });
-    for c in chars.by_ref().take(max_chars) {
-        out.push(c);
+/// The text under the QR code: each field wrapped to lines of at most `max_chars`
+/// characters, at most [`TEXT_LINES_MAX`] lines (the last one then ends with '…').
+fn caption(label: &TicketLabel<'_>, max_chars: usize) -> Vec<String> {
+    let mut lines = Vec::with_capacity(2 * TEXT_FIELDS);
+    for (prefix, value) in label_fields(label) {
+        wrap(prefix, value, max_chars, &mut lines);
     }
-    if chars.next().is_some() {
-        out.pop();
-        out.push('…');
+    if lines.len() > TEXT_LINES_MAX {
+        lines.truncate(TEXT_LINES_MAX);
+        let last = lines.last_mut().expect("TEXT_LINES_MAX > 0");
+        if last.chars().count() >= max_chars {
+            last.pop();
+        }
+        last.push('…');
+    }
+    lines
+}
+
+/// Appends the lines of `prefix` + `value` (trimmed, control characters as '?'), wrapped at
+/// spaces to at most `max_chars` characters each; a word longer than a line is broken. Every
+/// character but the spaces where lines break is kept (runs of spaces print as one).
+fn wrap(prefix: &str, value: &str, max_chars: usize, out: &mut Vec<String>) {
+    debug_assert!(max_chars >= 1);
+    let text: String = prefix
+        .chars()
+        .chain(value.trim().chars())
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let mut line = String::new();
+    let mut line_chars = 0;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let word_chars = word.chars().count();
+        if line_chars > 0 && line_chars + 1 + word_chars <= max_chars {
+            line.push(' ');
+            line.push_str(word);
+            line_chars += 1 + word_chars;
+            continue;
+        }
+        if line_chars > 0 {
+            out.push(std::mem::take(&mut line));
+        }
+        // The word starts a line; one longer than a line fills whole lines first.
+        let mut chars = word.chars().peekable();
+        line_chars = 0;
+        while let Some(c) = chars.next() {
+            line.push(c);
+            line_chars += 1;
+            if line_chars == max_chars && chars.peek().is_some() {
+                out.push(std::mem::take(&mut line));
+                line_chars = 0;
+            }
+        }
+    }
+    if line_chars > 0 {
+        out.push(line);
     }
 }
 
@@ -650,8 +701,8 @@ impl Bitmap {
     }
 }
 
-/// Draws the QR symbol and the label into a fresh bitmap.
-fn draw_bitmap(qr: &Encoded, layout: &Layout, label: &TicketLabel<'_>) -> Bitmap {
+/// Draws the QR symbol and the caption's lines into a fresh bitmap.
+fn draw_bitmap(qr: &Encoded, layout: &Layout, lines: &[String]) -> Bitmap {
     let mut bitmap = Bitmap::white(layout.width_px, layout.height_px);
     for y in 0..qr.modules {
         let top_px = (y + QUIET_ZONE_MODULES) * MODULE_PX;
@@ -662,10 +713,8 @@ fn draw_bitmap(qr: &Encoded, layout: &Layout, label: &TicketLabel<'_>) -> Bitmap
         }
         bitmap.repeat_row(top_px, MODULE_PX - 1);
     }
-    let mut line = String::with_capacity(4 * layout.line_max_chars);
-    for (i, (prefix, value)) in label_lines(label).into_iter().enumerate() {
-        fit_line(prefix, value, layout.line_max_chars, &mut line);
-        draw_text_line(&mut bitmap, layout.line_top_px(i), &line);
+    for (i, line) in lines.iter().enumerate() {
+        draw_text_line(&mut bitmap, layout.line_top_px(i), line);
     }
     bitmap
 }
@@ -935,7 +984,7 @@ mod tests {
     #[test]
     fn png_text_area_has_ink_on_every_line_and_none_in_the_quiet_zone() {
         let (w, _, gray) = decode_png(&png(STATIC_CODE, &label()).expect("renders"));
-        let layout = Layout::new(25);
+        let layout = Layout::new(25, TEXT_FIELDS);
         assert_eq!(layout.width_px, w);
         let black_in_rows = |rows: std::ops::Range<usize>| {
             rows.flat_map(|y| gray[y * w..(y + 1) * w].iter())
@@ -945,7 +994,7 @@ mod tests {
         let quiet_px = QUIET_ZONE_MODULES * MODULE_PX;
         assert_eq!(black_in_rows(0..quiet_px), 0, "top quiet zone");
         assert_eq!(black_in_rows(w - quiet_px..w), 0, "bottom quiet zone");
-        for i in 0..TEXT_LINES {
+        for i in 0..TEXT_FIELDS {
             let top = layout.line_top_px(i);
             assert!(
                 black_in_rows(top..top + GLYPH_H_PX) > 0,
@@ -970,7 +1019,7 @@ mod tests {
         assert!(svg.contains(&format!("<title>Ticket QR code {STATIC_CODE}</title>")));
         assert!(svg.contains("shape-rendering=\"crispEdges\""));
         assert_eq!(svg.matches("<path").count(), 1);
-        assert_eq!(svg.matches("<text").count(), TEXT_LINES);
+        assert_eq!(svg.matches("<text").count(), TEXT_FIELDS);
         assert!(svg.contains(">Cup Final</text>"));
         assert!(svg.contains(">Seat: Block C, Row 12, Seat 7</text>"));
     }
@@ -1078,20 +1127,49 @@ mod tests {
         );
     }
 
-    #[test]
-    fn long_lines_end_with_an_ellipsis_at_the_image_width() {
-        let mut line = String::new();
-        fit_line("Valid: ", "2026-12-01 18:00 to 23:00 UTC", 12, &mut line);
-        assert_eq!(line, "Valid: 2026…");
-        assert_eq!(line.chars().count(), 12);
-        fit_line("Seat: ", "  A1\n", 12, &mut line);
-        assert_eq!(line, "Seat: A1", "trimmed, fits whole");
-        fit_line("", "tab\there", 12, &mut line);
-        assert_eq!(line, "tab?here", "control characters print as '?'");
-        fit_line("", "12345", 5, &mut line);
-        assert_eq!(line, "12345", "exactly full is not cut");
+    fn wrapped(prefix: &str, value: &str, max_chars: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        wrap(prefix, value, max_chars, &mut out);
+        out
+    }
 
-        assert_eq!(Layout::new(25).line_max_chars, 36, "version 2");
+    #[test]
+    fn long_details_wrap_at_spaces_and_lose_no_character() {
+        assert_eq!(
+            wrapped("Valid: ", "2026-12-01 18:00 to 23:00 UTC", 12),
+            ["Valid:", "2026-12-01", "18:00 to", "23:00 UTC"]
+        );
+        assert_eq!(wrapped("Seat: ", "  A1\n", 12), ["Seat: A1"], "trimmed");
+        assert_eq!(
+            wrapped("", "tab\there", 12),
+            ["tab?here"],
+            "control characters as '?'"
+        );
+        assert_eq!(
+            wrapped("", "12345", 5),
+            ["12345"],
+            "exactly full is one line"
+        );
+        assert_eq!(
+            wrapped("", "abcdefghijkl mn", 5),
+            ["abcde", "fghij", "kl mn"],
+            "a word longer than a line is broken"
+        );
+        // Whatever the text, every line fits and the characters are all there, in order.
+        let text = "Nachtkonzert der Wiener Philharmoniker: Bruckner, Symphonie Nr. 8 \
+                    c-Moll (Fassung 1890), Dirigent Christian Thielemann, Großer Saal";
+        for max in [1, 7, 36] {
+            let lines = wrapped("Event: ", text, max);
+            assert!(lines.iter().all(|l| l.chars().count() <= max), "{lines:?}");
+            let kept: String = lines.concat().chars().filter(|c| *c != ' ').collect();
+            let given: String = format!("Event: {text}")
+                .chars()
+                .filter(|c| *c != ' ')
+                .collect();
+            assert_eq!(kept, given);
+        }
+
+        assert_eq!(Layout::line_max_chars(25), 36, "version 2");
         let svg = svg(ROTATING_CODE, &label()).expect("renders");
         assert!(
             svg.contains(">Valid: 2026-12-01 18:00 to 23:00 UTC</text>"),
@@ -1101,32 +1179,77 @@ mod tests {
             validity: "2026-12-01 18:00 to 2026-12-02 02:00 UTC",
             ..label()
         };
-        let cut = super::svg(ROTATING_CODE, &long).expect("renders");
-        assert!(
-            cut.contains(">Valid: 2026-12-01 18:00 to 2026-12-…</text>"),
-            "{cut}"
-        );
+        let two = super::svg(ROTATING_CODE, &long).expect("renders");
+        assert!(two.contains(">Valid: 2026-12-01 18:00 to</text>"), "{two}");
+        assert!(two.contains(">2026-12-02 02:00 UTC</text>"), "{two}");
+        assert!(!two.contains('…'), "nothing is cut: {two}");
+        assert_eq!(two.matches("<text").count(), TEXT_FIELDS + 1);
     }
 
     #[test]
-    fn a_cut_line_stays_inside_the_png() {
+    fn the_longest_details_the_gateway_accepts_are_printed_whole() {
+        let long = "W".repeat(crate::TEXT_MAX_CHARS);
+        let worst = "a ".to_string() + &"b".repeat(35) + " ";
+        let worst = worst.repeat(crate::TEXT_MAX_CHARS / worst.len());
+        let label = TicketLabel {
+            event: &long,
+            seat: &worst,
+            holder: &worst,
+            validity: "2026-12-01 18:00 to 2026-12-02 02:00 UTC, 1 d from first entry",
+        };
+        let lines = caption(&label, Layout::line_max_chars(25));
+        assert!(lines.len() <= TEXT_LINES_MAX, "{}", lines.len());
+        assert!(!lines.concat().contains('…'), "{lines:?}");
+        // Past the cap (text the gateway never accepts), the last line says it goes on.
+        let endless = "x ".repeat(2_000);
+        let capped = caption(
+            &TicketLabel {
+                event: &endless,
+                ..label
+            },
+            36,
+        );
+        assert_eq!(capped.len(), TEXT_LINES_MAX);
+        assert!(capped[TEXT_LINES_MAX - 1].ends_with('…'));
+        assert!(capped.iter().all(|l| l.chars().count() <= 36));
+    }
+
+    #[test]
+    fn wrapped_lines_stay_inside_the_png_and_the_code_still_scans() {
         let long = TicketLabel {
             event: &"W".repeat(200),
             ..label()
         };
-        let (w, _, gray) = decode_png(&png(ROTATING_CODE, &long).expect("renders"));
-        let top = Layout::new(25).line_top_px(0);
-        for y in top..top + GLYPH_H_PX {
-            let row = &gray[y * w..(y + 1) * w];
-            assert!(
-                row[..TEXT_MARGIN_PX].iter().all(|&p| p == 255),
-                "left margin, row {y}"
-            );
-            assert!(
-                row[w - TEXT_MARGIN_PX..].iter().all(|&p| p == 255),
-                "right margin, row {y}"
-            );
+        let bytes = png(ROTATING_CODE, &long).expect("renders");
+        let (w, h, gray) = decode_png(&bytes);
+        let lines = caption(&long, Layout::line_max_chars(25));
+        assert_eq!(
+            lines.len(),
+            6 + 3,
+            "200 W on 6 lines, then seat, holder, validity"
+        );
+        let layout = Layout::new(25, lines.len());
+        assert_eq!(h, layout.height_px);
+        for i in 0..lines.len() {
+            let top = layout.line_top_px(i);
+            let ink = (top..top + GLYPH_H_PX)
+                .flat_map(|y| gray[y * w..(y + 1) * w].iter())
+                .filter(|&&p| p == 0)
+                .count();
+            assert!(ink > 0, "line {i} is drawn");
+            for y in top..top + GLYPH_H_PX {
+                let row = &gray[y * w..(y + 1) * w];
+                assert!(
+                    row[..TEXT_MARGIN_PX].iter().all(|&p| p == 255),
+                    "left margin, row {y}"
+                );
+                assert!(
+                    row[w - TEXT_MARGIN_PX..].iter().all(|&p| p == 255),
+                    "right margin, row {y}"
+                );
+            }
         }
+        assert_eq!(scan(w, h, &gray).1, ROTATING_CODE);
     }
 
     #[test]

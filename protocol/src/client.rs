@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,8 +222,12 @@ impl ClientConfig {
 enum Reply {
     /// One response.
     Once(oneshot::Sender<Result<Response, ClientError>>),
-    /// A stream of event batches (subscribe).
-    Stream(mpsc::Sender<Result<Vec<Event>, ClientError>>),
+    /// A stream of event batches (subscribe), and the flag that says it was dropped for
+    /// lagging.
+    Stream(
+        mpsc::Sender<Result<Vec<Event>, ClientError>>,
+        Arc<AtomicBool>,
+    ),
 }
 
 /// A request waiting for its answer.
@@ -568,12 +572,17 @@ impl Client {
     }
 
     /// Ticket events from log position `from_seq` on, then live (admin). The subscription
-    /// survives reconnects, resuming after the last event received.
+    /// survives reconnects, resuming after the last event received. One that falls
+    /// [`SUBSCRIPTION_BACKLOG`] batches behind is dropped ([`Subscription::fell_behind`]).
     pub async fn subscribe(&self, from_seq: u64) -> Result<Subscription, ClientError> {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BACKLOG);
-        self.send(Request::Subscribe { from_seq }, Reply::Stream(tx))
-            .await?;
-        Ok(Subscription { rx })
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.send(
+            Request::Subscribe { from_seq },
+            Reply::Stream(tx, lagged.clone()),
+        )
+        .await?;
+        Ok(Subscription { rx, lagged })
     }
 }
 
@@ -582,12 +591,22 @@ impl Client {
 pub struct Subscription {
     /// Event batches, or the error that ended the subscription.
     rx: mpsc::Receiver<Result<Vec<Event>, ClientError>>,
+    /// Set when the client dropped the subscription because its reader fell
+    /// [`SUBSCRIPTION_BACKLOG`] batches behind.
+    lagged: Arc<AtomicBool>,
 }
 
 impl Subscription {
-    /// The next batch of events, in log order; `None` once the client is gone.
+    /// The next batch of events, in log order; `None` once the subscription ended (the
+    /// client is gone, or [`Subscription::fell_behind`]).
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, ClientError>> {
         self.rx.recv().await
+    }
+
+    /// Whether the subscription ended because its reader fell behind (the node is fine):
+    /// subscribe again from the position after the last event read.
+    pub fn fell_behind(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
     }
 }
 
@@ -839,7 +858,7 @@ impl Reply {
     fn abandoned(&self) -> bool {
         match self {
             Reply::Once(tx) => tx.is_closed(),
-            Reply::Stream(tx) => tx.is_closed(),
+            Reply::Stream(tx, _) => tx.is_closed(),
         }
     }
 
@@ -848,7 +867,7 @@ impl Reply {
             Reply::Once(tx) => {
                 let _ = tx.send(Err(e.clone()));
             }
-            Reply::Stream(tx) => {
+            Reply::Stream(tx, _) => {
                 let _ = tx.try_send(Err(e.clone()));
             }
         }
@@ -999,24 +1018,28 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
         return;
     };
     match (&p.reply, resp) {
-        (Reply::Stream(tx), Response::Events(events)) => {
+        (Reply::Stream(tx, lagged), Response::Events(events)) => {
             if let (Some(last), Request::Subscribe { from_seq }) = (events.last(), &mut p.req) {
                 *from_seq = last.seq + 1;
             }
-            if tx.try_send(Ok(events)).is_err() {
+            if let Err(e) = tx.try_send(Ok(events)) {
                 // Slow or gone subscriber: drop the subscription rather than block everyone,
-                // and have the node stop it too.
+                // and have the node stop it too. A slow one learns why once it has read
+                // what it was sent.
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    lagged.store(true, Ordering::Release);
+                }
                 map.remove(&id);
                 shared.dropped.lock().expect("poisoned").push(id);
                 shared.wake.notify_one();
             }
         }
-        (Reply::Stream(_), Response::Error { code, message }) => {
+        (Reply::Stream(..), Response::Error { code, message }) => {
             if let Some(p) = map.remove(&id) {
                 p.reply.fail(&ClientError::Node { code, message });
             }
         }
-        (Reply::Stream(_), _) => {}
+        (Reply::Stream(..), _) => {}
         (Reply::Once(_), resp) => {
             if let Some(Pending {
                 reply: Reply::Once(tx),

@@ -1,6 +1,8 @@
 //! The HTTP gateway against a real node on 127.0.0.1: booking with idempotency, QR images
 //! read back by a QR decoder, HTTP check-in, status, transfer, revoke, problem+json for bad
 //! input, reminders from the outbox across a restart, linked devices and the ticket stream.
+//! The holder's page, staff check-in on it and the node event stream's bookkeeping are in
+//! `gateway/holder_page.rs`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +16,8 @@ use stile_gateway::{Gateway, GatewayConfig};
 use stile_protocol::client::ClientTls;
 
 use crate::node::TestNode;
+
+mod holder_page;
 
 /// A node and a gateway in front of it.
 pub struct Fixture {
@@ -96,6 +100,17 @@ impl Fixture {
     pub async fn public(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A GET of a public route asking for JSON (a problem, not the HTML page, for a ticket
+    /// link that leads nowhere).
+    pub async fn public_json(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("accept", "application/json")
             .send()
             .await
             .unwrap()
@@ -230,7 +245,7 @@ async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
 /// The code with its last symbol (part of the tag) changed.
 /// The code with one tag symbol changed. The second-to-last symbol: the last one also
 /// carries the text form's padding bits, so changing it may leave the bytes as they were.
-fn flip_last(code: &str) -> String {
+pub fn flip_last(code: &str) -> String {
     let mut b = code.as_bytes().to_vec();
     let at = b.len() - 2;
     b[at] = if b[at] == b'0' { b'1' } else { b'0' };
@@ -427,7 +442,8 @@ async fn book_qr_checkin_status_transfer_round_trip() {
     let (_, n) = f.checkin(&gate, json!({"code": new})).await;
     assert_eq!(n["outcome"], "admitted", "{n}");
     let (_, old_status) = f.get(&format!("/v1/tickets/{old}")).await;
-    assert_eq!(old_status["state"], "revoked");
+    assert_eq!(old_status["state"], "transferred", "{old_status}");
+    assert_eq!(old_status["transferred"], true, "{old_status}");
     assert_eq!(old_status["successor"], new.as_str());
     // The booking shows the original code as transferred, and not the new holder's code.
     let (s, b) = f.get(&format!("/v1/bookings/{}", booking["id"])).await;
@@ -1196,7 +1212,7 @@ async fn rotating_ticket_image_is_drawn_for_the_current_step_and_admitted() {
         format!("/v1/tickets/{forged}/qr.png"),
         format!("/t/{forged}"),
     ] {
-        let res = f.public(&path).await;
+        let res = f.public_json(&path).await;
         assert_problem(res, 404).await;
     }
     f.shutdown().await;
@@ -1485,6 +1501,9 @@ async fn gateway_files_are_private_whatever_the_umask() {
         .err()
         .expect("a short API token is refused");
     assert!(err.to_string().contains("at least 32"), "{err}");
+    // Stopped before its data dir goes: a node that finds its data dir gone aborts the
+    // process (and with it every test running beside this one).
+    node.node.unwrap().shutdown().await;
 }
 
 /// Reads server-sent events from `res` until one named `name`; every block read, as text.
@@ -1694,18 +1713,29 @@ async fn a_transfer_shows_the_new_code_only_with_the_api_token() {
     assert_eq!(s, 200);
     assert_eq!(
         (public["transferred"].as_bool(), public["state"].as_str()),
-        (Some(true), Some("revoked"))
+        (Some(true), Some("transferred"))
     );
     assert!(public["successor"].is_null(), "{public}");
     assert!(!public.to_string().contains(&new), "{public}");
     let page = f.public(&format!("/t/{old}")).await.text().await.unwrap();
-    assert!(page.contains("Transferred"), "{page}");
+    assert!(
+        page.contains("data-state=\"transferred\"") && page.contains(">Transferred<"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("Revoked"),
+        "a transfer is headlined as one: {page}"
+    );
     assert!(!page.contains(&new), "the page shows the new code");
     let mut stream = f.public(&format!("/t/{old}/events")).await;
     let first = sse_text_until(&mut stream, "ticket").await;
     assert!(
         !first.contains(&new),
         "the stream shows the new code: {first}"
+    );
+    assert!(
+        first.contains("\"state\":\"transferred\"") && first.contains("\"transferred\":true"),
+        "{first}"
     );
     let mut device = f
         .http
@@ -1760,7 +1790,14 @@ async fn a_rotating_code_from_a_screen_opens_no_page() {
             format!("/t/{code}"),
             format!("/t/{code}/events"),
         ] {
-            assert_problem(f.public(&path).await, 404).await;
+            assert_problem(f.public_json(&path).await, 404).await;
+        }
+        // A browser opening the page or an image gets the page for an unknown link.
+        for path in [format!("/t/{code}"), format!("/v1/tickets/{code}/qr.png")] {
+            let res = f.public(&path).await;
+            assert_eq!(res.status(), 404, "{path}");
+            let html = res.text().await.unwrap();
+            assert!(html.contains(">Ticket not found</h1>"), "{path}: {html}");
         }
     }
     let html = f.public(&page).await.text().await.unwrap();

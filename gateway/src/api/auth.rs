@@ -1,6 +1,6 @@
 //! Tokens: the API token of management routes (made on first start, kept in a 0600 file),
-//! gate tokens for HTTP check-in and device tokens for linked devices. Only SHA-256 hashes
-//! of gate and device tokens are stored.
+//! gate tokens for HTTP check-in, gates' staff PINs and device tokens for linked devices.
+//! Only SHA-256 hashes of gate and device tokens, and salted hashes of PINs, are stored.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 
 use crate::problem::Problem;
@@ -37,6 +37,42 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 
 /// Shortest API token the gateway accepts from a file an operator wrote.
 pub const API_TOKEN_MIN_LEN: usize = 32;
+
+/// Digits of a gate's staff PIN: short enough to type on a stranger's phone, and guessed
+/// only a few times before the control locks (see `api::staff`).
+pub const PIN_DIGITS: u32 = 6;
+
+/// A new staff PIN: [`PIN_DIGITS`] random decimal digits.
+pub fn new_pin() -> String {
+    let n = rand::rngs::OsRng.gen_range(0..10u32.pow(PIN_DIGITS));
+    format!("{n:0width$}", width = PIN_DIGITS as usize)
+}
+
+/// A new random salt for a PIN's hash.
+pub fn new_pin_salt() -> [u8; 16] {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    salt
+}
+
+/// The stored form of gate `gate` of `provider`'s PIN: SHA-256 of the salt, the gate's
+/// numbers and the PIN, so a hash says nothing of another gate's PIN. (Six digits do not
+/// resist guessing by whoever reads the database; that reader has every code already.)
+pub fn hash_pin(salt: &[u8; 16], provider: u16, gate: u16, pin: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"stile gate pin\0");
+    h.update(salt);
+    h.update(provider.to_be_bytes());
+    h.update(gate.to_be_bytes());
+    h.update(pin.as_bytes());
+    h.finalize().into()
+}
+
+/// Whether `pin` is the PIN whose salted hash is `hash`, compared in constant time.
+pub fn pin_matches(salt: &[u8; 16], hash: &[u8; 32], provider: u16, gate: u16, pin: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(hash_pin(salt, provider, gate, pin).ct_eq(hash))
+}
 
 /// Reads the API token at `path`, or makes one (mode 0600) if the file is new.
 pub fn load_or_make_token(path: &Path) -> Result<String, GatewayError> {

@@ -209,7 +209,8 @@ fn validate(req: &BookingRequest, webhook_private: bool) -> Result<BookingReques
     params(("Idempotency-Key" = String, Header, description = "unique per booking; a retry with the same key and body returns the same booking")),
     security(("api_token" = [])),
     responses((status = 201, body = BookingView), (status = 409, body = Problem),
-        (status = 422, body = Problem), (status = 503, body = Problem)))]
+        (status = 422, body = Problem, description = "a field is wrong, or the event's validity has ended"),
+        (status = 503, body = Problem)))]
 pub async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -298,12 +299,20 @@ fn event_lock(app: &App, event: i64) -> Arc<tokio::sync::Mutex<()>> {
     locks.entry(event).or_default().clone()
 }
 
-/// Checks seats and capacity (inside a database call).
+/// Checks that the event has not ended, then seats and capacity (inside a database call).
 fn check_availability(
     c: &rusqlite::Connection,
     ev: &EventRow,
     req: &BookingRequest,
 ) -> Result<(), Problem> {
+    if ev.ended(crate::now_s()) {
+        return Err(Problem::unprocessable(format!(
+            "event {} ({}) ended at {}: its tickets can open no gate any more, so none is sold",
+            ev.view.id,
+            ev.view.name,
+            ev.view.valid_until.as_deref().unwrap_or("?")
+        )));
+    }
     let seated = ev.view.seats > 0;
     for t in &req.tickets {
         match (&t.seat, seated) {

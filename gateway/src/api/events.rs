@@ -157,6 +157,11 @@ impl EventRow {
         }
     }
 
+    /// Whether the event's validity has ended: its tickets can open no gate any more.
+    pub fn ended(&self, now_s: u64) -> bool {
+        self.valid_until_s != 0 && self.valid_until_s <= now_s
+    }
+
     /// The validity period in words, for people.
     pub fn validity_text(&self) -> String {
         let fmt = crate::human_time;
@@ -197,7 +202,7 @@ fn time_field(name: &str, v: &Option<String>) -> Result<u64, Problem> {
 #[utoipa::path(post, path = "/v1/events", request_body = EventRequest,
     security(("api_token" = [])),
     responses((status = 201, body = EventView), (status = 404, body = Problem),
-        (status = 422, body = Problem)))]
+        (status = 422, body = Problem, description = "a field is wrong, or `valid_until` has already passed")))]
 pub async fn create(
     State(app): State<Arc<App>>,
     Json(req): Json<EventRequest>,
@@ -248,6 +253,13 @@ impl EventRequest {
             return Err(Problem::unprocessable(
                 "`valid_until` must be after `valid_from`",
             ));
+        }
+        if until != 0 && until <= crate::now_s() {
+            return Err(Problem::unprocessable(format!(
+                "`valid_until` {} is in the past: the event's validity has already ended, so \
+                 no ticket of it could open a gate; give a later `valid_until`",
+                crate::rfc3339(until)
+            )));
         }
         let seats = match &self.seats {
             None => Vec::new(),

@@ -8,6 +8,7 @@ pub mod checkin;
 pub mod events;
 pub mod pages;
 pub mod providers;
+pub mod staff;
 pub mod tickets;
 pub mod venue;
 
@@ -33,10 +34,13 @@ use crate::{problem, App};
         description = "Booking, QR images, the live e-ticket page, transfers, reminders, linked \
                        devices and HTTP check-in. Management routes need the API token \
                        (`Authorization: Bearer`, from the gateway's `api-token` file); HTTP \
-                       check-in needs a gate token; device streams need a device token (in the \
+                       check-in needs a gate token; staff check-in on the holder's page needs \
+                       the gate's PIN; device streams need a device token (in the \
                        header, or traded for a single-use stream ticket). A rotating ticket's \
                        page and images are reached by its page link (`tk_…`) only. Every \
-                       error is `application/problem+json` (RFC 9457)."
+                       error is `application/problem+json` (RFC 9457), except that a link to \
+                       the holder's page or its images that leads nowhere gets an HTML page \
+                       unless the request accepts JSON."
     ),
     modifiers(&Security),
     components(schemas(problem::Problem))
@@ -89,6 +93,7 @@ fn public() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(accounts::stream_ticket))
         .routes(routes!(pages::ticket_page))
         .routes(routes!(pages::ticket_events))
+        .routes(routes!(staff::staff_checkin))
         .routes(routes!(pages::healthz))
         .routes(routes!(pages::metrics))
 }
@@ -119,6 +124,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sw.js", axum::routing::get(pages::service_worker))
         .route("/static/ticket.js", axum::routing::get(pages::ticket_js))
         .route("/static/ticket.css", axum::routing::get(pages::ticket_css))
+        .route("/favicon.svg", axum::routing::get(pages::favicon))
+        .route("/favicon.ico", axum::routing::get(pages::favicon))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::BODY_MAX_BYTES))

@@ -1,5 +1,5 @@
-//! The e-ticket page and its live stream, the service worker and static files, and the
-//! operator routes `/healthz` and `/metrics`.
+//! The e-ticket page and its live stream, the page for a ticket link that leads nowhere, the
+//! service worker and static files, and the operator routes `/healthz` and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::tickets::{self, Access, TicketView};
 use crate::live::{Change, PeerAddr};
-use crate::page::{self, PageData};
+use crate::page::{self, Missing, PageData};
 use crate::problem::{Path, Problem};
 use crate::App;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::stream::{self, Stream};
@@ -19,35 +19,84 @@ use futures_util::stream::{self, Stream};
 /// How long `/healthz` waits for the node's answer.
 const HEALTH_TIMEOUT_MS: u64 = 1_000;
 
-/// The e-ticket page: QR, details and live state.
+/// The e-ticket page: QR, details and live state. A link that leads nowhere (no such
+/// ticket, or not a whole code or page token) gets an HTML page saying so, with the same
+/// status, unless the request accepts JSON (then the problem).
 #[utoipa::path(get, path = "/t/{code}", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
-    responses((status = 200, content_type = "text/html", body = String), (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 400, content_type = "text/html", body = String, description = "not a whole code or page token: an HTML page (a problem for `Accept: application/json`)"),
+        (status = 404, content_type = "text/html", body = String, description = "no such ticket: an HTML page (a problem for `Accept: application/json`)")))]
 pub async fn ticket_page(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     Path(code): Path<String>,
-) -> Result<Response, Problem> {
-    let t = tickets::find_public(&app, &code).await?;
+) -> Response {
+    let t = match tickets::find_public(&app, &code).await {
+        Ok(t) => t,
+        Err(p) => return missing_or_problem(&headers, p),
+    };
     let v = tickets::view(&app, &t, Access::Public).await;
-    let starts = crate::human_time(t.event.starts_at_s);
     let seat = t.seat.clone().unwrap_or_else(|| "Free seating".into());
     let html = page::ticket_page(&PageData {
         id: tickets::page_id(&t),
         code: t.rotating.is_none().then_some(t.code.as_str()),
         event: &v.event,
+        organiser: &v.provider_name,
         venue: &v.venue,
-        starts: &starts,
+        starts_at: &v.starts_at,
         seat: &seat,
         holder: &v.holder,
-        validity: &v.validity,
+        valid_from: v.valid_from.as_deref(),
+        valid_until: v.valid_until.as_deref(),
+        valid_for_s: t.event.view.valid_for_s,
         state: &v.state,
         used_at: v.used_at.as_deref(),
         gate: v.gate,
+        gate_name: v.gate_name.as_deref(),
         transferred: v.transferred,
         rotating: v.rotating,
         step_s: v.step_s.unwrap_or(30),
         server_unix_ms: v.server_unix_ms,
     });
-    Ok(([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response())
+    ([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response()
+}
+
+/// Whether a request wants a problem as JSON: its `Accept` names a JSON type. Browsers
+/// opening a link (and `curl`, with `*/*`) get HTML.
+pub fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("json"))
+}
+
+/// The answer for a ticket link of a page or an image that failed: the HTML page for a link
+/// that leads nowhere (400, 404) unless the request accepts JSON; any other problem as is.
+pub fn missing_or_problem(headers: &HeaderMap, p: Problem) -> Response {
+    let why = match p.status {
+        400 => Missing::Malformed,
+        404 => Missing::Unknown,
+        _ => return p.into_response(),
+    };
+    if accepts_json(headers) {
+        return p.into_response();
+    }
+    missing_response(why)
+}
+
+/// The HTML page for a link that leads nowhere, with its status.
+pub fn missing_response(why: Missing) -> Response {
+    let status = match why {
+        Missing::Malformed => StatusCode::BAD_REQUEST,
+        Missing::Unknown => StatusCode::NOT_FOUND,
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(page::missing_page(why)),
+    )
+        .into_response()
 }
 
 fn ticket_event(v: &TicketView) -> SseEvent {
@@ -152,6 +201,18 @@ pub async fn ticket_js() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         page::TICKET_JS,
+    )
+        .into_response()
+}
+
+/// The icon of every page (an SVG, at `/favicon.svg` and where browsers look unasked).
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        page::FAVICON_SVG,
     )
         .into_response()
 }

@@ -1,5 +1,5 @@
-//! Providers (the operators that sell tickets), their routes to nodes, and their gates'
-//! HTTP check-in tokens.
+//! Providers (the operators that sell tickets), their routes to nodes, and their gates:
+//! names, HTTP check-in tokens and staff PINs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,17 +49,22 @@ pub struct GateRequest {
     pub name: String,
 }
 
-/// A gate token, shown once.
+/// A gate's credentials, shown once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GateToken {
     /// Provider.
     pub provider: u16,
     /// Gate id.
     pub gate: u16,
-    /// Where the gate is.
+    /// Where the gate is (shown on holders' pages: "gate 3 (North)").
     pub name: String,
     /// Bearer token for `POST /v1/checkin`; only its hash is stored, so keep it.
     pub token: String,
+    /// The gate's staff PIN (six digits) for check-in on the holder's own page
+    /// (`POST /t/{code}/checkin`); only a salted hash is stored, so keep it. Replaced and
+    /// revoked with the token.
+    #[schema(example = "042917")]
+    pub pin: String,
 }
 
 /// Every provider route in the database.
@@ -182,11 +187,13 @@ pub async fn put(
     Ok(Json(view(&app, id, name)))
 }
 
-/// Issues an HTTP check-in token for one of the provider's gates. A gate has one token:
-/// issuing another replaces it (the old one stops working at once).
+/// Names one of the provider's gates and issues its credentials: an HTTP check-in token and
+/// a staff PIN. A gate has one of each: issuing again replaces both (the old ones stop
+/// working at once).
 #[utoipa::path(post, path = "/v1/providers/{id}/gates", request_body = GateRequest,
     params(("id" = u16, Path, description = "provider id")), security(("api_token" = [])),
-    responses((status = 201, body = GateToken), (status = 404, body = Problem)))]
+    responses((status = 201, body = GateToken), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
 pub async fn create_gate(
     State(app): State<Arc<App>>,
     Path(provider): Path<u16>,
@@ -198,6 +205,9 @@ pub async fn create_gate(
     let name = super::text_field("name", &req.name)?;
     let token = super::auth::new_token();
     let hash = super::auth::hash_token(&token);
+    let pin = super::auth::new_pin();
+    let pin_salt = super::auth::new_pin_salt();
+    let pin_hash = super::auth::hash_pin(&pin_salt, provider, req.gate, &pin);
     let (n, gate) = (name.clone(), req.gate);
     app.db
         .call(move |c| -> Result<(), Problem> {
@@ -207,7 +217,12 @@ pub async fn create_gate(
                 )));
             }
             let tx = crate::db::immediate(c)?;
-            store::replace_gate_token(&tx, provider, gate, &n, &hash)?;
+            let credentials = store::GateCredentials {
+                token_hash: &hash,
+                pin_salt: &pin_salt,
+                pin_hash: &pin_hash,
+            };
+            store::replace_gate_token(&tx, provider, gate, &n, &credentials)?;
             tx.commit()?;
             Ok(())
         })
@@ -219,12 +234,13 @@ pub async fn create_gate(
             gate: req.gate,
             name,
             token,
+            pin,
         }),
     ))
 }
 
-/// Revokes the HTTP check-in token of one of the provider's gates: its scans are refused
-/// (401) from now on.
+/// Revokes the credentials of one of the provider's gates: its HTTP scans are refused (401)
+/// and its PIN opens no staff check-in from now on. Its name stays on pages that show it.
 #[utoipa::path(delete, path = "/v1/providers/{id}/gates/{gate}",
     params(("id" = u16, Path, description = "provider id"), ("gate" = u16, Path, description = "gate id")),
     security(("api_token" = [])),

@@ -85,12 +85,15 @@ pub struct TicketRow {
 pub struct TicketView {
     /// The feature code (as minted).
     pub code: String,
-    /// `valid`, `used`, `revoked` (also a transferred code) or `expired`.
+    /// `valid`, `used`, `revoked`, `transferred` (passed on to a new holder: this code is
+    /// void, as `transferred: true` also says) or `expired`.
     pub state: String,
     /// Event name.
     pub event: String,
     /// Event id.
     pub event_id: i64,
+    /// The provider selling the event: the organiser, as the holder's page names it.
+    pub provider_name: String,
     /// Venue.
     pub venue: String,
     /// Event start, RFC 3339.
@@ -109,6 +112,9 @@ pub struct TicketView {
     pub used_at: Option<String>,
     /// The gate that admitted it (state `used`).
     pub gate: Option<u16>,
+    /// That gate's name, if it was given one (`POST /v1/providers/{id}/gates`).
+    #[serde(default)]
+    pub gate_name: Option<String>,
     /// Entries counted (multi-entry tickets).
     pub entries: u8,
     /// Inside now (entry/exit tickets).
@@ -236,6 +242,7 @@ pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
         state: t.last_state.clone(),
         event: ev.view.name.clone(),
         event_id: ev.view.id,
+        provider_name: String::new(),
         venue: ev.view.venue.clone(),
         starts_at: ev.view.starts_at.clone(),
         seat: t.seat.clone(),
@@ -245,6 +252,7 @@ pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
         validity: ev.validity_text(),
         used_at: None,
         gate: None,
+        gate_name: None,
         entries: 0,
         inside: false,
         successor: t.successor.clone().filter(|_| api),
@@ -292,7 +300,23 @@ pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
         }
     }
     if t.successor.is_some() {
-        v.state = "revoked".into();
+        // The node says `revoked`: to the holder, and to whoever looks it up, it was passed on.
+        v.state = "transferred".into();
+    }
+    let (provider, gate) = (t.bytes.provider(), v.gate);
+    let names = app
+        .db
+        .call(move |c| -> Result<_, crate::db::DbError> {
+            let gate_name = match gate {
+                Some(g) => store::providers::gate_name(c, provider, g)?,
+                None => None,
+            };
+            Ok((store::providers::name(c, provider)?, gate_name))
+        })
+        .await;
+    if let Ok((provider_name, gate_name)) = names {
+        v.provider_name = provider_name.unwrap_or_default();
+        v.gate_name = gate_name;
     }
     v
 }
@@ -383,11 +407,16 @@ pub async fn get(
 /// The code the QR shows now: the minted one, or a rotating ticket's code of this step.
 pub fn code_now(t: &TicketRow) -> String {
     match t.rotating {
-        Some((key, step_s)) => crate::rotating::code_at(&t.bytes, &key, step_s, crate::now_s())
-            .to_text()
-            .as_str()
-            .to_string(),
+        Some(_) => code_now_bytes(t).to_text().as_str().to_string(),
         None => t.code.clone(),
+    }
+}
+
+/// The bytes of the code the QR shows now (what a gate presenting this ticket would send).
+pub fn code_now_bytes(t: &TicketRow) -> CodeBytes {
+    match t.rotating {
+        Some((key, step_s)) => crate::rotating::code_at(&t.bytes, &key, step_s, crate::now_s()),
+        None => t.bytes,
     }
 }
 
@@ -428,24 +457,36 @@ fn qr_problem(e: crate::qr::QrError) -> Problem {
 }
 
 /// The ticket image as SVG: the QR code (alphanumeric, level M) with event, seat, holder
-/// and validity printed under it.
+/// and validity printed under it. A link that leads nowhere gets the HTML page saying so
+/// unless the request accepts JSON.
 #[utoipa::path(get, path = "/v1/tickets/{code}/qr.svg", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
-    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "image/svg+xml", body = String),
+        (status = 400, content_type = "text/html", body = String, description = "not a whole code or page token (a problem for `Accept: application/json`)"),
+        (status = 404, content_type = "text/html", body = String, description = "no such ticket (a problem for `Accept: application/json`)")))]
 pub async fn qr_svg(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Path(code): Path<String>,
-) -> Result<Response, Problem> {
-    image(&app, &code, Image::Svg).await
+) -> Response {
+    image(&app, &code, Image::Svg)
+        .await
+        .unwrap_or_else(|p| super::pages::missing_or_problem(&headers, p))
 }
 
-/// The ticket image as PNG (decodable by an ordinary QR reader to exactly the code).
+/// The ticket image as PNG (decodable by an ordinary QR reader to exactly the code). A link
+/// that leads nowhere gets the HTML page saying so unless the request accepts JSON.
 #[utoipa::path(get, path = "/v1/tickets/{code}/qr.png", params(("code" = String, Path, description = "a static ticket's code or a page token (`tk_…`)")),
-    responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "image/png", body = Vec<u8>),
+        (status = 400, content_type = "text/html", body = String, description = "not a whole code or page token (a problem for `Accept: application/json`)"),
+        (status = 404, content_type = "text/html", body = String, description = "no such ticket (a problem for `Accept: application/json`)")))]
 pub async fn qr_png(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Path(code): Path<String>,
-) -> Result<Response, Problem> {
-    image(&app, &code, Image::Png).await
+) -> Response {
+    image(&app, &code, Image::Png)
+        .await
+        .unwrap_or_else(|p| super::pages::missing_or_problem(&headers, p))
 }
 
 /// Which image.
