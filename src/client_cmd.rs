@@ -101,6 +101,7 @@ fn parse_time(s: &str) -> Result<u64, String> {
 
 /// Arguments of `stile mint`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: 0 minted (codes on stdout, one a line), 1 an error.")]
 pub struct MintArgs {
     #[command(flatten)]
     conn: Conn,
@@ -195,6 +196,11 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
 
 /// Arguments of `stile check`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 every code opened the gate (or was undone), 2 any did not, 1 an \
+                  error (after the lines of the answers that came; stderr says how to retry the \
+                  rest)."
+)]
 pub struct CheckArgs {
     #[command(flatten)]
     conn: Conn,
@@ -312,6 +318,10 @@ fn unanswered(args: &CheckArgs, i: usize, scan_id: u64) -> String {
 
 /// Arguments of `status`, `revoke` and `transfer`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 every code succeeded, 2 any failed (its line says `error`), 1 the \
+                  node could not be reached."
+)]
 pub struct TicketArgs {
     #[command(flatten)]
     conn: Conn,

@@ -155,13 +155,19 @@ pub async fn start_for_up(
 /// Tickets `--demo` books.
 const DEMO_TICKETS: usize = 3;
 
+/// What `--demo` made: its tickets' pages and gate 1's credentials.
+pub struct Demo {
+    /// The e-ticket pages, as URLs.
+    pub pages: Vec<String>,
+    /// Gate 1's HTTP token.
+    pub gate_token: String,
+    /// Gate 1's staff PIN, for check-in on a holder's page.
+    pub gate_pin: String,
+}
+
 /// Makes provider 1 (if new), an event valid now and a booking of three tickets through the
 /// gateway's own API; returns the e-ticket page URLs and a gate token for HTTP check-in.
-pub async fn demo(
-    base: &str,
-    api_token: &str,
-    https: bool,
-) -> anyhow::Result<(Vec<String>, String)> {
+pub async fn demo(base: &str, api_token: &str, https: bool) -> anyhow::Result<Demo> {
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(https)
         .timeout(Duration::from_secs(30))
@@ -230,8 +236,9 @@ pub async fn demo(
     .context("demo: gate token")?
     .json::<serde_json::Value>()
     .await?;
-    Ok((
+    Ok(Demo {
         pages,
-        gate["token"].as_str().unwrap_or_default().to_string(),
-    ))
+        gate_token: gate["token"].as_str().unwrap_or_default().to_string(),
+        gate_pin: gate["pin"].as_str().unwrap_or_default().to_string(),
+    })
 }

@@ -307,8 +307,11 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
         config.dir.join(stile_gateway::API_TOKEN_FILE).display()
     );
     if up.demo {
-        let (pages, gate_token) =
-            gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
+        let gateway_cmd::Demo {
+            pages,
+            gate_token,
+            gate_pin,
+        } = gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
         crate::say!("demo: an event of provider 1, valid now; e-ticket pages:");
         for p in &pages {
             crate::say!("{p}");
@@ -320,6 +323,9 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
                 "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\"
             );
             crate::say!("    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'");
+            crate::say!(
+                "or on the page itself: Staff check-in, gate 1, PIN {gate_pin} (staff only)"
+            );
         }
     }
     let (stile, conn) = (

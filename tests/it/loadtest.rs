@@ -1227,13 +1227,13 @@ fn spawn_up(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, Str
         .args(extra)
         .arg("--data")
         .arg(data)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut err = std::io::BufReader::new(up.stderr.take().unwrap());
-    let (addr, _) = crate::support::read_up_quic_address(&mut err);
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut out = std::io::BufReader::new(up.stdout.take().unwrap());
+    let (addr, _) = crate::support::read_up_quic_address(&mut out);
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (up, addr)
 }
 

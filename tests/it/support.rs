@@ -37,7 +37,7 @@ pub fn mint(engine: &Engine, policy: Policy, count: u32) -> (PolicyId, Vec<CodeB
     (id, codes)
 }
 
-/// Reads `stile up`'s stderr until it names its QUIC address; the address, and every line
+/// Reads `stile up`'s stdout until it names its QUIC address; the address, and every line
 /// read so far.
 pub fn read_up_quic_address(err: &mut impl std::io::BufRead) -> (String, String) {
     let mut said = String::new();

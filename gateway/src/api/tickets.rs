@@ -610,6 +610,14 @@ async fn transfer_inner(
             t.code
         )));
     }
+    if t.event.ended(crate::now_s()) {
+        // The new code could open no gate: refuse rather than mint a ticket already void.
+        return Err(Problem::unprocessable(format!(
+            "event {} ({}) has ended: its tickets can open no gate any more, so none is \
+             transferred",
+            t.event.view.id, t.event.view.name
+        )));
+    }
     if let Some(a) = req.account {
         let known = app
             .db

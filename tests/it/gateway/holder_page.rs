@@ -9,7 +9,7 @@ use super::{assert_problem, json_of, Fixture};
 /// An event whose validity has already ended is refused at creation, and a booking for one
 /// that ended since is refused too: no ticket of it could open a gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_whose_validity_ended_is_neither_created_nor_booked() {
+async fn an_event_whose_validity_ended_is_neither_created_booked_nor_transferred() {
     let f = Fixture::start().await;
     let now = stile_gateway::now_s();
     let (s, _) = f
@@ -36,7 +36,7 @@ async fn an_event_whose_validity_ended_is_neither_created_nor_booked() {
 
     // An event that was on sale and has ended since.
     let event = f.event(json!({"capacity": 10})).await;
-    f.book_one("before", event, "Ada").await;
+    let sold = f.book_one("before", event, "Ada").await;
     let db = &f.gateway.as_ref().unwrap().app().db;
     db.call(move |c| -> Result<(), stile_gateway::db::DbError> {
         c.execute(
@@ -55,6 +55,18 @@ async fn an_event_whose_validity_ended_is_neither_created_nor_booked() {
     let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
     assert_eq!(occ["tickets"], 1, "{occ}");
     assert_problem(f.book("after", body).await, 422).await;
+    // Nor is a ticket of it transferred: the new code would open no gate either.
+    let res = f
+        .admin(
+            reqwest::Method::POST,
+            &format!("/v1/tickets/{sold}/transfer"),
+        )
+        .json(&json!({"holder": {"name": "Bob"}}))
+        .send()
+        .await
+        .unwrap();
+    let p = assert_problem(res, 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("ended"), "{p}");
     f.shutdown().await;
 }
 
