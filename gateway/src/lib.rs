@@ -239,7 +239,10 @@ impl Gateway {
             live::ensure_following(&app, node);
         }
         tasks.spawn(reminders::run(app.clone()));
-        tasks.spawn(watch_dir(app.config.dir.clone(), shutdown.clone()));
+        // Taken now, not when the task first runs: a directory deleted before then must
+        // still be seen as gone.
+        let opened = dir_ids(&app.config.dir);
+        tasks.spawn(watch_dir(app.config.dir.clone(), opened, shutdown.clone()));
         tracing::info!(addr = %local_addr, https = tls_on(&app), "gateway listening");
         Ok(Gateway {
             _dir_lock: dir_lock,
@@ -280,20 +283,25 @@ impl Gateway {
 /// them.
 const DIR_CHECK: Duration = Duration::from_secs(1);
 
+/// The device and inode of the gateway's directory and of its database, where they exist.
+type DirIds = (Option<(u64, u64)>, Option<(u64, u64)>);
+
+fn dir_ids(dir: &std::path::Path) -> DirIds {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    (id(dir), id(&dir.join(DB_FILE)))
+}
+
 /// Stops the process when the gateway's directory or database is deleted, moved or
 /// replaced while it runs: SQLite would go on committing bookings into unlinked files, all
 /// lost at the next start, which would begin with an empty database.
-async fn watch_dir(dir: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let db = dir.join(DB_FILE);
-    let opened = (id(&dir), id(&db));
+async fn watch_dir(dir: std::path::PathBuf, opened: DirIds, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(DIR_CHECK) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if (id(&dir), id(&db)) != opened {
+        if dir_ids(&dir) != opened {
             tracing::error!(
                 dir = %dir.display(),
                 "the gateway's directory or database was deleted, moved or replaced while it \
