@@ -159,10 +159,9 @@ const DEMO_TICKETS: usize = 3;
 pub struct Demo {
     /// The e-ticket pages, as URLs.
     pub pages: Vec<String>,
-    /// Gate 1's HTTP token.
-    pub gate_token: String,
-    /// Gate 1's staff PIN, for check-in on a holder's page.
-    pub gate_pin: String,
+    /// Gate 1's HTTP token and staff PIN, when this demo made the gate (the first on a data
+    /// dir; later ones leave it as it is).
+    pub gate: Option<(String, String)>,
 }
 
 /// Makes provider 1 (if new), an event valid now and a booking of three tickets through the
@@ -186,6 +185,9 @@ pub async fn demo(base: &str, api_token: &str, https: bool) -> anyhow::Result<De
     if !(res.status().is_success() || res.status() == reqwest::StatusCode::CONFLICT) {
         anyhow::bail!("demo: making provider 1 failed: {}", res.text().await?);
     }
+    // Provider 1 made now: a new demo, whose gate 1 is made below. Made before (an earlier
+    // --demo, or the operator's): its gate 1 is left as it is, token, PIN and name.
+    let fresh = res.status().is_success();
     let now = stile_gateway::now_s();
     let event = post(
         "/v1/events",
@@ -226,19 +228,25 @@ pub async fn demo(base: &str, api_token: &str, https: bool) -> anyhow::Result<De
                 .collect()
         })
         .unwrap_or_default();
-    let gate = post(
-        "/v1/providers/1/gates",
-        serde_json::json!({"gate": 1, "name": "Demo gate"}),
-    )
-    .send()
-    .await?
-    .error_for_status()
-    .context("demo: gate token")?
-    .json::<serde_json::Value>()
-    .await?;
+    let gate = if fresh {
+        post(
+            "/v1/providers/1/gates",
+            serde_json::json!({"gate": 1, "name": "Demo gate"}),
+        )
+        .send()
+        .await?
+        .error_for_status()
+        .context("demo: gate token")?
+        .json::<serde_json::Value>()
+        .await?
+    } else {
+        serde_json::Value::Null
+    };
     Ok(Demo {
         pages,
-        gate_token: gate["token"].as_str().unwrap_or_default().to_string(),
-        gate_pin: gate["pin"].as_str().unwrap_or_default().to_string(),
+        gate: gate["token"]
+            .as_str()
+            .zip(gate["pin"].as_str())
+            .map(|(t, p)| (t.to_string(), p.to_string())),
     })
 }

@@ -307,25 +307,30 @@ async fn start_gateway(up: UpGateway, node: SocketAddr) -> anyhow::Result<stile_
         config.dir.join(stile_gateway::API_TOKEN_FILE).display()
     );
     if up.demo {
-        let gateway_cmd::Demo {
-            pages,
-            gate_token,
-            gate_pin,
-        } = gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
+        let gateway_cmd::Demo { pages, gate } =
+            gateway_cmd::demo(&base, gateway.api_token(), up.https.tls_cert.is_some()).await?;
         crate::say!("demo: an event of provider 1, valid now; e-ticket pages:");
         for p in &pages {
             crate::say!("{p}");
         }
-        if let Some(first) = pages.first() {
-            let code = first.rsplit('/').next().unwrap_or_default();
-            crate::say!("check one in over HTTP (gate 1) and watch its page turn to used:");
-            crate::say!(
-                "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\"
-            );
-            crate::say!("    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'");
-            crate::say!(
-                "or on the page itself: Staff check-in, gate 1, PIN {gate_pin} (staff only)"
-            );
+        match (pages.first(), gate) {
+            (Some(first), Some((gate_token, gate_pin))) => {
+                let code = first.rsplit('/').next().unwrap_or_default();
+                crate::say!("check one in over HTTP (gate 1) and watch its page turn to used:");
+                crate::say!(
+                    "  curl -s -X POST {base}/v1/checkin -H 'Authorization: Bearer {gate_token}' \\"
+                );
+                crate::say!(
+                    "    -H 'Content-Type: application/json' -d '{{\"code\": \"{code}\"}}'"
+                );
+                crate::say!(
+                    "or on the page itself: Staff check-in, gate 1, PIN {gate_pin} (staff only)"
+                );
+            }
+            _ => crate::say!(
+                "gate 1's HTTP token and staff PIN are the ones the first --demo on this data \
+                 dir printed (POST /v1/providers/1/gates replaces them)"
+            ),
         }
     }
     let (stile, conn) = (

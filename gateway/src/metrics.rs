@@ -38,7 +38,7 @@ pub struct OutcomeLabels {
 /// Labels of a refused staff check-in.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `wrong_pin`, `no_pin` or `locked`.
+    /// `wrong_pin` (a gate without a PIN included) or `locked`.
     pub reason: String,
 }
 
@@ -144,7 +144,7 @@ impl Metrics {
         );
         r.register(
             "staff_pin_refusals",
-            "Staff check-ins refused before the node, by reason (wrong_pin, no_pin, locked)",
+            "Staff check-ins refused before the node, by reason (wrong_pin, locked)",
             m.staff_pin_refusals.clone(),
         );
         r.register(

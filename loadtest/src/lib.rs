@@ -275,6 +275,15 @@ impl Config {
         if self.duration.is_zero() {
             return bad("--duration must be above 0".into());
         }
+        if self.partition == 0 && self.target.split(',').any(|t| t.starts_with("quic://")) {
+            // Partition 0 is where bookings and `stile mint` put an operator's tickets: the
+            // run's would mix with them, and the only way to remove them would drop those too.
+            return bad(format!(
+                "--partition 0 holds the node's real tickets (bookings, `stile mint`); a load \
+                 test mints into a partition of its own: leave --partition at \
+                 {LOADTEST_PARTITION}"
+            ));
+        }
         if let Some(r) = self.rate {
             if !(1.0..=RATE_MAX).contains(&r) {
                 return bad(format!("--rate must be 1 to {RATE_MAX} per second"));

@@ -1137,6 +1137,18 @@ fn bad_options_get_clear_errors() {
             vec!["--scenario", "stadium", "--target", "http://x"],
             "use inproc, quic://",
         ),
+        // The node's real tickets are in partition 0: no load test mints among them.
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "quic://127.0.0.1:9",
+                "--partition",
+                "0",
+            ],
+            "--partition 0 holds the node's real tickets",
+        ),
         (
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",

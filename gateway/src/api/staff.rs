@@ -50,10 +50,13 @@ enum StrikeKey {
 /// Wrong PINs of one ticket or gate.
 #[derive(Debug, Clone, Copy)]
 struct Strikes {
-    /// Wrong PINs since `since`.
+    /// Wrong PINs since `last` came less than a lockout period after the one before.
     count: u32,
-    /// The first of them; the count starts over one lockout period later.
-    since: Instant,
+    /// Attempts whose PIN is being compared now: counted as wrong until they are known, so
+    /// that a burst of concurrent guesses gets no more tries than one after another.
+    pending: u32,
+    /// The latest wrong PIN; the count starts over one lockout period after it.
+    last: Instant,
     /// Locked until then, if it reached the limit.
     locked_until: Option<Instant>,
 }
@@ -76,9 +79,22 @@ enum Locked {
     Ticket(Duration),
     /// Too many wrong PINs at this gate.
     Gate(Duration),
-    /// The guard remembers as many tickets and gates as it may.
+    /// The guard remembers as many tickets and gates as it may: every attempt is refused
+    /// (never let through uncounted) until old strikes expire.
     Full,
 }
+
+/// One attempt's claim on its ticket's and gate's remaining tries, taken before its PIN is
+/// compared: [`Attempt::wrong`] counts it, [`Attempt::right`] or dropping it gives it back.
+struct Attempt<'a> {
+    guard: &'a PinGuard,
+    keys: [StrikeKey; 2],
+    open: bool,
+}
+
+/// A wrong PIN's result: tries left before a lock, or the lock (and whether this attempt
+/// set it, for counting lockouts once).
+type Struck = Result<u32, (Locked, bool)>;
 
 impl PinGuard {
     /// A guard with the configured limits.
@@ -90,64 +106,129 @@ impl PinGuard {
         }
     }
 
-    /// Whether `ticket` or `gate` is locked now.
-    fn check(&self, ticket: &StrikeKey, gate: &StrikeKey, now: Instant) -> Result<(), Locked> {
-        let strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
-        let left = |key| {
-            strikes
-                .get(key)
-                .and_then(|s: &Strikes| s.locked_until)
-                .and_then(|until| until.checked_duration_since(now))
-                .filter(|d| !d.is_zero())
-        };
-        if let Some(d) = left(ticket) {
-            return Err(Locked::Ticket(d));
-        }
-        if let Some(d) = left(gate) {
-            return Err(Locked::Gate(d));
-        }
-        Ok(())
-    }
-
-    /// Counts a wrong PIN against each of `keys`; the fewest tries left before a lock, or
-    /// the lock it set.
-    fn strike(&self, keys: &[&StrikeKey], now: Instant) -> Result<u32, Locked> {
+    /// Claims one try of `ticket` and of `gate`, unless either is locked or has every try
+    /// left claimed by attempts still being compared.
+    fn begin(
+        &self,
+        ticket: StrikeKey,
+        gate: StrikeKey,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Locked> {
         let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
-        if strikes.len() + keys.len() > STRIKES_MAX {
-            let lockout = self.lockout;
-            strikes.retain(|_, s| now.duration_since(s.since) < lockout);
-            if strikes.len() + keys.len() > STRIKES_MAX {
+        let lockout = self.lockout;
+        if strikes.len() + 2 > STRIKES_MAX {
+            strikes.retain(|_, s| s.pending > 0 || now.duration_since(s.last) < lockout);
+            if strikes.len() + 2 > STRIKES_MAX {
                 return Err(Locked::Full);
             }
         }
-        let mut left_min = u32::MAX;
-        let mut locked = None;
-        for key in keys {
-            let s = strikes.entry((*key).clone()).or_insert(Strikes {
+        for key in [&ticket, &gate] {
+            let locked = |d| match key {
+                StrikeKey::Ticket(_) => Locked::Ticket(d),
+                StrikeKey::Gate(..) => Locked::Gate(d),
+            };
+            if let Some(s) = strikes.get(key) {
+                let left = s
+                    .locked_until
+                    .and_then(|until| until.checked_duration_since(now))
+                    .filter(|d| !d.is_zero());
+                if let Some(d) = left {
+                    return Err(locked(d));
+                }
+                let fresh = now.duration_since(s.last) >= lockout;
+                let used = if fresh { 0 } else { s.count };
+                if used + s.pending >= self.attempts_max {
+                    // Every try left is being compared right now: wait for those answers.
+                    return Err(locked(Duration::from_secs(1)));
+                }
+            }
+        }
+        for key in [&ticket, &gate] {
+            let s = strikes.entry(key.clone()).or_insert(Strikes {
                 count: 0,
-                since: now,
+                pending: 0,
+                last: now,
                 locked_until: None,
             });
-            if now.duration_since(s.since) >= self.lockout {
+            if s.pending == 0 && now.duration_since(s.last) >= lockout {
                 *s = Strikes {
                     count: 0,
-                    since: now,
+                    pending: 0,
+                    last: now,
                     locked_until: None,
                 };
             }
+            s.pending += 1;
+        }
+        Ok(Attempt {
+            guard: self,
+            keys: [ticket, gate],
+            open: true,
+        })
+    }
+
+    /// Gives back `keys`' claimed tries; with `wrong`, counts them as wrong PINs.
+    fn finish(&self, keys: &[StrikeKey; 2], wrong: bool, now: Instant) -> Struck {
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left_min = u32::MAX;
+        let mut locked = None;
+        for key in keys {
+            let Some(s) = strikes.get_mut(key) else {
+                continue;
+            };
+            s.pending = s.pending.saturating_sub(1);
+            if !wrong {
+                continue;
+            }
+            if now.duration_since(s.last) >= self.lockout {
+                s.count = 0;
+            }
             s.count += 1;
+            s.last = now;
             if s.count >= self.attempts_max {
-                s.locked_until = Some(now + self.lockout);
-                locked.get_or_insert(match key {
-                    StrikeKey::Ticket(_) => Locked::Ticket(self.lockout),
-                    StrikeKey::Gate(..) => Locked::Gate(self.lockout),
-                });
+                let newly = s.locked_until.is_none_or(|u| u <= now);
+                if newly {
+                    s.locked_until = Some(now + self.lockout);
+                }
+                let d = s
+                    .locked_until
+                    .map_or(self.lockout, |u| u.duration_since(now));
+                locked.get_or_insert((
+                    match key {
+                        StrikeKey::Ticket(_) => Locked::Ticket(d),
+                        StrikeKey::Gate(..) => Locked::Gate(d),
+                    },
+                    newly,
+                ));
             }
             left_min = left_min.min(self.attempts_max.saturating_sub(s.count));
         }
         match locked {
             Some(l) => Err(l),
             None => Ok(left_min),
+        }
+    }
+}
+
+impl Attempt<'_> {
+    /// The PIN was wrong: counted against the ticket and the gate.
+    fn wrong(mut self, now: Instant) -> Struck {
+        self.open = false;
+        self.guard.finish(&self.keys, true, now)
+    }
+
+    /// The PIN was right: the claimed tries are given back.
+    fn right(mut self) {
+        self.open = false;
+        let _ = self.guard.finish(&self.keys, false, Instant::now());
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        // Ended before its PIN was known (an error, a client gone): nothing is counted.
+        if self.open {
+            let _ = self.guard.finish(&self.keys, false, Instant::now());
         }
     }
 }
@@ -209,11 +290,14 @@ pub async fn staff_checkin(
     check_request(&req)?;
     let t = tickets::find_public(&app, &id).await?;
     let provider = t.bytes.provider();
-    let ticket_key = StrikeKey::Ticket(t.code.clone());
-    let gate_key = StrikeKey::Gate(provider, req.gate);
-    if let Err(locked) = app.pins.check(&ticket_key, &gate_key, Instant::now()) {
-        return Err(refuse(&app, "locked", locked_problem(&app, locked)));
-    }
+    let attempt = app
+        .pins
+        .begin(
+            StrikeKey::Ticket(t.code.clone()),
+            StrikeKey::Gate(provider, req.gate),
+            Instant::now(),
+        )
+        .map_err(|locked| refuse(&app, "locked", locked_problem(&app, locked)))?;
     let gate = req.gate;
     let (pin, gate_name) = app
         .db
@@ -225,32 +309,30 @@ pub async fn staff_checkin(
             ))
         })
         .await?;
-    let Some((salt, hash)) = pin else {
-        return Err(refuse(
-            &app,
-            "no_pin",
-            Problem::forbidden(format!(
-                "gate {gate} has no staff PIN (the organiser gives gates PINs with POST \
-                 /v1/providers/{provider}/gates); check the gate number"
-            )),
-        ));
-    };
-    if !super::auth::pin_matches(&salt, &hash, provider, gate, &req.pin) {
-        let p = match app.pins.strike(&[&ticket_key, &gate_key], Instant::now()) {
+    // A gate without a PIN is answered as a wrong PIN, and counted: which gates have PINs
+    // is not for anyone to list.
+    let right = pin.is_some_and(|(salt, hash)| {
+        super::auth::pin_matches(&salt, &hash, provider, gate, &req.pin)
+    });
+    if !right {
+        let p = match attempt.wrong(Instant::now()) {
             Ok(left) => Problem::forbidden(format!(
-                "wrong PIN for gate {gate}; {left} more wrong PIN{} and staff check-in locks \
-                 for {} min",
+                "wrong PIN for gate {gate} (or the gate has no staff PIN); {left} more wrong \
+                 PIN{} and staff check-in locks for {} min",
                 if left == 1 { "" } else { "s" },
                 app.pins.lockout.as_secs().div_ceil(60)
             )),
-            Err(locked) => {
-                app.metrics.staff_lockouts.inc();
-                tracing::warn!(provider, gate, "staff check-in locked after wrong PINs");
+            Err((locked, newly)) => {
+                if newly {
+                    app.metrics.staff_lockouts.inc();
+                    tracing::warn!(provider, gate, "staff check-in locked after wrong PINs");
+                }
                 locked_problem(&app, locked)
             }
         };
         return Err(refuse(&app, "wrong_pin", p));
     }
+    attempt.right();
     let (_, client) = app.nodes.for_provider(provider).await?;
     let scan_id = match &req.confirmation {
         Some(c) => scan_id_of(&t.code, gate, c),
@@ -383,6 +465,15 @@ mod tests {
         }
     }
 
+    fn try_pin(
+        g: &PinGuard,
+        t: &StrikeKey,
+        gate: &StrikeKey,
+        now: Instant,
+    ) -> Result<Struck, Locked> {
+        Ok(g.begin(t.clone(), gate.clone(), now)?.wrong(now))
+    }
+
     #[test]
     fn wrong_pins_lock_the_ticket_and_the_gate_for_the_lockout_only() {
         let g = guard(3, 60_000);
@@ -390,34 +481,98 @@ mod tests {
         let other = StrikeKey::Ticket("B".into());
         let gate = StrikeKey::Gate(1, 7);
         let now = Instant::now();
-        assert_eq!(g.strike(&[&t, &gate], now), Ok(2));
+        assert_eq!(try_pin(&g, &t, &gate, now), Ok(Ok(2)));
         assert_eq!(
-            g.strike(&[&other, &gate], now),
-            Ok(1),
+            try_pin(&g, &other, &gate, now),
+            Ok(Ok(1)),
             "the gate's count is lower"
         );
-        assert_eq!(g.check(&t, &gate, now), Ok(()));
         assert_eq!(
-            g.strike(&[&other, &gate], now),
-            Err(Locked::Gate(Duration::from_secs(60)))
+            try_pin(&g, &other, &gate, now),
+            Ok(Err((Locked::Gate(Duration::from_secs(60)), true)))
         );
         // Locked at that gate for every ticket; another gate still takes this ticket.
         let later = now + Duration::from_secs(59);
         assert_eq!(
-            g.check(&t, &gate, later),
-            Err(Locked::Gate(Duration::from_secs(1)))
+            try_pin(&g, &t, &gate, later).unwrap_err(),
+            Locked::Gate(Duration::from_secs(1))
         );
-        assert_eq!(g.check(&t, &StrikeKey::Gate(1, 8), later), Ok(()));
         // The ticket's own strikes lock it at any gate.
-        assert_eq!(g.strike(&[&t, &StrikeKey::Gate(1, 8)], later), Ok(1));
+        assert_eq!(try_pin(&g, &t, &StrikeKey::Gate(1, 8), later), Ok(Ok(1)));
         assert_eq!(
-            g.strike(&[&t, &StrikeKey::Gate(1, 9)], later),
-            Err(Locked::Ticket(Duration::from_secs(60)))
+            try_pin(&g, &t, &StrikeKey::Gate(1, 9), later),
+            Ok(Err((Locked::Ticket(Duration::from_secs(60)), true)))
         );
         // Past the lockout the gate is open, and its count started over.
         let after = now + Duration::from_secs(61);
-        assert_eq!(g.check(&other, &gate, after), Ok(()));
-        assert_eq!(g.strike(&[&other, &gate], after), Ok(2));
+        assert_eq!(try_pin(&g, &other, &gate, after), Ok(Ok(2)));
+    }
+
+    /// Concurrent guesses claim tries before their PINs are compared: no more are compared
+    /// than the limit, whatever their number, and a right PIN gives its try back.
+    #[test]
+    fn concurrent_guesses_get_no_more_tries_than_the_limit() {
+        let g = guard(5, 60_000);
+        let (t, gate) = (StrikeKey::Ticket("A".into()), StrikeKey::Gate(1, 7));
+        let now = Instant::now();
+        let claimed: Vec<_> = (0..100)
+            .filter_map(|_| g.begin(t.clone(), gate.clone(), now).ok())
+            .collect();
+        assert_eq!(claimed.len(), 5, "tries claimed at once");
+        let mut lockouts = 0;
+        for (i, a) in claimed.into_iter().enumerate() {
+            if i == 0 {
+                a.right();
+                continue;
+            }
+            if let Err((_, true)) = a.wrong(now) {
+                lockouts += 1;
+            }
+        }
+        assert_eq!(lockouts, 0, "4 wrong of 5");
+        // One try is left (the right PIN gave its back): the fifth wrong PIN locks, once.
+        let a = g.begin(t.clone(), gate.clone(), now).unwrap();
+        assert!(matches!(a.wrong(now), Err((Locked::Ticket(_), true))));
+        assert!(g.begin(t.clone(), gate.clone(), now).is_err());
+        // An attempt dropped before its PIN was known counts nothing.
+        let other = StrikeKey::Ticket("B".into());
+        let g2 = guard(1, 60_000);
+        drop(g2.begin(other.clone(), gate.clone(), now).unwrap());
+        assert!(g2.begin(other, gate, now).is_ok());
+    }
+
+    /// A full table refuses every attempt rather than letting any through uncounted.
+    #[test]
+    fn a_full_table_refuses_rather_than_forgets() {
+        let g = guard(5, 60_000);
+        let now = Instant::now();
+        {
+            let mut strikes = g.strikes.lock().unwrap();
+            for i in 0..STRIKES_MAX {
+                strikes.insert(
+                    StrikeKey::Ticket(i.to_string()),
+                    Strikes {
+                        count: 1,
+                        pending: 0,
+                        last: now,
+                        locked_until: None,
+                    },
+                );
+            }
+        }
+        let err = g
+            .begin(StrikeKey::Ticket("new".into()), StrikeKey::Gate(1, 1), now)
+            .err();
+        assert_eq!(err, Some(Locked::Full));
+        // Once old strikes expire there is room again.
+        let later = now + Duration::from_secs(61);
+        assert!(g
+            .begin(
+                StrikeKey::Ticket("new".into()),
+                StrikeKey::Gate(1, 1),
+                later
+            )
+            .is_ok());
     }
 
     #[test]
