@@ -19,6 +19,7 @@
     not_yet_valid: 'Not valid yet',
     expired: 'Expired',
     revoked: 'Revoked',
+    transferred: 'Transferred',
     forged: 'Not a valid ticket',
     unknown: 'Unknown ticket',
     wrong_provider: 'Ticket of another organiser',

@@ -252,7 +252,7 @@ pub struct StaffCheckinRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StaffCheckinView {
     /// `admitted`, `already_used`, `not_yet_valid`, `expired`, `revoked`, … (the engine's
-    /// outcome).
+    /// outcome), or `transferred` for a code a transfer voided.
     pub outcome: String,
     /// Whether the holder may pass.
     pub admit: bool,
@@ -348,7 +348,14 @@ pub async fn staff_checkin(
                 .push_str("; nothing is known to have happened: send the same confirmation again");
             p
         })?;
-    let kind = outcome.kind.to_string();
+    // The engine says `revoked` of a code a transfer voided; the holder passed it on, nobody
+    // cancelled it, and the page says so.
+    let transferred = outcome.kind == OutcomeKind::Revoked && t.successor.is_some();
+    let kind = if transferred {
+        "transferred".to_string()
+    } else {
+        outcome.kind.to_string()
+    };
     app.metrics
         .staff_checkins
         .get_or_create(&OutcomeLabels {
@@ -376,7 +383,11 @@ pub async fn staff_checkin(
         outcome_gate,
         outcome_gate_name,
         at: (outcome.at_unix_s != 0).then(|| crate::rfc3339(outcome.at_unix_s)),
-        message: outcome.message(),
+        message: if transferred {
+            "transferred to another holder: this code is void".to_string()
+        } else {
+            outcome.message()
+        },
         ticket: tickets::view(&app, &t, Access::Public).await,
     }))
 }

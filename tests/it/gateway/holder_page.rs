@@ -258,10 +258,13 @@ async fn staff_check_in_takes_the_gates_pin_and_locks_after_wrong_ones() {
     .await;
     // A gate without a PIN answers as a wrong PIN does, and counts as one (which gates
     // have PINs is not for anyone to list): tried with a ticket of its own.
-    let c = f.book_one("c", event, "Cy").await;
-    let p = assert_problem(staff(&f, &c, json!({"gate": 9, "pin": pin7})).await, 403).await;
+    let c0 = f.book_one("c0", event, "Cyd").await;
+    let p = assert_problem(staff(&f, &c0, json!({"gate": 9, "pin": pin7})).await, 403).await;
     assert!(
-        p["detail"].as_str().unwrap().contains("wrong PIN for gate 9"),
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wrong PIN for gate 9"),
         "{p}"
     );
 
@@ -353,7 +356,7 @@ async fn staff_check_in_takes_the_gates_pin_and_locks_after_wrong_ones() {
     for (series, want) in [
         (
             "stile_gateway_staff_pin_refusals_total{reason=\"wrong_pin\"}",
-            5.0,
+            6.0,
         ),
         ("stile_gateway_staff_lockouts_total", 1.0),
         (
@@ -388,9 +391,27 @@ async fn staff_check_in_takes_the_gates_pin_and_locks_after_wrong_ones() {
     assert_eq!(res.status(), 204);
     let p = assert_problem(staff(&f, &d, json!({"gate": 8, "pin": new8})).await, 403).await;
     assert!(
-        p["detail"].as_str().unwrap().contains("wrong PIN for gate 8"),
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wrong PIN for gate 8"),
         "{p}"
     );
+
+    // A code a transfer voided is answered as transferred, not revoked.
+    let (_, pin10) = named_gate(&f, 10, "East").await;
+    let e = f.book_one("e", event, "Eve").await;
+    let res = f
+        .admin(reqwest::Method::POST, &format!("/v1/tickets/{e}/transfer"))
+        .json(&json!({"holder": {"name": "Fay"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (s, v) = json_of(staff(&f, &e, json!({"gate": 10, "pin": pin10})).await).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["outcome"], "transferred", "{v}");
+    assert_eq!(v["admit"], false, "{v}");
 
     let (_, api) = json_of(f.public("/openapi.json").await).await;
     assert!(
