@@ -9,7 +9,8 @@
     used: 'Used \u2014 voided',
     revoked: 'Revoked \u2014 voided',
     transferred: 'Transferred',
-    expired: 'Expired'
+    expired: 'Expired',
+    void: 'Void \u2014 no longer held'
   };
   var DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
   var MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
@@ -64,7 +65,7 @@
   }
 
   function isVoided(state) {
-    return state === 'used' || state === 'revoked' || state === 'transferred';
+    return state === 'used' || state === 'revoked' || state === 'transferred' || state === 'void';
   }
 
   function pad2(n) {

@@ -66,7 +66,7 @@ pub struct PageData<'a> {
     pub valid_until: Option<&'a str>,
     /// Valid this long from the first scan, seconds.
     pub valid_for_s: Option<u32>,
-    /// The ticket's state: `valid`, `used`, `revoked`, `transferred` or `expired`.
+    /// The ticket's state: `valid`, `used`, `revoked`, `transferred`, `expired` or `void`.
     pub state: &'a str,
     /// When the ticket was used (RFC 3339, as in the JSON API), if it was.
     pub used_at: Option<&'a str>,
@@ -293,13 +293,14 @@ fn state_label(state: &str) -> Option<&'static str> {
         "revoked" => Some("Revoked \u{2014} voided"),
         "transferred" => Some("Transferred"),
         "expired" => Some("Expired"),
+        "void" => Some("Void \u{2014} no longer held"),
         _ => None,
     }
 }
 
 /// Whether a code in this state can never open a gate again (until an undo).
 fn is_voided(state: &str) -> bool {
-    matches!(state, "used" | "revoked" | "transferred")
+    matches!(state, "used" | "revoked" | "transferred" | "void")
 }
 
 /// `gate 3 (North)`, or `gate 3` for a gate without a name; the same words as ticket.js.

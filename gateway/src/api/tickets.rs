@@ -14,7 +14,9 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use stile_protocol::client::ClientError;
 use stile_protocol::code::{CodeBytes, CodeFormat};
+use stile_protocol::frame::error_code;
 use utoipa::ToSchema;
 
 use super::bookings::{Holder, NewTicket};
@@ -86,7 +88,8 @@ pub struct TicketView {
     /// The feature code (as minted).
     pub code: String,
     /// `valid`, `used`, `revoked`, `transferred` (passed on to a new holder: this code is
-    /// void, as `transferred: true` also says) or `expired`.
+    /// void, as `transferred: true` also says), `expired`, or `void` (the node holds no such
+    /// ticket any more: its partition was purged).
     pub state: String,
     /// Event name.
     pub event: String,
@@ -272,13 +275,19 @@ pub async fn view(app: &App, t: &TicketRow, access: Access) -> TicketView {
             .await
             .map_err(|_| ())?;
         let timeout = std::time::Duration::from_millis(STATUS_TIMEOUT_MS);
-        tokio::time::timeout(timeout, client.status(&t.bytes))
-            .await
-            .map_err(|_| ())?
-            .map_err(|_| ())
+        match tokio::time::timeout(timeout, client.status(&t.bytes)).await {
+            Ok(Ok(info)) => Ok(Some(info)),
+            // The node answered that it holds no such ticket (its partition was purged).
+            Ok(Err(ClientError::Node { code, .. })) if code == error_code::NOT_FOUND => Ok(None),
+            _ => Err(()),
+        }
     };
     match status.await {
-        Ok(info) => {
+        Ok(None) => {
+            v.stale = false;
+            v.state = "void".into();
+        }
+        Ok(Some(info)) => {
             v.stale = false;
             v.state = state_word(info.state).to_string();
             v.entries = info.entries;

@@ -592,3 +592,26 @@ async fn a_follower_that_fell_behind_resubscribes_without_reporting_the_node_dow
     drop(admin);
     f.shutdown().await;
 }
+
+/// A ticket whose partition was purged is void to whoever looks it up: the node says it
+/// holds no such ticket, and the gateway does not fall back to the state it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_ticket_is_void_not_valid() {
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 10})).await;
+    let code = f.book_one("p", event, "Ada").await;
+    let admin = f.node.client("admin-admin").await;
+    let (dropped, _) = admin.purge(0).await.unwrap();
+    assert!(dropped >= 1, "{dropped}");
+    let (s, v) = json_of(f.public(&format!("/v1/tickets/{code}")).await).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["stale"].as_bool()),
+        (Some("void"), Some(false)),
+        "{v}"
+    );
+    let page = f.public(&format!("/t/{code}")).await.text().await.unwrap();
+    assert!(page.contains(r#"data-state="void""#), "{page}");
+    admin.close().await;
+    f.shutdown().await;
+}
