@@ -158,7 +158,11 @@ pub async fn attendance(
                     r.inside.to_string(),
                     time(r.first_entry),
                     time(r.last_at),
-                    r.last_gate.map(|g| g.to_string()).unwrap_or_default(),
+                    // Gate 0 is no gate: a revocation or transfer records none.
+                    r.last_gate
+                        .filter(|g| *g != 0)
+                        .map(|g| g.to_string())
+                        .unwrap_or_default(),
                     r.successor.unwrap_or_default(),
                     r.booking.to_string(),
                 ];
