@@ -388,3 +388,38 @@ fn a_gateway_whose_directory_is_deleted_stops() {
     };
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
 }
+
+/// `--help` states defaults as clap does, one name for the QUIC address (the other an
+/// alias), and the exit statuses where they matter.
+#[test]
+fn help_states_defaults_one_name_and_exit_statuses() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let up = help(&["up"]);
+    for want in [
+        "--listen <LISTEN>",
+        "[alias: --quic]",
+        "[default: stile-data]",
+        "[default: 127.0.0.1:7443]",
+        "[default: 127.0.0.1:8080]",
+        "[default: always]",
+    ] {
+        assert!(up.contains(want), "{want:?} not in:\n{up}");
+    }
+    assert!(help(&["node"]).contains("[alias: --quic]"));
+    let check = help(&["check"]);
+    assert!(
+        check.contains("Exit status: 0 every code opened the gate")
+            && check.contains("2 any did not"),
+        "{check}"
+    );
+    assert!(help(&["status"]).contains("Exit status:"));
+    assert!(help(&["mint"]).contains("Exit status:"));
+}
