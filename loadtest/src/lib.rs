@@ -671,6 +671,9 @@ pub fn purge_command(config: &Config) -> Option<String> {
     Some(report::shell_words(&purge))
 }
 
+/// Longest wait at a run's end for the sampler's last reading.
+const SAMPLER_LAST_READING: Duration = Duration::from_secs(3);
+
 /// Reads the target's own view once a second from the start of a run, for its timeline.
 struct Sampler {
     /// The readings so far: seconds from the start, and what the target said.
@@ -703,9 +706,16 @@ fn start_sampler(target: Arc<Target>, start: Instant, config: &Config) -> Sample
 
 impl Sampler {
     /// Stops reading; the view of each second between two readings a second apart.
-    async fn finish(self) -> Vec<report::NodeSecond> {
-        self.task.abort();
-        let _ = self.task.await;
+    async fn finish(mut self) -> Vec<report::NodeSecond> {
+        // The last reading is due when the run's time is up, about when this is called: let
+        // it come (a reading is one request), rather than racing it to an empty timeline.
+        if tokio::time::timeout(SAMPLER_LAST_READING, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = self.task.await;
+        }
         let readings = std::mem::take(&mut *self.readings.lock().expect("not poisoned"));
         readings
             .windows(2)
