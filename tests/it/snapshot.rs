@@ -209,6 +209,45 @@ fn checkin_after_recovery_from_snapshot_still_refuses_second_entry() {
     );
 }
 
+/// Scan memory is part of a snapshot: a gate that retries a scan after the node restarted
+/// from a snapshot (the log behind it trimmed) gets the answer it lost, `admitted`, never
+/// `already_used` naming its own admit.
+#[test]
+fn a_retry_after_a_restart_from_a_snapshot_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let codes = {
+        let e = open(dir.path(), &clock).unwrap();
+        let codes = mint(&e, 3000);
+        // Enough records that the snapshot removes whole segments behind it.
+        admit_all(&e, 3, &codes);
+        e.snapshot().unwrap();
+        codes
+    };
+    assert!(count(dir.path(), "snapshots") >= 1);
+    let e = open(dir.path(), &clock).unwrap();
+    // A gate's last SCANS_PER_GATE scans are remembered.
+    let remembered = codes.len() - stile_engine::scans::SCANS_PER_GATE..codes.len();
+    for (i, code) in codes.iter().enumerate().skip(remembered.start).step_by(51) {
+        let retry = e.checkin(&CheckinRequest {
+            gate: Gate::new(3, 1),
+            scan_id: i as u64,
+            code: *code,
+        });
+        assert_eq!(retry.kind, OutcomeKind::Admitted, "scan {i}: {retry:?}");
+        let other = e.checkin(&CheckinRequest {
+            gate: Gate::new(4, 1),
+            scan_id: i as u64,
+            code: *code,
+        });
+        assert_eq!(
+            (other.kind, other.gate),
+            (OutcomeKind::AlreadyUsed, 3),
+            "scan {i}"
+        );
+    }
+}
+
 /// A snapshot never removes the segment the log goes on in, so a log with no segment left
 /// beside a snapshot was deleted: opening refuses instead of starting from the snapshot
 /// and losing every change made after it.
