@@ -29,8 +29,13 @@ const HEALTH_TIMEOUT_MS: u64 = 1_000;
 pub async fn ticket_page(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Path(code): Path<String>,
+    code: Result<Path<String>, Problem>,
 ) -> Response {
+    // A link that is not even text (`/t/%ff`) is a dead link too: the same page.
+    let code = match code {
+        Ok(Path(code)) => code,
+        Err(p) => return missing_or_problem(&headers, p),
+    };
     let t = match tickets::find_public(&app, &code).await {
         Ok(t) => t,
         Err(p) => return missing_or_problem(&headers, p),

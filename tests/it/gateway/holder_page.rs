@@ -162,6 +162,12 @@ async fn a_link_that_leads_nowhere_gets_an_html_page_unless_json_is_asked_for() 
         (format!("/t/{cut}"), 400, "This ticket link is incomplete"),
         (format!("/t/{unsold}"), 404, "Ticket not found"),
         ("/t/tk_0123".to_string(), 404, "Ticket not found"),
+        // Not even text once decoded.
+        (
+            "/t/%ff%fe".to_string(),
+            400,
+            "This ticket link is incomplete",
+        ),
         ("/t/".to_string(), 404, "Ticket not found"),
         (format!("/t/{code}/x"), 404, "Ticket not found"),
         (
