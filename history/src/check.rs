@@ -118,6 +118,7 @@ pub fn check(history: &History, opts: &Options) -> Report {
     for (t, attempts) in per_ticket.iter().enumerate() {
         let ticket = &history.tickets[t];
         let outcome = merge(attempts).and_then(|ops| {
+            annulled_admits_were_undone(&ops)?;
             report.ops += ops.len();
             report.indeterminate += ops.iter().filter(|o| o.indeterminate()).count();
             let ops: Vec<Op> = ops.into_iter().filter(takes_part).collect();
@@ -222,6 +223,30 @@ fn merge(attempts: &[&Attempt]) -> Result<Vec<Op>, String> {
     }
     ops.sort_by_key(|o| (o.invoke_ns, o.lines[0]));
     Ok(ops)
+}
+
+/// A check-in answered `undone` (its first answer lost, its resend made after its gate undid
+/// it) needs that undo in the history.
+fn annulled_admits_were_undone(ops: &[Op]) -> Result<(), String> {
+    use stile_protocol::OutcomeKind as K;
+    let undone = Answer::Outcome(K::Undone);
+    let orphan = ops.iter().find(|o| {
+        o.kind == OpKind::Checkin
+            && o.answer == undone
+            && !ops
+                .iter()
+                .any(|u| u.kind == OpKind::Undo && u.gate == o.gate && u.answer == undone)
+    });
+    match orphan {
+        Some(o) => Err(format!(
+            "gate {} scan {} (check-in, line {}) was answered undone, but no undo of that gate \
+             was answered undone",
+            o.gate,
+            o.scan_id.unwrap_or_default(),
+            o.lines.last().copied().unwrap_or_default()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Gives `op` the answer attempt `a` got.

@@ -296,6 +296,40 @@ mod tests {
     }
 
     #[test]
+    fn checkin_answered_undone_needs_its_gates_undo() {
+        // The admit's answer was lost; its resend came after the gate had undone it.
+        let lost_admit = || {
+            Hist::default()
+                .ticket("A", Policy::SINGLE)
+                .op("A", 1, Checkin, 5, (0, None))
+                .lost()
+        };
+        let undone = lost_admit()
+            .op("A", 1, Undo, 6, (10, Some(11)))
+            .out(K::Undone, Some(1), Some(0))
+            .op("A", 1, Checkin, 5, (20, Some(21)))
+            .out(K::Undone, Some(1), Some(0));
+        let r = undone.check();
+        assert_eq!(r.verdict, Verdict::Consistent, "{r}");
+        assert_eq!(r.ops, 2, "{r}");
+        let orphan = lost_admit()
+            .op("A", 1, Checkin, 5, (20, Some(21)))
+            .out(K::Undone, Some(1), Some(0))
+            .check();
+        assert!(
+            violation(&orphan).contains("no undo of that gate"),
+            "{orphan}"
+        );
+        // Undone with no admit that could have been undone: the undo cannot fit.
+        let r = Hist::default()
+            .ticket("A", Policy::SINGLE)
+            .op("A", 1, Undo, 6, (10, Some(11)))
+            .out(K::Undone, Some(1), Some(0))
+            .check();
+        violation(&r);
+    }
+
+    #[test]
     fn search_limit_gives_undecided() {
         // Many overlapping reads multiply the orders to try before the double admit shows.
         let mut h = Hist::default().ticket("A", Policy::SINGLE);

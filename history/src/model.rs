@@ -116,14 +116,17 @@ impl Model<'_> {
         match op.answer {
             Answer::Outcome(K::NotYetValid) => early.then_some(s),
             Answer::Outcome(K::Expired) => late.then_some(s),
-            Answer::Outcome(K::Admitted) | Answer::Indeterminate if inside_window => {
+            // `undone`: an admit whose answer came only to a resend made after its gate undid
+            // it; the details are the undo's.
+            Answer::Outcome(K::Admitted | K::Undone) | Answer::Indeterminate if inside_window => {
                 let n = State {
                     entries: s.entries.saturating_add(1).min(ENTRIES_MAX),
                     inside: true,
                     last: Some(i as u32),
                     first_scan: s.first_scan.or(Some(i as u32)),
                 };
-                let ok = op.indeterminate() || Self::details(op, op.gate, n.entries);
+                let ok = op.answer != Answer::Outcome(K::Admitted)
+                    || Self::details(op, op.gate, n.entries);
                 ok.then_some(n)
             }
             _ => None,
