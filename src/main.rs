@@ -3,6 +3,7 @@
 mod certs_cmd;
 mod client_cmd;
 mod gateway_cmd;
+mod history_cmd;
 mod keys_cmd;
 mod loadtest_cmd;
 mod purge_cmd;
@@ -72,6 +73,9 @@ enum Command {
     /// Watch a node: check-ins per second, p50/p99/p999 latency, outcomes, fsync latency,
     /// connections, refreshed every second.
     Stat(stat_cmd::StatArgs),
+    /// Check a recorded operation history: no ticket admitted twice, no acknowledged admit
+    /// lost, every answer one atomic ticket could give.
+    History(history_cmd::HistoryArgs),
 }
 
 /// How a client command reaches a node.
@@ -136,6 +140,7 @@ fn main() -> std::process::ExitCode {
         Command::Keys(args) => keys_cmd::run(args),
         Command::Loadtest(args) => loadtest_cmd::run(args),
         Command::Stat(args) => stat_cmd::run(args),
+        Command::History(args) => history_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@ mod durability;
 mod engine_ops;
 mod forged;
 mod gateway;
+mod history;
 mod loadtest;
 mod loom_word;
 mod memory;
