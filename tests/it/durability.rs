@@ -20,15 +20,17 @@ fn open(
     sync: SyncMode,
     clock: &Arc<ManualClock>,
 ) -> Result<Engine, stile_engine::OpenError> {
-    Engine::open(
-        dir,
-        EngineConfig {
-            sync,
-            partitions: vec![0, 1],
-            ..EngineConfig::default()
-        },
-        clock.clone(),
-    )
+    crate::support::reopen(|| {
+        Engine::open(
+            dir,
+            EngineConfig {
+                sync,
+                partitions: vec![0, 1],
+                ..EngineConfig::default()
+            },
+            clock.clone(),
+        )
+    })
 }
 
 /// Every kind of record, through the public API.

@@ -100,15 +100,17 @@ fn a_purged_code_answers_unknown_and_other_partitions_keep_theirs() {
 }
 
 fn open(dir: &Path, sync: SyncMode) -> Engine {
-    Engine::open(
-        dir,
-        EngineConfig {
-            sync,
-            partitions: vec![0, 1],
-            ..EngineConfig::default()
-        },
-        Arc::new(ManualClock::new(T0)),
-    )
+    crate::support::reopen(|| {
+        Engine::open(
+            dir,
+            EngineConfig {
+                sync,
+                partitions: vec![0, 1],
+                ..EngineConfig::default()
+            },
+            Arc::new(ManualClock::new(T0)),
+        )
+    })
     .unwrap()
 }
 

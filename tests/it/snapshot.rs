@@ -24,7 +24,7 @@ fn config() -> EngineConfig {
 }
 
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<Engine, stile_engine::OpenError> {
-    Engine::open(dir, config(), clock.clone())
+    crate::support::reopen(|| Engine::open(dir, config(), clock.clone()))
 }
 
 fn mint(e: &Engine, n: u32) -> Vec<CodeBytes> {

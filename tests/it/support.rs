@@ -99,3 +99,23 @@ pub fn tool(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// Opens an engine with `open`, waiting out (for at most 10 s) a lock this very process
+/// still holds on the data dir after the engine that took it was dropped: another test's
+/// `Command::spawn` forks the process, and until the child execs it holds a copy of every
+/// descriptor, the directory lock's among them. Any other holder is returned at once.
+pub fn reopen<T>(
+    mut open: impl FnMut() -> Result<T, stile_engine::OpenError>,
+) -> Result<T, stile_engine::OpenError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(stile_engine::OpenError::InUse { pid: Some(p), .. })
+                if p == std::process::id() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
