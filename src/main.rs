@@ -164,16 +164,8 @@ pub fn invoked_as() -> String {
     }
 }
 
-/// `word` as one shell word: as it is when it has nothing a shell would read, else in single
-/// quotes.
-pub fn shell_word(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
+/// One quoting rule for every command stile prints to be pasted.
+pub use stile_loadtest::report::shell_word;
 
 /// An error and its causes on one line, each cause once: an error whose message already
 /// ends with its cause's (`cannot listen on ADDR: Address already in use`) does not repeat it.

@@ -128,19 +128,24 @@ pub struct LeftInNode {
     pub purge: String,
 }
 
+/// `word` as one shell word: as it is when it has nothing a shell would read, else in single
+/// quotes.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
+    match plain {
+        true => word.to_string(),
+        false => format!("'{}'", word.replace('\'', "'\\''")),
+    }
+}
+
 /// Words as a shell reads them: each quoted (`'…'`) unless it is plain.
 pub fn shell_words(words: &[String]) -> String {
-    let plain = |w: &str| {
-        !w.is_empty()
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
-    };
     words
         .iter()
-        .map(|w| match plain(w) {
-            true => w.clone(),
-            false => format!("'{}'", w.replace('\'', "'\\''")),
-        })
+        .map(|w| shell_word(w))
         .collect::<Vec<_>>()
         .join(" ")
 }
