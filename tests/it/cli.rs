@@ -378,14 +378,7 @@ fn a_gateway_whose_directory_is_deleted_stops() {
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     std::fs::remove_dir_all(data.join("gateway")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the gateway went on");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = crate::support::exit_within_a_minute(&mut up, "the gateway");
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
 }
 

@@ -1436,14 +1436,7 @@ fn a_node_whose_data_dir_is_moved_stops() {
     make_certs(&tls);
     let (mut node, _) = spawn_node(&data, &tls);
     std::fs::rename(&data, dir.path().join("moved")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = node.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the node went on");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = crate::support::exit_within_a_minute(&mut node, "the node");
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     assert!(!data.exists(), "nothing was made at the old path");
 }
@@ -1469,17 +1462,8 @@ fn a_node_whose_log_is_deleted_stops() {
                 }
             }
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = node.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{victim}: the node went on"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let status =
+            crate::support::exit_within_a_minute(&mut node, &format!("{victim}: the node"));
         assert_eq!(status.signal(), Some(libc::SIGABRT), "{victim}: {status:?}");
     }
 }

@@ -119,3 +119,18 @@ pub fn reopen<T>(
         }
     }
 }
+
+/// How `child` ended, waiting at most 60 s for it; `what` names it when it did not end.
+pub fn exit_within_a_minute(
+    child: &mut std::process::Child,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} went on");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
