@@ -14,6 +14,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+use crate::storage::StdStorage;
+
 /// Directory of the key ring.
 pub const KEYS_DIR: &str = "keys";
 /// The key ring file inside [`KEYS_DIR`].
@@ -140,64 +142,21 @@ pub fn has_state(dir: &Path) -> io::Result<bool> {
 /// Synced a step at a time, the log waits behind one step at most.
 pub const WRITE_STEP: usize = 1 << 20;
 
-/// Creates (or truncates) the private file `tmp` (mode 0600) for writing.
-pub fn create_private(tmp: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-}
-
 /// Writes `parts` to a new private file `tmp` (mode 0600) and fsyncs it: the first half of
 /// an atomic replace (key material goes through here; snapshots stream the same way).
 /// Written and synced [`WRITE_STEP`] bytes at a time.
 pub fn write_private_synced(tmp: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = create_private(tmp)?;
-    let mut unsynced = 0;
-    for part in parts {
-        for chunk in part.chunks(WRITE_STEP) {
-            f.write_all(chunk)?;
-            unsynced += chunk.len();
-            if unsynced >= WRITE_STEP {
-                f.sync_data()?;
-                unsynced = 0;
-            }
-        }
-    }
-    f.sync_all()
+    crate::storage::write_private_synced(&StdStorage, tmp, parts)
 }
 
-/// Bytes a large file is shortened by at a time when it is removed.
-const REMOVE_STEP: u64 = 16 << 20;
-/// Pause between those steps.
-const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
-
-/// Removes a large file a step at a time: shortened by [`REMOVE_STEP`] bytes and synced,
-/// again and again, then unlinked. On a filesystem mounted with online discard, unlinking a
-/// 1.3 GB snapshot at once makes the device trim all of it at once, and the log's syncs
-/// wait behind that: a loop of 2 KiB writes and `fdatasync` beside it saw per-second
-/// maxima of 175 to 518 ms, against 123 and 196 ms in these steps.
+/// Removes a large file a step at a time (see [`crate::storage::remove_in_steps`]).
 pub fn remove_in_steps(path: &Path) -> io::Result<()> {
-    let f = fs::OpenOptions::new().write(true).open(path)?;
-    let mut len = f.metadata()?.len();
-    while len > REMOVE_STEP {
-        len -= REMOVE_STEP;
-        f.set_len(len)?;
-        f.sync_all()?;
-        std::thread::sleep(REMOVE_PAUSE);
-    }
-    drop(f);
-    fs::remove_file(path)
+    crate::storage::remove_in_steps(&StdStorage, path)
 }
 
 /// Renames `tmp` over `path` and fsyncs the directory: the second half of an atomic replace.
 pub fn rename_synced(tmp: &Path, path: &Path) -> io::Result<()> {
-    fs::rename(tmp, path)?;
-    fs::File::open(path.parent().expect("files live in a directory"))?.sync_all()
+    crate::storage::rename_synced(&StdStorage, tmp, path)
 }
 
 #[cfg(test)]
@@ -267,7 +226,11 @@ mod tests {
     #[test]
     fn files_are_removed_in_steps() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, len) in [("big", 3 * REMOVE_STEP + 5), ("small", 10), ("empty", 0)] {
+        for (name, len) in [
+            ("big", 3 * crate::storage::REMOVE_STEP + 5),
+            ("small", 10),
+            ("empty", 0),
+        ] {
             let path = dir.path().join(name);
             fs::File::create(&path).unwrap().set_len(len).unwrap();
             remove_in_steps(&path).unwrap();

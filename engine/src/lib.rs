@@ -17,6 +17,7 @@ pub mod policy;
 mod recovery;
 pub mod scans;
 pub mod snapshot;
+pub mod storage;
 mod tables;
 pub mod wal;
 pub mod word;
