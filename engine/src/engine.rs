@@ -18,15 +18,19 @@ use crate::keys::KeyRing;
 use crate::policy::{Policy, PolicyError, PolicyId, PolicyTable};
 use crate::scans::{ScanKey, ScanMemory};
 use crate::snapshot::{SnapshotError, SnapshotInfo, Stage};
+use crate::storage::{SharedStorage, StdStorage};
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::record::ScanTrace;
-use crate::wal::{Durability, Record, Reservation, SyncMode, Wal};
+use crate::wal::{Durability, Record, Reservation, StartOptions, SyncMode, Wal};
 use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
 
 /// Default time step of rotating codes.
 pub const ROTATION_STEP_DEFAULT_S: u32 = 30;
 /// Most partitions one engine serves.
 pub const PARTITIONS_PER_ENGINE_MAX: usize = 1024;
+/// Zeros written per step of a spare's preparation in a log stepped by hand (small, so a
+/// simulation's faults can strike between steps of its small segments).
+const SIM_SPARE_STEP_BYTES: usize = 4096;
 
 /// How an engine is set up.
 #[derive(Debug, Clone)]
@@ -252,29 +256,49 @@ impl Engine {
             });
         }
         let keys = KeyRing::open(dir, has_state)?;
-        let (sync, segment_max_bytes, runway) =
-            (config.sync, config.segment_max_bytes, config.log_runway);
+        let mut engine = Self::recover(StdStorage::shared(), dir, config, clock, keys, false)?;
+        engine._lock = Some(lock);
+        Ok(engine)
+    }
+
+    /// Loads the newest snapshot of data dir `dir` on `storage`, replays the log after it
+    /// and starts the log (stepped by hand if `manual`: a simulation). What [`Self::open`]
+    /// does once the dir is locked and its key ring read.
+    pub(crate) fn recover(
+        storage: SharedStorage,
+        dir: &Path,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        keys: KeyRing,
+        manual: bool,
+    ) -> Result<Self, OpenError> {
+        let options = StartOptions {
+            mode: config.sync,
+            segment_max_bytes: config.segment_max_bytes,
+            runway: config.log_runway,
+            manual,
+            spare_step_bytes: if manual {
+                SIM_SPARE_STEP_BYTES
+            } else {
+                crate::wal::segment::SPARE_STEP
+            },
+        };
         let accept_clock_behind_log = config.accept_clock_behind_log;
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
-        let from_seq = crate::snapshot::load_newest(&engine.tables, dir)?;
-        let end = crate::recovery::replay(&engine.tables, &wal_dir, from_seq)?;
+        let (from_seq, _) =
+            crate::snapshot::load_newest(&*storage, &engine.tables, dir)?;
+        let end = crate::recovery::replay(&*storage, &engine.tables, &wal_dir, from_seq)?;
         engine.start_clock(accept_clock_behind_log)?;
         let tail = end.tail.clone();
-        let wal = Wal::start_with_runway(
-            &wal_dir,
-            end.next_seq,
-            tail,
-            sync,
-            segment_max_bytes,
-            runway,
-        )
-        .map_err(|source| OpenError::DataDir {
-            path: wal_dir.clone(),
-            source,
+        let next_seq = end.next_seq;
+        let wal = Wal::start_on(storage, &wal_dir, next_seq, tail, options).map_err(|source| {
+            OpenError::DataDir {
+                path: wal_dir.clone(),
+                source,
+            }
         })?;
         engine.wal = Some(wal);
-        engine._lock = Some(lock);
         engine.recovered = Recovered {
             records: end.records,
             truncated_bytes: end.truncated_bytes,

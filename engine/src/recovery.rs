@@ -14,6 +14,7 @@ use crate::error::OpenError;
 use crate::keys::KeyStatus;
 use crate::policy::PolicyId;
 use crate::scans::ScanKey;
+use crate::storage::Storage;
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::segment::{self, ScanEnd};
 use crate::wal::Record;
@@ -27,9 +28,14 @@ use stile_protocol::{Outcome, OutcomeKind};
 type Annulled = HashMap<(u16, u16, u32, u8), Outcome>;
 
 /// Replays every record from `from_seq` on; returns where the log ends.
-pub(crate) fn replay(tables: &Tables, wal_dir: &Path, from_seq: u64) -> Result<ScanEnd, OpenError> {
+pub(crate) fn replay(
+    storage: &dyn Storage,
+    tables: &Tables,
+    wal_dir: &Path,
+    from_seq: u64,
+) -> Result<ScanEnd, OpenError> {
     let mut annulled = Annulled::new();
-    segment::scan(wal_dir, from_seq, |_, record| {
+    segment::scan(storage, wal_dir, from_seq, |_, record| {
         apply(tables, &mut annulled, record)
     })
     .map_err(OpenError::from)

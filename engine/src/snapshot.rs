@@ -10,9 +10,6 @@
 //! endian), then the rkyv archive. Written to `.tmp`, fsynced, renamed, directory fsynced;
 //! only then are log segments wholly below `P` removed.
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -26,6 +23,7 @@ use crate::index::{Partition, Slot};
 use crate::keys::KeyStatus;
 use crate::policy::{EntryRule, Policy, PolicyId, Validity};
 use crate::scans::ScanRow;
+use crate::storage::{Create, Storage, StorageFile};
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::Wal;
 use crate::word::Word;
@@ -380,7 +378,9 @@ pub struct SnapshotInfo {
 /// allocated and freed at every snapshot, and on a virtual machine that hands freed memory
 /// back to its host, freeing that much stalled the disk's syncs for seconds afterwards.
 struct StreamedArchive {
-    file: File,
+    file: Box<dyn StorageFile>,
+    /// Bytes written to the file so far (the header's room included).
+    written: u64,
     /// Bytes not yet written.
     step: Vec<u8>,
     /// Archive bytes so far (the position rkyv lays the archive out by).
@@ -391,11 +391,12 @@ struct StreamedArchive {
 }
 
 impl StreamedArchive {
-    fn create(tmp: &Path) -> std::io::Result<StreamedArchive> {
-        let mut file = datadir::create_private(tmp)?;
-        file.write_all(&[0; HEADER_LEN])?;
+    fn create(storage: &dyn Storage, tmp: &Path) -> std::io::Result<StreamedArchive> {
+        let file = storage.create(tmp, Create::Truncate)?;
+        file.write_at(&[0; HEADER_LEN], 0)?;
         Ok(StreamedArchive {
             file,
+            written: HEADER_LEN as u64,
             step: Vec::with_capacity(datadir::WRITE_STEP),
             len: 0,
             hash: Xxh3::new(),
@@ -406,8 +407,14 @@ impl StreamedArchive {
     /// Hashes and writes `bytes`, and syncs: one step.
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.hash.update(bytes);
-        self.file.write_all(bytes)?;
+        self.append(bytes)?;
         self.file.sync_data()
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_at(bytes, self.written)?;
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 
     fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
@@ -438,13 +445,13 @@ impl StreamedArchive {
     fn finish(mut self) -> std::io::Result<()> {
         let rest = std::mem::take(&mut self.step);
         self.hash.update(&rest);
-        self.file.write_all(&rest)?;
+        self.append(&rest)?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&(self.len as u64).to_le_bytes());
         header.extend_from_slice(&self.hash.digest().to_le_bytes());
-        self.file.write_all_at(&header, 0)?;
+        self.file.write_at(&header, 0)?;
         self.file.sync_all()
     }
 }
@@ -485,12 +492,13 @@ pub(crate) fn take(
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { path, source }
     };
-    datadir::ensure(&dir).map_err(io(&dir))?;
+    let storage = &**wal.storage();
+    storage.ensure_dir(&dir).map_err(io(&dir))?;
     let start_seq = wal.written_seq();
     let data = live_of(tables, start_seq);
     let path = snap_path(&dir, start_seq);
     let tmp = path.with_extension("snap.tmp");
-    let mut out = StreamedArchive::create(&tmp).map_err(io(&tmp))?;
+    let mut out = StreamedArchive::create(storage, &tmp).map_err(io(&tmp))?;
     if let Err(e) = rkyv::api::high::to_bytes_in::<_, RkyvError>(&data.snap, &mut out) {
         return Err(match out.failed.take() {
             Some(source) => io(&tmp)(source),
@@ -512,20 +520,20 @@ pub(crate) fn take(
     if !wal.dir_in_place() {
         return Err(SnapshotError::Moved(wal.dir().to_path_buf()));
     }
-    datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
+    crate::storage::rename_synced(storage, &tmp, &path).map_err(io(&path))?;
     if stage == Stage::Renamed {
         return Ok(info(0));
     }
     // Older snapshots are redundant now; so are log segments wholly below `start_seq`.
     // A crash while one is shortened leaves it short, which no start reads (its length
     // no longer matches its header) and the next snapshot removes.
-    for (seq, old) in list(&dir).map_err(io(&dir))? {
+    for (seq, old) in list(storage, &dir).map_err(io(&dir))? {
         if seq < start_seq {
-            datadir::remove_in_steps(&old).map_err(io(&old))?;
+            crate::storage::remove_in_steps(storage, &old).map_err(io(&old))?;
         }
     }
     let removed =
-        crate::wal::segment::remove_before(wal.dir(), start_seq).map_err(io(wal.dir()))?;
+        crate::wal::segment::remove_before(storage, wal.dir(), start_seq).map_err(io(wal.dir()))?;
     Ok(info(removed))
 }
 
@@ -615,23 +623,12 @@ impl Live<'_> {
 }
 
 /// Snapshot files in `dir` by start position, oldest first; stray temp files are removed.
-fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+fn list(storage: &dyn Storage, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for e in entries {
-        let path = e?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+    for (name, path) in crate::storage::list_paths(storage, dir)? {
         if name.ends_with(".snap.tmp") {
             // A snapshot cut short before its rename: never valid.
-            fs::remove_file(&path)?;
+            storage.remove(&path)?;
         } else if let Some(seq) = name
             .strip_prefix("snap-")
             .and_then(|n| n.strip_suffix(".snap"))
@@ -645,17 +642,23 @@ fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Loads the newest valid snapshot of `data_dir` into `tables`; returns its start position
-/// (0 when there is none). A damaged snapshot is skipped for an older one, with a warning:
-/// the log before it is still there only if no newer snapshot removed it, which replay
-/// then checks.
-pub(crate) fn load_newest(tables: &Tables, data_dir: &Path) -> Result<u64, OpenError> {
+/// (0 when there is none), and the highest start any snapshot file names, damaged or not.
+/// A damaged snapshot is skipped for an older one, with a warning: the log before it is
+/// still there only if no newer snapshot removed it, which replay then checks.
+pub(crate) fn load_newest(
+    storage: &dyn Storage,
+    tables: &Tables,
+    data_dir: &Path,
+) -> Result<(u64, u64), OpenError> {
     let dir = data_dir.join(datadir::SNAPSHOTS_DIR);
     let io = |source| OpenError::DataDir {
         path: dir.clone(),
         source,
     };
-    for (_, path) in list(&dir).map_err(io)?.into_iter().rev() {
-        let snapshot = read(&path);
+    let snapshots = list(storage, &dir).map_err(io)?;
+    let highest = snapshots.last().map_or(0, |(seq, _)| *seq);
+    for (_, path) in snapshots.into_iter().rev() {
+        let snapshot = read(storage, &path);
         let view = snapshot.as_ref().map_err(String::clone);
         match view.and_then(ReadSnapshot::view) {
             Ok((rest, partitions)) => {
@@ -663,15 +666,16 @@ pub(crate) fn load_newest(tables: &Tables, data_dir: &Path) -> Result<u64, OpenE
                     path: path.clone(),
                     reason,
                 })?;
-                return Ok(rest.start_seq);
+                return Ok((rest.start_seq, highest));
             }
-            Err(reason) => eprintln!(
-                "stile: skipping damaged snapshot {}: {reason}",
-                path.display()
+            Err(reason) => tracing::warn!(
+                snapshot = %path.display(),
+                %reason,
+                "skipping a damaged snapshot"
             ),
         }
     }
-    Ok(0)
+    Ok((0, highest))
 }
 
 /// A snapshot's archive, read and checksummed.
@@ -817,18 +821,20 @@ fn parse_header(header: &[u8], payload_len: u64) -> Result<(u32, u64, u64), Stri
 
 /// Reads the archive straight into one aligned buffer (not into a buffer first and a copy
 /// after: for 75 M tickets that was 1.3 GB more, allocated and freed at every start).
-fn read(path: &Path) -> Result<ReadSnapshot, String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
+fn read(storage: &dyn Storage, path: &Path) -> Result<ReadSnapshot, String> {
+    let f = storage.open(path, false).map_err(|e| e.to_string())?;
+    let size = f.len().map_err(|e| e.to_string())?;
     let mut header = [0u8; HEADER_LEN];
-    if size < HEADER_LEN as u64 || f.read_exact(&mut header).is_err() {
+    if size < HEADER_LEN as u64 || !read_exact_at(&*f, &mut header, 0)? {
         return Err("not a stile snapshot".into());
     }
     // The length is checked against the file before anything is allocated for it.
     let (version, len, sum) = parse_header(&header, size - HEADER_LEN as u64)?;
     let mut aligned = AlignedVec::<16>::with_capacity(len as usize);
     aligned.resize(len as usize, 0);
-    f.read_exact(&mut aligned).map_err(|e| e.to_string())?;
+    if !read_exact_at(&*f, &mut aligned, HEADER_LEN as u64)? {
+        return Err("length or checksum mismatch".into());
+    }
     if xxh3_64(&aligned) != sum {
         return Err("length or checksum mismatch".into());
     }
@@ -836,6 +842,19 @@ fn read(path: &Path) -> Result<ReadSnapshot, String> {
         archive: aligned,
         version,
     })
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; `false` if the file ends first.
+fn read_exact_at(f: &dyn StorageFile, buf: &mut [u8], offset: u64) -> Result<bool, String> {
+    let mut at = 0;
+    while at < buf.len() {
+        match f.read_at(&mut buf[at..], offset + at as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => at += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(true)
 }
 
 /// Checks a whole snapshot file's bytes as opening does (header, length, checksum, archive)
@@ -861,7 +880,7 @@ pub fn check_bytes(bytes: &[u8]) -> Result<u64, String> {
 /// A snapshot read whole into plain values (tests).
 #[cfg(test)]
 fn read_whole(path: &Path) -> Result<SnapshotData, String> {
-    let read = read(path)?;
+    let read = read(&crate::storage::StdStorage, path)?;
     if read.version == 1 {
         return rkyv::from_bytes::<SnapshotDataV1, RkyvError>(&read.archive)
             .map(SnapshotData::from)
@@ -995,6 +1014,8 @@ mod tests {
     use crate::engine::{Engine, EngineConfig, Presented};
     use crate::error::TicketError;
     use crate::ops::mint::MintRequest;
+    #[allow(unused_imports)]
+    use crate::storage::StdStorage;
     use crate::ManualClock;
     use std::sync::Arc;
     use stile_protocol::CodeBytes;
@@ -1177,7 +1198,7 @@ mod tests {
         assert!(archive.len() > 2 * datadir::WRITE_STEP, "{}", archive.len());
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("s.snap.tmp");
-        let mut out = StreamedArchive::create(&tmp).unwrap();
+        let mut out = StreamedArchive::create(&StdStorage, &tmp).unwrap();
         rkyv::api::high::to_bytes_in::<_, RkyvError>(&data, &mut out).unwrap();
         out.finish().unwrap();
 
@@ -1203,7 +1224,7 @@ mod tests {
     fn a_checksummed_archive_that_does_not_check_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _, _) = transferred_then_snapshot(dir.path());
-        assert!(read(&path).unwrap().view().is_ok());
+        assert!(read(&StdStorage, &path).unwrap().view().is_ok());
         let payload = vec![0xA5u8; 256];
         let mut bytes = Vec::new();
         bytes.extend_from_slice(MAGIC);
@@ -1212,7 +1233,7 @@ mod tests {
         bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
         bytes.extend_from_slice(&payload);
         std::fs::write(&path, bytes).unwrap();
-        let snapshot = read(&path).unwrap();
+        let snapshot = read(&StdStorage, &path).unwrap();
         assert!(snapshot.view().is_err());
     }
 
@@ -1224,7 +1245,7 @@ mod tests {
         bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(
-            read(&path).err().unwrap(),
+            read(&StdStorage, &path).err().unwrap(),
             format!("unknown snapshot version {}", VERSION + 1)
         );
     }

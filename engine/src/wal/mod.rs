@@ -16,8 +16,14 @@
 //! `batch` and `none` modes it first lingers (`LINGER`) so submissions gather without
 //! waking it at all (but for a queue past `URGENT_BYTES`).
 //!
-//! **Failure.** A failed write or `fdatasync` aborts the process: after a failed fsync the
-//! kernel may have dropped the dirty pages, so retrying could report lost data as durable.
+//! **Failure.** A failed write or `fdatasync` stops the process ([`Storage::fail_stop`]:
+//! an abort on a real disk): after a failed fsync the kernel may have dropped the dirty
+//! pages, so retrying could report lost data as durable.
+//!
+//! **Stepping.** A log started by the simulation (`sim`) has no threads: its writer and the
+//! preparation of spare segments run only when the simulation steps them
+//! ([`Wal::step_write`], [`Wal::step_sync`], [`Wal::step_spares`]), and a blocking wait
+//! steps the writer itself. The code that runs is the same; only who calls it differs.
 
 pub mod record;
 pub mod segment;
@@ -25,15 +31,14 @@ pub mod tail;
 mod waiters;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
+use crate::storage::{SharedStorage, StdStorage, Storage, StorageFile};
 pub use record::Record;
 use waiters::{Until, Waiters};
 
@@ -117,7 +122,12 @@ struct Queue {
     writer_asleep: bool,
     /// Submitters asleep on `room`.
     waiting_for_room: usize,
+    /// Someone needs what is written synced now, whatever the mode (a snapshot).
+    sync_wanted: bool,
 }
+
+/// A writer stepped by hand (see the module's doc); `None` once the log is closed.
+type ManualWriter = Mutex<Option<Writer>>;
 
 /// State shared by submitters, waiters and the writer.
 #[derive(Debug)]
@@ -149,34 +159,101 @@ struct Shared {
     sync_us: AtomicHistogram,
     /// Records each `fdatasync` made durable (statistics: the group-commit batch size).
     sync_records: AtomicHistogram,
+    /// A write or sync failed and the storage was told to stop the process: nothing more is
+    /// written or made durable (only a simulated storage returns from that).
+    dead: AtomicBool,
+    /// The writer of a log stepped by hand, which a blocking wait steps itself (weak: the
+    /// writer holds this state).
+    manual: Option<Weak<ManualWriter>>,
+    /// Every submission, in the order submitted, for a simulation's record of what was
+    /// asked of the log (only a log stepped by hand keeps them).
+    submitted: Option<Mutex<Vec<(u64, Vec<u8>)>>>,
+}
+
+/// Who runs the writer.
+#[derive(Debug)]
+enum Driver {
+    /// A thread of its own, joined on close.
+    Thread(Mutex<Option<JoinHandle<()>>>),
+    /// Whoever steps the log (a simulation).
+    Manual(Arc<ManualWriter>),
 }
 
 /// The write-ahead log of one data dir.
 #[derive(Debug)]
 pub struct Wal {
-    /// Shared with the writer thread.
+    /// Shared with the writer.
     shared: Arc<Shared>,
-    /// The writer thread, joined on close.
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer.
+    driver: Driver,
+    /// Where the log's files are.
+    storage: SharedStorage,
     /// The log directory.
     dir: PathBuf,
     /// Its device and inode, as opened.
     dir_id: (u64, u64),
 }
 
+/// How a log is started (see [`Wal::start_with_runway`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StartOptions {
+    /// When records are synced and answers go out.
+    pub mode: SyncMode,
+    /// A segment is closed past this size.
+    pub segment_max_bytes: u64,
+    /// Segments kept prepared ahead of need (0: one at a time, lazily).
+    pub runway: u32,
+    /// No threads: the writer and the spares run only when stepped.
+    pub manual: bool,
+    /// Zeros written per step of a spare's preparation.
+    pub spare_step_bytes: usize,
+}
+
+/// What the newest segment's durability marks declare: a bit flipped below `synced` (by
+/// marks that are themselves synced) or below `written` (by marks written, which only a
+/// process crash keeps) is refused as corruption at the next start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Declared {
+    /// The segment records go into.
+    pub segment: PathBuf,
+    /// Declared synced by the marks written in it.
+    pub written: u64,
+    /// Declared synced by the marks synced in it.
+    pub synced: u64,
+    /// Its length: where its frames end.
+    pub len: u64,
+}
+
+/// The writer stopped: a write or sync failed and [`Storage::fail_stop`] was called.
+#[derive(Debug, Clone, Copy)]
+struct Stopped;
+
 /// The writer's own state.
+#[derive(Debug)]
 struct Writer {
     /// Shared with the log.
     shared: Arc<Shared>,
+    /// Where the log's files are.
+    storage: SharedStorage,
     /// Log directory.
     dir: PathBuf,
     /// The segment being appended to.
-    file: File,
+    file: Box<dyn StorageFile>,
     /// Its length: where the next record goes.
     file_len: u64,
     /// How far it is written with zeros ahead of records (at most `file_len` for a segment
     /// that was not prepared ahead): writes below this change no file metadata.
     file_zeroed: u64,
+    /// Bytes of the segment synced.
+    synced_len: u64,
+    /// What the last durability mark written in the segment declares synced (at its start,
+    /// the header, which needs none: it was synced with its link before any record).
+    declared_len: u64,
+    /// What the last mark that is itself synced declares (what a power cut cannot take
+    /// back; a simulation picks the bits it flips below it).
+    declared_synced_len: u64,
+    /// A mark in the write being made, and what it declares: counted once written.
+    unwritten_mark: Option<u64>,
     /// The log directory's device and inode: a segment switch checks that `dir` still
     /// names it (a data dir moved while open would have the switch rename another log's
     /// spare).
@@ -242,12 +319,38 @@ impl Wal {
         segment_max_bytes: u64,
         runway: u32,
     ) -> std::io::Result<Self> {
+        let options = StartOptions {
+            mode,
+            segment_max_bytes,
+            runway,
+            manual: false,
+            spare_step_bytes: segment::SPARE_STEP,
+        };
+        Self::start_on(Arc::new(StdStorage), dir, next_seq, tail, options)
+    }
+
+    /// [`Wal::start_with_runway`] on `storage`, as `options` say.
+    pub(crate) fn start_on(
+        storage: SharedStorage,
+        dir: &Path,
+        next_seq: u64,
+        tail: Option<segment::Tail>,
+        options: StartOptions,
+    ) -> std::io::Result<Self> {
+        let StartOptions {
+            mode,
+            segment_max_bytes,
+            runway,
+            manual,
+            spare_step_bytes,
+        } = options;
         assert!(
             segment_max_bytes > segment::SEGMENT_HEADER_LEN,
             "segments hold records"
         );
+        let st: &dyn Storage = &*storage;
         // Private: its records hold every code's state and scan.
-        crate::datadir::ensure(dir)?;
+        st.ensure_dir(dir)?;
         // Whole spares a previous run left are the runway's start; the rest are removed. A
         // log without a runway (a command such as `stile keys` opening a node's data) leaves
         // them as they are for the node's next start, and numbers its own after them.
@@ -256,7 +359,7 @@ impl Wal {
             (_, 0) => RUNWAY_MAX as usize,
             _ => runway.min(RUNWAY_MAX) as usize,
         };
-        let kept = segment::keep_spares(dir, spare_len(segment_max_bytes), keep)?;
+        let kept = segment::keep_spares(st, dir, spare_len(segment_max_bytes), keep)?;
         let next_number = kept
             .iter()
             .map(|(n, ..)| n.saturating_add(1))
@@ -266,16 +369,26 @@ impl Wal {
             0 => Default::default(),
             _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
         };
-        // A version 1 segment (no link) is appended to as before; the next segment links
-        // to it.
-        let (file, file_len, segment) = match tail {
-            Some(t) if t.len < segment_max_bytes => {
-                let f = std::fs::OpenOptions::new().write(true).open(&t.path)?;
-                (f, t.len, t)
+        // Only a segment of this version is appended to (one of an older version, without
+        // marks, is followed by a new segment linked to it).
+        let append = tail
+            .as_ref()
+            .is_some_and(|t| t.len < segment_max_bytes && t.version == segment::SEGMENT_VERSION);
+        // What the segment appended to holds may have outlived a crash in the page cache
+        // only (a process killed before its sync): synced now, before a mark declares it.
+        let last = match &tail {
+            Some(t) if append => {
+                let f = st.open(&t.path, true)?;
+                f.sync_data()?;
+                Some(f)
             }
-            tail => {
+            _ => None,
+        };
+        let (file, file_len, segment) = match (tail, last) {
+            (Some(t), Some(f)) if append => (f, t.len, t),
+            (tail, _) => {
                 let link = tail.as_ref().map_or(segment::Link::FIRST, |t| t.link());
-                let f = segment::create(dir, next_seq, &link)?;
+                let f = segment::create(st, dir, next_seq, &link)?;
                 let len = segment::SEGMENT_HEADER_LEN;
                 let path = segment::segment_path(dir, next_seq);
                 let t = segment::Tail {
@@ -283,13 +396,15 @@ impl Wal {
                     first_seq: next_seq,
                     len,
                     last_record: None,
+                    version: segment::SEGMENT_VERSION,
                 };
                 (f, len, t)
             }
         };
         // The head names the segment records go into from now on.
-        segment::write_head(dir, segment.first_seq)?;
-        let dir_id = crate::datadir::dir_id(&std::fs::metadata(dir)?);
+        segment::write_head(st, dir, segment.first_seq)?;
+        let dir_id = st.dir_id(dir)?;
+        let manual_writer: Option<Arc<ManualWriter>> = manual.then(|| Arc::new(Mutex::new(None)));
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
@@ -304,15 +419,23 @@ impl Wal {
             records: AtomicU64::new(0),
             sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
             sync_records: AtomicHistogram::new(BATCH_EDGES),
+            dead: AtomicBool::new(false),
+            manual: manual_writer.as_ref().map(Arc::downgrade),
+            submitted: manual.then(Default::default),
         });
         let mut spares = (mode != SyncMode::None).then(|| {
             Spares::new(
+                storage.clone(),
                 dir,
-                segment_max_bytes,
+                SpareSizes {
+                    len: spare_len(segment_max_bytes),
+                    step: spare_step_bytes,
+                },
                 runway,
                 ready,
                 next_number,
                 shared.clone(),
+                manual,
             )
         });
         if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
@@ -320,10 +443,17 @@ impl Wal {
         }
         let mut writer = Writer {
             shared: shared.clone(),
+            storage: storage.clone(),
             dir: dir.to_path_buf(),
             file,
             file_len,
             file_zeroed: file_len,
+            synced_len: file_len,
+            // What a mark in the segment already says is not known here: the first write
+            // says it again.
+            declared_len: segment::SEGMENT_HEADER_LEN.min(file_len),
+            declared_synced_len: segment::SEGMENT_HEADER_LEN.min(file_len),
+            unwritten_mark: None,
             dir_id,
             segment_first_seq: segment.first_seq,
             segment_last_record: segment.last_record,
@@ -336,12 +466,22 @@ impl Wal {
             last_sync: Instant::now(),
             unsynced_records: 0,
         };
-        let handle = std::thread::Builder::new()
-            .name("stile-wal".into())
-            .spawn(move || writer.run())?;
+        let driver = match manual_writer {
+            Some(m) => {
+                *m.lock().expect("wal writer poisoned") = Some(writer);
+                Driver::Manual(m)
+            }
+            None => {
+                let handle = std::thread::Builder::new()
+                    .name("stile-wal".into())
+                    .spawn(move || writer.run())?;
+                Driver::Thread(Mutex::new(Some(handle)))
+            }
+        };
         Ok(Wal {
             shared,
-            writer: Mutex::new(Some(handle)),
+            driver,
+            storage,
             dir: dir.to_path_buf(),
             dir_id,
         })
@@ -357,9 +497,16 @@ impl Wal {
         &self.dir
     }
 
+    /// Where the log's files are.
+    pub fn storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
     /// Whether [`Self::dir`] still names the directory the log was started in.
     pub fn dir_in_place(&self) -> bool {
-        crate::datadir::same_dir(&self.dir, self.dir_id)
+        self.storage
+            .dir_id(&self.dir)
+            .is_ok_and(|id| id == self.dir_id)
     }
 
     /// Reserves `count` sequence numbers for records about to be made. Must be called before
@@ -389,6 +536,11 @@ impl Wal {
     /// Every number below this is written, and its change was made in memory first.
     pub fn written_seq(&self) -> u64 {
         self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// The next number a reservation gets: every change made so far was numbered below it.
+    pub fn reserved_seq(&self) -> u64 {
+        self.shared.next_seq.load(Ordering::Acquire)
     }
 
     /// Group commits and records so far.
@@ -425,18 +577,59 @@ impl Wal {
         wait_blocking(&self.shared, seq);
     }
 
+    /// Blocks until every number below `seq` is synced to disk, whatever the mode: a `batch`
+    /// or `none` log syncs for it at once. `false` if the log stopped first.
+    pub fn sync_through(&self, seq: u64) -> bool {
+        let synced = || self.shared.synced.load(Ordering::Acquire) >= seq;
+        if let Some(manual) = &self.shared.manual {
+            while !synced() && !self.is_dead() {
+                let Some(m) = manual.upgrade() else {
+                    break;
+                };
+                let mut writer = m.lock().expect("wal writer poisoned");
+                let Some(w) = writer.as_mut() else {
+                    break;
+                };
+                if matches!((w.step_write(), w.step_sync()), (Ok(false), Ok(false))) {
+                    break;
+                }
+            }
+            return synced();
+        }
+        if self.shared.mode == SyncMode::Always {
+            self.wait(seq);
+        }
+        while !synced() && !self.is_dead() {
+            {
+                let mut q = self.shared.queue.lock().expect("wal queue poisoned");
+                q.sync_wanted = true;
+                self.shared.work.notify_one();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        synced()
+    }
+
     /// Whether the log is still where it was opened: its directory at its path, and the
     /// newest segment its head names present. An operator who deletes `wal/` or the live
     /// segment leaves the writer appending to an unlinked file, every record it makes
     /// durable from then on lost at the next start; the node stops instead.
     pub fn in_place(&self) -> bool {
-        crate::datadir::same_dir(&self.dir, self.dir_id)
-            && match segment::read_head(&self.dir) {
-                Ok(Some(first)) => segment::segment_path(&self.dir, first).exists(),
+        self.dir_in_place()
+            && match segment::read_head(&*self.storage, &self.dir) {
+                Ok(Some(first)) => self
+                    .storage
+                    .exists(&segment::segment_path(&self.dir, first)),
                 // A log of the unlinked format has no head until its first switch.
                 Ok(None) => true,
                 Err(_) => false,
             }
+    }
+
+    /// Whether a write or sync failed and the process was told to stop (only a simulated
+    /// storage lets it go on to see this).
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
     }
 
     /// Flushes everything reserved so far, syncs it whatever the mode, and stops the writer.
@@ -446,12 +639,26 @@ impl Wal {
             q.closing = true;
             self.shared.work.notify_one();
         }
-        if let Some(h) = self.writer.lock().expect("wal writer poisoned").take() {
-            h.join().expect("wal writer thread panicked");
+        match &self.driver {
+            Driver::Thread(handle) => {
+                if let Some(h) = handle.lock().expect("wal writer poisoned").take() {
+                    h.join().expect("wal writer thread panicked");
+                }
+            }
+            Driver::Manual(m) => {
+                let writer = m.lock().expect("wal writer poisoned").take();
+                if let Some(mut w) = writer {
+                    w.close_stepped();
+                }
+            }
         }
     }
 
     fn submit(&self, sub: Submission) {
+        if let Some(log) = &self.shared.submitted {
+            let mut log = log.lock().expect("submissions poisoned");
+            log.push((sub.first, sub.bytes.clone()));
+        }
         let mut q = self.shared.queue.lock().expect("wal queue poisoned");
         while q.bytes > QUEUE_MAX_BYTES && !sub.bytes.is_empty() {
             q.waiting_for_room += 1;
@@ -463,6 +670,57 @@ impl Wal {
         if q.writer_asleep || q.bytes > URGENT_BYTES {
             self.shared.work.notify_one();
         }
+    }
+
+    /// Runs `f` on the writer of a log stepped by hand; `None` for a threaded or closed log.
+    fn with_manual<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> Option<T> {
+        match &self.driver {
+            Driver::Manual(m) => m.lock().expect("wal writer poisoned").as_mut().map(f),
+            Driver::Thread(_) => None,
+        }
+    }
+
+    /// A log stepped by hand: takes what was submitted and writes the contiguous run of it
+    /// (moving to the next segment when one is full), without syncing. Whether anything was
+    /// written.
+    pub(crate) fn step_write(&self) -> bool {
+        self.with_manual(|w| w.step_write().unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    /// A log stepped by hand: syncs what is written and not yet synced, and wakes those it
+    /// made durable. Whether it synced.
+    pub(crate) fn step_sync(&self) -> bool {
+        self.with_manual(|w| w.step_sync().unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    /// A log stepped by hand: one step of preparing the next spare segment, if one is
+    /// wanted. Whether it did anything.
+    pub(crate) fn step_spares(&self) -> bool {
+        self.with_manual(|w| w.spares.as_mut().is_some_and(Spares::step_manual))
+            .unwrap_or(false)
+    }
+
+    /// A log stepped by hand: its newest segment and what marks in it declare synced (see
+    /// [`Declared`]).
+    pub(crate) fn declared(&self) -> Option<Declared> {
+        self.with_manual(|w| Declared {
+            segment: segment::segment_path(&self.dir, w.segment_first_seq),
+            written: w.declared_len,
+            synced: w.declared_synced_len,
+            len: w.file_len,
+        })
+    }
+
+    /// A log stepped by hand: the submissions made since the last call, in the order they
+    /// were submitted (first number, frames).
+    pub(crate) fn take_submitted(&self) -> Vec<(u64, Vec<u8>)> {
+        self.shared
+            .submitted
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.lock().expect("submissions poisoned")))
+            .unwrap_or_default()
     }
 }
 
@@ -585,16 +843,32 @@ impl Durability {
 }
 
 fn wait_blocking(shared: &Shared, seq: u64) {
+    if let Some(manual) = &shared.manual {
+        drive_until(shared, manual, seq);
+        return;
+    }
     waiters::wait_blocking(&shared.durable, &shared.waiters, seq);
 }
 
-/// A write or sync failure: the process cannot keep its promises, so it stops.
-fn fatal(what: &str, path: &Path, e: &std::io::Error) -> ! {
-    eprintln!(
-        "stile: fatal: {what} {}: {e}; stopping so no answer claims lost data is durable",
-        path.display()
-    );
-    std::process::abort();
+/// A blocking wait on a log stepped by hand steps its writer until `seq` is durable, or the
+/// log is dead or closed (whose caller is then as good as gone: a simulation drops what it
+/// answers).
+fn drive_until(shared: &Shared, manual: &Weak<ManualWriter>, seq: u64) {
+    while shared.durable.load(Ordering::Acquire) < seq && !shared.dead.load(Ordering::Acquire) {
+        let Some(m) = manual.upgrade() else {
+            return;
+        };
+        let mut writer = m.lock().expect("wal writer poisoned");
+        let Some(w) = writer.as_mut() else {
+            return;
+        };
+        let wrote = w.step_write();
+        let synced = w.step_sync();
+        if matches!((wrote, synced), (Ok(false), Ok(false))) {
+            // Single-threaded, a number below `seq` that is never submitted never will be.
+            panic!("a wait on a log stepped by hand cannot progress: a reservation is held");
+        }
+    }
 }
 
 impl Writer {
@@ -611,6 +885,16 @@ impl Writer {
         loop {
             let (subs, closing) = {
                 let mut q = self.shared.queue.lock().expect("wal queue poisoned");
+                if q.subs.is_empty() && !q.closing && self.mark_due() {
+                    // Nothing to write, and the last sync is declared by nothing yet: a mark
+                    // of its own (not synced), before sleeping, so that a bit flipped in
+                    // the last batch is found even if no batch follows.
+                    drop(q);
+                    if self.write_mark().is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 if let Some(mut linger) = linger.filter(|_| q.subs.is_empty() && !q.closing) {
                     // Submissions gather without waking this thread (but for a full queue);
                     // only if none came does it sleep until the next one. A sync that is due
@@ -625,7 +909,7 @@ impl Writer {
                         .expect("wal queue poisoned")
                         .0;
                 }
-                while q.subs.is_empty() && !q.closing {
+                while q.subs.is_empty() && !q.closing && !q.sync_wanted {
                     q.writer_asleep = true;
                     q = match batch_interval {
                         Some(d) => {
@@ -642,36 +926,124 @@ impl Writer {
                         break;
                     }
                 }
-                q.bytes = 0;
-                if q.waiting_for_room > 0 {
-                    self.shared.room.notify_all();
-                }
-                let mut subs = std::mem::take(&mut self.spare_subs);
-                std::mem::swap(&mut subs, &mut q.subs);
-                (subs, q.closing)
+                let subs = Self::take(&mut self.spare_subs, &self.shared.room, &mut q);
+                (subs, q.closing || std::mem::take(&mut q.sync_wanted))
             };
-            self.write_ready(subs);
-            let sync_now = match self.shared.mode {
-                SyncMode::Always => true,
-                SyncMode::Batch { .. } => {
-                    closing || batch_interval.is_some_and(|d| self.last_sync.elapsed() >= d)
-                }
-                SyncMode::None => closing,
-            };
-            if sync_now && self.synced_behind() {
-                self.sync();
+            if self.turn(subs, closing, batch_interval).is_err() {
+                return;
             }
-            if self.shared.mode != SyncMode::Always {
-                self.shared.durable.store(self.next, Ordering::Release);
-            }
-            self.shared
-                .waiters
-                .wake_through(self.shared.durable.load(Ordering::Acquire));
-            if closing && self.pending.is_empty() && self.all_submitted() {
-                self.finish();
+            if closing && self.pending.is_empty() && self.all_submitted() && self.closing() {
+                let _ = self.finish();
                 return;
             }
         }
+    }
+
+    /// Takes the queue's submissions (the queue is locked by the caller), leaving it the
+    /// emptied vector `spare` in their place.
+    fn take(spare: &mut Vec<Submission>, room: &Condvar, q: &mut Queue) -> Vec<Submission> {
+        q.bytes = 0;
+        if q.waiting_for_room > 0 {
+            room.notify_all();
+        }
+        let mut subs = std::mem::take(spare);
+        std::mem::swap(&mut subs, &mut q.subs);
+        subs
+    }
+
+    fn closing(&self) -> bool {
+        self.shared
+            .queue
+            .lock()
+            .expect("wal queue poisoned")
+            .closing
+    }
+
+    /// One turn of the thread: writes `subs`, syncs if the mode says so now (or `closing`:
+    /// the log is closing, or a sync is wanted), and tells the waiters.
+    fn turn(
+        &mut self,
+        subs: Vec<Submission>,
+        closing: bool,
+        batch_interval: Option<Duration>,
+    ) -> Result<(), Stopped> {
+        self.write_ready(subs)?;
+        let sync_now = match self.shared.mode {
+            SyncMode::Always => true,
+            SyncMode::Batch { .. } => {
+                closing || batch_interval.is_some_and(|d| self.last_sync.elapsed() >= d)
+            }
+            SyncMode::None => closing,
+        };
+        if sync_now && self.synced_behind() {
+            self.sync()?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Without `always`, what is written counts as durable; wakes those it covers.
+    fn publish(&self) {
+        if self.shared.mode != SyncMode::Always {
+            self.shared.durable.store(self.next, Ordering::Release);
+        }
+        self.shared
+            .waiters
+            .wake_through(self.shared.durable.load(Ordering::Acquire));
+    }
+
+    /// Stepped by hand: takes the queue and writes the contiguous run. Whether anything was
+    /// written.
+    fn step_write(&mut self) -> Result<bool, Stopped> {
+        if self.is_dead() {
+            return Ok(false);
+        }
+        let subs = {
+            let mut q = self.shared.queue.lock().expect("wal queue poisoned");
+            Self::take(&mut self.spare_subs, &self.shared.room, &mut q)
+        };
+        let before = (self.next, self.file_len, self.segment_first_seq);
+        // With nothing submitted this writes the mark that is due, if one is.
+        self.write_ready(subs)?;
+        self.publish();
+        Ok((self.next, self.file_len, self.segment_first_seq) != before)
+    }
+
+    /// Stepped by hand: syncs what is written and not yet synced, whatever the mode.
+    fn step_sync(&mut self) -> Result<bool, Stopped> {
+        if self.is_dead() || !self.synced_behind() {
+            return Ok(false);
+        }
+        self.sync()?;
+        self.publish();
+        Ok(true)
+    }
+
+    /// Stepped by hand, on close: writes and syncs what can be, then finishes.
+    fn close_stepped(&mut self) {
+        loop {
+            match self.step_write() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(Stopped) => return,
+            }
+        }
+        if self.step_sync().is_err() || self.is_dead() {
+            return;
+        }
+        let _ = self.finish();
+    }
+
+    fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    /// A write or sync failed: the process stops ([`Storage::fail_stop`]); if the storage
+    /// lets it go on (a simulation), the log is dead and the writer does nothing more.
+    fn fatal(&self, what: &str, e: &std::io::Error) -> Stopped {
+        self.storage.fail_stop(what, &self.dir, e);
+        self.shared.dead.store(true, Ordering::Release);
+        Stopped
     }
 
     fn synced_behind(&self) -> bool {
@@ -684,9 +1056,14 @@ impl Writer {
 
     /// Writes the contiguous run of submissions starting at `next`, from `subs` (just taken
     /// from the queue) and those held back before; the rest are held back for a gap to fill.
-    fn write_ready(&mut self, mut subs: Vec<Submission>) {
+    /// A mark goes first when the segment was synced past what its last mark declares.
+    fn write_ready(&mut self, mut subs: Vec<Submission>) -> Result<(), Stopped> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        if self.mark_due() {
+            record::encode_mark(self.next, self.synced_len, &mut buf);
+            self.unwritten_mark = Some(self.synced_len);
+        }
         let mut records = 0u64;
         // Submissions come nearly in order: sorted, most are written straight from the
         // batch, and only those behind a gap go through `pending`.
@@ -697,16 +1074,16 @@ impl Writer {
                 self.pending.insert(sub.first, sub);
                 continue;
             }
-            self.put(&mut buf, &mut records, sub);
+            self.put(&mut buf, &mut records, sub)?;
             while let Some(entry) = self.pending.first_entry() {
                 if *entry.key() != self.next {
                     break;
                 }
                 let held = entry.remove();
-                self.put(&mut buf, &mut records, held);
+                self.put(&mut buf, &mut records, held)?;
             }
         }
-        self.append(&buf);
+        self.append(&buf)?;
         // A burst's vectors are not kept for ever.
         if subs.capacity() <= KEEP_SUBS_MAX {
             self.spare_subs = subs;
@@ -723,11 +1100,17 @@ impl Writer {
         self.unsynced_records += records;
         self.shared.records.fetch_add(records, Ordering::Relaxed);
         self.shared.written.store(self.next, Ordering::Release);
+        Ok(())
     }
 
     /// Adds `sub`, the next in sequence, to the write in `buf`, first writing out `buf` and
     /// moving to the next segment if `sub` would not fit this one.
-    fn put(&mut self, buf: &mut Vec<u8>, records: &mut u64, sub: Submission) {
+    fn put(
+        &mut self,
+        buf: &mut Vec<u8>,
+        records: &mut u64,
+        sub: Submission,
+    ) -> Result<(), Stopped> {
         let end = self.file_len + (buf.len() + sub.bytes.len()) as u64;
         let holds_records = self.file_len + buf.len() as u64 > segment::SEGMENT_HEADER_LEN;
         // Past the zeros prepared ahead, every write would grow the file: move to the
@@ -735,9 +1118,9 @@ impl Writer {
         let spare_ready =
             end > self.file_zeroed && self.spares.as_ref().is_some_and(|s| s.is_ready());
         if holds_records && (end > self.segment_max_bytes || spare_ready) {
-            self.append(buf);
+            self.append(buf)?;
             buf.clear();
-            self.roll();
+            self.roll()?;
         }
         if sub.last.is_some() {
             self.segment_last_record = sub.last;
@@ -745,22 +1128,67 @@ impl Writer {
         buf.extend_from_slice(&sub.bytes);
         *records += sub.records;
         self.next = sub.first + sub.count;
+        Ok(())
     }
 
-    fn append(&mut self, buf: &[u8]) {
+    fn append(&mut self, buf: &[u8]) -> Result<(), Stopped> {
         if buf.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.file.write_all_at(buf, self.file_len) {
-            fatal("writing the log", &self.dir, &e);
+        if let Err(e) = self.file.write_at(buf, self.file_len) {
+            return Err(self.fatal("writing the log", &e));
         }
         self.file_len += buf.len() as u64;
+        if let Some(declared) = self.unwritten_mark.take() {
+            self.declared_len = declared;
+        }
+        Ok(())
     }
 
-    fn sync(&mut self) {
+    /// Writes a mark declaring what is synced, alone (not synced itself).
+    fn write_mark(&mut self) -> Result<(), Stopped> {
+        let mut mark = Vec::with_capacity(record::MARK_FRAME_LEN);
+        record::encode_mark(self.next, self.synced_len, &mut mark);
+        self.unwritten_mark = Some(self.synced_len);
+        self.append(&mark)
+    }
+
+    /// Whether the segment was synced past what its last mark declares.
+    fn mark_due(&self) -> bool {
+        self.synced_len > self.declared_len
+    }
+
+    /// Syncs the segment's data (and length), no statistics: part of sealing it.
+    fn sync_file(&mut self) -> Result<(), Stopped> {
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fatal("fdatasync of the log", &e));
+        }
+        self.synced_len = self.file_len;
+        self.declared_synced_len = self.declared_len;
+        Ok(())
+    }
+
+    /// Ends the segment for good: everything written synced, a mark declaring all of it,
+    /// the zeros after it cut off, synced. A segment switched away from, or the last one at
+    /// a clean close, is thus declared to its last byte.
+    fn seal(&mut self) -> Result<(), Stopped> {
+        if self.synced_len < self.file_len || self.synced_behind() {
+            self.sync()?;
+        }
+        if self.mark_due() {
+            self.write_mark()?;
+        }
+        let cut = self.cut_zeros()?;
+        if cut || self.synced_len < self.file_len {
+            self.sync_file()?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Stopped> {
         let started = Instant::now();
         if let Err(e) = self.file.sync_data() {
-            fatal("fdatasync of the log", &self.dir, &e);
+            return Err(self.fatal("fdatasync of the log", &e));
         }
         let us = started.elapsed().as_micros().max(1) as u64;
         self.shared.sync_us.record(us);
@@ -769,21 +1197,23 @@ impl Writer {
             self.unsynced_records = 0;
         }
         self.last_sync = Instant::now();
+        self.synced_len = self.file_len;
+        self.declared_synced_len = self.declared_len;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.synced.store(self.next, Ordering::Release);
         if self.shared.mode == SyncMode::Always {
             self.shared.durable.store(self.next, Ordering::Release);
         }
+        Ok(())
     }
 
-    /// Closes the current segment (synced, ending at its last record) and starts the next
-    /// one at `next`: the prepared spare if there is one, else a new file.
-    fn roll(&mut self) {
-        self.cut_zeros();
-        self.sync();
-        if !crate::datadir::same_dir(&self.dir, self.dir_id) {
+    /// Closes the current segment (sealed: synced, declared by a mark, ending where its
+    /// frames do) and starts the next one at `next`: the prepared spare if there is one, else a new file.
+    fn roll(&mut self) -> Result<(), Stopped> {
+        self.seal()?;
+        if self.storage.dir_id(&self.dir).ok() != Some(self.dir_id) {
             let e = std::io::Error::other("the directory was moved or replaced while in use");
-            fatal("switching segments: the log directory", &self.dir, &e);
+            return Err(self.fatal("switching segments: the log directory", &e));
         }
         let link = segment::Link {
             prev_first_seq: self.segment_first_seq,
@@ -791,53 +1221,59 @@ impl Writer {
             prev_last_seq: self.segment_last_record.map_or(u64::MAX, |r| r.0),
             prev_last_sum: self.segment_last_record.map_or(u64::MAX, |r| r.1),
         };
-        let spare = self.spares.as_mut().and_then(|s| Some((s.take()?, s.len)));
+        let spare = self
+            .spares
+            .as_mut()
+            .and_then(|s| Some((s.take()?, s.sizes.len)));
+        let st = &*self.storage;
         let (file, zeroed) = match spare {
             Some(((path, f), len)) => {
-                if let Err(e) = segment::adopt_spare(&self.dir, &path, &f, self.next, &link) {
-                    fatal("switching to the prepared log segment in", &self.dir, &e);
+                if let Err(e) = segment::adopt_spare(st, &self.dir, &path, &*f, self.next, &link) {
+                    return Err(self.fatal("switching to the prepared log segment in", &e));
                 }
                 (f, len)
             }
-            None => match segment::create(&self.dir, self.next, &link) {
+            None => match segment::create(st, &self.dir, self.next, &link) {
                 Ok(f) => (f, segment::SEGMENT_HEADER_LEN),
-                Err(e) => fatal("creating a log segment in", &self.dir, &e),
+                Err(e) => return Err(self.fatal("creating a log segment in", &e)),
             },
         };
         self.file = file;
         self.file_len = segment::SEGMENT_HEADER_LEN;
         self.file_zeroed = zeroed;
+        self.synced_len = segment::SEGMENT_HEADER_LEN;
+        self.declared_len = segment::SEGMENT_HEADER_LEN;
+        self.declared_synced_len = segment::SEGMENT_HEADER_LEN;
         self.segment_first_seq = self.next;
         self.segment_last_record = None;
-        if let Err(e) = segment::write_head(&self.dir, self.next) {
-            fatal("recording the log's newest segment in", &self.dir, &e);
+        if let Err(e) = segment::write_head(&*self.storage, &self.dir, self.next) {
+            return Err(self.fatal("recording the log's newest segment in", &e));
         }
+        Ok(())
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
     /// Whether there were any.
-    fn cut_zeros(&mut self) -> bool {
+    fn cut_zeros(&mut self) -> Result<bool, Stopped> {
         if self.file_zeroed <= self.file_len {
-            return false;
+            return Ok(false);
         }
         if let Err(e) = self.file.set_len(self.file_len) {
-            fatal("truncating the log segment in", &self.dir, &e);
+            return Err(self.fatal("truncating the log segment in", &e));
         }
         self.file_zeroed = self.file_len;
-        true
+        Ok(true)
     }
 
-    /// On close: the last segment ends at its last record, synced; whole spares stay for
-    /// the next start with a runway, and without one none is left.
-    fn finish(&mut self) {
-        if self.cut_zeros() {
-            if let Err(e) = self.file.sync_data() {
-                fatal("fdatasync of the log", &self.dir, &e);
-            }
-        }
+    /// On close: the last segment is sealed (synced, declared to its end by a mark, no
+    /// zeros after it); whole spares stay for the next start with a runway, and without one
+    /// none is left.
+    fn finish(&mut self) -> Result<(), Stopped> {
+        self.seal()?;
         // Dropping the spares stops their thread (and, without a runway, removes the unused
         // ones).
         self.spares.take();
+        Ok(())
     }
 }
 
@@ -878,11 +1314,14 @@ const FREE_SEGMENTS_KEPT: u64 = 4;
 /// trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
+/// A prepared spare: its temporary (ready) path and the open file.
+type ReadySpare = (PathBuf, Box<dyn StorageFile>);
+
 /// What the writer and the preparing thread share.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct SpareQueue {
     /// Prepared segments, oldest first, each under its own temporary name.
-    ready: VecDeque<(PathBuf, File)>,
+    ready: VecDeque<ReadySpare>,
     /// The writer wants spares: with a runway, from the start on; without one, from when
     /// its segment holds [`SPARE_AFTER_BYTES`] until it takes the spare.
     wanted: bool,
@@ -891,6 +1330,7 @@ struct SpareQueue {
 }
 
 /// The queue and its signal.
+#[derive(Debug)]
 struct SpareSlot {
     queue: Mutex<SpareQueue>,
     changed: Condvar,
@@ -902,14 +1342,24 @@ impl SpareSlot {
     }
 }
 
-/// Prepares the next segments on a thread of its own, so the writer never waits for one.
-/// Dropping it stops the thread; the unused spares are kept for the log's next start, or,
-/// without a runway, removed.
+/// A spare's length and the zeros written per step of its preparation.
+#[derive(Debug, Clone, Copy)]
+struct SpareSizes {
+    len: u64,
+    step: usize,
+}
+
+/// Prepares the next segments on a thread of its own, so the writer never waits for one
+/// (or, for a log stepped by hand, a step at a time when stepped). Dropping it stops the
+/// thread; the unused spares are kept for the log's next start, or, without a runway,
+/// removed.
+#[derive(Debug)]
 struct Spares {
     slot: Arc<SpareSlot>,
     thread: Option<JoinHandle<()>>,
+    storage: SharedStorage,
     dir: PathBuf,
-    len: u64,
+    sizes: SpareSizes,
     /// Prepared segments to keep ready (at least one).
     runway: usize,
     /// No runway: one spare at a time, asked for anew for each segment.
@@ -920,18 +1370,23 @@ struct Spares {
     next_number: u64,
     /// The log's state, whose records written tell a quiet log from a busy one.
     shared: Arc<Shared>,
+    /// Stepped by hand: no thread, and the spare being made, if any.
+    manual: Option<Option<segment::SpareWriter>>,
 }
 
 impl Spares {
     /// `ready`: whole spares a previous run left (paths and files), used first;
     /// `next_number`: the number the first spare made here takes.
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        storage: SharedStorage,
         dir: &Path,
-        segment_max_bytes: u64,
+        sizes: SpareSizes,
         runway: u32,
-        ready: VecDeque<(PathBuf, File)>,
+        ready: VecDeque<ReadySpare>,
         next_number: u64,
         shared: Arc<Shared>,
+        manual: bool,
     ) -> Self {
         Spares {
             slot: Arc::new(SpareSlot {
@@ -942,13 +1397,15 @@ impl Spares {
                 changed: Condvar::new(),
             }),
             thread: None,
+            storage,
             dir: dir.to_path_buf(),
-            len: spare_len(segment_max_bytes),
+            sizes,
             runway: runway.clamp(1, RUNWAY_MAX) as usize,
             lazy: runway == 0,
             asked: false,
             next_number,
             shared,
+            manual: manual.then_some(None),
         }
     }
 
@@ -963,13 +1420,25 @@ impl Spares {
             q.wanted = true;
             self.slot.changed.notify_all();
         }
-        if self.thread.is_none() {
-            let (slot, dir, len, runway) =
-                (self.slot.clone(), self.dir.clone(), self.len, self.runway);
+        if self.thread.is_none() && self.manual.is_none() {
+            let (slot, storage, dir, sizes, runway) = (
+                self.slot.clone(),
+                self.storage.clone(),
+                self.dir.clone(),
+                self.sizes,
+                self.runway,
+            );
             let (first, keep) = (self.next_number, !self.lazy);
             let shared = self.shared.clone();
             let log_records = move || shared.records.load(Ordering::Relaxed);
-            let run = move || prepare_spares(&slot, &dir, len, runway, first, keep, log_records);
+            let run = move || {
+                let place = SparePlace {
+                    storage: &*storage,
+                    dir: &dir,
+                    sizes,
+                };
+                prepare_spares(&slot, &place, runway, first, keep, log_records)
+            };
             match std::thread::Builder::new()
                 .name("stile-wal-spare".into())
                 .spawn(run)
@@ -987,7 +1456,7 @@ impl Spares {
     }
 
     /// The oldest ready spare, if there is one: its temporary path and file.
-    fn take(&mut self) -> Option<(PathBuf, File)> {
+    fn take(&mut self) -> Option<ReadySpare> {
         let mut q = self.slot.lock();
         let spare = q.ready.pop_front()?;
         if self.lazy {
@@ -996,6 +1465,57 @@ impl Spares {
         }
         self.slot.changed.notify_all();
         Some(spare)
+    }
+
+    /// Stepped by hand: one step of making the next spare, if one is wanted (begin it, write
+    /// a step of zeros, or finish and rename it). Whether it did anything. A failure removes
+    /// the spare in the making; the next step begins another.
+    fn step_manual(&mut self) -> bool {
+        let Some(current) = self.manual.as_mut() else {
+            return false;
+        };
+        {
+            let q = self.slot.lock();
+            if q.closing || !q.wanted || q.ready.len() >= self.runway {
+                return false;
+            }
+        }
+        let st = &*self.storage;
+        let Some(mut spare) = current.take() else {
+            let free = st.free_bytes(&self.dir);
+            if free.is_some_and(|f| f < self.sizes.len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
+                return false;
+            }
+            let n = self.next_number;
+            self.next_number += 1;
+            let (path, ready) = (
+                segment::spare_path_numbered(&self.dir, n),
+                segment::ready_spare_path(&self.dir, n),
+            );
+            match segment::SpareWriter::begin(st, &path, &ready, self.sizes.len, self.sizes.step) {
+                Ok(w) => *current = Some(w),
+                Err(_) => {
+                    let _ = st.remove(&path);
+                }
+            }
+            return true;
+        };
+        match spare.step() {
+            Ok(false) => *current = Some(spare),
+            Ok(true) => {
+                let (path, ready) = (spare.path().to_path_buf(), spare.ready().to_path_buf());
+                match spare.finish(st) {
+                    Ok(f) => self.slot.lock().ready.push_back((ready, f)),
+                    Err(_) => {
+                        let _ = st.remove(&path);
+                    }
+                }
+            }
+            Err(_) => {
+                let _ = spare.abandon(st);
+            }
+        }
+        true
     }
 
     /// Stops the thread and, without a runway, removes the unused spares; with one they
@@ -1012,12 +1532,15 @@ impl Spares {
                 tracing::warn!("the thread that prepares log segments panicked");
             }
         }
+        if let Some(spare) = self.manual.as_mut().and_then(Option::take) {
+            let _ = spare.abandon(&*self.storage);
+        }
         for (path, file) in unused {
             drop(file);
             if !self.lazy {
                 continue;
             }
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = self.storage.remove(&path) {
                 tracing::warn!(error = %e, "removing the unused prepared log segment");
             }
         }
@@ -1030,20 +1553,11 @@ impl Drop for Spares {
     }
 }
 
-/// Bytes the filesystem holding `dir` has free for this process, if it says.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `st` a buffer of the right type, which
-    // statvfs fills when it returns 0.
-    let st = unsafe {
-        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
-            return None;
-        }
-        st.assume_init()
-    };
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
+/// Where spares are made, and how big.
+struct SparePlace<'a> {
+    storage: &'a dyn Storage,
+    dir: &'a Path,
+    sizes: SpareSizes,
 }
 
 /// The preparing thread: keeps `runway` spares ready while the writer wants them, until the
@@ -1055,13 +1569,13 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// finished as the log closes is kept if `keep`, else removed.
 fn prepare_spares(
     slot: &SpareSlot,
-    dir: &Path,
-    len: u64,
+    place: &SparePlace<'_>,
     runway: usize,
     first: u64,
     keep: bool,
     log_records: impl Fn() -> u64,
 ) {
+    let (storage, dir, len) = (place.storage, place.dir, place.sizes.len);
     let closing = || slot.lock().closing;
     // Waits `d` unless the log closes meanwhile; whether it is closing.
     let wait_closing = |d: Duration| {
@@ -1102,7 +1616,8 @@ fn prepare_spares(
             }
         };
         pace();
-        if free_bytes(dir).is_some_and(|free| free < len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
+        let free = storage.free_bytes(dir);
+        if free.is_some_and(|free| free < len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
             if !short_of_room {
                 tracing::warn!(
                     "not preparing log segments in {}: the filesystem is nearly full",
@@ -1119,14 +1634,22 @@ fn prepare_spares(
         let path = segment::spare_path_numbered(dir, made);
         let ready = segment::ready_spare_path(dir, made);
         made += 1;
-        let prepared = segment::prepare_spare(&path, &ready, len, closing, &mut pace);
+        let prepared = segment::prepare_spare(
+            storage,
+            &path,
+            &ready,
+            len,
+            place.sizes.step,
+            closing,
+            &mut pace,
+        );
         let mut q = slot.lock();
         match prepared {
             Ok(Some(f)) if !q.closing => q.ready.push_back((ready, f)),
             Ok(whole) => {
                 drop(q);
                 if whole.is_some() && !keep {
-                    let _ = std::fs::remove_file(&ready);
+                    let _ = storage.remove(&ready);
                 }
                 return;
             }
@@ -1138,7 +1661,7 @@ fn prepare_spares(
                     dir.display(),
                     RETRY_AFTER.as_secs()
                 );
-                let _ = std::fs::remove_file(&path);
+                let _ = storage.remove(&path);
                 if wait_closing(RETRY_AFTER) {
                     return;
                 }
@@ -1151,6 +1674,9 @@ fn prepare_spares(
 pub(crate) mod tests {
     use super::record::FRAME_HEADER_LEN;
     use super::*;
+    #[allow(unused_imports)]
+    use crate::storage::StdStorage;
+    use std::os::unix::fs::FileExt;
 
     /// A record of ticket `serial` (the tests of this module and of `tail.rs`).
     pub(crate) fn state(serial: u32) -> Record {
@@ -1166,7 +1692,7 @@ pub(crate) mod tests {
     /// Where the frames of a segment's bytes end (after the header).
     fn frames_end(bytes: &[u8]) -> usize {
         let mut at = segment::SEGMENT_HEADER_LEN as usize;
-        while let Ok((_, _, len)) = Record::decode(&bytes[at..]) {
+        while let Ok((_, _, len)) = record::decode_frame(&bytes[at..]) {
             at += len;
         }
         at
@@ -1262,7 +1788,7 @@ pub(crate) mod tests {
         });
         wal.close();
         let mut seen = Vec::new();
-        segment::scan(dir.path(), 0, |seq, record| {
+        segment::scan(&StdStorage, dir.path(), 0, |seq, record| {
             let Record::State { serial, .. } = record else {
                 return Err(format!("not a state record: {record:?}"));
             };
@@ -1316,7 +1842,7 @@ pub(crate) mod tests {
             });
             wal.close();
             let mut seen = 0;
-            segment::scan(dir.path(), 0, |_, _| {
+            segment::scan(&StdStorage, dir.path(), 0, |_, _| {
                 seen += 1;
                 Ok(())
             })
@@ -1341,7 +1867,7 @@ pub(crate) mod tests {
                 serial += 1;
             }
             r.submit().wait();
-            let segments = segment::list(dir.path()).unwrap();
+            let segments = segment::list(&StdStorage, dir.path()).unwrap();
             let last = std::fs::read(&segments.last().unwrap().1).unwrap();
             if segments.len() >= 3 && frames_end(&last) < last.len() {
                 break segments;
@@ -1371,13 +1897,13 @@ pub(crate) mod tests {
 
         // A copy taken now is what a crash would leave.
         let copy = tempfile::tempdir().unwrap();
-        for (_, path) in segment::list(dir.path()).unwrap() {
+        for (_, path) in segment::list(&StdStorage, dir.path()).unwrap() {
             std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
         }
         let head = segment::HEAD_FILE;
         std::fs::copy(dir.path().join(head), copy.path().join(head)).unwrap();
         let mut seen = Vec::new();
-        let end = segment::scan(copy.path(), 0, |seq, record| {
+        let end = segment::scan(&StdStorage, copy.path(), 0, |seq, record| {
             seen.push((seq, record));
             Ok(())
         })
@@ -1391,7 +1917,7 @@ pub(crate) mod tests {
         }
 
         wal.close();
-        for (_, path) in segment::list(dir.path()).unwrap() {
+        for (_, path) in segment::list(&StdStorage, dir.path()).unwrap() {
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(
                 frames_end(&bytes),
@@ -1495,7 +2021,7 @@ pub(crate) mod tests {
 
         // A burst of five segments' worth.
         write(15_000);
-        let segments = segment::list(dir.path()).unwrap();
+        let segments = segment::list(&StdStorage, dir.path()).unwrap();
         assert!(segments.len() >= 5, "{segments:?}");
         // Quiet again: the runway fills up again, and stays after close for the next start.
         wait_for_whole_spares(dir.path(), 3);
@@ -1506,7 +2032,7 @@ pub(crate) mod tests {
             assert_is_whole_spare(p, spare_len(seg));
         }
         let mut seen = Vec::new();
-        segment::scan(dir.path(), 0, |seq, record| {
+        segment::scan(&StdStorage, dir.path(), 0, |seq, record| {
             seen.push((seq, record));
             Ok(())
         })
@@ -1527,7 +2053,7 @@ pub(crate) mod tests {
         let mut serial = 0u32;
         // Write until the log has moved into a prepared segment (zeros past its records).
         let in_prepared = || {
-            let segments = segment::list(dir.path()).unwrap();
+            let segments = segment::list(&StdStorage, dir.path()).unwrap();
             let last = std::fs::read(&segments.last().unwrap().1).unwrap();
             segments.len() >= 2 && frames_end(&last) < last.len()
         };
@@ -1549,7 +2075,20 @@ pub(crate) mod tests {
             .clone();
         let spares_dir = dir.path().join("spares");
         std::fs::create_dir(&spares_dir).unwrap();
-        let mut spares = Spares::new(&spares_dir, 64 << 10, 2, VecDeque::new(), 0, shared);
+        let sizes = SpareSizes {
+            len: spare_len(64 << 10),
+            step: segment::SPARE_STEP,
+        };
+        let mut spares = Spares::new(
+            StdStorage::shared(),
+            &spares_dir,
+            sizes,
+            2,
+            VecDeque::new(),
+            0,
+            shared,
+            false,
+        );
         spares.want();
         let started = Instant::now();
         while spares_in(&spares_dir).len() < 2 || !spares.is_ready() {
@@ -1622,7 +2161,7 @@ pub(crate) mod tests {
         junk("next-segment-ready-42.tmp", b"NOTAWAL!\x01\0\0\0", len); // bad header
         junk("next-segment.tmp", &header, len); // an earlier version's
 
-        let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
+        let end = segment::scan(&StdStorage, dir.path(), 0, |_, _| Ok(())).unwrap();
         assert_eq!(end.next_seq, u64::from(serial));
         let tail = end.tail.clone();
         let wal = Wal::start_with_runway(dir.path(), end.next_seq, tail, SyncMode::Always, seg, 2)
@@ -1639,7 +2178,7 @@ pub(crate) mod tests {
         // A burst rolls into them first.
         write(&wal, &mut serial, 3_000);
         wal.close();
-        let segment_inodes: Vec<u64> = segment::list(dir.path())
+        let segment_inodes: Vec<u64> = segment::list(&StdStorage, dir.path())
             .unwrap()
             .iter()
             .map(|(_, p)| std::fs::metadata(p).unwrap().ino())
@@ -1651,7 +2190,7 @@ pub(crate) mod tests {
             );
         }
         let mut seen = 0u32;
-        segment::scan(dir.path(), 0, |seq, record| {
+        segment::scan(&StdStorage, dir.path(), 0, |seq, record| {
             assert_eq!((seq, &record), (u64::from(seen), &state(seen)));
             seen += 1;
             Ok(())
@@ -1695,7 +2234,7 @@ pub(crate) mod tests {
         let wal = Wal::start(dir.path(), 0, None, SyncMode::Always, seg).unwrap();
         let mut serial = 0u32;
         write_until(&wal, &mut serial, || {
-            segment::list(dir.path()).unwrap().len() >= 3
+            segment::list(&StdStorage, dir.path()).unwrap().len() >= 3
         });
         assert!(same(), "the node's spares are untouched while it runs");
         wal.close();
@@ -1706,13 +2245,13 @@ pub(crate) mod tests {
             kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
             "its own spare is removed, theirs kept"
         );
-        let segments = segment::list(dir.path()).unwrap();
+        let segments = segment::list(&StdStorage, dir.path()).unwrap();
         for (_, p) in &segments {
             let ino = std::fs::metadata(p).unwrap().ino();
             assert!(kept.iter().all(|(_, k)| *k != ino), "no kept spare used");
         }
 
-        let end = segment::scan(dir.path(), 0, |_, _| Ok(())).unwrap();
+        let end = segment::scan(&StdStorage, dir.path(), 0, |_, _| Ok(())).unwrap();
         assert_eq!(end.next_seq, u64::from(serial));
         let tail = end.tail.clone();
         Wal::start(dir.path(), end.next_seq, tail, SyncMode::None, seg)
@@ -1743,7 +2282,7 @@ pub(crate) mod tests {
         }
         wal.close();
         assert_eq!(spares_in(dir.path()), Vec::<PathBuf>::new());
-        assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
+        assert_eq!(segment::list(&StdStorage, dir.path()).unwrap().len(), 1);
     }
 
     /// A log of `n` records over several small segments, closed; returns its segments.
@@ -1751,7 +2290,7 @@ pub(crate) mod tests {
         let wal = Wal::start(dir, 0, None, SyncMode::Always, 8 << 10).unwrap();
         write_range(&wal, 0, n);
         wal.close();
-        let segments = segment::list(dir).unwrap();
+        let segments = segment::list(&StdStorage, dir).unwrap();
         assert!(segments.len() >= 3, "{segments:?}");
         segments
     }
@@ -1768,7 +2307,7 @@ pub(crate) mod tests {
     }
 
     fn scan_all(dir: &Path) -> Result<segment::ScanEnd, segment::ScanError> {
-        segment::scan(dir, 0, |_, _| Ok(()))
+        segment::scan(&StdStorage, dir, 0, |_, _| Ok(()))
     }
 
     /// Regression: the log's directory was 0755 and its segments 0644 under the usual umask,
@@ -1829,7 +2368,7 @@ pub(crate) mod tests {
         // An older head beside a newer segment with records: the head was replaced.
         std::fs::write(newest, &bytes).unwrap();
         let older = segments[segments.len() - 2].0;
-        segment::write_head(dir.path(), older).unwrap();
+        segment::write_head(&StdStorage, dir.path(), older).unwrap();
         let err = scan_all(dir.path()).unwrap_err();
         assert!(err.to_string().contains("older copy"), "{err}");
         std::fs::write(dir.path().join(segment::HEAD_FILE), &head).unwrap();
@@ -1875,22 +2414,24 @@ pub(crate) mod tests {
         // Cut its last record off, exactly at the frame boundary before it.
         let mut at = segment::SEGMENT_HEADER_LEN as usize;
         let mut boundaries = vec![at];
-        while let Ok((_, _, len)) = Record::decode(&bytes[at..]) {
+        while let Ok((_, _, len)) = record::decode_frame(&bytes[at..]) {
             at += len;
             boundaries.push(at);
         }
-        let cut = boundaries[boundaries.len() - 2];
+        // Before its seal, the mark that ends a closed segment, and its last record.
+        let cut = boundaries[boundaries.len() - 3];
         std::fs::write(victim, &bytes[..cut]).unwrap();
         let err = scan_all(dir.path()).unwrap_err();
         assert!(matches!(err, segment::ScanError::Missing { .. }), "{err}");
         assert!(err.to_string().contains("cut short"), "{err}");
 
-        // The newest segment's tail is still the one place a cut is taken as torn.
+        // The newest segment's tail is still the one place a cut is taken as torn (here
+        // into its last record, the seal after it gone: nothing declares the record synced).
         std::fs::write(victim, &bytes).unwrap();
         let newest = &segments.last().unwrap().1;
         let bytes = std::fs::read(newest).unwrap();
-        let end = frames_end(&bytes);
-        std::fs::write(newest, &bytes[..end - 7]).unwrap();
+        let (last, len, _) = *frames_of(&bytes).iter().rfind(|f| f.2.is_none()).unwrap();
+        std::fs::write(newest, &bytes[..last + len - 7]).unwrap();
         let end = scan_all(dir.path()).unwrap();
         assert_eq!(end.records, 999);
         assert!(end.truncated_bytes > 0);
@@ -1921,7 +2462,10 @@ pub(crate) mod tests {
             assert_eq!(end.records, 500);
         }
         // But a newest segment with records and a damaged link is corruption, not a tear.
-        let (_, newest) = segment::list(dir.path()).unwrap().pop().unwrap();
+        let (_, newest) = segment::list(&StdStorage, dir.path())
+            .unwrap()
+            .pop()
+            .unwrap();
         let good = std::fs::read(&newest).unwrap();
         let mut bad = good.clone();
         bad[20] ^= 1;
@@ -1969,10 +2513,10 @@ pub(crate) mod tests {
         .unwrap();
         write_range(&wal, 100, 600);
         wal.close();
-        let segments = segment::list(dir.path()).unwrap();
+        let segments = segment::list(&StdStorage, dir.path()).unwrap();
         assert!(segments.len() >= 2);
         let mut seen = 0u32;
-        segment::scan(dir.path(), 0, |seq, record| {
+        segment::scan(&StdStorage, dir.path(), 0, |seq, record| {
             assert_eq!((seq, &record), (u64::from(seen), &state(seen)));
             seen += 1;
             Ok(())
@@ -1985,5 +2529,183 @@ pub(crate) mod tests {
             scan_all(dir.path()),
             Err(segment::ScanError::Missing { .. })
         ));
+    }
+
+    /// Every frame of a segment's bytes after the header: offset, length, and whether it is
+    /// a durability mark (with what it declares).
+    fn frames_of(bytes: &[u8]) -> Vec<(usize, usize, Option<u64>)> {
+        let mut at = segment::SEGMENT_HEADER_LEN as usize;
+        let mut out = Vec::new();
+        while let Ok((frame, _, len)) = record::decode_frame(&bytes[at..]) {
+            let mark = match frame {
+                record::Frame::Mark { synced_to } => Some(synced_to),
+                record::Frame::Record(_) => None,
+            };
+            out.push((at, len, mark));
+            at += len;
+        }
+        out
+    }
+
+    /// A one-segment log of three groups of 50 records, each synced before the next; the
+    /// segment's path, and the offset where the third group's records start.
+    fn three_groups(dir: &Path) -> (PathBuf, usize) {
+        let wal = Wal::start(dir, 0, None, SyncMode::Always, 64 << 20).unwrap();
+        write_range(&wal, 0, 100);
+        let third = wal.written_seq();
+        write_range(&wal, 100, 150);
+        wal.close();
+        let (_, path) = segment::list(&StdStorage, dir).unwrap().pop().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut at = segment::SEGMENT_HEADER_LEN as usize;
+        loop {
+            let (frame, seq, len) = record::decode_frame(&bytes[at..]).unwrap();
+            if matches!(frame, record::Frame::Record(_)) && seq >= third {
+                return (path, at);
+            }
+            at += len;
+        }
+    }
+
+    /// What a power cut can leave of the last group written but not synced: its first
+    /// sectors never written (a hole of zeros, the group's mark included) while a later
+    /// frame of it survives. That was refused as corruption (a good frame after the
+    /// damage), so a real power cut could leave a log that would not open. No mark after
+    /// the hole declares it synced: it is a torn tail, cut there.
+    #[test]
+    fn a_hole_in_the_unsynced_tail_before_a_surviving_frame_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, third) = three_groups(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let frames = frames_of(&bytes);
+        // The third group unsynced: none of the marks after its start (the seal, an idle
+        // mark) reached the disk; its records did, but for a hole at its start.
+        let last_record_end = frames
+            .iter()
+            .filter(|f| f.2.is_none())
+            .map(|f| f.0 + f.1)
+            .max()
+            .unwrap();
+        let (last, _, _) = *frames.iter().rfind(|f| f.2.is_none()).unwrap();
+        let mut torn = bytes[..last_record_end].to_vec();
+        torn[third..third + 700].fill(0);
+        assert!(last > third + 700);
+        assert!(
+            record::decode_frame(&torn[last..]).is_ok(),
+            "a frame after the hole survives"
+        );
+        std::fs::write(&path, &torn).unwrap();
+        let end = scan_all(dir.path()).unwrap();
+        assert_eq!(end.records, 100, "cut at the hole");
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, third);
+        // The log goes on from there.
+        let wal = Wal::start(
+            dir.path(),
+            end.next_seq,
+            end.tail,
+            SyncMode::Always,
+            64 << 20,
+        )
+        .unwrap();
+        write_range(&wal, 100, 120);
+        wal.close();
+        assert_eq!(scan_all(dir.path()).unwrap().records, 120);
+    }
+
+    /// A bit flipped in a record a later mark declares synced is corruption, refused with
+    /// the file and the record's offset, and the file is left as it is; the same bit in
+    /// the last group, with nothing after it declaring it, is a torn write.
+    #[test]
+    fn a_flipped_bit_in_a_record_declared_synced_refuses_with_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, third) = three_groups(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let frames = frames_of(&bytes);
+        let (victim, len, _) = frames[20];
+        assert!(frames
+            .iter()
+            .any(|f| f.0 > victim && f.2 > Some(victim as u64)));
+        let mut bad = bytes.clone();
+        bad[victim + len - 3] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let err = scan_all(dir.path()).unwrap_err();
+        let segment::ScanError::Corrupt {
+            path: p, offset, ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!((p, *offset), (&path, victim as u64), "{err}");
+        assert!(
+            err.to_string().contains(&format!("byte offset {victim}")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bad,
+            "a refused log is left untouched"
+        );
+
+        // Declared by the seal alone, the last record is refused too; without the seal (a
+        // crash before it), the same flip reads as a torn write and is cut.
+        let (last, last_len, _) = *frames.iter().rfind(|f| f.2.is_none()).unwrap();
+        let mut bad = bytes.clone();
+        bad[last + 25] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            scan_all(dir.path()),
+            Err(segment::ScanError::Corrupt { offset, .. }) if offset == last as u64
+        ));
+        std::fs::write(&path, &bad[..last + last_len]).unwrap();
+        assert!(third < last);
+        assert_eq!(scan_all(dir.path()).unwrap().records, 149);
+    }
+
+    /// A log of format 2 (links, no marks) is read as it was, its damage judged by the rule
+    /// of that format, and is not appended to: the log goes on in a segment of this format
+    /// linked to it.
+    #[test]
+    fn segments_of_format_2_are_read_and_followed_by_one_of_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = segment::SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&segment::SEGMENT_VERSION_LINKED.to_le_bytes());
+        bytes.extend_from_slice(&segment::Link::FIRST.encode_as(0, 2));
+        for i in 0..100 {
+            state(i).encode(u64::from(i), &mut bytes);
+        }
+        let path = segment::segment_path(dir.path(), 0);
+        std::fs::write(&path, &bytes).unwrap();
+        segment::write_head(&StdStorage, dir.path(), 0).unwrap();
+        let end = scan_all(dir.path()).unwrap();
+        assert_eq!((end.records, end.next_seq), (100, 100));
+        assert_eq!(end.tail.as_ref().unwrap().version, 2);
+        let wal = Wal::start(
+            dir.path(),
+            end.next_seq,
+            end.tail,
+            SyncMode::Always,
+            64 << 20,
+        )
+        .unwrap();
+        write_range(&wal, 100, 200);
+        wal.close();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "not appended to");
+        let segments = segment::list(&StdStorage, dir.path()).unwrap();
+        assert_eq!(segments.len(), 2);
+        let newer = std::fs::read(&segments[1].1).unwrap();
+        assert_eq!(segment::version_of(&newer), Some(segment::SEGMENT_VERSION));
+        assert_eq!(scan_all(dir.path()).unwrap().records, 200);
+        // A version field flipped from 3 to 2 or 1 no longer matches the segment's link:
+        // refused at the version, not read by an older format's rules.
+        for to in [2u8, 1] {
+            let mut bad = newer.clone();
+            bad[8] = to;
+            std::fs::write(&segments[1].1, &bad).unwrap();
+            let err = scan_all(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, segment::ScanError::Corrupt { offset: 8, .. }),
+                "{to}: {err}"
+            );
+        }
     }
 }

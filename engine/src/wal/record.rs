@@ -11,6 +11,13 @@
 //!
 //! State records carry a ticket's new absolute state word, whose version orders a ticket's
 //! records, so replay is idempotent and order-independent per ticket.
+//!
+//! Besides records, a segment of format 3 holds **durability marks** (payload type 9, then
+//! a `u64`): the writer's statement, written at the start of the first write after a sync,
+//! that every byte of the segment below that offset was synced. A mark is not a record: it
+//! takes no number of its own (its sequence number field holds the next number to be
+//! written, which the record after it may carry too), and replay and tails skip it.
+//! Recovery uses marks to tell a power cut from corruption (see `segment.rs`).
 
 use stile_protocol::CodeFormat;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -128,6 +135,73 @@ const T_TRANSFER: u8 = 4;
 const T_IMPORT: u8 = 5;
 const T_KEY: u8 = 6;
 const T_PURGE: u8 = 8;
+const T_MARK: u8 = 9;
+
+/// Bytes of a durability mark's frame: the header, the type byte and the offset.
+pub const MARK_FRAME_LEN: usize = FRAME_HEADER_LEN + 9;
+
+/// A frame's content: a record, or a durability mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A state change.
+    Record(Record),
+    /// Every byte of the segment below `synced_to` was synced when this was written.
+    Mark {
+        /// The segment's synced length, in bytes from its start.
+        synced_to: u64,
+    },
+}
+
+/// Appends a durability mark's frame to `out`: `seq` is the next number to be written,
+/// `synced_to` the segment's synced length.
+pub fn encode_mark(seq: u64, synced_to: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    out.push(T_MARK);
+    out.extend_from_slice(&synced_to.to_le_bytes());
+    let sum = checksum(seq, &out[start + FRAME_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&9u32.to_le_bytes());
+    out[start + 4..start + 12].copy_from_slice(&sum.to_le_bytes());
+    out[start + 12..start + 20].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// Decodes one frame from the front of `buf`, a record or a mark: what it holds, its
+/// sequence number and its length. Checks the whole frame is present before parsing.
+pub fn decode_frame(buf: &[u8]) -> Result<(Frame, u64, usize), DecodeError> {
+    let (payload, seq, frame_len) = check_frame(buf)?;
+    if payload[0] == T_MARK {
+        let body: [u8; 8] = payload[1..]
+            .try_into()
+            .map_err(|_| DecodeError::BadPayload("a durability mark of the wrong length"))?;
+        let synced_to = u64::from_le_bytes(body);
+        return Ok((Frame::Mark { synced_to }, seq, frame_len));
+    }
+    let record = Reader(payload).record()?;
+    Ok((Frame::Record(record), seq, frame_len))
+}
+
+/// The payload, sequence number and length of the whole frame at the front of `buf`, its
+/// length and checksum checked.
+fn check_frame(buf: &[u8]) -> Result<(&[u8], u64, usize), DecodeError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Err(DecodeError::Incomplete);
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    if len == 0 || len as usize > RECORD_MAX_LEN {
+        return Err(DecodeError::BadLength(len));
+    }
+    let frame_len = FRAME_HEADER_LEN + len as usize;
+    if buf.len() < frame_len {
+        return Err(DecodeError::Incomplete);
+    }
+    let sum = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
+    let seq = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
+    let payload = &buf[FRAME_HEADER_LEN..frame_len];
+    if checksum(seq, payload) != sum {
+        return Err(DecodeError::BadChecksum);
+    }
+    Ok((payload, seq, frame_len))
+}
 
 /// Why bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,26 +347,12 @@ impl Record {
 
     /// Decodes one frame from the front of `buf`: the record, its sequence number and the
     /// frame's length. Checks the whole frame is present before parsing anything.
+    /// A durability mark is not a record: `BadPayload` (see [`decode_frame`]).
     pub fn decode(buf: &[u8]) -> Result<(Record, u64, usize), DecodeError> {
-        if buf.len() < FRAME_HEADER_LEN {
-            return Err(DecodeError::Incomplete);
+        match decode_frame(buf)? {
+            (Frame::Record(record), seq, len) => Ok((record, seq, len)),
+            (Frame::Mark { .. }, ..) => Err(DecodeError::BadPayload("a durability mark")),
         }
-        let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
-        if len == 0 || len as usize > RECORD_MAX_LEN {
-            return Err(DecodeError::BadLength(len));
-        }
-        let frame_len = FRAME_HEADER_LEN + len as usize;
-        if buf.len() < frame_len {
-            return Err(DecodeError::Incomplete);
-        }
-        let sum = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
-        let seq = u64::from_le_bytes(buf[12..20].try_into().expect("8 bytes"));
-        let payload = &buf[FRAME_HEADER_LEN..frame_len];
-        if checksum(seq, payload) != sum {
-            return Err(DecodeError::BadChecksum);
-        }
-        let record = Reader(payload).record()?;
-        Ok((record, seq, frame_len))
     }
 }
 

@@ -1,11 +1,24 @@
 //! Log segments on disk: naming, the segment header, and the recovery scan.
 //!
 //! A segment is `wal/<first sequence number, 20 digits>.log`: an 8-byte magic `STILEWAL`, a
-//! little-endian `u32` format version (2), the segment's [`Link`] to its predecessor (40
-//! bytes), then frames back to back (see `record.rs`). Version 1 segments, written before
-//! links existed, have no link and their frames start at byte 12; they are still read.
+//! little-endian `u32` format version (3), the segment's [`Link`] to its predecessor (40
+//! bytes), then frames back to back (see `record.rs`): records, and durability marks.
+//! Version 2 segments (no marks; their link's checksum covers the link alone) and version 1
+//! segments (no link; frames from byte 12) are still read, and never appended to again.
 //! A segment may end in zeros: it was prepared ahead of need (see [`prepare_spare`]) and not
 //! yet filled. A frame's length is never zero, so readers stop there.
+//!
+//! **Torn or corrupt.** Damage confined to what was never synced is what a power cut leaves:
+//! recovery cuts it off and starts. Damage in what was synced is corruption: recovery
+//! refuses, naming the file and offset. The writer makes the two distinguishable: the first
+//! write after each sync starts with a mark saying how much of the segment is synced (and an
+//! idle writer writes one on its own, a closed segment ends with one). Damage at offset `X`
+//! of the newest segment is corruption when a good mark after it says that more than `X`
+//! bytes were synced; otherwise it is a torn tail, however many good frames survive after
+//! it (a power cut keeps any subset of the unsynced sectors). Segments before the newest
+//! were synced whole before the next one began: any damage in them is corruption. Only
+//! the last batch synced before a crash, if the mark after it was lost too, is declared by
+//! nothing: a bit flipped there is taken for a torn write.
 //!
 //! **The chain.** Sequence numbers may have gaps (numbers reserved by scans that changed
 //! nothing), so consecutive segments' names cannot prove that none is missing between them.
@@ -15,17 +28,19 @@
 //! deleted segment, or an older one cut short (even at a record boundary), refuses to start
 //! instead of losing the records it held. Only the newest segment's tail may be cut as torn.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::record::Record;
+use super::record::{decode_frame, DecodeError, Frame, Record, FRAME_HEADER_LEN, MARK_FRAME_LEN};
+use crate::storage::{Create, Storage, StorageFile};
 
 /// Segment magic.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"STILEWAL";
-/// Segment format version: 2, with a [`Link`] in the header.
-pub const SEGMENT_VERSION: u32 = 2;
+/// Segment format version: 3, with a [`Link`] covering the magic and version too, and
+/// durability marks among the frames.
+pub const SEGMENT_VERSION: u32 = 3;
+/// The version of segments with a link but no marks (still read).
+pub const SEGMENT_VERSION_LINKED: u32 = 2;
 /// The version of segments without a link (still read).
 pub const SEGMENT_VERSION_UNLINKED: u32 = 1;
 /// Bytes of magic and version.
@@ -98,8 +113,10 @@ pub struct ScanEnd {
 ///
 /// Layout (little endian): the previous segment's first sequence number (its name), its
 /// length in bytes, its last record's sequence number and that record's checksum, then
-/// xxh3-64 of those 32 bytes seeded with this segment's own first sequence number. A log's
-/// first segment names no predecessor: every field is `u64::MAX`.
+/// xxh3-64, seeded with this segment's own first sequence number, of the magic, the version
+/// and those 32 bytes (version 2: of the 32 bytes alone, so that a version field flipped
+/// from 3 to 2 fails the link instead of dropping the marks' rule). A log's first segment
+/// names no predecessor: every field is `u64::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     /// The previous segment's first sequence number (`u64::MAX`: none).
@@ -126,8 +143,14 @@ impl Link {
         *self == Link::FIRST
     }
 
-    /// The link's bytes in the header of the segment that starts at `first_seq`.
+    /// The link's bytes in the header of the segment (of this version) that starts at
+    /// `first_seq`.
     pub fn encode(&self, first_seq: u64) -> [u8; LINK_LEN as usize] {
+        self.encode_as(first_seq, SEGMENT_VERSION)
+    }
+
+    /// The link's bytes in a segment of format `version` (2 or 3).
+    pub fn encode_as(&self, first_seq: u64, version: u32) -> [u8; LINK_LEN as usize] {
         let mut out = [0u8; LINK_LEN as usize];
         for (i, v) in [
             self.prev_first_seq,
@@ -140,17 +163,17 @@ impl Link {
         {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
-        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&out[..32], first_seq);
+        let sum = link_sum(&out[..32], first_seq, version);
         out[32..].copy_from_slice(&sum.to_le_bytes());
         out
     }
 
     /// The link in `bytes` (a segment's header after magic and version), if its checksum
-    /// holds for a segment starting at `first_seq`.
-    pub fn decode(bytes: &[u8], first_seq: u64) -> Option<Link> {
+    /// holds for a segment of format `version` starting at `first_seq`.
+    pub fn decode(bytes: &[u8], first_seq: u64, version: u32) -> Option<Link> {
         let bytes = bytes.get(..LINK_LEN as usize)?;
         let u = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes[..32], first_seq);
+        let sum = link_sum(&bytes[..32], first_seq, version);
         (sum == u(4)).then(|| Link {
             prev_first_seq: u(0),
             prev_len: u(1),
@@ -158,6 +181,18 @@ impl Link {
             prev_last_sum: u(3),
         })
     }
+}
+
+/// The checksum of a link's 32 bytes of fields in a segment of format `version`.
+fn link_sum(fields: &[u8], first_seq: u64, version: u32) -> u64 {
+    if version == SEGMENT_VERSION_LINKED {
+        return xxhash_rust::xxh3::xxh3_64_with_seed(fields, first_seq);
+    }
+    let mut covered = [0u8; (MAGIC_VERSION_LEN + 32) as usize];
+    covered[..8].copy_from_slice(SEGMENT_MAGIC);
+    covered[8..12].copy_from_slice(&version.to_le_bytes());
+    covered[12..].copy_from_slice(fields);
+    xxhash_rust::xxh3::xxh3_64_with_seed(&covered, first_seq)
 }
 
 /// What the next segment's link names: a segment's first number, length and last record.
@@ -171,6 +206,8 @@ pub struct Tail {
     pub len: u64,
     /// Its last record's sequence number and checksum, if it holds any.
     pub last_record: Option<(u64, u64)>,
+    /// Its format version (the log appends only to a segment of this version's).
+    pub version: u32,
 }
 
 impl Tail {
@@ -188,16 +225,15 @@ impl Tail {
 
 /// Writes `link` into the header of the segment `file` (starting at `first_seq`) and syncs
 /// it, so that the link is durable before any record of the segment is.
-pub fn write_link(file: &File, first_seq: u64, link: &Link) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(&link.encode(first_seq), MAGIC_VERSION_LEN)?;
+pub fn write_link(file: &dyn StorageFile, first_seq: u64, link: &Link) -> io::Result<()> {
+    file.write_at(&link.encode(first_seq), MAGIC_VERSION_LEN)?;
     file.sync_data()
 }
 
 /// Where the frames of a segment with format `version` start (`None`: not a version read).
 pub fn frames_start(version: u32) -> Option<u64> {
     match version {
-        SEGMENT_VERSION => Some(SEGMENT_HEADER_LEN),
+        SEGMENT_VERSION | SEGMENT_VERSION_LINKED => Some(SEGMENT_HEADER_LEN),
         SEGMENT_VERSION_UNLINKED => Some(SEGMENT_HEADER_LEN_UNLINKED),
         _ => None,
     }
@@ -220,19 +256,19 @@ pub fn version_of(header: &[u8]) -> Option<u32> {
 pub const HEAD_FILE: &str = "head";
 
 /// Records `first_seq` as the newest segment of the log in `dir`, durably.
-pub fn write_head(dir: &Path, first_seq: u64) -> io::Result<()> {
+pub fn write_head(storage: &dyn Storage, dir: &Path, first_seq: u64) -> io::Result<()> {
     let mut bytes = first_seq.to_le_bytes().to_vec();
     bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&first_seq.to_le_bytes()).to_le_bytes());
     let tmp = dir.join("head.tmp");
-    crate::datadir::write_private_synced(&tmp, &[&bytes])?;
-    crate::datadir::rename_synced(&tmp, &dir.join(HEAD_FILE))
+    crate::storage::write_private_synced(storage, &tmp, &[&bytes])?;
+    crate::storage::rename_synced(storage, &tmp, &dir.join(HEAD_FILE))
 }
 
 /// The newest segment `dir`'s head names (`None`: no head: a log written before heads, or
 /// one whose first segment was made but given no record yet).
-pub fn read_head(dir: &Path) -> Result<Option<u64>, ScanError> {
+pub fn read_head(storage: &dyn Storage, dir: &Path) -> Result<Option<u64>, ScanError> {
     let path = dir.join(HEAD_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match storage.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(ScanError::Io { path, source }),
@@ -262,41 +298,32 @@ pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 
 /// Removes segments that hold only records numbered below `seq` (never the last one).
 /// Returns how many were removed.
-pub fn remove_before(dir: &Path, seq: u64) -> io::Result<usize> {
-    let segments = list(dir)?;
+pub fn remove_before(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result<usize> {
+    let segments = list(storage, dir)?;
     let mut removed = 0;
     for pair in segments.windows(2) {
         let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
         if *next_first <= seq {
-            fs::remove_file(path)?;
+            storage.remove(path)?;
             removed += 1;
         }
     }
     if removed > 0 {
-        File::open(dir)?.sync_all()?;
+        storage.sync_dir(dir)?;
     }
     Ok(removed)
 }
 
 /// Segments in `dir`, sorted by their first sequence number.
-pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub fn list(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for e in entries {
-                let path = e?.path();
-                let first = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".log"))
-                    .and_then(|n| n.parse::<u64>().ok());
-                if let Some(first) = first {
-                    out.push((first, path));
-                }
-            }
+    for (name, path) in crate::storage::list_paths(storage, dir)? {
+        let first = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            out.push((first, path));
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
     }
     out.sort();
     Ok(out)
@@ -313,7 +340,7 @@ const READY_PREFIX: &str = "next-segment-ready-";
 /// with a spare being written beside a log syncing 2 KiB at a time, 1 MiB steps put 9 to
 /// 15 % of the log's sync time into syncs over 1.5 ms (1 to 1.4 % with no spare), 256 KiB
 /// steps 0.7 to 4 %.
-const SPARE_STEP: usize = 256 << 10;
+pub(crate) const SPARE_STEP: usize = 256 << 10;
 /// Pause between steps while the log is busy, so preparing a spare never floods the disk
 /// the log syncs to (at most about 25 MB/s: a 64 MiB segment in about 3 s).
 pub const SPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -348,30 +375,31 @@ pub fn is_spare_name(name: &str) -> bool {
 /// header, opened for writing. Every other prepared segment there is removed: one a crash
 /// cut short (still under its `next-segment-N.tmp` name), one of another length (the
 /// segment size changed), one with a bad header, and those beyond `keep`.
-pub fn keep_spares(dir: &Path, len: u64, keep: usize) -> io::Result<Vec<(u64, PathBuf, File)>> {
+pub fn keep_spares(
+    storage: &dyn Storage,
+    dir: &Path,
+    len: u64,
+    keep: usize,
+) -> io::Result<Vec<(u64, PathBuf, Box<dyn StorageFile>)>> {
     let mut whole = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
+    for name in storage.list(dir)? {
         if !is_spare_name(&name) {
             continue;
         }
-        let path = entry.path();
+        let path = dir.join(&name);
         match ready_spare_number(&name) {
-            Some(n) if keep > 0 && is_whole_spare(&path, len)? => whole.push((n, path)),
-            _ => fs::remove_file(&path)?,
+            Some(n) if keep > 0 && is_whole_spare(storage, &path, len)? => whole.push((n, path)),
+            _ => storage.remove(&path)?,
         }
     }
     whole.sort();
     let mut kept = Vec::new();
     for (n, path) in whole {
         if kept.len() < keep {
-            let f = OpenOptions::new().write(true).open(&path)?;
+            let f = storage.open(&path, true)?;
             kept.push((n, path, f));
         } else {
-            fs::remove_file(&path)?;
+            storage.remove(&path)?;
         }
     }
     Ok(kept)
@@ -384,17 +412,14 @@ const SPARE_CHECKED: u64 = 4096;
 /// zeros where it is looked at (its first and last [`SPARE_CHECKED`] bytes past the header).
 /// A spare is renamed whole only after its zeros are synced, so this only catches a file
 /// put there by other hands, which is never taken for a log's runway.
-fn is_whole_spare(path: &Path, len: u64) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let f = File::open(path)?;
-    if f.metadata()?.len() != len || len < SEGMENT_HEADER_LEN + SPARE_CHECKED {
+fn is_whole_spare(storage: &dyn Storage, path: &Path, len: u64) -> io::Result<bool> {
+    let f = storage.open(path, false)?;
+    if f.len()? != len || len < SEGMENT_HEADER_LEN + SPARE_CHECKED {
         return Ok(false);
     }
     let mut head = vec![0u8; (SEGMENT_HEADER_LEN + SPARE_CHECKED) as usize];
     let mut tail = vec![0u8; SPARE_CHECKED as usize];
-    if f.read_exact_at(&mut head, 0).is_err()
-        || f.read_exact_at(&mut tail, len - SPARE_CHECKED).is_err()
-    {
+    if !read_exact_at(&*f, &mut head, 0)? || !read_exact_at(&*f, &mut tail, len - SPARE_CHECKED)? {
         return Ok(false);
     }
     // The link is written when the spare is switched to: zeros until then.
@@ -410,53 +435,123 @@ fn is_whole_spare(path: &Path, len: u64) -> io::Result<bool> {
 /// allocated blocks. After each step `pace()` waits as long as the log needs the disk
 /// more. Returns `None`, having removed the file, when `stop` turns true between steps.
 pub fn prepare_spare(
+    storage: &dyn Storage,
     path: &Path,
     ready: &Path,
     len: u64,
+    step: usize,
     stop: impl Fn() -> bool,
     mut pace: impl FnMut(),
-) -> io::Result<Option<File>> {
-    // A new name each time: never a file anyone else holds.
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(SEGMENT_MAGIC)?;
-    f.write_all(&SEGMENT_VERSION.to_le_bytes())?;
-    let zeros = vec![0u8; SPARE_STEP];
-    // The link's room stays zeros until the spare is switched to.
-    let mut at = MAGIC_VERSION_LEN;
-    while at < len {
+) -> io::Result<Option<Box<dyn StorageFile>>> {
+    let mut spare = SpareWriter::begin(storage, path, ready, len, step)?;
+    loop {
         if stop() {
-            drop(f);
-            fs::remove_file(path)?;
+            spare.abandon(storage)?;
             return Ok(None);
         }
-        let n = (len - at).min(SPARE_STEP as u64) as usize;
-        f.write_all(&zeros[..n])?;
-        f.sync_data()?;
-        at += n as u64;
+        if spare.step()? {
+            break;
+        }
         pace();
     }
-    f.sync_all()?;
-    // Its zeros are durable before the name says it is whole. The rename itself need not
-    // be: lost in a crash, it leaves a spare under `path`, which the next start removes.
-    fs::rename(path, ready)?;
-    Ok(Some(f))
+    spare.finish(storage).map(Some)
+}
+
+/// A spare in the making, a step at a time (see [`prepare_spare`]): made with the segment's
+/// magic and version, written with zeros and synced a step at a time, then synced whole and
+/// renamed to its ready name. The log's preparing thread drives it; so does a simulation,
+/// one step when its seed says.
+#[derive(Debug)]
+pub struct SpareWriter {
+    /// The file, under its temporary name.
+    file: Box<dyn StorageFile>,
+    /// Its temporary name.
+    path: PathBuf,
+    /// The name it takes once whole.
+    ready: PathBuf,
+    /// Its length once whole.
+    len: u64,
+    /// Bytes written so far.
+    at: u64,
+    /// Zeros written per step.
+    step: usize,
+}
+
+impl SpareWriter {
+    /// Makes the file at `path` (a new name each time: never a file anyone else holds) with
+    /// the segment header's magic and version; it is to be `len` bytes, `step` at a time.
+    pub fn begin(
+        storage: &dyn Storage,
+        path: &Path,
+        ready: &Path,
+        len: u64,
+        step: usize,
+    ) -> io::Result<SpareWriter> {
+        let file = storage.create(path, Create::New)?;
+        let mut header = SEGMENT_MAGIC.to_vec();
+        header.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        file.write_at(&header, 0)?;
+        // The link's room stays zeros until the spare is switched to.
+        Ok(SpareWriter {
+            file,
+            path: path.to_path_buf(),
+            ready: ready.to_path_buf(),
+            len,
+            at: MAGIC_VERSION_LEN,
+            step: step.max(1),
+        })
+    }
+
+    /// Writes and syncs the next step of zeros; `true` once every byte is written.
+    pub fn step(&mut self) -> io::Result<bool> {
+        if self.at < self.len {
+            let n = (self.len - self.at).min(self.step as u64) as usize;
+            self.file.write_at(&vec![0u8; n], self.at)?;
+            self.file.sync_data()?;
+            self.at += n as u64;
+        }
+        Ok(self.at >= self.len)
+    }
+
+    /// Syncs the whole spare and renames it to its ready name; the open file. Its zeros are
+    /// durable before the name says it is whole. The rename itself need not be: lost in a
+    /// crash, it leaves a spare under its temporary name, which the next start removes.
+    pub fn finish(self, storage: &dyn Storage) -> io::Result<Box<dyn StorageFile>> {
+        debug_assert!(self.at >= self.len, "a spare is renamed whole");
+        self.file.sync_all()?;
+        storage.rename(&self.path, &self.ready)?;
+        Ok(self.file)
+    }
+
+    /// Removes the spare (the log closed before it was whole, or a step failed).
+    pub fn abandon(self, storage: &dyn Storage) -> io::Result<()> {
+        drop(self.file);
+        storage.remove(&self.path)
+    }
+
+    /// Its temporary name.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name it takes once whole.
+    pub fn ready(&self) -> &Path {
+        &self.ready
+    }
 }
 
 /// Makes the spare at `spare` (open as `file`) the segment whose first record is
 /// `first_seq`, durably, with `link` to the segment before it.
 pub fn adopt_spare(
+    storage: &dyn Storage,
     dir: &Path,
     spare: &Path,
-    file: &File,
+    file: &dyn StorageFile,
     first_seq: u64,
     link: &Link,
 ) -> io::Result<()> {
-    fs::rename(spare, segment_path(dir, first_seq))?;
-    File::open(dir)?.sync_all()?;
+    storage.rename(spare, &segment_path(dir, first_seq))?;
+    storage.sync_dir(dir)?;
     // A crash before this sync leaves a newest segment with no link and no records, which
     // recovery removes.
     write_link(file, first_seq, link)
@@ -464,21 +559,34 @@ pub fn adopt_spare(
 
 /// Creates a segment file with its header (and `link` to the segment before it) and fsyncs
 /// it and the directory.
-pub fn create(dir: &Path, first_seq: u64, link: &Link) -> io::Result<File> {
+pub fn create(
+    storage: &dyn Storage,
+    dir: &Path,
+    first_seq: u64,
+    link: &Link,
+) -> io::Result<Box<dyn StorageFile>> {
     let path = segment_path(dir, first_seq);
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
+    let f = storage.create(&path, Create::New)?;
     let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
     header.extend_from_slice(SEGMENT_MAGIC);
     header.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
     header.extend_from_slice(&link.encode(first_seq));
-    f.write_all(&header)?;
+    f.write_at(&header, 0)?;
     f.sync_all()?;
-    File::open(dir)?.sync_all()?;
+    storage.sync_dir(dir)?;
     Ok(f)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; `false` if the file ends first.
+fn read_exact_at(f: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        match f.read_at(&mut buf[at..], offset + at as u64)? {
+            0 => return Ok(false),
+            n => at += n,
+        }
+    }
+    Ok(true)
 }
 
 /// Reads every segment, calling `apply` for each good record numbered `from_seq` or later,
@@ -488,15 +596,16 @@ pub fn create(dir: &Path, first_seq: u64, link: &Link) -> io::Result<File> {
 /// write) is cut off the file; any other damage is [`ScanError::Corrupt`], naming file and
 /// offset.
 pub fn scan(
+    storage: &dyn Storage,
     dir: &Path,
     from_seq: u64,
     mut apply: impl FnMut(u64, Record) -> Result<(), String>,
 ) -> Result<ScanEnd, ScanError> {
-    let segments = list(dir).map_err(|source| ScanError::Io {
+    let segments = list(storage, dir).map_err(|source| ScanError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let head = read_head(dir)?;
+    let head = read_head(storage, dir)?;
     let mut next_seq = 0;
     let mut good = Vec::new();
     let mut tail: Option<Tail> = None;
@@ -515,10 +624,7 @@ pub fn scan(
             path: path.clone(),
             source,
         };
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(io)?;
+        let mut bytes = storage.read(&path).map_err(io)?;
         let corrupt = |offset: usize, reason: String| ScanError::Corrupt {
             path: path.clone(),
             offset: offset as u64,
@@ -527,17 +633,32 @@ pub fn scan(
         let version = version_of(&bytes);
         let start = version.and_then(frames_start);
         let link = match version {
-            Some(SEGMENT_VERSION) => Link::decode(&bytes[MAGIC_VERSION_LEN as usize..], first),
+            Some(v @ (SEGMENT_VERSION | SEGMENT_VERSION_LINKED)) => {
+                Link::decode(&bytes[MAGIC_VERSION_LEN as usize..], first, v)
+            }
             _ => None,
         };
         let unlinked = version == Some(SEGMENT_VERSION_UNLINKED);
-        if last && unborn(&bytes, version, start, link.is_some()) {
+        let marked = version == Some(SEGMENT_VERSION);
+        if link.is_none() && linked_as_another_version(&bytes, version, first) {
+            // Read as its stated version it would be misread (a link taken for frames, or
+            // marks for damage): the version field itself is what is damaged.
+            return Err(corrupt(
+                8,
+                "the segment's format version is damaged (its link is that of another \
+                 version)"
+                    .into(),
+            ));
+        }
+        // The head is written after the segment it names has its link synced: a segment it
+        // names was born, whatever its header looks like now.
+        if last && head != Some(first) && unborn(&bytes, version, start, link.is_some()) {
             // The newest segment, created or switched to, but its header or link never
             // reached the disk whole: a crash came before any record could go into it.
             // Start it again.
             truncated_bytes += bytes.len() as u64;
-            fs::remove_file(&path).map_err(io)?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            storage.remove(&path).map_err(io)?;
+            storage.sync_dir(dir).map_err(io)?;
             continue;
         }
         let Some(start) = start.filter(|s| bytes.len() >= *s as usize) else {
@@ -567,32 +688,49 @@ pub fn scan(
         let mut last_record = None;
         let mut at = start as usize;
         while at < bytes.len() {
-            match Record::decode(&bytes[at..]) {
-                Ok((record, seq, len)) => {
+            let frame = match decode_frame(&bytes[at..]) {
+                Ok((Frame::Mark { .. }, ..)) if !marked => Err(DecodeError::BadPayload(
+                    "a mark in a segment of an older format",
+                )),
+                other => other,
+            };
+            match frame {
+                Ok((frame, seq, len)) => {
                     if seq < next_seq.max(first) {
                         return Err(corrupt(
                             at,
                             format!("sequence {seq} after {}", next_seq.saturating_sub(1)),
                         ));
                     }
-                    if seq >= from_seq {
-                        apply(seq, record).map_err(|reason| corrupt(at, reason))?;
-                        records += 1;
+                    match frame {
+                        Frame::Record(record) => {
+                            if seq >= from_seq {
+                                apply(seq, record).map_err(|reason| corrupt(at, reason))?;
+                                records += 1;
+                            }
+                            let sum = super::record::frame_checksum(&bytes[at..]);
+                            last_record = Some((seq, sum));
+                            next_seq = seq + 1;
+                        }
+                        // The records after a mark carry its number or later ones.
+                        Frame::Mark { .. } => next_seq = seq,
                     }
-                    let sum = super::record::frame_checksum(&bytes[at..]);
-                    last_record = Some((seq, sum));
-                    next_seq = seq + 1;
                     at += len;
                 }
                 Err(e) => {
-                    if last && is_tail(&bytes[at..], next_seq) {
+                    let declared = marked.then(|| declared_past(&bytes, at)).flatten();
+                    let torn = match marked {
+                        true => declared.is_none(),
+                        false => is_tail(&bytes[at..], next_seq),
+                    };
+                    if last && torn {
                         let written = bytes[at..]
                             .iter()
                             .rposition(|&b| b != 0)
                             .map_or(0, |i| i + 1);
                         truncated_bytes += written as u64;
                         unwritten_bytes += (bytes.len() - at - written) as u64;
-                        let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
+                        let f = storage.open(&path, true).map_err(io)?;
                         f.set_len(at as u64).map_err(io)?;
                         f.sync_all().map_err(io)?;
                         bytes.truncate(at);
@@ -600,7 +738,17 @@ pub fn scan(
                     }
                     return Err(corrupt(
                         at,
-                        format!("{e:?}, and good records follow it (or later segments exist)"),
+                        match declared {
+                            Some((mark, synced_to)) => format!(
+                                "{e:?} in bytes the mark at offset {mark} declares synced \
+                                 (the first {synced_to})"
+                            ),
+                            None if last => format!("{e:?}, and good records follow it"),
+                            None => format!(
+                                "{e:?} in a segment before the newest (synced whole before the \
+                                 next began)"
+                            ),
+                        },
                     ));
                 }
             }
@@ -621,6 +769,7 @@ pub fn scan(
             first_seq: first,
             len: bytes.len() as u64,
             last_record,
+            version: version.unwrap_or(SEGMENT_VERSION),
         });
     }
     if let Some(h) = head {
@@ -678,6 +827,19 @@ pub fn scan(
     })
 }
 
+/// Whether a segment whose stated `version` has no good link holds a good link of another
+/// linked version: its version field was damaged.
+fn linked_as_another_version(bytes: &[u8], version: Option<u32>, first: u64) -> bool {
+    let Some(stated) = version else {
+        return false;
+    };
+    let link = bytes.get(MAGIC_VERSION_LEN as usize..SEGMENT_HEADER_LEN as usize);
+    [SEGMENT_VERSION, SEGMENT_VERSION_LINKED]
+        .into_iter()
+        .filter(|&v| v != stated)
+        .any(|v| link.is_some_and(|l| Link::decode(l, first, v).is_some()))
+}
+
 /// Whether a segment's `bytes` (of format `version`, frames from `start`, with a good link
 /// or not) show a segment that was made but never given a record: its header cut short
 /// (but for a good magic, which the short header starts with), or this version's header
@@ -694,7 +856,9 @@ fn unborn(bytes: &[u8], version: Option<u32>, start: Option<u64>, linked: bool) 
     match (version, start) {
         (_, Some(s)) if bytes.len() < s as usize => true,
         (None, _) => bytes.len() < MAGIC_VERSION_LEN as usize,
-        (Some(SEGMENT_VERSION), Some(s)) => !linked && bytes[s as usize..].iter().all(|&b| b == 0),
+        (Some(SEGMENT_VERSION | SEGMENT_VERSION_LINKED), Some(s)) => {
+            !linked && no_frame_after(&bytes[s as usize..])
+        }
         _ => false,
     }
 }
@@ -764,11 +928,37 @@ fn check_link(
     }
 }
 
-/// How far past a damaged record the scan looks for a later good one.
+/// Whether no frame starts anywhere in `bytes` (zeros, or a bit flipped in zeros): what
+/// follows the header of a segment made but never given a record.
+fn no_frame_after(bytes: &[u8]) -> bool {
+    (0..bytes.len()).all(|i| bytes[i] == 0 || decode_frame(&bytes[i..]).is_err())
+}
+
+/// A good durability mark after offset `at` of a segment's `bytes` that declares more than
+/// `at` bytes synced: its offset and what it declares. A mark is never written before what
+/// it declares, so one claiming more is not taken for one.
+fn declared_past(bytes: &[u8], at: usize) -> Option<(usize, u64)> {
+    let mut i = at + 1;
+    while i + MARK_FRAME_LEN <= bytes.len() {
+        // Cheap first: a mark's length field is 9 and its type byte 9.
+        if bytes[i..i + 4] == [9, 0, 0, 0] && bytes[i + FRAME_HEADER_LEN] == 9 {
+            if let Ok((Frame::Mark { synced_to }, ..)) = decode_frame(&bytes[i..]) {
+                if synced_to > at as u64 && synced_to <= i as u64 {
+                    return Some((i, synced_to));
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// How far past a damaged record the scan looks for a later good one (segments of format 1
+/// and 2, which have no marks).
 const TAIL_PROBE_BYTES: usize = 1 << 20;
 
-/// Whether damage at the start of `rest` is a torn final write rather than corruption: it is
-/// when everything from here is zeros, or when no good frame with a later sequence number
+/// Whether damage at the start of `rest` (in a segment of format 1 or 2) is a torn final
+/// write rather than corruption: it is when everything from here is zeros, or when no good frame with a later sequence number
 /// starts anywhere in the next [`TAIL_PROBE_BYTES`] (a torn write leaves nothing after it;
 /// a damaged record in the middle has good records right behind it).
 fn is_tail(rest: &[u8], next_seq: u64) -> bool {

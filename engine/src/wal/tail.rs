@@ -8,12 +8,12 @@
 //! in zeros until records fill it: a zero frame length is where its written part ends for
 //! now, and the tail reads from there again next time.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::record::{DecodeError, Record};
+use super::record::{decode_frame, DecodeError, Frame, Record};
 use super::segment::{frames_start, list, version_of};
+use crate::storage::{SharedStorage, StdStorage, StorageFile};
 
 /// Why a tail cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,9 @@ const READ_STEP_MIN: u64 = 4 << 10;
 struct Open {
     first: u64,
     path: PathBuf,
-    file: File,
+    file: Box<dyn StorageFile>,
+    /// Where the next read starts in the file.
+    at: u64,
     /// A later segment was seen, so this one holds all it ever will.
     finished: bool,
 }
@@ -63,6 +65,8 @@ struct Open {
 /// A reader that follows the log from a position.
 #[derive(Debug)]
 pub struct LogTail {
+    /// Where the log's files are.
+    storage: SharedStorage,
     dir: PathBuf,
     /// Next position wanted.
     next_seq: u64,
@@ -81,7 +85,13 @@ pub struct LogTail {
 impl LogTail {
     /// A tail of the log in `dir` starting at position `from_seq`.
     pub fn new(dir: &Path, from_seq: u64) -> Self {
+        Self::on(std::sync::Arc::new(StdStorage), dir, from_seq)
+    }
+
+    /// A tail of the log in `dir` of `storage` starting at position `from_seq`.
+    pub fn on(storage: SharedStorage, dir: &Path, from_seq: u64) -> Self {
         LogTail {
+            storage,
             dir: dir.to_path_buf(),
             next_seq: from_seq,
             open: None,
@@ -116,16 +126,19 @@ impl LogTail {
             if self.open.is_none() && !self.open_segment()? {
                 return Ok(true);
             }
-            match Record::decode(&self.buf[self.pos..]) {
-                Ok((record, seq, len)) => {
+            match decode_frame(&self.buf[self.pos..]) {
+                Ok((frame, seq, len)) => {
                     reread = false;
                     if seq >= limit {
                         return Ok(true);
                     }
                     self.pos += len;
-                    if seq >= self.next_seq {
-                        self.next_seq = seq + 1;
-                        out.push((seq, record));
+                    // Durability marks are for recovery; a tail skips them.
+                    if let Frame::Record(record) = frame {
+                        if seq >= self.next_seq {
+                            self.next_seq = seq + 1;
+                            out.push((seq, record));
+                        }
                     }
                 }
                 Err(DecodeError::Incomplete) => {
@@ -170,7 +183,7 @@ impl LogTail {
     }
 
     fn segments(&self) -> Result<Vec<(u64, PathBuf)>, TailError> {
-        list(&self.dir).map_err(|source| TailError::Io {
+        list(&*self.storage, &self.dir).map_err(|source| TailError::Io {
             path: self.dir.clone(),
             source,
         })
@@ -201,9 +214,15 @@ impl LogTail {
             path: path.clone(),
             source,
         };
-        let mut file = File::open(&path).map_err(io)?;
+        let file = self.storage.open(&path, false).map_err(io)?;
         let mut header = [0u8; 12];
-        file.read_exact(&mut header).map_err(io)?;
+        let mut got = 0;
+        while got < header.len() {
+            match file.read_at(&mut header[got..], got as u64).map_err(io)? {
+                0 => break,
+                n => got += n,
+            }
+        }
         let start =
             version_of(&header)
                 .and_then(frames_start)
@@ -211,13 +230,13 @@ impl LogTail {
                     path: path.clone(),
                     reason: "not a stile log segment (bad magic or version)".into(),
                 })?;
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
         self.buf.clear();
         self.pos = 0;
         self.open = Some(Open {
             first,
             path,
             file,
+            at: start,
             finished: false,
         });
         Ok(())
@@ -230,14 +249,24 @@ impl LogTail {
         self.buf.drain(..self.pos);
         self.pos = 0;
         let before = self.buf.len();
-        (&mut open.file)
-            .take(self.step)
-            .read_to_end(&mut self.buf)
-            .map_err(|source| TailError::Io {
-                path: open.path.clone(),
-                source,
-            })?;
-        let read = (self.buf.len() - before) as u64;
+        self.buf.resize(before + self.step as usize, 0);
+        let mut got = 0;
+        while got < self.step as usize {
+            let n = open
+                .file
+                .read_at(&mut self.buf[before + got..], open.at)
+                .map_err(|source| TailError::Io {
+                    path: open.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            open.at += n as u64;
+        }
+        self.buf.truncate(before + got);
+        let read = got as u64;
         if read == self.step {
             self.step = (self.step * 2).min(READ_STEP_MAX);
         }
@@ -248,13 +277,8 @@ impl LogTail {
     /// they are read again once the writer has filled them.
     fn unread_rest(&mut self) -> Result<(), TailError> {
         let open = self.open.as_mut().expect("a segment is open");
-        let back = (self.buf.len() - self.pos) as i64;
-        open.file
-            .seek(SeekFrom::Current(-back))
-            .map_err(|source| TailError::Io {
-                path: open.path.clone(),
-                source,
-            })?;
+        let back = (self.buf.len() - self.pos) as u64;
+        open.at -= back;
         self.buf.truncate(self.pos);
         self.step = READ_STEP_MIN;
         Ok(())
@@ -297,6 +321,8 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::storage::StdStorage;
     use crate::wal::tests::state;
     use crate::wal::{SyncMode, Wal};
 
@@ -332,7 +358,7 @@ mod tests {
             assert_eq!(*record, state(i as u32));
         }
         assert!(
-            list(dir.path()).unwrap().len() > 2,
+            list(&StdStorage, dir.path()).unwrap().len() > 2,
             "the backlog spans segments"
         );
         wal.close();
@@ -406,7 +432,7 @@ mod tests {
                 assert_eq!((*seq, record), (i as u64, &state(i as u32)));
             }
         });
-        let segments = list(dir.path()).unwrap();
+        let segments = list(&StdStorage, dir.path()).unwrap();
         assert!(segments.len() > 4, "the writer rolled: {}", segments.len());
         wal.close();
     }
