@@ -374,15 +374,18 @@ impl Wal {
         let append = tail
             .as_ref()
             .is_some_and(|t| t.len < segment_max_bytes && t.version == segment::SEGMENT_VERSION);
-        // What the segment appended to holds may have outlived a crash in the page cache
-        // only (a process killed before its sync): synced now, before a mark declares it.
+        // What the last segment holds may have outlived a crash in the page cache only (a
+        // process killed before its sync): synced now, before a mark declares it or the
+        // next segment's link names its length (a power cut would otherwise leave it
+        // shorter than the link says, and the log would refuse to open; found by the
+        // simulation).
         let last = match &tail {
-            Some(t) if append => {
-                let f = st.open(&t.path, true)?;
+            Some(t) => {
+                let f = st.open(&t.path, append)?;
                 f.sync_data()?;
                 Some(f)
             }
-            _ => None,
+            None => None,
         };
         let (file, file_len, segment) = match (tail, last) {
             (Some(t), Some(f)) if append => (f, t.len, t),
