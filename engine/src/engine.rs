@@ -286,12 +286,16 @@ impl Engine {
         let accept_clock_behind_log = config.accept_clock_behind_log;
         let mut engine = Self::in_memory(config, clock, keys)?;
         let wal_dir = dir.join(datadir::WAL_DIR);
-        let (from_seq, _) =
+        let (from_seq, snapshots_end) =
             crate::snapshot::load_newest(&*storage, &engine.tables, dir)?;
         let end = crate::recovery::replay(&*storage, &engine.tables, &wal_dir, from_seq)?;
         engine.start_clock(accept_clock_behind_log)?;
         let tail = end.tail.clone();
-        let next_seq = end.next_seq;
+        // Numbers go on past every snapshot's start, even one skipped as damaged: were they
+        // handed out again below it, that snapshot, read whole at a later start (a
+        // transient error, a repaired file), would stand in for records it never held
+        // (found by the simulation).
+        let next_seq = end.next_seq.max(snapshots_end);
         let wal = Wal::start_on(storage, &wal_dir, next_seq, tail, options).map_err(|source| {
             OpenError::DataDir {
                 path: wal_dir.clone(),
