@@ -16,6 +16,8 @@ mod ops;
 pub mod policy;
 mod recovery;
 pub mod scans;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod snapshot;
 pub mod storage;
 mod tables;

@@ -41,6 +41,20 @@ pub(crate) fn replay(
     .map_err(OpenError::from)
 }
 
+/// Applies `records` in order to `tables`, as replay does: the simulation's reference for
+/// what a recovered state must be.
+#[cfg(any(test, feature = "sim"))]
+pub(crate) fn apply_all(
+    tables: &Tables,
+    records: impl IntoIterator<Item = Record>,
+) -> Result<(), String> {
+    let mut annulled = Annulled::new();
+    for record in records {
+        apply(tables, &mut annulled, record)?;
+    }
+    Ok(())
+}
+
 /// Whether `new` is a later version of the ticket than `old` (versions wrap at 256).
 fn newer(new: u64, old: u64) -> bool {
     let (n, o) = (Word::unpack(new).version, Word::unpack(old).version);

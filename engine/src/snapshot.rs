@@ -841,7 +841,7 @@ fn parse_header(header: &[u8], payload_len: u64) -> Result<(u32, u64, u64), Stri
 /// after: for 75 M tickets that was 1.3 GB more, allocated and freed at every start).
 fn read(storage: &dyn Storage, path: &Path) -> Result<ReadSnapshot, String> {
     let f = storage.open(path, false).map_err(|e| e.to_string())?;
-    let size = f.len().map_err(|e| e.to_string())?;
+    let size = f.size().map_err(|e| e.to_string())?;
     let mut header = [0u8; HEADER_LEN];
     if size < HEADER_LEN as u64 || !read_exact_at(&*f, &mut header, 0)? {
         return Err("not a stile snapshot".into());

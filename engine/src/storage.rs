@@ -38,7 +38,7 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Reads into `buf` from `offset`; the bytes read (0 at the end of the file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Cuts or extends the file to `len` bytes (zeros past the old end).
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// `fdatasync`: the data written, and the length if it changed, survive a power cut.
@@ -83,7 +83,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Reads the whole file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let f = self.open(path, false)?;
-        let len = f.len()?;
+        let len = f.size()?;
         let mut buf = vec![0u8; len as usize];
         let mut at = 0;
         while at < buf.len() {
@@ -125,7 +125,7 @@ impl StorageFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         FileExt::read_at(&self.0, buf, offset)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -264,7 +264,7 @@ const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 /// maxima of 175 to 518 ms, against 123 and 196 ms in these steps.
 pub fn remove_in_steps(storage: &dyn Storage, path: &Path) -> io::Result<()> {
     let f = storage.open(path, true)?;
-    let mut len = f.len()?;
+    let mut len = f.size()?;
     while len > REMOVE_STEP {
         len -= REMOVE_STEP;
         f.set_len(len)?;

@@ -6,6 +6,11 @@
 //! runs `cargo test --release --workspace` with `STILE_SKIP_MISSING_TOOLS` unset, so that a
 //! test whose tool is missing fails instead of skipping.
 //!
+//! `cargo xtask sim --seeds N [--from S] [--jobs J]`: the deterministic simulation of the
+//! engine on a simulated disk (`stile_engine::sim`), seeds `S..S+N`, in release mode. A
+//! failing seed prints itself and the command that runs it alone; `STILE_SIM_TRACE=1`
+//! prints its steps. (`cargo xtask test` runs 300 seeds as an ordinary test.)
+//!
 //! Depends on nothing but std, so that it builds in seconds before anything else.
 
 use std::env;
@@ -62,15 +67,40 @@ fn main() {
     let args: Vec<OsString> = env::args_os().skip(1).collect();
     match args.first().and_then(|a| a.to_str()) {
         Some("test") => test(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [ARGS…]\n\n  test   install what the tests need (Debian, \
-                 Ubuntu) and run every test;\n         ARGS go to `cargo test --release \
-                 --workspace` (a filter, `-- --nocapture`, …)"
+                "usage: cargo xtask test [ARGS…]\n       cargo xtask sim --seeds N [--from S] \
+                 [--jobs J]\n\n  test   install what the tests need (Debian, Ubuntu) and run \
+                 every test;\n         ARGS go to `cargo test --release --workspace` (a filter, \
+                 `-- --nocapture`, …)\n  sim    run the deterministic simulation for seeds \
+                 S..S+N (S: 0; J: the cores)"
             );
             exit(1);
         }
     }
+}
+
+/// Runs the simulation's example in release mode with the `sim` feature; its exit status.
+fn sim(args: &[OsString]) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "stile-engine",
+            "--features",
+            "sim",
+            "--example",
+            "sim",
+            "--",
+        ])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| fail(&format!("could not run cargo: {e}")));
+    exit(status.code().unwrap_or(1));
 }
 
 fn test(extra: &[OsString]) {

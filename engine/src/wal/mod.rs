@@ -126,6 +126,9 @@ struct Queue {
     sync_wanted: bool,
 }
 
+/// A submission as a simulation sees it: its first number and its frames.
+type Submitted = (u64, Vec<u8>);
+
 /// A writer stepped by hand (see the module's doc); `None` once the log is closed.
 type ManualWriter = Mutex<Option<Writer>>;
 
@@ -167,7 +170,7 @@ struct Shared {
     manual: Option<Weak<ManualWriter>>,
     /// Every submission, in the order submitted, for a simulation's record of what was
     /// asked of the log (only a log stepped by hand keeps them).
-    submitted: Option<Mutex<Vec<(u64, Vec<u8>)>>>,
+    submitted: Option<Mutex<Vec<Submitted>>>,
 }
 
 /// Who runs the writer.
@@ -212,6 +215,7 @@ pub(crate) struct StartOptions {
 /// What the newest segment's durability marks declare: a bit flipped below `synced` (by
 /// marks that are themselves synced) or below `written` (by marks written, which only a
 /// process crash keeps) is refused as corruption at the next start.
+#[cfg(any(test, feature = "sim"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Declared {
     /// The segment records go into.
@@ -675,6 +679,7 @@ impl Wal {
         }
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// Runs `f` on the writer of a log stepped by hand; `None` for a threaded or closed log.
     fn with_manual<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> Option<T> {
         match &self.driver {
@@ -683,6 +688,7 @@ impl Wal {
         }
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// A log stepped by hand: takes what was submitted and writes the contiguous run of it
     /// (moving to the next segment when one is full), without syncing. Whether anything was
     /// written.
@@ -691,6 +697,7 @@ impl Wal {
             .unwrap_or(false)
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// A log stepped by hand: syncs what is written and not yet synced, and wakes those it
     /// made durable. Whether it synced.
     pub(crate) fn step_sync(&self) -> bool {
@@ -698,6 +705,7 @@ impl Wal {
             .unwrap_or(false)
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// A log stepped by hand: one step of preparing the next spare segment, if one is
     /// wanted. Whether it did anything.
     pub(crate) fn step_spares(&self) -> bool {
@@ -705,6 +713,7 @@ impl Wal {
             .unwrap_or(false)
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// A log stepped by hand: its newest segment and what marks in it declare synced (see
     /// [`Declared`]).
     pub(crate) fn declared(&self) -> Option<Declared> {
@@ -716,9 +725,10 @@ impl Wal {
         })
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// A log stepped by hand: the submissions made since the last call, in the order they
     /// were submitted (first number, frames).
-    pub(crate) fn take_submitted(&self) -> Vec<(u64, Vec<u8>)> {
+    pub(crate) fn take_submitted(&self) -> Vec<Submitted> {
         self.shared
             .submitted
             .as_ref()
@@ -1470,6 +1480,7 @@ impl Spares {
         Some(spare)
     }
 
+    #[cfg(any(test, feature = "sim"))]
     /// Stepped by hand: one step of making the next spare, if one is wanted (begin it, write
     /// a step of zeros, or finish and rename it). Whether it did anything. A failure removes
     /// the spare in the making; the next step begins another.

@@ -370,6 +370,9 @@ pub fn is_spare_name(name: &str) -> bool {
     name.starts_with(SPARE_PREFIX) && name.ends_with(".tmp")
 }
 
+/// A whole spare kept for the runway: its number, path and open file.
+pub type KeptSpare = (u64, PathBuf, Box<dyn StorageFile>);
+
 /// The whole spares a previous run of the log left in `dir` that are fit to use: at most
 /// `keep` of them, lowest numbers first, each `len` bytes long and starting with a segment
 /// header, opened for writing. Every other prepared segment there is removed: one a crash
@@ -380,7 +383,7 @@ pub fn keep_spares(
     dir: &Path,
     len: u64,
     keep: usize,
-) -> io::Result<Vec<(u64, PathBuf, Box<dyn StorageFile>)>> {
+) -> io::Result<Vec<KeptSpare>> {
     let mut whole = Vec::new();
     for name in storage.list(dir)? {
         if !is_spare_name(&name) {
@@ -414,7 +417,7 @@ const SPARE_CHECKED: u64 = 4096;
 /// put there by other hands, which is never taken for a log's runway.
 fn is_whole_spare(storage: &dyn Storage, path: &Path, len: u64) -> io::Result<bool> {
     let f = storage.open(path, false)?;
-    if f.len()? != len || len < SEGMENT_HEADER_LEN + SPARE_CHECKED {
+    if f.size()? != len || len < SEGMENT_HEADER_LEN + SPARE_CHECKED {
         return Ok(false);
     }
     let mut head = vec![0u8; (SEGMENT_HEADER_LEN + SPARE_CHECKED) as usize];
