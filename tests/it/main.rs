@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod durability;
 mod engine_ops;
+mod faults;
 mod forged;
 mod gateway;
 mod history;
