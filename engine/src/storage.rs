@@ -154,6 +154,12 @@ impl Storage for StdStorage {
         let f = fs::OpenOptions::new().read(true).write(write).open(path)?;
         Ok(Box::new(StdFile(f)))
     }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        // Into a buffer of the file's size, not zeroed first: recovery reads every segment
+        // whole, and zeroing 580 MB of them first showed in the `durable` bench's recovery
+        // (0.87 and 0.89 s against 0.85 and 0.85 s, 10 M records).
+        fs::read(path)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
