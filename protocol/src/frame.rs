@@ -570,6 +570,27 @@ pub mod error_code {
     /// The gate spent its budget of forged and unknown codes: nothing is looked up for it
     /// until its cooldown ends (the error form of the `rate_limited` outcome).
     pub const RATE_LIMITED: u16 = 8;
+    /// The node's disk is full: it makes no change it cannot log, until the operator frees
+    /// space; nothing changed, so the same request succeeds then (the error form of the
+    /// `disk_full` outcome).
+    pub const DISK_FULL: u16 = 9;
+
+    /// The snake_case name of error code `code` (`disk_full`), or `error` for one this side
+    /// does not know.
+    pub const fn name(code: u16) -> &'static str {
+        match code {
+            FORBIDDEN => "forbidden",
+            BAD_REQUEST => "bad_request",
+            NOT_FOUND => "not_found",
+            FORGED => "forged",
+            CONFLICT => "conflict",
+            UNAVAILABLE => "unavailable",
+            TRIMMED => "trimmed",
+            RATE_LIMITED => "rate_limited",
+            DISK_FULL => "disk_full",
+            _ => "error",
+        }
+    }
 }
 
 /// A request, as a gate, the gateway or the CLI sends it.

@@ -18,8 +18,11 @@
 //!
 //! **Failure.** A failed write or `fdatasync` aborts the process: after a failed fsync the
 //! kernel may have dropped the dirty pages, so retrying could report lost data as durable.
+//! A full disk is found before: once its prepared segments run out and no new one can be
+//! made, changes are refused before they are made (`room.rs`).
 
 pub mod record;
+mod room;
 pub mod segment;
 pub mod tail;
 mod waiters;
@@ -35,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
 pub use record::Record;
+use room::{tighten_if_nearly_full, Room};
+pub use room::{Claim, LogFull, RECORD_CLAIM_BYTES};
 use waiters::{Until, Waiters};
 
 /// Most bytes waiting for the writer before submitters are made to wait.
@@ -100,6 +105,8 @@ struct Submission {
     bytes: Vec<u8>,
     /// The last record's sequence number and checksum (for the next segment's link).
     last: Option<(u64, u64)>,
+    /// Room claimed for the records, given back once they are written (`room.rs`).
+    claim: u64,
 }
 
 /// Submissions waiting for the writer.
@@ -149,6 +156,8 @@ struct Shared {
     sync_us: AtomicHistogram,
     /// Records each `fdatasync` made durable (statistics: the group-commit batch size).
     sync_records: AtomicHistogram,
+    /// Room in the prepared segments, and whether changes must claim it (`room.rs`).
+    space: Arc<Room>,
 }
 
 /// The write-ahead log of one data dir.
@@ -202,6 +211,11 @@ struct Writer {
     last_sync: Instant,
     /// Records written since the last fsync.
     unsynced_records: u64,
+    /// Room claimed by the submissions of the write under way, given back once written.
+    claims_written: u64,
+    /// Bytes files grew past their prepared zeros since the filesystem's room was last
+    /// looked at ([`Writer::look_at_room`]).
+    grown_unlooked: u64,
 }
 
 /// Statistics of the log.
@@ -262,10 +276,19 @@ impl Wal {
             .map(|(n, ..)| n.saturating_add(1))
             .max()
             .unwrap_or(0);
-        let ready = match runway {
+        let ready: VecDeque<_> = match runway {
             0 => Default::default(),
             _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
         };
+        // A log that prepares segments starts tight on a nearly full filesystem: the spares
+        // it keeps are all the room it can count on (`room.rs`).
+        let space = Arc::new(Room::new(
+            dir,
+            ready.len() as u64,
+            segment_max_bytes - segment::SEGMENT_HEADER_LEN,
+        ));
+        let tight = mode != SyncMode::None
+            && tighten_if_nearly_full(&space, dir, spare_len(segment_max_bytes));
         // A version 1 segment (no link) is appended to as before; the next segment links
         // to it.
         let (file, file_len, segment) = match tail {
@@ -304,6 +327,7 @@ impl Wal {
             records: AtomicU64::new(0),
             sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
             sync_records: AtomicHistogram::new(BATCH_EDGES),
+            space,
         });
         let mut spares = (mode != SyncMode::None).then(|| {
             Spares::new(
@@ -315,7 +339,7 @@ impl Wal {
                 shared.clone(),
             )
         });
-        if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
+        if let Some(s) = spares.as_mut().filter(|_| runway > 0 || tight) {
             s.want();
         }
         let mut writer = Writer {
@@ -335,6 +359,8 @@ impl Wal {
             next: next_seq,
             last_sync: Instant::now(),
             unsynced_records: 0,
+            claims_written: 0,
+            grown_unlooked: 0,
         };
         let handle = std::thread::Builder::new()
             .name("stile-wal".into())
@@ -373,6 +399,7 @@ impl Wal {
             used: 0,
             bytes: Vec::new(),
             last: None,
+            claim: 0,
         }
     }
 
@@ -487,6 +514,8 @@ pub struct Reservation<'w> {
     bytes: Vec<u8>,
     /// The last one's sequence number and checksum.
     last: Option<(u64, u64)>,
+    /// Room claimed for the records (`room.rs`).
+    claim: u64,
 }
 
 impl Reservation<'_> {
@@ -516,6 +545,7 @@ impl Reservation<'_> {
     fn submit_inner(&mut self) -> Durability {
         let bytes = std::mem::take(&mut self.bytes);
         let count = std::mem::take(&mut self.count);
+        let claim = std::mem::take(&mut self.claim);
         if count > 0 {
             self.wal.submit(Submission {
                 first: self.first,
@@ -523,6 +553,7 @@ impl Reservation<'_> {
                 records: self.used,
                 bytes,
                 last: self.last,
+                claim,
             });
         }
         let shared = &self.wal.shared;
@@ -707,6 +738,7 @@ impl Writer {
             }
         }
         self.append(&buf);
+        self.release_written_claims();
         // A burst's vectors are not kept for ever.
         if subs.capacity() <= KEEP_SUBS_MAX {
             self.spare_subs = subs;
@@ -742,6 +774,7 @@ impl Writer {
         if sub.last.is_some() {
             self.segment_last_record = sub.last;
         }
+        self.claims_written += sub.claim;
         buf.extend_from_slice(&sub.bytes);
         *records += sub.records;
         self.next = sub.first + sub.count;
@@ -751,6 +784,7 @@ impl Writer {
         if buf.is_empty() {
             return;
         }
+        self.count_write(buf.len() as u64);
         if let Err(e) = self.file.write_all_at(buf, self.file_len) {
             fatal("writing the log", &self.dir, &e);
         }
@@ -812,6 +846,7 @@ impl Writer {
         if let Err(e) = segment::write_head(&self.dir, self.next) {
             fatal("recording the log's newest segment in", &self.dir, &e);
         }
+        self.look_at_room();
     }
 
     /// Drops the zeros after the last record, so a closed segment ends where its records do.
@@ -820,6 +855,7 @@ impl Writer {
         if self.file_zeroed <= self.file_len {
             return false;
         }
+        self.count_cut();
         if let Err(e) = self.file.set_len(self.file_len) {
             fatal("truncating the log segment in", &self.dir, &e);
         }
@@ -871,12 +907,16 @@ const QUIET_RECORDS: u64 = 8;
 /// While the log is busy, spares are written (slowly) only when fewer than this many are
 /// ready: a burst shorter than the runway has no zeros written beside it at all.
 const RUNWAY_LOW: usize = 2;
-/// A spare is begun only while the filesystem would keep this many more segments free
-/// beside it, so that the runway never takes the room the log itself needs.
+/// The whole runway is kept only while the filesystem would keep this many more segments
+/// free beside the next spare, so that it never takes the room the log and snapshots need;
+/// with less, the log is tight and one spare at a time is kept (`room.rs`).
 const FREE_SEGMENTS_KEPT: u64 = 4;
-/// How long the preparing thread waits after a failure (or too little free space) before
-/// trying again.
+/// How long the preparing thread waits after a failure before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long it waits while the filesystem has no room for a spare, before looking again: a
+/// log that refuses changes for lack of room takes them again within this of space coming
+/// back.
+const RETRY_FULL_AFTER: Duration = Duration::from_secs(1);
 
 /// What the writer and the preparing thread share.
 #[derive(Default)]
@@ -894,6 +934,8 @@ struct SpareQueue {
 struct SpareSlot {
     queue: Mutex<SpareQueue>,
     changed: Condvar,
+    /// The log's room, which each spare made adds to (`room.rs`).
+    space: Arc<Room>,
 }
 
 impl SpareSlot {
@@ -912,7 +954,8 @@ struct Spares {
     len: u64,
     /// Prepared segments to keep ready (at least one).
     runway: usize,
-    /// No runway: one spare at a time, asked for anew for each segment.
+    /// No runway: one spare at a time, asked for anew for each segment (and kept while the
+    /// log is tight).
     lazy: bool,
     /// Whether this writer has asked since it last took a spare (saves the lock).
     asked: bool,
@@ -940,6 +983,7 @@ impl Spares {
                     ..SpareQueue::default()
                 }),
                 changed: Condvar::new(),
+                space: shared.space.clone(),
             }),
             thread: None,
             dir: dir.to_path_buf(),
@@ -1049,10 +1093,14 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// The preparing thread: keeps `runway` spares ready while the writer wants them, until the
 /// log closes. While the log is quiet it writes at the disk's speed; while it is busy
 /// (more than [`QUIET_RECORDS`] records between two looks) it waits, or, with fewer than
-/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. It begins a
-/// spare only with room for [`FREE_SEGMENTS_KEPT`] more segments beside it, and after a
-/// failure tries again [`RETRY_AFTER`] later. Spares are numbered from `first`; one
-/// finished as the log closes is kept if `keep`, else removed.
+/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. With room for
+/// [`FREE_SEGMENTS_KEPT`] more segments beside a spare it keeps the whole runway; with less,
+/// the log turns tight (`room.rs`) and it keeps one spare, as long as one fits; with no
+/// room for one, or when the filesystem says it is full, it looks again every
+/// [`RETRY_FULL_AFTER`]. After another failure it tries again [`RETRY_AFTER`] later. A
+/// tight log is kept a spare even without a runway, so that it never waits for one. Spares
+/// are numbered from `first`; one finished as the log closes is kept if `keep`, else
+/// removed.
 fn prepare_spares(
     slot: &SpareSlot,
     dir: &Path,
@@ -1062,6 +1110,7 @@ fn prepare_spares(
     keep: bool,
     log_records: impl Fn() -> u64,
 ) {
+    let room = &*slot.space;
     let closing = || slot.lock().closing;
     // Waits `d` unless the log closes meanwhile; whether it is closing.
     let wait_closing = |d: Duration| {
@@ -1074,11 +1123,14 @@ fn prepare_spares(
     };
     let mut seen = log_records();
     let mut made = first;
-    let mut short_of_room = false;
+    // Spares to keep ready: the runway, or one on a nearly full filesystem.
+    let mut target = runway;
+    // Whether the last attempt found no room (said once, until a spare is made).
+    let mut out_of_room = false;
     loop {
         {
             let mut q = slot.lock();
-            while !q.closing && (!q.wanted || q.ready.len() >= runway) {
+            while !q.closing && (!(q.wanted || room.is_tight()) || q.ready.len() >= target) {
                 q = slot.changed.wait(q).expect("spare queue poisoned");
             }
             if q.closing {
@@ -1101,34 +1153,67 @@ fn prepare_spares(
                 return;
             }
         };
+        // Before any pause: a log on a filling disk turns tight at once.
+        let roomy = !tighten_if_nearly_full(room, dir, len);
+        target = if roomy { runway } else { 1 };
         pace();
-        if free_bytes(dir).is_some_and(|free| free < len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
-            if !short_of_room {
+        let free = free_bytes(dir);
+        if free.is_some_and(|f| f < len) {
+            if !out_of_room {
                 tracing::warn!(
-                    "not preparing log segments in {}: the filesystem is nearly full",
-                    dir.display()
+                    path = %dir.display(),
+                    free_bytes = free.unwrap_or(0),
+                    "no room for another log segment: {} bytes of prepared log left; looking \
+                     again every {} s",
+                    room.credit(),
+                    RETRY_FULL_AFTER.as_secs()
                 );
-                short_of_room = true;
+                out_of_room = true;
             }
-            if wait_closing(RETRY_AFTER) {
+            if wait_closing(RETRY_FULL_AFTER) {
                 return;
             }
             continue;
         }
-        short_of_room = false;
+        if slot.lock().ready.len() >= target {
+            continue;
+        }
         let path = segment::spare_path_numbered(dir, made);
         let ready = segment::ready_spare_path(dir, made);
         made += 1;
         let prepared = segment::prepare_spare(&path, &ready, len, closing, &mut pace);
         let mut q = slot.lock();
         match prepared {
-            Ok(Some(f)) if !q.closing => q.ready.push_back((ready, f)),
+            Ok(Some(f)) if !q.closing => {
+                q.ready.push_back((ready, f));
+                drop(q);
+                out_of_room = false;
+                room.spare_made(roomy);
+            }
             Ok(whole) => {
                 drop(q);
                 if whole.is_some() && !keep {
                     let _ = std::fs::remove_file(&ready);
                 }
                 return;
+            }
+            Err(e) if room::out_of_space(&e) => {
+                drop(q);
+                let _ = std::fs::remove_file(&path);
+                if room.tighten() || !out_of_room {
+                    tracing::warn!(
+                        path = %dir.display(),
+                        error = %e,
+                        "no room for another log segment: {} bytes of prepared log left, and \
+                         changes will be refused once they are used; trying again every {} s",
+                        room.credit(),
+                        RETRY_FULL_AFTER.as_secs()
+                    );
+                }
+                out_of_room = true;
+                if wait_closing(RETRY_FULL_AFTER) {
+                    return;
+                }
             }
             Err(e) => {
                 drop(q);

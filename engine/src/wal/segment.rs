@@ -219,13 +219,25 @@ pub fn version_of(header: &[u8]) -> Option<u32> {
 /// deleted newest segment (which no later link names) is found too.
 pub const HEAD_FILE: &str = "head";
 
-/// Records `first_seq` as the newest segment of the log in `dir`, durably.
+/// Records `first_seq` as the newest segment of the log in `dir`, durably. On a filesystem
+/// with no room for the new copy (a segment switch on a full disk), the 16 bytes are
+/// written over the old ones in place, as a segment's link is.
 pub fn write_head(dir: &Path, first_seq: u64) -> io::Result<()> {
     let mut bytes = first_seq.to_le_bytes().to_vec();
     bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&first_seq.to_le_bytes()).to_le_bytes());
     let tmp = dir.join("head.tmp");
-    crate::datadir::write_private_synced(&tmp, &[&bytes])?;
-    crate::datadir::rename_synced(&tmp, &dir.join(HEAD_FILE))
+    let head = dir.join(HEAD_FILE);
+    match crate::datadir::write_private_synced(&tmp, &[&bytes]) {
+        Ok(()) => crate::datadir::rename_synced(&tmp, &head),
+        Err(e) if super::room::out_of_space(&e) && head.exists() => {
+            let _ = fs::remove_file(&tmp);
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new().write(true).open(&head)?;
+            f.write_all_at(&bytes, 0)?;
+            f.sync_data()
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest segment `dir`'s head names (`None`: no head: a log written before heads, or
