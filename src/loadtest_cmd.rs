@@ -21,9 +21,15 @@ of a 1 s probe run first (twice as many). Against a node they go into --partitio
 summary says how many and prints the `stile purge --partition 65535 --node ADDR` that removes \
 them.
 
+Faults: with --spawn-node the tester starts `stile node` itself (data in DATA/node, its output \
+in DATA/node.log) and --kill-every / --pause-every strike it once the tickets are minted; gates \
+then reconnect and resend what is unanswered with the same scan ids, and the report counts \
+faults, reconnects and indeterminate scans. Check the promise with --check-history.
+
 Exit status: 0 the runs held; 1 requests went unanswered, gates lost their connection or a \
-target failed; 2 a ticket was admitted twice or a forged code admitted (and, from clap, bad \
-arguments); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
+target failed; 2 a ticket was admitted twice, a forged code admitted or the history holds a \
+violation (and, from clap, bad arguments); 3 the history check was undecided; 130 interrupted \
+(Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
 pub struct LoadtestArgs {
     /// stadium, rail, replay, forged or mixed.
     #[arg(long, value_enum)]
@@ -106,13 +112,52 @@ pub struct LoadtestArgs {
     /// appendfsync always, in a temporary directory; stop it afterwards.
     #[arg(long)]
     spawn_redis: bool,
+    /// Record every attempt of every scan as JSON lines (docs/FORMAT.md §12), for `stile
+    /// history check`.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// Check the runs' history at the end against one atomic ticket per ticket (into
+    /// --history FILE, or a file in the data dir kept only if the check fails).
+    #[arg(long)]
+    check_history: bool,
+    /// Start the node to test: `stile node` on DATA/node with dev certificates in DATA/tls
+    /// (made if none), on a free loopback port; node options after `--`. Stopped at the end.
+    #[arg(long, conflicts_with_all = ["target", "compare", "spawn_redis"])]
+    spawn_node: bool,
+    /// SIGKILL the spawned node each time it has run this long, and start it again on the
+    /// same data; gates reconnect and resend what is unanswered.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, requires = "spawn_node")]
+    kill_every: Option<Duration>,
+    /// SIGSTOP the spawned node each time it has run this long (SIGCONT after --pause-for).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, requires_all = ["spawn_node", "pause_for"])]
+    pause_every: Option<Duration>,
+    /// How long each pause lasts.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, requires = "pause_every")]
+    pause_for: Option<Duration>,
+    /// Options of the spawned node (`stile node`), after `--`.
+    #[arg(last = true, value_name = "NODE ARGS", requires = "spawn_node")]
+    node_args: Vec<String>,
+}
+
+/// What every run of one command shares: the history file and the node it started.
+#[derive(Default)]
+struct Shared {
+    history: Option<std::sync::Arc<stile_loadtest::history::HistoryLog>>,
+    /// The file is only for `--check-history` (no `--history`): removed if it holds.
+    history_is_scratch: bool,
+    node: Option<std::sync::Arc<stile_loadtest::spawn::NodeProcess>>,
 }
 
 /// Runs `stile loadtest`; exits 2 if a ticket was admitted twice or a forged code admitted.
 pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
     let scenario = args.scenario;
-    let targets = if args.compare.is_empty() {
+    // Before a node is started for nothing.
+    faults_of(&args).validate(args.inflight)?;
+    let shared = open_shared(&args)?;
+    let targets = if let Some(node) = &shared.node {
+        vec![format!("quic://{}", node.addr())]
+    } else if args.compare.is_empty() {
         vec![args.target.clone()]
     } else {
         args.compare.clone()
@@ -126,7 +171,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     // Every target is checked before the first runs: a --compare must not fail at its last
     // target after minutes of the others.
     for target in &targets {
-        let config = config_for(&args, target, &stop);
+        let config = config_for(&args, target, &stop, &shared);
         config
             .validate()
             .and_then(|()| stile_loadtest::Target::precheck(&config))
@@ -139,13 +184,14 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         runs,
         skipped,
         mut failed,
-    } = run_rounds(&args, &targets, &runtime, &stop)?;
+    } = run_rounds(&args, &targets, &runtime, &stop, &shared)?;
     if runs.is_empty() {
         eprintln!("stile loadtest: nothing was measured; no report written");
         return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
     }
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
     let ratios = Ratio::of(&runs);
+    let history = check_history(&args, &shared)?;
     let report = Report {
         version: env!("CARGO_PKG_VERSION").into(),
         command: stile_loadtest::report::shell_words(&command_line()),
@@ -156,9 +202,15 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         ratio_medians: RatioMedian::of(&ratios),
         ratios,
         runs,
+        history,
     };
     write_outputs(&args, &report)?;
     let bad = verdict(&report, &mut failed);
+    match report.history.as_ref().map(|h| h.verdict.as_str()) {
+        Some("violation") => return Ok(ExitCode::from(2)),
+        Some("undecided") if !bad => return Ok(ExitCode::from(3)),
+        _ => {}
+    }
     if bad {
         return Ok(ExitCode::from(2));
     }
@@ -169,6 +221,87 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the history file and starts the node, as the options ask.
+fn open_shared(args: &LoadtestArgs) -> anyhow::Result<Shared> {
+    let mut shared = Shared::default();
+    // The node first: a node that does not start leaves no history file behind.
+    if args.spawn_node {
+        let spec = stile_loadtest::spawn::SpawnNode {
+            program: std::env::current_exe().context("finding this program to start a node")?,
+            data: args.data.clone(),
+            args: args.node_args.clone(),
+        };
+        let node = stile_loadtest::spawn::NodeProcess::start(spec)
+            .map_err(|e| anyhow::anyhow!("--spawn-node: {e}"))?;
+        if !args.quiet {
+            eprintln!(
+                "stile loadtest: started a node on quic://{} (data {}, log {})",
+                node.addr(),
+                args.data.join("node").display(),
+                node.log_path().display()
+            );
+        }
+        shared.node = Some(std::sync::Arc::new(node));
+    }
+    let history = match (&args.history, args.check_history) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => {
+            std::fs::create_dir_all(&args.data)
+                .with_context(|| format!("making {}", args.data.display()))?;
+            shared.history_is_scratch = true;
+            Some(
+                args.data
+                    .join(format!("loadtest-history-{}.jsonl", std::process::id())),
+            )
+        }
+        (None, false) => None,
+    };
+    if let Some(path) = history {
+        let log = stile_loadtest::history::HistoryLog::create(&path)
+            .with_context(|| format!("cannot write the history {}", path.display()))?;
+        shared.history = Some(log);
+    }
+    Ok(shared)
+}
+
+/// With `--check-history`: the runs' history, checked (a scratch file is removed if it
+/// holds, and kept for a look if not).
+fn check_history(
+    args: &LoadtestArgs,
+    shared: &Shared,
+) -> anyhow::Result<Option<stile_loadtest::report::HistoryCheck>> {
+    let Some(log) = &shared.history else {
+        return Ok(None);
+    };
+    let path = log.path().to_path_buf();
+    log.finish()
+        .with_context(|| format!("writing the history {}", path.display()))?;
+    if !args.check_history {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("cannot open the history {}", path.display()))?;
+    let history = stile_history::parse(std::io::BufReader::new(file))
+        .with_context(|| format!("history {}", path.display()))?;
+    let checked = stile_history::check(&history, &stile_history::Options::default());
+    let verdict = match checked.verdict {
+        stile_history::Verdict::Consistent => "consistent",
+        stile_history::Verdict::Violation { .. } => "violation",
+        stile_history::Verdict::Undecided { .. } => "undecided",
+    };
+    if shared.history_is_scratch && verdict == "consistent" {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(Some(stile_loadtest::report::HistoryCheck {
+        file: path.display().to_string(),
+        verdict: verdict.to_string(),
+        operations: checked.ops as u64,
+        tickets: checked.tickets as u64,
+        indeterminate: checked.indeterminate as u64,
+        summary: checked.to_string(),
+    }))
 }
 
 /// Options that do not fit together, or fit no target given: said before anything runs.
@@ -239,7 +372,12 @@ fn install_stop(runtime: &tokio::runtime::Runtime) -> anyhow::Result<stile_loadt
 }
 
 /// The run's configuration against `target`.
-fn config_for(args: &LoadtestArgs, target: &str, stop: &stile_loadtest::Stop) -> Config {
+fn config_for(
+    args: &LoadtestArgs,
+    target: &str,
+    stop: &stile_loadtest::Stop,
+    shared: &Shared,
+) -> Config {
     Config {
         scenario: args.scenario,
         target: target.to_owned(),
@@ -270,6 +408,18 @@ fn config_for(args: &LoadtestArgs, target: &str, stop: &stile_loadtest::Stop) ->
         spawn_redis: args.spawn_redis && target.starts_with("redis://"),
         progress: !args.quiet,
         stop: stop.clone(),
+        history: shared.history.clone(),
+        node: shared.node.clone(),
+        faults: faults_of(args),
+    }
+}
+
+/// The faults the options ask for.
+fn faults_of(args: &LoadtestArgs) -> stile_loadtest::Faults {
+    stile_loadtest::Faults {
+        kill_every: args.kill_every,
+        pause_every: args.pause_every,
+        pause_for: args.pause_for.unwrap_or_default(),
     }
 }
 
@@ -289,6 +439,7 @@ fn run_rounds(
     targets: &[String],
     runtime: &tokio::runtime::Runtime,
     stop: &stile_loadtest::Stop,
+    shared: &Shared,
 ) -> anyhow::Result<Rounds> {
     let scenario = args.scenario;
     let mut runs = Vec::with_capacity(targets.len() * args.rounds as usize);
@@ -315,7 +466,7 @@ fn run_rounds(
         if args.rounds > 1 && !args.quiet {
             eprintln!("stile loadtest: round {round} of {}: {target}", args.rounds);
         }
-        let config = config_for(args, target, stop);
+        let config = config_for(args, target, stop, shared);
         let known = sized[slot];
         let run = runtime.block_on(async {
             let sizing = match known {

@@ -157,7 +157,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let made = if tls.join(certs::CA_CERT).exists() {
         false
     } else {
-        make_dev_certs(&tls)?;
+        certs::make_dev(&tls)?;
         true
     };
     let data = args.data.display().to_string();
@@ -221,15 +221,6 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         },
         None,
     )
-}
-
-/// A dev CA, a node certificate for loopback names, an admin and gate 1 of provider 1.
-fn make_dev_certs(tls: &Path) -> anyhow::Result<()> {
-    certs::init(tls)?;
-    certs::issue_node(tls, &["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
-    certs::issue_admin(tls, "admin")?;
-    certs::issue_gate(tls, 1, 1)?;
-    Ok(())
 }
 
 /// Where a node listens.

@@ -418,6 +418,17 @@ pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
     )
 }
 
+/// A dev deployment in `dir`: a new CA, a node certificate for the loopback names
+/// (`localhost`, `127.0.0.1`, `::1`), the admin `admin` and gate 1 of provider 1. What
+/// `stile up` and a load test that spawns its node make when `dir` holds no CA.
+pub fn make_dev(dir: &Path) -> Result<(), CertError> {
+    init(dir)?;
+    issue_node(dir, &["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    issue_admin(dir, "admin")?;
+    issue_gate(dir, 1, 1)?;
+    Ok(())
+}
+
 /// The serial numbers on the CRL in `dir`.
 pub fn revoked_serials(dir: &Path) -> Result<Vec<Vec<u8>>, CertError> {
     Ok(read_crl(dir)?.0)

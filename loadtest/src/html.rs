@@ -772,6 +772,7 @@ mod tests {
             runs: vec![r],
             ratios: Vec::new(),
             ratio_medians: Vec::new(),
+            history: None,
         };
         let dir = tempfile::tempdir().unwrap();
         write(&report, dir.path()).unwrap();

@@ -18,6 +18,8 @@
 //! into a partition of their own ([`LOADTEST_PARTITION`] by default), and says how many it
 //! left in a node and the `stile purge` that removes them.
 
+mod faults;
+pub mod history;
 pub mod html;
 mod leftovers;
 mod link;
@@ -25,6 +27,7 @@ pub mod output;
 pub mod plan;
 mod redis_target;
 pub mod report;
+pub mod spawn;
 mod target;
 
 use std::collections::BTreeMap;
@@ -40,7 +43,7 @@ use stile_protocol::OutcomeKind;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 pub use leftovers::clean_up_and_exit;
-use plan::{Item, Plan, NOT_GENUINE};
+use plan::{Item, Plan};
 pub use report::{Report, RunReport};
 pub use target::Target;
 use target::{Answer, Rx, Tx, REQUEST_TIMEOUT};
@@ -212,10 +215,68 @@ pub struct Config {
     pub spawn_redis: bool,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Where every attempt is recorded (`--history`), shared by the command's runs.
+    pub history: Option<Arc<history::HistoryLog>>,
+    /// The node the command started (`--spawn-node`): the target, and what faults strike.
+    pub node: Option<Arc<spawn::NodeProcess>>,
+    /// Faults struck at `node` during the run; with any, gates reconnect and resend.
+    pub faults: Faults,
     /// Asked to stop early: the run ends as if its time were up and reports what it
     /// measured.
     pub stop: Stop,
 }
+
+/// Faults a run strikes at the node it spawned, from the moment its tickets are minted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// SIGKILL the node each time it has run this long, and start it again on its data.
+    pub kill_every: Option<Duration>,
+    /// SIGSTOP the node each time it has run this long …
+    pub pause_every: Option<Duration>,
+    /// … and SIGCONT it after this long.
+    pub pause_for: Duration,
+}
+
+impl Faults {
+    /// Whether any fault is asked for.
+    pub fn any(&self) -> bool {
+        self.kill_every.is_some() || self.pause_every.is_some()
+    }
+
+    /// Checks the faults fit a run of gates with `inflight` scans in flight each.
+    pub fn validate(&self, inflight: u32) -> Result<(), LoadError> {
+        let bad = |m: String| Err(LoadError::Usage(m));
+        if !self.any() {
+            return Ok(());
+        }
+        // A resend finds its first answer in the node's memory of the gate's last scans
+        // only while the gate has no more than that many in flight.
+        let remembered = stile_engine::scans::SCANS_PER_GATE as u32;
+        if inflight > remembered {
+            return bad(format!(
+                "--inflight {inflight} with faults: a node remembers a gate's last \
+                 {remembered} scans, so resends of more in flight could be decided afresh; use \
+                 at most {remembered}"
+            ));
+        }
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        if zero(self.kill_every) || zero(self.pause_every) {
+            return bad("--kill-every and --pause-every must be above 0".into());
+        }
+        if self.pause_every.is_some() && self.pause_for.is_zero() {
+            return bad("--pause-for must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// How long after a run's time is up its gates go on reconnecting to resend what is
+/// unanswered (faults only).
+const RELINK_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for one connection attempt of a gate that lost its own.
+const RELINK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between a gate's connection attempts.
+const RELINK_PAUSE: Duration = Duration::from_millis(50);
 
 /// A request to end runs early (Ctrl-C), shared by the runs and whoever asks.
 #[derive(Debug, Clone, Default)]
@@ -289,12 +350,26 @@ impl Config {
                 return bad(format!("--rate must be 1 to {RATE_MAX} per second"));
             }
         }
-        Ok(())
+        if self.faults.any() && self.node.is_none() {
+            return bad(
+                "--kill-every and --pause-every strike the node the run starts: give \
+                        --spawn-node"
+                    .into(),
+            );
+        }
+        self.faults.validate(self.inflight)
     }
 }
 
-/// What a gate's sender and receiver share: the requests in flight.
+/// What a gate's sender and receiver share: the link's sending half and the requests in
+/// flight.
 struct GateShared {
+    /// The gate's id.
+    id: u16,
+    /// The sending half. The sender holds it from taking ids until the batch is written,
+    /// and a receiver reconnecting holds it while it swaps the link and resends: so every
+    /// request in flight was written on the link the receiver reads, exactly once.
+    tx: tokio::sync::Mutex<Tx>,
     /// In-flight requests by id.
     book: Mutex<Book>,
     /// Room for more requests in flight.
@@ -303,24 +378,39 @@ struct GateShared {
     sent_all: AtomicBool,
     /// Wakes the receiver when the sender is done.
     sent: Notify,
-    /// Wakes the sender when the receiver is done.
-    received: Notify,
 }
 
 /// Requests in flight: a slot per id.
 struct Book {
     /// Ids free for new requests.
     free: Vec<u32>,
-    /// What each id was sent for.
-    slots: Vec<Slot>,
+    /// What each id in flight was sent for (`None`: free).
+    slots: Vec<Option<Slot>>,
+}
+
+impl Book {
+    /// Ids in flight and what for, sent (again) now.
+    fn resend_all(&mut self, now: Instant) -> Vec<(u32, Item)> {
+        let mut all = Vec::new();
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot {
+                slot.sent = now;
+                all.push((id as u32, slot.item));
+            }
+        }
+        all
+    }
 }
 
 #[derive(Clone, Copy)]
 struct Slot {
-    /// When the request was due (open loop) or sent (closed loop).
+    /// When the request was due (open loop) or first sent (closed loop): its latency counts
+    /// from here, resends included.
     due: Instant,
-    /// Its ticket, or [`NOT_GENUINE`].
-    ticket: u32,
+    /// When this attempt was written.
+    sent: Instant,
+    /// What was presented (its ticket, or [`NOT_GENUINE`]).
+    item: Item,
 }
 
 /// What the whole run shares.
@@ -343,6 +433,13 @@ struct RunShared {
     timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
     /// Ends the run early.
     stop: Stop,
+    /// Every attempt, recorded (`--history`).
+    history: Option<Arc<history::HistoryLog>>,
+    /// Whether the target's answers name gates and entry counts (not Redis's).
+    details: bool,
+    /// Gates reconnect and resend when their link fails (the run strikes faults): the
+    /// target to reconnect to.
+    relink: Option<Arc<Target>>,
 }
 
 impl RunShared {
@@ -385,6 +482,10 @@ struct GateCounts {
     /// The gate's link failed, or went silent with requests in flight; it stopped there.
     lost: bool,
     quic: Option<report::QuicView>,
+    /// Times the gate connected again.
+    reconnects: u64,
+    /// Scans never answered in the end.
+    indeterminate: u64,
 }
 
 /// How many tickets a run mints, and how that was decided.
@@ -456,6 +557,9 @@ pub async fn size(config: &Config) -> Result<Sizing, LoadError> {
         duration: PROBE_DURATION,
         warmup: PROBE_WARMUP,
         progress: false,
+        // A probe measures the target as it is, with nothing struck; its scans are
+        // recorded in the history like any others.
+        faults: Faults::default(),
         ..config.clone()
     };
     let report = run_sized(&probe, Sizing::given(PROBE_TICKETS)).await?;
@@ -521,7 +625,19 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
     let start = Instant::now();
     // The target's own view second by second, beside the client's timeline.
     let sampler = start_sampler(target.clone(), start, config);
-    let shared = Arc::new(RunShared::new(config, start, genuine.len(), allowed));
+    let shared = Arc::new(RunShared::new(
+        config,
+        start,
+        genuine.len(),
+        allowed,
+        &target,
+    ));
+    // Faults from now on, the tickets minted.
+    let striker = config
+        .node
+        .clone()
+        .filter(|_| config.faults.any())
+        .map(|node| faults::start(node, config.faults, shared.end, config.stop.clone()));
     // Open loop: one thread keeps the schedule and hands each gate its due times.
     let (pacer, dues) = start_pacer(config, &shared, gates.len())?;
     let (senders, receivers) = spawn_gates(config, gates, links, &shared, dues);
@@ -534,6 +650,16 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
             totals.add(&c);
         }
     }
+    let struck = match striker {
+        Some(s) => s.finish().await,
+        None => faults::Struck::default(),
+    };
+    if let Some(e) = &struck.failed {
+        return Err(LoadError::Target {
+            target: config.target.clone(),
+            reason: e.clone(),
+        });
+    }
     let Totals {
         mut hist,
         hist_all,
@@ -544,6 +670,8 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         forged_admits,
         gates_lost,
         quic,
+        reconnects,
+        indeterminate,
     } = totals;
     let elapsed = start.elapsed();
     let cut_short = config.stop.is_requested() && elapsed < config.warmup + config.duration;
@@ -583,7 +711,10 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         None
     };
     let node = match (first, target.reading().await) {
-        (Some(before), Some(after)) => Some(report::NodeView::between(&before, &after)),
+        // A node killed meanwhile started its counts again: no difference means anything.
+        (Some(before), Some(after)) if struck.kills == 0 => {
+            Some(report::NodeView::between(&before, &after))
+        }
         _ => None,
     };
     let node_timeline = sampler.finish().await;
@@ -628,6 +759,9 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         tickets_capped: sizing.capped,
         node_timeline,
         left_in_node,
+        faults: struck.kills + struck.pauses,
+        reconnects,
+        indeterminate,
     })
 }
 
@@ -647,6 +781,14 @@ fn left_in_node(config: &Config, sizing: &Sizing, minted: u64) -> Option<report:
 /// used, the admin certificate it named.
 pub fn purge_command(config: &Config) -> Option<String> {
     let node = config.target.strip_prefix("quic://")?.trim_end_matches('/');
+    if let Some(spawned) = &config.node {
+        // The node stops with the command: its data dir is the tester's own.
+        return Some(report::shell_words(&[
+            "rm".into(),
+            "-r".into(),
+            spawned.data_dir().display().to_string(),
+        ]));
+    }
     let mut purge = vec![
         config.program.clone(),
         "purge".into(),
@@ -728,8 +870,17 @@ impl Sampler {
 impl RunShared {
     /// A run's shared state, its clock started at `start`, for `tickets` tickets that each
     /// allow `allowed` admits.
-    fn new(config: &Config, start: Instant, tickets: usize, allowed: Vec<u8>) -> Self {
+    fn new(
+        config: &Config,
+        start: Instant,
+        tickets: usize,
+        allowed: Vec<u8>,
+        target: &Arc<Target>,
+    ) -> Self {
         RunShared {
+            history: config.history.clone(),
+            details: !matches!(**target, Target::Redis(_)),
+            relink: config.faults.any().then(|| target.clone()),
             start,
             measure_from: start + config.warmup,
             end: start + config.warmup + config.duration,
@@ -817,6 +968,9 @@ async fn prepare(config: &Config, tickets: u32) -> Result<Prepared, LoadError> {
     let mut progress = MintProgress::new(config, tickets);
     let genuine = stop.or_stop(target.mint(&kinds, &mut progress)).await??;
     drop(progress);
+    if let Some(h) = &config.history {
+        h.tickets(&genuine, &kinds);
+    }
     let Plan { gates, allowed } = plan::plan(config, &genuine);
     let sync = stop.or_stop(target.sync_name()).await?;
     let mut links = Vec::with_capacity(gates.len());
@@ -877,30 +1031,23 @@ fn spawn_gates(
     Vec<tokio::task::JoinHandle<()>>,
     Vec<tokio::task::JoinHandle<GateCounts>>,
 ) {
-    let start = shared.start;
     let mut receivers = Vec::with_capacity(gates.len());
     let mut senders = Vec::with_capacity(gates.len());
     for (g, (items, (tx, rx))) in gates.into_iter().zip(links).enumerate() {
         let n = config.inflight;
         let gate = Arc::new(GateShared {
+            id: g as u16 + 1,
+            tx: tokio::sync::Mutex::new(tx),
             book: Mutex::new(Book {
                 free: (0..n).rev().collect(),
-                slots: vec![
-                    Slot {
-                        due: start,
-                        ticket: NOT_GENUINE
-                    };
-                    n as usize
-                ],
+                slots: vec![None; n as usize],
             }),
             room: Semaphore::new(n as usize),
             sent_all: AtomicBool::new(false),
             sent: Notify::new(),
-            received: Notify::new(),
         });
         let due = dues.get_mut(g).and_then(Option::take);
         senders.push(tokio::spawn(send_loop(
-            tx,
             items,
             gate.clone(),
             shared.clone(),
@@ -936,6 +1083,10 @@ struct Totals {
     gates_lost: u32,
     /// What the QUIC links counted.
     quic: Option<report::QuicView>,
+    /// Times gates connected again.
+    reconnects: u64,
+    /// Scans never answered.
+    indeterminate: u64,
 }
 
 impl Default for Totals {
@@ -950,6 +1101,8 @@ impl Default for Totals {
             forged_admits: 0,
             gates_lost: 0,
             quic: None,
+            reconnects: 0,
+            indeterminate: 0,
         }
     }
 }
@@ -967,6 +1120,8 @@ impl Totals {
         self.timeouts += c.timeouts;
         self.forged_admits += c.forged_admits;
         self.gates_lost += u32::from(c.lost);
+        self.reconnects += c.reconnects;
+        self.indeterminate += c.indeterminate;
         if let Some(q) = &c.quic {
             self.quic.get_or_insert_default().add(q);
         }
@@ -1006,7 +1161,6 @@ impl RunShared {
 /// pacer says they are due. Stops at the end of the run, when the items run out, or when
 /// the link fails.
 async fn send_loop(
-    mut tx: Tx,
     items: Vec<Item>,
     gate: Arc<GateShared>,
     run: Arc<RunShared>,
@@ -1069,9 +1223,12 @@ async fn send_loop(
             Ok(p) => p.forget(),
             Err(_) => break, // the receiver gave up on the link
         }
+        // Held from taking ids to the write: a receiver reconnecting meanwhile resends
+        // these, or none of them (see `GateShared::tx`).
+        let mut tx = gate.tx.lock().await;
+        let now = Instant::now();
         if due.is_none() {
             // Closed loop: the clock starts when there is room.
-            let now = Instant::now();
             times.iter_mut().for_each(|t| *t = now);
         }
         batch.clear();
@@ -1079,29 +1236,32 @@ async fn send_loop(
             let mut book = gate.book.lock().expect("not poisoned");
             for (item, t) in items[next..].iter().zip(&times) {
                 let id = book.free.pop().expect("a free id for every permit");
-                book.slots[id as usize] = Slot {
+                book.slots[id as usize] = Some(Slot {
                     due: *t,
-                    ticket: item.ticket,
-                };
+                    sent: now,
+                    item: *item,
+                });
                 batch.push((id, *item));
             }
         }
         next += batch.len();
         if let Err(e) = tx.send(&batch).await {
             tracing::debug!(error = %e.0, "sending failed");
-            gate.room.close();
-            break;
+            if run.relink.is_none() {
+                gate.room.close();
+                break;
+            }
+            // The receiver finds the link lost, connects again and resends these.
         }
     }
     gate.sent_all.store(true, Ordering::Release);
     gate.sent.notify_one();
-    // Keep the sending half open until the receiver is done with the answers.
-    let _tx = tx;
-    gate.received.notified().await;
 }
 
 /// Reads one gate's answers until everything sent is answered, counting outcomes, admits
-/// and latencies.
+/// and latencies. When the link fails (or stays silent with requests in flight) the gate
+/// stops there; in a run that strikes faults it connects again and resends what is
+/// unanswered with the same scan ids instead, until [`RELINK_GRACE`] past the run's end.
 async fn receive_loop(
     mut rx: Rx,
     gate: Arc<GateShared>,
@@ -1118,7 +1278,10 @@ async fn receive_loop(
         forged_admits: 0,
         lost: false,
         quic: None,
+        reconnects: 0,
+        indeterminate: 0,
     };
+    let mut history = run.history.as_ref().map(|h| h.gate(gate.id, run.details));
     // This second's latencies, added to the run's timeline when the second changes.
     let mut second = (0usize, new_histogram());
     let mut answers: Vec<Answer> = Vec::with_capacity(cap as usize);
@@ -1137,53 +1300,70 @@ async fn receive_loop(
                 _ = gate.sent.notified() => continue,
             }
         };
-        match got {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e.0, "link failed");
-                c.errors += in_flight(&gate) as u64;
-                // Even with nothing in flight: the gate cannot send the rest.
-                c.lost = true;
-                break;
-            }
-            Err(_) => {
-                let lost = in_flight(&gate) as u64;
-                if lost > 0 {
-                    c.timeouts += lost;
-                    c.lost = true;
-                    break;
-                }
+        let failure = match got {
+            Ok(Ok(())) => None,
+            Ok(Err(ref e)) => Some(format!("link failed: {}", e.0)),
+            Err(_) if in_flight(&gate) > 0 => Some("no answer in time".to_string()),
+            Err(_) => continue,
+        };
+        if let Some(why) = failure {
+            tracing::debug!(gate = gate.id, "{why}");
+            if run.relink.is_some() && relink(&mut rx, &gate, &run, &mut c, &mut history).await {
                 continue;
             }
+            // Given up: what is in flight stays unanswered; the gate cannot send the rest.
+            let now = Instant::now();
+            let mut book = gate.book.lock().expect("not poisoned");
+            let lost = book.slots.iter().flatten().count() as u64;
+            if let Some(h) = &mut history {
+                for slot in book.slots.iter().flatten() {
+                    h.record(&slot.item, slot.sent, now, None);
+                }
+            }
+            book.slots.iter_mut().for_each(|s| *s = None);
+            match got {
+                Ok(Err(_)) => c.errors += lost,
+                _ => c.timeouts += lost,
+            }
+            c.indeterminate += lost;
+            c.lost = true;
+            break;
         }
         let now = Instant::now();
         let n = answers.len();
         let mut same_due: Option<(Instant, u64)> = None;
         let mut stepped = false;
+        let mut freed = 0;
         {
             let mut book = gate.book.lock().expect("not poisoned");
             for (id, answer) in answers.drain(..) {
-                let Some(slot) = book.slots.get(id as usize).copied() else {
+                // An id not in flight: a stray answer.
+                let Some(slot) = book.slots.get_mut(id as usize).and_then(Option::take) else {
                     c.errors += 1;
                     continue;
                 };
                 book.free.push(id);
-                if let Some(steps) = run.steps.get(slot.ticket as usize) {
+                freed += 1;
+                if let Some(steps) = run.steps.get(slot.item.ticket as usize) {
                     // Answered, whatever the answer: the ticket's next scan may go.
                     steps.fetch_add(1, Ordering::Release);
                     stepped = true;
                 }
                 let counted = slot.due >= run.measure_from;
+                if let Some(h) = &mut history {
+                    h.record(&slot.item, slot.sent, now, answer.as_ref().ok());
+                }
                 let outcome = match answer {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::debug!(error = %e, "request failed");
                         c.errors += 1;
+                        c.indeterminate += 1;
                         continue;
                     }
                 };
                 if outcome.kind == OutcomeKind::Admitted {
-                    match run.admits.get(slot.ticket as usize) {
+                    match run.admits.get(slot.item.ticket as usize) {
                         Some(a) => {
                             a.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1210,7 +1390,7 @@ async fn receive_loop(
                 record_latency(&mut c, &mut second, &run, now, due, n);
             }
         }
-        gate.room.add_permits(n);
+        gate.room.add_permits(freed);
         run.answered.fetch_add(n as u64, Ordering::Relaxed);
         if stepped {
             run.stepped.notify_waiters();
@@ -1219,9 +1399,56 @@ async fn receive_loop(
     flush_second(&run, &mut second);
     // Whatever is still in flight now will not be answered: let the sender go.
     gate.room.close();
-    gate.received.notify_one();
     c.quic = rx.quic();
     c
+}
+
+/// After the gate's link failed: connects again, records its attempts in flight as
+/// unanswered and resends them on the new link with their scan ids (holding the sending
+/// half, so the sender writes nothing meanwhile). `false` once the run is stopped, or past
+/// [`RELINK_GRACE`] after its end, without a link.
+async fn relink(
+    rx: &mut Rx,
+    gate: &GateShared,
+    run: &RunShared,
+    c: &mut GateCounts,
+    history: &mut Option<history::GateHistory>,
+) -> bool {
+    let Some(target) = &run.relink else {
+        return false;
+    };
+    let mut tx = gate.tx.lock().await;
+    let cap = gate.book.lock().expect("not poisoned").slots.len() as u32;
+    let give_up = run.end + RELINK_GRACE;
+    while Instant::now() < give_up && !run.stop.is_requested() {
+        let link = tokio::time::timeout(RELINK_TIMEOUT, target.link(gate.id, cap)).await;
+        let Ok(Ok((new_tx, new_rx))) = link else {
+            tokio::time::sleep(RELINK_PAUSE).await;
+            continue;
+        };
+        (*tx, *rx) = (new_tx, new_rx);
+        c.reconnects += 1;
+        let again = {
+            let mut book = gate.book.lock().expect("not poisoned");
+            // Each attempt's line goes out when it is given up on: here, as it is resent.
+            let now = Instant::now();
+            if let Some(h) = history {
+                for slot in book.slots.iter().flatten() {
+                    h.record(&slot.item, slot.sent, now, None);
+                }
+            }
+            book.resend_all(now)
+        };
+        if again.is_empty() {
+            return true;
+        }
+        match tx.send(&again).await {
+            Ok(()) => return true,
+            // Lost again at once: what was written is unanswered too.
+            Err(e) => tracing::debug!(gate = gate.id, error = %e.0, "resending failed"),
+        }
+    }
+    false
 }
 
 /// Records `n` answers due at `due` and answered at `now`.

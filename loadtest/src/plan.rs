@@ -72,6 +72,9 @@ pub struct Item {
     /// How many of this ticket's earlier scans must be answered before this one is sent (a
     /// rail passenger exits only once through the entry gate): 0 but in `rail`.
     pub after: u8,
+    /// The gate's scan id for it: 1, 2, … in the gate's order, so that a resend after a
+    /// lost connection carries the same one and gets the original answer.
+    pub scan_id: u64,
 }
 
 /// Every gate's queue, and how many admits each ticket may get.
@@ -114,6 +117,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
         ticket: t as u32,
         exit: false,
         after: 0,
+        scan_id: 0,
     };
     match config.scenario {
         Scenario::Stadium => {
@@ -138,6 +142,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                     ticket: NOT_GENUINE,
                     exit: false,
                     after: 0,
+                    scan_id: 0,
                 });
             }
         }
@@ -154,6 +159,7 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                         ticket: NOT_GENUINE,
                         exit: false,
                         after: 0,
+                        scan_id: 0,
                     });
                 }
                 if let Some(j) = i.checked_sub(lag) {
@@ -187,10 +193,16 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
                             ticket: t as u32,
                             exit: round % 2 == 1,
                             after: round as u8,
+                            scan_id: 0,
                         });
                     }
                 }
             }
+        }
+    }
+    for queue in &mut work {
+        for (n, item) in queue.iter_mut().enumerate() {
+            item.scan_id = n as u64 + 1;
         }
     }
     Plan {
@@ -239,6 +251,9 @@ mod tests {
             admin: None,
             progress: false,
             stop: Default::default(),
+            history: None,
+            node: None,
+            faults: Default::default(),
         }
     }
 

@@ -113,6 +113,15 @@ pub struct RunReport {
     /// What the run left in a node (absent for the engine in process and for Redis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub left_in_node: Option<LeftInNode>,
+    /// Faults injected into a spawned node during the run (`--kill-every`,
+    /// `--pause-every`): kills and pauses.
+    pub faults: u64,
+    /// Times a gate connected again after its connection was lost, and sent its unanswered
+    /// scans again with their scan ids.
+    pub reconnects: u64,
+    /// Scans that got no answer in the end (the connection lost for good, or an error
+    /// answer): whether they took effect is unknown; the history checker allows both.
+    pub indeterminate: u64,
 }
 
 /// Load-test tickets a run left in a node, and how to remove them.
@@ -802,6 +811,26 @@ pub struct Report {
     /// With several rounds: each pair's ratios' medians.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ratio_medians: Vec<RatioMedian>,
+    /// The runs' history, checked (`--check-history`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryCheck>,
+}
+
+/// What `--check-history` found in the runs' history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryCheck {
+    /// The history file.
+    pub file: String,
+    /// `consistent`, `violation` or `undecided` (see `stile history check`).
+    pub verdict: String,
+    /// Operations checked (resends of a scan id merged).
+    pub operations: u64,
+    /// Tickets declared.
+    pub tickets: u64,
+    /// Operations that got no answer.
+    pub indeterminate: u64,
+    /// The checker's words: the counts, or the first violation with its operations.
+    pub summary: String,
 }
 
 impl Report {
@@ -842,6 +871,12 @@ impl Report {
                 r.client_cpu_percent,
                 r.machine_load.map(|l| l.text()).unwrap_or_default()
             ));
+            if r.faults + r.reconnects + r.indeterminate > 0 {
+                out.push_str(&format!(
+                    "  faults {}, reconnects {}, indeterminate {}\n",
+                    r.faults, r.reconnects, r.indeterminate
+                ));
+            }
             if let Some(node) = &r.node {
                 out.push_str(&node.text());
             }
@@ -877,6 +912,9 @@ impl Report {
                 m.p99,
                 m.p999
             ));
+        }
+        if let Some(h) = &self.history {
+            out.push_str(&format!("history {}: {}\n", h.file, h.summary));
         }
         out
     }
@@ -924,6 +962,9 @@ pub(crate) mod tests {
             tickets_capped: false,
             node_timeline: Vec::new(),
             left_in_node: None,
+            faults: 0,
+            reconnects: 0,
+            indeterminate: 0,
             machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),
@@ -1055,6 +1096,7 @@ pub(crate) mod tests {
             runs: vec![slow_client],
             ratios: Vec::new(),
             ratio_medians: Vec::new(),
+            history: None,
         };
         assert!(report
             .text()
@@ -1123,6 +1165,7 @@ pub(crate) mod tests {
             runs: vec![r],
             ratios: Vec::new(),
             ratio_medians: Vec::new(),
+            history: None,
         };
         assert!(
             report
@@ -1280,6 +1323,7 @@ pub(crate) mod tests {
             seed: 1,
             machine: Machine::this(),
             ratio_medians: medians,
+            history: None,
             ratios,
             runs,
         }

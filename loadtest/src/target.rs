@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -30,7 +29,7 @@ use crate::report::QuicView;
 use crate::{Config, LoadError};
 
 /// A day pass's validity from its first scan, seconds.
-const DAY_S: u32 = 24 * 3600;
+pub(crate) const DAY_S: u32 = 24 * 3600;
 /// Bytes asked of a QUIC stream per read.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -62,8 +61,6 @@ pub struct Inproc {
     engine: Engine,
     /// Sync mode name.
     sync: &'static str,
-    /// Scan ids.
-    scan_id: AtomicU64,
     /// The partition tickets are minted into.
     partition: u16,
     /// The data dir (deleted on drop, after the engine).
@@ -105,8 +102,6 @@ pub(crate) struct QuicTx {
     send: quinn::SendStream,
     /// Frames being written.
     buf: Vec<u8>,
-    /// The gate's scan ids.
-    scan_id: u64,
 }
 
 /// The receiving half of one gate's link, whichever the target.
@@ -245,7 +240,6 @@ impl Target {
             return Ok(Target::Inproc(Arc::new(Inproc {
                 engine,
                 sync: config.sync.name(),
-                scan_id: AtomicU64::new(1),
                 partition: config.partition,
                 _dir: dir,
             })));
@@ -492,7 +486,6 @@ impl TargetKind for Quic {
             QuicTx {
                 send,
                 buf: Vec::with_capacity(64 * inflight as usize),
-                scan_id: 1,
             },
             QuicRx {
                 recv,
@@ -547,13 +540,12 @@ impl LinkTx for QuicTx {
         self.buf.clear();
         for (id, item) in reqs {
             let code = RawCode::from(item.code);
-            let scan_id = self.scan_id;
+            let scan_id = item.scan_id;
             let req = if item.exit {
                 Request::Exit { scan_id, code }
             } else {
                 Request::Checkin { scan_id, code }
             };
-            self.scan_id += 1;
             req.encode(*id, &mut self.buf);
         }
         self.send
@@ -647,7 +639,7 @@ impl InprocTx {
         let mut answers = Vec::with_capacity(reqs.len());
         let mut waits = Vec::new();
         for (id, item) in reqs {
-            let scan_id = self.target.scan_id.fetch_add(1, Ordering::Relaxed);
+            let scan_id = item.scan_id;
             if item.exit {
                 let (o, d) = engine.scan_deferred(
                     GateOp::Exit,

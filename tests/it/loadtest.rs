@@ -32,6 +32,9 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         admin: None,
         progress: false,
         stop: Default::default(),
+        history: None,
+        node: None,
+        faults: Default::default(),
     }
 }
 
@@ -423,7 +426,7 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
 
 /// A free loopback port for a spawned Redis; `None`: `redis-server` is missing and the test
 /// skips (see [`crate::support::tool`]).
-fn redis_port_if_installed() -> Option<u16> {
+pub(crate) fn redis_port_if_installed() -> Option<u16> {
     crate::support::tool(&["redis-server"], "redis-server")?;
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     Some(free.local_addr().unwrap().port())
@@ -753,6 +756,7 @@ async fn runs_are_sized_to_their_rate_and_leave_their_tickets_where_purge_remove
         runs: vec![r],
         ratios: Vec::new(),
         ratio_medians: Vec::new(),
+        history: None,
     }
     .text();
     assert!(

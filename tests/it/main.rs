@@ -6,6 +6,7 @@ mod crash;
 mod disk_full;
 mod durability;
 mod engine_ops;
+mod faults;
 mod forged;
 mod gateway;
 mod history;
