@@ -314,7 +314,7 @@ pub fn parse(mut reader: impl BufRead) -> Result<History, ParseError> {
         if text.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let parsed: Line = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         match parsed {
             Line::History { version } if version == VERSION && line == 1 => {}
             Line::History { version } if version != VERSION => {
