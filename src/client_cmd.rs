@@ -39,6 +39,17 @@ async fn connect_waiting(
     want: Want,
     request_timeout: Duration,
 ) -> anyhow::Result<Client> {
+    let (config, _) = client_config(conn, want, request_timeout)?;
+    Ok(Client::connect(config).await?)
+}
+
+/// How to reach the node with the certificate `conn` names, or the default one for `want`;
+/// and the certificate's role.
+pub(crate) fn client_config(
+    conn: &Conn,
+    want: Want,
+    request_timeout: Duration,
+) -> anyhow::Result<(ClientConfig, Option<Role>)> {
     let tls_dir = conn.data.join("tls");
     let (cert, key) = match (&conn.cert, &conn.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -62,9 +73,10 @@ async fn connect_waiting(
             cert.display()
         );
     }
+    let role = certs::identity_of_file(&cert).map(|i| i.role).ok();
     // A gate's provider, so that other providers' codes are refused without a round trip.
-    let provider = match certs::identity_of_file(&cert).map(|i| i.role) {
-        Ok(Role::Gate { provider, .. }) => Some(provider),
+    let provider = match role {
+        Some(Role::Gate { provider, .. }) => Some(provider),
         _ => None,
     };
     let tls = ClientTls::from_files(&ca, &cert, &key)?;
@@ -73,7 +85,7 @@ async fn connect_waiting(
     config.server_name = server_name;
     config.provider = provider;
     config.request_timeout = request_timeout;
-    Ok(Client::connect(config).await?)
+    Ok((config, role))
 }
 
 /// Parses a time given as Unix seconds or RFC 3339, from the second after the epoch (0 is

@@ -2,6 +2,7 @@
 
 mod certs_cmd;
 mod client_cmd;
+mod gate_cmd;
 mod gateway_cmd;
 mod history_cmd;
 mod keys_cmd;
@@ -57,6 +58,9 @@ enum Command {
     Mint(client_cmd::MintArgs),
     /// Check codes in (gate certificate); one line a code: CODE, outcome, details.
     Check(client_cmd::CheckArgs),
+    /// Run a turnstile's agent: scanned codes on stdin, decisions on stdout, offline from a
+    /// local replica when the node does not answer in time.
+    Gate(gate_cmd::GateArgs),
     /// Show tickets' state.
     Status(client_cmd::TicketArgs),
     /// Revoke tickets (admin certificate).
@@ -133,6 +137,7 @@ fn main() -> std::process::ExitCode {
         Command::Certs(args) => certs_cmd::run(args),
         Command::Mint(args) => client_cmd::mint(args),
         Command::Check(args) => client_cmd::check(args),
+        Command::Gate(args) => gate_cmd::run(args),
         Command::Status(args) => client_cmd::status(args),
         Command::Revoke(args) => client_cmd::revoke(args),
         Command::Transfer(args) => client_cmd::transfer(args),

@@ -222,7 +222,10 @@ fn the_history_of_every_target_is_checked() {
 #[test]
 fn faults_need_a_node_of_the_runs_own() {
     let dir = tempfile::tempdir().unwrap();
-    // clap's refusals exit 2, the run's own checks 1; neither starts a node.
+    let kept = dir.path().join("kept.jsonl");
+    let kept_s = kept.to_str().unwrap();
+    // clap's refusals exit 2, the run's own checks 1; none starts a node or truncates a
+    // history.
     for (args, says, code) in [
         (vec!["--kill-every", "1s"], "--spawn-node", 2),
         (
@@ -241,12 +244,29 @@ fn faults_need_a_node_of_the_runs_own() {
             2,
         ),
         (vec!["--spawn-node", "--kill-every", "0s"], "above 0", 1),
+        (
+            vec!["--spawn-node", "--kill-every", "100000h"],
+            "at most 24h",
+            1,
+        ),
+        (
+            vec!["--target", "inproc", "--", "--sync", "none"],
+            "none is started",
+            1,
+        ),
+        (
+            vec!["--spawn-node", "--rate", "0", "--history", kept_s],
+            "--rate must be",
+            1,
+        ),
+        (vec!["--history", "-"], "name one", 1),
     ] {
+        std::fs::write(&kept, "keep me\n").unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_stile"))
             .args(["loadtest", "--scenario", "stadium", "--quiet"])
-            .args(&args)
             .arg("--data")
             .arg(dir.path())
+            .args(&args)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -255,6 +275,11 @@ fn faults_need_a_node_of_the_runs_own() {
         assert!(
             !dir.path().join("node").exists(),
             "{args:?}: a node was started"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&kept).unwrap(),
+            "keep me\n",
+            "{args:?}"
         );
     }
 }

@@ -8,6 +8,7 @@ mod durability;
 mod engine_ops;
 mod faults;
 mod forged;
+mod gate;
 mod gateway;
 mod history;
 mod loadtest;

@@ -1051,7 +1051,7 @@ impl Check {
 
 /// A `stile node` on a fresh data dir with `count` codes of provider 1 minted: the node, its
 /// address, the codes and their text.
-fn node_with_codes(
+pub(crate) fn node_with_codes(
     data: &Path,
     tls: &Path,
     count: usize,

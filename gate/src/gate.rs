@@ -1,0 +1,555 @@
+//! [`Gate`]: online when the node answers in time, offline from the replica when it does
+//! not, and every offline decision synced to the journal before it is shown.
+//!
+//! **Online.** Each scan goes to the node with a scan id the gate chooses (ids are reserved
+//! in blocks in `STATE/scan-ids` before use, so no id repeats across restarts). The request
+//! runs as a task of its own: when no answer comes within the online timeout the gate
+//! decides offline under the same scan id, and an answer that arrives later is journaled as
+//! `LateOnline`, so that scan is never applied twice.
+//!
+//! **Offline.** Only when the operator allows it, from a replica no older than the allowed
+//! age: lookup by place and fingerprint (absent: `unknown`; another code at that place:
+//! `forged`), validity by this machine's clock corrected by the node's last known offset,
+//! state = the replica's plus this gate's own offline scans.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stile_protocol::client::{Client, ClientConfig, ClientError};
+use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
+
+use crate::journal::{Journal, JournalError, Record, Scan};
+use crate::replica::{to_replica_s, Lookup, Replica, ReplicaError, INSIDE, REVOKED};
+use crate::rules::{decide, Op};
+
+/// Scan ids reserved at a time in `STATE/scan-ids`.
+const SCAN_ID_BLOCK: u64 = 1 << 16;
+/// Pause between attempts to reach a node that does not answer.
+const CONNECT_RETRY: Duration = Duration::from_millis(500);
+
+/// How a gate runs.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// How to reach the node (with the gate's certificate).
+    pub client: ClientConfig,
+    /// This gate's id (from its certificate).
+    pub gate: u16,
+    /// Its provider (from its certificate).
+    pub provider: u16,
+    /// Where the replica, the journal and the scan ids live.
+    pub state_dir: PathBuf,
+    /// How long a scan waits for the node before the gate decides offline.
+    pub online_timeout: Duration,
+    /// Whether the gate may admit offline at all.
+    pub offline_admits: bool,
+    /// The oldest replica it may decide from.
+    pub max_replica_age: Duration,
+}
+
+/// Whether an answer came from the node or from the gate itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The node answered in time.
+    Online,
+    /// The gate decided from its replica (or refused to).
+    Offline,
+}
+
+impl Mode {
+    /// `online` or `offline`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+        }
+    }
+}
+
+/// A gate's answer to one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The outcome; `None`: the gate could not decide (offline and not allowed to, no
+    /// replica, or the journal failed) — do not let the person through.
+    pub kind: Option<OutcomeKind>,
+    /// The gate the answer names (0: none).
+    pub gate: u16,
+    /// Unix seconds of the event named (0: none).
+    pub at_unix_s: u64,
+    /// Entries counted after the answer.
+    pub entries: u8,
+    /// Online or offline.
+    pub mode: Mode,
+    /// Why the gate refused to decide, for staff.
+    pub reason: Option<String>,
+}
+
+impl Answer {
+    /// The outcome's name, or `refused`.
+    pub fn name(&self) -> &'static str {
+        self.kind.map_or("refused", |k| k.name())
+    }
+
+    fn online(o: &Outcome) -> Answer {
+        Answer {
+            kind: Some(o.kind),
+            gate: o.gate,
+            at_unix_s: o.at_unix_s,
+            entries: o.entries,
+            mode: Mode::Online,
+            reason: None,
+        }
+    }
+
+    fn refused(reason: String) -> Answer {
+        Answer {
+            kind: None,
+            gate: 0,
+            at_unix_s: 0,
+            entries: 0,
+            mode: Mode::Offline,
+            reason: Some(reason),
+        }
+    }
+
+    fn offline(kind: OutcomeKind) -> Answer {
+        Answer {
+            kind: Some(kind),
+            gate: 0,
+            at_unix_s: 0,
+            entries: 0,
+            mode: Mode::Offline,
+            reason: None,
+        }
+    }
+}
+
+/// What a gate shows of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The node answered the last scan in time.
+    pub online: bool,
+    /// Tickets in the replica (`None`: no replica).
+    pub replica_tickets: Option<usize>,
+    /// The node's log position the replica is at.
+    pub replica_seq: u64,
+    /// How old the replica is, seconds (by the corrected clock).
+    pub replica_age_s: Option<u64>,
+    /// Scans in the journal the node has not applied.
+    pub pending: usize,
+    /// The node's clock minus this machine's, seconds, from the last online answer.
+    pub clock_offset_s: i64,
+}
+
+/// Why a gate cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The state directory.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The directory or file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The journal.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The replica.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// Scan ids handed out from a block reserved on disk.
+#[derive(Debug)]
+struct ScanIds {
+    path: PathBuf,
+    next: u64,
+    end: u64,
+}
+
+impl ScanIds {
+    fn open(path: &Path) -> Result<ScanIds, GateError> {
+        let start = match std::fs::read_to_string(path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| GateError::State {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!("not a scan id: {e}")),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(source) => {
+                return Err(GateError::State {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mut ids = ScanIds {
+            path: path.to_path_buf(),
+            next: start,
+            end: start,
+        };
+        ids.reserve().map_err(|source| GateError::State {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(ids)
+    }
+
+    /// Writes the end of a new block before any id of it is used.
+    fn reserve(&mut self) -> std::io::Result<()> {
+        let end = self.next + SCAN_ID_BLOCK;
+        let tmp = self.path.with_extension("new");
+        std::fs::write(&tmp, format!("{end}\n"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.end = end;
+        Ok(())
+    }
+
+    fn next(&mut self) -> std::io::Result<u64> {
+        if self.next >= self.end {
+            self.reserve()?;
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+}
+
+/// A turnstile's agent.
+#[derive(Debug)]
+pub struct Gate {
+    config: GateConfig,
+    client: Mutex<Option<Client>>,
+    replica: Mutex<Option<Replica>>,
+    journal: Mutex<Journal>,
+    scan_ids: Mutex<ScanIds>,
+    /// The node's clock minus ours, seconds.
+    offset_s: AtomicI64,
+    /// The last scan was answered online.
+    online: AtomicBool,
+    /// Unix seconds of the last online answer (0: none yet).
+    last_online_unix_s: AtomicU64,
+}
+
+/// This machine's clock, Unix ms.
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Gate {
+    /// The replica's file in a state directory.
+    pub fn replica_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("replica")
+    }
+
+    /// Opens the state directory (made if missing): the journal, the replica if there is
+    /// one, the scan ids; then starts reaching for the node in the background.
+    pub fn open(config: GateConfig) -> Result<Arc<Gate>, GateError> {
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| GateError::State {
+            path: dir.clone(),
+            source,
+        })?;
+        let journal = Journal::open(&dir.join("journal"))?;
+        let replica =
+            Replica::load(&Gate::replica_path(dir))?.filter(|r| r.provider == config.provider);
+        let scan_ids = ScanIds::open(&dir.join("scan-ids"))?;
+        let gate = Arc::new(Gate {
+            config,
+            client: Mutex::new(None),
+            replica: Mutex::new(replica),
+            journal: Mutex::new(journal),
+            scan_ids: Mutex::new(scan_ids),
+            offset_s: AtomicI64::new(0),
+            online: AtomicBool::new(false),
+            last_online_unix_s: AtomicU64::new(0),
+        });
+        tokio::spawn(connect_loop(Arc::downgrade(&gate)));
+        Ok(gate)
+    }
+
+    /// Answers one scanned code (text as the scanner gives it).
+    pub async fn scan(self: &Arc<Self>, text: &str, op: Op) -> Answer {
+        let Ok(code) = CodeBytes::parse(text) else {
+            let mut a = Answer::offline(OutcomeKind::Forged);
+            a.mode = self.mode();
+            return a;
+        };
+        if code.provider() != self.config.provider {
+            let mut a = Answer::offline(OutcomeKind::WrongProvider);
+            a.mode = self.mode();
+            return a;
+        }
+        let scan_id = match self.scan_ids.lock().expect("not poisoned").next() {
+            Ok(id) => id,
+            Err(e) => return Answer::refused(format!("cannot reserve scan ids: {e}")),
+        };
+        let client = self.client.lock().expect("not poisoned").clone();
+        if let Some(client) = client {
+            let mut ask = tokio::spawn(async move {
+                match op {
+                    Op::Entry => client.checkin(&code, scan_id).await,
+                    Op::Exit => client.exit(&code, scan_id).await,
+                }
+            });
+            match tokio::time::timeout(self.config.online_timeout, &mut ask).await {
+                Ok(Ok(Ok(o))) => {
+                    self.heard_from_node(&o);
+                    self.learn(&code, &o);
+                    return Answer::online(&o);
+                }
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(error = %e, "online scan failed");
+                    self.lost_node(&e);
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    // Still on its way: if the node answers after all, that answer is the
+                    // scan's, and the journal says so.
+                    tokio::spawn(late_answer(Arc::downgrade(self), ask, code, scan_id, op));
+                }
+            }
+        }
+        self.online.store(false, Ordering::Relaxed);
+        self.decide_offline(&code, scan_id, op)
+    }
+
+    /// Decides from the replica and journals the decision before answering.
+    fn decide_offline(&self, code: &CodeBytes, scan_id: u64, op: Op) -> Answer {
+        if !self.config.offline_admits {
+            return Answer::refused("offline decisions are off for this gate".into());
+        }
+        let now_ms = self.corrected_now_ms();
+        let now_s = now_ms / 1000;
+        let mut replica = self.replica.lock().expect("not poisoned");
+        let Some(r) = replica.as_mut() else {
+            return Answer::refused("no replica of the tickets yet: cannot decide offline".into());
+        };
+        let age = now_s.saturating_sub(r.synced_unix_s);
+        if age > self.config.max_replica_age.as_secs() {
+            return Answer::refused(format!(
+                "the replica is {} old, older than the {} allowed: cannot decide offline",
+                human(age),
+                human(self.config.max_replica_age.as_secs())
+            ));
+        }
+        let (answer, changed) = match r.lookup(code) {
+            Lookup::Unknown => (Answer::offline(OutcomeKind::Unknown), None),
+            Lookup::Forged => (Answer::offline(OutcomeKind::Forged), None),
+            Lookup::Found(i) => {
+                let e = *r.entry(i);
+                let Some(policy) = r.policy(e.policy).copied() else {
+                    return Answer::refused("the replica names no policy for it".into());
+                };
+                let (d, next) = decide(&e, &policy, op, self.config.gate, now_s);
+                let a = Answer {
+                    kind: Some(d.kind),
+                    gate: d.gate,
+                    at_unix_s: d.at_unix_s,
+                    entries: d.entries,
+                    mode: Mode::Offline,
+                    reason: None,
+                };
+                (a, (next != e).then_some((i, next)))
+            }
+        };
+        let kind = answer.kind.expect("an offline decision");
+        let record = Record::Offline(Scan {
+            scan_id,
+            scanned_at_unix_ms: now_ms,
+            op,
+            decision: kind,
+            code: *code,
+        });
+        if let Err(e) = self.journal.lock().expect("not poisoned").append(record) {
+            return Answer::refused(format!("cannot write the journal: {e}"));
+        }
+        if let Some((i, next)) = changed {
+            *r.entry_mut(i) = next;
+        }
+        answer
+    }
+
+    /// What the gate shows of itself.
+    pub fn status(&self) -> Status {
+        let replica = self.replica.lock().expect("not poisoned");
+        let now_s = self.corrected_now_ms() / 1000;
+        Status {
+            online: self.online.load(Ordering::Relaxed),
+            replica_tickets: replica.as_ref().map(Replica::len),
+            replica_seq: replica.as_ref().map_or(0, |r| r.seq),
+            replica_age_s: replica
+                .as_ref()
+                .map(|r| now_s.saturating_sub(r.synced_unix_s)),
+            pending: self.journal.lock().expect("not poisoned").pending().len(),
+            clock_offset_s: self.offset_s.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The journal's scans not yet applied by the node.
+    pub fn pending(&self) -> Vec<Record> {
+        self.journal
+            .lock()
+            .expect("not poisoned")
+            .pending()
+            .to_vec()
+    }
+
+    fn mode(&self) -> Mode {
+        match self.online.load(Ordering::Relaxed) {
+            true => Mode::Online,
+            false => Mode::Offline,
+        }
+    }
+
+    /// This machine's clock corrected by the node's last known offset, Unix ms.
+    fn corrected_now_ms(&self) -> u64 {
+        let offset_ms = self.offset_s.load(Ordering::Relaxed) * 1000;
+        now_unix_ms().saturating_add_signed(offset_ms)
+    }
+
+    /// An answer from the node: online, and its clock's offset when the answer carries the
+    /// node's now.
+    fn heard_from_node(&self, o: &Outcome) {
+        self.online.store(true, Ordering::Relaxed);
+        let now_s = now_unix_ms() / 1000;
+        self.last_online_unix_s.store(now_s, Ordering::Relaxed);
+        if matches!(o.kind, OutcomeKind::Admitted | OutcomeKind::Exited) && o.at_unix_s != 0 {
+            self.offset_s
+                .store(o.at_unix_s as i64 - now_s as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// Brings the replica's entry of `code` up to what the node just answered, so that an
+    /// offline decision later knows of this gate's online scans too.
+    fn learn(&self, code: &CodeBytes, o: &Outcome) {
+        let mut replica = self.replica.lock().expect("not poisoned");
+        let Some(r) = replica.as_mut() else { return };
+        let Lookup::Found(i) = r.lookup(code) else {
+            return;
+        };
+        let policy = r.entry(i).policy;
+        let exits = r.policy(policy).is_some_and(|p| p.exits);
+        let max = r.policy(policy).map_or(0, |p| p.max_entries);
+        let e = r.entry_mut(i);
+        let at = to_replica_s(o.at_unix_s);
+        match o.kind {
+            OutcomeKind::Admitted => {
+                e.entries = o.entries;
+                e.flags |= INSIDE;
+                if e.first_scan == 0 {
+                    e.first_scan = at;
+                }
+            }
+            OutcomeKind::Exited => e.flags &= !INSIDE,
+            OutcomeKind::AlreadyUsed => {
+                e.entries = e.entries.max(o.entries);
+                // Refused though entries are left: the holder is inside.
+                if exits && (max == 0 || e.entries < max) {
+                    e.flags |= INSIDE;
+                }
+            }
+            OutcomeKind::Revoked => e.flags |= REVOKED,
+            _ => return,
+        }
+        e.last_gate = o.gate;
+        e.last_at = at;
+    }
+
+    fn lost_node(&self, e: &ClientError) {
+        if matches!(e, ClientError::Refused(_)) {
+            // Refused for good (revoked certificate): no use asking again.
+            tracing::error!("the node refuses this gate: {e}");
+        }
+        self.online.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Seconds as staff read them (`1h 2m 3s`).
+fn human(s: u64) -> String {
+    humantime::format_duration(Duration::from_secs(s)).to_string()
+}
+
+/// Waits for a scan's online answer that came too late and journals it.
+async fn late_answer(
+    gate: std::sync::Weak<Gate>,
+    ask: tokio::task::JoinHandle<Result<Outcome, ClientError>>,
+    code: CodeBytes,
+    scan_id: u64,
+    op: Op,
+) {
+    let Ok(Ok(o)) = ask.await else { return };
+    let Some(gate) = gate.upgrade() else { return };
+    gate.heard_from_node(&o);
+    gate.learn(&code, &o);
+    let record = Record::LateOnline(Scan {
+        scan_id,
+        scanned_at_unix_ms: now_unix_ms(),
+        op,
+        decision: o.kind,
+        code,
+    });
+    let appended = gate.journal.lock().expect("not poisoned").append(record);
+    if let Err(e) = appended {
+        tracing::error!("cannot journal a late online answer (scan {scan_id}): {e}");
+    }
+}
+
+/// Keeps a client to the node: tries until one connects (the client then reconnects by
+/// itself), as long as the gate lives.
+async fn connect_loop(gate: std::sync::Weak<Gate>) {
+    loop {
+        let Some(g) = gate.upgrade() else { return };
+        let config = g.config.client.clone();
+        drop(g);
+        match Client::connect(config).await {
+            Ok(client) => {
+                if let Some(g) = gate.upgrade() {
+                    *g.client.lock().expect("not poisoned") = Some(client);
+                }
+                return;
+            }
+            Err(ClientError::Refused(reason)) => {
+                tracing::error!("the node refuses this gate: {reason}");
+                return;
+            }
+            Err(e) => tracing::debug!("node not reached: {e}"),
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_ids_never_repeat_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scan-ids");
+        let mut ids = ScanIds::open(&path).unwrap();
+        let first: Vec<u64> = (0..3).map(|_| ids.next().unwrap()).collect();
+        assert_eq!(first, vec![1, 2, 3]);
+        drop(ids);
+        // A restart skips the rest of the block: ids already handed out are never reused.
+        let mut ids = ScanIds::open(&path).unwrap();
+        let next = ids.next().unwrap();
+        assert_eq!(next, 1 + SCAN_ID_BLOCK);
+        // Past a block's end, the next block is reserved first.
+        ids.next = ids.end;
+        let after = ids.next().unwrap();
+        assert_eq!(after, 1 + 2 * SCAN_ID_BLOCK);
+        let on_disk: u64 = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(on_disk > after);
+    }
+}

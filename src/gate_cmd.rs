@@ -1,0 +1,184 @@
+//! `stile gate`: a turnstile's agent. One scanned code a line on stdin, one decision a line
+//! on stdout, online when the node answers in time and offline from the gate's replica
+//! when it does not.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use stile_certs::Role;
+use stile_gate::{Answer, Gate, GateConfig, Mode, Op};
+use stile_protocol::outcome::format_unix_s;
+
+use crate::client_cmd::{client_config, Want};
+use crate::Conn;
+
+/// Arguments of `stile gate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Reads one scanned code a line on stdin (keyboard-wedge scanners and turnstile controllers work \
+this way) and writes one decision a line on stdout, flushed at once: \
+CODE<TAB>outcome<TAB>details<TAB>online|offline (--json: one object a line with code, outcome, \
+gate, at, entries, mode and reason). `refused` means the gate could not decide: keep the \
+barrier shut. Staff-facing status lines (online, OFFLINE and the replica's age) go to stderr.
+
+Offline, the gate decides from the replica in STATE/replica and syncs each decision to \
+STATE/journal before printing it. Not built yet: loading the replica from the node and \
+uploading the journal; at the end the gate says how many offline scans wait in the journal.
+
+Exit status: 0 every line answered; 1 the gate could not start (certificate, state directory).")]
+pub struct GateArgs {
+    /// How to reach the node, and the gate certificate (default DATA/tls/gate-1.crt).
+    #[command(flatten)]
+    conn: Conn,
+    /// The gate's state: replica, journal, scan ids (default DATA/gate-ID).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// How long a scan waits for the node before the gate decides offline.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    online_timeout: Duration,
+    /// Never decide offline: without the node every scan is refused.
+    #[arg(long)]
+    no_offline: bool,
+    /// The oldest replica the gate decides from offline.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    max_replica_age: Duration,
+    /// The gate records exits (a rail exit barrier) rather than entries.
+    #[arg(long)]
+    exits: bool,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `stile gate`.
+pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
+    let (client, role) = client_config(&args.conn, Want::Gate, Duration::from_secs(30))?;
+    let Some(Role::Gate { id, provider }) = role else {
+        anyhow::bail!("stile gate needs a gate certificate (urn:stile:gate:ID:provider:P)");
+    };
+    let state_dir = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.conn.data.join(format!("gate-{id}")));
+    let gate = Gate::open(GateConfig {
+        client,
+        gate: id,
+        provider,
+        state_dir: state_dir.clone(),
+        online_timeout: args.online_timeout,
+        offline_admits: !args.no_offline,
+        max_replica_age: args.max_replica_age,
+    })
+    .with_context(|| format!("opening the gate's state in {}", state_dir.display()))?;
+    let op = if args.exits { Op::Exit } else { Op::Entry };
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(64);
+    // Standard input blocks: a thread reads it.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if lines_tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut shown_mode: Option<Mode> = None;
+    let mut out = std::io::stdout();
+    while let Some(line) = lines.recv().await {
+        let line = line.context("reading stdin")?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let answer = gate.scan(text, op).await;
+        if shown_mode != Some(answer.mode) {
+            shown_mode = Some(answer.mode);
+            status_line(&gate, answer.mode, &args);
+        }
+        let shown = if args.json {
+            json_line(text, &answer)
+        } else {
+            text_line(text, &answer)
+        };
+        // A closed stdout ends the gate: nobody reads its answers.
+        if writeln!(out, "{shown}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    let pending = gate.status().pending;
+    if pending > 0 {
+        eprintln!(
+            "stile gate: {pending} offline scans wait in {} for upload to the node (uploading \
+             is not built yet)",
+            state_dir.join("journal").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tells staff, on stderr, that the gate went online or offline.
+fn status_line(gate: &Gate, mode: Mode, args: &GateArgs) {
+    let s = gate.status();
+    match mode {
+        Mode::Online => eprintln!("stile gate: online (node {})", args.conn.node),
+        Mode::Offline => {
+            let replica = match (s.replica_tickets, s.replica_age_s) {
+                (Some(n), Some(age)) => format!(
+                    "deciding from a replica of {n} tickets, {} old",
+                    humantime::format_duration(Duration::from_secs(age))
+                ),
+                _ => "no replica: every scan is refused".into(),
+            };
+            eprintln!(
+                "stile gate: OFFLINE: the node did not answer within {}; {replica}",
+                humantime::format_duration(args.online_timeout)
+            );
+        }
+    }
+}
+
+/// What a person at the gate needs beside the outcome.
+fn details(a: &Answer) -> String {
+    if let Some(r) = &a.reason {
+        return r.clone();
+    }
+    let at = || format_unix_s(a.at_unix_s);
+    match a.name() {
+        "admitted" | "exited" => format!("entries {}", a.entries),
+        "already_used" if a.gate != 0 => format!("by gate {} at {}", a.gate, at()),
+        "already_used" => "used before".into(),
+        "not_yet_valid" if a.at_unix_s != 0 => format!("valid from {}", at()),
+        "expired" if a.at_unix_s != 0 => format!("expired at {}", at()),
+        _ => String::new(),
+    }
+}
+
+fn text_line(code: &str, a: &Answer) -> String {
+    // Tabs and newlines inside a scanned line would break the columns.
+    let code: String = code.chars().filter(|c| !c.is_control()).collect();
+    format!("{code}\t{}\t{}\t{}", a.name(), details(a), a.mode.name())
+}
+
+fn json_line(code: &str, a: &Answer) -> String {
+    serde_json::json!({
+        "code": code,
+        "outcome": a.name(),
+        "gate": a.gate,
+        "at": (a.at_unix_s != 0).then(|| format_unix_s(a.at_unix_s)),
+        "entries": a.entries,
+        "mode": a.mode.name(),
+        "reason": a.reason,
+    })
+    .to_string()
+}
