@@ -99,6 +99,7 @@ impl OpKind {
             K::Unknown,
             K::WrongProvider,
             K::RateLimited,
+            K::DiskFull,
         ];
         self != OpKind::Status && (own.contains(&kind) || any.contains(&kind))
     }

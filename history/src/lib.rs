@@ -504,7 +504,7 @@ mod tests {
             assert_ne!(with(k), Verdict::Consistent, "{k}");
         }
         // The gate's provider and budget are not the ticket's business.
-        for k in [K::WrongProvider, K::RateLimited] {
+        for k in [K::WrongProvider, K::RateLimited, K::DiskFull] {
             assert_eq!(with(k), Verdict::Consistent, "{k}");
         }
         // An acknowledged admit followed by `forged`: the node lost the ticket.

@@ -49,7 +49,8 @@ fn twenty_kill_cycles_under_replay_traffic_keep_every_admit_and_admit_none_twice
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history.jsonl");
     // Each code at four gates at about the same moment, the node killed every 250 ms of
-    // its life: at least 20 kills in 20 s even if each restart took most of a second.
+    // its life: at least 20 kills in 40 s even if each restart and reconnect took 1.7 s on a
+    // busy machine (about 0.1 s on an idle one).
     let (code, report, text) = loadtest(
         dir.path(),
         &[
@@ -59,7 +60,7 @@ fn twenty_kill_cycles_under_replay_traffic_keep_every_admit_and_admit_none_twice
             "--kill-every",
             "250ms",
             "--duration",
-            "20s",
+            "40s",
             "--warmup",
             "0s",
             "--gates",
@@ -182,8 +183,9 @@ fn the_history_of_every_target_is_checked() {
                 scenario,
                 "--target",
                 target,
+                // Ends when the tickets run out; the bound is for a slow machine.
                 "--duration",
-                "1s",
+                "30s",
                 "--warmup",
                 "0s",
                 "--gates",
