@@ -152,17 +152,41 @@ struct Shared {
 pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn");
     let scenario = args.scenario;
-    // Before a node is started for nothing.
-    faults_of(&args).validate(args.inflight)?;
-    let shared = open_shared(&args)?;
-    let targets = if let Some(node) = &shared.node {
-        vec![format!("quic://{}", node.addr())]
+    // Everything that can be checked is, before a node is started or a history file
+    // truncated for nothing; the spawned node's address is not known yet.
+    let planned = if args.spawn_node {
+        vec!["quic://127.0.0.1:0".to_string()]
     } else if args.compare.is_empty() {
         vec![args.target.clone()]
     } else {
         args.compare.clone()
     };
-    check_options(&args, &targets)?;
+    check_options(&args, &planned)?;
+    for target in &planned {
+        let config = Config {
+            // Checked on their own here: they need the node, not started yet.
+            faults: stile_loadtest::Faults::default(),
+            ..config_for(
+                &args,
+                target,
+                &stile_loadtest::Stop::default(),
+                &Shared::default(),
+            )
+        };
+        config
+            .validate()
+            .with_context(|| format!("running {} against {target}", scenario.name()))?;
+    }
+    faults_of(&args).validate(args.inflight)?;
+    stile_loadtest::output::check(args.json.as_deref(), args.report.as_deref())?;
+    if let Some(h) = &args.history {
+        stile_loadtest::output::check_history_path(h)?;
+    }
+    let shared = open_shared(&args)?;
+    let targets = match &shared.node {
+        Some(node) => vec![format!("quic://{}", node.addr())],
+        None => planned,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,6 +211,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     } = run_rounds(&args, &targets, &runtime, &stop, &shared)?;
     if runs.is_empty() {
         eprintln!("stile loadtest: nothing was measured; no report written");
+        shared.drop_scratch_history();
         return Ok(ExitCode::from(if failed { 1 } else { INTERRUPTED }));
     }
     let interrupted = skipped || runs.iter().any(|r| r.interrupted);
@@ -209,6 +234,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
     match report.history.as_ref().map(|h| h.verdict.as_str()) {
         Some("violation") => return Ok(ExitCode::from(2)),
         Some("undecided") if !bad => return Ok(ExitCode::from(3)),
+        Some("unwritten") => failed = true,
         _ => {}
     }
     if bad {
@@ -221,6 +247,15 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl Shared {
+    /// Removes a scratch history (no `--history`) that no check will read.
+    fn drop_scratch_history(&self) {
+        if let Some(h) = self.history.as_ref().filter(|_| self.history_is_scratch) {
+            let _ = std::fs::remove_file(h.path());
+        }
+    }
 }
 
 /// Opens the history file and starts the node, as the options ask.
@@ -276,10 +311,35 @@ fn check_history(
         return Ok(None);
     };
     let path = log.path().to_path_buf();
-    log.finish()
-        .with_context(|| format!("writing the history {}", path.display()))?;
+    if let Err(e) = log.finish() {
+        // The runs' figures still stand: the report is written, the history said broken.
+        eprintln!(
+            "stile loadtest: the history {} could not be written whole: {e}",
+            path.display()
+        );
+        shared.drop_scratch_history();
+        return Ok(Some(stile_loadtest::report::HistoryCheck {
+            file: path.display().to_string(),
+            verdict: "unwritten".into(),
+            operations: 0,
+            tickets: 0,
+            indeterminate: 0,
+            summary: format!("not written whole ({e}): not checked"),
+        }));
+    }
     if !args.check_history {
         return Ok(None);
+    }
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        // A pipe or a device cannot be read back.
+        return Ok(Some(stile_loadtest::report::HistoryCheck {
+            file: path.display().to_string(),
+            verdict: "unchecked".into(),
+            operations: 0,
+            tickets: 0,
+            indeterminate: 0,
+            summary: "not a regular file: written, not read back, not checked".into(),
+        }));
     }
     let file = std::fs::File::open(&path)
         .with_context(|| format!("cannot open the history {}", path.display()))?;
@@ -291,11 +351,13 @@ fn check_history(
         stile_history::Verdict::Violation { .. } => "violation",
         stile_history::Verdict::Undecided { .. } => "undecided",
     };
+    let mut file = path.display().to_string();
     if shared.history_is_scratch && verdict == "consistent" {
         let _ = std::fs::remove_file(&path);
+        file.push_str(" (removed: it held)");
     }
     Ok(Some(stile_loadtest::report::HistoryCheck {
-        file: path.display().to_string(),
+        file,
         verdict: verdict.to_string(),
         operations: checked.ops as u64,
         tickets: checked.tickets as u64,
@@ -306,6 +368,12 @@ fn check_history(
 
 /// Options that do not fit together, or fit no target given: said before anything runs.
 fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> {
+    if !args.node_args.is_empty() && !args.spawn_node {
+        anyhow::bail!(
+            "options after `--` ({}) are for the node --spawn-node starts, and none is started",
+            args.node_args.join(" ")
+        );
+    }
     if args.rounds > 1 && args.compare.len() < 2 {
         anyhow::bail!(
             "--rounds {}: rounds alternate the targets of --compare; give --compare A,B",

@@ -49,6 +49,9 @@ fn parse_snapshot_every(s: &str) -> Result<SnapshotEvery, String> {
     Ok(SnapshotEvery(Some(d)))
 }
 
+/// Default `--log-segment-kib`: the engine's segment size.
+const SEGMENT_KIB_DEFAULT: u64 = stile_engine::wal::segment::SEGMENT_MAX_BYTES >> 10;
+
 /// Options `stile up` and `stile node` share.
 #[derive(Debug, Clone, Copy, clap::Args)]
 struct NodeTuning {
@@ -64,9 +67,15 @@ struct NodeTuning {
     /// Log segments (64 MiB each) kept written with zeros ahead of need, so that a burst of
     /// check-ins syncs records over zeros: no file growth, and no zeros written beside it.
     /// An idle node prepares them at the disk's speed, a busy one slowly; a stopped one keeps
-    /// them for its next start. 1 to 64.
+    /// them for its next start. They are also what a node on a full disk still logs into
+    /// before it refuses changes. 1 to 64.
     #[arg(long, value_name = "SEGMENTS", default_value_t = stile_engine::wal::RUNWAY_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=i64::from(stile_engine::wal::RUNWAY_MAX)))]
     log_runway: u32,
+    /// Size of a log segment, KiB (default 65536: 64 MiB), and with it of each prepared
+    /// one. Smaller segments keep a smaller runway on a small disk; each segment switch costs
+    /// a few syncs. 64 to 1048576.
+    #[arg(long, value_name = "KIB", default_value_t = SEGMENT_KIB_DEFAULT, value_parser = clap::value_parser!(u64).range(64..=1 << 20))]
+    log_segment_kib: u64,
     /// Start even though the newest time in the log or snapshot is more than five minutes
     /// ahead of this machine's clock: only when you know the log's times came from a clock
     /// that was ahead (the node's time then starts at the clock's). Without it such a start
@@ -235,9 +244,11 @@ fn run_node(
     let config = EngineConfig {
         sync,
         log_runway: listen.tuning.log_runway,
+        segment_max_bytes: listen.tuning.log_segment_kib << 10,
         accept_clock_behind_log: listen.tuning.accept_clock_behind_log,
         ..EngineConfig::default()
     };
+    crate::signals::ignore_file_size_limit();
     let engine = Engine::open(data, config, Arc::new(SystemClock))
         .with_context(|| format!("opening data dir {}", data.display()))?;
     let recovered = engine.recovered();

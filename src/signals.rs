@@ -47,3 +47,12 @@ impl Signals {
         }
     }
 }
+
+/// Ignores SIGXFSZ, so that a write past a file size limit (`RLIMIT_FSIZE`) fails with
+/// `EFBIG`, which the node's log takes for a full disk, instead of killing the process.
+pub fn ignore_file_size_limit() {
+    // SAFETY: signal(2) with a valid signal number and SIG_IGN; it touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

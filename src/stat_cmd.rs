@@ -455,6 +455,7 @@ pub fn render_json(node: &str, last: Option<&Reading>, now: &Reading) -> serde_j
         "connections": s.connections,
         "in_flight": m.inflight,
         "tickets": s.tickets,
+        "disk_full": m.disk_full,
     })
 }
 
@@ -480,6 +481,13 @@ pub fn render(node: &str, last: Option<&Reading>, now: &Reading) -> String {
         format_uptime(m.uptime_us),
         sync_mode::name(s.sync_mode)
     ));
+    if m.disk_full == Some(true) {
+        line(
+            "DISK FULL    the node refuses changes (disk_full): its log's disk is full; free \
+             space in its data dir"
+                .into(),
+        );
+    }
     line(format!(
         "{label:<13}{:.1}/s {window}   {}",
         v.per_s(v.latency.count()),
@@ -566,8 +574,25 @@ mod tests {
                     sum: 500 * syncs,
                     buckets: vec![(bucket_of(500) as u16, syncs)],
                 },
+                disk_full: Some(false),
             },
         }
+    }
+
+    #[test]
+    fn a_node_refusing_changes_for_a_full_disk_says_so_on_its_own_line() {
+        let a = reading(10, &[(100, 1000)], &[1000], 100);
+        let mut b = reading(12, &[(100, 1000)], &[1000], 100);
+        b.metrics.disk_full = Some(true);
+        let text = render("n:1", Some(&a), &b);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        assert!(
+            lines[1].starts_with("DISK FULL    the node refuses changes"),
+            "{text}"
+        );
+        assert_eq!(render_json("n:1", Some(&a), &b)["disk_full"], true);
+        assert!(!render("n:1", Some(&a), &a).contains("DISK FULL"));
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), CertError
 fn write_replace(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // The whole name and `.tmp`: `ca.key` and `ca.crt` must not share `ca.tmp`, or two
+    // writers at once could put a certificate under a key's name, with a certificate's mode.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mode = if private { 0o600 } else { 0o644 };
     let mut f = std::fs::OpenOptions::new()
         .write(true)

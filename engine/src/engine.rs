@@ -21,8 +21,8 @@ use crate::snapshot::{SnapshotError, SnapshotInfo, Stage};
 use crate::storage::{SharedStorage, StdStorage};
 use crate::tables::{Tables, TicketLoc};
 use crate::wal::record::ScanTrace;
-use crate::wal::{Durability, Record, Reservation, StartOptions, SyncMode, Wal};
-use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op};
+use crate::wal::{Claim, Durability, LogFull, Record, Reservation, StartOptions, SyncMode, Wal};
+use crate::word::{self, from_epoch_s, to_epoch_s, Applied, Ctx, Op, Word};
 
 /// Default time step of rotating codes.
 pub const ROTATION_STEP_DEFAULT_S: u32 = 30;
@@ -396,15 +396,43 @@ impl Engine {
         self.wal.as_ref().map(|w| w.reserve(count))
     }
 
+    /// [`Self::reserve`] for `count` records of fixed size, once the log has room for them:
+    /// `Err` when its disk is full, before anything is reserved or changed.
+    #[inline]
+    pub(crate) fn reserve_room(&self, count: u64) -> Result<Option<Reservation<'_>>, LogFull> {
+        self.wal.as_ref().map(|w| w.try_reserve(count)).transpose()
+    }
+
+    /// Room in the log for `bytes` of records about to be made, claimed before the changes
+    /// they record: `Err` when its disk is full (none needed in memory).
+    pub(crate) fn claim_room(&self, bytes: u64) -> Result<Option<Claim<'_>>, LogFull> {
+        self.wal.as_ref().map(|w| w.claim(bytes)).transpose()
+    }
+
+    /// [`Self::reserve`], holding `claim` (from [`Self::claim_room`]) until the records are
+    /// written.
+    pub(crate) fn reserve_claimed(
+        &self,
+        count: u64,
+        claim: Option<Claim<'_>>,
+    ) -> Option<Reservation<'_>> {
+        let wal = self.wal.as_ref()?;
+        Some(match claim {
+            Some(claim) => wal.reserve_with(count, claim),
+            None => wal.reserve(count),
+        })
+    }
+
     /// What an answer that read the index just now must wait for before it goes out: every
     /// change reserved so far (one it read may not be durable yet).
     pub fn observed(&self) -> Durability {
         self.reserve(0).map_or(Durability::READY, |r| r.submit())
     }
 
-    /// Logs one record outside the hot path and waits until it is durable.
-    pub(crate) fn log_one(&self, record: impl FnOnce() -> Record) {
-        if let Some(mut r) = self.reserve(1) {
+    /// Logs one record outside the hot path, with its room `claim` if one was made before
+    /// its change, and waits until it is durable.
+    pub(crate) fn log_one(&self, claim: Option<Claim<'_>>, record: impl FnOnce() -> Record) {
+        if let Some(mut r) = self.reserve_claimed(1, claim) {
             r.push(&record());
             r.submit().wait();
         }
@@ -415,12 +443,17 @@ impl Engine {
         &self.tables.keys
     }
 
-    /// Adds a policy (or finds an identical one) and returns its id, once durable.
+    /// Adds a policy (or finds an identical one) and returns its id, once durable. A new
+    /// policy is refused while the log's disk is full.
     pub fn add_policy(&self, policy: Policy) -> Result<PolicyId, PolicyError> {
         let mut durability = None;
+        // Claimed before the table is changed; given back if the policy is not new.
+        let claim = self
+            .claim_room(crate::wal::RECORD_CLAIM_BYTES)
+            .map_err(|_| PolicyError::DiskFull)?;
         let id = self.tables.policies.add_with(policy, |id| {
             // Reserved under the table's lock, so policies reach the log in id order.
-            if let Some(mut log) = self.reserve(1) {
+            if let Some(mut log) = self.reserve_claimed(1, claim) {
                 log.push(&Record::Policy { id: id.0, policy });
                 durability = Some(log.submit());
             }
@@ -434,7 +467,7 @@ impl Engine {
     /// Adds a key and makes it active (the old one keeps verifying); logged.
     pub fn rotate_key(&self) -> Result<u8, crate::keys::KeyError> {
         let id = self.tables.keys.rotate()?;
-        self.log_one(|| Record::Key {
+        self.log_one(None, || Record::Key {
             id,
             status: crate::keys::KeyStatus::Active as u8,
         });
@@ -445,7 +478,7 @@ impl Engine {
     /// Retires key `id`: its codes read as `forged` from now on; logged.
     pub fn retire_key(&self, id: u8) -> Result<(), crate::keys::KeyError> {
         self.tables.keys.retire(id)?;
-        self.log_one(|| Record::Key {
+        self.log_one(None, || Record::Key {
             id,
             status: crate::keys::KeyStatus::Retired as u8,
         });
@@ -607,6 +640,67 @@ impl Engine {
         Ok(policy)
     }
 
+    /// What a change of a located ticket is decided from: its word as loaded now, the rules
+    /// and the scan; or the answer, if one comes before (no policy, or a retry's remembered
+    /// answer).
+    #[inline(always)]
+    fn prepare<'e>(
+        &'e self,
+        at: &Located<'e>,
+        op: Op,
+        gate: &Gate,
+        scan_id: Option<u64>,
+        now_unix_s: u64,
+    ) -> Result<Prepared<'e>, Outcome> {
+        let current = at.slot.word.load(std::sync::atomic::Ordering::Acquire);
+        let policy = self.policy_of_word(at, gate, current)?;
+        let scan = scan_id.map(|scan_id| ScanKey {
+            gate: gate.id,
+            scan_id,
+            partition: at.loc.partition,
+            serial: at.loc.serial,
+        });
+        if let Some(outcome) = scan.as_ref().and_then(|k| self.tables.scans.recall(k, op)) {
+            return Err(outcome);
+        }
+        let first_scan_e = at
+            .slot
+            .first_scan_e
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let ctx = Ctx {
+            policy,
+            gate: gate.id,
+            now_unix_s,
+            first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
+        };
+        Ok(Prepared {
+            current,
+            ctx,
+            scan,
+            first_scan_e,
+        })
+    }
+
+    /// What [`Self::run`] would answer when the log has no room, changing nothing: what the
+    /// ticket's state refuses is refused as always (and a retry gets its remembered answer),
+    /// and where a change would need a record the answer is `disk_full`.
+    pub(crate) fn run_without_room(
+        &self,
+        at: &Located<'_>,
+        op: Op,
+        gate: &Gate,
+        scan_id: Option<u64>,
+        now_unix_s: u64,
+    ) -> Outcome {
+        match self.prepare(at, op, gate, scan_id, now_unix_s) {
+            Err(outcome) => outcome,
+            Ok(p) => match word::transition(Word::unpack(p.current), op, &p.ctx) {
+                Ok(_) => Outcome::DISK_FULL,
+                Err(refused) => refused,
+            },
+        }
+    }
+
     /// Runs `op` on a located ticket in one CAS loop. Scans with a scan id first consult the
     /// gate's memory, so a retry gets the original answer.
     #[inline(always)]
@@ -619,8 +713,12 @@ impl Engine {
         now_unix_s: u64,
         log: Option<&mut Reservation<'_>>,
     ) -> Applied {
-        let current = at.slot.word.load(std::sync::atomic::Ordering::Acquire);
-        let policy = match self.policy_of_word(at, gate, current) {
+        let Prepared {
+            current,
+            ctx,
+            scan,
+            first_scan_e,
+        } = match self.prepare(at, op, gate, scan_id, now_unix_s) {
             Ok(p) => p,
             Err(outcome) => {
                 return Applied {
@@ -628,28 +726,6 @@ impl Engine {
                     change: None,
                 }
             }
-        };
-        let scan = scan_id.map(|scan_id| ScanKey {
-            gate: gate.id,
-            scan_id,
-            partition: at.loc.partition,
-            serial: at.loc.serial,
-        });
-        if let Some(outcome) = scan.as_ref().and_then(|k| self.tables.scans.recall(k, op)) {
-            return Applied {
-                outcome,
-                change: None,
-            };
-        }
-        let first_scan_e = at
-            .slot
-            .first_scan_e
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let ctx = Ctx {
-            policy,
-            gate: gate.id,
-            now_unix_s,
-            first_scan_unix_s: (first_scan_e != 0).then(|| from_epoch_s(first_scan_e)),
         };
         let applied = word::apply_from(&at.slot.word, current, op, &ctx);
         if let Some((old, new)) = applied.change {
@@ -698,6 +774,18 @@ impl Engine {
         }
         applied
     }
+}
+
+/// What [`Engine::run`] decides a change from (see [`Engine::prepare`]).
+struct Prepared<'e> {
+    /// The ticket's word as loaded.
+    current: u64,
+    /// The rules, gate and time.
+    ctx: Ctx<'e>,
+    /// The gate's scan, if the change is one.
+    scan: Option<ScanKey>,
+    /// The ticket's first-scan time as loaded (engine-epoch seconds; 0: none).
+    first_scan_e: u32,
 }
 
 /// Refuses a clock the engine's 32-bit times cannot hold: before the engine's epoch (times

@@ -63,6 +63,11 @@ pub enum OpenError {
     Log(#[from] crate::wal::segment::ScanError),
 }
 
+/// What an operator is told when a change is refused because the log's disk is full.
+pub const DISK_FULL_MESSAGE: &str = "the node's disk is full: it makes no change it cannot log, \
+     so nothing was changed; free space where it keeps its log (its own log names the \
+     directory), then try again";
+
 /// Minting or importing failed; nothing was minted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MintError {
@@ -107,6 +112,9 @@ pub enum MintError {
     /// Imported codes carry no signature, so they cannot rotate.
     #[error("imported codes need a static-code policy; policy {0} is rotating")]
     ImportRotating(u32),
+    /// The log's disk is full (see [`crate::wal::LogFull`]).
+    #[error("{DISK_FULL_MESSAGE}")]
+    DiskFull,
 }
 
 /// An operator action on one ticket (status, revoke, transfer) failed; nothing changed.
@@ -124,6 +132,9 @@ pub enum TicketError {
     /// The partition has no serial left for the new ticket.
     #[error("partition {0} is full: no serial left for the transferred ticket")]
     PartitionFull(u16),
+    /// The log's disk is full (see [`crate::wal::LogFull`]).
+    #[error("{DISK_FULL_MESSAGE}")]
+    DiskFull,
 }
 
 impl TicketError {
@@ -145,4 +156,14 @@ pub enum PurgeError {
          test's, 65535)"
     )]
     NotServed(u16),
+    /// The log's disk is full (see [`crate::wal::LogFull`]): the purge stopped part way.
+    #[error(
+        "the node's disk is full: the purge stopped part way (every serial below {below} is \
+         purged); free space where it keeps its log (its own log names the directory), then \
+         purge again to finish"
+    )]
+    DiskFull {
+        /// Every serial below this is purged.
+        below: u64,
+    },
 }

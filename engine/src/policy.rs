@@ -183,6 +183,9 @@ pub enum PolicyError {
     /// No policy has this id.
     #[error("no policy with id {0}")]
     NoSuchPolicy(u32),
+    /// The policy is new and the log's disk is full (see [`crate::wal::LogFull`]).
+    #[error("{}", crate::error::DISK_FULL_MESSAGE)]
+    DiskFull,
 }
 
 /// Append-only table of policies: lock-free reads by id; adds (rare, operator path) take a

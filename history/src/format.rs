@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use serde::Deserialize;
 use stile_protocol::OutcomeKind;
@@ -99,6 +99,7 @@ impl OpKind {
             K::Unknown,
             K::WrongProvider,
             K::RateLimited,
+            K::DiskFull,
         ];
         self != OpKind::Status && (own.contains(&kind) || any.contains(&kind))
     }
@@ -287,20 +288,34 @@ struct OpLine {
 }
 
 /// Reads a history; the first bad line stops it, named by number.
-pub fn parse(reader: impl BufRead) -> Result<History, ParseError> {
+pub fn parse(mut reader: impl BufRead) -> Result<History, ParseError> {
     let mut history = History::default();
     let mut by_code: HashMap<String, usize> = HashMap::new();
-    for (i, text) in reader.lines().enumerate() {
-        let line = i + 1;
+    let mut bytes = Vec::with_capacity(512);
+    for line in 1.. {
         let err = |message: String| ParseError { line, message };
-        let text = text.map_err(|e| err(format!("cannot read: {e}")))?;
-        if text.len() > LINE_MAX_BYTES {
+        bytes.clear();
+        // At most one byte past the limit is read: a longer line is refused unread.
+        let read = Read::take(&mut reader, LINE_MAX_BYTES as u64 + 1)
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        } else if bytes.len() > LINE_MAX_BYTES {
             return Err(err(format!("longer than {LINE_MAX_BYTES} bytes")));
         }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| err(format!("cannot read: not UTF-8 ({e})")))?;
         if text.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let parsed: Line = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         match parsed {
             Line::History { version } if version == VERSION && line == 1 => {}
             Line::History { version } if version != VERSION => {

@@ -130,7 +130,7 @@ mod tests {
             .op("A", 4, Status, 0, (30, Some(31)))
             .state(StateName::Used, 1, true)
             .op("A", 5, Checkin, 1, (32, Some(33)))
-            .out(K::Forged, None, None)
+            .out(K::RateLimited, None, None)
             // B: an entry whose answer was lost explains the second exit.
             .op("B", 1, Checkin, 1, (0, Some(1)))
             .out(K::Admitted, Some(1), Some(1))
@@ -481,7 +481,15 @@ mod tests {
     }
 
     #[test]
-    fn revoked_is_a_violation_and_forged_is_allowed() {
+    fn an_endless_line_is_refused_after_the_limit_not_read_whole() {
+        let endless = std::io::BufReader::new(std::io::repeat(b'a'));
+        let e = parse(endless).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_ticket_read_as_forged_or_unknown_was_lost() {
         let with = |k: K| {
             Hist::default()
                 .ticket("A", Policy::SINGLE)
@@ -490,9 +498,23 @@ mod tests {
                 .check()
                 .verdict
         };
-        assert_ne!(with(K::Revoked), Verdict::Consistent);
-        for k in [K::Forged, K::Unknown, K::WrongProvider, K::RateLimited] {
+        // A declared ticket is genuine and minted: a node that calls it forged or unknown
+        // (its data lost, say) or revoked (no revokes here) breaks the promise.
+        for k in [K::Revoked, K::Forged, K::Unknown] {
+            assert_ne!(with(k), Verdict::Consistent, "{k}");
+        }
+        // The gate's provider and budget are not the ticket's business.
+        for k in [K::WrongProvider, K::RateLimited, K::DiskFull] {
             assert_eq!(with(k), Verdict::Consistent, "{k}");
         }
+        // An acknowledged admit followed by `forged`: the node lost the ticket.
+        let r = Hist::default()
+            .ticket("A", Policy::SINGLE)
+            .op("A", 1, Checkin, 1, (0, Some(1)))
+            .out(K::Admitted, Some(1), Some(1))
+            .op("A", 2, Checkin, 1, (5, Some(6)))
+            .out(K::Forged, None, None)
+            .check();
+        assert!(violation(&r).contains("forged"), "{r}");
     }
 }

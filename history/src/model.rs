@@ -241,13 +241,11 @@ impl Model<'_> {
     }
 }
 
-/// Outcomes the model does not decide (the code, the gate's provider or its budget): allowed
-/// anywhere, and they change nothing.
+/// Outcomes the model does not decide (the gate's provider, its budget, the node's disk):
+/// allowed anywhere, and they change nothing. `forged` and `unknown` are not among them: a declared
+/// ticket is genuine and minted, so a node that answers either for it has lost it.
 pub fn undecided(k: K) -> bool {
-    matches!(
-        k,
-        K::Forged | K::Unknown | K::WrongProvider | K::RateLimited
-    )
+    matches!(k, K::WrongProvider | K::RateLimited | K::DiskFull)
 }
 
 /// Whether an answer of this kind changed the ticket (so a resend gets it again).

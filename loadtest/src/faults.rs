@@ -4,7 +4,7 @@
 //!
 //! Each interval counts from when the node is back: a kill waits until the node has run
 //! `kill_every` since it last started, so a slow recovery never turns the schedule into a
-//! node that is always down.
+//! node that is always down. A pause ends by the run's end, or at once on a stop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,8 +84,14 @@ async fn strike(
             // A pause due while the node was down waits for it to have run a little.
             next_pause = next_pause.map(|p| p.max(Instant::now() + Duration::from_millis(100)));
         } else {
+            // Never past the run's time, and never past a stop: the node goes on at once.
+            let until = (Instant::now() + faults.pause_for).min(end);
             node.pause(true);
-            tokio::time::sleep(faults.pause_for).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = done.notified() => {}
+                () = stop.requested() => {}
+            }
             node.pause(false);
             struck.pauses += 1;
             next_pause = faults.pause_every.map(|d| Instant::now() + d);

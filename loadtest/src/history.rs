@@ -45,7 +45,15 @@ impl std::fmt::Debug for HistoryLog {
 impl HistoryLog {
     /// Creates (or truncates) `path` and writes the header line.
     pub fn create(path: &Path) -> std::io::Result<Arc<HistoryLog>> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        use std::os::unix::fs::OpenOptionsExt;
+        // 0600: it holds every minted ticket's code, each one a way in.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         stile_history::write_header(&mut out)?;
         let zero = Instant::now();
         let zero_wall_ms = SystemTime::now()
@@ -99,7 +107,12 @@ impl HistoryLog {
             return Err(e);
         }
         sink.out.flush()?;
-        sink.out.get_ref().sync_data()
+        // Only a file is synced: a pipe or a device under /dev has nothing to sync.
+        let file = sink.out.get_ref();
+        match file.metadata()?.is_file() {
+            true => file.sync_data(),
+            false => Ok(()),
+        }
     }
 
     fn append(&self, bytes: &[u8]) {

@@ -266,6 +266,11 @@ impl Faults {
         if self.pause_every.is_some() && self.pause_for.is_zero() {
             return bad("--pause-for must be above 0".into());
         }
+        let day = Duration::from_secs(24 * 3600);
+        let long = |d: Option<Duration>| d.is_some_and(|d| d > day);
+        if long(self.kill_every) || long(self.pause_every) || self.pause_for > day {
+            return bad("--kill-every, --pause-every and --pause-for are at most 24h".into());
+        }
         Ok(())
     }
 }
@@ -486,6 +491,8 @@ struct GateCounts {
     reconnects: u64,
     /// Scans never answered in the end.
     indeterminate: u64,
+    /// What the gate's earlier QUIC links carried, before it connected again.
+    quic_before: Option<report::QuicView>,
 }
 
 /// How many tickets a run mints, and how that was decided.
@@ -1280,6 +1287,7 @@ async fn receive_loop(
         quic: None,
         reconnects: 0,
         indeterminate: 0,
+        quic_before: None,
     };
     let mut history = run.history.as_ref().map(|h| h.gate(gate.id, run.details));
     // This second's latencies, added to the run's timeline when the second changes.
@@ -1399,7 +1407,13 @@ async fn receive_loop(
     flush_second(&run, &mut second);
     // Whatever is still in flight now will not be answered: let the sender go.
     gate.room.close();
-    c.quic = rx.quic();
+    c.quic = match (rx.quic(), c.quic_before.take()) {
+        (Some(mut last), Some(before)) => {
+            last.add(&before);
+            Some(last)
+        }
+        (last, before) => last.or(before),
+    };
     c
 }
 
@@ -1419,13 +1433,27 @@ async fn relink(
     };
     let mut tx = gate.tx.lock().await;
     let cap = gate.book.lock().expect("not poisoned").slots.len() as u32;
-    let give_up = run.end + RELINK_GRACE;
-    while Instant::now() < give_up && !run.stop.is_requested() {
+    // A stop ends the run as if its time were up: what is in flight is still collected,
+    // for the grace from the stop (a second Ctrl-C quits at once).
+    let mut stopped_at = None;
+    loop {
+        let now = Instant::now();
+        let end = match run.stop.is_requested() {
+            true => *stopped_at.get_or_insert(now),
+            false => run.end,
+        };
+        if now >= end + RELINK_GRACE {
+            break;
+        }
         let link = tokio::time::timeout(RELINK_TIMEOUT, target.link(gate.id, cap)).await;
         let Ok(Ok((new_tx, new_rx))) = link else {
             tokio::time::sleep(RELINK_PAUSE).await;
             continue;
         };
+        // What the lost link carried still counts.
+        if let Some(q) = rx.quic() {
+            c.quic_before.get_or_insert_default().add(&q);
+        }
         (*tx, *rx) = (new_tx, new_rx);
         c.reconnects += 1;
         let again = {

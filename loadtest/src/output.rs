@@ -35,6 +35,32 @@ pub enum OutputError {
     /// Encoding the report failed.
     #[error("encoding the report as JSON")]
     Encode(#[from] serde_json::Error),
+    /// `--history` names something it cannot be written to.
+    #[error("--history {0}: {1}")]
+    History(PathBuf, String),
+}
+
+/// Checks `--history PATH` before anything runs: a file (not standard output: a history is
+/// large and the report may go there), whose directory takes files.
+pub fn check_history_path(path: &Path) -> Result<(), OutputError> {
+    let bad = |m: &str| Err(OutputError::History(path.to_path_buf(), m.to_string()));
+    if is_stdout(path) {
+        return bad("a history goes to a file (it is large); name one");
+    }
+    if path.is_dir() {
+        return bad("is a directory; name a file");
+    }
+    if is_special(path) {
+        return writable(path)
+            .map_err(|e| OutputError::History(path.to_path_buf(), format!("cannot write: {e}")));
+    }
+    let path = &resolved(path);
+    takes_files(parent_of(path)).map_err(|e| {
+        OutputError::History(
+            path.to_path_buf(),
+            format!("cannot write into {}: {e}", parent_of(path).display()),
+        )
+    })
 }
 
 /// The directory a file of `path` goes in.

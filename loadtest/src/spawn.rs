@@ -60,10 +60,7 @@ impl NodeProcess {
     /// Makes dev certificates if `DATA/tls` holds no CA, and starts the node on a free port.
     pub fn start(spec: SpawnNode) -> Result<NodeProcess, String> {
         let tls = spec.data.join("tls");
-        if !tls.join(stile_certs::CA_CERT).exists() {
-            stile_certs::make_dev(&tls)
-                .map_err(|e| format!("making dev certificates in {}: {e}", tls.display()))?;
-        }
+        make_dev_certs_once(&spec.data, &tls)?;
         let (starts, requests) = mpsc::channel::<StartRequest>();
         let supervisor = std::thread::Builder::new()
             .name("stile-loadtest-node".into())
@@ -150,7 +147,10 @@ impl NodeProcess {
             .args(&self.spec.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(err_log);
+            .stderr(err_log)
+            // Its own process group: a Ctrl-C at the terminal stops the tester (which
+            // reports and then stops the node), not the node under its gates.
+            .process_group(0);
         // SAFETY: between fork and exec only an async-signal-safe system call (prctl) runs.
         unsafe {
             cmd.pre_exec(|| {
@@ -191,6 +191,23 @@ impl NodeProcess {
             }
         }
     }
+}
+
+/// Makes dev certificates in `tls` unless it holds a CA, under a lock on `DATA/.tls.lock`:
+/// two testers starting on one fresh data dir must not both make a CA.
+fn make_dev_certs_once(data: &Path, tls: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(data).map_err(|e| format!("making {}: {e}", data.display()))?;
+    let lock_path = data.join(".tls.lock");
+    let lock = File::create(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let made = match tls.join(stile_certs::CA_CERT).exists() {
+        true => Ok(()),
+        false => stile_certs::make_dev(tls)
+            .map_err(|e| format!("making dev certificates in {}: {e}", tls.display())),
+    };
+    drop(lock);
+    made
 }
 
 /// Copies the node's standard output into `log`, sending the address it listens on.

@@ -343,6 +343,7 @@ pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
         fsync_us: wal
             .map(|w| w.sync_latency_us().snapshot())
             .unwrap_or_default(),
+        disk_full: Some(wal.is_some_and(|w| w.disk_full())),
     }
 }
 
@@ -511,6 +512,20 @@ impl Collector for NodeCollector {
         let Some(wal) = wal else {
             return Ok(());
         };
+        one(
+            &mut e,
+            "stile_node_disk_full",
+            "1 while the node refuses changes (disk_full) because its log's disk is full: its \
+             prepared log segments are used up and no new one can be made; 0 again once one is",
+            &ConstGauge::new(i64::from(wal.disk_full())),
+        )?;
+        one(
+            &mut e,
+            "stile_node_wal_runway_bytes",
+            "Bytes of records the log's prepared segments can still take before the log needs \
+             new disk space",
+            &ConstGauge::new(wal.runway_bytes().min(i64::MAX as u64) as i64),
+        )?;
         let stats = wal.stats();
         one(
             &mut e,

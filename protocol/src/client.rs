@@ -86,7 +86,7 @@ pub enum ClientError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The node answered with an error; nothing changed.
-    #[error("{message} (error {code})")]
+    #[error("{message} ({}, error {code})", crate::frame::error_code::name(*code))]
     Node {
         /// One of [`crate::frame::error_code`].
         code: u16,

@@ -506,6 +506,9 @@ pub struct NodeMetrics {
     pub latency_us: Histogram,
     /// `fdatasync` latency of the log, microseconds (empty without a log).
     pub fsync_us: Histogram,
+    /// Whether the node refuses changes because its log's disk is full (`disk_full`);
+    /// `None` from a node older than this field.
+    pub disk_full: Option<bool>,
 }
 
 /// Fixed bytes of a metrics frame before its outcome counts.
@@ -570,6 +573,27 @@ pub mod error_code {
     /// The gate spent its budget of forged and unknown codes: nothing is looked up for it
     /// until its cooldown ends (the error form of the `rate_limited` outcome).
     pub const RATE_LIMITED: u16 = 8;
+    /// The node's disk is full: it makes no change it cannot log, until the operator frees
+    /// space; nothing changed, so the same request succeeds then (the error form of the
+    /// `disk_full` outcome).
+    pub const DISK_FULL: u16 = 9;
+
+    /// The snake_case name of error code `code` (`disk_full`), or `error` for one this side
+    /// does not know.
+    pub const fn name(code: u16) -> &'static str {
+        match code {
+            FORBIDDEN => "forbidden",
+            BAD_REQUEST => "bad_request",
+            NOT_FOUND => "not_found",
+            FORGED => "forged",
+            CONFLICT => "conflict",
+            UNAVAILABLE => "unavailable",
+            TRIMMED => "trimmed",
+            RATE_LIMITED => "rate_limited",
+            DISK_FULL => "disk_full",
+            _ => "error",
+        }
+    }
 }
 
 /// A request, as a gate, the gateway or the CLI sends it.
@@ -1008,6 +1032,7 @@ impl Response {
                     + 1
                     + histogram_len(&m.latency_us)
                     + histogram_len(&m.fsync_us)
+                    + usize::from(m.disk_full.is_some())
             }
             Response::Purged { .. } => PURGED_LEN,
             Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
@@ -1115,6 +1140,9 @@ impl Response {
                 out.put_u8(m.latency_op);
                 put_histogram(out, &m.latency_us);
                 put_histogram(out, &m.fsync_us);
+                if let Some(full) = m.disk_full {
+                    out.put_u8(u8::from(full));
+                }
             }
             Response::Purged { tickets, below } => {
                 out.put_u64_le(*tickets);
@@ -1245,6 +1273,11 @@ impl Response {
                     latency_op: r.u8()?,
                     latency_us: r.histogram()?,
                     fsync_us: r.histogram()?,
+                    // Appended later: absent from older nodes' answers.
+                    disk_full: match r.buf.is_empty() {
+                        true => None,
+                        false => Some(r.bool()?),
+                    },
                 };
                 // Later nodes may append fields: what this side does not know, it skips.
                 r.buf = &[];
@@ -1441,9 +1474,30 @@ mod tests {
                 buckets: vec![(40, 2), (100, 1)],
             },
             fsync_us: Histogram::default(),
+            disk_full: Some(false),
         };
         let mut out = Vec::new();
         Response::Metrics(m.clone()).encode(9, &mut out);
+        // An older node's answer ends before the disk-full flag: read as not said.
+        let mut older = out.clone();
+        older[0] -= 1;
+        older.pop();
+        let (_, body) = split_frame(&older).unwrap().unwrap();
+        let said = |full| {
+            Response::Metrics(NodeMetrics {
+                disk_full: full,
+                ..m.clone()
+            })
+        };
+        assert_eq!(Response::decode(body).unwrap(), (9, said(None)));
+        // A flag byte other than 0 or 1 is malformed.
+        let mut bad = out.clone();
+        *bad.last_mut().unwrap() = 2;
+        let (_, body) = split_frame(&bad).unwrap().unwrap();
+        assert!(matches!(
+            Response::decode(body),
+            Err(FrameError::Malformed(_))
+        ));
         // A later node appends 3 bytes: this side still reads what it knows.
         let mut longer = out.clone();
         longer[0] += 3;
@@ -1677,17 +1731,21 @@ mod tests {
                 proptest::collection::vec(any::<u64>(), 0..=METRICS_OUTCOMES_MAX),
                 histogram(),
                 histogram(),
+                any::<Option<bool>>(),
             )
-                .prop_map(|((uptime_us, inflight, latency_op), outcomes, l, f)| {
-                    Response::Metrics(NodeMetrics {
-                        uptime_us,
-                        inflight,
-                        outcomes,
-                        latency_op,
-                        latency_us: l,
-                        fsync_us: f,
-                    })
-                });
+                .prop_map(
+                    |((uptime_us, inflight, latency_op), outcomes, l, f, disk_full)| {
+                        Response::Metrics(NodeMetrics {
+                            uptime_us,
+                            inflight,
+                            outcomes,
+                            latency_op,
+                            latency_us: l,
+                            fsync_us: f,
+                            disk_full,
+                        })
+                    },
+                );
             prop_oneof![
                 outcome,
                 ticket,

@@ -66,6 +66,9 @@ outcome_kinds! {
     Undone = 11, "undone";
     /// Undo refused: not this gate's last admit, or the undo window has passed.
     NotUndoable = 12, "not_undoable";
+    /// Not recorded: the node's disk is full, so it makes no change it cannot log. The
+    /// ticket is unchanged; the same scan succeeds once the operator frees space.
+    DiskFull = 13, "disk_full";
 }
 
 impl OutcomeKind {
@@ -115,6 +118,8 @@ impl Outcome {
     pub const WRONG_PROVIDER: Outcome = Outcome::bare(OutcomeKind::WrongProvider);
     /// `rate_limited`.
     pub const RATE_LIMITED: Outcome = Outcome::bare(OutcomeKind::RateLimited);
+    /// `disk_full`.
+    pub const DISK_FULL: Outcome = Outcome::bare(OutcomeKind::DiskFull);
 
     /// One line a person at the gate can act on.
     pub fn message(&self) -> String {
@@ -146,6 +151,9 @@ impl Outcome {
             OutcomeKind::NotUndoable => {
                 "undo refused: not this gate's last admit, or the undo window has passed".into()
             }
+            OutcomeKind::DiskFull => "not recorded: the node's disk is full, so it takes no \
+                                      changes; the ticket is unchanged, try again shortly"
+                .into(),
         }
     }
 }
@@ -178,7 +186,7 @@ mod tests {
             assert_eq!(OutcomeKind::from_u8(i as u8), Some(*kind));
             assert!(names.insert(kind.name()));
         }
-        assert_eq!(OutcomeKind::from_u8(13), None);
+        assert_eq!(OutcomeKind::from_u8(14), None);
     }
 
     #[test]

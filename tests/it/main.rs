@@ -3,6 +3,7 @@
 mod browser;
 mod cli;
 mod crash;
+mod disk_full;
 mod durability;
 mod engine_ops;
 mod faults;

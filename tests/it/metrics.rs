@@ -62,7 +62,10 @@ async fn scrape(url: &str) -> String {
 
 /// Scrapes until `done` holds (a request counts once its answer is written, which may be
 /// just after the client has it), for at most 10 s.
-async fn scrape_until(url: &str, done: impl Fn(&HashMap<String, f64>) -> bool) -> String {
+pub(crate) async fn scrape_until(
+    url: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = scrape(url).await;
@@ -74,7 +77,7 @@ async fn scrape_until(url: &str, done: impl Fn(&HashMap<String, f64>) -> bool) -
     }
 }
 
-fn get(s: &HashMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn get(s: &HashMap<String, f64>, series: &str) -> f64 {
     *s.get(series)
         .unwrap_or_else(|| panic!("no series {series} in {s:?}"))
 }
@@ -595,7 +598,7 @@ fn stat_of_a_node_that_is_not_there_says_so() {
 
 /// Reads a child's stdout until it has printed every line starting with one of `prefixes`;
 /// returns the rest of each such line.
-fn read_addresses(out: &mut impl BufRead, prefixes: &[&str]) -> Vec<String> {
+pub(crate) fn read_addresses(out: &mut impl BufRead, prefixes: &[&str]) -> Vec<String> {
     let mut found = vec![String::new(); prefixes.len()];
     let mut said = String::new();
     while found.iter().any(String::is_empty) {

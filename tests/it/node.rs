@@ -818,7 +818,7 @@ async fn shutdown_answers_in_flight_requests_and_clients_reconnect() {
 }
 
 /// A `stile node` child process, killed if the test ends (or fails) before it does.
-pub(crate) struct NodeProcess(std::process::Child);
+pub(crate) struct NodeProcess(pub(crate) std::process::Child);
 
 impl std::ops::Deref for NodeProcess {
     type Target = std::process::Child;

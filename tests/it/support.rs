@@ -134,3 +134,66 @@ pub fn exit_within_a_minute(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A tmpfs of a set size mounted for a test, unmounted when dropped (a failed test
+/// included). Mounting needs root, as CI has: without it the test fails, saying so.
+pub struct Tmpfs {
+    _dir: tempfile::TempDir,
+    /// Where it is mounted.
+    pub path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(bytes: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let (target, options) = (c(path.to_str().unwrap()), c(&format!("size={bytes}")));
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mounting a {bytes}-byte tmpfs at {} failed ({}): this test fills a real \
+             filesystem and needs root (CI runs as root) to mount one",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Tmpfs { _dir: dir, path }
+    }
+
+    /// Writes zeros into the file `name` until the filesystem refuses more; its path.
+    pub fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.raw_os_error() != Some(libc::ENOSPC) => {
+                    panic!("filling {}: {e}", path.display())
+                }
+                _ => return path,
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.path.to_str().unwrap()).unwrap();
+        // SAFETY: umount2(2) with a NUL-terminated path; detached, so that a process still
+        // holding a file there cannot keep it mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -56,7 +56,9 @@ impl Engine {
     /// returned [`Durability`] is reached (everything they observed is on disk). In rounds of
     /// [`PREFETCH_ROUND`]: first every tag is verified and each genuine ticket's slot
     /// prefetched, then log numbers are reserved for the round and each slot gets its CAS, so
-    /// memory latency hides behind the HMAC work. Allocates nothing per request.
+    /// memory latency hides behind the HMAC work. Allocates nothing per request. When the
+    /// log's disk is full, a round's admits are answered `disk_full` without a CAS, and its
+    /// refusals as always.
     pub fn checkin_batch(&self, reqs: &[CheckinRequest], out: &mut [Outcome]) -> Durability {
         assert_eq!(reqs.len(), out.len(), "one outcome per request");
         // Rotating codes are drawn by the wall clock (the gateway's): their step is read from
@@ -83,7 +85,16 @@ impl Engine {
             if located == 0 {
                 continue;
             }
-            let mut log = self.reserve(located);
+            let Ok(mut log) = self.reserve_room(located) else {
+                for (i, req) in reqs.iter().enumerate() {
+                    if let Some(at) = &found[i] {
+                        out[i] =
+                            self.run_without_room(at, Op::Entry, &req.gate, Some(req.scan_id), now);
+                    }
+                }
+                durability = self.observed();
+                continue;
+            };
             for (i, req) in reqs.iter().enumerate() {
                 if let Some(at) = &found[i] {
                     let applied = self.run(
@@ -119,7 +130,10 @@ impl Engine {
             Ok(at) => at,
             Err(outcome) => return (outcome, Durability::READY),
         };
-        let mut log = self.reserve(1);
+        let Ok(mut log) = self.reserve_room(1) else {
+            let outcome = self.run_without_room(&at, op.op(), gate, Some(scan_id), now);
+            return (outcome, self.observed());
+        };
         let outcome = self
             .run(&at, op.op(), gate, Some(scan_id), now, log.as_mut())
             .outcome;

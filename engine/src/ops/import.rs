@@ -55,6 +55,12 @@ impl Engine {
             .partition(partition)
             .ok_or(MintError::NotOwned(partition))?;
         let count = codes.len() as u32;
+        // Before anything is changed: the log's room for the record, which holds every code
+        // (its fixed part and each code's length and bytes; twice that, as `room.rs` says).
+        let record_bytes = 64 + codes.iter().map(|c| 2 + c.len() as u64).sum::<u64>();
+        let claim = self
+            .claim_room(2 * record_bytes)
+            .map_err(|_| MintError::DiskFull)?;
         // Held until the record is logged: a purge waits for this batch, then drops it too.
         let _minting = self.tables.minting();
         let first = part
@@ -82,7 +88,7 @@ impl Engine {
         for serial in first..first + count {
             part.publish(serial, policy, minted, 0);
         }
-        self.log_one(|| Record::Import {
+        self.log_one(claim, || Record::Import {
             partition,
             first,
             policy: policy.0,

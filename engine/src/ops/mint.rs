@@ -53,6 +53,10 @@ impl Engine {
         let partition = self
             .partition(req.partition)
             .ok_or(MintError::NotOwned(req.partition))?;
+        // Before anything is changed: the log's room.
+        let claim = self
+            .claim_room(crate::wal::RECORD_CLAIM_BYTES)
+            .map_err(|_| MintError::DiskFull)?;
         // Held until the record is logged: a purge waits for this batch, then drops it too.
         let minting = self.tables.minting();
         let first = partition
@@ -67,7 +71,7 @@ impl Engine {
         for serial in first..first + req.count {
             partition.publish(serial, req.policy, minted, 0);
         }
-        self.log_one(|| Record::Mint {
+        self.log_one(claim, || Record::Mint {
             partition: req.partition,
             first,
             count: req.count,

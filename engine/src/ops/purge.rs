@@ -31,7 +31,8 @@ impl Engine {
     /// that is durable. Mints, imports and transfers wait meanwhile; check-ins go on, and a
     /// check-in of a purged ticket answers `unknown` (one that read the ticket just before
     /// its slot was zeroed may still be answered as it would have been, its change logged
-    /// before the purge).
+    /// before the purge). While the log's disk is full it stops before the next step, with
+    /// what it purged so far durable.
     pub fn purge(&self, partition: u16) -> Result<Purged, PurgeError> {
         let part = self
             .partition(partition)
@@ -51,7 +52,12 @@ impl Engine {
             let step = (((from >> CHUNK_BITS) << CHUNK_BITS) + PURGE_STEP_SERIALS).min(end);
             // Reserved before the first slot is zeroed: a check-in that finds one zeroed
             // reads the reservation counter after, so its `unknown` waits for this record.
-            let log = self.reserve(1);
+            let Ok(log) = self.reserve_room(1) else {
+                self.tables.forget_purged(partition, from);
+                drop(exclusive);
+                durable.wait();
+                return Err(PurgeError::DiskFull { below: from });
+            };
             tickets += part.purge_below(step);
             if let Some(mut log) = log {
                 log.push(&Record::Purge {

@@ -9,13 +9,13 @@ use crate::word::Op;
 
 impl Engine {
     /// Voids the ticket whatever its state. Revoking twice is not an error: the answer names
-    /// the first revocation.
+    /// the first revocation. Refused, changing nothing, while the log's disk is full.
     pub fn revoke(&self, ticket: &Presented<'_>) -> Result<Outcome, TicketError> {
         let now = self.clock.now_unix_s();
         let at = self
             .locate(ticket, &Gate::OPERATOR, None)
             .map_err(TicketError::from_lookup)?;
-        let mut log = self.reserve(1);
+        let mut log = self.reserve_room(1).map_err(|_| TicketError::DiskFull)?;
         let outcome = self
             .run(&at, Op::Revoke, &Gate::OPERATOR, None, now, log.as_mut())
             .outcome;

@@ -15,7 +15,7 @@ impl Engine {
     /// already counted and the first-scan time carry over, so a transfer never refreshes a
     /// ticket). A ticket transferred before answers the code of the successor that transfer
     /// made (signed afresh: a rotating code for the current step). Refused when the ticket is
-    /// spent, inside, revoked or not genuine; then nothing changes.
+    /// spent, inside, revoked or not genuine, or the log's disk is full; then nothing changes.
     pub fn transfer(&self, ticket: &Presented<'_>) -> Result<CodeBytes, TicketError> {
         let now = self.clock.now_unix_s();
         let at = self
@@ -34,11 +34,12 @@ impl Engine {
         if let Some(&serial) = successors.get(&at.loc) {
             return Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)));
         }
-        // Reserve the new serial first: once the old ticket is void, nothing can fail.
+        // The log's room and the new serial first: once the old ticket is void, nothing can
+        // fail.
+        let log = self.reserve_room(1).map_err(|_| TicketError::DiskFull)?;
         let serial = partition
             .reserve(1)
             .ok_or(TicketError::PartitionFull(at.loc.partition))?;
-        let log = self.reserve(1);
         let applied = self.run(&at, Op::Transfer, &Gate::OPERATOR, None, now, None);
         let Some((old, voided)) = applied.change else {
             // The reserved serial stays unminted: a hole that reads as `unknown`.

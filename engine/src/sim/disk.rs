@@ -340,6 +340,11 @@ impl SimDisk {
         }
     }
 
+    /// The inode the name `path` stands for now, if any.
+    pub fn inode_of(&self, path: &Path) -> Option<u64> {
+        lookup(&self.lock(), path)
+    }
+
     /// The file's bytes as reads see them (tests).
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
         let s = self.lock();

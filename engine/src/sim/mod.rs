@@ -166,6 +166,9 @@ enum Expect {
 #[derive(Debug, Clone)]
 struct Flip {
     path: PathBuf,
+    /// The file the bit is in (a power cut striking a recovery can undo the rename that
+    /// gave it its name, and the damage with it).
+    ino: u64,
     offset: u64,
     bit: u8,
     expect: Expect,
@@ -617,6 +620,14 @@ impl Sim {
         };
         self.disk.restart(crash, keep, &mut self.rng);
         let Some(declared) = declared else {
+            // A crash that struck a recovery: the flipped file may no longer be the one
+            // its name stands for.
+            if let Some(f) = &self.flip {
+                if self.disk.inode_of(&f.path) != Some(f.ino) {
+                    self.trace(|| format!("flip undone by the crash: {f:?}"));
+                    self.flip = None;
+                }
+            }
             return;
         };
         self.flip = None;
@@ -661,6 +672,7 @@ impl Sim {
             let bit = self.rng.below(8) as u8;
             if let Some(expect) = expect_of(&path, offset, crash, declared, head) {
                 return Some(Flip {
+                    ino: self.disk.inode_of(&path)?,
                     path,
                     offset,
                     bit,

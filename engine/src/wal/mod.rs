@@ -18,7 +18,9 @@
 //!
 //! **Failure.** A failed write or `fdatasync` stops the process ([`Storage::fail_stop`]:
 //! an abort on a real disk): after a failed fsync the kernel may have dropped the dirty
-//! pages, so retrying could report lost data as durable.
+//! pages, so retrying could report lost data as durable. A full disk is found before: once
+//! its prepared segments run out and no new one can be made, changes are refused before
+//! they are made (`room.rs`).
 //!
 //! **Stepping.** A log started by the simulation (`sim`) has no threads: its writer and the
 //! preparation of spare segments run only when the simulation steps them
@@ -26,6 +28,7 @@
 //! steps the writer itself. The code that runs is the same; only who calls it differs.
 
 pub mod record;
+mod room;
 pub mod segment;
 pub mod tail;
 mod waiters;
@@ -40,6 +43,8 @@ use std::time::{Duration, Instant};
 use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
 use crate::storage::{SharedStorage, StdStorage, Storage, StorageFile};
 pub use record::Record;
+use room::{tighten_if_nearly_full, Room};
+pub use room::{Claim, LogFull, RECORD_CLAIM_BYTES};
 use waiters::{Until, Waiters};
 
 /// Most bytes waiting for the writer before submitters are made to wait.
@@ -105,6 +110,8 @@ struct Submission {
     bytes: Vec<u8>,
     /// The last record's sequence number and checksum (for the next segment's link).
     last: Option<(u64, u64)>,
+    /// Room claimed for the records, given back once they are written (`room.rs`).
+    claim: u64,
 }
 
 /// Submissions waiting for the writer.
@@ -162,6 +169,8 @@ struct Shared {
     sync_us: AtomicHistogram,
     /// Records each `fdatasync` made durable (statistics: the group-commit batch size).
     sync_records: AtomicHistogram,
+    /// Room in the prepared segments, and whether changes must claim it (`room.rs`).
+    space: Arc<Room>,
     /// A write or sync failed and the storage was told to stop the process: nothing more is
     /// written or made durable (only a simulated storage returns from that).
     dead: AtomicBool,
@@ -258,6 +267,10 @@ struct Writer {
     declared_synced_len: u64,
     /// A mark in the write being made, and what it declares: counted once written.
     unwritten_mark: Option<u64>,
+    /// Where the last mark written in the segment ends (a mark is written where what it
+    /// declares ends). A segment synced only past that mark needs no mark of it: marks
+    /// declaring nothing but marks would follow every sync of numbers that wrote nothing.
+    mark_end: u64,
     /// The log directory's device and inode: a segment switch checks that `dir` still
     /// names it (a data dir moved while open would have the switch rename another log's
     /// spare).
@@ -283,6 +296,11 @@ struct Writer {
     last_sync: Instant,
     /// Records written since the last fsync.
     unsynced_records: u64,
+    /// Room claimed by the submissions of the write under way, given back once written.
+    claims_written: u64,
+    /// Bytes files grew past their prepared zeros since the filesystem's room was last
+    /// looked at ([`Writer::look_at_room`]).
+    grown_unlooked: u64,
 }
 
 /// Statistics of the log.
@@ -369,10 +387,19 @@ impl Wal {
             .map(|(n, ..)| n.saturating_add(1))
             .max()
             .unwrap_or(0);
-        let ready = match runway {
+        let ready: VecDeque<_> = match runway {
             0 => Default::default(),
             _ => kept.into_iter().map(|(_, path, f)| (path, f)).collect(),
         };
+        // A log that prepares segments starts tight on a nearly full filesystem: the spares
+        // it keeps are all the room it can count on (`room.rs`).
+        let space = Arc::new(Room::new(
+            dir,
+            ready.len() as u64,
+            segment_max_bytes - segment::SEGMENT_HEADER_LEN,
+        ));
+        let tight = mode != SyncMode::None
+            && tighten_if_nearly_full(&space, st, dir, spare_len(segment_max_bytes));
         // Only a segment of this version is appended to (one of an older version, without
         // marks, is followed by a new segment linked to it).
         let append = tail
@@ -426,6 +453,7 @@ impl Wal {
             records: AtomicU64::new(0),
             sync_us: AtomicHistogram::new(FSYNC_EDGES_US),
             sync_records: AtomicHistogram::new(BATCH_EDGES),
+            space,
             dead: AtomicBool::new(false),
             manual: manual_writer.as_ref().map(Arc::downgrade),
             submitted: manual.then(Default::default),
@@ -445,7 +473,7 @@ impl Wal {
                 manual,
             )
         });
-        if let Some(s) = spares.as_mut().filter(|_| runway > 0) {
+        if let Some(s) = spares.as_mut().filter(|_| runway > 0 || tight) {
             s.want();
         }
         let mut writer = Writer {
@@ -461,6 +489,7 @@ impl Wal {
             declared_len: segment::SEGMENT_HEADER_LEN.min(file_len),
             declared_synced_len: segment::SEGMENT_HEADER_LEN.min(file_len),
             unwritten_mark: None,
+            mark_end: 0,
             dir_id,
             segment_first_seq: segment.first_seq,
             segment_last_record: segment.last_record,
@@ -472,6 +501,8 @@ impl Wal {
             next: next_seq,
             last_sync: Instant::now(),
             unsynced_records: 0,
+            claims_written: 0,
+            grown_unlooked: 0,
         };
         let driver = match manual_writer {
             Some(m) => {
@@ -527,6 +558,7 @@ impl Wal {
             used: 0,
             bytes: Vec::new(),
             last: None,
+            claim: 0,
         }
     }
 
@@ -758,6 +790,8 @@ pub struct Reservation<'w> {
     bytes: Vec<u8>,
     /// The last one's sequence number and checksum.
     last: Option<(u64, u64)>,
+    /// Room claimed for the records (`room.rs`).
+    claim: u64,
 }
 
 impl Reservation<'_> {
@@ -787,6 +821,7 @@ impl Reservation<'_> {
     fn submit_inner(&mut self) -> Durability {
         let bytes = std::mem::take(&mut self.bytes);
         let count = std::mem::take(&mut self.count);
+        let claim = std::mem::take(&mut self.claim);
         if count > 0 {
             self.wal.submit(Submission {
                 first: self.first,
@@ -794,6 +829,7 @@ impl Reservation<'_> {
                 records: self.used,
                 bytes,
                 last: self.last,
+                claim,
             });
         }
         let shared = &self.wal.shared;
@@ -1074,6 +1110,10 @@ impl Writer {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         if self.mark_due() {
+            debug_assert_eq!(
+                self.file_len, self.synced_len,
+                "a mark goes where it declares"
+            );
             record::encode_mark(self.next, self.synced_len, &mut buf);
             self.unwritten_mark = Some(self.synced_len);
         }
@@ -1097,6 +1137,7 @@ impl Writer {
             }
         }
         self.append(&buf)?;
+        self.release_written_claims();
         // A burst's vectors are not kept for ever.
         if subs.capacity() <= KEEP_SUBS_MAX {
             self.spare_subs = subs;
@@ -1138,6 +1179,7 @@ impl Writer {
         if sub.last.is_some() {
             self.segment_last_record = sub.last;
         }
+        self.claims_written += sub.claim;
         buf.extend_from_slice(&sub.bytes);
         *records += sub.records;
         self.next = sub.first + sub.count;
@@ -1148,27 +1190,33 @@ impl Writer {
         if buf.is_empty() {
             return Ok(());
         }
+        self.count_write(buf.len() as u64);
         if let Err(e) = self.file.write_at(buf, self.file_len) {
             return Err(self.fatal("writing the log", &e));
         }
         self.file_len += buf.len() as u64;
         if let Some(declared) = self.unwritten_mark.take() {
             self.declared_len = declared;
+            self.mark_end = declared + record::MARK_FRAME_LEN as u64;
         }
         Ok(())
     }
 
     /// Writes a mark declaring what is synced, alone (not synced itself).
     fn write_mark(&mut self) -> Result<(), Stopped> {
+        debug_assert_eq!(
+            self.file_len, self.synced_len,
+            "a mark goes where it declares"
+        );
         let mut mark = Vec::with_capacity(record::MARK_FRAME_LEN);
         record::encode_mark(self.next, self.synced_len, &mut mark);
         self.unwritten_mark = Some(self.synced_len);
         self.append(&mark)
     }
 
-    /// Whether the segment was synced past what its last mark declares.
+    /// Whether the segment was synced past what its last mark declares, and past that mark.
     fn mark_due(&self) -> bool {
-        self.synced_len > self.declared_len
+        self.synced_len > self.declared_len && self.synced_len != self.mark_end
     }
 
     /// Syncs the segment's data (and length), no statistics: part of sealing it.
@@ -1257,11 +1305,13 @@ impl Writer {
         self.synced_len = segment::SEGMENT_HEADER_LEN;
         self.declared_len = segment::SEGMENT_HEADER_LEN;
         self.declared_synced_len = segment::SEGMENT_HEADER_LEN;
+        self.mark_end = 0;
         self.segment_first_seq = self.next;
         self.segment_last_record = None;
         if let Err(e) = segment::write_head(&*self.storage, &self.dir, self.next) {
             return Err(self.fatal("recording the log's newest segment in", &e));
         }
+        self.look_at_room();
         Ok(())
     }
 
@@ -1271,6 +1321,7 @@ impl Writer {
         if self.file_zeroed <= self.file_len {
             return Ok(false);
         }
+        self.count_cut();
         if let Err(e) = self.file.set_len(self.file_len) {
             return Err(self.fatal("truncating the log segment in", &e));
         }
@@ -1320,12 +1371,16 @@ const QUIET_RECORDS: u64 = 8;
 /// While the log is busy, spares are written (slowly) only when fewer than this many are
 /// ready: a burst shorter than the runway has no zeros written beside it at all.
 const RUNWAY_LOW: usize = 2;
-/// A spare is begun only while the filesystem would keep this many more segments free
-/// beside it, so that the runway never takes the room the log itself needs.
+/// The whole runway is kept only while the filesystem would keep this many more segments
+/// free beside the next spare, so that it never takes the room the log and snapshots need;
+/// with less, the log is tight and one spare at a time is kept (`room.rs`).
 const FREE_SEGMENTS_KEPT: u64 = 4;
-/// How long the preparing thread waits after a failure (or too little free space) before
-/// trying again.
+/// How long the preparing thread waits after a failure before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long it waits while the filesystem has no room for a spare, before looking again: a
+/// log that refuses changes for lack of room takes them again within this of space coming
+/// back.
+const RETRY_FULL_AFTER: Duration = Duration::from_secs(1);
 
 /// A prepared spare: its temporary (ready) path and the open file.
 type ReadySpare = (PathBuf, Box<dyn StorageFile>);
@@ -1347,6 +1402,8 @@ struct SpareQueue {
 struct SpareSlot {
     queue: Mutex<SpareQueue>,
     changed: Condvar,
+    /// The log's room, which each spare made adds to (`room.rs`).
+    space: Arc<Room>,
 }
 
 impl SpareSlot {
@@ -1375,7 +1432,8 @@ struct Spares {
     sizes: SpareSizes,
     /// Prepared segments to keep ready (at least one).
     runway: usize,
-    /// No runway: one spare at a time, asked for anew for each segment.
+    /// No runway: one spare at a time, asked for anew for each segment (and kept while the
+    /// log is tight).
     lazy: bool,
     /// Whether this writer has asked since it last took a spare (saves the lock).
     asked: bool,
@@ -1408,6 +1466,7 @@ impl Spares {
                     ..SpareQueue::default()
                 }),
                 changed: Condvar::new(),
+                space: shared.space.clone(),
             }),
             thread: None,
             storage,
@@ -1488,16 +1547,19 @@ impl Spares {
         let Some(current) = self.manual.as_mut() else {
             return false;
         };
+        let st = &*self.storage;
+        let room = &*self.slot.space;
+        // As the preparing thread: the runway while roomy, one spare while tight.
+        let roomy = !tighten_if_nearly_full(room, st, &self.dir, self.sizes.len);
+        let target = if roomy { self.runway } else { 1 };
         {
             let q = self.slot.lock();
-            if q.closing || !q.wanted || q.ready.len() >= self.runway {
+            if q.closing || !(q.wanted || room.is_tight()) || q.ready.len() >= target {
                 return false;
             }
         }
-        let st = &*self.storage;
         let Some(mut spare) = current.take() else {
-            let free = st.free_bytes(&self.dir);
-            if free.is_some_and(|f| f < self.sizes.len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
+            if st.free_bytes(&self.dir).is_some_and(|f| f < self.sizes.len) {
                 return false;
             }
             let n = self.next_number;
@@ -1519,7 +1581,10 @@ impl Spares {
             Ok(true) => {
                 let (path, ready) = (spare.path().to_path_buf(), spare.ready().to_path_buf());
                 match spare.finish(st) {
-                    Ok(f) => self.slot.lock().ready.push_back((ready, f)),
+                    Ok(f) => {
+                        self.slot.lock().ready.push_back((ready, f));
+                        room.spare_made(roomy);
+                    }
                     Err(_) => {
                         let _ = st.remove(&path);
                     }
@@ -1577,10 +1642,14 @@ struct SparePlace<'a> {
 /// The preparing thread: keeps `runway` spares ready while the writer wants them, until the
 /// log closes. While the log is quiet it writes at the disk's speed; while it is busy
 /// (more than [`QUIET_RECORDS`] records between two looks) it waits, or, with fewer than
-/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. It begins a
-/// spare only with room for [`FREE_SEGMENTS_KEPT`] more segments beside it, and after a
-/// failure tries again [`RETRY_AFTER`] later. Spares are numbered from `first`; one
-/// finished as the log closes is kept if `keep`, else removed.
+/// [`RUNWAY_LOW`] spares left, goes on a step every [`segment::SPARE_PAUSE`]. With room for
+/// [`FREE_SEGMENTS_KEPT`] more segments beside a spare it keeps the whole runway; with less,
+/// the log turns tight (`room.rs`) and it keeps one spare, as long as one fits; with no
+/// room for one, or when the filesystem says it is full, it looks again every
+/// [`RETRY_FULL_AFTER`]. After another failure it tries again [`RETRY_AFTER`] later. A
+/// tight log is kept a spare even without a runway, so that it never waits for one. Spares
+/// are numbered from `first`; one finished as the log closes is kept if `keep`, else
+/// removed.
 fn prepare_spares(
     slot: &SpareSlot,
     place: &SparePlace<'_>,
@@ -1590,6 +1659,7 @@ fn prepare_spares(
     log_records: impl Fn() -> u64,
 ) {
     let (storage, dir, len) = (place.storage, place.dir, place.sizes.len);
+    let room = &*slot.space;
     let closing = || slot.lock().closing;
     // Waits `d` unless the log closes meanwhile; whether it is closing.
     let wait_closing = |d: Duration| {
@@ -1602,11 +1672,14 @@ fn prepare_spares(
     };
     let mut seen = log_records();
     let mut made = first;
-    let mut short_of_room = false;
+    // Spares to keep ready: the runway, or one on a nearly full filesystem.
+    let mut target = runway;
+    // Whether the last attempt found no room (said once, until a spare is made).
+    let mut out_of_room = false;
     loop {
         {
             let mut q = slot.lock();
-            while !q.closing && (!q.wanted || q.ready.len() >= runway) {
+            while !q.closing && (!(q.wanted || room.is_tight()) || q.ready.len() >= target) {
                 q = slot.changed.wait(q).expect("spare queue poisoned");
             }
             if q.closing {
@@ -1629,22 +1702,31 @@ fn prepare_spares(
                 return;
             }
         };
+        // Before any pause: a log on a filling disk turns tight at once.
+        let roomy = !tighten_if_nearly_full(room, storage, dir, len);
+        target = if roomy { runway } else { 1 };
         pace();
         let free = storage.free_bytes(dir);
-        if free.is_some_and(|free| free < len.saturating_mul(1 + FREE_SEGMENTS_KEPT)) {
-            if !short_of_room {
+        if free.is_some_and(|f| f < len) {
+            if !out_of_room {
                 tracing::warn!(
-                    "not preparing log segments in {}: the filesystem is nearly full",
-                    dir.display()
+                    path = %dir.display(),
+                    free_bytes = free.unwrap_or(0),
+                    "no room for another log segment: {} bytes of prepared log left; looking \
+                     again every {} s",
+                    room.credit(),
+                    RETRY_FULL_AFTER.as_secs()
                 );
-                short_of_room = true;
+                out_of_room = true;
             }
-            if wait_closing(RETRY_AFTER) {
+            if wait_closing(RETRY_FULL_AFTER) {
                 return;
             }
             continue;
         }
-        short_of_room = false;
+        if slot.lock().ready.len() >= target {
+            continue;
+        }
         let path = segment::spare_path_numbered(dir, made);
         let ready = segment::ready_spare_path(dir, made);
         made += 1;
@@ -1659,13 +1741,36 @@ fn prepare_spares(
         );
         let mut q = slot.lock();
         match prepared {
-            Ok(Some(f)) if !q.closing => q.ready.push_back((ready, f)),
+            Ok(Some(f)) if !q.closing => {
+                q.ready.push_back((ready, f));
+                drop(q);
+                out_of_room = false;
+                room.spare_made(roomy);
+            }
             Ok(whole) => {
                 drop(q);
                 if whole.is_some() && !keep {
                     let _ = storage.remove(&ready);
                 }
                 return;
+            }
+            Err(e) if room::out_of_space(&e) => {
+                drop(q);
+                let _ = storage.remove(&path);
+                if room.tighten() || !out_of_room {
+                    tracing::warn!(
+                        path = %dir.display(),
+                        error = %e,
+                        "no room for another log segment: {} bytes of prepared log left, and \
+                         changes will be refused once they are used; trying again every {} s",
+                        room.credit(),
+                        RETRY_FULL_AFTER.as_secs()
+                    );
+                }
+                out_of_room = true;
+                if wait_closing(RETRY_FULL_AFTER) {
+                    return;
+                }
             }
             Err(e) => {
                 drop(q);

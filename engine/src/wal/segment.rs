@@ -255,13 +255,24 @@ pub fn version_of(header: &[u8]) -> Option<u32> {
 /// deleted newest segment (which no later link names) is found too.
 pub const HEAD_FILE: &str = "head";
 
-/// Records `first_seq` as the newest segment of the log in `dir`, durably.
+/// Records `first_seq` as the newest segment of the log in `dir`, durably. On a filesystem
+/// with no room for the new copy (a segment switch on a full disk), the 16 bytes are
+/// written over the old ones in place, as a segment's link is.
 pub fn write_head(storage: &dyn Storage, dir: &Path, first_seq: u64) -> io::Result<()> {
     let mut bytes = first_seq.to_le_bytes().to_vec();
     bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&first_seq.to_le_bytes()).to_le_bytes());
     let tmp = dir.join("head.tmp");
-    crate::storage::write_private_synced(storage, &tmp, &[&bytes])?;
-    crate::storage::rename_synced(storage, &tmp, &dir.join(HEAD_FILE))
+    let head = dir.join(HEAD_FILE);
+    match crate::storage::write_private_synced(storage, &tmp, &[&bytes]) {
+        Ok(()) => crate::storage::rename_synced(storage, &tmp, &head),
+        Err(e) if super::room::out_of_space(&e) && storage.exists(&head) => {
+            let _ = storage.remove(&tmp);
+            let f = storage.open(&head, true)?;
+            f.write_at(&bytes, 0)?;
+            f.sync_data()
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest segment `dir`'s head names (`None`: no head: a log written before heads, or

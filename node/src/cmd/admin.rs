@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use stile_certs::Role;
-use stile_engine::policy::{EntryRule, Policy, Validity};
+use stile_engine::policy::{EntryRule, Policy, PolicyError, Validity};
 use stile_engine::wal::Durability;
-use stile_engine::{MintRequest, Presented, TicketError};
+use stile_engine::{MintError, MintRequest, Presented, TicketError};
 use stile_protocol::frame::{
     error_code, sync_mode, MintSpec, NodeStats, RawCode, Response, MINT_FRAME_MAX,
 };
@@ -208,13 +208,21 @@ fn mint(engine: &stile_engine::Engine, spec: &MintSpec) -> Result<Response, (u16
         },
         undo_window_s: spec.undo_window_s,
     };
-    let policy = engine.add_policy(policy).map_err(|e| bad(e.to_string()))?;
+    let policy = engine.add_policy(policy).map_err(|e| match e {
+        PolicyError::DiskFull => (error_code::DISK_FULL, e.to_string()),
+        e => bad(e.to_string()),
+    })?;
     let codes = engine
         .mint(&MintRequest {
             policy,
             partition: spec.partition,
             count: spec.count,
         })
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| match e {
+            MintError::DiskFull | MintError::Policy(PolicyError::DiskFull) => {
+                (error_code::DISK_FULL, e.to_string())
+            }
+            e => bad(e.to_string()),
+        })?;
     Ok(Response::Codes(codes))
 }

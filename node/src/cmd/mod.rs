@@ -65,6 +65,7 @@ pub(crate) fn ticket_error(e: &TicketError) -> (u16, String) {
         TicketError::Unknown => error_code::NOT_FOUND,
         TicketError::NotTransferable(_) => error_code::CONFLICT,
         TicketError::PartitionFull(_) => error_code::UNAVAILABLE,
+        TicketError::DiskFull => error_code::DISK_FULL,
     };
     (code, e.to_string())
 }

@@ -12,6 +12,7 @@ impl Stream {
         self.admin_blocking(id, "purge", move |e| {
             let purged = e.purge(partition).map_err(|err| match err {
                 PurgeError::NotServed(_) => (error_code::BAD_REQUEST, err.to_string()),
+                PurgeError::DiskFull { .. } => (error_code::DISK_FULL, err.to_string()),
             })?;
             tracing::info!(
                 target: "stile::audit",
