@@ -66,7 +66,8 @@ pub enum OpenError {
 /// What an operator is told when a change is refused because the log's disk is full.
 pub const DISK_FULL_MESSAGE: &str = "the node's disk is full: it makes no change it cannot log, \
      so nothing was changed; free space where it keeps its log (its own log names the \
-     directory), then try again";
+     directory and the cause: a file-size limit, `ulimit -f`, must be raised instead), then \
+     try again";
 
 /// Minting or importing failed; nothing was minted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
