@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod disk_full;
 mod durability;
+mod engine_disk_full;
 mod engine_ops;
 mod faults;
 mod forged;

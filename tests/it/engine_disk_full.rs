@@ -4,10 +4,11 @@
 //! takes changes again by itself once space is freed; every acknowledged admit survives a
 //! reopening. Mounting needs root, as CI has: the test fails, never skips, without it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::Tmpfs;
 use stile_engine::policy::{EntryRule, Policy, Validity};
 use stile_engine::storage::StdStorage;
 use stile_engine::wal::segment;
@@ -23,68 +24,6 @@ const SEGMENT_BYTES: u64 = 64 << 10;
 /// The tmpfs: room for the data dir, a runway of two spares, and little else.
 const TMPFS_BYTES: u64 = 2 << 20;
 const GATE: Gate = Gate::new(1, 1);
-
-/// A tmpfs mounted for the test, unmounted when dropped (a failed test included).
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        let target = c(path.to_str().unwrap());
-        let options = c(&format!("size={bytes},mode=0700"));
-        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c("tmpfs").as_ptr(),
-                target.as_ptr(),
-                c("tmpfs").as_ptr(),
-                0,
-                options.as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mounting a {bytes}-byte tmpfs at {} failed ({}): this test fills a real \
-             filesystem and needs root (CI runs as root) to mount one",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        Tmpfs { _dir: dir, path }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = std::ffi::CString::new(self.path.to_str().unwrap()).unwrap();
-        // SAFETY: umount2(2) with a NUL-terminated path; MNT_DETACH so an open file (a
-        // failed test's engine) cannot keep it mounted.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Writes zeros into `path` until the filesystem refuses more; the bytes written.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let block = vec![0u8; 4096];
-    let mut written = 0;
-    loop {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    written
-}
 
 fn open(data: &Path) -> Engine {
     let config = EngineConfig {
@@ -133,7 +72,6 @@ fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 fn a_full_disk_refuses_changes_before_making_them_and_takes_them_again_once_space_is_back() {
     let fs = Tmpfs::mount(TMPFS_BYTES);
     let data = fs.path.join("data");
-    let filler = fs.path.join("filler");
     let e = open(&data);
     let id = e.add_policy(policy()).unwrap();
     let codes = e
@@ -150,7 +88,8 @@ fn a_full_disk_refuses_changes_before_making_them_and_takes_them_again_once_spac
     });
 
     // Nothing left but the runway: check-ins go on in it, then are refused.
-    assert!(fill(&filler) > 0);
+    let filler = fs.fill("filler");
+    assert!(std::fs::metadata(&filler).unwrap().len() > 0);
     let mut admitted = Vec::new();
     let refused = loop {
         let i = admitted.len();
@@ -224,7 +163,7 @@ fn a_full_disk_refuses_changes_before_making_them_and_takes_them_again_once_spac
 fn the_logs_head_is_rewritten_in_place_when_no_copy_of_it_fits() {
     let fs = Tmpfs::mount(256 << 10);
     segment::write_head(&StdStorage, &fs.path, 7).unwrap();
-    fill(&fs.path.join("filler"));
+    fs.fill("filler");
     assert!(
         std::fs::write(fs.path.join("probe"), b"x").is_err(),
         "the filesystem is full"
