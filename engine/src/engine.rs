@@ -210,6 +210,7 @@ impl Engine {
                 imported: DashMap::with_hasher(Xxh3Builder::new()),
                 successors: Default::default(),
                 scans: ScanMemory::default(),
+                offline: Default::default(),
                 newest_e: Default::default(),
             },
             clock: MonotonicNow::new(clock, 0),

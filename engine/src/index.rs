@@ -16,7 +16,7 @@
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use crate::policy::PolicyId;
+use crate::policy::{PolicyId, SlotPolicy};
 use crate::word::Word;
 
 /// Serial bits that index inside a chunk.
@@ -34,7 +34,8 @@ pub const CHUNKS_MAX: usize = 1 << (32 - CHUNK_BITS);
 pub struct Slot {
     /// The state word (see [`crate::word`]); 0 means unminted.
     pub word: AtomicU64,
-    /// Id of the ticket's policy; written before the word is published.
+    /// The ticket's policy and signing key, a [`SlotPolicy`]; written before the word is
+    /// published.
     pub policy: AtomicU32,
     /// First scan, seconds from the engine epoch; 0 until the first admit, then set once.
     pub first_scan_e: AtomicU32,
@@ -46,7 +47,13 @@ impl Slot {
     /// The ticket's policy id.
     #[inline]
     pub fn policy_id(&self) -> PolicyId {
-        PolicyId(self.policy.load(Ordering::Relaxed))
+        SlotPolicy(self.policy.load(Ordering::Relaxed)).policy()
+    }
+
+    /// The id of the key that signed the ticket's code (0: not recorded).
+    #[inline]
+    pub fn key_id(&self) -> u8 {
+        SlotPolicy(self.policy.load(Ordering::Relaxed)).key()
     }
 }
 
@@ -296,7 +303,7 @@ impl Partition {
 
     /// Writes a ticket's slot: policy and first scan first, then the word with `Release`, so
     /// a reader that sees the word sees the rest.
-    pub(crate) fn publish(&self, serial: u32, policy: PolicyId, word: Word, first_scan_e: u32) {
+    pub(crate) fn publish(&self, serial: u32, policy: SlotPolicy, word: Word, first_scan_e: u32) {
         let slot = self.slot(serial).expect("reserved serials have slots");
         debug_assert_eq!(
             slot.word.load(Ordering::Relaxed),

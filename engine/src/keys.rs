@@ -537,6 +537,16 @@ impl KeyRing {
         code
     }
 
+    /// Signs a static code with the key its header names (to redraw an existing ticket's
+    /// code); `None` if that key may not verify.
+    pub fn sign_static_with(&self, header: &CodeHeader) -> Option<CodeBytes> {
+        debug_assert_eq!(header.format, CodeFormat::Static);
+        let mac = self.verifier(header.key_id)?;
+        let mut code = CodeBytes::unsigned(header, 0);
+        code.set_tag(&mac.tag(code.signed_part()));
+        Some(code)
+    }
+
     /// Checks a static code's tag in constant time. False for unknown or retired keys.
     #[inline]
     pub fn verify_static(&self, code: &CodeBytes) -> bool {

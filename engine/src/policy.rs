@@ -20,6 +20,37 @@ pub const UNDO_WINDOW_DEFAULT_S: u32 = 60;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyId(pub u32);
 
+/// A ticket's policy and signing key as its slot (and its mint and transfer records) keep
+/// them: the policy id in the low 24 bits, the id of the key that signed the ticket's code
+/// in the high 8 (0: not recorded, for tickets minted before keys were, and imported ones).
+/// The key lets a node redraw the code a holder has, for the fingerprints of gates'
+/// replicas and for listings, after the active key has changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotPolicy(pub u32);
+
+/// Bits of [`SlotPolicy`] that hold the policy id.
+const SLOT_POLICY_BITS: u32 = 24;
+const _: () = assert!(POLICIES_MAX <= 1 << SLOT_POLICY_BITS);
+
+impl SlotPolicy {
+    /// Policy `policy`, code signed with key `key` (0: not recorded).
+    pub const fn new(policy: PolicyId, key: u8) -> Self {
+        SlotPolicy(policy.0 | (key as u32) << SLOT_POLICY_BITS)
+    }
+
+    /// The policy.
+    #[inline]
+    pub const fn policy(self) -> PolicyId {
+        PolicyId(self.0 & ((1 << SLOT_POLICY_BITS) - 1))
+    }
+
+    /// The signing key (0: not recorded).
+    #[inline]
+    pub const fn key(self) -> u8 {
+        (self.0 >> SLOT_POLICY_BITS) as u8
+    }
+}
+
 /// When a ticket may be used. All bounds combine: an interval is `not_before` plus
 /// `not_after`; a day pass is `duration_from_first_scan_s`, optionally inside an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -12,12 +12,13 @@ use std::sync::atomic::Ordering;
 
 use crate::error::OpenError;
 use crate::keys::KeyStatus;
-use crate::policy::PolicyId;
+use crate::policy::{PolicyId, SlotPolicy};
 use crate::scans::ScanKey;
 use crate::storage::Storage;
 use crate::tables::{Tables, TicketLoc};
+use crate::wal::record::ScanTrace;
 use crate::wal::segment::{self, ScanEnd};
-use crate::wal::Record;
+use crate::wal::{Record, OP_OFFLINE};
 use crate::word::{Op, Word};
 use std::collections::HashMap;
 
@@ -68,7 +69,7 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
             part.restore_reserved(first, count)?;
             for serial in first..first + count {
-                publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
+                publish_if_empty(tables, partition, serial, SlotPolicy(policy), word, 0)?;
             }
             Ok(())
         }
@@ -76,6 +77,12 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
         Record::State { partition, serial, word, first_scan_e, scan } => {
             set_state(tables, partition, serial, word, first_scan_e)?;
             if let Some(t) = scan {
+                if t.op & OP_OFFLINE != 0 {
+                    // An uploaded offline scan: it raises its gate's upload mark.
+                    let provider = ticket_provider(tables, partition, serial)?;
+                    tables.offline.replay_mark(provider, t.gate, t.scan_id);
+                }
+                let t = ScanTrace { op: t.op & !OP_OFFLINE, ..t };
                 // The answer that scan got, for a retry that arrives after the restart.
                 let op = Op::from_u8(t.op).ok_or_else(|| format!("unknown op {} in a scan trace", t.op))?;
                 let key = ScanKey { gate: t.gate, scan_id: t.scan_id, partition, serial };
@@ -106,7 +113,7 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
                     .expect("successors poisoned")
                     .insert(TicketLoc { partition, serial: old_serial }, new_serial);
             }
-            publish_if_empty(tables, partition, new_serial, PolicyId(policy), new_word, first_scan_e)
+            publish_if_empty(tables, partition, new_serial, SlotPolicy(policy), new_word, first_scan_e)
         }
         Record::Import { partition, first, policy, word, codes } => {
             let part = tables.partition(partition).ok_or_else(|| not_served(partition))?;
@@ -114,7 +121,7 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             for (i, code) in codes.into_iter().enumerate() {
                 let serial = first + i as u32;
                 if !part.is_purged(serial) {
-                    publish_if_empty(tables, partition, serial, PolicyId(policy), word, 0)?;
+                    publish_if_empty(tables, partition, serial, SlotPolicy(policy), word, 0)?;
                     tables.imported.insert(code.into_boxed_str(), TicketLoc { partition, serial });
                 }
             }
@@ -129,6 +136,13 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             tables.forget_purged(partition, below);
             Ok(())
         }
+        Record::Conflict(c) => {
+            if crate::offline::ConflictKind::from_u8(c.kind).is_none() {
+                return Err(format!("a conflict of unknown kind {}", c.kind));
+            }
+            tables.offline.replay(c);
+            Ok(())
+        }
         Record::Key { id, status: _ } => match tables.keys.status_of(id) {
             KeyStatus::Absent => Err(format!(
                 "the log names key {id}, which the key ring does not hold (is the ring file older than the log?)"
@@ -136,6 +150,18 @@ fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(),
             _ => Ok(()),
         },
     }
+}
+
+/// The provider of a minted ticket's policy.
+fn ticket_provider(tables: &Tables, partition: u16, serial: u32) -> Result<u16, String> {
+    tables
+        .partition(partition)
+        .and_then(|p| p.slot(serial))
+        .and_then(|slot| tables.policies.get(slot.policy_id()))
+        .map(|p| p.provider)
+        .ok_or_else(|| {
+            format!("an offline scan of ticket {partition}/{serial}, which was never minted")
+        })
 }
 
 /// Whether `serial` of `partition` was purged (its records are skipped).
@@ -154,14 +180,14 @@ fn publish_if_empty(
     tables: &Tables,
     partition: u16,
     serial: u32,
-    policy: PolicyId,
+    policy: SlotPolicy,
     word: u64,
     first_scan_e: u32,
 ) -> Result<(), String> {
-    if tables.policies.get(policy).is_none() {
+    if tables.policies.get(policy.policy()).is_none() {
         return Err(format!(
             "ticket {partition}/{serial} names unknown policy {}",
-            policy.0
+            policy.policy().0
         ));
     }
     let part = tables

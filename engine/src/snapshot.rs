@@ -21,7 +21,8 @@ use crate::datadir;
 use crate::error::OpenError;
 use crate::index::{Partition, Slot};
 use crate::keys::KeyStatus;
-use crate::policy::{EntryRule, Policy, PolicyId, Validity};
+use crate::offline::{ConflictRow, MarkRow};
+use crate::policy::{EntryRule, Policy, PolicyId, SlotPolicy, Validity};
 use crate::scans::ScanRow;
 use crate::storage::{Create, Storage, StorageFile};
 use crate::tables::{Tables, TicketLoc};
@@ -33,8 +34,9 @@ const MAGIC: &[u8; 8] = b"STILESNP";
 /// partition's purged serials (whose slots it leaves out); earlier versions still load (a
 /// ticket transferred before a version 1 snapshot answers a repeated transfer as revoked; a
 /// scan retried after a restart from a version 1 or 2 snapshot, of a change the snapshot
-/// holds, is decided afresh; nothing was purged before version 4).
-const VERSION: u32 = 4;
+/// holds, is decided afresh; nothing was purged before version 4), version 5 the gates'
+/// upload marks and the conflicts (none before it).
+const VERSION: u32 = 5;
 const HEADER_LEN: usize = 28;
 
 /// A policy, as plain values.
@@ -98,6 +100,22 @@ struct SnapshotData {
     successors: Vec<(u16, u32, u32)>,
     /// Remembered scans, so that a retry after a restart gets its answer.
     scans: Vec<ScanRow>,
+    /// Gates' upload marks.
+    marks: Vec<MarkRow>,
+    /// Conflicts, in order.
+    conflicts: Vec<ConflictRow>,
+}
+
+/// The archive of version 4, which had no upload marks or conflicts.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotDataV4 {
+    start_seq: u64,
+    policies: Vec<PolicyRow>,
+    partitions: Vec<PartitionRows>,
+    imported: Vec<(String, u16, u32)>,
+    keys: Vec<(u8, u8, [u8; 32])>,
+    successors: Vec<(u16, u32, u32)>,
+    scans: Vec<ScanRow>,
 }
 
 /// A partition's columns archived straight from the live index, slot by slot, as
@@ -128,6 +146,8 @@ struct LiveSnapshot {
     keys: Vec<(u8, u8, [u8; 32])>,
     successors: Vec<(u16, u32, u32)>,
     scans: Vec<ScanRow>,
+    marks: Vec<MarkRow>,
+    conflicts: Vec<ConflictRow>,
 }
 
 /// Slots `from..reserved` of a live partition (an unmapped slot reads as zeros).
@@ -270,6 +290,8 @@ impl From<SnapshotDataV3> for SnapshotData {
             keys: v3.keys,
             successors: v3.successors,
             scans: v3.scans,
+            marks: Vec::new(),
+            conflicts: Vec::new(),
         }
     }
 }
@@ -295,6 +317,8 @@ impl From<SnapshotDataV2> for SnapshotData {
             keys: v2.keys,
             successors: v2.successors,
             scans: Vec::new(),
+            marks: Vec::new(),
+            conflicts: Vec::new(),
         }
     }
 }
@@ -319,6 +343,8 @@ impl From<SnapshotDataV1> for SnapshotData {
             keys: v1.keys,
             successors: Vec::new(),
             scans: Vec::new(),
+            marks: Vec::new(),
+            conflicts: Vec::new(),
         }
     }
 }
@@ -557,6 +583,7 @@ pub(crate) fn take(
 
 /// What a snapshot of `tables` starting at `start_seq` archives.
 fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
+    let (marks, conflicts) = tables.offline.export();
     let policies = (0..tables.policies.len())
         .filter_map(|i| tables.policies.get(PolicyId(i as u32)))
         .map(|p| PolicyRow {
@@ -616,6 +643,8 @@ fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
             keys,
             successors: tables.successors_list(),
             scans: tables.scans.export(),
+            marks,
+            conflicts,
         },
         _tables: std::marker::PhantomData,
     }
@@ -710,6 +739,8 @@ struct Rest {
     keys: Vec<(u8, u8, [u8; 32])>,
     successors: Vec<(u16, u32, u32)>,
     scans: Vec<ScanRow>,
+    marks: Vec<MarkRow>,
+    conflicts: Vec<ConflictRow>,
 }
 
 /// One partition's columns in the archive, whichever version laid them out.
@@ -779,6 +810,8 @@ impl ReadSnapshot {
                 keys: plain(&a.keys)?,
                 successors: Vec::new(),
                 scans: Vec::new(),
+                marks: Vec::new(),
+                conflicts: Vec::new(),
             };
             return Ok((rest, rows(&a.partitions)));
         }
@@ -791,6 +824,8 @@ impl ReadSnapshot {
                 keys: plain(&a.keys)?,
                 successors: plain(&a.successors)?,
                 scans: Vec::new(),
+                marks: Vec::new(),
+                conflicts: Vec::new(),
             };
             return Ok((rest, rows(&a.partitions)));
         }
@@ -803,6 +838,22 @@ impl ReadSnapshot {
                 keys: plain(&a.keys)?,
                 successors: plain(&a.successors)?,
                 scans: plain(&a.scans)?,
+                marks: Vec::new(),
+                conflicts: Vec::new(),
+            };
+            return Ok((rest, rows(&a.partitions)));
+        }
+        if self.version == 4 {
+            let a = rkyv::access::<ArchivedSnapshotDataV4, RkyvError>(&self.archive).map_err(e)?;
+            let rest = Rest {
+                start_seq: a.start_seq.to_native(),
+                policies: plain(&a.policies)?,
+                imported: plain(&a.imported)?,
+                keys: plain(&a.keys)?,
+                successors: plain(&a.successors)?,
+                scans: plain(&a.scans)?,
+                marks: Vec::new(),
+                conflicts: Vec::new(),
             };
             return Ok((rest, rows(&a.partitions)));
         }
@@ -814,6 +865,8 @@ impl ReadSnapshot {
             keys: plain(&a.keys)?,
             successors: plain(&a.successors)?,
             scans: plain(&a.scans)?,
+            marks: plain(&a.marks)?,
+            conflicts: plain(&a.conflicts)?,
         };
         Ok((rest, rows(&a.partitions)))
     }
@@ -1001,7 +1054,7 @@ fn restore(tables: &Tables, data: &Rest, partitions: &[RowsView<'_>]) -> Result<
             if w != 0 {
                 let word = Word::unpack(w);
                 newest_e = newest_e.max(word.time_e).max(f);
-                part.publish((rows.purged + i as u64) as u32, PolicyId(p), word, f);
+                part.publish((rows.purged + i as u64) as u32, SlotPolicy(p), word, f);
             }
         }
         tables.saw_time(newest_e);
@@ -1023,6 +1076,14 @@ fn restore(tables: &Tables, data: &Rest, partitions: &[RowsView<'_>]) -> Result<
     for row in &data.scans {
         tables.scans.restore(*row)?;
     }
+    if let Some(c) = data
+        .conflicts
+        .iter()
+        .find(|c| crate::offline::ConflictKind::from_u8(c.0).is_none())
+    {
+        return Err(format!("a conflict of unknown kind {}", c.0));
+    }
+    tables.offline.restore(&data.marks, &data.conflicts);
     Ok(())
 }
 
@@ -1116,6 +1177,8 @@ mod tests {
             keys: live.snap.keys.clone(),
             successors: live.snap.successors.clone(),
             scans: live.snap.scans.clone(),
+            marks: live.snap.marks.clone(),
+            conflicts: live.snap.conflicts.clone(),
         };
         assert_eq!(copy.partitions.len(), 2);
         assert_eq!(copy.partitions[0].words.len(), 40_000);
@@ -1211,6 +1274,8 @@ mod tests {
             keys: vec![(1, 0, [7; 32])],
             successors: vec![(0, 1, 2); 50],
             scans: vec![(3, 4, 5, 6, 7); 20],
+            marks: vec![(1, 2, 3); 5],
+            conflicts: vec![(1, 2, 3, 4, 5, 6, 7, 8); 5],
         };
         let archive = rkyv::to_bytes::<RkyvError>(&data).unwrap();
         assert!(archive.len() > 2 * datadir::WRITE_STEP, "{}", archive.len());

@@ -40,6 +40,8 @@ pub(crate) struct Tables {
     pub(crate) successors: std::sync::Mutex<std::collections::HashMap<TicketLoc, u32>>,
     /// Recent state-changing scans per gate, for retries.
     pub(crate) scans: ScanMemory,
+    /// Gates' upload marks and the conflicts their offline scans met.
+    pub(crate) offline: crate::offline::OfflineBook,
     /// The newest time (engine-epoch seconds) a state restored from the snapshot or the
     /// log holds: where the engine's time starts (see `Engine::open`).
     pub(crate) newest_e: std::sync::atomic::AtomicU32,

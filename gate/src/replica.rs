@@ -16,7 +16,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use stile_protocol::CodeBytes;
 
 /// Unix second of the replica's time base (2020-01-01): times are kept as `u32` seconds
@@ -25,17 +24,7 @@ pub const EPOCH_UNIX_S: u64 = 1_577_836_800;
 /// Policies a replica holds at most (an entry names one by a `u16`).
 pub const POLICIES_MAX: usize = u16::MAX as usize;
 
-/// Domain tag of a fingerprint, so the hash of a code is never reused for anything else.
-const FINGERPRINT_DOMAIN: &[u8] = b"stile fingerprint v1\0";
-
-/// A code's fingerprint: the first 8 bytes of SHA-256 over a domain tag and the code.
-pub fn fingerprint(code: &CodeBytes) -> u64 {
-    let mut h = Sha256::new();
-    h.update(FINGERPRINT_DOMAIN);
-    h.update(code.as_bytes());
-    let d = h.finalize();
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-}
+pub use stile_protocol::fingerprint;
 
 /// A ticket's rules, as the node states them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -11,6 +11,7 @@
 
 pub mod base32;
 pub mod code;
+pub mod fingerprint;
 pub mod frame;
 pub mod histogram;
 pub mod limits;
@@ -24,6 +25,7 @@ pub mod client;
 pub mod udp;
 
 pub use code::{CodeBytes, CodeError, CodeFormat, CodeHeader, CodeText};
+pub use fingerprint::fingerprint;
 pub use outcome::{Outcome, OutcomeKind};
 
 /// Seconds between the Unix epoch and the engine epoch (2025-01-01T00:00:00Z). State words

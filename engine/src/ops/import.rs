@@ -8,7 +8,7 @@ use stile_protocol::CodeFormat;
 
 use crate::engine::Engine;
 use crate::error::MintError;
-use crate::policy::{PolicyError, PolicyId};
+use crate::policy::{PolicyError, PolicyId, SlotPolicy};
 use crate::tables::TicketLoc;
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
@@ -86,7 +86,7 @@ impl Engine {
         }
         let minted = Word::minted(to_epoch_s(self.clock.now_unix_s()));
         for serial in first..first + count {
-            part.publish(serial, policy, minted, 0);
+            part.publish(serial, SlotPolicy::new(policy, 0), minted, 0);
         }
         self.log_one(claim, || Record::Import {
             partition,

@@ -6,7 +6,7 @@ use stile_protocol::{CodeBytes, CodeFormat, CodeHeader};
 
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::{MintError, TicketError};
-use crate::policy::{Policy, PolicyError, PolicyId};
+use crate::policy::{Policy, PolicyError, PolicyId, SlotPolicy};
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Word};
 
@@ -68,19 +68,22 @@ impl Engine {
         let now = self.clock.now_unix_s();
         let step = self.rotation_step(now);
         let minted = Word::minted(to_epoch_s(now));
+        // The key is chosen once, recorded with the tickets and used to sign them.
+        let key = self.tables.keys.active_id();
+        let slot_policy = SlotPolicy::new(req.policy, key);
         for serial in first..first + req.count {
-            partition.publish(serial, req.policy, minted, 0);
+            partition.publish(serial, slot_policy, minted, 0);
         }
         self.log_one(claim, || Record::Mint {
             partition: req.partition,
             first,
             count: req.count,
-            policy: req.policy.0,
+            policy: slot_policy.0,
             word: minted.pack(),
         });
         drop(minting);
         for serial in first..first + req.count {
-            each(self.sign_new(&policy, req.partition, serial, step));
+            each(self.sign_new(&policy, req.partition, serial, step, key));
         }
         Ok(first)
     }
@@ -105,25 +108,32 @@ impl Engine {
 }
 
 impl Engine {
-    /// Signs the code of a new ticket with the active key: its one static code, or its
-    /// rotating code at `step`.
+    /// Signs a ticket's code with key `key` (the one its slot records): its one static code,
+    /// or its rotating code at `step`. A key that no longer verifies (0, not recorded, or
+    /// one retired in the instant between a mint's choice and its signing) gives way to the
+    /// active key.
     pub(crate) fn sign_new(
         &self,
         policy: &Policy,
         partition: u16,
         serial: u32,
         step: u64,
+        key: u8,
     ) -> CodeBytes {
         let header = CodeHeader {
             format: policy.format,
-            key_id: 0,
+            key_id: key,
             provider: policy.provider,
             partition,
             serial,
         };
-        match policy.format {
+        let with_key = match policy.format {
+            CodeFormat::Static => self.tables.keys.sign_static_with(&header),
+            CodeFormat::Rotating => self.tables.keys.sign_rotating_with(&header, step),
+        };
+        with_key.unwrap_or_else(|| match policy.format {
             CodeFormat::Static => self.tables.keys.sign_static(&header),
             CodeFormat::Rotating => self.tables.keys.sign_rotating(&header, step),
-        }
+        })
     }
 }

@@ -7,6 +7,7 @@ use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::engine::{Engine, Gate, Presented};
 use crate::error::TicketError;
+use crate::policy::SlotPolicy;
 use crate::wal::Record;
 use crate::word::{to_epoch_s, Op, TicketState, Word};
 
@@ -32,7 +33,9 @@ impl Engine {
         // Held to the end: a second transfer of this ticket waits, then finds the successor.
         let mut successors = self.tables.successors.lock().expect("successors poisoned");
         if let Some(&serial) = successors.get(&at.loc) {
-            return Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)));
+            let key = partition.slot(serial).map_or(0, |s| s.key_id());
+            let step = self.rotation_step(now);
+            return Ok(self.sign_new(&policy, at.loc.partition, serial, step, key));
         }
         // The log's room and the new serial first: once the old ticket is void, nothing can
         // fail.
@@ -62,7 +65,9 @@ impl Engine {
             gate: 0,
             time_e: to_epoch_s(now),
         };
-        partition.publish(serial, at.slot.policy_id(), successor, first_scan);
+        let key = self.tables.keys.active_id();
+        let slot_policy = SlotPolicy::new(at.slot.policy_id(), key);
+        partition.publish(serial, slot_policy, successor, first_scan);
         successors.insert(at.loc, serial);
         if let Some(mut log) = log {
             log.push(&Record::Transfer {
@@ -70,12 +75,18 @@ impl Engine {
                 old_serial: at.loc.serial,
                 old_word: voided.pack(),
                 new_serial: serial,
-                policy: at.slot.policy_id().0,
+                policy: slot_policy.0,
                 new_word: successor.pack(),
                 first_scan_e: first_scan,
             });
             log.submit().wait();
         }
-        Ok(self.sign_new(&policy, at.loc.partition, serial, self.rotation_step(now)))
+        Ok(self.sign_new(
+            &policy,
+            at.loc.partition,
+            serial,
+            self.rotation_step(now),
+            key,
+        ))
     }
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{AtomicHistogram, BATCH_EDGES, FSYNC_EDGES_US};
 use crate::storage::{SharedStorage, StdStorage, Storage, StorageFile};
-pub use record::Record;
+pub use record::{ConflictRecord, Record, OP_OFFLINE};
 use room::{tighten_if_nearly_full, Room};
 pub use room::{Claim, LogFull, RECORD_CLAIM_BYTES};
 use waiters::{Until, Waiters};

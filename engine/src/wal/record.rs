@@ -102,6 +102,9 @@ pub enum Record {
         /// New status byte (see `KeyStatus`).
         status: u8,
     },
+    /// An offline admit that met a ticket already used, revoked or transferred: both scans,
+    /// for disputes. Its scan id raises the gate's upload mark.
+    Conflict(ConflictRecord),
     /// Every ticket of `partition` with a serial below `below` dropped for good (`stile
     /// purge`); those serials are never minted again.
     Purge {
@@ -131,11 +134,38 @@ pub struct ScanTrace {
     /// The answer, packed as the scan memory packs it.
     pub answer: u64,
 }
+/// [`ScanTrace::op`] bit of a scan a gate decided offline and uploaded: its scan id raises
+/// that gate's upload mark at replay.
+pub const OP_OFFLINE: u8 = 0x80;
+
+/// A conflict, as logged (see `crate::offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictRecord {
+    /// `ConflictKind` as a byte.
+    pub kind: u8,
+    /// The ticket's provider.
+    pub provider: u16,
+    /// Partition.
+    pub partition: u16,
+    /// Serial.
+    pub serial: u32,
+    /// The earlier event's gate (0: an operator).
+    pub first_gate: u16,
+    /// The earlier event's time, engine-epoch seconds.
+    pub first_at_e: u32,
+    /// The offline admit's gate.
+    pub second_gate: u16,
+    /// The offline admit's time (as uploaded, clamped), engine-epoch seconds.
+    pub second_at_e: u32,
+    /// The offline admit's scan id.
+    pub scan_id: u64,
+}
 const T_TRANSFER: u8 = 4;
 const T_IMPORT: u8 = 5;
 const T_KEY: u8 = 6;
 const T_PURGE: u8 = 8;
 const T_MARK: u8 = 9;
+const T_CONFLICT: u8 = 10;
 
 /// Bytes of a durability mark's frame: the header, the type byte and the offset.
 pub const MARK_FRAME_LEN: usize = FRAME_HEADER_LEN + 9;
@@ -337,6 +367,18 @@ impl Record {
             Record::Key { id, status } => {
                 out.extend_from_slice(&[T_KEY, *id, *status]);
             }
+            Record::Conflict(c) => {
+                out.push(T_CONFLICT);
+                out.push(c.kind);
+                out.extend_from_slice(&c.provider.to_le_bytes());
+                out.extend_from_slice(&c.partition.to_le_bytes());
+                out.extend_from_slice(&c.serial.to_le_bytes());
+                out.extend_from_slice(&c.first_gate.to_le_bytes());
+                out.extend_from_slice(&c.first_at_e.to_le_bytes());
+                out.extend_from_slice(&c.second_gate.to_le_bytes());
+                out.extend_from_slice(&c.second_at_e.to_le_bytes());
+                out.extend_from_slice(&c.scan_id.to_le_bytes());
+            }
             Record::Purge { partition, below } => {
                 out.push(T_PURGE);
                 out.extend_from_slice(&partition.to_le_bytes());
@@ -482,6 +524,17 @@ impl Reader<'_> {
                 partition: self.u16()?,
                 below: self.u64()?,
             },
+            T_CONFLICT => Record::Conflict(ConflictRecord {
+                kind: self.u8()?,
+                provider: self.u16()?,
+                partition: self.u16()?,
+                serial: self.u32()?,
+                first_gate: self.u16()?,
+                first_at_e: self.u32()?,
+                second_gate: self.u16()?,
+                second_at_e: self.u32()?,
+                scan_id: self.u64()?,
+            }),
             _ => return Err(DecodeError::BadPayload("unknown record type")),
         };
         if !self.0.is_empty() {
@@ -557,6 +610,17 @@ mod tests {
                 partition: u16::MAX,
                 below: 1 << 32,
             },
+            Record::Conflict(ConflictRecord {
+                kind: 3,
+                provider: 9,
+                partition: 1,
+                serial: u32::MAX,
+                first_gate: 4,
+                first_at_e: 5,
+                second_gate: u16::MAX,
+                second_at_e: u32::MAX,
+                scan_id: u64::MAX,
+            }),
         ]
     }
 
