@@ -90,10 +90,18 @@ pub mod op {
         UNSUBSCRIBE = 0x0E, "unsubscribe";
         /// Drop every ticket of a partition for good (admin, audited).
         PURGE = 0x0F, "purge";
+        /// A page of the gate's provider's tickets, for its offline replica (gate).
+        REPLICA_PAGE = 0x10, "replica_page";
+        /// Stream the replica's changes from a log position (gate; many frames per request).
+        REPLICA_FOLLOW = 0x11, "replica_follow";
+        /// Upload a scan the gate decided while offline (gate).
+        CHECKIN_OFFLINE = 0x12, "checkin_offline";
+        /// The conflicts offline scans caused, a page at a time (admin).
+        CONFLICTS = 0x13, "conflicts";
     }
 
     /// Largest request op.
-    pub const REQUEST_MAX: u8 = PURGE;
+    pub const REQUEST_MAX: u8 = CONFLICTS;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -112,6 +120,10 @@ pub mod op {
     pub const METRICS_REPLY: u8 = 0x88;
     /// What a purge dropped.
     pub const PURGED: u8 = 0x89;
+    /// A batch of replica changes (`replica_page`; `replica_follow`, many frames per request).
+    pub const REPLICA: u8 = 0x8A;
+    /// A page of conflicts.
+    pub const CONFLICTS_REPLY: u8 = 0x8B;
     /// The request failed; nothing changed.
     pub const ERROR: u8 = 0x8F;
 }
@@ -554,6 +566,232 @@ pub const TICKET_KEY_LEN: usize = 32;
 
 const TICKET_KEY_REPLY_LEN: usize = TICKET_KEY_LEN + 4;
 
+/// One scan a gate decided offline, as it uploads it once its node is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OfflineScan {
+    /// The gate's scan id (a retry reuses it, so an upload is counted once).
+    pub scan_id: u64,
+    /// When the gate scanned the code, Unix milliseconds by the gate's clock.
+    pub scanned_at_unix_ms: u64,
+    /// When the gate last heard from its node before the scan, Unix seconds: how stale the
+    /// replica it decided by was.
+    pub last_online_unix_s: u64,
+    /// An exit (true) or an entry (false).
+    pub exit: bool,
+    /// What the gate decided from its replica.
+    pub decision: OutcomeKind,
+    /// The code scanned.
+    pub code: RawCode,
+}
+
+impl OfflineScan {
+    /// The upload of a scan of `code`, with the gate's scan id, times and decision.
+    pub fn new(
+        code: &CodeBytes,
+        scan_id: u64,
+        scanned_at_unix_ms: u64,
+        last_online_unix_s: u64,
+        exit: bool,
+        decision: OutcomeKind,
+    ) -> Self {
+        OfflineScan {
+            scan_id,
+            scanned_at_unix_ms,
+            last_online_unix_s,
+            exit,
+            decision,
+            code: RawCode::from(*code),
+        }
+    }
+}
+
+/// Bytes of an offline scan's fixed fields, before its code.
+const OFFLINE_SCAN_HEAD_LEN: usize = 8 + 8 + 8 + 1 + 1;
+
+/// A policy as a gate's replica needs it to decide a scan. Zero means "not set" for the
+/// optional bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplicaPolicy {
+    /// The node's id of the policy (tickets name it).
+    pub id: u32,
+    /// Not valid before this Unix second (0: no bound).
+    pub valid_from_unix_s: u64,
+    /// Not valid after this Unix second (0: no bound).
+    pub valid_until_unix_s: u64,
+    /// Valid this long from the first scan, seconds (0: no bound).
+    pub valid_for_s: u32,
+    /// Entries allowed (0: unlimited).
+    pub max_entries: u8,
+    /// Entry and exit alternate.
+    pub exits: bool,
+    /// Its tickets' codes rotate.
+    pub rotating: bool,
+}
+
+/// Bytes of a policy item after its tag.
+const REPLICA_POLICY_LEN: usize = 4 + 8 + 8 + 4 + 1 + 1 + 1;
+
+/// A ticket's state as the replica holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplicaState {
+    /// Partition of the ticket.
+    pub partition: u16,
+    /// Serial of the ticket.
+    pub serial: u32,
+    /// `valid`, `used`, `revoked`, `expired`.
+    pub state: TicketStateName,
+    /// Inside (entry/exit tickets).
+    pub inside: bool,
+    /// Entries counted.
+    pub entries: u8,
+    /// Gate of the last event (0: none, or an operator).
+    pub gate: u16,
+    /// Unix seconds of the last event.
+    pub at_unix_s: u64,
+    /// Unix seconds of the first scan (0: never).
+    pub first_scan_unix_s: u64,
+}
+
+/// Bytes of a ticket's state on the wire.
+const REPLICA_STATE_LEN: usize = 2 + 4 + 1 + 1 + 1 + 2 + 8 + 8;
+
+/// One change a replica applies, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicaItem {
+    /// A ticket new to the replica (minted, or a transfer's successor), or reloaded.
+    Ticket {
+        /// The ticket's fingerprint, as the node computes it.
+        fingerprint: u64,
+        /// The id of its policy (sent before, as a [`ReplicaItem::Policy`]).
+        policy: u32,
+        /// Its state.
+        state: ReplicaState,
+    },
+    /// A known ticket's new state.
+    State(ReplicaState),
+    /// A policy (sent before any ticket that names it).
+    Policy(ReplicaPolicy),
+    /// Key `id` was retired: codes it signed are forged from now on.
+    KeyRetired(u8),
+}
+
+/// Wire tags of [`ReplicaItem`]s.
+mod replica_tag {
+    /// [`super::ReplicaItem::Ticket`].
+    pub const TICKET: u8 = 1;
+    /// [`super::ReplicaItem::State`].
+    pub const STATE: u8 = 2;
+    /// [`super::ReplicaItem::Policy`].
+    pub const POLICY: u8 = 3;
+    /// [`super::ReplicaItem::KeyRetired`].
+    pub const KEY_RETIRED: u8 = 4;
+}
+
+impl ReplicaItem {
+    /// Bytes of the item on the wire, tag included.
+    fn wire_len(&self) -> usize {
+        1 + match self {
+            ReplicaItem::Ticket { .. } => 8 + 4 + REPLICA_STATE_LEN,
+            ReplicaItem::State(_) => REPLICA_STATE_LEN,
+            ReplicaItem::Policy(_) => REPLICA_POLICY_LEN,
+            ReplicaItem::KeyRetired(_) => 1,
+        }
+    }
+}
+
+/// Bytes of the largest replica item (a ticket).
+pub const REPLICA_ITEM_MAX_LEN: usize = 1 + 8 + 4 + REPLICA_STATE_LEN;
+/// Fixed bytes of a replica frame's payload before its items.
+const REPLICA_HEAD_LEN: usize = 8 + 8 + 1 + 2 + 4 + 2;
+/// Most items one replica frame carries: that many of the largest always fit in
+/// [`FRAME_MAX_LEN`].
+pub const REPLICA_FRAME_ITEMS_MAX: usize =
+    (FRAME_MAX_LEN - BODY_HEADER_LEN - REPLICA_HEAD_LEN) / REPLICA_ITEM_MAX_LEN;
+
+/// Replica changes: a page of tickets (`replica_page`) or a batch of the log's changes
+/// (`replica_follow`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplicaBatch {
+    /// The node's log position the batch brings the replica to: follow from `seq + 1`.
+    pub seq: u64,
+    /// The node's clock, Unix seconds, when it sent the batch.
+    pub now_unix_s: u64,
+    /// Page cursor: more tickets follow this (partition, serial); `None` on the last page
+    /// and in a stream.
+    pub next: Option<(u16, u32)>,
+    /// The changes, in order (at most [`REPLICA_FRAME_ITEMS_MAX`]).
+    pub items: Vec<ReplicaItem>,
+}
+
+/// What two scans of one ticket, one of them decided offline, got wrong together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConflictKind {
+    /// Two scans admitted a ticket that allowed only one of them.
+    DoubleEntry = 1,
+    /// A scan admitted a ticket revoked before it.
+    AfterRevoke = 2,
+    /// A scan admitted a ticket transferred to someone else before it.
+    AfterTransfer = 3,
+}
+
+impl ConflictKind {
+    /// `double_entry`, `after_revoke`, `after_transfer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictKind::DoubleEntry => "double_entry",
+            ConflictKind::AfterRevoke => "after_revoke",
+            ConflictKind::AfterTransfer => "after_transfer",
+        }
+    }
+
+    /// The wire value back to a kind.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => ConflictKind::DoubleEntry,
+            2 => ConflictKind::AfterRevoke,
+            3 => ConflictKind::AfterTransfer,
+            _ => return None,
+        })
+    }
+}
+
+/// Where and when a scan happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScanRef {
+    /// The gate that scanned.
+    pub gate: u16,
+    /// Unix seconds of the scan.
+    pub at_unix_s: u64,
+}
+
+/// Two scans of one ticket that cannot both have been right, found when offline scans came
+/// in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conflict {
+    /// Its position in the node's conflict list.
+    pub index: u64,
+    /// What went wrong.
+    pub kind: ConflictKind,
+    /// The ticket's provider.
+    pub provider: u16,
+    /// The ticket's code.
+    pub code: CodeBytes,
+    /// The earlier scan (or the revoke or transfer).
+    pub first: ScanRef,
+    /// The later scan.
+    pub second: ScanRef,
+}
+
+/// Bytes of a conflict's fixed fields, before its code.
+const CONFLICT_HEAD_LEN: usize = 8 + 1 + 2 + (2 + 8) * 2 + 1;
+/// Fixed bytes of a conflicts frame's payload before its items.
+const CONFLICTS_HEAD_LEN: usize = 1 + 8 + 2;
+/// Most conflicts one conflicts frame carries: that many, each with a code of the largest
+/// length, always fit in [`FRAME_MAX_LEN`].
+pub const CONFLICTS_FRAME_MAX: usize =
+    (FRAME_MAX_LEN - BODY_HEADER_LEN - CONFLICTS_HEAD_LEN) / (CONFLICT_HEAD_LEN + CODE_MAX_LEN);
+
 /// Per-request error codes (a request failed; the connection stays).
 pub mod error_code {
     /// The certificate's role may not do this.
@@ -677,6 +915,27 @@ pub enum Request {
         /// The partition.
         partition: u16,
     },
+    /// A page of the gate's provider's tickets after `after`, for its offline replica.
+    ReplicaPage {
+        /// Page cursor: tickets after this (partition, serial); `None`: from the first.
+        after: Option<(u16, u32)>,
+        /// Most tickets wanted (the node sends at most what fits one frame).
+        limit: u32,
+    },
+    /// Stream the replica's changes from log position `from_seq` on, then live.
+    ReplicaFollow {
+        /// First log position wanted.
+        from_seq: u64,
+    },
+    /// Upload a scan the gate decided offline; answered with an outcome.
+    CheckinOffline(OfflineScan),
+    /// A page of the node's conflict list.
+    Conflicts {
+        /// Only this provider's conflicts (`None`: every provider's).
+        provider: Option<u16>,
+        /// The list index to start from.
+        after: u64,
+    },
 }
 
 /// A response: it carries the request id of what it answers.
@@ -711,6 +970,15 @@ pub enum Response {
         /// Every serial of the partition below this is purged; its next ticket gets this
         /// serial or a later one.
         below: u64,
+    },
+    /// Replica changes: a page of tickets, or one batch of a `replica_follow` stream.
+    Replica(ReplicaBatch),
+    /// A page of conflicts.
+    Conflicts {
+        /// The conflicts, in list order (at most [`CONFLICTS_FRAME_MAX`]).
+        items: Vec<Conflict>,
+        /// The list index to ask from for the next page; `None`: this is the last.
+        next: Option<u64>,
     },
     /// The request failed; nothing changed.
     Error {
@@ -794,6 +1062,145 @@ impl<'a> Reader<'a> {
         Ok(Histogram { sum, buckets })
     }
 
+    /// An optional value: a flag byte, then the value, all zero when absent (so that each
+    /// value has one encoding).
+    fn optional<T: Default + PartialEq>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, FrameError>,
+    ) -> Result<Option<T>, FrameError> {
+        let present = self.bool()?;
+        let value = read(self)?;
+        match present {
+            true => Ok(Some(value)),
+            false if value == T::default() => Ok(None),
+            false => Err(FrameError::Malformed("absent value not zero")),
+        }
+    }
+
+    /// A page cursor: flag u8, partition u16, serial u32.
+    fn cursor(&mut self) -> Result<Option<(u16, u32)>, FrameError> {
+        self.optional(|r| Ok((r.u16()?, r.u32()?)))
+    }
+
+    fn outcome_kind(&mut self) -> Result<OutcomeKind, FrameError> {
+        OutcomeKind::from_u8(self.u8()?).ok_or(FrameError::Malformed("unknown outcome kind"))
+    }
+
+    fn ticket_state(&mut self) -> Result<TicketStateName, FrameError> {
+        TicketStateName::from_u8(self.u8()?).ok_or(FrameError::Malformed("unknown ticket state"))
+    }
+
+    /// An offline scan: its fixed fields, then its code as the rest of the body.
+    fn offline_scan(&mut self) -> Result<OfflineScan, FrameError> {
+        Ok(OfflineScan {
+            scan_id: self.u64()?,
+            scanned_at_unix_ms: self.u64()?,
+            last_online_unix_s: self.u64()?,
+            exit: self.bool()?,
+            decision: self.outcome_kind()?,
+            code: self.code_rest()?,
+        })
+    }
+
+    fn replica_state(&mut self) -> Result<ReplicaState, FrameError> {
+        Ok(ReplicaState {
+            partition: self.u16()?,
+            serial: self.u32()?,
+            state: self.ticket_state()?,
+            inside: self.bool()?,
+            entries: self.u8()?,
+            gate: self.u16()?,
+            at_unix_s: self.u64()?,
+            first_scan_unix_s: self.u64()?,
+        })
+    }
+
+    fn replica_policy(&mut self) -> Result<ReplicaPolicy, FrameError> {
+        Ok(ReplicaPolicy {
+            id: self.u32()?,
+            valid_from_unix_s: self.u64()?,
+            valid_until_unix_s: self.u64()?,
+            valid_for_s: self.u32()?,
+            max_entries: self.u8()?,
+            exits: self.bool()?,
+            rotating: self.bool()?,
+        })
+    }
+
+    fn replica_item(&mut self) -> Result<ReplicaItem, FrameError> {
+        Ok(match self.u8()? {
+            replica_tag::TICKET => ReplicaItem::Ticket {
+                fingerprint: self.u64()?,
+                policy: self.u32()?,
+                state: self.replica_state()?,
+            },
+            replica_tag::STATE => ReplicaItem::State(self.replica_state()?),
+            replica_tag::POLICY => ReplicaItem::Policy(self.replica_policy()?),
+            replica_tag::KEY_RETIRED => ReplicaItem::KeyRetired(self.u8()?),
+            _ => return Err(FrameError::Malformed("unknown replica item")),
+        })
+    }
+
+    /// A replica batch: at most [`REPLICA_FRAME_ITEMS_MAX`] items, each read off the body
+    /// (so the count cannot make it allocate more than the body holds).
+    fn replica_batch(&mut self) -> Result<ReplicaBatch, FrameError> {
+        let (seq, now_unix_s, next) = (self.u64()?, self.u64()?, self.cursor()?);
+        let n = self.u16()? as usize;
+        if n > REPLICA_FRAME_ITEMS_MAX {
+            return Err(FrameError::Malformed("too many replica items"));
+        }
+        // The smallest item (a retired key) takes 2 bytes.
+        let mut items = Vec::with_capacity(n.min(self.buf.len() / 2));
+        for _ in 0..n {
+            items.push(self.replica_item()?);
+        }
+        Ok(ReplicaBatch {
+            seq,
+            now_unix_s,
+            next,
+            items,
+        })
+    }
+
+    fn scan_ref(&mut self) -> Result<ScanRef, FrameError> {
+        Ok(ScanRef {
+            gate: self.u16()?,
+            at_unix_s: self.u64()?,
+        })
+    }
+
+    fn conflict(&mut self) -> Result<Conflict, FrameError> {
+        let index = self.u64()?;
+        let kind = ConflictKind::from_u8(self.u8()?)
+            .ok_or(FrameError::Malformed("unknown conflict kind"))?;
+        let (provider, first, second) = (self.u16()?, self.scan_ref()?, self.scan_ref()?);
+        let len = self.u8()? as usize;
+        let code = CodeBytes::from_slice(self.take(len)?)
+            .map_err(|_| FrameError::Malformed("not a code"))?;
+        Ok(Conflict {
+            index,
+            kind,
+            provider,
+            code,
+            first,
+            second,
+        })
+    }
+
+    /// A page of conflicts: at most [`CONFLICTS_FRAME_MAX`], and the next page's index.
+    fn conflicts(&mut self) -> Result<Response, FrameError> {
+        let next = self.optional(Reader::u64)?;
+        let n = self.u16()? as usize;
+        if n > CONFLICTS_FRAME_MAX {
+            return Err(FrameError::Malformed("too many conflicts"));
+        }
+        let mut items = Vec::with_capacity(n.min(self.buf.len() / CONFLICT_HEAD_LEN));
+        for _ in 0..n {
+            items.push(self.conflict()?);
+        }
+        Ok(Response::Conflicts { items, next })
+    }
+
     fn end(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() {
             Ok(())
@@ -843,6 +1250,10 @@ impl Request {
             Request::Metrics { .. } => op::METRICS,
             Request::Unsubscribe { .. } => op::UNSUBSCRIBE,
             Request::Purge { .. } => op::PURGE,
+            Request::ReplicaPage { .. } => op::REPLICA_PAGE,
+            Request::ReplicaFollow { .. } => op::REPLICA_FOLLOW,
+            Request::CheckinOffline(_) => op::CHECKIN_OFFLINE,
+            Request::Conflicts { .. } => op::CONFLICTS,
         }
     }
 
@@ -857,6 +1268,7 @@ impl Request {
                 | Request::Subscribe { .. }
                 | Request::TicketKey { .. }
                 | Request::Purge { .. }
+                | Request::Conflicts { .. }
         )
     }
 
@@ -887,6 +1299,10 @@ impl Request {
             Request::Metrics { .. } => 1,
             Request::Unsubscribe { .. } => 4,
             Request::Purge { .. } => 2,
+            Request::ReplicaPage { .. } => CURSOR_LEN + 4,
+            Request::ReplicaFollow { .. } => 8,
+            Request::CheckinOffline(scan) => OFFLINE_SCAN_HEAD_LEN + scan.code.len as usize,
+            Request::Conflicts { .. } => 1 + 2 + 8,
         }
     }
 
@@ -935,6 +1351,17 @@ impl Request {
             Request::Metrics { op } => out.put_u8(*op),
             Request::Unsubscribe { id } => out.put_u32_le(*id),
             Request::Purge { partition } => out.put_u16_le(*partition),
+            Request::ReplicaPage { after, limit } => {
+                put_cursor(out, *after);
+                out.put_u32_le(*limit);
+            }
+            Request::ReplicaFollow { from_seq } => out.put_u64_le(*from_seq),
+            Request::CheckinOffline(scan) => put_offline_scan(out, scan),
+            Request::Conflicts { provider, after } => {
+                out.put_u8(u8::from(provider.is_some()));
+                out.put_u16_le(provider.unwrap_or(0));
+                out.put_u64_le(*after);
+            }
         }
     }
 
@@ -994,6 +1421,16 @@ impl Request {
             op::PURGE => Request::Purge {
                 partition: r.u16()?,
             },
+            op::REPLICA_PAGE => Request::ReplicaPage {
+                after: r.cursor()?,
+                limit: r.u32()?,
+            },
+            op::REPLICA_FOLLOW => Request::ReplicaFollow { from_seq: r.u64()? },
+            op::CHECKIN_OFFLINE => Request::CheckinOffline(r.offline_scan()?),
+            op::CONFLICTS => Request::Conflicts {
+                provider: r.optional(Reader::u16)?,
+                after: r.u64()?,
+            },
             other => return Err(FrameError::UnknownOp(other)),
         };
         r.end()?;
@@ -1035,13 +1472,24 @@ impl Response {
                     + usize::from(m.disk_full.is_some())
             }
             Response::Purged { .. } => PURGED_LEN,
+            Response::Replica(b) => {
+                REPLICA_HEAD_LEN + b.items.iter().map(ReplicaItem::wire_len).sum::<usize>()
+            }
+            Response::Conflicts { items, .. } => {
+                CONFLICTS_HEAD_LEN
+                    + items
+                        .iter()
+                        .map(|c| CONFLICT_HEAD_LEN + c.code.as_bytes().len())
+                        .sum::<usize>()
+            }
             Response::Error { message, .. } => 2 + 2 + error_message(message).len(),
         }
     }
 
     /// Appends the frame of this response, answering request `id`, to `out`. Panics if the
-    /// response breaks a bound ([`MINT_FRAME_MAX`] codes, [`EVENTS_FRAME_MAX`] events): the
-    /// node splits before it encodes.
+    /// response breaks a bound ([`MINT_FRAME_MAX`] codes, [`EVENTS_FRAME_MAX`] events,
+    /// [`REPLICA_FRAME_ITEMS_MAX`] replica items, [`CONFLICTS_FRAME_MAX`] conflicts): the node
+    /// splits before it encodes.
     pub fn encode(&self, id: u32, out: &mut impl BufMut) {
         let op = match self {
             Response::Outcome(o) => return encode_outcome(id, o, out),
@@ -1068,6 +1516,17 @@ impl Response {
                 op::METRICS_REPLY
             }
             Response::Purged { .. } => op::PURGED,
+            Response::Replica(b) => {
+                assert!(
+                    b.items.len() <= REPLICA_FRAME_ITEMS_MAX,
+                    "too many replica items"
+                );
+                op::REPLICA
+            }
+            Response::Conflicts { items, .. } => {
+                assert!(items.len() <= CONFLICTS_FRAME_MAX, "too many conflicts");
+                op::CONFLICTS_REPLY
+            }
             Response::Error { .. } => op::ERROR,
         };
         put_header(out, op, id, self.payload_len());
@@ -1147,6 +1606,15 @@ impl Response {
             Response::Purged { tickets, below } => {
                 out.put_u64_le(*tickets);
                 out.put_u64_le(*below);
+            }
+            Response::Replica(b) => put_replica_batch(out, b),
+            Response::Conflicts { items, next } => {
+                out.put_u8(u8::from(next.is_some()));
+                out.put_u64_le(next.unwrap_or(0));
+                out.put_u16_le(items.len() as u16);
+                for c in items {
+                    put_conflict(out, c);
+                }
             }
             Response::Error { code, message } => {
                 let m = error_message(message);
@@ -1287,6 +1755,8 @@ impl Response {
                 tickets: r.u64()?,
                 below: r.u64()?,
             },
+            op::REPLICA => Response::Replica(r.replica_batch()?),
+            op::CONFLICTS_REPLY => r.conflicts()?,
             op::ERROR => {
                 let code = r.u16()?;
                 let len = r.u16()? as usize;
@@ -1304,6 +1774,108 @@ impl Response {
         Ok((id, resp))
     }
 }
+
+/// A page cursor: flag u8, partition u16, serial u32 (zeros when absent).
+fn put_cursor(out: &mut impl BufMut, cursor: Option<(u16, u32)>) {
+    let (partition, serial) = cursor.unwrap_or_default();
+    out.put_u8(u8::from(cursor.is_some()));
+    out.put_u16_le(partition);
+    out.put_u32_le(serial);
+}
+
+/// Bytes of a page cursor.
+const CURSOR_LEN: usize = 1 + 2 + 4;
+
+fn put_offline_scan(out: &mut impl BufMut, scan: &OfflineScan) {
+    out.put_u64_le(scan.scan_id);
+    out.put_u64_le(scan.scanned_at_unix_ms);
+    out.put_u64_le(scan.last_online_unix_s);
+    out.put_u8(u8::from(scan.exit));
+    out.put_u8(scan.decision as u8);
+    out.put_slice(scan.code.as_bytes());
+}
+
+fn put_replica_state(out: &mut impl BufMut, s: &ReplicaState) {
+    out.put_u16_le(s.partition);
+    out.put_u32_le(s.serial);
+    out.put_u8(s.state as u8);
+    out.put_u8(u8::from(s.inside));
+    out.put_u8(s.entries);
+    out.put_u16_le(s.gate);
+    out.put_u64_le(s.at_unix_s);
+    out.put_u64_le(s.first_scan_unix_s);
+}
+
+fn put_replica_policy(out: &mut impl BufMut, p: &ReplicaPolicy) {
+    out.put_u32_le(p.id);
+    out.put_u64_le(p.valid_from_unix_s);
+    out.put_u64_le(p.valid_until_unix_s);
+    out.put_u32_le(p.valid_for_s);
+    out.put_u8(p.max_entries);
+    out.put_u8(u8::from(p.exits));
+    out.put_u8(u8::from(p.rotating));
+}
+
+fn put_replica_item(out: &mut impl BufMut, item: &ReplicaItem) {
+    match item {
+        ReplicaItem::Ticket {
+            fingerprint,
+            policy,
+            state,
+        } => {
+            out.put_u8(replica_tag::TICKET);
+            out.put_u64_le(*fingerprint);
+            out.put_u32_le(*policy);
+            put_replica_state(out, state);
+        }
+        ReplicaItem::State(state) => {
+            out.put_u8(replica_tag::STATE);
+            put_replica_state(out, state);
+        }
+        ReplicaItem::Policy(policy) => {
+            out.put_u8(replica_tag::POLICY);
+            put_replica_policy(out, policy);
+        }
+        ReplicaItem::KeyRetired(id) => {
+            out.put_u8(replica_tag::KEY_RETIRED);
+            out.put_u8(*id);
+        }
+    }
+}
+
+fn put_replica_batch(out: &mut impl BufMut, b: &ReplicaBatch) {
+    out.put_u64_le(b.seq);
+    out.put_u64_le(b.now_unix_s);
+    put_cursor(out, b.next);
+    out.put_u16_le(b.items.len() as u16);
+    for item in &b.items {
+        put_replica_item(out, item);
+    }
+}
+
+fn put_conflict(out: &mut impl BufMut, c: &Conflict) {
+    out.put_u64_le(c.index);
+    out.put_u8(c.kind as u8);
+    out.put_u16_le(c.provider);
+    for scan in [c.first, c.second] {
+        out.put_u16_le(scan.gate);
+        out.put_u64_le(scan.at_unix_s);
+    }
+    out.put_u8(c.code.as_bytes().len() as u8);
+    out.put_slice(c.code.as_bytes());
+}
+
+// The largest replica and conflicts frames fit the frame bound, and their counts fit u16.
+const _: () = assert!(
+    BODY_HEADER_LEN + REPLICA_HEAD_LEN + REPLICA_FRAME_ITEMS_MAX * REPLICA_ITEM_MAX_LEN
+        <= FRAME_MAX_LEN
+);
+const _: () = assert!(
+    BODY_HEADER_LEN + CONFLICTS_HEAD_LEN + CONFLICTS_FRAME_MAX * (CONFLICT_HEAD_LEN + CODE_MAX_LEN)
+        <= FRAME_MAX_LEN
+);
+const _: () = assert!(REPLICA_FRAME_ITEMS_MAX <= u16::MAX as usize);
+const _: () = assert!(CONFLICTS_FRAME_MAX <= u16::MAX as usize);
 
 fn histogram_len(h: &Histogram) -> usize {
     8 + 2 + 10 * h.buckets.len()
@@ -1528,6 +2100,346 @@ mod tests {
         assert_eq!(message.len(), ERROR_MESSAGE_MAX);
     }
 
+    /// A sample of every new replica item kind, for the size and truncation tests.
+    fn sample_batch() -> ReplicaBatch {
+        let state = ReplicaState {
+            partition: 1,
+            serial: 77,
+            state: TicketStateName::Used,
+            inside: true,
+            entries: 2,
+            gate: 9,
+            at_unix_s: 1_750_000_000,
+            first_scan_unix_s: 1_749_999_000,
+        };
+        ReplicaBatch {
+            seq: 1 << 33,
+            now_unix_s: 1_750_000_001,
+            next: Some((1, 78)),
+            items: vec![
+                ReplicaItem::Policy(ReplicaPolicy {
+                    id: 4,
+                    valid_from_unix_s: 0,
+                    valid_until_unix_s: 1_760_000_000,
+                    valid_for_s: 86_400,
+                    max_entries: 3,
+                    exits: true,
+                    rotating: false,
+                }),
+                ReplicaItem::Ticket {
+                    fingerprint: 0xDEAD_BEEF,
+                    policy: 4,
+                    state,
+                },
+                ReplicaItem::State(state),
+                ReplicaItem::KeyRetired(2),
+            ],
+        }
+    }
+
+    fn sample_conflict(index: u64) -> Conflict {
+        let mut code = [3u8; 21];
+        code[0] = 2;
+        Conflict {
+            index,
+            kind: ConflictKind::AfterTransfer,
+            provider: 5,
+            code: CodeBytes::from_slice(&code).unwrap(),
+            first: ScanRef {
+                gate: 1,
+                at_unix_s: 1_750_000_000,
+            },
+            second: ScanRef {
+                gate: 2,
+                at_unix_s: 1_750_000_060,
+            },
+        }
+    }
+
+    fn response_frame(resp: &Response) -> Vec<u8> {
+        let mut out = Vec::new();
+        resp.encode(7, &mut out);
+        out
+    }
+
+    /// The body of a frame, whose length prefix `split_frame` checks.
+    fn body_of(frame: &[u8]) -> &[u8] {
+        split_frame(frame).unwrap().unwrap().1
+    }
+
+    fn malformed(r: Result<impl std::fmt::Debug, FrameError>) -> bool {
+        matches!(r, Err(FrameError::Malformed(_)))
+    }
+
+    /// The four replica and conflict ops follow purge, in the table `stile stat` reads; the
+    /// gate's three are not admin-only (the node checks the gate role), conflicts is, and
+    /// all four are resent after a lost connection.
+    #[test]
+    fn replica_ops_are_gate_requests_and_conflicts_an_admin_one() {
+        let scan = OfflineScan::new(
+            &CodeBytes::from_slice(&[1; 20]).unwrap(),
+            1,
+            2,
+            3,
+            false,
+            OutcomeKind::Admitted,
+        );
+        let gate_ops = [
+            (
+                Request::ReplicaPage {
+                    after: None,
+                    limit: 10,
+                },
+                0x10,
+                "replica_page",
+            ),
+            (
+                Request::ReplicaFollow { from_seq: 1 },
+                0x11,
+                "replica_follow",
+            ),
+            (Request::CheckinOffline(scan), 0x12, "checkin_offline"),
+        ];
+        for (req, byte, name) in gate_ops {
+            assert_eq!((req.op(), op::name(byte)), (byte, name));
+            assert!(!req.needs_admin() && req.is_retry_safe(), "{name}");
+        }
+        let conflicts = Request::Conflicts {
+            provider: Some(5),
+            after: 0,
+        };
+        assert_eq!(conflicts.op(), 0x13);
+        assert_eq!(op::by_name("conflicts"), Some(0x13));
+        assert!(conflicts.needs_admin() && conflicts.is_retry_safe());
+        assert_eq!(op::REQUEST_MAX, 0x13);
+        assert_eq!(op::REQUESTS.last(), Some(&(0x13, "conflicts")));
+    }
+
+    /// An offline check-in is its 26 fixed bytes and the code, like a check-in's; a flag
+    /// other than 0/1, an outcome kind this side does not know, or no code is malformed.
+    #[test]
+    fn offline_checkin_is_the_documented_size_and_refuses_bad_fields() {
+        let code = CodeBytes::from_slice(&[1; 20]).unwrap();
+        let at_ms = 1_750_000_000_123;
+        let scan = OfflineScan::new(&code, 9, at_ms, 1_749_999_000, true, OutcomeKind::Exited);
+        let bytes = one_frame(&Request::CheckinOffline(scan));
+        assert_eq!(bytes.len(), 1 + BODY_HEADER_LEN + 26 + 20);
+        assert_eq!(scan.code.as_bytes(), code.as_bytes());
+        assert_eq!(
+            Request::decode(body_of(&bytes)).unwrap(),
+            (7, Request::CheckinOffline(scan))
+        );
+        // Exit flag, then the decision, then the code.
+        let exit_at = 1 + BODY_HEADER_LEN + 24;
+        for (at, value) in [(exit_at, 2), (exit_at + 1, 14), (exit_at + 1, 0xFF)] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            assert!(malformed(Request::decode(body_of(&bad))), "{at} = {value}");
+        }
+        // Every cut that leaves no code byte is malformed.
+        let body = body_of(&bytes);
+        for cut in BODY_HEADER_LEN..=BODY_HEADER_LEN + 26 {
+            assert!(malformed(Request::decode(&body[..cut])), "cut at {cut}");
+        }
+    }
+
+    /// A cursor, provider or next index that is absent is all zeros on the wire, so each
+    /// request and answer has one encoding: anything else is malformed.
+    #[test]
+    fn absent_cursors_providers_and_next_indexes_must_be_zero() {
+        let page = one_frame(&Request::ReplicaPage {
+            after: None,
+            limit: 100,
+        });
+        assert_eq!(page.len(), 1 + BODY_HEADER_LEN + 11);
+        let payload = 1 + BODY_HEADER_LEN;
+        for (at, value) in [(payload, 2), (payload + 1, 1), (payload + 6, 1)] {
+            let mut bad = page.clone();
+            bad[at] = value;
+            assert!(malformed(Request::decode(body_of(&bad))), "{at} = {value}");
+        }
+        let conflicts = one_frame(&Request::Conflicts {
+            provider: None,
+            after: 3,
+        });
+        assert_eq!(conflicts.len(), 1 + BODY_HEADER_LEN + 11);
+        let mut bad = conflicts.clone();
+        bad[payload + 2] = 1;
+        assert!(malformed(Request::decode(body_of(&bad))));
+
+        let mut batch = sample_batch();
+        batch.next = None;
+        let mut bad = response_frame(&Response::Replica(batch));
+        // A 2-byte length prefix, the header, seq and now; then the cursor's flag,
+        // partition and serial.
+        bad[2 + BODY_HEADER_LEN + 16 + 3] = 1;
+        assert!(malformed(Response::decode(body_of(&bad))));
+        let mut bad = response_frame(&Response::Conflicts {
+            items: vec![],
+            next: None,
+        });
+        bad[payload + 1] = 1;
+        assert!(malformed(Response::decode(body_of(&bad))));
+    }
+
+    /// Every prefix of a replica or conflicts body runs out before its count of items does:
+    /// malformed, never a panic or a short answer.
+    #[test]
+    fn truncated_replica_and_conflicts_bodies_are_malformed() {
+        let frames = [
+            response_frame(&Response::Replica(sample_batch())),
+            response_frame(&Response::Conflicts {
+                items: vec![sample_conflict(0), sample_conflict(1)],
+                next: Some(2),
+            }),
+        ];
+        for frame in &frames {
+            let body = body_of(frame);
+            assert!(Response::decode(body).is_ok());
+            for cut in 0..body.len() {
+                assert!(malformed(Response::decode(&body[..cut])), "cut at {cut}");
+            }
+        }
+        for req in [
+            Request::ReplicaPage {
+                after: Some((1, 2)),
+                limit: 3,
+            },
+            Request::ReplicaFollow { from_seq: 4 },
+            Request::Conflicts {
+                provider: Some(5),
+                after: 6,
+            },
+        ] {
+            let frame = one_frame(&req);
+            let body = body_of(&frame);
+            for cut in 0..body.len() {
+                assert!(
+                    malformed(Request::decode(&body[..cut])),
+                    "{req:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    /// An item tag, ticket state, flag, conflict kind or code this side does not know is
+    /// malformed.
+    #[test]
+    fn garbage_replica_items_and_conflicts_are_malformed() {
+        let replica = response_frame(&Response::Replica(sample_batch()));
+        // Payload starts after the 2-byte length prefix and the header; items after 25 bytes.
+        let items = 2 + BODY_HEADER_LEN + REPLICA_HEAD_LEN;
+        let policy = items + 1;
+        let ticket = policy + REPLICA_POLICY_LEN;
+        let ticket_state = ticket + 1 + 8 + 4;
+        for (at, value) in [
+            (items, 0),            // policy tag → none
+            (items, 5),            // policy tag → none
+            (policy + 24 + 1, 2),  // policy's exits flag
+            (policy + 24 + 2, 7),  // policy's rotating flag
+            (ticket_state + 6, 4), // the ticket's state
+            (ticket_state + 7, 2), // its inside flag
+        ] {
+            let mut bad = replica.clone();
+            bad[at] = value;
+            assert!(malformed(Response::decode(body_of(&bad))), "{at} = {value}");
+        }
+
+        let conflicts = response_frame(&Response::Conflicts {
+            items: vec![sample_conflict(0)],
+            next: None,
+        });
+        let item = 1 + BODY_HEADER_LEN + CONFLICTS_HEAD_LEN;
+        let code_len = item + CONFLICT_HEAD_LEN - 1;
+        for (at, value) in [
+            (item + 8, 0),     // kind
+            (item + 8, 4),     // kind
+            (code_len + 1, 1), // a rotating code's format byte says static
+            (code_len + 1, 9), // no format
+        ] {
+            let mut bad = conflicts.clone();
+            bad[at] = value;
+            assert!(malformed(Response::decode(body_of(&bad))), "{at} = {value}");
+        }
+        // A code length that leaves bytes over, or runs past the end.
+        for len in [20, 22, 0] {
+            let mut bad = conflicts.clone();
+            bad[code_len] = len;
+            assert!(malformed(Response::decode(body_of(&bad))), "length {len}");
+        }
+    }
+
+    /// The bounds hold: a frame of the most items, each of the largest kind, fits; a count
+    /// above the bound is refused before any item is read, whatever the body holds.
+    #[test]
+    fn largest_replica_and_conflicts_frames_fit_and_larger_counts_are_refused() {
+        let ticket = sample_batch().items[1];
+        assert_eq!(ticket.wire_len(), REPLICA_ITEM_MAX_LEN);
+        let batch = ReplicaBatch {
+            items: vec![ticket; REPLICA_FRAME_ITEMS_MAX],
+            ..sample_batch()
+        };
+        let frame = response_frame(&Response::Replica(batch.clone()));
+        let (n, body) = split_frame(&frame).unwrap().unwrap();
+        assert_eq!(n, frame.len());
+        assert_eq!(
+            Response::decode(body).unwrap(),
+            (7, Response::Replica(batch))
+        );
+
+        let items = vec![sample_conflict(1); CONFLICTS_FRAME_MAX];
+        let conflicts = Response::Conflicts { items, next: None };
+        let frame = response_frame(&conflicts);
+        assert_eq!(Response::decode(body_of(&frame)).unwrap(), (7, conflicts));
+
+        let mut replica = vec![op::REPLICA, 7, 0, 0, 0];
+        replica.extend_from_slice(&[0; 8 + 8 + 7]);
+        replica.extend_from_slice(&(REPLICA_FRAME_ITEMS_MAX as u16 + 1).to_le_bytes());
+        replica.extend_from_slice(&[4, 1].repeat(REPLICA_FRAME_ITEMS_MAX + 1));
+        assert_eq!(
+            Response::decode(&replica),
+            Err(FrameError::Malformed("too many replica items"))
+        );
+        let mut conflicts = vec![op::CONFLICTS_REPLY, 7, 0, 0, 0];
+        conflicts.extend_from_slice(&[0; 9]);
+        conflicts.extend_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(
+            Response::decode(&conflicts),
+            Err(FrameError::Malformed("too many conflicts"))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "too many replica items")]
+    fn encoding_more_replica_items_than_a_frame_holds_panics() {
+        let batch = ReplicaBatch {
+            items: vec![ReplicaItem::KeyRetired(1); REPLICA_FRAME_ITEMS_MAX + 1],
+            ..sample_batch()
+        };
+        response_frame(&Response::Replica(batch));
+    }
+
+    #[test]
+    #[should_panic(expected = "too many conflicts")]
+    fn encoding_more_conflicts_than_a_frame_holds_panics() {
+        let items = vec![sample_conflict(0); CONFLICTS_FRAME_MAX + 1];
+        response_frame(&Response::Conflicts { items, next: None });
+    }
+
+    #[test]
+    fn conflict_kinds_have_wire_values_and_names() {
+        for (v, name) in [
+            (1, "double_entry"),
+            (2, "after_revoke"),
+            (3, "after_transfer"),
+        ] {
+            let kind = ConflictKind::from_u8(v).unwrap();
+            assert_eq!((kind as u8, kind.name()), (v, name));
+        }
+        assert_eq!(ConflictKind::from_u8(0), None);
+        assert_eq!(ConflictKind::from_u8(4), None);
+    }
+
     mod roundtrip {
         use proptest::prelude::*;
 
@@ -1558,8 +2470,31 @@ mod tests {
             ]
         }
 
+        fn outcome_kind() -> impl Strategy<Value = OutcomeKind> {
+            (0..OutcomeKind::ALL.len()).prop_map(|i| OutcomeKind::ALL[i])
+        }
+
+        fn offline_scan() -> impl Strategy<Value = OfflineScan> {
+            (any::<[u64; 3]>(), any::<bool>(), outcome_kind(), raw_code()).prop_map(
+                |(t, exit, decision, code)| OfflineScan {
+                    scan_id: t[0],
+                    scanned_at_unix_ms: t[1],
+                    last_online_unix_s: t[2],
+                    exit,
+                    decision,
+                    code,
+                },
+            )
+        }
+
         fn request() -> impl Strategy<Value = Request> {
             prop_oneof![
+                (any::<Option<(u16, u32)>>(), any::<u32>())
+                    .prop_map(|(after, limit)| Request::ReplicaPage { after, limit }),
+                any::<u64>().prop_map(|from_seq| Request::ReplicaFollow { from_seq }),
+                offline_scan().prop_map(Request::CheckinOffline),
+                (any::<Option<u16>>(), any::<u64>())
+                    .prop_map(|(provider, after)| Request::Conflicts { provider, after }),
                 (any::<u64>(), raw_code())
                     .prop_map(|(scan_id, code)| Request::Checkin { scan_id, code }),
                 (any::<u64>(), raw_code())
@@ -1652,6 +2587,99 @@ mod tests {
                         }
                     },
                 )
+        }
+
+        fn replica_state() -> impl Strategy<Value = ReplicaState> {
+            (
+                (any::<u16>(), any::<u32>(), state(), any::<bool>()),
+                (any::<u8>(), any::<u16>(), any::<u64>(), any::<u64>()),
+            )
+                .prop_map(
+                    |(
+                        (partition, serial, state, inside),
+                        (entries, gate, at_unix_s, first_scan_unix_s),
+                    )| ReplicaState {
+                        partition,
+                        serial,
+                        state,
+                        inside,
+                        entries,
+                        gate,
+                        at_unix_s,
+                        first_scan_unix_s,
+                    },
+                )
+        }
+
+        fn replica_policy() -> impl Strategy<Value = ReplicaPolicy> {
+            (
+                (any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()),
+                (any::<u8>(), any::<bool>(), any::<bool>()),
+            )
+                .prop_map(
+                    |((id, valid_from_unix_s, valid_until_unix_s, valid_for_s), (m, e, r))| {
+                        ReplicaPolicy {
+                            id,
+                            valid_from_unix_s,
+                            valid_until_unix_s,
+                            valid_for_s,
+                            max_entries: m,
+                            exits: e,
+                            rotating: r,
+                        }
+                    },
+                )
+        }
+
+        fn replica_item() -> impl Strategy<Value = ReplicaItem> {
+            prop_oneof![
+                (any::<u64>(), any::<u32>(), replica_state()).prop_map(
+                    |(fingerprint, policy, state)| ReplicaItem::Ticket {
+                        fingerprint,
+                        policy,
+                        state
+                    }
+                ),
+                replica_state().prop_map(ReplicaItem::State),
+                replica_policy().prop_map(ReplicaItem::Policy),
+                any::<u8>().prop_map(ReplicaItem::KeyRetired),
+            ]
+        }
+
+        fn replica_batch() -> impl Strategy<Value = ReplicaBatch> {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<Option<(u16, u32)>>(),
+                proptest::collection::vec(replica_item(), 0..100),
+            )
+                .prop_map(|(seq, now_unix_s, next, items)| ReplicaBatch {
+                    seq,
+                    now_unix_s,
+                    next,
+                    items,
+                })
+        }
+
+        fn conflict() -> impl Strategy<Value = Conflict> {
+            (
+                (any::<u64>(), 1u8..=3, any::<u16>(), code()),
+                any::<[(u16, u64); 2]>(),
+            )
+                .prop_map(|((index, kind, provider, code), scans)| Conflict {
+                    index,
+                    kind: ConflictKind::from_u8(kind).unwrap(),
+                    provider,
+                    code,
+                    first: ScanRef {
+                        gate: scans[0].0,
+                        at_unix_s: scans[0].1,
+                    },
+                    second: ScanRef {
+                        gate: scans[1].0,
+                        at_unix_s: scans[1].1,
+                    },
+                })
         }
 
         fn response() -> impl Strategy<Value = Response> {
@@ -1747,6 +2775,12 @@ mod tests {
                     },
                 );
             prop_oneof![
+                replica_batch().prop_map(Response::Replica),
+                (
+                    proptest::collection::vec(conflict(), 0..50),
+                    any::<Option<u64>>()
+                )
+                    .prop_map(|(items, next)| Response::Conflicts { items, next }),
                 outcome,
                 ticket,
                 metrics,
@@ -1773,11 +2807,55 @@ mod tests {
                     .map(|e| e.expect("a seed").path())
                     .collect();
                 paths.sort();
-                paths
+                let mut seeds: Vec<Vec<u8>> = paths
                     .iter()
                     .map(|p| std::fs::read(p).expect("a seed"))
-                    .collect()
+                    .collect();
+                seeds.extend(replica_seeds());
+                seeds
             })
+        }
+
+        /// One frame of each replica and conflict op, built here so that the mutations
+        /// cover them whether or not the seed directory holds them yet.
+        fn replica_seeds() -> Vec<Vec<u8>> {
+            let code = CodeBytes::from_slice(&[1; 20]).unwrap();
+            let scan = OfflineScan::new(&code, 5, 6, 7, false, OutcomeKind::AlreadyUsed);
+            let requests = [
+                Request::ReplicaPage {
+                    after: Some((0, 41)),
+                    limit: 500,
+                },
+                Request::ReplicaFollow { from_seq: 1 << 20 },
+                Request::CheckinOffline(scan),
+                Request::Conflicts {
+                    provider: Some(1),
+                    after: 0,
+                },
+            ];
+            let responses = [
+                Response::Replica(super::sample_batch()),
+                Response::Conflicts {
+                    items: vec![super::sample_conflict(3)],
+                    next: Some(4),
+                },
+            ];
+            let mut frames: Vec<Vec<u8>> = requests.iter().map(super::one_frame).collect();
+            frames.extend(responses.iter().map(super::response_frame));
+            frames
+        }
+
+        /// A frame around `body` (op, id and payload).
+        fn frame_of(body: &[u8]) -> Vec<u8> {
+            let mut len = body.len();
+            let mut out = Vec::with_capacity(LEN_PREFIX_MAX + len);
+            while len >= 0x80 {
+                out.push((len as u8) | 0x80);
+                len >>= 7;
+            }
+            out.push(len as u8);
+            out.extend_from_slice(body);
+            out
         }
 
         /// Every seed is a valid frame stream that decodes and re-encodes exactly, so the
@@ -1856,6 +2934,25 @@ mod tests {
                 prop_assert_eq!(Response::decode(body).unwrap(), (id, resp));
             }
 
+
+            /// Any payload after a replica or conflict op decodes without a panic, and what
+            /// decodes re-encodes to its bytes.
+            #[test]
+            fn any_payload_of_a_replica_op_decodes_canonically(
+                op in proptest::sample::select(vec![
+                    op::REPLICA_PAGE,
+                    op::REPLICA_FOLLOW,
+                    op::CHECKIN_OFFLINE,
+                    op::CONFLICTS,
+                    op::REPLICA,
+                    op::CONFLICTS_REPLY,
+                ]),
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut body = vec![op, 1, 2, 3, 4];
+                body.extend_from_slice(&payload);
+                assert_canonical_stream(&frame_of(&body));
+            }
 
             #[test]
             fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

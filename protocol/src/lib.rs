@@ -24,6 +24,10 @@ pub mod client;
 pub mod udp;
 
 pub use code::{CodeBytes, CodeError, CodeFormat, CodeHeader, CodeText};
+pub use frame::{
+    Conflict, ConflictKind, OfflineScan, ReplicaBatch, ReplicaItem, ReplicaPolicy, ReplicaState,
+    ScanRef,
+};
 pub use outcome::{Outcome, OutcomeKind};
 
 /// Seconds between the Unix epoch and the engine epoch (2025-01-01T00:00:00Z). State words
