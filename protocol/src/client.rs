@@ -31,16 +31,16 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::code::CodeBytes;
 use crate::frame::{
-    close, split_frame, Event, FrameError, MintSpec, NodeMetrics, NodeStats, RawCode, Request,
-    Response, TicketInfo, MINT_FRAME_MAX,
+    close, split_frame, Conflict, Event, FrameError, MintSpec, NodeMetrics, NodeStats, OfflineScan,
+    RawCode, ReplicaBatch, Request, Response, TicketInfo, MINT_FRAME_MAX,
 };
 use crate::outcome::Outcome;
 
 pub use crate::frame::ALPN;
 /// Requests in flight per client unless configured.
 pub const INFLIGHT_DEFAULT: usize = 1024;
-/// Event batches a subscription buffers; a subscriber further behind is dropped (its stream
-/// ends; subscribe again from the last position seen).
+/// Batches a stream (a subscription's events, a replica follow's changes) buffers; a reader
+/// further behind is dropped (its stream ends; ask again from the last position seen).
 pub const SUBSCRIPTION_BACKLOG: usize = 1024;
 /// Bytes of frames the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -222,12 +222,83 @@ impl ClientConfig {
 enum Reply {
     /// One response.
     Once(oneshot::Sender<Result<Response, ClientError>>),
-    /// A stream of event batches (subscribe), and the flag that says it was dropped for
-    /// lagging.
-    Stream(
-        mpsc::Sender<Result<Vec<Event>, ClientError>>,
-        Arc<AtomicBool>,
-    ),
+    /// A stream of batches (subscribe, `replica_follow`), and the flag that says it was
+    /// dropped for lagging.
+    Stream(StreamTx, Arc<AtomicBool>),
+}
+
+/// Where a stream's batches go, by what its request streams.
+enum StreamTx {
+    /// Event batches (subscribe).
+    Events(mpsc::Sender<Result<Vec<Event>, ClientError>>),
+    /// Replica batches (`replica_follow`).
+    Replica(mpsc::Sender<Result<ReplicaBatch, ClientError>>),
+}
+
+/// What became of a frame handed to a stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Fed {
+    /// Queued for the reader.
+    Sent,
+    /// Not a batch of this stream's kind: dropped.
+    Ignored,
+    /// The reader is [`SUBSCRIPTION_BACKLOG`] batches behind.
+    Full,
+    /// The reader is gone.
+    Gone,
+}
+
+impl Fed {
+    fn of<T>(sent: Result<(), mpsc::error::TrySendError<T>>) -> Fed {
+        match sent {
+            Ok(()) => Fed::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => Fed::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Fed::Gone,
+        }
+    }
+}
+
+impl StreamTx {
+    /// Hands `resp` to the reader if it is a batch of this stream, first moving `req`'s
+    /// start past it, so that a resend after a reconnect resumes after the last batch
+    /// received.
+    fn feed(&self, req: &mut Request, resp: Response) -> Fed {
+        match (self, resp) {
+            (StreamTx::Events(tx), Response::Events(events)) => {
+                if let (Some(last), Request::Subscribe { from_seq }) = (events.last(), req) {
+                    *from_seq = last.seq.saturating_add(1);
+                }
+                Fed::of(tx.try_send(Ok(events)))
+            }
+            (StreamTx::Replica(tx), Response::Replica(batch)) => {
+                if let Request::ReplicaFollow { from_seq } = req {
+                    *from_seq = batch.seq.saturating_add(1);
+                }
+                Fed::of(tx.try_send(Ok(batch)))
+            }
+            _ => Fed::Ignored,
+        }
+    }
+
+    /// Whether the reader is gone.
+    fn is_closed(&self) -> bool {
+        match self {
+            StreamTx::Events(tx) => tx.is_closed(),
+            StreamTx::Replica(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Ends the stream with `e`, if the reader has room for it.
+    fn fail(&self, e: &ClientError) {
+        match self {
+            StreamTx::Events(tx) => {
+                let _ = tx.try_send(Err(e.clone()));
+            }
+            StreamTx::Replica(tx) => {
+                let _ = tx.try_send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// A request waiting for its answer.
@@ -256,8 +327,8 @@ struct Shared {
     pending: Mutex<HashMap<u32, Pending>>,
     /// The next request id to try.
     next_id: AtomicU64,
-    /// Subscriptions dropped here (their receiver gone or full) that the node still runs:
-    /// the writer tells it to stop them.
+    /// Streams (subscriptions, replica follows) dropped here, their receiver gone or full,
+    /// that the node still runs: the writer tells it to stop them (`unsubscribe`).
     dropped: Mutex<Vec<u32>>,
     /// Wakes the writer for them.
     wake: tokio::sync::Notify,
@@ -579,10 +650,62 @@ impl Client {
         let lagged = Arc::new(AtomicBool::new(false));
         self.send(
             Request::Subscribe { from_seq },
-            Reply::Stream(tx, lagged.clone()),
+            Reply::Stream(StreamTx::Events(tx), lagged.clone()),
         )
         .await?;
         Ok(Subscription { rx, lagged })
+    }
+
+    /// A page of this gate's provider's tickets after `after` (`None`: from the first), for
+    /// its offline replica (gate): at most `limit`, and at most what one frame holds. The
+    /// batch's `next` is the `after` of the next page (`None`: this was the last); its
+    /// `seq` is where to [`Client::replica_follow`] from once the last page is in.
+    pub async fn replica_page(
+        &self,
+        after: Option<(u16, u32)>,
+        limit: u32,
+    ) -> Result<ReplicaBatch, ClientError> {
+        match self.request(Request::ReplicaPage { after, limit }).await? {
+            Response::Replica(batch) => Ok(batch),
+            _ => Err(ClientError::Unexpected("replica_page")),
+        }
+    }
+
+    /// The replica's changes from log position `from_seq` on, then live (gate). The stream
+    /// survives reconnects, resuming after the last batch received. One that falls
+    /// [`SUBSCRIPTION_BACKLOG`] batches behind is dropped ([`ReplicaStream::fell_behind`]); a
+    /// position the node no longer keeps ends it with [`ClientError::Node`] (error
+    /// `trimmed`: reload the replica page by page).
+    pub async fn replica_follow(&self, from_seq: u64) -> Result<ReplicaStream, ClientError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BACKLOG);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.send(
+            Request::ReplicaFollow { from_seq },
+            Reply::Stream(StreamTx::Replica(tx), lagged.clone()),
+        )
+        .await?;
+        Ok(ReplicaStream { rx, lagged })
+    }
+
+    /// Uploads a scan this gate decided offline (gate), and answers the node's outcome for
+    /// it. Resent after a lost connection: the scan id makes the node count it once. Build
+    /// the scan with [`OfflineScan::new`].
+    pub async fn checkin_offline(&self, scan: &OfflineScan) -> Result<Outcome, ClientError> {
+        self.outcome(Request::CheckinOffline(*scan), "checkin_offline")
+            .await
+    }
+
+    /// A page of the node's conflict list from index `after` on (admin), only `provider`'s
+    /// if given, and the index to ask from for the next page (`None`: no more).
+    pub async fn conflicts(
+        &self,
+        provider: Option<u16>,
+        after: u64,
+    ) -> Result<(Vec<Conflict>, Option<u64>), ClientError> {
+        match self.request(Request::Conflicts { provider, after }).await? {
+            Response::Conflicts { items, next } => Ok((items, next)),
+            _ => Err(ClientError::Unexpected("conflicts")),
+        }
     }
 }
 
@@ -605,6 +728,31 @@ impl Subscription {
 
     /// Whether the subscription ended because its reader fell behind (the node is fine):
     /// subscribe again from the position after the last event read.
+    pub fn fell_behind(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+}
+
+/// A stream of replica changes (`replica_follow`).
+#[derive(Debug)]
+pub struct ReplicaStream {
+    /// Replica batches, or the error that ended the stream.
+    rx: mpsc::Receiver<Result<ReplicaBatch, ClientError>>,
+    /// Set when the client dropped the stream because its reader fell
+    /// [`SUBSCRIPTION_BACKLOG`] batches behind.
+    lagged: Arc<AtomicBool>,
+}
+
+impl ReplicaStream {
+    /// The next batch of changes, in log order; an error (the node's, such as `trimmed`)
+    /// ends the stream; `None` once it ended (the client is gone, or
+    /// [`ReplicaStream::fell_behind`]).
+    pub async fn next(&mut self) -> Option<Result<ReplicaBatch, ClientError>> {
+        self.rx.recv().await
+    }
+
+    /// Whether the stream ended because its reader fell behind (the node is fine): follow
+    /// again from the last batch's `seq + 1`.
     pub fn fell_behind(&self) -> bool {
         self.lagged.load(Ordering::Acquire)
     }
@@ -867,9 +1015,7 @@ impl Reply {
             Reply::Once(tx) => {
                 let _ = tx.send(Err(e.clone()));
             }
-            Reply::Stream(tx, _) => {
-                let _ = tx.try_send(Err(e.clone()));
-            }
+            Reply::Stream(tx, _) => tx.fail(e),
         }
     }
 }
@@ -1018,28 +1164,25 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
         return;
     };
     match (&p.reply, resp) {
-        (Reply::Stream(tx, lagged), Response::Events(events)) => {
-            if let (Some(last), Request::Subscribe { from_seq }) = (events.last(), &mut p.req) {
-                *from_seq = last.seq + 1;
+        (Reply::Stream(..), Response::Error { code, message }) => {
+            if let Some(p) = map.remove(&id) {
+                p.reply.fail(&ClientError::Node { code, message });
             }
-            if let Err(e) = tx.try_send(Ok(events)) {
-                // Slow or gone subscriber: drop the subscription rather than block everyone,
-                // and have the node stop it too. A slow one learns why once it has read
-                // what it was sent.
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+        }
+        (Reply::Stream(tx, lagged), resp) => match tx.feed(&mut p.req, resp) {
+            Fed::Sent | Fed::Ignored => {}
+            fed @ (Fed::Full | Fed::Gone) => {
+                // Slow or gone reader: drop the stream rather than block everyone, and have
+                // the node stop it too. A slow one learns why once it has read what it was
+                // sent.
+                if fed == Fed::Full {
                     lagged.store(true, Ordering::Release);
                 }
                 map.remove(&id);
                 shared.dropped.lock().expect("poisoned").push(id);
                 shared.wake.notify_one();
             }
-        }
-        (Reply::Stream(..), Response::Error { code, message }) => {
-            if let Some(p) = map.remove(&id) {
-                p.reply.fail(&ClientError::Node { code, message });
-            }
-        }
-        (Reply::Stream(..), _) => {}
+        },
         (Reply::Once(_), resp) => {
             if let Some(Pending {
                 reply: Reply::Once(tx),
@@ -1049,5 +1192,147 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
                 let _ = tx.send(Ok(resp));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{error_code, EventKind, ReplicaItem, TicketStateName};
+
+    fn shared() -> Shared {
+        Shared {
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dropped: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Registers a stream of `req` whose batches go to `tx`: its id and lag flag.
+    fn stream(shared: &Shared, req: Request, tx: StreamTx) -> (u32, Arc<AtomicBool>) {
+        let lagged = Arc::new(AtomicBool::new(false));
+        let reply = Reply::Stream(tx, lagged.clone());
+        let id = shared.register(Pending {
+            req,
+            reply,
+            _permit: None,
+        });
+        (id, lagged)
+    }
+
+    /// The request pending under `id`, as a reconnect would resend it.
+    fn pending(shared: &Shared, id: u32) -> Option<Request> {
+        shared.pending.lock().unwrap().get(&id).map(|p| p.req)
+    }
+
+    fn batch(seq: u64) -> ReplicaBatch {
+        ReplicaBatch {
+            seq,
+            now_unix_s: 1_750_000_000,
+            next: None,
+            items: vec![ReplicaItem::KeyRetired(1)],
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            kind: EventKind::State,
+            partition: 0,
+            serial: 1,
+            state: TicketStateName::Used,
+            inside: false,
+            entries: 1,
+            gate: 2,
+            at_unix_s: 1_750_000_000,
+        }
+    }
+
+    #[test]
+    fn replica_batches_reach_their_stream_and_move_its_resend_position() {
+        let shared = shared();
+        let (tx, mut rx) = mpsc::channel(4);
+        let follow = Request::ReplicaFollow { from_seq: 10 };
+        let (id, _) = stream(&shared, follow, StreamTx::Replica(tx));
+        deliver(&shared, id, Response::Replica(batch(41)));
+        assert_eq!(rx.try_recv().unwrap(), Ok(batch(41)));
+        let resumes = Request::ReplicaFollow { from_seq: 42 };
+        assert_eq!(pending(&shared, id), Some(resumes));
+        // Another kind of batch is no frame of this stream: dropped, position kept.
+        deliver(&shared, id, Response::Events(vec![event(99)]));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(pending(&shared, id), Some(resumes));
+    }
+
+    #[test]
+    fn a_node_error_ends_a_replica_stream() {
+        let shared = shared();
+        let (tx, rx) = mpsc::channel(4);
+        let follow = Request::ReplicaFollow { from_seq: 1 };
+        let (id, lagged) = stream(&shared, follow, StreamTx::Replica(tx));
+        let message = "log position 1 is no longer kept".to_string();
+        let code = error_code::TRIMMED;
+        deliver(&shared, id, Response::Error { code, message });
+        let mut replica = ReplicaStream { rx, lagged };
+        let Some(Err(ClientError::Node { code, .. })) = replica.rx.try_recv().ok() else {
+            panic!("no node error");
+        };
+        assert_eq!(code, error_code::TRIMMED);
+        assert_eq!(pending(&shared, id), None, "an ended stream is not resent");
+        assert!(!replica.fell_behind());
+        assert!(
+            shared.dropped.lock().unwrap().is_empty(),
+            "the node ended it"
+        );
+    }
+
+    #[test]
+    fn a_replica_stream_that_falls_behind_is_dropped_and_stopped_at_the_node() {
+        let shared = shared();
+        let (tx, rx) = mpsc::channel(1);
+        let follow = Request::ReplicaFollow { from_seq: 1 };
+        let (id, lagged) = stream(&shared, follow, StreamTx::Replica(tx));
+        deliver(&shared, id, Response::Replica(batch(5)));
+        deliver(&shared, id, Response::Replica(batch(6)));
+        let replica = ReplicaStream { rx, lagged };
+        assert!(replica.fell_behind());
+        assert_eq!(pending(&shared, id), None);
+        assert_eq!(*shared.dropped.lock().unwrap(), [id]);
+    }
+
+    #[test]
+    fn a_replica_stream_whose_reader_is_gone_is_stopped_but_did_not_fall_behind() {
+        let shared = shared();
+        let (tx, rx) = mpsc::channel(4);
+        let follow = Request::ReplicaFollow { from_seq: 1 };
+        let (id, lagged) = stream(&shared, follow, StreamTx::Replica(tx));
+        drop(rx);
+        deliver(&shared, id, Response::Replica(batch(5)));
+        assert!(!lagged.load(Ordering::Acquire));
+        assert_eq!(*shared.dropped.lock().unwrap(), [id]);
+    }
+
+    #[test]
+    fn subscriptions_still_resume_after_their_last_event_and_ignore_replica_batches() {
+        let shared = shared();
+        let (tx, mut rx) = mpsc::channel(4);
+        let subscribe = Request::Subscribe { from_seq: 1 };
+        let (id, _) = stream(&shared, subscribe, StreamTx::Events(tx));
+        deliver(&shared, id, Response::Events(vec![event(3), event(7)]));
+        assert_eq!(rx.try_recv().unwrap(), Ok(vec![event(3), event(7)]));
+        assert_eq!(
+            pending(&shared, id),
+            Some(Request::Subscribe { from_seq: 8 })
+        );
+        // An empty batch leaves the position as it was.
+        deliver(&shared, id, Response::Events(vec![]));
+        assert_eq!(rx.try_recv().unwrap(), Ok(vec![]));
+        deliver(&shared, id, Response::Replica(batch(100)));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            pending(&shared, id),
+            Some(Request::Subscribe { from_seq: 8 })
+        );
     }
 }

@@ -2373,6 +2373,8 @@ mod tests {
     /// above the bound is refused before any item is read, whatever the body holds.
     #[test]
     fn largest_replica_and_conflicts_frames_fit_and_larger_counts_are_refused() {
+        // The bounds docs/FORMAT.md §9 gives.
+        assert_eq!((REPLICA_FRAME_ITEMS_MAX, CONFLICTS_FRAME_MAX), (818, 617));
         let ticket = sample_batch().items[1];
         assert_eq!(ticket.wire_len(), REPLICA_ITEM_MAX_LEN);
         let batch = ReplicaBatch {
