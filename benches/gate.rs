@@ -83,6 +83,7 @@ fn offline(c: &mut Criterion) {
                 .append(Record::Offline(Scan {
                     scan_id,
                     scanned_at_unix_ms: NOW * 1000,
+                    last_online_unix_s: NOW - 60,
                     op: Op::Entry,
                     decision: OutcomeKind::Admitted,
                     code: codes[(scan_id % u64::from(TICKETS)) as usize],
@@ -116,6 +117,7 @@ fn sync_p99(dir: &std::path::Path, codes: &[CodeBytes]) {
             .append(Record::Offline(Scan {
                 scan_id: n,
                 scanned_at_unix_ms: NOW * 1000,
+                last_online_unix_s: NOW - 60,
                 op: Op::Entry,
                 decision: OutcomeKind::Admitted,
                 code: codes[n as usize],

@@ -24,11 +24,15 @@ CODE<TAB>outcome<TAB>details<TAB>online|offline (--json: one object a line with 
 gate, at, entries, mode and reason). `refused` means the gate could not decide: keep the \
 barrier shut. Staff-facing status lines (online, OFFLINE and the replica's age) go to stderr.
 
-Offline, the gate decides from the replica in STATE/replica and syncs each decision to \
-STATE/journal before printing it. Not built yet: loading the replica from the node and \
-uploading the journal; at the end the gate says how many offline scans wait in the journal.
+While the node answers, the gate keeps a replica of its provider's tickets in STATE/replica \
+(loaded from the node, then following its changes). Offline, it decides from that replica \
+and syncs each decision to STATE/journal before printing it; once the node answers again it \
+uploads the journal in order (the node applies each scan once and records conflicts). At the \
+end of input it waits until the journal is uploaded or --drain-timeout passes.
 
-Exit status: 0 every line answered; 1 the gate could not start (certificate, state directory).")]
+Exit status: 0 every line answered and the journal uploaded; 1 the gate could not start \
+(certificate, state directory); 3 offline scans are left in the journal at the end (the next \
+start of the gate uploads them).")]
 pub struct GateArgs {
     /// How to reach the node, and the gate certificate (default DATA/tls/gate-1.crt).
     #[command(flatten)]
@@ -48,6 +52,9 @@ pub struct GateArgs {
     /// The gate records exits (a rail exit barrier) rather than entries.
     #[arg(long)]
     exits: bool,
+    /// At the end of input, how long to wait for the journal's upload.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
     /// One JSON object a line.
     #[arg(long)]
     json: bool,
@@ -116,13 +123,15 @@ async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    let pending = gate.status().pending;
-    if pending > 0 {
+    let left = gate.drain(args.drain_timeout).await;
+    if left > 0 {
         eprintln!(
-            "stile gate: {pending} offline scans wait in {} for upload to the node (uploading \
-             is not built yet)",
+            "stile gate: {left} offline scans are not uploaded yet: the node did not take them \
+             within {}; they stay in {} and the next start of the gate uploads them",
+            humantime::format_duration(args.drain_timeout),
             state_dir.join("journal").display()
         );
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 mod certs_cmd;
 mod client_cmd;
+mod conflicts_cmd;
 mod gate_cmd;
 mod gateway_cmd;
 mod history_cmd;
@@ -61,6 +62,9 @@ enum Command {
     /// Run a turnstile's agent: scanned codes on stdin, decisions on stdout, offline from a
     /// local replica when the node does not answer in time.
     Gate(gate_cmd::GateArgs),
+    /// List the conflicts gates' offline admits met on upload (admin certificate): tickets
+    /// admitted offline that were already used, revoked or transferred.
+    Conflicts(conflicts_cmd::ConflictsArgs),
     /// Show tickets' state.
     Status(client_cmd::TicketArgs),
     /// Revoke tickets (admin certificate).
@@ -138,6 +142,7 @@ fn main() -> std::process::ExitCode {
         Command::Mint(args) => client_cmd::mint(args),
         Command::Check(args) => client_cmd::check(args),
         Command::Gate(args) => gate_cmd::run(args),
+        Command::Conflicts(args) => conflicts_cmd::run(args),
         Command::Status(args) => client_cmd::status(args),
         Command::Revoke(args) => client_cmd::revoke(args),
         Command::Transfer(args) => client_cmd::transfer(args),

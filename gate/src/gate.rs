@@ -233,6 +233,8 @@ pub struct Gate {
     online: AtomicBool,
     /// Unix seconds of the last online answer (0: none yet).
     last_online_unix_s: AtomicU64,
+    /// Wakes the upload loop.
+    upload_wake: Arc<tokio::sync::Notify>,
 }
 
 /// This machine's clock, Unix ms.
@@ -257,8 +259,14 @@ impl Gate {
             source,
         })?;
         let journal = Journal::open(&dir.join("journal"))?;
-        let replica =
-            Replica::load(&Gate::replica_path(dir))?.filter(|r| r.provider == config.provider);
+        // A damaged replica is loaded afresh from the node: it holds nothing the node lacks.
+        let replica = match Replica::load(&Gate::replica_path(dir)) {
+            Ok(r) => r.filter(|r| r.provider == config.provider),
+            Err(e) => {
+                tracing::warn!("{e}: loading the replica afresh from the node");
+                None
+            }
+        };
         let scan_ids = ScanIds::open(&dir.join("scan-ids"))?;
         let gate = Arc::new(Gate {
             config,
@@ -269,8 +277,10 @@ impl Gate {
             offset_s: AtomicI64::new(0),
             online: AtomicBool::new(false),
             last_online_unix_s: AtomicU64::new(0),
+            upload_wake: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(connect_loop(Arc::downgrade(&gate)));
+        crate::sync::spawn_all(&gate);
         Ok(gate)
     }
 
@@ -339,6 +349,11 @@ impl Gate {
                 human(self.config.max_replica_age.as_secs())
             ));
         }
+        if code.format() == stile_protocol::CodeFormat::Rotating {
+            return Answer::refused(
+                "rotating codes are checked online only: cannot decide offline".into(),
+            );
+        }
         let (answer, changed) = match r.lookup(code) {
             Lookup::Unknown => (Answer::offline(OutcomeKind::Unknown), None),
             Lookup::Forged => (Answer::offline(OutcomeKind::Forged), None),
@@ -363,6 +378,7 @@ impl Gate {
         let record = Record::Offline(Scan {
             scan_id,
             scanned_at_unix_ms: now_ms,
+            last_online_unix_s: self.last_online_unix_s.load(Ordering::Relaxed),
             op,
             decision: kind,
             code: *code,
@@ -389,6 +405,105 @@ impl Gate {
                 .map(|r| now_s.saturating_sub(r.synced_unix_s)),
             pending: self.journal.lock().expect("not poisoned").pending().len(),
             clock_offset_s: self.offset_s.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until the node has applied every scan of the journal, or `timeout` passes;
+    /// returns how many are left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.journal.lock().expect("not poisoned").pending().len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            self.upload_wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.client.lock().expect("not poisoned").clone()
+    }
+
+    pub(crate) fn provider(&self) -> u16 {
+        self.config.provider
+    }
+
+    /// The log position the replica is at, if there is one.
+    pub(crate) fn replica_seq(&self) -> Option<u64> {
+        self.replica
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|r| r.seq)
+    }
+
+    /// Puts a freshly loaded replica in place (with this gate's offline decisions not yet
+    /// uploaded applied to it again) and saves it.
+    pub(crate) fn install_replica(&self, mut r: Replica) {
+        {
+            let journal = self.journal.lock().expect("not poisoned");
+            crate::sync::reapply(&mut r, journal.pending(), self.config.gate);
+        }
+        *self.replica.lock().expect("not poisoned") = Some(r);
+        self.save_replica();
+    }
+
+    /// Applies a batch of the node's changes.
+    pub(crate) fn apply_batch(
+        &self,
+        batch: &stile_protocol::frame::ReplicaBatch,
+    ) -> Result<(), ReplicaError> {
+        let mut replica = self.replica.lock().expect("not poisoned");
+        let Some(r) = replica.as_mut() else {
+            return Ok(());
+        };
+        for item in &batch.items {
+            r.apply(item)?;
+        }
+        r.seq = batch.seq;
+        r.synced_unix_s = batch.now_unix_s;
+        Ok(())
+    }
+
+    /// Writes the replica to the state directory (a copy is taken under the lock, and
+    /// written outside it).
+    pub(crate) fn save_replica(&self) {
+        let copy = self.replica.lock().expect("not poisoned").clone();
+        if let Some(r) = copy {
+            if let Err(e) = r.save(&Gate::replica_path(&self.config.state_dir)) {
+                tracing::warn!("cannot save the replica: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn upload_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.upload_wake.clone()
+    }
+
+    /// What to upload: the journal's position, its scans from there, and the scan ids the
+    /// node answered online after all.
+    pub(crate) fn upload_work(&self) -> (u64, Vec<Record>, std::collections::HashSet<u64>) {
+        let journal = self.journal.lock().expect("not poisoned");
+        let late = journal
+            .scans()
+            .iter()
+            .filter_map(|r| match r {
+                Record::LateOnline(s) => Some(s.scan_id),
+                _ => None,
+            })
+            .collect();
+        (journal.uploaded(), journal.pending().to_vec(), late)
+    }
+
+    /// Notes in the journal that the node has applied its first `count` scans.
+    pub(crate) fn mark_uploaded(&self, count: u64) {
+        let mut journal = self.journal.lock().expect("not poisoned");
+        if count > journal.uploaded() {
+            if let Err(e) = journal.append(Record::Uploaded { count }) {
+                tracing::warn!("cannot write the journal's upload mark: {e}");
+            }
         }
     }
 
@@ -491,6 +606,7 @@ async fn late_answer(
     let record = Record::LateOnline(Scan {
         scan_id,
         scanned_at_unix_ms: now_unix_ms(),
+        last_online_unix_s: now_unix_ms() / 1000,
         op,
         decision: o.kind,
         code,

@@ -19,7 +19,7 @@ use crate::rules::Op;
 /// Bytes of a frame's header: body length and checksum.
 const FRAME_HEADER: usize = 2 + 8;
 /// Longest body (a scan with the longest code).
-const BODY_MAX: usize = 1 + 8 + 8 + 1 + 1 + 1 + stile_protocol::code::MAX_LEN;
+const BODY_MAX: usize = 1 + 8 + 8 + 8 + 1 + 1 + 1 + stile_protocol::code::MAX_LEN;
 
 /// A scan as the journal keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct Scan {
     pub scan_id: u64,
     /// When it was scanned, by the gate's clock corrected by its last known offset, Unix ms.
     pub scanned_at_unix_ms: u64,
+    /// When the gate last heard from the node before this scan, Unix seconds (0: never):
+    /// the node clamps the scan's time to no earlier than this.
+    pub last_online_unix_s: u64,
     /// Entry or exit.
     pub op: Op,
     /// What the gate answered (offline), or the node answered (late online).
@@ -91,6 +94,7 @@ impl Record {
                 });
                 out.extend_from_slice(&s.scan_id.to_le_bytes());
                 out.extend_from_slice(&s.scanned_at_unix_ms.to_le_bytes());
+                out.extend_from_slice(&s.last_online_unix_s.to_le_bytes());
                 out.push(match s.op {
                     Op::Entry => 0,
                     Op::Exit => 1,
@@ -117,20 +121,21 @@ impl Record {
         match kind {
             KIND_UPLOADED if rest.len() == 8 => Some(Record::Uploaded { count: u64_at(0)? }),
             KIND_OFFLINE | KIND_LATE_ONLINE => {
-                let op = match *rest.get(16)? {
+                let op = match *rest.get(24)? {
                     0 => Op::Entry,
                     1 => Op::Exit,
                     _ => return None,
                 };
-                let decision = OutcomeKind::from_u8(*rest.get(17)?)?;
-                let len = usize::from(*rest.get(18)?);
-                let code = CodeBytes::from_slice(rest.get(19..19 + len)?).ok()?;
-                if rest.len() != 19 + len {
+                let decision = OutcomeKind::from_u8(*rest.get(25)?)?;
+                let len = usize::from(*rest.get(26)?);
+                let code = CodeBytes::from_slice(rest.get(27..27 + len)?).ok()?;
+                if rest.len() != 27 + len {
                     return None;
                 }
                 let s = Scan {
                     scan_id: u64_at(0)?,
                     scanned_at_unix_ms: u64_at(8)?,
+                    last_online_unix_s: u64_at(16)?,
                     op,
                     decision,
                     code,
@@ -272,6 +277,7 @@ mod tests {
         Scan {
             scan_id: n,
             scanned_at_unix_ms: 1_800_000_000_000 + n,
+            last_online_unix_s: 1_800_000_000 - n,
             op: if n.is_multiple_of(2) {
                 Op::Entry
             } else {

@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use stile_protocol::frame::{ReplicaItem, ReplicaState, TicketStateName};
 use stile_protocol::CodeBytes;
 
 /// Unix second of the replica's time base (2020-01-01): times are kept as `u32` seconds
@@ -74,7 +75,7 @@ const _: () = assert!(std::mem::size_of::<Entry>() <= 32, "an entry fits 32 byte
 /// Bytes of an entry on disk.
 const ENTRY_DISK_LEN: usize = 8 + 4 + 2 + 2 + 2 + 1 + 1 + 4 + 4;
 /// Bytes of a policy on disk.
-const POLICY_DISK_LEN: usize = 8 + 8 + 4 + 1 + 1;
+const POLICY_DISK_LEN: usize = 4 + 8 + 8 + 4 + 1 + 1;
 
 impl Entry {
     /// Its place, the replica's sort key.
@@ -136,6 +137,21 @@ pub fn from_replica_s(s: u32) -> Option<u64> {
     (s != 0).then(|| EPOCH_UNIX_S + u64::from(s))
 }
 
+/// Sets an entry's state from the node's.
+fn set_state(e: &mut Entry, s: &ReplicaState) {
+    e.entries = s.entries;
+    e.last_gate = s.gate;
+    e.last_at = to_replica_s(s.at_unix_s);
+    e.first_scan = to_replica_s(s.first_scan_unix_s);
+    e.flags = 0;
+    if s.inside {
+        e.flags |= INSIDE;
+    }
+    if s.state == TicketStateName::Revoked {
+        e.flags |= REVOKED;
+    }
+}
+
 /// What a scanned code is to the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -169,13 +185,19 @@ pub struct Replica {
     /// When the replica was last known to be current (the node's clock), Unix seconds.
     pub synced_unix_s: u64,
     policies: Vec<Policy>,
+    /// The node's id of each policy (parallel to `policies`).
+    node_policies: Vec<u32>,
+    /// Keys retired on the node: codes they signed are forged.
+    retired_keys: Vec<u8>,
+    /// A load is under way: tickets are appended unsorted.
+    loading: bool,
     entries: Vec<Entry>,
 }
 
 /// File magic.
 const MAGIC: &[u8; 8] = b"STILEREP";
 /// Format version.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 impl Replica {
     /// An empty replica of `provider`'s tickets.
@@ -209,14 +231,42 @@ impl Replica {
 
     /// The index of `policy`, added if new; `None` when the table is full.
     pub fn policy_index(&mut self, policy: Policy) -> Option<u16> {
-        if let Some(i) = self.policies.iter().position(|p| *p == policy) {
+        self.node_policy(u32::MAX, policy)
+    }
+
+    /// The index of the node's policy `node_id`, set to `policy` (added if new); `None`
+    /// when the table is full.
+    pub fn node_policy(&mut self, node_id: u32, policy: Policy) -> Option<u16> {
+        if let Some(i) = self
+            .node_policies
+            .iter()
+            .zip(&self.policies)
+            .position(|(&id, p)| id == node_id && (id != u32::MAX || *p == policy))
+        {
+            self.policies[i] = policy;
             return Some(i as u16);
         }
         if self.policies.len() >= POLICIES_MAX {
             return None;
         }
         self.policies.push(policy);
+        self.node_policies.push(node_id);
         Some((self.policies.len() - 1) as u16)
+    }
+
+    /// The index of the node's policy `node_id`, if the replica has it.
+    pub fn index_of_node_policy(&self, node_id: u32) -> Option<u16> {
+        self.node_policies
+            .iter()
+            .position(|&id| id == node_id)
+            .map(|i| i as u16)
+    }
+
+    /// Notes that the node retired key `id`.
+    pub fn retire_key(&mut self, id: u8) {
+        if !self.retired_keys.contains(&id) {
+            self.retired_keys.push(id);
+        }
     }
 
     /// The entry at `index` (from [`Lookup::Found`]).
@@ -242,6 +292,9 @@ impl Replica {
         if h.provider != self.provider {
             return Lookup::Unknown;
         }
+        if self.retired_keys.contains(&h.key_id) {
+            return Lookup::Forged;
+        }
         match self.find(h.partition, h.serial) {
             None => Lookup::Unknown,
             Some(i) if self.entries[i].fingerprint == fingerprint(code) => Lookup::Found(i),
@@ -266,6 +319,7 @@ impl Replica {
     /// Sorts what [`Replica::extend_unsorted`] appended, the later of two entries at one
     /// place winning.
     pub fn finish_load(&mut self) {
+        self.loading = false;
         // Stable: of equal keys, the one appended last ends last, and is kept.
         self.entries.sort_by_key(Entry::key);
         let mut kept: Vec<Entry> = Vec::with_capacity(self.entries.len());
@@ -279,6 +333,64 @@ impl Replica {
         self.entries = kept;
     }
 
+    /// Applies one item the node sent (a page's, or a change's). A ticket naming a policy
+    /// the replica does not hold is an error: the node sends each policy first.
+    pub fn apply(&mut self, item: &ReplicaItem) -> Result<(), ReplicaError> {
+        match item {
+            ReplicaItem::Policy(p) => {
+                let policy = Policy {
+                    valid_from_unix_s: (p.valid_from_unix_s != 0).then_some(p.valid_from_unix_s),
+                    valid_until_unix_s: (p.valid_until_unix_s != 0).then_some(p.valid_until_unix_s),
+                    valid_for_s: (p.valid_for_s != 0).then_some(p.valid_for_s),
+                    max_entries: p.max_entries,
+                    exits: p.exits,
+                };
+                self.node_policy(p.id, policy).ok_or_else(|| {
+                    ReplicaError::Bad("more policies than a replica holds".into())
+                })?;
+            }
+            ReplicaItem::KeyRetired(id) => self.retire_key(*id),
+            ReplicaItem::Ticket {
+                fingerprint,
+                policy,
+                state,
+            } => {
+                let policy = self.index_of_node_policy(*policy).ok_or_else(|| {
+                    ReplicaError::Bad(format!("a ticket names policy {policy}, not sent first"))
+                })?;
+                let mut e = Entry {
+                    fingerprint: *fingerprint,
+                    serial: state.serial,
+                    partition: state.partition,
+                    policy,
+                    last_gate: 0,
+                    entries: 0,
+                    flags: 0,
+                    first_scan: 0,
+                    last_at: 0,
+                };
+                set_state(&mut e, state);
+                if self.loading {
+                    self.entries.push(e);
+                } else {
+                    self.upsert(e);
+                }
+            }
+            ReplicaItem::State(state) => {
+                if let Some(i) = self.find(state.partition, state.serial) {
+                    set_state(&mut self.entries[i], state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a load: tickets are appended as pages come, and sorted by
+    /// [`Replica::finish_load`].
+    pub fn start_load(&mut self) {
+        self.loading = true;
+    }
+
     /// Writes the replica to `path` whole: a temporary file beside it, synced, renamed over
     /// it, the directory synced.
     pub fn save(&self, path: &Path) -> Result<(), ReplicaError> {
@@ -289,13 +401,16 @@ impl Replica {
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.synced_unix_s.to_le_bytes());
         out.extend_from_slice(&(self.policies.len() as u32).to_le_bytes());
-        for p in &self.policies {
+        for (p, node_id) in self.policies.iter().zip(&self.node_policies) {
+            out.extend_from_slice(&node_id.to_le_bytes());
             out.extend_from_slice(&p.valid_from_unix_s.unwrap_or(0).to_le_bytes());
             out.extend_from_slice(&p.valid_until_unix_s.unwrap_or(0).to_le_bytes());
             out.extend_from_slice(&p.valid_for_s.unwrap_or(0).to_le_bytes());
             out.push(p.max_entries);
             out.push(u8::from(p.exits));
         }
+        out.push(self.retired_keys.len() as u8);
+        out.extend_from_slice(&self.retired_keys);
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for e in &self.entries {
             e.encode(&mut out);
@@ -324,7 +439,7 @@ impl Replica {
             Err(e) => return Err(e.into()),
         };
         let bad = |m: &str| ReplicaError::Bad(format!("{}: {m}", path.display()));
-        if bytes.len() < 8 + 4 + 2 + 8 + 8 + 4 + 8 + 8 || &bytes[..8] != MAGIC {
+        if bytes.len() < 8 + 4 + 2 + 8 + 8 + 4 + 1 + 8 + 8 || &bytes[..8] != MAGIC {
             return Err(bad("no replica header"));
         }
         let (body, sum) = bytes.split_at(bytes.len() - 8);
@@ -339,10 +454,11 @@ impl Replica {
         replica.seq = r.u64();
         replica.synced_unix_s = r.u64();
         let policies = r.u32() as usize;
-        if policies > POLICIES_MAX || r.left() < policies * POLICY_DISK_LEN + 8 {
+        if policies > POLICIES_MAX || r.left() < policies * POLICY_DISK_LEN + 9 {
             return Err(bad("policy table cut short"));
         }
         for _ in 0..policies {
+            replica.node_policies.push(r.u32());
             let from = r.u64();
             let until = r.u64();
             let for_s = r.u32();
@@ -355,6 +471,14 @@ impl Replica {
                 max_entries,
                 exits,
             });
+        }
+        let retired = usize::from(r.u8());
+        if r.left() < retired + 8 {
+            return Err(bad("retired keys cut short"));
+        }
+        for _ in 0..retired {
+            let id = r.u8();
+            replica.retired_keys.push(id);
         }
         let n = r.u64() as usize;
         if r.left() != n.saturating_mul(ENTRY_DISK_LEN) {

@@ -22,6 +22,7 @@ mod budget;
 mod cmd;
 mod conn;
 mod metrics;
+mod replica;
 pub mod secret;
 mod stream;
 mod subscribe;

@@ -394,7 +394,8 @@ impl Collector for NodeCollector {
             MetricType::Histogram,
         )?;
         for code in 1..=op::REQUEST_MAX {
-            if code != op::SUBSCRIBE {
+            // Streams have no one latency.
+            if code != op::SUBSCRIBE && code != op::REPLICA_FOLLOW {
                 let labels = [("op", op::name(code))];
                 let coarse = AtomicHistogram::coarse_of(m.latency_of(code), 1e6);
                 encode_histogram(&coarse, h.encode_family(&labels)?)?;
@@ -477,6 +478,18 @@ impl Collector for NodeCollector {
             "Bytes of memory the ticket index holds (a purge hands its tickets' back)",
             &ConstGauge::new(shared.engine.index_memory_bytes() as i64),
         )?;
+        let mut c = e.encode_descriptor(
+            "stile_node_conflicts",
+            "Offline admits that gates uploaded and the node found already used (double_entry), \
+             revoked (after_revoke) or transferred (after_transfer), by provider and kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((provider, kind), n) in shared.engine.conflict_counts() {
+            let provider = provider.to_string();
+            let labels = [("provider", provider.as_str()), ("kind", kind.name())];
+            ConstCounter::new(n).encode(c.encode_family(&labels)?)?;
+        }
         let (steps_back, held_s) = shared.engine.clock_steps_back();
         one(
             &mut e,

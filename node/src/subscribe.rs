@@ -29,6 +29,11 @@ impl Stream {
         if !matches!(self.identity.role, Role::Admin { .. }) {
             return self.forbidden(id, "subscribe");
         }
+        self.start_follower(id, from_seq, Feed::Events);
+    }
+
+    /// Starts a log follower (a subscription, a replica follow) under request id `id`.
+    pub(crate) fn start_follower(&mut self, id: u32, from_seq: u64, feed: Feed) {
         self.subscriptions.retain(|_, task| !task.is_finished());
         if self.subscriptions.len() >= SUBSCRIPTIONS_PER_STREAM_MAX {
             let message = format!(
@@ -37,7 +42,7 @@ impl Stream {
             );
             return self.reply(id, &error(error_code::BAD_REQUEST, message));
         }
-        // The subscription's frames take slots of their own.
+        // The follower's frames take slots of their own.
         self.slots.add_permits(1);
         let task = tokio::spawn(follow(
             self.shared.clone(),
@@ -46,6 +51,7 @@ impl Stream {
             self.slots.clone(),
             id,
             from_seq,
+            feed,
         ));
         // A client reusing the id of one still running wants the new one.
         if let Some(old) = self.subscriptions.insert(id, task.abort_handle()) {
@@ -107,11 +113,29 @@ fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
         | Record::Mint { .. }
         | Record::Import { .. }
         | Record::Key { .. }
-        | Record::Purge { .. } => {}
+        | Record::Purge { .. }
+        | Record::Conflict(_) => {}
     }
 }
 
-/// Streams ticket events from `from_seq` until the connection or node goes.
+/// What a follower is sent of the log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Feed {
+    /// Ticket events (an admin's subscription).
+    Events,
+    /// Replica changes of one provider's tickets (a gate), and a batch with no changes
+    /// after each [`REPLICA_HEARTBEAT`] without any, so the gate knows its replica is
+    /// current.
+    Replica {
+        /// The gate's provider.
+        provider: u16,
+    },
+}
+
+/// How long a replica follower goes without a batch when nothing changes.
+pub(crate) const REPLICA_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Streams what `feed` wants of the log from `from_seq` until the connection or node goes.
 async fn follow(
     shared: Arc<Shared>,
     conn: quinn::Connection,
@@ -119,6 +143,7 @@ async fn follow(
     slots: Arc<Semaphore>,
     id: u32,
     from_seq: u64,
+    feed: Feed,
 ) {
     let _running = Running::new(&shared.counters.subscriptions);
     // `slots`: 1 for an events frame, which took a slot; 0 for an error, which did not (the
@@ -147,6 +172,8 @@ async fn follow(
         return;
     };
     let mut tail = Some(LogTail::new(wal.dir(), from_seq));
+    // When the last frame went out.
+    let mut heartbeat_due = tokio::time::Instant::now();
     let mut shutdown = shared.shutdown.clone();
     loop {
         let limit = wal.durable_seq();
@@ -176,13 +203,33 @@ async fn follow(
                 return;
             }
         };
+        // Every change below this is in what was read.
+        let reached = match caught_up {
+            true => limit,
+            false => t.next_seq(),
+        };
         tail = Some(t);
-        let mut events = Vec::with_capacity(records.len());
-        for (seq, record) in &records {
-            events_of(*seq, record, &mut events);
-        }
-        if !events.is_empty() {
-            // One slot per frame: a subscriber that does not read holds the stream back.
+        let frames = match feed {
+            Feed::Events => {
+                let mut events = Vec::with_capacity(records.len());
+                for (seq, record) in &records {
+                    events_of(*seq, record, &mut events);
+                }
+                match events.is_empty() {
+                    true => Vec::new(),
+                    false => vec![Response::Events(events)],
+                }
+            }
+            Feed::Replica { provider } => crate::replica::frames_of(
+                &shared.engine,
+                provider,
+                &records,
+                reached,
+                heartbeat_due.elapsed() >= REPLICA_HEARTBEAT,
+            ),
+        };
+        for frame in &frames {
+            // One slot per frame: a follower that does not read holds the stream back.
             tokio::select! {
                 p = slots.clone().acquire_owned() => match p {
                     Ok(p) => p.forget(),
@@ -190,13 +237,23 @@ async fn follow(
                 },
                 _ = conn.closed() => return,
             }
-            if !send(&Response::Events(events), 1) {
+            if !send(frame, 1) {
                 return;
             }
+            heartbeat_due = tokio::time::Instant::now();
         }
         if caught_up {
+            let heartbeat = async {
+                match feed {
+                    Feed::Events => std::future::pending().await,
+                    Feed::Replica { .. } => {
+                        tokio::time::sleep_until(heartbeat_due + REPLICA_HEARTBEAT).await
+                    }
+                }
+            };
             tokio::select! {
                 _ = wal.until(limit + 1).wait_async() => {}
+                _ = heartbeat => {}
                 _ = conn.closed() => return,
                 _ = shutdown.wait_for(|s| *s) => return,
             }

@@ -272,7 +272,8 @@ impl StreamTx {
             }
             (StreamTx::Replica(tx), Response::Replica(batch)) => {
                 if let Request::ReplicaFollow { from_seq } = req {
-                    *from_seq = batch.seq.saturating_add(1);
+                    // A batch's position is where the replica goes on from.
+                    *from_seq = batch.seq;
                 }
                 Fed::of(tx.try_send(Ok(batch)))
             }
@@ -459,6 +460,18 @@ impl Client {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
+    }
+
+    /// Sends `req` (after every request sent before it on this client, in that order) and
+    /// returns its answer to wait for: how a caller keeps many requests in flight whose
+    /// order matters (a gate's upload of its journal).
+    pub async fn submit(&self, req: Request) -> Result<PendingAnswer, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(req, Reply::Once(tx)).await?;
+        Ok(PendingAnswer {
+            rx,
+            timeout: self.config.request_timeout,
+        })
     }
 
     async fn outcome(&self, req: Request, what: &'static str) -> Result<Outcome, ClientError> {
@@ -705,6 +718,27 @@ impl Client {
         match self.request(Request::Conflicts { provider, after }).await? {
             Response::Conflicts { items, next } => Ok((items, next)),
             _ => Err(ClientError::Unexpected("conflicts")),
+        }
+    }
+}
+
+/// The answer to a request sent with [`Client::submit`].
+#[derive(Debug)]
+pub struct PendingAnswer {
+    rx: oneshot::Receiver<Result<Response, ClientError>>,
+    timeout: Duration,
+}
+
+impl PendingAnswer {
+    /// Waits for it (an error answer becomes [`ClientError::Node`]).
+    pub async fn wait(self) -> Result<Response, ClientError> {
+        match tokio::time::timeout(self.timeout, self.rx).await {
+            Ok(Ok(Ok(Response::Error { code, message }))) => {
+                Err(ClientError::Node { code, message })
+            }
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
     }
 }
@@ -1257,7 +1291,7 @@ mod tests {
         let (id, _) = stream(&shared, follow, StreamTx::Replica(tx));
         deliver(&shared, id, Response::Replica(batch(41)));
         assert_eq!(rx.try_recv().unwrap(), Ok(batch(41)));
-        let resumes = Request::ReplicaFollow { from_seq: 42 };
+        let resumes = Request::ReplicaFollow { from_seq: 41 };
         assert_eq!(pending(&shared, id), Some(resumes));
         // Another kind of batch is no frame of this stream: dropped, position kept.
         deliver(&shared, id, Response::Events(vec![event(99)]));

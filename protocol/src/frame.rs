@@ -712,7 +712,8 @@ pub const REPLICA_FRAME_ITEMS_MAX: usize =
 /// (`replica_follow`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReplicaBatch {
-    /// The node's log position the batch brings the replica to: follow from `seq + 1`.
+    /// The node's log position: every change below it is in the replica once this batch is
+    /// applied, and following goes on from it.
     pub seq: u64,
     /// The node's clock, Unix seconds, when it sent the batch.
     pub now_unix_s: u64,

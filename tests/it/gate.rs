@@ -85,12 +85,35 @@ impl GateProcess {
         line.trim_end().split('\t').map(str::to_string).collect()
     }
 
-    /// Closes stdin and returns what the gate said on stderr.
+    /// Closes stdin and returns what the gate said on stderr; it must exit 0.
     fn finish(self) -> String {
+        let (code, stderr) = self.finish_with_status();
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
+    }
+
+    /// Closes stdin and returns the exit code and what the gate said on stderr.
+    fn finish_with_status(self) -> (Option<i32>, String) {
         drop(self.stdin);
         let out = self.child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Scans a code of no ticket until the gate answers online.
+    fn wait_online(&mut self, like: &CodeBytes) {
+        let mut nothing = like.as_bytes().to_vec();
+        nothing[9] = nothing[9].wrapping_add(50);
+        let nothing = CodeBytes::from_slice(&nothing).unwrap().to_text();
+        for _ in 0..200 {
+            if self.scan(nothing.as_str())[3] == "online" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the gate never went online");
     }
 }
 
@@ -103,7 +126,7 @@ fn a_gate_admits_online_then_offline_from_its_replica_when_the_node_is_killed() 
     let state = data.join("gate-state");
     write_replica(&state, &codes);
 
-    let mut gate = GateProcess::start(data, addr, &state, &[]);
+    let mut gate = GateProcess::start(data, addr, &state, &["--drain-timeout", "1s"]);
     // Until the gate has reached the node, its scans are decided offline: wait with a code
     // of no ticket.
     let mut nothing = codes[4].as_bytes().to_vec();
@@ -159,9 +182,14 @@ fn a_gate_admits_online_then_offline_from_its_replica_when_the_node_is_killed() 
     assert_eq!(got[1], "unknown", "{got:?}");
     // Not a code at all: forged, no network.
     assert_eq!(gate.scan("HELLO")[1], "forged");
-    let stderr = gate.finish();
+    // The node stays dead: the journal cannot be uploaded, and the gate says so.
+    let (code, stderr) = gate.finish_with_status();
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("stile gate: OFFLINE"), "{stderr}");
-    assert!(stderr.contains("offline scans wait in"), "{stderr}");
+    assert!(
+        stderr.contains("offline scans are not uploaded yet"),
+        "{stderr}"
+    );
 
     // Everything decided offline is in the journal, synced: a restarted gate reads it back.
     let journal = Journal::open(&state.join("journal")).unwrap();
@@ -235,4 +263,158 @@ fn a_gate_without_a_replica_or_allowed_offline_refuses_to_decide() {
     assert_eq!(got[1], "refused", "{got:?}");
     assert!(got[2].contains("older than"), "{got:?}");
     gate.finish();
+}
+
+/// `stile conflicts --json` against the node, one JSON value a conflict.
+fn conflicts(data: &Path, addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["conflicts", "--json", "--node", &addr.to_string()])
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until a gate has saved the replica it loaded from the node.
+fn wait_replica(state: &Path, tickets: usize) {
+    for _ in 0..200 {
+        if let Ok(Some(r)) = Replica::load(&Gate::replica_path(state)) {
+            if r.len() >= tickets {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no replica of {tickets} tickets in {}", state.display());
+}
+
+/// Two gates load their replicas from the node; the node is killed (SIGKILL) and both keep
+/// deciding offline: every valid ticket admitted, a forged code and a ticket used before the
+/// outage refused. Two tickets are presented at both gates (the planted duplicates); one gate
+/// is killed (SIGKILL) in its offline period and started again. Once the node is back, both
+/// upload their journals: every offline admit is on the node, once, and the conflicts are
+/// exactly the two planted duplicates.
+#[test]
+fn after_an_outage_the_uploads_apply_once_and_the_conflicts_are_the_planted_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let tls = data.join("tls");
+    let node_data = data.join("node");
+    let (mut node, addr, codes, texts) = node_with_codes(&node_data, &tls, 8);
+    let (state_a, state_b) = (data.join("gate-a"), data.join("gate-b"));
+    let gate_b_cert = [
+        "--cert",
+        tls.join("gate-2.crt").to_str().unwrap(),
+        "--key",
+        tls.join("gate-2.key").to_str().unwrap(),
+    ]
+    .map(str::to_string);
+    let b_args: Vec<&str> = gate_b_cert.iter().map(String::as_str).collect();
+    let mut a = GateProcess::start(data, addr, &state_a, &[]);
+    let mut b = GateProcess::start(data, addr, &state_b, &b_args);
+    a.wait_online(&codes[0]);
+    b.wait_online(&codes[0]);
+    // Used before the outage, online at gate A.
+    assert_eq!(a.scan(&texts[0])[1..], ["admitted", "entries 1", "online"]);
+    wait_replica(&state_a, 8);
+    wait_replica(&state_b, 8);
+    // Gate B learns of A's admit through its replica's changes before the outage.
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    // Offline at A: 1..=5 admitted; 0 refused (used before); a forged copy refused.
+    for t in &texts[1..=5] {
+        let got = a.scan(t);
+        assert_eq!(got[1..], ["admitted", "entries 1", "offline"], "{got:?}");
+    }
+    assert_eq!(a.scan(&texts[0])[1], "already_used");
+    let mut forged = codes[6].as_bytes().to_vec();
+    *forged.last_mut().unwrap() ^= 1;
+    let forged = CodeBytes::from_slice(&forged).unwrap().to_text();
+    assert_eq!(a.scan(forged.as_str())[1..], ["forged", "", "offline"]);
+    // Offline at B: 1 and 2 again (the planted duplicates: B cannot know), 6 fresh; 0 was
+    // used before the outage and B's replica says so.
+    for t in [&texts[1], &texts[2], &texts[6]] {
+        let got = b.scan(t);
+        assert_eq!(got[1..], ["admitted", "entries 1", "offline"], "{got:?}");
+    }
+    assert_eq!(b.scan(&texts[0])[1], "already_used");
+    // B loses power mid-outage; its journal holds every offline admit.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let journal = Journal::open(&state_b.join("journal")).unwrap();
+    let admits = journal
+        .scans()
+        .iter()
+        .filter(|r| matches!(r, Record::Offline(s) if s.decision == OutcomeKind::Admitted))
+        .count();
+    assert_eq!(admits, 3);
+    drop(journal);
+
+    // The node comes back on the same address; B starts again; both hand over their scans.
+    let (_node, again) = crate::node::spawn_node_on(&node_data, &tls, addr, &[]);
+    assert_eq!(again, addr);
+    // A copy of B's journal as it was before any upload, to upload it all again later.
+    std::fs::copy(state_b.join("journal"), data.join("journal-b")).unwrap();
+    let b = GateProcess::start(data, addr, &state_b, &b_args);
+    a.finish();
+    b.finish();
+    for state in [&state_a, &state_b] {
+        let j = Journal::open(&state.join("journal")).unwrap();
+        assert_eq!(j.pending().len(), 0, "{} uploaded", state.display());
+    }
+
+    let found = conflicts(data, addr);
+    let mut dup: Vec<(String, String)> = found
+        .iter()
+        .map(|c| {
+            (
+                c["code"].as_str().unwrap().into(),
+                c["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    dup.sort();
+    let mut want = vec![
+        (texts[1].clone(), "double_entry".to_string()),
+        (texts[2].clone(), "double_entry".to_string()),
+    ];
+    want.sort();
+    assert_eq!(dup, want, "{found:?}");
+    for c in &found {
+        let gates = [c["first"]["gate"].as_u64(), c["second"]["gate"].as_u64()];
+        assert!(gates.contains(&Some(1)) && gates.contains(&Some(2)), "{c}");
+    }
+    // Every offline admit is on the node: each of 1..=6 is used now.
+    let out = Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["status", "--node", &addr.to_string()])
+        .arg("--data")
+        .arg(data)
+        .args(&texts[1..=6])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+    for line in text.lines() {
+        assert_eq!(line.split('\t').nth(1), Some("used"), "{line}");
+    }
+    // A journal uploaded again whole changes nothing: the node's upload marks hold.
+    std::fs::copy(data.join("journal-b"), state_b.join("journal")).unwrap();
+    assert_eq!(
+        Journal::open(&state_b.join("journal"))
+            .unwrap()
+            .pending()
+            .len(),
+        4
+    );
+    let b = GateProcess::start(data, addr, &state_b, &b_args);
+    b.finish();
+    assert_eq!(conflicts(data, addr).len(), 2);
 }

@@ -275,10 +275,11 @@ async fn gate_labels_stay_bounded_however_many_gates_scan() {
         .collect();
     assert_eq!(
         ops.len(),
-        op::REQUEST_MAX as usize - 1,
-        "every op but subscribe"
+        op::REQUEST_MAX as usize - 2,
+        "every op but the streams, subscribe and replica_follow"
     );
     assert!(ops.contains("checkin_as") && !ops.contains("subscribe"));
+    assert!(ops.contains("checkin_offline") && !ops.contains("replica_follow"));
     assert_eq!(series("stile_node_sync_mode{").len(), 4);
     assert!(!text.contains(code.to_text().as_str()));
     n.node.unwrap().shutdown().await;

@@ -853,7 +853,7 @@ fn spawn_node_with(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, Soc
 }
 
 /// [`spawn_node_with`] on the address `listen`.
-fn spawn_node_on(
+pub(crate) fn spawn_node_on(
     data: &Path,
     tls: &Path,
     listen: SocketAddr,

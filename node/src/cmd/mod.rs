@@ -39,6 +39,10 @@ impl Stream {
             Request::Subscribe { from_seq } => self.subscribe(id, from_seq),
             Request::Unsubscribe { id: subscribe_id } => self.unsubscribe(id, subscribe_id),
             Request::Purge { partition } => self.purge(id, partition),
+            Request::ReplicaPage { after, limit } => self.replica_page(id, after, limit),
+            Request::ReplicaFollow { from_seq } => self.replica_follow(id, from_seq),
+            Request::CheckinOffline(scan) => self.checkin_offline(id, scan),
+            Request::Conflicts { provider, after } => self.conflicts(id, provider, after),
         }
     }
 }

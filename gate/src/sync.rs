@@ -1,0 +1,286 @@
+//! What a gate does in the background while its node answers: keeps its replica current
+//! (loaded whole in pages when there is none or the node no longer keeps its position, then
+//! following the node's changes), and uploads its journal's offline scans in order.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use stile_protocol::client::{Client, ClientError, PendingAnswer};
+use stile_protocol::frame::{error_code, OfflineScan, ReplicaBatch, Request, Response};
+
+use crate::gate::Gate;
+use crate::journal::Record;
+use crate::replica::{Replica, ReplicaError};
+use crate::rules::{decide, Op};
+
+/// Tickets asked for per page.
+const PAGE_TICKETS: u32 = 800;
+/// How often a followed replica is written to disk (and at every load).
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// Uploads in flight at once.
+const UPLOAD_WINDOW: usize = 256;
+/// Uploads acknowledged between two upload marks in the journal (each is an `fdatasync`;
+/// the node's own mark makes a scan uploaded twice count once, so marks may lag).
+const UPLOAD_MARK_EVERY: u64 = 1024;
+/// Pause before trying again after a failure.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Why a replica could not be loaded or followed.
+#[derive(Debug)]
+enum SyncError {
+    Client(ClientError),
+    Replica(ReplicaError),
+}
+
+impl From<ClientError> for SyncError {
+    fn from(e: ClientError) -> Self {
+        SyncError::Client(e)
+    }
+}
+
+impl From<ReplicaError> for SyncError {
+    fn from(e: ReplicaError) -> Self {
+        SyncError::Replica(e)
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::Client(e) => e.fmt(f),
+            SyncError::Replica(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Loads the provider's replica from the node, page by page.
+pub(crate) async fn load(client: &Client, provider: u16) -> Result<Replica, ClientError> {
+    let mut replica = Replica::new(provider);
+    replica.start_load();
+    let mut after = None;
+    let mut first: Option<(u64, u64)> = None;
+    loop {
+        let batch = match client
+            .request(Request::ReplicaPage {
+                after,
+                limit: PAGE_TICKETS,
+            })
+            .await?
+        {
+            Response::Replica(b) => b,
+            _ => return Err(ClientError::Unexpected("replica_page")),
+        };
+        first.get_or_insert((batch.seq, batch.now_unix_s));
+        for item in &batch.items {
+            replica.apply(item).map_err(|e| ClientError::Node {
+                code: error_code::BAD_REQUEST,
+                message: e.to_string(),
+            })?;
+        }
+        match batch.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    replica.finish_load();
+    let (seq, now) = first.unwrap_or_default();
+    replica.seq = seq;
+    replica.synced_unix_s = now;
+    Ok(replica)
+}
+
+/// Keeps the gate's replica current for as long as the gate lives.
+pub(crate) async fn replica_loop(gate: Weak<Gate>) {
+    let mut reload = false;
+    loop {
+        let Some(g) = gate.upgrade() else { return };
+        let Some(client) = g.client() else {
+            drop(g);
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        let have = g.replica_seq();
+        drop(g);
+        let from = match have {
+            Some(seq) if !reload => seq,
+            _ => match load(&client, gate_provider(&gate)).await {
+                Ok(r) => {
+                    let Some(g) = gate.upgrade() else { return };
+                    let seq = r.seq;
+                    g.install_replica(r);
+                    reload = false;
+                    seq
+                }
+                Err(e) => {
+                    tracing::debug!("replica not loaded: {e}");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            },
+        };
+        match follow(&gate, &client, from).await {
+            Err(SyncError::Client(ClientError::Node { code, message }))
+                if code == error_code::TRIMMED =>
+            {
+                tracing::info!(
+                    "the node no longer keeps the replica's position ({message}): reloading"
+                );
+                reload = true;
+            }
+            Err(e) => {
+                tracing::debug!("replica follow ended: {e}");
+                tokio::time::sleep(RETRY).await;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+fn gate_provider(gate: &Weak<Gate>) -> u16 {
+    gate.upgrade().map_or(0, |g| g.provider())
+}
+
+/// Follows the node's changes from `from` until the stream ends.
+async fn follow(gate: &Weak<Gate>, client: &Client, from: u64) -> Result<(), SyncError> {
+    let mut stream = client.replica_follow(from).await?;
+    let mut saved = Instant::now();
+    while let Some(batch) = stream.next().await {
+        let batch: ReplicaBatch = batch?;
+        let Some(g) = gate.upgrade() else {
+            return Ok(());
+        };
+        g.apply_batch(&batch)?;
+        if saved.elapsed() >= SAVE_EVERY {
+            g.save_replica();
+            saved = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// Re-applies the journal's offline decisions not yet uploaded to a freshly loaded replica,
+/// so this gate still refuses a second scan of a ticket it admitted offline.
+pub(crate) fn reapply(replica: &mut Replica, pending: &[Record], gate_id: u16) {
+    for record in pending {
+        let Record::Offline(s) = record else { continue };
+        let crate::replica::Lookup::Found(i) = replica.lookup(&s.code) else {
+            continue;
+        };
+        let e = *replica.entry(i);
+        let Some(policy) = replica.policy(e.policy).copied() else {
+            continue;
+        };
+        let (d, next) = decide(&e, &policy, s.op, gate_id, s.scanned_at_unix_ms / 1000);
+        if d.kind == s.decision {
+            *replica.entry_mut(i) = next;
+        }
+    }
+}
+
+/// Uploads the journal's scans in order for as long as the gate lives.
+pub(crate) async fn upload_loop(gate: Weak<Gate>) {
+    loop {
+        let Some(g) = gate.upgrade() else { return };
+        let wake = g.upload_wake();
+        let (base, pending, late) = g.upload_work();
+        let client = g.client();
+        drop(g);
+        let Some(client) = client.filter(|_| !pending.is_empty()) else {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+            continue;
+        };
+        if let Err(e) = upload(&gate, &client, base, &pending, &late).await {
+            tracing::debug!("upload interrupted: {e}");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Uploads `pending` (the journal's scans from position `base`), `UPLOAD_WINDOW` in flight,
+/// moving the journal's upload mark as answers come in order.
+async fn upload(
+    gate: &Weak<Gate>,
+    client: &Client,
+    base: u64,
+    pending: &[Record],
+    late: &HashSet<u64>,
+) -> Result<(), ClientError> {
+    let mut window: VecDeque<Option<PendingAnswer>> = VecDeque::with_capacity(UPLOAD_WINDOW);
+    let mut done = 0u64;
+    let mut marked = 0u64;
+    let settle = |answer: Option<PendingAnswer>| async move {
+        let Some(a) = answer else { return Ok(()) };
+        match a.wait().await {
+            // Not applied (its disk is full): uploaded again later.
+            Ok(Response::Outcome(o)) if o.kind == stile_protocol::OutcomeKind::DiskFull => {
+                Err(ClientError::Node {
+                    code: error_code::DISK_FULL,
+                    message: "the node's disk is full".into(),
+                })
+            }
+            Ok(_) => Ok(()),
+            // Refused for good (not a gate, not a code): uploading it again changes nothing.
+            Err(ClientError::Node { code, message })
+                if matches!(
+                    code,
+                    error_code::FORBIDDEN | error_code::FORGED | error_code::BAD_REQUEST
+                ) =>
+            {
+                tracing::warn!("the node refused an uploaded scan: {message}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    for record in pending {
+        if window.len() == UPLOAD_WINDOW {
+            settle(window.pop_front().expect("full")).await?;
+            done += 1;
+            if done - marked >= UPLOAD_MARK_EVERY {
+                mark(gate, base + done);
+                marked = done;
+            }
+        }
+        let answer = match record {
+            // A scan the node answered after all was applied online: nothing to upload.
+            Record::Offline(s) if !late.contains(&s.scan_id) => {
+                let scan = OfflineScan::new(
+                    &s.code,
+                    s.scan_id,
+                    s.scanned_at_unix_ms,
+                    s.last_online_unix_s,
+                    s.op == Op::Exit,
+                    s.decision,
+                );
+                Some(client.submit(Request::CheckinOffline(scan)).await?)
+            }
+            _ => None,
+        };
+        window.push_back(answer);
+    }
+    while let Some(answer) = window.pop_front() {
+        settle(answer).await?;
+        done += 1;
+    }
+    if done > marked {
+        mark(gate, base + done);
+    }
+    Ok(())
+}
+
+/// Writes the journal's upload mark.
+fn mark(gate: &Weak<Gate>, count: u64) {
+    if let Some(g) = gate.upgrade() {
+        g.mark_uploaded(count);
+    }
+}
+
+/// Keeps `Arc` in scope for the gate's own spawns.
+pub(crate) fn spawn_all(gate: &Arc<Gate>) {
+    tokio::spawn(replica_loop(Arc::downgrade(gate)));
+    tokio::spawn(upload_loop(Arc::downgrade(gate)));
+}
