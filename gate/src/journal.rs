@@ -231,6 +231,24 @@ impl Journal {
         Ok(())
     }
 
+    /// Appends `record` without syncing it (for tools that fill a journal, then
+    /// [`Journal::sync`] once); a gate's own decisions use [`Journal::append`].
+    pub fn append_unsynced(&mut self, record: Record) -> io::Result<()> {
+        self.buf.clear();
+        record.encode(&mut self.buf);
+        self.file.write_all(&self.buf)?;
+        match record {
+            Record::Uploaded { count } => self.uploaded = count.min(self.scans.len() as u64),
+            r => self.scans.push(r),
+        }
+        Ok(())
+    }
+
+    /// Syncs what was appended.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Every scan recorded, in order.
     pub fn scans(&self) -> &[Record] {
         &self.scans

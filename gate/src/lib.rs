@@ -13,6 +13,8 @@ pub mod replica;
 pub mod rules;
 mod sync;
 
+pub use sync::load as load_replica;
+
 pub use gate::{Answer, Gate, GateConfig, GateError, Mode, Status};
 pub use journal::{Journal, JournalError, Record, Scan};
 pub use replica::{fingerprint, Entry, Lookup, Policy, Replica, ReplicaError};

@@ -54,8 +54,9 @@ impl std::fmt::Display for SyncError {
     }
 }
 
-/// Loads the provider's replica from the node, page by page.
-pub(crate) async fn load(client: &Client, provider: u16) -> Result<Replica, ClientError> {
+/// Loads the provider's replica from the node, page by page (what a gate does when it has
+/// none).
+pub async fn load(client: &Client, provider: u16) -> Result<Replica, ClientError> {
     let mut replica = Replica::new(provider);
     replica.start_load();
     let mut after = None;
@@ -224,12 +225,10 @@ async fn upload(
             }
             Ok(_) => Ok(()),
             // Refused for good (not a gate, not a code): uploading it again changes nothing.
-            Err(ClientError::Node { code, message })
-                if matches!(
-                    code,
-                    error_code::FORBIDDEN | error_code::FORGED | error_code::BAD_REQUEST
-                ) =>
-            {
+            Err(ClientError::Node {
+                code: error_code::FORBIDDEN | error_code::FORGED | error_code::BAD_REQUEST,
+                message,
+            }) => {
                 tracing::warn!("the node refused an uploaded scan: {message}");
                 Ok(())
             }

@@ -418,3 +418,76 @@ fn after_an_outage_the_uploads_apply_once_and_the_conflicts_are_the_planted_dupl
     b.finish();
     assert_eq!(conflicts(data, addr).len(), 2);
 }
+
+/// The replica and upload ops are a gate's, for its own provider only: an admin is refused
+/// them, a gate of another provider gets none of the tickets and its uploads of them apply
+/// nothing; an upload is recorded under the uploading gate's own id (from its certificate),
+/// so no gate can upload scans as another. A follow streams mints with their fingerprints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_and_upload_ops_serve_a_gate_its_own_provider_only() {
+    use stile_protocol::frame::{error_code, OfflineScan, ReplicaItem};
+    let n = crate::node::TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let own = n.client("gate-1").await;
+    let other = n.client("gate-3").await; // provider 2
+    let codes = admin.mint(crate::node::spec(1, 5)).await.unwrap();
+
+    // An admin is no gate.
+    let refused = admin.replica_page(None, 100).await.unwrap_err();
+    assert!(
+        matches!(refused, stile_protocol::client::ClientError::Node { code, .. } if code == error_code::FORBIDDEN),
+        "{refused}"
+    );
+    let scan = |code: &CodeBytes, scan_id| {
+        OfflineScan::new(code, scan_id, 1, 0, false, OutcomeKind::Admitted)
+    };
+    assert!(admin.checkin_offline(&scan(&codes[0], 1)).await.is_err());
+
+    // Another provider's gate: no tickets, and its upload applies nothing.
+    let page = other.replica_page(None, 100).await.unwrap();
+    assert!(!page
+        .items
+        .iter()
+        .any(|i| matches!(i, ReplicaItem::Ticket { .. })));
+    let o = other.checkin_offline(&scan(&codes[0], 1)).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::WrongProvider);
+    assert_eq!(
+        own.status(&codes[0]).await.unwrap().state,
+        stile_protocol::frame::TicketStateName::Valid
+    );
+
+    // The provider's gate: every ticket, each with its code's fingerprint.
+    let page = own.replica_page(None, 100).await.unwrap();
+    let fingerprints: Vec<u64> = page
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            ReplicaItem::Ticket { fingerprint, .. } => Some(*fingerprint),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<u64> = codes.iter().map(fingerprint).collect();
+    assert_eq!(fingerprints, want);
+    // Its upload is recorded as its own: gate 1 on the ticket.
+    let o = own.checkin_offline(&scan(&codes[0], 7)).await.unwrap();
+    assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 1));
+
+    // A follow from the page's position streams a later mint with its fingerprint.
+    let mut follow = own.replica_follow(page.seq).await.unwrap();
+    let later = admin.mint(crate::node::spec(1, 1)).await.unwrap();
+    let mut seen = false;
+    for _ in 0..20 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if batch.items.iter().any(|i| {
+            matches!(i, ReplicaItem::Ticket { fingerprint: f, .. } if *f == fingerprint(&later[0]))
+        }) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the mint came through the follow");
+}

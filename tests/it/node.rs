@@ -15,7 +15,7 @@ use stile_protocol::{CodeBytes, CodeFormat, OutcomeKind};
 
 /// A node on a fresh data dir, with a CA, admin, and gates 1 and 2 of provider 1 and gate 3
 /// of provider 2.
-pub struct TestNode {
+pub(crate) struct TestNode {
     /// First, so it is dropped (its tasks stopped) before its directory is removed: a node
     /// that saw its log vanish would stop the process.
     pub node: Option<Node>,
