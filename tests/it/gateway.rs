@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use stile_certs as certs;
 use stile_gateway::{Gateway, GatewayConfig};
 use stile_protocol::client::ClientTls;
+use stile_protocol::{CodeBytes, OutcomeKind};
 
 use crate::node::TestNode;
 
@@ -1852,5 +1853,95 @@ async fn page_and_images_carry_security_headers() {
         p["detail"].as_str().unwrap().contains("bidirectional"),
         "{p}"
     );
+    f.shutdown().await;
+}
+
+/// A ticket admitted at a gate online and then uploaded as another gate's offline admit is a
+/// `double_entry` conflict: the event's conflicts route lists it with its holder and both
+/// scans (JSON, and CSV for disputes), occupancy counts it, another event lists none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_admits_of_used_tickets_are_the_events_conflicts() {
+    use stile_protocol::frame::OfflineScan;
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 5})).await;
+    let other = f.event(json!({"capacity": 5})).await;
+    let code = f.book_one("c1", event, "Ada").await;
+    let calm = f.book_one("c2", other, "Bob").await;
+    let token = f.gate_token(1).await;
+    let (s, v) = f.checkin(&token, json!({"code": code})).await;
+    assert_eq!((s, v["outcome"].as_str()), (200, Some("admitted")), "{v}");
+    // Gate 2 was offline: it admitted the same ticket, and uploads that now.
+    let gate2 = f.node.client("gate-2").await;
+    let bytes = CodeBytes::parse(&code).unwrap();
+    let now_ms = stile_gateway::now_s() * 1000;
+    let scan = OfflineScan::new(
+        &bytes,
+        1,
+        now_ms,
+        now_ms / 1000 - 60,
+        false,
+        OutcomeKind::Admitted,
+    );
+    let o = gate2.checkin_offline(&scan).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::AlreadyUsed);
+    // A fresh ticket of the other event admitted offline: no conflict.
+    let calm_bytes = CodeBytes::parse(&calm).unwrap();
+    let scan = OfflineScan::new(
+        &calm_bytes,
+        2,
+        now_ms,
+        now_ms / 1000 - 60,
+        false,
+        OutcomeKind::Admitted,
+    );
+    assert_eq!(
+        gate2.checkin_offline(&scan).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+
+    let (s, v) = f.get(&format!("/v1/events/{event}/conflicts")).await;
+    assert_eq!(s, 200, "{v}");
+    let list = v["conflicts"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["code"], code.as_str());
+    assert_eq!(list[0]["kind"], "double_entry");
+    assert_eq!(list[0]["holder"], "Ada");
+    assert_eq!(
+        (
+            list[0]["first"]["gate"].as_u64(),
+            list[0]["second"]["gate"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let (_, v) = f.get(&format!("/v1/events/{other}/conflicts")).await;
+    assert_eq!(v["conflicts"].as_array().unwrap().len(), 0, "{v}");
+    let res = f
+        .admin(
+            reqwest::Method::GET,
+            &format!("/v1/events/{event}/conflicts?format=csv"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = res.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[0].starts_with("code,kind,seat,holder,first_gate"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{code},double_entry,,Ada,1,")),
+        "{csv}"
+    );
+    let (_, occ) = f.get(&format!("/v1/events/{event}/occupancy")).await;
+    assert_eq!(occ["conflicts"], 1, "{occ}");
+    // Without the API token: refused.
+    let res = f.public(&format!("/v1/events/{event}/conflicts")).await;
+    assert_eq!(res.status(), 401);
     f.shutdown().await;
 }

@@ -80,6 +80,7 @@ fn management() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(accounts::unlink_device))
         .routes(routes!(venue::occupancy))
         .routes(routes!(venue::attendance))
+        .routes(routes!(venue::conflicts))
 }
 
 /// Public routes (the code is the capability) and routes with their own tokens.

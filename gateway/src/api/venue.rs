@@ -53,6 +53,9 @@ pub struct Occupancy {
     pub gates: Vec<GateCounts>,
     /// Entries per minute over the last hour (minutes with none left out).
     pub entries_per_minute: Vec<MinuteCount>,
+    /// Conflicts the node found in gates' offline admits of this event's tickets (`null`
+    /// when the node did not answer): see `/v1/events/{id}/conflicts`.
+    pub conflicts: Option<u64>,
     /// Gateway clock, RFC 3339.
     pub as_of: String,
 }
@@ -66,6 +69,7 @@ pub async fn occupancy(
     Path(id): Path<i64>,
 ) -> Result<Json<Occupancy>, Problem> {
     let now = crate::now_s();
+    let conflicts = event_conflicts(&app, id).await.ok().map(|c| c.len() as u64);
     let occ = app
         .db
         .call(move |c| -> Result<Occupancy, Problem> {
@@ -98,11 +102,168 @@ pub async fn occupancy(
                 exits,
                 gates,
                 entries_per_minute: per_minute,
+                conflicts,
                 as_of: crate::rfc3339(now),
             })
         })
         .await?;
     Ok(Json(occ))
+}
+
+/// Most conflicts one request reads from the node (pages of a few hundred each).
+const CONFLICTS_READ_MAX: usize = 100_000;
+
+/// One scan of a conflict.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConflictScan {
+    /// Gate id (0: an operator, for a revoke or transfer).
+    pub gate: u16,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// An offline admit that met a ticket already used, revoked or transferred.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConflictView {
+    /// The ticket's code.
+    pub code: String,
+    /// `double_entry`, `after_revoke` or `after_transfer`.
+    pub kind: String,
+    /// Seat, if seated.
+    pub seat: Option<String>,
+    /// Holder's name.
+    pub holder: String,
+    /// The earlier use, revoke or transfer.
+    pub first: ConflictScan,
+    /// The gate's offline admit.
+    pub second: ConflictScan,
+}
+
+/// An event's conflicts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Conflicts {
+    /// Event id.
+    pub event: i64,
+    /// Oldest first.
+    pub conflicts: Vec<ConflictView>,
+}
+
+/// How the conflicts are wanted.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ConflictsQuery {
+    /// `csv` for a CSV file (also chosen by `Accept: text/csv`); JSON otherwise.
+    pub format: Option<String>,
+}
+
+/// The node's conflicts of the event's tickets (by provider, then by the event's places).
+async fn event_conflicts(app: &Arc<App>, id: i64) -> Result<Vec<ConflictView>, Problem> {
+    let (provider, places) = app
+        .db
+        .call(move |c| -> Result<_, Problem> {
+            let ev = super::events::load(c, id)?;
+            Ok((ev.view.provider, store::tickets_by_place(c, id)?))
+        })
+        .await?;
+    let (_, client) = app.nodes.for_provider(provider).await?;
+    let mut out = Vec::new();
+    let mut after = 0;
+    let mut read = 0;
+    loop {
+        let (items, next) = client.conflicts(Some(provider), after).await?;
+        read += items.len();
+        for c in items {
+            let h = c.code.header();
+            let Some((code, seat, holder)) = places.get(&(h.partition, h.serial)) else {
+                continue;
+            };
+            let scan = |s: &stile_protocol::frame::ScanRef| ConflictScan {
+                gate: s.gate,
+                at: crate::rfc3339(s.at_unix_s),
+            };
+            out.push(ConflictView {
+                code: code.clone(),
+                kind: c.kind.name().into(),
+                seat: seat.clone(),
+                holder: holder.clone(),
+                first: scan(&c.first),
+                second: scan(&c.second),
+            });
+        }
+        match next {
+            Some(n) if n > after && read < CONFLICTS_READ_MAX => after = n,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Conflicts of an event's tickets, for disputes: each offline admit a gate uploaded that
+/// met a ticket already used, revoked or transferred, with both scans. JSON, or CSV with
+/// `?format=csv` or `Accept: text/csv`.
+#[utoipa::path(get, path = "/v1/events/{id}/conflicts",
+    params(("id" = i64, Path, description = "event id"), ConflictsQuery),
+    security(("api_token" = [])),
+    responses((status = 200, body = Conflicts), (status = 200, content_type = "text/csv", body = String),
+        (status = 404, body = Problem), (status = 502, body = Problem)))]
+pub async fn conflicts(
+    State(app): State<Arc<App>>,
+    Path(id): Path<i64>,
+    axum::extract::Query(q): axum::extract::Query<ConflictsQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let list = event_conflicts(&app, id).await?;
+    let accept_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    if q.format.as_deref() != Some("csv") && !accept_csv {
+        return Ok(Json(Conflicts {
+            event: id,
+            conflicts: list,
+        })
+        .into_response());
+    }
+    let csv_err =
+        |e: csv::Error| Problem::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record([
+        "code",
+        "kind",
+        "seat",
+        "holder",
+        "first_gate",
+        "first_at",
+        "second_gate",
+        "second_at",
+    ])
+    .map_err(csv_err)?;
+    for c in list {
+        out.write_record([
+            c.code,
+            c.kind,
+            cell(&c.seat.unwrap_or_default()),
+            cell(&c.holder),
+            c.first.gate.to_string(),
+            c.first.at,
+            c.second.gate.to_string(),
+            c.second.at,
+        ])
+        .map_err(csv_err)?;
+    }
+    let body = out
+        .into_inner()
+        .map_err(|e| Problem::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"event-{id}-conflicts.csv\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// A cell safe to open in a spreadsheet: text that starts like a formula gets a quote.

@@ -109,3 +109,20 @@ pub fn attendance(c: &Connection, event: i64) -> rusqlite::Result<Vec<Attendance
     })?;
     rows.collect()
 }
+
+/// An event's tickets by (partition, serial): code, seat and holder.
+pub fn tickets_by_place(
+    c: &Connection,
+    event: i64,
+) -> rusqlite::Result<std::collections::HashMap<(u16, u32), (String, Option<String>, String)>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT partition, serial, code, seat, holder_name FROM tickets WHERE event = ?1",
+    )?;
+    let rows = stmt.query_map(params![event], |r| {
+        Ok((
+            (r.get::<_, u16>(0)?, r.get::<_, u32>(1)?),
+            (r.get(2)?, r.get(3)?, r.get(4)?),
+        ))
+    })?;
+    rows.collect()
+}
