@@ -344,8 +344,10 @@ fn record_events(
         .collect();
     for e in events {
         next_seq = Some(e.seq + 1);
-        if e.kind == EventKind::TransferredIn {
-            continue; // the gateway records its own transfers when it makes them
+        if e.kind != EventKind::State {
+            // The gateway records its own transfers when it makes them; conflicts change
+            // no ticket (the conflicts route reads them from the node).
+            continue;
         }
         // (partition, serial) is unique on one node; the provider says which node.
         let mut stmt = tx.prepare_cached(

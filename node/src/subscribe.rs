@@ -10,7 +10,9 @@ use stile_certs::Role;
 use stile_engine::wal::tail::LogTail;
 use stile_engine::wal::{Durability, Record};
 use stile_engine::word::{from_epoch_s, Word};
-use stile_protocol::frame::{error_code, Event, EventKind, Response, EVENTS_FRAME_MAX};
+use stile_protocol::frame::{
+    error_code, Event, EventKind, Response, TicketStateName, EVENTS_FRAME_MAX,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cmd::error;
@@ -109,12 +111,25 @@ fn events_of(seq: u64, record: &Record, out: &mut Vec<Event>) {
                 *new_word,
             ));
         }
+        Record::Conflict(c) => out.push(Event {
+            seq,
+            kind: EventKind::Conflict,
+            partition: c.partition,
+            serial: c.serial,
+            state: match c.kind {
+                1 => TicketStateName::Used,
+                _ => TicketStateName::Revoked,
+            },
+            inside: false,
+            entries: 0,
+            gate: c.second_gate,
+            at_unix_s: from_epoch_s(c.second_at_e),
+        }),
         Record::Policy { .. }
         | Record::Mint { .. }
         | Record::Import { .. }
         | Record::Key { .. }
-        | Record::Purge { .. }
-        | Record::Conflict(_) => {}
+        | Record::Purge { .. } => {}
     }
 }
 

@@ -534,6 +534,10 @@ pub enum EventKind {
     State = 0,
     /// The ticket was minted as the successor of a transferred one.
     TransferredIn = 1,
+    /// A gate's uploaded offline admit met the ticket already used, revoked or transferred:
+    /// `gate` and `at_unix_s` are the offline admit's, `state` the ticket's (details from
+    /// `conflicts`).
+    Conflict = 2,
 }
 
 /// One ticket event from the log.
@@ -1704,6 +1708,7 @@ impl Response {
                     let kind = match r.u8()? {
                         0 => EventKind::State,
                         1 => EventKind::TransferredIn,
+                        2 => EventKind::Conflict,
                         _ => return Err(FrameError::Malformed("unknown event kind")),
                     };
                     events.push(Event {
@@ -2575,10 +2580,10 @@ mod tests {
                     |((seq, t, partition, serial, state), (inside, entries, gate, at_unix_s))| {
                         Event {
                             seq,
-                            kind: if t {
-                                EventKind::TransferredIn
-                            } else {
-                                EventKind::State
+                            kind: match (t, seq % 3) {
+                                (true, 0) => EventKind::Conflict,
+                                (true, _) => EventKind::TransferredIn,
+                                (false, _) => EventKind::State,
                             },
                             partition,
                             serial,

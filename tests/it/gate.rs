@@ -472,6 +472,31 @@ async fn replica_and_upload_ops_serve_a_gate_its_own_provider_only() {
     let o = own.checkin_offline(&scan(&codes[0], 7)).await.unwrap();
     assert_eq!((o.kind, o.gate), (OutcomeKind::Admitted, 1));
 
+    // Another gate's offline admit of that ticket is a conflict, which subscribers see.
+    let mut events = admin.subscribe(0).await.unwrap();
+    let gate2 = n.client("gate-2").await;
+    let o = gate2.checkin_offline(&scan(&codes[0], 3)).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::AlreadyUsed);
+    let mut conflict = None;
+    while conflict.is_none() {
+        let batch = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        conflict = batch
+            .into_iter()
+            .find(|e| e.kind == stile_protocol::frame::EventKind::Conflict);
+    }
+    let conflict = conflict.unwrap();
+    assert_eq!(
+        (conflict.serial, conflict.gate),
+        (codes[0].header().serial, 2)
+    );
+    let (listed, _) = admin.conflicts(Some(1), 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].code, codes[0]);
+
     // A follow from the page's position streams a later mint with its fingerprint.
     let mut follow = own.replica_follow(page.seq).await.unwrap();
     let later = admin.mint(crate::node::spec(1, 1)).await.unwrap();
