@@ -110,11 +110,14 @@ pub fn attendance(c: &Connection, event: i64) -> rusqlite::Result<Vec<Attendance
     rows.collect()
 }
 
-/// An event's tickets by (partition, serial): code, seat and holder.
+/// A ticket's code, seat and holder.
+pub type TicketNames = (String, Option<String>, String);
+
+/// An event's tickets by (partition, serial).
 pub fn tickets_by_place(
     c: &Connection,
     event: i64,
-) -> rusqlite::Result<std::collections::HashMap<(u16, u32), (String, Option<String>, String)>> {
+) -> rusqlite::Result<std::collections::HashMap<(u16, u32), TicketNames>> {
     let mut stmt = c.prepare_cached(
         "SELECT partition, serial, code, seat, holder_name FROM tickets WHERE event = ?1",
     )?;
