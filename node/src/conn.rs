@@ -9,6 +9,24 @@ use tokio::task::JoinSet;
 
 use crate::Shared;
 
+/// TLS alert 44, `certificate_revoked`, as a QUIC crypto error code.
+const REVOKED_ALERT: u64 = 0x100 + 44;
+
+/// Whether a handshake failed because this node refused the peer's revoked certificate.
+fn is_revoked_alert(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(t) if u64::from(t.code) == REVOKED_ALERT)
+}
+
+/// Flags a peer that came with a revoked certificate: counted and logged as a warning.
+fn refused_revoked(shared: &Shared, remote: std::net::SocketAddr) {
+    use std::sync::atomic::Ordering;
+    shared
+        .counters
+        .revoked_refused
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%remote, "refused a connection with a revoked certificate");
+}
+
 /// Serves one incoming connection until it closes.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
@@ -16,6 +34,10 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(connecting) => match connecting.await {
             Ok(c) => c,
             Err(e) => {
+                if is_revoked_alert(&e) {
+                    refused_revoked(&shared, remote);
+                    return;
+                }
                 // The error may carry the peer's own close reason: any text at all.
                 let e = one_line(e);
                 tracing::info!(%remote, error = %e, "handshake failed");
@@ -47,6 +69,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             .expect("revoked set poisoned")
             .contains(&identity.serial)
         {
+            drop(live);
+            refused_revoked(&shared, remote);
             conn.close(close::REVOKED.into(), b"certificate revoked");
             return;
         }

@@ -144,6 +144,9 @@ pub(crate) struct Counters {
     pub connections: AtomicU64,
     /// Event subscriptions running.
     pub subscriptions: AtomicU64,
+    /// Connections refused or closed because their certificate is revoked (at the
+    /// handshake, after it, or live when the CRL changed): a stolen gate trying to upload.
+    pub revoked_refused: AtomicU64,
 }
 
 /// State every connection task shares.
@@ -395,10 +398,14 @@ fn reload(endpoint: &quinn::Endpoint, shared: &Shared) -> Result<(), CertError> 
     let live = shared.live.lock().expect("live connections poisoned");
     for (serial, conn) in live.values() {
         if revoked.contains(serial) {
-            tracing::info!(
+            tracing::warn!(
                 "closing connection from {}: certificate revoked",
                 conn.remote_address()
             );
+            shared
+                .counters
+                .revoked_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             conn.close(close::REVOKED.into(), b"certificate revoked");
         }
     }

@@ -443,6 +443,13 @@ impl Collector for NodeCollector {
         )?;
         one(
             &mut e,
+            "stile_node_revoked_certificates_refused",
+            "Connections refused or closed because their certificate is revoked (a gate whose \
+             certificate was revoked cannot check in or upload its journal)",
+            &ConstCounter::new(shared.counters.revoked_refused.load(Ordering::Relaxed)),
+        )?;
+        one(
+            &mut e,
             "stile_node_subscriptions",
             "Event subscriptions running (each reads the log as it grows)",
             &ConstGauge::new(shared.counters.subscriptions.load(Ordering::Relaxed) as i64),

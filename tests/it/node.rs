@@ -182,7 +182,7 @@ async fn two_gates_racing_on_the_same_codes_admit_each_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_and_certificates_are_enforced() {
-    let n = TestNode::start(|_| {}).await;
+    let n = TestNode::start(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let admin = n.client("admin-admin").await;
     let p1 = admin.mint(spec(1, 2)).await.unwrap();
     let p2 = admin.mint(spec(2, 1)).await.unwrap();
@@ -313,6 +313,16 @@ async fn roles_and_certificates_are_enforced() {
         Err(ClientError::Refused(reason)) => assert!(reason.contains("revoked"), "{reason}"),
         other => panic!("a revoked gate got {other:?}"),
     }
+    // Each refusal is flagged: the live connection closed, and the new one refused.
+    let url = format!(
+        "http://{}/metrics",
+        n.node.as_ref().unwrap().metrics_addr().unwrap()
+    );
+    crate::metrics::scrape_until(&url, |s| {
+        s.get("stile_node_revoked_certificates_refused_total")
+            .is_some_and(|v| *v >= 2.0)
+    })
+    .await;
     // Everyone else is unaffected.
     assert!(gate.ping().await.is_ok());
     assert!(admin.ping().await.is_ok());
