@@ -52,6 +52,10 @@ pub struct GateArgs {
     /// The gate records exits (a rail exit barrier) rather than entries.
     #[arg(long)]
     exits: bool,
+    /// Serve the gate's metrics (OpenMetrics text at /metrics: online, the replica's size,
+    /// position and age, clock offset, scans waiting for upload, answers) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// At the end of input, how long to wait for the journal's upload.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -90,6 +94,32 @@ async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
         max_replica_age: args.max_replica_age,
     })
     .with_context(|| format!("opening the gate's state in {}", state_dir.display()))?;
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+        let g = gate.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = g.metrics_text();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+        eprintln!(
+            "stile gate: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let op = if args.exits { Op::Exit } else { Op::Entry };
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(64);
     // Standard input blocks: a thread reads it.

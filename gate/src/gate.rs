@@ -235,7 +235,12 @@ pub struct Gate {
     last_online_unix_s: AtomicU64,
     /// Wakes the upload loop.
     upload_wake: Arc<tokio::sync::Notify>,
+    /// Answers given, by mode (online, offline) and outcome (the last: refused).
+    answers: [[AtomicU64; OUTCOME_SLOTS]; 2],
 }
+
+/// Outcome kinds, and one more for `refused`.
+const OUTCOME_SLOTS: usize = OutcomeKind::ALL.len() + 1;
 
 /// This machine's clock, Unix ms.
 fn now_unix_ms() -> u64 {
@@ -278,6 +283,7 @@ impl Gate {
             online: AtomicBool::new(false),
             last_online_unix_s: AtomicU64::new(0),
             upload_wake: Arc::new(tokio::sync::Notify::new()),
+            answers: Default::default(),
         });
         tokio::spawn(connect_loop(Arc::downgrade(&gate)));
         crate::sync::spawn_all(&gate);
@@ -286,6 +292,82 @@ impl Gate {
 
     /// Answers one scanned code (text as the scanner gives it).
     pub async fn scan(self: &Arc<Self>, text: &str, op: Op) -> Answer {
+        let answer = self.scan_inner(text, op).await;
+        let mode = match answer.mode {
+            Mode::Online => 0,
+            Mode::Offline => 1,
+        };
+        let slot = answer.kind.map_or(OUTCOME_SLOTS - 1, |k| {
+            OutcomeKind::ALL
+                .iter()
+                .position(|x| *x == k)
+                .unwrap_or(OUTCOME_SLOTS - 1)
+        });
+        self.answers[mode][slot].fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    /// The gate's state as OpenMetrics text (`stile gate --metrics`): whether it is online,
+    /// its replica's size, position and age, the node's clock offset, the scans waiting for
+    /// upload, and the answers given by mode and outcome. Written out directly: a dozen
+    /// series with fixed label values need no registry.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let s = self.status();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "stile_gate_online",
+            "1 while the node answers in time",
+            i64::from(s.online),
+        );
+        gauge(
+            "stile_gate_replica_tickets",
+            "Tickets in the replica (-1: no replica)",
+            s.replica_tickets.map_or(-1, |n| n as i64),
+        );
+        gauge(
+            "stile_gate_replica_position",
+            "The node's log position the replica is at",
+            s.replica_seq as i64,
+        );
+        gauge(
+            "stile_gate_replica_age_seconds",
+            "Seconds since the replica was last known current (-1: no replica)",
+            s.replica_age_s.map_or(-1, |a| a as i64),
+        );
+        gauge(
+            "stile_gate_clock_offset_seconds",
+            "The node's clock minus this machine's, from the last online answer",
+            s.clock_offset_s,
+        );
+        gauge(
+            "stile_gate_pending_uploads",
+            "Scans in the journal the node has not applied",
+            s.pending as i64,
+        );
+        let name = "stile_gate_answers";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Answers given, by mode and outcome\n# TYPE {name} counter"
+        );
+        for (mode, row) in ["online", "offline"].iter().zip(&self.answers) {
+            for (i, n) in row.iter().enumerate() {
+                let outcome = OutcomeKind::ALL.get(i).map_or("refused", |k| k.name());
+                let n = n.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{name}_total{{mode=\"{mode}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+
+    async fn scan_inner(self: &Arc<Self>, text: &str, op: Op) -> Answer {
         let Ok(code) = CodeBytes::parse(text) else {
             let mut a = Answer::offline(OutcomeKind::Forged);
             a.mode = self.mode();

@@ -126,7 +126,14 @@ fn a_gate_admits_online_then_offline_from_its_replica_when_the_node_is_killed() 
     let state = data.join("gate-state");
     write_replica(&state, &codes);
 
-    let mut gate = GateProcess::start(data, addr, &state, &["--drain-timeout", "1s"]);
+    let metrics_addr = free_port();
+    let metrics_arg = metrics_addr.to_string();
+    let mut gate = GateProcess::start(
+        data,
+        addr,
+        &state,
+        &["--drain-timeout", "1s", "--metrics", &metrics_arg],
+    );
     // Until the gate has reached the node, its scans are decided offline: wait with a code
     // of no ticket.
     let mut nothing = codes[4].as_bytes().to_vec();
@@ -182,6 +189,22 @@ fn a_gate_admits_online_then_offline_from_its_replica_when_the_node_is_killed() 
     assert_eq!(got[1], "unknown", "{got:?}");
     // Not a code at all: forged, no network.
     assert_eq!(gate.scan("HELLO")[1], "forged");
+    // The gate's metrics say it is offline, with one offline admit waiting for upload.
+    let m = http_get(metrics_addr, "/metrics");
+    for line in [
+        "stile_gate_online 0",
+        "stile_gate_answers_total{mode=\"offline\",outcome=\"admitted\"} 1",
+        "stile_gate_answers_total{mode=\"online\",outcome=\"admitted\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+    }
+    let pending: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("stile_gate_pending_uploads "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pending >= 5, "{m}");
     // The node stays dead: the journal cannot be uploaded, and the gate says so.
     let (code, stderr) = gate.finish_with_status();
     assert_eq!(code, Some(3), "{stderr}");
@@ -263,6 +286,29 @@ fn a_gate_without_a_replica_or_allowed_offline_refuses_to_decide() {
     assert_eq!(got[1], "refused", "{got:?}");
     assert!(got[2].contains("older than"), "{got:?}");
     gate.finish();
+}
+
+/// A loopback address with a port free a moment ago.
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The body of a plain HTTP GET.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 /// `stile conflicts --json` against the node, one JSON value a conflict.
