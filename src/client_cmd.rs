@@ -129,6 +129,11 @@ pub struct MintArgs {
     /// Rotating codes (the code changes every 30 s; a screenshot dies within a minute).
     #[arg(long)]
     rotating: bool,
+    /// With --rotating: gates may verify these tickets' codes offline. Their replicas then
+    /// hold each ticket's rotation key, so a stolen gate's replica draws valid codes for
+    /// them until they are re-keyed (transferred, or the ring key retired).
+    #[arg(long, requires = "rotating")]
+    offline_rotating: bool,
     /// Not valid before this time (Unix seconds or RFC 3339).
     #[arg(long, value_parser = parse_time)]
     valid_from: Option<u64>,
@@ -190,6 +195,7 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
         not_before_unix_s: args.valid_from.unwrap_or(0),
         not_after_unix_s: args.valid_until.unwrap_or(0),
         duration_from_first_scan_s: valid_for.unwrap_or(0),
+        offline_rotating: args.offline_rotating,
     };
     let codes = runtime()?.block_on(async {
         let client = connect(&args.conn, Want::Admin).await?;

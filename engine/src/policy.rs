@@ -131,6 +131,10 @@ pub struct Policy {
     pub entry: EntryRule,
     /// How long after an admit the admitting gate may annul it.
     pub undo_window_s: u32,
+    /// Rotating tickets only: gates may verify these tickets' codes offline, so their
+    /// replicas hold each ticket's rotation key (a stolen replica then draws valid codes
+    /// for them until they are re-keyed).
+    pub offline_rotating: bool,
 }
 
 impl Policy {
@@ -143,6 +147,7 @@ impl Policy {
             validity: Validity::ALWAYS,
             entry: EntryRule::SINGLE,
             undo_window_s: UNDO_WINDOW_DEFAULT_S,
+            offline_rotating: false,
         }
     }
 
@@ -167,6 +172,9 @@ impl Policy {
         }
         if self.validity.duration_from_first_scan_s == Some(0) {
             return Err(PolicyError::ZeroDuration);
+        }
+        if self.offline_rotating && self.format != CodeFormat::Rotating {
+            return Err(PolicyError::OfflineRotatingNeedsRotating);
         }
         for t in [
             self.validity.not_before_unix_s,
@@ -211,6 +219,9 @@ pub enum PolicyError {
     /// The table is full.
     #[error("this node holds the maximum of {POLICIES_MAX} policies")]
     TableFull,
+    /// Offline verification of rotating codes asked for static codes.
+    #[error("offline verification of rotating codes needs rotating codes (static codes are always verified offline by fingerprint)")]
+    OfflineRotatingNeedsRotating,
     /// No policy has this id.
     #[error("no policy with id {0}")]
     NoSuchPolicy(u32),

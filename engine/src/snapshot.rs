@@ -50,6 +50,42 @@ struct PolicyRow {
     max_entries: u8,
     records_exits: bool,
     undo_window_s: u32,
+    /// Version 5: gates verify its rotating codes offline.
+    offline_rotating: bool,
+}
+
+/// A policy as versions 1 to 4 kept it.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PolicyRowV4 {
+    provider: u16,
+    rotating: bool,
+    not_before: Option<u64>,
+    not_after: Option<u64>,
+    duration_s: Option<u32>,
+    max_entries: u8,
+    records_exits: bool,
+    undo_window_s: u32,
+}
+
+impl From<PolicyRowV4> for PolicyRow {
+    fn from(v4: PolicyRowV4) -> Self {
+        PolicyRow {
+            provider: v4.provider,
+            rotating: v4.rotating,
+            not_before: v4.not_before,
+            not_after: v4.not_after,
+            duration_s: v4.duration_s,
+            max_entries: v4.max_entries,
+            records_exits: v4.records_exits,
+            undo_window_s: v4.undo_window_s,
+            offline_rotating: false,
+        }
+    }
+}
+
+/// Policies of a version 1 to 4 archive, as plain values.
+fn old_policies(rows: Vec<PolicyRowV4>) -> Vec<PolicyRow> {
+    rows.into_iter().map(Into::into).collect()
 }
 
 /// One partition's slots not purged, as three plain columns: entry `i` is serial
@@ -110,7 +146,7 @@ struct SnapshotData {
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV4 {
     start_seq: u64,
-    policies: Vec<PolicyRow>,
+    policies: Vec<PolicyRowV4>,
     partitions: Vec<PartitionRows>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
@@ -272,7 +308,7 @@ where
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV3 {
     start_seq: u64,
-    policies: Vec<PolicyRow>,
+    policies: Vec<PolicyRowV4>,
     partitions: Vec<PartitionRowsV3>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
@@ -284,7 +320,7 @@ impl From<SnapshotDataV3> for SnapshotData {
     fn from(v3: SnapshotDataV3) -> Self {
         SnapshotData {
             start_seq: v3.start_seq,
-            policies: v3.policies,
+            policies: old_policies(v3.policies),
             partitions: v3.partitions.into_iter().map(Into::into).collect(),
             imported: v3.imported,
             keys: v3.keys,
@@ -300,7 +336,7 @@ impl From<SnapshotDataV3> for SnapshotData {
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV2 {
     start_seq: u64,
-    policies: Vec<PolicyRow>,
+    policies: Vec<PolicyRowV4>,
     partitions: Vec<PartitionRowsV3>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
@@ -311,7 +347,7 @@ impl From<SnapshotDataV2> for SnapshotData {
     fn from(v2: SnapshotDataV2) -> Self {
         SnapshotData {
             start_seq: v2.start_seq,
-            policies: v2.policies,
+            policies: old_policies(v2.policies),
             partitions: v2.partitions.into_iter().map(Into::into).collect(),
             imported: v2.imported,
             keys: v2.keys,
@@ -327,7 +363,7 @@ impl From<SnapshotDataV2> for SnapshotData {
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotDataV1 {
     start_seq: u64,
-    policies: Vec<PolicyRow>,
+    policies: Vec<PolicyRowV4>,
     partitions: Vec<PartitionRowsV3>,
     imported: Vec<(String, u16, u32)>,
     keys: Vec<(u8, u8, [u8; 32])>,
@@ -337,7 +373,7 @@ impl From<SnapshotDataV1> for SnapshotData {
     fn from(v1: SnapshotDataV1) -> Self {
         SnapshotData {
             start_seq: v1.start_seq,
-            policies: v1.policies,
+            policies: old_policies(v1.policies),
             partitions: v1.partitions.into_iter().map(Into::into).collect(),
             imported: v1.imported,
             keys: v1.keys,
@@ -595,6 +631,7 @@ fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
             max_entries: p.entry.max_entries,
             records_exits: p.entry.records_exits,
             undo_window_s: p.undo_window_s,
+            offline_rotating: p.offline_rotating,
         })
         .collect();
     let partitions = tables
@@ -805,7 +842,7 @@ impl ReadSnapshot {
             let a = rkyv::access::<ArchivedSnapshotDataV1, RkyvError>(&self.archive).map_err(e)?;
             let rest = Rest {
                 start_seq: a.start_seq.to_native(),
-                policies: plain(&a.policies)?,
+                policies: old_policies(plain(&a.policies)?),
                 imported: plain(&a.imported)?,
                 keys: plain(&a.keys)?,
                 successors: Vec::new(),
@@ -819,7 +856,7 @@ impl ReadSnapshot {
             let a = rkyv::access::<ArchivedSnapshotDataV2, RkyvError>(&self.archive).map_err(e)?;
             let rest = Rest {
                 start_seq: a.start_seq.to_native(),
-                policies: plain(&a.policies)?,
+                policies: old_policies(plain(&a.policies)?),
                 imported: plain(&a.imported)?,
                 keys: plain(&a.keys)?,
                 successors: plain(&a.successors)?,
@@ -833,7 +870,7 @@ impl ReadSnapshot {
             let a = rkyv::access::<ArchivedSnapshotDataV3, RkyvError>(&self.archive).map_err(e)?;
             let rest = Rest {
                 start_seq: a.start_seq.to_native(),
-                policies: plain(&a.policies)?,
+                policies: old_policies(plain(&a.policies)?),
                 imported: plain(&a.imported)?,
                 keys: plain(&a.keys)?,
                 successors: plain(&a.successors)?,
@@ -847,7 +884,7 @@ impl ReadSnapshot {
             let a = rkyv::access::<ArchivedSnapshotDataV4, RkyvError>(&self.archive).map_err(e)?;
             let rest = Rest {
                 start_seq: a.start_seq.to_native(),
-                policies: plain(&a.policies)?,
+                policies: old_policies(plain(&a.policies)?),
                 imported: plain(&a.imported)?,
                 keys: plain(&a.keys)?,
                 successors: plain(&a.successors)?,
@@ -989,6 +1026,7 @@ fn restore(tables: &Tables, data: &Rest, partitions: &[RowsView<'_>]) -> Result<
                 records_exits: row.records_exits,
             },
             undo_window_s: row.undo_window_s,
+            offline_rotating: row.offline_rotating,
         };
         tables.policies.restore(PolicyId(id as u32), policy)?;
     }
@@ -1226,6 +1264,21 @@ mod tests {
         assert_eq!(e.transfer(&Presented::Code(old)).unwrap(), new);
     }
 
+    /// A policy as versions 1 to 4 archived it.
+    fn v4_policy(p: PolicyRow) -> PolicyRowV4 {
+        assert!(!p.offline_rotating, "older versions cannot say it");
+        PolicyRowV4 {
+            provider: p.provider,
+            rotating: p.rotating,
+            not_before: p.not_before,
+            not_after: p.not_after,
+            duration_s: p.duration_s,
+            max_entries: p.max_entries,
+            records_exits: p.records_exits,
+            undo_window_s: p.undo_window_s,
+        }
+    }
+
     #[test]
     fn a_version_1_snapshot_still_loads() {
         let dir = tempfile::tempdir().unwrap();
@@ -1235,7 +1288,7 @@ mod tests {
         let v2 = read_whole(&path).unwrap();
         let v1 = SnapshotDataV1 {
             start_seq: v2.start_seq,
-            policies: v2.policies,
+            policies: v2.policies.into_iter().map(v4_policy).collect(),
             partitions: v2.partitions.into_iter().map(v3_rows).collect(),
             imported: v2.imported,
             keys: v2.keys,
@@ -1365,7 +1418,7 @@ mod tests {
         let v4 = read_whole(&path).unwrap();
         let v3 = SnapshotDataV3 {
             start_seq: v4.start_seq,
-            policies: v4.policies,
+            policies: v4.policies.into_iter().map(v4_policy).collect(),
             partitions: v4.partitions.into_iter().map(v3_rows).collect(),
             imported: v4.imported,
             keys: v4.keys,

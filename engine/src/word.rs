@@ -375,6 +375,7 @@ mod tests {
             validity,
             entry,
             undo_window_s: 60,
+            offline_rotating: false,
         }
     }
 

@@ -205,3 +205,53 @@ fn replica_pages_carry_every_ticket_of_the_provider_with_its_codes_fingerprint()
     }
     assert!(e.replica_ticket(2, 0, mine[1].header().serial).is_none());
 }
+
+#[test]
+fn rotation_keys_reach_replicas_only_for_policies_that_allow_offline_rotating_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), &clock);
+    let rotating = |offline_rotating| Policy {
+        format: stile_engine::CodeFormat::Rotating,
+        offline_rotating,
+        ..Policy::simple(1)
+    };
+    // Static codes are verified offline by fingerprint: the flag makes no sense there.
+    assert!(e
+        .add_policy(Policy {
+            offline_rotating: true,
+            ..Policy::simple(1)
+        })
+        .is_err());
+    for (allowed, count) in [(true, 3), (false, 2)] {
+        let policy = e.add_policy(rotating(allowed)).unwrap();
+        e.mint(&MintRequest {
+            policy,
+            partition: 0,
+            count,
+        })
+        .unwrap();
+    }
+    let keys_of = |e: &Engine| {
+        let mut got = Vec::new();
+        assert_eq!(e.replica_page(1, None, 100, &mut got), None);
+        got.iter()
+            .map(|t| t.rotating_key.is_some())
+            .collect::<Vec<bool>>()
+    };
+    assert_eq!(keys_of(&e), [true, true, true, false, false]);
+    // Through a restart from the log, then from a snapshot.
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(keys_of(&e), [true, true, true, false, false]);
+    e.snapshot().unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(keys_of(&e), [true, true, true, false, false]);
+    let mut got = Vec::new();
+    e.replica_page(1, None, 1, &mut got);
+    assert_eq!(
+        got[0].rotating_key,
+        e.keys().ticket_key(e.keys().active_id(), 0, got[0].serial)
+    );
+}

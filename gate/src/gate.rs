@@ -431,31 +431,31 @@ impl Gate {
                 human(self.config.max_replica_age.as_secs())
             ));
         }
-        if code.format() == stile_protocol::CodeFormat::Rotating {
-            return Answer::refused(
-                "rotating codes are checked online only: cannot decide offline".into(),
-            );
-        }
-        let (answer, changed) = match r.lookup(code) {
-            Lookup::Unknown => (Answer::offline(OutcomeKind::Unknown), None),
-            Lookup::Forged => (Answer::offline(OutcomeKind::Forged), None),
-            Lookup::Found(i) => {
-                let e = *r.entry(i);
-                let Some(policy) = r.policy(e.policy).copied() else {
-                    return Answer::refused("the replica names no policy for it".into());
-                };
-                let (d, next) = decide(&e, &policy, op, self.config.gate, now_s);
-                let a = Answer {
-                    kind: Some(d.kind),
-                    gate: d.gate,
-                    at_unix_s: d.at_unix_s,
-                    entries: d.entries,
-                    mode: Mode::Offline,
-                    reason: None,
-                };
-                (a, (next != e).then_some((i, next)))
-            }
-        };
+        let (answer, changed) =
+            match r.lookup_at(code, now_s) {
+                Lookup::OnlineOnly => return Answer::refused(
+                    "this ticket's rotating codes are checked online only: cannot decide offline"
+                        .into(),
+                ),
+                Lookup::Unknown => (Answer::offline(OutcomeKind::Unknown), None),
+                Lookup::Forged => (Answer::offline(OutcomeKind::Forged), None),
+                Lookup::Found(i) => {
+                    let e = *r.entry(i);
+                    let Some(policy) = r.policy(e.policy).copied() else {
+                        return Answer::refused("the replica names no policy for it".into());
+                    };
+                    let (d, next) = decide(&e, &policy, op, self.config.gate, now_s);
+                    let a = Answer {
+                        kind: Some(d.kind),
+                        gate: d.gate,
+                        at_unix_s: d.at_unix_s,
+                        entries: d.entries,
+                        mode: Mode::Offline,
+                        reason: None,
+                    };
+                    (a, (next != e).then_some((i, next)))
+                }
+            };
         let kind = answer.kind.expect("an offline decision");
         let record = Record::Offline(Scan {
             scan_id,
@@ -634,7 +634,7 @@ impl Gate {
     fn learn(&self, code: &CodeBytes, o: &Outcome) {
         let mut replica = self.replica.lock().expect("not poisoned");
         let Some(r) = replica.as_mut() else { return };
-        let Lookup::Found(i) = r.lookup(code) else {
+        let Lookup::Found(i) = r.lookup_at(code, self.corrected_now_ms() / 1000) else {
             return;
         };
         let policy = r.entry(i).policy;

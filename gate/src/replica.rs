@@ -3,7 +3,9 @@
 //!
 //! Per ticket an [`Entry`] of 32 bytes: the ticket's place (partition, serial), a
 //! [fingerprint] of its code, its policy (an index into a small table) and its last known
-//! state. The replica never holds a code or a key: a fingerprint is 64 bits of SHA-256 over
+//! state. The replica never holds a code or a ring key (only the per-ticket rotation keys of
+//! tickets minted to be verified offline, which draw those tickets' codes and nothing
+//! else; see `docs/guide/gate.md` on theft): a fingerprint is 64 bits of SHA-256 over
 //! the code, and a code's 80-bit tag is an HMAC under a key only the node has, so a stolen
 //! replica names which serials exist but cannot be turned into a code (finding a tag whose
 //! code hashes to a fingerprint takes about 2^64 tries per ticket, and leaves some 2^16
@@ -12,6 +14,7 @@
 //! Entries are kept sorted by (partition, serial) in one vector: a lookup is a binary
 //! search, and memory is the entries and nothing else.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -74,6 +77,8 @@ const _: () = assert!(std::mem::size_of::<Entry>() <= 32, "an entry fits 32 byte
 
 /// Bytes of an entry on disk.
 const ENTRY_DISK_LEN: usize = 8 + 4 + 2 + 2 + 2 + 1 + 1 + 4 + 4;
+/// Bytes of a rotation key on disk: partition, serial, key.
+const ROTATING_KEY_DISK_LEN: usize = 2 + 4 + 32;
 /// Bytes of a policy on disk.
 const POLICY_DISK_LEN: usize = 4 + 8 + 8 + 4 + 1 + 1;
 
@@ -160,6 +165,8 @@ pub enum Lookup {
     /// A ticket is there, but the code's fingerprint is not its: a forged (or mistyped)
     /// code.
     Forged,
+    /// A rotating code of a ticket whose codes are checked online only.
+    OnlineOnly,
     /// The ticket, at its index.
     Found(usize),
 }
@@ -191,6 +198,11 @@ pub struct Replica {
     retired_keys: Vec<u8>,
     /// A load is under way: tickets are appended unsorted.
     loading: bool,
+    /// Rotation keys of rotating tickets gates may verify offline, by place: each draws
+    /// that ticket's codes.
+    rotating_keys: HashMap<(u16, u32), [u8; 32]>,
+    /// The node's rotation time step, seconds (0: not known yet).
+    pub step_s: u32,
     entries: Vec<Entry>,
 }
 
@@ -218,10 +230,12 @@ impl Replica {
         self.entries.is_empty()
     }
 
-    /// Bytes of memory its tables take (entries and policies, capacity included).
+    /// Bytes of memory its tables take (entries, policies and rotation keys, capacity
+    /// included).
     pub fn memory_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.policies.capacity() * std::mem::size_of::<Policy>()
+            + self.rotating_keys.capacity() * (6 + 32 + 8)
     }
 
     /// The policy at `index`.
@@ -286,7 +300,49 @@ impl Replica {
             .ok()
     }
 
-    /// What `code` is to the replica.
+    /// What a rotating `code` is to the replica at `now_unix_s`: found when the replica
+    /// holds its ticket's key and the code is that ticket's for this time step, the one
+    /// before or the one after (as the node accepts).
+    pub fn lookup_rotating(&self, code: &CodeBytes, now_unix_s: u64) -> Lookup {
+        let h = code.header();
+        if h.provider != self.provider {
+            return Lookup::Unknown;
+        }
+        if self.retired_keys.contains(&h.key_id) {
+            return Lookup::Forged;
+        }
+        let Some(i) = self.find(h.partition, h.serial) else {
+            return Lookup::Unknown;
+        };
+        let (Some(key), Some(low)) = (
+            self.rotating_keys.get(&(h.partition, h.serial)),
+            code.step_low(),
+        ) else {
+            return Lookup::OnlineOnly;
+        };
+        if self.step_s == 0 {
+            return Lookup::OnlineOnly;
+        }
+        let now = now_unix_s / u64::from(self.step_s);
+        let genuine = [now.wrapping_sub(1), now, now.wrapping_add(1)]
+            .into_iter()
+            .filter(|s| *s as u8 == low)
+            .any(|s| stile_protocol::rotating::draw(&h, key, s).tag() == code.tag());
+        match genuine {
+            true => Lookup::Found(i),
+            false => Lookup::Forged,
+        }
+    }
+
+    /// What `code` is to the replica at `now_unix_s`, whatever its format.
+    pub fn lookup_at(&self, code: &CodeBytes, now_unix_s: u64) -> Lookup {
+        match code.format() {
+            stile_protocol::CodeFormat::Rotating => self.lookup_rotating(code, now_unix_s),
+            stile_protocol::CodeFormat::Static => self.lookup(code),
+        }
+    }
+
+    /// What a static `code` is to the replica.
     pub fn lookup(&self, code: &CodeBytes) -> Lookup {
         let h = code.header();
         if h.provider != self.provider {
@@ -381,6 +437,14 @@ impl Replica {
                     set_state(&mut self.entries[i], state);
                 }
             }
+            ReplicaItem::RotatingKey {
+                partition,
+                serial,
+                key,
+            } => {
+                self.rotating_keys.insert((*partition, *serial), *key);
+            }
+            ReplicaItem::Rotation { step_s } => self.step_s = *step_s,
         }
         Ok(())
     }
@@ -411,6 +475,15 @@ impl Replica {
         }
         out.push(self.retired_keys.len() as u8);
         out.extend_from_slice(&self.retired_keys);
+        out.extend_from_slice(&self.step_s.to_le_bytes());
+        out.extend_from_slice(&(self.rotating_keys.len() as u64).to_le_bytes());
+        let mut keys: Vec<_> = self.rotating_keys.iter().collect();
+        keys.sort_unstable_by_key(|(place, _)| **place);
+        for ((partition, serial), key) in keys {
+            out.extend_from_slice(&partition.to_le_bytes());
+            out.extend_from_slice(&serial.to_le_bytes());
+            out.extend_from_slice(key);
+        }
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for e in &self.entries {
             e.encode(&mut out);
@@ -479,6 +552,19 @@ impl Replica {
         for _ in 0..retired {
             let id = r.u8();
             replica.retired_keys.push(id);
+        }
+        if r.left() < 4 + 8 + 8 {
+            return Err(bad("rotation keys cut short"));
+        }
+        replica.step_s = r.u32();
+        let keys = r.u64() as usize;
+        if r.left() < keys.saturating_mul(ROTATING_KEY_DISK_LEN).saturating_add(8) {
+            return Err(bad("rotation keys cut short"));
+        }
+        for _ in 0..keys {
+            let place = (r.u16(), r.u32());
+            let key: [u8; 32] = r.take();
+            replica.rotating_keys.insert(place, key);
         }
         let n = r.u64() as usize;
         if r.left() != n.saturating_mul(ENTRY_DISK_LEN) {

@@ -165,7 +165,8 @@ async fn follow(gate: &Weak<Gate>, client: &Client, from: u64) -> Result<(), Syn
 pub(crate) fn reapply(replica: &mut Replica, pending: &[Record], gate_id: u16) {
     for record in pending {
         let Record::Offline(s) = record else { continue };
-        let crate::replica::Lookup::Found(i) = replica.lookup(&s.code) else {
+        let at_s = s.scanned_at_unix_ms / 1000;
+        let crate::replica::Lookup::Found(i) = replica.lookup_at(&s.code, at_s) else {
             continue;
         };
         let e = *replica.entry(i);

@@ -51,19 +51,33 @@ impl Stream {
         let mut items = Vec::with_capacity(tickets.len() + 8);
         if after.is_none() {
             items.extend(retired_keys(engine));
+            items.push(ReplicaItem::Rotation {
+                step_s: engine.rotation_step_s(),
+            });
         }
         let policies: BTreeSet<u32> = tickets.iter().map(|t| t.policy.0).collect();
         items.extend(policies.into_iter().filter_map(|p| policy_item(engine, p)));
+        // A ticket takes two items when its rotation key comes with it.
         let room = REPLICA_FRAME_ITEMS_MAX - items.len().min(REPLICA_FRAME_ITEMS_MAX);
-        let next = match tickets.len() > room {
-            // Many policies in one page: the page ends earlier.
+        let mut used = 0;
+        let fit = tickets
+            .iter()
+            .take_while(|t| {
+                used += 1 + usize::from(t.rotating_key.is_some());
+                used <= room
+            })
+            .count();
+        let next = match fit < tickets.len() {
+            // Many policies or keys in one page: the page ends earlier.
             true => {
-                tickets.truncate(room);
+                tickets.truncate(fit);
                 tickets.last().map(|t| (t.partition, t.serial))
             }
             false => next,
         };
-        items.extend(tickets.iter().map(ticket_item));
+        for t in &tickets {
+            push_ticket(&mut items, t);
+        }
         let batch = ReplicaBatch {
             seq,
             now_unix_s: engine.now_unix_s(),
@@ -151,12 +165,19 @@ impl Stream {
     }
 }
 
-/// A replica's ticket item.
-fn ticket_item(t: &ReplicaTicket) -> ReplicaItem {
-    ReplicaItem::Ticket {
+/// A replica's ticket item, and its rotation key's if it has one.
+fn push_ticket(items: &mut Vec<ReplicaItem>, t: &ReplicaTicket) {
+    items.push(ReplicaItem::Ticket {
         fingerprint: t.fingerprint,
         policy: t.policy.0,
         state: state_of(t),
+    });
+    if let Some(key) = t.rotating_key {
+        items.push(ReplicaItem::RotatingKey {
+            partition: t.partition,
+            serial: t.serial,
+            key,
+        });
     }
 }
 
@@ -184,6 +205,7 @@ fn policy_item(engine: &Engine, id: u32) -> Option<ReplicaItem> {
         max_entries: p.entry.max_entries,
         exits: p.entry.records_exits,
         rotating: p.format == stile_protocol::CodeFormat::Rotating,
+        offline_rotating: p.offline_rotating,
     }))
 }
 
@@ -211,10 +233,10 @@ pub(crate) fn frames_of(
     let mut items = Vec::new();
     let ticket = |items: &mut Vec<ReplicaItem>, partition: u16, serial: u32, whole: bool| {
         if let Some(t) = engine.replica_ticket(provider, partition, serial) {
-            items.push(match whole {
-                true => ticket_item(&t),
-                false => ReplicaItem::State(state_of(&t)),
-            });
+            match whole {
+                true => push_ticket(items, &t),
+                false => items.push(ReplicaItem::State(state_of(&t))),
+            }
         }
     };
     for (_, record) in records {

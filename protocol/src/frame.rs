@@ -355,6 +355,9 @@ pub struct MintSpec {
     pub not_after_unix_s: u64,
     /// Valid this long from the first scan, seconds (0: no bound).
     pub duration_from_first_scan_s: u32,
+    /// Rotating codes only: gates may verify them offline (their replicas then hold each
+    /// ticket's rotation key). Sent as bit 1 of the exits byte.
+    pub offline_rotating: bool,
 }
 
 impl MintSpec {
@@ -372,6 +375,7 @@ impl MintSpec {
             not_before_unix_s: 0,
             not_after_unix_s: 0,
             duration_from_first_scan_s: 0,
+            offline_rotating: false,
         }
     }
 }
@@ -630,6 +634,9 @@ pub struct ReplicaPolicy {
     pub exits: bool,
     /// Its tickets' codes rotate.
     pub rotating: bool,
+    /// Gates verify its rotating codes offline: each ticket's key comes as a
+    /// [`ReplicaItem::RotatingKey`]. Sent as bit 1 of the rotating byte.
+    pub offline_rotating: bool,
 }
 
 /// Bytes of a policy item after its tag.
@@ -677,6 +684,21 @@ pub enum ReplicaItem {
     Policy(ReplicaPolicy),
     /// Key `id` was retired: codes it signed are forged from now on.
     KeyRetired(u8),
+    /// The per-ticket key of a rotating ticket whose policy lets gates verify its codes
+    /// offline (sent after its ticket item): a secret that draws that ticket's codes.
+    RotatingKey {
+        /// Partition of the ticket.
+        partition: u16,
+        /// Serial of the ticket.
+        serial: u32,
+        /// The key (see [`Response::TicketKey`]).
+        key: [u8; TICKET_KEY_LEN],
+    },
+    /// The node's rotation time step, seconds (in a first page).
+    Rotation {
+        /// Seconds per step.
+        step_s: u32,
+    },
 }
 
 /// Wire tags of [`ReplicaItem`]s.
@@ -689,6 +711,10 @@ mod replica_tag {
     pub const POLICY: u8 = 3;
     /// [`super::ReplicaItem::KeyRetired`].
     pub const KEY_RETIRED: u8 = 4;
+    /// [`super::ReplicaItem::RotatingKey`].
+    pub const ROTATING_KEY: u8 = 5;
+    /// [`super::ReplicaItem::Rotation`].
+    pub const ROTATION: u8 = 6;
 }
 
 impl ReplicaItem {
@@ -699,6 +725,8 @@ impl ReplicaItem {
             ReplicaItem::State(_) => REPLICA_STATE_LEN,
             ReplicaItem::Policy(_) => REPLICA_POLICY_LEN,
             ReplicaItem::KeyRetired(_) => 1,
+            ReplicaItem::RotatingKey { .. } => 2 + 4 + TICKET_KEY_LEN,
+            ReplicaItem::Rotation { .. } => 4,
         }
     }
 }
@@ -1128,7 +1156,17 @@ impl<'a> Reader<'a> {
             valid_for_s: self.u32()?,
             max_entries: self.u8()?,
             exits: self.bool()?,
-            rotating: self.bool()?,
+            rotating: false,
+            offline_rotating: false,
+        })
+        .and_then(|mut p| {
+            match self.u8()? {
+                0 => {}
+                1 => p.rotating = true,
+                3 => (p.rotating, p.offline_rotating) = (true, true),
+                _ => return Err(FrameError::Malformed("replica policy's rotating byte")),
+            }
+            Ok(p)
         })
     }
 
@@ -1142,6 +1180,14 @@ impl<'a> Reader<'a> {
             replica_tag::STATE => ReplicaItem::State(self.replica_state()?),
             replica_tag::POLICY => ReplicaItem::Policy(self.replica_policy()?),
             replica_tag::KEY_RETIRED => ReplicaItem::KeyRetired(self.u8()?),
+            replica_tag::ROTATING_KEY => ReplicaItem::RotatingKey {
+                partition: self.u16()?,
+                serial: self.u32()?,
+                key: self.take(TICKET_KEY_LEN)?.try_into().expect("32 bytes"),
+            },
+            replica_tag::ROTATION => ReplicaItem::Rotation {
+                step_s: self.u32()?,
+            },
             _ => return Err(FrameError::Malformed("unknown replica item")),
         })
     }
@@ -1334,7 +1380,7 @@ impl Request {
                 out.put_u32_le(m.count);
                 out.put_u8(m.format as u8);
                 out.put_u8(m.max_entries);
-                out.put_u8(u8::from(m.records_exits));
+                out.put_u8(u8::from(m.records_exits) | u8::from(m.offline_rotating) << 1);
                 out.put_u32_le(m.undo_window_s);
                 out.put_u64_le(m.not_before_unix_s);
                 out.put_u64_le(m.not_after_unix_s);
@@ -1391,18 +1437,27 @@ impl Request {
             op::STATUS => Request::Status {
                 code: r.code_rest()?,
             },
-            op::MINT => Request::Mint(MintSpec {
-                provider: r.u16()?,
-                partition: r.u16()?,
-                count: r.u32()?,
-                format: format_from_u8(r.u8()?)?,
-                max_entries: r.u8()?,
-                records_exits: r.bool()?,
-                undo_window_s: r.u32()?,
-                not_before_unix_s: r.u64()?,
-                not_after_unix_s: r.u64()?,
-                duration_from_first_scan_s: r.u32()?,
-            }),
+            op::MINT => {
+                let (provider, partition, count) = (r.u16()?, r.u16()?, r.u32()?);
+                let (format, max_entries) = (format_from_u8(r.u8()?)?, r.u8()?);
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(FrameError::Malformed("mint flags past bit 1"));
+                }
+                Request::Mint(MintSpec {
+                    provider,
+                    partition,
+                    count,
+                    format,
+                    max_entries,
+                    records_exits: flags & 1 != 0,
+                    offline_rotating: flags & 2 != 0,
+                    undo_window_s: r.u32()?,
+                    not_before_unix_s: r.u64()?,
+                    not_after_unix_s: r.u64()?,
+                    duration_from_first_scan_s: r.u32()?,
+                })
+            }
             op::REVOKE => Request::Revoke {
                 code: r.code_rest()?,
             },
@@ -1819,7 +1874,7 @@ fn put_replica_policy(out: &mut impl BufMut, p: &ReplicaPolicy) {
     out.put_u32_le(p.valid_for_s);
     out.put_u8(p.max_entries);
     out.put_u8(u8::from(p.exits));
-    out.put_u8(u8::from(p.rotating));
+    out.put_u8(u8::from(p.rotating) | u8::from(p.rotating && p.offline_rotating) << 1);
 }
 
 fn put_replica_item(out: &mut impl BufMut, item: &ReplicaItem) {
@@ -1845,6 +1900,20 @@ fn put_replica_item(out: &mut impl BufMut, item: &ReplicaItem) {
         ReplicaItem::KeyRetired(id) => {
             out.put_u8(replica_tag::KEY_RETIRED);
             out.put_u8(*id);
+        }
+        ReplicaItem::RotatingKey {
+            partition,
+            serial,
+            key,
+        } => {
+            out.put_u8(replica_tag::ROTATING_KEY);
+            out.put_u16_le(*partition);
+            out.put_u32_le(*serial);
+            out.put_slice(key);
+        }
+        ReplicaItem::Rotation { step_s } => {
+            out.put_u8(replica_tag::ROTATION);
+            out.put_u32_le(*step_s);
         }
     }
 }
@@ -2131,6 +2200,7 @@ mod tests {
                     max_entries: 3,
                     exits: true,
                     rotating: false,
+                    offline_rotating: false,
                 }),
                 ReplicaItem::Ticket {
                     fingerprint: 0xDEAD_BEEF,
@@ -2559,6 +2629,7 @@ mod tests {
                                 not_before_unix_s,
                                 not_after_unix_s,
                                 duration_from_first_scan_s,
+                                offline_rotating: count % 2 == 1,
                             })
                         }
                     ),
@@ -2634,6 +2705,8 @@ mod tests {
                             max_entries: m,
                             exits: e,
                             rotating: r,
+                            // Only a rotating policy can have it (its byte has one encoding).
+                            offline_rotating: r && id % 2 == 1,
                         }
                     },
                 )
@@ -2649,6 +2722,14 @@ mod tests {
                     }
                 ),
                 replica_state().prop_map(ReplicaItem::State),
+                (any::<u16>(), any::<u32>(), any::<[u8; 32]>()).prop_map(
+                    |(partition, serial, key)| ReplicaItem::RotatingKey {
+                        partition,
+                        serial,
+                        key
+                    }
+                ),
+                any::<u32>().prop_map(|step_s| ReplicaItem::Rotation { step_s }),
                 replica_policy().prop_map(ReplicaItem::Policy),
                 any::<u8>().prop_map(ReplicaItem::KeyRetired),
             ]

@@ -43,6 +43,7 @@ fn policy() -> Policy {
         validity: Validity::default(),
         entry: EntryRule::SINGLE,
         undo_window_s: 60,
+        offline_rotating: false,
     }
 }
 

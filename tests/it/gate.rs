@@ -562,3 +562,74 @@ async fn replica_and_upload_ops_serve_a_gate_its_own_provider_only() {
     }
     assert!(seen, "the mint came through the follow");
 }
+
+/// Rotating tickets minted with `offline_rotating` are verified offline from the rotation
+/// keys in the replica (this step's code admitted once, a code of a long-gone step forged);
+/// other rotating tickets are refused offline, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_codes_are_decided_offline_only_where_their_policy_allows() {
+    use stile_gate::{GateConfig, Op};
+    use stile_protocol::frame::MintSpec;
+    let mut n = crate::node::TestNode::start(|_| {}).await;
+    let admin = n.client("admin-admin").await;
+    let rotating = |offline_rotating| MintSpec {
+        format: stile_protocol::CodeFormat::Rotating,
+        offline_rotating,
+        ..crate::node::spec(1, 2)
+    };
+    let offline = admin.mint(rotating(true)).await.unwrap();
+    let online_only = admin.mint(rotating(false)).await.unwrap();
+    // The codes a holder's screen shows now, and one of an hour ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let draw = |code: &CodeBytes, key: &[u8; 32], step_s: u32, at: u64| {
+        stile_protocol::rotating::draw(&code.header(), key, at / u64::from(step_s))
+    };
+    let mut shown = Vec::new();
+    for c in offline.iter().chain(&online_only) {
+        let (key, step_s) = admin.ticket_key(c).await.unwrap();
+        shown.push((
+            draw(c, &key, step_s, now),
+            draw(c, &key, step_s, now - 3600),
+        ));
+    }
+    let state = tempfile::tempdir().unwrap();
+    let gate = Gate::open(GateConfig {
+        client: n.config("gate-1"),
+        gate: 1,
+        provider: 1,
+        state_dir: state.path().to_path_buf(),
+        online_timeout: Duration::from_millis(300),
+        offline_admits: true,
+        max_replica_age: Duration::from_secs(3600),
+    })
+    .unwrap();
+    for _ in 0..200 {
+        if gate.status().replica_tickets == Some(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gate.status().replica_tickets, Some(4));
+    n.node.take().unwrap().shutdown().await;
+
+    let scan = |c: &CodeBytes| {
+        let gate = gate.clone();
+        let text = c.to_text().as_str().to_string();
+        async move { gate.scan(&text, Op::Entry).await }
+    };
+    let a = scan(&shown[0].0).await;
+    assert_eq!((a.name(), a.mode.name()), ("admitted", "offline"), "{a:?}");
+    assert_eq!(scan(&shown[0].0).await.name(), "already_used");
+    assert_eq!(
+        scan(&shown[1].1).await.name(),
+        "forged",
+        "a code of an hour ago"
+    );
+    assert_eq!(scan(&shown[1].0).await.name(), "admitted");
+    let refused = scan(&shown[2].0).await;
+    assert_eq!(refused.name(), "refused", "{refused:?}");
+    assert!(refused.reason.unwrap().contains("online only"));
+}

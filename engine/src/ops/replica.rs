@@ -31,6 +31,9 @@ pub struct ReplicaTicket {
     pub word: Word,
     /// First scan, Unix seconds (0: never scanned).
     pub first_scan_unix_s: u64,
+    /// The ticket's rotation key, when its policy lets gates verify its rotating codes
+    /// offline (`Policy::offline_rotating`).
+    pub rotating_key: Option<[u8; 32]>,
 }
 
 impl Engine {
@@ -110,7 +113,16 @@ impl Engine {
             CodeFormat::Rotating => 0,
         };
         let first = slot.first_scan_e.load(Ordering::Acquire);
+        let rotating_key = match policy.offline_rotating {
+            true => {
+                self.tables
+                    .keys
+                    .ticket_key(self.rotating_key_id(slot.key_id()), partition, serial)
+            }
+            false => None,
+        };
         Some(ReplicaTicket {
+            rotating_key,
             partition,
             serial,
             fingerprint,
@@ -147,6 +159,15 @@ impl Engine {
         })
     }
 
+    /// The ring key a rotating ticket's codes are drawn with: the one its slot records, or
+    /// (0: not recorded) the active one.
+    fn rotating_key_id(&self, recorded: u8) -> u8 {
+        match recorded {
+            0 => self.tables.keys.active_id(),
+            k => k,
+        }
+    }
+
     /// The code of a ticket, for listings: its static code, or a rotating ticket's code at
     /// this step (`None`: not minted, or its key no longer verifies).
     pub fn code_of(&self, partition: u16, serial: u32) -> Option<CodeBytes> {
@@ -158,10 +179,7 @@ impl Engine {
         match policy.format {
             CodeFormat::Static => self.static_code(policy, partition, serial, slot.key_id()),
             CodeFormat::Rotating => {
-                let key = match slot.key_id() {
-                    0 => self.tables.keys.active_id(),
-                    k => k,
-                };
+                let key = self.rotating_key_id(slot.key_id());
                 let header = CodeHeader {
                     format: CodeFormat::Rotating,
                     key_id: key,

@@ -154,6 +154,9 @@ impl EventRow {
             not_before_unix_s: self.valid_from_s,
             not_after_unix_s: self.valid_until_s,
             duration_from_first_scan_s: v.valid_for_s.unwrap_or(0),
+            // The gateway's events keep rotating codes online-only; `stile mint
+            // --offline-rotating` makes tickets gates verify offline.
+            offline_rotating: false,
         }
     }
 
