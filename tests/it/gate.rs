@@ -633,3 +633,120 @@ async fn rotating_codes_are_decided_offline_only_where_their_policy_allows() {
     assert_eq!(refused.name(), "refused", "{refused:?}");
     assert!(refused.reason.unwrap().contains("online only"));
 }
+
+/// A gate away while its node snapshots and drops the log below its replica's position is
+/// told so when it follows again, and loads its replica afresh: it then holds every ticket
+/// minted meanwhile, and the state the node holds now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_whose_position_was_dropped_reloads_its_replica() {
+    use std::sync::Arc;
+    use stile_engine::{CheckinRequest, Engine, EngineConfig, MintRequest, SyncMode, SystemClock};
+    use stile_gate::GateConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    crate::node::make_certs(&tls);
+    let engine = Arc::new(
+        Engine::open(
+            &dir.path().join("node"),
+            EngineConfig {
+                sync: SyncMode::Always,
+                segment_max_bytes: 16 << 10,
+                ..EngineConfig::default()
+            },
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    let policy = engine.add_policy(stile_engine::Policy::simple(1)).unwrap();
+    let mint = |count| {
+        engine
+            .mint(&MintRequest {
+                policy,
+                partition: 0,
+                count,
+            })
+            .unwrap()
+    };
+    let first = mint(10);
+    let node = stile_node::Node::start(
+        engine.clone(),
+        stile_node::NodeConfig::new("127.0.0.1:0".parse().unwrap(), tls.clone()),
+    )
+    .unwrap();
+    let config = GateConfig {
+        client: crate::node::client_config(&tls, node.local_addr(), "gate-1"),
+        gate: 1,
+        provider: 1,
+        state_dir: dir.path().join("gate"),
+        online_timeout: Duration::from_millis(300),
+        offline_admits: true,
+        max_replica_age: Duration::from_secs(3600),
+    };
+    let wait_for = |gate: Arc<Gate>, tickets: usize| async move {
+        for _ in 0..200 {
+            if gate.status().replica_tickets == Some(tickets) {
+                return gate.status();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the replica never held {tickets} tickets: {:?}",
+            gate.status()
+        );
+    };
+    let gate = Gate::open(config.clone()).unwrap();
+    let before = wait_for(gate.clone(), 10).await;
+    // Saved to disk only every 30 s while following: the position saved is the load's.
+    drop(gate);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile: more tickets, thousands of check-ins across many small segments, and a
+    // snapshot that drops the segments below it.
+    let more = mint(3000);
+    let reqs: Vec<CheckinRequest> = more
+        .iter()
+        .chain(&first[..1])
+        .enumerate()
+        .map(|(i, code)| CheckinRequest {
+            gate: stile_engine::Gate::new(2, 1),
+            scan_id: i as u64,
+            code: *code,
+        })
+        .collect();
+    let mut out = vec![stile_protocol::Outcome::FORGED; reqs.len()];
+    engine.checkin_batch(&reqs, &mut out).wait();
+    let snap = engine.snapshot().unwrap();
+    assert!(
+        snap.start_seq > before.replica_seq + 100,
+        "{snap:?} {before:?}"
+    );
+    // The segment holding the replica's position is gone: following from it is refused.
+    assert!(snap.segments_removed > 0, "{snap:?}");
+    let probe = crate::node::client_config(&tls, node.local_addr(), "gate-1");
+    let probe = stile_protocol::client::Client::connect(probe)
+        .await
+        .unwrap();
+    let mut follow = probe.replica_follow(before.replica_seq).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), follow.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(refused, Err(stile_protocol::client::ClientError::Node { code, .. }) if code == stile_protocol::frame::error_code::TRIMMED),
+        "{refused:?}"
+    );
+
+    let gate = Gate::open(config).unwrap();
+    let after = wait_for(gate.clone(), 3010).await;
+    assert!(after.replica_seq >= snap.start_seq, "{after:?}");
+    // The reloaded replica knows the check-in made while the gate was away.
+    node.shutdown().await;
+    let a = gate
+        .scan(first[0].to_text().as_str(), stile_gate::Op::Entry)
+        .await;
+    assert_eq!(
+        (a.name(), a.mode.name()),
+        ("already_used", "offline"),
+        "{a:?}"
+    );
+}
