@@ -37,6 +37,11 @@ seeds = {
     "req_metrics": frame(0x0D, 10, bytes([0x01])),
     "req_unsubscribe": frame(0x0E, 11, struct.pack("<I", 8)),
     "req_purge": frame(0x0F, 12, struct.pack("<H", 0xFFFF)),
+    "req_replica_page": frame(0x10, 13, struct.pack("<BHII", 1, 0, 99, 800)),
+    "req_replica_follow": frame(0x11, 14, struct.pack("<Q", 12345)),
+    "req_checkin_offline": frame(0x12, 15, struct.pack("<QQQBB", 7, 1_750_000_000_000,
+                                                        1_749_999_000, 0, 0) + static_code),
+    "req_conflicts": frame(0x13, 16, struct.pack("<BHQ", 1, 1, 0)),
     "resp_outcome": frame(0x81, 7, struct.pack("<BBHQ", 0, 1, 3, 1_750_000_000)),
     "resp_ticket": frame(0x82, 1, struct.pack("<BBBBHHIHBB4Q", 0, 1, 1, 2, 1, 0, 42, 3, 1, 0,
                                               1, 2, 3, 4)),
@@ -54,6 +59,22 @@ seeds = {
                           + struct.pack("<QH", 900, 2) + struct.pack("<HQHQ", 40, 2, 100, 1)
                           + struct.pack("<QH", 500, 1) + struct.pack("<HQ", 300, 1)),
     "resp_purged": frame(0x89, 12, struct.pack("<QQ", 1_000_000, 1_048_576)),
+    # seq, now, has next, next partition, next serial, count, then items: a policy, a
+    # ticket, its rotation key, a state, a retired key, the rotation step.
+    "resp_replica": frame(0x8A, 13, struct.pack("<QQBHIH", 77, 1_750_000_000, 1, 0, 42, 6)
+                          + bytes([3]) + struct.pack("<IQQIBBB", 4, 0, 1_760_000_000, 86_400,
+                                                     1, 0, 3)
+                          + bytes([1]) + struct.pack("<QI", 0xDEADBEEF, 4) + struct.pack("<HIBBBHQQ", 0, 42, 1, 1, 1, 3, 1_750_000_000, 1_749_000_000)
+                          + bytes([5]) + struct.pack("<HI", 0, 42) + bytes(range(32))
+                          + bytes([2]) + struct.pack("<HIBBBHQQ", 0, 42, 1, 1, 1, 3, 1_750_000_000, 1_749_000_000)
+                          + bytes([4, 2])
+                          + bytes([6]) + struct.pack("<I", 30)),
+    # has next, next, count, then a conflict: index, kind, provider, first (gate, time),
+    # second (gate, time), code.
+    "resp_conflicts": frame(0x8B, 16, struct.pack("<BQH", 0, 0, 1)
+                            + struct.pack("<QBHHQHQ", 0, 1, 1, 1, 1_750_000_000, 2,
+                                          1_750_000_060)
+                            + bytes([20]) + static_code),
     "resp_error": frame(0x8F, 4, struct.pack("<HH", 5, 8) + "conflict".encode()),
 }
 seeds["resp_error_long"] = frame(0x8F, 4, struct.pack("<HH", 2, 512) + ("é" * 256).encode())

@@ -2896,42 +2896,11 @@ mod tests {
                     .map(|e| e.expect("a seed").path())
                     .collect();
                 paths.sort();
-                let mut seeds: Vec<Vec<u8>> = paths
+                paths
                     .iter()
                     .map(|p| std::fs::read(p).expect("a seed"))
-                    .collect();
-                seeds.extend(replica_seeds());
-                seeds
+                    .collect()
             })
-        }
-
-        /// One frame of each replica and conflict op, built here so that the mutations
-        /// cover them whether or not the seed directory holds them yet.
-        fn replica_seeds() -> Vec<Vec<u8>> {
-            let code = CodeBytes::from_slice(&[1; 20]).unwrap();
-            let scan = OfflineScan::new(&code, 5, 6, 7, false, OutcomeKind::AlreadyUsed);
-            let requests = [
-                Request::ReplicaPage {
-                    after: Some((0, 41)),
-                    limit: 500,
-                },
-                Request::ReplicaFollow { from_seq: 1 << 20 },
-                Request::CheckinOffline(scan),
-                Request::Conflicts {
-                    provider: Some(1),
-                    after: 0,
-                },
-            ];
-            let responses = [
-                Response::Replica(super::sample_batch()),
-                Response::Conflicts {
-                    items: vec![super::sample_conflict(3)],
-                    next: Some(4),
-                },
-            ];
-            let mut frames: Vec<Vec<u8>> = requests.iter().map(super::one_frame).collect();
-            frames.extend(responses.iter().map(super::response_frame));
-            frames
         }
 
         /// A frame around `body` (op, id and payload).
