@@ -159,6 +159,60 @@ pub enum GateError {
     /// The replica.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// Another gate process uses the state directory.
+    #[error(
+        "state directory {path} is in use by another stile gate{}: two gates on one journal \
+         would reuse scan ids and interleave their decisions; give each gate its own --state",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// The holder's pid, if it wrote one.
+        pid: Option<u32>,
+    },
+}
+
+/// Takes the state directory for this process: made private (0700: its journal holds
+/// codes, its replica may hold rotation keys) and locked with an exclusive `flock` on the
+/// directory itself (held while the returned handle lives; the kernel drops it when the
+/// process ends), the holder's pid in `STATE/lock` for a second opener's error.
+fn take_state_dir(dir: &Path) -> Result<std::fs::File, GateError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let state_err = |source| GateError::State {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(state_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
+    let handle = std::fs::File::open(dir).map_err(state_err)?;
+    match handle.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(dir.join("lock"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            return Err(GateError::InUse {
+                path: dir.to_path_buf(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(state_err(e)),
+    }
+    let mut pid = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("lock"))
+        .map_err(state_err)?;
+    writeln!(pid, "{}", std::process::id()).map_err(state_err)?;
+    Ok(handle)
 }
 
 /// Scan ids handed out from a block reserved on disk.
@@ -237,6 +291,8 @@ pub struct Gate {
     upload_wake: Arc<tokio::sync::Notify>,
     /// Answers given, by mode (online, offline) and outcome (the last: refused).
     answers: [[AtomicU64; OUTCOME_SLOTS]; 2],
+    /// The state directory, locked for this process.
+    _state_lock: std::fs::File,
 }
 
 /// Outcome kinds, and one more for `refused`.
@@ -259,10 +315,7 @@ impl Gate {
     /// one, the scan ids; then starts reaching for the node in the background.
     pub fn open(config: GateConfig) -> Result<Arc<Gate>, GateError> {
         let dir = &config.state_dir;
-        std::fs::create_dir_all(dir).map_err(|source| GateError::State {
-            path: dir.clone(),
-            source,
-        })?;
+        let state_lock = take_state_dir(dir)?;
         let journal = Journal::open(&dir.join("journal"))?;
         // A damaged replica is loaded afresh from the node: it holds nothing the node lacks.
         let replica = match Replica::load(&Gate::replica_path(dir)) {
@@ -284,6 +337,7 @@ impl Gate {
             last_online_unix_s: AtomicU64::new(0),
             upload_wake: Arc::new(tokio::sync::Notify::new()),
             answers: Default::default(),
+            _state_lock: state_lock,
         });
         tokio::spawn(connect_loop(Arc::downgrade(&gate)));
         crate::sync::spawn_all(&gate);

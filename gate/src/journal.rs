@@ -172,10 +172,12 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         };
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(path)
             .map_err(io_err)?;
         let mut bytes = Vec::new();

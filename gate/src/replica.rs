@@ -492,7 +492,13 @@ impl Replica {
         out.extend_from_slice(&sum.to_le_bytes());
         let tmp = path.with_extension("new");
         {
-            let mut f = File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&out)?;
             f.sync_data()?;
         }

@@ -750,3 +750,35 @@ async fn a_gate_whose_position_was_dropped_reloads_its_replica() {
         "{a:?}"
     );
 }
+
+/// Two gates on one state directory would reuse scan ids and interleave their journals:
+/// the second is refused, naming the first; the directory is private.
+#[test]
+fn a_second_gate_on_the_same_state_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let tls = data.join("tls");
+    crate::node::make_certs(&tls);
+    let state = data.join("state");
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut first = GateProcess::start(data, addr, &state, &["--drain-timeout", "1s"]);
+    // The first holds the directory once it answers a line.
+    assert_eq!(first.scan("HELLO")[1], "forged");
+    let second = GateProcess::start(data, addr, &state, &[]);
+    let (code, stderr) = second.finish_with_status();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another stile gate"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let mode = std::fs::metadata(state.join("journal"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    first.finish();
+}
