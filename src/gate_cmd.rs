@@ -75,7 +75,51 @@ pub fn run(args: GateArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(args))
 }
 
+/// Longest scanned line taken, bytes; the rest of a longer one is read and dropped (the
+/// line is then no code: `forged`).
+const LINE_MAX: usize = 4096;
+
+/// One line of standard input, without its end, at most [`LINE_MAX`] bytes, bytes that are
+/// not UTF-8 replaced (a scanner's garbage is answered `forged`, not fatal); `None` at EOF.
+fn read_line(input: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut any = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        any = true;
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = LINE_MAX.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = done.unwrap_or(buf.len());
+        input.consume(used);
+        if done.is_some() {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
+}
+
+/// Whether standard output is open (Rust's stdout takes writes to a closed descriptor as
+/// done, and the gate's answers would go nowhere).
+fn stdout_open() -> bool {
+    // SAFETY: F_GETFD on descriptor 1 reads its flags and changes nothing.
+    unsafe { libc::fcntl(1, libc::F_GETFD) != -1 }
+}
+
 async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        stdout_open(),
+        "standard output is closed: nobody would see the gate's answers"
+    );
     let (client, role) = client_config(&args.conn, Want::Gate, Duration::from_secs(30))?;
     let Some(Role::Gate { id, provider }) = role else {
         anyhow::bail!("stile gate needs a gate certificate (urn:stile:gate:ID:provider:P)");
@@ -124,8 +168,16 @@ async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(64);
     // Standard input blocks: a thread reads it.
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if lines_tx.blocking_send(line).is_err() {
+        let mut input = std::io::stdin().lock();
+        loop {
+            let line = read_line(&mut input);
+            let end = matches!(line, Ok(None));
+            let sent = match line {
+                Ok(Some(l)) => lines_tx.blocking_send(Ok(l)),
+                Ok(None) => return,
+                Err(e) => lines_tx.blocking_send(Err(e)),
+            };
+            if sent.is_err() || end {
                 return;
             }
         }
@@ -148,12 +200,17 @@ async fn serve(args: GateArgs) -> anyhow::Result<ExitCode> {
         } else {
             text_line(text, &answer)
         };
-        // A closed stdout ends the gate: nobody reads its answers.
-        if writeln!(out, "{shown}").and_then(|()| out.flush()).is_err() {
-            break;
+        // A closed stdout ends the gate: nobody reads its answers, and the barrier must
+        // not act on a decision no one saw.
+        if let Err(e) = writeln!(out, "{shown}").and_then(|()| out.flush()) {
+            anyhow::bail!(
+                "cannot write the answer to a scan ({e}): stopping; the scan's decision is in \
+                 the node's state or the gate's journal"
+            );
         }
     }
     let left = gate.drain(args.drain_timeout).await;
+    gate.save();
     if left > 0 {
         eprintln!(
             "stile gate: {left} offline scans are not uploaded yet: the node did not take them \
@@ -220,4 +277,25 @@ fn json_line(code: &str, a: &Answer) -> String {
         "reason": a.reason,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{read_line, LINE_MAX};
+
+    /// Garbage bytes, an endless line and a missing last newline are lines like others:
+    /// nothing a scanner sends stops the gate.
+    #[test]
+    fn any_bytes_are_lines_and_long_ones_are_cut() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"\xff\xfe\n");
+        input.extend(std::iter::repeat_n(b'A', 3 * LINE_MAX));
+        input.extend_from_slice(b"\nCODE\r\nlast");
+        let mut r = std::io::BufReader::with_capacity(64, &input[..]);
+        assert_eq!(read_line(&mut r).unwrap().unwrap(), "\u{fffd}\u{fffd}");
+        assert_eq!(read_line(&mut r).unwrap().unwrap(), "A".repeat(LINE_MAX));
+        assert_eq!(read_line(&mut r).unwrap().unwrap(), "CODE\r");
+        assert_eq!(read_line(&mut r).unwrap().unwrap(), "last");
+        assert_eq!(read_line(&mut r).unwrap(), None);
+    }
 }

@@ -224,8 +224,13 @@ struct ScanIds {
 }
 
 impl ScanIds {
-    fn open(path: &Path) -> Result<ScanIds, GateError> {
-        let start = match std::fs::read_to_string(path) {
+    /// Opens the reserved ids at `path`, going on above the block recorded there, above
+    /// `floor` (the highest id in the journal) and above this machine's clock in
+    /// nanoseconds: a gate whose state directory is new or was wiped (a replaced machine, a
+    /// second directory for one certificate) still never repeats an id its node has seen,
+    /// which would have the node replay an old answer or skip the upload as applied.
+    fn open(path: &Path, floor: u64) -> Result<ScanIds, GateError> {
+        let recorded = match std::fs::read_to_string(path) {
             Ok(s) => s.trim().parse::<u64>().map_err(|e| GateError::State {
                 path: path.to_path_buf(),
                 source: std::io::Error::other(format!("not a scan id: {e}")),
@@ -238,6 +243,16 @@ impl ScanIds {
                 })
             }
         };
+        let clock_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let start = recorded.max(floor.saturating_add(1)).max(clock_ns);
+        if start > u64::MAX - 2 * SCAN_ID_BLOCK {
+            return Err(GateError::State {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!("scan ids exhausted at {start}")),
+            });
+        }
         let mut ids = ScanIds {
             path: path.to_path_buf(),
             next: start,
@@ -252,7 +267,10 @@ impl ScanIds {
 
     /// Writes the end of a new block before any id of it is used.
     fn reserve(&mut self) -> std::io::Result<()> {
-        let end = self.next + SCAN_ID_BLOCK;
+        let end = self
+            .next
+            .checked_add(SCAN_ID_BLOCK)
+            .ok_or_else(|| std::io::Error::other("scan ids exhausted"))?;
         let tmp = self.path.with_extension("new");
         std::fs::write(&tmp, format!("{end}\n"))?;
         std::fs::File::open(&tmp)?.sync_all()?;
@@ -293,6 +311,8 @@ pub struct Gate {
     answers: [[AtomicU64; OUTCOME_SLOTS]; 2],
     /// The state directory, locked for this process.
     _state_lock: std::fs::File,
+    /// The replica changed since it was last saved.
+    dirty: AtomicBool,
 }
 
 /// Outcome kinds, and one more for `refused`.
@@ -318,14 +338,38 @@ impl Gate {
         let state_lock = take_state_dir(dir)?;
         let journal = Journal::open(&dir.join("journal"))?;
         // A damaged replica is loaded afresh from the node: it holds nothing the node lacks.
-        let replica = match Replica::load(&Gate::replica_path(dir)) {
-            Ok(r) => r.filter(|r| r.provider == config.provider),
+        let mut replica = match Replica::load(&Gate::replica_path(dir)) {
+            Ok(Some(r)) if r.provider != config.provider => {
+                tracing::warn!(
+                    "the replica in {} is of provider {}, not this gate's {}: loading the \
+                     replica afresh from the node",
+                    dir.display(),
+                    r.provider,
+                    config.provider
+                );
+                None
+            }
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!("{e}: loading the replica afresh from the node");
                 None
             }
         };
-        let scan_ids = ScanIds::open(&dir.join("scan-ids"))?;
+        // The decisions the node has not applied yet are not in a replica saved before
+        // them: applied again, so a restarted gate still refuses whom it let through.
+        if let Some(r) = replica.as_mut() {
+            crate::sync::reapply(r, journal.pending(), config.gate);
+        }
+        let floor = journal
+            .scans()
+            .iter()
+            .filter_map(|r| match r {
+                Record::Offline(s) | Record::LateOnline(s) => Some(s.scan_id),
+                Record::Uploaded { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let scan_ids = ScanIds::open(&dir.join("scan-ids"), floor)?;
         let gate = Arc::new(Gate {
             config,
             client: Mutex::new(None),
@@ -338,6 +382,7 @@ impl Gate {
             upload_wake: Arc::new(tokio::sync::Notify::new()),
             answers: Default::default(),
             _state_lock: state_lock,
+            dirty: AtomicBool::new(false),
         });
         tokio::spawn(connect_loop(Arc::downgrade(&gate)));
         crate::sync::spawn_all(&gate);
@@ -514,7 +559,12 @@ impl Gate {
         let record = Record::Offline(Scan {
             scan_id,
             scanned_at_unix_ms: now_ms,
-            last_online_unix_s: self.last_online_unix_s.load(Ordering::Relaxed),
+            // After a restart the gate has heard nothing yet: the replica's last sync is
+            // then the latest time the node is known to have been there.
+            last_online_unix_s: self
+                .last_online_unix_s
+                .load(Ordering::Relaxed)
+                .max(r.synced_unix_s),
             op,
             decision: kind,
             code: *code,
@@ -524,6 +574,7 @@ impl Gate {
         }
         if let Some((i, next)) = changed {
             *r.entry_mut(i) = next;
+            self.touched();
         }
         answer
     }
@@ -600,12 +651,27 @@ impl Gate {
         }
         r.seq = batch.seq;
         r.synced_unix_s = batch.now_unix_s;
+        self.touched();
         Ok(())
+    }
+
+    /// Writes the replica to the state directory if it changed since it was last saved
+    /// (the gate does so every few seconds, and `stile gate` at its end).
+    pub fn save(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.save_replica();
+        }
+    }
+
+    /// Notes that the replica changed.
+    pub(crate) fn touched(&self) {
+        self.dirty.store(true, Ordering::Release);
     }
 
     /// Writes the replica to the state directory (a copy is taken under the lock, and
     /// written outside it).
     pub(crate) fn save_replica(&self) {
+        self.dirty.store(false, Ordering::Release);
         let copy = self.replica.lock().expect("not poisoned").clone();
         if let Some(r) = copy {
             if let Err(e) = r.save(&Gate::replica_path(&self.config.state_dir)) {
@@ -717,6 +783,7 @@ impl Gate {
         }
         e.last_gate = o.gate;
         e.last_at = at;
+        self.touched();
     }
 
     fn lost_node(&self, e: &ClientError) {
@@ -788,26 +855,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scan_ids_never_repeat_across_restarts() {
+    fn scan_ids_never_repeat_across_restarts_or_directories() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scan-ids");
-        let mut ids = ScanIds::open(&path).unwrap();
+        let now_ns = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = now_ns();
+        let mut ids = ScanIds::open(&path, 0).unwrap();
         let first: Vec<u64> = (0..3).map(|_| ids.next().unwrap()).collect();
-        assert_eq!(first, vec![1, 2, 3]);
+        // From the clock: above anything a wiped directory of this gate handed out before.
+        assert!(first[0] >= before, "{first:?}");
+        assert_eq!(first[1..], [first[0] + 1, first[0] + 2]);
         drop(ids);
         // A restart skips the rest of the block: ids already handed out are never reused.
-        let mut ids = ScanIds::open(&path).unwrap();
+        let mut ids = ScanIds::open(&path, 0).unwrap();
         let next = ids.next().unwrap();
-        assert_eq!(next, 1 + SCAN_ID_BLOCK);
+        assert!(next >= first[0] + SCAN_ID_BLOCK, "{next} {first:?}");
         // Past a block's end, the next block is reserved first.
         ids.next = ids.end;
         let after = ids.next().unwrap();
-        assert_eq!(after, 1 + 2 * SCAN_ID_BLOCK);
         let on_disk: u64 = std::fs::read_to_string(&path)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
         assert!(on_disk > after);
+        drop(ids);
+        // The file lost (or set back): the journal's highest id and the clock still hold.
+        std::fs::remove_file(&path).unwrap();
+        let mut ids = ScanIds::open(&path, after + 10).unwrap();
+        assert!(ids.next().unwrap() > after + 10);
+        // Ids that cannot go on are refused, not wrapped.
+        std::fs::write(&path, format!("{}\n", u64::MAX - 5)).unwrap();
+        assert!(ScanIds::open(&path, 0).is_err());
     }
 }

@@ -18,6 +18,8 @@ use crate::rules::{decide, Op};
 const PAGE_TICKETS: u32 = 800;
 /// How often a followed replica is written to disk (and at every load).
 const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// How often a changed replica is written to disk.
+const SAVE_DIRTY_EVERY: Duration = Duration::from_secs(5);
 /// Uploads in flight at once.
 const UPLOAD_WINDOW: usize = 256;
 /// Uploads acknowledged between two upload marks in the journal (each is an `fdatasync`;
@@ -279,8 +281,20 @@ fn mark(gate: &Weak<Gate>, count: u64) {
     }
 }
 
-/// Keeps `Arc` in scope for the gate's own spawns.
+/// Starts the gate's background tasks (each ends once the gate is dropped).
 pub(crate) fn spawn_all(gate: &Arc<Gate>) {
     tokio::spawn(replica_loop(Arc::downgrade(gate)));
     tokio::spawn(upload_loop(Arc::downgrade(gate)));
+    tokio::spawn(save_loop(Arc::downgrade(gate)));
+}
+
+/// Saves the replica every [`SAVE_DIRTY_EVERY`] when it changed (own decisions, online
+/// answers learned, the node's changes), so a restart loses little of what the gate knew.
+async fn save_loop(gate: Weak<Gate>) {
+    loop {
+        tokio::time::sleep(SAVE_DIRTY_EVERY).await;
+        let Some(g) = gate.upgrade() else { return };
+        // Off the runtime's threads: a replica of a million tickets is 28 MB to write.
+        let _ = tokio::task::spawn_blocking(move || g.save()).await;
+    }
 }

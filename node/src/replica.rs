@@ -15,10 +15,15 @@ use stile_protocol::frame::{
     REPLICA_FRAME_ITEMS_MAX,
 };
 
+use stile_protocol::OutcomeKind;
+
 use crate::cmd::error;
 use crate::cmd::status::wire_state;
 use crate::stream::{one_op, Out, Stream};
 use crate::subscribe::Feed;
+
+/// How far ahead of the node's clock (in nanoseconds) an uploaded scan id may be.
+const SCAN_ID_AHEAD_MAX_NS: u64 = 86_400 * 1_000_000_000;
 
 /// Tickets a page carries at most, leaving room in its frame for the policies they name.
 const PAGE_TICKETS_MAX: usize = REPLICA_FRAME_ITEMS_MAX - 64;
@@ -93,6 +98,16 @@ impl Stream {
             return;
         };
         let provider = gate.provider.expect("gates have providers");
+        // A replica ahead of this node's log (a node restored from an older backup) would
+        // wait for positions that name other changes here: it must load afresh.
+        let next = self.shared.engine.wal().map_or(0, |w| w.reserved_seq());
+        if from_seq > next {
+            let message = format!(
+                "log position {from_seq} is ahead of this node's log (next {next}): load the \
+                 replica afresh"
+            );
+            return self.reply(id, &error(error_code::TRIMMED, message));
+        }
         self.start_follower(id, from_seq, Feed::Replica { provider });
     }
 
@@ -107,6 +122,19 @@ impl Stream {
                 &error(error_code::FORGED, "the uploaded scan's code is not a code"),
             );
         };
+        // Gates number their scans from their clock in nanoseconds: an id far ahead would
+        // raise the gate's upload mark past every id it will ever use.
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        if scan.scan_id > now_ns.saturating_add(SCAN_ID_AHEAD_MAX_NS) {
+            let message = format!(
+                "scan id {} is more than a day ahead of this node's clock in nanoseconds; gates \
+                 number their scans from their clock",
+                scan.scan_id
+            );
+            return self.reply(id, &error(error_code::BAD_REQUEST, message));
+        }
         let engine_scan = OfflineScan {
             scan_id: scan.scan_id,
             scanned_at_unix_ms: scan.scanned_at_unix_ms,
@@ -119,6 +147,22 @@ impl Stream {
             code,
         };
         let (outcome, after) = self.shared.engine.checkin_offline(&gate, &engine_scan);
+        if scan.decision == OutcomeKind::Admitted
+            && matches!(
+                outcome.kind,
+                OutcomeKind::Forged | OutcomeKind::Unknown | OutcomeKind::WrongProvider
+            )
+        {
+            // A gate let someone in on a code this node does not take: a stale or tampered
+            // replica, or a gate that lies. Nothing to apply; operators must see it.
+            tracing::warn!(
+                gate = gate.id,
+                provider = gate.provider,
+                scan_id = scan.scan_id,
+                answer = %outcome.kind,
+                "a gate uploaded an offline admit of a code this node refuses"
+            );
+        }
         let mut bytes = BytesMut::new();
         encode_outcome(id, &outcome, &mut bytes);
         self.send(Out {

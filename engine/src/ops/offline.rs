@@ -66,7 +66,9 @@ impl Engine {
             }
         };
         let at_e = to_epoch_s(at);
-        let located = match self.locate_code(&scan.code, gate, None) {
+        // A rotating code is checked for the step it was scanned at (give or take one, as
+        // online): a screenshot of an old step admitted offline is no genuine admit.
+        let located = match self.locate_code(&scan.code, gate, Some(self.rotation_step(at))) {
             Ok(l) => l,
             Err(outcome) => {
                 OfflineBook::raise(&mut marks, provider, gate.id, scan.scan_id);
