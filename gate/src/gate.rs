@@ -483,17 +483,10 @@ impl Gate {
     }
 
     /// What to upload: the journal's position, its scans from there, and the scan ids the
-    /// node answered online after all.
+    /// node applied online after all.
     pub(crate) fn upload_work(&self) -> (u64, Vec<Record>, std::collections::HashSet<u64>) {
         let journal = self.journal.lock().expect("not poisoned");
-        let late = journal
-            .scans()
-            .iter()
-            .filter_map(|r| match r {
-                Record::LateOnline(s) => Some(s.scan_id),
-                _ => None,
-            })
-            .collect();
+        let late = crate::sync::applied_late(journal.scans());
         (journal.uploaded(), journal.pending().to_vec(), late)
     }
 
