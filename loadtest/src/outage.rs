@@ -7,9 +7,11 @@
 //! the clock starts once every gate has loaded its replica. Each gate presents its share of
 //! the tickets, one at a time, at a set pace. Mid-run the node the tester spawned is killed
 //! (SIGKILL) and, after the outage, started again on the same port and data dir: meanwhile
-//! the gates see no node and decide from their replicas. As soon as the node is gone each
-//! gate first presents its planted duplicates: tickets presented at two different gates
-//! during the outage, which both admit (neither can know). When the node is back the gates
+//! the gates see no node and decide from their replicas. A quarter into the outage (after
+//! some ordinary offline scans) each gate presents its planted duplicates before anything
+//! else: tickets presented at two different gates during the outage, which both admit
+//! (neither can know); they are done by three quarters in, well before the node is back.
+//! When the node is back the gates
 //! upload their journals; at the end each drains, and the tester asks the node (as an
 //! admin) for its conflicts and for the state of every ticket admitted offline.
 //!
@@ -42,8 +44,8 @@ pub const ONLINE_TIMEOUT: Duration = Duration::from_millis(300);
 pub const GATE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the node is cut off unless told (`--outage`).
 pub const OUTAGE_DEFAULT: Duration = Duration::from_secs(10);
-/// The shortest outage: a few of the gates' online timeouts.
-pub const OUTAGE_MIN: Duration = Duration::from_secs(1);
+/// The shortest outage: its middle half holds a planted duplicate's scan at each gate.
+pub const OUTAGE_MIN: Duration = Duration::from_secs(2);
 /// Planted duplicates unless told (`--duplicates`), when that many fit the outage.
 pub const DUPLICATES_DEFAULT: u32 = 20;
 /// Scans per second per gate unless `--rate` is given.
@@ -51,8 +53,8 @@ pub const RATE_PER_GATE_DEFAULT: f64 = 100.0;
 /// Gates at most: each is a client of its own with a replica of the provider's tickets.
 pub const GATES_MAX: u16 = 64;
 /// Time one planted duplicate's offline scan is allowed (the online timeout, the journal's
-/// sync and room for a busy machine): a gate's planted duplicates must fit the outage's
-/// first half at this pace.
+/// sync and room for a busy machine): a gate's planted duplicates, after the scan it is in
+/// when their time comes, must fit the outage's middle half at this pace.
 const OFFLINE_SCAN_BUDGET: Duration = Duration::from_millis(400);
 /// Longest wait for every gate to load its replica before the clock starts.
 const REPLICA_WAIT: Duration = Duration::from_secs(120);
@@ -97,10 +99,10 @@ pub fn rate_of(config: &Config) -> f64 {
 }
 
 /// Planted duplicates that fit an outage of `cut_for` at `gates` gates: no gate presents
-/// more than `ceil(2 D / G)` of them, each allowed [`OFFLINE_SCAN_BUDGET`], within the
-/// outage's first half.
+/// more than `ceil(2 D / G)` of them, each allowed [`OFFLINE_SCAN_BUDGET`], after the scan
+/// it is in, within the outage's middle half.
 fn duplicates_fitting(cut_for: Duration, gates: u16) -> u32 {
-    let per_gate = (cut_for / 2).as_millis() / OFFLINE_SCAN_BUDGET.as_millis();
+    let per_gate = ((cut_for / 2).as_millis() / OFFLINE_SCAN_BUDGET.as_millis()).saturating_sub(1);
     (per_gate * u128::from(gates) / 2).min(u128::from(u32::MAX)) as u32
 }
 
@@ -141,7 +143,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), LoadError> {
         if d > fit {
             return bad(format!(
                 "--duplicates {d}: each gate would present up to {} of them while the node is \
-                 cut off, each allowed {} ms (offline after {} ms), more than the first half of \
+                 cut off, each allowed {} ms (offline after {} ms), more than the middle half of \
                  the {} outage holds; at most {fit} fit: give fewer, more --gates or a longer \
                  --outage",
                 (2 * d).div_ceil(u32::from(config.gates)),
@@ -189,6 +191,8 @@ enum Phase {
     Before,
     /// The node is killed.
     Cut,
+    /// Still killed, a quarter of the outage in: the planted duplicates' time.
+    Plant,
     /// Started again (or never cut: the run was stopped first).
     Back,
 }
@@ -549,9 +553,14 @@ async fn cut_off(
             since(cut_at)
         );
     }
-    tokio::select! {
-        () = tokio::time::sleep_until((cut_at + cut_for).into()) => {}
-        () = stop.requested() => {}
+    for (until, next) in [(cut_for / 4, Some(Phase::Plant)), (cut_for, None)] {
+        tokio::select! {
+            () = tokio::time::sleep_until((cut_at + until).into()) => {}
+            () = stop.requested() => break,
+        }
+        if let Some(next) = next {
+            phase.send_replace(next);
+        }
     }
     let n = node.clone();
     let started = tokio::task::spawn_blocking(move || n.start_again()).await;
@@ -624,8 +633,8 @@ impl Pace {
     }
 }
 
-/// Presents gate `g`'s queue at its pace until the time is up, and its planted duplicates as
-/// soon as the node is cut off.
+/// Presents gate `g`'s queue at its pace until the time is up, and its planted duplicates
+/// first once their time in the outage comes.
 #[allow(clippy::too_many_arguments)]
 async fn present_all(
     gate: Arc<Gate>,
@@ -647,17 +656,18 @@ async fn present_all(
             break;
         }
         let ph = *phase.borrow_and_update();
-        if ph == Phase::Cut && next_planted < planted.len() {
+        if ph == Phase::Plant && next_planted < planted.len() {
             let t = planted[next_planted];
             next_planted += 1;
             let p = present(&gate, id, t, &texts, now, pace.start, true).await;
             run.presented.push(p);
             continue;
         }
-        let waiting_for_cut = ph == Phase::Before && next_planted < planted.len();
+        let waiting_to_plant =
+            matches!(ph, Phase::Before | Phase::Cut) && next_planted < planted.len();
         let due = match queue.get(next) {
             Some(_) => pace.due(g, next),
-            None if waiting_for_cut => pace.end,
+            None if waiting_to_plant => pace.end,
             None => {
                 run.ran_out = true;
                 break;
@@ -1113,5 +1123,156 @@ fn run_report(p: RunParts<'_>) -> RunReport {
         reconnects: 0,
         indeterminate: 0,
         outage: Some(p.outage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(n: u32) -> Vec<CodeBytes> {
+        (0..n)
+            .map(|i| {
+                let mut b = [0u8; 20];
+                b[0] = 1;
+                b[6..10].copy_from_slice(&i.to_be_bytes());
+                CodeBytes::from_slice(&b).expect("format 1")
+            })
+            .collect()
+    }
+
+    fn scan(ticket: u32, gate: u16, planted: bool, online: bool) -> Presented {
+        Presented {
+            ticket,
+            gate,
+            planted,
+            kind: Some(OutcomeKind::Admitted),
+            online,
+            due: Duration::ZERO,
+            latency_us: 1,
+            took_us: 1,
+        }
+    }
+
+    /// Ticket 0 planted at gates 1 and 2 (both offline), 1 and 2 online, 3 offline.
+    fn presented() -> Vec<Presented> {
+        vec![
+            scan(0, 1, true, false),
+            scan(0, 2, true, false),
+            scan(1, 1, false, true),
+            scan(2, 2, false, true),
+            scan(3, 2, false, false),
+        ]
+    }
+
+    fn found() -> Found {
+        Found {
+            uploads: 2,
+            conflicts: vec![(0, ConflictKind::DoubleEntry)],
+            not_used: Vec::new(),
+            offline_admitted: 2,
+        }
+    }
+
+    fn failed(checks: &[OutageCheck]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn every_check_holds_of_a_run_that_went_right() {
+        let checks = checks(&presented(), &codes(4), &found(), &[0, 0], 1, false);
+        assert_eq!(checks.len(), 6);
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:?}");
+    }
+
+    /// Each thing that must hold, broken on its own, fails its own check and names the code.
+    #[test]
+    fn each_check_fails_when_what_it_guards_is_broken() {
+        let codes = codes(4);
+        let text = |t: usize| codes[t].to_text().as_str().to_string();
+        // The planted duplicate's conflict missing, and one for a ticket not planted.
+        for conflicts in [
+            vec![],
+            vec![
+                (0, ConflictKind::DoubleEntry),
+                (3, ConflictKind::DoubleEntry),
+            ],
+        ] {
+            let f = Found {
+                conflicts,
+                ..found()
+            };
+            let c = checks(&presented(), &codes, &f, &[0, 0], 1, false);
+            assert_eq!(
+                failed(&c),
+                ["conflicts_are_the_planted_duplicates"],
+                "{c:?}"
+            );
+        }
+        // A conflict of another kind, or recorded twice.
+        for conflicts in [
+            vec![(0, ConflictKind::AfterRevoke)],
+            vec![
+                (0, ConflictKind::DoubleEntry),
+                (0, ConflictKind::DoubleEntry),
+            ],
+        ] {
+            let f = Found {
+                conflicts,
+                ..found()
+            };
+            let c = checks(&presented(), &codes, &f, &[0, 0], 1, false);
+            assert_eq!(
+                failed(&c),
+                ["conflicts_are_the_planted_duplicates"],
+                "{c:?}"
+            );
+        }
+        // An offline admit the node does not hold as used.
+        let f = Found {
+            not_used: vec![(3, "valid".into())],
+            ..found()
+        };
+        let c = checks(&presented(), &codes, &f, &[0, 0], 1, false);
+        assert_eq!(failed(&c), ["offline_admits_on_node"]);
+        assert!(
+            c[3].detail.contains(&text(3)) && c[3].detail.contains("valid"),
+            "{c:?}"
+        );
+        // Ticket 1 admitted online again at another gate, and again at its own.
+        let mut p = presented();
+        p.push(scan(1, 2, false, true));
+        let c = checks(&p, &codes, &found(), &[0, 0], 1, false);
+        assert_eq!(failed(&c), ["no_online_double_admit"]);
+        assert!(c[1].detail.contains(&text(1)), "{c:?}");
+        p.push(scan(1, 1, false, false));
+        let c = checks(&p, &codes, &found(), &[0, 0], 1, false);
+        assert_eq!(
+            failed(&c),
+            ["no_gate_admits_twice", "no_online_double_admit"]
+        );
+        // A planted duplicate answered online at one of its gates: not planted after all,
+        // so its conflict is unexpected and the planting short.
+        let mut p = presented();
+        p[1].online = true;
+        let c = checks(&p, &codes, &found(), &[0, 0], 1, false);
+        assert_eq!(
+            failed(&c),
+            [
+                "conflicts_are_the_planted_duplicates",
+                "planted_duplicates_admitted_offline"
+            ]
+        );
+        // A journal left with scans.
+        let c = checks(&presented(), &codes, &found(), &[0, 3], 1, false);
+        assert_eq!(failed(&c), ["journals_uploaded"]);
+        assert!(
+            c[5].detail.starts_with("3 offline scans left in 1 gates"),
+            "{c:?}"
+        );
     }
 }

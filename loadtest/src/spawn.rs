@@ -126,11 +126,6 @@ impl NodeProcess {
         Ok(())
     }
 
-    /// Whether the node is down: killed and not started again.
-    pub fn is_down(&self) -> bool {
-        self.child.lock().expect("not poisoned").is_none()
-    }
-
     /// Stops (SIGSTOP) or continues (SIGCONT) the node.
     pub fn pause(&self, stop: bool) {
         let child = self.child.lock().expect("not poisoned");
