@@ -30,16 +30,17 @@ Outage (--scenario outage --spawn-node): G gates of the stile-gate library run i
 (state and certificates in DATA/gates/gate-N, made afresh each run; a gate decides offline when \
 the node has not answered within 300 ms), each presenting its share of the tickets at --rate \
 (default 100 a second a gate). Mid-run the node is killed and started again --outage later \
-(default 10s); while it is gone each gate first presents its planted duplicates, tickets also \
-presented at another gate (--duplicates, default as many as fit up to 20). At the end the gates \
-upload their journals and the report says admits online and offline, uploads and conflicts, and \
-checks: no gate admits a ticket twice, no ticket is admitted online twice, the node's conflicts \
-are the planted duplicates, every offline admit is used on the node. A failed check exits 2.
+(default 10s); a quarter into the outage each gate presents its planted duplicates first, \
+tickets also presented at another gate (--duplicates, default as many as fit up to 20). At the \
+end the gates upload their journals and the report says admits online and offline, uploads and \
+conflicts, and checks: no gate admits a ticket twice, no ticket is admitted online twice, the \
+node's conflicts are the planted duplicates, every offline admit is used on the node. A failed \
+check exits 2.
 
 Exit status: 0 the runs held; 1 requests went unanswered, gates lost their connection or a \
 target failed; 2 a ticket was admitted twice, a forged code admitted, the history holds a \
-violation or an outage check failed (and, from clap, bad arguments); 3 the history check was undecided; 130 interrupted \
-(Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
+violation or an outage check failed (and, from clap, bad arguments); 3 the history check was \
+undecided; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
 pub struct LoadtestArgs {
     /// stadium, rail, replay, forged, mixed or outage.
     #[arg(long, value_enum)]

@@ -133,7 +133,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), LoadError> {
     if o.cut_for >= config.duration {
         return bad(format!(
             "--outage {} must be shorter than --duration {}: the node is cut off mid-run and \
-             the gates go on once it is back",
+             the gates go on once it is back (give --duration 30s, say)",
             humantime::format_duration(o.cut_for),
             humantime::format_duration(config.duration)
         ));
