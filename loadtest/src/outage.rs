@@ -221,6 +221,7 @@ struct Presented {
 /// What one gate did.
 #[derive(Debug, Default)]
 struct GateRun {
+    /// Every presentation, in order.
     presented: Vec<Presented>,
     /// Its queue ended before the time was up.
     ran_out: bool,
@@ -229,7 +230,9 @@ struct GateRun {
 /// When the node was cut off and back.
 #[derive(Debug, Default)]
 struct Cut {
+    /// When it was killed (`None`: the run was stopped first).
     cut_at: Option<Instant>,
+    /// When it listened again.
     back_at: Option<Instant>,
     /// The node did not start again: why.
     failed: Option<String>,
@@ -619,9 +622,13 @@ async fn watch_journals(
 /// The pace every gate keeps: its `k`-th ticket is due at `start + (k G + g) / rate`.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
+    /// The clock's start.
     start: Instant,
+    /// The run's time is up.
     end: Instant,
+    /// Gates sharing the pace.
     gates: u16,
+    /// Scans per second, all gates together.
     rate: f64,
 }
 
@@ -1042,15 +1049,25 @@ fn latency(us: impl Iterator<Item = u64>) -> Option<Latency> {
 
 /// What the run's report is made of.
 struct RunParts<'a> {
+    /// The run's settings.
     config: &'a Config,
+    /// How many tickets, and why.
     sizing: &'a Sizing,
+    /// The node's sync mode.
     sync: String,
+    /// Every presentation.
     presented: &'a [Presented],
+    /// From the clock's start until every gate had stopped presenting.
     elapsed: Duration,
+    /// A gate's queue ended before the time was up.
     ran_out: bool,
+    /// Stopped early (Ctrl-C).
     interrupted: bool,
+    /// This process's CPU time over the run.
     cpu: Duration,
+    /// The machine's CPUs over the run.
     machine_load: Option<report::MachineLoad>,
+    /// The scenario's own findings.
     outage: OutageReport,
 }
 
