@@ -240,6 +240,84 @@ struct Cut {
 
 /// Runs the `outage` scenario with `sizing.tickets` tickets.
 pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, LoadError> {
+    let (ready, plan) = prepare(config, &sizing).await?;
+    let Measured { run: m, watcher } = measure(config, &ready, plan).await?;
+    let after = reconcile(config, &ready, &m.presented, watcher).await?;
+    let interrupted = config.stop.is_requested() && m.elapsed < config.duration;
+    let answered_late = read_journals(ready.gates, &ready.gates_dir).await;
+    let at = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(m.start).as_secs_f64());
+    let outage = OutageReport {
+        outage_s: config.outage.cut_for.as_secs_f64(),
+        cut_at_s: at(m.cut.cut_at),
+        back_at_s: at(m.cut.back_at),
+        online_timeout_ms: ONLINE_TIMEOUT.as_millis() as u64,
+        admits_online: count(&m.presented, |p| p.online && admitted(p)),
+        admits_offline: count(&m.presented, |p| !p.online && admitted(p)),
+        answered_late,
+        uploads: after.found.uploads,
+        conflicts: after.found.conflicts.len() as u64,
+        planted_duplicates: planted_admitted_twice(&m.presented).len() as u64,
+        planted_asked: u64::from(ready.planted_asked),
+        // Uploaded between the last look that found scans left and the next one.
+        reconciled_s: match (after.left.iter().all(|&n| n == 0), m.cut.back_at) {
+            (true, Some(back)) => Some(
+                after
+                    .last_pending
+                    .map_or(0.0, |t| t.saturating_duration_since(back).as_secs_f64()),
+            ),
+            _ => None,
+        },
+        online_us: latency(m.presented.iter().filter(|p| p.online).map(|p| p.took_us)),
+        offline_us: latency(m.presented.iter().filter(|p| !p.online).map(|p| p.took_us)),
+        gates_dir: ready.gates_dir.display().to_string(),
+        checks: checks(
+            &m.presented,
+            &ready.codes,
+            &after.found,
+            &after.left,
+            ready.planted_asked,
+            interrupted,
+        ),
+    };
+    Ok(run_report(RunParts {
+        config,
+        sizing: &sizing,
+        sync: ready.sync,
+        presented: &m.presented,
+        elapsed: m.elapsed,
+        ran_out: m.ran_out && !interrupted,
+        interrupted,
+        cpu: m.cpu,
+        machine_load: m.machine_load,
+        outage,
+    }))
+}
+
+/// What a run sets up before its clock starts.
+struct Ready {
+    /// The node it cuts off.
+    node: Arc<NodeProcess>,
+    /// An admin client of it.
+    admin: Client,
+    /// Its sync mode.
+    sync: String,
+    /// The run's tickets, in minting order.
+    codes: Vec<CodeBytes>,
+    /// Their text, as a scanner reads it.
+    texts: Arc<Vec<String>>,
+    /// The planted duplicates asked for.
+    planted_asked: u32,
+    /// The gates, each with its replica loaded.
+    gates: Vec<Arc<Gate>>,
+    /// Where their state is.
+    gates_dir: PathBuf,
+}
+
+/// Mints the tickets, plans them, opens the gates and waits for their replicas.
+async fn prepare(
+    config: &Config,
+    sizing: &Sizing,
+) -> Result<(Ready, crate::plan::OutagePlan), LoadError> {
     let node = config
         .node
         .clone()
@@ -248,7 +326,7 @@ pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, Lo
         target: config.target.clone(),
         reason,
     };
-    let stop = config.stop.clone();
+    let stop = &config.stop;
     let (admin, ca) = admin_client(config, &node).await?;
     let sync = match admin.stats().await {
         Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
@@ -262,26 +340,83 @@ pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, Lo
         )));
     }
     let codes = stop.or_stop(mint(config, &admin, n)).await??;
-    let texts: Arc<Vec<String>> = Arc::new(
-        codes
-            .iter()
-            .map(|c| c.to_text().as_str().to_string())
-            .collect(),
-    );
+    let texts = codes
+        .iter()
+        .map(|c| c.to_text().as_str().to_string())
+        .collect();
     let plan = crate::plan::outage(n, config.gates, planted_asked);
     let gates_dir = config.data.join("gates");
     let gates = open_gates(config, &gates_dir, &ca, node.addr()).map_err(err)?;
     stop.or_stop(wait_for_replicas(config, &gates, n))
         .await?
         .map_err(err)?;
+    let ready = Ready {
+        node,
+        admin,
+        sync,
+        codes,
+        texts: Arc::new(texts),
+        planted_asked,
+        gates,
+        gates_dir,
+    };
+    Ok((ready, plan))
+}
+
+/// What the measured time gave.
+struct Run {
+    /// The clock's start.
+    start: Instant,
+    /// Until every gate had stopped presenting.
+    elapsed: Duration,
+    /// Every presentation, gate after gate.
+    presented: Vec<Presented>,
+    /// A gate's queue ended before the time was up.
+    ran_out: bool,
+    /// When the node was cut off and back.
+    cut: Cut,
+    /// This process's CPU time over it.
+    cpu: Duration,
+    /// The machine's CPUs over it.
+    machine_load: Option<report::MachineLoad>,
+}
+
+/// The measured time, and the task still watching the journals' upload.
+struct Measured {
+    /// What it gave.
+    run: Run,
+    /// Watches the journals until told (see [`watch_journals`]).
+    watcher: Watcher,
+}
+
+/// The task that watches the journals, and how to end it.
+struct Watcher {
+    /// The task.
+    task: tokio::task::JoinHandle<Option<Instant>>,
+    /// Ends it.
+    done: Arc<tokio::sync::Notify>,
+}
+
+/// Starts the clock: the gates present their queues, the node is cut off mid-run and
+/// started again; returns once every gate has stopped and the node is back.
+async fn measure(
+    config: &Config,
+    ready: &Ready,
+    plan: crate::plan::OutagePlan,
+) -> Result<Measured, LoadError> {
+    let err = |reason: String| LoadError::Target {
+        target: config.target.clone(),
+        reason,
+    };
     let cut_for = config.outage.cut_for;
     let cut_after = (config.duration - cut_for) / 2;
     if config.progress {
         eprintln!(
-            "stile loadtest: {}: {n} tickets ready, {} gates with their replicas; measuring for \
+            "stile loadtest: {}: {} tickets ready, {} gates with their replicas; measuring for \
              {:.1} s, the node cut off at {:.1} s for {:.1} s",
             config.target,
-            gates.len(),
+            ready.codes.len(),
+            ready.gates.len(),
             config.duration.as_secs_f64(),
             cut_after.as_secs_f64(),
             cut_for.as_secs_f64()
@@ -290,44 +425,45 @@ pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, Lo
     let cpu_start = crate::cpu_time();
     let ticks_start = report::CpuTicks::read();
     let start = Instant::now();
-    let end = start + config.duration;
     let (phase_tx, phase) = watch::channel(Phase::Before);
     let cutter = tokio::spawn(cut_off(
-        node.clone(),
+        ready.node.clone(),
         start + cut_after,
         cut_for,
-        stop.clone(),
+        config.stop.clone(),
         phase_tx,
         config.progress.then(|| config.target.clone()),
         start,
     ));
-    let watched = Arc::new(tokio::sync::Notify::new());
-    let watcher = tokio::spawn(watch_journals(
-        gates.iter().map(Arc::downgrade).collect(),
-        phase.clone(),
-        watched.clone(),
-    ));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let watcher = Watcher {
+        task: tokio::spawn(watch_journals(
+            ready.gates.iter().map(Arc::downgrade).collect(),
+            phase.clone(),
+            done.clone(),
+        )),
+        done,
+    };
     let pace = Pace {
         start,
-        end,
+        end: start + config.duration,
         gates: config.gates,
         rate: rate_of(config),
     };
-    let mut runs = Vec::with_capacity(gates.len());
+    let mut runs = Vec::with_capacity(ready.gates.len());
     for (g, (queue, planted)) in plan.queues.into_iter().zip(plan.planted).enumerate() {
         runs.push(tokio::spawn(present_all(
-            gates[g].clone(),
+            ready.gates[g].clone(),
             g,
             queue,
             planted,
-            texts.clone(),
+            ready.texts.clone(),
             pace,
             phase.clone(),
-            stop.clone(),
+            config.stop.clone(),
         )));
     }
-    let mut presented = Vec::new();
-    let mut ran_out = false;
+    let (mut presented, mut ran_out) = (Vec::new(), false);
     for r in runs {
         let r = r
             .await
@@ -342,10 +478,38 @@ pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, Lo
     if let Some(e) = &cut.failed {
         return Err(err(format!("the node did not start again: {e}")));
     }
-    let cpu = crate::cpu_time().saturating_sub(cpu_start);
-    let machine_load = ticks_start
-        .zip(report::CpuTicks::read())
-        .and_then(|(a, b)| report::MachineLoad::between(&a, &b));
+    let run = Run {
+        start,
+        elapsed,
+        presented,
+        ran_out,
+        cut,
+        cpu: crate::cpu_time().saturating_sub(cpu_start),
+        machine_load: ticks_start
+            .zip(report::CpuTicks::read())
+            .and_then(|(a, b)| report::MachineLoad::between(&a, &b)),
+    };
+    Ok(Measured { run, watcher })
+}
+
+/// What the node holds once the gates have drained.
+struct After {
+    /// Scans left in each gate's journal after the drain.
+    left: Vec<usize>,
+    /// The last time a journal was seen holding a scan the node had not taken.
+    last_pending: Option<Instant>,
+    /// What the node says.
+    found: Found,
+}
+
+/// Drains every gate's journal, ends the watcher, and asks the node what it holds of
+/// `presented`.
+async fn reconcile(
+    config: &Config,
+    ready: &Ready,
+    presented: &[Presented],
+    watcher: Watcher,
+) -> Result<After, LoadError> {
     if config.progress {
         eprintln!(
             "stile loadtest: {}: the run's time is up; waiting for the gates' journals to be \
@@ -354,60 +518,20 @@ pub(crate) async fn run(config: &Config, sizing: Sizing) -> Result<RunReport, Lo
             DRAIN_TIMEOUT.as_secs()
         );
     }
-    let left = drain(&gates).await;
-    watched.notify_one();
-    let last_pending = watcher.await.unwrap_or(None);
-    // Uploaded between the last look that found scans left and the next one.
-    let settled = match (left.iter().all(|&n| n == 0), cut.back_at) {
-        (true, Some(back)) => Some(last_pending.unwrap_or(back)),
-        _ => None,
-    };
-    let found = Found::ask(&admin, &codes, &presented).await.map_err(err)?;
-    let answered_late = read_journals(gates, &gates_dir).await;
-    let interrupted = stop.is_requested() && elapsed < config.duration;
-    let checks = checks(
-        &presented,
-        &codes,
-        &found,
-        &left,
-        planted_asked,
-        interrupted,
-    );
-    let at = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(start).as_secs_f64());
-    let planted_duplicates = planted_admitted_twice(&presented).len() as u64;
-    let outage = OutageReport {
-        outage_s: cut_for.as_secs_f64(),
-        cut_at_s: at(cut.cut_at),
-        back_at_s: at(cut.back_at),
-        online_timeout_ms: ONLINE_TIMEOUT.as_millis() as u64,
-        admits_online: count(&presented, |p| p.online && admitted(p)),
-        admits_offline: count(&presented, |p| !p.online && admitted(p)),
-        answered_late,
-        uploads: found.uploads,
-        conflicts: found.conflicts.len() as u64,
-        planted_duplicates,
-        planted_asked: u64::from(planted_asked),
-        reconciled_s: match (cut.back_at, settled) {
-            (Some(back), Some(at)) => Some(at.saturating_duration_since(back).as_secs_f64()),
-            _ => None,
-        },
-        online_us: latency(presented.iter().filter(|p| p.online).map(|p| p.took_us)),
-        offline_us: latency(presented.iter().filter(|p| !p.online).map(|p| p.took_us)),
-        gates_dir: gates_dir.display().to_string(),
-        checks,
-    };
-    Ok(run_report(RunParts {
-        config,
-        sizing: &sizing,
-        sync,
-        presented: &presented,
-        elapsed,
-        ran_out: ran_out && !interrupted,
-        interrupted,
-        cpu,
-        machine_load,
-        outage,
-    }))
+    let left = drain(&ready.gates).await;
+    watcher.done.notify_one();
+    let last_pending = watcher.task.await.unwrap_or(None);
+    let found = Found::ask(&ready.admin, &ready.codes, presented)
+        .await
+        .map_err(|reason| LoadError::Target {
+            target: config.target.clone(),
+            reason,
+        })?;
+    Ok(After {
+        left,
+        last_pending,
+        found,
+    })
 }
 
 /// An admin client of the spawned node (the run's admin certificate), and the CA.
@@ -889,50 +1013,74 @@ fn checks(
     planted_asked: u32,
     interrupted: bool,
 ) -> Vec<OutageCheck> {
-    let check = |name: &str, passed: bool, detail: String| OutageCheck {
+    let planted = planted_admitted_twice(presented);
+    vec![
+        no_gate_admits_twice(presented, codes),
+        no_online_double_admit(presented, codes),
+        conflicts_are_the_planted_duplicates(&planted, found, codes),
+        offline_admits_on_node(found, codes),
+        planted_duplicates_admitted_offline(&planted, planted_asked, interrupted, codes),
+        journals_uploaded(left),
+    ]
+}
+
+fn check(name: &str, passed: bool, detail: String) -> OutageCheck {
+    OutageCheck {
         name: name.into(),
         passed,
         detail,
-    };
-    let mut out = Vec::new();
-    // (a) A gate admits a ticket once: its own journal and replica say it was used.
-    let mut per_gate: HashMap<(u16, u32), u32> = HashMap::new();
-    for p in presented.iter().filter(|p| admitted(p)) {
-        *per_gate.entry((p.gate, p.ticket)).or_default() += 1;
     }
-    let twice: Vec<u32> = per_gate
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|((_, t), _)| *t)
-        .collect();
-    out.push(check(
-        "no_gate_admits_twice",
-        twice.is_empty(),
-        match twice.is_empty() {
-            true => format!("{} admits, none twice at one gate", per_gate.len()),
-            false => format!("admitted twice at one gate: {}", named(twice, codes)),
-        },
-    ));
-    // (b) The node admits a ticket once.
-    let mut online: HashMap<u32, u32> = HashMap::new();
-    for p in presented.iter().filter(|p| p.online && admitted(p)) {
-        *online.entry(p.ticket).or_default() += 1;
+}
+
+/// The tickets counted more than once by `key` among the admits `admits` keeps.
+fn admitted_twice<K: std::hash::Hash + Eq>(
+    presented: &[Presented],
+    admits: impl Fn(&Presented) -> bool,
+    key: impl Fn(&Presented) -> K,
+) -> (usize, Vec<u32>) {
+    let mut seen: HashMap<K, (u32, u32)> = HashMap::new();
+    for p in presented.iter().filter(|p| admitted(p) && admits(p)) {
+        seen.entry(key(p)).or_insert((p.ticket, 0)).1 += 1;
     }
-    let twice: Vec<u32> = online
-        .iter()
-        .filter(|(_, n)| **n > 1)
+    let mut twice: Vec<u32> = seen
+        .values()
+        .filter(|(_, n)| *n > 1)
         .map(|(t, _)| *t)
         .collect();
-    out.push(check(
-        "no_online_double_admit",
-        twice.is_empty(),
-        match twice.is_empty() {
-            true => format!("{} tickets admitted online, each once", online.len()),
-            false => format!("admitted online twice: {}", named(twice, codes)),
-        },
-    ));
-    // (c) The conflicts are the planted duplicates, each a double entry, once.
-    let planted = planted_admitted_twice(presented);
+    twice.sort_unstable();
+    (seen.len(), twice)
+}
+
+/// (a) A gate admits a ticket once: its replica and journal know what it admitted.
+fn no_gate_admits_twice(presented: &[Presented], codes: &[CodeBytes]) -> OutageCheck {
+    let (pairs, twice) = admitted_twice(presented, |_| true, |p| (p.gate, p.ticket));
+    let detail = match twice.is_empty() {
+        true => format!("{pairs} admits, none twice at one gate"),
+        false => format!(
+            "admitted twice at one gate: {}",
+            named(twice.clone(), codes)
+        ),
+    };
+    check("no_gate_admits_twice", twice.is_empty(), detail)
+}
+
+/// (b) The node admits a ticket once.
+fn no_online_double_admit(presented: &[Presented], codes: &[CodeBytes]) -> OutageCheck {
+    let (tickets, twice) = admitted_twice(presented, |p| p.online, |p| p.ticket);
+    let detail = match twice.is_empty() {
+        true => format!("{tickets} tickets admitted online, each once"),
+        false => format!("admitted online twice: {}", named(twice.clone(), codes)),
+    };
+    check("no_online_double_admit", twice.is_empty(), detail)
+}
+
+/// (c) The node's conflicts of the run's tickets are the planted duplicates, each a double
+/// entry, once.
+fn conflicts_are_the_planted_duplicates(
+    planted: &HashSet<u32>,
+    found: &Found,
+    codes: &[CodeBytes],
+) -> OutageCheck {
     let mut seen: HashMap<u32, u32> = HashMap::new();
     let mut wrong_kind = Vec::new();
     for &(t, kind) in &found.conflicts {
@@ -941,31 +1089,35 @@ fn checks(
             wrong_kind.push(t);
         }
     }
-    let mut missing: Vec<u32> = planted
-        .iter()
-        .filter(|t| !seen.contains_key(t))
-        .copied()
-        .collect();
-    let mut extra: Vec<u32> = seen
-        .keys()
-        .filter(|t| !planted.contains(t))
-        .copied()
-        .collect();
-    let mut repeated: Vec<u32> = seen
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(t, _)| *t)
-        .collect();
-    missing.sort_unstable();
-    extra.sort_unstable();
-    repeated.sort_unstable();
-    let exact =
-        missing.is_empty() && extra.is_empty() && repeated.is_empty() && wrong_kind.is_empty();
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v
+    };
+    let missing = sorted(
+        planted
+            .iter()
+            .filter(|t| !seen.contains_key(t))
+            .copied()
+            .collect(),
+    );
+    let extra = sorted(
+        seen.keys()
+            .filter(|t| !planted.contains(t))
+            .copied()
+            .collect(),
+    );
+    let repeated = sorted(
+        seen.iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(t, _)| *t)
+            .collect(),
+    );
     let mut detail = format!(
         "{} conflicts for {} planted duplicates admitted offline twice",
         found.conflicts.len(),
         planted.len()
     );
+    let mut exact = true;
     for (what, list) in [
         ("missing", missing),
         ("not planted", extra),
@@ -973,73 +1125,73 @@ fn checks(
         ("not double_entry", wrong_kind),
     ] {
         if !list.is_empty() {
+            exact = false;
             detail.push_str(&format!("; {what}: {}", named(list, codes)));
         }
     }
-    out.push(check("conflicts_are_the_planted_duplicates", exact, detail));
-    // (d) Every offline admit reached the node.
-    out.push(check(
-        "offline_admits_on_node",
-        found.not_used.is_empty(),
-        match found.not_used.is_empty() {
-            true => format!(
-                "all {} tickets admitted offline are used on the node",
-                found.offline_admitted
-            ),
-            false => format!(
-                "{} of {} tickets admitted offline are not used on the node ({}): {}",
-                found.not_used.len(),
-                found.offline_admitted,
-                found.not_used[0].1,
-                named(found.not_used.iter().map(|(t, _)| *t), codes)
-            ),
-        },
-    ));
-    // (e) The duplicates were planted: else (c) would hold of nothing.
-    let all_planted = planted.len() == planted_asked as usize;
-    out.push(check(
+    check("conflicts_are_the_planted_duplicates", exact, detail)
+}
+
+/// (d) Every offline admit reached the node.
+fn offline_admits_on_node(found: &Found, codes: &[CodeBytes]) -> OutageCheck {
+    let detail = match found.not_used.first() {
+        None => format!(
+            "all {} tickets admitted offline are used on the node",
+            found.offline_admitted
+        ),
+        Some((_, state)) => format!(
+            "{} of {} tickets admitted offline are not used on the node ({state}): {}",
+            found.not_used.len(),
+            found.offline_admitted,
+            named(found.not_used.iter().map(|(t, _)| *t), codes)
+        ),
+    };
+    check("offline_admits_on_node", found.not_used.is_empty(), detail)
+}
+
+/// (e) The duplicates were planted: else (c) would hold of fewer (not checked of a run
+/// stopped early).
+fn planted_duplicates_admitted_offline(
+    planted: &HashSet<u32>,
+    asked: u32,
+    interrupted: bool,
+    codes: &[CodeBytes],
+) -> OutageCheck {
+    let all = planted.len() == asked as usize;
+    let n = planted.len();
+    let detail = match (all, interrupted) {
+        (true, _) => format!("{n} of {asked} admitted offline at both their gates"),
+        (false, true) => format!(
+            "not checked: the run was stopped with {n} of {asked} admitted offline at both \
+             their gates"
+        ),
+        (false, false) => format!(
+            "{n} of {asked} admitted offline at both their gates; not: {}",
+            named((0..asked).filter(|t| !planted.contains(t)), codes)
+        ),
+    };
+    check(
         "planted_duplicates_admitted_offline",
-        all_planted || interrupted,
-        match (all_planted, interrupted) {
-            (true, _) => format!(
-                "{} of {planted_asked} admitted offline at both their gates",
-                planted.len()
-            ),
-            (false, true) => format!(
-                "not checked: the run was stopped with {} of {planted_asked} admitted offline at \
-                 both their gates",
-                planted.len()
-            ),
-            (false, false) => {
-                let short: Vec<u32> = (0..planted_asked)
-                    .filter(|t| !planted.contains(t))
-                    .collect();
-                format!(
-                    "{} of {planted_asked} admitted offline at both their gates; not: {}",
-                    planted.len(),
-                    named(short, codes)
-                )
-            }
-        },
-    ));
-    // (f) The journals were handed over.
+        all || interrupted,
+        detail,
+    )
+}
+
+/// (f) The journals were handed over.
+fn journals_uploaded(left: &[usize]) -> OutageCheck {
     let stuck: usize = left.iter().map(|&n| n.min(1_000_000_000)).sum();
-    out.push(check(
-        "journals_uploaded",
-        stuck == 0,
-        match stuck {
-            0 => format!(
-                "every gate's journal uploaded within {} s",
-                DRAIN_TIMEOUT.as_secs()
-            ),
-            _ => format!(
-                "{stuck} offline scans left in {} gates' journals after {} s",
-                left.iter().filter(|&&n| n > 0).count(),
-                DRAIN_TIMEOUT.as_secs()
-            ),
-        },
-    ));
-    out
+    let detail = match stuck {
+        0 => format!(
+            "every gate's journal uploaded within {} s",
+            DRAIN_TIMEOUT.as_secs()
+        ),
+        _ => format!(
+            "{stuck} offline scans left in {} gates' journals after {} s",
+            left.iter().filter(|&&n| n > 0).count(),
+            DRAIN_TIMEOUT.as_secs()
+        ),
+    };
+    check("journals_uploaded", stuck == 0, detail)
 }
 
 /// Percentiles of `us` (`None` for none).
