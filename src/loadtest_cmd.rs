@@ -26,12 +26,23 @@ in DATA/node.log) and --kill-every / --pause-every strike it once the tickets ar
 then reconnect and resend what is unanswered with the same scan ids, and the report counts \
 faults, reconnects and indeterminate scans. Check the promise with --check-history.
 
+Outage (--scenario outage --spawn-node): G gates of the stile-gate library run in this process \
+(state and certificates in DATA/gates/gate-N, made afresh each run; a gate decides offline when \
+the node has not answered within 300 ms), each presenting its share of the tickets at --rate \
+(default 100 a second a gate). Mid-run the node is killed and started again --outage later \
+(default 10s); a quarter into the outage each gate presents its planted duplicates first, \
+tickets also presented at another gate (--duplicates, default as many as fit up to 20). At the \
+end the gates upload their journals and the report says admits online and offline, uploads and \
+conflicts, and checks: no gate admits a ticket twice, no ticket is admitted online twice, the \
+node's conflicts are the planted duplicates, every offline admit is used on the node. A failed \
+check exits 2.
+
 Exit status: 0 the runs held; 1 requests went unanswered, gates lost their connection or a \
-target failed; 2 a ticket was admitted twice, a forged code admitted or the history holds a \
-violation (and, from clap, bad arguments); 3 the history check was undecided; 130 interrupted \
-(Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
+target failed; 2 a ticket was admitted twice, a forged code admitted, the history holds a \
+violation or an outage check failed (and, from clap, bad arguments); 3 the history check was \
+undecided; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), the figures so far reported.")]
 pub struct LoadtestArgs {
-    /// stadium, rail, replay, forged or mixed.
+    /// stadium, rail, replay, forged, mixed or outage.
     #[arg(long, value_enum)]
     scenario: Scenario,
     /// inproc, quic://HOST:PORT or redis://HOST:PORT.
@@ -51,7 +62,8 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// Open loop: this many check-ins per second in all, each measured from the moment it
-    /// was due. Without it: closed loop, as fast as answers come.
+    /// was due. Without it: closed loop, as fast as answers come (outage: 100 a second a
+    /// gate).
     #[arg(long)]
     rate: Option<f64>,
     /// Open loop: flat (the rate throughout) or peak (a tenth of the rate rising to all of
@@ -68,7 +80,7 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 64)]
     gates: u32,
     /// Check-ins in flight per gate (1 to 4096).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = INFLIGHT_DEFAULT)]
     inflight: u32,
     /// Tickets minted before the clock starts (1 to 20,000,000). Without it: as many as
     /// the run presents, from --rate, or from a 1 s probe in a closed loop.
@@ -134,6 +146,14 @@ pub struct LoadtestArgs {
     /// How long each pause lasts.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, requires = "pause_every")]
     pause_for: Option<Duration>,
+    /// Outage: how long the spawned node is cut off (killed, then started again), from the
+    /// middle of the run [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    outage: Option<Duration>,
+    /// Outage: tickets presented at two gates while the node is cut off (the conflicts to
+    /// expect) [default: as many as fit the outage, up to 20].
+    #[arg(long, value_name = "N")]
+    duplicates: Option<u32>,
     /// Options of the spawned node (`stile node`), after `--`.
     #[arg(last = true, value_name = "NODE ARGS", requires = "spawn_node")]
     node_args: Vec<String>,
@@ -174,7 +194,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<ExitCode> {
             )
         };
         config
-            .validate()
+            .validate_options()
             .with_context(|| format!("running {} against {target}", scenario.name()))?;
     }
     faults_of(&args).validate(args.inflight)?;
@@ -374,6 +394,7 @@ fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> 
             args.node_args.join(" ")
         );
     }
+    check_outage_options(args)?;
     if args.rounds > 1 && args.compare.len() < 2 {
         anyhow::bail!(
             "--rounds {}: rounds alternate the targets of --compare; give --compare A,B",
@@ -414,6 +435,52 @@ fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The outage scenario's options, and the options it has no use for: said, not ignored.
+fn check_outage_options(args: &LoadtestArgs) -> anyhow::Result<()> {
+    if args.scenario != Scenario::Outage {
+        if args.outage.is_some() || args.duplicates.is_some() {
+            anyhow::bail!(
+                "--outage and --duplicates set up the outage scenario (--scenario outage), not {}",
+                args.scenario.name()
+            );
+        }
+        return Ok(());
+    }
+    if !args.spawn_node {
+        anyhow::bail!(
+            "the outage scenario cuts off the node it tests by killing it and starting it again: \
+             give --spawn-node (node options after --)"
+        );
+    }
+    let unused = [
+        (
+            args.history.is_some() || args.check_history,
+            "--history and --check-history",
+        ),
+        (
+            args.kill_every.is_some() || args.pause_every.is_some(),
+            "--kill-every and --pause-every",
+        ),
+        (args.inflight != INFLIGHT_DEFAULT, "--inflight"),
+        (args.warmup != WARMUP_DEFAULT, "--warmup"),
+    ];
+    for (given, flag) in unused {
+        if given {
+            anyhow::bail!(
+                "{flag}: not for the outage scenario, whose gates scan one code at a time from \
+                 the start, decide offline themselves and check what must hold at the end; the \
+                 node is cut off by --outage"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--inflight`'s default.
+const INFLIGHT_DEFAULT: u32 = 16;
+/// `--warmup`'s default.
+const WARMUP_DEFAULT: Duration = Duration::from_secs(1);
+
 /// Ctrl-C, SIGTERM or SIGHUP: the run in progress ends as if its time were up and is
 /// reported, the targets after it are not run, and a spawned Redis is stopped. A second one
 /// quits at once.
@@ -453,7 +520,11 @@ fn config_for(
         gates: u16::try_from(args.gates).unwrap_or(u16::MAX),
         inflight: args.inflight,
         duration: args.duration,
-        warmup: args.warmup,
+        // The outage scenario counts every scan (a --warmup given is refused).
+        warmup: match args.scenario {
+            Scenario::Outage => Duration::ZERO,
+            _ => args.warmup,
+        },
         rate: args.rate,
         shape: args.shape,
         tickets: args.tickets,
@@ -479,6 +550,12 @@ fn config_for(
         history: shared.history.clone(),
         node: shared.node.clone(),
         faults: faults_of(args),
+        outage: stile_loadtest::outage::Outage {
+            cut_for: args
+                .outage
+                .unwrap_or(stile_loadtest::outage::OUTAGE_DEFAULT),
+            duplicates: args.duplicates,
+        },
     }
 }
 
@@ -616,8 +693,8 @@ fn write_outputs(args: &LoadtestArgs, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says what went wrong in the runs: `true` if a ticket was admitted twice or a forged code
-/// admitted; sets `failed` if requests went unanswered.
+/// Says what went wrong in the runs: `true` if a ticket was admitted twice, a forged code
+/// admitted or an outage check failed; sets `failed` if requests went unanswered.
 fn verdict(report: &Report, failed: &mut bool) -> bool {
     let mut bad = false;
     for r in &report.runs {
@@ -627,6 +704,15 @@ fn verdict(report: &Report, failed: &mut bool) -> bool {
                 r.target, r.double_admits, r.forged_admits
             );
             bad = true;
+        }
+        if let Some(o) = &r.outage {
+            for c in o.failed() {
+                eprintln!(
+                    "stile loadtest: {}: check {} failed: {}",
+                    r.target, c.name, c.detail
+                );
+                bad = true;
+            }
         }
         // A run some of whose requests went unanswered does not measure what it claims to.
         if r.timeouts + r.errors > 0 || r.gates_lost > 0 {

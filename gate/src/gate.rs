@@ -685,23 +685,11 @@ impl Gate {
     }
 
     /// What to upload: the journal's position, its scans from there, and the scan ids the
-    /// node applied online after all (answered late `admitted` or `exited`). A late online
-    /// refusal of a scan the gate admitted offline is uploaded still: the person went in,
-    /// and the node records the conflict.
+    /// node applied online after all (answered late `admitted` or `exited`; a late refusal
+    /// of an offline admit is uploaded still, and the node records the conflict).
     pub(crate) fn upload_work(&self) -> (u64, Vec<Record>, std::collections::HashSet<u64>) {
         let journal = self.journal.lock().expect("not poisoned");
-        let late = journal
-            .scans()
-            .iter()
-            .filter_map(|r| match r {
-                Record::LateOnline(s)
-                    if matches!(s.decision, OutcomeKind::Admitted | OutcomeKind::Exited) =>
-                {
-                    Some(s.scan_id)
-                }
-                _ => None,
-            })
-            .collect();
+        let late = crate::sync::applied_late(journal.scans());
         (journal.uploaded(), journal.pending().to_vec(), late)
     }
 

@@ -44,8 +44,9 @@ pub struct Scan {
 pub enum Record {
     /// A scan the gate decided itself.
     Offline(Scan),
-    /// The node's answer to a scan the gate had already decided offline (the node applied
-    /// it: the upload must not apply it again).
+    /// The node's answer to a scan the gate had already decided offline (an admit or exit
+    /// the node applied: the upload must not apply it again; a refusal: the offline
+    /// decision is uploaded all the same, so an offline admit it contradicts is a conflict).
     LateOnline(Scan),
     /// The node has applied the first `count` scans of the journal.
     Uploaded {

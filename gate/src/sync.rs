@@ -182,6 +182,28 @@ pub(crate) fn reapply(replica: &mut Replica, pending: &[Record], gate_id: u16) {
     }
 }
 
+/// The scan ids the node applied online after the gate had decided them offline: their
+/// late answer was an admit or an exit, and uploading them would apply nothing new. A late
+/// refusal is not among them: when the gate admitted that scan offline the holder went in
+/// all the same (the ticket used meanwhile at another gate, say), and only its upload tells
+/// the node, which records the conflict.
+pub(crate) fn applied_late(scans: &[Record]) -> HashSet<u64> {
+    scans
+        .iter()
+        .filter_map(|r| match r {
+            Record::LateOnline(s)
+                if matches!(
+                    s.decision,
+                    stile_protocol::OutcomeKind::Admitted | stile_protocol::OutcomeKind::Exited
+                ) =>
+            {
+                Some(s.scan_id)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Uploads the journal's scans in order for as long as the gate lives.
 pub(crate) async fn upload_loop(gate: Weak<Gate>) {
     loop {
@@ -248,7 +270,7 @@ async fn upload(
             }
         }
         let answer = match record {
-            // A scan the node answered after all was applied online: nothing to upload.
+            // A scan the node applied online after all: nothing to upload.
             Record::Offline(s) if !late.contains(&s.scan_id) => {
                 let scan = OfflineScan::new(
                     &s.code,
@@ -296,5 +318,42 @@ async fn save_loop(gate: Weak<Gate>) {
         let Some(g) = gate.upgrade() else { return };
         // Off the runtime's threads: a replica of a million tickets is 28 MB to write.
         let _ = tokio::task::spawn_blocking(move || g.save()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Scan;
+    use stile_protocol::{CodeBytes, OutcomeKind};
+
+    fn scan(scan_id: u64, decision: OutcomeKind) -> Scan {
+        let mut b = [0u8; 20];
+        b[0] = 1;
+        Scan {
+            scan_id,
+            scanned_at_unix_ms: 1,
+            last_online_unix_s: 0,
+            op: Op::Entry,
+            decision,
+            code: CodeBytes::from_slice(&b).expect("format 1"),
+        }
+    }
+
+    /// Two gates admit one ticket offline; once the node is back both scans, still awaited
+    /// online, are sent again: one is admitted, the other refused `already_used`. The
+    /// refused one's offline admit must still go up, or the node never records the double
+    /// entry (the `outage` load test found it missing).
+    #[test]
+    fn a_late_refusal_of_an_offline_admit_is_still_uploaded() {
+        let journal = [
+            Record::Offline(scan(7, OutcomeKind::Admitted)),
+            Record::Offline(scan(8, OutcomeKind::Admitted)),
+            Record::Offline(scan(9, OutcomeKind::Admitted)),
+            Record::LateOnline(scan(7, OutcomeKind::Admitted)),
+            Record::LateOnline(scan(8, OutcomeKind::AlreadyUsed)),
+            Record::Uploaded { count: 1 },
+        ];
+        assert_eq!(applied_late(&journal), HashSet::from([7]));
     }
 }

@@ -647,6 +647,11 @@ fn page(report: &Report, plots: &[Plot]) -> String {
             esc(&r.target),
             outcomes.join(", ")
         );
+        if let Some(o) = &r.outage {
+            for line in o.text().lines() {
+                let _ = writeln!(h, "<p class=\"outage\">{}</p>", esc(line.trim()));
+            }
+        }
         for line in r.tickets_text().lines() {
             let _ = writeln!(h, "<p class=\"tickets\">{}</p>", esc(line.trim()));
         }

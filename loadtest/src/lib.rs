@@ -8,7 +8,9 @@
 //! Scenarios: `stadium` (each ticket once, spread over the gates), `rail` (single journeys
 //! and day passes, entry and exit at different gates), `replay` (every code at several gates
 //! at once: exactly one may be admitted), `forged` (bit-flipped and random codes: none may
-//! be admitted) and `mixed` (first scans with replays and forgeries among them).
+//! be admitted), `mixed` (first scans with replays and forgeries among them) and `outage`
+//! (gates of the `stile-gate` library in this process, their node cut off mid-run: see
+//! [`outage`]).
 //!
 //! Closed loop (the default) keeps N requests in flight per gate; open loop (`rate`) sends
 //! at a fixed rate and measures each request from the moment it was due, so a stall of the
@@ -23,6 +25,7 @@ pub mod history;
 pub mod html;
 mod leftovers;
 mod link;
+pub mod outage;
 pub mod output;
 pub mod plan;
 mod redis_target;
@@ -120,6 +123,10 @@ pub enum Scenario {
     Rail,
     /// First scans, with replays of earlier tickets and forged copies among them.
     Mixed,
+    /// Gates of the stile-gate library in this process (300 ms online timeout), the spawned
+    /// node killed mid-run for --outage and started again; tickets presented at two gates
+    /// during the outage; conflicts and uploads checked after (needs --spawn-node).
+    Outage,
 }
 
 impl Scenario {
@@ -131,6 +138,7 @@ impl Scenario {
             Scenario::Forged => "forged",
             Scenario::Rail => "rail",
             Scenario::Mixed => "mixed",
+            Scenario::Outage => "outage",
         }
     }
 }
@@ -221,6 +229,8 @@ pub struct Config {
     pub node: Option<Arc<spawn::NodeProcess>>,
     /// Faults struck at `node` during the run; with any, gates reconnect and resend.
     pub faults: Faults,
+    /// The `outage` scenario's cut and planted duplicates (other scenarios ignore it).
+    pub outage: outage::Outage,
     /// Asked to stop early: the run ends as if its time were up and reports what it
     /// measured.
     pub stop: Stop,
@@ -326,8 +336,28 @@ impl Stop {
 }
 
 impl Config {
-    /// Checks the bounds.
+    /// Checks the bounds, and that the node faults and the `outage` scenario strike is there.
     pub fn validate(&self) -> Result<(), LoadError> {
+        self.validate_options()?;
+        if self.faults.any() && self.node.is_none() {
+            return Err(LoadError::Usage(
+                "--kill-every and --pause-every strike the node the run starts: give \
+                 --spawn-node"
+                    .into(),
+            ));
+        }
+        if self.scenario == Scenario::Outage && self.node.is_none() {
+            return Err(LoadError::Usage(
+                "the outage scenario cuts off the node the run starts (it kills it and starts \
+                 it again): give --spawn-node"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the bounds of the options alone, before a node is started.
+    pub fn validate_options(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::Usage(m));
         if self.gates == 0 || self.gates > GATES_MAX {
             return bad(format!("--gates must be 1 to {GATES_MAX}"));
@@ -355,12 +385,8 @@ impl Config {
                 return bad(format!("--rate must be 1 to {RATE_MAX} per second"));
             }
         }
-        if self.faults.any() && self.node.is_none() {
-            return bad(
-                "--kill-every and --pause-every strike the node the run starts: give \
-                        --spawn-node"
-                    .into(),
-            );
+        if self.scenario == Scenario::Outage {
+            outage::validate(self)?;
         }
         self.faults.validate(self.inflight)
     }
@@ -549,6 +575,14 @@ pub async fn size(config: &Config) -> Result<Sizing, LoadError> {
     if let Some(n) = config.tickets {
         return Ok(Sizing::given(n));
     }
+    if config.scenario == Scenario::Outage {
+        // Its gates keep a pace (a default one without --rate): no probe. The planted
+        // duplicates come on top.
+        let s = Sizing::for_rate(config, outage::rate_of(config), RATE_HEADROOM, "rate");
+        let tickets = (u64::from(s.tickets) + u64::from(outage::duplicates_of(config)))
+            .min(u64::from(TICKETS_MAX)) as u32;
+        return Ok(Sizing { tickets, ..s });
+    }
     if let Some(rate) = config.rate {
         return Ok(Sizing::for_rate(config, rate, RATE_HEADROOM, "rate"));
     }
@@ -598,6 +632,9 @@ pub async fn run(config: &Config) -> Result<RunReport, LoadError> {
 /// Runs one scenario against one target with `sizing.tickets` tickets.
 pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, LoadError> {
     config.validate()?;
+    if config.scenario == Scenario::Outage {
+        return outage::run(config, sizing).await;
+    }
     let Prepared {
         target,
         genuine,
@@ -769,6 +806,7 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         faults: struck.kills + struck.pauses,
         reconnects,
         indeterminate,
+        outage: None,
     })
 }
 

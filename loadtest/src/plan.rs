@@ -92,7 +92,7 @@ pub fn scans_per_ticket(scenario: Scenario, gates: u16) -> f64 {
     let pass = f64::from(RAIL_PASS_PERCENT) / 100.0;
     match scenario {
         // A forged copy of each ticket, never the ticket itself.
-        Scenario::Stadium | Scenario::Forged => 1.0,
+        Scenario::Stadium | Scenario::Forged | Scenario::Outage => 1.0,
         Scenario::Replay => REPLAY_FANOUT.min(usize::from(gates.max(1))) as f64,
         // Single journeys enter and leave; day passes make their trips.
         Scenario::Rail => (1.0 - pass) * 2.0 + pass * 2.0 * f64::from(RAIL_PASS_TRIPS),
@@ -120,7 +120,9 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
         scan_id: 0,
     };
     match config.scenario {
-        Scenario::Stadium => {
+        // The outage scenario's gates take their queues from [`outage`]; dealt here as
+        // stadium's would be.
+        Scenario::Stadium | Scenario::Outage => {
             for (i, c) in genuine.iter().enumerate() {
                 work[i % gates].push(entry(*c, i));
             }
@@ -211,6 +213,44 @@ pub fn plan(config: &Config, genuine: &[CodeBytes]) -> Plan {
     }
 }
 
+/// The `outage` scenario's presentations, by ticket index in minting order.
+#[derive(Debug)]
+pub struct OutagePlan {
+    /// Gate `i + 1`'s tickets, in order: every ticket but the planted duplicates, each at
+    /// one gate.
+    pub queues: Vec<Vec<u32>>,
+    /// Gate `i + 1`'s planted duplicates, presented as soon as the node is cut off.
+    pub planted: Vec<Vec<u32>>,
+    /// The planted duplicates: tickets `0..duplicates`, each at two different gates.
+    pub duplicates: u32,
+}
+
+/// The `outage` scenario's plan for `tickets` tickets at `gates` gates (2 or more): the first
+/// `duplicates` tickets are the planted duplicates, their two presentations each dealt round
+/// robin (so at gates `2k mod G` and `2k + 1 mod G`, never one gate twice, and no gate more
+/// than `ceil(2 duplicates / G)` of them); the rest are dealt round robin, once each.
+pub fn outage(tickets: u32, gates: u16, duplicates: u32) -> OutagePlan {
+    let g = usize::from(gates);
+    assert!(g >= 2, "planted duplicates need two gates");
+    assert!(
+        duplicates < tickets,
+        "tickets beside the planted duplicates"
+    );
+    let mut planted = vec![Vec::new(); g];
+    for j in 0..2 * duplicates {
+        planted[j as usize % g].push(j / 2);
+    }
+    let mut queues = vec![Vec::new(); g];
+    for (i, t) in (duplicates..tickets).enumerate() {
+        queues[i % g].push(t);
+    }
+    OutagePlan {
+        queues,
+        planted,
+        duplicates,
+    }
+}
+
 /// A forged copy of `code`: one bit of the tag flipped, or a random tag.
 fn forge(rng: &mut SmallRng, code: &CodeBytes, flip_one_bit: bool) -> CodeBytes {
     let mut bytes = code.as_bytes().to_vec();
@@ -254,6 +294,7 @@ mod tests {
             history: None,
             node: None,
             faults: Default::default(),
+            outage: Default::default(),
         }
     }
 
@@ -299,6 +340,32 @@ mod tests {
         }
         assert_eq!(p.allowed[0], 1);
         assert_eq!(p.allowed[999], RAIL_PASS_TRIPS as u8);
+    }
+
+    #[test]
+    fn the_outage_plants_each_duplicate_at_two_gates_and_deals_the_rest_once() {
+        for (tickets, gates, dups) in [(100u32, 4u16, 10u32), (50, 3, 7), (10, 2, 1), (9, 5, 0)] {
+            let p = outage(tickets, gates, dups);
+            let mut seen = vec![Vec::new(); tickets as usize];
+            for (g, q) in p.queues.iter().enumerate() {
+                q.iter().for_each(|&t| seen[t as usize].push(g));
+            }
+            let mut planted_at = vec![Vec::new(); tickets as usize];
+            for (g, q) in p.planted.iter().enumerate() {
+                q.iter().for_each(|&t| planted_at[t as usize].push(g));
+                assert!(q.len() <= (2 * dups).div_ceil(u32::from(gates)) as usize);
+            }
+            for t in 0..tickets as usize {
+                if (t as u32) < dups {
+                    assert!(seen[t].is_empty(), "planted {t} in a queue");
+                    assert_eq!(planted_at[t].len(), 2, "{t}");
+                    assert_ne!(planted_at[t][0], planted_at[t][1], "{t} twice at one gate");
+                } else {
+                    assert_eq!(seen[t].len(), 1, "ticket {t}");
+                    assert!(planted_at[t].is_empty());
+                }
+            }
+        }
     }
 
     #[test]

@@ -122,6 +122,118 @@ pub struct RunReport {
     /// Scans that got no answer in the end (the connection lost for good, or an error
     /// answer): whether they took effect is unknown; the history checker allows both.
     pub indeterminate: u64,
+    /// The `outage` scenario's own findings (absent in the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageReport>,
+}
+
+/// What the `outage` scenario found: its gates' admits online and offline, what reached the
+/// node once it was back, and whether each thing that must hold did.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageReport {
+    /// How long the node was to be cut off, seconds (`--outage`).
+    pub outage_s: f64,
+    /// When it was killed, seconds from the start of the run (absent: never, the run was
+    /// stopped first).
+    pub cut_at_s: Option<f64>,
+    /// When it listened again, seconds from the start.
+    pub back_at_s: Option<f64>,
+    /// How long a gate waits for the node before it decides offline, milliseconds.
+    pub online_timeout_ms: u64,
+    /// Admits the node gave in time (`mode` online).
+    pub admits_online: u64,
+    /// Admits the gates decided themselves, from their replicas (`mode` offline).
+    pub admits_offline: u64,
+    /// Scans decided offline whose online request the node answered after all, once the
+    /// gate reconnected (the client resends a scan still awaited): journaled as such; an
+    /// admit answered so is not uploaded again. Absent if the journals could not be read.
+    pub answered_late: Option<u64>,
+    /// Offline scans uploaded: `checkin_offline` requests the node answered once back.
+    pub uploads: u64,
+    /// Conflicts the node recorded for this run's tickets.
+    pub conflicts: u64,
+    /// Tickets presented at two gates while the node was cut off, both times answered
+    /// offline: the conflicts to expect.
+    pub planted_duplicates: u64,
+    /// Planted duplicates asked for (`--duplicates`, or as many as fit up to 20).
+    pub planted_asked: u64,
+    /// Seconds from the node's return until no gate's journal held a scan the node had not
+    /// taken (polled every 50 ms; absent when the node never came back or the journals were
+    /// not uploaded within the drain).
+    pub reconciled_s: Option<f64>,
+    /// A gate's time to answer, from presenting the code: answers the node gave in time.
+    pub online_us: Option<Latency>,
+    /// The same, answers the gate decided offline (its online timeout included).
+    pub offline_us: Option<Latency>,
+    /// Where the gates' certificates, replicas and journals are (kept after the run).
+    pub gates_dir: String,
+    /// Each check, in order.
+    pub checks: Vec<OutageCheck>,
+}
+
+/// One thing the `outage` scenario checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageCheck {
+    /// Its name (`no_gate_admits_twice`, …).
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+impl OutageReport {
+    /// The checks that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &OutageCheck> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    /// Lines of the summary.
+    pub fn text(&self) -> String {
+        let s = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1} s"));
+        let mut out = format!(
+            "  outage: node cut off at {} for {:.1} s, listening again at {}; gates decide \
+             offline after {} ms\n",
+            s(self.cut_at_s),
+            self.outage_s,
+            s(self.back_at_s),
+            self.online_timeout_ms
+        );
+        let late = self.answered_late.map_or(String::new(), |n| {
+            format!(" ({n} offline scans answered late)")
+        });
+        out.push_str(&format!(
+            "  admits online {}, offline {}; uploads {}{late}; conflicts {}, planted \
+             duplicates {} of {}; reconciled {} after the node was back\n",
+            self.admits_online,
+            self.admits_offline,
+            self.uploads,
+            self.conflicts,
+            self.planted_duplicates,
+            self.planted_asked,
+            s(self.reconciled_s)
+        ));
+        let l = |name: &str, l: &Option<Latency>| {
+            l.as_ref().map(|l| {
+                format!(
+                    "{name} p50 {} us  p99 {} us  max {} us",
+                    l.p50, l.p99, l.max
+                )
+            })
+        };
+        let parts: Vec<String> = [l("online", &self.online_us), l("offline", &self.offline_us)]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !parts.is_empty() {
+            out.push_str(&format!("  a gate's answer: {}\n", parts.join(";  ")));
+        }
+        for c in &self.checks {
+            let verdict = if c.passed { "ok" } else { "FAILED" };
+            out.push_str(&format!("  check {}: {verdict}: {}\n", c.name, c.detail));
+        }
+        out
+    }
 }
 
 /// Load-test tickets a run left in a node, and how to remove them.
@@ -871,11 +983,15 @@ impl Report {
                 r.client_cpu_percent,
                 r.machine_load.map(|l| l.text()).unwrap_or_default()
             ));
-            if r.faults + r.reconnects + r.indeterminate > 0 {
+            // The outage scenario's gates reconnect by themselves: its own lines say it all.
+            if r.outage.is_none() && r.faults + r.reconnects + r.indeterminate > 0 {
                 out.push_str(&format!(
                     "  faults {}, reconnects {}, indeterminate {}\n",
                     r.faults, r.reconnects, r.indeterminate
                 ));
+            }
+            if let Some(o) = &r.outage {
+                out.push_str(&o.text());
             }
             if let Some(node) = &r.node {
                 out.push_str(&node.text());
@@ -965,6 +1081,7 @@ pub(crate) mod tests {
             faults: 0,
             reconnects: 0,
             indeterminate: 0,
+            outage: None,
             machine_load: None,
             percentiles: Vec::new(),
             timeline: Vec::new(),

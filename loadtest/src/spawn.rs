@@ -100,10 +100,26 @@ impl NodeProcess {
 
     /// Kills the node with SIGKILL and starts it again on the same data dir and port.
     pub fn kill_and_restart(&self) -> Result<(), String> {
-        let mut child = self.child.lock().expect("not poisoned");
-        if let Some(mut c) = child.take() {
+        self.kill();
+        self.start_again()
+    }
+
+    /// Kills the node with SIGKILL and waits until it is gone: nothing listens on its port
+    /// until [`NodeProcess::start_again`]. A node already gone is left so.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().expect("not poisoned").take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts the node again on the same data dir and port (it recovers from its log and
+    /// snapshot), once it has been killed; returns when it listens. A node still running is
+    /// left so.
+    pub fn start_again(&self) -> Result<(), String> {
+        let mut child = self.child.lock().expect("not poisoned");
+        if child.is_some() {
+            return Ok(());
         }
         let (c, _) = self.launch(self.addr)?;
         *child = Some(c);

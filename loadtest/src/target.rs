@@ -151,7 +151,7 @@ fn unknown_scheme(target: &str) -> LoadError {
 
 /// The admin certificate and key a `quic://` target mints with, checked to exist and to
 /// carry the admin role.
-fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     let (cert, key) = match &config.admin {
         Some(pair) => pair.clone(),
         None => {
@@ -176,7 +176,7 @@ fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// `DATA/tls` and the CA certificate in it, which a `quic://` target needs.
-fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     let tls = config.data.join("tls");
     let ca = tls.join(certs::CA_CERT);
     if !ca.exists() {

@@ -35,6 +35,7 @@ fn config(scenario: Scenario, target: &str, data: &std::path::Path) -> Config {
         history: None,
         node: None,
         faults: Default::default(),
+        outage: Default::default(),
     }
 }
 
@@ -80,6 +81,8 @@ fn check(scenario: Scenario, r: &RunReport, tickets: u64) {
             assert!(admitted > 0 && admitted <= tickets, "{r:?}");
             assert!(count("already_used") > 0 && refused > 0, "{r:?}");
         }
+        // Needs a spawned node: tests/it/outage.rs.
+        Scenario::Outage => unreachable!("not run here"),
     }
     assert!(r.requests > 0 && r.throughput_per_s > 0.0, "{r:?}");
     assert!(r.latency_us.p50 <= r.latency_us.p99 && r.latency_us.p99 <= r.latency_us.max);

@@ -17,6 +17,7 @@ mod loom_word;
 mod memory;
 mod metrics;
 mod node;
+mod outage;
 mod purge;
 mod race;
 mod readme;
