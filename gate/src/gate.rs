@@ -24,6 +24,9 @@ use crate::journal::{Journal, JournalError, Record, Scan};
 use crate::replica::{to_replica_s, Lookup, Replica, ReplicaError, INSIDE, REVOKED};
 use crate::rules::{decide, Op};
 
+/// How far behind the replica's last sync (the node's clock) this machine's corrected clock
+/// may be before the gate stops trusting it to tell the replica's age.
+const CLOCK_BEHIND_MAX_S: u64 = 60;
 /// Scan ids reserved at a time in `STATE/scan-ids`.
 const SCAN_ID_BLOCK: u64 = 1 << 16;
 /// Pause between attempts to reach a node that does not answer.
@@ -522,6 +525,14 @@ impl Gate {
         let Some(r) = replica.as_mut() else {
             return Answer::refused("no replica of the tickets yet: cannot decide offline".into());
         };
+        if now_s + CLOCK_BEHIND_MAX_S < r.synced_unix_s {
+            // A clock that stopped or was set back would make any replica look fresh.
+            return Answer::refused(format!(
+                "this machine's clock is {} behind the replica's last sync: cannot judge \
+                 its age, cannot decide offline",
+                human(r.synced_unix_s - now_s)
+            ));
+        }
         let age = now_s.saturating_sub(r.synced_unix_s);
         if age > self.config.max_replica_age.as_secs() {
             return Answer::refused(format!(

@@ -221,12 +221,25 @@ impl Journal {
         })
     }
 
-    /// Appends `record` and syncs it: when this returns `Ok`, it survives a power cut.
+    /// Appends `record` and syncs it: when this returns `Ok`, it survives a power cut. When
+    /// it fails (a full disk), the journal is cut back to its last whole record, so a later
+    /// append does not follow a partial one (which the next open would take for damage).
     pub fn append(&mut self, record: Record) -> io::Result<()> {
         self.buf.clear();
         record.encode(&mut self.buf);
-        self.file.write_all(&self.buf)?;
-        self.file.sync_data()?;
+        let before = self.file.metadata()?.len();
+        if let Err(e) = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            // Best effort: if even this fails, the next open finds a torn last record.
+            let _ = self
+                .file
+                .set_len(before)
+                .and_then(|()| self.file.sync_data());
+            return Err(e);
+        }
         match record {
             Record::Uploaded { count } => self.uploaded = count.min(self.scans.len() as u64),
             r => self.scans.push(r),

@@ -782,3 +782,50 @@ fn a_second_gate_on_the_same_state_directory_is_refused() {
     assert_eq!(mode & 0o777, 0o600);
     first.finish();
 }
+
+/// A journal whose disk fills refuses the decision (the gate then refuses to decide), and
+/// once space returns takes the next ones and opens again with every decision it
+/// acknowledged. (A failed append is also cut back to the last whole record: a partial one
+/// followed by a whole one would read as damage. This tmpfs refuses such a write whole, so
+/// the cut itself is not exercised here.)
+#[test]
+fn a_journal_append_that_fills_the_disk_leaves_no_partial_record() {
+    use crate::support::Tmpfs;
+    let fs = Tmpfs::mount(64 << 10);
+    let path = fs.path.join("journal");
+    let mut journal = Journal::open(&path).unwrap();
+    let code = CodeBytes::from_slice(&[1; 20]).unwrap();
+    let scan = |n: u64| {
+        Record::Offline(stile_gate::Scan {
+            scan_id: n,
+            scanned_at_unix_ms: 1_800_000_000_000 + n,
+            last_online_unix_s: 1_800_000_000,
+            op: stile_gate::Op::Entry,
+            decision: OutcomeKind::Admitted,
+            code,
+        })
+    };
+    // A page of the journal is allocated before the disk fills: appends go on into it
+    // until one straddles its end.
+    for n in 0..3 {
+        journal.append(scan(n)).unwrap();
+    }
+    let filler = fs.fill("filler");
+    let mut acknowledged = 3;
+    let mut refused = 0;
+    for n in 3..10_000 {
+        match journal.append(scan(n)) {
+            Ok(()) => acknowledged += 1,
+            Err(_) => {
+                refused += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, 1, "the disk filled");
+    std::fs::remove_file(filler).unwrap();
+    journal.append(scan(20_000)).unwrap();
+    drop(journal);
+    let journal = Journal::open(&path).unwrap();
+    assert_eq!(journal.scans().len(), acknowledged + 1);
+}
