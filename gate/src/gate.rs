@@ -778,6 +778,10 @@ impl Gate {
                 }
             }
             OutcomeKind::Revoked => e.flags |= REVOKED,
+            OutcomeKind::Undone => {
+                e.entries = o.entries;
+                e.flags &= !INSIDE;
+            }
             _ => return,
         }
         e.last_gate = o.gate;
@@ -819,9 +823,41 @@ async fn late_answer(
         decision: o.kind,
         code,
     });
+    let shown_admitted = {
+        let journal = gate.journal.lock().expect("not poisoned");
+        journal.scans().iter().any(|r| {
+            matches!(r, Record::Offline(s) if s.scan_id == scan_id && s.decision == OutcomeKind::Admitted)
+        })
+    };
     let appended = gate.journal.lock().expect("not poisoned").append(record);
     if let Err(e) = appended {
         tracing::error!("cannot journal a late online answer (scan {scan_id}): {e}");
+    }
+    if o.kind == OutcomeKind::Admitted && op == Op::Entry && !shown_admitted {
+        // The node admitted a scan whose holder the gate kept out (it refused, or decided
+        // offline that the ticket could not pass): undone, so the holder's next scan
+        // passes rather than reading `already_used` for an entry that never happened.
+        let Some(client) = gate.client() else { return };
+        let undo_id = match gate.scan_ids.lock().expect("not poisoned").next() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("cannot undo a late admit the gate did not show: {e}");
+                return;
+            }
+        };
+        match client.undo(&code, undo_id).await {
+            Ok(u) if u.kind == OutcomeKind::Undone => {
+                tracing::info!("undid a late admit the gate did not show (scan {scan_id})");
+                gate.learn(&code, &u);
+            }
+            Ok(u) => tracing::warn!(
+                "a late admit the gate did not show (scan {scan_id}) could not be undone: {}",
+                u.kind
+            ),
+            Err(e) => tracing::warn!(
+                "a late admit the gate did not show (scan {scan_id}) could not be undone: {e}"
+            ),
+        }
     }
 }
 

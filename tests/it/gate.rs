@@ -829,3 +829,47 @@ fn a_journal_append_that_fills_the_disk_leaves_no_partial_record() {
     let journal = Journal::open(&path).unwrap();
     assert_eq!(journal.scans().len(), acknowledged + 1);
 }
+
+/// A node that answers only after the gate gave up and kept the holder out (here: offline
+/// decisions off) admitted a person who never went in: the gate undoes that admit, so the
+/// holder's next scan passes instead of reading `already_used`.
+#[test]
+fn a_late_admit_the_gate_did_not_show_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let tls = data.join("tls");
+    let (node, addr, codes, texts) = node_with_codes(&data.join("node"), &tls, 1);
+    let state = data.join("state");
+    let mut gate = GateProcess::start(data, addr, &state, &["--no-offline"]);
+    gate.wait_online(&codes[0]);
+    let pid = node.0.id() as libc::pid_t;
+    // SAFETY: signals to the node process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let got = gate.scan(&texts[0]);
+    assert_eq!(got[1], "refused", "{got:?}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The node admits the resent scan late; the gate undoes it.
+    let mut status = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["status", "--node", &addr.to_string()])
+            .arg("--data")
+            .arg(data)
+            .arg(&texts[0])
+            .output()
+            .unwrap();
+        status = String::from_utf8(out.stdout).unwrap();
+        if status.split('\t').nth(1) == Some("valid") && status.contains("entries 0/") {
+            break;
+        }
+    }
+    assert!(
+        status.contains("\tvalid\t") && status.contains("entries 0/"),
+        "{status}"
+    );
+    let again = gate.scan(&texts[0]);
+    assert_eq!(again[1..], ["admitted", "entries 1", "online"], "{again:?}");
+    gate.finish();
+}
