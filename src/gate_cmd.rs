@@ -236,10 +236,15 @@ fn status_line(gate: &Gate, mode: Mode, args: &GateArgs) {
                 ),
                 _ => "no replica: every scan is refused".into(),
             };
-            eprintln!(
-                "stile gate: OFFLINE: the node did not answer within {}; {replica}",
-                humantime::format_duration(args.online_timeout)
-            );
+            match &s.refused {
+                Some(why) => {
+                    eprintln!("stile gate: OFFLINE: the node refuses this gate ({why}); {replica}")
+                }
+                None => eprintln!(
+                    "stile gate: OFFLINE: the node did not answer within {}; {replica}",
+                    humantime::format_duration(args.online_timeout)
+                ),
+            }
         }
     }
 }

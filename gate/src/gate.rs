@@ -143,6 +143,8 @@ pub struct Status {
     pub pending: usize,
     /// The node's clock minus this machine's, seconds, from the last online answer.
     pub clock_offset_s: i64,
+    /// Why the node refuses this gate for good (a revoked certificate), if it does.
+    pub refused: Option<String>,
 }
 
 /// Why a gate cannot start.
@@ -316,6 +318,10 @@ pub struct Gate {
     _state_lock: std::fs::File,
     /// The replica changed since it was last saved.
     dirty: AtomicBool,
+    /// Why the node refuses this gate for good, once it has.
+    refused: Mutex<Option<String>>,
+    /// When the gate opened: the first scans wait for the first connection.
+    opened: std::time::Instant,
 }
 
 /// Outcome kinds, and one more for `refused`.
@@ -386,6 +392,8 @@ impl Gate {
             answers: Default::default(),
             _state_lock: state_lock,
             dirty: AtomicBool::new(false),
+            refused: Mutex::new(None),
+            opened: std::time::Instant::now(),
         });
         tokio::spawn(connect_loop(Arc::downgrade(&gate)));
         crate::sync::spawn_all(&gate);
@@ -484,7 +492,13 @@ impl Gate {
             Ok(id) => id,
             Err(e) => return Answer::refused(format!("cannot reserve scan ids: {e}")),
         };
-        let client = self.client.lock().expect("not poisoned").clone();
+        let mut client = self.client();
+        // Just started: the first connection may still be on its way; a scan waits for it
+        // (as long as it would wait for an answer) rather than go offline untried.
+        while client.is_none() && self.opened.elapsed() < self.config.online_timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            client = self.client();
+        }
         if let Some(client) = client {
             let mut ask = tokio::spawn(async move {
                 match op {
@@ -603,6 +617,7 @@ impl Gate {
                 .map(|r| now_s.saturating_sub(r.synced_unix_s)),
             pending: self.journal.lock().expect("not poisoned").pending().len(),
             clock_offset_s: self.offset_s.load(Ordering::Relaxed),
+            refused: self.refused.lock().expect("not poisoned").clone(),
         }
     }
 
@@ -790,9 +805,10 @@ impl Gate {
     }
 
     fn lost_node(&self, e: &ClientError) {
-        if matches!(e, ClientError::Refused(_)) {
+        if let ClientError::Refused(reason) = e {
             // Refused for good (revoked certificate): no use asking again.
             tracing::error!("the node refuses this gate: {e}");
+            *self.refused.lock().expect("not poisoned") = Some(reason.clone());
         }
         self.online.store(false, Ordering::Relaxed);
     }
@@ -864,6 +880,7 @@ async fn late_answer(
 /// Keeps a client to the node: tries until one connects (the client then reconnects by
 /// itself), as long as the gate lives.
 async fn connect_loop(gate: std::sync::Weak<Gate>) {
+    let mut warned = false;
     loop {
         let Some(g) = gate.upgrade() else { return };
         let config = g.config.client.clone();
@@ -877,9 +894,20 @@ async fn connect_loop(gate: std::sync::Weak<Gate>) {
             }
             Err(ClientError::Refused(reason)) => {
                 tracing::error!("the node refuses this gate: {reason}");
+                if let Some(g) = gate.upgrade() {
+                    *g.refused.lock().expect("not poisoned") = Some(reason);
+                }
                 return;
             }
-            Err(e) => tracing::debug!("node not reached: {e}"),
+            Err(e) => {
+                // Said once at warning level: a wrong --node looks like an outage otherwise.
+                if !warned {
+                    tracing::warn!("node not reached (retrying every {CONNECT_RETRY:?}): {e}");
+                    warned = true;
+                } else {
+                    tracing::debug!("node not reached: {e}");
+                }
+            }
         }
         tokio::time::sleep(CONNECT_RETRY).await;
     }
