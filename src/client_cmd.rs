@@ -132,8 +132,12 @@ pub struct MintArgs {
     /// With --rotating: gates may verify these tickets' codes offline. Their replicas then
     /// hold each ticket's rotation key, so a stolen gate's replica draws valid codes for
     /// them until they are re-keyed (transferred, or the ring key retired).
-    #[arg(long, requires = "rotating")]
+    #[arg(long, requires = "rotating", conflicts_with = "online_only")]
     offline_rotating: bool,
+    /// Gates may never admit these tickets offline (when their node does not answer, their
+    /// scans are refused, saying why).
+    #[arg(long)]
+    online_only: bool,
     /// Not valid before this time (Unix seconds or RFC 3339).
     #[arg(long, value_parser = parse_time)]
     valid_from: Option<u64>,
@@ -196,6 +200,7 @@ pub fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
         not_after_unix_s: args.valid_until.unwrap_or(0),
         duration_from_first_scan_s: valid_for.unwrap_or(0),
         offline_rotating: args.offline_rotating,
+        online_only: args.online_only,
     };
     let codes = runtime()?.block_on(async {
         let client = connect(&args.conn, Want::Admin).await?;

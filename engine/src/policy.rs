@@ -135,6 +135,9 @@ pub struct Policy {
     /// replicas hold each ticket's rotation key (a stolen replica then draws valid codes
     /// for them until they are re-keyed).
     pub offline_rotating: bool,
+    /// Gates may not admit these tickets offline (an event that takes no double-entry
+    /// risk): offline, their scans are refused with the reason.
+    pub online_only: bool,
 }
 
 impl Policy {
@@ -148,6 +151,7 @@ impl Policy {
             entry: EntryRule::SINGLE,
             undo_window_s: UNDO_WINDOW_DEFAULT_S,
             offline_rotating: false,
+            online_only: false,
         }
     }
 
@@ -175,6 +179,9 @@ impl Policy {
         }
         if self.offline_rotating && self.format != CodeFormat::Rotating {
             return Err(PolicyError::OfflineRotatingNeedsRotating);
+        }
+        if self.offline_rotating && self.online_only {
+            return Err(PolicyError::OnlineOnlyAndOfflineRotating);
         }
         for t in [
             self.validity.not_before_unix_s,
@@ -222,6 +229,9 @@ pub enum PolicyError {
     /// Offline verification of rotating codes asked for static codes.
     #[error("offline verification of rotating codes needs rotating codes (static codes are always verified offline by fingerprint)")]
     OfflineRotatingNeedsRotating,
+    /// Online only, and yet verified offline.
+    #[error("tickets checked online only cannot also have their rotating codes verified offline")]
+    OnlineOnlyAndOfflineRotating,
     /// No policy has this id.
     #[error("no policy with id {0}")]
     NoSuchPolicy(u32),

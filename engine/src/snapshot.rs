@@ -52,6 +52,8 @@ struct PolicyRow {
     undo_window_s: u32,
     /// Version 5: gates verify its rotating codes offline.
     offline_rotating: bool,
+    /// Version 5: gates may not admit its tickets offline.
+    online_only: bool,
 }
 
 /// A policy as versions 1 to 4 kept it.
@@ -79,6 +81,7 @@ impl From<PolicyRowV4> for PolicyRow {
             records_exits: v4.records_exits,
             undo_window_s: v4.undo_window_s,
             offline_rotating: false,
+            online_only: false,
         }
     }
 }
@@ -632,6 +635,7 @@ fn live_of(tables: &Tables, start_seq: u64) -> Live<'_> {
             records_exits: p.entry.records_exits,
             undo_window_s: p.undo_window_s,
             offline_rotating: p.offline_rotating,
+            online_only: p.online_only,
         })
         .collect();
     let partitions = tables
@@ -1027,6 +1031,7 @@ fn restore(tables: &Tables, data: &Rest, partitions: &[RowsView<'_>]) -> Result<
             },
             undo_window_s: row.undo_window_s,
             offline_rotating: row.offline_rotating,
+            online_only: row.online_only,
         };
         tables.policies.restore(PolicyId(id as u32), policy)?;
     }
@@ -1266,7 +1271,10 @@ mod tests {
 
     /// A policy as versions 1 to 4 archived it.
     fn v4_policy(p: PolicyRow) -> PolicyRowV4 {
-        assert!(!p.offline_rotating, "older versions cannot say it");
+        assert!(
+            !p.offline_rotating && !p.online_only,
+            "older versions cannot say it"
+        );
         PolicyRowV4 {
             provider: p.provider,
             rotating: p.rotating,

@@ -376,6 +376,7 @@ mod tests {
             entry,
             undo_window_s: 60,
             offline_rotating: false,
+            online_only: false,
         }
     }
 

@@ -568,6 +568,13 @@ impl Gate {
                     let Some(policy) = r.policy(e.policy).copied() else {
                         return Answer::refused("the replica names no policy for it".into());
                     };
+                    if policy.online_only {
+                        return Answer::refused(
+                            "this ticket's event is checked online only: cannot decide \
+                             offline"
+                                .into(),
+                        );
+                    }
                     let (d, next) = decide(&e, &policy, op, self.config.gate, now_s);
                     let a = Answer {
                         kind: Some(d.kind),

@@ -43,6 +43,8 @@ pub struct Policy {
     pub max_entries: u8,
     /// Entry and exit alternate.
     pub exits: bool,
+    /// Never decided offline (the operator's choice for these tickets' event).
+    pub online_only: bool,
 }
 
 /// Flag: the holder is inside (the last event was an entry).
@@ -400,6 +402,7 @@ impl Replica {
                     valid_for_s: (p.valid_for_s != 0).then_some(p.valid_for_s),
                     max_entries: p.max_entries,
                     exits: p.exits,
+                    online_only: p.online_only,
                 };
                 self.node_policy(p.id, policy).ok_or_else(|| {
                     ReplicaError::Bad("more policies than a replica holds".into())
@@ -471,7 +474,7 @@ impl Replica {
             out.extend_from_slice(&p.valid_until_unix_s.unwrap_or(0).to_le_bytes());
             out.extend_from_slice(&p.valid_for_s.unwrap_or(0).to_le_bytes());
             out.push(p.max_entries);
-            out.push(u8::from(p.exits));
+            out.push(u8::from(p.exits) | u8::from(p.online_only) << 1);
         }
         out.push(self.retired_keys.len() as u8);
         out.extend_from_slice(&self.retired_keys);
@@ -542,13 +545,15 @@ impl Replica {
             let until = r.u64();
             let for_s = r.u32();
             let max_entries = r.u8();
-            let exits = r.u8() != 0;
+            let flags = r.u8();
+            let (exits, online_only) = (flags & 1 != 0, flags & 2 != 0);
             replica.policies.push(Policy {
                 valid_from_unix_s: (from != 0).then_some(from),
                 valid_until_unix_s: (until != 0).then_some(until),
                 valid_for_s: (for_s != 0).then_some(for_s),
                 max_entries,
                 exits,
+                online_only,
             });
         }
         let retired = usize::from(r.u8());
@@ -696,6 +701,7 @@ mod tests {
                 valid_for_s: Some(86_400),
                 max_entries: 0,
                 exits: true,
+                online_only: true,
             })
             .unwrap();
         for s in 0..1000 {

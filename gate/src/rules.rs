@@ -193,6 +193,7 @@ mod tests {
             valid_for_s: Some(100),
             max_entries: 0,
             exits: true,
+            online_only: false,
         };
         let (d, _) = decide(&fresh(), &p, Op::Entry, 1, NOW - 1);
         assert_eq!((d.kind, d.at_unix_s), (OutcomeKind::NotYetValid, NOW));

@@ -35,6 +35,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/001_init.sql")),
         M::up(include_str!("../migrations/002_database_rules.sql")),
         M::up(include_str!("../migrations/003_gate_names_and_pins.sql")),
+        M::up(include_str!("../migrations/004_offline_rules.sql")),
     ])
 }
 

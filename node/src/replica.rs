@@ -250,6 +250,7 @@ fn policy_item(engine: &Engine, id: u32) -> Option<ReplicaItem> {
         exits: p.entry.records_exits,
         rotating: p.format == stile_protocol::CodeFormat::Rotating,
         offline_rotating: p.offline_rotating,
+        online_only: p.online_only,
     }))
 }
 

@@ -358,6 +358,8 @@ pub struct MintSpec {
     /// Rotating codes only: gates may verify them offline (their replicas then hold each
     /// ticket's rotation key). Sent as bit 1 of the exits byte.
     pub offline_rotating: bool,
+    /// Gates may not admit these tickets offline. Sent as bit 2 of the exits byte.
+    pub online_only: bool,
 }
 
 impl MintSpec {
@@ -376,6 +378,7 @@ impl MintSpec {
             not_after_unix_s: 0,
             duration_from_first_scan_s: 0,
             offline_rotating: false,
+            online_only: false,
         }
     }
 }
@@ -637,6 +640,8 @@ pub struct ReplicaPolicy {
     /// Gates verify its rotating codes offline: each ticket's key comes as a
     /// [`ReplicaItem::RotatingKey`]. Sent as bit 1 of the rotating byte.
     pub offline_rotating: bool,
+    /// Gates may not admit its tickets offline. Sent as bit 2 of the rotating byte.
+    pub online_only: bool,
 }
 
 /// Bytes of a policy item after its tag.
@@ -1158,14 +1163,15 @@ impl<'a> Reader<'a> {
             exits: self.bool()?,
             rotating: false,
             offline_rotating: false,
+            online_only: false,
         })
         .and_then(|mut p| {
-            match self.u8()? {
-                0 => {}
-                1 => p.rotating = true,
-                3 => (p.rotating, p.offline_rotating) = (true, true),
-                _ => return Err(FrameError::Malformed("replica policy's rotating byte")),
+            let b = self.u8()?;
+            // Offline verification of rotating codes needs rotating codes.
+            if b > 7 || b & 3 == 2 {
+                return Err(FrameError::Malformed("replica policy's rotating byte"));
             }
+            (p.rotating, p.offline_rotating, p.online_only) = (b & 1 != 0, b & 2 != 0, b & 4 != 0);
             Ok(p)
         })
     }
@@ -1380,7 +1386,11 @@ impl Request {
                 out.put_u32_le(m.count);
                 out.put_u8(m.format as u8);
                 out.put_u8(m.max_entries);
-                out.put_u8(u8::from(m.records_exits) | u8::from(m.offline_rotating) << 1);
+                out.put_u8(
+                    u8::from(m.records_exits)
+                        | u8::from(m.offline_rotating) << 1
+                        | u8::from(m.online_only) << 2,
+                );
                 out.put_u32_le(m.undo_window_s);
                 out.put_u64_le(m.not_before_unix_s);
                 out.put_u64_le(m.not_after_unix_s);
@@ -1441,8 +1451,8 @@ impl Request {
                 let (provider, partition, count) = (r.u16()?, r.u16()?, r.u32()?);
                 let (format, max_entries) = (format_from_u8(r.u8()?)?, r.u8()?);
                 let flags = r.u8()?;
-                if flags > 3 {
-                    return Err(FrameError::Malformed("mint flags past bit 1"));
+                if flags > 7 {
+                    return Err(FrameError::Malformed("mint flags past bit 2"));
                 }
                 Request::Mint(MintSpec {
                     provider,
@@ -1452,6 +1462,7 @@ impl Request {
                     max_entries,
                     records_exits: flags & 1 != 0,
                     offline_rotating: flags & 2 != 0,
+                    online_only: flags & 4 != 0,
                     undo_window_s: r.u32()?,
                     not_before_unix_s: r.u64()?,
                     not_after_unix_s: r.u64()?,
@@ -1874,7 +1885,11 @@ fn put_replica_policy(out: &mut impl BufMut, p: &ReplicaPolicy) {
     out.put_u32_le(p.valid_for_s);
     out.put_u8(p.max_entries);
     out.put_u8(u8::from(p.exits));
-    out.put_u8(u8::from(p.rotating) | u8::from(p.rotating && p.offline_rotating) << 1);
+    out.put_u8(
+        u8::from(p.rotating)
+            | u8::from(p.rotating && p.offline_rotating) << 1
+            | u8::from(p.online_only) << 2,
+    );
 }
 
 fn put_replica_item(out: &mut impl BufMut, item: &ReplicaItem) {
@@ -2201,6 +2216,7 @@ mod tests {
                     exits: true,
                     rotating: false,
                     offline_rotating: false,
+                    online_only: true,
                 }),
                 ReplicaItem::Ticket {
                     fingerprint: 0xDEAD_BEEF,
@@ -2412,7 +2428,8 @@ mod tests {
             (items, 0),            // policy tag → none
             (items, 5),            // policy tag → none
             (policy + 24 + 1, 2),  // policy's exits flag
-            (policy + 24 + 2, 7),  // policy's rotating flag
+            (policy + 24 + 2, 8),  // policy's rotating flags: past bit 2
+            (policy + 24 + 2, 2),  // verified offline, yet not rotating
             (ticket_state + 6, 4), // the ticket's state
             (ticket_state + 7, 2), // its inside flag
         ] {
@@ -2630,6 +2647,7 @@ mod tests {
                                 not_after_unix_s,
                                 duration_from_first_scan_s,
                                 offline_rotating: count % 2 == 1,
+                                online_only: count % 3 == 1,
                             })
                         }
                     ),
@@ -2707,6 +2725,7 @@ mod tests {
                             rotating: r,
                             // Only a rotating policy can have it (its byte has one encoding).
                             offline_rotating: r && id % 2 == 1,
+                            online_only: id % 3 == 1,
                         }
                     },
                 )

@@ -44,6 +44,7 @@ fn policy() -> Policy {
         entry: EntryRule::SINGLE,
         undo_window_s: 60,
         offline_rotating: false,
+        online_only: false,
     }
 }
 

@@ -579,6 +579,14 @@ async fn rotating_codes_are_decided_offline_only_where_their_policy_allows() {
     };
     let offline = admin.mint(rotating(true)).await.unwrap();
     let online_only = admin.mint(rotating(false)).await.unwrap();
+    // An event whose operator allows no offline admits at all (static codes).
+    let event_online_only = admin
+        .mint(MintSpec {
+            online_only: true,
+            ..crate::node::spec(1, 1)
+        })
+        .await
+        .unwrap();
     // The codes a holder's screen shows now, and one of an hour ago.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -607,12 +615,12 @@ async fn rotating_codes_are_decided_offline_only_where_their_policy_allows() {
     })
     .unwrap();
     for _ in 0..200 {
-        if gate.status().replica_tickets == Some(4) {
+        if gate.status().replica_tickets == Some(5) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gate.status().replica_tickets, Some(4));
+    assert_eq!(gate.status().replica_tickets, Some(5));
     n.node.take().unwrap().shutdown().await;
 
     let scan = |c: &CodeBytes| {
@@ -632,6 +640,16 @@ async fn rotating_codes_are_decided_offline_only_where_their_policy_allows() {
     let refused = scan(&shown[2].0).await;
     assert_eq!(refused.name(), "refused", "{refused:?}");
     assert!(refused.reason.unwrap().contains("online only"));
+    let refused = scan(&event_online_only[0]).await;
+    assert_eq!(refused.name(), "refused", "{refused:?}");
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("event is checked online only"),
+        "{refused:?}"
+    );
 }
 
 /// A gate away while its node snapshots and drops the log below its replica's position is

@@ -1945,3 +1945,58 @@ async fn offline_admits_of_used_tickets_are_the_events_conflicts() {
     assert_eq!(res.status(), 401);
     f.shutdown().await;
 }
+
+/// An event says how gates may decide its tickets when their node does not answer:
+/// `online_only` and `offline_rotating` are kept and shown, contradictions refused; its
+/// tickets' policy carries them to the gates' replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_their_offline_rules_to_the_tickets() {
+    use stile_protocol::frame::ReplicaItem;
+    let f = Fixture::start().await;
+    let event = f.event(json!({"capacity": 5, "online_only": true})).await;
+    let (_, ev) = f.get(&format!("/v1/events/{event}")).await;
+    assert_eq!(
+        (
+            ev["online_only"].as_bool(),
+            ev["offline_rotating"].as_bool()
+        ),
+        (Some(true), Some(false)),
+        "{ev}"
+    );
+    for bad in [
+        json!({"offline_rotating": true}),
+        json!({"rotating": true, "offline_rotating": true, "online_only": true}),
+    ] {
+        let now = stile_gateway::now_s();
+        let mut body = json!({"provider": 1, "name": "x", "venue": "y",
+            "starts_at": stile_gateway::rfc3339(now + 3600)});
+        for (k, v) in bad.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, p) = f.post("/v1/events", body).await;
+        assert_eq!(s, 422, "{p}");
+    }
+    let code = f.book_one("o1", event, "Ada").await;
+    // The gate's replica names the ticket's policy as online only.
+    let gate = f.node.client("gate-1").await;
+    let page = gate.replica_page(None, 100).await.unwrap();
+    let h = CodeBytes::parse(&code).unwrap().header();
+    let policy = page
+        .items
+        .iter()
+        .find_map(|i| match i {
+            ReplicaItem::Ticket { policy, state, .. }
+                if (state.partition, state.serial) == (h.partition, h.serial) =>
+            {
+                Some(*policy)
+            }
+            _ => None,
+        })
+        .unwrap();
+    let online_only = page
+        .items
+        .iter()
+        .any(|i| matches!(i, ReplicaItem::Policy(p) if p.id == policy && p.online_only));
+    assert!(online_only, "{page:?}");
+    f.shutdown().await;
+}

@@ -284,7 +284,8 @@ impl Record {
                     | u8::from(v.not_after_unix_s.is_some()) << 1
                     | u8::from(v.duration_from_first_scan_s.is_some()) << 2
                     | u8::from(policy.entry.records_exits) << 3
-                    | u8::from(policy.offline_rotating) << 4;
+                    | u8::from(policy.offline_rotating) << 4
+                    | u8::from(policy.online_only) << 5;
                 out.push(flags);
                 out.extend_from_slice(&v.not_before_unix_s.unwrap_or(0).to_le_bytes());
                 out.extend_from_slice(&v.not_after_unix_s.unwrap_or(0).to_le_bytes());
@@ -457,6 +458,7 @@ impl Reader<'_> {
                         entry,
                         undo_window_s,
                         offline_rotating: flags & 16 != 0,
+                        online_only: flags & 32 != 0,
                     },
                 }
             }
@@ -563,6 +565,7 @@ mod tests {
             entry: EntryRule::pairs(3),
             undo_window_s: 30,
             offline_rotating: true,
+            online_only: false,
         };
         vec![
             Record::Policy { id: 3, policy },

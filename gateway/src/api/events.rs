@@ -80,6 +80,12 @@ pub struct EventRequest {
     pub undo_window_s: Option<u32>,
     /// Rotating codes: the QR changes every time step, so a screenshot dies (default false).
     pub rotating: Option<bool>,
+    /// Gates may never admit these tickets offline, when their node does not answer
+    /// (default false: they may, per each gate's own settings).
+    pub online_only: Option<bool>,
+    /// With `rotating`: gates verify the codes offline too (their replicas then hold each
+    /// ticket's rotation key: a stolen gate draws valid codes until re-keyed; default false).
+    pub offline_rotating: Option<bool>,
     /// Send reminders this many seconds before the tickets expire (needs `valid_until`).
     pub reminder_lead_s: Option<Vec<u32>>,
 }
@@ -115,6 +121,10 @@ pub struct EventView {
     pub undo_window_s: u32,
     /// Rotating codes.
     pub rotating: bool,
+    /// Gates never admit these tickets offline.
+    pub online_only: bool,
+    /// Gates verify these rotating codes offline too.
+    pub offline_rotating: bool,
     /// Reminder lead times, seconds.
     pub reminder_lead_s: Vec<u32>,
 }
@@ -154,9 +164,8 @@ impl EventRow {
             not_before_unix_s: self.valid_from_s,
             not_after_unix_s: self.valid_until_s,
             duration_from_first_scan_s: v.valid_for_s.unwrap_or(0),
-            // The gateway's events keep rotating codes online-only; `stile mint
-            // --offline-rotating` makes tickets gates verify offline.
-            offline_rotating: false,
+            offline_rotating: v.offline_rotating,
+            online_only: v.online_only,
         }
     }
 
@@ -341,8 +350,15 @@ impl EventRequest {
             max_entries: self.max_entries.unwrap_or(0),
             undo_window_s: self.undo_window_s.unwrap_or(60),
             rotating: self.rotating.unwrap_or(false),
+            online_only: self.online_only.unwrap_or(false),
+            offline_rotating: self.offline_rotating.unwrap_or(false),
             reminder_lead_s: leads,
         };
+        if view.offline_rotating && (!view.rotating || view.online_only) {
+            return Err(Problem::unprocessable(
+                "`offline_rotating` needs `rotating` and is the opposite of `online_only`",
+            ));
+        }
         Ok(ValidEvent {
             view,
             starts,
@@ -375,6 +391,8 @@ fn insert(tx: &rusqlite::Transaction<'_>, valid: &ValidEvent) -> Result<i64, Pro
         max_entries: v.max_entries,
         undo_window_s: v.undo_window_s,
         rotating: v.rotating,
+        online_only: v.online_only,
+        offline_rotating: v.offline_rotating,
         reminder_lead_s: serde_json::to_string(&v.reminder_lead_s).unwrap_or_default(),
     };
     Ok(store::insert(tx, &record, &valid.seats)?)
@@ -400,6 +418,8 @@ pub fn load(c: &rusqlite::Connection, id: i64) -> Result<EventRow, Problem> {
             max_entries: e.max_entries,
             undo_window_s: e.undo_window_s,
             rotating: e.rotating,
+            online_only: e.online_only,
+            offline_rotating: e.offline_rotating,
             reminder_lead_s: serde_json::from_str(&e.reminder_lead_s).unwrap_or_default(),
         },
         starts_at_s: e.starts_at as u64,

@@ -30,6 +30,10 @@ pub struct EventRecord {
     pub undo_window_s: u32,
     /// Rotating codes.
     pub rotating: bool,
+    /// Gates never admit them offline.
+    pub online_only: bool,
+    /// Gates verify the rotating codes offline.
+    pub offline_rotating: bool,
     /// Reminder lead times, seconds, as JSON.
     pub reminder_lead_s: String,
 }
@@ -39,8 +43,8 @@ pub fn insert(tx: &Connection, e: &EventRecord, seats: &[String]) -> rusqlite::R
     tx.execute(
         "INSERT INTO events (provider, name, venue, starts_at, capacity, valid_from,
              valid_until, valid_for_s, entry, max_entries, undo_window_s, rotating,
-             reminder_lead_s, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             reminder_lead_s, created_at, online_only, offline_rotating)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             e.provider,
             e.name,
@@ -55,7 +59,9 @@ pub fn insert(tx: &Connection, e: &EventRecord, seats: &[String]) -> rusqlite::R
             e.undo_window_s,
             e.rotating,
             e.reminder_lead_s,
-            crate::now_s() as i64
+            crate::now_s() as i64,
+            e.online_only,
+            e.offline_rotating
         ],
     )?;
     let id = tx.last_insert_rowid();
@@ -71,7 +77,7 @@ pub fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<(EventRecord, u3
     c.query_row(
         "SELECT provider, name, venue, starts_at, capacity, valid_from, valid_until,
              valid_for_s, entry, max_entries, undo_window_s, rotating, reminder_lead_s,
-             (SELECT count(*) FROM seats WHERE event = events.id)
+             (SELECT count(*) FROM seats WHERE event = events.id), online_only, offline_rotating
          FROM events WHERE id = ?1",
         [id],
         |r| {
@@ -89,6 +95,8 @@ pub fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<(EventRecord, u3
                 undo_window_s: r.get(10)?,
                 rotating: r.get(11)?,
                 reminder_lead_s: r.get(12)?,
+                online_only: r.get(14)?,
+                offline_rotating: r.get(15)?,
             };
             Ok((record, r.get(13)?))
         },

@@ -208,6 +208,7 @@ fn mint(engine: &stile_engine::Engine, spec: &MintSpec) -> Result<Response, (u16
         },
         undo_window_s: spec.undo_window_s,
         offline_rotating: spec.offline_rotating,
+        online_only: spec.online_only,
     };
     let policy = engine.add_policy(policy).map_err(|e| match e {
         PolicyError::DiskFull => (error_code::DISK_FULL, e.to_string()),
