@@ -18,40 +18,8 @@ use std::sync::Mutex;
 use crate::wal::ConflictRecord;
 use crate::word::from_epoch_s;
 
-/// What an offline admit met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ConflictKind {
-    /// The ticket was already used (by another gate, or online).
-    DoubleEntry = 1,
-    /// The ticket had been revoked.
-    AfterRevoke = 2,
-    /// The ticket had been transferred to a new holder.
-    AfterTransfer = 3,
-}
-
-impl ConflictKind {
-    /// Every kind, in byte order.
-    pub const ALL: [ConflictKind; 3] = [
-        ConflictKind::DoubleEntry,
-        ConflictKind::AfterRevoke,
-        ConflictKind::AfterTransfer,
-    ];
-
-    /// `double_entry`, `after_revoke`, `after_transfer`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ConflictKind::DoubleEntry => "double_entry",
-            ConflictKind::AfterRevoke => "after_revoke",
-            ConflictKind::AfterTransfer => "after_transfer",
-        }
-    }
-
-    /// The kind with this byte.
-    pub fn from_u8(v: u8) -> Option<ConflictKind> {
-        ConflictKind::ALL.into_iter().find(|k| *k as u8 == v)
-    }
-}
+/// What an offline admit met (the wire's kinds, whose bytes the log and snapshots keep).
+pub use stile_protocol::frame::ConflictKind;
 
 /// One scan of a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

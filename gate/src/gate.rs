@@ -719,11 +719,15 @@ impl Gate {
 
     /// What to upload: the journal's position, its scans from there, and the scan ids the
     /// node applied online after all (answered late `admitted` or `exited`; a late refusal
-    /// of an offline admit is uploaded still, and the node records the conflict).
-    pub(crate) fn upload_work(&self) -> (u64, Vec<Record>, std::collections::HashSet<u64>) {
+    /// of an offline admit is uploaded still, and the node records the conflict). `None`
+    /// when nothing waits: an idle gate reads nothing of its journal.
+    pub(crate) fn upload_work(&self) -> Option<(u64, Vec<Record>, std::collections::HashSet<u64>)> {
         let journal = self.journal.lock().expect("not poisoned");
+        if journal.pending().is_empty() {
+            return None;
+        }
         let late = crate::sync::applied_late(journal.scans());
-        (journal.uploaded(), journal.pending().to_vec(), late)
+        Some((journal.uploaded(), journal.pending().to_vec(), late))
     }
 
     /// Notes in the journal that the node has applied its first `count` scans.

@@ -28,32 +28,13 @@ const UPLOAD_MARK_EVERY: u64 = 1024;
 /// Pause before trying again after a failure.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// Why a replica could not be loaded or followed.
-#[derive(Debug)]
+/// Why a replica could not be followed.
+#[derive(Debug, thiserror::Error)]
 enum SyncError {
-    Client(ClientError),
-    Replica(ReplicaError),
-}
-
-impl From<ClientError> for SyncError {
-    fn from(e: ClientError) -> Self {
-        SyncError::Client(e)
-    }
-}
-
-impl From<ReplicaError> for SyncError {
-    fn from(e: ReplicaError) -> Self {
-        SyncError::Replica(e)
-    }
-}
-
-impl std::fmt::Display for SyncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SyncError::Client(e) => e.fmt(f),
-            SyncError::Replica(e) => e.fmt(f),
-        }
-    }
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
 }
 
 /// Loads the provider's replica from the node, page by page (what a gate does when it has
@@ -209,10 +190,9 @@ pub(crate) async fn upload_loop(gate: Weak<Gate>) {
     loop {
         let Some(g) = gate.upgrade() else { return };
         let wake = g.upload_wake();
-        let (base, pending, late) = g.upload_work();
-        let client = g.client();
+        let work = g.client().and_then(|c| Some((c, g.upload_work()?)));
         drop(g);
-        let Some(client) = client.filter(|_| !pending.is_empty()) else {
+        let Some((client, (base, pending, late))) = work else {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(RETRY) => {}

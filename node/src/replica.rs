@@ -5,21 +5,19 @@
 
 use std::collections::BTreeSet;
 
-use bytes::BytesMut;
 use stile_certs::Role;
 use stile_engine::wal::Record;
 use stile_engine::{Engine, Gate, GateOp, KeyStatus, OfflineScan, PolicyId, ReplicaTicket};
 use stile_protocol::frame::{
-    encode_outcome, error_code, Conflict, ConflictKind, OfflineScan as WireScan, ReplicaBatch,
-    ReplicaItem, ReplicaPolicy, ReplicaState, Response, ScanRef, CONFLICTS_FRAME_MAX,
-    REPLICA_FRAME_ITEMS_MAX,
+    error_code, Conflict, OfflineScan as WireScan, ReplicaBatch, ReplicaItem, ReplicaPolicy,
+    ReplicaState, Response, ScanRef, CONFLICTS_FRAME_MAX, REPLICA_FRAME_ITEMS_MAX,
 };
 
 use stile_protocol::OutcomeKind;
 
 use crate::cmd::error;
 use crate::cmd::status::wire_state;
-use crate::stream::{one_op, Out, Stream};
+use crate::stream::Stream;
 use crate::subscribe::Feed;
 
 /// How far ahead of the node's clock (in nanoseconds) an uploaded scan id may be.
@@ -163,15 +161,7 @@ impl Stream {
                 "a gate uploaded an offline admit of a code this node refuses"
             );
         }
-        let mut bytes = BytesMut::new();
-        encode_outcome(id, &outcome, &mut bytes);
-        self.send(Out {
-            bytes,
-            after,
-            slots: 1,
-            read_at: self.read_at,
-            ops: one_op(self.op),
-        });
+        self.reply_after(id, &Response::Outcome(outcome), after);
     }
 
     /// An admin's page of conflicts from list position `after`.
@@ -189,7 +179,7 @@ impl Stream {
             .filter_map(|(i, c, code)| {
                 Some(Conflict {
                     index: i as u64,
-                    kind: ConflictKind::from_u8(c.kind as u8)?,
+                    kind: c.kind,
                     provider: c.provider,
                     // A ticket purged since: its code cannot be drawn, and nothing is shown.
                     code: code?,

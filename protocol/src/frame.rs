@@ -762,7 +762,7 @@ pub struct ReplicaBatch {
 }
 
 /// What two scans of one ticket, one of them decided offline, got wrong together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum ConflictKind {
     /// Two scans admitted a ticket that allowed only one of them.

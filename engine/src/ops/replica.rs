@@ -66,15 +66,9 @@ impl Engine {
                 budget -= 1;
                 let s = serial as u32;
                 last_read = Some((part.id(), s));
-                let Some(t) = part
+                if let Some(t) = part
                     .slot(s)
-                    .and_then(|slot| self.replica_of(part.id(), s, slot))
-                else {
-                    continue;
-                };
-                if self
-                    .policy(t.policy)
-                    .is_some_and(|p| p.provider == provider)
+                    .and_then(|slot| self.replica_of(provider, part.id(), s, slot))
                 {
                     out.push(t);
                     taken += 1;
@@ -93,19 +87,24 @@ impl Engine {
         serial: u32,
     ) -> Option<ReplicaTicket> {
         let slot = self.partition(partition)?.slot(serial)?;
-        let t = self.replica_of(partition, serial, slot)?;
-        self.policy(t.policy)
-            .is_some_and(|p| p.provider == provider)
-            .then_some(t)
+        self.replica_of(provider, partition, serial, slot)
     }
 
-    fn replica_of(&self, partition: u16, serial: u32, slot: &Slot) -> Option<ReplicaTicket> {
+    /// A minted slot of `provider`'s as a replica holds it; its provider is checked before
+    /// its code is drawn and hashed, which other providers' tickets need not cost.
+    fn replica_of(
+        &self,
+        provider: u16,
+        partition: u16,
+        serial: u32,
+        slot: &Slot,
+    ) -> Option<ReplicaTicket> {
         let raw = slot.word.load(Ordering::Acquire);
         if raw == 0 {
             return None;
         }
         let policy_id = slot.policy_id();
-        let policy = self.policy(policy_id)?;
+        let policy = self.policy(policy_id).filter(|p| p.provider == provider)?;
         let fingerprint = match policy.format {
             CodeFormat::Static => self
                 .static_code(policy, partition, serial, slot.key_id())
