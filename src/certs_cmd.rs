@@ -23,11 +23,15 @@ pub struct CertsArgs {
 enum CertsAction {
     /// Make a new CA (ca.crt, ca.key) and an empty CRL (crl.pem).
     Init,
-    /// Issue the node's server certificate (node.crt, node.key).
+    /// Issue the node's server certificate (node.crt, node.key); with --name, a shard
+    /// node's (node-NAME.crt, node-NAME.key), which also lets it follow a primary.
     IssueNode {
         /// DNS names and IP addresses the node is reached by.
         #[arg(long = "san", required = true)]
         sans: Vec<String>,
+        /// The node's name in its shard (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Issue a gate's certificate (gate-ID.crt, gate-ID.key).
     IssueGate {
@@ -57,8 +61,9 @@ pub fn run(args: CertsArgs) -> anyhow::Result<ExitCode> {
             certs::init(&dir)?;
             println!("{}", dir.join(certs::CA_CERT).display());
         }
-        CertsAction::IssueNode { sans } => {
-            println!("{}", certs::issue_node(&dir, &sans)?.display())
+        CertsAction::IssueNode { sans, name } => {
+            let cert = certs::issue_node_named(&dir, &sans, name.as_deref())?;
+            println!("{}", cert.display())
         }
         CertsAction::IssueGate { id, provider } => {
             println!("{}", certs::issue_gate(&dir, id, provider)?.display())

@@ -145,6 +145,29 @@ pub struct NodeArgs {
     /// How the node guards gates and keeps its data.
     #[command(flatten)]
     tuning: NodeTuning,
+    /// This node's name in its shard: it serves with, and follows a primary with, the
+    /// certificate `node-NAME.crt` of its certificate directory (`stile certs issue-node
+    /// --name NAME`).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Run as a standby of the primary at ADDR (needs --name): seed an empty data dir from
+    /// its snapshot, then follow its log and answer gates `not_leader`.
+    #[arg(long, value_name = "ADDR", requires = "name")]
+    standby_of: Option<SocketAddr>,
+    /// How long answers wait for a synchronous standby that does not acknowledge before
+    /// this node answers without it.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
+    standby_timeout: std::time::Duration,
+}
+
+/// How a node takes part in its shard.
+pub(crate) struct Shard {
+    /// Its name (`--name`), which picks its certificate.
+    name: Option<String>,
+    /// The primary it follows, as a standby.
+    standby_of: Option<SocketAddr>,
+    /// `--standby-timeout`.
+    standby_timeout: std::time::Duration,
 }
 
 /// Runs `stile up`.
@@ -186,7 +209,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         metrics: args.metrics,
         tuning: args.tuning,
     };
-    run_node(&args.data, tls, listen, sync, started, Some(gateway))
+    let shard = Shard {
+        name: None,
+        standby_of: None,
+        standby_timeout: std::time::Duration::from_millis(200),
+    };
+    run_node(&args.data, tls, listen, sync, started, Some(gateway), shard)
 }
 
 /// Runs `stile node`.
@@ -202,12 +230,27 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             tls.display()
         );
     }
+    if let Some(name) = &args.name {
+        let cert = tls.join(certs::node_cert_name(name));
+        if !cert.exists() {
+            anyhow::bail!(
+                "no certificate {} for node {name}: run `stile certs issue-node --san ADDR \
+                 --name {name}`",
+                cert.display()
+            );
+        }
+    }
     let data = args.data.display().to_string();
     let sync = SyncMode::from(args.sync);
     let listen = Listen {
         quic: args.listen,
         metrics: args.metrics,
         tuning: args.tuning,
+    };
+    let shard = Shard {
+        name: args.name,
+        standby_of: args.standby_of,
+        standby_timeout: args.standby_timeout,
     };
     run_node(
         &args.data,
@@ -220,6 +263,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             crate::say!("  data in {data}, sync {}", sync.name());
         },
         None,
+        shard,
     )
 }
 
@@ -240,7 +284,27 @@ fn run_node(
     sync: SyncMode,
     started: impl FnOnce(SocketAddr),
     gateway: Option<UpGateway>,
+    shard: Shard,
 ) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stile-node")
+        .build()
+        .context("starting the async runtime")?;
+    let primary = match (&shard.standby_of, &shard.name) {
+        (Some(addr), Some(name)) => {
+            let cert = tls.join(certs::node_cert_name(name));
+            let client_tls = stile_protocol::client::ClientTls::from_files(
+                &tls.join(certs::CA_CERT),
+                &cert,
+                &certs::key_path_for(&cert),
+            )?;
+            let config = stile_protocol::client::ClientConfig::new(*addr, client_tls);
+            runtime.block_on(seed_if_new(data, &config))?;
+            Some(config)
+        }
+        _ => None,
+    };
     let config = EngineConfig {
         sync,
         log_runway: listen.tuning.log_runway,
@@ -261,11 +325,7 @@ fn run_node(
         recovered.unwritten_bytes
     );
     let engine = Arc::new(engine);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("stile-node")
-        .build()
-        .context("starting the async runtime")?;
+    let data = data.to_path_buf();
     runtime.block_on(async move {
         // Before anything is announced: a SIGTERM right after the address lines must stop
         // the node cleanly, not kill it.
@@ -275,8 +335,23 @@ fn run_node(
         config.budget_per_s = listen.tuning.gate_budget;
         config.budget_burst = listen.tuning.gate_budget.saturating_mul(2);
         config.snapshot_every = listen.tuning.snapshot_every.0;
-        let node = Node::start(engine, config)?;
+        config.name = shard.name.clone();
+        let replication = Arc::new(stile_node::replicate::Replication::new(
+            primary.is_none(),
+            shard.standby_of.map(|a| a.to_string()).unwrap_or_default(),
+            shard.standby_timeout,
+        ));
+        config.replication = Some(replication);
+        let node = Node::start(engine.clone(), config)?;
         started(node.local_addr());
+        let follower = primary.map(|primary| {
+            tokio::spawn(follow_primary(
+                engine,
+                data,
+                primary,
+                node.shutdown_signal(),
+            ))
+        });
         if let Some(addr) = node.metrics_addr() {
             // Scripts and tests read the metrics address from this line.
             crate::say!("stile metrics listening on http://{addr}/metrics");
@@ -285,7 +360,21 @@ fn run_node(
             Some(up) => Some(start_gateway(up, node.local_addr()).await?),
             None => None,
         };
-        signals.wait().await;
+        match follower {
+            Some(mut f) => tokio::select! {
+                _ = signals.wait() => {}
+                r = &mut f => {
+                    // The standby cannot go on (too far behind, another deployment's
+                    // primary): it stops rather than serve a state it cannot keep.
+                    node.shutdown().await;
+                    return Err(match r {
+                        Ok(e) => e,
+                        Err(e) => anyhow::anyhow!("the follower failed: {e}"),
+                    });
+                }
+            },
+            None => signals.wait().await,
+        }
         tracing::info!("shutting down: answering in-flight requests, syncing the log");
         if let Some(g) = gateway {
             g.shutdown(std::time::Duration::from_secs(5)).await;
@@ -294,6 +383,74 @@ fn run_node(
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Seeds data dir `data` from the primary when it holds nothing (or a seed cut short),
+/// retrying while the primary cannot be reached.
+async fn seed_if_new(
+    data: &Path,
+    primary: &stile_protocol::client::ClientConfig,
+) -> anyhow::Result<()> {
+    use stile_engine::standby::unfinished_seed;
+    let has_state = stile_engine::datadir::has_state(data).unwrap_or(false);
+    if has_state && !unfinished_seed(data) {
+        return Ok(());
+    }
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match stile_node::standby::seed(data, primary).await {
+            Ok(_) => return Ok(()),
+            Err(e @ stile_node::standby::StandbyError::Seed(_)) => {
+                return Err(anyhow::anyhow!(e).context(format!("seeding {}", data.display())))
+            }
+            Err(e) => {
+                tracing::warn!(primary = %primary.node, error = %e, "cannot seed from the primary yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Follows the primary until this node stops; returns only for what retrying cannot mend.
+async fn follow_primary(
+    engine: Arc<Engine>,
+    data: PathBuf,
+    primary: stile_protocol::client::ClientConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Error {
+    use stile_node::standby::StandbyError;
+    use stile_protocol::frame::error_code;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match stile_node::standby::follow(engine.clone(), &data, &primary, shutdown.clone()).await {
+            Ok(()) | Err(StandbyError::Shutdown) => {
+                return anyhow::anyhow!("shutting down");
+            }
+            Err(
+                e @ StandbyError::Refused {
+                    code: error_code::TRIMMED | error_code::CONFLICT,
+                    ..
+                },
+            )
+            | Err(e @ (StandbyError::Apply(_) | StandbyError::Io { .. })) => {
+                return anyhow::anyhow!(e).context(format!(
+                    "this standby cannot follow its primary: move {} aside and start it \
+                     again to seed it afresh",
+                    data.display()
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(primary = %primary.node, error = %e, "lost the primary; retrying");
+                if started.elapsed() > std::time::Duration::from_secs(5) {
+                    pause = std::time::Duration::from_millis(100);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Starts the gateway of `stile up`, runs `--demo`, prints the URLs.

@@ -49,6 +49,12 @@ pub enum Role {
         /// Who, for the audit log.
         name: String,
     },
+    /// A node of a shard, as a client of another: a standby following its primary
+    /// (`replicate`), and nothing else.
+    Node {
+        /// The node's name in its cluster (`--name`).
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Role {
@@ -56,6 +62,7 @@ impl std::fmt::Display for Role {
         match self {
             Role::Gate { id, provider } => write!(f, "gate {id} of provider {provider}"),
             Role::Admin { name } => write!(f, "admin {name}"),
+            Role::Node { name } => write!(f, "node {name}"),
         }
     }
 }
@@ -124,6 +131,11 @@ pub fn gate_cert_name(id: u16) -> String {
 /// The file name of admin `name`'s certificate.
 pub fn admin_cert_name(name: &str) -> String {
     format!("admin-{name}.crt")
+}
+
+/// The file name of node `name`'s certificate (server and client: a cluster's node).
+pub fn node_cert_name(name: &str) -> String {
+    format!("node-{name}.crt")
 }
 
 /// The key file beside a certificate file.
@@ -246,7 +258,7 @@ fn issue(
     dir: &Path,
     file: &str,
     params: CertificateParams,
-    purpose: ExtendedKeyUsagePurpose,
+    purpose: &[ExtendedKeyUsagePurpose],
 ) -> Result<PathBuf, CertError> {
     let ca = load_ca(dir)?;
     let cert_path = dir.join(file);
@@ -265,10 +277,10 @@ impl Ca {
     fn sign(
         &self,
         mut params: CertificateParams,
-        purpose: ExtendedKeyUsagePurpose,
+        purpose: &[ExtendedKeyUsagePurpose],
     ) -> Result<(KeyPair, Certificate), CertError> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![purpose];
+        params.extended_key_usages = purpose.to_vec();
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
@@ -278,6 +290,17 @@ impl Ca {
 
 /// Issues the node's server certificate for `names` (DNS names or IP addresses).
 pub fn issue_node(dir: &Path, names: &[String]) -> Result<PathBuf, CertError> {
+    issue_node_named(dir, names, None)
+}
+
+/// Issues a node certificate for `names`; with `name`, a cluster node's
+/// (`node-NAME.crt`): a server certificate that also authenticates the node as a client
+/// of the shard's other nodes, with the role `urn:stile:node:NAME`.
+pub fn issue_node_named(
+    dir: &Path,
+    names: &[String],
+    name: Option<&str>,
+) -> Result<PathBuf, CertError> {
     if names.is_empty() {
         return Err(CertError::Invalid(
             "a node certificate needs at least one name (--san)".into(),
@@ -300,7 +323,31 @@ pub fn issue_node(dir: &Path, names: &[String]) -> Result<PathBuf, CertError> {
             }
         });
     }
-    issue(dir, NODE_CERT, params, ExtendedKeyUsagePurpose::ServerAuth)
+    let Some(name) = name else {
+        return issue(
+            dir,
+            NODE_CERT,
+            params,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        );
+    };
+    if !valid_admin_name(name) {
+        return Err(CertError::Invalid(format!(
+            "node name {name:?}: use 1 to {ADMIN_NAME_MAX} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    params.subject_alt_names.push(SanType::URI(
+        format!("urn:stile:node:{name}").try_into().expect("ASCII"),
+    ));
+    issue(
+        dir,
+        &node_cert_name(name),
+        params,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
 }
 
 /// Whether `name` is a host name a client can ask for (RFC 1123: labels of letters, digits
@@ -327,7 +374,7 @@ pub fn issue_gate(dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertErr
         dir,
         &gate_cert_name(id),
         gate_params(id, provider)?,
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     )
 }
 
@@ -374,7 +421,7 @@ impl Issuer {
         use std::os::unix::fs::OpenOptionsExt;
         let (key, cert) = self.ca.sign(
             gate_params(id, provider)?,
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
         let cert_path = out_dir.join(gate_cert_name(id));
         let key_path = key_path_for(&cert_path);
@@ -418,7 +465,7 @@ pub fn issue_admin(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
         dir,
         &admin_cert_name(name),
         params,
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     )
 }
 
@@ -622,6 +669,11 @@ fn parse_role_uri(uri: &str) -> Option<Role> {
             name: name.to_string(),
         });
     }
+    if let Some(name) = rest.strip_prefix("node:") {
+        return valid_admin_name(name).then(|| Role::Node {
+            name: name.to_string(),
+        });
+    }
     let rest = rest.strip_prefix("gate:")?;
     let (id, provider) = rest.split_once(":provider:")?;
     let id = decimal_u16(id)?;
@@ -711,7 +763,7 @@ mod tests {
                 .push(SanType::URI((*uri).try_into().unwrap()));
         }
         let (_, cert) = ca
-            .sign(params, ExtendedKeyUsagePurpose::ClientAuth)
+            .sign(params, &[ExtendedKeyUsagePurpose::ClientAuth])
             .unwrap();
         cert
     }
@@ -795,6 +847,14 @@ mod tests {
             }
         );
         assert!(identity_of(der(&tls.join(NODE_CERT)).as_ref()).is_err());
+        // A cluster node's certificate names it, and serves as a client certificate too.
+        let named = issue_node_named(&tls, &["127.0.0.1".into()], Some("n2")).unwrap();
+        assert_eq!(named, tls.join(node_cert_name("n2")));
+        assert_eq!(
+            identity_of(der(&named).as_ref()).unwrap().role,
+            Role::Node { name: "n2".into() }
+        );
+        assert!(issue_node_named(&tls, &["127.0.0.1".into()], Some("a/b")).is_err());
 
         assert!(revoked_serials(&tls).unwrap().is_empty());
         assert_eq!(revoke(&tls, &gate).unwrap(), g);

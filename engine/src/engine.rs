@@ -138,6 +138,8 @@ pub struct Engine {
     pub(crate) wal: Option<Wal>,
     /// What opening found in the log.
     pub(crate) recovered: Recovered,
+    /// What applying a primary's records keeps between batches (a standby).
+    pub(crate) standby: crate::standby::StandbyState,
     /// The data dir's lock (`None`: an in-memory engine). Last, so that it is let go only
     /// after the log has closed.
     pub(crate) _lock: Option<datadir::DirLock>,
@@ -217,6 +219,7 @@ impl Engine {
             rotation_step_s: config.rotation_step_s,
             wal: None,
             recovered: Recovered::default(),
+            standby: Default::default(),
             _lock: None,
         })
     }

@@ -492,6 +492,45 @@ impl KeyRing {
         Ok(id)
     }
 
+    /// Takes on the keys and statuses of `text`, a primary's ring file: keys it lacks are
+    /// added, statuses follow the primary's, and the ring is persisted. A standby's ring only
+    /// ever changes this way. A key whose secret differs from the one held here is refused:
+    /// the text is another deployment's.
+    pub fn adopt(&self, text: &str) -> Result<(), KeyError> {
+        let _guard = self.admin.lock().expect("key ring mutex poisoned");
+        let from = Path::new("<primary's key ring>");
+        let (theirs, _) = Self::parse(text, from)?;
+        for (id, status, secret) in theirs.export() {
+            if self.status_of(id) == KeyStatus::Absent {
+                self.insert(id, status, secret);
+            } else if !self.holds_secret(id, &secret) {
+                return Err(KeyError::Malformed {
+                    path: from.to_path_buf(),
+                    line: 0,
+                    reason: format!("key {id} differs from this node's: another deployment"),
+                });
+            }
+            self.status[id as usize].store(status as u8, Ordering::Release);
+        }
+        self.active.store(theirs.active_id(), Ordering::Release);
+        self.persist()
+    }
+
+    /// The ring file's text as [`Self::adopt`] takes it (its checksum included).
+    pub fn to_text(&self) -> String {
+        let mut text = format!("{RING_HEADER}\n");
+        for (id, status) in self.list() {
+            let secret = &self.entries[id as usize]
+                .get()
+                .expect("listed key is set")
+                .secret;
+            text.push_str(&format!("{id} {} {}\n", status.name(), to_hex(secret)));
+        }
+        let sum = to_hex(&Sha256::digest(text.as_bytes()));
+        text.push_str(&format!("{RING_CHECKSUM_PREFIX}{sum}\n"));
+        text
+    }
+
     /// Retires key `id`: its codes read as `forged` from now on.
     pub fn retire(&self, id: u8) -> Result<(), KeyError> {
         let _guard = self.admin.lock().expect("key ring mutex poisoned");
@@ -509,16 +548,7 @@ impl KeyRing {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let mut text = format!("{RING_HEADER}\n");
-        for (id, status) in self.list() {
-            let secret = &self.entries[id as usize]
-                .get()
-                .expect("listed key is set")
-                .secret;
-            text.push_str(&format!("{id} {} {}\n", status.name(), to_hex(secret)));
-        }
-        let sum = to_hex(&Sha256::digest(text.as_bytes()));
-        text.push_str(&format!("{RING_CHECKSUM_PREFIX}{sum}\n"));
+        let text = self.to_text();
         let tmp = path.with_extension("tmp");
         crate::datadir::write_private_synced(&tmp, &[text.as_bytes()]).map_err(io(&tmp))?;
         crate::datadir::rename_synced(&tmp, path).map_err(io(path))

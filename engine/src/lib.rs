@@ -20,6 +20,7 @@ pub mod scans;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod snapshot;
+pub mod standby;
 pub mod storage;
 mod tables;
 pub mod wal;

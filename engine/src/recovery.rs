@@ -26,7 +26,7 @@ use stile_protocol::{Outcome, OutcomeKind};
 
 /// Admits annulled by an undo, by gate, partition, serial and entry count, with the undo's
 /// answer: a retry of such an admit is told so whichever of the two the log holds first.
-type Annulled = HashMap<(u16, u16, u32, u8), Outcome>;
+pub(crate) type Annulled = HashMap<(u16, u16, u32, u8), Outcome>;
 
 /// Replays every record from `from_seq` on; returns where the log ends.
 pub(crate) fn replay(
@@ -62,7 +62,11 @@ fn newer(new: u64, old: u64) -> bool {
     (n.wrapping_sub(o) as i8) > 0
 }
 
-fn apply(tables: &Tables, annulled: &mut Annulled, record: Record) -> Result<(), String> {
+pub(crate) fn apply(
+    tables: &Tables,
+    annulled: &mut Annulled,
+    record: Record,
+) -> Result<(), String> {
     match record {
         Record::Policy { id, policy } => tables.policies.restore(PolicyId(id), policy),
         Record::Mint { partition, first, count, policy, word } => {

@@ -23,7 +23,9 @@ mod cmd;
 mod conn;
 mod metrics;
 mod replica;
+pub mod replicate;
 pub mod secret;
+pub mod standby;
 mod stream;
 mod subscribe;
 mod tls;
@@ -84,6 +86,11 @@ pub struct NodeConfig {
     /// restart at once (`None`: the engine's data dir, the one its log is in; an engine
     /// without a log draws a new secret at each start).
     pub secret_dir: Option<PathBuf>,
+    /// The node's name in its cluster: its certificate is `node-NAME.crt` in `tls_dir`
+    /// (`None`: `node.crt`).
+    pub name: Option<String>,
+    /// Whether it leads and its standbys (`None`: a node that leads alone).
+    pub replication: Option<Arc<replicate::Replication>>,
 }
 
 impl NodeConfig {
@@ -103,6 +110,8 @@ impl NodeConfig {
             snapshot_every: Some(Duration::from_secs(300)),
             metrics_listen: None,
             secret_dir: None,
+            name: None,
+            replication: None,
         }
     }
 }
@@ -173,6 +182,8 @@ pub(crate) struct Shared {
     pub udp_buffers: udp::Buffers,
     /// The socket's inode, to find its drops in `/proc/net/udp`.
     pub udp_inode: Option<u64>,
+    /// Whether this node leads, its epoch and its standbys.
+    pub replication: Arc<replicate::Replication>,
 }
 
 impl Shared {
@@ -233,7 +244,7 @@ impl Node {
     /// Binds and starts serving `engine` (already opened: recovery is done before a port is
     /// bound). Must run inside a tokio runtime.
     pub fn start(engine: Arc<Engine>, config: NodeConfig) -> Result<Node, NodeError> {
-        let loaded = tls::load(&config.tls_dir, config.idle_timeout)?;
+        let loaded = tls::load(&config.tls_dir, config.name.as_deref(), config.idle_timeout)?;
         let endpoint_config = endpoint_config(&engine, &config).map_err(NodeError::Secret)?;
         let bind_err = |source| NodeError::Bind {
             addr: config.listen,
@@ -259,6 +270,13 @@ impl Node {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let replication = config.replication.clone().unwrap_or_else(|| {
+            Arc::new(replicate::Replication::new(
+                true,
+                String::new(),
+                Duration::from_millis(200),
+            ))
+        });
         let shared = Arc::new(Shared {
             engine,
             config,
@@ -271,6 +289,7 @@ impl Node {
             shutdown: shutdown_rx,
             udp_buffers,
             udp_inode,
+            replication,
         });
         let registry = Arc::new(metrics::registry(shared.clone()));
         let mut tasks = JoinSet::new();
@@ -284,6 +303,7 @@ impl Node {
             ));
         }
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tasks.spawn(replicate::watch_standby(shared.clone()));
         tasks.spawn(watch_crl(endpoint.clone(), shared.clone()));
         if let Some(every) = shared.config.snapshot_every {
             tasks.spawn(snapshots(shared.clone(), every));
@@ -306,6 +326,11 @@ impl Node {
     /// The Prometheus text `/metrics` serves (also without a metrics address).
     pub fn metrics_text(&self) -> String {
         metrics::encode_text(&self.registry)
+    }
+
+    /// Turns true when the node begins to shut down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.clone()
     }
 
     /// The address actually bound.
@@ -390,7 +415,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 }
 
 fn reload(endpoint: &quinn::Endpoint, shared: &Shared) -> Result<(), CertError> {
-    let loaded = tls::load(&shared.config.tls_dir, shared.config.idle_timeout)?;
+    let loaded = tls::load(
+        &shared.config.tls_dir,
+        shared.config.name.as_deref(),
+        shared.config.idle_timeout,
+    )?;
     if !*shared.shutdown.borrow() {
         endpoint.set_server_config(Some(loaded.config));
     }

@@ -448,6 +448,35 @@ impl Collector for NodeCollector {
              certificate was revoked cannot check in or upload its journal)",
             &ConstCounter::new(shared.counters.revoked_refused.load(Ordering::Relaxed)),
         )?;
+        let repl = &shared.replication;
+        one(
+            &mut e,
+            "stile_node_leading",
+            "1 while this node leads its shard (answers gates), 0 as a standby",
+            &ConstGauge::new(i64::from(repl.leading())),
+        )?;
+        one(
+            &mut e,
+            "stile_node_sync_standby",
+            "1 while a synchronous standby is named (answers wait for its acknowledgement)",
+            &ConstGauge::new(i64::from(repl.sync_standby().is_some_and(|s| s.named))),
+        )?;
+        if let Some(wal) = shared.engine.wal() {
+            one(
+                &mut e,
+                "stile_node_log_position",
+                "Every log number below this is durable on this node",
+                &ConstGauge::new(wal.local_seq() as i64),
+            )?;
+            if wal.acks_required() {
+                one(
+                    &mut e,
+                    "stile_node_standby_lag_records",
+                    "Log numbers durable here that the synchronous standby has not acknowledged",
+                    &ConstGauge::new(wal.local_seq().saturating_sub(wal.acked_seq()) as i64),
+                )?;
+            }
+        }
         one(
             &mut e,
             "stile_node_subscriptions",

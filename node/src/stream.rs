@@ -86,12 +86,16 @@ pub(crate) async fn serve_stream(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    if let Role::Node { name } = &identity.role {
+        // A node's only business with another is to follow its log.
+        return crate::replicate::serve(shared, name.clone(), send, recv).await;
+    }
     let slots = Arc::new(Semaphore::new(shared.config.inflight_per_stream.max(1)));
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(send, rx, slots.clone(), shared.clone()));
     let gate = match identity.role {
         Role::Gate { id, provider } => Some((Gate::new(id, provider), shared.budget(provider, id))),
-        Role::Admin { .. } => None,
+        Role::Admin { .. } | Role::Node { .. } => None,
     };
     let gate_slot = gate.as_ref().map(|(g, _)| shared.metrics.gate_slot(g.id));
     let mut s = Stream {

@@ -29,7 +29,11 @@ fn bad(path: PathBuf, reason: String) -> CertError {
 
 /// Builds the server config from `dir`: `ca.crt` (clients must chain to it), `crl.pem`
 /// (clients on it are refused), `node.crt` and `node.key`.
-pub(crate) fn load(dir: &Path, idle_timeout: Duration) -> Result<Loaded, CertError> {
+pub(crate) fn load(
+    dir: &Path,
+    name: Option<&str>,
+    idle_timeout: Duration,
+) -> Result<Loaded, CertError> {
     let ca_path = dir.join(certs::CA_CERT);
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&ca_path).map_err(|e| {
@@ -52,7 +56,10 @@ pub(crate) fn load(dir: &Path, idle_timeout: Duration) -> Result<Loaded, CertErr
         .with_crls([crl])
         .build()
         .map_err(|e| bad(ca_path.clone(), format!("client verifier: {e}")))?;
-    let cert_path = dir.join(certs::NODE_CERT);
+    let cert_path = match name {
+        Some(name) => dir.join(certs::node_cert_name(name)),
+        None => dir.join(certs::NODE_CERT),
+    };
     let chain = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
@@ -61,7 +68,7 @@ pub(crate) fn load(dir: &Path, idle_timeout: Duration) -> Result<Loaded, CertErr
                 format!("cannot read the node certificate: {e}"),
             )
         })?;
-    let key_path = dir.join(certs::NODE_KEY);
+    let key_path = certs::key_path_for(&cert_path);
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| bad(key_path.clone(), format!("cannot read the node key: {e}")))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)

@@ -98,10 +98,13 @@ pub mod op {
         CHECKIN_OFFLINE = 0x12, "checkin_offline";
         /// The conflicts offline scans caused, a page at a time (admin).
         CONFLICTS = 0x13, "conflicts";
+        /// Follow the log as a standby (node role; the stream then carries
+        /// [`crate::replication`] frames).
+        REPLICATE = 0x14, "replicate";
     }
 
     /// Largest request op.
-    pub const REQUEST_MAX: u8 = CONFLICTS;
+    pub const REQUEST_MAX: u8 = REPLICATE;
     /// An outcome (check-in, exit, undo, revoke, `checkin_as`).
     pub const OUTCOME: u8 = 0x81;
     /// A ticket's state.
@@ -853,6 +856,9 @@ pub mod error_code {
     /// space; nothing changed, so the same request succeeds then (the error form of the
     /// `disk_full` outcome).
     pub const DISK_FULL: u16 = 9;
+    /// This node does not lead its shard (a standby, or a primary that lost its lease): the
+    /// message is the leader's address when it is known, else empty.
+    pub const NOT_LEADER: u16 = 10;
 
     /// The snake_case name of error code `code` (`disk_full`), or `error` for one this side
     /// does not know.
@@ -867,10 +873,14 @@ pub mod error_code {
             TRIMMED => "trimmed",
             RATE_LIMITED => "rate_limited",
             DISK_FULL => "disk_full",
+            NOT_LEADER => "not_leader",
             _ => "error",
         }
     }
 }
+
+/// The `from_seq` of a `replicate` request from a standby that holds nothing yet.
+pub const SNAPSHOT_WANTED: u64 = u64::MAX;
 
 /// A request, as a gate, the gateway or the CLI sends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -973,6 +983,14 @@ pub enum Request {
         provider: Option<u16>,
         /// The list index to start from.
         after: u64,
+    },
+    /// Follow the log as a standby, from `from_seq` ([`SNAPSHOT_WANTED`]: a snapshot
+    /// first); the stream then carries replication frames both ways.
+    Replicate {
+        /// First log position wanted ([`SNAPSHOT_WANTED`]: none held, a snapshot first).
+        from_seq: u64,
+        /// The newest epoch the standby has seen.
+        epoch: u64,
     },
 }
 
@@ -1311,6 +1329,7 @@ impl Request {
             Request::ReplicaFollow { .. } => op::REPLICA_FOLLOW,
             Request::CheckinOffline(_) => op::CHECKIN_OFFLINE,
             Request::Conflicts { .. } => op::CONFLICTS,
+            Request::Replicate { .. } => op::REPLICATE,
         }
     }
 
@@ -1360,6 +1379,7 @@ impl Request {
             Request::ReplicaFollow { .. } => 8,
             Request::CheckinOffline(scan) => OFFLINE_SCAN_HEAD_LEN + scan.code.len as usize,
             Request::Conflicts { .. } => 1 + 2 + 8,
+            Request::Replicate { .. } => 16,
         }
     }
 
@@ -1422,6 +1442,10 @@ impl Request {
                 out.put_u8(u8::from(provider.is_some()));
                 out.put_u16_le(provider.unwrap_or(0));
                 out.put_u64_le(*after);
+            }
+            Request::Replicate { from_seq, epoch } => {
+                out.put_u64_le(*from_seq);
+                out.put_u64_le(*epoch);
             }
         }
     }
@@ -1501,6 +1525,10 @@ impl Request {
             op::CONFLICTS => Request::Conflicts {
                 provider: r.optional(Reader::u16)?,
                 after: r.u64()?,
+            },
+            op::REPLICATE => Request::Replicate {
+                from_seq: r.u64()?,
+                epoch: r.u64()?,
             },
             other => return Err(FrameError::UnknownOp(other)),
         };
@@ -2587,6 +2615,8 @@ mod tests {
                 (any::<Option<(u16, u32)>>(), any::<u32>())
                     .prop_map(|(after, limit)| Request::ReplicaPage { after, limit }),
                 any::<u64>().prop_map(|from_seq| Request::ReplicaFollow { from_seq }),
+                (any::<u64>(), any::<u64>())
+                    .prop_map(|(from_seq, epoch)| Request::Replicate { from_seq, epoch }),
                 offline_scan().prop_map(Request::CheckinOffline),
                 (any::<Option<u16>>(), any::<u64>())
                     .prop_map(|(provider, after)| Request::Conflicts { provider, after }),
@@ -3021,6 +3051,7 @@ mod tests {
                     op::REPLICA_FOLLOW,
                     op::CHECKIN_OFFLINE,
                     op::CONFLICTS,
+                    op::REPLICATE,
                     op::REPLICA,
                     op::CONFLICTS_REPLY,
                 ]),

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod histogram;
 pub mod limits;
 pub mod outcome;
+pub mod replication;
 pub mod rotating;
 
 #[cfg(feature = "client")]

@@ -22,4 +22,5 @@ mod purge;
 mod race;
 mod readme;
 mod snapshot;
+mod standby;
 mod support;

@@ -144,8 +144,17 @@ type ManualWriter = Mutex<Option<Writer>>;
 struct Shared {
     /// Next sequence number to reserve.
     next_seq: AtomicU64,
-    /// Every number below this is durable (or, without `always`, written).
+    /// Every number below this may be answered: `local`, and while a synchronous standby is
+    /// required, also acknowledged by it. Never goes back.
     durable: AtomicU64,
+    /// Every number below this is durable on this machine (or, without `always`, written).
+    local: AtomicU64,
+    /// Woken as `local` reaches what each waits for (what a standby is sent).
+    local_waiters: Waiters,
+    /// Whether answers wait for a synchronous standby's acknowledgements as well.
+    acks_required: AtomicBool,
+    /// Every number below this was acknowledged by the synchronous standby (synced there).
+    acked: AtomicU64,
     /// Every number below this is on disk with `fdatasync` done.
     synced: AtomicU64,
     /// Every number below this was submitted and written to the file (their changes were
@@ -180,6 +189,23 @@ struct Shared {
     /// Every submission, in the order submitted, for a simulation's record of what was
     /// asked of the log (only a log stepped by hand keeps them).
     submitted: Option<Mutex<Vec<Submitted>>>,
+}
+
+impl Shared {
+    /// Moves `durable` up to what may be answered now, and wakes those it covers.
+    fn publish(&self) {
+        let local = self.local.load(Ordering::Acquire);
+        let answerable = match self.acks_required.load(Ordering::Acquire) {
+            true => local.min(self.acked.load(Ordering::Acquire)),
+            false => local,
+        };
+        let durable = self
+            .durable
+            .fetch_max(answerable, Ordering::AcqRel)
+            .max(answerable);
+        self.waiters.wake_through(durable);
+        self.local_waiters.wake_through(local);
+    }
 }
 
 /// Who runs the writer.
@@ -442,6 +468,10 @@ impl Wal {
         let shared = Arc::new(Shared {
             next_seq: AtomicU64::new(next_seq),
             durable: AtomicU64::new(next_seq),
+            local: AtomicU64::new(next_seq),
+            local_waiters: Waiters::default(),
+            acks_required: AtomicBool::new(false),
+            acked: AtomicU64::new(next_seq),
             synced: AtomicU64::new(next_seq),
             written: AtomicU64::new(next_seq),
             waiters: Waiters::default(),
@@ -556,6 +586,7 @@ impl Wal {
             first,
             count,
             used: 0,
+            pushed: 0,
             bytes: Vec::new(),
             last: None,
             claim: 0,
@@ -565,6 +596,48 @@ impl Wal {
     /// Every sequence number below this is durable.
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Every sequence number below this is durable on this machine (per the mode: synced,
+    /// or written), whether or not a standby has acknowledged it: what may be sent to one.
+    pub fn local_seq(&self) -> u64 {
+        self.shared.local.load(Ordering::Acquire)
+    }
+
+    /// From now on (`true`) answers also wait for a synchronous standby's acknowledgements
+    /// ([`Self::acknowledge`]), or (`false`) no longer do: those waiting go out once durable
+    /// here. Changes submitted before the call may not wait: a caller naming a standby
+    /// waits for it to acknowledge [`Self::reserved_seq`] read after this call.
+    pub fn require_acks(&self, required: bool) {
+        self.shared.acks_required.store(required, Ordering::Release);
+        self.shared.publish();
+    }
+
+    /// Waits, asynchronously, until every number below `seq` is durable here
+    /// ([`Self::local_seq`]), acknowledged or not.
+    pub async fn until_local(&self, seq: u64) {
+        waiters::Until {
+            durable: &self.shared.local,
+            waiters: &self.shared.local_waiters,
+            seq,
+        }
+        .await
+    }
+
+    /// Whether answers wait for a standby's acknowledgements.
+    pub fn acks_required(&self) -> bool {
+        self.shared.acks_required.load(Ordering::Acquire)
+    }
+
+    /// The synchronous standby has synced every number below `seq`.
+    pub fn acknowledge(&self, seq: u64) {
+        self.shared.acked.fetch_max(seq, Ordering::AcqRel);
+        self.shared.publish();
+    }
+
+    /// Every number below this was acknowledged by a standby.
+    pub fn acked_seq(&self) -> u64 {
+        self.shared.acked.load(Ordering::Acquire)
     }
 
     /// Every sequence number below this is synced to disk (for snapshots: in every mode).
@@ -784,8 +857,10 @@ pub struct Reservation<'w> {
     first: u64,
     /// Numbers reserved.
     count: u64,
-    /// Numbers used so far.
+    /// Numbers used so far (passed over or holding a record).
     used: u64,
+    /// Records encoded.
+    pushed: u64,
     /// Encoded records.
     bytes: Vec<u8>,
     /// The last one's sequence number and checksum.
@@ -810,6 +885,23 @@ impl Reservation<'_> {
         record.encode(seq, &mut self.bytes);
         self.last = Some((seq, record::frame_checksum(&self.bytes[start..])));
         self.used += 1;
+        self.pushed += 1;
+    }
+
+    /// Encodes `record` under number `seq` of this reservation, leaving the numbers before it
+    /// unused: a standby logs its primary's records under their own numbers.
+    pub fn push_at(&mut self, seq: u64, record: &Record) {
+        assert!(
+            seq >= self.first + self.used && seq < self.first + self.count,
+            "number {seq} outside what is left of the reservation"
+        );
+        self.used = seq - self.first;
+        self.push(record);
+    }
+
+    /// The first number of this reservation.
+    pub fn first(&self) -> u64 {
+        self.first
     }
 
     /// Submits the records and returns what the answers must wait for: every number reserved
@@ -826,18 +918,20 @@ impl Reservation<'_> {
             self.wal.submit(Submission {
                 first: self.first,
                 count,
-                records: self.used,
+                records: self.pushed,
                 bytes,
                 last: self.last,
                 claim,
             });
         }
         let shared = &self.wal.shared;
-        match shared.mode {
-            SyncMode::Always => Durability {
+        // With a synchronous standby every mode waits: for what this machine's mode makes of
+        // the records, and for the standby's acknowledgement.
+        match (shared.mode, shared.acks_required.load(Ordering::Acquire)) {
+            (SyncMode::Always, _) | (_, true) => Durability {
                 wait: Some((shared.clone(), shared.next_seq.load(Ordering::Acquire))),
             },
-            SyncMode::Batch { .. } | SyncMode::None => Durability::READY,
+            (SyncMode::Batch { .. } | SyncMode::None, false) => Durability::READY,
         }
     }
 }
@@ -1031,14 +1125,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Without `always`, what is written counts as durable; wakes those it covers.
+    /// Without `always`, what is written counts as durable here; wakes those it covers.
     fn publish(&self) {
         if self.shared.mode != SyncMode::Always {
-            self.shared.durable.store(self.next, Ordering::Release);
+            self.shared.local.store(self.next, Ordering::Release);
         }
-        self.shared
-            .waiters
-            .wake_through(self.shared.durable.load(Ordering::Acquire));
+        self.shared.publish();
     }
 
     /// Stepped by hand: takes the queue and writes the contiguous run. Whether anything was
@@ -1263,7 +1355,8 @@ impl Writer {
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.synced.store(self.next, Ordering::Release);
         if self.shared.mode == SyncMode::Always {
-            self.shared.durable.store(self.next, Ordering::Release);
+            self.shared.local.store(self.next, Ordering::Release);
+            self.shared.publish();
         }
         Ok(())
     }

@@ -18,6 +18,16 @@ impl Stream {
     /// Handles one request.
     pub(crate) fn handle(&mut self, id: u32, req: Request) {
         self.op = req.op();
+        if !self.shared.replication.leading()
+            && !matches!(
+                req,
+                Request::Ping | Request::Stats | Request::Metrics { .. }
+            )
+        {
+            // Outcomes have no room for an address: a standby answers with an error.
+            let leader = self.shared.replication.leader();
+            return self.reply(id, &error(error_code::NOT_LEADER, leader));
+        }
         match req {
             Request::Checkin { scan_id, code } => self.checkin(id, scan_id, code),
             Request::Exit { scan_id, code } => self.gate_scan(id, GateOp::Exit, scan_id, code),
@@ -43,6 +53,13 @@ impl Stream {
             Request::ReplicaFollow { from_seq } => self.replica_follow(id, from_seq),
             Request::CheckinOffline(scan) => self.checkin_offline(id, scan),
             Request::Conflicts { provider, after } => self.conflicts(id, provider, after),
+            Request::Replicate { .. } => {
+                let message = format!(
+                    "replicate needs a node certificate (a standby's); this is {}",
+                    self.identity.role
+                );
+                self.reply(id, &error(error_code::FORBIDDEN, message))
+            }
         }
     }
 }

@@ -1,0 +1,299 @@
+//! Replication, the standby's side: a new data dir is seeded from the primary's ring and a
+//! snapshot, then the standby follows the primary's log, applying and logging each batch
+//! under the primary's numbers and acknowledging a batch only once it is synced here,
+//! whatever this node's `--sync`. It refuses records of an epoch older than the newest it
+//! has seen, and persists a newer epoch (`DATA/epoch`) before it acknowledges its records.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use stile_engine::standby::{ReplicateError, Seed, SeedError};
+use stile_engine::wal::{Durability, Record, SyncMode};
+use stile_engine::Engine;
+use stile_protocol::client::{connect_raw, ClientConfig, ClientError};
+use stile_protocol::frame::{Request, SNAPSHOT_WANTED};
+use stile_protocol::replication::{self, ReplFrame};
+use tokio::sync::{mpsc, watch};
+
+use crate::replicate::read_more;
+
+/// The file in a data dir that holds the newest epoch its node has seen.
+pub const EPOCH_FILE: &str = "epoch";
+
+/// Why following the primary stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    /// The primary could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    /// The primary refused, with an error code and why.
+    #[error("the primary refused: {message} ({})", stile_protocol::frame::error_code::name(*code))]
+    Refused {
+        /// Why, as a code (`trimmed`: this standby is too far behind and must be seeded
+        /// again; `not_leader`: the message names the leader).
+        code: u16,
+        /// Why, for people.
+        message: String,
+    },
+    /// The primary sent something this standby cannot take.
+    #[error("replication stream: {0}")]
+    Protocol(String),
+    /// The connection went.
+    #[error("the primary went away: {0}")]
+    Gone(String),
+    /// Seeding failed.
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    /// A batch did not apply.
+    #[error(transparent)]
+    Apply(#[from] ReplicateError),
+    /// This node was told to stop.
+    #[error("shutting down")]
+    Shutdown,
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The newest epoch data dir `dir` has seen (0: none).
+pub fn read_epoch(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(EPOCH_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Persists `epoch` as the newest data dir `dir` has seen (synced before it returns).
+pub fn write_epoch(dir: &Path, epoch: u64) -> Result<(), StandbyError> {
+    let path = dir.join(EPOCH_FILE);
+    let tmp = path.with_extension("tmp");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StandbyError::Io { path, source }
+    };
+    stile_engine::datadir::write_private_synced(&tmp, &[format!("{epoch}\n").as_bytes()])
+        .map_err(io(&tmp))?;
+    stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))
+}
+
+/// A replication stream to the primary.
+struct Link {
+    _endpoint: quinn::Endpoint,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl Link {
+    async fn open(primary: &ClientConfig, from_seq: u64, epoch: u64) -> Result<Link, StandbyError> {
+        let (endpoint, _conn, mut send, recv) = connect_raw(primary).await?;
+        let mut out = BytesMut::new();
+        Request::Replicate { from_seq, epoch }.encode(1, &mut out);
+        send.write_all(&out)
+            .await
+            .map_err(|e| StandbyError::Gone(e.to_string()))?;
+        Ok(Link {
+            _endpoint: endpoint,
+            send,
+            recv,
+            buf: BytesMut::with_capacity(1 << 20),
+        })
+    }
+
+    /// The next frame from the primary.
+    async fn next(&mut self) -> Result<ReplFrame, StandbyError> {
+        next_frame(&mut self.recv, &mut self.buf).await
+    }
+}
+
+/// The next frame from the primary on `recv` (`buf` holds what arrived and is not read).
+async fn next_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> Result<ReplFrame, StandbyError> {
+    loop {
+        match replication::split(buf) {
+            Ok(Some((n, body))) => {
+                let frame =
+                    ReplFrame::decode(body).map_err(|e| StandbyError::Protocol(e.to_string()))?;
+                buf.advance(n);
+                if let ReplFrame::Refuse { code, message } = frame {
+                    return Err(StandbyError::Refused { code, message });
+                }
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StandbyError::Protocol(e.to_string())),
+        }
+        if !read_more(recv, buf).await {
+            return Err(StandbyError::Gone("the stream ended".into()));
+        }
+    }
+}
+
+/// Seeds data dir `dir`, which holds nothing yet, from the primary: its key ring and a
+/// fresh snapshot. Returns the snapshot's log position.
+pub async fn seed(dir: &Path, primary: &ClientConfig) -> Result<u64, StandbyError> {
+    let mut link = Link::open(primary, SNAPSHOT_WANTED, read_epoch(dir)).await?;
+    let ReplFrame::Ring(ring) = link.next().await? else {
+        return Err(StandbyError::Protocol("expected the key ring first".into()));
+    };
+    let ReplFrame::SnapshotBegin { start_seq, len } = link.next().await? else {
+        return Err(StandbyError::Protocol("expected a snapshot".into()));
+    };
+    let mut seed = Seed::begin(dir, &ring, start_seq)?;
+    let mut got = 0u64;
+    while got < len {
+        let ReplFrame::SnapshotChunk(chunk) = link.next().await? else {
+            return Err(StandbyError::Protocol("snapshot cut short".into()));
+        };
+        got += chunk.len() as u64;
+        if got > len {
+            return Err(StandbyError::Protocol(
+                "snapshot longer than announced".into(),
+            ));
+        }
+        seed.write(&chunk)?;
+    }
+    let start = tokio::task::spawn_blocking(move || seed.finish())
+        .await
+        .map_err(|e| StandbyError::Protocol(e.to_string()))??;
+    tracing::info!(
+        start_seq = start,
+        bytes = len,
+        "seeded from the primary's snapshot"
+    );
+    Ok(start)
+}
+
+/// Follows the primary's log into `engine` (opened on `dir`) until the link fails, the
+/// primary refuses, or `shutdown` turns true.
+pub async fn follow(
+    engine: Arc<Engine>,
+    dir: &Path,
+    primary: &ClientConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StandbyError> {
+    let wal = engine.wal().ok_or(ReplicateError::NoLog)?;
+    let mut epoch = read_epoch(dir);
+    let Link {
+        _endpoint,
+        send,
+        mut recv,
+        mut buf,
+    } = Link::open(primary, wal.reserved_seq(), epoch).await?;
+    tracing::info!(primary = %primary.node, from = wal.reserved_seq(), "following the primary");
+    // Batches to acknowledge, in order, each with what its sync here is.
+    let (acks, pending) = mpsc::unbounded_channel::<(u64, Durability)>();
+    let mut acker = tokio::spawn(acknowledge(engine.clone(), send, pending));
+    loop {
+        let frame = tokio::select! {
+            f = next_frame(&mut recv, &mut buf) => f?,
+            _ = shutdown.wait_for(|s| *s) => return Err(StandbyError::Shutdown),
+            r = &mut acker => {
+                return Err(match r {
+                    Ok(e) => e,
+                    Err(e) => StandbyError::Gone(e.to_string()),
+                })
+            }
+        };
+        match frame {
+            ReplFrame::Ring(text) => {
+                let text = String::from_utf8(text)
+                    .map_err(|_| StandbyError::Protocol("the key ring is not UTF-8".into()))?;
+                engine
+                    .keys()
+                    .adopt(&text)
+                    .map_err(|e| StandbyError::Protocol(format!("the primary's key ring: {e}")))?;
+            }
+            ReplFrame::Records {
+                epoch: theirs,
+                from,
+                upto,
+                frames,
+            } => {
+                if theirs < epoch {
+                    return Err(StandbyError::Protocol(format!(
+                        "records of epoch {theirs}, older than epoch {epoch} this node has seen"
+                    )));
+                }
+                if theirs > epoch {
+                    // Persisted before any record of that epoch is acknowledged.
+                    write_epoch(dir, theirs)?;
+                    epoch = theirs;
+                }
+                let records = decode_records(&frames)?;
+                let durable = engine.apply_replicated(from, upto, &records)?;
+                if acks.send((upto, durable)).is_err() {
+                    return Err(StandbyError::Gone("acknowledgements stopped".into()));
+                }
+            }
+            ReplFrame::SnapshotBegin { .. }
+            | ReplFrame::SnapshotChunk(_)
+            | ReplFrame::Ack { .. }
+            | ReplFrame::Refuse { .. } => {
+                return Err(StandbyError::Protocol(
+                    "unexpected frame while following".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The records of a batch's log frames.
+fn decode_records(mut frames: &[u8]) -> Result<Vec<(u64, Record)>, StandbyError> {
+    let mut out = Vec::new();
+    while !frames.is_empty() {
+        let (record, seq, len) =
+            Record::decode(frames).map_err(|e| StandbyError::Protocol(format!("{e:?}")))?;
+        out.push((seq, record));
+        frames = &frames[len..];
+    }
+    Ok(out)
+}
+
+/// Acknowledges each batch once it is synced here, in order.
+async fn acknowledge(
+    engine: Arc<Engine>,
+    mut send: quinn::SendStream,
+    mut pending: mpsc::UnboundedReceiver<(u64, Durability)>,
+) -> StandbyError {
+    let wal = engine.wal().expect("a standby keeps a log");
+    let mut out = BytesMut::new();
+    while let Some((upto, durable)) = pending.recv().await {
+        // Gather every batch already queued: one acknowledgement covers them.
+        let mut upto = upto;
+        let mut wait = vec![durable];
+        while let Ok((u, d)) = pending.try_recv() {
+            upto = u;
+            wait.push(d);
+        }
+        if wal.mode() == SyncMode::Always {
+            for d in wait {
+                d.wait_async().await;
+            }
+        } else {
+            let e = engine.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                e.wal().expect("a standby keeps a log").sync_through(upto)
+            })
+            .await
+            .unwrap_or(false);
+            if !synced {
+                return StandbyError::Gone("this node's log stopped".into());
+            }
+        }
+        ReplFrame::Ack { seq: upto }.encode(&mut out);
+        if let Err(e) = send.write_all(&out).await {
+            return StandbyError::Gone(e.to_string());
+        }
+        out.clear();
+    }
+    StandbyError::Gone("the follower stopped".into())
+}

@@ -1,0 +1,288 @@
+//! A shard's synchronous standby (`stile node --standby-of`): seeded from its primary,
+//! following its log, answering gates `not_leader`, holding every admit the primary
+//! answered when the primary is killed, and released from when it stops acknowledging.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stile_certs as certs;
+use stile_protocol::client::{Client, ClientError};
+use stile_protocol::frame::error_code;
+use stile_protocol::{CodeBytes, OutcomeKind};
+
+use crate::node::{client_config, make_certs, spec, NodeProcess};
+
+/// A `stile node` child with `extra` options; its QUIC address and, if it serves them, its
+/// metrics URL.
+fn spawn(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr, Option<String>) {
+    use std::io::BufRead;
+    let mut child = NodeProcess(
+        Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["node", "--listen", "127.0.0.1:0", "--sync", "always"])
+            .args(extra)
+            .arg("--data")
+            .arg(data)
+            .arg("--tls")
+            .arg(tls)
+            .env("STILE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut addr, mut metrics) = (None, None);
+    let wants_metrics = extra.contains(&"--metrics");
+    while addr.is_none() || (wants_metrics && metrics.is_none()) {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "node ended early");
+        if let Some(a) = line.trim().strip_prefix("stile node listening on quic://") {
+            addr = Some(a.parse().unwrap());
+        }
+        if let Some(m) = line.trim().strip_prefix("stile metrics listening on ") {
+            metrics = Some(m.to_string());
+        }
+    }
+    // Later lines go nowhere, and the node never blocks on them.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, addr.unwrap(), metrics)
+}
+
+/// Certificates for gates, the admin and nodes `n1` and `n2`.
+fn shard_certs(tls: &Path) {
+    make_certs(tls);
+    for name in ["n1", "n2"] {
+        certs::issue_node_named(tls, &["127.0.0.1".into()], Some(name)).unwrap();
+    }
+}
+
+/// Waits (at most 60 s) until the node's metrics say `series value`.
+async fn metric_reaches(url: &str, line: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(url).await {
+            let text = r.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == line) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never said {line}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks in `codes` through `gate` with 64 in flight until `enough` admits were answered
+/// (or 20 s passed); returns the indexes of the answered admits (so far, while it runs).
+fn load(
+    gate: Client,
+    codes: Vec<CodeBytes>,
+) -> (Arc<Mutex<Vec<usize>>>, tokio::task::JoinHandle<()>) {
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    let task = {
+        let admitted = admitted.clone();
+        tokio::spawn(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(64));
+            for (i, c) in codes.into_iter().enumerate() {
+                let Ok(permit) = sem.clone().acquire_owned().await else {
+                    return;
+                };
+                let (gate, admitted) = (gate.clone(), admitted.clone());
+                tokio::spawn(async move {
+                    if let Ok(o) = gate.checkin(&c, i as u64).await {
+                        if o.kind == OutcomeKind::Admitted {
+                            admitted.lock().unwrap().push(i);
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        })
+    };
+    (admitted, task)
+}
+
+async fn wait_for_admits(admitted: &Mutex<Vec<usize>>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admitted.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "load stalled at {:?}",
+            admitted.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every admit in `acked` reads `already_used` (by gate 1) on the node at `addr`.
+async fn all_used(tls: &Path, addr: SocketAddr, codes: &[CodeBytes], acked: &[usize]) {
+    let checker = Client::connect(client_config(tls, addr, "gate-2"))
+        .await
+        .unwrap();
+    for &i in acked {
+        let o = checker
+            .checkin(&codes[i], 1_000_000 + i as u64)
+            .await
+            .unwrap();
+        assert_eq!((o.kind, o.gate), (OutcomeKind::AlreadyUsed, 1), "code {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_holds_every_admit_its_primary_answered_when_the_primary_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (mut primary, paddr, metrics) =
+        spawn(&pdata, &tls, &["--name", "n1", "--metrics", "127.0.0.1:0"]);
+    let metrics = metrics.unwrap();
+    let admin = Client::connect(client_config(&tls, paddr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 6000)).await.unwrap();
+    drop(admin);
+    let (mut standby, saddr, _) = spawn(
+        &sdata,
+        &tls,
+        &["--name", "n2", "--standby-of", &paddr.to_string()],
+    );
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+
+    // The standby answers gates, and a node certificate nothing but replication.
+    let at_standby = Client::connect(client_config(&tls, saddr, "gate-1"))
+        .await
+        .unwrap();
+    match at_standby.checkin(&codes[0], 1).await {
+        Err(ClientError::Node { code, message }) => {
+            assert_eq!((code, message), (error_code::NOT_LEADER, paddr.to_string()))
+        }
+        other => panic!("a standby answered {other:?}"),
+    }
+    let as_node = async {
+        let client = Client::connect(client_config(&tls, paddr, "node-n2")).await?;
+        client.checkin(&codes[0], 1).await
+    };
+    match as_node.await {
+        Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::FORBIDDEN),
+        other => panic!("a node certificate checked in: {other:?}"),
+    }
+
+    let mut config = client_config(&tls, paddr, "gate-1");
+    config.request_timeout = Duration::from_secs(2);
+    let gate = Client::connect(config).await.unwrap();
+    let (admitted, task) = load(gate, codes[1..].to_vec());
+    wait_for_admits(&admitted, 1500).await;
+    primary.kill().unwrap(); // SIGKILL
+    primary.wait().unwrap();
+    task.abort();
+    let acked: Vec<usize> = admitted.lock().unwrap().iter().map(|i| i + 1).collect();
+
+    // The standby, stopped and started alone on its data dir, holds every one of them.
+    crate::support::sigterm(&standby);
+    assert!(standby.wait().unwrap().success());
+    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
+    all_used(&tls, addr, &codes, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_answers_alone_when_its_standby_dies_and_the_restarted_standby_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (mut primary, paddr, metrics) =
+        spawn(&pdata, &tls, &["--name", "n1", "--metrics", "127.0.0.1:0"]);
+    let metrics = metrics.unwrap();
+    let admin = Client::connect(client_config(&tls, paddr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 4000)).await.unwrap();
+    let standby_args = ["--name", "n2", "--standby-of", &paddr.to_string()];
+    let (mut standby, _, _) = spawn(&sdata, &tls, &standby_args);
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+
+    let mut config = client_config(&tls, paddr, "gate-1");
+    config.request_timeout = Duration::from_secs(5);
+    let gate = Client::connect(config).await.unwrap();
+    let (admitted, task) = load(gate.clone(), codes[..2000].to_vec());
+    wait_for_admits(&admitted, 300).await;
+    standby.kill().unwrap();
+    standby.wait().unwrap();
+    // Answers stop waiting for it: the rest of the load is admitted by the primary alone.
+    metric_reaches(&metrics, "stile_node_sync_standby 0").await;
+    task.await.unwrap();
+    wait_for_admits(&admitted, 2000).await;
+
+    // Restarted, it catches up from its own log and is named again; later admits wait for it.
+    let (mut standby, _, _) = spawn(&sdata, &tls, &standby_args);
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+    let (later, task) = load(gate, codes[2000..].to_vec());
+    wait_for_admits(&later, 1000).await;
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    task.abort();
+    let mut acked: Vec<usize> = admitted.lock().unwrap().clone();
+    acked.extend(later.lock().unwrap().iter().map(|i| i + 2000));
+    crate::support::sigterm(&standby);
+    assert!(standby.wait().unwrap().success());
+    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
+    all_used(&tls, addr, &codes, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_wait_for_the_synchronous_standby_until_it_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (_primary, paddr, metrics) = spawn(
+        &pdata,
+        &tls,
+        &[
+            "--name",
+            "n1",
+            "--metrics",
+            "127.0.0.1:0",
+            "--standby-timeout",
+            "10m",
+        ],
+    );
+    let metrics = metrics.unwrap();
+    let admin = Client::connect(client_config(&tls, paddr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 2)).await.unwrap();
+    let (standby, _, _) = spawn(
+        &sdata,
+        &tls,
+        &["--name", "n2", "--standby-of", &paddr.to_string()],
+    );
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+    let gate = Client::connect(client_config(&tls, paddr, "gate-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gate.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    // SAFETY: kill(2) with our own child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(standby.id() as i32, libc::SIGSTOP) }, 0);
+    let pending = {
+        let (gate, code) = (gate.clone(), codes[1]);
+        tokio::spawn(async move { gate.checkin(&code, 2).await })
+    };
+    // Durable on the primary, and not answered while the standby cannot acknowledge it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!pending.is_finished(), "answered without the standby");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(standby.id() as i32, libc::SIGCONT) }, 0);
+    let o = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("answered once the standby acknowledged")
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.kind, OutcomeKind::Admitted);
+}
