@@ -3,7 +3,8 @@
 //!
 //! Every call is one HTTP POST of JSON to `/v3/...` on one of the cluster's client URLs, so
 //! the build needs no protoc and no gRPC stack. [`Etcd`] walks the endpoints (see its docs);
-//! [`keys`] says where a stile cluster keeps leader, sync standby and members.
+//! [`keys`] says where a stile cluster keeps leader, sync standby and members; [`status`]
+//! reads them back for operators.
 //!
 //! What etcd 3.4's gateway does that one might not expect (each checked with curl against
 //! etcd 3.4.23):
@@ -28,6 +29,7 @@ mod error;
 pub mod keys;
 mod kv;
 mod lease;
+pub mod status;
 mod txn;
 mod wire;
 
@@ -38,6 +40,7 @@ pub use error::EtcdError;
 pub use keys::{MemberInfo, NameError, Role, ShardKeys};
 pub use kv::Kv;
 pub use lease::Lease;
+pub use status::{cluster_status, ShardStatus, StatusTable};
 pub use txn::{Cmp, Compare, TxnOp, TxnResult};
 
 /// Most endpoints one client walks.
