@@ -4,7 +4,7 @@
 //! Every call is one HTTP POST of JSON to `/v3/...` on one of the cluster's client URLs, so
 //! the build needs no protoc and no gRPC stack. [`Etcd`] walks the endpoints (see its docs);
 //! [`keys`] says where a stile cluster keeps leader, sync standby and members; [`status`]
-//! reads them back for operators.
+//! reads them back for operators; `testing` (feature `testing`) starts real etcd members.
 //!
 //! What etcd 3.4's gateway does that one might not expect (each checked with curl against
 //! etcd 3.4.23):
@@ -30,6 +30,8 @@ pub mod keys;
 mod kv;
 mod lease;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod txn;
 mod wire;
 
