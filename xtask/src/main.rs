@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test, with the tools the tests need required.
 //!
 //! The tests drive external programs: `redis-server` (the load tester's baseline), Chromium
-//! and chromedriver (the e-ticket page), `curl` and `jq` (the README's tour). On Debian or Ubuntu this installs whichever is
+//! and chromedriver (the e-ticket page), `curl` and `jq` (the README's tour), `etcd` (the
+//! etcd client's tests). On Debian or Ubuntu this installs whichever is
 //! missing (with `sudo` when not root); elsewhere it names what to install and stops. Then it
 //! runs `cargo test --release --workspace` with `STILE_SKIP_MISSING_TOOLS` unset, so that a
 //! test whose tool is missing fails instead of skipping.
@@ -60,6 +61,12 @@ const TOOLS: &[Tool] = &[
         names: &["chromedriver"],
         debian: "chromium-driver",
         ubuntu: "chromium-chromedriver",
+    },
+    Tool {
+        what: "the etcd client's tests (stile-cluster)",
+        names: &["etcd"],
+        debian: "etcd-server",
+        ubuntu: "etcd-server",
     },
 ];
 
