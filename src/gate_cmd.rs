@@ -40,8 +40,8 @@ pub struct GateArgs {
     /// The gate's state: replica, journal, scan ids (default DATA/gate-ID).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// How long a scan waits for the node before the gate decides offline.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    /// How long a scan waits for the node before the gate decides offline (1ms to 1m).
+    #[arg(long, default_value = "500ms", value_parser = parse_online_timeout)]
     online_timeout: Duration,
     /// Never decide offline: without the node every scan is refused.
     #[arg(long)]
@@ -282,6 +282,16 @@ fn json_line(code: &str, a: &Answer) -> String {
         "reason": a.reason,
     })
     .to_string()
+}
+
+/// `--online-timeout`: long enough for any answer to arrive (0 would decide every scan
+/// offline with the node up), short enough for a turnstile.
+fn parse_online_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
+        return Err("must be 1ms to 1m (the node answers in well under a millisecond)".into());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

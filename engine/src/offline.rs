@@ -1,18 +1,21 @@
 //! What a node keeps of gates' offline scans: each gate's upload mark and the conflicts.
 //!
-//! A gate that decided offline uploads its journal in order, scan ids rising. The node
-//! applies each scan once: the **upload mark** of a gate is the highest scan id of its
-//! uploads applied, and a scan at or below it is not applied again, however often a cut
-//! upload is resumed (the scan memory's 256 entries a gate would not cover an hour's
-//! journal). Marks are durable through the records the scans make (state records with
+//! A gate that decided offline uploads its journal. The node applies each scan once: it
+//! keeps, per gate, the scan ids of the uploads that changed something (an admit, an exit,
+//! a conflict), and a scan among them is not applied again, however often a cut upload is
+//! resumed (the scan memory's 256 entries a gate would not cover an hour's journal). Exact
+//! ids, not a highest mark: a scan refused for a full disk and uploaded again after a later
+//! one, or two gates that were given the same certificate, would fall below a mark and be
+//! lost. The ids are durable through the records the scans make (state records with
 //! [`OP_OFFLINE`](crate::wal::OP_OFFLINE) in their trace, conflict records), which replay
-//! raises the marks from, and through snapshots; an uploaded scan that changed nothing and
-//! was lost in a crash is simply applied again, changing nothing again.
+//! reads them from, and through snapshots; an uploaded scan that changed nothing is simply
+//! decided again, changing nothing again. At most [`UPLOADS_PER_GATE_MAX`] ids a gate are
+//! kept, the lowest dropped first.
 //!
 //! A **conflict** is an offline admit that met a ticket already used, revoked or
 //! transferred: both scans are kept (gate and time), for disputes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use crate::wal::ConflictRecord;
@@ -73,31 +76,43 @@ pub(crate) type ConflictRow = (u8, u16, u16, u32, u16, u32, u16, u32);
 /// A gate's upload mark as a snapshot keeps it: provider, gate, mark.
 pub(crate) type MarkRow = (u16, u16, u64);
 
+/// Applied upload scan ids kept per gate; past it the lowest (oldest) are dropped, and such
+/// a scan uploaded again would be applied again (a gate uploads in days, not seasons).
+pub const UPLOADS_PER_GATE_MAX: usize = 1 << 20;
+
+/// Applied upload scan ids by (provider, gate).
+pub(crate) type Marks = HashMap<(u16, u16), BTreeSet<u64>>;
+
 /// Upload marks and conflicts.
 #[derive(Debug, Default)]
 pub(crate) struct OfflineBook {
     /// Highest uploaded scan id applied, by (provider, gate). Held for the whole of one
     /// scan's application, so one gate's uploads apply one at a time, in order.
-    pub(crate) marks: Mutex<HashMap<(u16, u16), u64>>,
+    pub(crate) marks: Mutex<Marks>,
     /// Conflicts, in the order they were recorded.
     conflicts: Mutex<Vec<ConflictRecord>>,
 }
 
 impl OfflineBook {
-    /// Raises a gate's mark to `scan_id` (replay, or a scan applied).
-    pub(crate) fn raise(
-        marks: &mut HashMap<(u16, u16), u64>,
-        provider: u16,
-        gate: u16,
-        scan_id: u64,
-    ) {
-        let mark = marks.entry((provider, gate)).or_insert(0);
-        *mark = (*mark).max(scan_id);
+    /// Notes `scan_id` of a gate as applied (replay, or a scan applied).
+    pub(crate) fn raise(marks: &mut Marks, provider: u16, gate: u16, scan_id: u64) {
+        let ids = marks.entry((provider, gate)).or_default();
+        ids.insert(scan_id);
+        if ids.len() > UPLOADS_PER_GATE_MAX {
+            ids.pop_first();
+        }
     }
 
-    /// Adds a conflict just applied (its gate's mark raised under `marks`, held by the
-    /// caller for the whole of the scan).
-    pub(crate) fn record(&self, marks: &mut HashMap<(u16, u16), u64>, c: ConflictRecord) {
+    /// Whether `scan_id` of `gate` of `provider` was applied.
+    pub(crate) fn applied(marks: &Marks, provider: u16, gate: u16, scan_id: u64) -> bool {
+        marks
+            .get(&(provider, gate))
+            .is_some_and(|ids| ids.contains(&scan_id))
+    }
+
+    /// Adds a conflict just applied (its scan noted under `marks`, held by the caller for
+    /// the whole of the scan).
+    pub(crate) fn record(&self, marks: &mut Marks, c: ConflictRecord) {
         Self::raise(marks, c.provider, c.second_gate, c.scan_id);
         self.conflicts.lock().expect("conflicts poisoned").push(c);
     }
@@ -107,10 +122,7 @@ impl OfflineBook {
     /// together).
     pub(crate) fn replay(&self, c: ConflictRecord) {
         let mut marks = self.marks.lock().expect("marks poisoned");
-        if marks
-            .get(&(c.provider, c.second_gate))
-            .is_some_and(|&m| m >= c.scan_id)
-        {
+        if Self::applied(&marks, c.provider, c.second_gate, c.scan_id) {
             return;
         }
         self.record(&mut marks, c);
@@ -164,7 +176,10 @@ impl OfflineBook {
         // Both under the marks' lock, which every conflict is recorded under: a conflict
         // is kept if and only if its gate's mark covers it (see `replay`).
         let held = self.marks.lock().expect("marks poisoned");
-        let mut marks: Vec<MarkRow> = held.iter().map(|(&(p, g), &m)| (p, g, m)).collect();
+        let mut marks: Vec<MarkRow> = held
+            .iter()
+            .flat_map(|(&(p, g), ids)| ids.iter().map(move |&id| (p, g, id)))
+            .collect();
         marks.sort_unstable();
         let conflicts = self
             .conflicts

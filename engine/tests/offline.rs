@@ -255,3 +255,61 @@ fn rotation_keys_reach_replicas_only_for_policies_that_allow_offline_rotating_co
         e.keys().ticket_key(e.keys().active_id(), 0, got[0].serial)
     );
 }
+
+/// Uploads are applied by exact scan id, not below a highest mark: a scan uploaded after
+/// a later one (a retry after a full disk, or a second gate given the same certificate,
+/// whose scan ids interleave with the first's) is applied all the same, once.
+#[test]
+fn an_upload_below_a_later_scan_id_is_still_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(dir.path(), &clock);
+    let codes = mint(&e, 1, 4);
+    let gate = Gate::new(5, 1);
+    clock.advance(600);
+    // Gate "B" (same id) uploads first: scan 20 admits codes[0], scan 30 a refusal.
+    assert_eq!(
+        upload(&e, &gate, &admit(20, codes[0], T0 + 20)),
+        OutcomeKind::Admitted
+    );
+    let refused = OfflineScan {
+        decision: OutcomeKind::AlreadyUsed,
+        ..admit(30, codes[3], T0 + 30)
+    };
+    assert_eq!(upload(&e, &gate, &refused), OutcomeKind::AlreadyUsed);
+    // Gate "A" then uploads scans 10 and 15: both applied, and its admit of codes[0] (also
+    // admitted by B) is the double entry it is.
+    assert_eq!(
+        upload(&e, &gate, &admit(10, codes[1], T0 + 10)),
+        OutcomeKind::Admitted
+    );
+    assert_eq!(
+        upload(&e, &gate, &admit(15, codes[0], T0 + 15)),
+        OutcomeKind::AlreadyUsed
+    );
+    assert_eq!(
+        conflicts(&e),
+        vec![(ConflictKind::DoubleEntry, 5, 5, T0 + 15)]
+    );
+    // Resumed uploads of all of them apply nothing again, before and after a restart.
+    let again = |e: &Engine| {
+        for s in [
+            admit(20, codes[0], T0 + 20),
+            admit(10, codes[1], T0 + 10),
+            admit(15, codes[0], T0 + 15),
+        ] {
+            upload(e, &gate, &s);
+        }
+        assert_eq!(conflicts(e).len(), 1);
+        let s = e.status(&Presented::Code(codes[1])).unwrap();
+        assert_eq!(s.word.entries, 1, "admitted once");
+    };
+    again(&e);
+    drop(e);
+    let e = open(dir.path(), &clock);
+    again(&e);
+    e.snapshot().unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    again(&e);
+}

@@ -164,6 +164,9 @@ pub enum GateError {
     /// The replica.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The state directory holds another gate's journal, not yet uploaded.
+    #[error("{0}")]
+    Owner(String),
     /// Another gate process uses the state directory.
     #[error(
         "state directory {path} is in use by another stile gate{}: two gates on one journal \
@@ -364,11 +367,18 @@ impl Gate {
                 None
             }
         };
-        // The decisions the node has not applied yet are not in a replica saved before
-        // them: applied again, so a restarted gate still refuses whom it let through.
+        check_owner(dir, &config, journal.pending().len())?;
+        // The decisions made after the replica was saved are not in it: applied again,
+        // uploaded or not, so a restarted gate still refuses whom it let through.
         if let Some(r) = replica.as_mut() {
-            crate::sync::reapply(r, journal.pending(), config.gate);
+            let since = match r.journal_pos {
+                Some(pos) => &journal.scans()[(pos as usize).min(journal.scans().len())..],
+                // Saved before the replica kept its position: what is not yet uploaded.
+                None => journal.pending(),
+            };
+            crate::sync::reapply(r, since, config.gate);
         }
+        let offset_s = replica.as_ref().map_or(0, |r| r.clock_offset_s);
         let floor = journal
             .scans()
             .iter()
@@ -385,7 +395,7 @@ impl Gate {
             replica: Mutex::new(replica),
             journal: Mutex::new(journal),
             scan_ids: Mutex::new(scan_ids),
-            offset_s: AtomicI64::new(0),
+            offset_s: AtomicI64::new(offset_s),
             online: AtomicBool::new(false),
             last_online_unix_s: AtomicU64::new(0),
             upload_wake: Arc::new(tokio::sync::Notify::new()),
@@ -663,10 +673,12 @@ impl Gate {
     /// uploaded applied to it again) and saves it.
     pub(crate) fn install_replica(&self, mut r: Replica) {
         {
+            // In the order decisions take them: no decision falls between the two.
+            let mut replica = self.replica.lock().expect("not poisoned");
             let journal = self.journal.lock().expect("not poisoned");
             crate::sync::reapply(&mut r, journal.pending(), self.config.gate);
+            *replica = Some(r);
         }
-        *self.replica.lock().expect("not poisoned") = Some(r);
         self.save_replica();
     }
 
@@ -705,7 +717,17 @@ impl Gate {
     /// written outside it).
     pub(crate) fn save_replica(&self) {
         self.dirty.store(false, Ordering::Release);
-        let copy = self.replica.lock().expect("not poisoned").clone();
+        let copy = {
+            // Under both locks, in the order decisions take them: the journal's length is
+            // what the copy reflects.
+            let replica = self.replica.lock().expect("not poisoned");
+            let journal = self.journal.lock().expect("not poisoned");
+            replica.clone().map(|mut r| {
+                r.journal_pos = Some(journal.scans().len() as u64);
+                r.clock_offset_s = self.offset_s.load(Ordering::Relaxed);
+                r
+            })
+        };
         if let Some(r) = copy {
             if let Err(e) = r.save(&Gate::replica_path(&self.config.state_dir)) {
                 tracing::warn!("cannot save the replica: {e}");
@@ -828,6 +850,52 @@ impl Gate {
 /// Seconds as staff read them (`1h 2m 3s`).
 fn human(s: u64) -> String {
     humantime::format_duration(Duration::from_secs(s)).to_string()
+}
+
+/// The file in a state directory naming the gate whose journal it holds.
+const OWNER_FILE: &str = "owner";
+
+/// Refuses a state directory whose journal holds scans another gate has yet to upload (they
+/// would go up under this gate's name and be refused or misfiled); notes this gate as its
+/// owner otherwise.
+fn check_owner(dir: &Path, config: &GateConfig, pending: usize) -> Result<(), GateError> {
+    let path = dir.join(OWNER_FILE);
+    let me = format!("gate {} provider {}\n", config.gate, config.provider);
+    let theirs = std::fs::read_to_string(&path).ok();
+    if let Some(theirs) = theirs.as_deref().filter(|t| *t != me) {
+        if pending > 0 {
+            return Err(GateError::Owner(format!(
+                "state directory {} holds {pending} scans of {} not yet uploaded; start that \
+                 gate's certificate on it to upload them, or move the directory aside for \
+                 this gate",
+                dir.display(),
+                theirs.trim()
+            )));
+        }
+    }
+    if theirs.as_deref() != Some(me.as_str()) {
+        write_owner(&path, me.as_bytes()).map_err(|source| GateError::State {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes the owner file whole (a temporary file, synced, renamed over it; mode 0600).
+fn write_owner(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Waits for a scan's online answer that came too late and journals it.

@@ -193,6 +193,13 @@ pub struct Replica {
     pub seq: u64,
     /// When the replica was last known to be current (the node's clock), Unix seconds.
     pub synced_unix_s: u64,
+    /// The gate's journal records this replica reflects (its own decisions are applied as
+    /// they are made): a restart applies the records from here on again, uploaded or not.
+    /// `None` for a replica saved before this was kept.
+    pub journal_pos: Option<u64>,
+    /// The node's clock minus the gate's, seconds, as last learned online: a restarted gate
+    /// offline still judges validity by the node's time.
+    pub clock_offset_s: i64,
     policies: Vec<Policy>,
     /// The node's id of each policy (parallel to `policies`).
     node_policies: Vec<u32>,
@@ -210,8 +217,8 @@ pub struct Replica {
 
 /// File magic.
 const MAGIC: &[u8; 8] = b"STILEREP";
-/// Format version.
-const VERSION: u32 = 2;
+/// Format version (3 added the journal position and the clock offset).
+const VERSION: u32 = 3;
 
 impl Replica {
     /// An empty replica of `provider`'s tickets.
@@ -467,6 +474,8 @@ impl Replica {
         out.extend_from_slice(&self.provider.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.synced_unix_s.to_le_bytes());
+        out.extend_from_slice(&self.journal_pos.map_or(u64::MAX, |p| p).to_le_bytes());
+        out.extend_from_slice(&self.clock_offset_s.to_le_bytes());
         out.extend_from_slice(&(self.policies.len() as u32).to_le_bytes());
         for (p, node_id) in self.policies.iter().zip(&self.node_policies) {
             out.extend_from_slice(&node_id.to_le_bytes());
@@ -529,12 +538,20 @@ impl Replica {
             return Err(bad("checksum mismatch"));
         }
         let mut r = Reader { b: body, at: 8 };
-        if r.u32() != VERSION {
+        let version = r.u32();
+        if !(2..=VERSION).contains(&version) {
             return Err(bad("unknown version"));
         }
         let mut replica = Replica::new(r.u16());
         replica.seq = r.u64();
         replica.synced_unix_s = r.u64();
+        if version >= 3 {
+            if r.left() < 16 {
+                return Err(bad("header cut short"));
+            }
+            replica.journal_pos = Some(r.u64()).filter(|&p| p != u64::MAX);
+            replica.clock_offset_s = r.u64() as i64;
+        }
         let policies = r.u32() as usize;
         if policies > POLICIES_MAX || r.left() < policies * POLICY_DISK_LEN + 9 {
             return Err(bad("policy table cut short"));
@@ -694,6 +711,8 @@ mod tests {
         let mut r = Replica::new(3);
         r.seq = 99;
         r.synced_unix_s = 1_800_000_000;
+        r.journal_pos = Some(17);
+        r.clock_offset_s = -3_000;
         let p = r
             .policy_index(Policy {
                 valid_from_unix_s: Some(1_800_000_000),

@@ -229,14 +229,16 @@ async fn upload(
                 })
             }
             Ok(_) => Ok(()),
-            // Refused for good (not a gate, not a code): uploading it again changes nothing.
+            // Not a code the node takes: there is nothing to apply, now or later.
             Err(ClientError::Node {
-                code: error_code::FORBIDDEN | error_code::FORGED | error_code::BAD_REQUEST,
+                code: error_code::FORGED,
                 message,
             }) => {
                 tracing::warn!("the node refused an uploaded scan: {message}");
                 Ok(())
             }
+            // Any other refusal leaves the scan in the journal, uploaded again later: a
+            // scan is never dropped on the node's word that it could not take it now.
             Err(e) => Err(e),
         }
     };

@@ -20,9 +20,6 @@ use crate::cmd::status::wire_state;
 use crate::stream::Stream;
 use crate::subscribe::Feed;
 
-/// How far ahead of the node's clock (in nanoseconds) an uploaded scan id may be.
-const SCAN_ID_AHEAD_MAX_NS: u64 = 86_400 * 1_000_000_000;
-
 /// Tickets a page carries at most, leaving room in its frame for the policies they name.
 const PAGE_TICKETS_MAX: usize = REPLICA_FRAME_ITEMS_MAX - 64;
 
@@ -120,19 +117,6 @@ impl Stream {
                 &error(error_code::FORGED, "the uploaded scan's code is not a code"),
             );
         };
-        // Gates number their scans from their clock in nanoseconds: an id far ahead would
-        // raise the gate's upload mark past every id it will ever use.
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
-        if scan.scan_id > now_ns.saturating_add(SCAN_ID_AHEAD_MAX_NS) {
-            let message = format!(
-                "scan id {} is more than a day ahead of this node's clock in nanoseconds; gates \
-                 number their scans from their clock",
-                scan.scan_id
-            );
-            return self.reply(id, &error(error_code::BAD_REQUEST, message));
-        }
         let engine_scan = OfflineScan {
             scan_id: scan.scan_id,
             scanned_at_unix_ms: scan.scanned_at_unix_ms,

@@ -891,3 +891,64 @@ fn a_late_admit_the_gate_did_not_show_is_undone() {
     assert_eq!(again[1..], ["admitted", "entries 1", "online"], "{again:?}");
     gate.finish();
 }
+
+/// A gate killed soon after its upload, before it saved its replica again, restarts on the
+/// replica it saved before its offline admit: the journal records since that save are
+/// applied again, uploaded or not, so it still refuses whom it let in offline (found by an
+/// attack: only scans not yet uploaded were applied again). And a state directory holding
+/// one gate's journal not yet uploaded is refused to another gate's certificate.
+#[test]
+fn a_restarted_gate_applies_every_journal_record_since_its_replica_was_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let tls = data.join("tls");
+    let node_data = data.join("node");
+    let (mut node, addr, codes, texts) = node_with_codes(&node_data, &tls, 4);
+    let state = data.join("gate-state");
+    let mut gate = GateProcess::start(data, addr, &state, &["--drain-timeout", "20s"]);
+    gate.wait_online(&codes[0]);
+    wait_replica(&state, 4);
+    // The replica as saved before the offline admit.
+    let before = std::fs::read(Gate::replica_path(&state)).unwrap();
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let got = gate.scan(&texts[1]);
+    assert_eq!((got[1].as_str(), got[3].as_str()), ("admitted", "offline"));
+
+    // The node back: the gate uploads its journal and ends.
+    let (mut node, _) = crate::node::spawn_node_on(&node_data, &tls, addr, &[]);
+    gate.finish();
+    node.kill().unwrap();
+    node.wait().unwrap();
+    // As if the gate had been killed before it saved its replica after the upload.
+    std::fs::write(Gate::replica_path(&state), &before).unwrap();
+
+    // Another gate's certificate: refused while gate 1's scans wait; none wait now.
+    let mut gate = GateProcess::start(data, addr, &state, &["--drain-timeout", "1s"]);
+    let got = gate.scan(&texts[1]);
+    assert_eq!(
+        (got[1].as_str(), got[3].as_str()),
+        ("already_used", "offline"),
+        "{got:?}"
+    );
+    let got = gate.scan(&texts[2]);
+    assert_eq!((got[1].as_str(), got[3].as_str()), ("admitted", "offline"));
+    let (code, _) = gate.finish_with_status();
+    assert_eq!(code, Some(3), "a scan is left to upload");
+    let cert = tls.join("gate-2.crt");
+    let key = tls.join("gate-2.key");
+    let (code, stderr) = GateProcess::start(
+        data,
+        addr,
+        &state,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .finish_with_status();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("not yet uploaded"), "{stderr}");
+}

@@ -34,8 +34,8 @@ impl Engine {
     /// Applies one uploaded offline scan of `gate` (which must name its provider), in
     /// upload order; the answer may go out once the returned [`Durability`] is reached.
     ///
-    /// A scan at or below the gate's upload mark was applied before: it is answered with
-    /// its own decision and changes nothing. An offline admit is applied as an entry at the
+    /// A scan this gate uploaded before and that changed something was applied then: it is
+    /// answered with its own decision and changes nothing. An offline admit is applied as an entry at the
     /// scan's time, clamped between the gate's last online contact and now (so it starts a
     /// duration pass then); where the ticket was already used, revoked or transferred the
     /// node records a conflict instead, and answers what it found. An offline exit is
@@ -50,33 +50,25 @@ impl Engine {
         let book: &OfflineBook = &self.tables.offline;
         // Held to the end: this gate's scans apply one at a time, each once.
         let mut marks = book.marks.lock().expect("marks poisoned");
-        if marks
-            .get(&(provider, gate.id))
-            .is_some_and(|&m| m >= scan.scan_id)
-        {
+        if OfflineBook::applied(&marks, provider, gate.id, scan.scan_id) {
             return (Outcome::bare(scan.decision), Durability::READY);
         }
         let op = match (scan.op, scan.decision) {
             (GateOp::Entry, OutcomeKind::Admitted) => Op::Entry,
             (GateOp::Exit, OutcomeKind::Exited) => Op::Exit,
-            _ => {
-                // A refusal changed nothing at the gate and changes nothing here.
-                OfflineBook::raise(&mut marks, provider, gate.id, scan.scan_id);
-                return (Outcome::bare(scan.decision), Durability::READY);
-            }
+            // A refusal changed nothing at the gate and changes nothing here (decided again
+            // if uploaded again, with the same result).
+            _ => return (Outcome::bare(scan.decision), Durability::READY),
         };
         let at_e = to_epoch_s(at);
         // A rotating code is checked for the step it was scanned at (give or take one, as
         // online): a screenshot of an old step admitted offline is no genuine admit.
         let located = match self.locate_code(&scan.code, gate, Some(self.rotation_step(at))) {
             Ok(l) => l,
-            Err(outcome) => {
-                OfflineBook::raise(&mut marks, provider, gate.id, scan.scan_id);
-                return (outcome, Durability::READY);
-            }
+            Err(outcome) => return (outcome, Durability::READY),
         };
         let Ok(mut log) = self.reserve_room(1) else {
-            // Not applied, mark not raised: the gate uploads it again once there is room.
+            // Not applied: the gate uploads it again once there is room.
             return (Outcome::DISK_FULL, self.observed());
         };
         let applied = self.run(&located, op, gate, Some(scan.scan_id), at, None);
@@ -110,7 +102,9 @@ impl Engine {
             }),
             None => None,
         };
-        OfflineBook::raise(&mut marks, provider, gate.id, scan.scan_id);
+        if record.is_some() {
+            OfflineBook::raise(&mut marks, provider, gate.id, scan.scan_id);
+        }
         let durability = match (record, log.as_mut()) {
             (Some(r), Some(l)) => {
                 l.push(&r);
