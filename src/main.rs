@@ -2,6 +2,7 @@
 
 mod certs_cmd;
 mod client_cmd;
+mod cluster_cmd;
 mod conflicts_cmd;
 mod gate_cmd;
 mod gateway_cmd;
@@ -65,6 +66,8 @@ enum Command {
     /// List the conflicts gates' offline admits met on upload (admin certificate): tickets
     /// admitted offline that were already used, revoked or transferred.
     Conflicts(conflicts_cmd::ConflictsArgs),
+    /// What etcd says of a cluster's shards: leaders, epochs, synchronous standbys, lag.
+    Cluster(cluster_cmd::ClusterArgs),
     /// Show tickets' state.
     Status(client_cmd::TicketArgs),
     /// Revoke tickets (admin certificate).
@@ -143,6 +146,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => client_cmd::check(args),
         Command::Gate(args) => gate_cmd::run(args),
         Command::Conflicts(args) => conflicts_cmd::run(args),
+        Command::Cluster(args) => cluster_cmd::run(args),
         Command::Status(args) => client_cmd::status(args),
         Command::Revoke(args) => client_cmd::revoke(args),
         Command::Transfer(args) => client_cmd::transfer(args),

@@ -158,6 +158,24 @@ pub struct NodeArgs {
     /// this node answers without it.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
     standby_timeout: std::time::Duration,
+    /// etcd endpoints (comma-separated): the node joins shard --shard of cluster --cluster,
+    /// leading it or following its leader as etcd decides (needs --name).
+    #[arg(long, value_name = "URL[,URL…]", requires_all = ["name", "cluster", "shard"], conflicts_with = "standby_of")]
+    etcd: Option<String>,
+    /// The cluster's name in etcd.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// The shard this node belongs to.
+    #[arg(long, value_name = "ID")]
+    shard: Option<String>,
+    /// Where gates and the shard's other nodes reach this node (default: --listen, which
+    /// then needs a host and a port).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The leader's lease in etcd: a leader that cannot renew it stops answering alone
+    /// within it.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
 }
 
 /// How a node takes part in its shard.
@@ -168,6 +186,22 @@ pub(crate) struct Shard {
     standby_of: Option<SocketAddr>,
     /// `--standby-timeout`.
     standby_timeout: std::time::Duration,
+    /// `--etcd` and the rest: the shard on etcd.
+    etcd: Option<EtcdShard>,
+}
+
+/// A shard on etcd, as the command line names it.
+pub(crate) struct EtcdShard {
+    /// Endpoints.
+    endpoints: Vec<String>,
+    /// Cluster name.
+    cluster: String,
+    /// Shard id.
+    shard: String,
+    /// Where this node is reached.
+    advertise: String,
+    /// The lease's time to live.
+    lease: std::time::Duration,
 }
 
 /// Runs `stile up`.
@@ -213,6 +247,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         name: None,
         standby_of: None,
         standby_timeout: std::time::Duration::from_millis(200),
+        etcd: None,
     };
     run_node(&args.data, tls, listen, sync, started, Some(gateway), shard)
 }
@@ -247,10 +282,36 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         metrics: args.metrics,
         tuning: args.tuning,
     };
+    let etcd = match args.etcd {
+        Some(endpoints) => {
+            let advertise = match args.advertise {
+                Some(a) => a,
+                None if args.listen.port() != 0 && !args.listen.ip().is_unspecified() => {
+                    args.listen.to_string()
+                }
+                None => anyhow::bail!(
+                    "--etcd needs an address the shard's nodes and gates reach this node at: \
+                     give --advertise HOST:PORT (or --listen with a host and a port)"
+                ),
+            };
+            if args.lease < std::time::Duration::from_secs(1) {
+                anyhow::bail!("--lease must be at least 1s");
+            }
+            Some(EtcdShard {
+                endpoints: endpoints.split(',').map(|e| e.trim().to_string()).collect(),
+                cluster: args.cluster.expect("clap requires it"),
+                shard: args.shard.expect("clap requires it"),
+                advertise,
+                lease: args.lease,
+            })
+        }
+        None => None,
+    };
     let shard = Shard {
         name: args.name,
         standby_of: args.standby_of,
         standby_timeout: args.standby_timeout,
+        etcd,
     };
     run_node(
         &args.data,
@@ -291,17 +352,51 @@ fn run_node(
         .thread_name("stile-node")
         .build()
         .context("starting the async runtime")?;
-    let primary = match (&shard.standby_of, &shard.name) {
-        (Some(addr), Some(name)) => {
+    let peer = match &shard.name {
+        Some(name) => {
             let cert = tls.join(certs::node_cert_name(name));
             let client_tls = stile_protocol::client::ClientTls::from_files(
                 &tls.join(certs::CA_CERT),
                 &cert,
                 &certs::key_path_for(&cert),
             )?;
-            let config = stile_protocol::client::ClientConfig::new(*addr, client_tls);
+            let peer: Peer = Arc::new(move |addr| {
+                stile_protocol::client::ClientConfig::new(addr, client_tls.clone())
+            });
+            Some(peer)
+        }
+        None => None,
+    };
+    let primary = match (&shard.standby_of, &peer) {
+        (Some(addr), Some(peer)) => {
+            let config = peer(*addr);
             runtime.block_on(seed_if_new(data, &config))?;
             Some(config)
+        }
+        _ => None,
+    };
+    // On etcd: the lease, this node's place in its shard, a seed from the leader if new.
+    let cluster = match (&shard.etcd, &shard.name, &peer) {
+        (Some(e), Some(name), Some(peer)) => {
+            let etcd = stile_cluster::Etcd::new(&e.endpoints, std::time::Duration::from_secs(2))?;
+            let cfg = stile_node::cluster::ClusterConfig {
+                etcd: Arc::new(etcd),
+                keys: stile_cluster::ShardKeys::new(&e.cluster, &e.shard)?,
+                name: name.clone(),
+                advertise: e.advertise.clone(),
+                lease_ttl: e.lease,
+                data: data.to_path_buf(),
+                peer: peer.clone(),
+            };
+            let (held, place) = runtime.block_on(async {
+                let held = cfg.register("standby", 0).await?;
+                let place = cfg.place(held.id, 0).await?;
+                if let stile_node::cluster::Place::Standby { addr, .. } = &place {
+                    seed_if_new(data, &peer(*addr)).await?;
+                }
+                anyhow::Ok((held, place))
+            })?;
+            Some((cfg, held, place))
         }
         _ => None,
     };
@@ -336,22 +431,39 @@ fn run_node(
         config.budget_burst = listen.tuning.gate_budget.saturating_mul(2);
         config.snapshot_every = listen.tuning.snapshot_every.0;
         config.name = shard.name.clone();
-        let replication = Arc::new(stile_node::replicate::Replication::new(
-            primary.is_none(),
+        let leading = match &cluster {
+            Some((_, _, place)) => matches!(place, stile_node::cluster::Place::Leader { .. }),
+            None => primary.is_none(),
+        };
+        let mut replication = stile_node::replicate::Replication::new(
+            leading,
             shard.standby_of.map(|a| a.to_string()).unwrap_or_default(),
             shard.standby_timeout,
-        ));
-        config.replication = Some(replication);
+        );
+        // In a cluster the synchronous standby is named in etcd first.
+        replication.name_alone = cluster.is_none();
+        let replication = Arc::new(replication);
+        config.replication = Some(replication.clone());
         let node = Node::start(engine.clone(), config)?;
         started(node.local_addr());
-        let follower = primary.map(|primary| {
-            tokio::spawn(follow_primary(
+        let follower = match (primary, cluster) {
+            (Some(primary), _) => Some(tokio::spawn(follow_primary(
                 engine,
                 data,
                 primary,
                 node.shutdown_signal(),
-            ))
-        });
+            ))),
+            (None, Some((cfg, held, place))) => {
+                let shutdown = node.shutdown_signal();
+                Some(tokio::spawn(async move {
+                    anyhow::Error::from(
+                        stile_node::cluster::run(cfg, engine, replication, held, place, shutdown)
+                            .await,
+                    )
+                }))
+            }
+            (None, None) => None,
+        };
         if let Some(addr) = node.metrics_addr() {
             // Scripts and tests read the metrics address from this line.
             crate::say!("stile metrics listening on http://{addr}/metrics");
@@ -384,6 +496,9 @@ fn run_node(
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How this node reaches a peer as a client, given its address.
+type Peer = Arc<dyn Fn(SocketAddr) -> stile_protocol::client::ClientConfig + Send + Sync>;
 
 /// Seeds data dir `data` from the primary when it holds nothing (or a seed cut short),
 /// retrying while the primary cannot be reached.

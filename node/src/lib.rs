@@ -19,6 +19,7 @@
 
 mod batch;
 mod budget;
+pub mod cluster;
 mod cmd;
 mod conn;
 mod metrics;

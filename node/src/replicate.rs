@@ -46,6 +46,14 @@ pub struct Replication {
     /// What the candidate must acknowledge before it is named: everything reserved when
     /// answers started to wait for it.
     target: AtomicU64,
+    /// The candidate has acknowledged `target`.
+    caught_up: AtomicBool,
+    /// The epochs this node's log holds and where each began (see
+    /// [`crate::standby::read_epochs`]).
+    pub epochs: Mutex<Vec<(u64, u64)>>,
+    /// The synchronous standby stopped acknowledging and a cluster must clear its name in
+    /// etcd before answers go out without it (set by the watchdog, done by the controller).
+    drop_wanted: AtomicBool,
     /// How long answers wait for a synchronous standby that does not acknowledge.
     pub standby_timeout: Duration,
     /// Whether a caught-up standby is named synchronous by this node alone (no cluster);
@@ -74,6 +82,9 @@ impl Replication {
             sync: Mutex::new(None),
             sessions: AtomicU64::new(0),
             target: AtomicU64::new(0),
+            caught_up: AtomicBool::new(false),
+            epochs: Mutex::new(Vec::new()),
+            drop_wanted: AtomicBool::new(false),
             standby_timeout,
             name_alone: true,
         }
@@ -116,6 +127,40 @@ impl Replication {
         if let Some(s) = sync.take() {
             tracing::warn!(standby = %s.name, "answering without the synchronous standby");
         }
+        self.drop_wanted.store(false, Ordering::Release);
+        wal.require_acks(false);
+    }
+
+    /// Whether the watchdog wants the synchronous standby dropped (a cluster clears its name
+    /// in etcd first, then calls [`Self::drop_sync`]).
+    pub fn drop_wanted(&self) -> bool {
+        self.drop_wanted.load(Ordering::Acquire)
+    }
+
+    /// The candidate that has caught up and waits to be named (in a cluster, once etcd
+    /// holds its name).
+    pub fn ready_candidate(&self) -> Option<String> {
+        let sync = self.sync.lock().expect("sync poisoned");
+        sync.as_ref()
+            .filter(|s| !s.named)
+            .filter(|_| self.caught_up.load(Ordering::Acquire))
+            .map(|s| s.name.clone())
+    }
+
+    /// Names the candidate `name` synchronous (etcd holds its name now).
+    pub fn mark_named(&self, name: &str) {
+        let mut sync = self.sync.lock().expect("sync poisoned");
+        if let Some(s) = sync.as_mut().filter(|s| s.name == name) {
+            s.named = true;
+            tracing::info!(standby = %one_line(name), "synchronous standby named");
+        }
+    }
+
+    /// Forgets any standby (a node that stops leading).
+    pub fn reset(&self, wal: &Wal) {
+        *self.sync.lock().expect("sync poisoned") = None;
+        self.caught_up.store(false, Ordering::Release);
+        self.drop_wanted.store(false, Ordering::Release);
         wal.require_acks(false);
     }
 }
@@ -475,7 +520,7 @@ fn maybe_name(shared: &Shared, name: &str, id: u64, acked: &AtomicU64) {
     let repl = &shared.replication;
     let wal = shared.engine.wal().expect("a primary keeps a log");
     let mut sync = repl.sync.lock().expect("sync poisoned");
-    if let Some(s) = sync.as_mut().filter(|s| s.name == name && s.session != id) {
+    if let Some(s) = sync.as_mut().filter(|s| s.name == name && s.session < id) {
         // The same standby on a new connection: its log is the one that acknowledged.
         s.session = id;
     }
@@ -487,13 +532,17 @@ fn maybe_name(shared: &Shared, name: &str, id: u64, acked: &AtomicU64) {
             named: false,
         });
         repl.target.store(wal.reserved_seq(), Ordering::Release);
+        repl.caught_up.store(false, Ordering::Release);
         // What it acknowledged before it was the candidate counts too.
         wal.acknowledge(acked.load(Ordering::Acquire));
     }
     if let Some(s) = sync.as_mut().filter(|s| s.session == id && !s.named) {
-        if repl.name_alone && acked.load(Ordering::Acquire) >= repl.target.load(Ordering::Acquire) {
-            s.named = true;
-            tracing::info!(standby = %one_line(name), "synchronous standby named");
+        if acked.load(Ordering::Acquire) >= repl.target.load(Ordering::Acquire) {
+            repl.caught_up.store(true, Ordering::Release);
+            if repl.name_alone {
+                s.named = true;
+                tracing::info!(standby = %one_line(name), "synchronous standby named");
+            }
         }
     }
 }
@@ -530,8 +579,14 @@ pub(crate) async fn watch_standby(shared: Arc<Shared>) {
             None => Some((Instant::now(), local)),
         };
         if behind.is_some_and(|(since, _)| since.elapsed() >= repl.standby_timeout) {
-            repl.drop_sync(wal);
-            behind = None;
+            if repl.name_alone {
+                repl.drop_sync(wal);
+                behind = None;
+            } else {
+                // A cluster clears the name in etcd first: until then no answer goes out
+                // without the one node that could take over.
+                repl.drop_wanted.store(true, Ordering::Release);
+            }
         }
     }
 }

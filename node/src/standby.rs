@@ -61,6 +61,50 @@ pub enum StandbyError {
     },
 }
 
+/// The file in a data dir that lists each epoch this node's log holds and the log number it
+/// started at (at most: a standby notes the first batch it got of it), one `EPOCH START` a
+/// line: what a primary judges a returning node's log by.
+pub const EPOCHS_FILE: &str = "epochs";
+
+/// The epochs data dir `dir` holds, oldest first.
+pub fn read_epochs(dir: &Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(dir.join(EPOCHS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (e, s) = l.split_once(' ')?;
+            Some((e.parse().ok()?, s.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Notes that epoch `epoch` starts at log number `start` in `dir`, then persists `epoch`
+/// as the newest seen (both synced before it returns).
+pub fn begin_epoch(dir: &Path, epoch: u64, start: u64) -> Result<(), StandbyError> {
+    let mut epochs = read_epochs(dir);
+    if epochs.last().is_none_or(|&(e, _)| e < epoch) {
+        epochs.push((epoch, start));
+        let text: String = epochs.iter().map(|(e, s)| format!("{e} {s}\n")).collect();
+        let path = dir.join(EPOCHS_FILE);
+        let tmp = path.with_extension("tmp");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StandbyError::Io { path, source }
+        };
+        stile_engine::datadir::write_private_synced(&tmp, &[text.as_bytes()]).map_err(io(&tmp))?;
+        stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
+    }
+    write_epoch(dir, epoch)
+}
+
+/// Whether a node whose log goes on at `from_seq`, written up to epoch `epoch`, holds
+/// records this log does not: records at or past where the next epoch after `epoch` began
+/// here (`epochs` as [`read_epochs`] gives them).
+pub fn diverged(epochs: &[(u64, u64)], epoch: u64, from_seq: u64) -> Option<u64> {
+    let (_, next_start) = *epochs.iter().find(|(e, _)| *e > epoch)?;
+    (from_seq > next_start).then_some(next_start)
+}
+
 /// The newest epoch data dir `dir` has seen (0: none).
 pub fn read_epoch(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(EPOCH_FILE))
@@ -225,7 +269,7 @@ pub async fn follow(
                 }
                 if theirs > epoch {
                     // Persisted before any record of that epoch is acknowledged.
-                    write_epoch(dir, theirs)?;
+                    begin_epoch(dir, theirs, from)?;
                     epoch = theirs;
                 }
                 let records = decode_records(&frames)?;

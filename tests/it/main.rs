@@ -7,6 +7,7 @@ mod disk_full;
 mod durability;
 mod engine_disk_full;
 mod engine_ops;
+mod failover;
 mod faults;
 mod forged;
 mod gate;

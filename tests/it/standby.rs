@@ -17,11 +17,19 @@ use crate::node::{client_config, make_certs, spec, NodeProcess};
 
 /// A `stile node` child with `extra` options; its QUIC address and, if it serves them, its
 /// metrics URL.
-fn spawn(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr, Option<String>) {
+pub(crate) fn spawn(
+    data: &Path,
+    tls: &Path,
+    extra: &[&str],
+) -> (NodeProcess, SocketAddr, Option<String>) {
     use std::io::BufRead;
     let mut child = NodeProcess(
         Command::new(env!("CARGO_BIN_EXE_stile"))
-            .args(["node", "--listen", "127.0.0.1:0", "--sync", "always"])
+            .args(["node", "--sync", "always"])
+            .args(match extra.contains(&"--listen") {
+                true => &[][..],
+                false => &["--listen", "127.0.0.1:0"][..],
+            })
             .args(extra)
             .arg("--data")
             .arg(data)
@@ -51,7 +59,7 @@ fn spawn(data: &Path, tls: &Path, extra: &[&str]) -> (NodeProcess, SocketAddr, O
 }
 
 /// Certificates for gates, the admin and nodes `n1` and `n2`.
-fn shard_certs(tls: &Path) {
+pub(crate) fn shard_certs(tls: &Path) {
     make_certs(tls);
     for name in ["n1", "n2"] {
         certs::issue_node_named(tls, &["127.0.0.1".into()], Some(name)).unwrap();
@@ -59,7 +67,7 @@ fn shard_certs(tls: &Path) {
 }
 
 /// Waits (at most 60 s) until the node's metrics say `series value`.
-async fn metric_reaches(url: &str, line: &str) {
+pub(crate) async fn metric_reaches(url: &str, line: &str) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -76,7 +84,7 @@ async fn metric_reaches(url: &str, line: &str) {
 
 /// Checks in `codes` through `gate` with 64 in flight until `enough` admits were answered
 /// (or 20 s passed); returns the indexes of the answered admits (so far, while it runs).
-fn load(
+pub(crate) fn load(
     gate: Client,
     codes: Vec<CodeBytes>,
 ) -> (Arc<Mutex<Vec<usize>>>, tokio::task::JoinHandle<()>) {
@@ -104,7 +112,7 @@ fn load(
     (admitted, task)
 }
 
-async fn wait_for_admits(admitted: &Mutex<Vec<usize>>, n: usize) {
+pub(crate) async fn wait_for_admits(admitted: &Mutex<Vec<usize>>, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while admitted.lock().unwrap().len() < n {
         assert!(
@@ -117,7 +125,7 @@ async fn wait_for_admits(admitted: &Mutex<Vec<usize>>, n: usize) {
 }
 
 /// Every admit in `acked` reads `already_used` (by gate 1) on the node at `addr`.
-async fn all_used(tls: &Path, addr: SocketAddr, codes: &[CodeBytes], acked: &[usize]) {
+pub(crate) async fn all_used(tls: &Path, addr: SocketAddr, codes: &[CodeBytes], acked: &[usize]) {
     let checker = Client::connect(client_config(tls, addr, "gate-2"))
         .await
         .unwrap();

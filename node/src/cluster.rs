@@ -1,0 +1,456 @@
+//! A node's place in its shard, decided on etcd, after Patroni's design for synchronous
+//! replication. The leader key (`/stile/CLUSTER/shards/ID/leader`), attached to the
+//! leader's lease, is taken in one transaction, and only by the node `sync_standby` names
+//! (on a fresh shard, where neither key was ever written, by the first node to try); its
+//! create revision is the **epoch**, and every later write of the leader is guarded by it.
+//! The leader names a synchronous standby in etcd only once the standby has acknowledged
+//! everything, and clears the name (to empty) before it answers alone; while the name is
+//! empty no one takes over. A leader whose standby acknowledges keeps answering through an
+//! etcd outage: no change is answered without the one node that could take over. One that
+//! answers alone stops once its lease has run out, counted on its monotonic clock from when
+//! the last keep-alive that succeeded was sent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stile_cluster::{Cmp, Compare, Etcd, EtcdError, MemberInfo, Role, ShardKeys, TxnOp};
+use stile_engine::Engine;
+use stile_protocol::client::ClientConfig;
+use tokio::sync::watch;
+
+use crate::replicate::Replication;
+
+/// How often the controller looks at etcd and its lease.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What a node needs to take part in its shard.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// The etcd client.
+    pub etcd: Arc<Etcd>,
+    /// The shard's keys.
+    pub keys: ShardKeys,
+    /// This node's name.
+    pub name: String,
+    /// Where gates and the shard's other nodes reach this node (`host:port`).
+    pub advertise: String,
+    /// The lease's time to live: a leader that cannot renew it stops within it.
+    pub lease_ttl: Duration,
+    /// The node's data dir (its epoch and epoch history).
+    pub data: PathBuf,
+    /// How this node reaches a peer as a client (its node certificate), given the peer's
+    /// address.
+    pub peer: Arc<dyn Fn(SocketAddr) -> ClientConfig + Send + Sync>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("keys", &self.keys)
+            .field("name", &self.name)
+            .field("advertise", &self.advertise)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd refused or could not be reached when it had to be.
+    #[error("etcd: {0}")]
+    Etcd(#[from] EtcdError),
+    /// Following the leader failed for good.
+    #[error(transparent)]
+    Standby(#[from] crate::standby::StandbyError),
+    /// A member key names no usable address.
+    #[error("{0}")]
+    Member(String),
+}
+
+/// This node's role, as decided on etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// It leads, in this epoch.
+    Leader {
+        /// The leader key's create revision.
+        epoch: u64,
+    },
+    /// It follows the leader of this name at this address.
+    Standby {
+        /// The leader's name.
+        leader: String,
+        /// Where it is reached.
+        addr: SocketAddr,
+    },
+}
+
+/// A lease kept alive by the controller.
+#[derive(Debug)]
+pub struct Held {
+    /// The lease id.
+    pub id: i64,
+    /// Until when this node may count on it: when the last keep-alive that succeeded was
+    /// sent, plus the time to live.
+    pub until: Instant,
+}
+
+impl ClusterConfig {
+    /// Grants a lease and registers this node's member key under it.
+    pub async fn register(&self, place: &str, durable: u64) -> Result<Held, ClusterError> {
+        let sent = Instant::now();
+        let lease = self
+            .etcd
+            .grant(self.lease_ttl.as_secs().max(1) as i64)
+            .await?;
+        self.put_member(lease.id, place, durable, 0).await?;
+        Ok(Held {
+            id: lease.id,
+            until: sent + self.lease_ttl,
+        })
+    }
+
+    async fn put_member(
+        &self,
+        lease: i64,
+        role: &str,
+        durable: u64,
+        epoch: u64,
+    ) -> Result<(), ClusterError> {
+        let info = MemberInfo {
+            name: self.name.clone(),
+            addr: self.advertise.clone(),
+            role: match role {
+                "primary" => Role::Primary,
+                _ => Role::Standby,
+            },
+            durable_seq: durable,
+            acked_seq: 0,
+            epoch: epoch as i64,
+        };
+        let key = self.keys.member(&self.name).map_err(EtcdError::from)?;
+        self.etcd.put(&key, &info.to_json(), Some(lease)).await?;
+        Ok(())
+    }
+
+    /// The address of member `name`, from its member key.
+    async fn addr_of(&self, name: &str) -> Result<Option<SocketAddr>, ClusterError> {
+        let key = self.keys.member(name).map_err(EtcdError::from)?;
+        let Some(kv) = self.etcd.get(&key).await? else {
+            return Ok(None);
+        };
+        let info = MemberInfo::from_json(&kv.value)
+            .map_err(|e| ClusterError::Member(format!("member {name}: {e}")))?;
+        use std::net::ToSocketAddrs;
+        Ok(info.addr.to_socket_addrs().ok().and_then(|mut a| a.next()))
+    }
+
+    /// Decides this node's place: takes the leader key if it may, else finds the leader to
+    /// follow; waits (polling) while there is neither.
+    pub async fn place(&self, lease: i64, start_seq: u64) -> Result<Place, ClusterError> {
+        loop {
+            if let Some(place) = self.try_place(lease, start_seq).await? {
+                return Ok(place);
+            }
+            tokio::time::sleep(TICK * 2).await;
+        }
+    }
+
+    async fn try_place(&self, lease: i64, start_seq: u64) -> Result<Option<Place>, ClusterError> {
+        let (leader_key, sync_key) = (self.keys.leader(), self.keys.sync_standby());
+        if let Some(kv) = self.etcd.get(&leader_key).await? {
+            let leader = String::from_utf8_lossy(&kv.value).into_owned();
+            if leader == self.name {
+                // Our own key of a former life: its lease runs out, then we try again.
+                return Ok(None);
+            }
+            return Ok(self
+                .addr_of(&leader)
+                .await?
+                .map(|addr| Place::Standby { leader, addr }));
+        }
+        let sync = self.etcd.get(&sync_key).await?;
+        let compare = match &sync {
+            // A fresh shard: whoever bootstraps it first leads it.
+            None => Compare::CreateRevision(sync_key.clone(), Cmp::Equal, 0),
+            Some(kv) if kv.value == self.name.as_bytes() => {
+                Compare::Value(sync_key.clone(), Cmp::Equal, self.name.as_bytes().to_vec())
+            }
+            // Another node may take over, or none (the name is empty): wait.
+            Some(_) => return Ok(None),
+        };
+        let txn = self
+            .etcd
+            .txn(
+                &[
+                    Compare::CreateRevision(leader_key.clone(), Cmp::Equal, 0),
+                    compare,
+                ],
+                &[TxnOp::Put {
+                    key: leader_key.clone(),
+                    value: self.name.as_bytes().to_vec(),
+                    lease: Some(lease),
+                }],
+                &[],
+            )
+            .await?;
+        if !txn.succeeded {
+            return Ok(None);
+        }
+        let epoch = txn.revision as u64;
+        if sync.is_none() {
+            // The key exists from now on: the shard is no longer fresh.
+            self.guarded_put(epoch, &sync_key, b"").await?;
+        }
+        tracing::info!(epoch, start_seq, "took the shard's leader key");
+        Ok(Some(Place::Leader { epoch }))
+    }
+
+    /// Puts `value` at `key` if this node still leads in `epoch`; `false` if it does not.
+    async fn guarded_put(&self, epoch: u64, key: &str, value: &[u8]) -> Result<bool, ClusterError> {
+        let txn = self
+            .etcd
+            .txn(
+                &[Compare::CreateRevision(
+                    self.keys.leader(),
+                    Cmp::Equal,
+                    epoch as i64,
+                )],
+                &[TxnOp::Put {
+                    key: key.to_string(),
+                    value: value.to_vec(),
+                    lease: None,
+                }],
+                &[],
+            )
+            .await?;
+        Ok(txn.succeeded)
+    }
+}
+
+/// Runs this node's part in its shard from `place` on, until `shutdown`: leads (naming and
+/// clearing its synchronous standby, stepping down when it must), or follows the leader and
+/// takes over when etcd lets it. Returns only for what it cannot mend.
+pub async fn run(
+    cfg: ClusterConfig,
+    engine: Arc<Engine>,
+    repl: Arc<Replication>,
+    mut lease: Held,
+    mut place: Place,
+    mut shutdown: watch::Receiver<bool>,
+) -> ClusterError {
+    loop {
+        let next = match place {
+            Place::Leader { epoch } => {
+                lead(&cfg, &engine, &repl, &mut lease, epoch, &mut shutdown).await
+            }
+            Place::Standby { ref leader, addr } => {
+                follow(
+                    &cfg,
+                    &engine,
+                    &repl,
+                    &mut lease,
+                    leader,
+                    addr,
+                    &mut shutdown,
+                )
+                .await
+            }
+        };
+        match next {
+            Ok(Some(p)) => place = p,
+            Ok(None) => return ClusterError::Member("shutting down".into()),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Renews the lease if a third of its time has passed; a lease etcd no longer has is
+/// replaced (a standby) or lost (the caller sees `until` in the past).
+async fn renew(cfg: &ClusterConfig, lease: &mut Held, last: &mut Instant) {
+    if last.elapsed() < cfg.lease_ttl / 3 {
+        return;
+    }
+    let sent = Instant::now();
+    *last = sent;
+    match cfg.etcd.keep_alive(lease.id).await {
+        Ok(_) => lease.until = sent + cfg.lease_ttl,
+        Err(EtcdError::LeaseNotFound { .. }) => lease.until = sent,
+        Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+    }
+}
+
+async fn lead(
+    cfg: &ClusterConfig,
+    engine: &Arc<Engine>,
+    repl: &Arc<Replication>,
+    lease: &mut Held,
+    epoch: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Place>, ClusterError> {
+    let wal = engine.wal().expect("a cluster node keeps a log");
+    crate::standby::begin_epoch(&cfg.data, epoch, wal.reserved_seq())?;
+    *repl.epochs.lock().expect("epochs poisoned") = crate::standby::read_epochs(&cfg.data);
+    repl.set_epoch(epoch);
+    repl.set_leading(true, cfg.advertise.clone());
+    tracing::info!(epoch, "leading the shard");
+    let mut renewed = Instant::now();
+    let mut member_put = Instant::now() - Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(None),
+        }
+        renew(cfg, lease, &mut renewed).await;
+        let named = repl.sync_standby().is_some_and(|s| s.named);
+        tracing::trace!(named, candidate = ?repl.sync_standby(), ready = ?repl.ready_candidate(), local = wal.local_seq(), reserved = wal.reserved_seq(), acked = wal.acked_seq(), "leader tick");
+        if Instant::now() >= lease.until && !named {
+            // Answering alone without a lease: another node may lead by now.
+            return step_down(cfg, repl, engine, "the lease ran out").await;
+        }
+        match cfg.etcd.get(&cfg.keys.leader()).await {
+            Ok(Some(kv))
+                if kv.create_revision as u64 == epoch && kv.value == cfg.name.as_bytes() => {}
+            Ok(_) => return step_down(cfg, repl, engine, "another node leads").await,
+            // etcd unreachable: lead on while the lease (or the standby) allows.
+            Err(_) => continue,
+        }
+        if let Some(name) = repl.ready_candidate() {
+            match cfg
+                .guarded_put(epoch, &cfg.keys.sync_standby(), name.as_bytes())
+                .await
+            {
+                Ok(true) => repl.mark_named(&name),
+                Ok(false) => return step_down(cfg, repl, engine, "another node leads").await,
+                Err(e) => tracing::warn!(error = %e, "cannot name the synchronous standby"),
+            }
+        }
+        if repl.drop_wanted() {
+            match cfg.guarded_put(epoch, &cfg.keys.sync_standby(), b"").await {
+                Ok(true) => repl.drop_sync(wal),
+                Ok(false) => return step_down(cfg, repl, engine, "another node leads").await,
+                Err(e) => tracing::warn!(error = %e, "cannot clear the synchronous standby"),
+            }
+        }
+        if member_put.elapsed() >= Duration::from_secs(1) {
+            member_put = Instant::now();
+            let _ = cfg
+                .put_member(lease.id, "primary", wal.local_seq(), epoch)
+                .await;
+        }
+    }
+}
+
+/// Stops answering; the node then waits for a leader to follow.
+async fn step_down(
+    cfg: &ClusterConfig,
+    repl: &Replication,
+    engine: &Engine,
+    why: &str,
+) -> Result<Option<Place>, ClusterError> {
+    tracing::warn!(reason = why, "no longer leading the shard");
+    repl.set_leading(false, String::new());
+    if let Some(wal) = engine.wal() {
+        repl.reset(wal);
+    }
+    let _ = cfg;
+    Err(ClusterError::Member(format!(
+        "this node stopped leading its shard ({why}); start it again to rejoin as a standby"
+    )))
+}
+
+async fn follow(
+    cfg: &ClusterConfig,
+    engine: &Arc<Engine>,
+    repl: &Arc<Replication>,
+    lease: &mut Held,
+    leader: &str,
+    addr: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Place>, ClusterError> {
+    repl.set_leading(false, addr.to_string());
+    let wal = engine.wal().expect("a cluster node keeps a log");
+    let (stop, stopped) = watch::channel(false);
+    let follower = {
+        let (engine, data, peer) = (engine.clone(), cfg.data.clone(), (cfg.peer)(addr));
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match crate::standby::follow(engine.clone(), &data, &peer, stopped.clone()).await {
+                    Err(crate::standby::StandbyError::Shutdown) => return None,
+                    Err(e @ crate::standby::StandbyError::Refused { code, .. })
+                        if code == stile_protocol::frame::error_code::TRIMMED
+                            || code == stile_protocol::frame::error_code::CONFLICT =>
+                    {
+                        return Some(e)
+                    }
+                    Err(e) => tracing::debug!(error = %e, "lost the leader; retrying"),
+                    Ok(()) => {}
+                }
+                if *stopped.borrow() {
+                    return None;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        })
+    };
+    let mut follower = Some(follower);
+    let mut renewed = Instant::now();
+    let mut member_put = Instant::now() - Duration::from_secs(60);
+    let result = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.wait_for(|s| *s) => break Ok(None),
+        }
+        if follower.as_ref().is_some_and(|f| f.is_finished()) {
+            if let Ok(Some(e)) = follower.take().expect("checked").await {
+                break Err(e.into());
+            }
+        }
+        renew(cfg, lease, &mut renewed).await;
+        if Instant::now() >= lease.until {
+            match cfg.register("standby", wal.local_seq()).await {
+                Ok(held) => *lease = held,
+                Err(e) => tracing::warn!(error = %e, "cannot renew this standby's lease"),
+            }
+        }
+        if member_put.elapsed() >= Duration::from_secs(1) {
+            member_put = Instant::now();
+            let _ = cfg
+                .put_member(lease.id, "standby", wal.local_seq(), repl.epoch())
+                .await;
+        }
+        let current = match cfg.etcd.get(&cfg.keys.leader()).await {
+            Ok(kv) => kv,
+            Err(_) => continue,
+        };
+        match current {
+            Some(kv) if kv.value == leader.as_bytes() => continue,
+            Some(_) => {
+                // Another leader: follow it instead.
+                let _ = stop.send(true);
+                if let Some(f) = follower.take() {
+                    let _ = f.await;
+                }
+                break cfg.place(lease.id, wal.reserved_seq()).await.map(Some);
+            }
+            None => {
+                // The leader is gone. Stop acknowledging it before taking over: from here
+                // on no change is answered with this node's acknowledgement.
+                let _ = stop.send(true);
+                if let Some(f) = follower.take() {
+                    let _ = f.await;
+                }
+                break cfg.place(lease.id, wal.reserved_seq()).await.map(Some);
+            }
+        }
+    };
+    let _ = stop.send(true);
+    if let Some(f) = follower.take() {
+        f.abort();
+    }
+    result
+}

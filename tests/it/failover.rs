@@ -1,0 +1,151 @@
+//! Shards on etcd: a primary and its synchronous standby, the leader key taken by the
+//! standby when the primary dies, nothing acknowledged lost (real etcd, data on /dev/shm).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stile_cluster::testing::EtcdProcess;
+use stile_protocol::client::{Client, ClientError};
+use stile_protocol::frame::error_code;
+use stile_protocol::OutcomeKind;
+
+use crate::node::{client_config, spec, NodeProcess};
+use crate::standby::{all_used, load, metric_reaches, shard_certs, spawn, wait_for_admits};
+
+/// A free loopback port (a cluster node advertises the address it listens on).
+fn free_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// `stile node` NAME of shard `s1` of cluster `c` on etcd at `etcd`.
+fn spawn_member(
+    data: &Path,
+    tls: &Path,
+    name: &str,
+    etcd: &str,
+    extra: &[&str],
+) -> (NodeProcess, SocketAddr, Option<String>) {
+    let addr = free_addr().to_string();
+    let mut args = vec![
+        "--name",
+        name,
+        "--etcd",
+        etcd,
+        "--cluster",
+        "c",
+        "--shard",
+        "s1",
+        "--lease",
+        "2s",
+        "--advertise",
+        &addr,
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--listen", &addr]);
+    spawn(data, tls, &args)
+}
+
+/// Checks in `code` at `addr` until the node admits rather than answering `not_leader` or
+/// not at all (at most 60 s).
+async fn admits_eventually(tls: &Path, addr: SocketAddr, code: &stile_protocol::CodeBytes) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut config = client_config(tls, addr, "gate-2");
+        config.request_timeout = Duration::from_secs(2);
+        let r = async { Client::connect(config).await?.checkin(code, 77).await }.await;
+        match r {
+            Ok(o) => {
+                assert_eq!(o.kind, OutcomeKind::Admitted);
+                return;
+            }
+            Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::NOT_LEADER),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_when_the_primary_is_killed_and_holds_every_answered_admit() {
+    let etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (mut n1, a1, m1) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    let admin = Client::connect(client_config(&tls, a1, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 6000)).await.unwrap();
+    drop(admin);
+    let (_n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    metric_reaches(&m1.unwrap(), "stile_node_sync_standby 1").await;
+
+    let mut config = client_config(&tls, a1, "gate-1");
+    config.request_timeout = Duration::from_secs(2);
+    let gate = Client::connect(config).await.unwrap();
+    let (admitted, task) = load(gate, codes[1..].to_vec());
+    wait_for_admits(&admitted, 1500).await;
+    n1.kill().unwrap(); // SIGKILL
+    n1.wait().unwrap();
+    task.abort();
+    let acked: Vec<usize> = admitted.lock().unwrap().iter().map(|i| i + 1).collect();
+
+    // The standby takes the leader key once the primary's lease runs out, and admits.
+    admits_eventually(&tls, a2, &codes[0]).await;
+    all_used(&tls, a2, &codes, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed() {
+    let etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (mut n1, a1, m1) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    let admin = Client::connect(client_config(&tls, a1, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 10)).await.unwrap();
+    drop(admin);
+    let (_n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    metric_reaches(&m1.unwrap(), "stile_node_sync_standby 1").await;
+    let gate = Client::connect(client_config(&tls, a1, "gate-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gate.checkin(&codes[1], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+
+    // SAFETY: kill(2) with our own child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(n1.id() as i32, libc::SIGSTOP) }, 0);
+    admits_eventually(&tls, a2, &codes[0]).await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(n1.id() as i32, libc::SIGCONT) }, 0);
+    // Resumed, the old primary admits nothing: its answers need the standby, which leads
+    // now, and it steps down once it sees so.
+    let mut config = client_config(&tls, a1, "gate-1");
+    config.request_timeout = Duration::from_secs(5);
+    let late = async { Client::connect(config).await?.checkin(&codes[2], 2).await }.await;
+    assert!(
+        !matches!(&late, Ok(o) if o.kind == OutcomeKind::Admitted),
+        "the old primary admitted: {late:?}"
+    );
+    // No ticket admitted twice: the new leader refuses what the old one admitted.
+    let check = Client::connect(client_config(&tls, a2, "gate-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        check.checkin(&codes[1], 9).await.unwrap().kind,
+        OutcomeKind::AlreadyUsed
+    );
+    let status = n1.wait().unwrap();
+    assert!(!status.success(), "the old primary stops, saying why");
+}
