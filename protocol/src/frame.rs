@@ -2331,8 +2331,14 @@ mod tests {
         assert_eq!(conflicts.op(), 0x13);
         assert_eq!(op::by_name("conflicts"), Some(0x13));
         assert!(conflicts.needs_admin() && conflicts.is_retry_safe());
-        assert_eq!(op::REQUEST_MAX, 0x13);
-        assert_eq!(op::REQUESTS.last(), Some(&(0x13, "conflicts")));
+        let replicate = Request::Replicate {
+            from_seq: SNAPSHOT_WANTED,
+            epoch: 3,
+        };
+        assert_eq!(replicate.op(), 0x14);
+        assert_eq!(op::by_name("replicate"), Some(0x14));
+        assert_eq!(op::REQUEST_MAX, 0x14);
+        assert_eq!(op::REQUESTS.last(), Some(&(0x14, "replicate")));
     }
 
     /// An offline check-in is its 26 fixed bytes and the code, like a check-in's; a flag
