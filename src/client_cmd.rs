@@ -83,6 +83,7 @@ pub(crate) fn client_config(
     let (addr, server_name) = conn.resolve()?;
     let mut config = ClientConfig::new(addr, tls);
     config.server_name = server_name;
+    config.nodes = conn.addresses()?;
     config.provider = provider;
     config.request_timeout = request_timeout;
     Ok((config, role))

@@ -95,7 +95,8 @@ pub struct Conn {
     /// Data directory whose `tls/` holds the certificates.
     #[arg(long, default_value = DATA_DEFAULT)]
     pub data: PathBuf,
-    /// The node's QUIC address (host:port).
+    /// The node's QUIC address (host:port); a shard's nodes comma-separated (`A,B`): the
+    /// client goes to whichever leads.
     #[arg(long, default_value = QUIC_DEFAULT)]
     pub node: String,
     /// Client certificate (default: the matching one in DATA/tls).
@@ -113,24 +114,35 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// The node's address and the server name to expect.
+    /// The (first) node's address and the server name to expect.
     pub fn resolve(&self) -> anyhow::Result<(SocketAddr, String)> {
-        use anyhow::Context;
-        use std::net::ToSocketAddrs;
-        let addr = self
-            .node
-            .to_socket_addrs()
-            .with_context(|| format!("--node {}: not a host:port", self.node))?
-            .next()
-            .with_context(|| format!("--node {}: no address", self.node))?;
-        let host = self
-            .node
+        let first = self.node.split(',').next().unwrap_or_default().trim();
+        let addr = resolve_one(first)?;
+        let host = first
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(&self.node);
+            .unwrap_or(first);
         let name = self.server_name.clone().unwrap_or_else(|| host.to_string());
         Ok((addr, name))
     }
+
+    /// Every node `--node` names, in order.
+    pub fn addresses(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.node
+            .split(',')
+            .map(|n| resolve_one(n.trim()))
+            .collect()
+    }
+}
+
+/// One `host:port`.
+fn resolve_one(node: &str) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    use std::net::ToSocketAddrs;
+    node.to_socket_addrs()
+        .with_context(|| format!("--node {node}: not a host:port"))?
+        .next()
+        .with_context(|| format!("--node {node}: no address"))
 }
 
 fn main() -> std::process::ExitCode {

@@ -13,6 +13,12 @@
 //! since its outcome is unknown. A node that refuses the certificate ends the client: nothing
 //! is retried.
 //!
+//! A shard's nodes: given several addresses ([`ClientConfig::nodes`]) the client connects to
+//! the first that answers, and a node that answers `not_leader` (a standby, or a primary
+//! that lost its lease) makes it move to the leader that answer names (else the next
+//! address) and send the request there: a `not_leader` answer means nothing was done, so
+//! even a mint is sent again.
+//!
 //! A gate checks a code's layout and provider before sending: a mistyped code is `forged`
 //! and another provider's ticket `wrong_provider` without a round trip.
 
@@ -201,6 +207,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Longest pause between reconnect attempts.
     pub backoff_max: Duration,
+    /// Every node of the shard (`node` among them, tried first); empty: `node` alone.
+    pub nodes: Vec<SocketAddr>,
 }
 
 impl ClientConfig {
@@ -214,7 +222,36 @@ impl ClientConfig {
             provider: None,
             request_timeout: Duration::from_secs(10),
             backoff_max: Duration::from_secs(2),
+            nodes: Vec::new(),
         }
+    }
+}
+
+impl ClientConfig {
+    /// Defaults for a shard whose nodes are at `nodes` (the first tried first), each
+    /// certificate naming its node's IP address.
+    pub fn for_nodes(nodes: &[SocketAddr], tls: ClientTls) -> Self {
+        let mut config = ClientConfig::new(nodes[0], tls);
+        config.nodes = nodes.to_vec();
+        config
+    }
+
+    /// The addresses to try, in order.
+    fn addresses(&self) -> Vec<SocketAddr> {
+        let mut all = vec![self.node];
+        all.extend(self.nodes.iter().filter(|a| **a != self.node));
+        all
+    }
+
+    /// This configuration aimed at `addr` (its IP address as the name its certificate must
+    /// carry, unless it is `node`).
+    fn at(&self, addr: SocketAddr) -> ClientConfig {
+        let mut c = self.clone();
+        if addr != self.node {
+            c.server_name = addr.ip().to_string();
+        }
+        c.node = addr;
+        c
     }
 }
 
@@ -310,6 +347,8 @@ struct Pending {
     reply: Reply,
     /// The caller's in-flight slot (`None`: a request the client sends of itself).
     _permit: Option<OwnedSemaphorePermit>,
+    /// Answered `not_leader`: not done, to be sent to the leader whatever its kind.
+    moved: bool,
 }
 
 /// A request handed to the writer.
@@ -333,6 +372,11 @@ struct Shared {
     dropped: Mutex<Vec<u32>>,
     /// Wakes the writer for them.
     wake: tokio::sync::Notify,
+    /// The node answered `not_leader`: the leader it named ("" when it knows none). Its
+    /// request stays pending, for the leader.
+    redirect: Mutex<Option<String>>,
+    /// Ends the connection after a `not_leader`.
+    moved: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -378,6 +422,9 @@ impl fmt::Debug for Client {
 enum Ended {
     /// Lost: reconnect.
     Lost(String),
+    /// The node does not lead: go to the leader it named (or the next address); what it
+    /// answered `not_leader` is pending still.
+    Moved,
     /// Refused for good.
     Refused(String),
     /// Every handle dropped and nothing pending.
@@ -390,7 +437,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let config = Arc::new(config);
         let endpoint = client_endpoint(&config)?;
-        let conn = open(&endpoint, &config).await?;
+        let conn = open_any(&endpoint, &config).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -881,6 +928,22 @@ async fn open(
     open_with(endpoint, config, None).await
 }
 
+/// Connects to the first of the configuration's nodes that answers.
+async fn open_any(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
+    let mut last = None;
+    for addr in config.addresses() {
+        match open(endpoint, &config.at(addr)).await {
+            Ok(c) => return Ok(c),
+            Err(e @ ClientError::Refused(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
 /// One connection attempt with the endpoint's default settings or `with`.
 async fn open_with(
     endpoint: &quinn::Endpoint,
@@ -970,13 +1033,18 @@ async fn drive(
         next_id: AtomicU64::new(1),
         dropped: Mutex::new(Vec::new()),
         wake: tokio::sync::Notify::new(),
+        redirect: Mutex::new(None),
+        moved: tokio::sync::Notify::new(),
     });
+    let addresses = config.addresses();
+    // The address connected to, as an index into `addresses` (or the leader named).
+    let mut at = first.0.remote_address();
     let mut conn = Some(first);
     let mut backoff = Duration::from_millis(20);
     loop {
         let (c, send, recv) = match conn.take() {
             Some(c) => c,
-            None => match open(&endpoint, &config).await {
+            None => match open(&endpoint, &config.at(at)).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(20);
                     c
@@ -987,10 +1055,11 @@ async fn drive(
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!("reconnect to {} failed: {e}", config.node);
+                    tracing::debug!("reconnect to {at} failed: {e}");
                     if rx.is_closed() && shared.pending.lock().expect("poisoned").is_empty() {
                         return;
                     }
+                    at = next_address(&addresses, at);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(config.backoff_max);
                     continue;
@@ -1009,19 +1078,27 @@ async fn drive(
                 fail_all(&shared, &mut rx, e).await;
                 return;
             }
+            Ended::Moved => {
+                let named = shared.redirect.lock().expect("poisoned").take();
+                at = match named.and_then(|n| n.parse::<SocketAddr>().ok()) {
+                    Some(leader) => leader,
+                    None => {
+                        // A node that knows no leader: the next one, after a pause.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(config.backoff_max);
+                        next_address(&addresses, at)
+                    }
+                };
+                tracing::debug!("not the leader; moving to {at}");
+                c.close(close::DONE.into(), b"moving to the leader");
+                // What the node may have done and not yet answered is not sent again.
+                fail_unsafe(&shared, |p| !p.moved);
+            }
             Ended::Lost(reason) => {
-                tracing::debug!("connection to {} lost: {reason}", config.node);
+                tracing::debug!("connection to {at} lost: {reason}");
+                at = next_address(&addresses, at);
                 // Requests whose outcome a resend could duplicate fail now.
-                let mut map = shared.pending.lock().expect("client pending map poisoned");
-                map.retain(|_, p| {
-                    if p.req.is_retry_safe() {
-                        return true;
-                    }
-                    if let Reply::Once(tx) = std::mem::replace(&mut p.reply, Reply::closed()) {
-                        let _ = tx.send(Err(ClientError::ConnectionLost));
-                    }
-                    false
-                });
+                fail_unsafe(&shared, |_| true);
             }
         }
     }
@@ -1111,6 +1188,7 @@ async fn run_connection(
                     req,
                     reply: Reply::closed(),
                     _permit: None,
+                    moved: false,
                 });
                 req.encode(id, &mut buf);
             }
@@ -1122,6 +1200,7 @@ async fn run_connection(
                         req,
                         reply: cmd.reply,
                         _permit: Some(cmd.permit),
+                        moved: false,
                     });
                     req.encode(id, &mut buf);
                 }
@@ -1152,11 +1231,36 @@ async fn run_connection(
                 Err(_) => ended_by(&conn.closed().await),
             },
             e = conn.closed() => ended_by(&e),
+            () = shared.moved.notified() => Ended::Moved,
         }
     };
     let ended = reader_done.await;
     reader.abort();
     ended
+}
+
+/// Fails the pending requests a resend could duplicate (mint, purge) among those `which`
+/// picks, with [`ClientError::ConnectionLost`]; the rest stay, to be sent again.
+fn fail_unsafe(shared: &Shared, which: impl Fn(&Pending) -> bool) {
+    let mut map = shared.pending.lock().expect("client pending map poisoned");
+    map.retain(|_, p| {
+        if p.req.is_retry_safe() || !which(p) {
+            p.moved = false;
+            return true;
+        }
+        if let Reply::Once(tx) = std::mem::replace(&mut p.reply, Reply::closed()) {
+            let _ = tx.send(Err(ClientError::ConnectionLost));
+        }
+        false
+    });
+}
+
+/// The address after `at` in `addresses` (the first if `at` is not among them).
+fn next_address(addresses: &[SocketAddr], at: SocketAddr) -> SocketAddr {
+    match addresses.iter().position(|a| *a == at) {
+        Some(i) => addresses[(i + 1) % addresses.len()],
+        None => addresses[0],
+    }
 }
 
 fn ended_by(e: &quinn::ConnectionError) -> Ended {
@@ -1197,6 +1301,17 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
     let Some(p) = map.get_mut(&id) else {
         return;
     };
+    if let Response::Error {
+        code: crate::frame::error_code::NOT_LEADER,
+        message,
+    } = &resp
+    {
+        // Nothing was done: the request stays, for the leader.
+        p.moved = true;
+        *shared.redirect.lock().expect("poisoned") = Some(message.clone());
+        shared.moved.notify_one();
+        return;
+    }
     match (&p.reply, resp) {
         (Reply::Stream(..), Response::Error { code, message }) => {
             if let Some(p) = map.remove(&id) {
@@ -1240,6 +1355,8 @@ mod tests {
             next_id: AtomicU64::new(1),
             dropped: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
+            redirect: Mutex::new(None),
+            moved: tokio::sync::Notify::new(),
         }
     }
 
@@ -1251,6 +1368,7 @@ mod tests {
             req,
             reply,
             _permit: None,
+            moved: false,
         });
         (id, lagged)
     }

@@ -294,3 +294,35 @@ async fn answers_wait_for_the_synchronous_standby_until_it_acknowledges() {
         .unwrap();
     assert_eq!(o.kind, OutcomeKind::Admitted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_the_shards_nodes_is_sent_by_the_standby_to_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (_primary, paddr, _) = spawn(&pdata, &tls, &["--name", "n1"]);
+    let (_standby, saddr, _) = spawn(
+        &sdata,
+        &tls,
+        &["--name", "n2", "--standby-of", &paddr.to_string()],
+    );
+    // The standby first: its `not_leader` names the primary, where the request goes. Even a
+    // mint, which is never sent twice: the standby did nothing with it.
+    let mut admin = client_config(&tls, saddr, "admin-admin");
+    admin.nodes = vec![saddr, paddr];
+    let admin = Client::connect(admin).await.unwrap();
+    let codes = admin.mint(spec(1, 3)).await.unwrap();
+    assert_eq!(codes.len(), 3);
+    let mut gate = client_config(&tls, saddr, "gate-1");
+    gate.nodes = vec![saddr, paddr];
+    let gate = Client::connect(gate).await.unwrap();
+    assert_eq!(
+        gate.checkin(&codes[0], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    assert_eq!(
+        gate.checkin(&codes[0], 2).await.unwrap().kind,
+        OutcomeKind::AlreadyUsed
+    );
+}
