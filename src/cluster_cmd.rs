@@ -40,6 +40,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let shards = runtime.block_on(stile_cluster::cluster_status(&etcd, &cluster))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the listing quietly.
     if json {
         for s in &shards {
             let line = serde_json::json!({
@@ -50,10 +53,12 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
                 "members": s.members,
                 "lag": s.lag.iter().map(|(n, l)| serde_json::json!({"name": n, "records": l})).collect::<Vec<_>>(),
             });
-            println!("{line}");
+            if writeln!(out, "{line}").is_err() {
+                break;
+            }
         }
     } else {
-        print!("{}", stile_cluster::StatusTable(&shards));
+        let _ = write!(out, "{}", stile_cluster::StatusTable(&shards));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -228,6 +228,16 @@ async fn upload(
                     message: "the node's disk is full".into(),
                 })
             }
+            // Another provider's ticket: this certificate is not the journal's gate, and
+            // the scan waits for the one that is.
+            Ok(Response::Outcome(o)) if o.kind == stile_protocol::OutcomeKind::WrongProvider => {
+                Err(ClientError::Node {
+                    code: error_code::FORBIDDEN,
+                    message: "the node takes no upload of another provider's ticket from this \
+                              gate"
+                        .into(),
+                })
+            }
             Ok(_) => Ok(()),
             // Not a code the node takes: there is nothing to apply, now or later.
             Err(ClientError::Node {

@@ -98,28 +98,56 @@ pub struct Held {
 }
 
 impl ClusterConfig {
-    /// Grants a lease and registers this node's member key under it.
+    /// Grants a lease and registers this node's member key under it. The key is taken only
+    /// if no live node holds it: a second node given the same name (and certificate) would
+    /// acknowledge for the first and could take over without its changes. A key of this
+    /// node's former life goes with its lease; past that the name is refused.
     pub async fn register(&self, place: &str, durable: u64) -> Result<Held, ClusterError> {
-        let sent = Instant::now();
-        let lease = self
-            .etcd
-            .grant(self.lease_ttl.as_secs().max(1) as i64)
-            .await?;
-        self.put_member(lease.id, place, durable, 0).await?;
-        Ok(Held {
-            id: lease.id,
-            until: sent + self.lease_ttl,
-        })
+        let key = self.keys.member(&self.name).map_err(EtcdError::from)?;
+        let deadline = Instant::now() + self.lease_ttl + Duration::from_secs(2);
+        loop {
+            let sent = Instant::now();
+            let ttl_s = self.lease_ttl.as_secs().max(1) as i64;
+            let lease = self.etcd.grant(ttl_s).await?;
+            let txn = self
+                .etcd
+                .txn(
+                    &[Compare::CreateRevision(key.clone(), Cmp::Equal, 0)],
+                    &[TxnOp::Put {
+                        key: key.clone(),
+                        value: self.member_info(place, durable, 0).to_json(),
+                        lease: Some(lease.id),
+                    }],
+                    &[TxnOp::Get { key: key.clone() }],
+                )
+                .await?;
+            if txn.succeeded {
+                return Ok(Held {
+                    id: lease.id,
+                    until: sent + self.lease_ttl,
+                });
+            }
+            let _ = self.etcd.revoke(lease.id).await;
+            if Instant::now() >= deadline {
+                let addr = txn
+                    .gets
+                    .first()
+                    .and_then(|kvs| kvs.first())
+                    .and_then(|kv| MemberInfo::from_json(&kv.value).ok())
+                    .map(|m| m.addr)
+                    .unwrap_or_default();
+                return Err(ClusterError::Member(format!(
+                    "another node named {} is registered in this shard (at {addr}): each node \
+                     needs a name (and certificate) of its own",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
-    async fn put_member(
-        &self,
-        lease: i64,
-        role: &str,
-        durable: u64,
-        epoch: u64,
-    ) -> Result<(), ClusterError> {
-        let info = MemberInfo {
+    fn member_info(&self, role: &str, durable: u64, epoch: u64) -> MemberInfo {
+        MemberInfo {
             name: self.name.clone(),
             addr: self.advertise.clone(),
             role: match role {
@@ -129,7 +157,17 @@ impl ClusterConfig {
             durable_seq: durable,
             acked_seq: 0,
             epoch: epoch as i64,
-        };
+        }
+    }
+
+    async fn put_member(
+        &self,
+        lease: i64,
+        role: &str,
+        durable: u64,
+        epoch: u64,
+    ) -> Result<(), ClusterError> {
+        let info = self.member_info(role, durable, epoch);
         let key = self.keys.member(&self.name).map_err(EtcdError::from)?;
         self.etcd.put(&key, &info.to_json(), Some(lease)).await?;
         Ok(())
@@ -273,6 +311,11 @@ async fn renew(cfg: &ClusterConfig, lease: &mut Held, last: &mut Instant) {
     if last.elapsed() < cfg.lease_ttl / 3 {
         return;
     }
+    renew_now(cfg, lease, last).await;
+}
+
+/// Renews the lease now.
+async fn renew_now(cfg: &ClusterConfig, lease: &mut Held, last: &mut Instant) {
     let sent = Instant::now();
     *last = sent;
     match cfg.etcd.keep_alive(lease.id).await {
@@ -294,9 +337,13 @@ async fn lead(
     crate::standby::begin_epoch(&cfg.data, epoch, wal.reserved_seq())?;
     *repl.epochs.lock().expect("epochs poisoned") = crate::standby::read_epochs(&cfg.data);
     repl.set_epoch(epoch);
+    // A lease renewed while following may be near its end: renewed now, before the leader
+    // judges by it.
+    let mut renewed = Instant::now();
+    renew_now(cfg, lease, &mut renewed).await;
     repl.set_leading(true, cfg.advertise.clone());
     tracing::info!(epoch, "leading the shard");
-    let mut renewed = Instant::now();
+    let mut warned = Instant::now() - Duration::from_secs(60);
     let mut member_put = Instant::now() - Duration::from_secs(60);
     loop {
         tokio::select! {
@@ -313,9 +360,20 @@ async fn lead(
         match cfg.etcd.get(&cfg.keys.leader()).await {
             Ok(Some(kv))
                 if kv.create_revision as u64 == epoch && kv.value == cfg.name.as_bytes() => {}
-            Ok(_) => return step_down(cfg, repl, engine, "another node leads").await,
+            Ok(Some(_)) => return step_down(cfg, repl, engine, "another node leads").await,
+            Ok(None) => return step_down(cfg, repl, engine, "its leader key is gone").await,
             // etcd unreachable: lead on while the lease (or the standby) allows.
-            Err(_) => continue,
+            Err(e) => {
+                if repl.drop_wanted() && warned.elapsed() >= Duration::from_secs(5) {
+                    warned = Instant::now();
+                    tracing::error!(
+                        error = %e,
+                        "answers wait: the synchronous standby stopped acknowledging and etcd \
+                         cannot be reached to clear its name, so this node may not answer alone"
+                    );
+                }
+                continue;
+            }
         }
         if let Some(name) = repl.ready_candidate() {
             match cfg
@@ -341,6 +399,21 @@ async fn lead(
                 .await;
         }
     }
+}
+
+/// Decides this node's place again (the leader changed or went), with a live lease.
+async fn campaign(
+    cfg: &ClusterConfig,
+    lease: &mut Held,
+    renewed: &mut Instant,
+    durable: u64,
+    start_seq: u64,
+) -> Result<Option<Place>, ClusterError> {
+    renew_now(cfg, lease, renewed).await;
+    if Instant::now() >= lease.until {
+        *lease = cfg.register("standby", durable).await?;
+    }
+    cfg.place(lease.id, start_seq).await.map(Some)
 }
 
 /// Stops answering; the node then waits for a leader to follow.
@@ -386,7 +459,7 @@ async fn follow(
                     {
                         return Some(e)
                     }
-                    Err(e) => tracing::debug!(error = %e, "lost the leader; retrying"),
+                    Err(e) => tracing::warn!(error = %e, "cannot follow the leader; retrying"),
                     Ok(()) => {}
                 }
                 if *stopped.borrow() {
@@ -435,7 +508,14 @@ async fn follow(
                 if let Some(f) = follower.take() {
                     let _ = f.await;
                 }
-                break cfg.place(lease.id, wal.reserved_seq()).await.map(Some);
+                break campaign(
+                    cfg,
+                    lease,
+                    &mut renewed,
+                    wal.local_seq(),
+                    wal.reserved_seq(),
+                )
+                .await;
             }
             None => {
                 // The leader is gone. Stop acknowledging it before taking over: from here
@@ -444,7 +524,14 @@ async fn follow(
                 if let Some(f) = follower.take() {
                     let _ = f.await;
                 }
-                break cfg.place(lease.id, wal.reserved_seq()).await.map(Some);
+                break campaign(
+                    cfg,
+                    lease,
+                    &mut renewed,
+                    wal.local_seq(),
+                    wal.reserved_seq(),
+                )
+                .await;
             }
         }
     };

@@ -233,6 +233,19 @@ async fn session(
             "this node keeps no log".into(),
         ));
     };
+    if from_seq != SNAPSHOT_WANTED {
+        let epochs = repl.epochs.lock().expect("epochs poisoned").clone();
+        if let Some(at) = crate::standby::diverged(&epochs, standby_epoch, from_seq) {
+            return Err(Ended::Refused(
+                error_code::CONFLICT,
+                format!(
+                    "the standby's log goes on at {from_seq} in epoch {standby_epoch}, past \
+                     {at} where this primary's next epoch began: it holds changes this \
+                     primary does not"
+                ),
+            ));
+        }
+    }
     let id = repl.sessions.fetch_add(1, Ordering::Relaxed);
     let mut out = BytesMut::new();
     let next = if from_seq == SNAPSHOT_WANTED {
@@ -348,7 +361,12 @@ async fn send_snapshot(
         .metadata()
         .map_err(|e| Ended::Gone(e.to_string()))?
         .len();
-    ReplFrame::SnapshotBegin { start_seq, len }.encode(out);
+    ReplFrame::SnapshotBegin {
+        start_seq,
+        len,
+        epoch: shared.replication.epoch(),
+    }
+    .encode(out);
     write(send, out).await?;
     let file = Arc::new(file);
     let mut sent = 0u64;

@@ -188,7 +188,12 @@ pub async fn seed(dir: &Path, primary: &ClientConfig) -> Result<u64, StandbyErro
     let ReplFrame::Ring(ring) = link.next().await? else {
         return Err(StandbyError::Protocol("expected the key ring first".into()));
     };
-    let ReplFrame::SnapshotBegin { start_seq, len } = link.next().await? else {
+    let ReplFrame::SnapshotBegin {
+        start_seq,
+        len,
+        epoch,
+    } = link.next().await?
+    else {
         return Err(StandbyError::Protocol("expected a snapshot".into()));
     };
     let mut seed = Seed::begin(dir, &ring, start_seq)?;
@@ -208,6 +213,10 @@ pub async fn seed(dir: &Path, primary: &ClientConfig) -> Result<u64, StandbyErro
     let start = tokio::task::spawn_blocking(move || seed.finish())
         .await
         .map_err(|e| StandbyError::Protocol(e.to_string()))??;
+    // The snapshot is the primary's state in its epoch: the history starts there.
+    if epoch > 0 {
+        begin_epoch(dir, epoch, start)?;
+    }
     tracing::info!(
         start_seq = start,
         bytes = len,
@@ -340,4 +349,27 @@ async fn acknowledge(
         out.clear();
     }
     StandbyError::Gone("the follower stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A returning node's log is judged by where the epoch after its own began here: past
+    /// it, it holds records this log does not (a primary's unreplicated suffix).
+    #[test]
+    fn a_log_past_the_next_epochs_start_has_diverged() {
+        let epochs = [(532, 0), (545, 621), (560, 900)];
+        assert_eq!(diverged(&epochs, 532, 621), None, "ends where 545 began");
+        assert_eq!(diverged(&epochs, 532, 622), Some(621));
+        assert_eq!(diverged(&epochs, 545, 900), None);
+        assert_eq!(diverged(&epochs, 545, 1000), Some(900));
+        assert_eq!(diverged(&epochs, 560, 5000), None, "the current epoch");
+        let dir = tempfile::tempdir().unwrap();
+        begin_epoch(dir.path(), 7, 10).unwrap();
+        begin_epoch(dir.path(), 7, 99).unwrap();
+        begin_epoch(dir.path(), 9, 20).unwrap();
+        assert_eq!(read_epochs(dir.path()), vec![(7, 10), (9, 20)]);
+        assert_eq!(read_epoch(dir.path()), 9);
+    }
 }

@@ -209,6 +209,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Every node of the shard (`node` among them, tried first); empty: `node` alone.
     pub nodes: Vec<SocketAddr>,
+    /// Whether a `not_leader` answer moves the client to the leader (the default), or is
+    /// handed to the caller as [`ClientError::Node`] (tools that ask one node what it is).
+    pub follow_leader: bool,
 }
 
 impl ClientConfig {
@@ -223,6 +226,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             backoff_max: Duration::from_secs(2),
             nodes: Vec::new(),
+            follow_leader: true,
         }
     }
 }
@@ -377,6 +381,8 @@ struct Shared {
     redirect: Mutex<Option<String>>,
     /// Ends the connection after a `not_leader`.
     moved: tokio::sync::Notify,
+    /// [`ClientConfig::follow_leader`].
+    follow_leader: bool,
 }
 
 impl Shared {
@@ -1035,6 +1041,7 @@ async fn drive(
         wake: tokio::sync::Notify::new(),
         redirect: Mutex::new(None),
         moved: tokio::sync::Notify::new(),
+        follow_leader: config.follow_leader,
     });
     let addresses = config.addresses();
     // The address connected to, as an index into `addresses` (or the leader named).
@@ -1301,10 +1308,13 @@ fn deliver(shared: &Shared, id: u32, resp: Response) {
     let Some(p) = map.get_mut(&id) else {
         return;
     };
-    if let Response::Error {
-        code: crate::frame::error_code::NOT_LEADER,
-        message,
-    } = &resp
+    if let (
+        true,
+        Response::Error {
+            code: crate::frame::error_code::NOT_LEADER,
+            message,
+        },
+    ) = (shared.follow_leader, &resp)
     {
         // Nothing was done: the request stays, for the leader.
         p.moved = true;
@@ -1357,6 +1367,7 @@ mod tests {
             wake: tokio::sync::Notify::new(),
             redirect: Mutex::new(None),
             moved: tokio::sync::Notify::new(),
+            follow_leader: true,
         }
     }
 

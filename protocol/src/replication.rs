@@ -45,12 +45,15 @@ pub enum ReplFrame {
     /// The primary's key ring file, as written (sent first, and again before records that
     /// change the ring).
     Ring(Vec<u8>),
-    /// A snapshot of `len` bytes follows in chunks; the log goes on at `start_seq`.
+    /// A snapshot of `len` bytes follows in chunks; the log goes on at `start_seq`, in the
+    /// primary's epoch `epoch`.
     SnapshotBegin {
         /// The snapshot's log position.
         start_seq: u64,
         /// Its length in bytes.
         len: u64,
+        /// The primary's epoch.
+        epoch: u64,
     },
     /// The next piece of the snapshot.
     SnapshotChunk(Vec<u8>),
@@ -101,7 +104,7 @@ impl ReplFrame {
     pub fn encode(&self, out: &mut impl BufMut) {
         let (kind, len) = match self {
             ReplFrame::Ring(text) => (kind::RING, text.len()),
-            ReplFrame::SnapshotBegin { .. } => (kind::SNAPSHOT_BEGIN, 16),
+            ReplFrame::SnapshotBegin { .. } => (kind::SNAPSHOT_BEGIN, 24),
             ReplFrame::SnapshotChunk(bytes) => (kind::SNAPSHOT_CHUNK, bytes.len()),
             ReplFrame::Records { frames, .. } => (kind::RECORDS, 24 + frames.len()),
             ReplFrame::Ack { .. } => (kind::ACK, 8),
@@ -114,9 +117,14 @@ impl ReplFrame {
         out.put_u8(kind);
         match self {
             ReplFrame::Ring(bytes) | ReplFrame::SnapshotChunk(bytes) => out.put_slice(bytes),
-            ReplFrame::SnapshotBegin { start_seq, len } => {
+            ReplFrame::SnapshotBegin {
+                start_seq,
+                len,
+                epoch,
+            } => {
                 out.put_u64_le(*start_seq);
                 out.put_u64_le(*len);
+                out.put_u64_le(*epoch);
             }
             ReplFrame::Records {
                 epoch,
@@ -157,10 +165,11 @@ impl ReplFrame {
         Ok(match kind {
             kind::RING => ReplFrame::Ring(payload.to_vec()),
             kind::SNAPSHOT_BEGIN => {
-                exact(16)?;
+                exact(24)?;
                 ReplFrame::SnapshotBegin {
                     start_seq: u64_at(0)?,
                     len: u64_at(8)?,
+                    epoch: u64_at(16)?,
                 }
             }
             kind::SNAPSHOT_CHUNK => ReplFrame::SnapshotChunk(payload.to_vec()),
@@ -234,6 +243,7 @@ mod tests {
             ReplFrame::SnapshotBegin {
                 start_seq: 7,
                 len: 1 << 33,
+                epoch: 5,
             },
             ReplFrame::SnapshotChunk(vec![9; 100]),
             ReplFrame::Records {

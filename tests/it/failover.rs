@@ -56,6 +56,8 @@ async fn admits_eventually(tls: &Path, addr: SocketAddr, code: &stile_protocol::
     loop {
         let mut config = client_config(tls, addr, "gate-2");
         config.request_timeout = Duration::from_secs(2);
+        // This node's own answer, not its leader's.
+        config.follow_leader = false;
         let r = async { Client::connect(config).await?.checkin(code, 77).await }.await;
         match r {
             Ok(o) => {
@@ -99,6 +101,14 @@ async fn the_standby_takes_over_when_the_primary_is_killed_and_holds_every_answe
     // The standby takes the leader key once the primary's lease runs out, and admits.
     admits_eventually(&tls, a2, &codes[0]).await;
     all_used(&tls, a2, &codes, &acked).await;
+    // A gate given both nodes, the dead one first, reaches the new leader.
+    let mut both = client_config(&tls, a1, "gate-2");
+    both.nodes = vec![a1, a2];
+    let both = Client::connect(both).await.unwrap();
+    let fresh = codes.len() - 1;
+    assert!(!acked.contains(&fresh));
+    let o = both.checkin(&codes[fresh], 1).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::Admitted, "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,4 +158,38 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
     );
     let status = n1.wait().unwrap();
     assert!(!status.success(), "the old primary stops, saying why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_with_a_name_already_in_the_shard_is_refused() {
+    let etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (_n1, _, _) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    // The same name (and certificate) on another data dir: it would acknowledge for the
+    // first, and could take over without its changes.
+    let addr = free_addr().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "node",
+            "--name",
+            "n1",
+            "--etcd",
+            &endpoints,
+            "--cluster",
+            "c",
+            "--shard",
+        ])
+        .args(["s1", "--lease", "2s", "--listen", &addr, "--data"])
+        .arg(dir.path().join("again"))
+        .arg("--tls")
+        .arg(&tls)
+        .env("STILE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another node named n1"), "{stderr}");
 }

@@ -160,9 +160,9 @@ async fn a_standby_holds_every_admit_its_primary_answered_when_the_primary_is_ki
     metric_reaches(&metrics, "stile_node_sync_standby 1").await;
 
     // The standby answers gates, and a node certificate nothing but replication.
-    let at_standby = Client::connect(client_config(&tls, saddr, "gate-1"))
-        .await
-        .unwrap();
+    let mut asking = client_config(&tls, saddr, "gate-1");
+    asking.follow_leader = false;
+    let at_standby = Client::connect(asking).await.unwrap();
     match at_standby.checkin(&codes[0], 1).await {
         Err(ClientError::Node { code, message }) => {
             assert_eq!((code, message), (error_code::NOT_LEADER, paddr.to_string()))
