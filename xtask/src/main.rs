@@ -63,7 +63,7 @@ const TOOLS: &[Tool] = &[
         ubuntu: "chromium-chromedriver",
     },
     Tool {
-        what: "the etcd client's tests (stile-cluster)",
+        what: "the etcd client's tests (stile-cluster) and the failover tests",
         names: &["etcd"],
         debian: "etcd-server",
         ubuntu: "etcd-server",
