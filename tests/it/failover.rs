@@ -193,3 +193,56 @@ async fn a_second_node_with_a_name_already_in_the_shard_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another node named n1"), "{stderr}");
 }
+
+/// Admits `codes` one after another at `addr` (each must be admitted) for `how_long`;
+/// returns how many.
+async fn admits_throughout(
+    tls: &Path,
+    addr: SocketAddr,
+    codes: &[stile_protocol::CodeBytes],
+    how_long: Duration,
+) -> usize {
+    let gate = Client::connect(client_config(tls, addr, "gate-1"))
+        .await
+        .unwrap();
+    let end = Instant::now() + how_long;
+    let mut n = 0;
+    while Instant::now() < end && n < codes.len() {
+        let o = gate.checkin(&codes[n], n as u64).await.unwrap();
+        assert_eq!(o.kind, OutcomeKind::Admitted, "code {n}: {o:?}");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_its_standby_answers_through_an_etcd_outage_and_one_member_of_three_lost() {
+    let mut etcd = EtcdProcess::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (_n1, a1, m1) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    let m1 = m1.unwrap();
+    let admin = Client::connect(client_config(&tls, a1, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 2000)).await.unwrap();
+    drop(admin);
+    let (_n2, _, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    metric_reaches(&m1, "stile_node_sync_standby 1").await;
+
+    // One member of three killed: nothing changes, for three leases and more.
+    etcd.kill(0);
+    let n = admits_throughout(&tls, a1, &codes[..1000], Duration::from_secs(7)).await;
+    assert!(n > 50, "{n} admits");
+    metric_reaches(&m1, "stile_node_leading 1").await;
+
+    // etcd gone altogether: the primary whose standby acknowledges answers on, well past
+    // its lease (nothing is answered without the node that could take over).
+    etcd.stop_all();
+    let more = admits_throughout(&tls, a1, &codes[1000..], Duration::from_secs(7)).await;
+    assert!(more > 50, "{more} admits");
+    metric_reaches(&m1, "stile_node_leading 1").await;
+}
