@@ -25,15 +25,49 @@ enum ClusterAction {
         #[arg(long)]
         json: bool,
     },
+    /// Make node NAME the one that takes over shard SHARD, though it is not the synchronous
+    /// standby (accepting that it may lack changes the old leader answered): revokes the
+    /// leader's lease, waits the lease's time to live and a margin (the old leader stops
+    /// answering alone by then), then names NAME; a running NAME takes the leader key.
+    Promote {
+        /// etcd endpoints (comma-separated).
+        #[arg(long, value_name = "URL[,URL…]")]
+        etcd: String,
+        /// The cluster's name.
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        /// The shard.
+        #[arg(long, value_name = "ID")]
+        shard: String,
+        /// The node to promote.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The shard's `--lease` (how long the old leader may still answer alone).
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
+        /// Required: this may lose acknowledged changes.
+        #[arg(long, required = true)]
+        force: bool,
+    },
 }
 
 /// Runs `stile cluster`.
 pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
-    let ClusterAction::Status {
-        etcd,
-        cluster,
-        json,
-    } = args.action;
+    let (etcd, cluster, json) = match args.action {
+        ClusterAction::Status {
+            etcd,
+            cluster,
+            json,
+        } => (etcd, cluster, json),
+        ClusterAction::Promote {
+            etcd,
+            cluster,
+            shard,
+            name,
+            lease,
+            force: _,
+        } => return promote(&etcd, &cluster, &shard, &name, lease),
+    };
     let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
     let etcd = stile_cluster::Etcd::new(&endpoints, std::time::Duration::from_secs(5))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,4 +95,50 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         let _ = write!(out, "{}", stile_cluster::StatusTable(&shards));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stile cluster promote --force`.
+fn promote(
+    etcd: &str,
+    cluster: &str,
+    shard: &str,
+    name: &str,
+    lease: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let endpoints: Vec<String> = etcd.split(',').map(|e| e.trim().to_string()).collect();
+    let etcd = stile_cluster::Etcd::new(&endpoints, std::time::Duration::from_secs(5))?;
+    let keys = stile_cluster::ShardKeys::new(cluster, shard)?;
+    stile_cluster::keys::check_name("node", name)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        eprintln!(
+            "stile cluster promote: WARNING: {name} is made the node that takes over shard \
+             {shard} without being its synchronous standby: changes the old leader answered \
+             and {name} never received are lost, and tickets admitted by them may be admitted \
+             again"
+        );
+        if let Some(kv) = etcd.get(&keys.leader()).await? {
+            let old = String::from_utf8_lossy(&kv.value).into_owned();
+            if kv.lease != 0 {
+                match etcd.revoke(kv.lease).await {
+                    Ok(()) | Err(stile_cluster::EtcdError::LeaseNotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // The old leader counts its lease from its last renewal: past this it has
+            // stopped answering alone.
+            let wait = lease + std::time::Duration::from_secs(1);
+            eprintln!(
+                "stile cluster promote: revoked {old}'s lease; waiting {} before naming {name}",
+                humantime::format_duration(wait)
+            );
+            tokio::time::sleep(wait).await;
+        }
+        etcd.put(&keys.sync_standby(), name.as_bytes(), None)
+            .await?;
+        println!("{name} may take over shard {shard} now: it leads once it holds the leader key");
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }

@@ -108,7 +108,7 @@ impl Etcd {
             let endpoint = &self.endpoints[index];
             match self.exchange(endpoint, path, body.clone(), &decode).await {
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(endpoint = %endpoint, path, error = %e, "etcd endpoint failed");
+                    tracing::debug!(endpoint = %endpoint, path, error = %e, "etcd endpoint failed");
                     failures.push(e);
                 }
                 answered => {

@@ -187,10 +187,22 @@ impl ClusterConfig {
 
     /// Decides this node's place: takes the leader key if it may, else finds the leader to
     /// follow; waits (polling) while there is neither.
-    pub async fn place(&self, lease: i64, start_seq: u64) -> Result<Place, ClusterError> {
+    pub async fn place(&self, lease: &mut Held, start_seq: u64) -> Result<Place, ClusterError> {
+        let mut renewed = Instant::now();
         loop {
-            if let Some(place) = self.try_place(lease, start_seq).await? {
-                return Ok(place);
+            // Kept alive while waiting: the leader key is put under it.
+            renew(self, lease, &mut renewed).await;
+            if Instant::now() >= lease.until {
+                *lease = self.register("standby", start_seq).await?;
+            }
+            match self.try_place(lease.id, start_seq).await {
+                Ok(Some(place)) => return Ok(place),
+                Ok(None) => {}
+                // etcd unreachable for now: wait, as for a leader.
+                Err(ClusterError::Etcd(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot reach etcd to find the shard's leader");
+                }
+                Err(e) => return Err(e),
             }
             tokio::time::sleep(TICK * 2).await;
         }
@@ -355,13 +367,13 @@ async fn lead(
         tracing::trace!(named, candidate = ?repl.sync_standby(), ready = ?repl.ready_candidate(), local = wal.local_seq(), reserved = wal.reserved_seq(), acked = wal.acked_seq(), "leader tick");
         if Instant::now() >= lease.until && !named {
             // Answering alone without a lease: another node may lead by now.
-            return step_down(cfg, repl, engine, "the lease ran out").await;
+            return step_down(repl, engine, "the lease ran out").await;
         }
         match cfg.etcd.get(&cfg.keys.leader()).await {
             Ok(Some(kv))
                 if kv.create_revision as u64 == epoch && kv.value == cfg.name.as_bytes() => {}
-            Ok(Some(_)) => return step_down(cfg, repl, engine, "another node leads").await,
-            Ok(None) => return step_down(cfg, repl, engine, "its leader key is gone").await,
+            Ok(Some(_)) => return step_down(repl, engine, "another node leads").await,
+            Ok(None) => return step_down(repl, engine, "its leader key is gone").await,
             // etcd unreachable: lead on while the lease (or the standby) allows.
             Err(e) => {
                 if repl.drop_wanted() && warned.elapsed() >= Duration::from_secs(5) {
@@ -381,14 +393,14 @@ async fn lead(
                 .await
             {
                 Ok(true) => repl.mark_named(&name),
-                Ok(false) => return step_down(cfg, repl, engine, "another node leads").await,
+                Ok(false) => return step_down(repl, engine, "another node leads").await,
                 Err(e) => tracing::warn!(error = %e, "cannot name the synchronous standby"),
             }
         }
         if repl.drop_wanted() {
             match cfg.guarded_put(epoch, &cfg.keys.sync_standby(), b"").await {
                 Ok(true) => repl.drop_sync(wal),
-                Ok(false) => return step_down(cfg, repl, engine, "another node leads").await,
+                Ok(false) => return step_down(repl, engine, "another node leads").await,
                 Err(e) => tracing::warn!(error = %e, "cannot clear the synchronous standby"),
             }
         }
@@ -413,12 +425,15 @@ async fn campaign(
     if Instant::now() >= lease.until {
         *lease = cfg.register("standby", durable).await?;
     }
-    cfg.place(lease.id, start_seq).await.map(Some)
+    cfg.place(lease, start_seq).await.map(Some)
 }
 
 /// Stops answering; the node then waits for a leader to follow.
+///
+/// Answers waiting for the standby's acknowledgement stay waiting: released now, they would
+/// tell gates of changes the new leader never had (found by a test: an admit made after a
+/// pause was answered as the old primary stepped down).
 async fn step_down(
-    cfg: &ClusterConfig,
     repl: &Replication,
     engine: &Engine,
     why: &str,
@@ -426,9 +441,9 @@ async fn step_down(
     tracing::warn!(reason = why, "no longer leading the shard");
     repl.set_leading(false, String::new());
     if let Some(wal) = engine.wal() {
-        repl.reset(wal);
+        // Whatever the watchdog wanted, nothing is answered without the standby now.
+        wal.require_acks(true);
     }
-    let _ = cfg;
     Err(ClusterError::Member(format!(
         "this node stopped leading its shard ({why}); start it again to rejoin as a standby"
     )))
@@ -471,6 +486,7 @@ async fn follow(
         })
     };
     let mut follower = Some(follower);
+    let mut registered = Instant::now() - Duration::from_secs(60);
     let mut renewed = Instant::now();
     let mut member_put = Instant::now() - Duration::from_secs(60);
     let result = loop {
@@ -484,7 +500,8 @@ async fn follow(
             }
         }
         renew(cfg, lease, &mut renewed).await;
-        if Instant::now() >= lease.until {
+        if Instant::now() >= lease.until && registered.elapsed() >= Duration::from_secs(1) {
+            registered = Instant::now();
             match cfg.register("standby", wal.local_seq()).await {
                 Ok(held) => *lease = held,
                 Err(e) => tracing::warn!(error = %e, "cannot renew this standby's lease"),

@@ -155,14 +155,6 @@ impl Replication {
             tracing::info!(standby = %one_line(name), "synchronous standby named");
         }
     }
-
-    /// Forgets any standby (a node that stops leading).
-    pub fn reset(&self, wal: &Wal) {
-        *self.sync.lock().expect("sync poisoned") = None;
-        self.caught_up.store(false, Ordering::Release);
-        self.drop_wanted.store(false, Ordering::Release);
-        wal.require_acks(false);
-    }
 }
 
 /// Serves a standby's stream until it or this node goes.

@@ -246,3 +246,65 @@ async fn a_primary_with_its_standby_answers_through_an_etcd_outage_and_one_membe
     assert!(more > 50, "{more} admits");
     metric_reaches(&m1, "stile_node_leading 1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operator_forces_it() {
+    let etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (mut n1, a1, m1) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    let m1 = m1.unwrap();
+    let admin = Client::connect(client_config(&tls, a1, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 10)).await.unwrap();
+    drop(admin);
+    let (n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    metric_reaches(&m1, "stile_node_sync_standby 1").await;
+    // The standby stops acknowledging: the primary clears its name and answers alone.
+    // SAFETY: kill(2) with our own child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGSTOP) }, 0);
+    let gate = Client::connect(client_config(&tls, a1, "gate-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gate.checkin(&codes[1], 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    metric_reaches(&m1, "stile_node_sync_standby 0").await;
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGCONT) }, 0);
+    // The standby may lack the admit answered alone: it does not take over by itself.
+    let mut asking = client_config(&tls, a2, "gate-2");
+    asking.follow_leader = false;
+    asking.request_timeout = Duration::from_secs(2);
+    let standby = Client::connect(asking).await.unwrap();
+    for _ in 0..20 {
+        match standby.checkin(&codes[0], 5).await {
+            Err(ClientError::Node { code, .. }) => assert_eq!(code, error_code::NOT_LEADER),
+            other => panic!("took over without being named: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The operator forces it, accepting the loss.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "cluster",
+            "promote",
+            "--force",
+            "--etcd",
+            &endpoints,
+            "--cluster",
+            "c",
+        ])
+        .args(["--shard", "s1", "--name", "n2", "--lease", "2s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    admits_eventually(&tls, a2, &codes[0]).await;
+}
