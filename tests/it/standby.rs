@@ -326,3 +326,107 @@ async fn a_client_given_the_shards_nodes_is_sent_by_the_standby_to_the_primary()
         OutcomeKind::AlreadyUsed
     );
 }
+
+/// A UDP relay on loopback between a standby and its primary, which a test can cut (drop
+/// every datagram) and mend.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let up = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        up.connect(to).await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let peer: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+                let back = {
+                    let (sock, up, cut, peer) =
+                        (sock.clone(), up.clone(), cut.clone(), peer.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok(n) = up.recv(&mut buf).await {
+                            let to = *peer.lock().unwrap();
+                            if let (Some(to), false) =
+                                (to, cut.load(std::sync::atomic::Ordering::Relaxed))
+                            {
+                                let _ = sock.send_to(&buf[..n], to).await;
+                            }
+                        }
+                    })
+                };
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                    *peer.lock().unwrap() = Some(from);
+                    if !cut.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = up.send(&buf[..n]).await;
+                    }
+                }
+                back.abort();
+            })
+        };
+        Relay { addr, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_replication_link_leaves_the_primary_answering_alone_until_the_standby_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (mut primary, paddr, metrics) =
+        spawn(&pdata, &tls, &["--name", "n1", "--metrics", "127.0.0.1:0"]);
+    let metrics = metrics.unwrap();
+    let relay = Relay::start(paddr).await;
+    let admin = Client::connect(client_config(&tls, paddr, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 3000)).await.unwrap();
+    let (mut standby, _, _) = spawn(
+        &sdata,
+        &tls,
+        &["--name", "n2", "--standby-of", &relay.addr.to_string()],
+    );
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+    let mut config = client_config(&tls, paddr, "gate-1");
+    config.request_timeout = Duration::from_secs(5);
+    let gate = Client::connect(config).await.unwrap();
+    relay.set_cut(true);
+    // Cut off, the standby acknowledges nothing: the primary drops it and answers alone.
+    let (admitted, task) = load(gate.clone(), codes[..1000].to_vec());
+    metric_reaches(&metrics, "stile_node_sync_standby 0").await;
+    task.await.unwrap();
+    wait_for_admits(&admitted, 1000).await;
+    // Mended: the standby catches up and is named again; later admits wait for it, and a
+    // failover loses none of them.
+    relay.set_cut(false);
+    metric_reaches(&metrics, "stile_node_sync_standby 1").await;
+    let (later, task) = load(gate, codes[1000..].to_vec());
+    wait_for_admits(&later, 1000).await;
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    task.abort();
+    let mut acked: Vec<usize> = admitted.lock().unwrap().clone();
+    acked.extend(later.lock().unwrap().iter().map(|i| i + 1000));
+    crate::support::sigterm(&standby);
+    assert!(standby.wait().unwrap().success());
+    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
+    all_used(&tls, addr, &codes, &acked).await;
+}
