@@ -98,6 +98,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("making {} private", args.conn.data.display()))?;
     let mut config = GatewayConfig::new(args.conn.data.join("gateway"), args.http, node, tls);
     config.node_server_name = server_name;
+    config.node_shard = args.conn.addresses()?;
     config.https = args.https.pair();
     config.webhook_private = args.https.webhook_private;
     let runtime = tokio::runtime::Builder::new_multi_thread()

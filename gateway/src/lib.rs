@@ -80,6 +80,10 @@ pub struct GatewayConfig {
     pub node: SocketAddr,
     /// Name the nodes' certificates carry.
     pub node_server_name: String,
+    /// Every node of the default node's shard (`node` among them; empty: `node` alone):
+    /// the gateway follows whichever leads, and its event cursor stays `node`'s, since a
+    /// shard's nodes number their logs alike.
+    pub node_shard: Vec<SocketAddr>,
     /// The admin identity and the deployment's CA.
     pub node_tls: ClientTls,
     /// How often the reminder outbox is looked at.
@@ -114,6 +118,7 @@ impl GatewayConfig {
             https: None,
             node,
             node_server_name: node.ip().to_string(),
+            node_shard: Vec::new(),
             node_tls,
             reminder_poll_ms: 500,
             reminder_backoff_base_ms: 1_000,
@@ -195,11 +200,12 @@ impl Gateway {
         let dir_lock = lock_dir(&config.dir)?;
         let api_token = api::auth::load_or_make_token(&config.dir.join(API_TOKEN_FILE))?;
         let db = Db::open(&config.dir.join(DB_FILE))?;
-        let nodes = Nodes::new(
+        let mut nodes = Nodes::new(
             config.node,
             config.node_tls.clone(),
             config.node_server_name.clone(),
         );
+        nodes.set_shard(config.node_shard.clone());
         for (provider, node) in api::providers::load_routes(&db).await? {
             nodes.set_route(provider, Some(node));
         }

@@ -26,6 +26,9 @@ pub struct Nodes {
     clients: Mutex<HashMap<SocketAddr, Arc<Client>>>,
     /// Provider → node, for providers with a route of their own.
     routes: RwLock<HashMap<u16, SocketAddr>>,
+    /// Every node of the default node's shard (empty: the default alone): its client
+    /// follows whichever leads.
+    shard: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -45,7 +48,13 @@ impl Nodes {
             server_name,
             clients: Mutex::new(HashMap::new()),
             routes: RwLock::new(HashMap::new()),
+            shard: Vec::new(),
         }
+    }
+
+    /// Names the default node's shard: its client goes to whichever of them leads.
+    pub fn set_shard(&mut self, shard: Vec<SocketAddr>) {
+        self.shard = shard;
     }
 
     /// The default node.
@@ -103,6 +112,9 @@ impl Nodes {
         // Connect without the lock: a node that does not answer must not hold up the others.
         let mut config = ClientConfig::new(addr, self.tls.clone());
         config.server_name = self.server_name.clone();
+        if addr == self.default {
+            config.nodes = self.shard.clone();
+        }
         let connect = Client::connect(config);
         let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
         let client = tokio::time::timeout(timeout, connect)

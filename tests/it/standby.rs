@@ -430,3 +430,79 @@ async fn a_cut_replication_link_leaves_the_primary_answering_alone_until_the_sta
     let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
     all_used(&tls, addr, &codes, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_given_the_shard_books_through_the_standby_at_its_primary() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    let (pdata, sdata) = (dir.path().join("p"), dir.path().join("s"));
+    let (_primary, paddr, _) = spawn(&pdata, &tls, &["--name", "n1"]);
+    let (_standby, saddr, _) = spawn(
+        &sdata,
+        &tls,
+        &["--name", "n2", "--standby-of", &paddr.to_string()],
+    );
+    // The standby named first: the gateway's client is sent on to the primary.
+    let mut config = stile_gateway::GatewayConfig::new(
+        dir.path().join("gw"),
+        "127.0.0.1:0".parse().unwrap(),
+        saddr,
+        crate::gateway::admin_tls(&tls),
+    );
+    config.node_shard = vec![saddr, paddr];
+    let gateway = stile_gateway::Gateway::start(config).await.unwrap();
+    let (base, token) = (
+        format!("http://{}", gateway.local_addr()),
+        gateway.api_token().to_string(),
+    );
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v1/providers",
+        serde_json::json!({"id": 1, "name": "Arena"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let now = stile_gateway::now_s();
+    let r = post(
+        "/v1/events",
+        serde_json::json!({
+            "provider": 1, "name": "Cup Final", "venue": "Arena",
+            "starts_at": stile_gateway::rfc3339(now + 3600),
+            "valid_from": stile_gateway::rfc3339(now - 60),
+            "valid_until": stile_gateway::rfc3339(now + 86_400),
+        }),
+    )
+    .await
+    .unwrap();
+    let ev: serde_json::Value = r.json().await.unwrap();
+    let booking = http
+        .post(format!("{base}/v1/bookings"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k1")
+        .json(&serde_json::json!({"event": ev["id"], "payment_ref": "p",
+            "tickets": [{"holder": {"name": "Ada"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(booking.status(), 201);
+    let b: serde_json::Value = booking.json().await.unwrap();
+    let code = stile_protocol::CodeBytes::parse(b["tickets"][0]["code"].as_str().unwrap()).unwrap();
+    // Minted on the primary: a gate there admits it.
+    let gate = Client::connect(client_config(&tls, paddr, "gate-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gate.checkin(&code, 1).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
+    gateway.shutdown(Duration::from_secs(5)).await;
+}
