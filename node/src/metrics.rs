@@ -596,6 +596,17 @@ impl Collector for NodeCollector {
         )?;
         encode_histogram(&AtomicHistogram::coarse_of([wal.sync_latency_us()], 1e6), h)?;
         let h = e.encode_descriptor(
+            "stile_node_standby_ack_duration_seconds",
+            "From a batch's sending to its standby's acknowledgement (synced there): the \
+             synchronous standby's lag",
+            None,
+            MetricType::Histogram,
+        )?;
+        encode_histogram(
+            &AtomicHistogram::coarse_of([&shared.replication.ack_us], 1e6),
+            h,
+        )?;
+        let h = e.encode_descriptor(
             "stile_node_wal_sync_batch_records",
             "Log records each fdatasync made durable (the group-commit batch)",
             None,

@@ -23,6 +23,13 @@ use stile_protocol::replication::{self, ReplFrame, RECORDS_BATCH_BYTES, SNAPSHOT
 use crate::conn::one_line;
 use crate::Shared;
 
+/// Batches sent and not yet acknowledged, with when: what the standby's lag is measured by.
+type Sent = Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>>;
+
+/// Send times kept per session at most (a standby that acknowledges nothing keeps the
+/// oldest dropped).
+const SENT_TIMES_MAX: usize = 4096;
+
 /// How long a caught-up standby goes without a batch: its acknowledgement of an empty batch
 /// tells the primary it is there.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -54,6 +61,9 @@ pub struct Replication {
     /// The synchronous standby stopped acknowledging and a cluster must clear its name in
     /// etcd before answers go out without it (set by the watchdog, done by the controller).
     drop_wanted: AtomicBool,
+    /// Microseconds from a batch's sending to the synchronous standby's acknowledgement of
+    /// it: the standby's lag, as the answers waiting for it see it.
+    pub ack_us: stile_engine::metrics::AtomicHistogram,
     /// How long answers wait for a synchronous standby that does not acknowledge.
     pub standby_timeout: Duration,
     /// Whether a caught-up standby is named synchronous by this node alone (no cluster);
@@ -85,6 +95,9 @@ impl Replication {
             caught_up: AtomicBool::new(false),
             epochs: Mutex::new(Vec::new()),
             drop_wanted: AtomicBool::new(false),
+            ack_us: stile_engine::metrics::AtomicHistogram::new(
+                stile_engine::metrics::LATENCY_EDGES_US,
+            ),
             standby_timeout,
             name_alone: true,
         }
@@ -257,14 +270,16 @@ async fn session(
     };
     tracing::info!(standby = %one_line(name), from = next, "standby following");
     let acked = Arc::new(AtomicU64::new(0));
+    let sent: Sent = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let ack_reader = tokio::spawn(read_acks(
         shared.clone(),
         name.to_string(),
         recv,
         acked.clone(),
         id,
+        sent.clone(),
     ));
-    let result = stream_log(shared, name, id, send, &mut out, next, &acked).await;
+    let result = stream_log(shared, name, id, send, &mut out, next, &acked, &sent).await;
     ack_reader.abort();
     let mut sync = repl.sync.lock().expect("sync poisoned");
     if sync.as_ref().is_some_and(|s| s.session == id && !s.named) {
@@ -398,6 +413,7 @@ async fn stream_log(
     out: &mut BytesMut,
     mut next: u64,
     acked: &AtomicU64,
+    sent: &Sent,
 ) -> Result<(), Ended> {
     let engine = shared.engine.clone();
     let wal = engine.wal().expect("checked by the caller");
@@ -425,6 +441,13 @@ async fn stream_log(
         tail = Some(t);
         if reached > next || last_sent.elapsed() >= HEARTBEAT {
             send_records(shared, send, out, next, reached, &records).await?;
+            if reached > next {
+                let mut sent = sent.lock().expect("sent poisoned");
+                if sent.len() >= SENT_TIMES_MAX {
+                    sent.pop_front();
+                }
+                sent.push_back((reached, Instant::now()));
+            }
             next = reached.max(next);
             last_sent = Instant::now();
         }
@@ -487,6 +510,7 @@ async fn read_acks(
     mut recv: quinn::RecvStream,
     acked: Arc<AtomicU64>,
     id: u64,
+    sent: Sent,
 ) {
     let wal = shared.engine.wal().expect("a primary keeps a log");
     let mut buf = BytesMut::with_capacity(1024);
@@ -501,6 +525,15 @@ async fn read_acks(
             match frame {
                 Ok(ReplFrame::Ack { seq }) => {
                     acked.fetch_max(seq, Ordering::AcqRel);
+                    let now = Instant::now();
+                    let mut sent = sent.lock().expect("sent poisoned");
+                    while let Some(&(upto, at)) = sent.front().filter(|(upto, _)| *upto <= seq) {
+                        let _ = upto;
+                        sent.pop_front();
+                        let us = now.saturating_duration_since(at).as_micros() as u64;
+                        shared.replication.ack_us.record(us.max(1));
+                    }
+                    drop(sent);
                     let ours = shared
                         .replication
                         .sync
