@@ -15,4 +15,14 @@ for i in $(seq 1 100); do curl -s http://127.0.0.1:26012/metrics | grep -q "^sti
 curl -s http://127.0.0.1:26012/metrics | grep "^stile_node_sync_standby"
 $S loadtest --scenario stadium --compare quic://127.0.0.1:26002,quic://127.0.0.1:26001 --gates 64 --inflight 16 --duration 10s --rounds 3 --data data 2>&1 | tail -25
 curl -s http://127.0.0.1:26012/metrics | grep "^stile_node_sync_standby"
+# The standby's lag over the primary's rounds: from each batch's sending to its acknowledgement.
+curl -s http://127.0.0.1:26012/metrics | python3 -c '
+import sys
+b = [(float(l.split("le=\"")[1].split("\"")[0].replace("+Inf", "inf")), float(l.split()[-1]))
+     for l in sys.stdin if l.startswith("stile_node_standby_ack_duration_seconds_bucket")]
+total = b[-1][1]
+for q in (0.5, 0.99, 0.999):
+    le = next(le for le, n in b if n >= q * total)
+    print(f"standby ack p{q*100:g} <= {le*1000:g} ms ({int(total)} batches)")
+'
 pkill -f -- "--listen 127.0.0.1:2600[123]"

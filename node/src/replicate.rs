@@ -23,6 +23,14 @@ use stile_protocol::replication::{self, ReplFrame, RECORDS_BATCH_BYTES, SNAPSHOT
 use crate::conn::one_line;
 use crate::Shared;
 
+/// What a session's sender shares with its acknowledgement reader.
+struct Progress {
+    /// The standby's acknowledged position.
+    acked: Arc<AtomicU64>,
+    /// Batches sent and not yet acknowledged.
+    sent: Sent,
+}
+
 /// Batches sent and not yet acknowledged, with when: what the standby's lag is measured by.
 type Sent = Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>>;
 
@@ -279,7 +287,11 @@ async fn session(
         id,
         sent.clone(),
     ));
-    let result = stream_log(shared, name, id, send, &mut out, next, &acked, &sent).await;
+    let progress = Progress {
+        acked: acked.clone(),
+        sent,
+    };
+    let result = stream_log(shared, name, id, send, &mut out, next, &progress).await;
     ack_reader.abort();
     let mut sync = repl.sync.lock().expect("sync poisoned");
     if sync.as_ref().is_some_and(|s| s.session == id && !s.named) {
@@ -412,9 +424,9 @@ async fn stream_log(
     send: &mut quinn::SendStream,
     out: &mut BytesMut,
     mut next: u64,
-    acked: &AtomicU64,
-    sent: &Sent,
+    progress: &Progress,
 ) -> Result<(), Ended> {
+    let (acked, sent) = (&*progress.acked, &progress.sent);
     let engine = shared.engine.clone();
     let wal = engine.wal().expect("checked by the caller");
     let mut tail = Some(LogTail::on(wal.storage().clone(), wal.dir(), next));

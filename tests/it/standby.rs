@@ -484,16 +484,27 @@ async fn a_gateway_given_the_shard_books_through_the_standby_at_its_primary() {
     .await
     .unwrap();
     let ev: serde_json::Value = r.json().await.unwrap();
-    let booking = http
-        .post(format!("{base}/v1/bookings"))
-        .bearer_auth(&token)
-        .header("idempotency-key", "k1")
-        .json(&serde_json::json!({"event": ev["id"], "payment_ref": "p",
-            "tickets": [{"holder": {"name": "Ada"}}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(booking.status(), 201);
+    // A client retries a 503 with its idempotency key, as the API documents: the first try
+    // may meet the gateway's client moving from the standby to the primary.
+    let mut tries = 0;
+    let booking = loop {
+        let r = http
+            .post(format!("{base}/v1/bookings"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "k1")
+            .json(&serde_json::json!({"event": ev["id"], "payment_ref": "p",
+                "tickets": [{"holder": {"name": "Ada"}}]}))
+            .send()
+            .await
+            .unwrap();
+        tries += 1;
+        if r.status() == 503 && tries < 5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(booking.status(), 201, "after {tries} tries");
     let b: serde_json::Value = booking.json().await.unwrap();
     let code = stile_protocol::CodeBytes::parse(b["tickets"][0]["code"].as_str().unwrap()).unwrap();
     // Minted on the primary: a gate there admits it.
