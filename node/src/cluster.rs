@@ -517,40 +517,24 @@ async fn follow(
             Ok(kv) => kv,
             Err(_) => continue,
         };
-        match current {
-            Some(kv) if kv.value == leader.as_bytes() => continue,
-            Some(_) => {
-                // Another leader: follow it instead.
-                let _ = stop.send(true);
-                if let Some(f) = follower.take() {
-                    let _ = f.await;
-                }
-                break campaign(
-                    cfg,
-                    lease,
-                    &mut renewed,
-                    wal.local_seq(),
-                    wal.reserved_seq(),
-                )
-                .await;
-            }
-            None => {
-                // The leader is gone. Stop acknowledging it before taking over: from here
-                // on no change is answered with this node's acknowledgement.
-                let _ = stop.send(true);
-                if let Some(f) = follower.take() {
-                    let _ = f.await;
-                }
-                break campaign(
-                    cfg,
-                    lease,
-                    &mut renewed,
-                    wal.local_seq(),
-                    wal.reserved_seq(),
-                )
-                .await;
-            }
+        if current.is_some_and(|kv| kv.value == leader.as_bytes()) {
+            continue;
         }
+        // Another leader, or none (then this node may take over): stop acknowledging the
+        // old one first, so that from here on no change is answered with this node's
+        // acknowledgement.
+        let _ = stop.send(true);
+        if let Some(f) = follower.take() {
+            let _ = f.await;
+        }
+        break campaign(
+            cfg,
+            lease,
+            &mut renewed,
+            wal.local_seq(),
+            wal.reserved_seq(),
+        )
+        .await;
     };
     let _ = stop.send(true);
     if let Some(f) = follower.take() {

@@ -917,27 +917,7 @@ async fn admits_survive_sigkill_mid_load_and_sigterm() {
     let mut config = client_config(&tls, addr, "gate-1");
     config.request_timeout = Duration::from_secs(2);
     let gate = Client::connect(config).await.unwrap();
-    let admitted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let load = {
-        let (gate, codes, admitted) = (gate.clone(), codes.clone(), admitted.clone());
-        tokio::spawn(async move {
-            let sem = Arc::new(tokio::sync::Semaphore::new(64));
-            for (i, c) in codes.into_iter().enumerate() {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                let (gate, admitted) = (gate.clone(), admitted.clone());
-                tokio::spawn(async move {
-                    if let Ok(o) = gate.checkin(&c, i as u64).await {
-                        if o.kind == OutcomeKind::Admitted {
-                            admitted.lock().unwrap().push(i);
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        })
-    };
+    let (admitted, load) = crate::standby::load(gate.clone(), codes.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     while admitted.lock().unwrap().len() < 2000 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -124,6 +124,21 @@ pub(crate) async fn wait_for_admits(admitted: &Mutex<Vec<usize>>, n: usize) {
     }
 }
 
+/// The standby n2, stopped and started alone on its data dir `sdata`, holds every admit
+/// in `acked` (`already_used`, by gate 1).
+async fn holds_every_one(
+    mut standby: NodeProcess,
+    sdata: &Path,
+    tls: &Path,
+    codes: &[CodeBytes],
+    acked: &[usize],
+) {
+    crate::support::sigterm(&standby);
+    assert!(standby.wait().unwrap().success());
+    let (_alone, addr, _) = spawn(sdata, tls, &["--name", "n2"]);
+    all_used(tls, addr, codes, acked).await;
+}
+
 /// Every admit in `acked` reads `already_used` (by gate 1) on the node at `addr`.
 pub(crate) async fn all_used(tls: &Path, addr: SocketAddr, codes: &[CodeBytes], acked: &[usize]) {
     let checker = Client::connect(client_config(tls, addr, "gate-2"))
@@ -152,7 +167,7 @@ async fn a_standby_holds_every_admit_its_primary_answered_when_the_primary_is_ki
         .unwrap();
     let codes = admin.mint(spec(1, 6000)).await.unwrap();
     drop(admin);
-    let (mut standby, saddr, _) = spawn(
+    let (standby, saddr, _) = spawn(
         &sdata,
         &tls,
         &["--name", "n2", "--standby-of", &paddr.to_string()],
@@ -188,11 +203,7 @@ async fn a_standby_holds_every_admit_its_primary_answered_when_the_primary_is_ki
     task.abort();
     let acked: Vec<usize> = admitted.lock().unwrap().iter().map(|i| i + 1).collect();
 
-    // The standby, stopped and started alone on its data dir, holds every one of them.
-    crate::support::sigterm(&standby);
-    assert!(standby.wait().unwrap().success());
-    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
-    all_used(&tls, addr, &codes, &acked).await;
+    holds_every_one(standby, &sdata, &tls, &codes, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +236,7 @@ async fn a_primary_answers_alone_when_its_standby_dies_and_the_restarted_standby
     wait_for_admits(&admitted, 2000).await;
 
     // Restarted, it catches up from its own log and is named again; later admits wait for it.
-    let (mut standby, _, _) = spawn(&sdata, &tls, &standby_args);
+    let (standby, _, _) = spawn(&sdata, &tls, &standby_args);
     metric_reaches(&metrics, "stile_node_sync_standby 1").await;
     let (later, task) = load(gate, codes[2000..].to_vec());
     wait_for_admits(&later, 1000).await;
@@ -234,10 +245,7 @@ async fn a_primary_answers_alone_when_its_standby_dies_and_the_restarted_standby
     task.abort();
     let mut acked: Vec<usize> = admitted.lock().unwrap().clone();
     acked.extend(later.lock().unwrap().iter().map(|i| i + 2000));
-    crate::support::sigterm(&standby);
-    assert!(standby.wait().unwrap().success());
-    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
-    all_used(&tls, addr, &codes, &acked).await;
+    holds_every_one(standby, &sdata, &tls, &codes, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +407,7 @@ async fn a_cut_replication_link_leaves_the_primary_answering_alone_until_the_sta
         .await
         .unwrap();
     let codes = admin.mint(spec(1, 3000)).await.unwrap();
-    let (mut standby, _, _) = spawn(
+    let (standby, _, _) = spawn(
         &sdata,
         &tls,
         &["--name", "n2", "--standby-of", &relay.addr.to_string()],
@@ -425,10 +433,7 @@ async fn a_cut_replication_link_leaves_the_primary_answering_alone_until_the_sta
     task.abort();
     let mut acked: Vec<usize> = admitted.lock().unwrap().clone();
     acked.extend(later.lock().unwrap().iter().map(|i| i + 1000));
-    crate::support::sigterm(&standby);
-    assert!(standby.wait().unwrap().success());
-    let (_alone, addr, _) = spawn(&sdata, &tls, &["--name", "n2"]);
-    all_used(&tls, addr, &codes, &acked).await;
+    holds_every_one(standby, &sdata, &tls, &codes, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
