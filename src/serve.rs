@@ -367,6 +367,9 @@ fn run_node(
         }
         None => None,
     };
+    if shard.name.is_some() {
+        stile_node::standby::check_epoch_files(data).map_err(anyhow::Error::msg)?;
+    }
     let primary = match (&shard.standby_of, &peer) {
         (Some(addr), Some(peer)) => {
             let config = peer(*addr);
@@ -393,6 +396,7 @@ fn run_node(
                 let place = cfg.place(&mut held, 0).await?;
                 if let stile_node::cluster::Place::Standby { addr, .. } = &place {
                     seed_if_new(data, &peer(*addr)).await?;
+                    tokio::spawn(offer_set_aside(data.to_path_buf(), peer(*addr)));
                 }
                 anyhow::Ok((held, place))
             })?;
@@ -420,8 +424,9 @@ fn run_node(
         recovered.unwritten_bytes
     );
     let engine = Arc::new(engine);
+    let data_dir = data.to_path_buf();
     let data = data.to_path_buf();
-    runtime.block_on(async move {
+    let ran = runtime.block_on(async move {
         // Before anything is announced: a SIGTERM right after the address lines must stop
         // the node cleanly, not kill it.
         let mut signals = crate::signals::Signals::install()?;
@@ -493,9 +498,78 @@ fn run_node(
         }
         node.shutdown().await;
         Ok::<_, anyhow::Error>(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    // Every task goes with the runtime, and the engine with them: the log is closed.
+    drop(runtime);
+    match ran {
+        Err(e) => match e.downcast_ref::<stile_node::cluster::ClusterError>() {
+            Some(stile_node::cluster::ClusterError::Rejoin {
+                reseed,
+                diverged_at,
+                why,
+            }) => Err(rejoin(&data_dir, *reseed, *diverged_at, why)),
+            _ => Err(e),
+        },
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
+
+/// Sets this node's data aside if it must be seeded afresh, then starts this program again
+/// with the same arguments (the same process), so that it joins its shard as a standby of
+/// the leader. Returns only if that cannot be done.
+fn rejoin(data: &Path, reseed: bool, diverged_at: Option<u64>, why: &str) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!(reason = why, "rejoining the shard as a standby");
+    if reseed {
+        match stile_node::standby::set_aside(data, diverged_at) {
+            Ok(aside) => tracing::warn!(
+                dir = %aside.dir.display(),
+                records = aside.records,
+                admits = aside.admits,
+                "set this node's log aside to be seeded afresh from the leader; the records \
+                 past the leader's history are kept there and offered to the leader"
+            ),
+            Err(e) => {
+                return anyhow::anyhow!(e).context(format!(
+                    "setting {} aside to rejoin the shard",
+                    data.display()
+                ))
+            }
+        }
+    }
+    // Rejoins in quick succession mean something else is wrong: stop rather than loop.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (count, last) = std::env::var(REJOINED_ENV)
+        .ok()
+        .and_then(|v| {
+            let (c, t) = v.split_once(':')?;
+            Some((c.parse::<u32>().ok()?, t.parse::<u64>().ok()?))
+        })
+        .unwrap_or((0, 0));
+    let count = if now.saturating_sub(last) < 60 {
+        count + 1
+    } else {
+        1
+    };
+    if count > REJOINS_MAX {
+        return anyhow::anyhow!(
+            "{why}; this node rejoined its shard {REJOINS_MAX} times within a minute each, so \
+             it stops: see the earlier errors"
+        );
+    }
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .env(REJOINED_ENV, format!("{count}:{now}"))
+        .exec();
+    anyhow::anyhow!(err).context("starting this node again to rejoin its shard")
+}
+
+/// Counts a node's rejoins in quick succession across its restarts (`COUNT:UNIX_S`).
+const REJOINED_ENV: &str = "STILE_REJOINED";
+/// Rejoins, each within a minute of the last, after which a node stops.
+const REJOINS_MAX: u32 = 3;
 
 /// How this node reaches a peer as a client, given its address.
 type Peer = Arc<dyn Fn(SocketAddr) -> stile_protocol::client::ClientConfig + Send + Sync>;
@@ -524,6 +598,22 @@ async fn seed_if_new(
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Offers the leader what this node set aside when it last rejoined (see
+/// `stile_node::standby::set_aside`), retrying for a while if the leader cannot take it
+/// yet; what is left is offered at the next start.
+async fn offer_set_aside(data: PathBuf, leader: stile_protocol::client::ClientConfig) {
+    let mut pause = std::time::Duration::from_millis(200);
+    for _ in 0..20 {
+        match stile_node::standby::offer_set_aside(&data, &leader).await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(leader = %leader.node, error = %e,
+                "cannot offer the leader this node's set-aside changes yet; retrying"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

@@ -37,7 +37,7 @@ pub use ops::checkin::{CheckinRequest, GateOp, PREFETCH_ROUND};
 pub use ops::dump::{EngineDump, SlotDump};
 pub use ops::import::{IMPORTED_CODE_MAX_LEN, IMPORT_BATCH_MAX};
 pub use ops::mint::{MintRequest, MINT_BATCH_MAX};
-pub use ops::offline::OfflineScan;
+pub use ops::offline::{DivergedAdmit, OfflineScan};
 pub use ops::purge::{Purged, PURGE_STEP_SERIALS};
 pub use ops::replica::ReplicaTicket;
 pub use ops::status::TicketStatus;

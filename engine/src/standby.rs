@@ -11,8 +11,11 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::engine::Engine;
+use crate::ops::offline::DivergedAdmit;
 use crate::recovery::{self, Annulled};
-use crate::wal::{Durability, Record};
+use crate::wal::{Durability, Record, OP_OFFLINE};
+use crate::word::Op;
+use stile_protocol::OutcomeKind;
 
 /// Why a batch of replicated records cannot be applied.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,33 @@ impl Engine {
         }
         Ok(log.submit())
     }
+}
+
+/// The gate admits among `records` (a diverged log's suffix), in order: state changes a
+/// gate's entry made, online or uploaded from its journal. Other changes (mints, revokes,
+/// transfers, exits) are not replayed elsewhere; the caller keeps them for the operator.
+pub fn admits_in(records: &[(u64, Record)]) -> Vec<DivergedAdmit> {
+    records
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Record::State {
+                partition,
+                serial,
+                scan: Some(trace),
+                ..
+            } if trace.gate != 0 && trace.op & !OP_OFFLINE == Op::Entry as u8 => {
+                let answer = crate::scans::unpack(trace.answer);
+                (answer.kind == OutcomeKind::Admitted).then_some(DivergedAdmit {
+                    partition: *partition,
+                    serial: *serial,
+                    gate: trace.gate,
+                    scan_id: trace.scan_id,
+                    at_unix_s: answer.at_unix_s,
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Why a data dir could not be made a copy of a primary's.

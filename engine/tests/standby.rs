@@ -199,3 +199,61 @@ fn with_a_standby_required_answers_wait_for_its_acknowledgement() {
     wal.require_acks(false);
     assert_eq!(answered.join().unwrap(), OutcomeKind::Admitted);
 }
+
+/// A node that led on past a failover holds admits its successor never had: handed over,
+/// each is applied once as an offline admit of its gate; one the successor admitted too is
+/// a conflict, and one the gate sent the successor again (the same scan) is neither.
+#[test]
+fn a_diverged_logs_admits_apply_once_on_the_new_leader_with_conflicts_where_they_clash() {
+    let (odir, ndir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = Arc::new(ManualClock::new(T0));
+    let old = open(odir.path(), &clock);
+    let policy = old.add_policy(Policy::simple(1)).unwrap();
+    let codes = old
+        .mint(&MintRequest {
+            policy,
+            partition: 0,
+            count: 10,
+        })
+        .unwrap();
+    let start = seed(&old, ndir.path());
+    let new = open(ndir.path(), &clock);
+
+    // The old leader, alone: three admits of gate 3 and an exit-less refusal.
+    for (i, code) in codes[..3].iter().enumerate() {
+        assert_eq!(admit(&old, 3, 10 + i as u64, *code), OutcomeKind::Admitted);
+    }
+    assert_eq!(admit(&old, 3, 20, codes[0]), OutcomeKind::AlreadyUsed);
+    // The new leader: codes[1] admitted at another gate; codes[2]'s scan sent again by
+    // gate 3 after the failover.
+    assert_eq!(admit(&new, 5, 1, codes[1]), OutcomeKind::Admitted);
+    assert_eq!(admit(&new, 3, 12, codes[2]), OutcomeKind::Admitted);
+
+    let (suffix, _) = records_from(&old, start);
+    let admits = stile_engine::standby::admits_in(&suffix);
+    assert_eq!(admits.len(), 3, "{admits:?}");
+    assert!(admits.iter().all(|a| a.gate == 3 && a.at_unix_s == T0));
+    let kinds: Vec<_> = admits
+        .iter()
+        .map(|a| new.apply_diverged_admit(a).0.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            OutcomeKind::Admitted,
+            OutcomeKind::AlreadyUsed,
+            OutcomeKind::Admitted
+        ]
+    );
+    let (conflicts, _) = new.conflicts(None, 0, 10);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].2, Some(codes[1]));
+    assert_eq!(conflicts[0].1.second.gate, 3);
+    // Offered again (a rejoin cut short): nothing changes.
+    for a in &admits {
+        let _ = new.apply_diverged_admit(a);
+    }
+    assert_eq!(new.conflicts(None, 0, 10).0.len(), 1);
+    assert_eq!(admit(&new, 7, 1, codes[0]), OutcomeKind::AlreadyUsed);
+    assert_eq!(admit(&new, 7, 2, codes[3]), OutcomeKind::Admitted);
+}

@@ -68,6 +68,18 @@ pub enum ClusterError {
     /// A member key names no usable address.
     #[error("{0}")]
     Member(String),
+    /// This node must start again as a standby of its shard: it stopped leading, or its
+    /// data cannot follow the leader's and must be set aside and seeded afresh.
+    #[error("{why}")]
+    Rejoin {
+        /// Whether the data dir must be seeded afresh from the leader.
+        reseed: bool,
+        /// Where this node's log parts from the leader's history (its records from there
+        /// on are set aside and offered to the leader); `None`: nothing past it.
+        diverged_at: Option<u64>,
+        /// Why, for people.
+        why: String,
+    },
 }
 
 /// This node's role, as decided on etcd.
@@ -312,6 +324,11 @@ pub async fn run(
         match next {
             Ok(Some(p)) => place = p,
             Ok(None) => return ClusterError::Member("shutting down".into()),
+            Err(e @ ClusterError::Rejoin { .. }) => {
+                // The name is free for this node's next start at once.
+                let _ = cfg.etcd.revoke(lease.id).await;
+                return e;
+            }
             Err(e) => return e,
         }
     }
@@ -444,9 +461,34 @@ async fn step_down(
         // Whatever the watchdog wanted, nothing is answered without the standby now.
         wal.require_acks(true);
     }
-    Err(ClusterError::Member(format!(
-        "this node stopped leading its shard ({why}); start it again to rejoin as a standby"
-    )))
+    Err(ClusterError::Rejoin {
+        reseed: false,
+        diverged_at: None,
+        why: format!("this node stopped leading its shard ({why}); it rejoins as a standby"),
+    })
+}
+
+/// What a refusal by the leader that retrying cannot mend asks of this node: a log that
+/// diverged is set aside from where it parts and the node seeded afresh, as is one too far
+/// behind (nothing of its own to set aside).
+fn rejoin_for(e: crate::standby::StandbyError) -> ClusterError {
+    use stile_protocol::frame::error_code;
+    let crate::standby::StandbyError::Refused { code, message } = &e else {
+        return e.into();
+    };
+    let diverged_at = match *code {
+        error_code::TRIMMED => None,
+        error_code::CONFLICT => match crate::standby::diverged_at(message) {
+            Some(at) => Some(at),
+            None => return e.into(),
+        },
+        _ => return e.into(),
+    };
+    ClusterError::Rejoin {
+        reseed: true,
+        diverged_at,
+        why: format!("this node cannot follow its leader as it is ({e}); it is seeded afresh"),
+    }
 }
 
 async fn follow(
@@ -496,7 +538,7 @@ async fn follow(
         }
         if follower.as_ref().is_some_and(|f| f.is_finished()) {
             if let Ok(Some(e)) = follower.take().expect("checked").await {
-                break Err(e.into());
+                break Err(rejoin_for(e));
             }
         }
         renew(cfg, lease, &mut renewed).await;

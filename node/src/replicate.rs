@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use stile_engine::wal::tail::{LogTail, TailError};
 use stile_engine::wal::{Record, Wal};
-use stile_protocol::frame::{error_code, split_frame, Request, SNAPSHOT_WANTED};
+use stile_protocol::frame::{error_code, split_frame, Request, SNAPSHOT_WANTED, SUFFIX_OFFERED};
 use stile_protocol::replication::{self, ReplFrame, RECORDS_BATCH_BYTES, SNAPSHOT_CHUNK};
 
 use crate::conn::one_line;
@@ -229,7 +229,7 @@ async fn session(
     send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), Ended> {
-    let (from_seq, standby_epoch) = first_request(&mut recv).await?;
+    let (from_seq, standby_epoch, rest) = first_request(&mut recv).await?;
     let repl = &shared.replication;
     if !repl.leading() {
         return Err(Ended::Refused(error_code::NOT_LEADER, repl.leader()));
@@ -246,15 +246,21 @@ async fn session(
             "this node keeps no log".into(),
         ));
     };
+    if from_seq == SUFFIX_OFFERED {
+        return take_suffix(shared, name, send, recv, rest).await;
+    }
     if from_seq != SNAPSHOT_WANTED {
         let epochs = repl.epochs.lock().expect("epochs poisoned").clone();
         if let Some(at) = crate::standby::diverged(&epochs, standby_epoch, from_seq) {
             return Err(Ended::Refused(
                 error_code::CONFLICT,
-                format!(
-                    "the standby's log goes on at {from_seq} in epoch {standby_epoch}, past \
-                     {at} where this primary's next epoch began: it holds changes this \
-                     primary does not"
+                crate::standby::diverged_refusal(
+                    at,
+                    &format!(
+                        "the standby's log goes on at {from_seq} in epoch {standby_epoch}, \
+                         past {at} where this primary's next epoch began: it holds changes \
+                         this primary does not"
+                    ),
                 ),
             ));
         }
@@ -266,10 +272,13 @@ async fn session(
     } else if from_seq > wal.local_seq() {
         return Err(Ended::Refused(
             error_code::CONFLICT,
-            format!(
-                "the standby's log goes on at {from_seq}, past this primary's {}: it holds \
-                 changes this primary does not",
-                wal.local_seq()
+            crate::standby::diverged_refusal(
+                wal.local_seq(),
+                &format!(
+                    "the standby's log goes on at {from_seq}, past this primary's {}: it \
+                     holds changes this primary does not",
+                    wal.local_seq()
+                ),
             ),
         ));
     } else {
@@ -303,13 +312,15 @@ async fn session(
 }
 
 /// The `replicate` request that opens the stream.
-async fn first_request(recv: &mut quinn::RecvStream) -> Result<(u64, u64), Ended> {
+async fn first_request(recv: &mut quinn::RecvStream) -> Result<(u64, u64, BytesMut), Ended> {
     let mut buf = BytesMut::with_capacity(64);
     loop {
         match split_frame(&buf) {
-            Ok(Some((_, body))) => {
+            Ok(Some((n, body))) => {
                 return match Request::decode(body) {
-                    Ok((_, Request::Replicate { from_seq, epoch })) => Ok((from_seq, epoch)),
+                    Ok((_, Request::Replicate { from_seq, epoch })) => {
+                        Ok((from_seq, epoch, buf.split_off(n)))
+                    }
                     Ok((id, _)) => Err(Ended::NotReplicate(id)),
                     Err(e) => Err(Ended::Refused(error_code::BAD_REQUEST, e.to_string())),
                 };
@@ -327,6 +338,79 @@ async fn first_request(recv: &mut quinn::RecvStream) -> Result<(u64, u64), Ended
             return Err(Ended::Gone("closed before asking".into()));
         }
     }
+}
+
+/// Takes the changes a rejoining node's old log held past this leader's history
+/// ([`SUFFIX_OFFERED`]): the gate admits of each `Records` frame are applied as offline
+/// admits of their gates (once each; conflicts where they clash), and the frame is
+/// acknowledged once they are durable here.
+async fn take_suffix(
+    shared: &Arc<Shared>,
+    name: &str,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+) -> Result<(), Ended> {
+    let bad = |m: String| Ended::Refused(error_code::BAD_REQUEST, m);
+    let (mut admits, mut admitted) = (0usize, 0usize);
+    let mut out = BytesMut::new();
+    loop {
+        let frame = match replication::split(&buf) {
+            Ok(Some((n, body))) => {
+                let frame = ReplFrame::decode(body).map_err(|e| bad(e.to_string()))?;
+                buf.advance(n);
+                frame
+            }
+            Ok(None) => {
+                if read_more(&mut recv, &mut buf).await {
+                    continue;
+                }
+                break;
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let ReplFrame::Records { upto, frames, .. } = frame else {
+            return Err(bad("a rejoining node offers only records".into()));
+        };
+        let records = crate::standby::decode_records(&frames).map_err(|e| bad(e.to_string()))?;
+        let found = stile_engine::standby::admits_in(&records);
+        if !shared.replication.leading() {
+            return Err(Ended::Refused(
+                error_code::NOT_LEADER,
+                shared.replication.leader(),
+            ));
+        }
+        let engine = shared.engine.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            found
+                .iter()
+                .map(|a| engine.apply_diverged_admit(a))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Ended::Gone(e.to_string()))?;
+        for (outcome, durable) in applied {
+            if outcome.kind == stile_protocol::OutcomeKind::DiskFull {
+                return Err(Ended::Refused(
+                    error_code::UNAVAILABLE,
+                    "the leader's disk is full; offer them again later".into(),
+                ));
+            }
+            admits += 1;
+            admitted += usize::from(outcome.kind == stile_protocol::OutcomeKind::Admitted);
+            durable.wait_async().await;
+        }
+        ReplFrame::Ack { seq: upto }.encode(&mut out);
+        write(send, &mut out).await?;
+    }
+    tracing::warn!(
+        node = %one_line(name),
+        admits,
+        admitted,
+        "took a rejoining node's admits past this leader's history as offline admits (the \
+         rest are conflicts or were applied before)"
+    );
+    Ok(())
 }
 
 /// Appends what arrives next to `buf`; `false` once the stream ended.

@@ -12,7 +12,7 @@ use stile_engine::standby::{ReplicateError, Seed, SeedError};
 use stile_engine::wal::{Durability, Record, SyncMode};
 use stile_engine::Engine;
 use stile_protocol::client::{connect_raw, ClientConfig, ClientError};
-use stile_protocol::frame::{Request, SNAPSHOT_WANTED};
+use stile_protocol::frame::{Request, SNAPSHOT_WANTED, SUFFIX_OFFERED};
 use stile_protocol::replication::{self, ReplFrame};
 use tokio::sync::{mpsc, watch};
 
@@ -105,6 +105,41 @@ pub fn diverged(epochs: &[(u64, u64)], epoch: u64, from_seq: u64) -> Option<u64>
     (from_seq > next_start).then_some(next_start)
 }
 
+/// Checks data dir `dir`'s epoch files parse whole (absent is fine): a damaged one would
+/// make this node judge its log against the wrong history, so it is refused at start.
+pub fn check_epoch_files(dir: &Path) -> Result<(), String> {
+    let read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", dir.join(name).display())),
+    };
+    let damaged = |name: &str| {
+        format!(
+            "{} is damaged (it holds the epochs this node's log was written in, decimal \
+             numbers): restore it, or move the data dir aside to seed it afresh",
+            dir.join(name).display()
+        )
+    };
+    if let Some(text) = read(EPOCH_FILE)? {
+        if text.trim().parse::<u64>().is_err() {
+            return Err(damaged(EPOCH_FILE));
+        }
+    }
+    if let Some(text) = read(EPOCHS_FILE)? {
+        let mut last = 0u64;
+        for line in text.lines() {
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)));
+            match parsed {
+                Some((e, _)) if e > last => last = e,
+                _ => return Err(damaged(EPOCHS_FILE)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The newest epoch data dir `dir` has seen (0: none).
 pub fn read_epoch(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(EPOCH_FILE))
@@ -125,6 +160,184 @@ pub fn write_epoch(dir: &Path, epoch: u64) -> Result<(), StandbyError> {
         .map_err(io(&tmp))?;
     stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))
 }
+
+/// The refusal a leader sends a node whose log goes past its own history from log number
+/// `at` on (`why` says how): the rejoining node reads `at` back with [`diverged_at`].
+pub fn diverged_refusal(at: u64, why: &str) -> String {
+    format!("diverged at {at}: {why}")
+}
+
+/// The log number a [`diverged_refusal`] names.
+pub fn diverged_at(message: &str) -> Option<u64> {
+    message
+        .strip_prefix("diverged at ")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Where a rejoining node keeps what it set aside: `DATA/diverged/<unix ms>/`, holding its
+/// old log and snapshots, its epoch files, and the records past the divergence point.
+pub const DIVERGED_DIR: &str = "diverged";
+/// In a set-aside dir: the records past the divergence point, a line each, for people.
+pub const SUFFIX_TEXT: &str = "suffix.txt";
+/// In a set-aside dir: the same records as log frames, offered to the leader.
+pub const SUFFIX_FRAMES: &str = "suffix.frames";
+/// In a set-aside dir once the leader has taken its records.
+pub const SUFFIX_TAKEN: &str = "taken";
+
+/// What [`set_aside`] kept.
+#[derive(Debug, Clone)]
+pub struct SetAside {
+    /// The dir it went to.
+    pub dir: PathBuf,
+    /// Records past the divergence point.
+    pub records: usize,
+    /// Gate admits among them.
+    pub admits: usize,
+}
+
+/// Moves data dir `dir`'s log, snapshots and epoch files into a new dir under
+/// [`DIVERGED_DIR`], so that the node can be seeded afresh from its leader; the records
+/// from log number `at` on (none: `None`) are written beside them, as text and as frames
+/// to offer the leader. Call with the engine closed.
+pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> {
+    use stile_engine::datadir::{SNAPSHOTS_DIR, WAL_DIR};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StandbyError::Io { path, source }
+    };
+    let wal_dir = dir.join(WAL_DIR);
+    let mut records = Vec::new();
+    if let Some(at) = at {
+        // A snapshot taken since may have dropped the first segments: read what is left.
+        let first = stile_engine::wal::segment::list(&stile_engine::storage::StdStorage, &wal_dir)
+            .map_err(io(&wal_dir))?
+            .first()
+            .map_or(at, |(first, _)| (*first).max(at));
+        if first > at {
+            tracing::warn!(
+                from = at,
+                kept_from = first,
+                "the log no longer holds its first records past the divergence point (a \
+                 snapshot dropped them): they are in the set-aside snapshots only"
+            );
+        }
+        let mut tail = stile_engine::wal::tail::LogTail::new(&wal_dir, first);
+        tail.read(u64::MAX, usize::MAX, &mut records)
+            .map_err(|e| StandbyError::Protocol(format!("reading the diverged log: {e}")))?;
+    }
+    let admits = stile_engine::standby::admits_in(&records).len();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let parent = dir.join(DIVERGED_DIR);
+    let aside = parent.join(stamp.to_string());
+    std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+    let mut text = String::new();
+    let mut frames = Vec::new();
+    for (seq, record) in &records {
+        text.push_str(&format!("{seq} {record:?}\n"));
+        record.encode(*seq, &mut frames);
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        let path = aside.join(name);
+        stile_engine::datadir::write_private_synced(&path, &[bytes]).map_err(io(&path))
+    };
+    write(SUFFIX_TEXT, text.as_bytes())?;
+    if records.is_empty() {
+        write(SUFFIX_TAKEN, b"nothing to offer\n")?;
+    } else {
+        write(SUFFIX_FRAMES, &frames)?;
+    }
+    for name in [WAL_DIR, SNAPSHOTS_DIR, EPOCH_FILE, EPOCHS_FILE] {
+        let from = dir.join(name);
+        match std::fs::rename(&from, aside.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&from)(e)),
+            _ => {}
+        }
+    }
+    for d in [&aside, &parent, &dir.to_path_buf()] {
+        stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, d)
+            .map_err(io(d))?;
+    }
+    Ok(SetAside {
+        dir: aside,
+        records: records.len(),
+        admits,
+    })
+}
+
+/// Offers the leader every set-aside suffix it has not taken yet (see [`set_aside`]); its
+/// gate admits are applied there as offline admits. Returns how many records were taken.
+pub async fn offer_set_aside(dir: &Path, leader: &ClientConfig) -> Result<usize, StandbyError> {
+    let parent = dir.join(DIVERGED_DIR);
+    let mut pending: Vec<PathBuf> = match std::fs::read_dir(&parent) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(SUFFIX_FRAMES).exists() && !p.join(SUFFIX_TAKEN).exists())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(StandbyError::Io {
+                path: parent,
+                source,
+            })
+        }
+    };
+    pending.sort();
+    let mut taken = 0;
+    for aside in pending {
+        let path = aside.join(SUFFIX_FRAMES);
+        let bytes = std::fs::read(&path).map_err(|source| StandbyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let records = decode_records(&bytes)?;
+        let mut link = Link::open(leader, SUFFIX_OFFERED, read_epoch(dir)).await?;
+        let mut out = BytesMut::new();
+        for batch in records.chunks(SUFFIX_BATCH) {
+            let mut frames = Vec::new();
+            for (seq, record) in batch {
+                record.encode(*seq, &mut frames);
+            }
+            let upto = batch.last().map_or(0, |(s, _)| s + 1);
+            ReplFrame::Records {
+                epoch: 0,
+                from: batch[0].0,
+                upto,
+                frames,
+            }
+            .encode(&mut out);
+            link.send
+                .write_all(&out)
+                .await
+                .map_err(|e| StandbyError::Gone(e.to_string()))?;
+            out.clear();
+            match link.next().await? {
+                ReplFrame::Ack { seq } if seq == upto => {}
+                _ => return Err(StandbyError::Protocol("expected the leader's ack".into())),
+            }
+        }
+        let _ = link.send.finish();
+        let done = aside.join(SUFFIX_TAKEN);
+        stile_engine::datadir::write_private_synced(&done, &[b"taken by the leader\n"])
+            .map_err(|source| StandbyError::Io { path: done, source })?;
+        tracing::warn!(
+            records = records.len(),
+            admits = stile_engine::standby::admits_in(&records).len(),
+            from = %aside.display(),
+            "the leader took the changes this node's old log held past its own; gate admits \
+             among them are applied there as offline admits (conflicts where they clash)"
+        );
+        taken += records.len();
+    }
+    Ok(taken)
+}
+
+/// Records a `Records` frame of a set-aside suffix carries at most.
+const SUFFIX_BATCH: usize = 1024;
 
 /// A replication stream to the primary.
 struct Link {
@@ -300,7 +513,7 @@ pub async fn follow(
 }
 
 /// The records of a batch's log frames.
-fn decode_records(mut frames: &[u8]) -> Result<Vec<(u64, Record)>, StandbyError> {
+pub(crate) fn decode_records(mut frames: &[u8]) -> Result<Vec<(u64, Record)>, StandbyError> {
     let mut out = Vec::new();
     while !frames.is_empty() {
         let (record, seq, len) =
@@ -371,5 +584,27 @@ mod tests {
         begin_epoch(dir.path(), 9, 20).unwrap();
         assert_eq!(read_epochs(dir.path()), vec![(7, 10), (9, 20)]);
         assert_eq!(read_epoch(dir.path()), 9);
+    }
+
+    /// Damaged epoch files are refused, not read as "no epoch"; a refusal names its point.
+    #[test]
+    fn damaged_epoch_files_are_refused_and_a_refusal_names_where_logs_part() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_epoch_files(dir.path()), Ok(()));
+        begin_epoch(dir.path(), 7, 10).unwrap();
+        begin_epoch(dir.path(), 9, 20).unwrap();
+        assert_eq!(check_epoch_files(dir.path()), Ok(()));
+        std::fs::write(dir.path().join(EPOCH_FILE), "9x\n").unwrap();
+        assert!(check_epoch_files(dir.path())
+            .unwrap_err()
+            .contains("damaged"));
+        std::fs::write(dir.path().join(EPOCH_FILE), "9\n").unwrap();
+        std::fs::write(dir.path().join(EPOCHS_FILE), "9 20\n7 10\n").unwrap();
+        assert!(check_epoch_files(dir.path()).is_err(), "out of order");
+        std::fs::write(dir.path().join(EPOCHS_FILE), "7 10\n\0\0").unwrap();
+        assert!(check_epoch_files(dir.path()).is_err());
+        let m = diverged_refusal(621, "the standby's log goes on at 700");
+        assert_eq!(diverged_at(&m), Some(621));
+        assert_eq!(diverged_at("the standby has seen epoch 9"), None);
     }
 }

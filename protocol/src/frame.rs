@@ -882,6 +882,11 @@ pub mod error_code {
 /// The `from_seq` of a `replicate` request from a standby that holds nothing yet.
 pub const SNAPSHOT_WANTED: u64 = u64::MAX;
 
+/// The `from_seq` of a `replicate` request from a node that rejoins after a failover with
+/// changes its old log held past the leader's: it sends them as `Records` frames, and the
+/// leader applies the gate admits among them as offline admits and acknowledges each frame.
+pub const SUFFIX_OFFERED: u64 = u64::MAX - 1;
+
 /// A request, as a gate, the gateway or the CLI sends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Request {

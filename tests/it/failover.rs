@@ -124,7 +124,7 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
         .unwrap();
     let codes = admin.mint(spec(1, 10)).await.unwrap();
     drop(admin);
-    let (_n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    let (_n2, a2, m2) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
     metric_reaches(&m1.unwrap(), "stile_node_sync_standby 1").await;
     let gate = Client::connect(client_config(&tls, a1, "gate-1"))
         .await
@@ -143,6 +143,8 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
     // now, and it steps down once it sees so.
     let mut config = client_config(&tls, a1, "gate-1");
     config.request_timeout = Duration::from_secs(5);
+    // Its own answer, not the leader's it would send the gate to.
+    config.follow_leader = false;
     let late = async { Client::connect(config).await?.checkin(&codes[2], 2).await }.await;
     assert!(
         !matches!(&late, Ok(o) if o.kind == OutcomeKind::Admitted),
@@ -156,8 +158,21 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
         check.checkin(&codes[1], 9).await.unwrap().kind,
         OutcomeKind::AlreadyUsed
     );
-    let status = n1.wait().unwrap();
-    assert!(!status.success(), "the old primary stops, saying why");
+    // The old primary starts again as a standby of the new leader (set aside and seeded
+    // afresh if its log went past the leader's), and is named its synchronous standby.
+    metric_reaches(&m2.unwrap(), "stile_node_sync_standby 1").await;
+    assert!(n1.try_wait().unwrap().is_none(), "the old primary rejoined");
+    let mut direct = client_config(&tls, a1, "gate-1");
+    direct.follow_leader = false;
+    let o = Client::connect(direct)
+        .await
+        .unwrap()
+        .checkin(&codes[3], 3)
+        .await;
+    assert!(
+        matches!(&o, Err(ClientError::Node { code, message }) if *code == error_code::NOT_LEADER && *message == a2.to_string()),
+        "{o:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,11 +276,11 @@ async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operat
         .unwrap();
     let codes = admin.mint(spec(1, 10)).await.unwrap();
     drop(admin);
-    let (n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
+    let (mut n2, _, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
     metric_reaches(&m1, "stile_node_sync_standby 1").await;
-    // The standby stops acknowledging: the primary clears its name and answers alone.
-    // SAFETY: kill(2) with our own child's pid and a valid signal number.
-    assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGSTOP) }, 0);
+    // The standby goes: the primary clears its name and answers alone.
+    n2.kill().unwrap();
+    n2.wait().unwrap();
     let gate = Client::connect(client_config(&tls, a1, "gate-1"))
         .await
         .unwrap();
@@ -273,11 +288,14 @@ async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operat
         gate.checkin(&codes[1], 1).await.unwrap().kind,
         OutcomeKind::Admitted
     );
+    assert_eq!(
+        gate.checkin(&codes[4], 2).await.unwrap().kind,
+        OutcomeKind::Admitted
+    );
     metric_reaches(&m1, "stile_node_sync_standby 0").await;
     n1.kill().unwrap();
     n1.wait().unwrap();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(n2.id() as i32, libc::SIGCONT) }, 0);
+    let (_n2, a2, _) = spawn_member(&dir.path().join("n2"), &tls, "n2", &endpoints, &[]);
     // The standby may lack the admit answered alone: it does not take over by itself.
     let mut asking = client_config(&tls, a2, "gate-2");
     asking.follow_leader = false;
@@ -307,4 +325,71 @@ async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operat
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
     admits_eventually(&tls, a2, &codes[0]).await;
+    let check = Client::connect(client_config(&tls, a2, "gate-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        check.checkin(&codes[2], 2).await.unwrap().kind,
+        OutcomeKind::Admitted,
+        "a ticket the old primary never saw"
+    );
+
+    // The old primary, started again on its data, rejoins as a standby of the new leader:
+    // its log goes past the leader's history, so it is set aside and the node seeded
+    // afresh; what it admitted alone is applied on the leader as offline admits of its
+    // gate (codes[1]), and a ticket admitted on both makes a conflict (codes[4]).
+    assert_eq!(
+        check.checkin(&codes[4], 4).await.unwrap().kind,
+        OutcomeKind::Admitted,
+        "the forced leader lacks the old primary's admit"
+    );
+    let (mut again, a1, _) = spawn_member(&dir.path().join("n1"), &tls, "n1", &endpoints, &[]);
+    let aside = dir.path().join("n1/diverged");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        let found: Vec<_> = std::fs::read_dir(&aside)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        if let Some(t) = found.iter().find(|p| p.join("taken").exists()) {
+            assert_eq!(found.len(), 1, "{found:?}");
+            break t.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old primary's changes were never taken"
+        );
+        assert!(
+            again.try_wait().unwrap().is_none(),
+            "the old primary stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(taken.join("suffix.txt")).unwrap();
+    assert_eq!(text.matches("State").count(), 2, "{text}");
+    let o = check.checkin(&codes[1], 10).await.unwrap();
+    assert_eq!(o.kind, OutcomeKind::AlreadyUsed, "{o:?}");
+    assert_eq!(o.gate, 1, "admitted at gate 1 on the old primary: {o:?}");
+    let admin = Client::connect(client_config(&tls, a2, "admin-admin"))
+        .await
+        .unwrap();
+    let (conflicts, _) = admin.conflicts(None, 0).await.unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].code, codes[4]);
+    assert_eq!(conflicts[0].second.gate, 1, "{conflicts:?}");
+    // It runs on as a standby: the leader's, not its own answers.
+    let mut direct = client_config(&tls, a1, "gate-1");
+    direct.follow_leader = false;
+    let o = Client::connect(direct)
+        .await
+        .unwrap()
+        .checkin(&codes[3], 3)
+        .await;
+    assert!(
+        matches!(&o, Err(ClientError::Node { code, .. }) if *code == error_code::NOT_LEADER),
+        "{o:?}"
+    );
+    assert!(
+        again.try_wait().unwrap().is_none(),
+        "it runs on as a standby"
+    );
 }

@@ -6,12 +6,45 @@ use std::sync::atomic::Ordering;
 use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
 
 use crate::clock::Clock;
-use crate::engine::{Engine, Gate};
+use crate::engine::{Engine, Gate, Located};
 use crate::offline::{Conflict, ConflictKind, OfflineBook};
 use crate::ops::checkin::GateOp;
+use crate::tables::TicketLoc;
 use crate::wal::record::ScanTrace;
 use crate::wal::{ConflictRecord, Durability, Record, OP_OFFLINE};
 use crate::word::{to_epoch_s, Op};
+
+/// A scan decided elsewhere, as it is applied here.
+struct Uploaded {
+    /// The gate's provider.
+    provider: u16,
+    /// The gate's scan id.
+    scan_id: u64,
+    /// Entry or exit.
+    op: Op,
+    /// What the gate answered.
+    decision: OutcomeKind,
+    /// When, Unix seconds (clamped to now).
+    at: u64,
+}
+
+/// An admit found in the log of a node that led on past a failover: records the new leader
+/// never had, which gates may have been told of (after `cluster promote --force`). The
+/// node rejoining as a standby hands them to the leader, which applies each as an offline
+/// admit of its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DivergedAdmit {
+    /// Partition.
+    pub partition: u16,
+    /// Serial.
+    pub serial: u32,
+    /// The gate that scanned it.
+    pub gate: u16,
+    /// The gate's scan id.
+    pub scan_id: u64,
+    /// When it was admitted, Unix seconds.
+    pub at_unix_s: u64,
+}
 
 /// One scan a gate decided offline, as uploaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +80,6 @@ impl Engine {
         let now = self.clock.now_unix_s();
         let lower = scan.last_online_unix_s.min(now);
         let at = (scan.scanned_at_unix_ms / 1000).clamp(lower, now);
-        let book: &OfflineBook = &self.tables.offline;
-        // Held to the end: this gate's scans apply one at a time, each once.
-        let mut marks = book.marks.lock().expect("marks poisoned");
-        if OfflineBook::applied(&marks, provider, gate.id, scan.scan_id) {
-            return (Outcome::bare(scan.decision), Durability::READY);
-        }
         let op = match (scan.op, scan.decision) {
             (GateOp::Entry, OutcomeKind::Admitted) => Op::Entry,
             (GateOp::Exit, OutcomeKind::Exited) => Op::Exit,
@@ -60,18 +87,79 @@ impl Engine {
             // if uploaded again, with the same result).
             _ => return (Outcome::bare(scan.decision), Durability::READY),
         };
-        let at_e = to_epoch_s(at);
         // A rotating code is checked for the step it was scanned at (give or take one, as
         // online): a screenshot of an old step admitted offline is no genuine admit.
         let located = match self.locate_code(&scan.code, gate, Some(self.rotation_step(at))) {
             Ok(l) => l,
             Err(outcome) => return (outcome, Durability::READY),
         };
+        let scan = Uploaded {
+            provider,
+            scan_id: scan.scan_id,
+            op,
+            decision: scan.decision,
+            at,
+        };
+        self.apply_uploaded(&located, gate, &scan)
+    }
+
+    /// Applies an admit that a node's diverged log holds (see [`DivergedAdmit`]) as an
+    /// offline admit of its gate: once (by the gate and scan id, as uploads are; a scan the
+    /// gate sent again here since is answered from the scan memory and changes nothing),
+    /// and as a conflict where this log has the ticket used, revoked or transferred.
+    pub fn apply_diverged_admit(&self, admit: &DivergedAdmit) -> (Outcome, Durability) {
+        let Some(slot) = self
+            .partition(admit.partition)
+            .and_then(|p| p.slot(admit.serial))
+        else {
+            return (Outcome::UNKNOWN, Durability::READY);
+        };
+        if slot.word.load(Ordering::Acquire) == 0 {
+            return (Outcome::UNKNOWN, Durability::READY);
+        }
+        let Some(policy) = self.tables.policies.get(slot.policy_id()) else {
+            return (Outcome::UNKNOWN, Durability::READY);
+        };
+        let located = Located {
+            loc: TicketLoc {
+                partition: admit.partition,
+                serial: admit.serial,
+            },
+            slot,
+            format: policy.format,
+            code_provider: None,
+        };
+        let gate = Gate::new(admit.gate, policy.provider);
+        let scan = Uploaded {
+            provider: policy.provider,
+            scan_id: admit.scan_id,
+            op: Op::Entry,
+            decision: OutcomeKind::Admitted,
+            at: admit.at_unix_s.min(self.clock.now_unix_s()),
+        };
+        self.apply_uploaded(&located, &gate, &scan)
+    }
+
+    /// Applies one scan decided elsewhere to its located ticket, once.
+    fn apply_uploaded(
+        &self,
+        located: &Located<'_>,
+        gate: &Gate,
+        scan: &Uploaded,
+    ) -> (Outcome, Durability) {
+        let (provider, op, at) = (scan.provider, scan.op, scan.at);
+        let book: &OfflineBook = &self.tables.offline;
+        // Held to the end: this gate's scans apply one at a time, each once.
+        let mut marks = book.marks.lock().expect("marks poisoned");
+        if OfflineBook::applied(&marks, provider, gate.id, scan.scan_id) {
+            return (Outcome::bare(scan.decision), Durability::READY);
+        }
+        let at_e = to_epoch_s(at);
         let Ok(mut log) = self.reserve_room(1) else {
             // Not applied: the gate uploads it again once there is room.
             return (Outcome::DISK_FULL, self.observed());
         };
-        let applied = self.run(&located, op, gate, Some(scan.scan_id), at, None);
+        let applied = self.run(located, op, gate, Some(scan.scan_id), at, None);
         let record = match applied.change {
             Some((_, new)) => Some(Record::State {
                 partition: located.loc.partition,
@@ -85,7 +173,7 @@ impl Engine {
                     answer: crate::scans::pack(&applied.outcome),
                 }),
             }),
-            None if op == Op::Entry => self.conflict_of(&located, &applied.outcome).map(|kind| {
+            None if op == Op::Entry => self.conflict_of(located, &applied.outcome).map(|kind| {
                 let c = ConflictRecord {
                     kind: kind as u8,
                     provider,
