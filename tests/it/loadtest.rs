@@ -1160,6 +1160,31 @@ fn bad_options_get_clear_errors() {
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",
         ),
+        // A shard's nodes: each part an address, and few enough in flight to resend.
+        (
+            vec!["--scenario", "stadium", "--target", "quic://127.0.0.1:9+"],
+            "node 2 of 2 is empty",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--compare",
+                "inproc,quic://127.0.0.1:9+nonsense",
+            ],
+            "\"nonsense\", is not HOST:PORT",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "quic://127.0.0.1:9+127.0.0.1:10",
+                "--inflight",
+                "300",
+            ],
+            "against a shard",
+        ),
         // Options for a kind of target none of the targets is.
         (
             vec![
