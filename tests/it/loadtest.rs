@@ -447,7 +447,7 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
 
 /// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, gives it
 /// a second and a half, calls `act` with its pid, and returns its exit code and stdout.
-fn act_once_measuring(
+pub(crate) fn act_once_measuring(
     cwd: &std::path::Path,
     args: &[&str],
     act: impl FnOnce(u32),
