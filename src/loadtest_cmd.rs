@@ -26,6 +26,11 @@ in DATA/node.log) and --kill-every / --pause-every strike it once the tickets ar
 then reconnect and resend what is unanswered with the same scan ids, and the report counts \
 faults, reconnects and indeterminate scans. Check the promise with --check-history.
 
+Shards: --target quic://A+B names a shard's nodes (a primary and its standby, in any order). \
+Gates connect to the node believed to lead; one answered not_leader, or whose connection is \
+lost, connects to the leader named (else the next node) and resends what is unanswered with \
+the same scan ids, so --inflight is at most 256, as with faults. The admin follows the leader.
+
 Outage (--scenario outage --spawn-node): G gates of the stile-gate library run in this process \
 (state and certificates in DATA/gates/gate-N, made afresh each run; a gate decides offline when \
 the node has not answered within 300 ms), each presenting its share of the tickets at --rate \
@@ -45,7 +50,8 @@ pub struct LoadtestArgs {
     /// stadium, rail, replay, forged, mixed or outage.
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// inproc, quic://HOST:PORT or redis://HOST:PORT.
+    /// inproc, quic://HOST:PORT, a shard's nodes quic://HOST:PORT+HOST:PORT (gates follow
+    /// its leader) or redis://HOST:PORT.
     #[arg(
         long,
         default_value = "quic://127.0.0.1:7443",

@@ -3,8 +3,16 @@
 //! percentiles (HDR histograms, warm-up excluded) and every outcome.
 //!
 //! Targets: `inproc` (the engine in this process, with its own data dir and sync mode),
-//! `quic://HOST:PORT` (a node, with gate certificates issued from `DATA/tls`) and
+//! `quic://HOST:PORT` (a node, with gate certificates issued from `DATA/tls`),
+//! `quic://A+B` (a shard's nodes, a primary and its standby in any order: see `nodes.rs`) and
 //! `redis://HOST:PORT` (the baseline: Redis and a Lua check-in).
+//!
+//! Against a shard every gate's link goes to the node believed to lead; a link answered
+//! `not_leader`, or lost, fails over: the gate connects to the leader the answer names (else
+//! the next node) and resends what is unanswered with the same scan ids, as it does when
+//! faults strike a spawned node. The admin (mints, the node's own readings, its sync mode)
+//! follows the leader too. The report names the target as written.
+//!
 //! Scenarios: `stadium` (each ticket once, spread over the gates), `rail` (single journeys
 //! and day passes, entry and exit at different gates), `replay` (every code at several gates
 //! at once: exactly one may be admitted), `forged` (bit-flipped and random codes: none may
@@ -25,6 +33,7 @@ pub mod history;
 pub mod html;
 mod leftovers;
 mod link;
+mod nodes;
 pub mod outage;
 pub mod output;
 pub mod plan;
@@ -46,6 +55,7 @@ use stile_protocol::OutcomeKind;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 pub use leftovers::clean_up_and_exit;
+pub use nodes::TARGET_NODES_MAX;
 use plan::{Item, Plan};
 pub use report::{Report, RunReport};
 pub use target::Target;
@@ -182,7 +192,8 @@ impl Shape {
 pub struct Config {
     /// What traffic.
     pub scenario: Scenario,
-    /// Where to (`inproc` or `quic://HOST:PORT`).
+    /// Where to: `inproc`, `quic://HOST:PORT`, a shard's nodes `quic://A+B` or
+    /// `redis://HOST:PORT`.
     pub target: String,
     /// Connections (gates), each its own gate id 1..=G of provider 1.
     pub gates: u16,
@@ -227,7 +238,8 @@ pub struct Config {
     pub history: Option<Arc<history::HistoryLog>>,
     /// The node the command started (`--spawn-node`): the target, and what faults strike.
     pub node: Option<Arc<spawn::NodeProcess>>,
-    /// Faults struck at `node` during the run; with any, gates reconnect and resend.
+    /// Faults struck at `node` during the run; with any (or against a shard), gates
+    /// reconnect and resend.
     pub faults: Faults,
     /// The `outage` scenario's cut and planted duplicates (other scenarios ignore it).
     pub outage: outage::Outage,
@@ -259,16 +271,7 @@ impl Faults {
         if !self.any() {
             return Ok(());
         }
-        // A resend finds its first answer in the node's memory of the gate's last scans
-        // only while the gate has no more than that many in flight.
-        let remembered = stile_engine::scans::SCANS_PER_GATE as u32;
-        if inflight > remembered {
-            return bad(format!(
-                "--inflight {inflight} with faults: a node remembers a gate's last \
-                 {remembered} scans, so resends of more in flight could be decided afresh; use \
-                 at most {remembered}"
-            ));
-        }
+        resends_fit(inflight, "with faults")?;
         let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
         if zero(self.kill_every) || zero(self.pause_every) {
             return bad("--kill-every and --pause-every must be above 0".into());
@@ -285,13 +288,30 @@ impl Faults {
     }
 }
 
+/// Checks that gates which resend what is unanswered (`why`: faults, a shard target) keep
+/// few enough in flight: a resend finds its first answer in the node's memory of the gate's
+/// last scans only while the gate has no more than that many in flight.
+fn resends_fit(inflight: u32, why: &str) -> Result<(), LoadError> {
+    let remembered = stile_engine::scans::SCANS_PER_GATE as u32;
+    if inflight > remembered {
+        return Err(LoadError::Usage(format!(
+            "--inflight {inflight} {why}: gates resend what is unanswered when their link \
+             fails, and a node remembers a gate's last {remembered} scans, so resends of more \
+             in flight could be decided afresh; use at most {remembered}"
+        )));
+    }
+    Ok(())
+}
+
 /// How long after a run's time is up its gates go on reconnecting to resend what is
-/// unanswered (faults only).
+/// unanswered (faults, or a shard target, only).
 const RELINK_GRACE: Duration = Duration::from_secs(30);
 /// Longest wait for one connection attempt of a gate that lost its own.
 const RELINK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between a gate's connection attempts.
 const RELINK_PAUSE: Duration = Duration::from_millis(50);
+// Each attempt at a shard gets past one node that does not answer (see `nodes`).
+const _: () = assert!(nodes::NODE_CONNECT_TIMEOUT.as_millis() < RELINK_TIMEOUT.as_millis());
 
 /// A request to end runs early (Ctrl-C), shared by the runs and whoever asks.
 #[derive(Debug, Clone, Default)]
@@ -370,6 +390,15 @@ impl Config {
         }
         if self.duration.is_zero() {
             return bad("--duration must be above 0".into());
+        }
+        if let Some(nodes) = nodes::parse(&self.target) {
+            let nodes = nodes.map_err(LoadError::Usage)?;
+            if nodes.len() > 1 {
+                resends_fit(
+                    self.inflight,
+                    "against a shard (a quic:// target of several nodes)",
+                )?;
+            }
         }
         if self.partition == 0 && self.target.split(',').any(|t| t.starts_with("quic://")) {
             // Partition 0 is where bookings and `stile mint` put an operator's tickets: the
@@ -468,8 +497,8 @@ struct RunShared {
     history: Option<Arc<history::HistoryLog>>,
     /// Whether the target's answers name gates and entry counts (not Redis's).
     details: bool,
-    /// Gates reconnect and resend when their link fails (the run strikes faults): the
-    /// target to reconnect to.
+    /// Gates reconnect and resend when their link fails (the run strikes faults, or its
+    /// target is a shard whose leader may change): the target to reconnect to.
     relink: Option<Arc<Target>>,
 }
 
@@ -754,9 +783,11 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         let _ = first_reading.await;
         None
     };
+    // A node killed meanwhile started its counts again, and a shard's gates that moved may
+    // have followed a new leader, whose counts are its own: no difference means anything.
+    let same_node = struck.kills == 0 && !(target.is_shard() && reconnects > 0);
     let node = match (first, target.reading().await) {
-        // A node killed meanwhile started its counts again: no difference means anything.
-        (Some(before), Some(after)) if struck.kills == 0 => {
+        (Some(before), Some(after)) if same_node => {
             Some(report::NodeView::between(&before, &after))
         }
         _ => None,
@@ -825,7 +856,12 @@ fn left_in_node(config: &Config, sizing: &Sizing, minted: u64) -> Option<report:
 /// (`None` for a target that is no node): the node, the data dir whose certificates the run
 /// used, the admin certificate it named.
 pub fn purge_command(config: &Config) -> Option<String> {
-    let node = config.target.strip_prefix("quic://")?.trim_end_matches('/');
+    // A shard's nodes as client commands take them: `A,B`.
+    let node = config
+        .target
+        .strip_prefix("quic://")?
+        .trim_end_matches('/')
+        .replace('+', ",");
     if let Some(spawned) = &config.node {
         // The node stops with the command: its data dir is the tester's own.
         return Some(report::shell_words(&[
@@ -840,7 +876,7 @@ pub fn purge_command(config: &Config) -> Option<String> {
         "--partition".into(),
         config.partition.to_string(),
         "--node".into(),
-        node.to_string(),
+        node,
         "--data".into(),
         config.data.display().to_string(),
     ];
@@ -925,7 +961,7 @@ impl RunShared {
         RunShared {
             history: config.history.clone(),
             details: !matches!(**target, Target::Redis(_)),
-            relink: config.faults.any().then(|| target.clone()),
+            relink: (config.faults.any() || target.is_shard()).then(|| target.clone()),
             start,
             measure_from: start + config.warmup,
             end: start + config.warmup + config.duration,
@@ -1305,8 +1341,9 @@ async fn send_loop(
 
 /// Reads one gate's answers until everything sent is answered, counting outcomes, admits
 /// and latencies. When the link fails (or stays silent with requests in flight) the gate
-/// stops there; in a run that strikes faults it connects again and resends what is
-/// unanswered with the same scan ids instead, until [`RELINK_GRACE`] past the run's end.
+/// stops there; in a run that strikes faults, or against a shard (whose node may answer
+/// `not_leader`), it connects again and resends what is unanswered with the same scan ids
+/// instead, until [`RELINK_GRACE`] past the run's end.
 async fn receive_loop(
     mut rx: Rx,
     gate: Arc<GateShared>,
@@ -1332,6 +1369,9 @@ async fn receive_loop(
     let mut second = (0usize, new_histogram());
     let mut answers: Vec<Answer> = Vec::with_capacity(cap as usize);
     let in_flight = |g: &GateShared| cap as usize - g.book.lock().expect("not poisoned").free.len();
+    // Links in a row answered `not_leader` with nothing else between: the shard is choosing
+    // its leader, and the gate waits longer before each next link.
+    let mut refused = 0u32;
     loop {
         let sent_all = gate.sent_all.load(Ordering::Acquire);
         if sent_all && in_flight(&gate) == 0 {
@@ -1354,7 +1394,14 @@ async fn receive_loop(
         };
         if let Some(why) = failure {
             tracing::debug!(gate = gate.id, "{why}");
-            if run.relink.is_some() && relink(&mut rx, &gate, &run, &mut c, &mut history).await {
+            refused = match rx.not_leader() {
+                true => refused.saturating_add(1),
+                false => 0,
+            };
+            let pause = nodes::failover_pause(refused);
+            if run.relink.is_some()
+                && relink(&mut rx, &gate, &run, &mut c, &mut history, pause).await
+            {
                 continue;
             }
             // Given up: what is in flight stays unanswered; the gate cannot send the rest.
@@ -1375,6 +1422,7 @@ async fn receive_loop(
             c.lost = true;
             break;
         }
+        refused = 0;
         let now = Instant::now();
         let n = answers.len();
         let mut same_due: Option<(Instant, u64)> = None;
@@ -1455,21 +1503,31 @@ async fn receive_loop(
     c
 }
 
-/// After the gate's link failed: connects again, records its attempts in flight as
-/// unanswered and resends them on the new link with their scan ids (holding the sending
-/// half, so the sender writes nothing meanwhile). `false` once the run is stopped, or past
-/// [`RELINK_GRACE`] after its end, without a link.
+/// After the gate's link failed: connects again (after `pause`; to a shard's leader, as far
+/// as it is known), records its attempts in flight as unanswered and resends them on the
+/// new link with their scan ids (holding the sending half, so the sender writes nothing
+/// meanwhile). `false` once the run is stopped, or past [`RELINK_GRACE`] after its end,
+/// without a link.
 async fn relink(
     rx: &mut Rx,
     gate: &GateShared,
     run: &RunShared,
     c: &mut GateCounts,
     history: &mut Option<history::GateHistory>,
+    pause: Duration,
 ) -> bool {
     let Some(target) = &run.relink else {
         return false;
     };
+    debug_assert!(pause <= nodes::FAILOVER_PAUSE_MAX);
+    target.lost(rx);
     let mut tx = gate.tx.lock().await;
+    if !pause.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = run.stop.requested() => {}
+        }
+    }
     let cap = gate.book.lock().expect("not poisoned").slots.len() as u32;
     // A stop ends the run as if its time were up: what is in flight is still collected,
     // for the grace from the stop (a second Ctrl-C quits at once).

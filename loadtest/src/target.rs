@@ -1,6 +1,6 @@
-//! The targets a run drives: the engine in this process, a node over QUIC, or Redis. Each
-//! gate gets a link split in two halves, a sender and a receiver, so that requests go out
-//! while answers come back, the way a gate's connection carries them.
+//! The targets a run drives: the engine in this process, a node (or a shard's nodes) over
+//! QUIC, or Redis. Each gate gets a link split in two halves, a sender and a receiver, so
+//! that requests go out while answers come back, the way a gate's connection carries them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,9 +13,9 @@ use stile_engine::{
     Presented, SystemClock, Validity, MINT_BATCH_MAX,
 };
 use stile_protocol::client::{
-    bind_addr_for, connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientTls,
+    bind_addr_for, connect_raw_on, raw_endpoint_on, Client, ClientConfig, ClientError, ClientTls,
 };
-use stile_protocol::frame::{split_frame, MintSpec, RawCode, Request, Response};
+use stile_protocol::frame::{error_code, split_frame, MintSpec, RawCode, Request, Response};
 use stile_protocol::udp;
 use stile_protocol::{CodeBytes, Outcome};
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::leftovers::TempTree;
 pub(crate) use crate::link::{Answer, LinkError, LinkRx, LinkTx, TargetKind};
 pub use crate::link::{NodeReading, PROVIDER, REQUEST_TIMEOUT};
+use crate::nodes::{Leader, NodeName, NODE_CONNECT_TIMEOUT};
 use crate::plan::{Item, Kind};
 use crate::redis_target::{Redis, RedisRx, RedisTx};
 use crate::report::QuicView;
@@ -38,7 +39,7 @@ const READ_CHUNK: usize = 1 << 20;
 pub enum Target {
     /// The engine in this process.
     Inproc(Arc<Inproc>),
-    /// A node over QUIC.
+    /// A node, or a shard's nodes, over QUIC.
     Quic(Arc<Quic>),
     /// Redis with the check-in a user would script in Lua.
     Redis(Arc<Redis>),
@@ -48,7 +49,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Inproc(_) => f.write_str("Target::Inproc"),
-            Target::Quic(q) => write!(f, "Target::Quic({})", q.config.node),
+            Target::Quic(q) => write!(f, "Target::Quic({})", q.name),
             Target::Redis(r) => write!(f, "Target::Redis({})", r.url),
         }
     }
@@ -67,11 +68,18 @@ pub struct Inproc {
     _dir: TempTree,
 }
 
-/// A node: an admin connection for minting; the gates connect on their own.
+/// A node, or a shard's nodes: an admin connection for minting (following the leader); the
+/// gates connect on their own, each to the node believed to lead.
 #[derive(Debug)]
 pub struct Quic {
-    /// How to reach the node (the admin's certificate).
+    /// The target as written, for errors.
+    name: String,
+    /// How to reach the nodes (the admin's certificate; every node of a shard in `nodes`).
     config: ClientConfig,
+    /// Every node, with the name its certificate must carry.
+    nodes: Vec<(SocketAddr, String)>,
+    /// The node the gates' links go to.
+    leader: Leader,
     /// The deployment's CA certificate.
     ca: PathBuf,
     /// This run's gate certificates, issued fresh from the CA (removed on drop): never ones
@@ -122,6 +130,11 @@ pub(crate) struct QuicRx {
     buf: BytesMut,
     /// Kept open while the link lives.
     conn: quinn::Connection,
+    /// A shard's node: a `not_leader` answer fails the link (its request stays in flight,
+    /// for the leader) instead of being an error answer.
+    follow_leader: bool,
+    /// The node answered `not_leader`: the leader it named ("" when it knows none).
+    not_leader: Option<String>,
 }
 
 /// A batch run by the engine: its answers, and what they wait for.
@@ -145,7 +158,8 @@ pub(crate) struct InprocRx {
 /// A target URL of no known scheme.
 fn unknown_scheme(target: &str) -> LoadError {
     LoadError::Usage(format!(
-        "target {target:?}: use inproc, quic://HOST:PORT or redis://HOST:PORT"
+        "target {target:?}: use inproc, quic://HOST:PORT (a shard's nodes: \
+         quic://HOST:PORT+HOST:PORT) or redis://HOST:PORT"
     ))
 }
 
@@ -186,6 +200,30 @@ pub(crate) fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
         ));
     }
     Ok((tls, ca))
+}
+
+/// Each node's address (the first a lookup gives) and the name its certificate must carry.
+async fn resolve(named: &[NodeName]) -> Result<Vec<(SocketAddr, String)>, String> {
+    let mut nodes: Vec<(SocketAddr, String)> = Vec::with_capacity(named.len());
+    for n in named {
+        let addr = tokio::net::lookup_host(n.written.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("{}: no address for this host:port", n.written))?;
+        // One UDP socket carries every gate's connections: one address family.
+        if nodes
+            .first()
+            .is_some_and(|(a, _)| a.is_ipv4() != addr.is_ipv4())
+        {
+            return Err(format!(
+                "{} is {addr}: name every node of a shard by IPv4 or every one by IPv6",
+                n.written
+            ));
+        }
+        nodes.push((addr, n.host.clone()));
+    }
+    Ok(nodes)
 }
 
 impl Target {
@@ -244,26 +282,24 @@ impl Target {
                 _dir: dir,
             })));
         }
-        let Some(rest) = config.target.strip_prefix("quic://") else {
+        let Some(named) = crate::nodes::parse(&config.target) else {
             return Err(unknown_scheme(&config.target));
         };
-        let rest = rest.trim_end_matches('/');
-        let addr: SocketAddr = tokio::net::lookup_host(rest)
+        let nodes = resolve(&named.map_err(LoadError::Usage)?)
             .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| err("not a host:port".into()))?;
-        let host = rest
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .unwrap_or(rest);
+            .map_err(err)?;
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|(a, _)| *a).collect();
         let (tls, ca) = node_ca(config).map_err(err)?;
         let (admin_cert, admin_key) = admin_identity(config).map_err(err)?;
         let ctls = ClientTls::from_files(&ca, &admin_cert, &admin_key)
             .map_err(|e| err(format!("admin certificate: {e}")))?;
-        let mut client = ClientConfig::new(addr, ctls);
-        client.server_name = host.to_string();
+        // The admin follows the leader: mints, readings and the sync mode come from it.
+        let mut client = ClientConfig::new(addrs[0], ctls);
+        client.server_name = nodes[0].1.clone();
         client.inflight_max = 1024;
+        if addrs.len() > 1 {
+            client.nodes = addrs.clone();
+        }
         let admin = Client::connect(client.clone())
             .await
             .map_err(|e| err(format!("admin: {e}")))?;
@@ -277,14 +313,17 @@ impl Target {
         }
         // Every gate's datagrams land in this one socket: give it room for bursts, as the
         // node has, so the tester does not lose what it measures.
-        let (socket, buffers) = udp::bind(bind_addr_for(addr))
+        let (socket, buffers) = udp::bind(bind_addr_for(addrs[0]))
             .map_err(|e| err(format!("binding a UDP socket: {e}")))?;
         if let Some(line) = buffers.shortfall() {
             tracing::warn!("{line}");
         }
         let endpoint = raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
+            name: config.target.clone(),
             config: client,
+            leader: Leader::new(addrs),
+            nodes,
             ca,
             gate_certs,
             admin,
@@ -336,6 +375,21 @@ impl Target {
             Target::Inproc(t) => t.reading().await,
             Target::Quic(q) => q.reading().await,
             Target::Redis(r) => r.reading().await,
+        }
+    }
+
+    /// Whether the target is a shard's nodes (`quic://A+B`): gates follow its leader, and
+    /// reconnect and resend when it changes.
+    pub(crate) fn is_shard(&self) -> bool {
+        matches!(self, Target::Quic(q) if q.nodes.len() > 1)
+    }
+
+    /// A gate's link `rx` failed: the node it reached may not lead (it answered
+    /// `not_leader`, or went): where the gates' next links go moves on (a shard only).
+    pub(crate) fn lost(&self, rx: &Rx) {
+        if let (Target::Quic(q), Rx::Quic(r)) = (self, rx) {
+            let named = r.not_leader.as_deref().and_then(|m| m.parse().ok());
+            q.leader.moved(r.conn.remote_address(), named);
         }
     }
 
@@ -439,7 +493,7 @@ impl TargetKind for Quic {
             ..MintSpec::single_entry(PROVIDER, n)
         };
         self.admin.mint(spec).await.map_err(|e| LoadError::Target {
-            target: format!("quic://{}", self.config.node),
+            target: self.name.clone(),
             reason: format!("minting: {e}"),
         })
     }
@@ -467,22 +521,71 @@ impl TargetKind for Quic {
         })
     }
 
+    /// To the node believed to lead; of a shard, to the next in turn while one does not
+    /// answer, each node once.
     async fn link(&self, gate: u16, inflight: u32) -> Result<(QuicTx, QuicRx), LoadError> {
         let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
         let err = |reason: String| LoadError::Target {
-            target: format!("quic://{}", self.config.node),
+            target: self.name.clone(),
             reason: format!("gate {gate}: {reason}"),
         };
         let ctls = ClientTls::from_files(&self.ca, &cert, &certs::key_path_for(&cert))
             .map_err(|e| err(e.to_string()))?;
-        let config = ClientConfig {
-            tls: ctls,
-            ..self.config.clone()
+        let mut last = None;
+        for _ in 0..self.nodes.len() {
+            let addr = self.leader.get();
+            let config = ClientConfig {
+                tls: ctls.clone(),
+                ..self.config_at(addr)
+            };
+            let connecting = connect_raw_on(&self.endpoint, &config);
+            let connected = match self.nodes.len() {
+                1 => connecting.await,
+                _ => tokio::time::timeout(NODE_CONNECT_TIMEOUT, connecting)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Connect {
+                            node: addr,
+                            reason: format!("no answer within {NODE_CONNECT_TIMEOUT:?}"),
+                        })
+                    }),
+            };
+            match connected {
+                Ok(c) => return Ok(self.halves(c, inflight)),
+                Err(e @ ClientError::Refused(_)) => return Err(err(e.to_string())),
+                Err(e) => {
+                    self.leader.moved(addr, None);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(err(last.map(|e| e.to_string()).unwrap_or_default()))
+    }
+}
+
+impl Quic {
+    /// The admin's configuration aimed at `addr`, with the name its certificate must carry
+    /// (its IP address for a leader that is none of the target's nodes).
+    fn config_at(&self, addr: SocketAddr) -> ClientConfig {
+        let server_name = match self.nodes.iter().find(|(a, _)| *a == addr) {
+            Some((_, host)) => host.clone(),
+            None => addr.ip().to_string(),
         };
-        let (conn, send, recv) = connect_raw_on(&self.endpoint, &config)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        Ok((
+        ClientConfig {
+            node: addr,
+            server_name,
+            nodes: Vec::new(),
+            ..self.config.clone()
+        }
+    }
+
+    /// A gate's link on a connection.
+    fn halves(
+        &self,
+        (conn, send, recv): (quinn::Connection, quinn::SendStream, quinn::RecvStream),
+        inflight: u32,
+    ) -> (QuicTx, QuicRx) {
+        (
             QuicTx {
                 send,
                 buf: Vec::with_capacity(64 * inflight as usize),
@@ -491,8 +594,10 @@ impl TargetKind for Quic {
                 recv,
                 buf: BytesMut::with_capacity(READ_CHUNK),
                 conn,
+                follow_leader: self.nodes.len() > 1,
+                not_leader: None,
             },
-        ))
+        )
     }
 }
 
@@ -571,6 +676,11 @@ impl Rx {
         }
     }
 
+    /// Whether the link failed because its node answered `not_leader` (a shard's only).
+    pub(crate) fn not_leader(&self) -> bool {
+        matches!(self, Rx::Quic(q) if q.not_leader.is_some())
+    }
+
     /// Waits for answers and appends at least one to `out`. Cancel-safe: an answer read is
     /// never lost when the future is dropped.
     pub async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
@@ -583,13 +693,21 @@ impl Rx {
 }
 
 impl LinkRx for QuicRx {
+    /// A shard's node that answered `not_leader` fails the link once the answers read
+    /// before are handed over: what it was asked stays in flight, for the leader.
     async fn recv(&mut self, out: &mut Vec<Answer>) -> Result<(), LinkError> {
         loop {
-            while let Some((len, body)) =
-                split_frame(&self.buf).map_err(|e| LinkError(format!("bad frame: {e}")))?
+            while let Some((len, body)) = split_frame(&self.buf)
+                .map_err(|e| LinkError(format!("bad frame: {e}")))?
+                .filter(|_| self.not_leader.is_none())
             {
                 match Response::decode(body) {
                     Ok((id, Response::Outcome(o))) => out.push((id, Ok(o))),
+                    Ok((_, Response::Error { code, message }))
+                        if self.follow_leader && code == error_code::NOT_LEADER =>
+                    {
+                        self.not_leader = Some(message);
+                    }
                     Ok((id, Response::Error { code, message })) => {
                         out.push((id, Err(format!("error {code}: {message}"))))
                     }
@@ -600,6 +718,9 @@ impl LinkRx for QuicRx {
             }
             if !out.is_empty() {
                 return Ok(());
+            }
+            if let Some(leader) = &self.not_leader {
+                return Err(LinkError(format!("not the leader (it names {leader:?})")));
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),

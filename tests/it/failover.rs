@@ -20,7 +20,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// `stile node` NAME of shard `s1` of cluster `c` on etcd at `etcd`.
-fn spawn_member(
+pub(crate) fn spawn_member(
     data: &Path,
     tls: &Path,
     name: &str,

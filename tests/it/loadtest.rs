@@ -447,7 +447,7 @@ fn interrupt_once_measuring(cwd: &std::path::Path, args: &[&str]) -> (Option<i32
 
 /// Starts `stile loadtest ARGS` in `cwd`, waits (bounded) until its clock starts, gives it
 /// a second and a half, calls `act` with its pid, and returns its exit code and stdout.
-fn act_once_measuring(
+pub(crate) fn act_once_measuring(
     cwd: &std::path::Path,
     args: &[&str],
     act: impl FnOnce(u32),
@@ -1159,6 +1159,31 @@ fn bad_options_get_clear_errors() {
         (
             vec!["--scenario", "stadium", "--compare", "inproc,,inproc"],
             "empty target",
+        ),
+        // A shard's nodes: each part an address, and few enough in flight to resend.
+        (
+            vec!["--scenario", "stadium", "--target", "quic://127.0.0.1:9+"],
+            "node 2 of 2 is empty",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--compare",
+                "inproc,quic://127.0.0.1:9+nonsense",
+            ],
+            "\"nonsense\", is not HOST:PORT",
+        ),
+        (
+            vec![
+                "--scenario",
+                "stadium",
+                "--target",
+                "quic://127.0.0.1:9+127.0.0.1:10",
+                "--inflight",
+                "300",
+            ],
+            "against a shard",
         ),
         // Options for a kind of target none of the targets is.
         (

@@ -8,6 +8,7 @@ mod durability;
 mod engine_disk_full;
 mod engine_ops;
 mod failover;
+mod failover_history;
 mod faults;
 mod forged;
 mod gate;
