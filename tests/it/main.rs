@@ -12,6 +12,7 @@ mod faults;
 mod forged;
 mod gate;
 mod gateway;
+mod gateway_failover;
 mod history;
 mod loadtest;
 mod loom_word;
