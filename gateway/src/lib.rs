@@ -65,6 +65,9 @@ pub enum GatewayError {
     /// The HTTPS certificate or key is unusable.
     #[error("HTTPS: {0}")]
     Tls(String),
+    /// The default node's shard is not one (a node named twice, too many nodes).
+    #[error("the default node's shard (--node): {0}")]
+    Shard(#[from] nodes::ShardError),
 }
 
 /// Everything the gateway needs to start.
@@ -80,9 +83,9 @@ pub struct GatewayConfig {
     pub node: SocketAddr,
     /// Name the nodes' certificates carry.
     pub node_server_name: String,
-    /// Every node of the default node's shard (`node` among them; empty: `node` alone):
-    /// the gateway follows whichever leads, and its event cursor stays `node`'s, since a
-    /// shard's nodes number their logs alike.
+    /// Every node of the default node's shard (`node` among them, or put first; empty:
+    /// `node` alone): the gateway goes to whichever leads, and follows the shard's events
+    /// with one cursor, kept by shard, since a shard's nodes number their logs alike.
     pub node_shard: Vec<SocketAddr>,
     /// The admin identity and the deployment's CA.
     pub node_tls: ClientTls,
@@ -200,14 +203,13 @@ impl Gateway {
         let dir_lock = lock_dir(&config.dir)?;
         let api_token = api::auth::load_or_make_token(&config.dir.join(API_TOKEN_FILE))?;
         let db = Db::open(&config.dir.join(DB_FILE))?;
-        let mut nodes = Nodes::new(
-            config.node,
+        let nodes = Nodes::new(
+            default_shard(&config)?,
             config.node_tls.clone(),
             config.node_server_name.clone(),
         );
-        nodes.set_shard(config.node_shard.clone());
-        for (provider, node) in api::providers::load_routes(&db).await? {
-            nodes.set_route(provider, Some(node));
+        for (provider, shard) in api::providers::load_routes(&db).await? {
+            nodes.routes.set_route(provider, Some(shard));
         }
         let (stop, shutdown) = watch::channel(false);
         let tls = match &config.https {
@@ -241,8 +243,8 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         let router = api::router(app.clone());
         tasks.spawn(serve::serve(listener, tls, router, shutdown.clone()));
-        for node in app.nodes.all() {
-            live::ensure_following(&app, node);
+        for shard in app.nodes.routes.all() {
+            live::ensure_following(&app, &shard);
         }
         tasks.spawn(reminders::run(app.clone()));
         // Taken now, not when the task first runs: a directory deleted before then must
@@ -283,6 +285,16 @@ impl Gateway {
             self.tasks.abort_all();
         }
     }
+}
+
+/// The default node's shard: `node_shard` with `node` first, or `node` alone.
+fn default_shard(config: &GatewayConfig) -> Result<nodes::Shard, nodes::ShardError> {
+    if config.node_shard.is_empty() {
+        return Ok(nodes::Shard::one(config.node));
+    }
+    let mut addrs = vec![config.node];
+    addrs.extend(config.node_shard.iter().filter(|a| **a != config.node));
+    nodes::Shard::new(addrs)
 }
 
 /// How often the gateway checks that its directory and database are still where it opened

@@ -1,6 +1,11 @@
-//! Live ticket state: one task per node reads its `subscribe` stream, records each change
+//! Live ticket state: one task per shard reads its `subscribe` stream, records each change
 //! of a ticket the gateway sold (scans for occupancy and attendance, account events for
 //! linked devices) and wakes the server-sent-event streams that show it.
+//!
+//! The stream comes from whichever node of the shard leads, and its cursor (`node_cursors`)
+//! is kept under the shard's key ([`Shard::key`]), not a node's address: a shard's nodes
+//! number their logs alike, so after a failover the new leader's stream goes on from the
+//! same position rather than from 0.
 //!
 //! A follower that reads too slowly (the client drops a subscription
 //! [`stile_protocol::client::SUBSCRIPTION_BACKLOG`] batches behind) records what it got and
@@ -24,6 +29,7 @@ use stile_protocol::frame::{error_code, Event, EventKind, TicketStateName};
 use tokio::sync::Notify;
 
 use crate::db::DbError;
+use crate::nodes::Shard;
 use crate::App;
 
 /// Longest wait between attempts to reach a node that is down.
@@ -102,8 +108,8 @@ impl Drop for Watch {
 pub struct Live {
     /// The signal of every key some stream watches.
     signals: Mutex<HashMap<Change, Arc<Signal>>>,
-    /// Nodes whose event stream a task follows.
-    followed: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Keys of the shards whose event stream a task follows.
+    followed: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Open SSE streams.
     streams: StreamCounts,
 }
@@ -162,23 +168,24 @@ pub fn state_word(state: TicketStateName) -> &'static str {
     }
 }
 
-/// Starts following `node`'s events unless a task already does.
-pub fn ensure_following(app: &Arc<App>, node: SocketAddr) {
+/// Starts following `shard`'s events unless a task already does (for the same nodes in
+/// any order).
+pub fn ensure_following(app: &Arc<App>, shard: &Shard) {
     let mut followed = app.live.followed.lock().unwrap_or_else(|p| p.into_inner());
-    if followed.insert(node) {
-        tokio::spawn(follow_node(app.clone(), node));
+    if followed.insert(shard.key().into()) {
+        tokio::spawn(follow_shard(app.clone(), shard.clone()));
     }
 }
 
 /// A ticket that changed, and its account.
 type Changed = (Arc<str>, Option<i64>);
 
-/// Follows `node`'s event stream from the stored cursor until the gateway stops.
-async fn follow_node(app: Arc<App>, node: SocketAddr) {
+/// Follows `shard`'s event stream from the stored cursor until the gateway stops.
+async fn follow_shard(app: Arc<App>, shard: Shard) {
     let mut shutdown = app.shutdown.clone();
     let mut backoff_ms = 100;
     loop {
-        let run = follow_once(&app, node);
+        let run = follow_once(&app, &shard);
         let result = tokio::select! {
             r = run => r,
             _ = crate::stopped(&mut shutdown) => return,
@@ -194,7 +201,7 @@ async fn follow_node(app: Arc<App>, node: SocketAddr) {
             Err(e) => {
                 app.metrics.node_up.set(0);
                 app.metrics.node_stream_failures.inc();
-                tracing::warn!(%node, error = %e, "node event stream; retrying");
+                tracing::warn!(%shard, error = %e, "node event stream; retrying");
             }
         }
         tokio::select! {
@@ -231,38 +238,28 @@ impl From<rusqlite::Error> for FollowError {
     }
 }
 
-async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<Ended, FollowError> {
-    let client = app.nodes.client(node).await?;
-    let key = node.to_string();
-    let k = key.clone();
+async fn follow_once(app: &Arc<App>, shard: &Shard) -> Result<Ended, FollowError> {
+    let client = app.nodes.client(shard).await?;
+    let s = shard.clone();
     let from: u64 = app
         .db
-        .call(move |c| -> Result<u64, FollowError> {
-            let seq: Option<i64> = c
-                .query_row(
-                    "SELECT next_seq FROM node_cursors WHERE node = ?1",
-                    [&k],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(seq.unwrap_or(0) as u64)
-        })
+        .call(move |c| -> Result<u64, FollowError> { Ok(load_cursor(c, &s)?) })
         .await?;
     let mut sub = client.subscribe(from).await?;
     app.metrics.node_up.set(1);
-    tracing::info!(%node, from_seq = from, "following node events");
+    tracing::info!(%shard, from_seq = from, "following node events");
     while let Some(batch) = sub.next().await {
         let events = match batch {
             Ok(events) => events,
             Err(ClientError::Node { code, message }) if code == error_code::TRIMMED => {
                 // The node dropped the log before our cursor (a snapshot); skip to its end.
                 let stats = client.stats().await?;
-                tracing::warn!(%node, from_seq = from, to_seq = stats.durable_seq, %message,
+                tracing::warn!(%shard, from_seq = from, to_seq = stats.durable_seq, %message,
                     "node no longer has events from the cursor; skipping ahead");
-                let k = key.clone();
+                let s = shard.clone();
                 app.db
                     .call(move |c| -> Result<(), FollowError> {
-                        save_cursor(c, &k, stats.durable_seq)?;
+                        save_cursor(c, s.key(), stats.durable_seq)?;
                         Ok(())
                     })
                     .await?;
@@ -271,14 +268,14 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<Ended, FollowEr
             Err(e) => return Err(e.into()),
         };
         app.metrics.node_events.inc_by(events.len() as u64);
-        let a = app.clone();
+        let (a, s) = (app.clone(), shard.clone());
         let changed = app
             .db
             .call(move |c| -> Result<Vec<Changed>, FollowError> {
                 Ok(record_events(
                     c,
-                    node,
-                    &|p| a.nodes.route(p) == node,
+                    s.key(),
+                    &|p| a.nodes.routes.route(p) == s,
                     &events,
                 )?)
             })
@@ -293,17 +290,37 @@ async fn follow_once(app: &Arc<App>, node: SocketAddr) -> Result<Ended, FollowEr
     if sub.fell_behind() {
         // Not the node going away: it answered all along, so `node_up` stays as it is.
         app.metrics.resubscribes.inc();
-        tracing::debug!(%node, "fell behind the node's event stream; subscribing again");
+        tracing::debug!(%shard, "fell behind the node's event stream; subscribing again");
         return Ok(Ended::FellBehind);
     }
     Err(ClientError::Closed.into())
 }
 
-fn save_cursor(c: &rusqlite::Connection, node: &str, next_seq: u64) -> rusqlite::Result<()> {
+/// The next log position to read of `shard`: its cursor, else (a shard whose cursor was
+/// kept by its first node's address, as the default node's `--node A,B` was) the cursor of
+/// its first node, else 0.
+fn load_cursor(c: &rusqlite::Connection, shard: &Shard) -> rusqlite::Result<u64> {
+    let cursor = |key: &str| -> rusqlite::Result<Option<i64>> {
+        c.query_row(
+            "SELECT next_seq FROM node_cursors WHERE node = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    let mut seq = cursor(shard.key())?;
+    if seq.is_none() && shard.addrs().len() > 1 {
+        seq = cursor(&shard.first().to_string())?;
+    }
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// Stores the next log position to read of the shard keyed `key` ([`Shard::key`]).
+fn save_cursor(c: &rusqlite::Connection, key: &str, next_seq: u64) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO node_cursors (node, next_seq) VALUES (?1, ?2)
          ON CONFLICT (node) DO UPDATE SET next_seq = excluded.next_seq",
-        params![node, next_seq as i64],
+        params![key, next_seq as i64],
     )?;
     Ok(())
 }
@@ -320,8 +337,9 @@ fn kind_of(prev_state: &str, prev_entries: u8, prev_inside: bool, e: &Event) -> 
     }
 }
 
-/// Records one batch in one transaction: scans, mirrored state, account events, cursor.
-/// `ours` says whether a provider's tickets route to `node`, the events' source.
+/// Records one batch in one transaction: scans, mirrored state, account events, and the
+/// cursor of the shard keyed `key`, the events' source. `ours` says whether a provider's
+/// tickets route to that shard.
 ///
 /// The old ticket of a transfer (a state event that shares its log position with a
 /// `TransferredIn`) keeps its state here: the gateway's own transfer commit marks it
@@ -330,7 +348,7 @@ fn kind_of(prev_state: &str, prev_entries: u8, prev_inside: bool, e: &Event) -> 
 /// never came, for good) while the successor then took a place too.
 fn record_events(
     c: &mut rusqlite::Connection,
-    node: SocketAddr,
+    key: &str,
     ours: &dyn Fn(u16) -> bool,
     events: &[Event],
 ) -> rusqlite::Result<Vec<Changed>> {
@@ -419,7 +437,7 @@ fn record_events(
         changed.push((Arc::<str>::from(code), account));
     }
     if let Some(seq) = next_seq {
-        save_cursor(&tx, &node.to_string(), seq)?;
+        save_cursor(&tx, key, seq)?;
     }
     tx.commit()?;
     Ok(changed)
@@ -594,7 +612,7 @@ mod tests {
             gate: 0,
             at_unix_s: 1_800_000_000,
         };
-        let node: SocketAddr = "127.0.0.1:7443".parse().unwrap();
+        let node = "127.0.0.1:7443";
         record_events(
             &mut c,
             node,
@@ -631,6 +649,27 @@ mod tests {
             .query_row("SELECT sold FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sold, 0);
+    }
+
+    #[test]
+    fn a_shard_reads_its_cursor_by_key_whatever_the_order_of_its_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        let _db = crate::db::Db::open(&path).unwrap(); // the schema
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let shard = |text: &str| Shard::parse(text).unwrap();
+        let (a, b) = ("127.0.0.1:7001", "127.0.0.1:7002");
+        assert_eq!(load_cursor(&c, &shard(a)).unwrap(), 0, "nothing read yet");
+        // Kept by the first node's address (the default node's `--node A,B` before cursors
+        // were kept by shard): the shard named with that node first goes on from it.
+        save_cursor(&c, a, 40).unwrap();
+        assert_eq!(load_cursor(&c, &shard(&format!("{a},{b}"))).unwrap(), 40);
+        // Once kept by shard, the shard's key wins, in either order of its nodes.
+        save_cursor(&c, shard(&format!("{a},{b}")).key(), 55).unwrap();
+        assert_eq!(load_cursor(&c, &shard(&format!("{b},{a}"))).unwrap(), 55);
+        assert_eq!(load_cursor(&c, &shard(&format!("{a},{b}"))).unwrap(), 55);
+        // A lone node keeps its own.
+        assert_eq!(load_cursor(&c, &shard(a)).unwrap(), 40);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::node::{client_config, spec, NodeProcess};
 use crate::standby::{all_used, load, metric_reaches, shard_certs, spawn, wait_for_admits};
 
 /// A free loopback port (a cluster node advertises the address it listens on).
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()
 }

@@ -13,6 +13,7 @@ mod faults;
 mod forged;
 mod gate;
 mod gateway;
+mod gateway_failover;
 mod history;
 mod loadtest;
 mod loom_word;

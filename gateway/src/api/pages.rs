@@ -238,7 +238,7 @@ pub async fn ticket_css() -> Response {
 #[utoipa::path(get, path = "/healthz",
     responses((status = 200, description = "ready: the node answers"), (status = 503, body = Problem)))]
 pub async fn healthz(State(app): State<Arc<App>>) -> Result<Response, Problem> {
-    let node = app.nodes.default_node();
+    let node = app.nodes.routes.default_shard();
     let ping = async {
         let client = app.nodes.client(node).await?;
         client.ping().await

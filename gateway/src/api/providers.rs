@@ -1,7 +1,6 @@
 //! Providers (the operators that sell tickets), their routes to nodes, and their gates:
 //! names, HTTP check-in tokens and staff PINs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -10,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::db::{Db, DbError};
+use crate::nodes::{Shard, SHARDS_MAX, SHARD_NODES_MAX};
 use crate::problem::{Json, Path, Problem};
 use crate::store::providers as store;
 use crate::App;
@@ -22,7 +22,10 @@ pub struct ProviderRequest {
     pub id: Option<u16>,
     /// Display name.
     pub name: String,
-    /// The node that owns this provider's tickets (`host:port`); absent: the default node.
+    /// The node that owns this provider's tickets (`host:port`), or the nodes of its shard
+    /// (`host:port,host:port`, a primary and its standbys, at most 3: the gateway goes to
+    /// whichever leads); absent: the default node.
+    #[schema(example = "10.0.0.1:7443,10.0.0.2:7443")]
     pub node: Option<String>,
 }
 
@@ -33,7 +36,8 @@ pub struct ProviderView {
     pub id: u16,
     /// Display name.
     pub name: String,
-    /// The node its tickets are minted on and checked in at.
+    /// The node its tickets are minted on and checked in at, or its shard's nodes
+    /// (comma-separated, in the order given).
     pub node: String,
     /// Whether `node` is a route of its own (false: the default node).
     pub routed: bool,
@@ -68,15 +72,18 @@ pub struct GateToken {
 }
 
 /// Every provider route in the database.
-pub async fn load_routes(db: &Db) -> Result<Vec<(u16, SocketAddr)>, DbError> {
+pub async fn load_routes(db: &Db) -> Result<Vec<(u16, Shard)>, DbError> {
     db.call(|c| -> Result<_, DbError> {
         let mut out = Vec::new();
         for (id, node) in store::routes(c)? {
-            match node.parse() {
-                Ok(addr) => out.push((id, addr)),
-                Err(_) => {
-                    tracing::warn!(provider = id, %node, "ignoring a route that is no address")
-                }
+            match Shard::parse(&node) {
+                Ok(shard) => out.push((id, shard)),
+                Err(e) => tracing::warn!(
+                    provider = id,
+                    %node,
+                    error = %e,
+                    "ignoring a route that names no shard"
+                ),
             }
         }
         Ok(out)
@@ -84,32 +91,42 @@ pub async fn load_routes(db: &Db) -> Result<Vec<(u16, SocketAddr)>, DbError> {
     .await
 }
 
-fn parse_node(node: &Option<String>) -> Result<Option<SocketAddr>, Problem> {
-    match node {
-        None => Ok(None),
-        Some(text) => text.trim().parse().map(Some).map_err(|_| {
-            Problem::unprocessable(format!(
-                "`node` {text:?} is not an address; use host:port such as 127.0.0.1:7443"
-            ))
-        }),
+/// A route's `node`: one node or a shard's nodes. Bad text is refused (400) saying what is
+/// wrong with it.
+fn parse_node(app: &App, node: &Option<String>) -> Result<Option<Shard>, Problem> {
+    let Some(text) = node else {
+        return Ok(None);
+    };
+    let shard = Shard::parse(text).map_err(|e| {
+        Problem::bad_request(format!(
+            "`node` {text:?} names no node: {e}; give host:port (127.0.0.1:7443), or a \
+             shard's nodes as host:port,host:port (at most {SHARD_NODES_MAX})"
+        ))
+    })?;
+    if app.nodes.routes.too_many_with(&shard) {
+        return Err(Problem::unprocessable(format!(
+            "routes name {SHARDS_MAX} shards already; route this provider to one of them, \
+             or remove routes no longer used"
+        )));
     }
+    Ok(Some(shard))
 }
 
 fn view(app: &App, id: u16, name: String) -> ProviderView {
-    let node = app.nodes.route(id);
+    let routes = &app.nodes.routes;
     ProviderView {
         id,
         name,
-        node: node.to_string(),
-        routed: node != app.nodes.default_node() || app.nodes.has_route(id),
+        node: routes.route(id).to_string(),
+        routed: routes.has_route(id),
     }
 }
 
 /// Creates a provider.
 #[utoipa::path(post, path = "/v1/providers", request_body = ProviderRequest,
     security(("api_token" = [])),
-    responses((status = 201, body = ProviderView), (status = 409, body = Problem),
-        (status = 422, body = Problem)))]
+    responses((status = 201, body = ProviderView), (status = 400, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(
     State(app): State<Arc<App>>,
     Json(req): Json<ProviderRequest>,
@@ -120,23 +137,23 @@ pub async fn create(
         ));
     };
     let name = super::text_field("name", &req.name)?;
-    let node = parse_node(&req.node)?;
+    let node = parse_node(&app, &req.node)?;
+    // Stored in canonical form, as `GET` shows it.
+    let text = node.as_ref().map(Shard::to_string);
     let n = name.clone();
     let inserted = app
         .db
-        .call(move |c| -> Result<bool, Problem> {
-            Ok(store::insert(c, id, &n, node.map(|a| a.to_string()))?)
-        })
+        .call(move |c| -> Result<bool, Problem> { Ok(store::insert(c, id, &n, text)?) })
         .await?;
     if !inserted {
         return Err(Problem::conflict(format!(
             "provider {id} exists; change it with PUT /v1/providers/{id}"
         )));
     }
-    app.nodes.set_route(id, node);
-    if let Some(addr) = node {
-        crate::live::ensure_following(&app, addr);
+    if let Some(shard) = &node {
+        crate::live::ensure_following(&app, shard);
     }
+    app.nodes.routes.set_route(id, node);
     Ok((StatusCode::CREATED, Json(view(&app, id, name))))
 }
 
@@ -158,7 +175,8 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<ProviderView>>
 /// Creates or replaces a provider, and with it its route (no `node`: the default node).
 #[utoipa::path(put, path = "/v1/providers/{id}", request_body = ProviderRequest,
     params(("id" = u16, Path, description = "provider id")), security(("api_token" = [])),
-    responses((status = 200, body = ProviderView), (status = 422, body = Problem)))]
+    responses((status = 200, body = ProviderView), (status = 400, body = Problem),
+        (status = 422, body = Problem)))]
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(id): Path<u16>,
@@ -173,17 +191,17 @@ pub async fn put(
         ));
     }
     let name = super::text_field("name", &req.name)?;
-    let node = parse_node(&req.node)?;
+    let node = parse_node(&app, &req.node)?;
+    // Stored in canonical form, as `GET` shows it.
+    let text = node.as_ref().map(Shard::to_string);
     let n = name.clone();
     app.db
-        .call(move |c| -> Result<(), Problem> {
-            Ok(store::upsert(c, id, &n, node.map(|a| a.to_string()))?)
-        })
+        .call(move |c| -> Result<(), Problem> { Ok(store::upsert(c, id, &n, text)?) })
         .await?;
-    app.nodes.set_route(id, node);
-    if let Some(addr) = node {
-        crate::live::ensure_following(&app, addr);
+    if let Some(shard) = &node {
+        crate::live::ensure_following(&app, shard);
     }
+    app.nodes.routes.set_route(id, node);
     Ok(Json(view(&app, id, name)))
 }
 
