@@ -575,6 +575,7 @@ mod tests {
                     buckets: vec![(bucket_of(500) as u16, syncs)],
                 },
                 disk_full: Some(false),
+                cpu_us: None,
             },
         }
     }

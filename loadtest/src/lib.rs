@@ -690,7 +690,7 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         let (target, warmup) = (target.clone(), config.warmup);
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            target.reading().await
+            (target.reading().await, target.server_cpu_us().await)
         })
     };
     let cpu_start = cpu_time();
@@ -776,12 +776,12 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
     let requests: u64 = outcomes.values().sum();
     let double_admits = shared.double_admits();
     let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
-    let first = if warmed {
-        first_reading.await.ok().flatten()
+    let (first, cpu_first) = if warmed {
+        first_reading.await.unwrap_or((None, None))
     } else {
         first_reading.abort();
         let _ = first_reading.await;
-        None
+        (None, None)
     };
     // A node killed meanwhile started its counts again, and a shard's gates that moved may
     // have followed a new leader, whose counts are its own: no difference means anything.
@@ -792,6 +792,18 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         }
         _ => None,
     };
+    // The target's CPU over the measured time, per request answered in it.
+    let server_cpu_us_per_request = match (cpu_first, target.server_cpu_us().await) {
+        (Some(a), Some(b)) if same_node && requests > 0 && b >= a => {
+            Some((b - a) as f64 / requests as f64)
+        }
+        _ => None,
+    };
+    let sent_all: u64 = counts_all.iter().sum();
+    let datagrams_per_request = quic
+        .as_ref()
+        .filter(|_| sent_all > 0)
+        .map(|q| (q.datagrams_sent + q.datagrams_received) as f64 / sent_all as f64);
     let node_timeline = sampler.finish().await;
     let left_in_node = left_in_node(config, &sizing, genuine.len() as u64);
     Ok(RunReport {
@@ -821,6 +833,8 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         double_admits,
         forged_admits,
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        server_cpu_us_per_request,
+        datagrams_per_request,
         machine_load,
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),

@@ -57,6 +57,10 @@ pub(crate) trait TargetKind {
     /// `None` where it says nothing.
     async fn reading(&self) -> Option<NodeReading>;
 
+    /// CPU time the target has used so far, user and system, microseconds (`None`: it
+    /// does not say).
+    async fn server_cpu_us(&self) -> Option<u64>;
+
     /// Opens gate `gate`'s link.
     async fn link(&self, gate: u16, inflight: u32) -> Result<(Self::Tx, Self::Rx), LoadError>;
 }

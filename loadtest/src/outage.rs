@@ -1279,6 +1279,8 @@ fn run_report(p: RunParts<'_>) -> RunReport {
         double_admits,
         forged_admits: 0,
         client_cpu_percent: 100.0 * p.cpu.as_secs_f64() / p.elapsed.as_secs_f64().max(1e-9),
+        server_cpu_us_per_request: None,
+        datagrams_per_request: None,
         machine_load: p.machine_load,
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&per_second, Duration::ZERO, config.duration),

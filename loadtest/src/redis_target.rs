@@ -305,6 +305,17 @@ impl TargetKind for Redis {
         None
     }
 
+    /// Redis's own CPU time, from `INFO cpu` (`used_cpu_sys` + `used_cpu_user`, seconds).
+    async fn server_cpu_us(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        cpu_us_of_info(&info)
+    }
+
     async fn link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
         self.open_link(gate, inflight).await
     }
@@ -370,6 +381,19 @@ impl LinkRx for RedisRx {
 }
 
 /// One RESP command.
+/// The CPU time an `INFO cpu` answer reports, microseconds.
+fn cpu_us_of_info(info: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let s = field("used_cpu_sys")? + field("used_cpu_user")?;
+    Some((s * 1e6).round() as u64)
+}
+
 fn command(out: &mut Vec<u8>, args: &[&str]) {
     use std::io::Write;
     let _ = write!(out, "*{}\r\n", args.len());
@@ -536,6 +560,14 @@ mod tests {
         assert_eq!(o, Err("ERR boom".to_string()));
         assert!(parse_reply(&buf[a + b + c..]).expect("ok").is_none());
         assert!(parse_reply(b"?what\r\n").is_err());
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_info() {
+        let info = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:0.500001\r\n\
+                    used_cpu_sys_children:9.0\r\n";
+        assert_eq!(cpu_us_of_info(info), Some(1_750_001));
+        assert_eq!(cpu_us_of_info("# CPU\r\n"), None);
     }
 
     #[test]

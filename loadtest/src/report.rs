@@ -77,6 +77,15 @@ pub struct RunReport {
     pub forged_admits: u64,
     /// CPU time of this process over wall time, percent (200 = both cores of two).
     pub client_cpu_percent: f64,
+    /// The target's CPU time (user and system) over the measured time, microseconds per
+    /// request answered then: a node's own (`metrics`), Redis's (`INFO cpu`), or for
+    /// `inproc` this whole process, clients included. Absent where it cannot be told (a
+    /// node killed or changed during the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_request: Option<f64>,
+    /// UDP datagrams both ways (gate links, the whole run) per request sent: QUIC targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagrams_per_request: Option<f64>,
     /// How busy the whole machine's CPUs were over the run (Linux only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_load: Option<MachineLoad>,
@@ -983,6 +992,16 @@ impl Report {
                 r.client_cpu_percent,
                 r.machine_load.map(|l| l.text()).unwrap_or_default()
             ));
+            let mut cost = Vec::new();
+            if let Some(us) = r.server_cpu_us_per_request {
+                cost.push(format!("server CPU {us:.1} us/request"));
+            }
+            if let Some(d) = r.datagrams_per_request {
+                cost.push(format!("{d:.2} datagrams/request"));
+            }
+            if !cost.is_empty() {
+                out.push_str(&format!("  cost: {}\n", cost.join(", ")));
+            }
             // The outage scenario's gates reconnect by themselves: its own lines say it all.
             if r.outage.is_none() && r.faults + r.reconnects + r.indeterminate > 0 {
                 out.push_str(&format!(
@@ -1070,6 +1089,8 @@ pub(crate) mod tests {
             double_admits: 0,
             forged_admits: 0,
             client_cpu_percent: 80.0,
+            server_cpu_us_per_request: Some(21.5),
+            datagrams_per_request: Some(2.1),
             interrupted: false,
             gates_lost: 0,
             tickets: 500_000,

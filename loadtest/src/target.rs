@@ -393,6 +393,15 @@ impl Target {
         }
     }
 
+    /// CPU time the target has used so far, microseconds (for `inproc`, this process's).
+    pub async fn server_cpu_us(&self) -> Option<u64> {
+        match self {
+            Target::Inproc(t) => t.server_cpu_us().await,
+            Target::Quic(q) => q.server_cpu_us().await,
+            Target::Redis(r) => r.server_cpu_us().await,
+        }
+    }
+
     /// Opens gate `gate`'s link (its own connection for quic and redis).
     pub(crate) async fn link(&self, gate: u16, inflight: u32) -> Result<(Tx, Rx), LoadError> {
         Ok(match self {
@@ -461,6 +470,10 @@ impl TargetKind for Arc<Inproc> {
         })
     }
 
+    async fn server_cpu_us(&self) -> Option<u64> {
+        Some(crate::cpu_time().as_micros() as u64)
+    }
+
     async fn link(&self, gate: u16, _inflight: u32) -> Result<(InprocTx, InprocRx), LoadError> {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
@@ -523,6 +536,15 @@ impl TargetKind for Quic {
 
     /// To the node believed to lead; of a shard, to the next in turn while one does not
     /// answer, each node once.
+    async fn server_cpu_us(&self) -> Option<u64> {
+        let metrics = self
+            .admin
+            .metrics(stile_protocol::frame::op::CHECKIN)
+            .await
+            .ok()?;
+        metrics.cpu_us
+    }
+
     async fn link(&self, gate: u16, inflight: u32) -> Result<(QuicTx, QuicRx), LoadError> {
         let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
         let err = |reason: String| LoadError::Target {

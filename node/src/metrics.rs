@@ -344,7 +344,20 @@ pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
             .map(|w| w.sync_latency_us().snapshot())
             .unwrap_or_default(),
         disk_full: Some(wal.is_some_and(|w| w.disk_full())),
+        cpu_us: process_cpu_us(),
     }
+}
+
+/// CPU time this process has used, user and system, microseconds.
+pub(crate) fn process_cpu_us() -> Option<u64> {
+    // SAFETY: getrusage(2) fills the struct it is given; all-zero is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a pointer to a live rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Some(us(usage.ru_utime) + us(usage.ru_stime))
 }
 
 /// Writes every node metric at each scrape, read straight from the atomics.

@@ -531,6 +531,9 @@ pub struct NodeMetrics {
     /// Whether the node refuses changes because its log's disk is full (`disk_full`);
     /// `None` from a node older than this field.
     pub disk_full: Option<bool>,
+    /// CPU time the node's process has used (user and system), microseconds; `None` from a
+    /// node older than this field. Sent only after `disk_full`.
+    pub cpu_us: Option<u64>,
 }
 
 /// Fixed bytes of a metrics frame before its outcome counts.
@@ -1574,6 +1577,11 @@ impl Response {
                     + histogram_len(&m.latency_us)
                     + histogram_len(&m.fsync_us)
                     + usize::from(m.disk_full.is_some())
+                    + if m.disk_full.is_some() && m.cpu_us.is_some() {
+                        8
+                    } else {
+                        0
+                    }
             }
             Response::Purged { .. } => PURGED_LEN,
             Response::Replica(b) => {
@@ -1705,6 +1713,9 @@ impl Response {
                 put_histogram(out, &m.fsync_us);
                 if let Some(full) = m.disk_full {
                     out.put_u8(u8::from(full));
+                    if let Some(cpu) = m.cpu_us {
+                        out.put_u64_le(cpu);
+                    }
                 }
             }
             Response::Purged { tickets, below } => {
@@ -1851,6 +1862,14 @@ impl Response {
                         true => None,
                         false => Some(r.bool()?),
                     },
+                    cpu_us: None,
+                };
+                let m = NodeMetrics {
+                    cpu_us: match r.buf.len() >= 8 {
+                        true => Some(r.u64()?),
+                        false => None,
+                    },
+                    ..m
                 };
                 // Later nodes may append fields: what this side does not know, it skips.
                 r.buf = &[];
@@ -2170,6 +2189,7 @@ mod tests {
             },
             fsync_us: Histogram::default(),
             disk_full: Some(false),
+            cpu_us: None,
         };
         let mut out = Vec::new();
         Response::Metrics(m.clone()).encode(9, &mut out);
@@ -2184,6 +2204,19 @@ mod tests {
                 ..m.clone()
             })
         };
+        // The CPU time follows the flag, and is read when there.
+        let with_cpu = NodeMetrics {
+            cpu_us: Some(123_456),
+            ..m.clone()
+        };
+        let mut newer = Vec::new();
+        Response::Metrics(with_cpu.clone()).encode(9, &mut newer);
+        assert_eq!(newer.len(), out.len() + 8);
+        let (_, body_cpu) = split_frame(&newer).unwrap().unwrap();
+        assert_eq!(
+            Response::decode(body_cpu).unwrap(),
+            (9, Response::Metrics(with_cpu))
+        );
         assert_eq!(Response::decode(body).unwrap(), (9, said(None)));
         // A flag byte other than 0 or 1 is malformed.
         let mut bad = out.clone();
@@ -2909,9 +2942,10 @@ mod tests {
                 histogram(),
                 histogram(),
                 any::<Option<bool>>(),
+                any::<Option<u64>>(),
             )
                 .prop_map(
-                    |((uptime_us, inflight, latency_op), outcomes, l, f, disk_full)| {
+                    |((uptime_us, inflight, latency_op), outcomes, l, f, disk_full, cpu)| {
                         Response::Metrics(NodeMetrics {
                             uptime_us,
                             inflight,
@@ -2920,6 +2954,8 @@ mod tests {
                             latency_us: l,
                             fsync_us: f,
                             disk_full,
+                            // Sent only after the flag.
+                            cpu_us: cpu.filter(|_| disk_full.is_some()),
                         })
                     },
                 );

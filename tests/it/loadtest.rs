@@ -169,6 +169,12 @@ async fn every_scenario_against_a_node() {
             "{quic:?}"
         );
         assert!(quic.packets_lost <= quic.datagrams_sent, "{quic:?}");
+        // What a request cost the node, and the wire.
+        assert!(
+            r.server_cpu_us_per_request.is_some_and(|us| us > 0.0),
+            "{r:?}"
+        );
+        assert!(r.datagrams_per_request.is_some_and(|d| d > 0.0), "{r:?}");
         if scenario != Scenario::Forged {
             assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
             let busy = node.fsync_busy_percent.expect("time in syncs");
@@ -353,6 +359,12 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
         assert_eq!(r.sync, "appendfsync always", "{r:?}");
         check(scenario, &r, u64::from(c.tickets.unwrap()));
         assert!(r.node.is_none(), "Redis says nothing of itself: {r:?}");
+        // But its CPU time, from INFO.
+        assert!(
+            r.server_cpu_us_per_request.is_some_and(|us| us > 0.0),
+            "{r:?}"
+        );
+        assert!(r.datagrams_per_request.is_none(), "{r:?}");
     }
     // One invocation, both targets, the ratios printed.
     let redis = format!("redis://127.0.0.1:{port}");
