@@ -427,6 +427,14 @@ fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> 
             );
         }
     }
+    if (args.history.is_some() || args.check_history)
+        && targets.iter().any(|t| t.starts_with("quic-echo://"))
+    {
+        anyhow::bail!(
+            "a quic-echo:// target answers every scan `admitted` and decides nothing: its \
+             history cannot be checked; leave it out of --history and --check-history runs"
+        );
+    }
     if args.spawn_redis && !targets.iter().any(|t| t.starts_with("redis://")) {
         // Harmless (scripts pass one set of options to every target), but said.
         eprintln!(

@@ -4,6 +4,7 @@ mod certs_cmd;
 mod client_cmd;
 mod cluster_cmd;
 mod conflicts_cmd;
+mod echo_cmd;
 mod gate_cmd;
 mod gateway_cmd;
 mod history_cmd;
@@ -87,6 +88,9 @@ enum Command {
     /// Check a recorded operation history: no ticket admitted twice, no acknowledged admit
     /// lost, every answer one atomic ticket could give.
     History(history_cmd::HistoryArgs),
+    /// The bare QUIC echo `stile loadtest --target quic-echo://` measures the transport with.
+    #[command(hide = true)]
+    EchoServer(echo_cmd::EchoArgs),
 }
 
 /// How a client command reaches a node.
@@ -167,6 +171,7 @@ fn main() -> std::process::ExitCode {
         Command::Loadtest(args) => loadtest_cmd::run(args),
         Command::Stat(args) => stat_cmd::run(args),
         Command::History(args) => history_cmd::run(args),
+        Command::EchoServer(args) => echo_cmd::run(args),
     };
     match result {
         Ok(code) => code,

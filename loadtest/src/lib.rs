@@ -28,6 +28,7 @@
 //! into a partition of their own ([`LOADTEST_PARTITION`] by default), and says how many it
 //! left in a node and the `stile purge` that removes them.
 
+mod echo;
 mod faults;
 pub mod history;
 pub mod html;
@@ -774,7 +775,15 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         .and_then(|(a, b)| report::MachineLoad::between(&a, &b));
     let outcomes = outcome_names(&counts);
     let requests: u64 = outcomes.values().sum();
-    let double_admits = shared.double_admits();
+    // The echo admits everything and decides nothing: there is nothing to count.
+    let double_admits = match target.is_echo() {
+        true => 0,
+        false => shared.double_admits(),
+    };
+    let forged_admits = match target.is_echo() {
+        true => 0,
+        false => forged_admits,
+    };
     let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
     let (first, cpu_first) = if warmed {
         first_reading.await.unwrap_or((None, None))

@@ -91,6 +91,8 @@ pub struct Quic {
     partition: u16,
     /// One UDP socket for every gate's connection, as one machine simulating many gates.
     endpoint: quinn::Endpoint,
+    /// A `quic-echo://` target: the echo server this run started (stopped on drop).
+    echo: Option<std::sync::Mutex<crate::leftovers::Server>>,
 }
 
 /// The sending half of one gate's link, whichever the target.
@@ -159,7 +161,8 @@ pub(crate) struct InprocRx {
 fn unknown_scheme(target: &str) -> LoadError {
     LoadError::Usage(format!(
         "target {target:?}: use inproc, quic://HOST:PORT (a shard's nodes: \
-         quic://HOST:PORT+HOST:PORT) or redis://HOST:PORT"
+         quic://HOST:PORT+HOST:PORT), quic-echo://IP:PORT (the transport alone) or \
+         redis://HOST:PORT"
     ))
 }
 
@@ -245,7 +248,7 @@ impl Target {
                 false => Ok(()),
             };
         }
-        if t.starts_with("quic://") {
+        if t.starts_with("quic://") || t.starts_with(crate::echo::SCHEME) {
             node_ca(config).map_err(err)?;
             return admin_identity(config).map(drop).map_err(err);
         }
@@ -282,7 +285,14 @@ impl Target {
                 _dir: dir,
             })));
         }
-        let Some(named) = crate::nodes::parse(&config.target) else {
+        let (named, echo) = match config.target.strip_prefix(crate::echo::SCHEME) {
+            Some(listen) => {
+                let (server, addr) = crate::echo::spawn(&config.data, listen).map_err(err)?;
+                (crate::nodes::parse(&format!("quic://{addr}")), Some(server))
+            }
+            None => (crate::nodes::parse(&config.target), None),
+        };
+        let Some(named) = named else {
             return Err(unknown_scheme(&config.target));
         };
         let nodes = resolve(&named.map_err(LoadError::Usage)?)
@@ -329,6 +339,7 @@ impl Target {
             admin,
             partition: config.partition,
             endpoint,
+            echo: echo.map(std::sync::Mutex::new),
         })))
     }
 
@@ -376,6 +387,11 @@ impl Target {
             Target::Quic(q) => q.reading().await,
             Target::Redis(r) => r.reading().await,
         }
+    }
+
+    /// Whether the target is the bare echo (`quic-echo://`): its answers decide nothing.
+    pub(crate) fn is_echo(&self) -> bool {
+        matches!(self, Target::Quic(q) if q.echo.is_some())
     }
 
     /// Whether the target is a shard's nodes (`quic://A+B`): gates follow its leader, and
@@ -512,6 +528,9 @@ impl TargetKind for Quic {
     }
 
     async fn sync_name(&self) -> String {
+        if self.echo.is_some() {
+            return "none (echo)".to_string();
+        }
         match self.admin.stats().await {
             Ok(s) => stile_protocol::frame::sync_mode::name(s.sync_mode).to_string(),
             Err(_) => "unknown".to_string(),
@@ -519,6 +538,10 @@ impl TargetKind for Quic {
     }
 
     async fn reading(&self) -> Option<NodeReading> {
+        // The echo keeps no log and times nothing.
+        if self.echo.is_some() {
+            return None;
+        }
         let metrics = self
             .admin
             .metrics(stile_protocol::frame::op::CHECKIN)

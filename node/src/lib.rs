@@ -22,6 +22,7 @@ mod budget;
 pub mod cluster;
 mod cmd;
 mod conn;
+pub mod echo;
 mod metrics;
 mod replica;
 pub mod replicate;

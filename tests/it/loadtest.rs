@@ -1344,3 +1344,73 @@ fn gate_budget_decides_when_forged_codes_are_rate_limited() {
     assert!(limited_default > 0, "{counts:?}");
     assert_eq!((forged_raised, limited_raised), (2000, 0), "{counts:?}");
 }
+
+/// `quic-echo://` starts the bare echo with the node's TLS beside a node in one invocation:
+/// what a request costs each, and the ratio, are reported; the echo's answers decide
+/// nothing, so no outcome of it is checked, and its history cannot be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transports_floor_is_measured_beside_a_node() {
+    let n = TestNode::start(|c| c.budget_per_s = 1_000_000).await;
+    let json = n.dir.path().join("report.json");
+    let node = format!("quic://{}", n.addr);
+    let (dir, json) = (
+        n.dir.path().to_path_buf(),
+        json.to_str().unwrap().to_string(),
+    );
+    let run = move |extra: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["loadtest", "--scenario", "replay", "--compare"])
+            .arg(format!("quic-echo://127.0.0.1:0,{node}"))
+            .args(["--duration", "2s", "--warmup", "0s", "--gates", "4"])
+            .args(["--inflight", "2", "--tickets", "4000", "--quiet", "--data"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let again = run.clone();
+    let out = tokio::task::spawn_blocking(move || run(vec!["--json".into(), json]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(n.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let (echo, stile) = (&v["runs"][0], &v["runs"][1]);
+    assert_eq!(echo["target"], "quic-echo://127.0.0.1:0");
+    assert_eq!(echo["sync"], "none (echo)");
+    assert_eq!(echo["double_admits"], 0, "{echo}");
+    assert!(echo["requests"].as_u64().unwrap() > 0, "{echo}");
+    for r in [echo, stile] {
+        assert!(
+            r["server_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+        assert!(r["datagrams_per_request"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(text.contains("cost: server CPU"), "{text}");
+    assert!(v["ratios"][0]["throughput"].as_f64().unwrap() > 0.0, "{v}");
+    // The echo server went with the run.
+    let left: Vec<_> = std::fs::read_dir(n.dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.starts_with(".stile-echo-").then_some(name)
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let refused = tokio::task::spawn_blocking(move || again(vec!["--check-history".into()]))
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("decides nothing"),
+        "{refused:?}"
+    );
+    n.node.unwrap().shutdown().await;
+}

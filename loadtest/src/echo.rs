@@ -1,0 +1,82 @@
+//! `quic-echo://HOST:PORT`: the transport's floor. The tester starts `stile echo-server`
+//! (this same program) on that address with the certificates in `DATA/tls`: a QUIC server
+//! with the node's TLS, transport settings and socket buffers that answers every check-in
+//! `admitted` at once, with no engine and no log. Driven as a node (its gates, frames and
+//! datagrams are a node's), so that `--compare quic-echo://…,quic://…` tells what the node
+//! adds to the transport. Its answers decide nothing: a run against it checks no outcome.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::leftovers::{Server, TempTree};
+
+/// The scheme of an echo target.
+pub const SCHEME: &str = "quic-echo://";
+/// The line `stile echo-server` prints once it listens.
+const LISTENING: &str = "stile echo listening on quic://";
+/// Longest wait for it to say so.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts `stile echo-server` on `listen` (host:port, port 0 for a free one) with the
+/// certificates of data dir `data`; returns it and where it listens.
+pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), String> {
+    let listen: SocketAddr = listen
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("{listen:?} is not IP:PORT (the echo server is started there)"))?;
+    let program = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let dir = TempTree::new_in(&[data, Path::new(".")], ".stile-echo-")
+        .map_err(|e| format!("making a directory for the echo server: {e}"))?;
+    let mut command = Command::new(program);
+    command
+        .arg("echo-server")
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .env("STILE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe: the server dies with the thread that started it,
+    // so a tester killed outright leaves none behind.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || {
+            use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+            set_parent_process_death_signal(Some(Signal::KILL))?;
+            if getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+                return Err(std::io::Error::from(rustix::io::Errno::SRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting the echo server: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut server = Server::new(child, dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+    match line.trim().strip_prefix(LISTENING).map(str::parse) {
+        Some(Ok(addr)) => Ok((server, addr)),
+        _ => Err(match server.exited() {
+            Some(status) => format!(
+                "the echo server exited ({status}): does DATA/tls hold the node certificate, \
+                 and is {listen} free?"
+            ),
+            None => {
+                format!("the echo server did not say where it listens within {START_TIMEOUT:?}")
+            }
+        }),
+    }
+}
