@@ -576,6 +576,7 @@ mod tests {
                 },
                 disk_full: Some(false),
                 cpu_us: None,
+                rss_bytes: None,
             },
         }
     }

@@ -672,6 +672,7 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         allowed,
         sync,
         links,
+        memory_per_gate,
     } = prepare(config, sizing.tickets).await?;
     if config.progress {
         // For logs and scripts: the clock starts now (a stop from here on is reported).
@@ -844,6 +845,7 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         client_cpu_percent: 100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
         server_cpu_us_per_request,
         datagrams_per_request,
+        server_memory_per_gate_bytes: memory_per_gate,
         machine_load,
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&timeline, config.warmup, config.warmup + config.duration),
@@ -1060,6 +1062,8 @@ struct Prepared {
     sync: String,
     /// Each gate's link.
     links: Vec<(target::Tx, target::Rx)>,
+    /// How much the target's memory grew per gate connected.
+    memory_per_gate: Option<f64>,
 }
 
 /// Opens the target, mints the run's `tickets`, plans each gate's scans and opens the gates'
@@ -1077,6 +1081,7 @@ async fn prepare(config: &Config, tickets: u32) -> Result<Prepared, LoadError> {
     }
     let Plan { gates, allowed } = plan::plan(config, &genuine);
     let sync = stop.or_stop(target.sync_name()).await?;
+    let memory_before = target.server_memory_bytes().await;
     let mut links = Vec::with_capacity(gates.len());
     for g in 0..gates.len() {
         links.push(
@@ -1084,6 +1089,12 @@ async fn prepare(config: &Config, tickets: u32) -> Result<Prepared, LoadError> {
                 .await??,
         );
     }
+    let memory_per_gate = match (memory_before, target.server_memory_bytes().await) {
+        (Some(a), Some(b)) if !links.is_empty() => {
+            Some(b.saturating_sub(a) as f64 / links.len() as f64)
+        }
+        _ => None,
+    };
     Ok(Prepared {
         target,
         genuine,
@@ -1091,6 +1102,7 @@ async fn prepare(config: &Config, tickets: u32) -> Result<Prepared, LoadError> {
         allowed,
         sync,
         links,
+        memory_per_gate,
     })
 }
 

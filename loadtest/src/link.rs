@@ -61,6 +61,9 @@ pub(crate) trait TargetKind {
     /// does not say).
     async fn server_cpu_us(&self) -> Option<u64>;
 
+    /// The target's resident memory now, bytes (`None`: it does not say).
+    async fn server_memory_bytes(&self) -> Option<u64>;
+
     /// Opens gate `gate`'s link.
     async fn link(&self, gate: u16, inflight: u32) -> Result<(Self::Tx, Self::Rx), LoadError>;
 }

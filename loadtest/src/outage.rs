@@ -1281,6 +1281,7 @@ fn run_report(p: RunParts<'_>) -> RunReport {
         client_cpu_percent: 100.0 * p.cpu.as_secs_f64() / p.elapsed.as_secs_f64().max(1e-9),
         server_cpu_us_per_request: None,
         datagrams_per_request: None,
+        server_memory_per_gate_bytes: None,
         machine_load: p.machine_load,
         percentiles: report::Percentiles::of(&hist),
         timeline: report::Second::series(&per_second, Duration::ZERO, config.duration),

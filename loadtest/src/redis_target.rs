@@ -316,6 +316,21 @@ impl TargetKind for Redis {
         cpu_us_of_info(&info)
     }
 
+    /// Redis's resident memory, from `INFO memory` (`used_memory_rss`).
+    async fn server_memory_bytes(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("used_memory_rss:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     async fn link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
         self.open_link(gate, inflight).await
     }

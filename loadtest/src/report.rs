@@ -86,6 +86,10 @@ pub struct RunReport {
     /// UDP datagrams both ways (gate links, the whole run) per request sent: QUIC targets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datagrams_per_request: Option<f64>,
+    /// How much the target's resident memory grew while the run's gates connected, bytes
+    /// per gate (before any scan; for `inproc` this whole process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_memory_per_gate_bytes: Option<f64>,
     /// How busy the whole machine's CPUs were over the run (Linux only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_load: Option<MachineLoad>,
@@ -454,6 +458,13 @@ pub struct MachineLoad {
     pub iowait_percent: f64,
     /// Wanted to run while a hypervisor ran something else, percent.
     pub steal_percent: f64,
+}
+
+/// This process's resident memory, bytes (`/proc/self/statm`).
+pub(crate) fn own_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 /// The machine's cumulative CPU time, in clock ticks, from the `cpu` line of `/proc/stat`.
@@ -999,6 +1010,9 @@ impl Report {
             if let Some(d) = r.datagrams_per_request {
                 cost.push(format!("{d:.2} datagrams/request"));
             }
+            if let Some(b) = r.server_memory_per_gate_bytes {
+                cost.push(format!("server memory {:.1} KiB/gate", b / 1024.0));
+            }
             if !cost.is_empty() {
                 out.push_str(&format!("  cost: {}\n", cost.join(", ")));
             }
@@ -1091,6 +1105,7 @@ pub(crate) mod tests {
             client_cpu_percent: 80.0,
             server_cpu_us_per_request: Some(21.5),
             datagrams_per_request: Some(2.1),
+            server_memory_per_gate_bytes: Some(20480.0),
             interrupted: false,
             gates_lost: 0,
             tickets: 500_000,

@@ -418,6 +418,15 @@ impl Target {
         }
     }
 
+    /// The target's resident memory now, bytes (for `inproc`, this process's).
+    pub async fn server_memory_bytes(&self) -> Option<u64> {
+        match self {
+            Target::Inproc(t) => t.server_memory_bytes().await,
+            Target::Quic(q) => q.server_memory_bytes().await,
+            Target::Redis(r) => r.server_memory_bytes().await,
+        }
+    }
+
     /// Opens gate `gate`'s link (its own connection for quic and redis).
     pub(crate) async fn link(&self, gate: u16, inflight: u32) -> Result<(Tx, Rx), LoadError> {
         Ok(match self {
@@ -488,6 +497,10 @@ impl TargetKind for Arc<Inproc> {
 
     async fn server_cpu_us(&self) -> Option<u64> {
         Some(crate::cpu_time().as_micros() as u64)
+    }
+
+    async fn server_memory_bytes(&self) -> Option<u64> {
+        crate::report::own_rss_bytes()
     }
 
     async fn link(&self, gate: u16, _inflight: u32) -> Result<(InprocTx, InprocRx), LoadError> {
@@ -566,6 +579,15 @@ impl TargetKind for Quic {
             .await
             .ok()?;
         metrics.cpu_us
+    }
+
+    async fn server_memory_bytes(&self) -> Option<u64> {
+        let metrics = self
+            .admin
+            .metrics(stile_protocol::frame::op::CHECKIN)
+            .await
+            .ok()?;
+        metrics.rss_bytes
     }
 
     async fn link(&self, gate: u16, inflight: u32) -> Result<(QuicTx, QuicRx), LoadError> {

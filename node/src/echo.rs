@@ -101,6 +101,7 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
                             fsync_us: Default::default(),
                             disk_full: Some(false),
                             cpu_us: crate::metrics::process_cpu_us(),
+                            rss_bytes: crate::metrics::process_rss_bytes(),
                         }),
                         // The measured path: no work but the answer.
                         _ => admitted.clone(),

@@ -345,7 +345,17 @@ pub(super) fn wire_metrics(shared: &Shared, latency_op: u8) -> WireMetrics {
             .unwrap_or_default(),
         disk_full: Some(wal.is_some_and(|w| w.disk_full())),
         cpu_us: process_cpu_us(),
+        rss_bytes: process_rss_bytes(),
     }
+}
+
+/// This process's resident memory, bytes (`/proc/self/statm`).
+pub(crate) fn process_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf(2) with a valid name only reads.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// CPU time this process has used, user and system, microseconds.

@@ -534,6 +534,9 @@ pub struct NodeMetrics {
     /// CPU time the node's process has used (user and system), microseconds; `None` from a
     /// node older than this field. Sent only after `disk_full`.
     pub cpu_us: Option<u64>,
+    /// The node process's resident memory, bytes; `None` from a node older than this field.
+    /// Sent only after `cpu_us`.
+    pub rss_bytes: Option<u64>,
 }
 
 /// Fixed bytes of a metrics frame before its outcome counts.
@@ -1577,10 +1580,10 @@ impl Response {
                     + histogram_len(&m.latency_us)
                     + histogram_len(&m.fsync_us)
                     + usize::from(m.disk_full.is_some())
-                    + if m.disk_full.is_some() && m.cpu_us.is_some() {
-                        8
-                    } else {
-                        0
+                    + match (m.disk_full, m.cpu_us, m.rss_bytes) {
+                        (Some(_), Some(_), Some(_)) => 16,
+                        (Some(_), Some(_), None) => 8,
+                        _ => 0,
                     }
             }
             Response::Purged { .. } => PURGED_LEN,
@@ -1715,6 +1718,9 @@ impl Response {
                     out.put_u8(u8::from(full));
                     if let Some(cpu) = m.cpu_us {
                         out.put_u64_le(cpu);
+                        if let Some(rss) = m.rss_bytes {
+                            out.put_u64_le(rss);
+                        }
                     }
                 }
             }
@@ -1863,12 +1869,19 @@ impl Response {
                         false => Some(r.bool()?),
                     },
                     cpu_us: None,
+                    rss_bytes: None,
+                };
+                let cpu_us = match r.buf.len() >= 8 {
+                    true => Some(r.u64()?),
+                    false => None,
+                };
+                let rss_bytes = match r.buf.len() >= 8 {
+                    true => Some(r.u64()?),
+                    false => None,
                 };
                 let m = NodeMetrics {
-                    cpu_us: match r.buf.len() >= 8 {
-                        true => Some(r.u64()?),
-                        false => None,
-                    },
+                    cpu_us,
+                    rss_bytes,
                     ..m
                 };
                 // Later nodes may append fields: what this side does not know, it skips.
@@ -2190,6 +2203,7 @@ mod tests {
             fsync_us: Histogram::default(),
             disk_full: Some(false),
             cpu_us: None,
+            rss_bytes: None,
         };
         let mut out = Vec::new();
         Response::Metrics(m.clone()).encode(9, &mut out);
@@ -2207,11 +2221,13 @@ mod tests {
         // The CPU time follows the flag, and is read when there.
         let with_cpu = NodeMetrics {
             cpu_us: Some(123_456),
+            rss_bytes: Some(9 << 20),
             ..m.clone()
         };
         let mut newer = Vec::new();
         Response::Metrics(with_cpu.clone()).encode(9, &mut newer);
-        assert_eq!(newer.len(), out.len() + 8);
+        // Two u64 more (the frame's length prefix may grow a byte with them).
+        assert!((out.len() + 16..=out.len() + 17).contains(&newer.len()));
         let (_, body_cpu) = split_frame(&newer).unwrap().unwrap();
         assert_eq!(
             Response::decode(body_cpu).unwrap(),
@@ -2942,10 +2958,10 @@ mod tests {
                 histogram(),
                 histogram(),
                 any::<Option<bool>>(),
-                any::<Option<u64>>(),
+                (any::<Option<u64>>(), any::<Option<u64>>()),
             )
                 .prop_map(
-                    |((uptime_us, inflight, latency_op), outcomes, l, f, disk_full, cpu)| {
+                    |((uptime_us, inflight, latency_op), outcomes, l, f, disk_full, (cpu, rss))| {
                         Response::Metrics(NodeMetrics {
                             uptime_us,
                             inflight,
@@ -2956,6 +2972,7 @@ mod tests {
                             disk_full,
                             // Sent only after the flag.
                             cpu_us: cpu.filter(|_| disk_full.is_some()),
+                            rss_bytes: rss.filter(|_| disk_full.is_some() && cpu.is_some()),
                         })
                     },
                 );

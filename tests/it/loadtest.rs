@@ -175,6 +175,7 @@ async fn every_scenario_against_a_node() {
             "{r:?}"
         );
         assert!(r.datagrams_per_request.is_some_and(|d| d > 0.0), "{r:?}");
+        assert!(r.server_memory_per_gate_bytes.is_some(), "{r:?}");
         if scenario != Scenario::Forged {
             assert!(node.syncs > 0 && node.fsync_us.is_some(), "{r:?}");
             let busy = node.fsync_busy_percent.expect("time in syncs");
@@ -365,6 +366,7 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
             "{r:?}"
         );
         assert!(r.datagrams_per_request.is_none(), "{r:?}");
+        assert!(r.server_memory_per_gate_bytes.is_some(), "{r:?}");
     }
     // One invocation, both targets, the ratios printed.
     let redis = format!("redis://127.0.0.1:{port}");
@@ -1392,6 +1394,7 @@ async fn the_transports_floor_is_measured_beside_a_node() {
             "{r}"
         );
         assert!(r["datagrams_per_request"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["server_memory_per_gate_bytes"].as_f64().is_some(), "{r}");
     }
     assert!(text.contains("cost: server CPU"), "{text}");
     assert!(v["ratios"][0]["throughput"].as_f64().unwrap() > 0.0, "{v}");
