@@ -113,13 +113,29 @@ fn promote(
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // A mistyped name or shard would leave the shard with no node that may take over
+        // (and a shard of that name created in etcd): only a registered node is named.
+        if etcd.get(&keys.member(name)?).await?.is_none() {
+            anyhow::bail!(
+                "no node named {name} is registered in shard {shard} of cluster {cluster} \
+                 (`stile cluster status` lists them): start it first (it waits as a standby), \
+                 then promote it; nothing was changed"
+            );
+        }
+        let leader = etcd.get(&keys.leader()).await?;
+        if leader
+            .as_ref()
+            .is_some_and(|kv| kv.value == name.as_bytes())
+        {
+            anyhow::bail!("{name} leads shard {shard} already; nothing was changed");
+        }
         eprintln!(
             "stile cluster promote: WARNING: {name} is made the node that takes over shard \
              {shard} without being its synchronous standby: changes the old leader answered \
              and {name} never received are lost, and tickets admitted by them may be admitted \
              again"
         );
-        if let Some(kv) = etcd.get(&keys.leader()).await? {
+        if let Some(kv) = leader {
             let old = String::from_utf8_lossy(&kv.value).into_owned();
             if kv.lease != 0 {
                 match etcd.revoke(kv.lease).await {
@@ -136,8 +152,40 @@ fn promote(
             );
             tokio::time::sleep(wait).await;
         }
-        etcd.put(&keys.sync_standby(), name.as_bytes(), None)
+        // Only while no one leads: a node that took over meanwhile (the synchronous standby)
+        // has named its own standby, and overwriting that name would let `name`, which may
+        // lack changes, take over from it later instead of the node that holds them all.
+        let named = etcd
+            .txn(
+                &[stile_cluster::Compare::CreateRevision(
+                    keys.leader(),
+                    stile_cluster::Cmp::Equal,
+                    0,
+                )],
+                &[stile_cluster::TxnOp::Put {
+                    key: keys.sync_standby(),
+                    value: name.as_bytes().to_vec(),
+                    lease: None,
+                }],
+                &[stile_cluster::TxnOp::Get { key: keys.leader() }],
+            )
             .await?;
+        if !named.succeeded {
+            let leader: String = named
+                .gets
+                .first()
+                .and_then(|kvs| kvs.first())
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                .unwrap_or_default();
+            if leader == name {
+                println!("{name} took over shard {shard} while this waited: it leads now");
+                return Ok(ExitCode::SUCCESS);
+            }
+            anyhow::bail!(
+                "{leader} took over shard {shard} while this waited: {name} was not named \
+                 (`stile cluster status` shows the shard now)"
+            );
+        }
         println!("{name} may take over shard {shard} now: it leads once it holds the leader key");
         anyhow::Ok(ExitCode::SUCCESS)
     })

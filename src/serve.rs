@@ -392,7 +392,7 @@ fn run_node(
                 peer: peer.clone(),
             };
             let (held, place) = runtime.block_on(async {
-                let mut held = cfg.register("standby", 0).await?;
+                let mut held = cfg.register_waiting("standby", 0).await?;
                 let place = cfg.place(&mut held, 0).await?;
                 if let stile_node::cluster::Place::Standby { addr, .. } = &place {
                     seed_if_new(data, &peer(*addr)).await?;

@@ -158,6 +158,23 @@ impl ClusterConfig {
         }
     }
 
+    /// [`Self::register`], waiting while etcd cannot be reached: a node that starts (or
+    /// starts again to rejoin, which losing etcd may be the cause of) during an etcd outage
+    /// joins once it is back rather than exiting.
+    pub async fn register_waiting(&self, place: &str, durable: u64) -> Result<Held, ClusterError> {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.register(place, durable).await {
+                Err(ClusterError::Etcd(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot reach etcd to register this node; retrying");
+                }
+                other => return other,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
     fn member_info(&self, role: &str, durable: u64, epoch: u64) -> MemberInfo {
         MemberInfo {
             name: self.name.clone(),
@@ -205,7 +222,7 @@ impl ClusterConfig {
             // Kept alive while waiting: the leader key is put under it.
             renew(self, lease, &mut renewed).await;
             if Instant::now() >= lease.until {
-                *lease = self.register("standby", start_seq).await?;
+                *lease = self.register_waiting("standby", start_seq).await?;
             }
             match self.try_place(lease.id, start_seq).await {
                 Ok(Some(place)) => return Ok(place),
@@ -440,7 +457,7 @@ async fn campaign(
 ) -> Result<Option<Place>, ClusterError> {
     renew_now(cfg, lease, renewed).await;
     if Instant::now() >= lease.until {
-        *lease = cfg.register("standby", durable).await?;
+        *lease = cfg.register_waiting("standby", durable).await?;
     }
     cfg.place(lease, start_seq).await.map(Some)
 }

@@ -120,13 +120,15 @@ pub fn check_epoch_files(dir: &Path) -> Result<(), String> {
             dir.join(name).display()
         )
     };
+    let mut newest = 0u64;
     if let Some(text) = read(EPOCH_FILE)? {
-        if text.trim().parse::<u64>().is_err() {
-            return Err(damaged(EPOCH_FILE));
-        }
+        newest = text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| damaged(EPOCH_FILE))?;
     }
+    let mut last = 0u64;
     if let Some(text) = read(EPOCHS_FILE)? {
-        let mut last = 0u64;
         for line in text.lines() {
             let parsed = line
                 .split_once(' ')
@@ -137,15 +139,31 @@ pub fn check_epoch_files(dir: &Path) -> Result<(), String> {
             }
         }
     }
+    // `begin_epoch` lists an epoch before it notes it as the newest: a newest epoch the list
+    // lacks means the list lost lines, and a leader judging returning nodes by it would take
+    // a diverged log for one that follows on.
+    if newest > last {
+        return Err(format!(
+            "{} lacks epoch {newest}, which {} names: {}",
+            dir.join(EPOCHS_FILE).display(),
+            dir.join(EPOCH_FILE).display(),
+            damaged(EPOCHS_FILE)
+        ));
+    }
     Ok(())
 }
 
-/// The newest epoch data dir `dir` has seen (0: none).
+/// The newest epoch data dir `dir` has seen (0: none): `DATA/epoch`, or the newest epoch
+/// its log holds if that is newer (`DATA/epoch` lost, or a crash between the two writes of
+/// [`begin_epoch`]). Taken for 0, a log's epoch would make the leader judge the whole log
+/// diverged from its first epoch on: set aside, and every admit in it offered again.
 pub fn read_epoch(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join(EPOCH_FILE))
+    let noted = std::fs::read_to_string(dir.join(EPOCH_FILE))
         .ok()
         .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let listed = read_epochs(dir).last().map_or(0, |&(e, _)| e);
+    noted.max(listed)
 }
 
 /// Persists `epoch` as the newest data dir `dir` has seen (synced before it returns).
@@ -586,6 +604,24 @@ mod tests {
         assert_eq!(read_epoch(dir.path()), 9);
     }
 
+    /// A lost `DATA/epoch` is read from the epochs the log holds, not as epoch 0: a standby
+    /// judged in epoch 0 is found diverged from the leader's first epoch, and its whole log
+    /// is set aside and its admits offered again (false double entries where the leader's
+    /// scan memory has forgotten them; found by deleting the file on a healthy standby).
+    #[test]
+    fn a_lost_epoch_file_is_read_from_the_epoch_history() {
+        let dir = tempfile::tempdir().unwrap();
+        begin_epoch(dir.path(), 3, 0).unwrap();
+        begin_epoch(dir.path(), 8, 300).unwrap();
+        std::fs::remove_file(dir.path().join(EPOCH_FILE)).unwrap();
+        assert_eq!(read_epoch(dir.path()), 8);
+        assert_eq!(check_epoch_files(dir.path()), Ok(()));
+        assert_eq!(
+            diverged(&[(3, 0), (8, 300)], read_epoch(dir.path()), 302),
+            None
+        );
+    }
+
     /// Damaged epoch files are refused, not read as "no epoch"; a refusal names its point.
     #[test]
     fn damaged_epoch_files_are_refused_and_a_refusal_names_where_logs_part() {
@@ -603,6 +639,13 @@ mod tests {
         assert!(check_epoch_files(dir.path()).is_err(), "out of order");
         std::fs::write(dir.path().join(EPOCHS_FILE), "7 10\n\0\0").unwrap();
         assert!(check_epoch_files(dir.path()).is_err());
+        // Lines lost from the list (the newest epoch missing from it) are damage too.
+        std::fs::write(dir.path().join(EPOCHS_FILE), "7 10\n").unwrap();
+        assert!(check_epoch_files(dir.path())
+            .unwrap_err()
+            .contains("lacks epoch 9"));
+        std::fs::remove_file(dir.path().join(EPOCHS_FILE)).unwrap();
+        assert!(check_epoch_files(dir.path()).is_err(), "the list gone");
         let m = diverged_refusal(621, "the standby's log goes on at 700");
         assert_eq!(diverged_at(&m), Some(621));
         assert_eq!(diverged_at("the standby has seen epoch 9"), None);

@@ -393,3 +393,107 @@ async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operat
         "it runs on as a standby"
     );
 }
+
+/// `stile cluster promote --force` with the given shard and name, against `endpoints`.
+fn promote(endpoints: &str, shard: &str, name: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["cluster", "promote", "--force", "--etcd", endpoints])
+        .args([
+            "--cluster",
+            "c",
+            "--shard",
+            shard,
+            "--name",
+            name,
+            "--lease",
+            "1s",
+        ])
+        .output()
+        .unwrap()
+}
+
+/// A mistyped name (or shard) once revoked the leader's lease and named a node that does
+/// not exist, leaving no node that may take over; and a promote whose wait saw the
+/// synchronous standby take over overwrote the name that leader had written, so that a
+/// node lacking changes could later take over from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_names_only_a_registered_node_and_only_while_no_one_leads() {
+    use stile_cluster::{Etcd, ShardKeys};
+    let etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let client = Etcd::new(&etcd.endpoints(), Duration::from_secs(2)).unwrap();
+    let keys = ShardKeys::new("c", "s1").unwrap();
+    let lease = client.grant(30).await.unwrap();
+    client
+        .put(&keys.leader(), b"n1", Some(lease.id))
+        .await
+        .unwrap();
+    client.put(&keys.sync_standby(), b"", None).await.unwrap();
+    client
+        .put(&keys.member("n2").unwrap(), b"{}", None)
+        .await
+        .unwrap();
+
+    for (shard, name) in [("s1", "n9"), ("s9", "n2")] {
+        let out = promote(&endpoints, shard, name);
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("no node named {name}")), "{err}");
+    }
+    assert!(
+        client.keep_alive(lease.id).await.is_ok(),
+        "the lease lives on"
+    );
+    let out = promote(&endpoints, "s1", "n1");
+    assert!(!out.status.success(), "the leader itself: {out:?}");
+    assert!(client
+        .get("/stile/c/shards/s9/sync_standby")
+        .await
+        .unwrap()
+        .is_none());
+
+    // The leader key taken again while promote waits: nothing is named.
+    let taker = {
+        let (client, key) = (
+            Etcd::new(&etcd.endpoints(), Duration::from_secs(2)).unwrap(),
+            keys.leader(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            client.put(&key, b"n3", None).await.unwrap();
+        })
+    };
+    let out = tokio::task::spawn_blocking(move || promote(&endpoints, "s1", "n2"))
+        .await
+        .unwrap();
+    taker.await.unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("n3 took over"));
+    let sync = client.get(&keys.sync_standby()).await.unwrap().unwrap();
+    assert_eq!(sync.value, b"", "the name stays the leader's");
+}
+
+/// A node started while etcd cannot be reached (as one that steps down for losing etcd
+/// starts again at once to rejoin) once exited at its first registration; it waits for etcd
+/// and joins its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_etcd_is_down_joins_once_it_is_back() {
+    let mut etcd = EtcdProcess::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    shard_certs(&tls);
+    etcd.kill(0);
+    let node = {
+        let (data, tls) = (dir.path().join("n1"), tls.clone());
+        tokio::task::spawn_blocking(move || spawn_member(&data, &tls, "n1", &endpoints, &[]))
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.start(0);
+    let (_n1, a1, _) = node.await.unwrap();
+    let admin = Client::connect(client_config(&tls, a1, "admin-admin"))
+        .await
+        .unwrap();
+    let codes = admin.mint(spec(1, 1)).await.unwrap();
+    admits_eventually(&tls, a1, &codes[0]).await;
+}
