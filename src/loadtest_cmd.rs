@@ -51,7 +51,9 @@ pub struct LoadtestArgs {
     #[arg(long, value_enum)]
     scenario: Scenario,
     /// inproc, quic://HOST:PORT, a shard's nodes quic://HOST:PORT+HOST:PORT (gates follow
-    /// its leader) or redis://HOST:PORT.
+    /// its leader), redis://HOST:PORT, or redis+tls://HOST:PORT (Redis over TLS 1.3: its
+    /// certificate must chain to DATA/tls/ca.crt and name HOST; each gate presents a
+    /// certificate issued from that CA for the run, the admin connection --admin-cert).
     #[arg(
         long,
         default_value = "quic://127.0.0.1:7443",
@@ -100,11 +102,12 @@ pub struct LoadtestArgs {
     /// Seed of the random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Data dir: certificates in DATA/tls for quic targets; the in-process engine's log goes
-    /// in a temporary directory inside it.
+    /// Data dir: certificates in DATA/tls for quic and redis+tls targets; the in-process
+    /// engine's log goes in a temporary directory inside it.
     #[arg(long, default_value = crate::DATA_DEFAULT)]
     data: PathBuf,
-    /// The admin certificate a quic:// target mints with (default DATA/tls/admin-admin.crt).
+    /// The admin certificate a quic:// target mints with, a redis+tls:// one connects with
+    /// (default DATA/tls/admin-admin.crt).
     #[arg(long, value_name = "FILE")]
     admin_cert: Option<PathBuf>,
     /// Its private key (default: beside it, .key).
@@ -127,7 +130,8 @@ pub struct LoadtestArgs {
     #[arg(long)]
     quiet: bool,
     /// Start redis-server (from PATH) on the redis:// target's port, with appendonly yes and
-    /// appendfsync always, in a temporary directory; stop it afterwards.
+    /// appendfsync always, in a temporary directory; stop it afterwards. For redis+tls://,
+    /// on that port TLS only, with DATA/tls/node.crt and clients' certificates required.
     #[arg(long)]
     spawn_redis: bool,
     /// Record every attempt of every scan as JSON lines (docs/FORMAT.md §12), for `stile
@@ -435,11 +439,11 @@ fn check_options(args: &LoadtestArgs, targets: &[String]) -> anyhow::Result<()> 
              history cannot be checked; leave it out of --history and --check-history runs"
         );
     }
-    if args.spawn_redis && !targets.iter().any(|t| t.starts_with("redis://")) {
+    if args.spawn_redis && !targets.iter().any(|t| stile_loadtest::is_redis_target(t)) {
         // Harmless (scripts pass one set of options to every target), but said.
         eprintln!(
-            "stile loadtest: --spawn-redis starts redis-server for a redis:// target, and none \
-             is given: ignored"
+            "stile loadtest: --spawn-redis starts redis-server for a redis:// or redis+tls:// \
+             target, and none is given: ignored"
         );
     }
     if targets.iter().any(|t| t == "inproc") {
@@ -558,7 +562,7 @@ fn config_for(
                 .unwrap_or_else(|| stile_certs::key_path_for(&cert));
             (cert, key)
         }),
-        spawn_redis: args.spawn_redis && target.starts_with("redis://"),
+        spawn_redis: args.spawn_redis && stile_loadtest::is_redis_target(target),
         progress: !args.quiet,
         stop: stop.clone(),
         history: shared.history.clone(),

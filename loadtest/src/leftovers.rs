@@ -187,6 +187,11 @@ impl Server {
         }
     }
 
+    /// The directory it works in.
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(TempTree::path)
+    }
+
     /// The exit status, if the server has exited (it is then reaped, and forgotten by
     /// [`clean_up_and_exit`]).
     pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {

@@ -5,7 +5,8 @@
 //! Targets: `inproc` (the engine in this process, with its own data dir and sync mode),
 //! `quic://HOST:PORT` (a node, with gate certificates issued from `DATA/tls`),
 //! `quic://A+B` (a shard's nodes, a primary and its standby in any order: see `nodes.rs`) and
-//! `redis://HOST:PORT` (the baseline: Redis and a Lua check-in).
+//! `redis://HOST:PORT` (the baseline: Redis and a Lua check-in; `redis+tls://HOST:PORT` the
+//! same over TLS 1.3 with the gates' certificates from `DATA/tls`).
 //!
 //! Against a shard every gate's link goes to the node believed to lead; a link answered
 //! `not_leader`, or lost, fails over: the gate connects to the leader the answer names (else
@@ -58,6 +59,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 pub use leftovers::clean_up_and_exit;
 pub use nodes::TARGET_NODES_MAX;
 use plan::{Item, Plan};
+pub use redis_target::is_redis_target;
 pub use report::{Report, RunReport};
 pub use target::Target;
 use target::{Answer, Rx, Tx, REQUEST_TIMEOUT};
@@ -193,8 +195,8 @@ impl Shape {
 pub struct Config {
     /// What traffic.
     pub scenario: Scenario,
-    /// Where to: `inproc`, `quic://HOST:PORT`, a shard's nodes `quic://A+B` or
-    /// `redis://HOST:PORT`.
+    /// Where to: `inproc`, `quic://HOST:PORT`, a shard's nodes `quic://A+B`,
+    /// `redis://HOST:PORT` or `redis+tls://HOST:PORT`.
     pub target: String,
     /// Connections (gates), each its own gate id 1..=G of provider 1.
     pub gates: u16,
@@ -220,18 +222,19 @@ pub struct Config {
     pub program: String,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Data dir: the certificates in `DATA/tls` (quic), or the engine's data (inproc).
+    /// Data dir: the certificates in `DATA/tls` (quic, redis+tls), or the engine's data
+    /// (inproc).
     pub data: PathBuf,
-    /// The admin certificate and key a `quic://` target mints with (`None`:
-    /// `DATA/tls/admin-admin.crt` and its key).
+    /// The admin certificate and key a `quic://` target mints with, a `redis+tls://` one
+    /// connects with (`None`: `DATA/tls/admin-admin.crt` and its key).
     pub admin: Option<(PathBuf, PathBuf)>,
     /// Sync mode of the inproc engine.
     pub sync: SyncMode,
     /// Log segments the inproc engine keeps prepared from the start, as a node does
     /// (`stile node --log-runway`); 0: one at a time, once the log holds a megabyte.
     pub log_runway: u32,
-    /// Start a redis-server for a `redis://` target (AOF, `appendfsync always`) and stop it
-    /// afterwards.
+    /// Start a redis-server for a `redis://` target (AOF, `appendfsync always`; for
+    /// `redis+tls://` on its TLS port, with the node's certificate) and stop it afterwards.
     pub spawn_redis: bool,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,

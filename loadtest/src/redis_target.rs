@@ -7,11 +7,16 @@
 //! Each gate is one TCP connection carrying up to N script calls back to back (Redis
 //! answers a connection's commands in order), written and read by hand, so the client adds
 //! as little as it can to Redis's own time.
+//!
+//! `redis+tls://HOST:PORT` is the same over TLS 1.3 with both sides authenticated by the
+//! deployment's CA (`DATA/tls/ca.crt`), as a node's gates are: the server's certificate must
+//! carry HOST, each gate presents its own certificate issued for the run, the admin
+//! connection the admin's. It measures what authenticated, encrypted connections cost Redis.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,14 +25,23 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use rand::RngCore;
 use redis::aio::MultiplexedConnection;
+use rustls::client::danger::ServerCertVerifier as _;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use stile_certs as certs;
 use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::leftovers::{Server, TempTree};
-use crate::link::{Answer, LinkError, LinkRx, LinkTx, NodeReading, TargetKind};
+use crate::link::{Answer, LinkError, LinkRx, LinkTx, NodeReading, TargetKind, PROVIDER};
 use crate::plan::{Item, Kind};
 use crate::{Config, LoadError};
+
+/// A Redis target over TCP.
+pub(crate) const SCHEME: &str = "redis://";
+/// A Redis target over TLS 1.3, client certificates from the deployment's CA.
+pub(crate) const TLS_SCHEME: &str = "redis+tls://";
 
 /// The check-in a user would script: one round trip, atomic inside Redis.
 const CHECKIN_LUA: &str = r#"
@@ -67,8 +81,40 @@ return 'admitted'
 const LOAD_CHUNK: usize = 10_000;
 /// How long a spawned redis-server may take to accept connections.
 const SPAWN_TIMEOUT_MS: u64 = 10_000;
+/// How long a TLS handshake may take (a plain server on a `redis+tls://` port never ends
+/// one).
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long `redis-server` may take to say whether it knows TLS.
+const TLS_PROBE_TIMEOUT_MS: u64 = 5_000;
 /// Longest reply line accepted from Redis.
 const REPLY_MAX: usize = 64 * 1024;
+/// A spawned server's stdout and stderr, in its directory: what it said before exiting.
+const SPAWN_LOG: &str = "redis.log";
+
+/// Whether `target` names Redis, over TCP or TLS.
+pub fn is_redis_target(target: &str) -> bool {
+    target.starts_with(SCHEME) || target.starts_with(TLS_SCHEME)
+}
+
+/// A Redis target's `HOST:PORT` and whether it is TLS (`None`: not a Redis target).
+fn parse_target(target: &str) -> Option<(&str, bool)> {
+    let (rest, tls) = match target.strip_prefix(TLS_SCHEME) {
+        Some(rest) => (rest, true),
+        None => (target.strip_prefix(SCHEME)?, false),
+    };
+    Some((rest.trim_end_matches('/'), tls))
+}
+
+/// The host and port of `HOST:PORT` (`[V6]:PORT` too), the host without brackets.
+fn host_port(rest: &str) -> Option<(&str, u16)> {
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then_some((host, port.parse().ok()?))
+}
+
+/// Something a connection to Redis runs on: a TCP stream or a TLS stream over one.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
 /// Redis: a connection for loading, and the scripts' digests.
 pub struct Redis {
@@ -76,6 +122,8 @@ pub struct Redis {
     pub url: String,
     /// The server's address.
     addr: SocketAddr,
+    /// TLS (`redis+tls://`): the server's name, the CA, this run's gate certificates.
+    tls: Option<Tls>,
     /// For loading tickets and reading the configuration.
     conn: MultiplexedConnection,
     /// SHA-1 of [`CHECKIN_LUA`].
@@ -90,6 +138,19 @@ pub struct Redis {
     _spawned: Option<Server>,
 }
 
+/// What a `redis+tls://` target's connections need.
+struct Tls {
+    /// The name the server's certificate must carry: HOST as written, as for `quic://`.
+    server_name: ServerName<'static>,
+    /// The deployment's CA certificate, the only root trusted.
+    roots: Arc<rustls::RootCertStore>,
+    /// The admin connection's configuration (the admin's certificate).
+    admin: Arc<rustls::ClientConfig>,
+    /// This run's gate certificates, issued fresh from the CA (removed on drop): never ones
+    /// left in the data dir, which may name another provider or be revoked.
+    gate_certs: TempTree,
+}
+
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis").field("url", &self.url).finish()
@@ -98,7 +159,8 @@ impl std::fmt::Debug for Redis {
 
 /// The sending half of a gate's connection.
 pub(crate) struct RedisTx {
-    w: OwnedWriteHalf,
+    /// The connection's writing half (TCP, or TLS over it).
+    w: Box<dyn AsyncWrite + Send + Unpin>,
     buf: Vec<u8>,
     /// Ids of the calls written and not answered, oldest first.
     order: Arc<Mutex<VecDeque<u32>>>,
@@ -110,9 +172,31 @@ pub(crate) struct RedisTx {
 
 /// The receiving half.
 pub(crate) struct RedisRx {
-    r: OwnedReadHalf,
+    /// The connection's reading half.
+    r: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
     order: Arc<Mutex<VecDeque<u32>>>,
+}
+
+/// What can be checked before any run: the URL; for TLS the CA and the admin's
+/// certificate; for a spawned server that `redis-server` starts (and knows TLS, and the
+/// node's certificate fits), and that its port is free.
+pub(crate) fn precheck(config: &Config) -> Result<(), String> {
+    let (rest, tls) = parse_target(&config.target).ok_or("not a Redis target")?;
+    let (host, port) = host_port(rest).ok_or("not a host:port")?;
+    if tls {
+        crate::target::node_ca(config)?;
+        crate::target::admin_identity(config)?;
+    }
+    if !config.spawn_redis {
+        return Ok(());
+    }
+    redis_server_starts()?;
+    if tls {
+        spawn_tls(config, host)?;
+        redis_knows_tls()?;
+    }
+    port_is_free(port)
 }
 
 impl Redis {
@@ -122,38 +206,39 @@ impl Redis {
             target: config.target.clone(),
             reason,
         };
-        let rest = config
-            .target
-            .trim_start_matches("redis://")
-            .trim_end_matches('/');
+        let (rest, tls) = parse_target(&config.target).ok_or_else(|| err("not Redis".into()))?;
         let addr: SocketAddr = tokio::net::lookup_host(rest)
             .await
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| err("not a host:port".into()))?;
+        let tls = match tls {
+            true => Some(Tls::open(config, rest).map_err(err)?),
+            false => None,
+        };
         let mut spawned = if config.spawn_redis {
-            Some(spawn(addr.port()).map_err(err)?)
+            let with = match &tls {
+                Some(t) => Some(spawn_tls(config, &t.host()).map_err(err)?),
+                None => None,
+            };
+            Some(spawn(addr.port(), with.as_ref()).map_err(err)?)
         } else {
             None
         };
-        let client =
-            redis::Client::open(format!("redis://{addr}/")).map_err(|e| err(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_millis(SPAWN_TIMEOUT_MS);
-        let mut conn = loop {
+        let conn = loop {
             // A server that exited (its port taken after all) must not be mistaken for
             // whatever answers on the port.
             if let Some(status) = spawned.as_mut().and_then(Server::exited) {
-                return Err(err(format!("redis-server exited at once ({status})")));
+                return Err(err(exited_at_once(status, spawned.as_ref())));
             }
-            match client.get_multiplexed_async_connection().await {
+            match admin_connection(addr, tls.as_ref()).await {
                 Ok(c) if spawned.is_none() => break c,
                 Ok(c) => {
                     // Connected: to the server this run started, unless it died meanwhile.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     match spawned.as_mut().and_then(Server::exited) {
-                        Some(status) => {
-                            return Err(err(format!("redis-server exited at once ({status})")))
-                        }
+                        Some(status) => return Err(err(exited_at_once(status, spawned.as_ref()))),
                         None => break c,
                     }
                 }
@@ -164,23 +249,7 @@ impl Redis {
                 Err(e) => return Err(err(format!("connecting: {e}"))),
             }
         };
-        let aof: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        let fsync: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendfsync")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        let sync = match (aof.get(1).map(String::as_str), fsync.get(1)) {
-            (Some("yes"), Some(f)) => format!("appendfsync {f}"),
-            (Some(_), _) => "no aof".to_string(),
-            _ => "unknown".to_string(),
-        };
+        let sync = sync_of(&conn).await;
         let load = |lua: &'static str| {
             let mut conn = conn.clone();
             async move {
@@ -200,6 +269,7 @@ impl Redis {
         Ok(Redis {
             url: config.target.clone(),
             addr,
+            tls,
             conn,
             sha_checkin,
             sha_entry_exit,
@@ -225,7 +295,7 @@ impl Redis {
         for _ in 0..n {
             let mut b = [0u8; 20];
             b[0] = 1; // static code
-            b[2..4].copy_from_slice(&crate::link::PROVIDER.to_be_bytes());
+            b[2..4].copy_from_slice(&PROVIDER.to_be_bytes());
             rng.fill_bytes(&mut b[6..]);
             codes.push(CodeBytes::from_slice(&b).expect("20 bytes of format 1"));
         }
@@ -253,16 +323,35 @@ impl Redis {
         }
     }
 
-    /// Opens gate `gate`'s connection.
+    /// Opens gate `gate`'s connection (with TLS, presenting the gate's certificate).
     async fn open_link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
-        let stream = tokio::net::TcpStream::connect(self.addr)
+        let err = |reason: String| LoadError::Target {
+            target: self.url.clone(),
+            reason: format!("gate {gate}: {reason}"),
+        };
+        let tcp = TcpStream::connect(self.addr)
             .await
-            .map_err(|e| LoadError::Target {
-                target: self.url.clone(),
-                reason: format!("gate {gate}: connecting: {e}"),
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+            .map_err(|e| err(format!("connecting: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        type Halves = (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        );
+        let (r, w): Halves = match &self.tls {
+            // Owned halves of the socket itself: no lock between them.
+            None => {
+                let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let config = tls.gate(gate).map_err(err)?;
+                let stream = handshake(tcp, &tls.server_name, config)
+                    .await
+                    .map_err(err)?;
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let order = Arc::new(Mutex::new(VecDeque::with_capacity(inflight as usize)));
         Ok((
             RedisTx {
@@ -281,6 +370,150 @@ impl Redis {
             },
         ))
     }
+}
+
+/// `appendfsync …` as the server reports it (`no aof`, or `unknown` if it does not say).
+async fn sync_of(conn: &MultiplexedConnection) -> String {
+    let get = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let aof = get("appendonly").await;
+    let fsync = get("appendfsync").await;
+    match (aof.get(1).map(String::as_str), fsync.get(1)) {
+        (Some("yes"), Some(f)) => format!("appendfsync {f}"),
+        (Some(_), _) => "no aof".to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// The admin connection: the `redis` crate's multiplexed connection, on a stream this module
+/// opens. Over TLS this is the same rustls configuration the gates use (TLS 1.3 only, the
+/// deployment's CA the only root, a client certificate), with no TLS feature of the `redis`
+/// crate: that one would bring a second crypto provider and a configuration of its own
+/// (any TLS version, roots and client keys in its own types) to keep in step with ours.
+async fn admin_connection(
+    addr: SocketAddr,
+    tls: Option<&Tls>,
+) -> Result<MultiplexedConnection, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let stream: Box<dyn Stream> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(handshake(tcp, &tls.server_name, tls.admin.clone()).await?),
+    };
+    let info = redis::RedisConnectionInfo::default();
+    let (conn, driver) = MultiplexedConnection::new(&info, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The driver reads and writes the connection; it ends when every handle is dropped.
+    tokio::spawn(driver);
+    Ok(conn)
+}
+
+/// A TLS 1.3 handshake on `tcp`, bounded in time.
+async fn handshake(
+    tcp: TcpStream,
+    server_name: &ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let connecting = tokio_rustls::TlsConnector::from(config).connect(server_name.clone(), tcp);
+    match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), connecting).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Err(_) => Err(format!(
+            "TLS handshake: no answer within {HANDSHAKE_TIMEOUT_MS} ms (is this port TLS?)"
+        )),
+    }
+}
+
+impl Tls {
+    /// The CA and the admin's certificate from the data dir (or `--admin-cert`), and a
+    /// certificate for every gate of the run, issued from the CA into a directory of its own.
+    fn open(config: &Config, rest: &str) -> Result<Tls, String> {
+        let (host, _) = host_port(rest).ok_or("not a host:port")?;
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} cannot be a certificate's name: {e}"))?;
+        let (tls_dir, ca) = crate::target::node_ca(config)?;
+        let roots = Arc::new(roots_of(&ca)?);
+        let (admin_cert, admin_key) = crate::target::admin_identity(config)?;
+        let admin = client_config(&roots, &admin_cert, &admin_key)
+            .map_err(|e| format!("admin certificate: {e}"))?;
+        let gate_certs = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
+            .map_err(|e| format!("making a directory for gate certificates: {e}"))?;
+        let issuer = certs::Issuer::open(&tls_dir).map_err(|e| e.to_string())?;
+        for g in 1..=config.gates {
+            issuer
+                .gate(gate_certs.path(), g, PROVIDER)
+                .map_err(|e| format!("issuing gate {g}: {e}"))?;
+        }
+        Ok(Tls {
+            server_name,
+            roots,
+            admin,
+            gate_certs,
+        })
+    }
+
+    /// The host the server's certificate must name.
+    fn host(&self) -> String {
+        self.server_name.to_str().into_owned()
+    }
+
+    /// Gate `gate`'s configuration: its certificate of this run.
+    fn gate(&self, gate: u16) -> Result<Arc<rustls::ClientConfig>, String> {
+        let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
+        client_config(&self.roots, &cert, &certs::key_path_for(&cert))
+    }
+}
+
+/// The certificates of the CA file `ca`, as the only roots trusted.
+fn roots_of(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("{}: {e}", ca.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", ca.display()))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it", ca.display()));
+    }
+    Ok(roots)
+}
+
+/// A TLS 1.3 client configuration trusting `roots` and presenting `cert` (PEM, with its
+/// key `key`).
+fn client_config(
+    roots: &Arc<rustls::RootCertStore>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
 }
 
 impl TargetKind for Redis {
@@ -361,6 +594,12 @@ impl LinkTx for RedisTx {
             .extend(reqs.iter().map(|(id, _)| *id));
         self.w
             .write_all(&self.buf)
+            .await
+            .map_err(|e| LinkError(format!("writing: {e}")))?;
+        // TLS may hold the last records back when the socket was full; TCP has nothing to
+        // flush.
+        self.w
+            .flush()
             .await
             .map_err(|e| LinkError(format!("writing: {e}")))
     }
@@ -462,29 +701,61 @@ fn key(code: &CodeBytes) -> String {
     format!("t:{}", code.to_text().as_str())
 }
 
-/// Before any run: `redis-server` starts (`--version`), and the port of `host_port` is free.
-pub(crate) fn precheck_spawn(host_port: &str) -> Result<(), String> {
-    let port = host_port
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .ok_or_else(|| "not a host:port".to_string())?;
+/// `redis-server` starts (`--version`).
+fn redis_server_starts() -> Result<(), String> {
     match Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
     {
-        Ok(s) if s.success() => {}
-        Ok(s) => return Err(format!("redis-server --version failed ({s})")),
-        Err(e) => {
-            return Err(format!(
-                "starting redis-server (is it on PATH? apt-get install redis-server): {e}"
-            ))
-        }
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("redis-server --version failed ({s})")),
+        Err(e) => Err(format!(
+            "starting redis-server (is it on PATH? apt-get install redis-server): {e}"
+        )),
     }
-    port_is_free(port)
 }
+
+/// Whether `redis-server` was built with TLS: given no port to listen on it exits at once,
+/// having read `--tls-port`, which a build without TLS refuses as a bad directive. A probe
+/// that says neither (it runs on, or cannot be read) is left for the spawn to tell.
+fn redis_knows_tls() -> Result<(), String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", "0", "--save", ""])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting redis-server: {e}"))?;
+    let deadline = Instant::now() + Duration::from_millis(TLS_PROBE_TIMEOUT_MS);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Ok(out) = child.wait_with_output() else {
+        return Ok(());
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match said.contains("Bad directive") && said.contains("tls-port") {
+        true => Err(NO_TLS.to_string()),
+        false => Ok(()),
+    }
+}
+
+/// What a `redis-server` without TLS is told.
+const NO_TLS: &str = "this redis-server was built without TLS (it refuses --tls-port): \
+                      install one built with BUILD_TLS=yes (Debian's and Ubuntu's are), or \
+                      use a redis:// target";
 
 /// A server already on `port` would answer in place of the one this run starts.
 fn port_is_free(port: u16) -> Result<(), String> {
@@ -497,21 +768,115 @@ fn port_is_free(port: u16) -> Result<(), String> {
     }
 }
 
-/// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write.
-fn spawn(port: u16) -> Result<Server, String> {
+/// A spawned server's TLS: the node's certificate and key and the CA, absolute (the server
+/// works in a directory of its own).
+#[derive(Debug)]
+struct SpawnTls {
+    /// `DATA/tls/node.crt`.
+    cert: PathBuf,
+    /// `DATA/tls/node.key`.
+    key: PathBuf,
+    /// `DATA/tls/ca.crt`, which the clients' certificates must chain to.
+    ca: PathBuf,
+}
+
+/// The files a spawned TLS server needs, checked: the node's certificate chains to the CA
+/// and carries `host`, the name the clients verify.
+fn spawn_tls(config: &Config, host: &str) -> Result<SpawnTls, String> {
+    let (tls_dir, ca) = crate::target::node_ca(config)?;
+    let absolute = |p: PathBuf| {
+        std::fs::canonicalize(&p).map_err(|e| {
+            format!(
+                "--spawn-redis with TLS serves the node's certificate and key from {}: {}: {e}",
+                tls_dir.display(),
+                p.display()
+            )
+        })
+    };
+    let cert = absolute(tls_dir.join(certs::NODE_CERT))?;
+    let key = absolute(tls_dir.join(certs::NODE_KEY))?;
+    let ca = absolute(ca)?;
+    node_cert_fits(&cert, &ca, host)?;
+    Ok(SpawnTls { cert, key, ca })
+}
+
+/// Whether the certificate `cert` chains to the CA `ca`, is valid now and names `host`.
+fn node_cert_fits(cert: &Path, ca: &Path, host: &str) -> Result<(), String> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} cannot be a certificate's name: {e}"))?;
+    let leaf =
+        CertificateDer::from_pem_file(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots_of(ca)?),
+        provider,
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{} is not a certificate for {host} ({e}): name in the URL a host it \
+                 carries, or issue one for {host} (`stile certs issue-node --san {host}`, \
+                 node.crt and node.key moved aside first)",
+                cert.display()
+            )
+        })
+}
+
+/// Why a spawned server stopped at once, with the last lines it said.
+fn exited_at_once(status: std::process::ExitStatus, server: Option<&Server>) -> String {
+    let said = server
+        .and_then(Server::dir)
+        .and_then(|d| std::fs::read_to_string(d.join(SPAWN_LOG)).ok())
+        .unwrap_or_default();
+    why_exited(&status.to_string(), &said)
+}
+
+/// What to say of a server that exited with `status` after saying `said` (its log).
+fn why_exited(status: &str, said: &str) -> String {
+    /// Lines of its log repeated.
+    const TAIL_LINES: usize = 3;
+    let mut out = format!("redis-server exited at once ({status})");
+    if said.contains("Bad directive") && said.contains("tls-") {
+        out += &format!(": {NO_TLS}");
+    }
+    let lines: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+    if !tail.is_empty() {
+        out += &format!("; it said: {}", tail.join(" / "));
+    }
+    out
+}
+
+/// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write; with `tls`,
+/// on that port TLS only, every client to present a certificate from the CA.
+fn spawn(port: u16, tls: Option<&SpawnTls>) -> Result<Server, String> {
     port_is_free(port)?;
     let dir = TempTree::new_in(&[Path::new(".")], ".stile-redis-")
         .map_err(|e| format!("making a directory for redis-server: {e}"))?;
+    let log = std::fs::File::create(dir.path().join(SPAWN_LOG))
+        .map_err(|e| format!("making redis-server's log: {e}"))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("making redis-server's log: {e}"))?;
     let mut command = Command::new("redis-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(t) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&t.cert)
+            .arg("--tls-key-file")
+            .arg(&t.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&t.ca)
+            .args(["--tls-auth-clients", "yes"]),
+    };
     command
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
+        .args(["--bind", "127.0.0.1", "--save", ""])
         .args([
             "--appendonly",
             "yes",
@@ -522,8 +887,8 @@ fn spawn(port: u16) -> Result<Server, String> {
         ])
         .arg("--dir")
         .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
         // A group of its own: a terminal's Ctrl-C reaches the tester, which ends the run
         // and then stops this server, instead of the server dying under the run.
         .process_group(0);
@@ -583,6 +948,69 @@ mod tests {
                     used_cpu_sys_children:9.0\r\n";
         assert_eq!(cpu_us_of_info(info), Some(1_750_001));
         assert_eq!(cpu_us_of_info("# CPU\r\n"), None);
+    }
+
+    #[test]
+    fn redis_targets_parse_with_and_without_tls() {
+        assert_eq!(
+            parse_target("redis://127.0.0.1:6390/"),
+            Some(("127.0.0.1:6390", false))
+        );
+        assert_eq!(
+            parse_target("redis+tls://localhost:6391"),
+            Some(("localhost:6391", true))
+        );
+        assert_eq!(parse_target("rediss://h:1"), None);
+        assert!(is_redis_target("redis+tls://h:1") && !is_redis_target("quic://h:1"));
+        assert_eq!(host_port("[::1]:7"), Some(("::1", 7)));
+        assert_eq!(host_port("localhost"), None);
+        assert_eq!(host_port(":7"), None);
+    }
+
+    /// A spawned TLS server's certificate must carry the name the clients verify: caught
+    /// before the server starts, with what to do.
+    #[test]
+    fn a_node_certificate_for_another_host_is_refused_before_spawning() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        certs::init(dir.path()).expect("CA");
+        certs::issue_node(dir.path(), &["10.9.8.7".into(), "node.example".into()])
+            .expect("node certificate");
+        let (cert, ca) = (
+            dir.path().join(certs::NODE_CERT),
+            dir.path().join(certs::CA_CERT),
+        );
+        assert_eq!(node_cert_fits(&cert, &ca, "10.9.8.7"), Ok(()));
+        assert_eq!(node_cert_fits(&cert, &ca, "node.example"), Ok(()));
+        let e = node_cert_fits(&cert, &ca, "127.0.0.1").expect_err("not for 127.0.0.1");
+        assert!(e.contains("is not a certificate for 127.0.0.1"), "{e}");
+        assert!(e.contains("stile certs issue-node --san 127.0.0.1"), "{e}");
+        // Nor is one of another CA.
+        let other = tempfile::tempdir().expect("temp dir");
+        certs::init(other.path()).expect("CA");
+        let e = node_cert_fits(&cert, &other.path().join(certs::CA_CERT), "10.9.8.7")
+            .expect_err("another CA");
+        assert!(e.contains("is not a certificate for 10.9.8.7"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_server_without_tls_is_named_as_such() {
+        let said = "\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration \
+                    file, at line 2\n>>> 'tls-port \"6390\"'\nBad directive or wrong number of \
+                    arguments\n";
+        let why = why_exited("exit status: 1", said);
+        assert!(why.contains("built without TLS"), "{why}");
+        assert!(
+            why.ends_with(
+                "it said: Reading the configuration file, at line 2 / >>> \
+             'tls-port \"6390\"' / Bad directive or wrong number of arguments"
+            ),
+            "{why}"
+        );
+        let why = why_exited("exit status: 1", "# Failed to configure TLS\n");
+        assert!(
+            !why.contains("without TLS") && why.contains("Failed to configure"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -161,13 +161,13 @@ pub(crate) struct InprocRx {
 fn unknown_scheme(target: &str) -> LoadError {
     LoadError::Usage(format!(
         "target {target:?}: use inproc, quic://HOST:PORT (a shard's nodes: \
-         quic://HOST:PORT+HOST:PORT), quic-echo://IP:PORT (the transport alone) or \
-         redis://HOST:PORT"
+         quic://HOST:PORT+HOST:PORT), quic-echo://IP:PORT (the transport alone), \
+         redis://HOST:PORT or redis+tls://HOST:PORT"
     ))
 }
 
-/// The admin certificate and key a `quic://` target mints with, checked to exist and to
-/// carry the admin role.
+/// The admin certificate and key a `quic://` target mints with (a `redis+tls://` one
+/// connects with), checked to exist and to carry the admin role.
 pub(crate) fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     let (cert, key) = match &config.admin {
         Some(pair) => pair.clone(),
@@ -192,7 +192,8 @@ pub(crate) fn admin_identity(config: &Config) -> Result<(PathBuf, PathBuf), Stri
     Ok((cert, key))
 }
 
-/// `DATA/tls` and the CA certificate in it, which a `quic://` target needs.
+/// `DATA/tls` and the CA certificate in it, which a `quic://` or `redis+tls://` target
+/// needs.
 pub(crate) fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     let tls = config.data.join("tls");
     let ca = tls.join(certs::CA_CERT);
@@ -231,8 +232,9 @@ async fn resolve(named: &[NodeName]) -> Result<Vec<(SocketAddr, String)>, String
 
 impl Target {
     /// What can be checked before any run, so that a `--compare` does not fail at its last
-    /// target after minutes of the others: the URL's scheme, the CA of a `quic://` target,
-    /// and for a spawned Redis that `redis-server` starts and its port is free.
+    /// target after minutes of the others: the URL's scheme, the CA of a `quic://` or
+    /// `redis+tls://` target, and for a spawned Redis that `redis-server` starts (with TLS:
+    /// knows TLS, and the node's certificate fits) and its port is free.
     pub fn precheck(config: &Config) -> Result<(), LoadError> {
         let err = |reason: String| LoadError::Target {
             target: config.target.clone(),
@@ -242,11 +244,8 @@ impl Target {
         if t == "inproc" {
             return Ok(());
         }
-        if let Some(rest) = t.strip_prefix("redis://") {
-            return match config.spawn_redis {
-                true => crate::redis_target::precheck_spawn(rest).map_err(err),
-                false => Ok(()),
-            };
+        if crate::redis_target::is_redis_target(t) {
+            return crate::redis_target::precheck(config).map_err(err);
         }
         if t.starts_with("quic://") || t.starts_with(crate::echo::SCHEME) {
             node_ca(config).map_err(err)?;
@@ -261,7 +260,7 @@ impl Target {
             target: config.target.clone(),
             reason,
         };
-        if config.target.starts_with("redis://") {
+        if crate::redis_target::is_redis_target(&config.target) {
             return Ok(Target::Redis(Arc::new(Redis::open(config).await?)));
         }
         if config.target == "inproc" {

@@ -406,6 +406,110 @@ async fn every_scenario_against_redis_with_the_lua_checkin() {
     assert!(text.contains("sync appendfsync always"), "{text}");
 }
 
+/// The second baseline: Redis over TLS 1.3 with client certificates from the deployment's
+/// CA, as a node's gates authenticate. Every connection is TLS with the right certificate,
+/// or the server (`--tls-auth-clients yes`) would not answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_against_redis_over_tls_with_gate_certificates() {
+    let Some(port) = redis_port_if_installed() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    crate::node::make_certs(&dir.path().join("tls"));
+    let target = format!("redis+tls://127.0.0.1:{port}");
+    for scenario in EVERY {
+        let mut c = config(scenario, &target, dir.path());
+        c.spawn_redis = true;
+        c.gates = 4;
+        c.tickets = Some(4_000);
+        // Ends when the codes run out; the bound is for a slow machine.
+        c.duration = Duration::from_secs(20);
+        let r = stile_loadtest::run(&c).await.unwrap();
+        assert_eq!(r.target, target, "the target as written: {r:?}");
+        assert_eq!(r.sync, "appendfsync always", "{r:?}");
+        check(scenario, &r, u64::from(c.tickets.unwrap()));
+        assert!(
+            r.server_cpu_us_per_request.is_some_and(|us| us > 0.0),
+            "{r:?}"
+        );
+    }
+    // The run's gate certificates went with it.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".stile-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// One invocation: Redis over TCP and over TLS, each spawned on its own port, the ratios
+/// printed.
+#[test]
+fn a_compare_of_redis_over_tcp_and_over_tls_prints_their_ratios() {
+    let Some(plain) = redis_port_if_installed() else {
+        return;
+    };
+    let tls = std::iter::repeat_with(redis_port_if_installed)
+        .flatten()
+        .find(|p| *p != plain)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    crate::node::make_certs(&dir.path().join("tls"));
+    let (plain, tls) = (
+        format!("redis://127.0.0.1:{plain}"),
+        format!("redis+tls://127.0.0.1:{tls}"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "stadium",
+            "--spawn-redis",
+            "--quiet",
+        ])
+        .args(["--compare", &format!("{plain},{tls}")])
+        .args(["--duration", "1s", "--warmup", "0s", "--gates", "4"])
+        .args(["--tickets", "4000"])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("{plain} vs {tls}: throughput x")),
+        "{text}"
+    );
+    assert_eq!(text.matches("sync appendfsync always").count(), 2, "{text}");
+}
+
+/// A `redis+tls://` target needs the deployment's CA: said before anything starts.
+#[test]
+fn redis_over_tls_without_a_ca_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args([
+            "loadtest",
+            "--scenario",
+            "stadium",
+            "--spawn-redis",
+            "--quiet",
+        ])
+        .args(["--target", "redis+tls://127.0.0.1:1", "--duration", "1s"])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no CA in"), "{err}");
+    assert!(err.contains("--data"), "{err}");
+}
+
 #[test]
 fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
     let dir = tempfile::tempdir().unwrap();
