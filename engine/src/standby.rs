@@ -134,6 +134,14 @@ pub enum SeedError {
     /// The data dir holds a log or snapshots already.
     #[error("data dir {0} holds tickets already: a standby is seeded only into an empty data dir")]
     NotEmpty(std::path::PathBuf),
+    /// The data dir is marked as a seed cut short, but its log holds records: a seed
+    /// leaves an empty log, so they are this node's own, and seeding again would delete them.
+    #[error(
+        "data dir {0} is marked as a seed cut short ({SEEDING_MARK}), but its log holds \
+         records logged after a seed, which seeding again would delete: if the data dir is \
+         whole, remove {0}/{SEEDING_MARK}; to seed it afresh, move the data dir aside first"
+    )]
+    NotASeed(std::path::PathBuf),
     /// The primary's key ring does not parse.
     #[error("the primary's key ring: {0}")]
     Ring(#[from] crate::keys::KeyError),
@@ -157,6 +165,22 @@ pub const SEEDING_MARK: &str = ".seeding";
 /// Whether `dir` holds a seed that was cut short (see [`SEEDING_MARK`]).
 pub fn unfinished_seed(dir: &Path) -> bool {
     dir.join(SEEDING_MARK).exists()
+}
+
+/// Whether data dir `dir`'s log holds a record (or cannot be read: then it is not known
+/// to be empty). A seed cut short leaves none: it starts the log empty, last of all.
+fn log_holds_records(dir: &Path) -> bool {
+    let wal_dir = dir.join(crate::datadir::WAL_DIR);
+    let first = match crate::wal::segment::list(&crate::storage::StdStorage, &wal_dir) {
+        Ok(segments) => match segments.first() {
+            Some((first, _)) => *first,
+            None => return false,
+        },
+        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
+    };
+    let mut out = Vec::new();
+    let read = crate::wal::tail::LogTail::new(&wal_dir, first).read(u64::MAX, 1, &mut out);
+    read.is_err() || !out.is_empty()
 }
 
 /// A new standby's data dir being filled with its primary's key ring, a snapshot, and an
@@ -188,6 +212,9 @@ impl Seed {
         crate::datadir::ensure(dir).map_err(io(dir))?;
         let mark = dir.join(SEEDING_MARK);
         if mark.exists() {
+            if log_holds_records(dir) {
+                return Err(SeedError::NotASeed(dir.to_path_buf()));
+            }
             // An earlier seed was cut short: what it wrote is the primary's, not ours.
             for sub in [crate::datadir::WAL_DIR, crate::datadir::SNAPSHOTS_DIR] {
                 let path = dir.join(sub);

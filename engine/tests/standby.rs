@@ -154,6 +154,40 @@ fn seeding_refuses_a_data_dir_with_state_and_a_damaged_snapshot() {
     drop(open(other.path(), &clock));
 }
 
+/// A `.seeding` mark in a data dir whose log holds records (put there by hand, or left by
+/// anything but a seed) is refused, not taken as a seed cut short: seeding again would
+/// delete the log, and a rejoining old primary's answered admits with it (found by
+/// creating the mark in such a dir: the node reseeded and the admits were gone).
+#[test]
+fn a_seeding_mark_beside_a_log_with_records_is_refused_not_seeded_over() {
+    let (pdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = Arc::new(ManualClock::new(T0));
+    let primary = open(pdir.path(), &clock);
+    let policy = primary.add_policy(Policy::simple(1)).unwrap();
+    seed(&primary, sdir.path());
+    // A seed cut short after its log was started is seeded again.
+    std::fs::write(sdir.path().join(".seeding"), "").unwrap();
+    let start = seed(&primary, sdir.path());
+    let standby = open(sdir.path(), &clock);
+    let mint = MintRequest {
+        policy,
+        partition: 0,
+        count: 3,
+    };
+    primary.mint(&mint).unwrap();
+    let (records, upto) = records_from(&primary, start);
+    standby
+        .apply_replicated(start, upto, &records)
+        .unwrap()
+        .wait();
+    drop(standby);
+    std::fs::write(sdir.path().join(".seeding"), "").unwrap();
+    let ring = primary.keys().to_text();
+    let err = Seed::begin(sdir.path(), ring.as_bytes(), upto).unwrap_err();
+    assert!(err.to_string().contains("remove"), "{err}");
+    assert!(sdir.path().join("wal").exists());
+}
+
 #[test]
 fn with_a_standby_required_answers_wait_for_its_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
