@@ -368,6 +368,8 @@ fn run_node(
         None => None,
     };
     if shard.name.is_some() {
+        stile_node::standby::finish_set_aside(data)
+            .with_context(|| format!("finishing the set-aside of {}", data.display()))?;
         stile_node::standby::check_epoch_files(data).map_err(anyhow::Error::msg)?;
     }
     let primary = match (&shard.standby_of, &peer) {

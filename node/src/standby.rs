@@ -221,7 +221,7 @@ pub struct SetAside {
 /// from log number `at` on (none: `None`) are written beside them, as text and as frames
 /// to offer the leader. Call with the engine closed.
 pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> {
-    use stile_engine::datadir::{SNAPSHOTS_DIR, WAL_DIR};
+    use stile_engine::datadir::WAL_DIR;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StandbyError::Io { path, source }
@@ -250,8 +250,7 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let parent = dir.join(DIVERGED_DIR);
-    let aside = parent.join(stamp.to_string());
+    let aside = dir.join(DIVERGED_DIR).join(stamp.to_string());
     std::fs::create_dir_all(&aside).map_err(io(&aside))?;
     let mut text = String::new();
     let mut frames = Vec::new();
@@ -273,6 +272,37 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
     } else {
         write(SUFFIX_FRAMES, &frames)?;
     }
+    // The moves below are four renames: a crash between them would leave a log without its
+    // snapshots (or the reverse). The mark, synced first, names where they go, and the next
+    // start finishes them ([`finish_set_aside`]) before anything opens the data dir.
+    let mark = dir.join(SETTING_ASIDE_MARK);
+    let name = aside
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a decimal name");
+    stile_engine::datadir::write_private_synced(&mark, &[name.as_bytes()]).map_err(io(&mark))?;
+    stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, dir)
+        .map_err(io(dir))?;
+    move_aside(dir, &aside)?;
+    Ok(SetAside {
+        dir: aside,
+        records: records.len(),
+        admits,
+    })
+}
+
+/// Present while a set-aside moves a data dir's log, snapshots and epoch files: it holds the
+/// name of the dir under [`DIVERGED_DIR`] they go to.
+pub const SETTING_ASIDE_MARK: &str = ".setting-aside";
+
+/// Moves what [`set_aside`] moves that is still in `dir` into `aside`, syncs, and removes
+/// the mark.
+fn move_aside(dir: &Path, aside: &Path) -> Result<(), StandbyError> {
+    use stile_engine::datadir::{SNAPSHOTS_DIR, WAL_DIR};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StandbyError::Io { path, source }
+    };
     for name in [WAL_DIR, SNAPSHOTS_DIR, EPOCH_FILE, EPOCHS_FILE] {
         let from = dir.join(name);
         match std::fs::rename(&from, aside.join(name)) {
@@ -280,15 +310,42 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
             _ => {}
         }
     }
-    for d in [&aside, &parent, &dir.to_path_buf()] {
+    let parent = dir.join(DIVERGED_DIR);
+    for d in [aside, &parent, dir] {
         stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, d)
             .map_err(io(d))?;
     }
-    Ok(SetAside {
-        dir: aside,
-        records: records.len(),
-        admits,
-    })
+    let mark = dir.join(SETTING_ASIDE_MARK);
+    std::fs::remove_file(&mark).map_err(io(&mark))?;
+    stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, dir)
+        .map_err(io(dir))
+}
+
+/// Finishes a set-aside a crash cut short (see [`SETTING_ASIDE_MARK`]): call at start,
+/// before the data dir is opened. `Ok(None)` when there was none.
+pub fn finish_set_aside(dir: &Path) -> Result<Option<PathBuf>, StandbyError> {
+    let mark = dir.join(SETTING_ASIDE_MARK);
+    let name = match std::fs::read_to_string(&mark) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StandbyError::Io { path: mark, source }),
+    };
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(StandbyError::Protocol(format!(
+            "{} is damaged (it names the dir under {DIVERGED_DIR}/ a set-aside was moving this \
+             node's log to): finish the move by hand, then remove it",
+            mark.display()
+        )));
+    }
+    let aside = dir.join(DIVERGED_DIR).join(name);
+    std::fs::create_dir_all(&aside).map_err(|source| StandbyError::Io {
+        path: aside.clone(),
+        source,
+    })?;
+    move_aside(dir, &aside)?;
+    tracing::warn!(dir = %aside.display(), "finished setting this node's log aside (a crash had cut it short)");
+    Ok(Some(aside))
 }
 
 /// Offers the leader every set-aside suffix it has not taken yet (see [`set_aside`]); its
@@ -669,6 +726,35 @@ mod tests {
             diverged(&[(3, 0), (8, 300)], read_epoch(dir.path()), 302),
             None
         );
+    }
+
+    /// A set-aside cut short between its renames (a log moved, its snapshots not) is
+    /// finished at the next start, from the mark naming where they go.
+    #[test]
+    fn a_set_aside_cut_short_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(finish_set_aside(d).unwrap().is_none());
+        let aside = d.join(DIVERGED_DIR).join("1700000000000");
+        std::fs::create_dir_all(aside.join("wal")).unwrap();
+        std::fs::write(aside.join("wal/0.log"), b"log").unwrap();
+        std::fs::create_dir_all(d.join("snapshots")).unwrap();
+        std::fs::write(d.join("snapshots/s"), b"snap").unwrap();
+        std::fs::write(d.join(EPOCH_FILE), "9\n").unwrap();
+        std::fs::write(d.join(SETTING_ASIDE_MARK), "1700000000000").unwrap();
+        assert_eq!(finish_set_aside(d).unwrap(), Some(aside.clone()));
+        assert!(aside.join("snapshots/s").exists() && aside.join("wal/0.log").exists());
+        assert!(aside.join(EPOCH_FILE).exists());
+        assert!(!d.join("snapshots").exists() && !d.join(EPOCH_FILE).exists());
+        assert!(!d.join(SETTING_ASIDE_MARK).exists());
+        // A mark that names no such dir safely is refused, and nothing moves.
+        std::fs::create_dir_all(d.join("wal")).unwrap();
+        std::fs::write(d.join(SETTING_ASIDE_MARK), "../../etc").unwrap();
+        assert!(finish_set_aside(d)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
+        assert!(d.join("wal").exists());
     }
 
     /// Damaged epoch files are refused, not read as "no epoch"; a refusal names its point.
