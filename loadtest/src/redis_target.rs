@@ -200,6 +200,16 @@ pub(crate) fn precheck(config: &Config) -> Result<(), String> {
 }
 
 impl Redis {
+    /// Section `section` of `INFO` (`None`: no answer).
+    async fn info(&self, section: &str) -> Option<String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .ok()
+    }
+
     /// Connects (starting the server first with `--spawn-redis`) and loads the scripts.
     pub async fn open(config: &Config) -> Result<Redis, LoadError> {
         let err = |reason: String| LoadError::Target {
@@ -540,28 +550,12 @@ impl TargetKind for Redis {
 
     /// Redis's own CPU time, from `INFO cpu` (`used_cpu_sys` + `used_cpu_user`, seconds).
     async fn server_cpu_us(&self) -> Option<u64> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        cpu_us_of_info(&info)
+        cpu_us_of_info(&self.info("cpu").await?)
     }
 
     /// Redis's resident memory, from `INFO memory` (`used_memory_rss`).
     async fn server_memory_bytes(&self) -> Option<u64> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix("used_memory_rss:"))?
-            .trim()
-            .parse()
-            .ok()
+        info_field(&self.info("memory").await?, "used_memory_rss")
     }
 
     async fn link(&self, gate: u16, inflight: u32) -> Result<(RedisTx, RedisRx), LoadError> {
@@ -635,16 +629,18 @@ impl LinkRx for RedisRx {
 }
 
 /// One RESP command.
+/// Field `name` of an `INFO` answer (`name:value` lines), parsed.
+fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The CPU time an `INFO cpu` answer reports, microseconds.
 fn cpu_us_of_info(info: &str) -> Option<u64> {
-    let field = |name: &str| -> Option<f64> {
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let s = field("used_cpu_sys")? + field("used_cpu_user")?;
+    let s = info_field::<f64>(info, "used_cpu_sys")? + info_field::<f64>(info, "used_cpu_user")?;
     Some((s * 1e6).round() as u64)
 }
 

@@ -49,17 +49,28 @@ pub(crate) fn spawn_member(
     spawn(data, tls, &args)
 }
 
+/// Checks in `code` at `addr` as gate `gate` with scan id `scan`, waiting up to `wait`: this
+/// node's own answer, not the leader's it would send the gate to.
+async fn own_answer(
+    tls: &Path,
+    addr: SocketAddr,
+    gate: &str,
+    code: &stile_protocol::CodeBytes,
+    scan: u64,
+    wait: Duration,
+) -> Result<stile_protocol::Outcome, ClientError> {
+    let mut config = client_config(tls, addr, gate);
+    config.request_timeout = wait;
+    config.follow_leader = false;
+    Client::connect(config).await?.checkin(code, scan).await
+}
+
 /// Checks in `code` at `addr` until the node admits rather than answering `not_leader` or
 /// not at all (at most 60 s).
 async fn admits_eventually(tls: &Path, addr: SocketAddr, code: &stile_protocol::CodeBytes) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut config = client_config(tls, addr, "gate-2");
-        config.request_timeout = Duration::from_secs(2);
-        // This node's own answer, not its leader's.
-        config.follow_leader = false;
-        let r = async { Client::connect(config).await?.checkin(code, 77).await }.await;
-        match r {
+        match own_answer(tls, addr, "gate-2", code, 77, Duration::from_secs(2)).await {
             Ok(o) => {
                 assert_eq!(o.kind, OutcomeKind::Admitted);
                 return;
@@ -141,11 +152,7 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
     assert_eq!(unsafe { libc::kill(n1.id() as i32, libc::SIGCONT) }, 0);
     // Resumed, the old primary admits nothing: its answers need the standby, which leads
     // now, and it steps down once it sees so.
-    let mut config = client_config(&tls, a1, "gate-1");
-    config.request_timeout = Duration::from_secs(5);
-    // Its own answer, not the leader's it would send the gate to.
-    config.follow_leader = false;
-    let late = async { Client::connect(config).await?.checkin(&codes[2], 2).await }.await;
+    let late = own_answer(&tls, a1, "gate-1", &codes[2], 2, Duration::from_secs(5)).await;
     assert!(
         !matches!(&late, Ok(o) if o.kind == OutcomeKind::Admitted),
         "the old primary admitted: {late:?}"
@@ -162,13 +169,7 @@ async fn a_primary_paused_past_its_lease_answers_nothing_as_leader_once_resumed(
     // afresh if its log went past the leader's), and is named its synchronous standby.
     metric_reaches(&m2.unwrap(), "stile_node_sync_standby 1").await;
     assert!(n1.try_wait().unwrap().is_none(), "the old primary rejoined");
-    let mut direct = client_config(&tls, a1, "gate-1");
-    direct.follow_leader = false;
-    let o = Client::connect(direct)
-        .await
-        .unwrap()
-        .checkin(&codes[3], 3)
-        .await;
+    let o = own_answer(&tls, a1, "gate-1", &codes[3], 3, Duration::from_secs(10)).await;
     assert!(
         matches!(&o, Err(ClientError::Node { code, message }) if *code == error_code::NOT_LEADER && *message == a2.to_string()),
         "{o:?}"
@@ -377,13 +378,7 @@ async fn no_one_takes_over_a_shard_without_a_synchronous_standby_until_an_operat
     assert_eq!(conflicts[0].code, codes[4]);
     assert_eq!(conflicts[0].second.gate, 1, "{conflicts:?}");
     // It runs on as a standby: the leader's, not its own answers.
-    let mut direct = client_config(&tls, a1, "gate-1");
-    direct.follow_leader = false;
-    let o = Client::connect(direct)
-        .await
-        .unwrap()
-        .checkin(&codes[3], 3)
-        .await;
+    let o = own_answer(&tls, a1, "gate-1", &codes[3], 3, Duration::from_secs(10)).await;
     assert!(
         matches!(&o, Err(ClientError::Node { code, .. }) if *code == error_code::NOT_LEADER),
         "{o:?}"
