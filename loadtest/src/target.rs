@@ -33,6 +33,11 @@ use crate::{Config, LoadError};
 pub(crate) const DAY_S: u32 = 24 * 3600;
 /// Bytes asked of a QUIC stream per read.
 const READ_CHUNK: usize = 1 << 20;
+/// Bytes a gate's read buffer starts with; it grows with the gate's answers. A full
+/// [`READ_CHUNK`] a gate from the start made thousands of gates zero gigabytes at once.
+const READ_BUF_START: usize = 4 * 1024;
+/// Gates a tester's UDP socket carries at most.
+const GATES_PER_SOCKET: usize = 1024;
 
 /// A target, shared by every gate.
 #[derive(Clone)]
@@ -89,8 +94,9 @@ pub struct Quic {
     admin: Client,
     /// The partition tickets are minted into.
     partition: u16,
-    /// One UDP socket for every gate's connection, as one machine simulating many gates.
-    endpoint: quinn::Endpoint,
+    /// A few UDP sockets for every gate's connection, as one machine simulating many
+    /// gates: gate `g` on socket `g % len`.
+    endpoints: Vec<quinn::Endpoint>,
     /// A `quic-echo://` target: the echo server this run started (stopped on drop).
     echo: Option<std::sync::Mutex<crate::leftovers::Server>>,
 }
@@ -320,14 +326,20 @@ impl Target {
                 .gate(gate_certs.path(), g, PROVIDER)
                 .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
         }
-        // Every gate's datagrams land in this one socket: give it room for bursts, as the
-        // node has, so the tester does not lose what it measures.
-        let (socket, buffers) = udp::bind(bind_addr_for(addrs[0]))
-            .map_err(|e| err(format!("binding a UDP socket: {e}")))?;
-        if let Some(line) = buffers.shortfall() {
-            tracing::warn!("{line}");
+        // Gates share a few sockets, each with room for bursts as the node has, so the
+        // tester does not lose what it measures; each socket's endpoint reads on its own,
+        // so thousands of gates are not read by one task.
+        let mut endpoints = Vec::new();
+        for _ in 0..usize::from(config.gates).div_ceil(GATES_PER_SOCKET) {
+            let (socket, buffers) = udp::bind(bind_addr_for(addrs[0]))
+                .map_err(|e| err(format!("binding a UDP socket: {e}")))?;
+            if let Some(line) = buffers.shortfall() {
+                if endpoints.is_empty() {
+                    tracing::warn!("{line}");
+                }
+            }
+            endpoints.push(raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?);
         }
-        let endpoint = raw_endpoint_on(socket, &client).map_err(|e| err(e.to_string()))?;
         Ok(Target::Quic(Arc::new(Quic {
             name: config.target.clone(),
             config: client,
@@ -337,7 +349,7 @@ impl Target {
             gate_certs,
             admin,
             partition: config.partition,
-            endpoint,
+            endpoints,
             echo: echo.map(std::sync::Mutex::new),
         })))
     }
@@ -604,7 +616,8 @@ impl TargetKind for Quic {
                 tls: ctls.clone(),
                 ..self.config_at(addr)
             };
-            let connecting = connect_raw_on(&self.endpoint, &config);
+            let endpoint = &self.endpoints[usize::from(gate) % self.endpoints.len()];
+            let connecting = connect_raw_on(endpoint, &config);
             let connected = match self.nodes.len() {
                 1 => connecting.await,
                 _ => tokio::time::timeout(NODE_CONNECT_TIMEOUT, connecting)
@@ -658,7 +671,7 @@ impl Quic {
             },
             QuicRx {
                 recv,
-                buf: BytesMut::with_capacity(READ_CHUNK),
+                buf: BytesMut::with_capacity(READ_BUF_START),
                 conn,
                 follow_leader: self.nodes.len() > 1,
                 not_leader: None,

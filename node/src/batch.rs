@@ -34,12 +34,13 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// An empty batch with room for [`BATCH_MAX`] check-ins.
+    /// An empty batch; it grows to what its stream's reads bring, up to [`BATCH_MAX`]
+    /// check-ins (a gate with one scan in flight never needs room for more).
     pub(crate) fn new() -> Self {
         Batch {
-            requests: Vec::with_capacity(BATCH_MAX),
-            ids: Vec::with_capacity(BATCH_MAX),
-            outcomes: Vec::with_capacity(BATCH_MAX),
+            requests: Vec::new(),
+            ids: Vec::new(),
+            outcomes: Vec::new(),
             early: BytesMut::new(),
             early_slots: 0,
             early_ops: [0; OPS],

@@ -93,7 +93,10 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
                         recv,
                     ));
                 }
-                Err(_) => break false,
+                Err(e) => {
+                    tracing::debug!(%remote, reason = %e, "connection ended");
+                    break false;
+                }
             },
             _ = shutdown.wait_for(|s| *s) => break true,
             Some(_) = streams.join_next(), if !streams.is_empty() => {}

@@ -25,6 +25,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes of answers the writer gathers before one write.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Bytes a stream's read and write buffers start with; they grow with its traffic. Thousands
+/// of gates each hold a stream: buffers of full size from the start cost 320 KiB a gate,
+/// and zeroing the fresh pages of 4,096 of them at once held the node's CPUs for over a
+/// second, past the gates' idle timeout.
+const BUF_START: usize = 4 * 1024;
 
 /// Answers on their way to the writer.
 pub(crate) struct Out {
@@ -113,7 +118,7 @@ pub(crate) async fn serve_stream(
         subscriptions: HashMap::new(),
     };
     let mut shutdown = shared.shutdown.clone();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(BUF_START);
     'read: loop {
         let chunk = tokio::select! {
             c = recv.read_chunk(READ_CHUNK, true) => c,
@@ -174,7 +179,7 @@ async fn write_loop(
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
 ) {
-    let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES);
+    let mut out = BytesMut::with_capacity(BUF_START);
     // When and what each write's answers were asked for, for the latency histograms.
     let mut written: Vec<(Instant, OpTally)> = Vec::with_capacity(64);
     let mut held = None;

@@ -58,7 +58,7 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a quiet connection sends a keep-alive: several per [`IDLE_TIMEOUT`], so one
 /// lost datagram does not end a live connection.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(300);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(400);
 /// The round-trip time assumed before one is measured (QUIC's default is 333 ms, made for
 /// the Internet): gates and nodes share a site, and with it a handshake whose first packet
 /// is lost, or that reaches a node still starting, is tried again within a fraction of a
