@@ -493,10 +493,8 @@ struct RunShared {
     stepped: Notify,
     /// Answers so far (for the progress bar).
     answered: AtomicU64,
-    /// Per second of the run: answers and their latency.
-    timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
-    /// The gates' latencies, gate `g` in shard `g % LATENCY_SHARDS`.
-    latencies: Box<[Mutex<Latencies>]>,
+    /// The gates' latencies: over the run, in the measured time, and second by second.
+    latencies: LatencyBook,
     /// Ends the run early.
     stop: Stop,
     /// Every attempt, recorded (`--history`).
@@ -728,7 +726,7 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
             totals.add(&c);
         }
     }
-    shared.finish_latencies(&mut totals);
+    let timeline = shared.latencies.finish(&mut totals);
     let struck = match striker {
         Some(s) => s.finish().await,
         None => faults::Struck::default(),
@@ -789,7 +787,6 @@ pub async fn run_sized(config: &Config, sizing: Sizing) -> Result<RunReport, Loa
         true => 0,
         false => forged_admits,
     };
-    let timeline = std::mem::take(&mut *shared.timeline.lock().expect("not poisoned"));
     let (first, cpu_first) = if warmed {
         first_reading.await.unwrap_or((None, None))
     } else {
@@ -1002,10 +999,7 @@ impl RunShared {
             },
             stepped: Notify::new(),
             answered: AtomicU64::new(0),
-            timeline: Mutex::new(Vec::new()),
-            latencies: (0..LATENCY_SHARDS)
-                .map(|_| Mutex::new(Latencies::default()))
-                .collect(),
+            latencies: LatencyBook::default(),
             stop: config.stop.clone(),
         }
     }
@@ -1014,10 +1008,59 @@ impl RunShared {
     fn record_latency(&self, gate: u16, now: Instant, due: Instant, n: u64) {
         let took_us = (now.saturating_duration_since(due).as_micros() as u64).max(1);
         let second = due.saturating_duration_since(self.start).as_secs() as usize;
-        let shard = &self.latencies[usize::from(gate) % LATENCY_SHARDS];
-        let mut l = shard.lock().expect("not poisoned");
+        self.latencies
+            .record(gate, second, due >= self.measure_from, took_us, n);
+    }
+}
+
+/// Shards of the gates' latency histograms. Gates share them rather than keep their own:
+/// three 140 KB histograms a gate made a 4,096-gate run zero 1.7 GB as its gates started,
+/// which held the tester's CPUs past the links' idle timeout and lost every gate.
+const LATENCY_SHARDS: usize = 16;
+
+/// The gates' latencies, gate `g` in shard `g % LATENCY_SHARDS`, and the run's timeline.
+struct LatencyBook {
+    shards: Box<[Mutex<Latencies>]>,
+    /// Per second of the run: answers and their latency.
+    timeline: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
+}
+
+/// Latencies of the gates of one shard.
+struct Latencies {
+    /// In the measured time.
+    hist: hdrhistogram::Histogram<u64>,
+    /// Over the whole run, warm-up included.
+    hist_all: hdrhistogram::Histogram<u64>,
+    /// The seconds still being answered, by second of the run.
+    seconds: Vec<(usize, hdrhistogram::Histogram<u64>)>,
+}
+
+impl Default for LatencyBook {
+    fn default() -> Self {
+        LatencyBook {
+            shards: (0..LATENCY_SHARDS)
+                .map(|_| {
+                    Mutex::new(Latencies {
+                        hist: new_histogram(),
+                        hist_all: new_histogram(),
+                        seconds: Vec::with_capacity(2),
+                    })
+                })
+                .collect(),
+            timeline: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl LatencyBook {
+    /// Records `n` answers of gate `gate` that took `took_us`, due in second `second` of
+    /// the run, `measured` if due after the warm-up.
+    fn record(&self, gate: u16, second: usize, measured: bool, took_us: u64, n: u64) {
+        let mut l = self.shards[usize::from(gate) % LATENCY_SHARDS]
+            .lock()
+            .expect("not poisoned");
         let _ = l.hist_all.record_n(took_us, n);
-        if due >= self.measure_from {
+        if measured {
             let _ = l.hist.record_n(took_us, n);
         }
         let at = match l.seconds.iter().position(|(s, _)| *s == second) {
@@ -1042,7 +1085,7 @@ impl RunShared {
         let _ = l.seconds[at].1.record_n(took_us, n);
     }
 
-    /// Adds one second's latencies to the run's timeline.
+    /// Adds one second's latencies to the timeline.
     fn to_timeline(&self, second: usize, h: &hdrhistogram::Histogram<u64>) {
         if h.is_empty() {
             return;
@@ -1054,10 +1097,10 @@ impl RunShared {
         let _ = timeline[second].add(h);
     }
 
-    /// Once every gate is done: the seconds still open go to the timeline, and the
-    /// latencies to `totals`.
-    fn finish_latencies(&self, totals: &mut Totals) {
-        for shard in self.latencies.iter() {
+    /// Once every gate is done: the seconds still open go to the timeline, the latencies to
+    /// `totals`; returns the timeline, second by second.
+    fn finish(&self, totals: &mut Totals) -> Vec<hdrhistogram::Histogram<u64>> {
+        for shard in self.shards.iter() {
             let mut l = shard.lock().expect("not poisoned");
             for (s, h) in std::mem::take(&mut l.seconds) {
                 self.to_timeline(s, &h);
@@ -1065,31 +1108,7 @@ impl RunShared {
             let _ = totals.hist.add(&l.hist);
             let _ = totals.hist_all.add(&l.hist_all);
         }
-    }
-}
-
-/// Shards of the gates' latency histograms. Gates share them rather than keep their own:
-/// three 140 KB histograms a gate made a 4,096-gate run zero 1.7 GB as its gates started,
-/// which held the tester's CPUs past the links' idle timeout and lost every gate.
-const LATENCY_SHARDS: usize = 16;
-
-/// Latencies of the gates of one shard.
-struct Latencies {
-    /// In the measured time.
-    hist: hdrhistogram::Histogram<u64>,
-    /// Over the whole run, warm-up included.
-    hist_all: hdrhistogram::Histogram<u64>,
-    /// The seconds still being answered, by second of the run.
-    seconds: Vec<(usize, hdrhistogram::Histogram<u64>)>,
-}
-
-impl Default for Latencies {
-    fn default() -> Self {
-        Latencies {
-            hist: new_histogram(),
-            hist_all: new_histogram(),
-            seconds: Vec::with_capacity(2),
-        }
+        std::mem::take(&mut *self.timeline.lock().expect("not poisoned"))
     }
 }
 
@@ -1872,6 +1891,38 @@ fn cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gates of one shard answering for three seconds out of order: every answer lands in
+    /// the second it was due, in the run's histogram, and in the measured one if measured.
+    #[test]
+    fn shared_latency_shards_keep_each_answer_in_its_second() {
+        let book = LatencyBook::default();
+        // Gates 1 and 17 share a shard; gate 2 has its own.
+        let answers: [(u16, usize, bool, u64, u64); 7] = [
+            (1, 0, false, 100, 1),
+            (17, 1, true, 200, 2),
+            (1, 0, false, 150, 1),
+            (17, 2, true, 300, 1),
+            // Second 0 was sent to the timeline when second 2 opened: it must still add up.
+            (1, 0, false, 120, 3),
+            (2, 1, true, 250, 1),
+            (17, 1, true, 210, 1),
+        ];
+        for (gate, second, measured, us, n) in answers {
+            book.record(gate, second, measured, us, n);
+        }
+        let mut totals = Totals::default();
+        let timeline = book.finish(&mut totals);
+        let counts: Vec<u64> = timeline.iter().map(|h| h.len()).collect();
+        assert_eq!(counts, [5, 4, 1]);
+        assert_eq!(timeline[0].max(), timeline[0].highest_equivalent(150));
+        assert_eq!(timeline[2].min(), timeline[2].lowest_equivalent(300));
+        assert_eq!(totals.hist_all.len(), 10);
+        assert_eq!(totals.hist.len(), 5, "only measured answers");
+        assert_eq!(totals.hist.min(), totals.hist.lowest_equivalent(200));
+        // Finished: no second is left open to be added twice.
+        assert!(book.finish(&mut Totals::default()).is_empty());
+    }
 
     /// Runs a pacer over `gates` gates' channels; the due times each gate was dealt.
     pub(super) fn paced(
