@@ -27,7 +27,7 @@ use rand::RngCore;
 use redis::aio::MultiplexedConnection;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use stile_certs as certs;
 use stile_protocol::{CodeBytes, Outcome, OutcomeKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -142,8 +142,8 @@ pub struct Redis {
 struct Tls {
     /// The name the server's certificate must carry: HOST as written, as for `quic://`.
     server_name: ServerName<'static>,
-    /// The deployment's CA certificate, the only root trusted.
-    roots: Arc<rustls::RootCertStore>,
+    /// The deployment's CA certificate file, the only root trusted.
+    ca: PathBuf,
     /// The admin connection's configuration (the admin's certificate).
     admin: Arc<rustls::ClientConfig>,
     /// This run's gate certificates, issued fresh from the CA (removed on drop): never ones
@@ -451,21 +451,13 @@ impl Tls {
         let server_name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host:?} cannot be a certificate's name: {e}"))?;
         let (tls_dir, ca) = crate::target::node_ca(config)?;
-        let roots = Arc::new(roots_of(&ca)?);
         let (admin_cert, admin_key) = crate::target::admin_identity(config)?;
-        let admin = client_config(&roots, &admin_cert, &admin_key)
+        let admin = client_config(&ca, &admin_cert, &admin_key)
             .map_err(|e| format!("admin certificate: {e}"))?;
-        let gate_certs = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
-            .map_err(|e| format!("making a directory for gate certificates: {e}"))?;
-        let issuer = certs::Issuer::open(&tls_dir).map_err(|e| e.to_string())?;
-        for g in 1..=config.gates {
-            issuer
-                .gate(gate_certs.path(), g, PROVIDER)
-                .map_err(|e| format!("issuing gate {g}: {e}"))?;
-        }
+        let gate_certs = crate::target::issue_gate_certs(config, &tls_dir)?;
         Ok(Tls {
             server_name,
-            roots,
+            ca,
             admin,
             gate_certs,
         })
@@ -479,7 +471,7 @@ impl Tls {
     /// Gate `gate`'s configuration: its certificate of this run.
     fn gate(&self, gate: u16) -> Result<Arc<rustls::ClientConfig>, String> {
         let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
-        client_config(&self.roots, &cert, &certs::key_path_for(&cert))
+        client_config(&self.ca, &cert, &certs::key_path_for(&cert))
     }
 }
 
@@ -501,29 +493,12 @@ fn roots_of(ca: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// A TLS 1.3 client configuration trusting `roots` and presenting `cert` (PEM, with its
-/// key `key`).
-fn client_config(
-    roots: &Arc<rustls::RootCertStore>,
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots.clone())
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    Ok(Arc::new(config))
+/// The gates' TLS configuration (TLS 1.3, the CA `ca` the only root) presenting `cert`
+/// (PEM, with its key `key`), without the node's ALPN.
+fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    stile_protocol::client::ClientTls::from_files(ca, cert, key)
+        .map(|t| t.tcp_config())
+        .map_err(|e| e.to_string())
 }
 
 impl TargetKind for Redis {
@@ -628,7 +603,6 @@ impl LinkRx for RedisRx {
     }
 }
 
-/// One RESP command.
 /// Field `name` of an `INFO` answer (`name:value` lines), parsed.
 fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
     info.lines()
@@ -644,6 +618,7 @@ fn cpu_us_of_info(info: &str) -> Option<u64> {
     Some((s * 1e6).round() as u64)
 }
 
+/// One RESP command.
 fn command(out: &mut Vec<u8>, args: &[&str]) {
     use std::io::Write;
     let _ = write!(out, "*{}\r\n", args.len());

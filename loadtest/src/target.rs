@@ -212,6 +212,21 @@ pub(crate) fn node_ca(config: &Config) -> Result<(PathBuf, PathBuf), String> {
     Ok((tls, ca))
 }
 
+/// A certificate for every gate of the run, issued from the CA in `tls_dir` into a
+/// directory of its own (removed on drop): never ones left in the data dir, which may name
+/// another provider or be revoked.
+pub(crate) fn issue_gate_certs(config: &Config, tls_dir: &Path) -> Result<TempTree, String> {
+    let dir = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
+        .map_err(|e| format!("making a directory for gate certificates: {e}"))?;
+    let issuer = certs::Issuer::open(tls_dir).map_err(|e| e.to_string())?;
+    for g in 1..=config.gates {
+        issuer
+            .gate(dir.path(), g, PROVIDER)
+            .map_err(|e| format!("issuing gate {g}: {e}"))?;
+    }
+    Ok(dir)
+}
+
 /// Each node's address (the first a lookup gives) and the name its certificate must carry.
 async fn resolve(named: &[NodeName]) -> Result<Vec<(SocketAddr, String)>, String> {
     let mut nodes: Vec<(SocketAddr, String)> = Vec::with_capacity(named.len());
@@ -318,14 +333,7 @@ impl Target {
         let admin = Client::connect(client.clone())
             .await
             .map_err(|e| err(format!("admin: {e}")))?;
-        let gate_certs = TempTree::new_in(&[&config.data, Path::new(".")], ".stile-loadtest-")
-            .map_err(|e| err(format!("making a directory for gate certificates: {e}")))?;
-        let issuer = certs::Issuer::open(&tls).map_err(|e| err(e.to_string()))?;
-        for g in 1..=config.gates {
-            issuer
-                .gate(gate_certs.path(), g, PROVIDER)
-                .map_err(|e| err(format!("issuing gate {g}: {e}")))?;
-        }
+        let gate_certs = issue_gate_certs(config, &tls).map_err(err)?;
         // Gates share a few sockets, each with room for bursts as the node has, so the
         // tester does not lose what it measures; each socket's endpoint reads on its own,
         // so thousands of gates are not read by one task.
@@ -581,26 +589,24 @@ impl TargetKind for Quic {
         })
     }
 
-    /// To the node believed to lead; of a shard, to the next in turn while one does not
-    /// answer, each node once.
     async fn server_cpu_us(&self) -> Option<u64> {
-        let metrics = self
-            .admin
+        self.admin
             .metrics(stile_protocol::frame::op::CHECKIN)
             .await
-            .ok()?;
-        metrics.cpu_us
+            .ok()?
+            .cpu_us
     }
 
     async fn server_memory_bytes(&self) -> Option<u64> {
-        let metrics = self
-            .admin
+        self.admin
             .metrics(stile_protocol::frame::op::CHECKIN)
             .await
-            .ok()?;
-        metrics.rss_bytes
+            .ok()?
+            .rss_bytes
     }
 
+    /// To the node believed to lead; of a shard, to the next in turn while one does not
+    /// answer, each node once.
     async fn link(&self, gate: u16, inflight: u32) -> Result<(QuicTx, QuicRx), LoadError> {
         let cert = self.gate_certs.path().join(certs::gate_cert_name(gate));
         let err = |reason: String| LoadError::Target {

@@ -182,6 +182,15 @@ impl ClientTls {
         Self::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
     }
 
+    /// The same roots and certificate for a TLS connection over TCP to a server that is no
+    /// node (the load tester's Redis baseline authenticates as gates do): stile's ALPN is
+    /// not offered.
+    pub fn tcp_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols.clear();
+        Arc::new(config)
+    }
+
     /// Trusting the CA but presenting no certificate (a node refuses such clients; useful to
     /// test that it does).
     pub fn without_identity(ca_pem: &[u8]) -> Result<Self, ClientError> {

@@ -1868,21 +1868,14 @@ impl Response {
                         true => None,
                         false => Some(r.bool()?),
                     },
-                    cpu_us: None,
-                    rss_bytes: None,
-                };
-                let cpu_us = match r.buf.len() >= 8 {
-                    true => Some(r.u64()?),
-                    false => None,
-                };
-                let rss_bytes = match r.buf.len() >= 8 {
-                    true => Some(r.u64()?),
-                    false => None,
-                };
-                let m = NodeMetrics {
-                    cpu_us,
-                    rss_bytes,
-                    ..m
+                    cpu_us: match r.buf.len() >= 8 {
+                        true => Some(r.u64()?),
+                        false => None,
+                    },
+                    rss_bytes: match r.buf.len() >= 8 {
+                        true => Some(r.u64()?),
+                        false => None,
+                    },
                 };
                 // Later nodes may append fields: what this side does not know, it skips.
                 r.buf = &[];
