@@ -86,13 +86,7 @@ pub fn begin_epoch(dir: &Path, epoch: u64, start: u64) -> Result<(), StandbyErro
         epochs.push((epoch, start));
         let text: String = epochs.iter().map(|(e, s)| format!("{e} {s}\n")).collect();
         let path = dir.join(EPOCHS_FILE);
-        let tmp = path.with_extension("tmp");
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StandbyError::Io { path, source }
-        };
-        stile_engine::datadir::write_private_synced(&tmp, &[text.as_bytes()]).map_err(io(&tmp))?;
-        stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))?;
+        replace_synced(&path, &path.with_extension("tmp"), text.as_bytes())?;
     }
     write_epoch(dir, epoch)
 }
@@ -169,14 +163,30 @@ pub fn read_epoch(dir: &Path) -> u64 {
 /// Persists `epoch` as the newest data dir `dir` has seen (synced before it returns).
 pub fn write_epoch(dir: &Path, epoch: u64) -> Result<(), StandbyError> {
     let path = dir.join(EPOCH_FILE);
-    let tmp = path.with_extension("tmp");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StandbyError::Io { path, source }
-    };
-    stile_engine::datadir::write_private_synced(&tmp, &[format!("{epoch}\n").as_bytes()])
-        .map_err(io(&tmp))?;
-    stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))
+    replace_synced(
+        &path,
+        &path.with_extension("tmp"),
+        format!("{epoch}\n").as_bytes(),
+    )
+}
+
+/// An I/O error at `path`.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StandbyError {
+    let path = path.to_path_buf();
+    move |source| StandbyError::Io { path, source }
+}
+
+/// Writes `bytes` as `path` through the synced file `tmp` and a synced rename: a crash
+/// leaves the old file or the new one, never one cut short.
+fn replace_synced(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StandbyError> {
+    stile_engine::datadir::write_private_synced(tmp, &[bytes]).map_err(io_at(tmp))?;
+    stile_engine::datadir::rename_synced(tmp, path).map_err(io_at(path))
+}
+
+/// Syncs directory `dir`.
+fn sync_dir(dir: &Path) -> Result<(), StandbyError> {
+    stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, dir)
+        .map_err(io_at(dir))
 }
 
 /// The refusal a leader sends a node whose log goes past its own history from log number
@@ -222,16 +232,12 @@ pub struct SetAside {
 /// to offer the leader. Call with the engine closed.
 pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> {
     use stile_engine::datadir::WAL_DIR;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StandbyError::Io { path, source }
-    };
     let wal_dir = dir.join(WAL_DIR);
     let mut records = Vec::new();
     if let Some(at) = at {
         // A snapshot taken since may have dropped the first segments: read what is left.
         let first = stile_engine::wal::segment::list(&stile_engine::storage::StdStorage, &wal_dir)
-            .map_err(io(&wal_dir))?
+            .map_err(io_at(&wal_dir))?
             .first()
             .map_or(at, |(first, _)| (*first).max(at));
         if first > at {
@@ -251,7 +257,7 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let aside = dir.join(DIVERGED_DIR).join(stamp.to_string());
-    std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+    std::fs::create_dir_all(&aside).map_err(io_at(&aside))?;
     let mut text = String::new();
     let mut frames = Vec::new();
     for (seq, record) in &records {
@@ -261,10 +267,7 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
     // Through a temp file and a rename: a set-aside cut short by a crash never leaves a
     // suffix cut short under its name (the log is still in place then, and set aside again).
     let write = |name: &str, bytes: &[u8]| {
-        let path = aside.join(name);
-        let tmp = aside.join(format!("{name}.tmp"));
-        stile_engine::datadir::write_private_synced(&tmp, &[bytes]).map_err(io(&tmp))?;
-        stile_engine::datadir::rename_synced(&tmp, &path).map_err(io(&path))
+        replace_synced(&aside.join(name), &aside.join(format!("{name}.tmp")), bytes)
     };
     write(SUFFIX_TEXT, text.as_bytes())?;
     if records.is_empty() {
@@ -280,9 +283,8 @@ pub fn set_aside(dir: &Path, at: Option<u64>) -> Result<SetAside, StandbyError> 
         .file_name()
         .and_then(|n| n.to_str())
         .expect("a decimal name");
-    stile_engine::datadir::write_private_synced(&mark, &[name.as_bytes()]).map_err(io(&mark))?;
-    stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, dir)
-        .map_err(io(dir))?;
+    stile_engine::datadir::write_private_synced(&mark, &[name.as_bytes()]).map_err(io_at(&mark))?;
+    sync_dir(dir)?;
     move_aside(dir, &aside)?;
     Ok(SetAside {
         dir: aside,
@@ -299,26 +301,19 @@ pub const SETTING_ASIDE_MARK: &str = ".setting-aside";
 /// the mark.
 fn move_aside(dir: &Path, aside: &Path) -> Result<(), StandbyError> {
     use stile_engine::datadir::{SNAPSHOTS_DIR, WAL_DIR};
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StandbyError::Io { path, source }
-    };
     for name in [WAL_DIR, SNAPSHOTS_DIR, EPOCH_FILE, EPOCHS_FILE] {
         let from = dir.join(name);
         match std::fs::rename(&from, aside.join(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&from)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&from)(e)),
             _ => {}
         }
     }
-    let parent = dir.join(DIVERGED_DIR);
-    for d in [aside, &parent, dir] {
-        stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, d)
-            .map_err(io(d))?;
+    for d in [aside, &dir.join(DIVERGED_DIR), dir] {
+        sync_dir(d)?;
     }
     let mark = dir.join(SETTING_ASIDE_MARK);
-    std::fs::remove_file(&mark).map_err(io(&mark))?;
-    stile_engine::storage::Storage::sync_dir(&stile_engine::storage::StdStorage, dir)
-        .map_err(io(dir))
+    std::fs::remove_file(&mark).map_err(io_at(&mark))?;
+    sync_dir(dir)
 }
 
 /// Finishes a set-aside a crash cut short (see [`SETTING_ASIDE_MARK`]): call at start,
