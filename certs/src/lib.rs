@@ -32,6 +32,9 @@ pub const CRL: &str = "crl.pem";
 pub const ADMIN_NAME_MAX: usize = 64;
 /// How long issued certificates are valid.
 const VALIDITY_DAYS: i64 = 3650;
+/// How long an [`Issuer`]'s gate certificates are valid: a load test's, for its run only,
+/// whose files a killed run leaves behind and which a node of the same CA would accept.
+const RUN_VALIDITY_DAYS: i64 = 7;
 
 /// What a certificate lets its holder do.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -415,14 +418,15 @@ impl Issuer {
     }
 
     /// Writes gate `id`'s certificate for `provider` and its key (0600) into `out_dir`, in
-    /// place of any there: files for a run, not synced.
+    /// place of any there: files for a run, not synced, valid for [`RUN_VALIDITY_DAYS`].
     pub fn gate(&self, out_dir: &Path, id: u16, provider: u16) -> Result<PathBuf, CertError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let (key, cert) = self.ca.sign(
-            gate_params(id, provider)?,
-            &[ExtendedKeyUsagePurpose::ClientAuth],
-        )?;
+        let mut params = gate_params(id, provider)?;
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(RUN_VALIDITY_DAYS);
+        let (key, cert) = self
+            .ca
+            .sign(params, &[ExtendedKeyUsagePurpose::ClientAuth])?;
         let cert_path = out_dir.join(gate_cert_name(id));
         let key_path = key_path_for(&cert_path);
         std::fs::OpenOptions::new()
@@ -813,6 +817,35 @@ mod tests {
                 "{name:?}"
             );
         }
+    }
+
+    /// An issuer's gate certificates are a run's: they expire within days, where those
+    /// `stile certs` issues last years.
+    #[test]
+    fn an_issuers_gate_certificates_are_short_lived() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        init(&tls).unwrap();
+        let out = dir.path().join("run");
+        std::fs::create_dir(&out).unwrap();
+        let not_after = |p: &Path| {
+            let der = CertificateDer::from_pem_file(p).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+            cert.validity().not_after.timestamp()
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let run = Issuer::open(&tls).unwrap().gate(&out, 3, 1).unwrap();
+        let days = (not_after(&run) - now) / 86_400;
+        assert!(
+            (RUN_VALIDITY_DAYS - 1..=RUN_VALIDITY_DAYS).contains(&days),
+            "{days} days"
+        );
+        let issued = issue_gate(&tls, 3, 1).unwrap();
+        assert!((not_after(&issued) - now) / 86_400 >= VALIDITY_DAYS - 1);
+        // Still a gate's certificate of the CA.
+        let der = CertificateDer::from_pem_file(&run).unwrap();
+        let id = identity_of(der.as_ref()).unwrap();
+        assert_eq!(id.role, Role::Gate { id: 3, provider: 1 });
     }
 
     #[test]
