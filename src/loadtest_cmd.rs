@@ -51,9 +51,12 @@ pub struct LoadtestArgs {
     #[arg(long, value_enum)]
     scenario: Scenario,
     /// inproc, quic://HOST:PORT, a shard's nodes quic://HOST:PORT+HOST:PORT (gates follow
-    /// its leader), redis://HOST:PORT, or redis+tls://HOST:PORT (Redis over TLS 1.3: its
-    /// certificate must chain to DATA/tls/ca.crt and name HOST; each gate presents a
-    /// certificate issued from that CA for the run, the admin connection --admin-cert).
+    /// its leader), quic-echo://IP:PORT (the transport alone: a bare QUIC echo with the
+    /// node's TLS, started there for the run; port 0 for a free one), redis://HOST:PORT, or
+    /// redis+tls://HOST:PORT (Redis over TLS 1.3: its certificate must chain to
+    /// DATA/tls/ca.crt and name HOST; each gate presents a certificate issued from that CA
+    /// for the run, the admin connection --admin-cert). A Redis not spawned is emptied
+    /// (FLUSHDB) before its tickets are loaded, so it must be empty or a load test's.
     #[arg(
         long,
         default_value = "quic://127.0.0.1:7443",
@@ -129,7 +132,7 @@ pub struct LoadtestArgs {
     /// No progress: neither the minting count nor the bar.
     #[arg(long)]
     quiet: bool,
-    /// Start redis-server (from PATH) on the redis:// target's port, with appendonly yes and
+    /// Start redis-server (from PATH) on the redis:// target's address, with appendonly yes and
     /// appendfsync always, in a temporary directory; stop it afterwards. For redis+tls://,
     /// on that port TLS only, with DATA/tls/node.crt and clients' certificates required.
     #[arg(long)]

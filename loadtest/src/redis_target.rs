@@ -77,6 +77,9 @@ if left ~= 'u' then left = tostring(tonumber(left) - 1) end
 redis.call('SET', KEYS[1], left .. ':1')
 return 'admitted'
 "#;
+/// The key that marks a database as a load test's, which a run may empty: one that holds
+/// other keys and not this one is refused.
+const MARK_KEY: &str = "stile-loadtest";
 /// Keys written per pipeline while loading tickets.
 const LOAD_CHUNK: usize = 10_000;
 /// How long a spawned redis-server may take to accept connections.
@@ -196,7 +199,11 @@ pub(crate) fn precheck(config: &Config) -> Result<(), String> {
         spawn_tls(config, host)?;
         redis_knows_tls()?;
     }
-    port_is_free(port)
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or("not a host:port")?;
+    port_is_free(addr)
 }
 
 impl Redis {
@@ -231,7 +238,7 @@ impl Redis {
                 Some(t) => Some(spawn_tls(config, &t.host()).map_err(err)?),
                 None => None,
             };
-            Some(spawn(addr.port(), with.as_ref()).map_err(err)?)
+            Some(spawn(addr, with.as_ref()).map_err(err)?)
         } else {
             None
         };
@@ -311,10 +318,7 @@ impl Redis {
         }
         let mut c = self.conn.clone();
         if first {
-            let _: () = redis::cmd("FLUSHDB")
-                .query_async(&mut c)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.empty(&mut c).await?;
         }
         for chunk in codes.chunks(LOAD_CHUNK) {
             let mut pipe = redis::pipe();
@@ -324,6 +328,41 @@ impl Redis {
             let _: () = pipe.query_async(&mut c).await.map_err(|e| self.err(e))?;
         }
         Ok(codes)
+    }
+
+    /// Empties the database for a run's tickets, and marks it as a load test's with
+    /// [`MARK_KEY`]: only a database that is empty or marked so, since a Redis that this run
+    /// did not start may hold someone's data.
+    async fn empty(&self, c: &mut MultiplexedConnection) -> Result<(), LoadError> {
+        let marked: bool = redis::cmd("EXISTS")
+            .arg(MARK_KEY)
+            .query_async(c)
+            .await
+            .map_err(|e| self.err(e))?;
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(c)
+            .await
+            .map_err(|e| self.err(e))?;
+        if keys > 0 && !marked {
+            return Err(LoadError::Target {
+                target: self.url.clone(),
+                reason: format!(
+                    "its database holds {keys} keys, not a load test's (no key {MARK_KEY}), \
+                     and a run empties it (FLUSHDB) before loading its tickets: name an \
+                     empty database, or use --spawn-redis"
+                ),
+            });
+        }
+        let _: () = redis::cmd("FLUSHDB")
+            .query_async(c)
+            .await
+            .map_err(|e| self.err(e))?;
+        redis::cmd("SET")
+            .arg(MARK_KEY)
+            .arg("1")
+            .query_async(c)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     fn err(&self, e: redis::RedisError) -> LoadError {
@@ -728,10 +767,16 @@ const NO_TLS: &str = "this redis-server was built without TLS (it refuses --tls-
                       install one built with BUILD_TLS=yes (Debian's and Ubuntu's are), or \
                       use a redis:// target";
 
-/// A server already on `port` would answer in place of the one this run starts.
-fn port_is_free(port: u16) -> Result<(), String> {
-    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+/// A server already on `addr` would answer in place of the one this run starts.
+fn port_is_free(addr: SocketAddr) -> Result<(), String> {
+    let port = addr.port();
+    match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(format!(
+            "--spawn-redis starts Redis on this machine, and {} is not one of its addresses \
+             ({e}): name 127.0.0.1 in the URL",
+            addr.ip()
+        )),
         Err(e) => Err(format!(
             "--spawn-redis: port {port} is taken ({e}): stop what listens there, or name \
              another port in the URL"
@@ -822,10 +867,12 @@ fn why_exited(status: &str, said: &str) -> String {
     out
 }
 
-/// Starts redis-server on 127.0.0.1:`port` with the AOF synced on every write; with `tls`,
-/// on that port TLS only, every client to present a certificate from the CA.
-fn spawn(port: u16, tls: Option<&SpawnTls>) -> Result<Server, String> {
-    port_is_free(port)?;
+/// Starts redis-server on `addr`, where the run's clients connect, with the AOF synced on
+/// every write; with `tls`, on that port TLS only, every client to present a certificate
+/// from the CA.
+fn spawn(addr: SocketAddr, tls: Option<&SpawnTls>) -> Result<Server, String> {
+    port_is_free(addr)?;
+    let port = addr.port();
     let dir = TempTree::new_in(&[Path::new(".")], ".stile-redis-")
         .map_err(|e| format!("making a directory for redis-server: {e}"))?;
     let log = std::fs::File::create(dir.path().join(SPAWN_LOG))
@@ -847,7 +894,9 @@ fn spawn(port: u16, tls: Option<&SpawnTls>) -> Result<Server, String> {
             .args(["--tls-auth-clients", "yes"]),
     };
     command
-        .args(["--bind", "127.0.0.1", "--save", ""])
+        .arg("--bind")
+        .arg(addr.ip().to_string())
+        .args(["--save", ""])
         .args([
             "--appendonly",
             "yes",

@@ -545,6 +545,106 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
     assert!(runs[0]["requests"].as_u64().unwrap() > 0);
 }
 
+/// A Redis the tester did not start may hold someone's data: a run refuses to empty a
+/// database holding keys that are not a load test's, and runs again on one it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_holding_other_data_is_not_emptied() {
+    let Some(port) = redis_port_if_installed() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    /// Killed however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // One command, its reply's first line (a whole short reply).
+    let call = |args: &[&str]| -> String {
+        use std::io::{BufRead, Write};
+        let mut last = None;
+        for _ in 0..200 {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => {
+                    last = Some(s);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(25)),
+            }
+        }
+        let mut s = last.expect("redis-server did not start");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line.starts_with('$') && line.trim() != "$-1" {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+        }
+        line.trim().to_string()
+    };
+    assert_eq!(call(&["SET", "precious", "data"]), "+OK");
+    let mut c = config(
+        Scenario::Stadium,
+        &format!("redis://127.0.0.1:{port}"),
+        dir.path(),
+    );
+    c.gates = 2;
+    c.tickets = Some(1_000);
+    let e = stile_loadtest::run(&c)
+        .await
+        .expect_err("emptied someone's Redis");
+    assert!(e.to_string().contains("not a load test's"), "{e}");
+    assert_eq!(call(&["GET", "precious"]), "data");
+    // Emptied by its owner, it takes runs, one after another.
+    assert_eq!(call(&["FLUSHDB"]), "+OK");
+    for _ in 0..2 {
+        let r = stile_loadtest::run(&c).await.unwrap();
+        assert!(r.requests > 0, "{r:?}");
+    }
+}
+
+/// `--spawn-redis` starts Redis where the run connects: a target on another loopback
+/// address than 127.0.0.1 does not reach whatever listens there instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_redis_listens_where_the_run_connects() {
+    let Some(port) = redis_port_if_installed() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(
+        Scenario::Stadium,
+        &format!("redis://127.0.0.2:{port}"),
+        dir.path(),
+    );
+    c.spawn_redis = true;
+    c.gates = 2;
+    c.tickets = Some(1_000);
+    c.duration = Duration::from_secs(20);
+    // Something else on 127.0.0.1, the port the spawned server used to listen on.
+    let other = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let r = stile_loadtest::run(&c).await.unwrap();
+    assert_eq!(r.sync, "appendfsync always", "{r:?}");
+    assert!(r.requests > 0, "{r:?}");
+    drop(other);
+}
+
 /// A free loopback port for a spawned Redis; `None`: `redis-server` is missing and the test
 /// skips (see [`crate::support::tool`]).
 pub(crate) fn redis_port_if_installed() -> Option<u16> {
