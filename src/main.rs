@@ -80,7 +80,8 @@ enum Command {
     Purge(purge_cmd::PurgeArgs),
     /// Manage the key ring that signs feature codes.
     Keys(keys_cmd::KeysArgs),
-    /// Drive a scenario against a node (quic://) or the engine in process (inproc).
+    /// Drive a scenario against a node (quic://), the engine in process (inproc), the bare
+    /// transport (quic-echo://) or Redis (redis://, redis+tls://).
     Loadtest(loadtest_cmd::LoadtestArgs),
     /// Watch a node: check-ins per second, p50/p99/p999 latency, outcomes, fsync latency,
     /// connections, refreshed every second.

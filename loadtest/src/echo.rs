@@ -17,6 +17,8 @@ use crate::leftovers::{Server, TempTree};
 pub const SCHEME: &str = "quic-echo://";
 /// The line `stile echo-server` prints once it listens.
 const LISTENING: &str = "stile echo listening on quic://";
+/// Its standard error, in its directory: why it stopped, if it did.
+const LOG: &str = "echo.log";
 /// Longest wait for it to say so.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -30,6 +32,9 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
     let program = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let dir = TempTree::new_in(&[data, Path::new(".")], ".stile-echo-")
         .map_err(|e| format!("making a directory for the echo server: {e}"))?;
+    let log_path = dir.path().join(LOG);
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("making the echo server's log: {e}"))?;
     let mut command = Command::new(program);
     command
         .arg("echo-server")
@@ -39,7 +44,7 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
         .arg(listen.to_string())
         .env("STILE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(log);
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
     // getppid, which are async-signal-safe: the server dies with the thread that started it,
@@ -70,10 +75,19 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
     match line.trim().strip_prefix(LISTENING).map(str::parse) {
         Some(Ok(addr)) => Ok((server, addr)),
         _ => Err(match server.exited() {
-            Some(status) => format!(
-                "the echo server exited ({status}): does DATA/tls hold the node certificate, \
-                 and is {listen} free?"
-            ),
+            Some(status) => {
+                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                match said.lines().rev().find(|l| !l.trim().is_empty()) {
+                    Some(last) => format!(
+                        "the echo server exited ({status}): {}",
+                        last.trim().trim_start_matches("stile: ")
+                    ),
+                    None => format!(
+                        "the echo server exited ({status}): does DATA/tls hold the node \
+                         certificate, and is {listen} free?"
+                    ),
+                }
+            }
             None => {
                 format!("the echo server did not say where it listens within {START_TIMEOUT:?}")
             }

@@ -545,6 +545,25 @@ fn a_compare_whose_later_target_fails_keeps_the_earlier_figures() {
     assert!(runs[0]["requests"].as_u64().unwrap() > 0);
 }
 
+/// An echo server that cannot start says why, in the tester's error: not a guess.
+#[test]
+fn an_echo_server_that_cannot_start_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    crate::node::make_certs(&tls);
+    std::fs::write(tls.join("node.key"), "not a key\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--scenario", "stadium", "--quiet"])
+        .args(["--target", "quic-echo://127.0.0.1:0", "--duration", "1s"])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot read the node key"), "{err}");
+}
+
 /// A Redis the tester did not start may hold someone's data: a run refuses to empty a
 /// database holding keys that are not a load test's, and runs again on one it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
