@@ -29,6 +29,12 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
         .trim_end_matches('/')
         .parse()
         .map_err(|_| format!("{listen:?} is not IP:PORT (the echo server is started there)"))?;
+    if listen.ip().is_unspecified() {
+        return Err(format!(
+            "{listen} is where the gates connect as well as where the echo server listens: \
+             name one address of this machine, such as 127.0.0.1"
+        ));
+    }
     let program = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let dir = TempTree::new_in(&[data, Path::new(".")], ".stile-echo-")
         .map_err(|e| format!("making a directory for the echo server: {e}"))?;
@@ -45,6 +51,10 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
         .env("STILE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(log);
+    // A group of its own: a terminal's Ctrl-C reaches the tester, which ends the run (reading
+    // the server's CPU time) and then stops this server, instead of the server dying under
+    // the run.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
     // getppid, which are async-signal-safe: the server dies with the thread that started it,
@@ -74,7 +84,7 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
     match line.trim().strip_prefix(LISTENING).map(str::parse) {
         Some(Ok(addr)) => Ok((server, addr)),
-        _ => Err(match server.exited() {
+        _ => Err(match exit_status(&mut server) {
             Some(status) => {
                 let said = std::fs::read_to_string(&log_path).unwrap_or_default();
                 match said.lines().rev().find(|l| !l.trim().is_empty()) {
@@ -92,5 +102,23 @@ pub(crate) fn spawn(data: &Path, listen: &str) -> Result<(Server, SocketAddr), S
                 format!("the echo server did not say where it listens within {START_TIMEOUT:?}")
             }
         }),
+    }
+}
+
+/// How long a server whose output ended may take to be seen exited.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The server's exit status once it has exited, waiting up to [`EXIT_WAIT`]: its output
+/// ends as it exits, a moment before the process can be reaped.
+fn exit_status(server: &mut Server) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    loop {
+        match server.exited() {
+            Some(status) => return Some(status),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None => return None,
+        }
     }
 }

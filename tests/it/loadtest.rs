@@ -562,6 +562,70 @@ fn an_echo_server_that_cannot_start_says_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot read the node key"), "{err}");
+    // The gates connect where it listens: an unspecified address is no place to connect to.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+        .args(["loadtest", "--scenario", "stadium", "--quiet"])
+        .args(["--target", "quic-echo://0.0.0.0:0", "--duration", "1s"])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("such as 127.0.0.1"), "{err}");
+}
+
+/// A terminal's Ctrl-C reaches the whole foreground group: the echo server the tester
+/// started is not in it, so the run ends at once as interrupted, with the server's CPU
+/// time read, and then stops the server.
+#[test]
+fn a_ctrl_c_at_the_terminal_leaves_the_echo_server_to_the_tester() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::node::make_certs(&dir.path().join("tls"));
+    let json = dir.path().join("report.json");
+    let data = dir.path().to_str().unwrap();
+    let signalled = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let at = signalled.clone();
+    let (code, out) = act_once_measuring(
+        dir.path(),
+        &[
+            "--scenario",
+            "stadium",
+            "--target",
+            "quic-echo://127.0.0.1:0",
+            "--rate",
+            "2000",
+            "--gates",
+            "4",
+            "--inflight",
+            "4",
+            "--duration",
+            "60s",
+            "--warmup",
+            "0s",
+            "--data",
+            data,
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        move |pid| {
+            *at.lock().unwrap() = Some(std::time::Instant::now());
+            // SAFETY: kill takes a pid and a signal number; the group is the child's own.
+            let sent = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) };
+            assert_eq!(sent, 0);
+        },
+    );
+    let took = signalled.lock().unwrap().unwrap().elapsed();
+    assert_eq!(code, Some(130), "{out}");
+    assert!(took < Duration::from_secs(8), "{took:?} to stop: {out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &v["runs"][0];
+    assert_eq!(run["interrupted"], true, "{run}");
+    assert!(
+        run["server_cpu_us_per_request"].as_f64().is_some(),
+        "the echo server died with the tester's group: {run}"
+    );
 }
 
 /// A Redis the tester did not start may hold someone's data: a run refuses to empty a
@@ -690,12 +754,15 @@ pub(crate) fn act_once_measuring(
     act: impl FnOnce(u32),
 ) -> (Option<i32>, String) {
     use std::io::{BufRead, Read};
+    use std::os::unix::process::CommandExt as _;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
         .arg("loadtest")
         .args(args)
         .current_dir(cwd)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // A group of its own, as a terminal's foreground job: `act` may signal the group.
+        .process_group(0)
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
