@@ -349,7 +349,14 @@ impl Redis {
                 reason: format!(
                     "its database holds {keys} keys, not a load test's (no key {MARK_KEY}), \
                      and a run empties it (FLUSHDB) before loading its tickets: name an \
-                     empty database, or use --spawn-redis"
+                     empty database, or use --spawn-redis (keys that earlier load tests \
+                     left: `redis-cli -h {} -p {}{} flushdb` removes them)",
+                    self.addr.ip(),
+                    self.addr.port(),
+                    match self.tls {
+                        Some(_) => " --tls --cacert CA --cert CERT --key KEY",
+                        None => "",
+                    }
                 ),
             });
         }

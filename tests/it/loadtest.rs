@@ -694,6 +694,11 @@ async fn a_redis_holding_other_data_is_not_emptied() {
         .await
         .expect_err("emptied someone's Redis");
     assert!(e.to_string().contains("not a load test's"), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("redis-cli -h 127.0.0.1 -p {port} flushdb")),
+        "{e}"
+    );
     assert_eq!(call(&["GET", "precious"]), "data");
     // Emptied by its owner, it takes runs, one after another.
     assert_eq!(call(&["FLUSHDB"]), "+OK");
