@@ -91,6 +91,9 @@ pub(crate) fn load(
             .map_err(|_| CertError::Invalid("idle timeout too long".into()))?,
     ));
     transport.stream_receive_window((4u32 << 20).into());
+    // The same for the whole connection: a peer that sends on all its streams and reads
+    // none of the answers makes the node hold one stream's window of requests, not four.
+    transport.receive_window((4u32 << 20).into());
     transport.send_window(8 << 20);
     config.transport_config(Arc::new(transport));
     Ok(Loaded { config, revoked })

@@ -1530,3 +1530,71 @@ fn a_request_given_up_on_is_not_sent_when_the_node_comes_back() {
     assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGTERM) }, 0);
     assert!(node.wait().unwrap().success());
 }
+
+/// A peer that sends requests and never reads the answers makes the node hold what it sent,
+/// unread: at most one stream's window for the whole connection, however many streams it
+/// opens. (Four streams of 4 MiB each, a connection's 16 MiB, made every connection a gate
+/// opened cost the node that much more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_reads_holds_at_most_one_window_of_requests() {
+    let n = TestNode::start(|c| c.inflight_per_stream = 16).await;
+    let tls = ClientTls::from_files(
+        &n.tls.join(certs::CA_CERT),
+        &n.tls.join(certs::gate_cert_name(1)),
+        &certs::key_path_for(&n.tls.join(certs::gate_cert_name(1))),
+    )
+    .unwrap();
+    let mut rustls = (*tls.tcp_config()).clone();
+    rustls.alpn_protocols = vec![stile_protocol::frame::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Room for the node's answers to a few requests only: it stops answering, then reading.
+    transport.stream_receive_window(1024u32.into());
+    transport.receive_window(1024u32.into());
+    transport.send_window(64 << 20);
+    config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, n.addr, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let mut pings = Vec::new();
+    for id in 0..1_000_000u32 {
+        stile_protocol::frame::Request::Ping.encode(id, &mut pings);
+    }
+    let pings = Arc::new(pings);
+    let mut streams = Vec::new();
+    for _ in 0..stile_node::STREAMS_PER_CONNECTION_MAX {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let pings = pings.clone();
+        streams.push(tokio::spawn(async move {
+            let mut sent = 0;
+            // Until the node grants no more room for a second and a half.
+            while sent < pings.len() {
+                let write = send.write(&pings[sent..]);
+                match tokio::time::timeout(Duration::from_millis(1500), write).await {
+                    Ok(Ok(k)) => sent += k,
+                    _ => break,
+                }
+            }
+            (sent, send, recv)
+        }));
+    }
+    let mut total = 0;
+    let mut kept = Vec::new();
+    for s in streams {
+        let (sent, send, recv) = s.await.unwrap();
+        total += sent;
+        kept.push((send, recv));
+    }
+    assert!(
+        total <= 5 << 20,
+        "the node took {} KiB it had not read from one connection",
+        total >> 10
+    );
+    conn.close(0u32.into(), b"done");
+    drop(kept);
+    n.node.unwrap().shutdown().await;
+}
