@@ -552,27 +552,21 @@ fn an_echo_server_that_cannot_start_says_why() {
     let tls = dir.path().join("tls");
     crate::node::make_certs(&tls);
     std::fs::write(tls.join("node.key"), "not a key\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["loadtest", "--scenario", "stadium", "--quiet"])
-        .args(["--target", "quic-echo://127.0.0.1:0", "--duration", "1s"])
-        .arg("--data")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot read the node key"), "{err}");
+    let fails_saying = |target: &str, says: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
+            .args(["loadtest", "--scenario", "stadium", "--quiet"])
+            .args(["--target", target, "--duration", "1s"])
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    };
+    fails_saying("quic-echo://127.0.0.1:0", "cannot read the node key");
     // The gates connect where it listens: an unspecified address is no place to connect to.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-        .args(["loadtest", "--scenario", "stadium", "--quiet"])
-        .args(["--target", "quic-echo://0.0.0.0:0", "--duration", "1s"])
-        .arg("--data")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("such as 127.0.0.1"), "{err}");
+    fails_saying("quic-echo://0.0.0.0:0", "such as 127.0.0.1");
 }
 
 /// A terminal's Ctrl-C reaches the whole foreground group: the echo server the tester
