@@ -202,7 +202,7 @@ pub(crate) fn precheck(config: &Config) -> Result<(), String> {
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or("not a host:port")?;
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
     port_is_free(addr)
 }
 

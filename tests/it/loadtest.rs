@@ -491,23 +491,34 @@ fn a_compare_of_redis_over_tcp_and_over_tls_prints_their_ratios() {
 #[test]
 fn redis_over_tls_without_a_ca_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
+    let err = loadtest_failing(
+        dir.path(),
+        &["--spawn-redis", "--target", "redis+tls://127.0.0.1:1"],
+    );
+    assert!(err.contains("no CA in"), "{err}");
+    assert!(err.contains("--data"), "{err}");
+}
+
+/// `stile loadtest --scenario stadium ARGS` for a second on data dir `data`, which must
+/// fail (exit status 1): its standard error.
+fn loadtest_failing(data: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
         .args([
             "loadtest",
             "--scenario",
             "stadium",
-            "--spawn-redis",
             "--quiet",
+            "--duration",
+            "1s",
         ])
-        .args(["--target", "redis+tls://127.0.0.1:1", "--duration", "1s"])
+        .args(args)
         .arg("--data")
-        .arg(dir.path())
+        .arg(data)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no CA in"), "{err}");
-    assert!(err.contains("--data"), "{err}");
+    err
 }
 
 #[test]
@@ -553,15 +564,7 @@ fn an_echo_server_that_cannot_start_says_why() {
     crate::node::make_certs(&tls);
     std::fs::write(tls.join("node.key"), "not a key\n").unwrap();
     let fails_saying = |target: &str, says: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stile"))
-            .args(["loadtest", "--scenario", "stadium", "--quiet"])
-            .args(["--target", target, "--duration", "1s"])
-            .arg("--data")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let err = loadtest_failing(dir.path(), &["--target", target]);
         assert!(err.contains(says), "{err}");
     };
     fails_saying("quic-echo://127.0.0.1:0", "cannot read the node key");
